@@ -1,0 +1,393 @@
+/*
+ * config.c - see config.h.
+ *
+ * The keys live in one table: name, type, default and where the value goes.
+ * Loading walks the table, so a key cannot be added without a default, and
+ * every key is parsed and reported the same way.
+ */
+#include "spool/config.h"
+#include "spool/log.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum config_type { CT_STRING, CT_LIST, CT_SIZE, CT_DURATION, CT_COUNT, CT_BOOL, CT_RATE };
+
+struct config_key {
+    const char *group;
+    const char *key;
+    enum config_type type;
+    const char *dflt;
+    size_t offset;
+};
+
+#define K(g, k, t, d, field) { g, k, t, d, offsetof(struct postern_config, field) }
+
+static const struct config_key config_keys[] = {
+    K("spool", "dir", CT_STRING, "./var/spool", spool.dir),
+    K("spool", "map_size", CT_SIZE, "64M", spool.map_size),
+    K("spool", "max_size", CT_SIZE, "16G", spool.max_size),
+
+    K("ingest", "listen", CT_LIST, "127.0.0.1:8024", ingest.listen),
+    K("ingest", "recipients", CT_LIST, "restricted@localhost", ingest.recipients),
+    K("ingest", "max_message_size", CT_SIZE, "32M", ingest.max_message_size),
+    K("ingest", "max_header_size", CT_SIZE, "1M", ingest.max_header_size),
+    K("ingest", "max_recipients", CT_COUNT, "50", ingest.max_recipients),
+    K("ingest", "max_connections", CT_COUNT, "100", ingest.max_connections),
+    K("ingest", "timeout", CT_DURATION, "5m", ingest.timeout),
+    K("ingest", "hostname", CT_STRING, "", ingest.hostname),
+
+    K("token", "prefix", CT_STRING, "LEGOTOKEN", token.prefix),
+
+    K("rewrite", "from", CT_STRING, "Postern <no-reply@localhost>", rewrite.from),
+    K("rewrite", "allow_original_sender", CT_BOOL, "false", rewrite.allow_original_sender),
+    K("rewrite", "footer", CT_STRING,
+      "--\\nSent by {sender} through the restricted address.\\nUnsubscribe: {unsubscribe_url}",
+      rewrite.footer),
+    K("rewrite", "footer_hidden", CT_STRING,
+      "--\\nSent through the restricted address.\\nUnsubscribe: {unsubscribe_url}",
+      rewrite.footer_hidden),
+    K("rewrite", "unsubscribe_url", CT_STRING, "", rewrite.unsubscribe_url),
+    K("rewrite", "personalize", CT_BOOL, "true", rewrite.personalize),
+
+    K("dkim", "domain", CT_STRING, "localhost", dkim.domain),
+    K("dkim", "keys", CT_STRING, "", dkim.keys),
+
+    K("relay", "url", CT_STRING, "maildir:./var/outbox", relay.url),
+    K("relay", "tls", CT_STRING, "require", relay.tls),
+    K("relay", "ca_file", CT_STRING, "", relay.ca_file),
+    K("relay", "user", CT_STRING, "", relay.user),
+    K("relay", "password_file", CT_STRING, "", relay.password_file),
+    K("relay", "max_connections", CT_COUNT, "10", relay.max_connections),
+    K("relay", "max_rcpt_per_txn", CT_COUNT, "100", relay.max_rcpt_per_txn),
+    K("relay", "rate", CT_RATE, "0", relay.rate),
+
+    K("retry", "initial", CT_DURATION, "5m", retry.initial),
+    K("retry", "max", CT_DURATION, "1h", retry.max),
+    K("retry", "lifetime", CT_DURATION, "5d", retry.lifetime),
+    K("retry", "lease", CT_DURATION, "2m", retry.lease),
+
+    K("bounce", "envelope_from", CT_STRING, "restricted-bounces@localhost", bounce.envelope_from),
+
+    K("workers", "dispatch", CT_STRING, "", workers.dispatch),
+    K("workers", "hints", CT_STRING, "", workers.hints),
+    K("workers", "curve_secret_key_file", CT_STRING, "", workers.curve_secret_key_file),
+    K("workers", "curve_public_key_file", CT_STRING, "", workers.curve_public_key_file),
+    K("workers", "curve_server_public_key", CT_STRING, "", workers.curve_server_public_key),
+    K("workers", "curve_allowed_keys_file", CT_STRING, "", workers.curve_allowed_keys_file),
+    K("workers", "count", CT_COUNT, "4", workers.count),
+    K("workers", "slots", CT_COUNT, "4", workers.slots),
+};
+
+#define CONFIG_ERROR config_error_quark()
+G_DEFINE_QUARK(postern-config-error, config_error)
+
+/*
+ * GKeyFile does not say on which line a key stands.  An operator fixing a
+ * file wants the line, so find it again: the first "key =" after "[group]".
+ */
+static int config_line_of(const char *path, const char *group, const char *key)
+{
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    gboolean in_group = FALSE;
+
+    if (!path || !g_file_get_contents(path, &text, NULL, NULL))
+        return 0;
+    lines = g_strsplit(text, "\n", -1);
+    for (int i = 0; lines[i]; i++) {
+        g_autofree char *line = g_strstrip(g_strdup(lines[i]));
+
+        if (line[0] == '[') {
+            g_autofree char *want = g_strdup_printf("[%s]", group);
+            in_group = g_str_equal(line, want);
+            if (!key && in_group)
+                return i + 1;
+        } else if (in_group && key && g_str_has_prefix(line, key)) {
+            const char *rest = line + strlen(key);
+            while (*rest == ' ' || *rest == '\t')
+                rest++;
+            if (*rest == '=')
+                return i + 1;
+        }
+    }
+    return 0;
+}
+
+static gboolean config_fail(GError **err, const char *path, const char *group,
+                            const char *key, const char *fmt, ...) G_GNUC_PRINTF(5, 6);
+
+static gboolean config_fail(GError **err, const char *path, const char *group,
+                            const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *why = NULL;
+
+    va_start(ap, fmt);
+    why = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(err, CONFIG_ERROR, 1, "%s:%d: [%s]%s%s: %s",
+                path ? path : "(defaults)", config_line_of(path, group, key),
+                group, key ? " " : "", key ? key : "", why);
+    return FALSE;
+}
+
+gboolean config_parse_duration(const char *text, uint64_t *out)
+{
+    char *end;
+    unsigned long long n;
+    uint64_t unit = 1;
+
+    errno = 0;
+    n = strtoull(text, &end, 10);
+    if (end == text || errno || text[0] == '-')
+        return FALSE;
+    switch (*end) {
+    case '\0': case 's': unit = 1; break;
+    case 'm': unit = 60; break;
+    case 'h': unit = 3600; break;
+    case 'd': unit = 86400; break;
+    case 'w': unit = 7 * 86400; break;
+    default: return FALSE;
+    }
+    if (*end && end[1])
+        return FALSE;
+    if (n > UINT64_MAX / unit)
+        return FALSE;
+    *out = n * unit;
+    return TRUE;
+}
+
+gboolean config_parse_size(const char *text, uint64_t *out)
+{
+    char *end;
+    unsigned long long n;
+    uint64_t unit = 1;
+
+    errno = 0;
+    n = strtoull(text, &end, 10);
+    if (end == text || errno || text[0] == '-')
+        return FALSE;
+    switch (g_ascii_toupper(*end)) {
+    case '\0': case 'B': unit = 1; break;
+    case 'K': unit = 1024; break;
+    case 'M': unit = 1024 * 1024; break;
+    case 'G': unit = 1024ULL * 1024 * 1024; break;
+    case 'T': unit = 1024ULL * 1024 * 1024 * 1024; break;
+    default: return FALSE;
+    }
+    if (*end && end[1] && !(g_ascii_toupper(end[1]) == 'B' && !end[2]))
+        return FALSE;
+    if (n > UINT64_MAX / unit)
+        return FALSE;
+    *out = n * unit;
+    return TRUE;
+}
+
+/* Store one textual value into its field, or say what is wrong with it. */
+static gboolean config_store(struct postern_config *cfg, const struct config_key *k,
+                             const char *value, GError **err)
+{
+    void *field = (char *)cfg + k->offset;
+    uint64_t n;
+
+    switch (k->type) {
+    case CT_STRING: {
+        /* GKeyFile escapes are not applied to defaults; allow \n in both. */
+        g_autofree char *unescaped = g_strcompress(value);
+        g_free(*(char **)field);
+        *(char **)field = g_strdup(g_strstrip(unescaped));
+        return TRUE;
+    }
+    case CT_LIST: {
+        g_auto(GStrv) parts = g_strsplit(value, ",", -1);
+        GPtrArray *list = g_ptr_array_new();
+        for (int i = 0; parts[i]; i++) {
+            char *item = g_strstrip(parts[i]);
+            if (*item)
+                g_ptr_array_add(list, g_strdup(item));
+        }
+        g_ptr_array_add(list, NULL);
+        g_strfreev(*(char ***)field);
+        *(char ***)field = (char **)g_ptr_array_free(list, FALSE);
+        return TRUE;
+    }
+    case CT_SIZE:
+        if (!config_parse_size(value, &n))
+            return config_fail(err, cfg->path, k->group, k->key,
+                               "bad size \"%s\" (use a number with K, M or G)", value);
+        *(uint64_t *)field = n;
+        return TRUE;
+    case CT_DURATION:
+        if (!config_parse_duration(value, &n))
+            return config_fail(err, cfg->path, k->group, k->key,
+                               "bad duration \"%s\" (use a number with s, m, h or d)", value);
+        *(uint64_t *)field = n;
+        return TRUE;
+    case CT_COUNT: {
+        char *end;
+        errno = 0;
+        n = strtoull(value, &end, 10);
+        if (end == value || *end || errno || value[0] == '-')
+            return config_fail(err, cfg->path, k->group, k->key,
+                               "bad number \"%s\"", value);
+        *(uint64_t *)field = n;
+        return TRUE;
+    }
+    case CT_BOOL:
+        if (!g_ascii_strcasecmp(value, "true") || !g_ascii_strcasecmp(value, "yes") ||
+            g_str_equal(value, "1"))
+            *(gboolean *)field = TRUE;
+        else if (!g_ascii_strcasecmp(value, "false") || !g_ascii_strcasecmp(value, "no") ||
+                 g_str_equal(value, "0"))
+            *(gboolean *)field = FALSE;
+        else
+            return config_fail(err, cfg->path, k->group, k->key,
+                               "bad boolean \"%s\" (use true or false)", value);
+        return TRUE;
+    case CT_RATE: {
+        char *end;
+        double d = g_ascii_strtod(value, &end);
+        if (end == value || *end || d < 0)
+            return config_fail(err, cfg->path, k->group, k->key, "bad rate \"%s\"", value);
+        *(double *)field = d;
+        return TRUE;
+    }
+    }
+    msg_panic("config_store: unknown type %d", k->type);
+}
+
+static const struct config_key *config_find(const char *group, const char *key)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(config_keys); i++)
+        if (g_str_equal(config_keys[i].group, group) &&
+            (!key || g_str_equal(config_keys[i].key, key)))
+            return &config_keys[i];
+    return NULL;
+}
+
+/*
+ * Unknown groups and keys are errors, not warnings: a misspelt key silently
+ * falling back to its default is how a relay ends up an open relay.
+ */
+static gboolean config_check_known(struct postern_config *cfg, GKeyFile *kf, GError **err)
+{
+    g_auto(GStrv) groups = g_key_file_get_groups(kf, NULL);
+
+    for (int g = 0; groups[g]; g++) {
+        g_auto(GStrv) keys = NULL;
+
+        if (!config_find(groups[g], NULL))
+            return config_fail(err, cfg->path, groups[g], NULL, "unknown section");
+        keys = g_key_file_get_keys(kf, groups[g], NULL, NULL);
+        for (int k = 0; keys && keys[k]; k++)
+            if (!config_find(groups[g], keys[k]))
+                return config_fail(err, cfg->path, groups[g], keys[k], "unknown key");
+    }
+    return TRUE;
+}
+
+/*
+ * Values that depend on others: endpoints under the spool directory, the
+ * host name, and the relationships between keys.
+ */
+static gboolean config_derive(struct postern_config *cfg, GError **err)
+{
+    if (!*cfg->ingest.hostname) {
+        g_free(cfg->ingest.hostname);
+        cfg->ingest.hostname = g_strdup(g_get_host_name());
+    }
+    if (!*cfg->workers.dispatch) {
+        g_free(cfg->workers.dispatch);
+        cfg->workers.dispatch = g_strdup_printf("ipc://%s/run/dispatch", cfg->spool.dir);
+    }
+    if (!*cfg->workers.hints) {
+        g_free(cfg->workers.hints);
+        cfg->workers.hints = g_strdup_printf("ipc://%s/run/hints", cfg->spool.dir);
+    }
+    if (!*cfg->dkim.keys) {
+        g_free(cfg->dkim.keys);
+        cfg->dkim.keys = g_strdup_printf("default:%s/dkim/default.ed25519.pem", cfg->spool.dir);
+    }
+    if (!cfg->ingest.listen[0])
+        return config_fail(err, cfg->path, "ingest", "listen", "no address to listen on");
+    if (!cfg->ingest.recipients[0])
+        return config_fail(err, cfg->path, "ingest", "recipients", "no address to accept");
+    if (cfg->spool.max_size < cfg->spool.map_size)
+        return config_fail(err, cfg->path, "spool", "max_size", "smaller than map_size");
+    if (cfg->retry.initial == 0)
+        return config_fail(err, cfg->path, "retry", "initial", "must be more than 0");
+    if (cfg->retry.max < cfg->retry.initial)
+        return config_fail(err, cfg->path, "retry", "max", "smaller than initial");
+    if (!g_str_equal(cfg->relay.tls, "require") && !g_str_equal(cfg->relay.tls, "opportunistic") &&
+        !g_str_equal(cfg->relay.tls, "none"))
+        return config_fail(err, cfg->path, "relay", "tls",
+                           "\"%s\" is not require, opportunistic or none", cfg->relay.tls);
+    if (cfg->relay.max_connections == 0 || cfg->relay.max_rcpt_per_txn == 0)
+        return config_fail(err, cfg->path, "relay",
+                           cfg->relay.max_connections ? "max_rcpt_per_txn" : "max_connections",
+                           "must be more than 0");
+    return TRUE;
+}
+
+gboolean config_load(struct postern_config *cfg, const char *path, GError **err)
+{
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    GError *local = NULL;
+
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->path = g_strdup(path);
+    for (size_t i = 0; i < G_N_ELEMENTS(config_keys); i++)
+        if (!config_store(cfg, &config_keys[i], config_keys[i].dflt, err))
+            msg_panic("config_load: bad default for [%s] %s", config_keys[i].group,
+                      config_keys[i].key);
+    if (!path)
+        return config_derive(cfg, err);
+
+    if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &local)) {
+        g_set_error(err, CONFIG_ERROR, 1, "%s:0: %s", path, local->message);
+        g_error_free(local);
+        return FALSE;
+    }
+    if (!config_check_known(cfg, kf, err))
+        return FALSE;
+    for (size_t i = 0; i < G_N_ELEMENTS(config_keys); i++) {
+        const struct config_key *k = &config_keys[i];
+        g_autofree char *value = g_key_file_get_value(kf, k->group, k->key, NULL);
+
+        if (value && !config_store(cfg, k, value, err))
+            return FALSE;
+    }
+    return config_derive(cfg, err);
+}
+
+void config_load_or_exit(struct postern_config *cfg, const char *path)
+{
+    GError *err = NULL;
+
+    if (!config_load(cfg, path, &err)) {
+        fprintf(stderr, "%s: %s\n", log_progname(), err->message);
+        exit(CONFIG_EXIT_USAGE);
+    }
+}
+
+void config_free(struct postern_config *cfg)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(config_keys); i++) {
+        void *field = (char *)cfg + config_keys[i].offset;
+        if (config_keys[i].type == CT_STRING)
+            g_free(*(char **)field);
+        else if (config_keys[i].type == CT_LIST)
+            g_strfreev(*(char ***)field);
+    }
+    g_free(cfg->path);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+char *config_spool_path(const struct postern_config *cfg, const char *name)
+{
+    return g_build_filename(cfg->spool.dir, name, NULL);
+}

@@ -1,0 +1,95 @@
+/*
+ * config.h - the one INI file every Postern program reads (SPEC §2).
+ *
+ * Every key has an embedded default, so no file at all gives a working
+ * local demo.  Durations are held in seconds, sizes in bytes, lists as
+ * NULL-terminated string vectors.  A bad file is reported as one line
+ * "FILE:LINE: [group] key: problem" and the caller exits 2.
+ */
+#ifndef POSTERN_CONFIG_H
+#define POSTERN_CONFIG_H
+
+#include <glib.h>
+#include <stdint.h>
+
+struct postern_config {
+    char *path;                     /* file read, or NULL for the defaults */
+
+    struct {
+        char *dir;
+        uint64_t map_size;          /* initial LMDB map size */
+        uint64_t max_size;          /* map growth stops here: 452 4.3.1 */
+    } spool;
+    struct {
+        char **listen;
+        char **recipients;
+        uint64_t max_message_size;
+        uint64_t max_header_size;
+        uint64_t max_recipients;
+        uint64_t max_connections;
+        uint64_t timeout;
+        char *hostname;             /* greeting and Received: name */
+    } ingest;
+    struct {
+        char *prefix;
+    } token;
+    struct {
+        char *from;
+        gboolean allow_original_sender;
+        char *footer;
+        char *footer_hidden;
+        char *unsubscribe_url;
+        gboolean personalize;
+    } rewrite;
+    struct {
+        char *domain;
+        char *keys;                 /* "sel:path, sel:path" */
+    } dkim;
+    struct {
+        char *url;
+        char *tls;
+        char *ca_file;
+        char *user;
+        char *password_file;
+        uint64_t max_connections;
+        uint64_t max_rcpt_per_txn;
+        double rate;
+    } relay;
+    struct {
+        uint64_t initial;
+        uint64_t max;
+        uint64_t lifetime;
+        uint64_t lease;
+    } retry;
+    struct {
+        char *envelope_from;
+    } bounce;
+    struct {
+        char *dispatch;
+        char *hints;
+        char *curve_secret_key_file;
+        char *curve_public_key_file;
+        char *curve_server_public_key;
+        char *curve_allowed_keys_file;
+        uint64_t count;
+        uint64_t slots;
+    } workers;
+};
+
+#define CONFIG_EXIT_USAGE 2
+
+/* Fill cfg from path (NULL: embedded defaults only). */
+gboolean config_load(struct postern_config *cfg, const char *path, GError **err);
+void config_free(struct postern_config *cfg);
+
+/* Load or print the one-line error and exit 2: what every main() wants. */
+void config_load_or_exit(struct postern_config *cfg, const char *path);
+
+/* "30s", "5m", "2h", "1d" -> seconds; "32M", "1G" -> bytes. */
+gboolean config_parse_duration(const char *text, uint64_t *out);
+gboolean config_parse_size(const char *text, uint64_t *out);
+
+/* Path of a file under the spool directory (run/, dkim/, ...). */
+char *config_spool_path(const struct postern_config *cfg, const char *name);
+
+#endif

@@ -1,0 +1,54 @@
+/*
+ * hint.c - see hint.h.
+ */
+#include "spool/hint.h"
+
+#include <errno.h>
+#include <string.h>
+#include <zmq.h>
+
+struct hint_sender {
+    void *ctx;
+    void *sock;
+};
+
+struct hint_sender *hint_sender_open(const char *endpoint, GError **err)
+{
+    struct hint_sender *h = g_new0(struct hint_sender, 1);
+    int zero = 0, one = 1, hwm = 16;
+
+    /*
+     * IMMEDIATE: queue nothing for a peer that is not connected, so a
+     * missing dispatcher makes zmq_send fail with EAGAIN instead of
+     * filling memory.  LINGER 0: exiting never waits for a hint.
+     */
+    h->ctx = zmq_ctx_new();
+    h->sock = zmq_socket(h->ctx, ZMQ_PUSH);
+    zmq_setsockopt(h->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(h->sock, ZMQ_IMMEDIATE, &one, sizeof(one));
+    zmq_setsockopt(h->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+    if (zmq_connect(h->sock, endpoint) < 0) {
+        g_set_error(err, g_quark_from_static_string("postern-hint"), 1,
+                    "[workers] hints %s: %s", endpoint, zmq_strerror(errno));
+        hint_sender_close(h);
+        return NULL;
+    }
+    return h;
+}
+
+void hint_sender_close(struct hint_sender *h)
+{
+    if (!h)
+        return;
+    if (h->sock)
+        zmq_close(h->sock);
+    if (h->ctx)
+        zmq_ctx_term(h->ctx);
+    g_free(h);
+}
+
+void hint_send(struct hint_sender *h, const char *what)
+{
+    if (h)
+        (void)zmq_send(h->sock, what, strlen(what), ZMQ_DONTWAIT);
+}

@@ -1,0 +1,154 @@
+/*
+ * spool.h - the LMDB spool: the one place where Postern's truth lives.
+ *
+ * One LMDB environment in [spool] dir, shared by every local process.
+ * Every state change is one write transaction, run through spool_write(),
+ * which also grows the map on MDB_MAP_FULL (up to [spool] max_size) and
+ * retries, and logs the state changes only once they are committed.
+ * Read transactions are short and never held across I/O.
+ *
+ * Named databases (keys are big-endian so that byte order is time order):
+ *
+ *   meta        name                    -> value (schema version, last id)
+ *   messages    id                      -> message record (GVariant a{sv})
+ *   bodies      id . chunk#             -> raw message bytes, 2000-byte chunks
+ *   by_state    state . id              -> ""       (list, scan by state)
+ *   outgoing    id . chunk#             -> common bytes of the outgoing copy
+ *   deliveries  id . rcpt#              -> delivery record (GVariant a{sv})
+ *   due         time_ms . id . rcpt#    -> ""       (ready and deferred deliveries)
+ *   leases      expiry_ms . id . rcpt#  -> lease id (leased deliveries, transform jobs)
+ *   tokens      sha256(token)           -> token record (GVariant a{sv})
+ *   token_from  sender . 0 . sha256     -> ""       (tokens owned by an address)
+ *
+ * Chunked bodies: values that fit a page never use overflow pages, so the
+ * free list cannot fragment under a churn of large messages; chunks of a
+ * new message are appended with MDB_APPEND (ids only grow), so pages fill.
+ */
+#ifndef POSTERN_SPOOL_H
+#define POSTERN_SPOOL_H
+
+#include <glib.h>
+#include <lmdb.h>
+#include <stdint.h>
+
+#include "spool/config.h"
+
+typedef uint64_t queue_id;
+
+#define QUEUE_ID_LEN 16             /* printed as 16 hex digits */
+#define SPOOL_CHUNK 2000            /* fits a 4 KiB page with its key */
+
+enum msg_state {
+    MSG_INCOMING, MSG_READY, MSG_DEFERRED, MSG_HOLD, MSG_REJECTED, MSG_DONE,
+    MSG_STATE_COUNT
+};
+
+enum spool_error_code {
+    SPOOL_ERR_FULL = 1,             /* map at max_size, or disk full: 452 4.3.1 */
+    SPOOL_ERR_NOT_FOUND,
+    SPOOL_ERR_CORRUPT,
+    SPOOL_ERR_IO,
+    SPOOL_ERR_MAP_FULL,             /* internal to spool_write: grow and redo */
+};
+#define SPOOL_ERROR spool_error_quark()
+GQuark spool_error_quark(void);
+
+enum spool_db {
+    DB_META, DB_MESSAGES, DB_BODIES, DB_BY_STATE, DB_OUTGOING, DB_DELIVERIES,
+    DB_DUE, DB_LEASES, DB_TOKENS, DB_TOKEN_FROM,
+    DB_COUNT
+};
+
+struct spool;
+
+/* A transaction, with the log lines to emit once (and only if) it commits. */
+struct spool_txn {
+    struct spool *sp;
+    MDB_txn *txn;
+    GPtrArray *committed_log;
+};
+
+/* The envelope and queue state of one message. */
+struct spool_msg {
+    queue_id id;
+    enum msg_state state;
+    enum msg_state held_from;       /* state to go back to on release */
+    int64_t arrival;                /* unix seconds */
+    int64_t since;                  /* when state was entered */
+    uint64_t size;                  /* bytes as received */
+    char *sender;                   /* MAIL FROM, "" for the null sender */
+    GPtrArray *recipients;          /* RCPT TO addresses accepted */
+    char *client;                   /* client address */
+    char *helo;                     /* LHLO/EHLO/HELO name */
+    char *proto;                    /* LMTP, ESMTP, SMTP */
+    char *received;                 /* the Received: header we added */
+    char *reason;                   /* why rejected or held, or NULL */
+    GPtrArray *history;             /* "time state note" lines */
+};
+
+/* Environment */
+gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError **err);
+void spool_close(struct spool *sp);
+MDB_dbi spool_dbi(struct spool *sp, enum spool_db db);
+int spool_reader_check(struct spool *sp);
+uint64_t spool_file_size(struct spool *sp);
+const char *spool_dir(struct spool *sp);
+
+/*
+ * Run fn inside one write transaction and commit it durably.  On
+ * MDB_MAP_FULL the map grows (doubling, up to max_size) and fn runs again
+ * from the start, so fn must only act on the transaction it is given.
+ */
+typedef gboolean (*spool_write_fn)(struct spool_txn *t, void *ctx, GError **err);
+gboolean spool_write(struct spool *sp, spool_write_fn fn, void *ctx, GError **err);
+
+gboolean spool_read_begin(struct spool *sp, struct spool_txn *t, GError **err);
+void spool_read_end(struct spool_txn *t);
+
+/* Queue a line to log once t commits. */
+void spool_txn_log(struct spool_txn *t, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+/* Turn an LMDB return code into a GError naming what was being done. */
+gboolean spool_mdb_fail(int rc, const char *what, GError **err);
+
+/* Queue ids: (milliseconds since the epoch << 16) | sequence, never reused. */
+queue_id spool_id_next(struct spool_txn *t, GError **err);
+void spool_id_format(queue_id id, char out[QUEUE_ID_LEN + 1]);
+gboolean spool_id_parse(const char *text, queue_id *out);
+
+/* State names as in SPEC §6. */
+const char *msg_state_name(enum msg_state s);
+gboolean msg_state_parse(const char *name, enum msg_state *out);
+
+/* Messages */
+void spool_msg_init(struct spool_msg *m);
+void spool_msg_clear(struct spool_msg *m);
+gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GError **err);
+/* Insert a new message record with its state index entry. */
+gboolean spool_msg_insert(struct spool_txn *t, struct spool_msg *m, GError **err);
+/* Rewrite the record of an existing message (state unchanged). */
+gboolean spool_msg_update(struct spool_txn *t, const struct spool_msg *m, GError **err);
+/* Move to a new state: index, history, record, and one log line on commit. */
+gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_state to,
+                             const char *reason, GError **err);
+/* Remove the message, its bodies, deliveries and index entries. */
+gboolean spool_msg_delete(struct spool_txn *t, queue_id id, GError **err);
+
+/* Visit message ids: all (state < 0) or one state, in id (= arrival) order. */
+typedef gboolean (*spool_id_fn)(queue_id id, void *ctx);
+gboolean spool_msg_foreach(struct spool_txn *t, int state, spool_id_fn fn, void *ctx, GError **err);
+gboolean spool_msg_count(struct spool_txn *t, enum msg_state s, uint64_t *out, GError **err);
+
+/* Bodies: DB_BODIES for the bytes received, DB_OUTGOING for the common copy. */
+gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id,
+                        const char *data, size_t len, GError **err);
+gboolean spool_body_get(struct spool_txn *t, enum spool_db db, queue_id id,
+                        GByteArray *out, GError **err);
+gboolean spool_body_delete(struct spool_txn *t, enum spool_db db, queue_id id, GError **err);
+
+/* Big-endian key packing shared by the modules of libspool. */
+void spool_be64(unsigned char *p, uint64_t v);
+uint64_t spool_get_be64(const unsigned char *p);
+void spool_be32(unsigned char *p, uint32_t v);
+uint32_t spool_get_be32(const unsigned char *p);
+
+#endif

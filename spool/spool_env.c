@@ -1,0 +1,374 @@
+/*
+ * spool_env.c - the LMDB environment: open, transactions, map growth.
+ */
+#include "spool/spool.h"
+#include "spool/log.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define SPOOL_SCHEMA_VERSION 1
+
+struct spool {
+    MDB_env *env;
+    MDB_dbi dbi[DB_COUNT];
+    char *dir;
+    uint64_t map_size;
+    uint64_t max_size;
+};
+
+static const char *const spool_db_names[DB_COUNT] = {
+    [DB_META] = "meta", [DB_MESSAGES] = "messages", [DB_BODIES] = "bodies",
+    [DB_BY_STATE] = "by_state", [DB_OUTGOING] = "outgoing",
+    [DB_DELIVERIES] = "deliveries", [DB_DUE] = "due", [DB_LEASES] = "leases",
+    [DB_TOKENS] = "tokens", [DB_TOKEN_FROM] = "token_from",
+};
+
+G_DEFINE_QUARK(postern-spool-error, spool_error)
+
+gboolean spool_mdb_fail(int rc, const char *what, GError **err)
+{
+    int code = SPOOL_ERR_IO;
+
+    if (rc == MDB_MAP_FULL)
+        code = SPOOL_ERR_MAP_FULL;
+    else if (rc == ENOSPC || rc == EDQUOT)
+        code = SPOOL_ERR_FULL;
+    else if (rc == MDB_NOTFOUND)
+        code = SPOOL_ERR_NOT_FOUND;
+    else if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_INVALID)
+        code = SPOOL_ERR_CORRUPT;
+    g_set_error(err, SPOOL_ERROR, code, "%s: %s", what, mdb_strerror(rc));
+    return FALSE;
+}
+
+MDB_dbi spool_dbi(struct spool *sp, enum spool_db db)
+{
+    return sp->dbi[db];
+}
+
+const char *spool_dir(struct spool *sp)
+{
+    return sp->dir;
+}
+
+/*
+ * The run/ directory holds the ipc:// sockets: 0700 so that only the
+ * owner can ring the dispatcher or pose as a worker.
+ */
+static gboolean spool_make_dirs(const char *dir, GError **err)
+{
+    g_autofree char *run = g_build_filename(dir, "run", NULL);
+
+    if (g_mkdir_with_parents(dir, 0750) < 0 || g_mkdir_with_parents(run, 0700) < 0) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "%s: cannot create: %s", dir,
+                    g_strerror(errno));
+        return FALSE;
+    }
+    if (chmod(run, 0700) < 0) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "%s: chmod: %s", run, g_strerror(errno));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/*
+ * The map must be at least as large as the file another process may have
+ * grown it to: start from the larger of the file and the configured size.
+ */
+static uint64_t spool_initial_map(const char *dir, uint64_t configured)
+{
+    g_autofree char *data = g_build_filename(dir, "data.mdb", NULL);
+    struct stat st;
+
+    if (stat(data, &st) == 0 && (uint64_t)st.st_size > configured)
+        return (uint64_t)st.st_size;
+    return configured;
+}
+
+static gboolean spool_open_dbs(struct spool *sp, GError **err)
+{
+    MDB_txn *txn;
+    MDB_val key = { 14, (void *)"schema_version" }, val;
+    uint32_t version = SPOOL_SCHEMA_VERSION;
+    int rc;
+
+    if ((rc = mdb_txn_begin(sp->env, NULL, 0, &txn)))
+        return spool_mdb_fail(rc, "open spool", err);
+    for (int i = 0; i < DB_COUNT; i++)
+        if ((rc = mdb_dbi_open(txn, spool_db_names[i], MDB_CREATE, &sp->dbi[i]))) {
+            mdb_txn_abort(txn);
+            return spool_mdb_fail(rc, spool_db_names[i], err);
+        }
+
+    /* A spool written by a future schema must not be misread. */
+    rc = mdb_get(txn, sp->dbi[DB_META], &key, &val);
+    if (rc == 0 && (val.mv_size != 4 || memcmp(val.mv_data, &version, 4))) {
+        mdb_txn_abort(txn);
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT,
+                    "%s: spool schema version differs from %u", sp->dir, version);
+        return FALSE;
+    }
+    if (rc == MDB_NOTFOUND) {
+        val.mv_size = 4;
+        val.mv_data = &version;
+        rc = mdb_put(txn, sp->dbi[DB_META], &key, &val, 0);
+    }
+    if (rc || (rc = mdb_txn_commit(txn))) {
+        if (rc)
+            mdb_txn_abort(txn);
+        return spool_mdb_fail(rc, "open spool", err);
+    }
+    return TRUE;
+}
+
+gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError **err)
+{
+    struct spool *sp = g_new0(struct spool, 1);
+    int rc, dead = 0;
+
+    sp->dir = g_strdup(cfg->spool.dir);
+    sp->max_size = cfg->spool.max_size;
+    if (!spool_make_dirs(sp->dir, err))
+        goto fail;
+    sp->map_size = spool_initial_map(sp->dir, cfg->spool.map_size);
+
+    /*
+     * No MDB_NOSYNC and no MDB_WRITEMAP: a commit is on disk when it
+     * returns, which is what makes the 250 reply true.  MDB_NOTLS lets a
+     * thread pool share the environment; MDB_NORDAHEAD keeps the page
+     * cache for the hot end of the file.
+     */
+    if ((rc = mdb_env_create(&sp->env)) ||
+        (rc = mdb_env_set_maxdbs(sp->env, DB_COUNT)) ||
+        (rc = mdb_env_set_maxreaders(sp->env, 1024)) ||
+        (rc = mdb_env_set_mapsize(sp->env, sp->map_size)) ||
+        (rc = mdb_env_open(sp->env, sp->dir, MDB_NOTLS | MDB_NORDAHEAD, 0640))) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "%s: cannot open spool: %s", sp->dir,
+                    mdb_strerror(rc));
+        goto fail;
+    }
+    /* A reader slot left by a killed process pins old pages: clear them now. */
+    mdb_reader_check(sp->env, &dead);
+    if (dead)
+        msg_warn("%s: cleared %d stale reader slot(s)", sp->dir, dead);
+    if (!spool_open_dbs(sp, err))
+        goto fail;
+    *out = sp;
+    return TRUE;
+
+fail:
+    spool_close(sp);
+    return FALSE;
+}
+
+void spool_close(struct spool *sp)
+{
+    if (!sp)
+        return;
+    if (sp->env)
+        mdb_env_close(sp->env);
+    g_free(sp->dir);
+    g_free(sp);
+}
+
+int spool_reader_check(struct spool *sp)
+{
+    int dead = 0;
+
+    mdb_reader_check(sp->env, &dead);
+    if (dead)
+        msg_warn("%s: cleared %d stale reader slot(s)", sp->dir, dead);
+    return dead;
+}
+
+uint64_t spool_file_size(struct spool *sp)
+{
+    g_autofree char *data = g_build_filename(sp->dir, "data.mdb", NULL);
+    struct stat st;
+
+    return stat(data, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+/*
+ * Begin a transaction; when another process grew the map, adopt the new
+ * size (mdb_env_set_mapsize with 0) and try once more.
+ */
+static int spool_txn_begin(struct spool *sp, unsigned flags, MDB_txn **txn)
+{
+    int rc = mdb_txn_begin(sp->env, NULL, flags, txn);
+
+    if (rc == MDB_MAP_RESIZED) {
+        MDB_envinfo info;
+        if ((rc = mdb_env_set_mapsize(sp->env, 0)) == 0) {
+            mdb_env_info(sp->env, &info);
+            sp->map_size = info.me_mapsize;
+            rc = mdb_txn_begin(sp->env, NULL, flags, txn);
+        }
+    }
+    return rc;
+}
+
+gboolean spool_read_begin(struct spool *sp, struct spool_txn *t, GError **err)
+{
+    int rc;
+
+    memset(t, 0, sizeof(*t));
+    t->sp = sp;
+    if ((rc = spool_txn_begin(sp, MDB_RDONLY, &t->txn)))
+        return spool_mdb_fail(rc, "read spool", err);
+    return TRUE;
+}
+
+void spool_read_end(struct spool_txn *t)
+{
+    if (t->txn)
+        mdb_txn_abort(t->txn);
+    t->txn = NULL;
+}
+
+void spool_txn_log(struct spool_txn *t, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!t->committed_log)
+        t->committed_log = g_ptr_array_new_with_free_func(g_free);
+    va_start(ap, fmt);
+    g_ptr_array_add(t->committed_log, g_strdup_vprintf(fmt, ap));
+    va_end(ap);
+}
+
+/*
+ * Grow the map for a transaction that did not fit.  Called with no
+ * transaction open in this process, as mdb_env_set_mapsize requires.
+ */
+static gboolean spool_grow(struct spool *sp, GError **err)
+{
+    uint64_t next = MIN(sp->map_size * 2, sp->max_size);
+    int rc;
+
+    if (next <= sp->map_size) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_FULL,
+                    "%s: spool full: map at [spool] max_size (%" G_GUINT64_FORMAT " bytes)",
+                    sp->dir, sp->max_size);
+        return FALSE;
+    }
+    if ((rc = mdb_env_set_mapsize(sp->env, next)))
+        return spool_mdb_fail(rc, "grow spool map", err);
+    msg_info("%s: spool map grown from %" G_GUINT64_FORMAT " to %" G_GUINT64_FORMAT " bytes",
+             sp->dir, sp->map_size, next);
+    sp->map_size = next;
+    return TRUE;
+}
+
+gboolean spool_write(struct spool *sp, spool_write_fn fn, void *ctx, GError **err)
+{
+    for (;;) {
+        struct spool_txn t = { .sp = sp };
+        GError *local = NULL;
+        int rc;
+
+        if ((rc = spool_txn_begin(sp, 0, &t.txn)))
+            return spool_mdb_fail(rc, "begin spool write", err);
+        if (fn(&t, ctx, &local))
+            rc = mdb_txn_commit(t.txn);
+        else
+            mdb_txn_abort(t.txn);
+        t.txn = NULL;
+
+        if (!local && rc == 0) {
+            for (guint i = 0; t.committed_log && i < t.committed_log->len; i++)
+                msg_info("%s", (char *)t.committed_log->pdata[i]);
+            g_clear_pointer(&t.committed_log, g_ptr_array_unref);
+            return TRUE;
+        }
+        g_clear_pointer(&t.committed_log, g_ptr_array_unref);
+
+        /* MDB_MAP_FULL from a put, or from the commit itself: grow, redo. */
+        if (g_error_matches(local, SPOOL_ERROR, SPOOL_ERR_MAP_FULL) || rc == MDB_MAP_FULL) {
+            g_clear_error(&local);
+            if (!spool_grow(sp, err))
+                return FALSE;
+            continue;
+        }
+        if (local) {
+            g_propagate_error(err, local);
+            return FALSE;
+        }
+        return spool_mdb_fail(rc, "commit spool write", err);
+    }
+}
+
+/*
+ * Ids are allocated inside the write transaction, so they are unique and
+ * increasing across every process without another lock: the time in ms in
+ * the high bits makes them sortable by arrival, the low 16 bits count
+ * within one millisecond (and absorb a clock that steps back).
+ */
+queue_id spool_id_next(struct spool_txn *t, GError **err)
+{
+    MDB_val key = { 7, (void *)"last_id" }, val;
+    struct timespec now;
+    uint64_t last = 0, id;
+    int rc;
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    id = ((uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000) << 16;
+    rc = mdb_get(t->txn, spool_dbi(t->sp, DB_META), &key, &val);
+    if (rc == 0 && val.mv_size == 8)
+        last = spool_get_be64(val.mv_data);
+    if (id <= last)
+        id = last + 1;
+
+    unsigned char buf[8];
+    spool_be64(buf, id);
+    val.mv_size = 8;
+    val.mv_data = buf;
+    if ((rc = mdb_put(t->txn, spool_dbi(t->sp, DB_META), &key, &val, 0))) {
+        spool_mdb_fail(rc, "allocate queue id", err);
+        return 0;
+    }
+    return id;
+}
+
+void spool_id_format(queue_id id, char out[QUEUE_ID_LEN + 1])
+{
+    g_snprintf(out, QUEUE_ID_LEN + 1, "%016" G_GINT64_MODIFIER "X", id);
+}
+
+gboolean spool_id_parse(const char *text, queue_id *out)
+{
+    char *end;
+
+    if (!text || strlen(text) != QUEUE_ID_LEN || !g_ascii_isxdigit(text[0]))
+        return FALSE;
+    *out = g_ascii_strtoull(text, &end, 16);
+    return *end == '\0';
+}
+
+void spool_be64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+uint64_t spool_get_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+void spool_be32(unsigned char *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+uint32_t spool_get_be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}

@@ -1,0 +1,406 @@
+/*
+ * spool_msg.c - message records, the by_state index, and chunked bodies.
+ *
+ * Records are GVariant a{sv} dictionaries: self-describing, so a later
+ * version can add fields and still read what an older one wrote.
+ */
+#include "spool/spool.h"
+#include "spool/log.h"
+
+#include <string.h>
+
+static const char *const msg_state_names[MSG_STATE_COUNT] = {
+    [MSG_INCOMING] = "incoming", [MSG_READY] = "ready", [MSG_DEFERRED] = "deferred",
+    [MSG_HOLD] = "hold", [MSG_REJECTED] = "rejected", [MSG_DONE] = "done",
+};
+
+const char *msg_state_name(enum msg_state s)
+{
+    return (unsigned)s < MSG_STATE_COUNT ? msg_state_names[s] : "unknown";
+}
+
+gboolean msg_state_parse(const char *name, enum msg_state *out)
+{
+    for (int i = 0; i < MSG_STATE_COUNT; i++)
+        if (g_ascii_strcasecmp(name, msg_state_names[i]) == 0) {
+            *out = i;
+            return TRUE;
+        }
+    return FALSE;
+}
+
+void spool_msg_init(struct spool_msg *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->recipients = g_ptr_array_new_with_free_func(g_free);
+    m->history = g_ptr_array_new_with_free_func(g_free);
+}
+
+void spool_msg_clear(struct spool_msg *m)
+{
+    g_free(m->sender);
+    g_free(m->client);
+    g_free(m->helo);
+    g_free(m->proto);
+    g_free(m->received);
+    g_free(m->reason);
+    if (m->recipients)
+        g_ptr_array_unref(m->recipients);
+    if (m->history)
+        g_ptr_array_unref(m->history);
+    memset(m, 0, sizeof(*m));
+}
+
+static GVariant *strv_variant(GPtrArray *a)
+{
+    return g_variant_new_strv((const char *const *)a->pdata, a->len);
+}
+
+static GVariant *spool_msg_encode(const struct spool_msg *m)
+{
+    GVariantDict d;
+
+    g_variant_dict_init(&d, NULL);
+    g_variant_dict_insert(&d, "state", "y", (guint8)m->state);
+    g_variant_dict_insert(&d, "held_from", "y", (guint8)m->held_from);
+    g_variant_dict_insert(&d, "arrival", "x", m->arrival);
+    g_variant_dict_insert(&d, "since", "x", m->since);
+    g_variant_dict_insert(&d, "size", "t", m->size);
+    g_variant_dict_insert(&d, "sender", "s", m->sender ? m->sender : "");
+    g_variant_dict_insert_value(&d, "recipients", strv_variant(m->recipients));
+    g_variant_dict_insert(&d, "client", "s", m->client ? m->client : "");
+    g_variant_dict_insert(&d, "helo", "s", m->helo ? m->helo : "");
+    g_variant_dict_insert(&d, "proto", "s", m->proto ? m->proto : "");
+    g_variant_dict_insert(&d, "received", "s", m->received ? m->received : "");
+    if (m->reason)
+        g_variant_dict_insert(&d, "reason", "s", m->reason);
+    g_variant_dict_insert_value(&d, "history", strv_variant(m->history));
+    return g_variant_ref_sink(g_variant_dict_end(&d));
+}
+
+static void strv_into(GVariantDict *d, const char *key, GPtrArray *out)
+{
+    g_autofree const char **v = NULL;
+    g_autoptr(GVariant) val = g_variant_dict_lookup_value(d, key, G_VARIANT_TYPE_STRING_ARRAY);
+
+    if (!val)
+        return;
+    v = g_variant_get_strv(val, NULL);
+    for (int i = 0; v[i]; i++)
+        g_ptr_array_add(out, g_strdup(v[i]));
+}
+
+static gboolean spool_msg_decode(const MDB_val *val, struct spool_msg *m, GError **err)
+{
+    g_autoptr(GBytes) bytes = g_bytes_new(val->mv_data, val->mv_size);
+    g_autoptr(GVariant) v = g_variant_ref_sink(
+        g_variant_new_from_bytes(G_VARIANT_TYPE_VARDICT, bytes, FALSE));
+    GVariantDict d;
+    guint8 state = 0, held = 0;
+
+    if (!g_variant_is_normal_form(v)) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT, "message record is malformed");
+        return FALSE;
+    }
+    g_variant_dict_init(&d, v);
+    g_variant_dict_lookup(&d, "state", "y", &state);
+    g_variant_dict_lookup(&d, "held_from", "y", &held);
+    m->state = state < MSG_STATE_COUNT ? state : MSG_HOLD;
+    m->held_from = held < MSG_STATE_COUNT ? held : MSG_INCOMING;
+    g_variant_dict_lookup(&d, "arrival", "x", &m->arrival);
+    g_variant_dict_lookup(&d, "since", "x", &m->since);
+    g_variant_dict_lookup(&d, "size", "t", &m->size);
+    g_variant_dict_lookup(&d, "sender", "s", &m->sender);
+    g_variant_dict_lookup(&d, "client", "s", &m->client);
+    g_variant_dict_lookup(&d, "helo", "s", &m->helo);
+    g_variant_dict_lookup(&d, "proto", "s", &m->proto);
+    g_variant_dict_lookup(&d, "received", "s", &m->received);
+    g_variant_dict_lookup(&d, "reason", "s", &m->reason);
+    strv_into(&d, "recipients", m->recipients);
+    strv_into(&d, "history", m->history);
+    g_variant_dict_clear(&d);
+    return TRUE;
+}
+
+static void id_key(unsigned char key[8], queue_id id)
+{
+    spool_be64(key, id);
+}
+
+static void state_key(unsigned char key[9], enum msg_state s, queue_id id)
+{
+    key[0] = (unsigned char)s;
+    spool_be64(key + 1, id);
+}
+
+gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GError **err)
+{
+    unsigned char k[8];
+    MDB_val key = { 8, k }, val;
+    char idtext[QUEUE_ID_LEN + 1];
+    int rc;
+
+    id_key(k, id);
+    spool_id_format(id, idtext);
+    if ((rc = mdb_get(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val)))
+        return spool_mdb_fail(rc, idtext, err);
+    spool_msg_init(m);
+    m->id = id;
+    if (!spool_msg_decode(&val, m, err)) {
+        g_prefix_error(err, "%s: ", idtext);
+        spool_msg_clear(m);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean spool_msg_put_record(struct spool_txn *t, const struct spool_msg *m,
+                                     unsigned flags, GError **err)
+{
+    g_autoptr(GVariant) v = spool_msg_encode(m);
+    unsigned char k[8];
+    MDB_val key = { 8, k }, val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
+    int rc;
+
+    id_key(k, m->id);
+    if ((rc = mdb_put(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val, flags)))
+        return spool_mdb_fail(rc, "store message record", err);
+    return TRUE;
+}
+
+static gboolean spool_state_index(struct spool_txn *t, enum msg_state s, queue_id id,
+                                  gboolean add, GError **err)
+{
+    unsigned char k[9];
+    MDB_val key = { 9, k }, val = { 0, (void *)"" };
+    int rc;
+
+    state_key(k, s, id);
+    rc = add ? mdb_put(t->txn, spool_dbi(t->sp, DB_BY_STATE), &key, &val, 0)
+             : mdb_del(t->txn, spool_dbi(t->sp, DB_BY_STATE), &key, NULL);
+    if (rc && !(rc == MDB_NOTFOUND && !add))
+        return spool_mdb_fail(rc, "update state index", err);
+    return TRUE;
+}
+
+static void spool_msg_note(struct spool_msg *m, const char *note)
+{
+    g_ptr_array_add(m->history, g_strdup_printf("%" G_GINT64_FORMAT " %s%s%s", m->since,
+                                                msg_state_name(m->state), note ? " " : "",
+                                                note ? note : ""));
+}
+
+gboolean spool_msg_insert(struct spool_txn *t, struct spool_msg *m, GError **err)
+{
+    if (!m->since)
+        m->since = m->arrival;
+    if (!m->history->len)
+        spool_msg_note(m, NULL);
+    /* New ids are the largest, so the record normally appends. */
+    if (!spool_msg_put_record(t, m, MDB_APPEND, NULL) &&
+        !spool_msg_put_record(t, m, MDB_NOOVERWRITE, err))
+        return FALSE;
+    return spool_state_index(t, m->state, m->id, TRUE, err);
+}
+
+gboolean spool_msg_update(struct spool_txn *t, const struct spool_msg *m, GError **err)
+{
+    return spool_msg_put_record(t, m, 0, err);
+}
+
+gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_state to,
+                             const char *reason, GError **err)
+{
+    char idtext[QUEUE_ID_LEN + 1];
+    enum msg_state from = m->state;
+
+    if (!spool_state_index(t, from, m->id, FALSE, err) ||
+        !spool_state_index(t, to, m->id, TRUE, err))
+        return FALSE;
+    if (to == MSG_HOLD && from != MSG_HOLD)
+        m->held_from = from;
+    m->state = to;
+    m->since = g_get_real_time() / G_USEC_PER_SEC;
+    if (reason) {
+        g_free(m->reason);
+        m->reason = g_strdup(reason);
+    }
+    spool_msg_note(m, reason);
+    if (!spool_msg_update(t, m, err))
+        return FALSE;
+    spool_id_format(m->id, idtext);
+    spool_txn_log(t, "%s: state=%s from=%s%s%s", idtext, msg_state_name(to),
+                  msg_state_name(from), reason ? ", reason=" : "", reason ? reason : "");
+    return TRUE;
+}
+
+/* Delete every key of db that starts with the 8-byte id. */
+static gboolean spool_delete_prefix(struct spool_txn *t, enum spool_db db, queue_id id,
+                                    GError **err)
+{
+    MDB_cursor *cur;
+    unsigned char k[8];
+    MDB_val key = { 8, k }, val;
+    int rc;
+
+    id_key(k, id);
+    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, db), &cur)))
+        return spool_mdb_fail(rc, "open cursor", err);
+    rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+    while (rc == 0 && key.mv_size >= 8 && memcmp(key.mv_data, k, 8) == 0) {
+        if ((rc = mdb_cursor_del(cur, 0)))
+            break;
+        rc = mdb_cursor_get(cur, &key, &val, MDB_GET_CURRENT);
+        if (rc == EINVAL)   /* deleted the last key */
+            rc = MDB_NOTFOUND;
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        return spool_mdb_fail(rc, "delete records", err);
+    return TRUE;
+}
+
+gboolean spool_body_delete(struct spool_txn *t, enum spool_db db, queue_id id, GError **err)
+{
+    return spool_delete_prefix(t, db, id, err);
+}
+
+gboolean spool_msg_delete(struct spool_txn *t, queue_id id, GError **err)
+{
+    struct spool_msg m;
+    unsigned char k[8];
+    MDB_val key = { 8, k };
+    char idtext[QUEUE_ID_LEN + 1];
+    int rc;
+
+    if (!spool_msg_get(t, id, &m, err))
+        return FALSE;
+    id_key(k, id);
+    rc = mdb_del(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, NULL);
+    gboolean ok = rc == 0 ? spool_state_index(t, m.state, id, FALSE, err)
+                          : spool_mdb_fail(rc, "delete message", err);
+    spool_msg_clear(&m);
+    if (!ok || !spool_delete_prefix(t, DB_BODIES, id, err) ||
+        !spool_delete_prefix(t, DB_OUTGOING, id, err) ||
+        !spool_delete_prefix(t, DB_DELIVERIES, id, err))
+        return FALSE;
+    spool_id_format(id, idtext);
+    spool_txn_log(t, "%s: removed", idtext);
+    return TRUE;
+}
+
+gboolean spool_msg_foreach(struct spool_txn *t, int state, spool_id_fn fn, void *ctx,
+                           GError **err)
+{
+    MDB_cursor *cur;
+    unsigned char k[9];
+    MDB_val key = { state < 0 ? 0 : 1, k }, val;
+    int rc;
+
+    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, state < 0 ? DB_MESSAGES : DB_BY_STATE),
+                              &cur)))
+        return spool_mdb_fail(rc, "open cursor", err);
+    k[0] = (unsigned char)state;
+    rc = state < 0 ? mdb_cursor_get(cur, &key, &val, MDB_FIRST)
+                   : mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+    while (rc == 0) {
+        const unsigned char *p = key.mv_data;
+        queue_id id;
+
+        if (state < 0)
+            id = spool_get_be64(p);
+        else if (key.mv_size == 9 && p[0] == (unsigned char)state)
+            id = spool_get_be64(p + 1);
+        else
+            break;
+        if (!fn(id, ctx))
+            break;
+        rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        return spool_mdb_fail(rc, "scan messages", err);
+    return TRUE;
+}
+
+gboolean spool_msg_count(struct spool_txn *t, enum msg_state s, uint64_t *out, GError **err)
+{
+    MDB_cursor *cur;
+    unsigned char k[1] = { (unsigned char)s };
+    MDB_val key = { 1, k }, val;
+    uint64_t n = 0;
+    int rc;
+
+    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_BY_STATE), &cur)))
+        return spool_mdb_fail(rc, "open cursor", err);
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+         rc == 0 && ((unsigned char *)key.mv_data)[0] == s;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT))
+        n++;
+    mdb_cursor_close(cur);
+    *out = n;
+    return TRUE;
+}
+
+/*
+ * Chunks of a new message go at the end of the database (ids only grow),
+ * so MDB_APPEND fills pages completely; a rewrite of an older message's
+ * outgoing copy falls back to an ordinary put.
+ */
+gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id, const char *data,
+                        size_t len, GError **err)
+{
+    unsigned char k[12];
+    MDB_val key = { 12, k };
+    unsigned flags = MDB_APPEND;
+    uint32_t chunk = 0;
+    int rc;
+
+    spool_be64(k, id);
+    do {
+        size_t n = MIN(len, SPOOL_CHUNK);
+        MDB_val val = { n, (void *)data };
+
+        spool_be32(k + 8, chunk++);
+        rc = mdb_put(t->txn, spool_dbi(t->sp, db), &key, &val, flags);
+        if (rc == MDB_KEYEXIST && flags == MDB_APPEND) {
+            flags = 0;
+            rc = mdb_put(t->txn, spool_dbi(t->sp, db), &key, &val, flags);
+        }
+        if (rc)
+            return spool_mdb_fail(rc, "store message body", err);
+        data += n;
+        len -= n;
+    } while (len > 0);
+    return TRUE;
+}
+
+gboolean spool_body_get(struct spool_txn *t, enum spool_db db, queue_id id, GByteArray *out,
+                        GError **err)
+{
+    MDB_cursor *cur;
+    unsigned char k[12];
+    MDB_val key = { 8, k }, val;
+    gboolean found = FALSE;
+    int rc;
+
+    spool_be64(k, id);
+    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, db), &cur)))
+        return spool_mdb_fail(rc, "open cursor", err);
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+         rc == 0 && key.mv_size == 12 && memcmp(key.mv_data, k, 8) == 0;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+        g_byte_array_append(out, val.mv_data, val.mv_size);
+        found = TRUE;
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        return spool_mdb_fail(rc, "read message body", err);
+    if (!found) {
+        char idtext[QUEUE_ID_LEN + 1];
+        spool_id_format(id, idtext);
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "%s: no body stored", idtext);
+        return FALSE;
+    }
+    return TRUE;
+}
