@@ -1,1 +1,77 @@
-/* placeholder: being written */
+/*
+ * What an attempt's result means for the delivery (SPEC §5), and when to
+ * try again. Pure: the caller supplies the clock and the random numbers.
+ */
+#include <string.h>
+
+#include "sender/smtp.h"
+
+const char *retry_verdict_name(enum retry_verdict v)
+{
+	static const char *const name[] = {
+		[RETRY_SENT] = "sent", [RETRY_DEFER] = "deferred",
+		[RETRY_BOUNCE] = "bounced", [RETRY_PAUSE] = "paused",
+	};
+
+	return name[v];
+}
+
+/*
+ * The relay's quota and throttle replies (Google: "421 4.7.0 Try again
+ * later", "450 4.2.1 ... rate limited", "550 5.4.5 Daily user sending quota
+ * exceeded", "550 5.7.1 ... relay limit exceeded"). They say nothing about
+ * the message: every delivery would get the same answer for a while.
+ */
+static gboolean relay_throttled(const struct smtp_rcpt_result *r)
+{
+	return (r->code == 421 && !strcmp(r->status, "4.7.0"))
+	    || (r->code == 450 && !strcmp(r->status, "4.2.1"))
+	    || (r->code == 550 && !strcmp(r->status, "5.4.5"))
+	    || (r->code == 550 && !strcmp(r->status, "5.7.1")
+		&& r->text && strcasestr(r->text, "limit exceeded"));
+}
+
+/*
+ * A refused session (greeting, EHLO, STARTTLS, AUTH) defers even on a 5xx:
+ * it is about the relay or our credentials, not the message, and Postfix
+ * defers it too (smtp_skip_5xx_greeting, smtp_sasl_auth_soft_bounce).
+ */
+enum retry_verdict retry_classify(const struct smtp_rcpt_result *r)
+{
+	if (relay_throttled(r))
+		return RETRY_PAUSE;
+	if (r->error != SMTP_ERROR_NONE)
+		return RETRY_DEFER;
+	switch (r->code / 100) {
+	case 2:
+		return RETRY_SENT;
+	case 5:
+		return RETRY_BOUNCE;
+	default:
+		return RETRY_DEFER;
+	}
+}
+
+/* initial * 2^(n-1), capped at max, without overflowing on large n. */
+static gint64 doubling(const struct retry_policy *p, unsigned n)
+{
+	gint64  d = MAX(p->initial, 1);
+
+	while (n-- > 1 && d < p->max)
+		d *= 2;
+	return MIN(d, p->max);
+}
+
+enum retry_verdict retry_schedule(const struct retry_policy *p, unsigned attempts,
+				  gint64 first, gint64 now, double u, gint64 *next_at)
+{
+	if (now - first >= p->lifetime)
+		return RETRY_BOUNCE;
+	*next_at = now + (gint64) (doubling(p, attempts) * (0.8 + 0.4 * u));
+	return RETRY_DEFER;
+}
+
+gint64  retry_pause(const struct retry_policy *p, unsigned n)
+{
+	return doubling(p, n);
+}

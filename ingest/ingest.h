@@ -1,0 +1,79 @@
+/*
+ * ingest.h - postern-ingest internals: listeners, sessions, group commit.
+ *
+ * One thread, one GLib main loop.  Sessions read and parse as their bytes
+ * arrive; a session whose DATA is complete joins the pending batch.  After
+ * each main-loop iteration every pending message is committed in ONE
+ * durable LMDB transaction, and only then are their 250 replies written:
+ * messages that finish together share a commit (group commit), none is
+ * acknowledged before its commit is on disk.
+ */
+#ifndef POSTERN_INGEST_H
+#define POSTERN_INGEST_H
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "ingest/lmtp_proto.h"
+#include "spool/config.h"
+#include "spool/hint.h"
+#include "spool/spool.h"
+
+enum session_state {
+    SESSION_COMMAND,                /* reading commands */
+    SESSION_DATA,                   /* reading the message after 354 */
+    SESSION_COMMIT,                 /* message complete, waiting for the batch */
+    SESSION_CLOSING,                /* flushing the last reply, then close */
+};
+
+struct ingest;
+
+struct session {
+    struct ingest *ig;
+    int fd;
+    guint read_source;
+    guint write_source;
+    char *client;                   /* "ip" or "unix" */
+    GByteArray *in;                 /* received, not yet parsed */
+    GString *out;                   /* replies not yet written */
+    enum session_state state;
+    gboolean lmtp;                  /* LHLO: one reply per recipient */
+    char *helo;
+    char *proto;                    /* LMTP, ESMTP, SMTP */
+    gboolean have_mail;
+    char *sender;
+    GPtrArray *rcpts;               /* accepted recipients */
+    struct lmtp_data_reader data;
+    int64_t last_active;            /* monotonic seconds */
+    unsigned errors;
+};
+
+struct ingest {
+    struct postern_config *cfg;
+    struct spool *spool;
+    struct hint_sender *hints;
+    GHashTable *recipients;         /* canonical address set */
+    GPtrArray *listeners;           /* GSource ids */
+    GList *sessions;
+    unsigned n_sessions;
+    GPtrArray *batch;               /* sessions in SESSION_COMMIT */
+    gboolean stopping;
+};
+
+/* ingest_listen.c */
+gboolean ingest_listen(struct ingest *ig, GError **err);
+void ingest_listen_stop(struct ingest *ig);
+
+/* ingest_session.c */
+void session_start(struct ingest *ig, int fd, const char *client);
+void session_input(struct session *s);
+void session_reply(struct session *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+void session_flush(struct session *s);
+void session_end_transaction(struct session *s);
+void session_expire_idle(struct ingest *ig);
+void session_shutdown_all(struct ingest *ig);
+
+/* ingest_commit.c */
+void ingest_commit_batch(struct ingest *ig);
+
+#endif

@@ -1,0 +1,146 @@
+/*
+ * ingest_listen.c - the listening sockets: host:port, [v6]:port, unix:/path.
+ */
+#include "ingest/ingest.h"
+#include "spool/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib-unix.h>
+#include <netdb.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+static gboolean listen_fail(GError **err, const char *addr, const char *what)
+{
+    g_set_error(err, g_quark_from_static_string("postern-ingest"), 1,
+                "[ingest] listen %s: %s: %s", addr, what, g_strerror(errno));
+    return FALSE;
+}
+
+static void client_name(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, (socklen_t)len);
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, (socklen_t)len);
+    else
+        g_strlcpy(out, "unix", len);
+}
+
+/*
+ * Accept every pending connection.  Over max_connections the client
+ * hears 421 4.3.2 at once and is closed, as Postfix's anvil would.
+ */
+static gboolean listen_accept(int lfd, GIOCondition cond, gpointer data)
+{
+    struct ingest *ig = data;
+
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t sslen = sizeof(ss);
+        char name[INET6_ADDRSTRLEN];
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                msg_warn("accept: %s", g_strerror(errno));
+            return G_SOURCE_CONTINUE;
+        }
+        client_name(&ss, name, sizeof(name));
+        if (ig->n_sessions >= ig->cfg->ingest.max_connections) {
+            static const char busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+            ssize_t ignored = write(fd, busy, sizeof(busy) - 1);
+            (void)ignored;
+            msg_warn("connect from %s: refused: too many connections (%u)", name,
+                     ig->n_sessions);
+            close(fd);
+            continue;
+        }
+        session_start(ig, fd, name);
+    }
+}
+
+static int listen_unix(const char *path, GError **err)
+{
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    int fd;
+
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        errno = ENAMETOOLONG;
+        listen_fail(err, path, "path");
+        return -1;
+    }
+    strcpy(sun.sun_path, path);
+    unlink(path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+        listen_fail(err, path, "bind");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int listen_inet(const char *addr, GError **err)
+{
+    g_autofree char *host = NULL;
+    const char *colon = strrchr(addr, ':');
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *res;
+    int fd, one = 1, rc;
+
+    if (!colon) {
+        errno = EINVAL;
+        listen_fail(err, addr, "expected host:port");
+        return -1;
+    }
+    host = g_strndup(addr, (gsize)(colon - addr));
+    if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+        memmove(host, host + 1, strlen(host));
+        host[strlen(host) - 1] = '\0';
+    }
+    if ((rc = getaddrinfo(*host ? host : NULL, colon + 1, &hints, &res))) {
+        g_set_error(err, g_quark_from_static_string("postern-ingest"), 1,
+                    "[ingest] listen %s: %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0) {
+        listen_fail(err, addr, "bind");
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+gboolean ingest_listen(struct ingest *ig, GError **err)
+{
+    ig->listeners = g_ptr_array_new();
+    for (char **a = ig->cfg->ingest.listen; *a; a++) {
+        int fd = g_str_has_prefix(*a, "unix:") ? listen_unix(*a + 5, err) : listen_inet(*a, err);
+
+        if (fd < 0)
+            return FALSE;
+        if (listen(fd, 512) < 0)
+            return listen_fail(err, *a, "listen");
+        g_ptr_array_add(ig->listeners,
+                        GUINT_TO_POINTER(g_unix_fd_add(fd, G_IO_IN, listen_accept, ig)));
+        msg_info("listening on %s", *a);
+    }
+    return TRUE;
+}
+
+void ingest_listen_stop(struct ingest *ig)
+{
+    for (guint i = 0; ig->listeners && i < ig->listeners->len; i++)
+        g_source_remove(GPOINTER_TO_UINT(ig->listeners->pdata[i]));
+    g_clear_pointer(&ig->listeners, g_ptr_array_unref);
+}

@@ -1,0 +1,382 @@
+/*
+ * ingest_session.c - one LMTP/SMTP conversation: commands in, replies out.
+ *
+ * Commands are handled in order as they arrive, so a pipelining client
+ * gets its replies in order too; replies are written when the input at
+ * hand has been consumed (or when the session must wait for a commit).
+ */
+#include "ingest/ingest.h"
+#include "spool/log.h"
+
+#include <errno.h>
+#include <glib-unix.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SESSION_READ_SIZE 65536
+#define SESSION_ERROR_LIMIT 20      /* then 421, as Postfix's hard error limit */
+
+static void session_free(struct session *s)
+{
+    struct ingest *ig = s->ig;
+
+    if (s->read_source)
+        g_source_remove(s->read_source);
+    if (s->write_source)
+        g_source_remove(s->write_source);
+    close(s->fd);
+    ig->sessions = g_list_remove(ig->sessions, s);
+    ig->n_sessions--;
+    g_ptr_array_remove(ig->batch, s);
+    lmtp_data_clear(&s->data);
+    g_byte_array_unref(s->in);
+    g_string_free(s->out, TRUE);
+    g_ptr_array_unref(s->rcpts);
+    g_free(s->client);
+    g_free(s->helo);
+    g_free(s->proto);
+    g_free(s->sender);
+    g_free(s);
+}
+
+static void session_close(struct session *s, const char *why)
+{
+    msg_info("disconnect from %s%s%s", s->client, why ? ": " : "", why ? why : "");
+    session_free(s);
+}
+
+void session_reply(struct session *s, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_string_append_vprintf(s->out, fmt, ap);
+    va_end(ap);
+    g_string_append(s->out, "\r\n");
+}
+
+static gboolean session_writable(int fd, GIOCondition cond, gpointer data)
+{
+    struct session *s = data;
+
+    s->write_source = 0;
+    session_flush(s);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * Write what can be written now; wait for POLLOUT for the rest.  A
+ * session in SESSION_CLOSING ends once its last reply is out.
+ */
+void session_flush(struct session *s)
+{
+    while (s->out->len) {
+        ssize_t n = write(s->fd, s->out->str, s->out->len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            if (!s->write_source)
+                s->write_source = g_unix_fd_add(s->fd, G_IO_OUT, session_writable, s);
+            return;
+        }
+        if (n < 0) {
+            if (s->state == SESSION_COMMIT)
+                return;     /* the commit still happens; the client is gone */
+            session_close(s, g_strerror(errno));
+            return;
+        }
+        g_string_erase(s->out, 0, n);
+    }
+    if (s->state == SESSION_CLOSING)
+        session_close(s, NULL);
+}
+
+void session_end_transaction(struct session *s)
+{
+    s->have_mail = FALSE;
+    g_clear_pointer(&s->sender, g_free);
+    g_ptr_array_set_size(s->rcpts, 0);
+    lmtp_data_clear(&s->data);
+}
+
+static void session_greet(struct session *s, const struct lmtp_cmd *cmd)
+{
+    const struct postern_config *cfg = s->ig->cfg;
+
+    session_end_transaction(s);
+    g_free(s->helo);
+    s->helo = g_strdup(cmd->arg);
+    s->lmtp = cmd->verb == LMTP_LHLO;
+    g_free(s->proto);
+    s->proto = g_strdup(cmd->verb == LMTP_LHLO ? "LMTP" : cmd->verb == LMTP_EHLO ? "ESMTP" : "SMTP");
+    if (cmd->verb == LMTP_HELO) {
+        session_reply(s, "250 %s", cfg->ingest.hostname);
+        return;
+    }
+    session_reply(s, "250-%s", cfg->ingest.hostname);
+    session_reply(s, "250-PIPELINING");
+    session_reply(s, "250-SIZE %" G_GUINT64_FORMAT, cfg->ingest.max_message_size);
+    session_reply(s, "250-ENHANCEDSTATUSCODES");
+    session_reply(s, "250-8BITMIME");
+    session_reply(s, "250 SMTPUTF8");
+}
+
+static void session_mail(struct session *s, const struct lmtp_cmd *cmd)
+{
+    if (!s->helo) {
+        session_reply(s, "503 5.5.1 Error: send %s first", "LHLO");
+        return;
+    }
+    if (s->have_mail) {
+        session_reply(s, "503 5.5.1 Error: nested MAIL command");
+        return;
+    }
+    if (cmd->size > s->ig->cfg->ingest.max_message_size) {
+        session_reply(s, "552 5.3.4 Message size exceeds fixed limit");
+        return;
+    }
+    s->have_mail = TRUE;
+    s->sender = g_strdup(cmd->addr);
+    session_reply(s, "250 2.1.0 Ok");
+}
+
+static void session_rcpt(struct session *s, const struct lmtp_cmd *cmd)
+{
+    g_autofree char *canon = NULL;
+
+    if (!s->have_mail) {
+        session_reply(s, "503 5.5.1 Error: need MAIL command");
+        return;
+    }
+    canon = lmtp_addr_canonical(cmd->addr);
+    if (!g_hash_table_contains(s->ig->recipients, canon)) {
+        msg_info("reject: RCPT from %s: <%s>: unknown recipient; from=<%s>", s->client,
+                 cmd->addr, s->sender);
+        session_reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", cmd->addr);
+        s->errors++;
+        return;
+    }
+    if (s->rcpts->len >= s->ig->cfg->ingest.max_recipients) {
+        session_reply(s, "452 4.5.3 Error: too many recipients");
+        return;
+    }
+    g_ptr_array_add(s->rcpts, g_strdup(cmd->addr));
+    session_reply(s, "250 2.1.5 Ok");
+}
+
+static void session_data(struct session *s)
+{
+    const struct postern_config *cfg = s->ig->cfg;
+
+    if (!s->have_mail) {
+        session_reply(s, "503 5.5.1 Error: need MAIL command");
+        return;
+    }
+    if (!s->rcpts->len) {
+        session_reply(s, "554 5.5.1 Error: no valid recipients");
+        return;
+    }
+    lmtp_data_begin(&s->data, cfg->ingest.max_message_size, cfg->ingest.max_header_size);
+    s->state = SESSION_DATA;
+    session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/*
+ * One reply per accepted recipient in LMTP, one in SMTP.  Used for the
+ * refusals decided at the end of DATA; the 250s come from the commit.
+ */
+static void session_reply_all(struct session *s, const char *reply)
+{
+    for (guint i = 0; i < (s->lmtp ? s->rcpts->len : 1); i++)
+        session_reply(s, "%s", reply);
+}
+
+static void session_data_done(struct session *s)
+{
+    if (s->data.too_big || s->data.header_too_big) {
+        const char *reply = s->data.header_too_big
+            ? "552 5.6.0 Message header section exceeds fixed limit"
+            : "552 5.3.4 Message size exceeds fixed limit";
+        msg_info("reject: DATA from %s: %s; from=<%s> size=%" G_GUINT64_FORMAT, s->client,
+                 reply, s->sender, s->data.seen);
+        session_reply_all(s, reply);
+        session_end_transaction(s);
+        s->state = SESSION_COMMAND;
+        return;
+    }
+    s->state = SESSION_COMMIT;
+    g_ptr_array_add(s->ig->batch, s);
+}
+
+static void session_command(struct session *s, const char *line, size_t len)
+{
+    struct lmtp_cmd cmd;
+
+    lmtp_parse_command(line, len, &cmd);
+    switch (cmd.verb) {
+    case LMTP_BAD:
+        session_reply(s, "%s", cmd.reply);
+        s->errors++;
+        break;
+    case LMTP_LHLO: case LMTP_EHLO: case LMTP_HELO:
+        session_greet(s, &cmd);
+        break;
+    case LMTP_MAIL:
+        session_mail(s, &cmd);
+        break;
+    case LMTP_RCPT:
+        session_rcpt(s, &cmd);
+        break;
+    case LMTP_DATA:
+        session_data(s);
+        break;
+    case LMTP_RSET:
+        session_end_transaction(s);
+        session_reply(s, "250 2.0.0 Ok");
+        break;
+    case LMTP_NOOP:
+        session_reply(s, "250 2.0.0 Ok");
+        break;
+    case LMTP_VRFY:
+        session_reply(s, "252 2.0.0 Send some mail, I'll try my best");
+        break;
+    case LMTP_HELP:
+        session_reply(s, "214 2.0.0 See RFC 2033");
+        break;
+    case LMTP_STARTTLS:
+        session_reply(s, "502 5.5.1 Error: command not implemented");
+        break;
+    case LMTP_QUIT:
+        session_reply(s, "221 2.0.0 Bye");
+        s->state = SESSION_CLOSING;
+        break;
+    }
+    lmtp_cmd_clear(&cmd);
+    if (s->errors >= SESSION_ERROR_LIMIT && s->state != SESSION_CLOSING) {
+        session_reply(s, "421 4.7.0 %s Error: too many errors", s->ig->cfg->ingest.hostname);
+        s->state = SESSION_CLOSING;
+    }
+}
+
+/*
+ * Consume as much buffered input as the state allows.  Stops while a
+ * message waits for its commit: pipelined commands after DATA are only
+ * read once the 250s are out, so replies keep their order.
+ */
+void session_input(struct session *s)
+{
+    size_t pos = 0;
+
+    while (pos < s->in->len && (s->state == SESSION_COMMAND || s->state == SESSION_DATA)) {
+        const char *buf = (const char *)s->in->data + pos;
+        size_t avail = s->in->len - pos;
+
+        if (s->state == SESSION_DATA) {
+            size_t used;
+            if (lmtp_data_feed(&s->data, buf, avail, &used) == LMTP_DATA_DONE)
+                session_data_done(s);
+            pos += used;
+            continue;
+        }
+        const char *nl = memchr(buf, '\n', avail);
+        if (!nl) {
+            if (avail > LMTP_LINE_MAX) {
+                session_reply(s, "500 5.5.2 Line too long");
+                s->state = SESSION_CLOSING;
+            }
+            break;
+        }
+        size_t len = (size_t)(nl - buf);
+        pos += len + 1;
+        if (len && buf[len - 1] == '\r')
+            len--;
+        session_command(s, buf, len);
+    }
+    g_byte_array_remove_range(s->in, 0, (guint)pos);
+    session_flush(s);
+}
+
+static gboolean session_readable(int fd, GIOCondition cond, gpointer data)
+{
+    struct session *s = data;
+    guint old = s->in->len;
+    ssize_t n;
+
+    g_byte_array_set_size(s->in, old + SESSION_READ_SIZE);
+    n = read(fd, s->in->data + old, SESSION_READ_SIZE);
+    g_byte_array_set_size(s->in, old + (n > 0 ? (guint)n : 0));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return G_SOURCE_CONTINUE;
+    if (n <= 0) {
+        s->read_source = 0;
+        if (s->state == SESSION_COMMIT) {
+            /* The message is complete: commit it; nobody hears the 250. */
+            s->state = SESSION_CLOSING;
+            return G_SOURCE_REMOVE;
+        }
+        session_close(s, n < 0 ? g_strerror(errno) : "lost connection");
+        return G_SOURCE_REMOVE;
+    }
+    s->last_active = g_get_monotonic_time() / G_USEC_PER_SEC;
+    session_input(s);
+    return G_SOURCE_CONTINUE;
+}
+
+void session_start(struct ingest *ig, int fd, const char *client)
+{
+    struct session *s = g_new0(struct session, 1);
+
+    s->ig = ig;
+    s->fd = fd;
+    s->client = g_strdup(client);
+    s->in = g_byte_array_new();
+    s->out = g_string_new(NULL);
+    s->rcpts = g_ptr_array_new_with_free_func(g_free);
+    s->last_active = g_get_monotonic_time() / G_USEC_PER_SEC;
+    ig->sessions = g_list_prepend(ig->sessions, s);
+    ig->n_sessions++;
+    s->read_source = g_unix_fd_add(fd, G_IO_IN, session_readable, s);
+    msg_info("connect from %s", client);
+    session_reply(s, "220 %s LMTP Postern ready", ig->cfg->ingest.hostname);
+    session_flush(s);
+}
+
+/* Idle and command timeouts: 421 4.4.2, then close (RFC 5321 §4.5.3.2). */
+void session_expire_idle(struct ingest *ig)
+{
+    int64_t now = g_get_monotonic_time() / G_USEC_PER_SEC;
+
+    for (GList *l = ig->sessions, *next; l; l = next) {
+        struct session *s = l->data;
+
+        next = l->next;
+        if (s->state == SESSION_COMMIT || now - s->last_active < (int64_t)ig->cfg->ingest.timeout)
+            continue;
+        if (s->state == SESSION_CLOSING) {     /* its last reply never drained */
+            session_close(s, "timeout writing reply");
+            continue;
+        }
+        msg_info("timeout after %s from %s", s->state == SESSION_DATA ? "DATA" : "command",
+                 s->client);
+        session_reply(s, "421 4.4.2 %s Error: timeout exceeded", ig->cfg->ingest.hostname);
+        s->state = SESSION_CLOSING;
+        session_flush(s);
+    }
+}
+
+/*
+ * On shutdown every message that got a 250 is already committed; the
+ * others were never acknowledged, so the client keeps them and retries.
+ */
+void session_shutdown_all(struct ingest *ig)
+{
+    while (ig->sessions) {
+        struct session *s = ig->sessions->data;
+        session_reply(s, "421 4.3.2 %s Service shutting down", ig->cfg->ingest.hostname);
+        s->state = SESSION_CLOSING;
+        if (write(s->fd, s->out->str, s->out->len) < 0)
+            msg_warn("shutdown: %s: %s", s->client, g_strerror(errno));
+        session_close(s, "shutdown");
+    }
+}
