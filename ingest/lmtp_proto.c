@@ -321,8 +321,22 @@ enum lmtp_data_status lmtp_data_feed(struct lmtp_data_reader *r, const char *buf
             /* The fast path: copy up to the next CR or LF in one go. */
             size_t start = i;
             while (i < len && buf[i] != '\r' && buf[i] != '\n') {
-                if (r->name_pending)
+                if (r->name_pending) {
+                    /*
+                     * Bytes before the one that ends the header section
+                     * count as header, as they do when they come in an
+                     * earlier read: the result must not depend on how
+                     * the input is split.
+                     */
+                    gboolean was_header = r->in_header;
                     dr_header_char(r, buf[i]);
+                    if (was_header && !r->in_header && i > start) {
+                        r->in_header = TRUE;
+                        dr_emit(r, buf + start, i - start);
+                        r->in_header = FALSE;
+                        start = i;
+                    }
+                }
                 i++;
             }
             if (i > start)

@@ -26,7 +26,7 @@ GQuark smtp_error_quark(void);
 
 enum smtp_error {
 	SMTP_ERROR_NONE,
-	SMTP_ERROR_CONFIG,	/* bad URL, unusable ca_file */
+	SMTP_ERROR_CONFIG,	/* bad URL or ca_file, AUTH impossible as configured */
 	SMTP_ERROR_CONNECT,	/* name lookup or TCP connect failed */
 	SMTP_ERROR_TIMEOUT,	/* a phase exceeded its timeout */
 	SMTP_ERROR_LOST,	/* the server closed or reset the connection */
@@ -93,7 +93,7 @@ void    smtp_ehlo_parse(const struct smtp_reply *r, struct smtp_ehlo *out);
 
 /* Where an attempt was when it ended; each phase has its own timeout. */
 enum smtp_phase {
-	SMTP_PHASE_CONNECT, SMTP_PHASE_GREETING, SMTP_PHASE_EHLO, SMTP_PHASE_STARTTLS,
+	SMTP_PHASE_CONNECT, SMTP_PHASE_GREETING, SMTP_PHASE_EHLO, SMTP_PHASE_TLS,
 	SMTP_PHASE_AUTH, SMTP_PHASE_RSET, SMTP_PHASE_MAIL, SMTP_PHASE_RCPT,
 	SMTP_PHASE_DATA, SMTP_PHASE_BODY, SMTP_PHASE_DOT, SMTP_PHASE_QUIT,
 	SMTP_PHASE_COUNT

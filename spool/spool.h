@@ -127,16 +127,30 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
 gboolean spool_msg_insert(struct spool_txn *t, struct spool_msg *m, GError **err);
 /* Rewrite the record of an existing message (state unchanged). */
 gboolean spool_msg_update(struct spool_txn *t, const struct spool_msg *m, GError **err);
-/* Move to a new state: index, history, record, and one log line on commit. */
+/*
+ * Move to a new state: index, history, record, and one log line on commit.
+ * reason (NULL clears it) says why: TOKEN_USED, "held by operator", ...
+ */
 gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_state to,
                              const char *reason, GError **err);
 /* Remove the message, its bodies, deliveries and index entries. */
 gboolean spool_msg_delete(struct spool_txn *t, queue_id id, GError **err);
 
-/* Visit message ids: all (state < 0) or one state, in id (= arrival) order. */
+/*
+ * Visit message ids from `from` on: all (state < 0) or one state, in id
+ * (= arrival) order.  Callers that may visit many page through with
+ * short transactions, resuming from the last id + 1.
+ */
 typedef gboolean (*spool_id_fn)(queue_id id, void *ctx);
-gboolean spool_msg_foreach(struct spool_txn *t, int state, spool_id_fn fn, void *ctx, GError **err);
-gboolean spool_msg_count(struct spool_txn *t, enum msg_state s, uint64_t *out, GError **err);
+gboolean spool_msg_foreach(struct spool_txn *t, int state, queue_id from, spool_id_fn fn,
+                           void *ctx, GError **err);
+
+/*
+ * Counters kept in the same transactions as the records they count, so
+ * stats never scans: "msg.<state>", "dlv.<state>", "tok.active", ...
+ */
+gboolean spool_counter_add(struct spool_txn *t, const char *name, int64_t delta, GError **err);
+uint64_t spool_counter_get(struct spool_txn *t, const char *name);
 
 /* Bodies: DB_BODIES for the bytes received, DB_OUTGOING for the common copy. */
 gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id,

@@ -333,6 +333,39 @@ queue_id spool_id_next(struct spool_txn *t, GError **err)
     return id;
 }
 
+static void counter_key(MDB_val *key, char *buf, size_t len, const char *name)
+{
+    key->mv_size = (size_t)g_snprintf(buf, len, "n.%s", name);
+    key->mv_data = buf;
+}
+
+gboolean spool_counter_add(struct spool_txn *t, const char *name, int64_t delta, GError **err)
+{
+    char buf[64];
+    unsigned char v[8];
+    MDB_val key, val;
+    int64_t n = (int64_t)spool_counter_get(t, name) + delta;
+    int rc;
+
+    counter_key(&key, buf, sizeof(buf), name);
+    spool_be64(v, (uint64_t)MAX(n, 0));
+    val = (MDB_val){ 8, v };
+    if ((rc = mdb_put(t->txn, spool_dbi(t->sp, DB_META), &key, &val, 0)))
+        return spool_mdb_fail(rc, "update counter", err);
+    return TRUE;
+}
+
+uint64_t spool_counter_get(struct spool_txn *t, const char *name)
+{
+    char buf[64];
+    MDB_val key, val;
+
+    counter_key(&key, buf, sizeof(buf), name);
+    if (mdb_get(t->txn, spool_dbi(t->sp, DB_META), &key, &val) || val.mv_size != 8)
+        return 0;
+    return spool_get_be64(val.mv_data);
+}
+
 void spool_id_format(queue_id id, char out[QUEUE_ID_LEN + 1])
 {
     g_snprintf(out, QUEUE_ID_LEN + 1, "%016" G_GINT64_MODIFIER "X", id);

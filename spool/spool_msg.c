@@ -5,6 +5,7 @@
  * version can add fields and still read what an older one wrote.
  */
 #include "spool/spool.h"
+#include "spool/delivery.h"
 #include "spool/log.h"
 
 #include <string.h>
@@ -142,7 +143,12 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
 
     id_key(k, id);
     spool_id_format(id, idtext);
-    if ((rc = mdb_get(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val)))
+    rc = mdb_get(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val);
+    if (rc == MDB_NOTFOUND) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "%s: no such message", idtext);
+        return FALSE;
+    }
+    if (rc)
         return spool_mdb_fail(rc, idtext, err);
     spool_msg_init(m);
     m->id = id;
@@ -176,11 +182,14 @@ static gboolean spool_state_index(struct spool_txn *t, enum msg_state s, queue_i
     int rc;
 
     state_key(k, s, id);
-    rc = add ? mdb_put(t->txn, spool_dbi(t->sp, DB_BY_STATE), &key, &val, 0)
+    rc = add ? mdb_put(t->txn, spool_dbi(t->sp, DB_BY_STATE), &key, &val, MDB_NOOVERWRITE)
              : mdb_del(t->txn, spool_dbi(t->sp, DB_BY_STATE), &key, NULL);
-    if (rc && !(rc == MDB_NOTFOUND && !add))
+    if (rc == MDB_NOTFOUND || rc == MDB_KEYEXIST)
+        return TRUE;                /* already so: the counter stays right */
+    if (rc)
         return spool_mdb_fail(rc, "update state index", err);
-    return TRUE;
+    g_autofree char *counter = g_strdup_printf("msg.%s", msg_state_name(s));
+    return spool_counter_add(t, counter, add ? 1 : -1, err);
 }
 
 static void spool_msg_note(struct spool_msg *m, const char *note)
@@ -221,10 +230,8 @@ gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_
         m->held_from = from;
     m->state = to;
     m->since = g_get_real_time() / G_USEC_PER_SEC;
-    if (reason) {
-        g_free(m->reason);
-        m->reason = g_strdup(reason);
-    }
+    g_free(m->reason);
+    m->reason = g_strdup(reason);
     spool_msg_note(m, reason);
     if (!spool_msg_update(t, m, err))
         return FALSE;
@@ -282,27 +289,32 @@ gboolean spool_msg_delete(struct spool_txn *t, queue_id id, GError **err)
     spool_msg_clear(&m);
     if (!ok || !spool_delete_prefix(t, DB_BODIES, id, err) ||
         !spool_delete_prefix(t, DB_OUTGOING, id, err) ||
-        !spool_delete_prefix(t, DB_DELIVERIES, id, err))
+        !spool_dlv_delete_all(t, id, err))
         return FALSE;
     spool_id_format(id, idtext);
     spool_txn_log(t, "%s: removed", idtext);
     return TRUE;
 }
 
-gboolean spool_msg_foreach(struct spool_txn *t, int state, spool_id_fn fn, void *ctx,
-                           GError **err)
+gboolean spool_msg_foreach(struct spool_txn *t, int state, queue_id from, spool_id_fn fn,
+                           void *ctx, GError **err)
 {
     MDB_cursor *cur;
     unsigned char k[9];
-    MDB_val key = { state < 0 ? 0 : 1, k }, val;
+    MDB_val key, val;
     int rc;
 
     if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, state < 0 ? DB_MESSAGES : DB_BY_STATE),
                               &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
-    k[0] = (unsigned char)state;
-    rc = state < 0 ? mdb_cursor_get(cur, &key, &val, MDB_FIRST)
-                   : mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+    if (state < 0) {
+        spool_be64(k, from);
+        key = (MDB_val){ 8, k };
+    } else {
+        state_key(k, (enum msg_state)state, from);
+        key = (MDB_val){ 9, k };
+    }
+    rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
     while (rc == 0) {
         const unsigned char *p = key.mv_data;
         queue_id id;
@@ -320,25 +332,6 @@ gboolean spool_msg_foreach(struct spool_txn *t, int state, spool_id_fn fn, void 
     mdb_cursor_close(cur);
     if (rc && rc != MDB_NOTFOUND)
         return spool_mdb_fail(rc, "scan messages", err);
-    return TRUE;
-}
-
-gboolean spool_msg_count(struct spool_txn *t, enum msg_state s, uint64_t *out, GError **err)
-{
-    MDB_cursor *cur;
-    unsigned char k[1] = { (unsigned char)s };
-    MDB_val key = { 1, k }, val;
-    uint64_t n = 0;
-    int rc;
-
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_BY_STATE), &cur)))
-        return spool_mdb_fail(rc, "open cursor", err);
-    for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
-         rc == 0 && ((unsigned char *)key.mv_data)[0] == s;
-         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT))
-        n++;
-    mdb_cursor_close(cur);
-    *out = n;
     return TRUE;
 }
 

@@ -1,1 +1,229 @@
-/* placeholder: being written */
+/*
+ * The footer (SPEC §4.4): appended to the text a recipient reads when the
+ * message structure allows it, else added as a text/plain part of its own.
+ *
+ * Body text is handled as bytes in the part's charset; the separators and
+ * the HTML insertion point are found and written as ASCII, which holds for
+ * every charset used for mail bodies (not for UTF-16, which mail avoids).
+ */
+#include <string.h>
+
+#include "transform/mime.h"
+
+/*
+ * The footer as it reads in a text/plain or a text/html body: UTF-8 (bytes
+ * that are not become U+FFFD), CRLF line ends, trailing blank lines dropped. In HTML every character outside
+ * printable ASCII and every markup character becomes a character reference,
+ * so the footer is ASCII and fits any body charset unconverted.
+ */
+static GString *footer_render(const char *text, gboolean html)
+{
+	GString *out = g_string_new(html ? "<div>" : NULL);
+	char   *trimmed = g_strchomp(g_utf8_make_valid(text, -1));
+
+	for (const char *s = trimmed; *s; s = g_utf8_next_char(s)) {
+		gunichar c = g_utf8_get_char(s);
+
+		if (c == '\r')
+			continue;
+		if (c == '\n')
+			g_string_append(out, html ? "<br>\r\n" : "\r\n");
+		else if (html && (c > '~' || strchr("<>&\"'", (int) c) != NULL))
+			g_string_append_printf(out, "&#%u;", c);
+		else
+			g_string_append_unichar(out, c);
+	}
+	g_string_append(out, html ? "</div>\r\n" : "\r\n");
+	g_free(trimmed);
+	return out;
+}
+
+/* Charset conversion under GMime's names for charsets; NULL when the text
+ * is not valid in from, or to cannot represent it, or either is unknown. */
+static char *footer_convert(const char *in, gsize len, const char *to,
+			    const char *from, gsize *out_len)
+{
+	return g_convert(in, len, g_mime_charset_iconv_name(to),
+			 g_mime_charset_iconv_name(from), NULL, out_len, NULL);
+}
+
+/* The transfer-decoded content of part (empty when it has none). */
+static GByteArray *footer_decode(GMimePart *part)
+{
+	GMimeDataWrapper *content = g_mime_part_get_content(part);
+	GByteArray *text = g_byte_array_new();
+	GMimeStream *sink;
+
+	if (content != NULL) {
+		sink = g_mime_stream_mem_new_with_byte_array(text);
+		g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(sink), FALSE);
+		g_mime_data_wrapper_write_to_stream(content, sink);
+		g_object_unref(sink);
+	}
+	return text;
+}
+
+/*
+ * Gives part new decoded content, which GMime encodes on write in the
+ * part's transfer encoding. Only a part sent as 7bit (or without an
+ * encoding) may now hold what 7bit cannot carry: it gets the encoding GMime
+ * finds best within 7 bits, quoted-printable for text. Takes text.
+ */
+static void footer_set_content(GMimePart *part, GByteArray *text)
+{
+	GMimeStream *stream = g_mime_stream_mem_new_with_byte_array(text);
+	GMimeDataWrapper *content = g_mime_data_wrapper_new_with_stream(stream, GMIME_CONTENT_ENCODING_DEFAULT);
+	GMimeContentEncoding encoding = g_mime_part_get_content_encoding(part);
+	GMimeContentEncoding best;
+
+	g_mime_part_set_content(part, content);
+	g_object_unref(content);
+	g_object_unref(stream);
+	if (encoding != GMIME_CONTENT_ENCODING_DEFAULT && encoding != GMIME_CONTENT_ENCODING_7BIT)
+		return;
+	if ((best = g_mime_part_get_best_content_encoding(part, GMIME_ENCODING_CONSTRAINT_7BIT)) != GMIME_CONTENT_ENCODING_7BIT)
+		g_mime_part_set_content_encoding(part, best);
+}
+
+/*
+ * Brings footer (UTF-8) into the body's charset. When that charset cannot
+ * hold it (an ASCII or Latin-1 body, a footer with "–"), converts the body
+ * to UTF-8 instead and relabels the part: the one change of charset that
+ * keeps every character. FALSE when neither works: the charset is unknown,
+ * or the body is not valid in it.
+ */
+static gboolean footer_recode(GMimePart *part, GByteArray *body, GString *footer)
+{
+	const char *charset = g_mime_object_get_content_type_parameter(GMIME_OBJECT(part), "charset");
+	char   *s;
+	gsize   len;
+
+	if (charset == NULL)
+		charset = "us-ascii";
+	if ((s = footer_convert(footer->str, footer->len, charset, "utf-8", &len)) != NULL) {
+		g_string_truncate(footer, 0);
+		g_string_append_len(footer, s, len);
+	} else if ((s = footer_convert((const char *) body->data, body->len, "utf-8", charset, &len)) != NULL) {
+		g_byte_array_set_size(body, 0);
+		g_byte_array_append(body, (const guint8 *) s, len);
+		g_mime_object_set_content_type_parameter(GMIME_OBJECT(part), "charset", "utf-8");
+	} else {
+		return FALSE;
+	}
+	g_free(s);
+	return TRUE;
+}
+
+/* Where the footer goes: before the last </body> of HTML, else at the end. */
+static gsize footer_offset(const GByteArray *body, gboolean html)
+{
+	static const char end[] = "</body>";
+	const gsize len = sizeof(end) - 1;
+
+	for (gsize at = body->len; html && at >= len; at--)
+		if (g_ascii_strncasecmp((const char *) body->data + at - len, end, len) == 0)
+			return at - len;
+	return body->len;
+}
+
+/*
+ * Appends the footer to a text part in place, its charset, format=flowed
+ * and transfer encoding kept (footer_recode says when the charset is not).
+ * Plain text gets a blank line before the footer. FALSE when the charset
+ * rules out appending; the part is then unchanged.
+ */
+static gboolean footer_append(GMimePart *part, const char *text)
+{
+	gboolean html = g_mime_content_type_is_type(g_mime_object_get_content_type(GMIME_OBJECT(part)), "text", "html");
+	GString *footer = footer_render(text, html);
+	GByteArray *body = footer_decode(part);
+	gboolean ok = footer_recode(part, body, footer);
+	GByteArray *out;
+	gsize   at;
+
+	if (ok) {
+		at = footer_offset(body, html);
+		out = g_byte_array_sized_new(body->len + footer->len + 4);
+		g_byte_array_append(out, body->data, at);
+		if (at > 0 && body->data[at - 1] != '\n')
+			g_byte_array_append(out, (const guint8 *) "\r\n", 2);
+		if (at > 0 && !html)
+			g_byte_array_append(out, (const guint8 *) "\r\n", 2);
+		g_byte_array_append(out, (const guint8 *) footer->str, footer->len);
+		g_byte_array_append(out, body->data + at, body->len - at);
+		footer_set_content(part, out);
+	}
+	g_byte_array_unref(body);
+	g_string_free(footer, TRUE);
+	return ok;
+}
+
+/* The footer as an inline text/plain part of its own, in UTF-8. */
+static GMimeObject *footer_part(const char *text)
+{
+	GMimeObject *part = GMIME_OBJECT(g_mime_text_part_new_with_subtype("plain"));
+	GString *footer = footer_render(text, FALSE);
+	gsize   len = footer->len;
+
+	g_mime_object_set_content_type_parameter(part, "charset", "utf-8");
+	g_mime_object_set_disposition(part, GMIME_DISPOSITION_INLINE);
+	footer_set_content(GMIME_PART(part), g_byte_array_new_take((guint8 *) g_string_free(footer, FALSE), len));
+	return part;
+}
+
+/* A new multipart/mixed holding obj unchanged, then the footer part. */
+static GMimeObject *footer_wrap(GMimeObject *obj, const char *text)
+{
+	GMimeMultipart *mixed = g_mime_multipart_new_with_subtype("mixed");
+	GMimeObject *footer = footer_part(text);
+
+	g_mime_multipart_add(mixed, obj);
+	g_mime_multipart_add(mixed, footer);
+	g_object_unref(footer);
+	return GMIME_OBJECT(mixed);
+}
+
+static gboolean footer_is(GMimeObject *obj, const char *type, const char *subtype)
+{
+	return g_mime_content_type_is_type(g_mime_object_get_content_type(obj), type, subtype);
+}
+
+/*
+ * Each text alternative gets the footer, so that it shows whichever one
+ * the reader's client picks. One whose charset rules that out is wrapped
+ * instead, which keeps the footer in that alternative too.
+ */
+static void footer_alternatives(GMimeMultipart *alt, const char *text)
+{
+	for (int i = 0; i < g_mime_multipart_get_count(alt); i++) {
+		GMimeObject *part = g_mime_multipart_get_part(alt, i);
+		GMimeObject *wrapped;
+
+		if (!GMIME_IS_PART(part)
+		    || !(footer_is(part, "text", "plain") || footer_is(part, "text", "html"))
+		    || footer_append(GMIME_PART(part), text))
+			continue;
+		wrapped = footer_wrap(part, text);
+		g_object_unref(g_mime_multipart_replace(alt, i, wrapped));
+		g_object_unref(wrapped);
+	}
+}
+
+void    mime_footer_add(GMimeMessage *msg, const char *text)
+{
+	GMimeObject *body = g_mime_message_get_mime_part(msg);
+	GMimeObject *part;
+
+	if (footer_is(body, "multipart", "alternative") && GMIME_IS_MULTIPART(body)) {
+		footer_alternatives(GMIME_MULTIPART(body), text);
+	} else if (footer_is(body, "multipart", "mixed") && GMIME_IS_MULTIPART(body)) {
+		part = footer_part(text);
+		g_mime_multipart_add(GMIME_MULTIPART(body), part);
+		g_object_unref(part);
+	} else if (!(footer_is(body, "text", "plain") && GMIME_IS_PART(body)
+		     && footer_append(GMIME_PART(body), text))) {
+		part = footer_wrap(body, text);
+		g_mime_message_set_mime_part(msg, part);
+		g_object_unref(part);
+	}
+}

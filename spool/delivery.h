@@ -1,0 +1,59 @@
+/*
+ * delivery.h - one delivery per (message, recipient): its state, its
+ * attempts, and the indexes that let the dispatcher find due work without
+ * scanning.
+ *
+ * A delivery in state ready or deferred has exactly one key in `due`
+ * (time it may next be tried); a leased one exactly one in `leases` (when
+ * the lease runs out); sent and bounced ones are in neither.  Deliveries of
+ * a held message are kept out of `due` until release.  spool_dlv_put()
+ * keeps all of this true: callers only set fields and put.
+ */
+#ifndef POSTERN_DELIVERY_H
+#define POSTERN_DELIVERY_H
+
+#include "spool/spool.h"
+
+enum dlv_state { DLV_READY, DLV_LEASED, DLV_DEFERRED, DLV_SENT, DLV_BOUNCED, DLV_STATE_COUNT };
+
+struct spool_dlv {
+    queue_id msg;
+    uint32_t idx;                   /* recipient number within the message */
+    enum dlv_state state;
+    gboolean held;                  /* message on hold: not in `due` */
+    char *rcpt;
+    uint32_t attempts;
+    int64_t created;                /* unix seconds */
+    int64_t next_try;               /* unix seconds: when due */
+    char *last_reply;
+    uint64_t lease;                 /* lease id while leased */
+    int64_t lease_expiry;           /* unix ms */
+    GBytes *header;                 /* per-recipient header block, or NULL */
+};
+
+const char *dlv_state_name(enum dlv_state s);
+gboolean dlv_state_parse(const char *name, enum dlv_state *out);
+
+void spool_dlv_init(struct spool_dlv *d);
+void spool_dlv_clear(struct spool_dlv *d);
+gboolean spool_dlv_get(struct spool_txn *t, queue_id msg, uint32_t idx, struct spool_dlv *d,
+                       GError **err);
+/* Store d and move its index entries to match its state. */
+gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **err);
+
+/* Visit the deliveries of one message in recipient order. */
+typedef gboolean (*spool_dlv_fn)(const struct spool_dlv *d, void *ctx);
+gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, void *ctx,
+                           GError **err);
+gboolean spool_dlv_counts(struct spool_txn *t, queue_id msg, uint32_t counts[DLV_STATE_COUNT],
+                          GError **err);
+
+/* Remove every delivery of msg with its index entries (message deletion). */
+gboolean spool_dlv_delete_all(struct spool_txn *t, queue_id msg, GError **err);
+
+/* Hold/release every delivery of msg (taking them out of / back into `due`). */
+gboolean spool_dlv_set_held(struct spool_txn *t, queue_id msg, gboolean held, GError **err);
+/* Make deferred deliveries of msg due now; *n counts them. */
+gboolean spool_dlv_retry_now(struct spool_txn *t, queue_id msg, unsigned *n, GError **err);
+
+#endif

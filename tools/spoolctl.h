@@ -1,0 +1,51 @@
+/*
+ * spoolctl.h - the operator's view of the spool: shared by the commands.
+ *
+ * Exit codes (SPEC §6): 0 ok, 1 not found, 2 usage or config error.
+ * Human tables by default; with --json one JSON object, or one per line
+ * for lists.
+ */
+#ifndef POSTERN_SPOOLCTL_H
+#define POSTERN_SPOOLCTL_H
+
+#include <json-glib/json-glib.h>
+
+#include "spool/config.h"
+#include "spool/delivery.h"
+#include "spool/spool.h"
+
+#define CTL_OK 0
+#define CTL_NOT_FOUND 1
+#define CTL_USAGE 2
+#define CTL_FAIL 3                  /* the spool could not be read or written */
+
+struct ctl {
+    struct postern_config cfg;
+    struct spool *spool;
+    gboolean json;
+};
+
+/*
+ * Parse a command's own options (--json is accepted after the command too);
+ * prints the problem and returns FALSE on error.
+ */
+gboolean ctl_parse(struct ctl *c, int *argc, char ***argv, const char *usage,
+                   GOptionEntry *entries);
+/* Print one JSON value as one line. */
+void ctl_json_print(JsonBuilder *b);
+/* Report a spool error on stderr and pick the exit code for it. */
+int ctl_fail(GError *err);
+/* Open the spool or exit CTL_FAIL. */
+void ctl_open_spool(struct ctl *c);
+
+/* spoolctl_queue.c */
+int ctl_stats(struct ctl *c, int argc, char **argv);
+int ctl_list(struct ctl *c, int argc, char **argv);
+int ctl_show(struct ctl *c, int argc, char **argv);
+int ctl_hold(struct ctl *c, int argc, char **argv);
+int ctl_release(struct ctl *c, int argc, char **argv);
+int ctl_retry(struct ctl *c, int argc, char **argv);
+int ctl_delete(struct ctl *c, int argc, char **argv);
+int ctl_purge(struct ctl *c, int argc, char **argv);
+
+#endif

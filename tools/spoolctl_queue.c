@@ -1,0 +1,665 @@
+/*
+ * spoolctl_queue.c - stats, list, show, and the commands that steer
+ * messages: hold, release, retry, delete, purge.
+ *
+ * Reads page through the spool in short read transactions (a long one
+ * would pin pages and grow the file while ingest writes); each change is
+ * one write transaction.
+ */
+#include "tools/spoolctl.h"
+#include "spool/log.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CTL_PAGE 256
+
+static int64_t ctl_now(void)
+{
+    return g_get_real_time() / G_USEC_PER_SEC;
+}
+
+static gboolean ctl_parse_id(const char *text, queue_id *id)
+{
+    if (spool_id_parse(text, id))
+        return TRUE;
+    fprintf(stderr, "spoolctl: \"%s\" is not a queue id (16 hex digits)\n", text);
+    return FALSE;
+}
+
+static char *ctl_time(int64_t t)
+{
+    g_autoptr(GDateTime) dt = g_date_time_new_from_unix_local(t);
+    return dt ? g_date_time_format(dt, "%Y-%m-%d %H:%M:%S") : g_strdup("-");
+}
+
+static char *ctl_join(GPtrArray *strings)
+{
+    GString *out = g_string_new(NULL);
+
+    for (guint i = 0; i < strings->len; i++)
+        g_string_append_printf(out, "%s%s", i ? "," : "", (const char *)strings->pdata[i]);
+    return g_string_free(out, FALSE);
+}
+
+/* stats */
+
+static gboolean ctl_take_first(queue_id id, void *ctx)
+{
+    *(queue_id *)ctx = id;
+    return FALSE;
+}
+
+int ctl_stats(struct ctl *c, int argc, char **argv)
+{
+    GOptionEntry none[] = { { NULL } };
+    struct spool_txn t;
+    GError *err = NULL;
+    uint64_t msgs[MSG_STATE_COUNT], dlvs[DLV_STATE_COUNT], active, used;
+    int64_t oldest = 0;
+
+    if (!ctl_parse(c, &argc, &argv, "- counts per state", none))
+        return CTL_USAGE;
+    ctl_open_spool(c);
+    if (!spool_read_begin(c->spool, &t, &err))
+        return ctl_fail(err);
+    for (int s = 0; s < MSG_STATE_COUNT; s++) {
+        g_autofree char *name = g_strdup_printf("msg.%s", msg_state_name(s));
+        msgs[s] = spool_counter_get(&t, name);
+    }
+    for (int s = 0; s < DLV_STATE_COUNT; s++) {
+        g_autofree char *name = g_strdup_printf("dlv.%s", dlv_state_name(s));
+        dlvs[s] = spool_counter_get(&t, name);
+    }
+    active = spool_counter_get(&t, "tok.active");
+    used = spool_counter_get(&t, "tok.used");
+
+    /* The oldest message still in the queue: first id of each live state. */
+    for (int s = MSG_INCOMING; s <= MSG_HOLD; s++) {
+        queue_id first = 0;
+        if (spool_msg_foreach(&t, s, 0, ctl_take_first, &first, NULL) && first) {
+            struct spool_msg m;
+            if (spool_msg_get(&t, first, &m, NULL)) {
+                if (!oldest || m.arrival < oldest)
+                    oldest = m.arrival;
+                spool_msg_clear(&m);
+            }
+        }
+    }
+    spool_read_end(&t);
+    int64_t age = oldest ? ctl_now() - oldest : 0;
+    uint64_t bytes = spool_file_size(c->spool);
+
+    if (c->json) {
+        g_autoptr(JsonBuilder) b = json_builder_new();
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "messages");
+        json_builder_begin_object(b);
+        for (int s = 0; s < MSG_STATE_COUNT; s++) {
+            json_builder_set_member_name(b, msg_state_name(s));
+            json_builder_add_int_value(b, (gint64)msgs[s]);
+        }
+        json_builder_end_object(b);
+        json_builder_set_member_name(b, "deliveries");
+        json_builder_begin_object(b);
+        for (int s = 0; s < DLV_STATE_COUNT; s++) {
+            json_builder_set_member_name(b, dlv_state_name(s));
+            json_builder_add_int_value(b, (gint64)dlvs[s]);
+        }
+        json_builder_end_object(b);
+        json_builder_set_member_name(b, "oldest_age");
+        json_builder_add_int_value(b, age);
+        json_builder_set_member_name(b, "spool_bytes");
+        json_builder_add_int_value(b, (gint64)bytes);
+        json_builder_set_member_name(b, "tokens");
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "active");
+        json_builder_add_int_value(b, (gint64)active);
+        json_builder_set_member_name(b, "used");
+        json_builder_add_int_value(b, (gint64)used);
+        json_builder_end_object(b);
+        json_builder_end_object(b);
+        ctl_json_print(b);
+        return CTL_OK;
+    }
+    printf("%-12s", "messages:");
+    for (int s = 0; s < MSG_STATE_COUNT; s++)
+        printf(" %s=%" G_GUINT64_FORMAT, msg_state_name(s), msgs[s]);
+    printf("\n%-12s", "deliveries:");
+    for (int s = 0; s < DLV_STATE_COUNT; s++)
+        printf(" %s=%" G_GUINT64_FORMAT, dlv_state_name(s), dlvs[s]);
+    printf("\n%-12s active=%" G_GUINT64_FORMAT " used=%" G_GUINT64_FORMAT "\n", "tokens:", active,
+           used);
+    printf("%-12s %" G_GINT64_FORMAT "s\n%-12s %" G_GUINT64_FORMAT " bytes\n", "oldest age:", age,
+           "spool size:", bytes);
+    return CTL_OK;
+}
+
+/* list */
+
+struct ctl_list_filter {
+    int state;                      /* -1: any */
+    const char *sender;
+    int64_t before;                 /* arrival earlier than this, 0: any */
+    int64_t limit;                  /* 0: no limit */
+};
+
+struct ctl_page {
+    GPtrArray *ids;
+    queue_id next;
+};
+
+static gboolean ctl_page_add(queue_id id, void *ctx)
+{
+    struct ctl_page *p = ctx;
+
+    g_ptr_array_add(p->ids, g_memdup2(&id, sizeof(id)));
+    p->next = id + 1;
+    return p->ids->len < CTL_PAGE;
+}
+
+static gboolean ctl_list_match(const struct ctl_list_filter *f, const struct spool_msg *m)
+{
+    if (f->sender && g_ascii_strcasecmp(f->sender, m->sender) != 0)
+        return FALSE;
+    if (f->before && m->arrival >= f->before)
+        return FALSE;
+    return TRUE;
+}
+
+static void ctl_list_json(const struct spool_msg *m, const uint32_t *counts, GString *out)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    g_autoptr(JsonNode) root = NULL;
+    g_autofree char *text = NULL;
+    char id[QUEUE_ID_LEN + 1];
+
+    spool_id_format(m->id, id);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "id");
+    json_builder_add_string_value(b, id);
+    json_builder_set_member_name(b, "state");
+    json_builder_add_string_value(b, msg_state_name(m->state));
+    json_builder_set_member_name(b, "arrival");
+    json_builder_add_int_value(b, m->arrival);
+    json_builder_set_member_name(b, "size");
+    json_builder_add_int_value(b, (gint64)m->size);
+    json_builder_set_member_name(b, "sender");
+    json_builder_add_string_value(b, m->sender);
+    json_builder_set_member_name(b, "recipients");
+    json_builder_begin_array(b);
+    for (guint i = 0; i < m->recipients->len; i++)
+        json_builder_add_string_value(b, m->recipients->pdata[i]);
+    json_builder_end_array(b);
+    json_builder_set_member_name(b, "sent");
+    json_builder_add_int_value(b, counts[DLV_SENT]);
+    json_builder_set_member_name(b, "deferred");
+    json_builder_add_int_value(b, counts[DLV_DEFERRED]);
+    json_builder_set_member_name(b, "bounced");
+    json_builder_add_int_value(b, counts[DLV_BOUNCED]);
+    json_builder_set_member_name(b, "deliveries");
+    json_builder_add_int_value(b, counts[DLV_READY] + counts[DLV_LEASED] + counts[DLV_DEFERRED] +
+                                      counts[DLV_SENT] + counts[DLV_BOUNCED]);
+    json_builder_set_member_name(b, "reason");
+    if (m->reason)
+        json_builder_add_string_value(b, m->reason);
+    else
+        json_builder_add_null_value(b);
+    json_builder_end_object(b);
+    root = json_builder_get_root(b);
+    json_generator_set_root(gen, root);
+    text = json_generator_to_data(gen, NULL);
+    g_string_append_printf(out, "%s\n", text);
+}
+
+static void ctl_list_row(const struct spool_msg *m, const uint32_t *counts, GString *out)
+{
+    char id[QUEUE_ID_LEN + 1];
+    g_autofree char *when = ctl_time(m->arrival);
+    g_autofree char *rcpts = ctl_join(m->recipients);
+
+    spool_id_format(m->id, id);
+    g_string_append_printf(out, "%-16s  %-19s  %8" G_GUINT64_FORMAT "  %-9s  %u/%u/%u  <%s> -> %s%s%s\n",
+                           id, when, m->size, msg_state_name(m->state), counts[DLV_SENT],
+                           counts[DLV_DEFERRED], counts[DLV_BOUNCED], m->sender, rcpts,
+                           m->reason ? "  reason=" : "", m->reason ? m->reason : "");
+}
+
+int ctl_list(struct ctl *c, int argc, char **argv)
+{
+    g_autofree char *state = NULL, *sender = NULL, *older = NULL;
+    gint64 limit = 0;
+    GOptionEntry entries[] = {
+        { "state", 0, 0, G_OPTION_ARG_STRING, &state, "only messages in this state", "S" },
+        { "sender", 0, 0, G_OPTION_ARG_STRING, &sender, "only from this envelope sender", "A" },
+        { "older-than", 0, 0, G_OPTION_ARG_STRING, &older, "only older than (30m, 2d)", "D" },
+        { "limit", 0, 0, G_OPTION_ARG_INT64, &limit, "at most N messages", "N" },
+        { NULL }
+    };
+    struct ctl_list_filter f = { .state = -1 };
+    struct ctl_page page = { 0 };
+    int64_t shown = 0;
+
+    if (!ctl_parse(c, &argc, &argv, "- list messages", entries))
+        return CTL_USAGE;
+    if (state) {
+        enum msg_state s;
+        if (!msg_state_parse(state, &s)) {
+            fprintf(stderr, "spoolctl: unknown state \"%s\"\n", state);
+            return CTL_USAGE;
+        }
+        f.state = s;
+    }
+    if (older) {
+        uint64_t d;
+        if (!config_parse_duration(older, &d)) {
+            fprintf(stderr, "spoolctl: bad duration \"%s\"\n", older);
+            return CTL_USAGE;
+        }
+        f.before = ctl_now() - (int64_t)d;
+    }
+    f.sender = sender;
+    f.limit = limit;
+    ctl_open_spool(c);
+    if (!c->json)
+        printf("%-16s  %-19s  %8s  %-9s  %s\n", "ID", "ARRIVAL", "SIZE", "STATE",
+               "SENT/DEFERRED/BOUNCED  SENDER -> RECIPIENTS");
+
+    page.ids = g_ptr_array_new_with_free_func(g_free);
+    for (;;) {
+        g_autoptr(GString) out = g_string_new(NULL);
+        struct spool_txn t;
+        GError *err = NULL;
+
+        g_ptr_array_set_size(page.ids, 0);
+        if (!spool_read_begin(c->spool, &t, &err) ||
+            !spool_msg_foreach(&t, f.state, page.next, ctl_page_add, &page, &err)) {
+            spool_read_end(&t);
+            g_ptr_array_unref(page.ids);
+            return ctl_fail(err);
+        }
+        for (guint i = 0; i < page.ids->len && (!f.limit || shown < f.limit); i++) {
+            struct spool_msg m;
+            uint32_t counts[DLV_STATE_COUNT];
+
+            if (!spool_msg_get(&t, *(queue_id *)page.ids->pdata[i], &m, NULL))
+                continue;       /* removed since the index was read */
+            if (ctl_list_match(&f, &m) && spool_dlv_counts(&t, m.id, counts, NULL)) {
+                (c->json ? ctl_list_json : ctl_list_row)(&m, counts, out);
+                shown++;
+            }
+            spool_msg_clear(&m);
+        }
+        spool_read_end(&t);
+        fputs(out->str, stdout);
+        if (page.ids->len < CTL_PAGE || (f.limit && shown >= f.limit))
+            break;
+    }
+    g_ptr_array_unref(page.ids);
+    return CTL_OK;
+}
+
+/* show */
+
+static void ctl_show_json(const struct spool_msg *m)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    char id[QUEUE_ID_LEN + 1];
+    const struct { const char *name; const char *value; } fields[] = {
+        { "state", msg_state_name(m->state) }, { "sender", m->sender },
+        { "client", m->client }, { "helo", m->helo }, { "proto", m->proto },
+        { "received", m->received },
+    };
+
+    spool_id_format(m->id, id);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "id");
+    json_builder_add_string_value(b, id);
+    for (size_t i = 0; i < G_N_ELEMENTS(fields); i++) {
+        json_builder_set_member_name(b, fields[i].name);
+        json_builder_add_string_value(b, fields[i].value ? fields[i].value : "");
+    }
+    json_builder_set_member_name(b, "arrival");
+    json_builder_add_int_value(b, m->arrival);
+    json_builder_set_member_name(b, "since");
+    json_builder_add_int_value(b, m->since);
+    json_builder_set_member_name(b, "size");
+    json_builder_add_int_value(b, (gint64)m->size);
+    json_builder_set_member_name(b, "reason");
+    if (m->reason)
+        json_builder_add_string_value(b, m->reason);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "recipients");
+    json_builder_begin_array(b);
+    for (guint i = 0; i < m->recipients->len; i++)
+        json_builder_add_string_value(b, m->recipients->pdata[i]);
+    json_builder_end_array(b);
+    json_builder_set_member_name(b, "history");
+    json_builder_begin_array(b);
+    for (guint i = 0; i < m->history->len; i++)
+        json_builder_add_string_value(b, m->history->pdata[i]);
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+    ctl_json_print(b);
+}
+
+static void ctl_show_text(const struct spool_msg *m)
+{
+    char id[QUEUE_ID_LEN + 1];
+    g_autofree char *arrival = ctl_time(m->arrival);
+    g_autofree char *since = ctl_time(m->since);
+
+    spool_id_format(m->id, id);
+    printf("id:         %s\nstate:      %s (since %s)\n", id, msg_state_name(m->state), since);
+    if (m->reason)
+        printf("reason:     %s\n", m->reason);
+    printf("arrival:    %s\nsize:       %" G_GUINT64_FORMAT "\nsender:     <%s>\n", arrival,
+           m->size, m->sender);
+    for (guint i = 0; i < m->recipients->len; i++)
+        printf("recipient:  <%s>\n", (const char *)m->recipients->pdata[i]);
+    printf("client:     %s (helo %s, %s)\nhistory:\n", m->client, m->helo, m->proto);
+    for (guint i = 0; i < m->history->len; i++) {
+        const char *line = m->history->pdata[i];
+        g_autofree char *when = ctl_time(g_ascii_strtoll(line, NULL, 10));
+        printf("  %s  %s\n", when, strchr(line, ' ') ? strchr(line, ' ') + 1 : line);
+    }
+}
+
+static gboolean ctl_show_delivery(const struct spool_dlv *d, void *ctx)
+{
+    struct ctl *c = ctx;
+
+    if (c->json) {
+        g_autoptr(JsonBuilder) b = json_builder_new();
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "rcpt");
+        json_builder_add_string_value(b, d->rcpt);
+        json_builder_set_member_name(b, "state");
+        json_builder_add_string_value(b, dlv_state_name(d->state));
+        json_builder_set_member_name(b, "attempts");
+        json_builder_add_int_value(b, d->attempts);
+        json_builder_set_member_name(b, "next_try");
+        json_builder_add_int_value(b, d->next_try);
+        json_builder_set_member_name(b, "last_reply");
+        if (d->last_reply)
+            json_builder_add_string_value(b, d->last_reply);
+        else
+            json_builder_add_null_value(b);
+        json_builder_set_member_name(b, "held");
+        json_builder_add_boolean_value(b, d->held);
+        json_builder_end_object(b);
+        ctl_json_print(b);
+    } else {
+        g_autofree char *next = ctl_time(d->next_try);
+        printf("%-40s  %-8s  %3u  %-19s  %s\n", d->rcpt, dlv_state_name(d->state), d->attempts,
+               d->state == DLV_DEFERRED || d->state == DLV_READY ? next : "-",
+               d->last_reply ? d->last_reply : "");
+    }
+    return TRUE;
+}
+
+int ctl_show(struct ctl *c, int argc, char **argv)
+{
+    gboolean raw = FALSE, deliveries = FALSE;
+    GOptionEntry entries[] = {
+        { "raw", 0, 0, G_OPTION_ARG_NONE, &raw, "the message bytes as received", NULL },
+        { "deliveries", 0, 0, G_OPTION_ARG_NONE, &deliveries, "each recipient's delivery", NULL },
+        { NULL }
+    };
+    struct spool_txn t;
+    struct spool_msg m;
+    GError *err = NULL;
+    queue_id id;
+    int rc = CTL_OK;
+
+    if (!ctl_parse(c, &argc, &argv, "ID - show a message", entries))
+        return CTL_USAGE;
+    if (argc != 2 || !ctl_parse_id(argv[1], &id))
+        return CTL_USAGE;
+    ctl_open_spool(c);
+    if (!spool_read_begin(c->spool, &t, &err))
+        return ctl_fail(err);
+    if (!spool_msg_get(&t, id, &m, &err)) {
+        spool_read_end(&t);
+        return ctl_fail(err);
+    }
+    if (raw) {
+        g_autoptr(GByteArray) body = g_byte_array_new();
+        if (spool_body_get(&t, DB_BODIES, id, body, &err))
+            fwrite(body->data, 1, body->len, stdout);
+        else
+            rc = ctl_fail(err);
+    } else if (deliveries) {
+        if (!c->json)
+            printf("%-40s  %-8s  %3s  %-19s  %s\n", "RECIPIENT", "STATE", "TRY", "NEXT TRY",
+                   "LAST REPLY");
+        if (!spool_dlv_foreach(&t, id, ctl_show_delivery, c, &err))
+            rc = ctl_fail(err);
+    } else {
+        (c->json ? ctl_show_json : ctl_show_text)(&m);
+    }
+    spool_msg_clear(&m);
+    spool_read_end(&t);
+    return rc;
+}
+
+/* Commands that change messages */
+
+/* Returns TRUE when it changed m; FALSE with *err unset when m is skipped. */
+typedef gboolean (*ctl_change_fn)(struct spool_txn *t, struct spool_msg *m, void *arg,
+                                  GError **err);
+
+struct ctl_change {
+    GPtrArray *ids;                 /* queue_id* */
+    ctl_change_fn fn;
+    void *arg;
+    int64_t done;
+};
+
+static gboolean ctl_change_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct ctl_change *ch = ctx;
+
+    ch->done = 0;
+    for (guint i = 0; i < ch->ids->len; i++) {
+        struct spool_msg m;
+        GError *local = NULL;
+        gboolean changed;
+
+        if (!spool_msg_get(t, *(queue_id *)ch->ids->pdata[i], &m, &local)) {
+            if (!g_error_matches(local, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND) || ch->ids->len == 1) {
+                g_propagate_error(err, local);
+                return FALSE;
+            }
+            g_clear_error(&local);      /* gone since it was listed */
+            continue;
+        }
+        changed = ch->fn(t, &m, ch->arg, &local);
+        spool_msg_clear(&m);
+        if (local) {
+            g_propagate_error(err, local);
+            return FALSE;
+        }
+        ch->done += changed;
+    }
+    return TRUE;
+}
+
+/*
+ * Apply fn to one message (id_text) or to every message in `state` (-1:
+ * all), a page of ids per write transaction so that ingest is never kept
+ * waiting for the write lock long.
+ */
+static int ctl_change_run(struct ctl *c, const char *id_text, int state, ctl_change_fn fn,
+                          void *arg, const char *verb)
+{
+    struct ctl_change ch = { .fn = fn, .arg = arg };
+    struct ctl_page page = { 0 };
+    int64_t total = 0;
+    GError *err = NULL;
+
+    ctl_open_spool(c);
+    page.ids = ch.ids = g_ptr_array_new_with_free_func(g_free);
+    if (id_text) {
+        queue_id id;
+        if (!ctl_parse_id(id_text, &id)) {
+            g_ptr_array_unref(page.ids);
+            return CTL_USAGE;
+        }
+        ctl_page_add(id, &page);
+        if (!spool_write(c->spool, ctl_change_write, &ch, &err)) {
+            g_ptr_array_unref(page.ids);
+            return ctl_fail(err);
+        }
+        total = ch.done;
+    } else {
+        for (;;) {
+            struct spool_txn t;
+            guint listed;
+
+            g_ptr_array_set_size(page.ids, 0);
+            if (!spool_read_begin(c->spool, &t, &err) ||
+                !spool_msg_foreach(&t, state, page.next, ctl_page_add, &page, &err)) {
+                spool_read_end(&t);
+                g_ptr_array_unref(page.ids);
+                return ctl_fail(err);
+            }
+            spool_read_end(&t);
+            listed = page.ids->len;
+            if (listed && !spool_write(c->spool, ctl_change_write, &ch, &err)) {
+                g_ptr_array_unref(page.ids);
+                return ctl_fail(err);
+            }
+            total += ch.done;
+            ch.done = 0;
+            if (listed < CTL_PAGE)
+                break;
+        }
+    }
+    g_ptr_array_unref(page.ids);
+    if (c->json)
+        printf("{\"%s\": %" G_GINT64_FORMAT "}\n", verb, total);
+    else
+        printf("%s: %" G_GINT64_FORMAT " message(s)\n", verb, total);
+    return CTL_OK;
+}
+
+static gboolean ctl_is_live(enum msg_state s)
+{
+    return s == MSG_INCOMING || s == MSG_READY || s == MSG_DEFERRED;
+}
+
+static gboolean ctl_do_hold(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
+{
+    if (!ctl_is_live(m->state))
+        return FALSE;
+    return spool_dlv_set_held(t, m->id, TRUE, err) &&
+           spool_msg_set_state(t, m, MSG_HOLD, "held by operator", err);
+}
+
+static gboolean ctl_do_release(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
+{
+    if (m->state != MSG_HOLD)
+        return FALSE;
+    return spool_dlv_set_held(t, m->id, FALSE, err) &&
+           spool_msg_set_state(t, m, ctl_is_live(m->held_from) ? m->held_from : MSG_INCOMING,
+                               NULL, err);
+}
+
+static gboolean ctl_do_retry(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
+{
+    unsigned n = 0;
+    return spool_dlv_retry_now(t, m->id, &n, err) && n > 0;
+}
+
+static gboolean ctl_do_delete(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
+{
+    return spool_msg_delete(t, m->id, err);
+}
+
+/* purge: only ended messages whose last change is older than the cutoff. */
+static gboolean ctl_do_purge(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
+{
+    if ((m->state != MSG_DONE && m->state != MSG_REJECTED) || m->since >= *(int64_t *)arg)
+        return FALSE;
+    return spool_msg_delete(t, m->id, err);
+}
+
+/* hold, release, retry: ID or --all. */
+static int ctl_id_or_all(struct ctl *c, int argc, char **argv, ctl_change_fn fn,
+                         const char *verb, int all_state)
+{
+    gboolean all = FALSE;
+    GOptionEntry entries[] = {
+        { "all", 0, 0, G_OPTION_ARG_NONE, &all, "every message", NULL },
+        { NULL }
+    };
+
+    if (!ctl_parse(c, &argc, &argv, "ID | --all", entries))
+        return CTL_USAGE;
+    if ((all && argc != 1) || (!all && argc != 2)) {
+        fprintf(stderr, "spoolctl: give one queue id or --all\n");
+        return CTL_USAGE;
+    }
+    return ctl_change_run(c, all ? NULL : argv[1], all_state, fn, NULL, verb);
+}
+
+int ctl_hold(struct ctl *c, int argc, char **argv)
+{
+    return ctl_id_or_all(c, argc, argv, ctl_do_hold, "held", -1);
+}
+
+int ctl_release(struct ctl *c, int argc, char **argv)
+{
+    return ctl_id_or_all(c, argc, argv, ctl_do_release, "released", MSG_HOLD);
+}
+
+int ctl_retry(struct ctl *c, int argc, char **argv)
+{
+    return ctl_id_or_all(c, argc, argv, ctl_do_retry, "retried", -1);
+}
+
+int ctl_delete(struct ctl *c, int argc, char **argv)
+{
+    g_autofree char *state = NULL;
+    GOptionEntry entries[] = {
+        { "state", 0, 0, G_OPTION_ARG_STRING, &state, "every message in this state", "S" },
+        { NULL }
+    };
+    enum msg_state s = MSG_INCOMING;
+
+    if (!ctl_parse(c, &argc, &argv, "ID | --state S", entries))
+        return CTL_USAGE;
+    if (state && !msg_state_parse(state, &s)) {
+        fprintf(stderr, "spoolctl: unknown state \"%s\"\n", state);
+        return CTL_USAGE;
+    }
+    if ((state && argc != 1) || (!state && argc != 2)) {
+        fprintf(stderr, "spoolctl: give one queue id or --state S\n");
+        return CTL_USAGE;
+    }
+    return ctl_change_run(c, state ? NULL : argv[1], (int)s, ctl_do_delete, NULL, "deleted");
+}
+
+int ctl_purge(struct ctl *c, int argc, char **argv)
+{
+    g_autofree char *older = NULL;
+    GOptionEntry entries[] = {
+        { "older-than", 0, 0, G_OPTION_ARG_STRING, &older, "ended longer ago than D", "D" },
+        { NULL }
+    };
+    uint64_t d;
+    int64_t cutoff;
+
+    if (!ctl_parse(c, &argc, &argv, "--older-than D", entries))
+        return CTL_USAGE;
+    if (!older || argc != 1 || !config_parse_duration(older, &d)) {
+        fprintf(stderr, "spoolctl: purge needs --older-than D (e.g. 7d)\n");
+        return CTL_USAGE;
+    }
+    cutoff = ctl_now() - (int64_t)d;
+    return ctl_change_run(c, NULL, -1, ctl_do_purge, &cutoff, "purged");
+}
