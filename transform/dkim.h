@@ -43,6 +43,9 @@ struct dkim_key {
     char *path;
     enum dkim_key_type type;
     EVP_PKEY *pkey;
+    EVP_MD_CTX *sign_ctx;       /* set up for signing once, copied per
+                                 * signature: setting one up costs ~3% of
+                                 * an Ed25519 signature */
 };
 
 /* One header field inside a header block; the pointers point into it. */
@@ -91,14 +94,13 @@ char *dkim_dns_record(const struct dkim_key *key);
 /* The a= tag value for the key: "rsa-sha256" or "ed25519-sha256". */
 const char *dkim_key_algorithm(const struct dkim_key *key);
 
-/* Sign the SHA-256 digest of the canonical header data as the key type's
- * DKIM algorithm requires: RSASSA-PKCS1-v1_5 over the DigestInfo for RSA,
- * PureEdDSA over the 32 digest bytes for Ed25519 (RFC 8463; signing the data
- * itself fails every verifier). `sig` holds DKIM_SIG_MAX bytes. */
-gboolean dkim_key_sign_digest(const struct dkim_key *key,
-                              const unsigned char digest[DKIM_HASH_LEN],
-                              unsigned char sig[DKIM_SIG_MAX], size_t *sig_len,
-                              GError **err);
+/* Sign the canonical header data as the key type's DKIM algorithm requires:
+ * RSASSA-PKCS1-v1_5 with SHA-256 for RSA; for Ed25519, PureEdDSA over the
+ * 32-byte SHA-256 digest of the data (RFC 8463: signing the data itself
+ * fails every verifier). `sig` holds DKIM_SIG_MAX bytes. */
+gboolean dkim_key_sign(const struct dkim_key *key, const char *data,
+                       size_t len, unsigned char sig[DKIM_SIG_MAX],
+                       size_t *sig_len, GError **err);
 
 /* ---- Canonicalisation (dkim_canon.c), pure ------------------------------ */
 

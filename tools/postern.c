@@ -1,0 +1,228 @@
+/*
+ * postern - run the whole relay from one config: `postern run`.
+ *
+ * Starts each daemon as a child, restarts a child that dies (waiting
+ * longer after each quick death, so a crash loop does not spin), and on
+ * SIGTERM/SIGINT passes SIGTERM on, waits for the children to finish what
+ * they hold, and kills what is left after a grace period.
+ */
+#include "spool/config.h"
+#include "spool/log.h"
+#include "spool/spool.h"
+
+#include <errno.h>
+#include <glib-unix.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define RESTART_MIN 1               /* seconds before the first restart */
+#define RESTART_MAX 60
+#define STABLE_AFTER 60             /* a child up this long resets its backoff */
+#define STOP_GRACE 30               /* seconds between SIGTERM and SIGKILL */
+
+struct child {
+    struct supervisor *sup;
+    char *name;                     /* postern-ingest, postern-sender#2, ... */
+    char **argv;
+    GPid pid;
+    int64_t started;                /* monotonic seconds */
+    unsigned backoff;
+    guint restart_source;
+};
+
+struct supervisor {
+    GMainLoop *loop;
+    GPtrArray *children;
+    gboolean stopping;
+    unsigned running;
+};
+
+static void child_start(struct child *c);
+
+static gboolean child_restart(gpointer data)
+{
+    struct child *c = data;
+
+    c->restart_source = 0;
+    child_start(c);
+    return G_SOURCE_REMOVE;
+}
+
+static void child_exited(GPid pid, gint status, gpointer data)
+{
+    struct child *c = data;
+    struct supervisor *sup = c->sup;
+    int64_t up = g_get_monotonic_time() / G_USEC_PER_SEC - c->started;
+
+    g_spawn_close_pid(pid);
+    c->pid = 0;
+    sup->running--;
+    if (sup->stopping) {
+        msg_info("%s stopped (pid %d)", c->name, pid);
+        if (!sup->running)
+            g_main_loop_quit(sup->loop);
+        return;
+    }
+    if (WIFSIGNALED(status))
+        msg_warn("%s (pid %d) killed by signal %d", c->name, pid, WTERMSIG(status));
+    else
+        msg_warn("%s (pid %d) exited with status %d", c->name, pid, WEXITSTATUS(status));
+
+    c->backoff = up >= STABLE_AFTER ? RESTART_MIN : MIN(MAX(c->backoff * 2, RESTART_MIN), RESTART_MAX);
+    msg_info("restarting %s in %us", c->name, c->backoff);
+    c->restart_source = g_timeout_add_seconds(c->backoff, child_restart, c);
+}
+
+static void child_start(struct child *c)
+{
+    GError *err = NULL;
+
+    if (!g_spawn_async(NULL, c->argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &c->pid,
+                       &err)) {
+        msg_warn("cannot start %s: %s", c->argv[0], err->message);
+        g_error_free(err);
+        c->backoff = MIN(MAX(c->backoff * 2, RESTART_MIN), RESTART_MAX);
+        c->restart_source = g_timeout_add_seconds(c->backoff, child_restart, c);
+        return;
+    }
+    c->started = g_get_monotonic_time() / G_USEC_PER_SEC;
+    c->sup->running++;
+    g_child_watch_add(c->pid, child_exited, c);
+    msg_info("started %s (pid %d)", c->name, c->pid);
+}
+
+/*
+ * Find a daemon: beside this program when installed, in its folder of
+ * the build tree when run from there.
+ */
+static char *postern_find(const char *self_dir, const char *folder, const char *program)
+{
+    g_autofree char *beside = g_build_filename(self_dir, program, NULL);
+    g_autofree char *in_tree = g_build_filename(self_dir, "..", folder, program, NULL);
+
+    if (g_file_test(beside, G_FILE_TEST_IS_EXECUTABLE))
+        return g_steal_pointer(&beside);
+    if (g_file_test(in_tree, G_FILE_TEST_IS_EXECUTABLE))
+        return g_steal_pointer(&in_tree);
+    return g_find_program_in_path(program);
+}
+
+static void postern_add(struct supervisor *sup, const char *self_dir, const char *folder,
+                        const char *program, const char *name, const char *config,
+                        gboolean foreground)
+{
+    struct child *c = g_new0(struct child, 1);
+    GPtrArray *argv = g_ptr_array_new();
+    char *path = postern_find(self_dir, folder, program);
+
+    if (!path)
+        msg_fatal("%s: not found beside %s or in PATH", program, self_dir);
+    g_ptr_array_add(argv, path);
+    if (config) {
+        g_ptr_array_add(argv, g_strdup("-c"));
+        g_ptr_array_add(argv, g_strdup(config));
+    }
+    if (foreground)
+        g_ptr_array_add(argv, g_strdup("-f"));
+    g_ptr_array_add(argv, NULL);
+    c->sup = sup;
+    c->name = g_strdup(name);
+    c->argv = (char **)g_ptr_array_free(argv, FALSE);
+    g_ptr_array_add(sup->children, c);
+}
+
+static gboolean postern_kill_rest(gpointer data)
+{
+    struct supervisor *sup = data;
+
+    for (guint i = 0; i < sup->children->len; i++) {
+        struct child *c = sup->children->pdata[i];
+        if (c->pid) {
+            msg_warn("%s (pid %d) did not stop in %ds: killing it", c->name, c->pid, STOP_GRACE);
+            kill(c->pid, SIGKILL);
+        }
+    }
+    return G_SOURCE_REMOVE;
+}
+
+static gboolean postern_stop(gpointer data)
+{
+    struct supervisor *sup = data;
+
+    if (sup->stopping)
+        return G_SOURCE_CONTINUE;
+    msg_info("stopping: passing SIGTERM to %u children", sup->running);
+    sup->stopping = TRUE;
+    for (guint i = 0; i < sup->children->len; i++) {
+        struct child *c = sup->children->pdata[i];
+        if (c->restart_source)
+            g_source_remove(c->restart_source);
+        c->restart_source = 0;
+        if (c->pid)
+            kill(c->pid, SIGTERM);
+    }
+    if (!sup->running)
+        g_main_loop_quit(sup->loop);
+    g_timeout_add_seconds(STOP_GRACE, postern_kill_rest, sup);
+    return G_SOURCE_CONTINUE;
+}
+
+static int postern_run(const char *config, gboolean use_syslog)
+{
+    struct postern_config cfg;
+    struct supervisor sup = { 0 };
+    g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+    g_autofree char *self_dir = g_path_get_dirname(self ? self : ".");
+    struct spool *sp;
+    GError *err = NULL;
+
+    config_load_or_exit(&cfg, config);
+
+    /* Create the spool before the children race to do it. */
+    if (!spool_open(&sp, &cfg, &err))
+        msg_fatal("%s", err->message);
+    spool_close(sp);
+
+    sup.loop = g_main_loop_new(NULL, FALSE);
+    sup.children = g_ptr_array_new();
+    postern_add(&sup, self_dir, "ingest", "postern-ingest", "postern-ingest", config, !use_syslog);
+
+    g_unix_signal_add(SIGTERM, postern_stop, &sup);
+    g_unix_signal_add(SIGINT, postern_stop, &sup);
+    msg_info("starting %u processes; spool %s; LMTP on %s", sup.children->len, cfg.spool.dir,
+             cfg.ingest.listen[0]);
+    for (guint i = 0; i < sup.children->len; i++)
+        child_start(sup.children->pdata[i]);
+    g_main_loop_run(sup.loop);
+    msg_info("all processes stopped");
+    config_free(&cfg);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    g_autofree char *config = NULL;
+    gboolean use_syslog = FALSE;
+    GOptionEntry options[] = {
+        { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config, "configuration file", "FILE" },
+        { "syslog", 0, 0, G_OPTION_ARG_NONE, &use_syslog, "log to syslog, not stderr", NULL },
+        { NULL }
+    };
+    g_autoptr(GOptionContext) octx = g_option_context_new("run - run the Postern relay");
+    GError *err = NULL;
+
+    log_init("postern", TRUE);
+    g_option_context_add_main_entries(octx, options, NULL);
+    if (!g_option_context_parse(octx, &argc, &argv, &err)) {
+        fprintf(stderr, "postern: %s\n", err->message);
+        return CONFIG_EXIT_USAGE;
+    }
+    if (argc != 2 || !g_str_equal(argv[1], "run")) {
+        fprintf(stderr, "usage: postern [-c FILE] [--syslog] run\n");
+        return CONFIG_EXIT_USAGE;
+    }
+    log_init("postern", !use_syslog);
+    return postern_run(config, use_syslog);
+}
