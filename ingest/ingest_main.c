@@ -90,7 +90,13 @@ int main(int argc, char **argv)
      * are in ig.batch when it returns, and share one fsync.
      */
     while (!ig.stopping) {
-        g_main_context_iteration(NULL, TRUE);
+        /*
+         * Do not block while messages wait: committing a batch lets
+         * sessions read on, and a pipelined next message may complete
+         * inside ingest_commit_batch() itself, with no new event to wake
+         * the loop.
+         */
+        g_main_context_iteration(NULL, ig.batch->len == 0);
         ingest_commit_batch(&ig);
     }
 

@@ -48,4 +48,7 @@ int ctl_retry(struct ctl *c, int argc, char **argv);
 int ctl_delete(struct ctl *c, int argc, char **argv);
 int ctl_purge(struct ctl *c, int argc, char **argv);
 
+/* spoolctl_token.c */
+int ctl_token(struct ctl *c, int argc, char **argv);
+
 #endif

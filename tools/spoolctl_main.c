@@ -23,6 +23,7 @@ static const struct {
     { "retry", ctl_retry, "ID | --all" },
     { "delete", ctl_delete, "ID | --state S" },
     { "purge", ctl_purge, "--older-than D" },
+    { "token", ctl_token, "add|import|list|show|revoke ..." },
 };
 
 gboolean ctl_parse(struct ctl *c, int *argc, char ***argv, const char *usage,

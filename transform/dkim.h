@@ -68,8 +68,7 @@ struct dkim_field {
 struct dkim_key *dkim_key_load(const char *selector, const char *path,
                                GError **err);
 
-/* Free a key and wipe nothing more: OpenSSL clears its own key material.
- * NULL is allowed. */
+/* Free a key; libcrypto clears the key material. NULL is allowed. */
 void dkim_key_free(struct dkim_key *key);
 
 /* Parse the [dkim] keys value "sel:path, sel2:path2" and load every key.

@@ -27,6 +27,12 @@ static inline gboolean is_wsp(char c)
     return c == ' ' || c == '\t';
 }
 
+/* g_ascii_tolower() is a call per byte; this runs on every signed field. */
+static inline char ascii_lower(char c)
+{
+    return c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c;
+}
+
 static void out_flush(struct canon_out *o)
 {
     if (o->len > 0)
@@ -116,7 +122,7 @@ void dkim_canon_header_relaxed(const char *name, size_t name_len,
     g_string_set_size(out, base + name_len + value_len + 3);
     w = out->str + base;
     for (size_t i = 0; i < name_len; i++)
-        *w++ = g_ascii_tolower(name[i]);
+        *w++ = ascii_lower(name[i]);
     *w++ = ':';
     value_start = w;
 

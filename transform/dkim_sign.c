@@ -4,17 +4,23 @@
  */
 
 #include <string.h>
-#include <openssl/evp.h>
 
 #include "transform/dkim.h"
 
 /* Fields signed, in h= order (SPEC §4): those a recipient sees or acts on.
  * From comes first: it is the one DMARC needs and the one oversigned. */
-static const char *const sign_names[] = {
-    "From", "To", "Subject", "Date", "Message-ID", "Reply-To", "Sender",
-    "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
-    "List-Unsubscribe", "List-Unsubscribe-Post",
+#define NAME(s) { s, sizeof(s) - 1 }
+static const struct {
+    const char *name;
+    size_t len;
+} sign_names[] = {
+    NAME("From"), NAME("To"), NAME("Subject"), NAME("Date"),
+    NAME("Message-ID"), NAME("Reply-To"), NAME("Sender"),
+    NAME("MIME-Version"), NAME("Content-Type"),
+    NAME("Content-Transfer-Encoding"), NAME("List-Unsubscribe"),
+    NAME("List-Unsubscribe-Post"),
 };
+#undef NAME
 #define SIGN_FROM 0
 
 /* A field of the block that is to be signed, with its sign_names index. */
@@ -40,14 +46,16 @@ static void fold_break(struct fold *f)
 }
 
 /*
- * Append a word, after a space when `space` (between tags) or directly
- * (inside an h= list, after its ':'), folding first if it would not fit.
- * Both places allow FWS (RFC 6376 §3.5), and a fold in them canonicalises
- * the same for signer and verifier because the header is hashed as folded.
+ * Append the word tag + value + end (end '\0': none), after a space when
+ * `space` (between tags) or directly (inside an h= list, after its ':'),
+ * folding first if it would not fit. Both places allow FWS (RFC 6376 §3.5),
+ * and a fold canonicalises the same for signer and verifier because the
+ * field is hashed as folded. No printf: this runs for every signature.
  */
-static void fold_word(struct fold *f, const char *word, gboolean space)
+static void fold_word(struct fold *f, gboolean space, const char *tag,
+                      const char *value, size_t value_len, char end)
 {
-    size_t len = strlen(word);
+    size_t len = strlen(tag) + value_len + (end != '\0');
 
     if (f->col + (space ? 1 : 0) + len > FOLD_WIDTH) {
         fold_break(f);
@@ -55,8 +63,16 @@ static void fold_word(struct fold *f, const char *word, gboolean space)
         g_string_append_c(f->s, ' ');
         f->col++;
     }
-    g_string_append_len(f->s, word, (gssize)len);
+    g_string_append(f->s, tag);
+    g_string_append_len(f->s, value, (gssize)value_len);
+    if (end != '\0')
+        g_string_append_c(f->s, end);
     f->col += len;
+}
+
+static void fold_tag(struct fold *f, const char *tag, const char *value)
+{
+    fold_word(f, TRUE, tag, value, strlen(value), ';');
 }
 
 /* base64 allows FWS anywhere (RFC 6376 §2.4): fill every line. */
@@ -120,8 +136,8 @@ static GArray *fields_select(const char *block, size_t len, GError **err)
             return NULL;
         }
         for (sf.name = 0; sf.name < G_N_ELEMENTS(sign_names); sf.name++) {
-            if (strlen(sign_names[sf.name]) == sf.field.name_len &&
-                g_ascii_strncasecmp(sign_names[sf.name], sf.field.name,
+            if (sign_names[sf.name].len == sf.field.name_len &&
+                g_ascii_strncasecmp(sign_names[sf.name].name, sf.field.name,
                                     sf.field.name_len) == 0) {
                 g_array_append_val(sel, sf);
                 break;
@@ -141,7 +157,6 @@ static GArray *fields_select(const char *block, size_t len, GError **err)
 static gboolean fields_sign(const GArray *sel, struct fold *f, GString *canon)
 {
     gboolean first = TRUE;
-    char word[64];
 
     for (guint n = 0; n < G_N_ELEMENTS(sign_names); n++) {
         guint count = 0;
@@ -163,9 +178,8 @@ static gboolean fields_sign(const GArray *sel, struct fold *f, GString *canon)
             count++;
         }
         for (; count > 0; count--) {
-            g_snprintf(word, sizeof(word), "%s%s:", first ? "h=" : "",
-                       sign_names[n]);
-            fold_word(f, word, first);
+            fold_word(f, first, first ? "h=" : "", sign_names[n].name,
+                      sign_names[n].len, ':');
             first = FALSE;
         }
     }
@@ -183,10 +197,9 @@ char *dkim_sign(const struct dkim_key *key, const char *domain,
     static const char prefix[] = "DKIM-Signature:";
     struct fold f = { g_string_sized_new(768), 0 };
     GString *canon = g_string_sized_new(header_len + 512);
-    unsigned char digest[DKIM_HASH_LEN];
     unsigned char sig[DKIM_SIG_MAX];
     size_t sig_len;
-    char word[300];
+    char t[24];
     char *b64;
     GArray *sel = NULL;
 
@@ -201,26 +214,22 @@ char *dkim_sign(const struct dkim_key *key, const char *domain,
 
     g_string_append(f.s, prefix);
     f.col = f.s->len;
-    fold_word(&f, "v=1;", TRUE);
-    g_snprintf(word, sizeof(word), "a=%s;", dkim_key_algorithm(key));
-    fold_word(&f, word, TRUE);
-    fold_word(&f, "c=relaxed/relaxed;", TRUE);
-    g_snprintf(word, sizeof(word), "d=%s;", domain);
-    fold_word(&f, word, TRUE);
-    g_snprintf(word, sizeof(word), "s=%s;", key->selector);
-    fold_word(&f, word, TRUE);
-    g_snprintf(word, sizeof(word), "t=%" G_GINT64_FORMAT ";", timestamp);
-    fold_word(&f, word, TRUE);
+    fold_tag(&f, "v=", "1");
+    fold_tag(&f, "a=", dkim_key_algorithm(key));
+    fold_tag(&f, "c=", "relaxed/relaxed");
+    fold_tag(&f, "d=", domain);
+    fold_tag(&f, "s=", key->selector);
+    g_snprintf(t, sizeof(t), "%" G_GINT64_FORMAT, timestamp);
+    fold_tag(&f, "t=", t);
     if (!fields_sign(sel, &f, canon)) {
         g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED,
                     "dkim: header block has no From field");
         goto fail;
     }
     b64 = g_base64_encode(body_hash, DKIM_HASH_LEN);
-    g_snprintf(word, sizeof(word), "bh=%s;", b64);
+    fold_tag(&f, "bh=", b64);
     g_free(b64);
-    fold_word(&f, word, TRUE);
-    fold_word(&f, "b=", TRUE);
+    fold_word(&f, TRUE, "b=", "", 0, '\0');
 
     /*
      * The signature field itself is hashed last, as written so far (b=
@@ -230,10 +239,7 @@ char *dkim_sign(const struct dkim_key *key, const char *domain,
                               f.s->str + sizeof(prefix) - 1,
                               f.s->len - (sizeof(prefix) - 1), canon);
     g_string_truncate(canon, canon->len - 2);
-    if (EVP_Digest(canon->str, canon->len, digest, NULL, EVP_sha256(),
-                   NULL) != 1)
-        g_error("dkim: SHA-256 unavailable");
-    if (!dkim_key_sign_digest(key, digest, sig, &sig_len, err))
+    if (!dkim_key_sign(key, canon->str, canon->len, sig, &sig_len, err))
         goto fail;
 
     b64 = g_base64_encode(sig, sig_len);

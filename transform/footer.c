@@ -95,6 +95,7 @@ static void footer_set_content(GMimePart *part, GByteArray *text)
 static gboolean footer_recode(GMimePart *part, GByteArray *body, GString *footer)
 {
 	const char *charset = g_mime_object_get_content_type_parameter(GMIME_OBJECT(part), "charset");
+	const char *text = body->len > 0 ? (const char *) body->data : "";
 	char   *s;
 	gsize   len;
 
@@ -103,7 +104,7 @@ static gboolean footer_recode(GMimePart *part, GByteArray *body, GString *footer
 	if ((s = footer_convert(footer->str, footer->len, charset, "utf-8", &len)) != NULL) {
 		g_string_truncate(footer, 0);
 		g_string_append_len(footer, s, len);
-	} else if ((s = footer_convert((const char *) body->data, body->len, "utf-8", charset, &len)) != NULL) {
+	} else if ((s = footer_convert(text, body->len, "utf-8", charset, &len)) != NULL) {
 		g_byte_array_set_size(body, 0);
 		g_byte_array_append(body, (const guint8 *) s, len);
 		g_mime_object_set_content_type_parameter(GMIME_OBJECT(part), "charset", "utf-8");

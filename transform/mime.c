@@ -46,9 +46,14 @@ GMimeMessage *mime_parse(const char *raw, size_t len, GError **err)
 	msg = g_mime_parser_construct_message(parser, NULL);
 	g_object_unref(parser);
 	g_object_unref(stream);
-	if (msg == NULL)
+	if (msg == NULL) {
 		g_set_error(err, MIME_ERROR, MIME_ERROR_PARSE,
 			    "not a message: no header section at the start (%zu bytes)", len);
+	} else if (g_mime_message_get_mime_part(msg) == NULL) {
+		/* Every later step relies on a body, even an empty one. */
+		g_set_error(err, MIME_ERROR, MIME_ERROR_PARSE, "GMime found no body");
+		g_clear_object(&msg);
+	}
 	return msg;
 }
 

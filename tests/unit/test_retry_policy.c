@@ -11,7 +11,7 @@
 
 #include "sender/smtp.h"
 
-#define MIN_US	(60 * G_USEC_PER_SEC)
+#define MIN_US	((gint64) 60 * G_USEC_PER_SEC)
 
 static enum retry_verdict classify(int code, const char *status, const char *text,
 				   enum smtp_error error)
@@ -123,7 +123,7 @@ static void test_jitter_bounds(void **state)
 
 static void test_lifetime(void **state)
 {
-	gint64  first = 1700000000 * G_USEC_PER_SEC, next = 0;
+	gint64  first = (gint64) 1700000000 * G_USEC_PER_SEC, next = 0;
 
 	assert_int_equal(retry_schedule(&policy, 40, first, first + policy.lifetime - 1, 0.5, &next),
 			 RETRY_DEFER);

@@ -1,0 +1,300 @@
+/*
+ * token.c - see token.h.
+ */
+#include "spool/token.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <string.h>
+
+#include "spool/log.h"
+
+void token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN])
+{
+    unsigned int len = TOKEN_HASH_LEN;
+    EVP_Digest(token, strlen(token), out, &len, EVP_sha256(), NULL);
+}
+
+void token_id(const unsigned char hash[TOKEN_HASH_LEN], char out[TOKEN_ID_LEN + 1])
+{
+    for (int i = 0; i < TOKEN_ID_LEN / 2; i++)
+        g_snprintf(out + 2 * i, 3, "%02x", hash[i]);
+}
+
+char *token_generate(void)
+{
+    unsigned char raw[32];
+    char *text;
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1)
+        msg_fatal("RAND_bytes failed: no randomness for a token");
+    text = g_base64_encode(raw, sizeof(raw));
+    /* base64url (RFC 4648 §5), no padding: safe in URLs and mail bodies. */
+    for (char *p = text; *p; p++)
+        *p = *p == '+' ? '-' : *p == '/' ? '_' : *p;
+    *strchrnul(text, '=') = '\0';
+    OPENSSL_cleanse(raw, sizeof(raw));
+    return text;
+}
+
+char *token_normalise_addr(const char *addr)
+{
+    g_autofree char *a = g_strstrip(g_strdup(addr));
+    size_t len = strlen(a);
+    char *at;
+
+    if (len >= 2 && a[0] == '<' && a[len - 1] == '>') {
+        memmove(a, a + 1, len - 2);
+        a[len - 2] = '\0';
+    }
+    at = strrchr(a, '@');
+    if (at) {
+        g_autofree char *domain = g_ascii_strdown(at + 1, -1);
+        *at = '\0';
+        return g_strconcat(a, "@", domain, NULL);
+    }
+    return g_steal_pointer(&a);
+}
+
+enum token_status token_status(const struct spool_token *tk, int64_t now)
+{
+    if (tk->revoked)
+        return TOKEN_REVOKED;
+    if (tk->used)
+        return TOKEN_USED;
+    if (tk->expires && now >= tk->expires)
+        return TOKEN_EXPIRED;
+    return TOKEN_ACTIVE;
+}
+
+const char *token_status_name(enum token_status s)
+{
+    static const char *const names[] = { "active", "used", "expired", "revoked" };
+    return names[s];
+}
+
+void spool_token_init(struct spool_token *tk)
+{
+    memset(tk, 0, sizeof(*tk));
+    tk->recipients = g_ptr_array_new_with_free_func(g_free);
+}
+
+void spool_token_clear(struct spool_token *tk)
+{
+    g_free(tk->sender);
+    if (tk->recipients)
+        g_ptr_array_unref(tk->recipients);
+    memset(tk, 0, sizeof(*tk));
+}
+
+static GVariant *token_encode(const struct spool_token *tk)
+{
+    GVariantDict d;
+
+    g_variant_dict_init(&d, NULL);
+    g_variant_dict_insert(&d, "sender", "s", tk->sender);
+    g_variant_dict_insert_value(&d, "recipients",
+                                g_variant_new_strv((const char *const *)tk->recipients->pdata,
+                                                   tk->recipients->len));
+    g_variant_dict_insert(&d, "hide_sender", "b", tk->hide_sender);
+    g_variant_dict_insert(&d, "created", "x", tk->created);
+    g_variant_dict_insert(&d, "expires", "x", tk->expires);
+    g_variant_dict_insert(&d, "used", "x", tk->used);
+    g_variant_dict_insert(&d, "used_by", "t", tk->used_by);
+    g_variant_dict_insert(&d, "revoked", "b", tk->revoked);
+    return g_variant_ref_sink(g_variant_dict_end(&d));
+}
+
+static void token_decode(const MDB_val *val, struct spool_token *tk)
+{
+    g_autoptr(GBytes) bytes = g_bytes_new(val->mv_data, val->mv_size);
+    g_autoptr(GVariant) v = g_variant_ref_sink(
+        g_variant_new_from_bytes(G_VARIANT_TYPE_VARDICT, bytes, FALSE));
+    g_autoptr(GVariant) rcpts = NULL;
+    GVariantDict d;
+
+    g_variant_dict_init(&d, v);
+    g_variant_dict_lookup(&d, "sender", "s", &tk->sender);
+    rcpts = g_variant_dict_lookup_value(&d, "recipients", G_VARIANT_TYPE_STRING_ARRAY);
+    if (rcpts) {
+        g_autofree const char **strv = g_variant_get_strv(rcpts, NULL);
+        for (int i = 0; strv[i]; i++)
+            g_ptr_array_add(tk->recipients, g_strdup(strv[i]));
+    }
+    g_variant_dict_lookup(&d, "hide_sender", "b", &tk->hide_sender);
+    g_variant_dict_lookup(&d, "created", "x", &tk->created);
+    g_variant_dict_lookup(&d, "expires", "x", &tk->expires);
+    g_variant_dict_lookup(&d, "used", "x", &tk->used);
+    g_variant_dict_lookup(&d, "used_by", "t", &tk->used_by);
+    g_variant_dict_lookup(&d, "revoked", "b", &tk->revoked);
+    g_variant_dict_clear(&d);
+    if (!tk->sender)
+        tk->sender = g_strdup("");
+}
+
+gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HASH_LEN],
+                         struct spool_token *tk, GError **err)
+{
+    MDB_val key = { TOKEN_HASH_LEN, (void *)hash }, val;
+    int rc = mdb_get(t->txn, spool_dbi(t->sp, DB_TOKENS), &key, &val);
+
+    if (rc == MDB_NOTFOUND) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "no such token");
+        return FALSE;
+    }
+    if (rc)
+        return spool_mdb_fail(rc, "read token", err);
+    spool_token_init(tk);
+    memcpy(tk->hash, hash, TOKEN_HASH_LEN);
+    token_decode(&val, tk);
+    return TRUE;
+}
+
+/* "active" counts tokens neither used nor revoked; expiry is left to the reader. */
+static const char *token_counter(const struct spool_token *tk)
+{
+    return tk->used ? "tok.used" : tk->revoked ? "tok.revoked" : "tok.active";
+}
+
+static gboolean token_put(struct spool_txn *t, const struct spool_token *tk, unsigned flags,
+                          GError **err)
+{
+    g_autoptr(GVariant) v = token_encode(tk);
+    MDB_val key = { TOKEN_HASH_LEN, (void *)tk->hash },
+            val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
+    int rc = mdb_put(t->txn, spool_dbi(t->sp, DB_TOKENS), &key, &val, flags);
+
+    if (rc == MDB_KEYEXIST) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "token already registered");
+        return FALSE;
+    }
+    if (rc)
+        return spool_mdb_fail(rc, "store token", err);
+    return spool_counter_add(t, token_counter(tk), 1, err);
+}
+
+gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, GError **err)
+{
+    g_autofree char *owner = token_normalise_addr(tk->sender);
+    GByteArray *k = g_byte_array_new();
+    MDB_val key, val = { 0, (void *)"" };
+    int rc;
+
+    if (!token_put(t, tk, MDB_NOOVERWRITE, err)) {
+        g_byte_array_unref(k);
+        return FALSE;
+    }
+    g_byte_array_append(k, (const guint8 *)owner, (guint)strlen(owner) + 1);
+    g_byte_array_append(k, tk->hash, TOKEN_HASH_LEN);
+    key = (MDB_val){ k->len, k->data };
+    rc = key.mv_size <= 511 ? mdb_put(t->txn, spool_dbi(t->sp, DB_TOKEN_FROM), &key, &val, 0)
+                            : 0;   /* an absurdly long address simply gets no notices */
+    g_byte_array_unref(k);
+    if (rc)
+        return spool_mdb_fail(rc, "index token owner", err);
+    return TRUE;
+}
+
+gboolean spool_token_update(struct spool_txn *t, const struct spool_token *tk, GError **err)
+{
+    struct spool_token old;
+
+    if (!spool_token_get(t, tk->hash, &old, err))
+        return FALSE;
+    gboolean ok = spool_counter_add(t, token_counter(&old), -1, err);
+    spool_token_clear(&old);
+    return ok && token_put(t, tk, 0, err);
+}
+
+gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
+{
+    g_autofree char *owner = token_normalise_addr(addr);
+    MDB_cursor *cur;
+    MDB_val key = { strlen(owner) + 1, owner }, val;
+    gboolean found = FALSE;
+
+    if (mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKEN_FROM), &cur))
+        return FALSE;
+    if (mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE) == 0)
+        found = key.mv_size == strlen(owner) + 1 + TOKEN_HASH_LEN &&
+                memcmp(key.mv_data, owner, strlen(owner) + 1) == 0;
+    mdb_cursor_close(cur);
+    return found;
+}
+
+gboolean spool_token_foreach(struct spool_txn *t, spool_token_fn fn, void *ctx, GError **err)
+{
+    MDB_cursor *cur;
+    MDB_val key, val;
+    int rc;
+
+    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKENS), &cur)))
+        return spool_mdb_fail(rc, "open cursor", err);
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+        struct spool_token tk;
+        gboolean go_on;
+
+        if (key.mv_size != TOKEN_HASH_LEN)
+            continue;
+        spool_token_init(&tk);
+        memcpy(tk.hash, key.mv_data, TOKEN_HASH_LEN);
+        token_decode(&val, &tk);
+        go_on = fn(&tk, ctx);
+        spool_token_clear(&tk);
+        if (!go_on)
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        return spool_mdb_fail(rc, "scan tokens", err);
+    return TRUE;
+}
+
+/*
+ * Token ids are hex prefixes of the hash, so a prefix lookup is a range
+ * scan from the prefix's bytes; it must match exactly one token.
+ */
+gboolean spool_token_find(struct spool_txn *t, const char *prefix_or_token,
+                          struct spool_token *tk, GError **err)
+{
+    unsigned char hash[TOKEN_HASH_LEN] = { 0 }, start[TOKEN_HASH_LEN] = { 0 };
+    size_t n = strlen(prefix_or_token);
+    gboolean hex = n >= 4 && n <= 64;
+    MDB_cursor *cur;
+    MDB_val key, val;
+    int rc, matches = 0;
+
+    token_hash(prefix_or_token, hash);
+    if (spool_token_get(t, hash, tk, NULL))
+        return TRUE;
+    for (size_t i = 0; hex && i < n; i++)
+        hex = g_ascii_isxdigit(prefix_or_token[i]);
+    if (!hex) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "no such token");
+        return FALSE;
+    }
+    for (size_t i = 0; i < n; i++)
+        start[i / 2] |= (unsigned char)(g_ascii_xdigit_value(prefix_or_token[i]) << (i % 2 ? 0 : 4));
+    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKENS), &cur)))
+        return spool_mdb_fail(rc, "open cursor", err);
+    key = (MDB_val){ TOKEN_HASH_LEN, start };
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE); rc == 0 && matches < 2;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+        char id[2 * TOKEN_HASH_LEN + 1];
+        for (int i = 0; i < TOKEN_HASH_LEN; i++)
+            g_snprintf(id + 2 * i, 3, "%02x", ((unsigned char *)key.mv_data)[i]);
+        if (g_ascii_strncasecmp(id, prefix_or_token, n) != 0)
+            break;
+        if (matches++ == 0)
+            memcpy(hash, key.mv_data, TOKEN_HASH_LEN);
+    }
+    mdb_cursor_close(cur);
+    if (matches != 1) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND,
+                    matches ? "token id %s is ambiguous: give more digits" : "no token %s",
+                    prefix_or_token);
+        return FALSE;
+    }
+    return spool_token_get(t, hash, tk, err);
+}

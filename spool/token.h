@@ -1,0 +1,55 @@
+/*
+ * token.h - one-time sending tokens, stored by their SHA-256 only.
+ *
+ * A token lets its owner (an envelope sender) send one message to the
+ * recipient list registered with it.  The token itself is never stored or
+ * logged: records are keyed by SHA-256(token), and operators name a token
+ * by the first hex digits of that hash ("token id").
+ */
+#ifndef POSTERN_TOKEN_H
+#define POSTERN_TOKEN_H
+
+#include "spool/spool.h"
+
+#define TOKEN_HASH_LEN 32
+#define TOKEN_ID_LEN 16             /* hex digits shown as the token's id */
+
+enum token_status { TOKEN_ACTIVE, TOKEN_USED, TOKEN_EXPIRED, TOKEN_REVOKED };
+
+struct spool_token {
+    unsigned char hash[TOKEN_HASH_LEN];
+    char *sender;                   /* owner: normalised envelope address */
+    GPtrArray *recipients;
+    gboolean hide_sender;
+    int64_t created;
+    int64_t expires;                /* 0: never */
+    int64_t used;                   /* 0: not yet */
+    queue_id used_by;               /* the message that used it */
+    gboolean revoked;
+};
+
+void token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN]);
+void token_id(const unsigned char hash[TOKEN_HASH_LEN], char out[TOKEN_ID_LEN + 1]);
+/* A new token: 32 random bytes from OpenSSL, base64url without padding. */
+char *token_generate(void);
+/* Address normalisation for owner checks: local part kept, domain lowercased. */
+char *token_normalise_addr(const char *addr);
+enum token_status token_status(const struct spool_token *tk, int64_t now);
+const char *token_status_name(enum token_status s);
+
+void spool_token_init(struct spool_token *tk);
+void spool_token_clear(struct spool_token *tk);
+gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HASH_LEN],
+                         struct spool_token *tk, GError **err);
+/* Insert (refuses an existing hash) or update, keeping counters and the owner index. */
+gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, GError **err);
+gboolean spool_token_update(struct spool_txn *t, const struct spool_token *tk, GError **err);
+/* Does addr own any token (used or not)?  Decides whether a failure notice may go out. */
+gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr);
+/* Find by hex id prefix (unique) or by the token text itself. */
+gboolean spool_token_find(struct spool_txn *t, const char *prefix_or_token, struct spool_token *tk,
+                          GError **err);
+typedef gboolean (*spool_token_fn)(const struct spool_token *tk, void *ctx);
+gboolean spool_token_foreach(struct spool_txn *t, spool_token_fn fn, void *ctx, GError **err);
+
+#endif

@@ -1,0 +1,428 @@
+/*
+ * spoolctl_token.c - token add, import, list, show, revoke.
+ *
+ * `add` and `import` print the tokens and nothing else on stdout, so a
+ * web application can read them; the spool keeps only their hashes.
+ */
+#include "tools/spoolctl.h"
+#include "spool/token.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int64_t tok_now(void)
+{
+    return g_get_real_time() / G_USEC_PER_SEC;
+}
+
+/* Recipients from a file: one address a line, '#' comments and blanks skipped. */
+static gboolean tok_read_rcpt_file(const char *path, GPtrArray *out, GError **err)
+{
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+
+    if (!g_file_get_contents(g_str_equal(path, "-") ? "/dev/stdin" : path, &text, NULL, err))
+        return FALSE;
+    lines = g_strsplit(text, "\n", -1);
+    for (int i = 0; lines[i]; i++) {
+        char *line = g_strstrip(lines[i]);
+        if (*line && *line != '#')
+            g_ptr_array_add(out, g_strdup(line));
+    }
+    return TRUE;
+}
+
+static gboolean tok_valid_addr(const char *a)
+{
+    const char *at = strrchr(a, '@');
+    return at && at != a && at[1] && !strpbrk(a, " \t\r\n<>,");
+}
+
+/*
+ * Check and complete a token before it is stored: owner and recipients
+ * must be addresses, recipients de-duplicated (case-insensitive domain).
+ */
+static gboolean tok_prepare(struct spool_token *tk, const char *text, GError **err)
+{
+    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    GPtrArray *unique = g_ptr_array_new_with_free_func(g_free);
+
+    if (!tk->sender || !tok_valid_addr(tk->sender)) {
+        g_ptr_array_unref(unique);
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "bad owner address \"%s\"",
+                    tk->sender ? tk->sender : "");
+        return FALSE;
+    }
+    for (guint i = 0; i < tk->recipients->len; i++) {
+        const char *r = tk->recipients->pdata[i];
+        char *norm = token_normalise_addr(r);
+        if (!tok_valid_addr(norm)) {
+            g_free(norm);
+            g_ptr_array_unref(unique);
+            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "bad recipient address \"%s\"", r);
+            return FALSE;
+        }
+        if (g_hash_table_add(seen, norm))
+            g_ptr_array_add(unique, g_strdup(norm));
+    }
+    if (!unique->len) {
+        g_ptr_array_unref(unique);
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "token for %s has no recipients", tk->sender);
+        return FALSE;
+    }
+    g_ptr_array_unref(tk->recipients);
+    tk->recipients = unique;
+    g_autofree char *owner = token_normalise_addr(tk->sender);
+    g_free(tk->sender);
+    tk->sender = g_steal_pointer(&owner);
+    tk->created = tok_now();
+    token_hash(text, tk->hash);
+    return TRUE;
+}
+
+struct tok_batch {
+    GPtrArray *tokens;              /* struct spool_token* */
+};
+
+static gboolean tok_insert_all(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct tok_batch *b = ctx;
+
+    for (guint i = 0; i < b->tokens->len; i++) {
+        struct spool_token *tk = b->tokens->pdata[i];
+        char id[TOKEN_ID_LEN + 1];
+
+        if (!spool_token_insert(t, tk, err)) {
+            token_id(tk->hash, id);
+            g_prefix_error(err, "token %s (from %s): ", id, tk->sender);
+            return FALSE;
+        }
+        token_id(tk->hash, id);
+        spool_txn_log(t, "token %s: registered, owner=<%s>, nrcpt=%u", id, tk->sender,
+                      tk->recipients->len);
+    }
+    return TRUE;
+}
+
+static void tok_free(gpointer p)
+{
+    spool_token_clear(p);
+    g_free(p);
+}
+
+static int tok_store(struct ctl *c, GPtrArray *tokens, GPtrArray *texts)
+{
+    struct tok_batch b = { tokens };
+    GError *err = NULL;
+
+    ctl_open_spool(c);
+    if (!spool_write(c->spool, tok_insert_all, &b, &err))
+        return ctl_fail(err);
+    for (guint i = 0; i < texts->len; i++)
+        printf("%s\n", (const char *)texts->pdata[i]);
+    return CTL_OK;
+}
+
+static int tok_add(struct ctl *c, int argc, char **argv)
+{
+    g_autofree char *from = NULL, *rcpt_file = NULL, *expires = NULL;
+    g_auto(GStrv) rcpts = NULL;
+    gboolean hide = FALSE;
+    GOptionEntry entries[] = {
+        { "from", 0, 0, G_OPTION_ARG_STRING, &from, "owner: the envelope sender allowed", "A" },
+        { "rcpt", 0, 0, G_OPTION_ARG_STRING_ARRAY, &rcpts, "a recipient (repeat)", "R" },
+        { "rcpt-file", 0, 0, G_OPTION_ARG_FILENAME, &rcpt_file, "recipients, one a line", "F" },
+        { "hide-sender", 0, 0, G_OPTION_ARG_NONE, &hide, "do not reveal the sender", NULL },
+        { "expires", 0, 0, G_OPTION_ARG_STRING, &expires, "valid for D (e.g. 7d)", "D" },
+        { NULL }
+    };
+    g_autoptr(GPtrArray) tokens = g_ptr_array_new_with_free_func(tok_free);
+    g_autoptr(GPtrArray) texts = g_ptr_array_new_with_free_func(g_free);
+    struct spool_token *tk = g_new0(struct spool_token, 1);
+    char *text = token_generate();
+    GError *err = NULL;
+    uint64_t d = 0;
+
+    spool_token_init(tk);
+    g_ptr_array_add(tokens, tk);
+    g_ptr_array_add(texts, text);
+    if (!ctl_parse(c, &argc, &argv, "- register a token", entries))
+        return CTL_USAGE;
+    if (argc != 1 || !from || (!rcpts && !rcpt_file) ||
+        (expires && !config_parse_duration(expires, &d))) {
+        fprintf(stderr, "spoolctl: token add --from A --rcpt R... [--rcpt-file F] "
+                        "[--hide-sender] [--expires D]\n");
+        return CTL_USAGE;
+    }
+    tk->sender = g_strdup(from);
+    tk->hide_sender = hide;
+    tk->expires = d ? tok_now() + (int64_t)d : 0;
+    for (int i = 0; rcpts && rcpts[i]; i++)
+        g_ptr_array_add(tk->recipients, g_strdup(rcpts[i]));
+    if ((rcpt_file && !tok_read_rcpt_file(rcpt_file, tk->recipients, &err)) ||
+        !tok_prepare(tk, text, &err)) {
+        fprintf(stderr, "spoolctl: %s\n", err->message);
+        g_error_free(err);
+        return CTL_USAGE;
+    }
+    return tok_store(c, tokens, texts);
+}
+
+/* "expires" in JSON: a unix time (number), a duration ("7d") or an ISO 8601 date. */
+static gboolean tok_json_expires(JsonNode *node, int64_t *out)
+{
+    uint64_t d;
+
+    if (!node || JSON_NODE_HOLDS_NULL(node)) {
+        *out = 0;
+        return TRUE;
+    }
+    if (json_node_get_value_type(node) == G_TYPE_INT64) {
+        *out = json_node_get_int(node);
+        return TRUE;
+    }
+    if (json_node_get_value_type(node) != G_TYPE_STRING)
+        return FALSE;
+    const char *s = json_node_get_string(node);
+    if (config_parse_duration(s, &d)) {
+        *out = tok_now() + (int64_t)d;
+        return TRUE;
+    }
+    g_autoptr(GDateTime) dt = g_date_time_new_from_iso8601(s, g_time_zone_new_utc());
+    if (!dt)
+        return FALSE;
+    *out = g_date_time_to_unix(dt);
+    return TRUE;
+}
+
+static gboolean tok_from_json(JsonNode *node, guint i, struct spool_token *tk, char **text,
+                              GError **err)
+{
+    JsonObject *o = JSON_NODE_HOLDS_OBJECT(node) ? json_node_get_object(node) : NULL;
+    JsonArray *rcpts = o && json_object_has_member(o, "recipients")
+                           ? json_object_get_array_member(o, "recipients") : NULL;
+
+    if (!o || !rcpts || !json_object_has_member(o, "from") ||
+        json_node_get_value_type(json_object_get_member(o, "from")) != G_TYPE_STRING) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO,
+                    "entry %u: needs \"from\" (string) and \"recipients\" (array)", i);
+        return FALSE;
+    }
+    tk->sender = g_strdup(json_object_get_string_member(o, "from"));
+    for (guint r = 0; r < json_array_get_length(rcpts); r++) {
+        const char *a = json_node_get_value_type(json_array_get_element(rcpts, r)) == G_TYPE_STRING
+                            ? json_array_get_string_element(rcpts, r) : NULL;
+        if (!a) {
+            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "entry %u: recipient %u is not a string", i, r);
+            return FALSE;
+        }
+        g_ptr_array_add(tk->recipients, g_strdup(a));
+    }
+    tk->hide_sender = json_object_get_boolean_member_with_default(o, "hide_sender", FALSE);
+    if (!tok_json_expires(json_object_get_member(o, "expires"), &tk->expires)) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "entry %u: bad \"expires\"", i);
+        return FALSE;
+    }
+    const char *given = json_object_get_string_member_with_default(o, "token", NULL);
+    if (given && (strlen(given) < 16 || strpbrk(given, " \t\r\n"))) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO,
+                    "entry %u: \"token\" must be at least 16 characters, no white space", i);
+        return FALSE;
+    }
+    *text = given ? g_strdup(given) : token_generate();
+    return tok_prepare(tk, *text, err) ? TRUE : (g_prefix_error(err, "entry %u: ", i), FALSE);
+}
+
+static int tok_import(struct ctl *c, int argc, char **argv)
+{
+    GOptionEntry none[] = { { NULL } };
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autoptr(GPtrArray) tokens = g_ptr_array_new_with_free_func(tok_free);
+    g_autoptr(GPtrArray) texts = g_ptr_array_new_with_free_func(g_free);
+    GError *err = NULL;
+    JsonNode *root;
+
+    if (!ctl_parse(c, &argc, &argv, "FILE|- - register tokens from a JSON array", none))
+        return CTL_USAGE;
+    if (argc != 2) {
+        fprintf(stderr, "spoolctl: token import FILE|-\n");
+        return CTL_USAGE;
+    }
+    if (!json_parser_load_from_file(parser, g_str_equal(argv[1], "-") ? "/dev/stdin" : argv[1],
+                                    &err)) {
+        fprintf(stderr, "spoolctl: %s: %s\n", argv[1], err->message);
+        g_error_free(err);
+        return CTL_USAGE;
+    }
+    root = json_parser_get_root(parser);
+    if (!root || !JSON_NODE_HOLDS_ARRAY(root)) {
+        fprintf(stderr, "spoolctl: %s: expected a JSON array\n", argv[1]);
+        return CTL_USAGE;
+    }
+    JsonArray *a = json_node_get_array(root);
+    for (guint i = 0; i < json_array_get_length(a); i++) {
+        struct spool_token *tk = g_new0(struct spool_token, 1);
+        char *text = NULL;
+
+        spool_token_init(tk);
+        g_ptr_array_add(tokens, tk);
+        if (!tok_from_json(json_array_get_element(a, i), i, tk, &text, &err)) {
+            g_free(text);
+            fprintf(stderr, "spoolctl: %s: %s\n", argv[1], err->message);
+            g_error_free(err);
+            return CTL_USAGE;
+        }
+        g_ptr_array_add(texts, text);
+    }
+    return tok_store(c, tokens, texts);
+}
+
+static void tok_json(const struct spool_token *tk, gboolean with_rcpts)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    char id[TOKEN_ID_LEN + 1];
+
+    token_id(tk->hash, id);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "id");
+    json_builder_add_string_value(b, id);
+    json_builder_set_member_name(b, "status");
+    json_builder_add_string_value(b, token_status_name(token_status(tk, tok_now())));
+    json_builder_set_member_name(b, "from");
+    json_builder_add_string_value(b, tk->sender);
+    json_builder_set_member_name(b, "hide_sender");
+    json_builder_add_boolean_value(b, tk->hide_sender);
+    json_builder_set_member_name(b, "created");
+    json_builder_add_int_value(b, tk->created);
+    json_builder_set_member_name(b, "expires");
+    json_builder_add_int_value(b, tk->expires);
+    json_builder_set_member_name(b, "used");
+    json_builder_add_int_value(b, tk->used);
+    if (tk->used_by) {
+        char qid[QUEUE_ID_LEN + 1];
+        spool_id_format(tk->used_by, qid);
+        json_builder_set_member_name(b, "used_by");
+        json_builder_add_string_value(b, qid);
+    }
+    json_builder_set_member_name(b, "nrcpt");
+    json_builder_add_int_value(b, tk->recipients->len);
+    if (with_rcpts) {
+        json_builder_set_member_name(b, "recipients");
+        json_builder_begin_array(b);
+        for (guint i = 0; i < tk->recipients->len; i++)
+            json_builder_add_string_value(b, tk->recipients->pdata[i]);
+        json_builder_end_array(b);
+    }
+    json_builder_end_object(b);
+    ctl_json_print(b);
+}
+
+static gboolean tok_list_one(const struct spool_token *tk, void *ctx)
+{
+    struct ctl *c = ctx;
+    char id[TOKEN_ID_LEN + 1];
+
+    if (c->json) {
+        tok_json(tk, FALSE);
+        return TRUE;
+    }
+    token_id(tk->hash, id);
+    printf("%-16s  %-8s  %5u  %s%s\n", id, token_status_name(token_status(tk, tok_now())),
+           tk->recipients->len, tk->sender, tk->hide_sender ? " (hidden)" : "");
+    return TRUE;
+}
+
+static int tok_list(struct ctl *c, int argc, char **argv)
+{
+    GOptionEntry none[] = { { NULL } };
+    struct spool_txn t;
+    GError *err = NULL;
+    int rc = CTL_OK;
+
+    if (!ctl_parse(c, &argc, &argv, "- list tokens", none))
+        return CTL_USAGE;
+    ctl_open_spool(c);
+    if (!c->json)
+        printf("%-16s  %-8s  %5s  %s\n", "ID", "STATUS", "RCPTS", "OWNER");
+    if (!spool_read_begin(c->spool, &t, &err) || !spool_token_foreach(&t, tok_list_one, c, &err))
+        rc = ctl_fail(err);
+    spool_read_end(&t);
+    return rc;
+}
+
+static int tok_show(struct ctl *c, int argc, char **argv)
+{
+    GOptionEntry none[] = { { NULL } };
+    struct spool_txn t;
+    struct spool_token tk;
+    GError *err = NULL;
+
+    if (!ctl_parse(c, &argc, &argv, "ID - show a token", none) || argc != 2)
+        return CTL_USAGE;
+    ctl_open_spool(c);
+    if (!spool_read_begin(c->spool, &t, &err) || !spool_token_find(&t, argv[1], &tk, &err)) {
+        spool_read_end(&t);
+        return ctl_fail(err);
+    }
+    spool_read_end(&t);
+    if (c->json) {
+        tok_json(&tk, TRUE);
+    } else {
+        char id[TOKEN_ID_LEN + 1];
+        token_id(tk.hash, id);
+        printf("id:          %s\nstatus:      %s\nowner:       %s\nhide sender: %s\n", id,
+               token_status_name(token_status(&tk, tok_now())), tk.sender,
+               tk.hide_sender ? "yes" : "no");
+        for (guint i = 0; i < tk.recipients->len; i++)
+            printf("recipient:   %s\n", (const char *)tk.recipients->pdata[i]);
+    }
+    spool_token_clear(&tk);
+    return CTL_OK;
+}
+
+static gboolean tok_revoke_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    const char *which = ctx;
+    struct spool_token tk;
+    char id[TOKEN_ID_LEN + 1];
+    gboolean ok;
+
+    if (!spool_token_find(t, which, &tk, err))
+        return FALSE;
+    token_id(tk.hash, id);
+    tk.revoked = TRUE;
+    ok = spool_token_update(t, &tk, err);
+    spool_txn_log(t, "token %s: revoked, owner=<%s>", id, tk.sender);
+    spool_token_clear(&tk);
+    return ok;
+}
+
+static int tok_revoke(struct ctl *c, int argc, char **argv)
+{
+    GOptionEntry none[] = { { NULL } };
+    GError *err = NULL;
+
+    if (!ctl_parse(c, &argc, &argv, "ID - revoke a token", none) || argc != 2)
+        return CTL_USAGE;
+    ctl_open_spool(c);
+    if (!spool_write(c->spool, tok_revoke_write, argv[1], &err))
+        return ctl_fail(err);
+    return CTL_OK;
+}
+
+int ctl_token(struct ctl *c, int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*run)(struct ctl *c, int argc, char **argv);
+    } verbs[] = {
+        { "add", tok_add }, { "import", tok_import }, { "list", tok_list },
+        { "show", tok_show }, { "revoke", tok_revoke },
+    };
+
+    for (size_t i = 0; argc >= 2 && i < G_N_ELEMENTS(verbs); i++)
+        if (g_str_equal(argv[1], verbs[i].name))
+            return verbs[i].run(c, argc - 1, argv + 1);
+    fprintf(stderr, "usage: spoolctl token add|import|list|show|revoke ...\n");
+    return CTL_USAGE;
+}
