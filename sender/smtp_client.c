@@ -177,7 +177,8 @@ static short ssl_blocked(struct smtp_client *c, int ret, GError **err)
 	if (e == SSL_ERROR_WANT_WRITE)
 		return POLLOUT;
 	if (c->phase == SMTP_PHASE_TLS && c->tls == SMTP_TLS_REQUIRE && verify != X509_V_OK)
-		g_strlcpy(why, X509_verify_cert_error_string(verify), sizeof(why));
+		g_snprintf(why, sizeof(why), "certificate verification failed: %s",
+			   X509_verify_cert_error_string(verify));
 	else if (ERR_peek_last_error() != 0)
 		ERR_error_string_n(ERR_peek_last_error(), why, sizeof(why));
 	else
@@ -729,7 +730,14 @@ struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError
 		g_set_error(err, SMTP_ERROR, SMTP_ERROR_CONFIG, "a Maildir is not an SMTP relay");
 		return NULL;
 	}
+	/*
+	 * A relay that closes without a TLS close_notify has lost the
+	 * connection, as in plain text; SMTP's own framing already protects
+	 * against truncation, which is what OpenSSL 3 would report instead.
+	 */
 	ctx = SSL_CTX_new(TLS_client_method());
+	if (ctx != NULL)
+		SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 	ok = ctx != NULL && SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
 	    && (cfg->ca_file && *cfg->ca_file ? SSL_CTX_load_verify_file(ctx, cfg->ca_file)
 		: SSL_CTX_set_default_verify_paths(ctx));

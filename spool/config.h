@@ -71,7 +71,8 @@ struct postern_config {
         char *curve_public_key_file;
         char *curve_server_public_key;
         char *curve_allowed_keys_file;
-        uint64_t count;
+        uint64_t count;                 /* sender workers started by postern run */
+        uint64_t transforms;            /* transform workers started by postern run */
         uint64_t slots;
     } workers;
 };

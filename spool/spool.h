@@ -84,7 +84,26 @@ struct spool_msg {
     char *received;                 /* the Received: header we added */
     char *reason;                   /* why rejected or held, or NULL */
     GPtrArray *history;             /* "time state note" lines */
+
+    /* Set by the dispatcher when it leases the message to a transform
+     * worker; the worker commits only while both still match (fencing). */
+    uint64_t lease;
+    int64_t lease_expiry;           /* unix ms */
+
+    /* Set by the transform. */
+    char *kind;                     /* MSG_KIND_*: what the transform must do */
+    char *owner;                    /* token owner: who gets the notices */
+    queue_id ref;                   /* notice or report: the message it is about */
+    char *message_id;               /* Message-ID of the outgoing copies */
 };
+
+/* Message kinds.  NULL/"mail" came in through ingest.  A "notice" was made
+ * by Postern and already has its deliveries.  A "bounce-report" is a
+ * request, queued by the dispatcher when a message ends with bounces, for
+ * the transform to write the owner's bounce notice about `ref`. */
+#define MSG_KIND_MAIL "mail"
+#define MSG_KIND_NOTICE "notice"
+#define MSG_KIND_BOUNCE_REPORT "bounce-report"
 
 /* Environment */
 gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError **err);

@@ -45,6 +45,9 @@ void spool_msg_clear(struct spool_msg *m)
     g_free(m->proto);
     g_free(m->received);
     g_free(m->reason);
+    g_free(m->kind);
+    g_free(m->owner);
+    g_free(m->message_id);
     if (m->recipients)
         g_ptr_array_unref(m->recipients);
     if (m->history)
@@ -76,6 +79,15 @@ static GVariant *spool_msg_encode(const struct spool_msg *m)
     if (m->reason)
         g_variant_dict_insert(&d, "reason", "s", m->reason);
     g_variant_dict_insert_value(&d, "history", strv_variant(m->history));
+    g_variant_dict_insert(&d, "lease", "t", m->lease);
+    g_variant_dict_insert(&d, "lease_expiry", "x", m->lease_expiry);
+    g_variant_dict_insert(&d, "ref", "t", m->ref);
+    if (m->kind)
+        g_variant_dict_insert(&d, "kind", "s", m->kind);
+    if (m->owner)
+        g_variant_dict_insert(&d, "owner", "s", m->owner);
+    if (m->message_id)
+        g_variant_dict_insert(&d, "message_id", "s", m->message_id);
     return g_variant_ref_sink(g_variant_dict_end(&d));
 }
 
@@ -117,6 +129,12 @@ static gboolean spool_msg_decode(const MDB_val *val, struct spool_msg *m, GError
     g_variant_dict_lookup(&d, "proto", "s", &m->proto);
     g_variant_dict_lookup(&d, "received", "s", &m->received);
     g_variant_dict_lookup(&d, "reason", "s", &m->reason);
+    g_variant_dict_lookup(&d, "lease", "t", &m->lease);
+    g_variant_dict_lookup(&d, "lease_expiry", "x", &m->lease_expiry);
+    g_variant_dict_lookup(&d, "ref", "t", &m->ref);
+    g_variant_dict_lookup(&d, "kind", "s", &m->kind);
+    g_variant_dict_lookup(&d, "owner", "s", &m->owner);
+    g_variant_dict_lookup(&d, "message_id", "s", &m->message_id);
     strv_into(&d, "recipients", m->recipients);
     strv_into(&d, "history", m->history);
     g_variant_dict_clear(&d);

@@ -10,11 +10,18 @@
 
 #include "transform/mime.h"
 
+static gboolean footer_is(GMimeObject *obj, const char *type, const char *subtype)
+{
+	return g_mime_content_type_is_type(g_mime_object_get_content_type(obj), type, subtype);
+}
+
 /*
  * The footer as it reads in a text/plain or a text/html body: UTF-8 (bytes
- * that are not become U+FFFD), CRLF line ends, trailing blank lines dropped. In HTML every character outside
- * printable ASCII and every markup character becomes a character reference,
- * so the footer is ASCII and fits any body charset unconverted.
+ * that are not become U+FFFD), CRLF line ends, no blanks at line ends
+ * (under format=flowed they would join a line to the next), no trailing
+ * blank lines. In HTML every character outside printable ASCII and every
+ * markup character becomes a character reference, so the footer is ASCII
+ * and fits any body charset unconverted.
  */
 static GString *footer_render(const char *text, gboolean html)
 {
@@ -26,9 +33,11 @@ static GString *footer_render(const char *text, gboolean html)
 
 		if (c == '\r')
 			continue;
-		if (c == '\n')
+		if (c == '\n') {
+			while (out->len > 0 && out->str[out->len - 1] == ' ')
+				g_string_truncate(out, out->len - 1);
 			g_string_append(out, html ? "<br>\r\n" : "\r\n");
-		else if (html && (c > '~' || strchr("<>&\"'", (int) c) != NULL))
+		} else if (html && (c > '~' || strchr("<>&\"'", (int) c) != NULL))
 			g_string_append_printf(out, "&#%u;", c);
 		else
 			g_string_append_unichar(out, c);
@@ -72,16 +81,18 @@ static GByteArray *footer_decode(GMimePart *part)
 static void footer_set_content(GMimePart *part, GByteArray *text)
 {
 	GMimeStream *stream = g_mime_stream_mem_new_with_byte_array(text);
-	GMimeDataWrapper *content = g_mime_data_wrapper_new_with_stream(stream, GMIME_CONTENT_ENCODING_DEFAULT);
+	GMimeDataWrapper *content;
 	GMimeContentEncoding encoding = g_mime_part_get_content_encoding(part);
 	GMimeContentEncoding best;
 
+	content = g_mime_data_wrapper_new_with_stream(stream, GMIME_CONTENT_ENCODING_DEFAULT);
 	g_mime_part_set_content(part, content);
 	g_object_unref(content);
 	g_object_unref(stream);
 	if (encoding != GMIME_CONTENT_ENCODING_DEFAULT && encoding != GMIME_CONTENT_ENCODING_7BIT)
 		return;
-	if ((best = g_mime_part_get_best_content_encoding(part, GMIME_ENCODING_CONSTRAINT_7BIT)) != GMIME_CONTENT_ENCODING_7BIT)
+	best = g_mime_part_get_best_content_encoding(part, GMIME_ENCODING_CONSTRAINT_7BIT);
+	if (best != GMIME_CONTENT_ENCODING_7BIT)
 		g_mime_part_set_content_encoding(part, best);
 }
 
@@ -135,7 +146,7 @@ static gsize footer_offset(const GByteArray *body, gboolean html)
  */
 static gboolean footer_append(GMimePart *part, const char *text)
 {
-	gboolean html = g_mime_content_type_is_type(g_mime_object_get_content_type(GMIME_OBJECT(part)), "text", "html");
+	gboolean html = footer_is(GMIME_OBJECT(part), "text", "html");
 	GString *footer = footer_render(text, html);
 	GByteArray *body = footer_decode(part);
 	gboolean ok = footer_recode(part, body, footer);
@@ -168,7 +179,8 @@ static GMimeObject *footer_part(const char *text)
 
 	g_mime_object_set_content_type_parameter(part, "charset", "utf-8");
 	g_mime_object_set_disposition(part, GMIME_DISPOSITION_INLINE);
-	footer_set_content(GMIME_PART(part), g_byte_array_new_take((guint8 *) g_string_free(footer, FALSE), len));
+	footer_set_content(GMIME_PART(part),
+			   g_byte_array_new_take((guint8 *) g_string_free(footer, FALSE), len));
 	return part;
 }
 
@@ -182,11 +194,6 @@ static GMimeObject *footer_wrap(GMimeObject *obj, const char *text)
 	g_mime_multipart_add(mixed, footer);
 	g_object_unref(footer);
 	return GMIME_OBJECT(mixed);
-}
-
-static gboolean footer_is(GMimeObject *obj, const char *type, const char *subtype)
-{
-	return g_mime_content_type_is_type(g_mime_object_get_content_type(obj), type, subtype);
 }
 
 /*
@@ -215,13 +222,13 @@ void    mime_footer_add(GMimeMessage *msg, const char *text)
 	GMimeObject *body = g_mime_message_get_mime_part(msg);
 	GMimeObject *part;
 
-	if (footer_is(body, "multipart", "alternative") && GMIME_IS_MULTIPART(body)) {
+	if (GMIME_IS_MULTIPART(body) && footer_is(body, "multipart", "alternative")) {
 		footer_alternatives(GMIME_MULTIPART(body), text);
-	} else if (footer_is(body, "multipart", "mixed") && GMIME_IS_MULTIPART(body)) {
+	} else if (GMIME_IS_MULTIPART(body) && footer_is(body, "multipart", "mixed")) {
 		part = footer_part(text);
 		g_mime_multipart_add(GMIME_MULTIPART(body), part);
 		g_object_unref(part);
-	} else if (!(footer_is(body, "text", "plain") && GMIME_IS_PART(body)
+	} else if (!(GMIME_IS_PART(body) && footer_is(body, "text", "plain")
 		     && footer_append(GMIME_PART(body), text))) {
 		part = footer_wrap(body, text);
 		g_mime_message_set_mime_part(msg, part);

@@ -83,15 +83,16 @@ struct rewrite_params {
 };
 
 /*
- * SPEC §4.3-4.5, modifying msg. Keeps Subject and MIME-Version (the first
- * of each; MIME-Version: 1.0 is added when missing) and the top-level
- * Content-Type, Content-Transfer-Encoding and Content-Disposition; drops
- * every other header. Adds From (p->from, or the original sender when
- * p->use_original_sender and there is one), Sender (the address of p->from),
- * Reply-To (the original sender, unless hidden or null), Date (UTC),
- * Message-ID (random, on p->message_id_domain), and List-Unsubscribe with
- * List-Unsubscribe-Post when p->unsubscribe_url is set. When From is not the
- * original sender and p->footer is set, adds the footer (mime_footer_add).
+ * SPEC §4.3-4.5, modifying msg. Keeps Subject, MIME-Version (adding
+ * MIME-Version: 1.0 when missing) and the top-level Content-Type,
+ * Content-Transfer-Encoding and Content-Disposition, of duplicates the last
+ * one, which GMime parsed by; drops every other header. Adds From (p->from,
+ * or the original sender when p->use_original_sender and there is one),
+ * Sender (the address of p->from), Reply-To (the original sender, unless
+ * hidden or null), Date (UTC), Message-ID (random, on p->message_id_domain),
+ * and List-Unsubscribe with List-Unsubscribe-Post when p->unsubscribe_url
+ * is set. When From is not the original sender and p->footer is set, adds
+ * the footer (mime_footer_add).
  *
  * Returns the message serialised once, CRLF line ends throughout and a final
  * CRLF, with no To: header: the caller prepends To: and DKIM-Signature as raw

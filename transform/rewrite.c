@@ -13,24 +13,25 @@ static const char *const body_keep[] = {
 	"Content-Type", "Content-Transfer-Encoding", "Content-Disposition", NULL,
 };
 
-/* Drops every header of list but the first of each name in keep. */
+/*
+ * Drops every header of list but the last of each name in keep. Of
+ * duplicates, GMime acts on the last: a second Content-Type decides the
+ * structure it parsed, so only that one may go out with it.
+ */
 static void rewrite_keep(GMimeHeaderList *list, const char *const *keep)
 {
 	guint   seen = 0;
-	int     i = 0;
 
-	while (i < g_mime_header_list_get_count(list)) {
+	for (int i = g_mime_header_list_get_count(list) - 1; i >= 0; i--) {
 		const char *name = g_mime_header_get_name(g_mime_header_list_get_header_at(list, i));
 		guint   k = 0;
 
 		while (keep[k] != NULL && g_ascii_strcasecmp(keep[k], name) != 0)
 			k++;
-		if (keep[k] != NULL && !(seen & 1u << k)) {
+		if (keep[k] != NULL && !(seen & 1u << k))
 			seen |= 1u << k;
-			i++;
-		} else {
+		else
 			g_mime_header_list_remove_at(list, i);
-		}
 	}
 }
 
@@ -52,29 +53,32 @@ static gboolean rewrite_is_word(const char *s, const char *bad)
  */
 static InternetAddressMailbox *rewrite_check(const struct rewrite_params *p, GError **err)
 {
-	InternetAddressList *list = p->from ? internet_address_list_parse(NULL, p->from) : NULL;
+	InternetAddressList *list;
 	InternetAddress *from = NULL;
 
-	if (list != NULL && internet_address_list_length(list) == 1)
-		from = internet_address_list_get_address(list, 0);
-	if (from == NULL || !INTERNET_ADDRESS_IS_MAILBOX(from)) {
-		g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "[rewrite] from \"%s\" is not one mailbox",
-			    p->from ? p->from : "");
-		from = NULL;
-	} else if (!rewrite_is_word(p->message_id_domain, "<>@")) {
-		g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "Message-ID domain \"%s\" is not a domain",
+	if (!rewrite_is_word(p->message_id_domain, "<>@")) {
+		g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "[dkim] domain \"%s\" is not a domain",
 			    p->message_id_domain ? p->message_id_domain : "");
-		from = NULL;
-	} else if (p->unsubscribe_url && *p->unsubscribe_url && !rewrite_is_word(p->unsubscribe_url, "<>")) {
+		return NULL;
+	}
+	if (p->unsubscribe_url && *p->unsubscribe_url && !rewrite_is_word(p->unsubscribe_url, "<>")) {
 		g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM,
 			    "[rewrite] unsubscribe_url \"%s\" has blanks, controls or angle brackets",
 			    p->unsubscribe_url);
-		from = NULL;
-	} else {
-		g_object_ref(from);
+		return NULL;
 	}
-	if (list != NULL)
+	if (p->from != NULL && (list = internet_address_list_parse(NULL, p->from)) != NULL) {
+		if (internet_address_list_length(list) == 1)
+			from = internet_address_list_get_address(list, 0);
+		if (from != NULL && INTERNET_ADDRESS_IS_MAILBOX(from))
+			g_object_ref(from);
+		else
+			from = NULL;
 		g_object_unref(list);
+	}
+	if (from == NULL)
+		g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "[rewrite] from \"%s\" is not one mailbox",
+			    p->from ? p->from : "");
 	return (InternetAddressMailbox *) from;
 }
 

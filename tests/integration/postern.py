@@ -272,6 +272,10 @@ def spoolctl_show(config, qid):
         return json.loads(out.splitlines()[0])
 
 
+def json_stats(config):
+    return json.loads(spoolctl(config, "--json", "stats").stdout)
+
+
 def spoolctl_raw(config, qid) -> bytes:
     return spoolctl(config, "show", qid, "--raw").stdout
 

@@ -26,7 +26,7 @@ static const char *const error_names[] = {
 static char *opt_url, *opt_tls = "require", *opt_ca, *opt_user, *opt_password;
 static char *opt_auth = "any", *opt_helo = "client.test", *opt_from = "", *opt_data;
 static char **opt_to;
-static int opt_timeout, opt_repeat = 1, opt_split = -1;
+static int opt_timeout, opt_repeat = 1, opt_split = -1, opt_pause;
 
 static const GOptionEntry entries[] = {
 	{"url", 0, 0, G_OPTION_ARG_STRING, &opt_url, "relay url", "URL"},
@@ -42,6 +42,7 @@ static const GOptionEntry entries[] = {
 	{"data", 0, 0, G_OPTION_ARG_FILENAME, &opt_data, "message file, CRLF lines", "FILE"},
 	{"split", 0, 0, G_OPTION_ARG_INT, &opt_split, "where the two data parts meet", "N"},
 	{"repeat", 0, 0, G_OPTION_ARG_INT, &opt_repeat, "transactions on one client", "N"},
+	{"pause", 0, 0, G_OPTION_ARG_INT, &opt_pause, "idle time between transactions", "MS"},
 	{NULL},
 };
 
@@ -78,8 +79,12 @@ static int run_smtp(const struct relay_url *url, const char *const *parts, const
 		return 2;
 	}
 	for (int txn = 1; txn <= opt_repeat; txn++) {
-		int     ret = smtp_client_send(c, opt_from, (const char *const *) opt_to, n,
-					       parts, lens, 2, res, &err);
+		int     ret;
+
+		if (txn > 1)
+			g_usleep((gulong) opt_pause * 1000);
+		ret = smtp_client_send(c, opt_from, (const char *const *) opt_to, n, parts, lens, 2,
+				       res, &err);
 
 		print_results(txn, ret, err, (const char *const *) opt_to, res, n);
 		g_clear_error(&err);

@@ -238,6 +238,15 @@ static gboolean contains(GBytes *out, const char *s)
 	return memmem(data, len, s, strlen(s)) != NULL;
 }
 
+/* The footer part: inline text/plain in UTF-8. */
+static void assert_footer_part(GMimeObject *part)
+{
+	assert_true(is_type(part, "text", "plain"));
+	assert_string_equal(g_mime_object_get_content_type_parameter(part, "charset"), "utf-8");
+	assert_string_equal(g_mime_object_get_disposition(part), "inline");
+	assert_text(part, FOOTER_TEXT);
+}
+
 /* ---- token ------------------------------------------------------------- */
 
 static void test_token_valid(void **state)
@@ -519,6 +528,22 @@ static void test_rewrite_adds_mime_version(void **state)
 	g_object_unref(msg);
 }
 
+static void test_rewrite_duplicate_content_type(void **state)
+{
+	GMimeMessage *msg = parse_string("Subject: two types\r\nContent-Type: text/plain\r\n"
+					 "Content-Type: multipart/mixed; boundary=one\r\n\r\n"
+					 "--one\r\nContent-Type: text/plain\r\n\r\nhello\r\n--one--\r\n");
+	GMimeMessage *again = rewritten(msg);
+
+	/* The Content-Type that goes out is the one GMime parsed the body by. */
+	assert_true(is_type(body(again), "multipart", "mixed"));
+	assert_int_equal(count(body(again)), 2);
+	assert_text(child(body(again), 0), "hello");
+	assert_footer_part(child(body(again), 1));
+	g_object_unref(again);
+	g_object_unref(msg);
+}
+
 static void assert_param_error(const struct rewrite_params *p)
 {
 	GMimeMessage *msg = load("headers.eml");
@@ -697,13 +722,22 @@ static void test_footer_ascii_7bit(void **state)
 
 static void test_footer_flowed(void **state)
 {
+	struct rewrite_params p = params;
 	GMimeMessage *msg = load("flowed.eml");
-	GMimeMessage *again = rewritten(msg);
+	char   *id;
+	GBytes *out;
+	GMimeMessage *again;
 
+	/* Blanks at the end of a footer line would flow it into the next. */
+	p.footer = "Line one \nLine two";
+	out = rewrite(msg, &p, &id);
+	again = reparse(out);
 	assert_string_equal(g_mime_object_get_content_type_parameter(body(again), "format"), "flowed");
 	assert_string_equal(g_mime_object_get_content_type_parameter(body(again), "delsp"), "yes");
-	assert_text(body(again), "This is a long line that was \nflowed by the client.\n\n" FOOTER_TEXT);
+	assert_text(body(again), "This is a long line that was \nflowed by the client.\n\nLine one\nLine two\n");
 	g_object_unref(again);
+	g_bytes_unref(out);
+	g_free(id);
 	g_object_unref(msg);
 }
 
@@ -743,15 +777,6 @@ static void test_footer_html_escaped(void **state)
 	g_bytes_unref(out);
 	g_free(id);
 	g_object_unref(msg);
-}
-
-/* The footer part: inline text/plain in UTF-8. */
-static void assert_footer_part(GMimeObject *part)
-{
-	assert_true(is_type(part, "text", "plain"));
-	assert_string_equal(g_mime_object_get_content_type_parameter(part, "charset"), "utf-8");
-	assert_string_equal(g_mime_object_get_disposition(part), "inline");
-	assert_text(part, FOOTER_TEXT);
 }
 
 static void test_footer_alternative_unknown_charset(void **state)
@@ -996,6 +1021,7 @@ int     main(void)
 		cmocka_unit_test(test_rewrite_original_sender),
 		cmocka_unit_test(test_rewrite_no_unsubscribe),
 		cmocka_unit_test(test_rewrite_adds_mime_version),
+		cmocka_unit_test(test_rewrite_duplicate_content_type),
 		cmocka_unit_test(test_rewrite_bad_params),
 		cmocka_unit_test(test_rewrite_every_file_crlf),
 		cmocka_unit_test(test_footer_plain_utf8),

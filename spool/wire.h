@@ -1,0 +1,109 @@
+/*
+ * wire.h - what the dispatcher and its workers say over ZeroMQ.
+ *
+ * Workers are DEALER sockets connected to the dispatcher's ROUTER at
+ * [workers] dispatch.  Every message is two frames: a command word and a
+ * GVariant payload (its type string is given with each command below).
+ * Nothing here is the truth: the spool is.  A lost or repeated message
+ * costs at most a lease expiry, never a delivery.
+ *
+ *   worker -> dispatcher
+ *     HELLO   (su)   kind ("transform" | "sender"), slots; sent on start and
+ *                    whenever the dispatcher seems to have forgotten us
+ *     CREDIT  (u)    this many more jobs may be sent (free slots)
+ *     PING    ()     heartbeat, every WIRE_HEARTBEAT_MS
+ *     TDONE   (tts)  transform lease, message id, outcome word
+ *     SDONE   see struct wire_send_result
+ *   dispatcher -> worker
+ *     TJOB    (tt)   transform lease, message id
+ *     SJOB    see struct wire_send_job
+ *     PING    ()     heartbeat
+ *     WHO     ()     "I do not know you": the worker sends HELLO again
+ */
+#ifndef POSTERN_WIRE_H
+#define POSTERN_WIRE_H
+
+#include <glib.h>
+#include <stdint.h>
+
+#define WIRE_HEARTBEAT_MS 1000
+#define WIRE_DEAD_AFTER_MS 5000     /* a peer silent this long is gone */
+
+/* Frame 0 of every message. */
+#define WIRE_HELLO "HELLO"
+#define WIRE_CREDIT "CREDIT"
+#define WIRE_PING "PING"
+#define WIRE_TDONE "TDONE"
+#define WIRE_SDONE "SDONE"
+#define WIRE_TJOB "TJOB"
+#define WIRE_SJOB "SJOB"
+#define WIRE_WHO "WHO"
+
+/* One recipient of a send job: its own header block, or NULL when shared. */
+struct wire_rcpt {
+    uint32_t idx;
+    char *rcpt;
+    GBytes *header;
+};
+
+/*
+ * SJOB: everything a stateless sender needs for one message's recipients.
+ * The bytes sent to a recipient are its own header block (personalised
+ * copies: DKIM-Signature and To:) followed by `body`; recipients with no
+ * header block get `body` alone, identical copies that may share one SMTP
+ * transaction.  mail_from "" is the null sender (notices).
+ */
+struct wire_send_job {
+    uint64_t lease;
+    uint64_t msg;
+    char *mail_from;
+    GBytes *body;                   /* the outgoing copy's common bytes */
+    GArray *rcpts;                  /* struct wire_rcpt */
+};
+
+enum wire_fail {
+    WIRE_FAIL_NONE,                 /* the server replied: see code */
+    WIRE_FAIL_CONNECT,              /* could not connect */
+    WIRE_FAIL_TIMEOUT,
+    WIRE_FAIL_TLS,                  /* handshake or verification failed */
+    WIRE_FAIL_LOST,                 /* connection lost mid-transaction */
+    WIRE_FAIL_LOCAL,                /* local problem (maildir write, ...) */
+};
+
+struct wire_rcpt_result {
+    uint32_t idx;
+    uint16_t code;                  /* SMTP reply code, 0 when none */
+    char *dsn;                      /* enhanced status, "" when none */
+    char *text;                     /* reply text or error description */
+    enum wire_fail fail;
+    char *relay;                    /* host[ip]:port, for the log line */
+    double seconds;                 /* time spent, for delay= */
+};
+
+/* SDONE */
+struct wire_send_result {
+    uint64_t lease;
+    uint64_t msg;
+    GArray *results;                /* struct wire_rcpt_result */
+};
+
+GBytes *wire_send_job_encode(const struct wire_send_job *job);
+gboolean wire_send_job_decode(GBytes *payload, struct wire_send_job *job);
+void wire_send_job_clear(struct wire_send_job *job);
+
+GBytes *wire_send_result_encode(const struct wire_send_result *res);
+gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res);
+void wire_send_result_clear(struct wire_send_result *res);
+void wire_send_result_init(struct wire_send_result *res);
+
+/* Small payloads: encode a GVariant of the given type, decode and check it. */
+GBytes *wire_pack(const char *type, ...);
+gboolean wire_unpack(GBytes *payload, const char *type, ...);
+
+/* zmq framing: [identity] command payload.  identity may be NULL (DEALER side). */
+gboolean wire_send(void *sock, GBytes *identity, const char *cmd, GBytes *payload);
+/* Receive one message without blocking; FALSE when none is waiting. */
+gboolean wire_recv(void *sock, gboolean with_identity, GBytes **identity, char **cmd,
+                   GBytes **payload);
+
+#endif

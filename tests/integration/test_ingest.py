@@ -1,0 +1,706 @@
+"""postern-ingest against real clients over real sockets (SPEC §3).
+
+Clients: Python's smtplib.LMTP, swaks (LMTP and ESMTP), and a raw socket
+client (postern.Client) for byte-exact payloads, pipelining and exact
+reply counting.  What was stored is read back with spoolctl.
+"""
+import smtplib
+import subprocess
+import threading
+
+import pytest
+
+import postern
+from postern import RECIPIENT, Client, data_payload, message, queue_id_of
+
+SENDER = "sender@example.org"
+
+
+def swaks(ingest, *args, protocol="LMTP"):
+    p = subprocess.run(["swaks", "--protocol", protocol, "--server", f"127.0.0.1:{ingest.port}",
+                        "--helo", "swaks.test", "--timeout", "60", *args],
+                       capture_output=True, text=True, timeout=120)
+    print(p.stdout, p.stderr)
+    return p
+
+
+def server_lines(swaks_out):
+    """The server's replies in a swaks transcript, in order."""
+    return [l[4:] for l in swaks_out.splitlines() if l.startswith(("<-  ", "<** "))]
+
+
+# ---- greeting and extensions ------------------------------------------------
+
+def test_greeting_and_lhlo_extensions(make_ingest):
+    d = make_ingest({"ingest": {"max_message_size": "10M"}})
+    with d.client() as c:
+        assert c.greeting[0] == 220
+        assert "ingest.test" in c.greeting[1][0]
+        code, lines = c.reply_to("LHLO client.test")
+        assert code == 250
+        exts = {l[4:].split()[0].upper() for l in lines[1:]}
+        assert {"PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SIZE", "SMTPUTF8"} <= exts
+        assert f"250-SIZE {10 * 1024 * 1024}" in lines
+        assert c.cmd("QUIT") == "221 2.0.0 Bye"
+        assert c.closed_by_peer()
+
+
+# ---- smtplib.LMTP and swaks -------------------------------------------------
+
+def test_smtplib_lmtp_and_stored_bytes(ingest, need_spoolctl):
+    msg = message("smtplib")
+    with smtplib.LMTP(ingest.host, ingest.port, local_hostname="py.test") as s:
+        code, _ = s.ehlo()              # LMTP sends LHLO
+        assert code == 250
+        assert s.has_extn("pipelining")
+        assert s.mail(SENDER) == (250, b"2.1.0 Ok")
+        assert s.rcpt(RECIPIENT)[0] == 250
+        code, resp = s.data(msg)
+        assert code == 250
+        qid = queue_id_of(f"{code} {resp.decode()}")
+        assert qid, resp
+    listed = {m["id"]: m for m in ingest.list()}
+    assert qid in listed
+    m = listed[qid]
+    assert m["state"] == "incoming"
+    assert m["sender"] == SENDER
+    assert m["recipients"] == [RECIPIENT]
+    assert m["size"] == len(msg)
+    assert ingest.raw(qid) == msg
+
+
+def test_swaks_lmtp_one_reply_per_recipient(ingest, need_spoolctl):
+    p = swaks(ingest, "--to", f"{RECIPIENT},Restricted+tag@ABAKUS.NO,nobody@abakus.no",
+              "--from", SENDER)
+    assert p.returncode == 0
+    replies = server_lines(p.stdout)
+    assert any(r.startswith("550 5.1.1 <nobody@abakus.no>") for r in replies)
+    queued = [r for r in replies if queue_id_of(r)]
+    assert len(queued) == 2                     # one per accepted recipient
+    qid = queue_id_of(queued[0])
+    assert queue_id_of(queued[1]) == qid
+    assert replies[-1].startswith("221")
+    env = ingest.show(qid)
+    assert env["recipients"] == [RECIPIENT, "Restricted+tag@ABAKUS.NO"]
+    assert env["helo"] == "swaks.test"
+    assert env["proto"] == "LMTP"
+
+
+def test_swaks_lmtp_pipelining(ingest, need_spoolctl):
+    p = swaks(ingest, "--pipeline", "--to", f"{RECIPIENT},restricted+x@abakus.no",
+              "--from", SENDER)
+    assert p.returncode == 0
+    queued = [r for r in server_lines(p.stdout) if queue_id_of(r)]
+    assert len(queued) == 2
+    assert len(ingest.list()) == 1
+
+
+def test_swaks_smtp_ehlo_single_reply(ingest, need_spoolctl):
+    p = swaks(ingest, "--to", f"{RECIPIENT},restricted+two@abakus.no", "--from", SENDER,
+              protocol="ESMTP")
+    assert p.returncode == 0
+    replies = server_lines(p.stdout)
+    queued = [r for r in replies if queue_id_of(r)]
+    assert len(queued) == 1
+    env = ingest.show(queue_id_of(queued[0]))
+    assert env["proto"] == "ESMTP"
+    assert env["recipients"] == [RECIPIENT, "restricted+two@abakus.no"]
+
+
+def test_smtp_mode_exactly_one_reply_after_data(ingest):
+    """EHLO: one reply for two recipients; the next reply is NOOP's."""
+    with ingest.client() as c:
+        c.lhlo(verb="EHLO")
+        rc, replies = c.transaction(SENDER, [RECIPIENT, "restricted+b@abakus.no"], message("smtp"),
+                                    lmtp=False)
+        assert rc == ["250 2.1.5 Ok"] * 2
+        assert len(replies) == 1 and queue_id_of(replies[0])
+        assert c.cmd("NOOP") == "250 2.0.0 Ok"
+
+
+def test_helo_is_smtp_too(ingest, need_spoolctl):
+    with ingest.client() as c:
+        code, lines = c.reply_to("HELO old.client")
+        assert code == 250 and len(lines) == 1
+        rc, replies = c.transaction(SENDER, [RECIPIENT, RECIPIENT], message("helo"), lmtp=False)
+        assert len(replies) == 1
+        qid = queue_id_of(replies[0])
+        assert qid
+        assert c.cmd("NOOP") == "250 2.0.0 Ok"
+    assert ingest.show(qid)["proto"] == "SMTP"
+
+
+def test_lmtp_one_reply_per_accepted_recipient(ingest):
+    rcpts = [RECIPIENT, "unknown@abakus.no", "RESTRICTED@ABAKUS.NO", "restricted+x@abakus.no"]
+    with ingest.client() as c:
+        c.lhlo()
+        rc, replies = c.transaction(SENDER, rcpts, message("per-rcpt"))
+        assert rc[1].startswith("550 5.1.1")
+        assert len(replies) == 3
+        ids = {queue_id_of(r) for r in replies}
+        assert len(ids) == 1 and None not in ids
+        # no fourth reply is pending: the next one answers NOOP
+        assert c.cmd("NOOP") == "250 2.0.0 Ok"
+
+
+# ---- RCPT ---------------------------------------------------------------------
+
+def test_unknown_recipient_550(ingest, need_spoolctl):
+    with ingest.client() as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        for bad in ("nobody@abakus.no", "restricted@abakus.com", "restricted@sub.abakus.no",
+                    "restrictedx@abakus.no", "x+restricted@abakus.no"):
+            r = c.cmd(f"RCPT TO:<{bad}>")
+            assert r.startswith("550 5.1.1"), (bad, r)
+        assert c.cmd("DATA").startswith("554 5.5.1")     # no valid recipients
+    assert ingest.list() == []
+
+
+@pytest.mark.parametrize("rcpt", [
+    RECIPIENT, "Restricted@Abakus.No", "RESTRICTED@ABAKUS.NO", "restricted+tag@abakus.no",
+    "Restricted+Some.Tag@ABAKUS.no", "restricted+@abakus.no",
+])
+def test_recipient_case_and_extension_accepted(ingest, rcpt):
+    with ingest.client() as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{rcpt}>") == "250 2.1.5 Ok"
+        # also without brackets and with a space after the colon
+        assert c.cmd(f"RCPT TO: {rcpt}") == "250 2.1.5 Ok"
+
+
+def test_too_many_recipients_452(make_ingest, need_spoolctl):
+    d = make_ingest({"ingest": {"max_recipients": 3}})
+    with d.client() as c:
+        c.lhlo()
+        rc, replies = c.transaction(SENDER, [RECIPIENT] * 5, message("many"))
+        assert rc[:3] == ["250 2.1.5 Ok"] * 3
+        assert all(r.startswith("452 4.5.3") for r in rc[3:]), rc
+        assert len(replies) == 3                    # only the accepted ones
+        qid = queue_id_of(replies[0])
+    assert len(d.show(qid)["recipients"]) == 3
+
+
+def test_rcpt_null_and_bad_syntax(ingest):
+    with ingest.client() as c:
+        c.lhlo()
+        assert c.cmd("MAIL FROM:<>") == "250 2.1.0 Ok"          # null sender is fine
+        assert c.cmd("RCPT TO:<>").startswith("501 5.1.3")
+        assert c.cmd("RCPT TO:<a b@c>").startswith("501")
+        assert c.cmd("RCPT TO:<restricted@abakus.no> NOTIFY=NEVER").startswith("555 5.5.4")
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+
+
+# ---- MAIL ---------------------------------------------------------------------
+
+def test_mail_variants(ingest, need_spoolctl):
+    with ingest.client() as c:
+        c.lhlo()
+        ids = []
+        for mail, sender in [(f"MAIL FROM:{SENDER}", SENDER),
+                             (f"MAIL FROM: <{SENDER}> SIZE=100 BODY=8BITMIME", SENDER),
+                             ("MAIL FROM:<>", ""),
+                             ("mail from:<@hop.example:route@example.org>", "route@example.org"),
+                             ('MAIL FROM:<"john q. doe>"@example.org>', '"john q. doe>"@example.org'),
+                             ("MAIL FROM:<üser@exämple.org> SMTPUTF8", "üser@exämple.org")]:
+            assert c.cmd(mail) == "250 2.1.0 Ok", mail
+            assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+            assert c.cmd("DATA").startswith("354")
+            c.send(data_payload(message("variant")))
+            r = c.line()
+            assert queue_id_of(r), r
+            ids.append((queue_id_of(r), sender))
+        assert c.cmd(f"MAIL FROM:<{SENDER}> FOO=BAR").startswith("555 5.5.4")
+        assert c.cmd(f"MAIL FROM:<{SENDER}> SIZE=big").startswith("501 5.5.4")
+    for qid, sender in ids:
+        assert ingest.show(qid)["sender"] == sender
+
+
+# ---- sizes ------------------------------------------------------------------
+
+def test_oversize_declared_in_mail_552(make_ingest):
+    d = make_ingest({"ingest": {"max_message_size": "64K"}})
+    with d.client() as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}> SIZE={64 * 1024 + 1}").startswith("552 5.3.4")
+        assert c.cmd(f"MAIL FROM:<{SENDER}> SIZE=99999999999999999999999").startswith("552 5.3.4")
+        assert c.cmd(f"MAIL FROM:<{SENDER}> SIZE={64 * 1024}") == "250 2.1.0 Ok"
+
+
+def test_oversize_sent_552_then_session_goes_on(make_ingest, need_spoolctl):
+    d = make_ingest({"ingest": {"max_message_size": "64K"}})
+    big = message("big", body=("x" * 998 + "\r\n") * 100)       # ~100 KB
+    small = message("small")
+    with d.client() as c:
+        c.lhlo()
+        rc, replies = c.transaction(SENDER, [RECIPIENT, RECIPIENT], big)
+        assert replies == ["552 5.3.4 Message size exceeds fixed limit"] * 2
+        qid = c.send_message(small)
+        # SMTP mode: one 552
+        c.lhlo(verb="EHLO")
+        rc, replies = c.transaction(SENDER, [RECIPIENT, RECIPIENT], big, lmtp=False)
+        assert replies == ["552 5.3.4 Message size exceeds fixed limit"]
+        assert c.cmd("NOOP") == "250 2.0.0 Ok"
+    assert [m["id"] for m in d.list()] == [qid]
+    assert d.raw(qid) == small
+
+
+def test_message_at_exact_size_limit_accepted(make_ingest, need_spoolctl):
+    d = make_ingest({"ingest": {"max_message_size": "10K"}})
+    head = message("exact", body=b"")
+    body = b"y" * (10 * 1024 - len(head) - 2) + b"\r\n"
+    msg = head + body
+    assert len(msg) == 10 * 1024
+    with d.client() as c:
+        c.lhlo()
+        qid = c.send_message(msg)
+        rc, replies = c.transaction(SENDER, [RECIPIENT], msg + b"z\r\n")
+        assert replies[0].startswith("552 5.3.4")
+    assert d.raw(qid) == msg
+
+
+def test_header_section_too_big_552_560(make_ingest, need_spoolctl):
+    d = make_ingest({"ingest": {"max_header_size": "4K", "max_message_size": "1M"}})
+    pad = [f"X-Pad-{i}: " + "p" * 70 for i in range(80)]         # ~6.5 KB of header
+    fat = message("fat header", extra_headers=pad)
+    # the same bytes, but most of them in the body: fine
+    thin = message("thin header", body="\r\n".join(pad) + "\r\n")
+    with d.client() as c:
+        c.lhlo()
+        rc, replies = c.transaction(SENDER, [RECIPIENT, "restricted+2@abakus.no"], fat)
+        assert replies == ["552 5.6.0 Message header section exceeds fixed limit"] * 2
+        qid = c.send_message(thin)
+    assert [m["id"] for m in d.list()] == [qid]
+
+
+# ---- pipelining -----------------------------------------------------------
+
+def test_pipelined_commands_in_one_write(ingest, need_spoolctl):
+    msg = message("pipelined")
+    with ingest.client() as c:
+        c.lhlo()
+        c.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\n"
+               f"RCPT TO:<restricted+p@abakus.no>\r\nDATA\r\n")
+        assert [c.line() for _ in range(4)] == [
+            "250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok",
+            "354 End data with <CR><LF>.<CR><LF>"]
+        c.send(data_payload(msg))
+        replies = [c.line(), c.line()]
+        qid = queue_id_of(replies[0])
+        assert qid and queue_id_of(replies[1]) == qid
+    assert ingest.raw(qid) == msg
+
+
+def test_two_messages_pipelined_back_to_back(ingest, need_spoolctl):
+    """Everything, both messages and QUIT, in one write: replies in order."""
+    m1, m2 = message("first", body="one\r\n"), message("second", body="two\r\n..dot\r\n")
+    blob = b"LHLO pipe.test\r\n"
+    for m, rcpts in ((m1, [RECIPIENT]), (m2, [RECIPIENT, "restricted+2@abakus.no"])):
+        blob += f"MAIL FROM:<{SENDER}>\r\n".encode()
+        blob += b"".join(f"RCPT TO:<{r}>\r\n".encode() for r in rcpts)
+        blob += b"DATA\r\n" + data_payload(m)
+    blob += b"QUIT\r\n"
+    with ingest.client() as c:
+        c.send(blob)
+        assert c.reply()[0] == 250                       # LHLO (multi-line)
+        seq = [c.line() for _ in range(3)]
+        assert seq == ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"]
+        id1 = queue_id_of(c.line())
+        seq = [c.line() for _ in range(4)]
+        assert seq == ["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok",
+                       "354 End data with <CR><LF>.<CR><LF>"]
+        id2a, id2b = queue_id_of(c.line()), queue_id_of(c.line())
+        assert c.line() == "221 2.0.0 Bye"
+        assert c.closed_by_peer()
+    assert id1 and id2a and id2a == id2b and id1 != id2a
+    assert id1 < id2a                                   # ids grow with arrival
+    assert ingest.raw(id1) == m1
+    assert ingest.raw(id2a) == m2
+
+
+def test_many_messages_pipelined_in_one_write(ingest, need_spoolctl):
+    msgs = [message(f"burst {i}", body=f"body {i}\r\n") for i in range(30)]
+    blob = b"".join(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+                    + data_payload(m) for m in msgs)
+    with ingest.client() as c:
+        c.lhlo()
+        c.send(blob)
+        ids = []
+        for _ in msgs:
+            assert [c.line() for _ in range(3)][2].startswith("354")
+            ids.append(queue_id_of(c.line()))
+    assert None not in ids and len(set(ids)) == 30
+    for qid, m in zip(ids, msgs):
+        assert ingest.raw(qid) == m
+
+
+# ---- what is stored -----------------------------------------------------------
+
+def test_bare_lf_stored_as_crlf(ingest, need_spoolctl):
+    payload = (b"From: <a@example.org>\nSubject: bare lf\n\nline one\nline two\r\n"
+               b"mixed\n..stuffed\n.\n")
+    want = (b"From: <a@example.org>\r\nSubject: bare lf\r\n\r\nline one\r\nline two\r\n"
+            b"mixed\r\n.stuffed\r\n")
+    with ingest.client() as c:
+        c.lhlo()
+        qid = c.send_message(b"", raw_payload=payload)
+    assert ingest.raw(qid) == want
+
+
+def test_dot_stuffed_lines_unstuffed(ingest, need_spoolctl):
+    msg = message("dots", body=".\r\n..\r\n.leading\r\n...three\r\nmid.dle\r\n. \r\n.\r.\r\nend\r\n")
+    payload = data_payload(msg)
+    assert b"\r\n..leading\r\n" in payload and b"\r\n...\r\n" in payload
+    with ingest.client() as c:
+        c.lhlo()
+        qid = c.send_message(msg)
+    assert ingest.raw(qid) == msg
+
+
+def test_8bit_body_byte_exact(ingest, need_spoolctl):
+    allbytes = bytes(b for b in range(256) if b not in (10, 13))
+    body = (allbytes + b"\r\n"                              # every octet but CR/LF, NUL too
+            + "Blåbærsyltetøy ✉ 日本語\r\n".encode()
+            + b"bare\rcarriage return\r\n"
+            + b"L" * 5000 + b"\r\n"                         # over 998 octets
+            + b"\x00\x00\r\n" + b"\xff" * 3 + b"\r\n")
+    msg = message("8bit", body=body, extra_headers=["Subject-Utf8: Ærlig talt —"])
+    with ingest.client() as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}> BODY=8BITMIME SMTPUTF8") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("DATA").startswith("354")
+        c.send(data_payload(msg))
+        qid = queue_id_of(c.line())
+    assert qid
+    assert ingest.raw(qid) == msg
+    assert ingest.list()[0]["size"] == len(msg)
+
+
+def test_message_without_trailing_newline_and_empty(ingest, need_spoolctl):
+    with ingest.client() as c:
+        c.lhlo()
+        qid_empty = c.send_message(b"", raw_payload=b".\r\n")
+        qid_hdr = c.send_message(b"", raw_payload=b"Subject: only header\r\n.\r\n")
+    assert ingest.raw(qid_empty) == b""
+    assert ingest.raw(qid_hdr) == b"Subject: only header\r\n"
+
+
+def test_missing_message_id_accepted(ingest, need_spoolctl):
+    msg = message("no id", message_id=False)
+    assert b"Message-ID" not in msg
+    with ingest.client() as c:
+        c.lhlo()
+        qid = c.send_message(msg)
+    assert ingest.raw(qid) == msg
+
+
+@pytest.mark.parametrize("as_text", [True, False], ids=["str", "bytes"])
+@pytest.mark.parametrize("fixture", sorted(p.name for p in postern.FIXTURES.glob("*.eml")))
+def test_lego_fixtures_stored_exactly(ingest, need_spoolctl, fixture, as_text):
+    """smtplib.LMTP sends the fixture (dot-stuffed); the spool holds it unstuffed, CRLF.
+
+    Given a str, smtplib turns LF into CRLF itself; given bytes it sends the
+    bare LFs as they are, then CRLF "." CRLF: the bare LFs are stored as
+    CRLF, and the CRLF it adds is part of the message.
+    """
+    raw = (postern.FIXTURES / fixture).read_bytes()
+    assert b"\r" not in raw
+    if as_text:
+        payload, want = raw.decode(), postern.crlf(raw)
+    else:
+        payload, want = raw, postern.crlf(raw) + b"\r\n"
+    with smtplib.LMTP(ingest.host, ingest.port, local_hostname="lego.test") as s:
+        s.ehlo()
+        assert s.mail("eirik@sylliaas.no")[0] == 250
+        assert s.rcpt(RECIPIENT)[0] == 250
+        code, resp = s.data(payload)
+        assert code == 250
+        qid = queue_id_of(f"250 {resp.decode()}")
+    assert ingest.raw(qid) == want
+    env = ingest.show(qid)
+    assert env["sender"] == "eirik@sylliaas.no"
+    assert env["helo"] == "lego.test"
+    assert env["size"] == len(want)
+
+
+def test_envelope_in_show_json(ingest, need_spoolctl):
+    with ingest.client() as c:
+        c.lhlo("mx.client.example")
+        rc, replies = c.transaction("Some.One+tag@Example.ORG",
+                                    [RECIPIENT, "Restricted+X@abakus.no"], message("env"))
+        qid = queue_id_of(replies[0])
+    env = ingest.show(qid)
+    assert env["id"] == qid
+    assert env["sender"] == "Some.One+tag@Example.ORG"           # as given
+    assert env["recipients"] == [RECIPIENT, "Restricted+X@abakus.no"]
+    assert env["client"] == "127.0.0.1"
+    assert env["helo"] == "mx.client.example"
+    assert env["proto"] == "LMTP"
+    assert env["state"] == "incoming"
+    assert env["arrival"] > 1_600_000_000
+    rec = env["received"]
+    assert rec.startswith("Received: from mx.client.example (127.0.0.1)")
+    assert f"id {qid}" in rec and "by ingest.test" in rec
+    listed = ingest.list()
+    assert listed[0]["id"] == qid and listed[0]["sender"] == "Some.One+tag@Example.ORG"
+
+
+def test_unix_socket_listener(make_ingest, need_spoolctl):
+    d = make_ingest(unix_socket=True)
+    with Client(None, unix_path=d.unix_path) as c:
+        c.lhlo("local.test")
+        qid = c.send_message(message("unix"))
+    assert d.show(qid)["client"] == "unix"
+
+
+# ---- sequence and syntax errors ---------------------------------------------
+
+def test_sequence_errors_503(ingest):
+    with ingest.client() as c:
+        assert c.cmd(f"MAIL FROM:<{SENDER}>").startswith("503 5.5.1")     # before LHLO
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>").startswith("503 5.5.1")
+        assert c.cmd("DATA").startswith("503 5.5.1")
+        c.lhlo()
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>").startswith("503 5.5.1")    # before MAIL
+        assert c.cmd("DATA").startswith("503 5.5.1")                       # no MAIL, no RCPT
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"MAIL FROM:<{SENDER}>").startswith("503 5.5.1")     # nested MAIL
+        # DATA after MAIL but before any RCPT: Postfix (and RFC 5321 §3.3) say 554
+        assert c.cmd("DATA").startswith("554 5.5.1")
+        assert c.cmd("RSET") == "250 2.0.0 Ok"
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>").startswith("503 5.5.1")    # RSET cleared MAIL
+        # a new LHLO also resets the transaction
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        c.lhlo()
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>").startswith("503 5.5.1")
+        # and the session still works
+        assert queue_id_of(c.transaction(SENDER, [RECIPIENT], message("after"))[1][0])
+
+
+def test_unknown_command_500_and_others(ingest):
+    with ingest.client() as c:
+        assert c.cmd("XYZZY").startswith("500 5.5.2")
+        assert c.cmd("BDAT 10 LAST").startswith("500 5.5.2")
+        assert c.cmd("LHLO").startswith("501")
+        c.lhlo()
+        assert c.cmd("NOOP") == "250 2.0.0 Ok"
+        assert c.cmd("VRFY someone").startswith("252")
+        assert c.cmd("HELP").startswith("214")
+        assert c.cmd("STARTTLS").startswith("502")
+        assert c.cmd("DATA extra").startswith("501")
+        c.send(b"NO\x00OP\r\n")
+        assert c.line().startswith("500 5.5.2")
+        assert c.cmd("QUIT") == "221 2.0.0 Bye"
+        assert c.closed_by_peer()
+
+
+def test_quit_221_mid_transaction_stores_nothing(ingest, need_spoolctl):
+    with ingest.client() as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("QUIT") == "221 2.0.0 Bye"
+        assert c.closed_by_peer()
+    assert ingest.list() == []
+
+
+def test_client_drops_mid_data_stores_nothing(ingest, need_spoolctl):
+    with ingest.client() as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("DATA").startswith("354")
+        c.send(message("cut", body="half a message\r\n"))
+    with ingest.client() as c:          # the daemon is still there
+        c.lhlo()
+        qid = c.send_message(message("whole"))
+    assert [m["id"] for m in ingest.list()] == [qid]
+
+
+def test_command_line_too_long(ingest):
+    with ingest.client() as c:
+        c.lhlo()
+        c.send(b"NOOP " + b"x" * 10000)          # no line end yet
+        assert c.line().startswith("500 5.5.2")
+        assert c.closed_by_peer()
+
+
+def test_too_many_errors_421(ingest):
+    with ingest.client() as c:
+        c.send(b"BOGUS\r\n" * 25)
+        codes = []
+        try:
+            while True:
+                codes.append(c.reply()[0])
+        except postern.ProtocolError:
+            pass
+        assert codes[:20] == [500] * 20
+        assert codes[20] == 421
+        assert len(codes) == 21
+
+
+# ---- timeouts and limits ----------------------------------------------------
+
+def test_idle_timeout_421(make_ingest):
+    d = make_ingest({"ingest": {"timeout": "2s"}})
+    with d.client(timeout=60) as c:
+        c.lhlo()
+        assert c.line().startswith("421 4.4.2")
+        assert c.closed_by_peer()
+    with d.client(timeout=60) as c:         # silent from the greeting on
+        assert c.line().startswith("421 4.4.2")
+
+
+def test_timeout_mid_data_421_stores_nothing(make_ingest, need_spoolctl):
+    d = make_ingest({"ingest": {"timeout": "2s"}})
+    with d.client(timeout=60) as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("DATA").startswith("354")
+        c.send(b"Subject: stalled\r\n\r\npart")
+        assert c.line().startswith("421 4.4.2")
+        assert c.closed_by_peer()
+    assert d.list() == []
+
+
+def test_connection_limit_421_432(make_ingest):
+    d = make_ingest({"ingest": {"max_connections": 2}})
+    c1, c2 = d.client(), d.client()
+    try:
+        assert c1.greeting[0] == 220 and c2.greeting[0] == 220
+        with d.client(greet=False) as c3:
+            assert c3.line().startswith("421 4.3.2")
+            assert c3.closed_by_peer()
+        c1.lhlo()                               # the admitted ones still work
+        assert queue_id_of(c1.transaction(SENDER, [RECIPIENT], message("limit"))[1][0])
+        c2.cmd("QUIT")
+        c2.closed_by_peer()
+
+        def admitted():                         # the slot frees once the close is seen
+            with d.client(greet=False) as c:
+                return c.line().startswith("220")
+        postern.wait_for(admitted, timeout=30, what="a free connection slot")
+    finally:
+        c1.close()
+        c2.close()
+
+
+# ---- spool full ---------------------------------------------------------------
+
+def test_spool_full_452_then_recovers(make_ingest, need_spoolctl):
+    d = make_ingest({"spool": {"map_size": "1M", "max_size": "2M"},
+                     "ingest": {"max_message_size": "64M"}})
+    first = message("before full", body="kept\r\n")
+    huge = message("huge", body=("z" * 78 + "\r\n") * (3 * 1024 * 1024 // 80))
+    small = message("after full", body="fits\r\n")
+    with d.client() as c:
+        c.lhlo()
+        id1 = c.send_message(first)
+        rc, replies = c.transaction(SENDER, [RECIPIENT, "restricted+b@abakus.no"], huge)
+        assert replies == ["452 4.3.1 Insufficient system storage"] * 2
+        # the spool is still readable and holds what it held
+        assert [m["id"] for m in d.list()] == [id1]
+        assert d.raw(id1) == first
+        stats = postern.json_stats(d.config_path)
+        assert stats["messages"]["incoming"] == 1
+        # and a small message on the same session still gets 250
+        id2 = c.send_message(small)
+        # SMTP mode: one 452
+        c.lhlo(verb="EHLO")
+        rc, replies = c.transaction(SENDER, [RECIPIENT, RECIPIENT], huge, lmtp=False)
+        assert replies == ["452 4.3.1 Insufficient system storage"]
+    with d.client() as c:
+        c.lhlo()
+        id3 = c.send_message(small)
+    assert [m["id"] for m in d.list()] == [id1, id2, id3]
+    assert d.raw(id2) == small and d.raw(id3) == small
+    assert "spool full" in d.log()
+
+
+def test_spool_full_in_a_batch_only_the_big_one_refused(make_ingest, need_spoolctl):
+    """Several sessions finish together; the one that does not fit hears 452, the others 250."""
+    d = make_ingest({"spool": {"map_size": "1M", "max_size": "2M"},
+                     "ingest": {"max_message_size": "64M"}})
+    huge = message("huge", body=("z" * 78 + "\r\n") * (3 * 1024 * 1024 // 80))
+    smalls = [message(f"small {i}") for i in range(4)]
+    clients = [d.client() for _ in range(5)]
+    try:
+        payloads = [huge] + smalls
+        for c in clients:
+            c.lhlo()
+            assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+            assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+            assert c.cmd("DATA").startswith("354")
+        # everything but the final dot, then all the dots at once
+        for c, m in zip(clients, payloads):
+            c.send(data_payload(m)[:-3])
+        for c in clients:
+            c.send(b".\r\n")
+        replies = [c.line() for c in clients]
+    finally:
+        for c in clients:
+            c.close()
+    assert replies[0] == "452 4.3.1 Insufficient system storage"
+    ids = [queue_id_of(r) for r in replies[1:]]
+    assert None not in ids, replies
+    assert sorted(m["id"] for m in d.list()) == sorted(ids)
+    for qid, m in zip(ids, smalls):
+        assert d.raw(qid) == m
+
+
+# ---- no dispatcher, several sessions, shutdown ----------------------------------
+
+def test_missing_dispatcher_does_not_slow_ingest(ingest, need_spoolctl):
+    """hints = an ipc path nobody listens on: 200 messages still go through."""
+    assert "nobody-listens" in ingest.sections["workers"]["hints"]
+    errors, ids = [], []
+
+    def worker(n):
+        try:
+            with ingest.client() as c:
+                c.lhlo()
+                for i in range(n):
+                    ids.append(c.send_message(message(f"hint {i}")))
+        except Exception as e:          # reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(50,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "clients did not finish"
+    assert errors == []
+    assert len(set(ids)) == 200
+    assert {m["id"] for m in ingest.list()} == set(ids)
+
+
+def test_sigterm_closes_sessions_421(make_ingest):
+    d = make_ingest()
+    c = d.client()
+    c.lhlo()
+    assert d.stop() == 0
+    try:
+        assert c.line().startswith("421 4.3.2")
+    except (postern.ProtocolError, ConnectionResetError):
+        pytest.fail("no 421 at shutdown")
+    finally:
+        c.close()
+    assert "daemon stopped" in d.log()
+
+
+def test_restart_keeps_messages_and_ids_grow(make_ingest, need_spoolctl):
+    d = make_ingest()
+    with d.client() as c:
+        c.lhlo()
+        id1 = c.send_message(message("before restart"))
+    assert d.stop() == 0
+    d.start()
+    with d.client() as c:
+        c.lhlo()
+        id2 = c.send_message(message("after restart"))
+    assert id2 > id1
+    assert [m["id"] for m in d.list()] == [id1, id2]
