@@ -82,7 +82,7 @@ void wire_send_job_clear(struct wire_send_job *job)
 static void wire_result_clear(gpointer p)
 {
     struct wire_rcpt_result *r = p;
-    g_free(r->dsn);
+    g_free(r->status);
     g_free(r->text);
     g_free(r->relay);
 }
@@ -102,8 +102,8 @@ GBytes *wire_send_result_encode(const struct wire_send_result *res)
     g_variant_builder_init(&b, G_VARIANT_TYPE("a(uqssusd)"));
     for (guint i = 0; i < res->results->len; i++) {
         const struct wire_rcpt_result *r = &g_array_index(res->results, struct wire_rcpt_result, i);
-        g_variant_builder_add(&b, "(uqssusd)", r->idx, r->code, r->dsn ? r->dsn : "",
-                              r->text ? r->text : "", (guint32)r->fail, r->relay ? r->relay : "",
+        g_variant_builder_add(&b, "(uqssusd)", r->idx, r->code, r->status ? r->status : "",
+                              r->text ? r->text : "", r->error, r->relay ? r->relay : "",
                               r->seconds);
     }
     v = g_variant_ref_sink(g_variant_new("(tta(uqssusd))", res->lease, res->msg, &b));
@@ -116,16 +116,14 @@ gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res)
         g_variant_new_from_bytes(G_VARIANT_TYPE(SDONE_TYPE), payload, FALSE));
     g_autoptr(GVariantIter) it = NULL;
     struct wire_rcpt_result r;
-    guint32 fail;
 
     wire_send_result_init(res);
     if (!g_variant_is_normal_form(v))
         return FALSE;
     g_variant_get(v, "(tta(uqssusd))", &res->lease, &res->msg, &it);
     memset(&r, 0, sizeof(r));
-    while (g_variant_iter_next(it, "(uqssusd)", &r.idx, &r.code, &r.dsn, &r.text, &fail,
+    while (g_variant_iter_next(it, "(uqssusd)", &r.idx, &r.code, &r.status, &r.text, &r.error,
                                &r.relay, &r.seconds)) {
-        r.fail = fail <= WIRE_FAIL_LOCAL ? (enum wire_fail)fail : WIRE_FAIL_LOCAL;
         g_array_append_val(res->results, r);
         memset(&r, 0, sizeof(r));
     }

@@ -8,8 +8,8 @@
  * costs at most a lease expiry, never a delivery.
  *
  *   worker -> dispatcher
- *     HELLO   (su)   kind ("transform" | "sender"), slots; sent on start and
- *                    whenever the dispatcher seems to have forgotten us
+ *     HELLO   (su)   kind ("transform" | "sender"), free slots now; sent on
+ *                    start and whenever the dispatcher seems to have forgotten us
  *     CREDIT  (u)    this many more jobs may be sent (free slots)
  *     PING    ()     heartbeat, every WIRE_HEARTBEAT_MS
  *     TDONE   (tts)  transform lease, message id, outcome word
@@ -61,23 +61,19 @@ struct wire_send_job {
     GArray *rcpts;                  /* struct wire_rcpt */
 };
 
-enum wire_fail {
-    WIRE_FAIL_NONE,                 /* the server replied: see code */
-    WIRE_FAIL_CONNECT,              /* could not connect */
-    WIRE_FAIL_TIMEOUT,
-    WIRE_FAIL_TLS,                  /* handshake or verification failed */
-    WIRE_FAIL_LOST,                 /* connection lost mid-transaction */
-    WIRE_FAIL_LOCAL,                /* local problem (maildir write, ...) */
-};
-
+/*
+ * One recipient's outcome, as the SMTP client reported it: a reply (code,
+ * status, text) or a failure without one (code 0, error set to an enum
+ * smtp_error of sender/smtp.h).  The dispatcher classifies it.
+ */
 struct wire_rcpt_result {
     uint32_t idx;
-    uint16_t code;                  /* SMTP reply code, 0 when none */
-    char *dsn;                      /* enhanced status, "" when none */
-    char *text;                     /* reply text or error description */
-    enum wire_fail fail;
-    char *relay;                    /* host[ip]:port, for the log line */
-    double seconds;                 /* time spent, for delay= */
+    uint16_t code;
+    char *status;                   /* RFC 3463 "x.y.z", "" when none */
+    char *text;
+    uint32_t error;                 /* enum smtp_error, 0 when a reply came */
+    char *relay;                    /* host[ip]:port or "none", for the log */
+    double seconds;                 /* time spent on the attempt */
 };
 
 /* SDONE */

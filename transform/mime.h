@@ -73,7 +73,7 @@ char   *mime_token_extract(GMimeMessage *msg, const char *prefix);
 
 struct rewrite_params {
 	const char *from;		/* [rewrite] from, "Abakus <no-reply@abakus.no>" */
-	gboolean use_original_sender;	/* From: original sender (allow_original_sender && !hide_sender) */
+	gboolean use_original_sender;	/* allow_original_sender && !hide_sender */
 	gboolean hide_sender;		/* no Reply-To, {sender} expands to nothing */
 	const char *original_sender;	/* envelope sender address; NULL or "" for <> */
 	const char *footer;		/* template with {sender}, {unsubscribe_url}; NULL or "": none */
@@ -96,8 +96,8 @@ struct rewrite_params {
  *
  * Returns the message serialised once, CRLF line ends throughout and a final
  * CRLF, with no To: header: the caller prepends To: and DKIM-Signature as raw
- * bytes and never re-serialises. *message_id gets the new Message-ID without
- * angle brackets. On error (MIME_ERROR_PARAM: p->from is not a mailbox, or
+ * bytes and never re-serialises. Bare CRs in the original content go out as
+ * they came. *message_id gets the new Message-ID without angle brackets. On error (MIME_ERROR_PARAM: p->from is not a mailbox, or
  * the domain or URL holds spaces, controls or angle brackets) returns NULL
  * and leaves msg as it was.
  */
