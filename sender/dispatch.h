@@ -1,0 +1,84 @@
+/*
+ * dispatch.h - postern-dispatch: owns the schedule.
+ *
+ * One process, one thread, one zmq_poll loop.  It leases `incoming`
+ * messages to transform workers and due deliveries to sender workers, by
+ * credit, and records the senders' results.  Every lease is written to the
+ * spool before the job is sent, so a dispatcher restart forgets nothing:
+ * leases run out by their expiry time and the work returns to the queue.
+ */
+#ifndef POSTERN_DISPATCH_H
+#define POSTERN_DISPATCH_H
+
+#include <glib.h>
+
+#include "sender/smtp.h"
+#include "spool/config.h"
+#include "spool/delivery.h"
+#include "spool/spool.h"
+#include "spool/wire.h"
+
+enum worker_kind { WORKER_TRANSFORM, WORKER_SENDER };
+
+struct worker {
+    GBytes *identity;               /* ZeroMQ routing id */
+    char *name;                     /* hex of the identity, for logs */
+    enum worker_kind kind;
+    unsigned credit;                /* jobs it asked for and has not got */
+    int64_t last_seen;              /* monotonic ms */
+};
+
+/* A sender job in flight: what max_connections and results refer to. */
+struct job {
+    uint64_t lease;
+    queue_id msg;
+    struct worker *worker;
+    unsigned rcpts;
+};
+
+struct dispatch {
+    struct postern_config *cfg;
+    struct spool *spool;
+    void *zctx;
+    void *router;                   /* workers */
+    void *hints;                    /* PULL: ingest and transform ring here */
+    void *zap;                      /* CURVE allow-list handler, tcp:// only */
+    GHashTable *allowed_keys;       /* Z85 public keys of remote workers */
+    GHashTable *workers;            /* name -> struct worker */
+    GHashTable *jobs;               /* lease -> struct job (sender jobs) */
+    struct retry_policy policy;
+    char *mail_from;                /* [bounce] envelope_from */
+
+    int64_t paused_until;           /* unix ms: relay quota or throttle */
+    unsigned pauses;                /* pauses in a row */
+    double rate_tokens;             /* [relay] rate token bucket */
+    int64_t rate_refilled;          /* monotonic ms */
+
+    gboolean work_hinted;           /* a hint came: schedule now */
+    int64_t next_scan;              /* monotonic ms of the next timed rescan */
+    int64_t next_tick;              /* monotonic ms: heartbeats, expiry */
+    gboolean stopping;
+};
+
+int64_t dispatch_now_ms(void);      /* unix ms */
+int64_t dispatch_mono_ms(void);
+
+/* dispatch_workers.c */
+gboolean dispatch_bind(struct dispatch *d, GError **err);
+void dispatch_receive(struct dispatch *d);
+void dispatch_heartbeat(struct dispatch *d);
+struct worker *dispatch_pick_worker(struct dispatch *d, enum worker_kind kind);
+unsigned dispatch_credit(struct dispatch *d, enum worker_kind kind);
+
+/* dispatch_transform.c */
+void dispatch_lease_transforms(struct dispatch *d);
+
+/* dispatch_deliver.c */
+void dispatch_lease_deliveries(struct dispatch *d);
+void dispatch_expire_leases(struct dispatch *d);
+
+/* dispatch_result.c */
+void dispatch_record_result(struct dispatch *d, struct worker *w, GBytes *payload);
+void dispatch_forget_worker(struct dispatch *d, struct worker *w);
+
+#endif

@@ -1,0 +1,278 @@
+/*
+ * dispatch_workers.c - the worker table: binding, HELLO/CREDIT/PING,
+ * heartbeats, dead workers, and the CURVE allow-list for tcp:// workers.
+ */
+#include "sender/dispatch.h"
+#include "spool/log.h"
+
+#include <errno.h>
+#include <string.h>
+#include <zmq.h>
+
+static struct worker *worker_lookup(struct dispatch *d, GBytes *identity)
+{
+    gsize n;
+    const unsigned char *id = g_bytes_get_data(identity, &n);
+    g_autofree char *name = g_malloc(2 * n + 1);
+
+    for (gsize i = 0; i < n; i++)
+        g_snprintf(name + 2 * i, 3, "%02x", id[i]);
+    return g_hash_table_lookup(d->workers, name);
+}
+
+static struct worker *worker_add(struct dispatch *d, GBytes *identity, enum worker_kind kind)
+{
+    struct worker *w = g_new0(struct worker, 1);
+    gsize n;
+    const unsigned char *id = g_bytes_get_data(identity, &n);
+
+    w->identity = g_bytes_ref(identity);
+    w->name = g_malloc(2 * n + 1);
+    for (gsize i = 0; i < n; i++)
+        g_snprintf(w->name + 2 * i, 3, "%02x", id[i]);
+    w->kind = kind;
+    g_hash_table_replace(d->workers, w->name, w);
+    return w;
+}
+
+static void worker_free(gpointer p)
+{
+    struct worker *w = p;
+    g_bytes_unref(w->identity);
+    g_free(w->name);
+    g_free(w);
+}
+
+/*
+ * A remote worker must hold one of the allowed CURVE keys.  libzmq asks
+ * the ZAP handler (RFC 27) on inproc://zeromq.zap.01; we answer from the
+ * allow-list file, and log refusals by key so an operator can see them.
+ */
+static void dispatch_zap(struct dispatch *d)
+{
+    zmq_msg_t part;
+    GPtrArray *frames = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    int more = 1;
+    size_t len = sizeof(more);
+
+    while (more) {
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, d->zap, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&part);
+            break;
+        }
+        g_ptr_array_add(frames, g_bytes_new(zmq_msg_data(&part), zmq_msg_size(&part)));
+        zmq_msg_close(&part);
+        zmq_getsockopt(d->zap, ZMQ_RCVMORE, &more, &len);
+    }
+    if (frames->len < 7) {
+        g_ptr_array_unref(frames);
+        return;
+    }
+    /* version, request id, domain, address, identity, mechanism, credentials */
+    gsize klen;
+    const void *key = g_bytes_get_data(frames->pdata[6], &klen);
+    char z85[41] = "";
+    gboolean ok = klen == 32 && zmq_z85_encode(z85, key, 32) &&
+                  g_hash_table_contains(d->allowed_keys, z85);
+    gsize rlen;
+    const void *reqid = g_bytes_get_data(frames->pdata[1], &rlen);
+    if (!ok)
+        msg_warn("refused worker with CURVE key %s: not in [workers] curve_allowed_keys_file",
+                 *z85 ? z85 : "(none)");
+    zmq_send(d->zap, "1.0", 3, ZMQ_SNDMORE);
+    zmq_send(d->zap, reqid, rlen, ZMQ_SNDMORE);
+    zmq_send(d->zap, ok ? "200" : "400", 3, ZMQ_SNDMORE);
+    zmq_send(d->zap, ok ? "OK" : "key not allowed", ok ? 2 : 15, ZMQ_SNDMORE);
+    zmq_send(d->zap, z85, ok ? 40 : 0, ZMQ_SNDMORE);
+    zmq_send(d->zap, "", 0, 0);
+    g_ptr_array_unref(frames);
+}
+
+/* Key files hold Z85 text: the secret key file "public\nsecret\n". */
+static gboolean dispatch_load_curve(struct dispatch *d, GError **err)
+{
+    const struct postern_config *cfg = d->cfg;
+    g_autofree char *secret_text = NULL, *allowed_text = NULL;
+    g_auto(GStrv) secret_lines = NULL, allowed = NULL;
+    int one = 1;
+
+    if (!*cfg->workers.curve_secret_key_file || !*cfg->workers.curve_allowed_keys_file) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO,
+                    "[workers] dispatch %s: tcp:// needs curve_secret_key_file and "
+                    "curve_allowed_keys_file (ZeroMQ over TCP only with CURVE)",
+                    cfg->workers.dispatch);
+        return FALSE;
+    }
+    if (!g_file_get_contents(cfg->workers.curve_secret_key_file, &secret_text, NULL, err) ||
+        !g_file_get_contents(cfg->workers.curve_allowed_keys_file, &allowed_text, NULL, err))
+        return FALSE;
+    secret_lines = g_strsplit(g_strstrip(secret_text), "\n", -1);
+    if (g_strv_length(secret_lines) != 2 || strlen(g_strstrip(secret_lines[1])) != 40) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO,
+                    "%s: expected two Z85 lines: public key, secret key",
+                    cfg->workers.curve_secret_key_file);
+        return FALSE;
+    }
+    d->allowed_keys = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    allowed = g_strsplit(allowed_text, "\n", -1);
+    for (int i = 0; allowed[i]; i++) {
+        char *k = g_strstrip(allowed[i]);
+        if (strlen(k) == 40)
+            g_hash_table_add(d->allowed_keys, g_strdup(k));
+    }
+    d->zap = zmq_socket(d->zctx, ZMQ_REP);
+    if (zmq_bind(d->zap, "inproc://zeromq.zap.01") < 0) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "ZAP handler: %s", zmq_strerror(errno));
+        return FALSE;
+    }
+    zmq_setsockopt(d->router, ZMQ_CURVE_SERVER, &one, sizeof(one));
+    zmq_setsockopt(d->router, ZMQ_CURVE_SECRETKEY, secret_lines[1], 40);
+    msg_info("CURVE on %s: %u worker key(s) allowed", cfg->workers.dispatch,
+             g_hash_table_size(d->allowed_keys));
+    return TRUE;
+}
+
+gboolean dispatch_bind(struct dispatch *d, GError **err)
+{
+    const struct postern_config *cfg = d->cfg;
+    int zero = 0, one = 1;
+
+    d->workers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, worker_free);
+    d->router = zmq_socket(d->zctx, ZMQ_ROUTER);
+    d->hints = zmq_socket(d->zctx, ZMQ_PULL);
+    zmq_setsockopt(d->router, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(d->hints, ZMQ_LINGER, &zero, sizeof(zero));
+    /* An unroutable job must fail loudly, not vanish: we then forget the worker. */
+    zmq_setsockopt(d->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+    if (g_str_has_prefix(cfg->workers.dispatch, "tcp://") && !dispatch_load_curve(d, err))
+        return FALSE;
+    if (zmq_bind(d->router, cfg->workers.dispatch) < 0) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "[workers] dispatch %s: %s",
+                    cfg->workers.dispatch, zmq_strerror(errno));
+        return FALSE;
+    }
+    if (zmq_bind(d->hints, cfg->workers.hints) < 0) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "[workers] hints %s: %s",
+                    cfg->workers.hints, zmq_strerror(errno));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static void dispatch_hello(struct dispatch *d, GBytes *identity, GBytes *payload)
+{
+    g_autofree char *kind = NULL;
+    guint32 slots;
+    struct worker *w;
+
+    if (!wire_unpack(payload, "(su)", &kind, &slots) ||
+        (!g_str_equal(kind, "transform") && !g_str_equal(kind, "sender"))) {
+        msg_warn("malformed HELLO from a worker: ignored");
+        return;
+    }
+    w = worker_lookup(d, identity);
+    if (!w) {
+        w = worker_add(d, identity, g_str_equal(kind, "sender") ? WORKER_SENDER : WORKER_TRANSFORM);
+        msg_info("worker %s (%s) connected with %u slot(s)", w->name, kind, slots);
+    }
+    w->credit = slots;
+    d->work_hinted = TRUE;
+}
+
+void dispatch_receive(struct dispatch *d)
+{
+    GBytes *identity, *payload;
+    char *cmd;
+
+    while (wire_recv(d->hints, FALSE, NULL, &cmd, &payload)) {
+        d->work_hinted = TRUE;
+        g_free(cmd);
+        g_bytes_unref(payload);
+    }
+    while (d->zap && zmq_poll(&(zmq_pollitem_t){ d->zap, 0, ZMQ_POLLIN, 0 }, 1, 0) > 0)
+        dispatch_zap(d);
+    while (wire_recv(d->router, TRUE, &identity, &cmd, &payload)) {
+        struct worker *w = worker_lookup(d, identity);
+
+        if (g_str_equal(cmd, WIRE_HELLO)) {
+            dispatch_hello(d, identity, payload);
+        } else if (!w) {
+            /* We restarted, or forgot it: it must introduce itself again. */
+            wire_send(d->router, identity, WIRE_WHO, NULL);
+        } else {
+            w->last_seen = dispatch_mono_ms();
+            if (g_str_equal(cmd, WIRE_CREDIT)) {
+                guint32 n;
+                if (wire_unpack(payload, "(u)", &n))
+                    w->credit += n;
+                d->work_hinted = TRUE;
+            } else if (g_str_equal(cmd, WIRE_SDONE)) {
+                dispatch_record_result(d, w, payload);
+            } else if (g_str_equal(cmd, WIRE_TDONE)) {
+                d->work_hinted = TRUE;  /* its deliveries are ready now */
+            } else if (!g_str_equal(cmd, WIRE_PING)) {
+                msg_warn("worker %s: unknown command \"%s\"", w->name, cmd);
+            }
+        }
+        if (w || (w = worker_lookup(d, identity)))
+            w->last_seen = dispatch_mono_ms();
+        g_bytes_unref(identity);
+        g_bytes_unref(payload);
+        g_free(cmd);
+    }
+}
+
+/*
+ * Once a second: ping every worker, and forget one silent for
+ * WIRE_DEAD_AFTER_MS.  Its leases are not taken back here: they run out
+ * at their expiry and return to the queue then (a slow worker may yet
+ * finish, and its result still counts while the lease holds).
+ */
+void dispatch_heartbeat(struct dispatch *d)
+{
+    GHashTableIter it;
+    struct worker *w;
+    int64_t now = dispatch_mono_ms();
+
+    g_hash_table_iter_init(&it, d->workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w)) {
+        if (now - w->last_seen > WIRE_DEAD_AFTER_MS) {
+            msg_warn("worker %s silent for %lds: forgotten", w->name,
+                     (long)(now - w->last_seen) / 1000);
+            dispatch_forget_worker(d, w);
+            g_hash_table_iter_remove(&it);
+            continue;
+        }
+        if (!wire_send(d->router, w->identity, WIRE_PING, NULL)) {
+            dispatch_forget_worker(d, w);
+            g_hash_table_iter_remove(&it);
+        }
+    }
+}
+
+/* The worker of that kind with the most credit, so load spreads evenly. */
+struct worker *dispatch_pick_worker(struct dispatch *d, enum worker_kind kind)
+{
+    GHashTableIter it;
+    struct worker *w, *best = NULL;
+
+    g_hash_table_iter_init(&it, d->workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
+        if (w->kind == kind && w->credit && (!best || w->credit > best->credit))
+            best = w;
+    return best;
+}
+
+unsigned dispatch_credit(struct dispatch *d, enum worker_kind kind)
+{
+    GHashTableIter it;
+    struct worker *w;
+    unsigned n = 0;
+
+    g_hash_table_iter_init(&it, d->workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
+        if (w->kind == kind)
+            n += w->credit;
+    return n;
+}
