@@ -54,6 +54,7 @@ struct dispatch {
     double rate_tokens;             /* [relay] rate token bucket */
     int64_t rate_refilled;          /* monotonic ms */
 
+    GPtrArray *done;                /* SDONE payloads of this round */
     gboolean work_hinted;           /* a hint came: schedule now */
     int64_t next_scan;              /* monotonic ms of the next timed rescan */
     int64_t next_tick;              /* monotonic ms: heartbeats, expiry */
@@ -78,7 +79,7 @@ void dispatch_lease_deliveries(struct dispatch *d);
 void dispatch_expire_leases(struct dispatch *d);
 
 /* dispatch_result.c */
-void dispatch_record_result(struct dispatch *d, struct worker *w, GBytes *payload);
+void dispatch_record_results(struct dispatch *d, GPtrArray *payloads);
 void dispatch_forget_worker(struct dispatch *d, struct worker *w);
 
 #endif

@@ -208,7 +208,7 @@ void dispatch_receive(struct dispatch *d)
                     w->credit += n;
                 d->work_hinted = TRUE;
             } else if (g_str_equal(cmd, WIRE_SDONE)) {
-                dispatch_record_result(d, w, payload);
+                g_ptr_array_add(d->done, g_bytes_ref(payload));
             } else if (g_str_equal(cmd, WIRE_TDONE)) {
                 d->work_hinted = TRUE;  /* its deliveries are ready now */
             } else if (!g_str_equal(cmd, WIRE_PING)) {

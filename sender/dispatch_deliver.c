@@ -1,0 +1,255 @@
+/*
+ * dispatch_deliver.c - lease due deliveries to sender workers, and take
+ * back the leases that ran out.
+ *
+ * Due work is found through the `due` index (time order), never a scan of
+ * all deliveries: the cost of a round is the number of deliveries it
+ * leases, whatever the size of the spool.
+ */
+#include "sender/dispatch.h"
+#include "spool/log.h"
+
+#include <string.h>
+
+#define DUE_SCAN_MAX 4096           /* index entries looked at per round */
+
+struct djob {
+    queue_id msg;
+    GArray *idx;                    /* uint32_t recipient numbers */
+    struct wire_send_job wire;
+};
+
+struct dlease {
+    struct dispatch *d;
+    unsigned max_jobs;
+    unsigned max_copies;            /* [relay] rate budget for this round */
+    GPtrArray *jobs;                /* struct djob */
+};
+
+static void djob_free(gpointer p)
+{
+    struct djob *j = p;
+    g_array_unref(j->idx);
+    wire_send_job_clear(&j->wire);
+    g_free(j);
+}
+
+/* Open job for msg with room for one more recipient, or a new one. */
+static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
+{
+    for (guint i = 0; i < dl->jobs->len; i++) {
+        struct djob *j = dl->jobs->pdata[i];
+        if (j->msg == msg && j->idx->len < dl->d->cfg->relay.max_rcpt_per_txn)
+            return j;
+    }
+    if (dl->jobs->len >= dl->max_jobs)
+        return NULL;
+    struct djob *j = g_new0(struct djob, 1);
+    j->msg = msg;
+    j->idx = g_array_new(FALSE, FALSE, sizeof(uint32_t));
+    g_ptr_array_add(dl->jobs, j);
+    return j;
+}
+
+/* Walk `due` from its head while entries are due: group them into jobs. */
+static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err)
+{
+    MDB_cursor *cur;
+    MDB_val key, val;
+    uint64_t now = (uint64_t)dispatch_now_ms();
+    unsigned seen = 0, copies = 0;
+    int rc;
+
+    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_DUE), &cur)))
+        return spool_mdb_fail(rc, "open due index", err);
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+         rc == 0 && seen < DUE_SCAN_MAX && copies < dl->max_copies;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT), seen++) {
+        const unsigned char *k = key.mv_data;
+        struct djob *j;
+
+        if (key.mv_size != 20 || spool_get_be64(k) > now)
+            break;
+        if (!(j = dlease_job_for(dl, spool_get_be64(k + 8))))
+            continue;
+        uint32_t idx = spool_get_be32(k + 16);
+        g_array_append_val(j->idx, idx);
+        copies++;
+    }
+    mdb_cursor_close(cur);
+    return TRUE;
+}
+
+/* Mark a job's deliveries leased and fill in what the worker needs. */
+static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob *j, GError **err)
+{
+    struct spool_msg m;
+    g_autoptr(GByteArray) body = g_byte_array_new();
+    int64_t expiry = dispatch_now_ms() + (int64_t)dl->d->cfg->retry.lease * 1000;
+
+    if (!spool_msg_get(t, j->msg, &m, err))
+        return FALSE;
+    j->wire.msg = j->msg;
+    j->wire.mail_from = g_strdup(g_strcmp0(m.kind, MSG_KIND_NOTICE) == 0 ? "" : dl->d->mail_from);
+    spool_msg_clear(&m);
+    if (!(j->wire.lease = spool_id_next(t, err)) ||
+        !spool_body_get(t, DB_OUTGOING, j->msg, body, err))
+        return FALSE;
+    j->wire.body = g_byte_array_free_to_bytes(g_steal_pointer(&body));
+    j->wire.rcpts = g_array_new(FALSE, TRUE, sizeof(struct wire_rcpt));
+    for (guint i = 0; i < j->idx->len; i++) {
+        struct spool_dlv dv;
+        struct wire_rcpt r = { 0 };
+
+        if (!spool_dlv_get(t, j->msg, g_array_index(j->idx, uint32_t, i), &dv, err))
+            return FALSE;
+        dv.state = DLV_LEASED;
+        dv.lease = j->wire.lease;
+        dv.lease_expiry = expiry;
+        r.idx = dv.idx;
+        r.rcpt = g_strdup(dv.rcpt);
+        r.header = dv.header ? g_bytes_ref(dv.header) : NULL;
+        g_array_append_val(j->wire.rcpts, r);
+        gboolean ok = spool_dlv_put(t, &dv, err);
+        spool_dlv_clear(&dv);
+        if (!ok)
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean dlease_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct dlease *dl = ctx;
+
+    g_ptr_array_set_size(dl->jobs, 0);
+    if (!dlease_pick(t, dl, err))
+        return FALSE;
+    for (guint i = 0; i < dl->jobs->len; i++)
+        if (!dlease_fill(t, dl, dl->jobs->pdata[i], err))
+            return FALSE;
+    return TRUE;
+}
+
+/*
+ * [relay] rate is a token bucket of copies per second (each SMTP message
+ * counts), holding at most one second's worth.
+ */
+static unsigned dispatch_rate_budget(struct dispatch *d)
+{
+    double rate = d->cfg->relay.rate;
+    int64_t now = dispatch_mono_ms();
+
+    if (rate <= 0)
+        return G_MAXUINT;
+    d->rate_tokens = MIN(d->rate_tokens + rate * (double)(now - d->rate_refilled) / 1000.0,
+                         MAX(rate, 1.0));
+    d->rate_refilled = now;
+    return (unsigned)d->rate_tokens;
+}
+
+void dispatch_lease_deliveries(struct dispatch *d)
+{
+    unsigned busy = g_hash_table_size(d->jobs);
+    unsigned credit = dispatch_credit(d, WORKER_SENDER);
+    unsigned conns = d->cfg->relay.max_connections > busy ? (unsigned)d->cfg->relay.max_connections - busy : 0;
+    struct dlease dl = { .d = d, .max_jobs = MIN(credit, conns) };
+    GError *err = NULL;
+
+    if (!dl.max_jobs || d->paused_until > dispatch_now_ms())
+        return;
+    if (!(dl.max_copies = dispatch_rate_budget(d)))
+        return;
+    dl.jobs = g_ptr_array_new_with_free_func(djob_free);
+    if (!spool_write(d->spool, dlease_write, &dl, &err)) {
+        msg_warn("lease deliveries: %s", err->message);
+        g_clear_error(&err);
+        g_ptr_array_set_size(dl.jobs, 0);
+    }
+    for (guint i = 0; i < dl.jobs->len; i++) {
+        struct djob *j = dl.jobs->pdata[i];
+        struct worker *w = dispatch_pick_worker(d, WORKER_SENDER);
+        g_autoptr(GBytes) payload = wire_send_job_encode(&j->wire);
+        char id[QUEUE_ID_LEN + 1];
+
+        spool_id_format(j->msg, id);
+        if (d->cfg->relay.rate > 0)
+            d->rate_tokens -= j->idx->len;
+        if (!w || !wire_send(d->router, w->identity, WIRE_SJOB, payload)) {
+            msg_warn("%s: no sender worker took %u recipient(s): they wait for the lease to expire",
+                     id, j->idx->len);
+            continue;
+        }
+        w->credit--;
+        struct job *job = g_new0(struct job, 1);
+        job->lease = j->wire.lease;
+        job->msg = j->msg;
+        job->worker = w;
+        job->rcpts = j->idx->len;
+        g_hash_table_replace(d->jobs, &job->lease, job);
+        msg_info("%s: %u recipient(s) leased to worker %s", id, j->idx->len, w->name);
+    }
+    g_ptr_array_unref(dl.jobs);
+}
+
+/* Lease expiry */
+
+struct expiry {
+    struct dispatch *d;
+    GArray *expired;                /* uint64 lease ids whose jobs to forget */
+};
+
+static gboolean expire_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct expiry *ex = ctx;
+    g_autoptr(GArray) keys = g_array_new(FALSE, FALSE, 20);
+    MDB_cursor *cur;
+    MDB_val key, val;
+    uint64_t now = (uint64_t)dispatch_now_ms();
+    int rc;
+
+    g_array_set_size(ex->expired, 0);
+    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_LEASES), &cur)))
+        return spool_mdb_fail(rc, "open lease index", err);
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+         rc == 0 && key.mv_size == 20 && spool_get_be64(key.mv_data) <= now && keys->len < 1024;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT))
+        g_array_append_vals(keys, key.mv_data, 1);
+    mdb_cursor_close(cur);
+
+    for (guint i = 0; i < keys->len; i++) {
+        const unsigned char *k = &g_array_index(keys, unsigned char, 20 * i);
+        struct spool_dlv dv;
+        char id[QUEUE_ID_LEN + 1];
+
+        if (!spool_dlv_get(t, spool_get_be64(k + 8), spool_get_be32(k + 16), &dv, err))
+            return FALSE;
+        spool_id_format(dv.msg, id);
+        g_array_append_val(ex->expired, dv.lease);
+        spool_txn_log(t, "%s: to=<%s>, lease expired: back in the queue", id, dv.rcpt);
+        dv.state = dv.attempts ? DLV_DEFERRED : DLV_READY;
+        dv.next_try = (int64_t)now / 1000;
+        dv.lease = 0;
+        gboolean ok = spool_dlv_put(t, &dv, err);
+        spool_dlv_clear(&dv);
+        if (!ok)
+            return FALSE;
+    }
+    return TRUE;
+}
+
+void dispatch_expire_leases(struct dispatch *d)
+{
+    struct expiry ex = { d, g_array_new(FALSE, FALSE, sizeof(uint64_t)) };
+    GError *err = NULL;
+
+    if (!spool_write(d->spool, expire_write, &ex, &err)) {
+        msg_warn("expire leases: %s", err->message);
+        g_clear_error(&err);
+    }
+    for (guint i = 0; i < ex.expired->len; i++)
+        g_hash_table_remove(d->jobs, &g_array_index(ex.expired, uint64_t, i));
+    if (ex.expired->len)
+        d->work_hinted = TRUE;
+    g_array_unref(ex.expired);
+}

@@ -1,0 +1,144 @@
+/*
+ * postern-dispatch - lease work to the transform and sender workers.
+ *
+ * Set up (config, spool, sockets), then loop: wait for a worker message,
+ * a hint or the next tick; record results; take back expired leases;
+ * hand out as much due work as the workers have credit for.  A rescan
+ * every second means a lost hint delays work by a second at most.
+ */
+#include "sender/dispatch.h"
+#include "spool/log.h"
+
+#include <glib-unix.h>
+#include <signal.h>
+#include <zmq.h>
+
+#define TICK_MS 1000
+#define READER_CHECK_MS 30000
+
+int64_t dispatch_now_ms(void)
+{
+    return g_get_real_time() / 1000;
+}
+
+int64_t dispatch_mono_ms(void)
+{
+    return g_get_monotonic_time() / 1000;
+}
+
+static volatile sig_atomic_t dispatch_stop_signal;
+
+static void dispatch_on_signal(int sig)
+{
+    dispatch_stop_signal = sig;
+}
+
+static void dispatch_setup(struct dispatch *d)
+{
+    GError *err = NULL;
+    struct relay_url url;
+
+    if (!relay_url_parse(d->cfg->relay.url, &url, &err))
+        msg_fatal("%s: [relay] url: %s", d->cfg->path ? d->cfg->path : "(defaults)", err->message);
+    relay_url_clear(&url);
+    if (!spool_open(&d->spool, d->cfg, &err))
+        msg_fatal("%s", err->message);
+    d->zctx = zmq_ctx_new();
+    if (!dispatch_bind(d, &err))
+        msg_fatal("%s", err->message);
+    d->jobs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
+    d->done = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    d->policy.initial = (gint64)d->cfg->retry.initial * G_USEC_PER_SEC;
+    d->policy.max = (gint64)d->cfg->retry.max * G_USEC_PER_SEC;
+    d->policy.lifetime = (gint64)d->cfg->retry.lifetime * G_USEC_PER_SEC;
+    d->mail_from = g_strdup(d->cfg->bounce.envelope_from);
+    d->rate_refilled = dispatch_mono_ms();
+    d->work_hinted = TRUE;          /* the rescan at start */
+}
+
+static void dispatch_loop(struct dispatch *d)
+{
+    int64_t next_tick = 0, next_reader_check = dispatch_mono_ms() + READER_CHECK_MS;
+
+    while (!dispatch_stop_signal) {
+        zmq_pollitem_t items[3] = {
+            { d->router, 0, ZMQ_POLLIN, 0 },
+            { d->hints, 0, ZMQ_POLLIN, 0 },
+            { d->zap, 0, ZMQ_POLLIN, 0 },
+        };
+        int64_t now = dispatch_mono_ms();
+        long timeout = d->work_hinted ? 0 : (long)MAX(next_tick - now, 0);
+
+        zmq_poll(items, d->zap ? 3 : 2, timeout);
+        dispatch_receive(d);
+        if (d->done->len) {
+            dispatch_record_results(d, d->done);
+            g_ptr_array_set_size(d->done, 0);
+        }
+        now = dispatch_mono_ms();
+        if (now >= next_tick) {
+            next_tick = now + TICK_MS;
+            dispatch_heartbeat(d);
+            dispatch_expire_leases(d);
+            d->work_hinted = TRUE;
+        }
+        if (now >= next_reader_check) {
+            next_reader_check = now + READER_CHECK_MS;
+            spool_reader_check(d->spool);
+        }
+        if (d->work_hinted) {
+            d->work_hinted = FALSE;
+            dispatch_lease_transforms(d);
+            dispatch_lease_deliveries(d);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    g_autofree char *config_path = NULL;
+    gboolean foreground = FALSE;
+    GOptionEntry options[] = {
+        { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path, "configuration file", "FILE" },
+        { "foreground", 'f', 0, G_OPTION_ARG_NONE, &foreground, "log to stderr", NULL },
+        { NULL }
+    };
+    g_autoptr(GOptionContext) octx = g_option_context_new("- Postern dispatcher");
+    struct postern_config cfg;
+    struct dispatch d = { .cfg = &cfg };
+    GError *err = NULL;
+
+    log_init("postern-dispatch", TRUE);
+    g_option_context_add_main_entries(octx, options, NULL);
+    if (!g_option_context_parse(octx, &argc, &argv, &err)) {
+        g_printerr("postern-dispatch: %s\n", err->message);
+        return CONFIG_EXIT_USAGE;
+    }
+    log_init("postern-dispatch", foreground);
+    config_load_or_exit(&cfg, config_path);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, dispatch_on_signal);
+    signal(SIGINT, dispatch_on_signal);
+
+    dispatch_setup(&d);
+    msg_info("daemon started: spool %s, workers at %s, relay %s", cfg.spool.dir,
+             cfg.workers.dispatch, cfg.relay.url);
+    dispatch_loop(&d);
+
+    /* Leases live in the spool: the next dispatcher picks up from there. */
+    msg_info("daemon stopped");
+    zmq_close(d.router);
+    zmq_close(d.hints);
+    if (d.zap)
+        zmq_close(d.zap);
+    zmq_ctx_term(d.zctx);
+    g_hash_table_unref(d.workers);
+    g_hash_table_unref(d.jobs);
+    g_ptr_array_unref(d.done);
+    if (d.allowed_keys)
+        g_hash_table_unref(d.allowed_keys);
+    g_free(d.mail_from);
+    spool_close(d.spool);
+    config_free(&cfg);
+    return 0;
+}

@@ -1,0 +1,232 @@
+/*
+ * dispatch_result.c - record what the sender workers report.
+ *
+ * Each recipient's result is checked against the lease in the spool
+ * (fencing: a result for a lease that expired or was never ours changes
+ * nothing), classified by the retry policy, logged as one Postfix-style
+ * line, and the message moves on: done when every delivery has ended,
+ * with a bounce report queued for the token owner if any bounced.
+ */
+#include "sender/dispatch.h"
+#include "spool/log.h"
+
+#include <string.h>
+
+struct rresult {
+    struct dispatch *d;
+    GPtrArray *results;             /* struct wire_send_result* */
+    gboolean any_sent;
+    gboolean paused;
+    int64_t pause_until_us;         /* applied to the dispatcher after commit */
+};
+
+static char *result_reply(const struct wire_rcpt_result *r)
+{
+    if (r->code)
+        return g_strdup_printf("%u%s%s %s", r->code, *r->status ? " " : "", r->status, r->text);
+    return g_strdup(r->text);
+}
+
+/* Queue the owner's bounce notice: the transform writes and signs it. */
+static gboolean result_bounce_report(struct spool_txn *t, const struct spool_msg *m, GError **err)
+{
+    struct spool_msg rep;
+    char id[QUEUE_ID_LEN + 1], about[QUEUE_ID_LEN + 1];
+    gboolean ok;
+
+    spool_msg_init(&rep);
+    if (!(rep.id = spool_id_next(t, err)))
+        return FALSE;
+    rep.state = MSG_INCOMING;
+    rep.arrival = g_get_real_time() / G_USEC_PER_SEC;
+    rep.sender = g_strdup("");
+    g_ptr_array_add(rep.recipients, g_strdup(m->owner));
+    rep.kind = g_strdup(MSG_KIND_BOUNCE_REPORT);
+    rep.owner = g_strdup(m->owner);
+    rep.ref = m->id;
+    rep.proto = g_strdup("local");
+    ok = spool_msg_insert(t, &rep, err) && spool_body_put(t, DB_BODIES, rep.id, "", 0, err);
+    spool_id_format(rep.id, id);
+    spool_id_format(m->id, about);
+    if (ok)
+        spool_txn_log(t, "%s: bounce report about %s queued for <%s>", id, about, m->owner);
+    spool_msg_clear(&rep);
+    return ok;
+}
+
+/* After its deliveries changed: ready, deferred, or done. */
+static gboolean result_message_state(struct spool_txn *t, queue_id msg, GError **err)
+{
+    uint32_t n[DLV_STATE_COUNT];
+    struct spool_msg m;
+    enum msg_state to;
+    gboolean ok = TRUE;
+
+    if (!spool_dlv_counts(t, msg, n, err) || !spool_msg_get(t, msg, &m, err))
+        return FALSE;
+    if (n[DLV_READY] || n[DLV_LEASED])
+        to = MSG_READY;
+    else if (n[DLV_DEFERRED])
+        to = MSG_DEFERRED;
+    else
+        to = MSG_DONE;
+    if (m.state != to && m.state != MSG_HOLD) {
+        g_autofree char *why = to == MSG_DONE ? g_strdup_printf("sent=%u bounced=%u", n[DLV_SENT],
+                                                                n[DLV_BOUNCED])
+                                              : NULL;
+        ok = spool_msg_set_state(t, &m, to, why, err);
+        if (ok && to == MSG_DONE && n[DLV_BOUNCED] && m.owner &&
+            g_strcmp0(m.kind, MSG_KIND_NOTICE) != 0)
+            ok = result_bounce_report(t, &m, err);
+    }
+    spool_msg_clear(&m);
+    return ok;
+}
+
+/*
+ * Decide a delivery's next state from one attempt.  A quota or throttle
+ * reply pauses the whole relay and defers (never bounces) the delivery.
+ */
+static const char *result_apply(struct rresult *rr, struct spool_dlv *dv,
+                                 const struct wire_rcpt_result *r, int64_t now_us)
+{
+    struct dispatch *d = rr->d;
+    struct smtp_rcpt_result sr = { .code = r->code, .text = r->text, .error = r->error };
+    enum retry_verdict v;
+    gint64 next = 0;
+
+    g_strlcpy(sr.status, r->status, sizeof(sr.status));
+    dv->attempts++;
+    dv->lease = 0;
+    g_free(dv->last_reply);
+    dv->last_reply = result_reply(r);
+    v = retry_classify(&sr);
+    if (v == RETRY_PAUSE) {
+        rr->pause_until_us = now_us + retry_pause(&d->policy, d->pauses + 1);
+        rr->paused = TRUE;
+        dv->state = DLV_DEFERRED;
+        dv->next_try = rr->pause_until_us / G_USEC_PER_SEC;
+        return "deferred";
+    }
+    if (v == RETRY_DEFER)
+        v = retry_schedule(&d->policy, dv->attempts, dv->created * G_USEC_PER_SEC, now_us,
+                           g_random_double(), &next);
+    switch (v) {
+    case RETRY_SENT:
+        dv->state = DLV_SENT;
+        rr->any_sent = TRUE;
+        return "sent";
+    case RETRY_DEFER:
+        dv->state = DLV_DEFERRED;
+        dv->next_try = next / G_USEC_PER_SEC;
+        return "deferred";
+    default:
+        dv->state = DLV_BOUNCED;
+        return "bounced";
+    }
+}
+
+static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct rresult *rr = ctx;
+    int64_t now_us = g_get_real_time();
+
+    rr->any_sent = rr->paused = FALSE;
+    for (guint j = 0; j < rr->results->len; j++) {
+        struct wire_send_result *res = rr->results->pdata[j];
+        char id[QUEUE_ID_LEN + 1];
+        struct spool_msg m;
+
+        spool_id_format(res->msg, id);
+        if (!spool_msg_get(t, res->msg, &m, NULL)) {
+            msg_warn("%s: result for a message no longer in the spool: ignored", id);
+            continue;
+        }
+        for (guint i = 0; i < res->results->len; i++) {
+            const struct wire_rcpt_result *r = &g_array_index(res->results, struct wire_rcpt_result, i);
+            struct spool_dlv dv;
+
+            if (!spool_dlv_get(t, res->msg, r->idx, &dv, NULL))
+                continue;
+            if (dv.state != DLV_LEASED || dv.lease != res->lease) {
+                msg_warn("%s: to=<%s>: result for an expired lease ignored", id, dv.rcpt);
+                spool_dlv_clear(&dv);
+                continue;
+            }
+            const char *status = result_apply(rr, &dv, r, now_us);
+            spool_txn_log(t, "%s: to=<%s>, relay=%s, delay=%.1f, attempts=%u, dsn=%s, status=%s (%s)",
+                          id, dv.rcpt, *r->relay ? r->relay : "none",
+                          (double)(now_us / 1000 - m.arrival * 1000) / 1000.0, dv.attempts,
+                          *r->status ? r->status : (r->code / 100 == 2 ? "2.0.0" : "4.0.0"),
+                          status, dv.last_reply);
+            gboolean ok = spool_dlv_put(t, &dv, err);
+            spool_dlv_clear(&dv);
+            if (!ok) {
+                spool_msg_clear(&m);
+                return FALSE;
+            }
+        }
+        spool_msg_clear(&m);
+        if (!result_message_state(t, res->msg, err))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static void result_free(gpointer p)
+{
+    wire_send_result_clear(p);
+    g_free(p);
+}
+
+/*
+ * Results that arrive together are recorded in one transaction: one
+ * fsync for a whole round of workers' reports.
+ */
+void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
+{
+    struct rresult rr = { d, g_ptr_array_new_with_free_func(result_free) };
+    GError *err = NULL;
+
+    for (guint i = 0; i < payloads->len; i++) {
+        struct wire_send_result *res = g_new0(struct wire_send_result, 1);
+        if (!wire_send_result_decode(payloads->pdata[i], res)) {
+            msg_warn("malformed SDONE from a worker: ignored");
+            result_free(res);
+            continue;
+        }
+        g_ptr_array_add(rr.results, res);
+    }
+    if (!spool_write(d->spool, result_write, &rr, &err)) {
+        /* The leases stay: they expire and the deliveries are tried again. */
+        msg_error("recording %u result(s) failed: %s", rr.results->len, err->message);
+        g_clear_error(&err);
+    } else {
+        if (rr.any_sent && !rr.paused)
+            d->pauses = 0;
+        if (rr.paused) {
+            d->pauses++;
+            d->paused_until = rr.pause_until_us / 1000;
+            g_autoptr(GDateTime) until = g_date_time_new_from_unix_local(d->paused_until / 1000);
+            g_autofree char *when = g_date_time_format(until, "%H:%M:%S");
+            msg_warn("relay %s paused until %s after a quota or throttle reply", d->cfg->relay.url,
+                     when);
+        }
+    }
+    for (guint i = 0; i < rr.results->len; i++)
+        g_hash_table_remove(d->jobs, &((struct wire_send_result *)rr.results->pdata[i])->lease);
+    g_ptr_array_unref(rr.results);
+    d->work_hinted = TRUE;
+}
+
+void dispatch_forget_worker(struct dispatch *d, struct worker *w)
+{
+    GHashTableIter it;
+    struct job *j;
+
+    /* Its jobs no longer hold a connection; their leases expire on their own. */
+    g_hash_table_iter_init(&it, d->jobs);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&j))
+        if (j->worker == w)
+            g_hash_table_iter_remove(&it);
+}

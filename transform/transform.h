@@ -1,0 +1,125 @@
+/*
+ * transform.h - postern-transform internals (SPEC §4).
+ *
+ * One process, one thread, one job at a time: the dispatcher leases an
+ * `incoming` message (TJOB), the worker reads it in a short read
+ * transaction, does the GMime and DKIM work with no transaction open, and
+ * commits the outcome in ONE write transaction that first checks the lease
+ * is still its own (fencing).  Several workers run side by side; LMDB's
+ * write lock orders their commits, and a token is marked used in the same
+ * transaction that creates the deliveries, so it can never send twice.
+ *
+ * transform_main.c    set-up, DKIM keys, the DEALER socket and its loop
+ * transform_job.c     one job: load, plan, commit (fenced)
+ * transform_sign.c    DKIM signing of outgoing copies and their To: headers
+ * transform_notice.c  notices: rejection, success, bounce report
+ */
+#ifndef POSTERN_TRANSFORM_H
+#define POSTERN_TRANSFORM_H
+
+#include <glib.h>
+
+#include "spool/config.h"
+#include "spool/hint.h"
+#include "spool/spool.h"
+#include "spool/token.h"
+#include "transform/dkim.h"
+
+struct transform {
+    const struct postern_config *cfg;
+    struct spool *spool;
+    GPtrArray *keys;                /* struct dkim_key *, one signature each */
+};
+
+/* Errors of the transform itself (the spool, MIME and DKIM have their own). */
+#define TRANSFORM_ERROR transform_error_quark()
+GQuark transform_error_quark(void);
+enum transform_error {
+    TRANSFORM_ERR_FENCED,           /* the lease is no longer ours: drop the job */
+    TRANSFORM_ERR_REPLAN,           /* the token changed since it was read: plan again */
+};
+
+/* ---- transform_job.c ----------------------------------------------------- */
+
+/*
+ * Run the job `lease` for message id to its end and return the outcome
+ * word for TDONE: "ready", "rejected", "hold", "notice" (a bounce report
+ * written), "done" (nothing to report), "stale" (not our lease any more)
+ * or "error" (the spool failed; the lease will run out and the job return).
+ */
+const char *transform_job(struct transform *tf, uint64_t lease, queue_id id);
+
+/* ---- transform_sign.c ---------------------------------------------------- */
+
+/*
+ * One serialised copy (CRLF, no To:, no signature) split once and its body
+ * hashed once: every recipient's signature reuses the hash.
+ */
+struct sign_copy {
+    GBytes *bytes;
+    size_t header_len;              /* header lines, each with its CRLF */
+    unsigned char body_hash[DKIM_HASH_LEN];
+};
+
+gboolean sign_copy_init(struct sign_copy *c, GBytes *bytes, GError **err);
+void sign_copy_clear(struct sign_copy *c);
+
+/*
+ * The block to send before c->bytes: one DKIM-Signature per key, then
+ * `prefix` (header lines with CRLFs: "To: ...\r\n"), signed as prefix +
+ * c's header exactly as sent.
+ */
+GBytes *sign_block(const struct transform *tf, const struct sign_copy *c, const char *prefix,
+                   gint64 now, GError **err);
+
+/* A whole signed message: sign_block(prefix) followed by c->bytes. */
+GBytes *sign_whole(const struct transform *tf, const struct sign_copy *c, const char *prefix,
+                   gint64 now, GError **err);
+
+/*
+ * The copies of a transformed message.  personalize: *outgoing is the
+ * common copy and headers[i] the block of rcpts[i] (its signatures and its
+ * own To:).  Otherwise *outgoing is the whole signed message with
+ * "To: undisclosed-recipients:;" and every headers[i] is NULL.
+ */
+gboolean sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArray *rcpts,
+                         gint64 now, GBytes **outgoing, GPtrArray *headers, GError **err);
+
+/* ---- transform_notice.c -------------------------------------------------- */
+
+/* A notice written and signed outside any transaction, stored by notice_store(). */
+struct notice {
+    char *to;
+    queue_id ref;                   /* the message it is about */
+    GBytes *bytes;                  /* complete signed message */
+    char *message_id;
+};
+
+void notice_free(struct notice *n);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(notice, notice_free)
+
+/* To the sender of a rejected message: why nothing was sent. */
+struct notice *notice_rejected(const struct transform *tf, const struct spool_msg *m,
+                               const char *subject, const char *reason, gint64 now,
+                               GError **err);
+/* To the token owner of a transformed message: how many copies go out. */
+struct notice *notice_accepted(const struct transform *tf, const struct spool_msg *m,
+                               const char *subject, const char *owner, unsigned nrcpt,
+                               gint64 now, GError **err);
+/* To the owner of message ref: who bounced and why (bounced: struct spool_dlv *). */
+struct notice *notice_bounced(const struct transform *tf, const struct spool_msg *ref,
+                              const char *subject, const char *owner, GPtrArray *bounced,
+                              unsigned total, gint64 now, GError **err);
+
+/*
+ * Inside a write transaction: store n as a new message of kind notice in
+ * state ready with its one delivery.  into, when not NULL, is an existing
+ * message (a bounce report) that becomes the notice instead.
+ */
+gboolean notice_store(struct spool_txn *t, const struct notice *n, struct spool_msg *into,
+                      gint64 now, GError **err);
+
+/* The Subject of a serialised message, decoded to UTF-8 ("" when none). */
+char *notice_subject_of(const char *data, size_t len);
+
+#endif
