@@ -64,6 +64,7 @@ static const struct config_key config_keys[] = {
     K("relay", "max_connections", CT_COUNT, "10", relay.max_connections),
     K("relay", "max_rcpt_per_txn", CT_COUNT, "100", relay.max_rcpt_per_txn),
     K("relay", "rate", CT_RATE, "0", relay.rate),
+    K("relay", "timeout", CT_DURATION, "5m", relay.timeout),
 
     K("retry", "initial", CT_DURATION, "5m", retry.initial),
     K("retry", "max", CT_DURATION, "1h", retry.max),

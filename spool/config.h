@@ -54,6 +54,7 @@ struct postern_config {
         uint64_t max_connections;
         uint64_t max_rcpt_per_txn;
         double rate;
+        uint64_t timeout;           /* every SMTP phase of the sender workers */
     } relay;
     struct {
         uint64_t initial;

@@ -188,6 +188,15 @@ static int postern_run(const char *config, gboolean use_syslog)
     sup.loop = g_main_loop_new(NULL, FALSE);
     sup.children = g_ptr_array_new();
     postern_add(&sup, self_dir, "ingest", "postern-ingest", "postern-ingest", config, !use_syslog);
+    postern_add(&sup, self_dir, "sender", "postern-dispatch", "postern-dispatch", config, !use_syslog);
+    for (uint64_t i = 0; i < cfg.workers.transforms; i++) {
+        g_autofree char *name = g_strdup_printf("postern-transform#%" G_GUINT64_FORMAT, i + 1);
+        postern_add(&sup, self_dir, "transform", "postern-transform", name, config, !use_syslog);
+    }
+    for (uint64_t i = 0; i < cfg.workers.count; i++) {
+        g_autofree char *name = g_strdup_printf("postern-sender#%" G_GUINT64_FORMAT, i + 1);
+        postern_add(&sup, self_dir, "sender", "postern-sender", name, config, !use_syslog);
+    }
 
     g_unix_signal_add(SIGTERM, postern_stop, &sup);
     g_unix_signal_add(SIGINT, postern_stop, &sup);

@@ -20,7 +20,6 @@
 #include <glib.h>
 
 #include "spool/config.h"
-#include "spool/hint.h"
 #include "spool/spool.h"
 #include "spool/token.h"
 #include "transform/dkim.h"
@@ -96,7 +95,6 @@ struct notice {
 };
 
 void notice_free(struct notice *n);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(notice, notice_free)
 
 /* To the sender of a rejected message: why nothing was sent. */
 struct notice *notice_rejected(const struct transform *tf, const struct spool_msg *m,
