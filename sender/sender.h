@@ -1,0 +1,62 @@
+/*
+ * sender.h - postern-sender: the stateless sender worker (SPEC §5).
+ *
+ * sender_main.c  the main thread: config, secrets, one DEALER socket to the
+ *                dispatcher ([workers] dispatch; tcp:// only with CURVE),
+ *                the wire protocol of spool/wire.h (HELLO, CREDIT, PING,
+ *                WHO, SJOB, SDONE) and a clean stop on SIGTERM.
+ * sender_slot.c  [workers] slots slot threads; each runs one job at a time
+ *                on its own SMTP client and hands the result back.
+ *
+ * The worker never opens the spool: a job carries every byte it needs, so
+ * a worker may run on another host.  It keeps no state worth saving either:
+ * killed, its leases run out and the dispatcher gives the jobs to others.
+ *
+ * Connections: a slot keeps its relay connection open between jobs (RSET,
+ * no new TLS handshake or AUTH) and closes it after SENDER_IDLE_MS without
+ * a job.  Under load a slot is either busy or about to be, so the open
+ * connections are about the jobs in flight, which is what the dispatcher
+ * counts against [relay] max_connections.
+ */
+#ifndef POSTERN_SENDER_H
+#define POSTERN_SENDER_H
+
+#include <glib.h>
+
+#include "sender/smtp.h"
+#include "spool/config.h"
+#include "spool/wire.h"
+
+#define SENDER_IDLE_MS 2000
+
+struct sender {
+    const struct postern_config *cfg;
+    struct relay_url url;
+    struct smtp_client_config smtp;     /* read-only once the slots run */
+    char *password;                     /* [relay] password_file, never logged */
+    GAsyncQueue *jobs;                  /* struct wire_send_job *: main -> slots */
+    GAsyncQueue *done;                  /* struct wire_send_result *: slots -> main */
+    int wake_fd;                        /* eventfd, written after each push to done */
+    GPtrArray *threads;
+};
+
+/* sender_slot.c */
+void sender_slots_start(struct sender *s);
+/* After the last job: stop every slot thread, close its connection, join. */
+void sender_slots_stop(struct sender *s);
+
+/*
+ * The SMTP transactions of a job, each a GArray of guint positions in
+ * job->rcpts: every recipient with its own header block alone, those
+ * without one (identical copies) together, at most max_rcpt at a time.
+ */
+GPtrArray *sender_plan(const struct wire_send_job *job, guint max_rcpt);
+
+/*
+ * Deliver a job, filling res->results with one result per recipient.
+ * *client is the slot's SMTP client, created here when NULL (SMTP relays).
+ */
+void sender_deliver(const struct sender *s, struct smtp_client **client,
+                    const struct wire_send_job *job, struct wire_send_result *res);
+
+#endif
