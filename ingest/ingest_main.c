@@ -102,6 +102,8 @@ int main(int argc, char **argv)
 
     ingest_listen_stop(&ig);
     session_shutdown_all(&ig);
+    g_ptr_array_unref(ig.batch);
+    g_hash_table_unref(ig.recipients);
     hint_sender_close(ig.hints);
     spool_close(ig.spool);
     config_free(&cfg);

@@ -10,6 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 
+/* spoolctl_dkim.c */
+int ctl_dkim(struct ctl *c, int argc, char **argv);
+
 static const struct {
     const char *name;
     int (*run)(struct ctl *c, int argc, char **argv);
@@ -17,13 +20,14 @@ static const struct {
 } ctl_commands[] = {
     { "stats", ctl_stats, "counts per state, oldest message, spool size" },
     { "list", ctl_list, "[--state S] [--sender A] [--older-than D] [--limit N]" },
-    { "show", ctl_show, "ID [--raw | --deliveries]" },
+    { "show", ctl_show, "ID [--raw | --outgoing [--rcpt A] | --deliveries]" },
     { "hold", ctl_hold, "ID | --all" },
     { "release", ctl_release, "ID | --all" },
     { "retry", ctl_retry, "ID | --all" },
     { "delete", ctl_delete, "ID | --state S" },
     { "purge", ctl_purge, "--older-than D" },
     { "token", ctl_token, "add|import|list|show|revoke ..." },
+    { "dkim", ctl_dkim, "keygen --type rsa|ed25519 --out FILE [--selector S]" },
 };
 
 gboolean ctl_parse(struct ctl *c, int *argc, char ***argv, const char *usage,

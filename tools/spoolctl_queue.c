@@ -310,8 +310,10 @@ static void ctl_show_json(const struct spool_msg *m)
     const struct { const char *name; const char *value; } fields[] = {
         { "state", msg_state_name(m->state) }, { "sender", m->sender },
         { "client", m->client }, { "helo", m->helo }, { "proto", m->proto },
-        { "received", m->received },
+        { "received", m->received }, { "kind", m->kind ? m->kind : MSG_KIND_MAIL },
+        { "owner", m->owner }, { "message_id", m->message_id },
     };
+    char ref[QUEUE_ID_LEN + 1] = "";
 
     spool_id_format(m->id, id);
     json_builder_begin_object(b);
@@ -321,6 +323,10 @@ static void ctl_show_json(const struct spool_msg *m)
         json_builder_set_member_name(b, fields[i].name);
         json_builder_add_string_value(b, fields[i].value ? fields[i].value : "");
     }
+    json_builder_set_member_name(b, "ref");
+    if (m->ref)
+        spool_id_format(m->ref, ref);
+    json_builder_add_string_value(b, ref);
     json_builder_set_member_name(b, "arrival");
     json_builder_add_int_value(b, m->arrival);
     json_builder_set_member_name(b, "since");
@@ -401,11 +407,60 @@ static gboolean ctl_show_delivery(const struct spool_dlv *d, void *ctx)
     return TRUE;
 }
 
+/* The header block of the delivery to rcpt (case-insensitive), or of the first. */
+struct ctl_outgoing {
+    const char *rcpt;
+    gboolean found;
+    GBytes *header;
+};
+
+static gboolean ctl_outgoing_pick(const struct spool_dlv *d, void *ctx)
+{
+    struct ctl_outgoing *o = ctx;
+
+    if (o->rcpt && g_ascii_strcasecmp(o->rcpt, d->rcpt) != 0)
+        return TRUE;
+    o->found = TRUE;
+    o->header = d->header ? g_bytes_ref(d->header) : NULL;
+    return FALSE;
+}
+
+/* The exact bytes sent to one recipient: its header block, then the common copy. */
+static int ctl_show_outgoing(struct spool_txn *t, queue_id id, const char *rcpt)
+{
+    struct ctl_outgoing o = { .rcpt = rcpt };
+    g_autoptr(GByteArray) body = g_byte_array_new();
+    GError *err = NULL;
+
+    if (!spool_dlv_foreach(t, id, ctl_outgoing_pick, &o, &err))
+        return ctl_fail(err);
+    if (!o.found) {
+        fprintf(stderr, "spoolctl: no delivery%s%s\n", rcpt ? " to " : "", rcpt ? rcpt : "");
+        return CTL_NOT_FOUND;
+    }
+    if (!spool_body_get(t, DB_OUTGOING, id, body, &err)) {
+        g_clear_pointer(&o.header, g_bytes_unref);
+        return ctl_fail(err);
+    }
+    if (o.header) {
+        gsize n;
+        const void *p = g_bytes_get_data(o.header, &n);
+        fwrite(p, 1, n, stdout);
+        g_bytes_unref(o.header);
+    }
+    fwrite(body->data, 1, body->len, stdout);
+    return CTL_OK;
+}
+
 int ctl_show(struct ctl *c, int argc, char **argv)
 {
-    gboolean raw = FALSE, deliveries = FALSE;
+    gboolean raw = FALSE, deliveries = FALSE, outgoing = FALSE;
+    g_autofree char *rcpt = NULL;
     GOptionEntry entries[] = {
         { "raw", 0, 0, G_OPTION_ARG_NONE, &raw, "the message bytes as received", NULL },
+        { "outgoing", 0, 0, G_OPTION_ARG_NONE, &outgoing, "the bytes sent to a recipient", NULL },
+        { "rcpt", 0, 0, G_OPTION_ARG_STRING, &rcpt, "with --outgoing: this one (default: the first)",
+          "A" },
         { "deliveries", 0, 0, G_OPTION_ARG_NONE, &deliveries, "each recipient's delivery", NULL },
         { NULL }
     };
@@ -432,6 +487,8 @@ int ctl_show(struct ctl *c, int argc, char **argv)
             fwrite(body->data, 1, body->len, stdout);
         else
             rc = ctl_fail(err);
+    } else if (outgoing) {
+        rc = ctl_show_outgoing(&t, id, rcpt);
     } else if (deliveries) {
         if (!c->json)
             printf("%-40s  %-8s  %3s  %-19s  %s\n", "RECIPIENT", "STATE", "TRY", "NEXT TRY",

@@ -1,0 +1,425 @@
+/*
+ * postern-sender - the stateless sender worker: takes send jobs from the
+ * dispatcher by credit, delivers them on its slot threads, answers SDONE.
+ *
+ * Set up (config, relay password, CURVE keys, DEALER socket, slots), then
+ * one zmq_poll loop over the DEALER, the slots' eventfd and a signalfd.
+ */
+#include "sender/sender.h"
+#include "spool/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/crypto.h>
+#include <zmq.h>
+
+#define SECRET_FILE_MAX 65536
+#define MONITOR_ENDPOINT "inproc://sender-monitor"
+
+/* The main thread's side of the conversation with the dispatcher. */
+struct conn {
+    void *zctx;
+    void *dealer;
+    void *monitor;                      /* CURVE handshake events, tcp:// only */
+    char *public_key;                   /* ours, Z85, for the log */
+    int sig_fd;
+    guint slots;
+    guint busy;                         /* jobs received and not yet answered */
+    gboolean stopping;
+    gboolean silent;                    /* the dispatcher went quiet */
+    gboolean auth_refused;              /* logged once until a handshake succeeds */
+    gint64 last_heard;                  /* monotonic us */
+    gint64 next_ping;
+};
+
+/* A config problem: one line on stderr, exit 2 (SPEC §2). */
+static G_NORETURN G_GNUC_PRINTF(1, 2) void sender_config_fail(const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *why = NULL;
+
+    va_start(ap, fmt);
+    why = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s: %s\n", log_progname(), why);
+    exit(CONFIG_EXIT_USAGE);
+}
+
+/*
+ * A secret (relay password, CURVE secret key) from a file that only its
+ * owner may read (SPEC §8).  The mode is checked on the open descriptor,
+ * so the file checked is the file read.
+ */
+static char *sender_read_secret(const struct postern_config *cfg, const char *key,
+                                const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    GString *text = g_string_new(NULL);
+    struct stat st;
+    char buf[4096];
+    ssize_t n;
+
+    if (fd < 0 || fstat(fd, &st) < 0)
+        sender_config_fail("%s: %s %s: %s", cfg->path, key, path, g_strerror(errno));
+    if (st.st_mode & (S_IRGRP | S_IROTH))
+        sender_config_fail("%s: %s %s: readable by group or others; chmod 600 it",
+                           cfg->path, key, path);
+    while ((n = read(fd, buf, sizeof(buf))) > 0 && text->len < SECRET_FILE_MAX)
+        g_string_append_len(text, buf, n);
+    if (n < 0)
+        sender_config_fail("%s: %s %s: %s", cfg->path, key, path, g_strerror(errno));
+    close(fd);
+    return g_string_free(text, FALSE);
+}
+
+/* The relay: URL, TLS level, password, client timeouts; a bad ca_file fails here. */
+static void sender_setup_relay(struct sender *s, const struct postern_config *cfg)
+{
+    g_autoptr(GError) err = NULL;
+    struct smtp_client *probe;
+
+    if (!relay_url_parse(cfg->relay.url, &s->url, &err))
+        sender_config_fail("%s: [relay] url: %s", cfg->path, err->message);
+    if (s->url.kind == RELAY_MAILDIR)
+        return;
+    if (!smtp_tls_parse(cfg->relay.tls, &s->smtp.tls, &err))
+        sender_config_fail("%s: [relay] tls: %s", cfg->path, err->message);
+    if (*cfg->relay.user && !*cfg->relay.password_file)
+        sender_config_fail("%s: [relay] user is set but password_file is not", cfg->path);
+    if (*cfg->relay.password_file) {
+        s->password = sender_read_secret(cfg, "[relay] password_file", cfg->relay.password_file);
+        s->password[strcspn(s->password, "\r\n")] = '\0';
+    }
+    s->smtp.url = &s->url;
+    s->smtp.ca_file = cfg->relay.ca_file;
+    s->smtp.user = cfg->relay.user;
+    s->smtp.password = s->password;
+    s->smtp.helo_name = cfg->ingest.hostname;
+    for (int i = 0; i < SMTP_PHASE_COUNT; i++)
+        s->smtp.timeouts[i] = (int)MIN(cfg->relay.timeout * 1000, G_MAXINT);
+    if (!(probe = smtp_client_new(&s->smtp, &err)))
+        sender_config_fail("%s: [relay]: %s", cfg->path, err->message);
+    smtp_client_free(probe);
+}
+
+/*
+ * tcp:// carries mail across hosts: only with CURVE (SPEC §8).  Our key
+ * file holds two Z85 lines, public then secret (the dispatcher's format);
+ * curve_server_public_key is the dispatcher's public key.  Handshake
+ * events are watched so that a refused key is logged, not silent.
+ */
+static void sender_setup_curve(struct conn *c, const struct postern_config *cfg)
+{
+    const char *server = cfg->workers.curve_server_public_key;
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+
+    if (!*cfg->workers.curve_secret_key_file || !*server)
+        sender_config_fail("%s: [workers] dispatch %s: tcp:// needs CURVE: set "
+                           "curve_secret_key_file and curve_server_public_key",
+                           cfg->path, cfg->workers.dispatch);
+    text = sender_read_secret(cfg, "[workers] curve_secret_key_file",
+                              cfg->workers.curve_secret_key_file);
+    lines = g_strsplit(g_strstrip(text), "\n", -1);
+    if (g_strv_length(lines) != 2 || strlen(g_strstrip(lines[0])) != 40 ||
+        strlen(g_strstrip(lines[1])) != 40)
+        sender_config_fail("%s: [workers] curve_secret_key_file %s: expected two Z85 lines: "
+                           "public key, secret key", cfg->path, cfg->workers.curve_secret_key_file);
+    if (strlen(server) != 40)
+        sender_config_fail("%s: [workers] curve_server_public_key: not a 40-character Z85 key",
+                           cfg->path);
+    zmq_setsockopt(c->dealer, ZMQ_CURVE_SERVERKEY, server, 40);
+    zmq_setsockopt(c->dealer, ZMQ_CURVE_PUBLICKEY, lines[0], 40);
+    zmq_setsockopt(c->dealer, ZMQ_CURVE_SECRETKEY, lines[1], 40);
+    OPENSSL_cleanse(lines[1], 40);
+    OPENSSL_cleanse(text, strlen(text));
+    c->public_key = g_strdup(lines[0]);
+    zmq_socket_monitor(c->dealer, MONITOR_ENDPOINT,
+                       ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                       ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL);
+    c->monitor = zmq_socket(c->zctx, ZMQ_PAIR);
+    zmq_connect(c->monitor, MONITOR_ENDPOINT);
+}
+
+static void sender_connect(struct conn *c, const struct postern_config *cfg)
+{
+    int linger = 2000;
+
+    c->zctx = zmq_ctx_new();
+    c->dealer = zmq_socket(c->zctx, ZMQ_DEALER);
+    /* At exit, give the last SDONEs a moment to leave, not forever. */
+    zmq_setsockopt(c->dealer, ZMQ_LINGER, &linger, sizeof(linger));
+    if (g_str_has_prefix(cfg->workers.dispatch, "tcp://"))
+        sender_setup_curve(c, cfg);
+    if (zmq_connect(c->dealer, cfg->workers.dispatch) < 0)
+        sender_config_fail("%s: [workers] dispatch %s: %s", cfg->path, cfg->workers.dispatch,
+                           zmq_strerror(errno));
+}
+
+static guint sender_free_slots(const struct conn *c)
+{
+    return c->stopping || c->busy >= c->slots ? 0 : c->slots - c->busy;
+}
+
+/* Send without blocking; takes the payload. */
+static gboolean sender_say(struct conn *c, const char *cmd, GBytes *payload)
+{
+    gboolean ok = wire_send(c->dealer, NULL, cmd, payload);
+
+    if (payload)
+        g_bytes_unref(payload);
+    return ok;
+}
+
+/* HELLO resets the dispatcher's credit for us to what is free now. */
+static void sender_hello(struct conn *c)
+{
+    sender_say(c, WIRE_HELLO, wire_pack("(su)", "sender", sender_free_slots(c)));
+}
+
+/*
+ * A job is ours even when no slot is free (a HELLO crossed jobs already on
+ * their way) or we are stopping: it waits in the queue for the next free
+ * slot rather than for its lease to run out.
+ */
+static void sender_take(struct sender *s, struct conn *c, GBytes *payload)
+{
+    struct wire_send_job *job = g_new0(struct wire_send_job, 1);
+
+    if (!wire_send_job_decode(payload, job)) {
+        msg_warn("malformed SJOB from the dispatcher: ignored");
+        wire_send_job_clear(job);
+        g_free(job);
+        return;
+    }
+    c->busy++;
+    g_async_queue_push(s->jobs, job);
+}
+
+static void sender_receive(struct sender *s, struct conn *c)
+{
+    GBytes *payload;
+    char *cmd;
+
+    while (wire_recv(c->dealer, FALSE, NULL, &cmd, &payload)) {
+        c->last_heard = g_get_monotonic_time();
+        if (c->silent)
+            msg_info("dispatcher %s is back", s->cfg->workers.dispatch);
+        c->silent = FALSE;
+        if (g_str_equal(cmd, WIRE_SJOB)) {
+            sender_take(s, c, payload);
+        } else if (g_str_equal(cmd, WIRE_WHO)) {
+            msg_info("dispatcher does not know us (restarted?): HELLO again");
+            sender_hello(c);
+        } else if (!g_str_equal(cmd, WIRE_PING)) {
+            msg_warn("dispatcher sent an unknown command: ignored");
+        }
+        g_free(cmd);
+        g_bytes_unref(payload);
+    }
+}
+
+/*
+ * Results from the slots: SDONE each, and CREDIT(1) for each slot that is
+ * free again.  A result that cannot be sent costs a lease expiry and a
+ * second delivery elsewhere, never a lost one.
+ */
+static void sender_answer(struct sender *s, struct conn *c)
+{
+    struct wire_send_result *res;
+    uint64_t n;
+
+    if (read(s->wake_fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+        msg_panic("eventfd read: %m");
+    while ((res = g_async_queue_try_pop(s->done))) {
+        if (!sender_say(c, WIRE_SDONE, wire_send_result_encode(res)))
+            msg_warn("lease %" G_GUINT64_FORMAT ": result not sent to the dispatcher: %s",
+                     res->lease, zmq_strerror(errno));
+        wire_send_result_clear(res);
+        g_free(res);
+        c->busy--;
+        if (!c->stopping && c->busy < c->slots)
+            sender_say(c, WIRE_CREDIT, wire_pack("(u)", 1));
+    }
+}
+
+/* PING every WIRE_HEARTBEAT_MS; a dispatcher silent too long gets HELLO again. */
+static void sender_heartbeat(struct sender *s, struct conn *c)
+{
+    gint64 now = g_get_monotonic_time();
+
+    if (now < c->next_ping)
+        return;
+    c->next_ping = now + WIRE_HEARTBEAT_MS * 1000;
+    sender_say(c, WIRE_PING, NULL);
+    if (now - c->last_heard >= WIRE_DEAD_AFTER_MS * 1000) {
+        if (!c->silent)
+            msg_warn("dispatcher %s silent for %ds: HELLO again", s->cfg->workers.dispatch,
+                     WIRE_DEAD_AFTER_MS / 1000);
+        c->silent = TRUE;
+        c->last_heard = now;
+        sender_hello(c);
+    }
+}
+
+/* A refused CURVE key would otherwise look like a dispatcher with no work. */
+static void sender_watch_handshake(struct sender *s, struct conn *c)
+{
+    zmq_msg_t event, endpoint;
+
+    for (;;) {
+        uint16_t what;
+
+        zmq_msg_init(&event);
+        if (zmq_msg_recv(&event, c->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&event);
+            return;
+        }
+        memcpy(&what, zmq_msg_data(&event), sizeof(what));
+        zmq_msg_close(&event);
+        zmq_msg_init(&endpoint);
+        zmq_msg_recv(&endpoint, c->monitor, 0);
+        zmq_msg_close(&endpoint);
+        if (what == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            if (c->auth_refused)
+                msg_info("dispatcher %s accepted our CURVE key", s->cfg->workers.dispatch);
+            c->auth_refused = FALSE;
+        } else if (!c->auth_refused) {
+            msg_error("dispatcher %s refused our CURVE key %s: is it in the dispatcher's "
+                      "curve_allowed_keys_file, and curve_server_public_key its key?",
+                      s->cfg->workers.dispatch, c->public_key);
+            c->auth_refused = TRUE;
+        }
+    }
+}
+
+/*
+ * SIGTERM: tell the dispatcher we have no free slot (HELLO 0), finish the
+ * jobs we hold (each bounded by the client timeouts), answer them, exit.
+ */
+static void sender_stop(struct conn *c)
+{
+    struct signalfd_siginfo si;
+
+    if (read(c->sig_fd, &si, sizeof(si)) < 0 || c->stopping)
+        return;
+    msg_info("stopping on signal: finishing %u job(s)", c->busy);
+    c->stopping = TRUE;
+    sender_hello(c);
+}
+
+/* Signals arrive on a descriptor of the poll set; no thread takes them. */
+static int sender_signals(void)
+{
+    sigset_t set;
+    int fd;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if ((fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0)
+        msg_fatal("signalfd: %m");
+    return fd;
+}
+
+static void sender_loop(struct sender *s, struct conn *c)
+{
+    while (!c->stopping || c->busy > 0) {
+        zmq_pollitem_t items[] = {
+            { c->dealer, 0, ZMQ_POLLIN, 0 },
+            { NULL, s->wake_fd, ZMQ_POLLIN, 0 },
+            { NULL, c->sig_fd, ZMQ_POLLIN, 0 },
+            { c->monitor, 0, ZMQ_POLLIN, 0 },
+        };
+        gint64 wait = (c->next_ping - g_get_monotonic_time()) / 1000;
+
+        if (zmq_poll(items, c->monitor ? 4 : 3, MAX(wait, 0)) < 0 && errno != EINTR)
+            msg_fatal("zmq_poll: %s", zmq_strerror(errno));
+        if (items[2].revents)
+            sender_stop(c);
+        sender_receive(s, c);
+        if (items[1].revents)
+            sender_answer(s, c);
+        if (c->monitor && items[3].revents)
+            sender_watch_handshake(s, c);
+        sender_heartbeat(s, c);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    g_autofree char *config_path = NULL;
+    gboolean foreground = FALSE;
+    GOptionEntry options[] = {
+        { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path, "configuration file", "FILE" },
+        { "foreground", 'f', 0, G_OPTION_ARG_NONE, &foreground, "log to stderr", NULL },
+        { NULL }
+    };
+    g_autoptr(GOptionContext) octx = g_option_context_new("- Postern sender worker");
+    struct postern_config cfg;
+    struct sender s = { .cfg = &cfg };
+    struct conn c = { 0 };
+    GError *err = NULL;
+
+    log_init("postern-sender", TRUE);
+    g_option_context_add_main_entries(octx, options, NULL);
+    if (!g_option_context_parse(octx, &argc, &argv, &err)) {
+        g_printerr("postern-sender: %s\n", err->message);
+        return CONFIG_EXIT_USAGE;
+    }
+    log_init("postern-sender", foreground);
+    config_load_or_exit(&cfg, config_path);
+    if (cfg.workers.slots == 0)
+        sender_config_fail("%s: [workers] slots: must be more than 0", cfg.path);
+    signal(SIGPIPE, SIG_IGN);
+    sender_setup_relay(&s, &cfg);
+
+    /* Before any thread exists (ZeroMQ's too), so that all inherit the mask. */
+    c.sig_fd = sender_signals();
+    sender_connect(&c, &cfg);
+    c.slots = cfg.workers.slots;
+    s.jobs = g_async_queue_new();
+    s.done = g_async_queue_new();
+    if ((s.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        msg_fatal("eventfd: %m");
+    sender_slots_start(&s);
+
+    sender_hello(&c);
+    c.last_heard = g_get_monotonic_time();
+    c.next_ping = c.last_heard + WIRE_HEARTBEAT_MS * 1000;
+    msg_info("daemon started: %u slot(s), dispatcher %s, relay %s", c.slots,
+             cfg.workers.dispatch, cfg.relay.url);
+    sender_loop(&s, &c);
+
+    sender_slots_stop(&s);
+    if (c.monitor) {
+        zmq_socket_monitor(c.dealer, NULL, 0);
+        zmq_close(c.monitor);
+    }
+    zmq_close(c.dealer);
+    zmq_ctx_term(c.zctx);
+    g_async_queue_unref(s.jobs);
+    g_async_queue_unref(s.done);
+    close(s.wake_fd);
+    close(c.sig_fd);
+    if (s.password) {
+        OPENSSL_cleanse(s.password, strlen(s.password));
+        g_free(s.password);
+    }
+    g_free(c.public_key);
+    relay_url_clear(&s.url);
+    config_free(&cfg);
+    msg_info("daemon stopped");
+    return 0;
+}

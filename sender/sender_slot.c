@@ -1,0 +1,247 @@
+/*
+ * sender_slot.c - the slot threads: one job at a time each, on the slot's
+ * own SMTP client (or into the Maildir), results back to the main thread.
+ */
+#include "sender/sender.h"
+#include "spool/log.h"
+
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Pushed once per thread by sender_slots_stop(): "no more jobs". */
+static struct wire_send_job slot_stop;
+
+struct slot {
+    struct sender *s;
+    struct smtp_client *client;
+};
+
+static GArray *plan_add(GPtrArray *plan)
+{
+    GArray *txn = g_array_new(FALSE, FALSE, sizeof(guint));
+
+    g_ptr_array_add(plan, txn);
+    return txn;
+}
+
+GPtrArray *sender_plan(const struct wire_send_job *job, guint max_rcpt)
+{
+    GPtrArray *plan = g_ptr_array_new_with_free_func((GDestroyNotify)g_array_unref);
+    GArray *shared = NULL;
+
+    for (guint i = 0; i < job->rcpts->len; i++) {
+        const struct wire_rcpt *r = &g_array_index(job->rcpts, struct wire_rcpt, i);
+        GArray *txn;
+
+        if (r->header) {
+            txn = plan_add(plan);
+        } else {
+            if (!shared || shared->len >= max_rcpt)
+                shared = plan_add(plan);
+            txn = shared;
+        }
+        g_array_append_val(txn, i);
+    }
+    return plan;
+}
+
+static const struct wire_rcpt *job_rcpt(const struct wire_send_job *job, guint pos)
+{
+    return &g_array_index(job->rcpts, struct wire_rcpt, pos);
+}
+
+static void result_add(struct wire_send_result *res, uint32_t idx, int code, const char *status,
+                       const char *text, enum smtp_error error, const char *relay, double seconds)
+{
+    struct wire_rcpt_result r = {
+        .idx = idx, .code = code, .status = g_strdup(status), .text = g_strdup(text ? text : ""),
+        .error = error, .relay = g_strdup(relay ? relay : "none"), .seconds = seconds,
+    };
+
+    g_array_append_val(res->results, r);
+}
+
+/* The bytes of one copy: its own header block, if any, then the common body. */
+static size_t copy_parts(const struct wire_send_job *job, const struct wire_rcpt *r,
+                         const char *parts[2], size_t lens[2])
+{
+    size_t n = 0;
+
+    if (r->header)
+        parts[n] = g_bytes_get_data(r->header, &lens[n]), n++;
+    if (job->body)
+        parts[n] = g_bytes_get_data(job->body, &lens[n]), n++;
+    return n;
+}
+
+/*
+ * One file per recipient, the exact bytes it would have got from a relay.
+ * A failure (disk full, permissions) is local and temporary: 451 4.3.0,
+ * which the dispatcher defers like a relay's 451.
+ */
+static void deliver_maildir(const struct sender *s, const struct wire_send_job *job,
+                            struct wire_send_result *res)
+{
+    for (guint i = 0; i < job->rcpts->len; i++) {
+        const struct wire_rcpt *r = job_rcpt(job, i);
+        const char *parts[2];
+        size_t lens[2], n = copy_parts(job, r, parts, lens);
+        gint64 start = g_get_monotonic_time();
+        g_autoptr(GError) err = NULL;
+        gboolean ok = maildir_deliver(s->url.path, parts, lens, n, &err);
+        double seconds = (g_get_monotonic_time() - start) / 1e6;
+
+        if (ok)
+            result_add(res, r->idx, 250, "2.0.0", "delivered to maildir", SMTP_ERROR_NONE,
+                       "maildir", seconds);
+        else
+            result_add(res, r->idx, 451, "4.3.0", err->message, SMTP_ERROR_NONE, "maildir",
+                       seconds);
+    }
+}
+
+/*
+ * One transaction.  Returns the position in res->results of a result that
+ * says the session failed (no connection, timeout, lost, TLS, refused, or
+ * a 421 that closed it), or G_MAXUINT when it did not.
+ */
+static guint deliver_txn(struct smtp_client *client, const struct wire_send_job *job,
+                         GArray *txn, struct wire_send_result *res)
+{
+    const struct wire_rcpt *first = job_rcpt(job, g_array_index(txn, guint, 0));
+    g_autofree const char **rcpts = g_new(const char *, txn->len);
+    g_autofree struct smtp_rcpt_result *out = g_new0(struct smtp_rcpt_result, txn->len);
+    const char *parts[2];
+    size_t lens[2], n_parts = copy_parts(job, first, parts, lens);
+    gint64 start = g_get_monotonic_time();
+    guint failed = G_MAXUINT;
+    double seconds;
+
+    for (guint k = 0; k < txn->len; k++)
+        rcpts[k] = job_rcpt(job, g_array_index(txn, guint, k))->rcpt;
+    smtp_client_send(client, job->mail_from, rcpts, txn->len, parts, lens, n_parts, out, NULL);
+    seconds = (g_get_monotonic_time() - start) / 1e6;
+    for (guint k = 0; k < txn->len; k++) {
+        if (failed == G_MAXUINT && (out[k].error != SMTP_ERROR_NONE || out[k].code == 421))
+            failed = res->results->len;
+        result_add(res, job_rcpt(job, g_array_index(txn, guint, k))->idx, out[k].code,
+                   out[k].status, out[k].text, out[k].error, out[k].relay, seconds);
+    }
+    smtp_results_clear(out, txn->len);
+    return failed;
+}
+
+/*
+ * Transactions one after the other on the slot's connection.  Once the
+ * session has failed, the rest of the job gets the same result without
+ * another try, as Postfix does: a dead or hanging relay then costs one
+ * timeout per job, not one per recipient.
+ */
+static void deliver_smtp(struct smtp_client *client, const struct wire_send_job *job,
+                         guint max_rcpt, struct wire_send_result *res)
+{
+    g_autoptr(GPtrArray) plan = sender_plan(job, max_rcpt);
+    guint failed = G_MAXUINT;
+
+    for (guint t = 0; t < plan->len; t++) {
+        GArray *txn = plan->pdata[t];
+
+        if (failed == G_MAXUINT) {
+            failed = deliver_txn(client, job, txn, res);
+            continue;
+        }
+        for (guint k = 0; k < txn->len; k++) {
+            const struct wire_rcpt_result *f =
+                &g_array_index(res->results, struct wire_rcpt_result, failed);
+            result_add(res, job_rcpt(job, g_array_index(txn, guint, k))->idx, f->code,
+                       f->status, f->text, f->error, f->relay, 0);
+        }
+    }
+}
+
+void sender_deliver(const struct sender *s, struct smtp_client **client,
+                    const struct wire_send_job *job, struct wire_send_result *res)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (s->url.kind == RELAY_MAILDIR) {
+        deliver_maildir(s, job, res);
+        return;
+    }
+    /* Checked at start; only a file changed since (ca_file) fails here. */
+    if (!*client && !(*client = smtp_client_new(&s->smtp, &err))) {
+        msg_warn("SMTP client: %s", err->message);
+        for (guint i = 0; i < job->rcpts->len; i++)
+            result_add(res, job_rcpt(job, i)->idx, 0, "4.3.5", err->message, SMTP_ERROR_CONFIG,
+                       "none", 0);
+        return;
+    }
+    deliver_smtp(*client, job, s->cfg->relay.max_rcpt_per_txn, res);
+}
+
+static void slot_hand_back(struct sender *s, struct wire_send_result *res)
+{
+    uint64_t one = 1;
+
+    g_async_queue_push(s->done, res);
+    if (write(s->wake_fd, &one, sizeof(one)) != sizeof(one))
+        msg_panic("slot: eventfd write: %m");
+}
+
+/*
+ * Wait for a job; with a connection open, wait only SENDER_IDLE_MS and
+ * close it then, so that idle slots hold no relay connection.
+ */
+static gpointer slot_main(gpointer data)
+{
+    struct slot *slot = data;
+    struct sender *s = slot->s;
+
+    for (;;) {
+        struct wire_send_job *job = slot->client
+            ? g_async_queue_timeout_pop(s->jobs, SENDER_IDLE_MS * 1000)
+            : g_async_queue_pop(s->jobs);
+        struct wire_send_result *res;
+
+        if (!job) {
+            g_clear_pointer(&slot->client, smtp_client_free);
+            continue;
+        }
+        if (job == &slot_stop)
+            break;
+        res = g_new(struct wire_send_result, 1);
+        wire_send_result_init(res);
+        res->lease = job->lease;
+        res->msg = job->msg;
+        sender_deliver(s, &slot->client, job, res);
+        wire_send_job_clear(job);
+        g_free(job);
+        slot_hand_back(s, res);
+    }
+    smtp_client_free(slot->client);
+    g_free(slot);
+    return NULL;
+}
+
+void sender_slots_start(struct sender *s)
+{
+    s->threads = g_ptr_array_new();
+    for (guint i = 0; i < s->cfg->workers.slots; i++) {
+        struct slot *slot = g_new0(struct slot, 1);
+        g_autofree char *name = g_strdup_printf("slot%u", i);
+
+        slot->s = s;
+        g_ptr_array_add(s->threads, g_thread_new(name, slot_main, slot));
+    }
+}
+
+void sender_slots_stop(struct sender *s)
+{
+    for (guint i = 0; i < s->threads->len; i++)
+        g_async_queue_push(s->jobs, &slot_stop);
+    for (guint i = 0; i < s->threads->len; i++)
+        g_thread_join(s->threads->pdata[i]);
+    g_ptr_array_free(s->threads, TRUE);
+    s->threads = NULL;
+}

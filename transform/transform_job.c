@@ -1,0 +1,574 @@
+/*
+ * transform_job.c - one transform job, from TJOB to its one commit.
+ *
+ *   load    read transaction: the message, its bytes, and that the lease
+ *           is ours; for a bounce report, the deliveries it reports on
+ *   parse   no transaction: GMime takes the token out
+ *   plan    a short read transaction for the token, then with none open
+ *           the rewrite and signatures, or the notice, or the hold
+ *   commit  one write transaction: the lease again (fencing), the token
+ *           again, then the whole outcome at once
+ *
+ * A token can change between plan and commit (another worker used it for
+ * a copy of the same message): the commit then refuses and the job plans
+ * again with what the spool says now.  A token only ever goes from active
+ * to used, expired or revoked, so this settles at the second plan.
+ */
+#include "transform/transform.h"
+#include "transform/mime.h"
+#include "spool/delivery.h"
+#include "spool/log.h"
+
+#include <string.h>
+
+G_DEFINE_QUARK(postern-transform-error, transform_error)
+
+#define JOB_MAX_PLANS 4
+
+enum job_plan {
+    PLAN_READY,                     /* deliveries, token used (reason NULL) */
+    PLAN_REJECT,                    /* rejected with reason */
+    PLAN_HOLD,                      /* the message cannot be handled: hold with why */
+    PLAN_REPORT,                    /* a bounce report becomes its notice */
+    PLAN_DONE,                      /* a bounce report with nothing to say */
+};
+
+struct job {
+    struct transform *tf;
+    uint64_t lease;
+    queue_id id;
+    char idtext[QUEUE_ID_LEN + 1];
+    struct spool_msg m;             /* as loaded */
+    GByteArray *raw;                /* bytes received; a report: ref's outgoing copy */
+
+    /* parse */
+    GMimeMessage *mime;
+    char *unparsable;               /* why GMime could not, or NULL */
+    gboolean rewritten;             /* mime was changed by mime_rewrite() */
+    char *subject;                  /* decoded, "" when none */
+    gboolean automatic;             /* auto-submitted or a report: never answered */
+    gboolean have_token;
+    unsigned char hash[TOKEN_HASH_LEN];
+    char token_id[TOKEN_ID_LEN + 1];
+
+    /* a bounce report: the message it is about */
+    struct spool_msg ref;
+    GPtrArray *bounced;             /* struct spool_dlv * */
+    unsigned total;
+
+    /* plan */
+    gint64 now;
+    enum job_plan plan;
+    const char *reason;             /* PLAN_REJECT, PLAN_DONE */
+    char *hold;                     /* PLAN_HOLD */
+    char *owner;
+    GPtrArray *rcpts;               /* unique recipients */
+    GBytes *outgoing;
+    GPtrArray *headers;             /* GBytes * or NULL, one per rcpt */
+    char *message_id;
+    GPtrArray *notices;             /* struct notice * */
+    struct notice *report;          /* PLAN_REPORT: what the report becomes */
+};
+
+static gint64 job_now_ms(void)
+{
+    return g_get_real_time() / 1000;
+}
+
+static void job_dlv_free(gpointer p)
+{
+    spool_dlv_clear(p);
+    g_free(p);
+}
+
+static void job_bytes_free(gpointer p)
+{
+    if (p)
+        g_bytes_unref(p);
+}
+
+static void job_plan_reset(struct job *j)
+{
+    g_clear_pointer(&j->hold, g_free);
+    g_clear_pointer(&j->owner, g_free);
+    g_clear_pointer(&j->outgoing, g_bytes_unref);
+    g_clear_pointer(&j->message_id, g_free);
+    g_ptr_array_set_size(j->rcpts, 0);
+    g_ptr_array_set_size(j->headers, 0);
+    g_ptr_array_set_size(j->notices, 0);
+    g_clear_pointer(&j->report, notice_free);
+    j->reason = NULL;
+}
+
+static void job_free(struct job *j)
+{
+    job_plan_reset(j);
+    g_ptr_array_unref(j->rcpts);
+    g_ptr_array_unref(j->headers);
+    g_ptr_array_unref(j->notices);
+    g_ptr_array_unref(j->bounced);
+    g_byte_array_unref(j->raw);
+    g_clear_object(&j->mime);
+    g_free(j->unparsable);
+    g_free(j->subject);
+    spool_msg_clear(&j->m);
+    spool_msg_clear(&j->ref);
+}
+
+/* ---- load ----------------------------------------------------------------- */
+
+/*
+ * The fencing test: the message is still there and the dispatcher's
+ * record still names our lease, unexpired.
+ */
+static gboolean job_get_ours(struct spool_txn *t, const struct job *j, struct spool_msg *m,
+                             GError **err)
+{
+    GError *local = NULL;
+
+    if (!spool_msg_get(t, j->id, m, &local)) {
+        if (g_error_matches(local, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND))
+            g_set_error(err, TRANSFORM_ERROR, TRANSFORM_ERR_FENCED, "%s", local->message);
+        else
+            g_propagate_error(err, g_steal_pointer(&local));
+        g_clear_error(&local);
+        return FALSE;
+    }
+    if (m->state == MSG_INCOMING && m->lease == j->lease && m->lease_expiry > job_now_ms())
+        return TRUE;
+    g_set_error(err, TRANSFORM_ERROR, TRANSFORM_ERR_FENCED,
+                "%s: lease %" G_GINT64_MODIFIER "x is not ours any more (state %s, lease %"
+                G_GINT64_MODIFIER "x, %s)", j->idtext, j->lease, msg_state_name(m->state),
+                m->lease, m->lease_expiry > job_now_ms() ? "unexpired" : "expired");
+    return FALSE;
+}
+
+static gboolean job_collect_bounced(const struct spool_dlv *d, void *ctx)
+{
+    struct job *j = ctx;
+
+    j->total++;
+    if (d->state == DLV_BOUNCED) {
+        struct spool_dlv *copy = g_new0(struct spool_dlv, 1);
+        copy->msg = d->msg;
+        copy->idx = d->idx;
+        copy->state = d->state;
+        copy->rcpt = g_strdup(d->rcpt);
+        copy->last_reply = g_strdup(d->last_reply);
+        g_ptr_array_add(j->bounced, copy);
+    }
+    return TRUE;
+}
+
+/* A report on a message that was purged since has nothing left to report. */
+static gboolean job_load_report(struct spool_txn *t, struct job *j, GError **err)
+{
+    GError *local = NULL;
+
+    if (!spool_msg_get(t, j->m.ref, &j->ref, &local)) {
+        gboolean gone = g_error_matches(local, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND);
+        if (!gone)
+            g_propagate_error(err, local);
+        else
+            g_clear_error(&local);
+        return gone;
+    }
+    if (!spool_dlv_foreach(t, j->m.ref, job_collect_bounced, j, err))
+        return FALSE;
+    /* Its Subject, for the owner to recognise it: from the copy that went out. */
+    if (!spool_body_get(t, DB_OUTGOING, j->m.ref, j->raw, &local)) {
+        gboolean gone = g_error_matches(local, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND);
+        if (!gone)
+            g_propagate_error(err, local);
+        else
+            g_clear_error(&local);
+        return gone;
+    }
+    return TRUE;
+}
+
+static gboolean job_is_report(const struct job *j)
+{
+    return g_strcmp0(j->m.kind, MSG_KIND_BOUNCE_REPORT) == 0;
+}
+
+static gboolean job_load(struct job *j, GError **err)
+{
+    struct spool_txn t;
+    gboolean ok;
+
+    if (!spool_read_begin(j->tf->spool, &t, err))
+        return FALSE;
+    ok = job_get_ours(&t, j, &j->m, err) &&
+         (job_is_report(j) ? job_load_report(&t, j, err)
+                           : spool_body_get(&t, DB_BODIES, j->id, j->raw, err));
+    spool_read_end(&t);
+    return ok;
+}
+
+/* ---- parse ---------------------------------------------------------------- */
+
+/*
+ * Parse the bytes received and take the token out.  The token itself is
+ * hashed and wiped at once: from here on only its hash and id exist.
+ * FALSE (with j->unparsable set) when GMime cannot make a message of them.
+ */
+static gboolean job_parse(struct job *j)
+{
+    GError *err = NULL;
+    char *token;
+
+    g_clear_object(&j->mime);
+    j->rewritten = FALSE;
+    if (!(j->mime = mime_parse((const char *)j->raw->data, j->raw->len, &err))) {
+        j->unparsable = g_strdup_printf("MIME: %s", err->message);
+        g_error_free(err);
+        return FALSE;
+    }
+    j->automatic = mime_is_automatic(j->mime);
+    g_free(j->subject);
+    j->subject = g_strdup(g_mime_message_get_subject(j->mime) ? g_mime_message_get_subject(j->mime)
+                                                              : "");
+    token = mime_token_extract(j->mime, j->tf->cfg->token.prefix);
+    j->have_token = token != NULL;
+    if (token) {
+        token_hash(token, j->hash);
+        token_id(j->hash, j->token_id);
+        memset(token, 0, strlen(token));
+        g_free(token);
+    }
+    return TRUE;
+}
+
+/* ---- plan ----------------------------------------------------------------- */
+
+/*
+ * What the token allows.  NULL: send.  A wrong sender is told so before
+ * anything about the token's state, which is none of its business.
+ */
+static const char *job_verdict(const struct job *j, const struct spool_token *tk, gint64 now)
+{
+    g_autofree char *sender = NULL, *owner = NULL;
+
+    if (!j->have_token)
+        return "TOKEN_NOT_FOUND";
+    if (!tk || token_status(tk, now) == TOKEN_REVOKED)
+        return "TOKEN_INVALID";
+    sender = token_normalise_addr(j->m.sender);
+    owner = token_normalise_addr(tk->sender);
+    if (strcmp(sender, owner) != 0)
+        return "SENDER_MISMATCH";
+    switch (token_status(tk, now)) {
+    case TOKEN_USED: return "TOKEN_USED";
+    case TOKEN_EXPIRED: return "TOKEN_EXPIRED";
+    default: return NULL;
+    }
+}
+
+/* The token of this message, if the spool has it: FALSE only on a spool error. */
+static gboolean job_token_get(struct spool_txn *t, const struct job *j, struct spool_token *tk,
+                              gboolean *found, GError **err)
+{
+    GError *local = NULL;
+
+    *found = j->have_token && spool_token_get(t, j->hash, tk, &local);
+    if (local && !g_error_matches(local, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND)) {
+        g_propagate_error(err, local);
+        return FALSE;
+    }
+    g_clear_error(&local);
+    return TRUE;
+}
+
+/* Recipients once each, compared exactly on the local part, not on the domain's case. */
+static void job_unique_rcpts(struct job *j, const struct spool_token *tk)
+{
+    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+
+    for (guint i = 0; i < tk->recipients->len; i++)
+        if (g_hash_table_add(seen, token_normalise_addr(tk->recipients->pdata[i])))
+            g_ptr_array_add(j->rcpts, g_strdup(tk->recipients->pdata[i]));
+}
+
+static void job_add_notice(struct job *j, struct notice *n, GError *err)
+{
+    /* A notice is a courtesy: failing to write one must not hold the message. */
+    if (n)
+        g_ptr_array_add(j->notices, n);
+    else {
+        msg_warn("%s: notice not written: %s", j->idtext, err->message);
+        g_error_free(err);
+    }
+}
+
+/* The copies: rewrite once, sign per recipient; hold on any failure. */
+static void job_plan_copies(struct job *j, const struct spool_token *tk)
+{
+    const struct postern_config *cfg = j->tf->cfg;
+    struct rewrite_params p = {
+        .from = cfg->rewrite.from,
+        .use_original_sender = cfg->rewrite.allow_original_sender && !tk->hide_sender,
+        .hide_sender = tk->hide_sender,
+        .original_sender = j->m.sender,
+        .footer = tk->hide_sender ? cfg->rewrite.footer_hidden : cfg->rewrite.footer,
+        .unsubscribe_url = cfg->rewrite.unsubscribe_url,
+        .message_id_domain = cfg->dkim.domain,
+        .date = j->now,
+    };
+    g_autoptr(GBytes) rewritten = NULL;
+    GError *err = NULL;
+
+    /* mime_rewrite() changes the message: a second plan starts from the bytes again. */
+    if (j->rewritten && !job_parse(j)) {
+        j->plan = PLAN_HOLD;
+        j->hold = g_strdup(j->unparsable);
+        return;
+    }
+    j->rewritten = TRUE;
+    job_unique_rcpts(j, tk);
+    if (!(rewritten = mime_rewrite(j->mime, &p, &j->message_id, &err)) ||
+        !sign_deliveries(j->tf, rewritten, j->rcpts, j->now, &j->outgoing, j->headers, &err)) {
+        j->plan = PLAN_HOLD;
+        j->hold = g_strdup_printf("%s: %s", err->domain == DKIM_ERROR ? "DKIM" : "MIME",
+                                  err->message);
+        g_error_free(err);
+        return;
+    }
+    j->plan = PLAN_READY;
+    j->owner = token_normalise_addr(tk->sender);
+    job_add_notice(j, notice_accepted(j->tf, &j->m, j->subject, j->owner, j->rcpts->len, j->now,
+                                      &err), err);
+}
+
+/*
+ * A failure notice only where it cannot be backscatter: to a sender that
+ * owns a token (so it has used this relay before, and is no forged
+ * stranger), never to the null sender, never in answer to automatic mail.
+ */
+static void job_plan_reject(struct job *j, gboolean sender_owns_token)
+{
+    GError *err = NULL;
+
+    j->plan = PLAN_REJECT;
+    if (*j->m.sender && sender_owns_token && !j->automatic)
+        job_add_notice(j, notice_rejected(j->tf, &j->m, j->subject, j->reason, j->now, &err),
+                       err);
+}
+
+static gboolean job_plan_mail(struct job *j, GError **err)
+{
+    struct spool_txn t;
+    struct spool_token tk;
+    gboolean found = FALSE, owns = FALSE;
+
+    if (j->unparsable) {
+        j->plan = PLAN_HOLD;
+        j->hold = g_strdup(j->unparsable);
+        return TRUE;
+    }
+    if (!spool_read_begin(j->tf->spool, &t, err))
+        return FALSE;
+    if (!job_token_get(&t, j, &tk, &found, err)) {
+        spool_read_end(&t);
+        return FALSE;
+    }
+    owns = *j->m.sender && spool_token_owner_exists(&t, j->m.sender);
+    spool_read_end(&t);
+
+    if ((j->reason = job_verdict(j, found ? &tk : NULL, j->now)))
+        job_plan_reject(j, owns);
+    else
+        job_plan_copies(j, &tk);
+    if (found)
+        spool_token_clear(&tk);
+    return TRUE;
+}
+
+/* A bounce report about a notice would answer a notice: never. */
+static void job_plan_report(struct job *j)
+{
+    const char *owner = j->m.owner && *j->m.owner ? j->m.owner : j->ref.owner;
+    GError *err = NULL;
+    struct notice *n;
+
+    if (!j->ref.id || !j->bounced->len || !owner || !*owner ||
+        g_strcmp0(j->ref.kind, MSG_KIND_NOTICE) == 0) {
+        j->plan = PLAN_DONE;
+        j->reason = "NOTHING_TO_REPORT";
+        return;
+    }
+    g_free(j->subject);
+    j->subject = notice_subject_of((const char *)j->raw->data, j->raw->len);
+    if (!(n = notice_bounced(j->tf, &j->ref, j->subject, owner, j->bounced, j->total, j->now,
+                             &err))) {
+        j->plan = PLAN_HOLD;
+        j->hold = g_strdup_printf("bounce report: %s", err->message);
+        g_error_free(err);
+        return;
+    }
+    j->plan = PLAN_REPORT;
+    j->report = n;
+}
+
+/* ---- commit --------------------------------------------------------------- */
+
+static gboolean job_store_notices(struct spool_txn *t, struct job *j, GError **err)
+{
+    for (guint i = 0; i < j->notices->len; i++)
+        if (!notice_store(t, j->notices->pdata[i], NULL, j->now, err))
+            return FALSE;
+    return TRUE;
+}
+
+static gboolean job_store_copies(struct spool_txn *t, struct job *j, struct spool_msg *m,
+                                 GError **err)
+{
+    gsize len;
+    const char *data = g_bytes_get_data(j->outgoing, &len);
+
+    if (!spool_body_put(t, DB_OUTGOING, j->id, data, len, err))
+        return FALSE;
+    for (guint i = 0; i < j->rcpts->len; i++) {
+        struct spool_dlv d;
+
+        spool_dlv_init(&d);
+        d.msg = j->id;
+        d.idx = i;
+        d.state = DLV_READY;
+        d.rcpt = j->rcpts->pdata[i];
+        d.created = d.next_try = j->now;
+        d.header = j->headers->pdata[i];
+        if (!spool_dlv_put(t, &d, err))
+            return FALSE;
+    }
+    g_free(m->kind);
+    m->kind = g_strdup(MSG_KIND_MAIL);
+    g_free(m->owner);
+    m->owner = g_strdup(j->owner);
+    g_free(m->message_id);
+    m->message_id = g_strdup(j->message_id);
+    spool_txn_log(t, "%s: token=%s used, owner=<%s>, nrcpt=%u, message-id=<%s>", j->idtext,
+                  j->token_id, j->owner, j->rcpts->len, j->message_id);
+    return spool_msg_set_state(t, m, MSG_READY, NULL, err);
+}
+
+/*
+ * The token decides again inside the transaction, and must decide as the
+ * plan did: the plan's copies and notices were made for that verdict.
+ */
+static gboolean job_commit_token(struct spool_txn *t, struct job *j, struct spool_msg *m,
+                                 GError **err)
+{
+    struct spool_token tk;
+    gboolean found, ok;
+    const char *verdict;
+
+    if (!job_token_get(t, j, &tk, &found, err))
+        return FALSE;
+    verdict = job_verdict(j, found ? &tk : NULL, g_get_real_time() / G_USEC_PER_SEC);
+    if (g_strcmp0(verdict, j->reason) != 0) {
+        g_set_error(err, TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN, "%s: token %s is now %s",
+                    j->idtext, j->token_id, verdict ? verdict : "usable");
+        ok = FALSE;
+    } else if (verdict) {
+        ok = spool_msg_set_state(t, m, MSG_REJECTED, verdict, err);
+    } else {
+        tk.used = j->now;
+        tk.used_by = j->id;
+        ok = spool_token_update(t, &tk, err) && job_store_copies(t, j, m, err);
+    }
+    if (found)
+        spool_token_clear(&tk);
+    return ok;
+}
+
+/* Runs again from the start if the map grows: it reads everything it changes. */
+static gboolean job_commit_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct job *j = ctx;
+    struct spool_msg m = { 0 };
+    gboolean ok = job_get_ours(t, j, &m, err);
+
+    if (ok) {
+        switch (j->plan) {
+        case PLAN_READY:
+        case PLAN_REJECT:
+            ok = job_commit_token(t, j, &m, err);
+            break;
+        case PLAN_HOLD:
+            ok = spool_msg_set_state(t, &m, MSG_HOLD, j->hold, err);
+            break;
+        case PLAN_DONE:
+            ok = spool_msg_set_state(t, &m, MSG_DONE, j->reason, err);
+            break;
+        case PLAN_REPORT:
+            ok = notice_store(t, j->report, &m, j->now, err);
+            break;
+        }
+    }
+    ok = ok && job_store_notices(t, j, err);
+    spool_msg_clear(&m);
+    return ok;
+}
+
+/* ---- the job -------------------------------------------------------------- */
+
+static const char *const plan_outcome[] = {
+    [PLAN_READY] = "ready", [PLAN_REJECT] = "rejected", [PLAN_HOLD] = "hold",
+    [PLAN_REPORT] = "notice", [PLAN_DONE] = "done",
+};
+
+static const char *job_run(struct job *j)
+{
+    GError *err = NULL;
+
+    if (!job_load(j, &err))
+        goto failed;
+    if (!job_is_report(j))
+        job_parse(j);
+    for (int plans = 0; plans < JOB_MAX_PLANS; plans++) {
+        job_plan_reset(j);
+        if (job_is_report(j))
+            job_plan_report(j);
+        else if (!job_plan_mail(j, &err))
+            goto failed;
+        if (spool_write(j->tf->spool, job_commit_write, j, &err))
+            return plan_outcome[j->plan];
+        if (!g_error_matches(err, TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN))
+            goto failed;
+        msg_info("%s", err->message);
+        g_clear_error(&err);
+        j->now = g_get_real_time() / G_USEC_PER_SEC;
+    }
+    g_set_error(&err, TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN, "%s: token kept changing",
+                j->idtext);
+failed:
+    if (g_error_matches(err, TRANSFORM_ERROR, TRANSFORM_ERR_FENCED)) {
+        msg_warn("%s: job dropped", err->message);
+        g_error_free(err);
+        return "stale";
+    }
+    msg_error("%s: transform failed, the job returns when its lease runs out: %s", j->idtext,
+              err->message);
+    g_error_free(err);
+    return "error";
+}
+
+const char *transform_job(struct transform *tf, uint64_t lease, queue_id id)
+{
+    struct job j = {
+        .tf = tf, .lease = lease, .id = id,
+        .raw = g_byte_array_new(),
+        .bounced = g_ptr_array_new_with_free_func(job_dlv_free),
+        .rcpts = g_ptr_array_new_with_free_func(g_free),
+        .headers = g_ptr_array_new_with_free_func(job_bytes_free),
+        .notices = g_ptr_array_new_with_free_func((GDestroyNotify)notice_free),
+        .now = g_get_real_time() / G_USEC_PER_SEC,
+    };
+    const char *outcome;
+
+    spool_id_format(id, j.idtext);
+    outcome = job_run(&j);
+    job_free(&j);
+    return outcome;
+}

@@ -1,0 +1,265 @@
+/*
+ * postern-transform - a transform worker: token, rewrite, footer, DKIM.
+ *
+ * Set up (config, DKIM keys, spool, hint socket, DEALER socket to the
+ * dispatcher), then one loop: wait for a job or the next heartbeat, run
+ * each job to its commit, report it (TDONE), ask for the next (CREDIT)
+ * and ring the dispatcher.  SIGTERM lets the job in hand finish first.
+ */
+#include "transform/transform.h"
+#include "transform/mime.h"
+#include "spool/log.h"
+#include "spool/hint.h"
+#include "spool/wire.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <zmq.h>
+
+/* One job at a time: a worker process is the unit of parallelism. */
+#define TRANSFORM_SLOTS 1
+#define TRANSFORM_READER_CHECK_MS 30000
+
+struct worker {
+    struct transform tf;
+    struct hint_sender *hints;
+    void *zctx;
+    void *sock;
+    int64_t heard;                  /* monotonic ms: the dispatcher's last word */
+    int64_t next_ping;
+    int64_t next_reader_check;
+};
+
+static volatile sig_atomic_t transform_stopping;
+
+static void transform_on_signal(int sig)
+{
+    transform_stopping = sig;
+}
+
+static int64_t transform_mono_ms(void)
+{
+    return g_get_monotonic_time() / 1000;
+}
+
+/*
+ * [dkim] keys left at its default names a key in the spool: create it on
+ * the first start, so that the demo signs out of the box.  Several
+ * workers may start at once; dkim_keygen() never overwrites, so the one
+ * that loses the race just loads the winner's key.
+ */
+static void transform_default_key(const struct postern_config *cfg)
+{
+    /* As config.c derives it. */
+    g_autofree char *path = g_strdup_printf("%s/dkim/default.ed25519.pem", cfg->spool.dir);
+    g_autofree char *dflt = g_strconcat("default:", path, NULL);
+    g_autofree char *dir = g_path_get_dirname(path);
+    g_autofree char *record = NULL;
+    struct dkim_key *key;
+    GError *err = NULL;
+
+    if (strcmp(cfg->dkim.keys, dflt) != 0 || g_file_test(path, G_FILE_TEST_EXISTS))
+        return;
+    if (g_mkdir_with_parents(dir, 0700) < 0)
+        msg_fatal("%s: cannot create: %s", dir, g_strerror(errno));
+    if (!(key = dkim_keygen(DKIM_KEY_ED25519, "default", path, &err))) {
+        msg_info("DKIM key not created (another worker may have been first): %s", err->message);
+        g_error_free(err);
+        return;
+    }
+    record = dkim_dns_record(key);
+    msg_info("created DKIM key %s: publish default._domainkey.%s TXT \"%s\"", path,
+             cfg->dkim.domain, record ? record : "?");
+    dkim_key_free(key);
+}
+
+static void transform_keys(struct transform *tf)
+{
+    GError *err = NULL;
+
+    transform_default_key(tf->cfg);
+    if (!(tf->keys = dkim_keys_load(tf->cfg->dkim.keys, &err)))
+        msg_fatal("[dkim] keys: %s", err->message);
+    for (guint i = 0; i < tf->keys->len; i++) {
+        const struct dkim_key *k = tf->keys->pdata[i];
+        msg_info("DKIM key %s (%s) for d=%s", k->selector, dkim_key_algorithm(k),
+                 tf->cfg->dkim.domain);
+    }
+}
+
+/*
+ * ZeroMQ over TCP only with CURVE: the dispatcher refuses anything else.
+ * The key file holds two Z85 lines, public then secret, as the
+ * dispatcher's own does.
+ */
+static void transform_curve(void *sock, const struct postern_config *cfg)
+{
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    GError *err = NULL;
+
+    if (!*cfg->workers.curve_secret_key_file || strlen(cfg->workers.curve_server_public_key) != 40)
+        msg_fatal("[workers] dispatch %s: tcp:// needs curve_secret_key_file and "
+                  "curve_server_public_key", cfg->workers.dispatch);
+    if (!g_file_get_contents(cfg->workers.curve_secret_key_file, &text, NULL, &err))
+        msg_fatal("[workers] curve_secret_key_file: %s", err->message);
+    lines = g_strsplit(g_strstrip(text), "\n", -1);
+    if (g_strv_length(lines) != 2 || strlen(g_strstrip(lines[0])) != 40 ||
+        strlen(g_strstrip(lines[1])) != 40)
+        msg_fatal("%s: expected two Z85 lines: public key, secret key",
+                  cfg->workers.curve_secret_key_file);
+    zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, cfg->workers.curve_server_public_key, 40);
+    zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, lines[0], 40);
+    zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, lines[1], 40);
+}
+
+static void transform_connect(struct worker *w)
+{
+    const struct postern_config *cfg = w->tf.cfg;
+    int zero = 0;
+
+    w->zctx = zmq_ctx_new();
+    w->sock = zmq_socket(w->zctx, ZMQ_DEALER);
+    zmq_setsockopt(w->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    if (g_str_has_prefix(cfg->workers.dispatch, "tcp://"))
+        transform_curve(w->sock, cfg);
+    if (zmq_connect(w->sock, cfg->workers.dispatch) < 0)
+        msg_fatal("[workers] dispatch %s: %s", cfg->workers.dispatch, zmq_strerror(errno));
+}
+
+/*
+ * HELLO carries our slots, which the dispatcher takes as our whole credit:
+ * sending it again (after WHO, or a silence) can never grant a job twice.
+ */
+static void transform_hello(struct worker *w)
+{
+    g_autoptr(GBytes) hello = wire_pack("(su)", "transform", (guint32)TRANSFORM_SLOTS);
+
+    wire_send(w->sock, NULL, WIRE_HELLO, hello);
+    w->heard = transform_mono_ms();
+}
+
+/* A job, then its report; the commit is already on disk when TDONE goes. */
+static void transform_tjob(struct worker *w, GBytes *payload)
+{
+    guint64 lease, id;
+    const char *outcome;
+    g_autoptr(GBytes) done = NULL, credit = NULL;
+
+    if (!wire_unpack(payload, "(tt)", &lease, &id)) {
+        msg_warn("malformed TJOB from the dispatcher: ignored");
+        return;
+    }
+    outcome = transform_job(&w->tf, lease, id);
+    done = wire_pack("(tts)", lease, id, outcome);
+    credit = wire_pack("(u)", (guint32)1);
+    wire_send(w->sock, NULL, WIRE_TDONE, done);
+    wire_send(w->sock, NULL, WIRE_CREDIT, credit);
+    if (strcmp(outcome, "stale") != 0 && strcmp(outcome, "error") != 0)
+        hint_send(w->hints, "ready");
+}
+
+static void transform_receive(struct worker *w)
+{
+    GBytes *payload;
+    char *cmd;
+
+    while (!transform_stopping && wire_recv(w->sock, FALSE, NULL, &cmd, &payload)) {
+        w->heard = transform_mono_ms();
+        if (g_str_equal(cmd, WIRE_TJOB))
+            transform_tjob(w, payload);
+        else if (g_str_equal(cmd, WIRE_WHO))
+            transform_hello(w);
+        else if (!g_str_equal(cmd, WIRE_PING))
+            msg_warn("dispatcher: unknown command \"%s\"", cmd);
+        g_free(cmd);
+        g_bytes_unref(payload);
+    }
+}
+
+/*
+ * Heartbeats both ways.  A dispatcher silent for WIRE_DEAD_AFTER_MS has
+ * restarted or forgotten us: introduce ourselves again (ZeroMQ reconnects
+ * by itself; only the dispatcher's table of workers needs us back).
+ */
+static void transform_timers(struct worker *w)
+{
+    int64_t now = transform_mono_ms();
+
+    if (now >= w->next_ping) {
+        wire_send(w->sock, NULL, WIRE_PING, NULL);
+        w->next_ping = now + WIRE_HEARTBEAT_MS;
+    }
+    if (now - w->heard > WIRE_DEAD_AFTER_MS) {
+        msg_warn("dispatcher silent for %" G_GINT64_FORMAT "s: saying HELLO again",
+                 (now - w->heard) / 1000);
+        transform_hello(w);
+    }
+    if (now >= w->next_reader_check) {
+        spool_reader_check(w->tf.spool);
+        w->next_reader_check = now + TRANSFORM_READER_CHECK_MS;
+    }
+}
+
+static void transform_loop(struct worker *w)
+{
+    while (!transform_stopping) {
+        zmq_pollitem_t item = { w->sock, 0, ZMQ_POLLIN, 0 };
+        int64_t wait = w->next_ping - transform_mono_ms();
+
+        if (zmq_poll(&item, 1, (long)CLAMP(wait, 0, WIRE_HEARTBEAT_MS)) > 0)
+            transform_receive(w);
+        transform_timers(w);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    g_autofree char *config_path = NULL;
+    gboolean foreground = FALSE;
+    GOptionEntry options[] = {
+        { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path, "configuration file", "FILE" },
+        { "foreground", 'f', 0, G_OPTION_ARG_NONE, &foreground, "log to stderr", NULL },
+        { NULL }
+    };
+    g_autoptr(GOptionContext) octx = g_option_context_new("- Postern transform worker");
+    struct sigaction sa = { .sa_handler = transform_on_signal };
+    struct postern_config cfg;
+    struct worker w = { .tf.cfg = &cfg };
+    GError *err = NULL;
+
+    log_init("postern-transform", TRUE);
+    g_option_context_add_main_entries(octx, options, NULL);
+    if (!g_option_context_parse(octx, &argc, &argv, &err)) {
+        g_printerr("postern-transform: %s\n", err->message);
+        return CONFIG_EXIT_USAGE;
+    }
+    log_init("postern-transform", foreground);
+    config_load_or_exit(&cfg, config_path);
+    signal(SIGPIPE, SIG_IGN);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    mime_init();
+    transform_keys(&w.tf);
+    if (!spool_open(&w.tf.spool, &cfg, &err))
+        msg_fatal("%s", err->message);
+    if (!(w.hints = hint_sender_open(cfg.workers.hints, &err)))
+        msg_fatal("%s", err->message);
+    transform_connect(&w);
+    transform_hello(&w);
+    msg_info("daemon started: spool %s, dispatcher %s", cfg.spool.dir, cfg.workers.dispatch);
+
+    transform_loop(&w);
+
+    msg_info("stopping on signal %d", (int)transform_stopping);
+    zmq_close(w.sock);
+    zmq_ctx_term(w.zctx);
+    hint_sender_close(w.hints);
+    spool_close(w.tf.spool);
+    g_ptr_array_unref(w.tf.keys);
+    config_free(&cfg);
+    msg_info("daemon stopped");
+    return 0;
+}
