@@ -12,6 +12,7 @@
 #define POSTERN_INGEST_H
 
 #include <glib.h>
+#include <glib-unix.h>
 #include <stdint.h>
 
 #include "ingest/lmtp_proto.h"
@@ -65,6 +66,7 @@ gboolean ingest_listen(struct ingest *ig, GError **err);
 void ingest_listen_stop(struct ingest *ig);
 
 /* ingest_session.c */
+guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer data);
 void session_start(struct ingest *ig, int fd, const char *client);
 void session_input(struct session *s);
 void session_reply(struct session *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);

@@ -132,7 +132,7 @@ gboolean ingest_listen(struct ingest *ig, GError **err)
         if (listen(fd, 512) < 0)
             return listen_fail(err, *a, "listen");
         g_ptr_array_add(ig->listeners,
-                        GUINT_TO_POINTER(g_unix_fd_add(fd, G_IO_IN, listen_accept, ig)));
+                        GUINT_TO_POINTER(ingest_fd_add(fd, G_IO_IN, listen_accept, ig)));
         msg_info("listening on %s", *a);
     }
     return TRUE;

@@ -16,6 +16,26 @@
 #define SESSION_READ_SIZE 65536
 #define SESSION_ERROR_LIMIT 20      /* then 421, as Postfix's hard error limit */
 
+/*
+ * g_unix_fd_add(), but a source that GLib does not "block" while it is
+ * dispatched: blocking removes the fd from the poll set and adds it back
+ * after the callback, and each of those signals the context's wakeup
+ * eventfd (two writes, one read and one extra poll round per callback).
+ * Nothing here iterates the main loop from a callback, so recursion is
+ * not a concern.
+ */
+guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer data)
+{
+    GSource *src = g_unix_fd_source_new(fd, cond);
+    guint id;
+
+    g_source_set_can_recurse(src, TRUE);
+    g_source_set_callback(src, G_SOURCE_FUNC(fn), data, NULL);
+    id = g_source_attach(src, NULL);
+    g_source_unref(src);
+    return id;
+}
+
 static void session_free(struct session *s)
 {
     struct ingest *ig = s->ig;
@@ -77,7 +97,7 @@ void session_flush(struct session *s)
             continue;
         if (n < 0 && errno == EAGAIN) {
             if (!s->write_source)
-                s->write_source = g_unix_fd_add(s->fd, G_IO_OUT, session_writable, s);
+                s->write_source = ingest_fd_add(s->fd, G_IO_OUT, session_writable, s);
             return;
         }
         if (n < 0) {
@@ -336,7 +356,7 @@ void session_start(struct ingest *ig, int fd, const char *client)
     s->last_active = g_get_monotonic_time() / G_USEC_PER_SEC;
     ig->sessions = g_list_prepend(ig->sessions, s);
     ig->n_sessions++;
-    s->read_source = g_unix_fd_add(fd, G_IO_IN, session_readable, s);
+    s->read_source = ingest_fd_add(fd, G_IO_IN, session_readable, s);
     msg_info("connect from %s", client);
     session_reply(s, "220 %s LMTP Postern ready", ig->cfg->ingest.hostname);
     session_flush(s);

@@ -102,9 +102,18 @@ static void deliver_maildir(const struct sender *s, const struct wire_send_job *
 }
 
 /*
- * One transaction.  Returns the position in res->results of a result that
- * says the session failed (no connection, timeout, lost, TLS, refused, or
- * a 421 that closed it), or G_MAXUINT when it did not.
+ * The relay will not take more now: the session failed (no connection,
+ * timeout, lost, TLS, refused), a 421 closed it, or a quota or throttle
+ * reply pauses the whole relay (SPEC §5).
+ */
+static gboolean relay_stopped(const struct smtp_rcpt_result *r)
+{
+    return r->error != SMTP_ERROR_NONE || r->code == 421 || retry_classify(r) == RETRY_PAUSE;
+}
+
+/*
+ * One transaction.  Returns the position in res->results of a result for
+ * which relay_stopped(), or G_MAXUINT when there is none.
  */
 static guint deliver_txn(struct smtp_client *client, const struct wire_send_job *job,
                          GArray *txn, struct wire_send_result *res)
@@ -123,7 +132,7 @@ static guint deliver_txn(struct smtp_client *client, const struct wire_send_job 
     smtp_client_send(client, job->mail_from, rcpts, txn->len, parts, lens, n_parts, out, NULL);
     seconds = (g_get_monotonic_time() - start) / 1e6;
     for (guint k = 0; k < txn->len; k++) {
-        if (failed == G_MAXUINT && (out[k].error != SMTP_ERROR_NONE || out[k].code == 421))
+        if (failed == G_MAXUINT && relay_stopped(&out[k]))
             failed = res->results->len;
         result_add(res, job_rcpt(job, g_array_index(txn, guint, k))->idx, out[k].code,
                    out[k].status, out[k].text, out[k].error, out[k].relay, seconds);
@@ -134,9 +143,9 @@ static guint deliver_txn(struct smtp_client *client, const struct wire_send_job 
 
 /*
  * Transactions one after the other on the slot's connection.  Once the
- * session has failed, the rest of the job gets the same result without
+ * relay has stopped, the rest of the job gets the same result without
  * another try, as Postfix does: a dead or hanging relay then costs one
- * timeout per job, not one per recipient.
+ * timeout per job, not one per recipient, and a paused relay gets nothing.
  */
 static void deliver_smtp(struct smtp_client *client, const struct wire_send_job *job,
                          guint max_rcpt, struct wire_send_result *res)

@@ -76,7 +76,6 @@ static const struct config_key config_keys[] = {
     K("workers", "dispatch", CT_STRING, "", workers.dispatch),
     K("workers", "hints", CT_STRING, "", workers.hints),
     K("workers", "curve_secret_key_file", CT_STRING, "", workers.curve_secret_key_file),
-    K("workers", "curve_public_key_file", CT_STRING, "", workers.curve_public_key_file),
     K("workers", "curve_server_public_key", CT_STRING, "", workers.curve_server_public_key),
     K("workers", "curve_allowed_keys_file", CT_STRING, "", workers.curve_allowed_keys_file),
     K("workers", "count", CT_COUNT, "4", workers.count),

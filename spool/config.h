@@ -69,7 +69,6 @@ struct postern_config {
         char *dispatch;
         char *hints;
         char *curve_secret_key_file;
-        char *curve_public_key_file;
         char *curve_server_public_key;
         char *curve_allowed_keys_file;
         uint64_t count;                 /* sender workers started by postern run */

@@ -20,7 +20,8 @@
 #define RESTART_MIN 1               /* seconds before the first restart */
 #define RESTART_MAX 60
 #define STABLE_AFTER 60             /* a child up this long resets its backoff */
-#define STOP_GRACE 30               /* seconds between SIGTERM and SIGKILL */
+#define STOP_GRACE 360              /* seconds between SIGTERM and SIGKILL: a sender's
+                                       last SMTP transaction may take a phase timeout */
 
 struct child {
     struct supervisor *sup;

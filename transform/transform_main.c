@@ -27,6 +27,7 @@ struct worker {
     void *zctx;
     void *sock;
     int64_t heard;                  /* monotonic ms: the dispatcher's last word */
+    gboolean silent;                /* we said so in the log */
     int64_t next_ping;
     int64_t next_reader_check;
 };
@@ -167,6 +168,9 @@ static void transform_receive(struct worker *w)
 
     while (!transform_stopping && wire_recv(w->sock, FALSE, NULL, &cmd, &payload)) {
         w->heard = transform_mono_ms();
+        if (w->silent)
+            msg_info("dispatcher %s is back", w->tf.cfg->workers.dispatch);
+        w->silent = FALSE;
         if (g_str_equal(cmd, WIRE_TJOB))
             transform_tjob(w, payload);
         else if (g_str_equal(cmd, WIRE_WHO))
@@ -192,8 +196,10 @@ static void transform_timers(struct worker *w)
         w->next_ping = now + WIRE_HEARTBEAT_MS;
     }
     if (now - w->heard > WIRE_DEAD_AFTER_MS) {
-        msg_warn("dispatcher silent for %" G_GINT64_FORMAT "s: saying HELLO again",
-                 (now - w->heard) / 1000);
+        if (!w->silent)
+            msg_warn("dispatcher %s silent for %" G_GINT64_FORMAT "s: saying HELLO until it "
+                     "answers", w->tf.cfg->workers.dispatch, (now - w->heard) / 1000);
+        w->silent = TRUE;
         transform_hello(w);
     }
     if (now >= w->next_reader_check) {

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# bench/ingest.sh - durable LMTP accepts/s of postern-ingest vs smtp-sink (SPEC §7).
+#
+#   bench/ingest.sh [BUILD_DIR]          (default: $POSTERN_BUILD, else ./build)
+#
+# Builds nothing.  For each of RUNS rounds, sends the same load with
+#   smtp-source -L -s SESSIONS -m MESSAGES -l SIZE
+# first into `smtp-sink -L` (no storage: the ceiling of this machine),
+# then into postern-ingest with a fresh spool (every 250 after an fsync'd
+# LMDB commit), and prints both median rates and their ratio.
+# Goal of SPEC §7: postern-ingest >= 50% of smtp-sink.
+#
+# Environment: RUNS (3), MESSAGES (5000), SESSIONS (20), SIZE (4096),
+# BENCH_TMP (a directory for the spools; default: mktemp -d under /var/tmp,
+# on a real disk, so that fsync costs what it costs).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib/common.sh"
+
+build=${1:-${POSTERN_BUILD:-build}}
+build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
+ingest_bin=$build/ingest/postern-ingest
+spoolctl_bin=$build/tools/spoolctl
+[[ -x $ingest_bin ]] || bench_die "$ingest_bin is not built"
+command -v smtp-source >/dev/null || bench_die "smtp-source (postfix) is missing"
+command -v smtp-sink >/dev/null || bench_die "smtp-sink (postfix) is missing"
+
+RUNS=${RUNS:-3}
+MESSAGES=${MESSAGES:-5000}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-4096}
+RCPT=restricted@abakus.no
+
+tmp=$(mktemp -d "${BENCH_TMP:-/var/tmp}/postern-bench-ingest.XXXXXX")
+trap 'bench_cleanup; rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM
+
+source_args=(-L -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f bench@example.org -t "$RCPT")
+
+# Time one smtp-source run against 127.0.0.1:$1; prints the seconds.
+timed_source() {
+    local port=$1 log=$2 t0 t1
+    t0=$(bench_now)
+    if ! smtp-source "${source_args[@]}" "127.0.0.1:$port" >"$log" 2>&1; then
+        bench_die "smtp-source failed against port $port: $(tail -3 "$log")"
+    fi
+    t1=$(bench_now)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+
+run_sink() {
+    local round=$1 port secs
+    port=$(bench_free_port)
+    # shellcheck disable=SC2046
+    bench_spawn "$tmp/sink-$round.log" smtp-sink -L $(bench_sink_user_args) "127.0.0.1:$port" 256
+    local pid=$BENCH_PID
+    bench_wait_port "$port" 30 || bench_die "smtp-sink did not start: $(cat "$tmp/sink-$round.log")"
+    secs=$(timed_source "$port" "$tmp/source-sink-$round.log")
+    bench_stop "$pid"
+    echo "$secs"
+}
+
+run_ingest() {
+    local round=$1 port secs dir=$tmp/ingest-$round
+    mkdir -p "$dir"
+    port=$(bench_free_port)
+    cat >"$dir/postern.ini" <<EOF
+[spool]
+dir = $dir/spool
+[ingest]
+listen = 127.0.0.1:$port
+recipients = $RCPT
+max_connections = 1000
+hostname = bench.test
+[workers]
+hints = ipc://$dir/spool/run/hints
+EOF
+    bench_spawn "$dir/ingest.log" "$ingest_bin" -c "$dir/postern.ini" -f
+    local pid=$BENCH_PID
+    bench_wait_log "$dir/ingest.log" "daemon started" 30 "$pid" ||
+        bench_die "postern-ingest did not start: $(tail -5 "$dir/ingest.log")"
+    secs=$(timed_source "$port" "$tmp/source-ingest-$round.log")
+    bench_stop "$pid"
+    # Every message must really be in the spool.
+    if [[ -x $spoolctl_bin ]]; then
+        local stored
+        stored=$("$spoolctl_bin" -c "$dir/postern.ini" --json stats |
+                 /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"]["incoming"])')
+        [[ $stored -eq $MESSAGES ]] || bench_die "round $round: $stored of $MESSAGES messages in the spool"
+    fi
+    rm -rf "$dir/spool"
+    echo "$secs"
+}
+
+bench_log "postern-ingest vs smtp-sink: smtp-source ${source_args[*]}, $RUNS rounds"
+bench_log "build: $build; spools under $tmp"
+sink_rates=() ingest_rates=()
+for ((round = 1; round <= RUNS; round++)); do
+    s=$(run_sink "$round")
+    i=$(run_ingest "$round")
+    sr=$(bench_rate "$MESSAGES" "$s")
+    ir=$(bench_rate "$MESSAGES" "$i")
+    sink_rates+=("$sr")
+    ingest_rates+=("$ir")
+    bench_log "round $round: smtp-sink $sr msgs/s (${s}s)  postern-ingest $ir msgs/s (${i}s)"
+done
+
+sink_med=$(bench_median "${sink_rates[@]}")
+ingest_med=$(bench_median "${ingest_rates[@]}")
+ratio=$(awk -v a="$ingest_med" -v b="$sink_med" 'BEGIN { printf "%.1f", 100 * a / b }')
+echo "smtp-sink median:      $sink_med msgs/s   (${sink_rates[*]})"
+echo "postern-ingest median: $ingest_med msgs/s   (${ingest_rates[*]})"
+echo "ratio:                 $ratio% of smtp-sink (goal >= 50%)"

@@ -1,0 +1,58 @@
+/*
+ * fuzz_config - spool/config.h config_load on arbitrary files: the input is
+ * written to a temporary file, loaded, and freed. Errors are fine; a crash,
+ * a leak or an error without a message is not. A file that loads must give
+ * the values config_derive promises.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <glib/gstdio.h>
+
+#include "spool/config.h"
+#include "fuzz_util.h"
+
+static char *path;
+
+static void cleanup(void)
+{
+    if (path)
+        g_unlink(path);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    int fd = g_file_open_tmp("postern-fuzz-config-XXXXXX.ini", &path, NULL);
+
+    if (fd < 0)
+        abort();
+    close(fd);
+    atexit(cleanup);
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct postern_config cfg;
+    GError *err = NULL;
+
+    if (!g_file_set_contents(path, (const char *)data, (gssize)size, NULL))
+        abort();
+    if (config_load(&cfg, path, &err)) {
+        FUZZ_CHECK(err == NULL, "loaded with an error set");
+        FUZZ_CHECK(cfg.ingest.listen && cfg.ingest.listen[0], "no listen address");
+        FUZZ_CHECK(cfg.ingest.recipients && cfg.ingest.recipients[0], "no recipient");
+        FUZZ_CHECK(cfg.spool.max_size >= cfg.spool.map_size, "max_size < map_size");
+        FUZZ_CHECK(cfg.retry.initial > 0 && cfg.retry.max >= cfg.retry.initial, "retry");
+        FUZZ_CHECK(cfg.relay.max_connections > 0 && cfg.relay.max_rcpt_per_txn > 0, "relay");
+        FUZZ_CHECK(cfg.ingest.hostname && cfg.workers.dispatch && cfg.dkim.keys, "derived");
+    } else {
+        FUZZ_CHECK(err != NULL && err->message && g_str_has_prefix(err->message, path),
+                   "error without the file name: %s", err ? err->message : "(none)");
+        g_error_free(err);
+    }
+    config_free(&cfg);
+    return 0;
+}
