@@ -49,6 +49,10 @@ static const char *lmtp_parse_path(const char *p, char **addr)
     }
     for (; *p; p++) {
         if (quoted) {
+            /* RFC 5321 qtextSMTP and quoted-pairSMTP hold no controls:
+             * a CR must not reach the spool, headers or MAIL FROM. */
+            if ((unsigned char)*p < 32 || (*p == '\\' && (unsigned char)p[1] < 32))
+                goto bad;
             if (*p == '\\' && p[1]) {
                 g_string_append_c(out, *p++);
             } else if (*p == '"') {

@@ -38,7 +38,17 @@ int ctl_fail(GError *err);
 /* Open the spool or exit CTL_FAIL. */
 void ctl_open_spool(struct ctl *c);
 
+/* What stats and metrics report; read from counters, never a scan. */
+struct ctl_stats {
+    uint64_t msgs[MSG_STATE_COUNT];
+    uint64_t dlvs[DLV_STATE_COUNT];
+    uint64_t tokens_active, tokens_used;
+    int64_t oldest_age;             /* seconds, oldest message not ended */
+    uint64_t spool_bytes;
+};
+
 /* spoolctl_queue.c */
+gboolean ctl_stats_read(struct ctl *c, struct ctl_stats *st, GError **err);
 int ctl_stats(struct ctl *c, int argc, char **argv);
 int ctl_list(struct ctl *c, int argc, char **argv);
 int ctl_show(struct ctl *c, int argc, char **argv);
@@ -50,5 +60,12 @@ int ctl_purge(struct ctl *c, int argc, char **argv);
 
 /* spoolctl_token.c */
 int ctl_token(struct ctl *c, int argc, char **argv);
+
+/* spoolctl_dkim.c */
+int ctl_dkim(struct ctl *c, int argc, char **argv);
+
+/* spoolctl_ops.c */
+int ctl_check(struct ctl *c, int argc, char **argv);
+int ctl_metrics(struct ctl *c, int argc, char **argv);
 
 #endif

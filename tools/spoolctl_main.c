@@ -10,8 +10,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* spoolctl_dkim.c */
-int ctl_dkim(struct ctl *c, int argc, char **argv);
 
 static const struct {
     const char *name;
@@ -27,6 +25,8 @@ static const struct {
     { "delete", ctl_delete, "ID | --state S" },
     { "purge", ctl_purge, "--older-than D" },
     { "token", ctl_token, "add|import|list|show|revoke ..." },
+    { "check", ctl_check, "config, keys, spool and relay: says what is wrong" },
+    { "metrics", ctl_metrics, "Prometheus text format" },
     { "dkim", ctl_dkim, "keygen --type rsa|ed25519 --out FILE [--selector S]" },
 };
 

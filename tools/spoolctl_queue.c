@@ -51,29 +51,24 @@ static gboolean ctl_take_first(queue_id id, void *ctx)
     return FALSE;
 }
 
-int ctl_stats(struct ctl *c, int argc, char **argv)
+gboolean ctl_stats_read(struct ctl *c, struct ctl_stats *st, GError **err)
 {
-    GOptionEntry none[] = { { NULL } };
     struct spool_txn t;
-    GError *err = NULL;
-    uint64_t msgs[MSG_STATE_COUNT], dlvs[DLV_STATE_COUNT], active, used;
     int64_t oldest = 0;
 
-    if (!ctl_parse(c, &argc, &argv, "- counts per state", none))
-        return CTL_USAGE;
-    ctl_open_spool(c);
-    if (!spool_read_begin(c->spool, &t, &err))
-        return ctl_fail(err);
+    memset(st, 0, sizeof(*st));
+    if (!spool_read_begin(c->spool, &t, err))
+        return FALSE;
     for (int s = 0; s < MSG_STATE_COUNT; s++) {
         g_autofree char *name = g_strdup_printf("msg.%s", msg_state_name(s));
-        msgs[s] = spool_counter_get(&t, name);
+        st->msgs[s] = spool_counter_get(&t, name);
     }
     for (int s = 0; s < DLV_STATE_COUNT; s++) {
         g_autofree char *name = g_strdup_printf("dlv.%s", dlv_state_name(s));
-        dlvs[s] = spool_counter_get(&t, name);
+        st->dlvs[s] = spool_counter_get(&t, name);
     }
-    active = spool_counter_get(&t, "tok.active");
-    used = spool_counter_get(&t, "tok.used");
+    st->tokens_active = spool_counter_get(&t, "tok.active");
+    st->tokens_used = spool_counter_get(&t, "tok.used");
 
     /* The oldest message still in the queue: first id of each live state. */
     for (int s = MSG_INCOMING; s <= MSG_HOLD; s++) {
@@ -88,8 +83,25 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
         }
     }
     spool_read_end(&t);
-    int64_t age = oldest ? ctl_now() - oldest : 0;
-    uint64_t bytes = spool_file_size(c->spool);
+    st->oldest_age = oldest ? ctl_now() - oldest : 0;
+    st->spool_bytes = spool_file_size(c->spool);
+    return TRUE;
+}
+
+int ctl_stats(struct ctl *c, int argc, char **argv)
+{
+    GOptionEntry none[] = { { NULL } };
+    struct ctl_stats st;
+    GError *err = NULL;
+
+    if (!ctl_parse(c, &argc, &argv, "- counts per state", none))
+        return CTL_USAGE;
+    ctl_open_spool(c);
+    if (!ctl_stats_read(c, &st, &err))
+        return ctl_fail(err);
+    uint64_t *msgs = st.msgs, *dlvs = st.dlvs, active = st.tokens_active, used = st.tokens_used,
+             bytes = st.spool_bytes;
+    int64_t age = st.oldest_age;
 
     if (c->json) {
         g_autoptr(JsonBuilder) b = json_builder_new();

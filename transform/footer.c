@@ -162,7 +162,8 @@ static gboolean footer_append(GMimePart *part, const char *text)
 		if (at > 0 && !html)
 			g_byte_array_append(out, (const guint8 *) "\r\n", 2);
 		g_byte_array_append(out, (const guint8 *) footer->str, footer->len);
-		g_byte_array_append(out, body->data + at, body->len - at);
+		if (at < body->len)	/* an empty body has data == NULL: no NULL + 0 */
+			g_byte_array_append(out, body->data + at, body->len - at);
 		footer_set_content(part, out);
 	}
 	g_byte_array_unref(body);

@@ -6,6 +6,7 @@ messages go in over LMTP, states come out of `spoolctl --json`.
 
 Runs under Debian's /usr/bin/python3 (python3-dkim, aiosmtpd, cryptography).
 """
+import asyncio
 import base64
 import json
 import os
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import dkim
+import pytest
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -70,12 +72,17 @@ class Relay(smtp_client_test.Relay):
 
     mail_script: replies to the next MAIL commands, in order.
     data_script: rcpt -> replies to the next end-of-data of a copy to rcpt.
+    hold:        rcpts whose next end-of-data waits while `holding`; the
+                 client's address goes to `held` (who is mid-transaction).
+    delay:       seconds every end-of-data reply waits (a slow relay).
     """
 
     def __init__(self):
         super().__init__()
         self.mail_script = []
         self.data_script = {}
+        self.hold, self.holding, self.held = set(), True, []
+        self.delay = 0
         self.attempts = []          # (monotonic time, rcpts, reply) per end of data
 
     async def handle_MAIL(self, server, session, envelope, address, options):
@@ -85,6 +92,12 @@ class Relay(smtp_client_test.Relay):
         return await super().handle_MAIL(server, session, envelope, address, options)
 
     async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(self.delay)
+        if self.hold & set(envelope.rcpt_tos):
+            self.hold -= set(envelope.rcpt_tos)
+            self.held.append(session.peer)
+            while self.holding:
+                await asyncio.sleep(0.05)
         for r in envelope.rcpt_tos:
             if self.data_script.get(r):
                 reply = self.data_script[r].pop(0)
@@ -123,12 +136,6 @@ def relay_config(workdir, pki, port, scheme="smtp", user=True):
         pw.chmod(0o600)
         cfg.update(user=USER, password_file=pw)
     return {"relay": cfg}
-
-
-class Sender(postern.Daemon):
-    def __init__(self, chain, name, config_path):
-        super().__init__([sender_binary(), "-c", config_path, "-f"],
-                         chain.workdir / f"{name}.log", r"daemon started")
 
 
 class Chain:
@@ -194,7 +201,8 @@ class Chain:
     def add_sender(self, config=None, start=True):
         """A sender worker; config overrides go into its own file."""
         name = f"sender{len(self.senders)}"
-        s = Sender(self, name, self.config_for(name, config))
+        s = postern.Daemon([sender_binary(), "-c", self.config_for(name, config), "-f"],
+                           self.workdir / f"{name}.log", r"daemon started")
         self.senders.append(s)
         if start:
             s.start()
@@ -275,3 +283,35 @@ class Chain:
 
     def dkim_ok(self, data: bytes):
         return dkim.verify(data, dnsfunc=self.dnsfunc)
+
+
+@pytest.fixture
+def make_chain(tmp_path, pki):
+    """make_chain(config, senders=1, relay=True, own=None, cert="good") -> (Chain, Relay|None).
+
+    With relay, an aiosmtpd relay is started and [relay] points at it.
+    Teardown stops everything and fails the test on a daemon's non-zero
+    exit at SIGTERM or a sanitizer report in any daemon's log.
+    """
+    chains, relays = [], []
+
+    def make(config=None, senders=1, relay=True, own=None, cert="good"):
+        r = None
+        cfg = config or {}
+        if relay:
+            r, ctl = start_relay(pki, cert)
+            relays.append(ctl)
+            cfg = postern.merge(relay_config(tmp_path, pki, ctl.port), cfg)
+        c = Chain(tmp_path, cfg, own=own)
+        chains.append(c)
+        c.start(senders=senders)
+        return c, r
+
+    yield make
+    problems = []
+    for c in chains:
+        problems += c.stop()
+    for ctl in relays:
+        ctl.stop()
+    if problems:
+        pytest.fail("daemon problems:\n" + "\n".join(problems), pytrace=False)

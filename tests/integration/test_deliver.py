@@ -5,39 +5,12 @@ from a test CA.  Each message carries a fresh token registered with
 spoolctl; what the relay got is checked byte for byte against
 `spoolctl show --outgoing` and with python3-dkim.
 """
-import pytest
 
 import chain as pc
-from chain import OWNER, BOUNCES
+from chain import BOUNCES, OWNER, make_chain  # noqa: F401  (fixture)
 from smtp_client_test import pki  # noqa: F401  (fixture)
 
 RCPTS = ["ada@example.org", "bob@example.net", "cyd@example.com"]
-
-
-@pytest.fixture
-def make_chain(tmp_path, pki):  # noqa: F811
-    chains, relays = [], []
-
-    def make(config=None, senders=1, relay=True):
-        r = None
-        cfg = config or {}
-        if relay:
-            r, ctl = pc.start_relay(pki)
-            relays.append(ctl)
-            cfg = pc.postern.merge(pc.relay_config(tmp_path, pki, ctl.port), cfg)
-        c = pc.Chain(tmp_path, cfg)
-        chains.append(c)
-        c.start(senders=senders)
-        return c, r
-
-    yield make
-    problems = []
-    for c in chains:
-        problems += c.stop()
-    for ctl in relays:
-        ctl.stop()
-    if problems:
-        pytest.fail("daemon problems:\n" + "\n".join(problems), pytrace=False)
 
 
 def test_one_signed_copy_per_recipient(make_chain):
