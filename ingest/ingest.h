@@ -1,12 +1,14 @@
 /*
  * ingest.h - postern-ingest internals: listeners, sessions, group commit.
  *
- * One thread, one GLib main loop.  Sessions read and parse as their bytes
- * arrive; a session whose DATA is complete joins the pending batch.  After
- * each main-loop iteration every pending message is committed in ONE
- * durable LMDB transaction, and only then are their 250 replies written:
- * messages that finish together share a commit (group commit), none is
- * acknowledged before its commit is on disk.
+ * One GLib main loop for the protocol, one committer thread for LMDB.
+ * Sessions read and parse as their bytes arrive; a session whose DATA is
+ * complete joins the pending batch.  Whenever the committer is idle it
+ * takes every pending message and writes them in ONE durable LMDB
+ * transaction; only then are their 250 replies written: messages that
+ * finish together share a commit (group commit), none is acknowledged
+ * before its commit is on disk, and the sessions go on talking while the
+ * disk syncs.
  */
 #ifndef POSTERN_INGEST_H
 #define POSTERN_INGEST_H
@@ -47,6 +49,7 @@ struct session {
     struct lmtp_data_reader data;
     int64_t last_active;            /* monotonic seconds */
     unsigned errors;
+    struct commit_job *job;         /* its message, while the committer writes it */
 };
 
 struct ingest {
@@ -57,7 +60,8 @@ struct ingest {
     GPtrArray *listeners;           /* GSource ids */
     GList *sessions;
     unsigned n_sessions;
-    GPtrArray *batch;               /* sessions in SESSION_COMMIT */
+    GPtrArray *batch;               /* sessions in SESSION_COMMIT, not yet with the committer */
+    struct committer *committer;    /* the thread that writes batches */
     gboolean stopping;
 };
 
@@ -76,6 +80,10 @@ void session_expire_idle(struct ingest *ig);
 void session_shutdown_all(struct ingest *ig);
 
 /* ingest_commit.c */
+void ingest_commit_start(struct ingest *ig);
 void ingest_commit_batch(struct ingest *ig);
+gboolean ingest_commit_pending(struct ingest *ig);
+void ingest_commit_forget(struct session *s);
+void ingest_commit_stop(struct ingest *ig);
 
 #endif

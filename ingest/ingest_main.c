@@ -85,22 +85,24 @@ int main(int argc, char **argv)
     msg_info("daemon started: spool %s", cfg.spool.dir);
 
     /*
-     * The group commit: g_main_context_iteration() dispatches every
-     * source that is ready, so all sessions whose DATA ended in this round
-     * are in ig.batch when it returns, and share one fsync.
+     * The group commit (ingest_commit.c): every session whose DATA ended
+     * while the committer was busy is in ig.batch when it is idle again,
+     * and they share one fsync.
      */
+    ingest_commit_start(&ig);
     while (!ig.stopping) {
         /*
-         * Do not block while messages wait: committing a batch lets
-         * sessions read on, and a pipelined next message may complete
-         * inside ingest_commit_batch() itself, with no new event to wake
-         * the loop.
+         * Block until an event: a session's bytes, or the committer's
+         * wakeup when a batch is on disk.  Do not block while a batch
+         * waits for an idle committer (a pipelined message may complete
+         * inside ingest_commit_batch() itself, with no event to come).
          */
-        g_main_context_iteration(NULL, ig.batch->len == 0);
+        g_main_context_iteration(NULL, !ingest_commit_pending(&ig));
         ingest_commit_batch(&ig);
     }
 
     ingest_listen_stop(&ig);
+    ingest_commit_stop(&ig);
     session_shutdown_all(&ig);
     g_ptr_array_unref(ig.batch);
     g_hash_table_unref(ig.recipients);

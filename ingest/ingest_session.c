@@ -48,6 +48,7 @@ static void session_free(struct session *s)
     ig->sessions = g_list_remove(ig->sessions, s);
     ig->n_sessions--;
     g_ptr_array_remove(ig->batch, s);
+    ingest_commit_forget(s);
     lmtp_data_clear(&s->data);
     g_byte_array_unref(s->in);
     g_string_free(s->out, TRUE);

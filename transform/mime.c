@@ -30,6 +30,41 @@ void    mime_init(void)
 	g_once_init_leave(&done, 1);
 }
 
+/*
+ * GMime writes each parsed header's raw bytes as they came, and keeps them
+ * as a C string: a NUL in a header cuts it there, losing the newline after
+ * it, and a header at the very end of the input has none. On write, the
+ * last header of a block then swallows the blank line and body lines go
+ * out as header fields of the signed copy (header injection), or the next
+ * header joins its line. End each such raw value with its newline, where
+ * GMime parsed it.
+ */
+static void mime_fix_headers(GMimeObject *obj)
+{
+	GMimeHeaderList *list = g_mime_object_get_header_list(obj);
+
+	for (int i = 0; i < g_mime_header_list_get_count(list); i++) {
+		GMimeHeader *header = g_mime_header_list_get_header_at(list, i);
+		const char *value = g_mime_header_get_raw_value(header);
+		size_t  n = value ? strlen(value) : 0;
+
+		if (value != NULL && (n == 0 || value[n - 1] != '\n')) {
+			char   *fixed = g_strconcat(value, "\n", NULL);
+
+			g_mime_header_set_raw_value(header, fixed);
+			g_free(fixed);
+		}
+	}
+	if (GMIME_IS_MESSAGE(obj) && g_mime_message_get_mime_part(GMIME_MESSAGE(obj)) != NULL)
+		mime_fix_headers(g_mime_message_get_mime_part(GMIME_MESSAGE(obj)));
+	else if (GMIME_IS_MULTIPART(obj))
+		for (int i = 0; i < g_mime_multipart_get_count(GMIME_MULTIPART(obj)); i++)
+			mime_fix_headers(g_mime_multipart_get_part(GMIME_MULTIPART(obj), i));
+	else if (GMIME_IS_MESSAGE_PART(obj)
+		 && g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj)) != NULL)
+		mime_fix_headers(GMIME_OBJECT(g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj))));
+}
+
 GMimeMessage *mime_parse(const char *raw, size_t len, GError **err)
 {
 	GMimeStream *stream;
@@ -54,6 +89,8 @@ GMimeMessage *mime_parse(const char *raw, size_t len, GError **err)
 		g_set_error(err, MIME_ERROR, MIME_ERROR_PARSE, "GMime found no body");
 		g_clear_object(&msg);
 	}
+	if (msg != NULL)
+		mime_fix_headers(GMIME_OBJECT(msg));
 	return msg;
 }
 

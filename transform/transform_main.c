@@ -145,6 +145,7 @@ static void transform_hello(struct worker *w)
 static void transform_tjob(struct worker *w, GBytes *payload)
 {
     guint64 lease, id;
+    char idtext[QUEUE_ID_LEN + 1];
     const char *outcome;
     g_autoptr(GBytes) done = NULL, credit = NULL;
 
@@ -152,6 +153,8 @@ static void transform_tjob(struct worker *w, GBytes *payload)
         msg_warn("malformed TJOB from the dispatcher: ignored");
         return;
     }
+    spool_id_format(id, idtext);
+    msg_info("%s: transform job, lease %" G_GINT64_MODIFIER "x", idtext, lease);
     outcome = transform_job(&w->tf, lease, id);
     done = wire_pack("(tts)", lease, id, outcome);
     credit = wire_pack("(u)", (guint32)1);

@@ -25,8 +25,12 @@ static void cleanup(void)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    int fd = g_file_open_tmp("postern-fuzz-config-XXXXXX.ini", &path, NULL);
+    /* tmpfs when there is one: a file per execution on disk costs 6x. */
+    const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : g_get_tmp_dir();
+    int fd;
 
+    path = g_build_filename(dir, "postern-fuzz-config-XXXXXX.ini", NULL);
+    fd = g_mkstemp(path);
     if (fd < 0)
         abort();
     close(fd);

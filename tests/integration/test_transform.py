@@ -89,6 +89,7 @@ class Stack:
     def __init__(self, tmp, keys=None, config=None, transforms=1, relay_port=None):
         self.tmp = Path(tmp)
         self.run = Path(tempfile.mkdtemp(prefix="ptf", dir="/tmp"))
+        self.seen = {}                  # id -> show of a null-sender message
         base = {
             "token": {"prefix": "LEGOTOKEN"},
             "rewrite": {"from": FROM, "unsubscribe_url": UNSUB, "footer": FOOTER_INI},
@@ -155,17 +156,19 @@ class Stack:
         return self.spoolctl(*args).stdout.decode().strip()
 
     def token_info(self, token):
-        return json.loads(self.spoolctl("--json", "token", "show", token).stdout)
+        # "--": a token may start with "-".
+        return json.loads(self.spoolctl("--json", "token", "show", "--", token).stdout)
 
     def notices(self, ref=None):
-        """Notices (kind notice) in the spool, about ref if given."""
-        out = []
+        """Notices (kind notice) in the spool, about ref if given.  A notice's
+        kind and ref never change: each is shown once and remembered."""
         for m in self.messages():
-            if m["sender"] == "":
-                s = self.show(m["id"])
-                if s.get("kind") == "notice" and (ref is None or s.get("ref") == ref):
-                    out.append(s)
-        return out
+            if m["sender"] == "" and m["id"] not in self.seen:
+                shown = self.show(m["id"])
+                if shown["kind"] in ("notice", "mail"):
+                    self.seen[m["id"]] = shown
+        return [n for n in self.seen.values()
+                if n["kind"] == "notice" and (ref is None or n["ref"] == ref)]
 
     # -- mail
     def send(self, raw, sender=OWNER):
@@ -435,7 +438,7 @@ def test_each_rejection_reason(stack):
     stack.wait(first)
     expired = stack.token(RCPTS, OWNER, "--expires", "1s")
     revoked = stack.token()
-    stack.spoolctl("token", "revoke", revoked)
+    stack.spoolctl("token", "revoke", "--", revoked)
     other = stack.token(sender="someone.else@abakus.no")
     time.sleep(1.1)
     cases = {
@@ -534,13 +537,20 @@ def test_hostile_but_parseable(stack, keys):
     token = stack.token()
     body = ("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
             "nul\x00byte\r\n" + "x" * 5000 + "\r\nend\r\n")
-    raw = with_token("Sm\udce6rt \udcff", body, token)
-    qid = stack.send(raw)
-    stack.wait(qid, "ready", "hold")
-    if stack.show(qid)["state"] == "ready":
-        data = stack.outgoing(qid)
-        assert dkim_results(data, keys) == [True, True]
-        assert max(len(l) for l in data.split(b"\r\n")) <= 998
+    qid = stack.send(with_token("Sm\udce6rt \udcff", body, token))
+    stack.wait(qid)
+    assert dkim_results(stack.outgoing(qid), keys) == [True, True]
+
+
+@pytest.mark.xfail(strict=True, reason="mime_rewrite() keeps an 8bit part's line over 998 "
+                   "octets as it came; RFC 5322 wants it re-encoded (quoted-printable)")
+def test_long_line_reencoded(stack):
+    token = stack.token()
+    body = ("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            + "x" * 5000 + "\r\n")
+    qid = stack.send(with_token("long line", body, token))
+    stack.wait(qid)
+    assert max(len(l) for l in stack.outgoing(qid).split(b"\r\n")) <= 998
 
 
 # ---- tests: configuration variants -------------------------------------------

@@ -1,0 +1,186 @@
+"""Sender workers: sharing the load, dying, stopping, remote over CURVE.
+
+The real chain (ingest, dispatch, transform, senders) and the aiosmtpd
+relay of test_deliver.py.  A relay that holds one recipient's end of data
+tells which worker is mid-transaction, so that it can be killed or stopped
+right there.
+"""
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+import zmq
+
+import chain as pc
+from chain import make_chain  # noqa: F401  (fixture)
+from postern import wait_for
+from smtp_client_test import pki  # noqa: F401  (fixture)
+
+RCPTS = ["ada@example.org", "bob@example.net", "cyd@example.com"]
+
+
+def holder(c, relay, port_of_relay):
+    """The sender daemon whose TCP connection the relay holds."""
+    peer_port = relay.held[0][1]
+    want = f"127.0.0.1:{peer_port}"
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            ip, port = fields[1].split(":")
+            rport = int(fields[2].split(":")[1], 16)
+            if int(port, 16) == peer_port and rport == port_of_relay:
+                inode = fields[9]
+    assert inode, want
+    for s in c.senders:
+        for fd in os.listdir(f"/proc/{s.pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{s.pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return s
+            except OSError:
+                pass
+    raise AssertionError(f"no sender holds {want}")
+
+
+def sender_names(c):
+    return set(re.findall(r"worker (\w+) \(sender\) connected", c.dispatch.log()))
+
+
+def test_four_workers_share_the_load_and_survive_kill9(make_chain):
+    c, relay = make_chain({"retry": {"lease": "3s"}, "workers": {"slots": "1"}}, senders=4)
+    relay.delay = 0.5
+    relay.hold = {"slow@example.org"}
+    port = int(c.ingest.sections["relay"]["url"].rsplit(":", 1)[1])
+    qids = [c.send(["slow@example.org", "x1@example.org", "x2@example.org"])]
+    wait_for(lambda: relay.held, timeout=60, what="the held transaction")
+    qids += [c.send([f"m{i}a@example.org", f"m{i}b@example.org"]) for i in range(12)]
+    victim = holder(c, relay, port)
+    victim.kill9()
+    relay.holding = False
+
+    for qid in qids:
+        assert {d["state"] for d in c.wait_state(qid, "done", timeout=120)} == {"sent"}
+    # No delivery lost; a duplicate only for the transaction in flight at the kill.
+    assert 1 <= len(relay.copies("slow@example.org")) <= 2
+    for r in ["x1@example.org", "x2@example.org"] + [f"m{i}{x}@example.org"
+                                                     for i in range(12) for x in "ab"]:
+        assert len(relay.copies(r)) == 1, r
+    log = c.dispatch.log()
+    assert "to=<x1@example.org>, lease expired: back in the queue" in log
+    names = sender_names(c)
+    leased = set(re.findall(r"recipient\(s\) leased to worker (\w+)", log))
+    assert len(names) == 4 and leased == names, (names, leased)
+
+
+def test_sigterm_finishes_the_transaction_in_flight(make_chain):
+    c, relay = make_chain()
+    relay.hold = {RCPTS[0]}
+    qid = c.send(RCPTS[:1])
+    wait_for(lambda: relay.held, timeout=60, what="the held transaction")
+    s = c.senders[0]
+    s.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping on signal: finishing 1 job(s)" in s.log(), what="stopping")
+    assert s.proc.poll() is None
+    relay.holding = False
+    assert s.proc.wait(60) == 0
+    [d] = c.deliveries(qid)
+    assert (d["state"], d["attempts"]) == ("sent", 1)
+    assert len(relay.copies(RCPTS[0])) == 1
+
+
+def test_dispatcher_silent_then_restarted(make_chain):
+    c, relay = make_chain()
+    s = c.senders[0]
+    c.dispatch.kill9()
+    wait_for(lambda: "silent for 5s: HELLO again" in s.log(), timeout=30, what="silence noticed")
+    c.dispatch.start()
+    qid = c.send(RCPTS[:1])
+    assert [d["state"] for d in c.wait_state(qid, "done")] == ["sent"]
+    assert "is back" in s.log() and len(relay.copies(RCPTS[0])) == 1
+
+
+def write_keypair(path, pair=None):
+    public, secret = pair or zmq.curve_keypair()
+    path.write_bytes(public + b"\n" + secret + b"\n")
+    path.chmod(0o600)
+    return public.decode()
+
+
+def test_curve_worker_delivers_unknown_key_refused(tmp_path, make_chain):
+    server = zmq.curve_keypair()
+    files = {n: tmp_path / f"{n}.key" for n in ("dispatch", "transform", "good", "bad")}
+    keys = {n: write_keypair(p, server if n == "dispatch" else None) for n, p in files.items()}
+    allowed = tmp_path / "allowed_keys"
+    allowed.write_text(f"{keys['transform']}\n{keys['good']}\n")
+    endpoint = f"tcp://127.0.0.1:{pc.postern.free_port()}"
+
+    def own(name):
+        return {"workers": {"curve_secret_key_file": files[name]}}
+    c, relay = make_chain(
+        {"workers": {"dispatch": endpoint, "curve_server_public_key": keys["dispatch"]}},
+        senders=0,
+        own={"dispatch": {"workers": {"curve_secret_key_file": files["dispatch"],
+                                      "curve_allowed_keys_file": allowed}},
+             "transform": own("transform")})
+    bad = c.add_sender(own("bad"))
+    wait_for(lambda: f"refused worker with CURVE key {keys['bad']}" in c.dispatch.log(),
+             timeout=30, what="the dispatcher refusing the unknown key")
+    wait_for(lambda: "refused our CURVE key" in bad.log(), timeout=30, what="the worker told")
+    c.add_sender(own("good"))
+    qid = c.send(RCPTS)
+    assert {d["state"] for d in c.wait_state(qid, "done")} == {"sent"}
+    assert len(sender_names(c)) == 1
+    assert all(len(relay.copies(r)) == 1 for r in RCPTS)
+    bad_secret = files["bad"].read_text().split()[1]
+    assert keys["bad"] in bad.log() and bad_secret not in bad.log()
+
+
+# ---- refused configurations: exit 2, one clear line ------------------------
+
+def run_sender(tmp_path, sections):
+    path = tmp_path / "sender.ini"
+    pc.postern.write_config(path, pc.postern.merge({"spool": {"dir": tmp_path / "spool"}},
+                                                   sections))
+    p = subprocess.run([str(pc.sender_binary()), "-c", str(path), "-f"], capture_output=True,
+                       text=True, timeout=60)
+    return p.returncode, p.stderr
+
+
+def loose_file(tmp_path, name, text, mode=0o644):
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("case", ["tcp_without_curve", "password_readable", "key_readable",
+                                  "user_without_password", "bad_key_file"])
+def test_refused_configuration(tmp_path, case):
+    relay = {"url": "smtp://localhost:2525", "tls": "require"}
+    workers = {"dispatch": "ipc:///tmp/nobody-listens"}
+    if case == "tcp_without_curve":
+        workers = {"dispatch": "tcp://127.0.0.1:1"}
+        why = "tcp:// needs CURVE"
+    elif case == "password_readable":
+        relay.update(user="u", password_file=loose_file(tmp_path, "pw", "secret-pw\n"))
+        why = f"password_file {tmp_path}/pw: readable by group or others"
+    elif case == "key_readable":
+        key = tmp_path / "k"
+        write_keypair(key)
+        key.chmod(0o640)
+        workers = {"dispatch": "tcp://127.0.0.1:1", "curve_secret_key_file": key,
+                   "curve_server_public_key": zmq.curve_keypair()[0].decode()}
+        why = f"curve_secret_key_file {key}: readable by group or others"
+    elif case == "user_without_password":
+        relay.update(user="u")
+        why = "user is set but password_file is not"
+    else:
+        workers = {"dispatch": "tcp://127.0.0.1:1",
+                   "curve_secret_key_file": loose_file(tmp_path, "k", "nonsense\n", 0o600),
+                   "curve_server_public_key": zmq.curve_keypair()[0].decode()}
+        why = "expected two Z85 lines"
+    rc, err = run_sender(tmp_path, {"relay": relay, "workers": workers})
+    assert rc == 2 and why in err, err
+    assert len(err.strip().splitlines()) == 1 and "secret-pw" not in err

@@ -1,0 +1,112 @@
+"""Transform under races and crashes (SPEC §1, §4.2, §8).
+
+A token sends once even when two messages carry it at the same time, to
+two workers; a worker killed with SIGKILL in the middle of a batch loses
+nothing and does nothing twice; SIGTERM lets the job in hand finish.
+Uses the Stack of test_transform.py.
+"""
+import re
+import threading
+import time
+
+import pytest
+
+import postern
+from postern import wait_for
+from test_transform import (CONTENT, OWNER, dkim_results, keys, make_stack,  # noqa: F401
+                            with_token)
+
+
+def rcpts(n, tag="r"):
+    return [f"{tag}{i}@example.org" for i in range(n)]
+
+
+def send_together(stack, messages):
+    """Each message on its own LMTP session, DATA ended at the same moment."""
+    clients = []
+    for raw in messages:
+        c = stack.ingest.client()
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{OWNER}>").startswith("250")
+        assert c.cmd("RCPT TO:<restricted@abakus.no>").startswith("250")
+        assert c.cmd("DATA").startswith("354")
+        clients.append(c)
+    payloads = [postern.data_payload(raw) for raw in messages]
+    threads = [threading.Thread(target=c.send, args=(p,)) for c, p in zip(clients, payloads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [postern.queue_id_of(c.line()) for c in clients]
+    for c in clients:
+        c.close()
+    assert all(ids)
+    return ids
+
+
+def test_same_token_at_once(make_stack, keys):
+    """Two workers plan the same token at once: one commit wins, the other
+    plans again and is rejected TOKEN_USED.  Many recipients make the
+    signing (the plan) long, so the two plans overlap."""
+    s = make_stack(keys, transforms=2)
+    outcomes = []
+    for round_ in range(3):
+        token = s.token(rcpts(60, f"x{round_}-"))
+        ids = send_together(s, [with_token(f"race {round_} {i}", CONTENT["plain_7bit"], token)
+                                for i in range(2)])
+        states = {q: s.wait(q, "ready", "rejected") for q in ids}
+        ready = [q for q, m in states.items() if m["state"] == "ready"]
+        rejected = [q for q, m in states.items() if m["state"] == "rejected"]
+        assert len(ready) == 1 and len(rejected) == 1, states
+        assert states[rejected[0]]["reason"] == "TOKEN_USED"
+        assert len(s.deliveries(ready[0])) == 60 and s.deliveries(rejected[0]) == []
+        info = s.token_info(token)
+        assert info["status"] == "used" and info["used_by"] == ready[0]
+        outcomes.append(ready[0])
+    # The race did happen: a worker found the token used at its commit and planned again.
+    logs = "".join(t.log() for t in s.transforms)
+    assert re.search(r"token [0-9a-f]{16} is now TOKEN_USED", logs), "the plans never overlapped"
+
+
+def test_kill9_mid_batch(make_stack, keys):
+    """SIGKILL while a batch is being transformed, then restart: every message
+    transformed once, every token used once, one success notice each."""
+    s = make_stack(keys, config={"retry": {"lease": "3s"}})
+    n = 24
+    tokens = [s.token(rcpts(10, f"k{i}-")) for i in range(n)]
+    with s.ingest.client() as c:
+        c.lhlo()
+        ids = [c.send_message(with_token(f"batch {i}", CONTENT["plain_7bit"], t), sender=OWNER)
+               for i, t in enumerate(tokens)]
+    worker = s.transforms[0]
+    wait_for(lambda: "state=ready" in worker.log(), interval=0.005, what="first commit")
+    worker.kill9()
+    time.sleep(0.3)
+    worker.start()
+
+    for q in ids:
+        s.wait(q, timeout=90)
+    for q, t in zip(ids, tokens):
+        dl = s.deliveries(q)
+        assert sorted(d["rcpt"] for d in dl) == sorted(rcpts(10, f"k{ids.index(q)}-"))
+        info = s.token_info(t)
+        assert info["status"] == "used" and info["used_by"] == q
+    notices = s.notices()
+    assert sorted(n_["ref"] for n_ in notices) == sorted(ids)      # exactly one each
+    stats = postern.json_stats(s.config)
+    assert stats["deliveries"]["ready"] + stats["deliveries"]["leased"] == n * 10 + n
+    assert stats["tokens"]["used"] == n
+    assert worker.exit_codes[0] == "SIGKILL"
+
+
+def test_sigterm_finishes_the_job_in_hand(make_stack, keys):
+    s = make_stack(keys)
+    token = s.token(rcpts(300, "t"))
+    qid = s.send(with_token("long job", CONTENT["plain_7bit"], token))
+    worker = s.transforms[0]
+    wait_for(lambda: f"{qid}: transform job" in worker.log(), interval=0.002, what="job start")
+    assert worker.stop() == 0
+    log = worker.log()
+    assert log.index(f"{qid}: state=ready") < log.index("stopping on signal")
+    assert s.show(qid)["state"] == "ready" and len(s.deliveries(qid)) == 300
+    assert dkim_results(s.outgoing(qid, "t299@example.org"), keys) == [True, True]
