@@ -1,16 +1,18 @@
 /*
  * transform.h - postern-transform internals (SPEC §4).
  *
- * One process, one thread, one job at a time: the dispatcher leases an
- * `incoming` message (TJOB), the worker reads it in a short read
- * transaction, does the GMime and DKIM work with no transaction open, and
- * commits the outcome in ONE write transaction that first checks the lease
- * is still its own (fencing).  Several workers run side by side; LMDB's
- * write lock orders their commits, and a token is marked used in the same
- * transaction that creates the deliveries, so it can never send twice.
+ * One process, one thread: the dispatcher leases `incoming` messages
+ * (TJOB), the worker reads each in a short read transaction, does the
+ * GMime and DKIM work with no transaction open, and commits the outcome in
+ * a write transaction that first checks the lease is still its own
+ * (fencing).  Jobs planned together commit together (group commit: the
+ * fsync, not the signature, would otherwise be the cost).  Several workers
+ * run side by side; LMDB's write lock orders their commits, and a token is
+ * marked used in the same transaction that creates the deliveries, so it
+ * can never send twice.
  *
  * transform_main.c    set-up, DKIM keys, the DEALER socket and its loop
- * transform_job.c     one job: load, plan, commit (fenced)
+ * transform_job.c     jobs: load, plan, commit in batches (fenced)
  * transform_sign.c    DKIM signing of outgoing copies and their To: headers
  * transform_notice.c  notices: rejection, success, bounce report
  */
@@ -40,13 +42,33 @@ enum transform_error {
 
 /* ---- transform_job.c ----------------------------------------------------- */
 
+struct job;
+
 /*
- * Run the job `lease` for message id to its end and return the outcome
- * word for TDONE: "ready", "rejected", "hold", "notice" (a bounce report
- * written), "done" (nothing to report), "stale" (not our lease any more)
- * or "error" (the spool failed; the lease will run out and the job return).
+ * Load, parse and plan the job `lease` for message id: everything but the
+ * commit, with no transaction held across the work.  A job that ends here
+ * (lease gone, spool error) already has its outcome.
  */
-const char *transform_job(struct transform *tf, uint64_t lease, queue_id id);
+struct job *job_prepare(struct transform *tf, uint64_t lease, queue_id id);
+
+/*
+ * Commit every planned job in one write transaction (re-planning, in
+ * further rounds, those whose token changed).  Afterwards every job has
+ * its outcome.
+ */
+void job_commit_batch(struct transform *tf, GPtrArray *jobs);
+
+/*
+ * The word for TDONE: "ready", "rejected", "hold", "notice" (a bounce
+ * report written), "done" (nothing to report), "stale" (not our lease any
+ * more) or "error" (the spool failed; the lease runs out and the job
+ * returns); NULL while the job waits for its commit.
+ */
+const char *job_outcome(const struct job *j);
+uint64_t job_lease(const struct job *j);
+queue_id job_id(const struct job *j);
+size_t job_bytes(const struct job *j);      /* the message's size, for batch limits */
+void job_free(struct job *j);
 
 /* ---- transform_sign.c ---------------------------------------------------- */
 

@@ -1,18 +1,20 @@
 /*
- * transform_job.c - one transform job, from TJOB to its one commit.
+ * transform_job.c - transform jobs, from TJOB to their commit.
  *
  *   load    read transaction: the message, its bytes, and that the lease
  *           is ours; for a bounce report, the deliveries it reports on
  *   parse   no transaction: GMime takes the token out
  *   plan    a short read transaction for the token, then with none open
  *           the rewrite and signatures, or the notice, or the hold
- *   commit  one write transaction: the lease again (fencing), the token
- *           again, then the whole outcome at once
+ *   commit  one write transaction for a batch of planned jobs (group
+ *           commit: one fsync for all); in it, each job checks its lease
+ *           again (fencing) and its token again, then writes its whole
+ *           outcome
  *
- * A token can change between plan and commit (another worker used it for
- * a copy of the same message): the commit then refuses and the job plans
- * again with what the spool says now.  A token only ever goes from active
- * to used, expired or revoked, so this settles at the second plan.
+ * A token can change between plan and commit (another job used it): that
+ * job is left out of the commit and plans again with what the spool says
+ * now.  A token only ever goes from active to used, expired or revoked, so
+ * this settles at the second plan; a few rounds are allowed all the same.
  */
 #include "transform/transform.h"
 #include "transform/mime.h"
@@ -68,6 +70,10 @@ struct job {
     char *message_id;
     GPtrArray *notices;             /* struct notice * */
     struct notice *report;          /* PLAN_REPORT: what the report becomes */
+
+    /* commit */
+    GError *refused;                /* FENCED or REPLAN in the last batch transaction */
+    const char *outcome;            /* the TDONE word once the job is over */
 };
 
 static gint64 job_now_ms(void)
@@ -100,9 +106,10 @@ static void job_plan_reset(struct job *j)
     j->reason = NULL;
 }
 
-static void job_free(struct job *j)
+void job_free(struct job *j)
 {
     job_plan_reset(j);
+    g_clear_error(&j->refused);
     g_ptr_array_unref(j->rcpts);
     g_ptr_array_unref(j->headers);
     g_ptr_array_unref(j->notices);
@@ -113,6 +120,7 @@ static void job_free(struct job *j)
     g_free(j->subject);
     spool_msg_clear(&j->m);
     spool_msg_clear(&j->ref);
+    g_free(j);
 }
 
 /* ---- load ----------------------------------------------------------------- */
@@ -482,10 +490,13 @@ static gboolean job_commit_token(struct spool_txn *t, struct job *j, struct spoo
     return ok;
 }
 
-/* Runs again from the start if the map grows: it reads everything it changes. */
-static gboolean job_commit_write(struct spool_txn *t, void *ctx, GError **err)
+/*
+ * One job's share of the batch transaction.  FENCED and REPLAN are found
+ * before the job writes anything, so such a job is only left out; any
+ * other error fails the whole transaction.
+ */
+static gboolean job_commit(struct spool_txn *t, struct job *j, GError **err)
 {
-    struct job *j = ctx;
     struct spool_msg m = { 0 };
     gboolean ok = job_get_ours(t, j, &m, err);
 
@@ -511,6 +522,27 @@ static gboolean job_commit_write(struct spool_txn *t, void *ctx, GError **err)
     return ok;
 }
 
+/* Runs again from the start if the map grows: it reads everything it changes. */
+static gboolean job_commit_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    GPtrArray *jobs = ctx;
+
+    for (guint i = 0; i < jobs->len; i++) {
+        struct job *j = jobs->pdata[i];
+        GError *local = NULL;
+
+        g_clear_error(&j->refused);
+        if (j->outcome || job_commit(t, j, &local))
+            continue;
+        if (local->domain != TRANSFORM_ERROR) {
+            g_propagate_error(err, local);
+            return FALSE;
+        }
+        j->refused = local;
+    }
+    return TRUE;
+}
+
 /* ---- the job -------------------------------------------------------------- */
 
 static const char *const plan_outcome[] = {
@@ -518,57 +550,119 @@ static const char *const plan_outcome[] = {
     [PLAN_REPORT] = "notice", [PLAN_DONE] = "done",
 };
 
-static const char *job_run(struct job *j)
+/* The job ends without a commit: its lease is gone, or the spool failed. */
+static void job_end(struct job *j, GError *err)
+{
+    if (g_error_matches(err, TRANSFORM_ERROR, TRANSFORM_ERR_FENCED)) {
+        msg_warn("%s: job dropped", err->message);
+        j->outcome = "stale";
+    } else {
+        msg_error("%s: transform failed, the job returns when its lease runs out: %s",
+                  j->idtext, err->message);
+        j->outcome = "error";
+    }
+    g_error_free(err);
+}
+
+static void job_plan(struct job *j)
 {
     GError *err = NULL;
 
-    if (!job_load(j, &err))
-        goto failed;
-    if (!job_is_report(j))
-        job_parse(j);
-    for (int plans = 0; plans < JOB_MAX_PLANS; plans++) {
-        job_plan_reset(j);
-        if (job_is_report(j))
-            job_plan_report(j);
-        else if (!job_plan_mail(j, &err))
-            goto failed;
-        if (spool_write(j->tf->spool, job_commit_write, j, &err))
-            return plan_outcome[j->plan];
-        if (!g_error_matches(err, TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN))
-            goto failed;
-        msg_info("%s", err->message);
-        g_clear_error(&err);
-        j->now = g_get_real_time() / G_USEC_PER_SEC;
-    }
-    g_set_error(&err, TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN, "%s: token kept changing",
-                j->idtext);
-failed:
-    if (g_error_matches(err, TRANSFORM_ERROR, TRANSFORM_ERR_FENCED)) {
-        msg_warn("%s: job dropped", err->message);
-        g_error_free(err);
-        return "stale";
-    }
-    msg_error("%s: transform failed, the job returns when its lease runs out: %s", j->idtext,
-              err->message);
-    g_error_free(err);
-    return "error";
+    job_plan_reset(j);
+    if (job_is_report(j))
+        job_plan_report(j);
+    else if (!job_plan_mail(j, &err))
+        job_end(j, err);
 }
 
-const char *transform_job(struct transform *tf, uint64_t lease, queue_id id)
+struct job *job_prepare(struct transform *tf, uint64_t lease, queue_id id)
 {
-    struct job j = {
-        .tf = tf, .lease = lease, .id = id,
-        .raw = g_byte_array_new(),
-        .bounced = g_ptr_array_new_with_free_func(job_dlv_free),
-        .rcpts = g_ptr_array_new_with_free_func(g_free),
-        .headers = g_ptr_array_new_with_free_func(job_bytes_free),
-        .notices = g_ptr_array_new_with_free_func((GDestroyNotify)notice_free),
-        .now = g_get_real_time() / G_USEC_PER_SEC,
-    };
-    const char *outcome;
+    struct job *j = g_new0(struct job, 1);
+    GError *err = NULL;
 
-    spool_id_format(id, j.idtext);
-    outcome = job_run(&j);
-    job_free(&j);
-    return outcome;
+    j->tf = tf;
+    j->lease = lease;
+    j->id = id;
+    spool_id_format(id, j->idtext);
+    j->raw = g_byte_array_new();
+    j->bounced = g_ptr_array_new_with_free_func(job_dlv_free);
+    j->rcpts = g_ptr_array_new_with_free_func(g_free);
+    j->headers = g_ptr_array_new_with_free_func(job_bytes_free);
+    j->notices = g_ptr_array_new_with_free_func((GDestroyNotify)notice_free);
+    j->now = g_get_real_time() / G_USEC_PER_SEC;
+    if (!job_load(j, &err)) {
+        job_end(j, err);
+        return j;
+    }
+    if (!job_is_report(j))
+        job_parse(j);
+    job_plan(j);
+    return j;
+}
+
+/*
+ * Group commit: every planned job of the batch in one write transaction,
+ * one fsync for all.  A job whose token changed meanwhile (another job of
+ * this batch or another worker used it) is planned again and committed in
+ * a next round; JOB_MAX_PLANS rounds settle any batch, as a token only
+ * changes once.
+ */
+void job_commit_batch(struct transform *tf, GPtrArray *jobs)
+{
+    for (int round = 0; round < JOB_MAX_PLANS; round++) {
+        gboolean again = FALSE;
+        GError *err = NULL;
+
+        if (!spool_write(tf->spool, job_commit_write, jobs, &err)) {
+            for (guint i = 0; i < jobs->len; i++)
+                if (!((struct job *)jobs->pdata[i])->outcome)
+                    job_end(jobs->pdata[i], g_error_copy(err));
+            g_error_free(err);
+            return;
+        }
+        for (guint i = 0; i < jobs->len; i++) {
+            struct job *j = jobs->pdata[i];
+
+            if (j->outcome)
+                continue;
+            if (!j->refused) {
+                j->outcome = plan_outcome[j->plan];
+            } else if (g_error_matches(j->refused, TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN)) {
+                msg_info("%s", j->refused->message);
+                g_clear_error(&j->refused);
+                j->now = g_get_real_time() / G_USEC_PER_SEC;
+                job_plan(j);
+                again = TRUE;
+            } else {
+                job_end(j, g_steal_pointer(&j->refused));
+            }
+        }
+        if (!again)
+            return;
+    }
+    for (guint i = 0; i < jobs->len; i++) {
+        struct job *j = jobs->pdata[i];
+        if (!j->outcome)
+            job_end(j, g_error_new(TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN, "token kept changing"));
+    }
+}
+
+const char *job_outcome(const struct job *j)
+{
+    return j->outcome;
+}
+
+uint64_t job_lease(const struct job *j)
+{
+    return j->lease;
+}
+
+queue_id job_id(const struct job *j)
+{
+    return j->id;
+}
+
+size_t job_bytes(const struct job *j)
+{
+    return j->raw->len;
 }

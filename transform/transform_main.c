@@ -2,9 +2,9 @@
  * postern-transform - a transform worker: token, rewrite, footer, DKIM.
  *
  * Set up (config, DKIM keys, spool, hint socket, DEALER socket to the
- * dispatcher), then one loop: wait for a job or the next heartbeat, run
- * each job to its commit, report it (TDONE), ask for the next (CREDIT)
- * and ring the dispatcher.  SIGTERM lets the job in hand finish first.
+ * dispatcher), then one loop: wait for jobs or the next heartbeat, run a
+ * batch of jobs to their commit, report them (TDONE), ask for more
+ * (CREDIT) and ring the dispatcher.  SIGTERM lets the jobs in hand finish.
  */
 #include "transform/transform.h"
 #include "transform/mime.h"
@@ -17,15 +17,30 @@
 #include <string.h>
 #include <zmq.h>
 
-/* One job at a time: a worker process is the unit of parallelism. */
-#define TRANSFORM_SLOTS 1
+/*
+ * Jobs the dispatcher may lease us at once.  They are planned one after
+ * the other and committed together, so that a batch shares one fsync; a
+ * batch closes when its messages pass TRANSFORM_BATCH_BYTES (memory) or its
+ * planning TRANSFORM_BATCH_MS (latency under load).  A worker process is
+ * the unit of parallelism: run one per core.
+ */
+#define TRANSFORM_SLOTS 32
+#define TRANSFORM_BATCH_BYTES (8u << 20)
+#define TRANSFORM_BATCH_MS 100
 #define TRANSFORM_READER_CHECK_MS 30000
+
+/* A TJOB received and not yet started. */
+struct ticket {
+    uint64_t lease;
+    queue_id id;
+};
 
 struct worker {
     struct transform tf;
     struct hint_sender *hints;
     void *zctx;
     void *sock;
+    GArray *pending;                /* struct ticket, in arrival order */
     int64_t heard;                  /* monotonic ms: the dispatcher's last word */
     gboolean silent;                /* we said so in the log */
     int64_t next_ping;
@@ -130,8 +145,9 @@ static void transform_connect(struct worker *w)
 }
 
 /*
- * HELLO carries our slots, which the dispatcher takes as our whole credit:
- * sending it again (after WHO, or a silence) can never grant a job twice.
+ * HELLO carries our slots, which the dispatcher takes as our whole credit.
+ * Said again (after WHO, or a silence) while jobs wait here, it may grant
+ * a few too many: those wait in `pending` too, none is lost.
  */
 static void transform_hello(struct worker *w)
 {
@@ -141,27 +157,56 @@ static void transform_hello(struct worker *w)
     w->heard = transform_mono_ms();
 }
 
-/* A job, then its report; the commit is already on disk when TDONE goes. */
+/*
+ * Plan jobs until the batch is full, commit them together, then report
+ * each (TDONE: the commit is on disk by now), ask for as many again, and
+ * ring the dispatcher once for all the deliveries made ready.
+ */
+static void transform_batch(struct worker *w)
+{
+    g_autoptr(GPtrArray) jobs = g_ptr_array_new_with_free_func((GDestroyNotify)job_free);
+    g_autoptr(GBytes) credit = NULL;
+    int64_t start = transform_mono_ms();
+    size_t bytes = 0;
+    gboolean ready = FALSE;
+
+    while (w->pending->len && bytes < TRANSFORM_BATCH_BYTES &&
+           transform_mono_ms() - start < TRANSFORM_BATCH_MS) {
+        struct ticket t = g_array_index(w->pending, struct ticket, 0);
+        char id[QUEUE_ID_LEN + 1];
+        struct job *j;
+
+        g_array_remove_index(w->pending, 0);
+        spool_id_format(t.id, id);
+        msg_info("%s: transform job, lease %" G_GINT64_MODIFIER "x", id, t.lease);
+        j = job_prepare(&w->tf, t.lease, t.id);
+        bytes += job_bytes(j);
+        g_ptr_array_add(jobs, j);
+    }
+    job_commit_batch(&w->tf, jobs);
+    for (guint i = 0; i < jobs->len; i++) {
+        const struct job *j = jobs->pdata[i];
+        const char *outcome = job_outcome(j);
+        g_autoptr(GBytes) done = wire_pack("(tts)", job_lease(j), job_id(j), outcome);
+
+        wire_send(w->sock, NULL, WIRE_TDONE, done);
+        ready |= strcmp(outcome, "stale") != 0 && strcmp(outcome, "error") != 0;
+    }
+    credit = wire_pack("(u)", (guint32)jobs->len);
+    wire_send(w->sock, NULL, WIRE_CREDIT, credit);
+    if (ready)
+        hint_send(w->hints, "ready");
+}
+
 static void transform_tjob(struct worker *w, GBytes *payload)
 {
-    guint64 lease, id;
-    char idtext[QUEUE_ID_LEN + 1];
-    const char *outcome;
-    g_autoptr(GBytes) done = NULL, credit = NULL;
+    struct ticket t;
 
-    if (!wire_unpack(payload, "(tt)", &lease, &id)) {
+    if (!wire_unpack(payload, "(tt)", &t.lease, &t.id)) {
         msg_warn("malformed TJOB from the dispatcher: ignored");
         return;
     }
-    spool_id_format(id, idtext);
-    msg_info("%s: transform job, lease %" G_GINT64_MODIFIER "x", idtext, lease);
-    outcome = transform_job(&w->tf, lease, id);
-    done = wire_pack("(tts)", lease, id, outcome);
-    credit = wire_pack("(u)", (guint32)1);
-    wire_send(w->sock, NULL, WIRE_TDONE, done);
-    wire_send(w->sock, NULL, WIRE_CREDIT, credit);
-    if (strcmp(outcome, "stale") != 0 && strcmp(outcome, "error") != 0)
-        hint_send(w->hints, "ready");
+    g_array_append_val(w->pending, t);
 }
 
 static void transform_receive(struct worker *w)
@@ -169,7 +214,7 @@ static void transform_receive(struct worker *w)
     GBytes *payload;
     char *cmd;
 
-    while (!transform_stopping && wire_recv(w->sock, FALSE, NULL, &cmd, &payload)) {
+    while (wire_recv(w->sock, FALSE, NULL, &cmd, &payload)) {
         w->heard = transform_mono_ms();
         if (w->silent)
             msg_info("dispatcher %s is back", w->tf.cfg->workers.dispatch);
@@ -211,14 +256,17 @@ static void transform_timers(struct worker *w)
     }
 }
 
+/* SIGTERM: the jobs in hand (received) are finished first; no new ones are read. */
 static void transform_loop(struct worker *w)
 {
-    while (!transform_stopping) {
+    while (!transform_stopping || w->pending->len) {
         zmq_pollitem_t item = { w->sock, 0, ZMQ_POLLIN, 0 };
-        int64_t wait = w->next_ping - transform_mono_ms();
+        int64_t wait = w->pending->len ? 0 : w->next_ping - transform_mono_ms();
 
-        if (zmq_poll(&item, 1, (long)CLAMP(wait, 0, WIRE_HEARTBEAT_MS)) > 0)
+        if (!transform_stopping && zmq_poll(&item, 1, (long)CLAMP(wait, 0, WIRE_HEARTBEAT_MS)) > 0)
             transform_receive(w);
+        if (w->pending->len)
+            transform_batch(w);
         transform_timers(w);
     }
 }
@@ -256,6 +304,7 @@ int main(int argc, char **argv)
         msg_fatal("%s", err->message);
     if (!(w.hints = hint_sender_open(cfg.workers.hints, &err)))
         msg_fatal("%s", err->message);
+    w.pending = g_array_new(FALSE, FALSE, sizeof(struct ticket));
     transform_connect(&w);
     transform_hello(&w);
     msg_info("daemon started: spool %s, dispatcher %s", cfg.spool.dir, cfg.workers.dispatch);
@@ -263,6 +312,7 @@ int main(int argc, char **argv)
     transform_loop(&w);
 
     msg_info("stopping on signal %d", (int)transform_stopping);
+    g_array_unref(w.pending);
     zmq_close(w.sock);
     zmq_ctx_term(w.zctx);
     hint_sender_close(w.hints);

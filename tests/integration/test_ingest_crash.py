@@ -21,7 +21,7 @@ import postern
 from postern import RECIPIENT, data_payload, queue_id_of
 
 KILLS = 5
-CHECKED_CLIENTS = 4
+CHECKED_CLIENTS = 3
 SEED = int(os.environ.get("POSTERN_CRASH_SEED", time.time_ns() % 100000))
 
 
@@ -128,7 +128,7 @@ class CheckedClients:
                 c.close()
                 c = None
                 continue
-            time.sleep(rnd.uniform(0.02, 0.08))
+            time.sleep(rnd.uniform(0.03, 0.1))
         if c:
             c.close()
 

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# bench/transform.sh - transform messages/s beside the machine's signing rate (SPEC §7).
+#
+#   bench/transform.sh [BUILD_DIR]        (default: $POSTERN_BUILD, else ./build)
+#
+# Builds nothing: give it a release build.  For each key type (RSA-2048,
+# Ed25519) and each of RUNS rounds: MESSAGES messages of SIZE bytes, each
+# with its own token for RCPTS recipients, are ingested while no dispatcher
+# runs, so they wait as `incoming`; then TRANSFORMS postern-transform
+# workers and postern-dispatch start and the clock runs until none is
+# incoming.  personalize = true: every message costs RCPTS signatures for
+# its copies plus one for the owner's success notice.
+# `openssl speed -seconds 3` for the same key type runs in the same round.
+# Goal of SPEC §7: signatures/s >= 90% of openssl's sign/s (one worker,
+# one core, against openssl's one core).
+#
+# Environment: RUNS (3), MESSAGES (2000 RSA, 6000 Ed25519), RCPTS (10),
+# SIZE (4096), TRANSFORMS (1), BENCH_TMP (default /var/tmp, a real disk).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib/common.sh"
+
+build=${1:-${POSTERN_BUILD:-build}}
+build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
+for bin in ingest/postern-ingest sender/postern-dispatch transform/postern-transform tools/spoolctl; do
+    [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
+done
+command -v openssl >/dev/null || bench_die "openssl is missing"
+
+RUNS=${RUNS:-3}
+RCPTS=${RCPTS:-10}
+SIZE=${SIZE:-4096}
+TRANSFORMS=${TRANSFORMS:-1}
+spoolctl=$build/tools/spoolctl
+
+tmp=$(mktemp -d "${BENCH_TMP:-/var/tmp}/postern-bench-transform.XXXXXX")
+trap 'bench_cleanup; rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM
+
+# openssl speed's sign/s for rsa2048 or ed25519 (one core, 3 s).
+openssl_sign_rate() {
+    openssl speed -seconds 3 "$1" 2>/dev/null |
+        awk -v alg="$1" '
+            alg == "rsa2048" && /^rsa 2048 bits/ { print $(NF - 1); exit }
+            alg == "ed25519" && /EdDSA \(Ed25519\)/ { print $(NF - 1); exit }'
+}
+
+# Tokens (JSON for `token import`) and the messages carrying them, and an
+# LMTP client that sends them: one session per 500 messages.
+prepare() {
+    /usr/bin/python3 - "$@" <<'PY'
+import base64, json, sys
+out, n, rcpts, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+tokens = [{"from": "bench@abakus.no", "token": f"bench-token-{i:08d}-0123456789",
+           "recipients": [f"r{j}@example.org" for j in range(rcpts)]} for i in range(n)]
+json.dump(tokens, open(f"{out}/tokens.json", "w"))
+filler = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod "
+          "tempor incididunt ut labore.\r\n") * 64
+with open(f"{out}/messages", "wb") as f:
+    for t in tokens:
+        tok = base64.b64encode(f"LEGOTOKEN{t['token']}\n".encode()).decode()
+        head = ("From: bench@abakus.no\r\nTo: restricted@abakus.no\r\nSubject: bench\r\n"
+                "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+                "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
+        tail = (f"\r\n--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                f"{tok}\r\n--b--\r\n")
+        body = filler[:max(0, size - len(head) - len(tail))]
+        m = (head + body + tail).encode()
+        f.write(len(m).to_bytes(4, "big") + m)
+PY
+}
+
+send_all() {
+    /usr/bin/python3 - "$@" <<'PY'
+import socket, sys
+path, port = sys.argv[1], int(sys.argv[2])
+data, msgs = open(path, "rb").read(), []
+while data:
+    n = int.from_bytes(data[:4], "big"); msgs.append(data[4:4 + n]); data = data[4 + n:]
+def reply(f):
+    while True:
+        line = f.readline()
+        if line[3:4] != b"-":
+            return line
+for at in range(0, len(msgs), 500):
+    s = socket.create_connection(("127.0.0.1", port)); f = s.makefile("rb")
+    reply(f); s.sendall(b"LHLO bench\r\n"); reply(f)
+    for m in msgs[at:at + 500]:
+        s.sendall(b"MAIL FROM:<bench@abakus.no>\r\nRCPT TO:<restricted@abakus.no>\r\nDATA\r\n")
+        reply(f); reply(f); reply(f)
+        s.sendall(m.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        r = reply(f)
+        assert r.startswith(b"250"), r
+    s.sendall(b"QUIT\r\n"); s.close()
+PY
+}
+
+# Messages still incoming.  Polled while the clock runs: no Python here, it
+# would take a core from the workers on a small machine.
+incoming() {
+    "$spoolctl" -c "$1" --json stats | sed -n 's/.*"incoming":\([0-9]*\).*/\1/p'
+}
+
+# One round: prints the seconds the transform took for every message.
+run_round() {
+    local type=$1 n=$2 round=$3 dir=$tmp/$1-$3 port t0 t1 pids=()
+    mkdir -p "$dir/run"
+    port=$(bench_free_port)
+    cat >"$dir/postern.ini" <<EOF
+[spool]
+dir = $dir/spool
+[ingest]
+listen = 127.0.0.1:$port
+recipients = restricted@abakus.no
+[dkim]
+domain = abakus.no
+keys = bench:$dir/key.pem
+[rewrite]
+from = Abakus <no-reply@abakus.no>
+unsubscribe_url = https://abakus.no/users/me/settings/notifications
+personalize = true
+[relay]
+url = maildir:$dir/outbox
+[workers]
+dispatch = ipc://$dir/run/dispatch
+hints = ipc://$dir/run/hints
+EOF
+    "$spoolctl" -c "$dir/postern.ini" dkim keygen --type "$type" --out "$dir/key.pem" --selector bench >/dev/null
+    prepare "$dir" "$n" "$RCPTS" "$SIZE"
+    "$spoolctl" -c "$dir/postern.ini" token import "$dir/tokens.json" >/dev/null
+
+    bench_spawn "$dir/ingest.log" "$build/ingest/postern-ingest" -c "$dir/postern.ini" -f
+    pids+=("$BENCH_PID")
+    bench_wait_log "$dir/ingest.log" "daemon started" 30 "$BENCH_PID" || bench_die "ingest did not start"
+    send_all "$dir/messages" "$port"
+    [[ $(incoming "$dir/postern.ini") -eq $n ]] || bench_die "not every message was stored"
+
+    for ((w = 0; w < TRANSFORMS; w++)); do
+        bench_spawn "$dir/transform$w.log" "$build/transform/postern-transform" -c "$dir/postern.ini" -f
+        pids+=("$BENCH_PID")
+        bench_wait_log "$dir/transform$w.log" "daemon started" 30 "$BENCH_PID" ||
+            bench_die "postern-transform did not start: $(tail -3 "$dir/transform$w.log")"
+    done
+    t0=$(bench_now)
+    bench_spawn "$dir/dispatch.log" "$build/sender/postern-dispatch" -c "$dir/postern.ini" -f
+    pids+=("$BENCH_PID")
+    while [[ $(incoming "$dir/postern.ini") -ne 0 ]]; do
+        sleep 0.05
+    done
+    t1=$(bench_now)
+    for pid in "${pids[@]}"; do
+        bench_stop "$pid"
+    done
+    local ready
+    ready=$("$spoolctl" -c "$dir/postern.ini" --json list --state ready | grep -c '"sender":"bench@abakus.no"')
+    [[ $ready -eq $n ]] || bench_die "$type round $round: $ready of $n messages ready"
+    rm -rf "$dir/spool"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+
+bench_log "postern-transform: ${SIZE}-byte messages, $RCPTS recipients each, personalised; " \
+          "$TRANSFORMS worker(s), $RUNS rounds; build $build"
+for type in rsa ed25519; do
+    [[ $type == rsa ]] && alg=rsa2048 n=${MESSAGES:-2000} || alg=ed25519 n=${MESSAGES:-6000}
+    rates=() sigs=() speeds=()
+    for ((round = 1; round <= RUNS; round++)); do
+        secs=$(run_round "$type" "$n" "$round")
+        rate=$(bench_rate "$n" "$secs")
+        sig=$(awk -v r="$rate" -v k="$RCPTS" 'BEGIN { printf "%.1f", r * (k + 1) }')
+        speed=$(openssl_sign_rate "$alg")
+        rates+=("$rate") sigs+=("$sig") speeds+=("$speed")
+        bench_log "$type round $round: $rate msgs/s = $sig signatures/s (${secs}s); openssl $alg $speed sign/s"
+    done
+    rate_med=$(bench_median "${rates[@]}")
+    sig_med=$(bench_median "${sigs[@]}")
+    speed_med=$(bench_median "${speeds[@]}")
+    echo "$type: transform median $rate_med msgs/s = $sig_med signatures/s ($((RCPTS + 1)) per message);" \
+         "openssl speed $alg median $speed_med sign/s;" \
+         "ratio $(awk -v a="$sig_med" -v b="$speed_med" 'BEGIN { printf "%.1f", 100 * a / b }')% (goal >= 90%)"
+done
