@@ -102,9 +102,20 @@ incoming() {
     "$spoolctl" -c "$1" --json stats | sed -n 's/.*"incoming":\([0-9]*\).*/\1/p'
 }
 
-# One round: prints the seconds the transform took for every message.
+# CPU seconds (user + system) used so far by the given pids.
+cpu_seconds() {
+    local pid ticks=0 tck
+    tck=$(getconf CLK_TCK)
+    for pid in "$@"; do
+        ticks=$((ticks + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+    done
+    awk -v t="$ticks" -v k="$tck" 'BEGIN { printf "%.3f", t / k }'
+}
+
+# One round: prints the wall seconds the transform took for every message,
+# and the CPU seconds its workers used meanwhile.
 run_round() {
-    local type=$1 n=$2 round=$3 dir=$tmp/$1-$3 port t0 t1 pids=()
+    local type=$1 n=$2 round=$3 dir=$tmp/$1-$3 port t0 t1 c0 c1 pids=() workers=()
     mkdir -p "$dir/run"
     port=$(bench_free_port)
     cat >"$dir/postern.ini" <<EOF
@@ -138,10 +149,11 @@ EOF
 
     for ((w = 0; w < TRANSFORMS; w++)); do
         bench_spawn "$dir/transform$w.log" "$build/transform/postern-transform" -c "$dir/postern.ini" -f
-        pids+=("$BENCH_PID")
+        pids+=("$BENCH_PID") workers+=("$BENCH_PID")
         bench_wait_log "$dir/transform$w.log" "daemon started" 30 "$BENCH_PID" ||
             bench_die "postern-transform did not start: $(tail -3 "$dir/transform$w.log")"
     done
+    c0=$(cpu_seconds "${workers[@]}")
     t0=$(bench_now)
     bench_spawn "$dir/dispatch.log" "$build/sender/postern-dispatch" -c "$dir/postern.ini" -f
     pids+=("$BENCH_PID")
@@ -149,6 +161,7 @@ EOF
         sleep 0.05
     done
     t1=$(bench_now)
+    c1=$(cpu_seconds "${workers[@]}")
     for pid in "${pids[@]}"; do
         bench_stop "$pid"
     done
@@ -156,26 +169,31 @@ EOF
     ready=$("$spoolctl" -c "$dir/postern.ini" --json list --state ready | grep -c '"sender":"bench@abakus.no"')
     [[ $ready -eq $n ]] || bench_die "$type round $round: $ready of $n messages ready"
     rm -rf "$dir/spool"
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+    awk -v a="$t0" -v b="$t1" -v c="$c0" -v d="$c1" 'BEGIN { printf "%.3f %.3f\n", b - a, d - c }'
 }
 
 bench_log "postern-transform: ${SIZE}-byte messages, $RCPTS recipients each, personalised; " \
           "$TRANSFORMS worker(s), $RUNS rounds; build $build"
+# Signatures per second: the copies' and the success notice's.
+sig_rate() { awk -v n="$1" -v k="$RCPTS" -v s="$2" 'BEGIN { printf "%.1f", n * (k + 1) / s }'; }
+percent() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", 100 * a / b }'; }
+
 for type in rsa ed25519; do
     [[ $type == rsa ]] && alg=rsa2048 n=${MESSAGES:-2000} || alg=ed25519 n=${MESSAGES:-6000}
-    rates=() sigs=() speeds=()
+    rates=() walls=() cpus=() speeds=()
     for ((round = 1; round <= RUNS; round++)); do
-        secs=$(run_round "$type" "$n" "$round")
+        read -r secs cpu < <(run_round "$type" "$n" "$round")
         rate=$(bench_rate "$n" "$secs")
-        sig=$(awk -v r="$rate" -v k="$RCPTS" 'BEGIN { printf "%.1f", r * (k + 1) }')
+        wall=$(sig_rate "$n" "$secs")
+        onecpu=$(sig_rate "$n" "$cpu")
         speed=$(openssl_sign_rate "$alg")
-        rates+=("$rate") sigs+=("$sig") speeds+=("$speed")
-        bench_log "$type round $round: $rate msgs/s = $sig signatures/s (${secs}s); openssl $alg $speed sign/s"
+        rates+=("$rate") walls+=("$wall") cpus+=("$onecpu") speeds+=("$speed")
+        bench_log "$type round $round: $rate msgs/s = $wall signatures/s over ${secs}s;" \
+                  "$onecpu signatures per worker CPU-second (${cpu}s CPU); openssl $alg $speed sign/s"
     done
-    rate_med=$(bench_median "${rates[@]}")
-    sig_med=$(bench_median "${sigs[@]}")
-    speed_med=$(bench_median "${speeds[@]}")
-    echo "$type: transform median $rate_med msgs/s = $sig_med signatures/s ($((RCPTS + 1)) per message);" \
-         "openssl speed $alg median $speed_med sign/s;" \
-         "ratio $(awk -v a="$sig_med" -v b="$speed_med" 'BEGIN { printf "%.1f", 100 * a / b }')% (goal >= 90%)"
+    rate=$(bench_median "${rates[@]}") wall=$(bench_median "${walls[@]}")
+    onecpu=$(bench_median "${cpus[@]}") speed=$(bench_median "${speeds[@]}")
+    echo "$type: $rate msgs/s, $wall signatures/s ($((RCPTS + 1)) per message, $TRANSFORMS worker(s)) =" \
+         "$(percent "$wall" "$speed")% of openssl speed $alg ($speed sign/s, one core);" \
+         "per worker CPU-second $onecpu = $(percent "$onecpu" "$speed")% (goal >= 90%)"
 done

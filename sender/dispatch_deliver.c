@@ -45,6 +45,7 @@ static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
     if (dl->jobs->len >= dl->max_jobs)
         return NULL;
     struct djob *j = g_new0(struct djob, 1);
+    wire_send_job_init(&j->wire);
     j->msg = msg;
     j->idx = g_array_new(FALSE, FALSE, sizeof(uint32_t));
     g_ptr_array_add(dl->jobs, j);
@@ -96,7 +97,6 @@ static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob 
         !spool_body_get(t, DB_OUTGOING, j->msg, body, err))
         return FALSE;
     j->wire.body = g_byte_array_free_to_bytes(g_steal_pointer(&body));
-    j->wire.rcpts = g_array_new(FALSE, TRUE, sizeof(struct wire_rcpt));
     for (guint i = 0; i < j->idx->len; i++) {
         struct spool_dlv dv;
         struct wire_rcpt r = { 0 };

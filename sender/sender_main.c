@@ -37,13 +37,14 @@ struct conn {
     guint busy;                         /* jobs received and not yet answered */
     gboolean stopping;
     gboolean silent;                    /* the dispatcher went quiet */
-    gboolean auth_refused;              /* logged once until a handshake succeeds */
+    gboolean handshake_failing;         /* said once until a handshake succeeds */
     gint64 last_heard;                  /* monotonic us */
     gint64 next_ping;
 };
 
-/* A config problem: one line on stderr, exit 2 (SPEC §2). */
-static G_NORETURN G_GNUC_PRINTF(1, 2) void sender_config_fail(const char *fmt, ...)
+/* A config problem: one line on stderr naming the file, exit 2 (SPEC §2). */
+static G_NORETURN G_GNUC_PRINTF(2, 3) void sender_config_fail(const struct postern_config *cfg,
+                                                             const char *fmt, ...)
 {
     va_list ap;
     g_autofree char *why = NULL;
@@ -51,7 +52,7 @@ static G_NORETURN G_GNUC_PRINTF(1, 2) void sender_config_fail(const char *fmt, .
     va_start(ap, fmt);
     why = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s: %s\n", log_progname(), why);
+    fprintf(stderr, "%s: %s: %s\n", log_progname(), cfg->path ? cfg->path : "(defaults)", why);
     exit(CONFIG_EXIT_USAGE);
 }
 
@@ -70,14 +71,13 @@ static char *sender_read_secret(const struct postern_config *cfg, const char *ke
     ssize_t n;
 
     if (fd < 0 || fstat(fd, &st) < 0)
-        sender_config_fail("%s: %s %s: %s", cfg->path, key, path, g_strerror(errno));
+        sender_config_fail(CFG, "%s %s: %s", key, path, g_strerror(errno));
     if (st.st_mode & (S_IRGRP | S_IROTH))
-        sender_config_fail("%s: %s %s: readable by group or others; chmod 600 it",
-                           cfg->path, key, path);
+        sender_config_fail(CFG, "%s %s: readable by group or others; chmod 600 it", key, path);
     while ((n = read(fd, buf, sizeof(buf))) > 0 && text->len < SECRET_FILE_MAX)
         g_string_append_len(text, buf, n);
     if (n < 0)
-        sender_config_fail("%s: %s %s: %s", cfg->path, key, path, g_strerror(errno));
+        sender_config_fail(CFG, "%s %s: %s", key, path, g_strerror(errno));
     close(fd);
     return g_string_free(text, FALSE);
 }
@@ -89,13 +89,13 @@ static void sender_setup_relay(struct sender *s, const struct postern_config *cf
     struct smtp_client *probe;
 
     if (!relay_url_parse(cfg->relay.url, &s->url, &err))
-        sender_config_fail("%s: [relay] url: %s", cfg->path, err->message);
+        sender_config_fail(CFG, "[relay] url: %s", err->message);
     if (s->url.kind == RELAY_MAILDIR)
         return;
     if (!smtp_tls_parse(cfg->relay.tls, &s->smtp.tls, &err))
-        sender_config_fail("%s: [relay] tls: %s", cfg->path, err->message);
+        sender_config_fail(CFG, "[relay] tls: %s", err->message);
     if (*cfg->relay.user && !*cfg->relay.password_file)
-        sender_config_fail("%s: [relay] user is set but password_file is not", cfg->path);
+        sender_config_fail(CFG, "[relay] user is set but password_file is not");
     if (*cfg->relay.password_file) {
         s->password = sender_read_secret(cfg, "[relay] password_file", cfg->relay.password_file);
         s->password[strcspn(s->password, "\r\n")] = '\0';
@@ -108,7 +108,7 @@ static void sender_setup_relay(struct sender *s, const struct postern_config *cf
     for (int i = 0; i < SMTP_PHASE_COUNT; i++)
         s->smtp.timeouts[i] = (int)MIN(cfg->relay.timeout * 1000, G_MAXINT);
     if (!(probe = smtp_client_new(&s->smtp, &err)))
-        sender_config_fail("%s: [relay]: %s", cfg->path, err->message);
+        sender_config_fail(CFG, "[relay]: %s", err->message);
     smtp_client_free(probe);
 }
 
@@ -116,7 +116,7 @@ static void sender_setup_relay(struct sender *s, const struct postern_config *cf
  * tcp:// carries mail across hosts: only with CURVE (SPEC §8).  Our key
  * file holds two Z85 lines, public then secret (the dispatcher's format);
  * curve_server_public_key is the dispatcher's public key.  Handshake
- * events are watched so that a refused key is logged, not silent.
+ * events are watched: see sender_watch_handshake().
  */
 static void sender_setup_curve(struct conn *c, const struct postern_config *cfg)
 {
@@ -125,19 +125,17 @@ static void sender_setup_curve(struct conn *c, const struct postern_config *cfg)
     g_auto(GStrv) lines = NULL;
 
     if (!*cfg->workers.curve_secret_key_file || !*server)
-        sender_config_fail("%s: [workers] dispatch %s: tcp:// needs CURVE: set "
-                           "curve_secret_key_file and curve_server_public_key",
-                           cfg->path, cfg->workers.dispatch);
+        sender_config_fail(CFG, "[workers] dispatch %s: tcp:// needs CURVE: set "
+                           "curve_secret_key_file and curve_server_public_key", cfg->workers.dispatch);
     text = sender_read_secret(cfg, "[workers] curve_secret_key_file",
                               cfg->workers.curve_secret_key_file);
     lines = g_strsplit(g_strstrip(text), "\n", -1);
     if (g_strv_length(lines) != 2 || strlen(g_strstrip(lines[0])) != 40 ||
         strlen(g_strstrip(lines[1])) != 40)
-        sender_config_fail("%s: [workers] curve_secret_key_file %s: expected two Z85 lines: "
-                           "public key, secret key", cfg->path, cfg->workers.curve_secret_key_file);
+        sender_config_fail(CFG, "[workers] curve_secret_key_file %s: expected two Z85 lines: "
+                           "public key, secret key", cfg->workers.curve_secret_key_file);
     if (strlen(server) != 40)
-        sender_config_fail("%s: [workers] curve_server_public_key: not a 40-character Z85 key",
-                           cfg->path);
+        sender_config_fail(CFG, "[workers] curve_server_public_key: not a 40-character Z85 key");
     zmq_setsockopt(c->dealer, ZMQ_CURVE_SERVERKEY, server, 40);
     zmq_setsockopt(c->dealer, ZMQ_CURVE_PUBLICKEY, lines[0], 40);
     zmq_setsockopt(c->dealer, ZMQ_CURVE_SECRETKEY, lines[1], 40);
@@ -146,7 +144,8 @@ static void sender_setup_curve(struct conn *c, const struct postern_config *cfg)
     c->public_key = g_strdup(lines[0]);
     zmq_socket_monitor(c->dealer, MONITOR_ENDPOINT,
                        ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                       ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL);
+                       ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                       ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL);
     c->monitor = zmq_socket(c->zctx, ZMQ_PAIR);
     zmq_connect(c->monitor, MONITOR_ENDPOINT);
 }
@@ -162,7 +161,7 @@ static void sender_connect(struct conn *c, const struct postern_config *cfg)
     if (g_str_has_prefix(cfg->workers.dispatch, "tcp://"))
         sender_setup_curve(c, cfg);
     if (zmq_connect(c->dealer, cfg->workers.dispatch) < 0)
-        sender_config_fail("%s: [workers] dispatch %s: %s", cfg->path, cfg->workers.dispatch,
+        sender_config_fail(CFG, "[workers] dispatch %s: %s", cfg->workers.dispatch,
                            zmq_strerror(errno));
 }
 
@@ -272,7 +271,13 @@ static void sender_heartbeat(struct sender *s, struct conn *c)
     }
 }
 
-/* A refused CURVE key would otherwise look like a dispatcher with no work. */
+/*
+ * CURVE trouble would otherwise look like a dispatcher with no work.  A key
+ * the dispatcher refuses ends the connection for good (ZeroMQ does not
+ * retry after an authentication failure), so the worker exits and its
+ * supervisor tries again later; a wrong server key makes every attempt
+ * fail, which is said once.
+ */
 static void sender_watch_handshake(struct sender *s, struct conn *c)
 {
     zmq_msg_t event, endpoint;
@@ -290,15 +295,17 @@ static void sender_watch_handshake(struct sender *s, struct conn *c)
         zmq_msg_init(&endpoint);
         zmq_msg_recv(&endpoint, c->monitor, 0);
         zmq_msg_close(&endpoint);
+        if (what == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+            msg_fatal("dispatcher %s refused our CURVE key %s: it is not in the dispatcher's "
+                      "curve_allowed_keys_file", s->cfg->workers.dispatch, c->public_key);
         if (what == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
-            if (c->auth_refused)
-                msg_info("dispatcher %s accepted our CURVE key", s->cfg->workers.dispatch);
-            c->auth_refused = FALSE;
-        } else if (!c->auth_refused) {
-            msg_error("dispatcher %s refused our CURVE key %s: is it in the dispatcher's "
-                      "curve_allowed_keys_file, and curve_server_public_key its key?",
-                      s->cfg->workers.dispatch, c->public_key);
-            c->auth_refused = TRUE;
+            if (c->handshake_failing)
+                msg_info("CURVE handshake with dispatcher %s succeeded", s->cfg->workers.dispatch);
+            c->handshake_failing = FALSE;
+        } else if (!c->handshake_failing) {
+            msg_error("CURVE handshake with dispatcher %s failed: is curve_server_public_key "
+                      "its public key?", s->cfg->workers.dispatch);
+            c->handshake_failing = TRUE;
         }
     }
 }
@@ -381,7 +388,7 @@ int main(int argc, char **argv)
     log_init("postern-sender", foreground);
     config_load_or_exit(&cfg, config_path);
     if (cfg.workers.slots == 0)
-        sender_config_fail("%s: [workers] slots: must be more than 0", cfg.path);
+        sender_config_fail(CFG, "[workers] slots: must be more than 0");
     signal(SIGPIPE, SIG_IGN);
     sender_setup_relay(&s, &cfg);
 

@@ -44,19 +44,24 @@ static void wire_rcpt_clear(gpointer p)
         g_bytes_unref(r->header);
 }
 
+void wire_send_job_init(struct wire_send_job *job)
+{
+    memset(job, 0, sizeof(*job));
+    job->rcpts = g_array_new(FALSE, TRUE, sizeof(struct wire_rcpt));
+    g_array_set_clear_func(job->rcpts, wire_rcpt_clear);
+}
+
 gboolean wire_send_job_decode(GBytes *payload, struct wire_send_job *job)
 {
     g_autoptr(GVariant) v = g_variant_ref_sink(
         g_variant_new_from_bytes(G_VARIANT_TYPE(SJOB_TYPE), payload, FALSE));
     g_autoptr(GVariant) body = NULL, rcpts = NULL;
 
-    memset(job, 0, sizeof(*job));
+    wire_send_job_init(job);
     if (!g_variant_is_normal_form(v))
         return FALSE;
     g_variant_get(v, "(tts@may@a(usmay))", &job->lease, &job->msg, &job->mail_from, &body, &rcpts);
     job->body = maybe_bytes(body);
-    job->rcpts = g_array_new(FALSE, TRUE, sizeof(struct wire_rcpt));
-    g_array_set_clear_func(job->rcpts, wire_rcpt_clear);
     for (gsize i = 0; i < g_variant_n_children(rcpts); i++) {
         g_autoptr(GVariant) child = g_variant_get_child_value(rcpts, i);
         g_autoptr(GVariant) h = NULL;

@@ -83,6 +83,7 @@ struct wire_send_result {
     GArray *results;                /* struct wire_rcpt_result */
 };
 
+void wire_send_job_init(struct wire_send_job *job);
 GBytes *wire_send_job_encode(const struct wire_send_job *job);
 gboolean wire_send_job_decode(GBytes *payload, struct wire_send_job *job);
 void wire_send_job_clear(struct wire_send_job *job);

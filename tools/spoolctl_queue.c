@@ -437,6 +437,13 @@ static gboolean ctl_outgoing_pick(const struct spool_dlv *d, void *ctx)
     return FALSE;
 }
 
+/* Bytes to stdout as they are; an empty body has no buffer at all. */
+static void ctl_write_bytes(const void *data, size_t len)
+{
+    if (len)
+        fwrite(data, 1, len, stdout);
+}
+
 /* The exact bytes sent to one recipient: its header block, then the common copy. */
 static int ctl_show_outgoing(struct spool_txn *t, queue_id id, const char *rcpt)
 {
@@ -457,10 +464,10 @@ static int ctl_show_outgoing(struct spool_txn *t, queue_id id, const char *rcpt)
     if (o.header) {
         gsize n;
         const void *p = g_bytes_get_data(o.header, &n);
-        fwrite(p, 1, n, stdout);
+        ctl_write_bytes(p, n);
         g_bytes_unref(o.header);
     }
-    fwrite(body->data, 1, body->len, stdout);
+    ctl_write_bytes(body->data, body->len);
     return CTL_OK;
 }
 
@@ -496,7 +503,7 @@ int ctl_show(struct ctl *c, int argc, char **argv)
     if (raw) {
         g_autoptr(GByteArray) body = g_byte_array_new();
         if (spool_body_get(&t, DB_BODIES, id, body, &err))
-            fwrite(body->data, 1, body->len, stdout);
+            ctl_write_bytes(body->data, body->len);
         else
             rc = ctl_fail(err);
     } else if (outgoing) {
