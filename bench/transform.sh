@@ -121,6 +121,7 @@ run_round() {
     cat >"$dir/postern.ini" <<EOF
 [spool]
 dir = $dir/spool
+map_size = 2G
 [ingest]
 listen = 127.0.0.1:$port
 recipients = restricted@abakus.no

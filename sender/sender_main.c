@@ -71,13 +71,13 @@ static char *sender_read_secret(const struct postern_config *cfg, const char *ke
     ssize_t n;
 
     if (fd < 0 || fstat(fd, &st) < 0)
-        sender_config_fail(CFG, "%s %s: %s", key, path, g_strerror(errno));
+        sender_config_fail(cfg, "%s %s: %s", key, path, g_strerror(errno));
     if (st.st_mode & (S_IRGRP | S_IROTH))
-        sender_config_fail(CFG, "%s %s: readable by group or others; chmod 600 it", key, path);
+        sender_config_fail(cfg, "%s %s: readable by group or others; chmod 600 it", key, path);
     while ((n = read(fd, buf, sizeof(buf))) > 0 && text->len < SECRET_FILE_MAX)
         g_string_append_len(text, buf, n);
     if (n < 0)
-        sender_config_fail(CFG, "%s %s: %s", key, path, g_strerror(errno));
+        sender_config_fail(cfg, "%s %s: %s", key, path, g_strerror(errno));
     close(fd);
     return g_string_free(text, FALSE);
 }
@@ -89,13 +89,13 @@ static void sender_setup_relay(struct sender *s, const struct postern_config *cf
     struct smtp_client *probe;
 
     if (!relay_url_parse(cfg->relay.url, &s->url, &err))
-        sender_config_fail(CFG, "[relay] url: %s", err->message);
+        sender_config_fail(cfg, "[relay] url: %s", err->message);
     if (s->url.kind == RELAY_MAILDIR)
         return;
     if (!smtp_tls_parse(cfg->relay.tls, &s->smtp.tls, &err))
-        sender_config_fail(CFG, "[relay] tls: %s", err->message);
+        sender_config_fail(cfg, "[relay] tls: %s", err->message);
     if (*cfg->relay.user && !*cfg->relay.password_file)
-        sender_config_fail(CFG, "[relay] user is set but password_file is not");
+        sender_config_fail(cfg, "[relay] user is set but password_file is not");
     if (*cfg->relay.password_file) {
         s->password = sender_read_secret(cfg, "[relay] password_file", cfg->relay.password_file);
         s->password[strcspn(s->password, "\r\n")] = '\0';
@@ -108,7 +108,7 @@ static void sender_setup_relay(struct sender *s, const struct postern_config *cf
     for (int i = 0; i < SMTP_PHASE_COUNT; i++)
         s->smtp.timeouts[i] = (int)MIN(cfg->relay.timeout * 1000, G_MAXINT);
     if (!(probe = smtp_client_new(&s->smtp, &err)))
-        sender_config_fail(CFG, "[relay]: %s", err->message);
+        sender_config_fail(cfg, "[relay]: %s", err->message);
     smtp_client_free(probe);
 }
 
@@ -125,17 +125,18 @@ static void sender_setup_curve(struct conn *c, const struct postern_config *cfg)
     g_auto(GStrv) lines = NULL;
 
     if (!*cfg->workers.curve_secret_key_file || !*server)
-        sender_config_fail(CFG, "[workers] dispatch %s: tcp:// needs CURVE: set "
-                           "curve_secret_key_file and curve_server_public_key", cfg->workers.dispatch);
+        sender_config_fail(cfg, "[workers] dispatch %s: tcp:// needs CURVE: set "
+                           "curve_secret_key_file and curve_server_public_key",
+                           cfg->workers.dispatch);
     text = sender_read_secret(cfg, "[workers] curve_secret_key_file",
                               cfg->workers.curve_secret_key_file);
     lines = g_strsplit(g_strstrip(text), "\n", -1);
     if (g_strv_length(lines) != 2 || strlen(g_strstrip(lines[0])) != 40 ||
         strlen(g_strstrip(lines[1])) != 40)
-        sender_config_fail(CFG, "[workers] curve_secret_key_file %s: expected two Z85 lines: "
+        sender_config_fail(cfg, "[workers] curve_secret_key_file %s: expected two Z85 lines: "
                            "public key, secret key", cfg->workers.curve_secret_key_file);
     if (strlen(server) != 40)
-        sender_config_fail(CFG, "[workers] curve_server_public_key: not a 40-character Z85 key");
+        sender_config_fail(cfg, "[workers] curve_server_public_key: not a 40-character Z85 key");
     zmq_setsockopt(c->dealer, ZMQ_CURVE_SERVERKEY, server, 40);
     zmq_setsockopt(c->dealer, ZMQ_CURVE_PUBLICKEY, lines[0], 40);
     zmq_setsockopt(c->dealer, ZMQ_CURVE_SECRETKEY, lines[1], 40);
@@ -161,7 +162,7 @@ static void sender_connect(struct conn *c, const struct postern_config *cfg)
     if (g_str_has_prefix(cfg->workers.dispatch, "tcp://"))
         sender_setup_curve(c, cfg);
     if (zmq_connect(c->dealer, cfg->workers.dispatch) < 0)
-        sender_config_fail(CFG, "[workers] dispatch %s: %s", cfg->workers.dispatch,
+        sender_config_fail(cfg, "[workers] dispatch %s: %s", cfg->workers.dispatch,
                            zmq_strerror(errno));
 }
 
@@ -388,7 +389,7 @@ int main(int argc, char **argv)
     log_init("postern-sender", foreground);
     config_load_or_exit(&cfg, config_path);
     if (cfg.workers.slots == 0)
-        sender_config_fail(CFG, "[workers] slots: must be more than 0");
+        sender_config_fail(&cfg, "[workers] slots: must be more than 0");
     signal(SIGPIPE, SIG_IGN);
     sender_setup_relay(&s, &cfg);
 

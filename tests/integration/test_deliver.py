@@ -93,3 +93,18 @@ def test_lifetime_expiry_bounces(make_chain):
     assert d["state"] == "bounced" and d["attempts"] >= 2
     assert d["last_reply"] == "451 4.3.0 try later"
     assert relay.copies(RCPTS[0]) == []
+
+
+def test_maildir_relay_one_file_per_recipient(tmp_path, make_chain):
+    box = tmp_path / "outbox"
+    c, _ = make_chain({"relay": {"url": f"maildir:{box}"}}, relay=False)
+    qid = c.send(RCPTS)
+    dl = c.wait_state(qid, "done")
+    assert {(d["state"], d["last_reply"]) for d in dl} == \
+        {("sent", "250 2.0.0 delivered to maildir")}
+    # The copies, byte for byte, and the owner's notice.
+    pc.postern.wait_for(lambda: len(list((box / "new").iterdir())) == len(RCPTS) + 1,
+                        what="four files")
+    files = [p.read_bytes() for p in (box / "new").iterdir()]
+    assert all(c.outgoing(qid, r) in files for r in RCPTS)
+    assert all(c.dkim_ok(f) for f in files)

@@ -164,6 +164,9 @@ static void test_bad_paths(void **state)
     expect_refused("MAIL FROM:<a@b>SIZE=5", "501 5.1.7");
     expect_refused("MAIL FROM:", "501 5.1.7");                  /* empty, no brackets */
     expect_refused("MAIL FROM:<a@b<c>", "501 5.1.7");
+    /* fuzz_lmtp_command/regress_cr_in_quoted_path: no CR into the spool or headers */
+    expect_refused("MAIL FROM:<\"a\rb\"@c>", "501 5.1.7");
+    expect_refused("RCPT TO:<\"a\\\x01\"@c>", "501 5.1.7");
 }
 
 static void test_rcpt_null_refused(void **state)

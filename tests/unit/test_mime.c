@@ -207,6 +207,60 @@ static GBytes *rewrite(GMimeMessage *msg, const struct rewrite_params *p, char *
 	return out;
 }
 
+/*
+ * Regression (fuzz_mime/regress_nul_header_injection): a NUL inside a kept
+ * header, or a header at the very end of the input, lost its line end in
+ * GMime, so the blank line was swallowed and body lines went out as
+ * signed headers.  With the footer on and with the original sender kept.
+ */
+static void test_rewrite_no_header_injection(void **state)
+{
+	static const char raw[] = "Subject: hi\r\nContent-Type: text/plain; charset=utf-8\r\n"
+		"Content-Transfer-Encoding: 8bit\0x\r\n\r\nBcc: v@x\r\n\r\nbody\r\n";
+	struct rewrite_params keep = params;
+
+	keep.use_original_sender = TRUE;
+	for (int i = 0; i < 2; i++) {
+		GMimeMessage *msg = mime_parse(raw, sizeof(raw) - 1, NULL);
+		GBytes *out;
+		char *block;
+
+		char *id = NULL;
+
+		assert_non_null(msg);
+		out = rewrite(msg, i ? &keep : &params, &id);
+		block = header_block(out);
+		assert_null(strstr(block, "Bcc"));
+		g_free(block);
+		g_free(id);
+		g_bytes_unref(out);
+		g_object_unref(msg);
+	}
+}
+
+static void test_rewrite_header_at_eof(void **state)
+{
+	static const char raw[] = "Subject: hi\r\nMIME-Version: 1.0";
+	GMimeMessage *msg = mime_parse(raw, sizeof(raw) - 1, NULL);
+
+	if (!msg)
+		return;		/* refused as "no body" is fine too */
+	char *id = NULL;
+	GBytes *out = rewrite(msg, &params, &id);
+	char *block = header_block(out);
+	char **lines = g_strsplit(block, "\r\n", -1);
+	gboolean alone = FALSE;
+
+	for (char **l = lines; *l; l++)
+		alone |= g_str_equal(*l, "MIME-Version: 1.0");
+	assert_true(alone);
+	g_free(id);
+	g_strfreev(lines);
+	g_free(block);
+	g_bytes_unref(out);
+	g_object_unref(msg);
+}
+
 static GMimeMessage *reparse(GBytes *out)
 {
 	gsize   len;
@@ -1025,6 +1079,8 @@ int     main(void)
 		cmocka_unit_test(test_rewrite_adds_mime_version),
 		cmocka_unit_test(test_rewrite_duplicate_content_type),
 		cmocka_unit_test(test_rewrite_bad_params),
+		cmocka_unit_test(test_rewrite_no_header_injection),
+		cmocka_unit_test(test_rewrite_header_at_eof),
 		cmocka_unit_test(test_rewrite_every_file_crlf),
 		cmocka_unit_test(test_footer_plain_utf8),
 		cmocka_unit_test(test_footer_base64),

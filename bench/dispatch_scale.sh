@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# bench/dispatch_scale.sh - is the dispatcher's cost per delivery flat from
+# 1k to 1M pending deliveries? (SPEC §7: "1 million pending deliveries,
+# dispatch cost per delivery flat")
+#
+#   bench/dispatch_scale.sh [BUILD_DIR]     (default: $POSTERN_BUILD, else ./build)
+#
+# Builds nothing: give it a release build.  For each size N in SIZES, fills
+# a fresh spool with bench/spool_fill (N notice messages of one ready
+# delivery each, 4 KiB signed-looking copies: no transform needed), then
+# per round: starts postern-dispatch, reads its CPU time (utime+stime of
+# /proc/PID/stat, every thread), starts WORKERS postern-sender workers
+# (SLOTS slots each, [relay] max_connections = WORKERS*SLOTS) delivering to
+# one local `smtp-sink` (discards), and stops the clock once K deliveries
+# (all of them if N <= K) are recorded sent.  Prints per size the median
+# deliveries/s and dispatcher CPU microseconds per delivery.  A round
+# consumes K deliveries; the spool is filled again when fewer than 90% of
+# N would be left pending.
+# Goal: median CPU per delivery at the largest size <= FLAT x the smallest.
+#
+# Environment: SIZES ("1000 100000 1000000"), K (20000), RUNS (3),
+# WORKERS (2), SLOTS (4), FLAT (1.3), ROUND_LIMIT (seconds per round, 300),
+# BENCH_TMP (/var/tmp: spools on the real disk, where fsync costs what it costs).
+# Exit 0 only if the goal is met.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib/common.sh"
+
+build=${1:-${POSTERN_BUILD:-build}}
+build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
+for bin in bench/spool_fill sender/postern-dispatch sender/postern-sender; do
+    [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
+done
+command -v smtp-sink >/dev/null || bench_die "smtp-sink (postfix) is missing"
+
+SIZES=${SIZES:-1000 100000 1000000}
+K=${K:-20000}
+RUNS=${RUNS:-3}
+WORKERS=${WORKERS:-2}
+SLOTS=${SLOTS:-4}
+FLAT=${FLAT:-1.3}
+ROUND_LIMIT=${ROUND_LIMIT:-300}
+HZ=$(getconf CLK_TCK)
+
+tmp=$(mktemp -d "${BENCH_TMP:-/var/tmp}/postern-bench-scale.XXXXXX")
+trap 'bench_cleanup || true; rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM
+
+# utime + stime of a process, all its threads, in clock ticks.
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+
+count_sent() { grep -c 'status=sent' "$1" 2>/dev/null || true; }
+
+sink_port=$(bench_free_port)
+# shellcheck disable=SC2046
+bench_spawn "$tmp/sink.log" smtp-sink $(bench_sink_user_args) "127.0.0.1:$sink_port" 1024
+bench_wait_port "$sink_port" 30 || bench_die "smtp-sink did not start: $(cat "$tmp/sink.log")"
+
+write_config() {
+    local dir=$1
+    cat >"$dir/postern.ini" <<EOF
+[spool]
+dir = $dir/spool
+max_size = 64G
+[relay]
+url = smtp://127.0.0.1:$sink_port
+tls = none
+max_connections = $((WORKERS * SLOTS))
+[workers]
+dispatch = ipc://$dir/spool/run/dispatch
+hints = ipc://$dir/spool/run/hints
+slots = $SLOTS
+EOF
+}
+
+fill() {
+    local n=$1 dir=$2 out
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    write_config "$dir"
+    out=$("$build/bench/spool_fill" "$dir/spool" "$n" 1 4096 2>"$dir/fill.log") ||
+        bench_die "spool_fill failed: $(tail -3 "$dir/fill.log")"
+    bench_log "  fill: $out"
+}
+
+# One round on the spool in $dir: sets ROUND to "rate cpu_us_per_delivery sent".
+# (Not in a subshell: the EXIT trap must know every pid it started.)
+round() {
+    local dir=$1 want=$2 log=$dir/dispatch.$RANDOM.log d c0 c1 t0 t1 sent deadline
+    local pids=()
+    bench_spawn "$log" "$build/sender/postern-dispatch" -c "$dir/postern.ini" -f
+    d=$BENCH_PID
+    bench_wait_log "$log" "daemon started" 30 "$d" || bench_die "postern-dispatch did not start: $(tail -5 "$log")"
+    c0=$(cpu_ticks "$d")
+    t0=$(bench_now)
+    for ((w = 1; w <= WORKERS; w++)); do
+        bench_spawn "$dir/sender-$w.log" "$build/sender/postern-sender" -c "$dir/postern.ini" -f
+        pids+=("$BENCH_PID")
+    done
+    deadline=$((SECONDS + ROUND_LIMIT))
+    while :; do
+        sent=$(count_sent "$log")
+        ((sent >= want)) && break
+        kill -0 "$d" 2>/dev/null || bench_die "postern-dispatch died: $(tail -5 "$log")"
+        ((SECONDS < deadline)) || bench_die "only $sent of $want deliveries in ${ROUND_LIMIT}s"
+        sleep 0.1
+    done
+    c1=$(cpu_ticks "$d")
+    t1=$(bench_now)
+    sent=$(count_sent "$log")
+    for pid in "${pids[@]}"; do bench_stop "$pid"; done
+    bench_stop "$d"
+    ROUND=$(awk -v n="$sent" -v a="$t0" -v b="$t1" -v c="$((c1 - c0))" -v hz="$HZ" \
+        'BEGIN { printf "%.1f %.1f %d", n / (b - a), c * 1e6 / hz / n, n }')
+}
+
+bench_log "dispatch scale: sizes $SIZES, K=$K, $RUNS rounds, $WORKERS workers x $SLOTS slots -> smtp-sink"
+bench_log "build: $build; spools under $tmp"
+declare -A rate_med cpu_med
+first="" last=""
+for n in $SIZES; do
+    dir=$tmp/n$n
+    want=$((n < K ? n : K))
+    left=0
+    rates=() cpus=()
+    for ((r = 1; r <= RUNS; r++)); do
+        if ((left < n * 9 / 10)); then
+            fill "$n" "$dir"
+            left=$n
+        fi
+        round "$dir" "$want"
+        read -r rate cpu sent <<<"$ROUND"
+        left=$((left - sent))
+        rates+=("$rate")
+        cpus+=("$cpu")
+        bench_log "  N=$n round $r: $sent delivered, $rate deliveries/s, dispatcher $cpu us CPU per delivery"
+    done
+    rate_med[$n]=$(bench_median "${rates[@]}")
+    cpu_med[$n]=$(bench_median "${cpus[@]}")
+    rm -rf "$dir"
+    [[ -n $first ]] || first=$n
+    last=$n
+done
+
+printf '%-10s %-8s %-16s %-22s\n' "pending" "K" "deliveries/s" "dispatch CPU us/dlv"
+for n in $SIZES; do
+    printf '%-10s %-8s %-16s %-22s\n' "$n" "$((n < K ? n : K))" "${rate_med[$n]}" "${cpu_med[$n]}"
+done
+ratio=$(awk -v a="${cpu_med[$last]}" -v b="${cpu_med[$first]}" 'BEGIN { printf "%.2f", a / b }')
+if awk -v r="$ratio" -v f="$FLAT" 'BEGIN { exit !(r <= f) }'; then
+    echo "dispatch CPU per delivery at $last / at $first = $ratio (goal <= $FLAT): GOAL MET"
+else
+    echo "dispatch CPU per delivery at $last / at $first = $ratio (goal <= $FLAT): GOAL MISSED"
+    exit 1
+fi
