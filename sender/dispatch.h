@@ -21,7 +21,8 @@
 enum worker_kind { WORKER_TRANSFORM, WORKER_SENDER };
 
 struct worker {
-    GBytes *identity;               /* ZeroMQ routing id */
+    void *sock;                     /* the ROUTER it came in on */
+    GBytes *identity;               /* ZeroMQ routing id on that socket */
     char *name;                     /* hex of the identity, for logs */
     enum worker_kind kind;
     unsigned credit;                /* jobs it asked for and has not got */
@@ -40,7 +41,8 @@ struct dispatch {
     struct postern_config *cfg;
     struct spool *spool;
     void *zctx;
-    void *router;                   /* workers */
+    void *router;                   /* workers: [workers] dispatch */
+    void *local;                    /* workers on this host when router is tcp://, or NULL */
     void *hints;                    /* PULL: ingest and transform ring here */
     void *zap;                      /* CURVE allow-list handler, tcp:// only */
     GHashTable *allowed_keys;       /* Z85 public keys of remote workers */

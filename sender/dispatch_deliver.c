@@ -34,10 +34,15 @@ static void djob_free(gpointer p)
     g_free(j);
 }
 
-/* Open job for msg with room for one more recipient, or a new one. */
+/*
+ * Open job for msg with room for one more recipient, or a new one; NULL
+ * when every job allowed this round is taken.  A message's due entries
+ * are next to each other in `due` (time . id . rcpt#), so the last job is
+ * looked at first.
+ */
 static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
 {
-    for (guint i = 0; i < dl->jobs->len; i++) {
+    for (guint i = dl->jobs->len; i-- > 0;) {
         struct djob *j = dl->jobs->pdata[i];
         if (j->msg == msg && j->idx->len < dl->d->cfg->relay.max_rcpt_per_txn)
             return j;
@@ -52,7 +57,14 @@ static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
     return j;
 }
 
-/* Walk `due` from its head while entries are due: group them into jobs. */
+/*
+ * Walk `due` from its head while entries are due: group them into jobs.
+ * Stop at the first entry that fits no job once every job allowed this
+ * round is open: the rest waits for the next round.  (Walking on to
+ * DUE_SCAN_MAX then made a round cost 4096 index steps whenever more than
+ * that was pending, for the one or two jobs a round usually has credit
+ * for: the cost per delivery grew with the queue.)
+ */
 static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err)
 {
     MDB_cursor *cur;
@@ -72,7 +84,7 @@ static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err
         if (key.mv_size != 20 || spool_get_be64(k) > now)
             break;
         if (!(j = dlease_job_for(dl, spool_get_be64(k + 8))))
-            continue;
+            break;
         uint32_t idx = spool_get_be32(k + 16);
         g_array_append_val(j->idx, idx);
         copies++;
@@ -172,10 +184,14 @@ void dispatch_lease_deliveries(struct dispatch *d)
         g_autoptr(GBytes) payload = wire_send_job_encode(&j->wire);
         char id[QUEUE_ID_LEN + 1];
 
+        /* The payload holds its own copy and zmq_send makes another: let
+         * the body go first, or a 30 MiB message costs 3 x 30 MiB here. */
+        g_clear_pointer(&j->wire.body, g_bytes_unref);
+
         spool_id_format(j->msg, id);
         if (d->cfg->relay.rate > 0)
             d->rate_tokens -= j->idx->len;
-        if (!w || !wire_send(d->router, w->identity, WIRE_SJOB, payload)) {
+        if (!w || !wire_send(w->sock, w->identity, WIRE_SJOB, payload)) {
             msg_warn("%s: no sender worker took %u recipient(s): they wait for the lease to expire",
                      id, j->idx->len);
             continue;

@@ -83,6 +83,12 @@ static gboolean result_message_state(struct spool_txn *t, queue_id msg, GError *
     return ok;
 }
 
+/* next_try is kept in whole seconds: round up, never retry early. */
+static int64_t usec_to_sec_up(int64_t usec)
+{
+    return (usec + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC;
+}
+
 /*
  * Decide a delivery's next state from one attempt.  A quota or throttle
  * reply pauses the whole relay and defers (never bounces) the delivery.
@@ -105,7 +111,7 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv,
         rr->pause_until_us = now_us + retry_pause(&d->policy, d->pauses + 1);
         rr->paused = TRUE;
         dv->state = DLV_DEFERRED;
-        dv->next_try = rr->pause_until_us / G_USEC_PER_SEC;
+        dv->next_try = usec_to_sec_up(rr->pause_until_us);
         return "deferred";
     }
     if (v == RETRY_DEFER)
@@ -118,7 +124,7 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv,
         return "sent";
     case RETRY_DEFER:
         dv->state = DLV_DEFERRED;
-        dv->next_try = next / G_USEC_PER_SEC;
+        dv->next_try = usec_to_sec_up(next);
         return "deferred";
     default:
         dv->state = DLV_BOUNCED;
@@ -213,8 +219,15 @@ void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
                      when);
         }
     }
-    for (guint i = 0; i < rr.results->len; i++)
-        g_hash_table_remove(d->jobs, &((struct wire_send_result *)rr.results->pdata[i])->lease);
+    /* A job holds its connection until every recipient has a result:
+     * workers report each SMTP transaction as it ends. */
+    for (guint i = 0; i < rr.results->len; i++) {
+        struct wire_send_result *res = rr.results->pdata[i];
+        struct job *job = g_hash_table_lookup(d->jobs, &res->lease);
+
+        if (job && (job->rcpts -= MIN(job->rcpts, res->results->len)) == 0)
+            g_hash_table_remove(d->jobs, &res->lease);
+    }
     g_ptr_array_unref(rr.results);
     d->work_hinted = TRUE;
 }

@@ -80,7 +80,7 @@ void dispatch_lease_transforms(struct dispatch *d)
         char id[QUEUE_ID_LEN + 1];
 
         spool_id_format(msg, id);
-        if (!w || !wire_send(d->router, w->identity, WIRE_TJOB, job)) {
+        if (!w || !wire_send(w->sock, w->identity, WIRE_TJOB, job)) {
             msg_warn("%s: no transform worker took the job: it waits for its lease to expire", id);
             continue;
         }

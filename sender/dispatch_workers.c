@@ -9,27 +9,32 @@
 #include <string.h>
 #include <zmq.h>
 
-static struct worker *worker_lookup(struct dispatch *d, GBytes *identity)
+/* "r" or "l" (which socket) and the routing id in hex: unique across both. */
+static char *worker_name(struct dispatch *d, void *sock, GBytes *identity)
 {
     gsize n;
     const unsigned char *id = g_bytes_get_data(identity, &n);
-    g_autofree char *name = g_malloc(2 * n + 1);
+    GString *name = g_string_new(sock == d->local ? "l" : "r");
 
     for (gsize i = 0; i < n; i++)
-        g_snprintf(name + 2 * i, 3, "%02x", id[i]);
+        g_string_append_printf(name, "%02x", id[i]);
+    return g_string_free(name, FALSE);
+}
+
+static struct worker *worker_lookup(struct dispatch *d, void *sock, GBytes *identity)
+{
+    g_autofree char *name = worker_name(d, sock, identity);
     return g_hash_table_lookup(d->workers, name);
 }
 
-static struct worker *worker_add(struct dispatch *d, GBytes *identity, enum worker_kind kind)
+static struct worker *worker_add(struct dispatch *d, void *sock, GBytes *identity,
+                                 enum worker_kind kind)
 {
     struct worker *w = g_new0(struct worker, 1);
-    gsize n;
-    const unsigned char *id = g_bytes_get_data(identity, &n);
 
+    w->sock = sock;
     w->identity = g_bytes_ref(identity);
-    w->name = g_malloc(2 * n + 1);
-    for (gsize i = 0; i < n; i++)
-        g_snprintf(w->name + 2 * i, 3, "%02x", id[i]);
+    w->name = worker_name(d, sock, identity);
     w->kind = kind;
     g_hash_table_replace(d->workers, w->name, w);
     return w;
@@ -133,24 +138,48 @@ static gboolean dispatch_load_curve(struct dispatch *d, GError **err)
     return TRUE;
 }
 
+static void *dispatch_router(struct dispatch *d)
+{
+    void *sock = zmq_socket(d->zctx, ZMQ_ROUTER);
+    int zero = 0, one = 1;
+
+    zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero));
+    /* An unroutable job must fail loudly, not vanish: we then forget the worker. */
+    zmq_setsockopt(sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+    return sock;
+}
+
+static gboolean dispatch_bind_one(void *sock, const char *endpoint, GError **err)
+{
+    if (zmq_bind(sock, endpoint) == 0)
+        return TRUE;
+    g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "[workers] dispatch %s: %s", endpoint,
+                zmq_strerror(errno));
+    return FALSE;
+}
+
+/*
+ * Workers connect to [workers] dispatch.  When that is tcp:// (CURVE, for
+ * other hosts), a second socket on the spool's 0700 ipc path serves the
+ * workers on this host, which then need no keys.
+ */
 gboolean dispatch_bind(struct dispatch *d, GError **err)
 {
     const struct postern_config *cfg = d->cfg;
-    int zero = 0, one = 1;
+    int zero = 0;
 
     d->workers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, worker_free);
-    d->router = zmq_socket(d->zctx, ZMQ_ROUTER);
+    d->router = dispatch_router(d);
     d->hints = zmq_socket(d->zctx, ZMQ_PULL);
-    zmq_setsockopt(d->router, ZMQ_LINGER, &zero, sizeof(zero));
     zmq_setsockopt(d->hints, ZMQ_LINGER, &zero, sizeof(zero));
-    /* An unroutable job must fail loudly, not vanish: we then forget the worker. */
-    zmq_setsockopt(d->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
     if (g_str_has_prefix(cfg->workers.dispatch, "tcp://") && !dispatch_load_curve(d, err))
         return FALSE;
-    if (zmq_bind(d->router, cfg->workers.dispatch) < 0) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "[workers] dispatch %s: %s",
-                    cfg->workers.dispatch, zmq_strerror(errno));
+    if (!dispatch_bind_one(d->router, cfg->workers.dispatch, err))
         return FALSE;
+    if (!g_str_equal(cfg->workers.local_dispatch, cfg->workers.dispatch)) {
+        d->local = dispatch_router(d);
+        if (!dispatch_bind_one(d->local, cfg->workers.local_dispatch, err))
+            return FALSE;
     }
     if (zmq_bind(d->hints, cfg->workers.hints) < 0) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "[workers] hints %s: %s",
@@ -160,7 +189,7 @@ gboolean dispatch_bind(struct dispatch *d, GError **err)
     return TRUE;
 }
 
-static void dispatch_hello(struct dispatch *d, GBytes *identity, GBytes *payload)
+static void dispatch_hello(struct dispatch *d, void *sock, GBytes *identity, GBytes *payload)
 {
     g_autofree char *kind = NULL;
     guint32 slots;
@@ -171,18 +200,52 @@ static void dispatch_hello(struct dispatch *d, GBytes *identity, GBytes *payload
         msg_warn("malformed HELLO from a worker: ignored");
         return;
     }
-    w = worker_lookup(d, identity);
+    w = worker_lookup(d, sock, identity);
     if (!w) {
-        w = worker_add(d, identity, g_str_equal(kind, "sender") ? WORKER_SENDER : WORKER_TRANSFORM);
+        w = worker_add(d, sock, identity,
+                       g_str_equal(kind, "sender") ? WORKER_SENDER : WORKER_TRANSFORM);
         msg_info("worker %s (%s) connected with %u slot(s)", w->name, kind, slots);
     }
     w->credit = slots;
     d->work_hinted = TRUE;
 }
 
-void dispatch_receive(struct dispatch *d)
+static void dispatch_receive_from(struct dispatch *d, void *sock)
 {
     GBytes *identity, *payload;
+    char *cmd;
+
+    while (wire_recv(sock, TRUE, &identity, &cmd, &payload)) {
+        struct worker *w = worker_lookup(d, sock, identity);
+
+        if (g_str_equal(cmd, WIRE_HELLO)) {
+            dispatch_hello(d, sock, identity, payload);
+        } else if (!w) {
+            /* We restarted, or forgot it: it must introduce itself again. */
+            wire_send(sock, identity, WIRE_WHO, NULL);
+        } else if (g_str_equal(cmd, WIRE_CREDIT)) {
+            guint32 n;
+            if (wire_unpack(payload, "(u)", &n))
+                w->credit += n;
+            d->work_hinted = TRUE;
+        } else if (g_str_equal(cmd, WIRE_SDONE)) {
+            g_ptr_array_add(d->done, g_bytes_ref(payload));
+        } else if (g_str_equal(cmd, WIRE_TDONE)) {
+            d->work_hinted = TRUE;      /* its deliveries are ready now */
+        } else if (!g_str_equal(cmd, WIRE_PING)) {
+            msg_warn("worker %s: unknown command \"%s\"", w->name, cmd);
+        }
+        if (w || (w = worker_lookup(d, sock, identity)))
+            w->last_seen = dispatch_mono_ms();
+        g_bytes_unref(identity);
+        g_bytes_unref(payload);
+        g_free(cmd);
+    }
+}
+
+void dispatch_receive(struct dispatch *d)
+{
+    GBytes *payload;
     char *cmd;
 
     while (wire_recv(d->hints, FALSE, NULL, &cmd, &payload)) {
@@ -192,35 +255,9 @@ void dispatch_receive(struct dispatch *d)
     }
     while (d->zap && zmq_poll(&(zmq_pollitem_t){ d->zap, 0, ZMQ_POLLIN, 0 }, 1, 0) > 0)
         dispatch_zap(d);
-    while (wire_recv(d->router, TRUE, &identity, &cmd, &payload)) {
-        struct worker *w = worker_lookup(d, identity);
-
-        if (g_str_equal(cmd, WIRE_HELLO)) {
-            dispatch_hello(d, identity, payload);
-        } else if (!w) {
-            /* We restarted, or forgot it: it must introduce itself again. */
-            wire_send(d->router, identity, WIRE_WHO, NULL);
-        } else {
-            w->last_seen = dispatch_mono_ms();
-            if (g_str_equal(cmd, WIRE_CREDIT)) {
-                guint32 n;
-                if (wire_unpack(payload, "(u)", &n))
-                    w->credit += n;
-                d->work_hinted = TRUE;
-            } else if (g_str_equal(cmd, WIRE_SDONE)) {
-                g_ptr_array_add(d->done, g_bytes_ref(payload));
-            } else if (g_str_equal(cmd, WIRE_TDONE)) {
-                d->work_hinted = TRUE;  /* its deliveries are ready now */
-            } else if (!g_str_equal(cmd, WIRE_PING)) {
-                msg_warn("worker %s: unknown command \"%s\"", w->name, cmd);
-            }
-        }
-        if (w || (w = worker_lookup(d, identity)))
-            w->last_seen = dispatch_mono_ms();
-        g_bytes_unref(identity);
-        g_bytes_unref(payload);
-        g_free(cmd);
-    }
+    dispatch_receive_from(d, d->router);
+    if (d->local)
+        dispatch_receive_from(d, d->local);
 }
 
 /*
@@ -244,7 +281,7 @@ void dispatch_heartbeat(struct dispatch *d)
             g_hash_table_iter_remove(&it);
             continue;
         }
-        if (!wire_send(d->router, w->identity, WIRE_PING, NULL)) {
+        if (!wire_send(w->sock, w->identity, WIRE_PING, NULL)) {
             dispatch_forget_worker(d, w);
             g_hash_table_iter_remove(&it);
         }

@@ -29,13 +29,22 @@
 
 #define SENDER_IDLE_MS 2000
 
+/*
+ * What a slot hands back: the results of one or more SMTP transactions of
+ * a job, and whether the job is over (then its slot is free: CREDIT).
+ */
+struct sender_done {
+    struct wire_send_result res;
+    gboolean job_done;
+};
+
 struct sender {
     const struct postern_config *cfg;
     struct relay_url url;
     struct smtp_client_config smtp;     /* read-only once the slots run */
     char *password;                     /* [relay] password_file, never logged */
     GAsyncQueue *jobs;                  /* struct wire_send_job *: main -> slots */
-    GAsyncQueue *done;                  /* struct wire_send_result *: slots -> main */
+    GAsyncQueue *done;                  /* struct sender_done *: slots -> main */
     int wake_fd;                        /* eventfd, written after each push to done */
     GPtrArray *threads;
 };
@@ -55,8 +64,14 @@ GPtrArray *sender_plan(const struct wire_send_job *job, guint max_rcpt);
 /*
  * Deliver a job, filling res->results with one result per recipient.
  * *client is the slot's SMTP client, created here when NULL (SMTP relays).
+ * With hand_back set (the slot threads), the results of each transaction
+ * are handed back as soon as it ends, so that a worker killed later in the
+ * job makes the dispatcher send again only the transaction then in flight;
+ * res then holds what the last transaction left.
  */
-void sender_deliver(const struct sender *s, struct smtp_client **client,
-                    const struct wire_send_job *job, struct wire_send_result *res);
+typedef void (*sender_hand_back_fn)(struct sender *s, struct wire_send_result *part);
+void sender_deliver(struct sender *s, struct smtp_client **client,
+                    const struct wire_send_job *job, struct wire_send_result *res,
+                    sender_hand_back_fn hand_back);
 
 #endif

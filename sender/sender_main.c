@@ -230,26 +230,29 @@ static void sender_receive(struct sender *s, struct conn *c)
 }
 
 /*
- * Results from the slots: SDONE each, and CREDIT(1) for each slot that is
- * free again.  A result that cannot be sent costs a lease expiry and a
- * second delivery elsewhere, never a lost one.
+ * Results from the slots: an SDONE for each transaction's results, and
+ * CREDIT(1) for each slot whose job is over.  A result that cannot be sent
+ * costs a lease expiry and a second delivery elsewhere, never a lost one.
  */
 static void sender_answer(struct sender *s, struct conn *c)
 {
-    struct wire_send_result *res;
+    struct sender_done *done;
     uint64_t n;
 
     if (read(s->wake_fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
         msg_panic("eventfd read: %m");
-    while ((res = g_async_queue_try_pop(s->done))) {
-        if (!sender_say(c, WIRE_SDONE, wire_send_result_encode(res)))
+    while ((done = g_async_queue_try_pop(s->done))) {
+        if (done->res.results->len &&
+            !sender_say(c, WIRE_SDONE, wire_send_result_encode(&done->res)))
             msg_warn("lease %" G_GUINT64_FORMAT ": result not sent to the dispatcher: %s",
-                     res->lease, zmq_strerror(errno));
-        wire_send_result_clear(res);
-        g_free(res);
-        c->busy--;
-        if (!c->stopping && c->busy < c->slots)
-            sender_say(c, WIRE_CREDIT, wire_pack("(u)", 1));
+                     done->res.lease, zmq_strerror(errno));
+        if (done->job_done) {
+            c->busy--;
+            if (!c->stopping && c->busy < c->slots)
+                sender_say(c, WIRE_CREDIT, wire_pack("(u)", 1));
+        }
+        wire_send_result_clear(&done->res);
+        g_free(done);
     }
 }
 
@@ -368,10 +371,12 @@ static void sender_loop(struct sender *s, struct conn *c)
 int main(int argc, char **argv)
 {
     g_autofree char *config_path = NULL;
-    gboolean foreground = FALSE;
+    gboolean foreground = FALSE, local = FALSE;
     GOptionEntry options[] = {
         { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path, "configuration file", "FILE" },
         { "foreground", 'f', 0, G_OPTION_ARG_NONE, &foreground, "log to stderr", NULL },
+        { "local", 0, 0, G_OPTION_ARG_NONE, &local, "on the dispatcher's host: use its ipc socket",
+          NULL },
         { NULL }
     };
     g_autoptr(GOptionContext) octx = g_option_context_new("- Postern sender worker");
@@ -388,6 +393,10 @@ int main(int argc, char **argv)
     }
     log_init("postern-sender", foreground);
     config_load_or_exit(&cfg, config_path);
+    if (local) {
+        g_free(cfg.workers.dispatch);
+        cfg.workers.dispatch = g_strdup(cfg.workers.local_dispatch);
+    }
     if (cfg.workers.slots == 0)
         sender_config_fail(&cfg, "[workers] slots: must be more than 0");
     signal(SIGPIPE, SIG_IGN);

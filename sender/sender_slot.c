@@ -68,11 +68,34 @@ static size_t copy_parts(const struct wire_send_job *job, const struct wire_rcpt
 {
     size_t n = 0;
 
-    if (r->header)
-        parts[n] = g_bytes_get_data(r->header, &lens[n]), n++;
-    if (job->body)
-        parts[n] = g_bytes_get_data(job->body, &lens[n]), n++;
+    if (r->header) {
+        parts[n] = g_bytes_get_data(r->header, &lens[n]);
+        n++;
+    }
+    if (job->body) {
+        parts[n] = g_bytes_get_data(job->body, &lens[n]);
+        n++;
+    }
     return n;
+}
+
+/* Give the results gathered so far to the main thread as one SDONE. */
+static void deliver_flush(struct sender *s, struct wire_send_result *res,
+                          sender_hand_back_fn hand_back)
+{
+    struct wire_send_result part;
+    gsize n;
+    struct wire_rcpt_result *moved;
+
+    if (!hand_back || !res->results->len)
+        return;
+    wire_send_result_init(&part);
+    part.lease = res->lease;
+    part.msg = res->msg;
+    moved = g_array_steal(res->results, &n);
+    g_array_append_vals(part.results, moved, (guint)n);
+    g_free(moved);
+    hand_back(s, &part);
 }
 
 /*
@@ -80,8 +103,8 @@ static size_t copy_parts(const struct wire_send_job *job, const struct wire_rcpt
  * A failure (disk full, permissions) is local and temporary: 451 4.3.0,
  * which the dispatcher defers like a relay's 451.
  */
-static void deliver_maildir(const struct sender *s, const struct wire_send_job *job,
-                            struct wire_send_result *res)
+static void deliver_maildir(struct sender *s, const struct wire_send_job *job,
+                            struct wire_send_result *res, sender_hand_back_fn hand_back)
 {
     for (guint i = 0; i < job->rcpts->len; i++) {
         const struct wire_rcpt *r = job_rcpt(job, i);
@@ -98,6 +121,7 @@ static void deliver_maildir(const struct sender *s, const struct wire_send_job *
         else
             result_add(res, r->idx, 451, "4.3.0", err->message, SMTP_ERROR_NONE, "maildir",
                        seconds);
+        deliver_flush(s, res, hand_back);
     }
 }
 
@@ -112,11 +136,12 @@ static gboolean relay_stopped(const struct smtp_rcpt_result *r)
 }
 
 /*
- * One transaction.  Returns the position in res->results of a result for
- * which relay_stopped(), or G_MAXUINT when there is none.
+ * One transaction.  When the relay stopped (relay_stopped()), *stop gets a
+ * copy of that result for the rest of the job, and TRUE is returned.
  */
-static guint deliver_txn(struct smtp_client *client, const struct wire_send_job *job,
-                         GArray *txn, struct wire_send_result *res)
+static gboolean deliver_txn(struct smtp_client *client, const struct wire_send_job *job,
+                            GArray *txn, struct wire_send_result *res,
+                            struct wire_rcpt_result *stop)
 {
     const struct wire_rcpt *first = job_rcpt(job, g_array_index(txn, guint, 0));
     g_autofree const char **rcpts = g_new(const char *, txn->len);
@@ -124,7 +149,7 @@ static guint deliver_txn(struct smtp_client *client, const struct wire_send_job 
     const char *parts[2];
     size_t lens[2], n_parts = copy_parts(job, first, parts, lens);
     gint64 start = g_get_monotonic_time();
-    guint failed = G_MAXUINT;
+    gboolean stopped = FALSE;
     double seconds;
 
     for (guint k = 0; k < txn->len; k++)
@@ -132,13 +157,19 @@ static guint deliver_txn(struct smtp_client *client, const struct wire_send_job 
     smtp_client_send(client, job->mail_from, rcpts, txn->len, parts, lens, n_parts, out, NULL);
     seconds = (g_get_monotonic_time() - start) / 1e6;
     for (guint k = 0; k < txn->len; k++) {
-        if (failed == G_MAXUINT && relay_stopped(&out[k]))
-            failed = res->results->len;
+        if (!stopped && relay_stopped(&out[k])) {
+            stopped = TRUE;
+            *stop = (struct wire_rcpt_result){
+                .code = out[k].code, .status = g_strdup(out[k].status),
+                .text = g_strdup(out[k].text ? out[k].text : ""), .error = out[k].error,
+                .relay = g_strdup(out[k].relay ? out[k].relay : "none"),
+            };
+        }
         result_add(res, job_rcpt(job, g_array_index(txn, guint, k))->idx, out[k].code,
                    out[k].status, out[k].text, out[k].error, out[k].relay, seconds);
     }
     smtp_results_clear(out, txn->len);
-    return failed;
+    return stopped;
 }
 
 /*
@@ -147,35 +178,39 @@ static guint deliver_txn(struct smtp_client *client, const struct wire_send_job 
  * another try, as Postfix does: a dead or hanging relay then costs one
  * timeout per job, not one per recipient, and a paused relay gets nothing.
  */
-static void deliver_smtp(struct smtp_client *client, const struct wire_send_job *job,
-                         guint max_rcpt, struct wire_send_result *res)
+static void deliver_smtp(struct sender *s, struct smtp_client *client,
+                         const struct wire_send_job *job, struct wire_send_result *res,
+                         sender_hand_back_fn hand_back)
 {
-    g_autoptr(GPtrArray) plan = sender_plan(job, max_rcpt);
-    guint failed = G_MAXUINT;
+    g_autoptr(GPtrArray) plan = sender_plan(job, s->cfg->relay.max_rcpt_per_txn);
+    struct wire_rcpt_result stop = { 0 };
+    gboolean stopped = FALSE;
 
     for (guint t = 0; t < plan->len; t++) {
         GArray *txn = plan->pdata[t];
 
-        if (failed == G_MAXUINT) {
-            failed = deliver_txn(client, job, txn, res);
+        if (!stopped) {
+            stopped = deliver_txn(client, job, txn, res, &stop);
+            deliver_flush(s, res, hand_back);
             continue;
         }
-        for (guint k = 0; k < txn->len; k++) {
-            const struct wire_rcpt_result *f =
-                &g_array_index(res->results, struct wire_rcpt_result, failed);
-            result_add(res, job_rcpt(job, g_array_index(txn, guint, k))->idx, f->code,
-                       f->status, f->text, f->error, f->relay, 0);
-        }
+        for (guint k = 0; k < txn->len; k++)
+            result_add(res, job_rcpt(job, g_array_index(txn, guint, k))->idx, stop.code,
+                       stop.status, stop.text, stop.error, stop.relay, 0);
     }
+    g_free(stop.status);
+    g_free(stop.text);
+    g_free(stop.relay);
 }
 
-void sender_deliver(const struct sender *s, struct smtp_client **client,
-                    const struct wire_send_job *job, struct wire_send_result *res)
+void sender_deliver(struct sender *s, struct smtp_client **client,
+                    const struct wire_send_job *job, struct wire_send_result *res,
+                    sender_hand_back_fn hand_back)
 {
     g_autoptr(GError) err = NULL;
 
     if (s->url.kind == RELAY_MAILDIR) {
-        deliver_maildir(s, job, res);
+        deliver_maildir(s, job, res, hand_back);
         return;
     }
     /* Checked at start; only a file changed since (ca_file) fails here. */
@@ -186,16 +221,25 @@ void sender_deliver(const struct sender *s, struct smtp_client **client,
                        "none", 0);
         return;
     }
-    deliver_smtp(*client, job, s->cfg->relay.max_rcpt_per_txn, res);
+    deliver_smtp(s, *client, job, res, hand_back);
 }
 
-static void slot_hand_back(struct sender *s, struct wire_send_result *res)
+static void slot_push(struct sender *s, struct wire_send_result *res, gboolean job_done)
 {
+    struct sender_done *done = g_new(struct sender_done, 1);
     uint64_t one = 1;
 
-    g_async_queue_push(s->done, res);
+    done->res = *res;
+    done->job_done = job_done;
+    g_async_queue_push(s->done, done);
     if (write(s->wake_fd, &one, sizeof(one)) != sizeof(one))
         msg_panic("slot: eventfd write: %m");
+}
+
+/* One transaction's results, while the job goes on. */
+static void slot_hand_back(struct sender *s, struct wire_send_result *part)
+{
+    slot_push(s, part, FALSE);
 }
 
 /*
@@ -211,7 +255,7 @@ static gpointer slot_main(gpointer data)
         struct wire_send_job *job = slot->client
             ? g_async_queue_timeout_pop(s->jobs, SENDER_IDLE_MS * 1000)
             : g_async_queue_pop(s->jobs);
-        struct wire_send_result *res;
+        struct wire_send_result res;
 
         if (!job) {
             g_clear_pointer(&slot->client, smtp_client_free);
@@ -219,14 +263,13 @@ static gpointer slot_main(gpointer data)
         }
         if (job == &slot_stop)
             break;
-        res = g_new(struct wire_send_result, 1);
-        wire_send_result_init(res);
-        res->lease = job->lease;
-        res->msg = job->msg;
-        sender_deliver(s, &slot->client, job, res);
+        wire_send_result_init(&res);
+        res.lease = job->lease;
+        res.msg = job->msg;
+        sender_deliver(s, &slot->client, job, &res, slot_hand_back);
         wire_send_job_clear(job);
         g_free(job);
-        slot_hand_back(s, res);
+        slot_push(s, &res, TRUE);      /* what is left (often nothing), and the slot is free */
     }
     smtp_client_free(slot->client);
     g_free(slot);

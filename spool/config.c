@@ -305,6 +305,13 @@ static gboolean config_derive(struct postern_config *cfg, GError **err)
         g_free(cfg->workers.dispatch);
         cfg->workers.dispatch = g_strdup_printf("ipc://%s/run/dispatch", cfg->spool.dir);
     }
+    /*
+     * A tcp:// dispatch endpoint is for workers on other hosts, with CURVE;
+     * processes on the dispatcher's own host talk over a 0700 ipc socket.
+     */
+    cfg->workers.local_dispatch = g_str_has_prefix(cfg->workers.dispatch, "tcp://")
+        ? g_strdup_printf("ipc://%s/run/dispatch", cfg->spool.dir)
+        : g_strdup(cfg->workers.dispatch);
     if (!*cfg->workers.hints) {
         g_free(cfg->workers.hints);
         cfg->workers.hints = g_strdup_printf("ipc://%s/run/hints", cfg->spool.dir);
@@ -384,6 +391,7 @@ void config_free(struct postern_config *cfg)
         else if (config_keys[i].type == CT_LIST)
             g_strfreev(*(char ***)field);
     }
+    g_free(cfg->workers.local_dispatch);
     g_free(cfg->path);
     memset(cfg, 0, sizeof(*cfg));
 }

@@ -67,6 +67,8 @@ struct postern_config {
     } bounce;
     struct {
         char *dispatch;
+        char *local_dispatch;           /* derived: ipc:// endpoint for workers on the
+                                           dispatcher's host, = dispatch unless tcp:// */
         char *hints;
         char *curve_secret_key_file;
         char *curve_server_public_key;

@@ -2,6 +2,7 @@
  * hint.c - see hint.h.
  */
 #include "spool/hint.h"
+#include "spool/wire.h"
 
 #include <errno.h>
 #include <string.h>
@@ -47,8 +48,9 @@ void hint_sender_close(struct hint_sender *h)
     g_free(h);
 }
 
+/* Framed like every other message (command, empty payload) for wire_recv(). */
 void hint_send(struct hint_sender *h, const char *what)
 {
     if (h)
-        (void)zmq_send(h->sock, what, strlen(what), ZMQ_DONTWAIT);
+        (void)wire_send(h->sock, NULL, what, NULL);
 }

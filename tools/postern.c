@@ -112,7 +112,7 @@ static char *postern_find(const char *self_dir, const char *folder, const char *
 
 static void postern_add(struct supervisor *sup, const char *self_dir, const char *folder,
                         const char *program, const char *name, const char *config,
-                        gboolean foreground)
+                        gboolean foreground, const char *extra_arg)
 {
     struct child *c = g_new0(struct child, 1);
     GPtrArray *argv = g_ptr_array_new();
@@ -127,6 +127,8 @@ static void postern_add(struct supervisor *sup, const char *self_dir, const char
     }
     if (foreground)
         g_ptr_array_add(argv, g_strdup("-f"));
+    if (extra_arg)
+        g_ptr_array_add(argv, g_strdup(extra_arg));
     g_ptr_array_add(argv, NULL);
     c->sup = sup;
     c->name = g_strdup(name);
@@ -188,15 +190,20 @@ static int postern_run(const char *config, gboolean use_syslog)
 
     sup.loop = g_main_loop_new(NULL, FALSE);
     sup.children = g_ptr_array_new();
-    postern_add(&sup, self_dir, "ingest", "postern-ingest", "postern-ingest", config, !use_syslog);
-    postern_add(&sup, self_dir, "sender", "postern-dispatch", "postern-dispatch", config, !use_syslog);
+    postern_add(&sup, self_dir, "ingest", "postern-ingest", "postern-ingest", config, !use_syslog,
+                NULL);
+    postern_add(&sup, self_dir, "sender", "postern-dispatch", "postern-dispatch", config,
+                !use_syslog, NULL);
     for (uint64_t i = 0; i < cfg.workers.transforms; i++) {
         g_autofree char *name = g_strdup_printf("postern-transform#%" G_GUINT64_FORMAT, i + 1);
-        postern_add(&sup, self_dir, "transform", "postern-transform", name, config, !use_syslog);
+        postern_add(&sup, self_dir, "transform", "postern-transform", name, config, !use_syslog,
+                    NULL);
     }
     for (uint64_t i = 0; i < cfg.workers.count; i++) {
         g_autofree char *name = g_strdup_printf("postern-sender#%" G_GUINT64_FORMAT, i + 1);
-        postern_add(&sup, self_dir, "sender", "postern-sender", name, config, !use_syslog);
+        /* Senders here are on the dispatcher's host: its ipc socket, no CURVE keys. */
+        postern_add(&sup, self_dir, "sender", "postern-sender", name, config, !use_syslog,
+                    "--local");
     }
 
     g_unix_signal_add(SIGTERM, postern_stop, &sup);

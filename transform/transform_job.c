@@ -342,6 +342,8 @@ static void job_plan_copies(struct job *j, const struct spool_token *tk)
         g_error_free(err);
         return;
     }
+    /* The copies are made: the parsed message is only dead weight in a batch now. */
+    g_clear_object(&j->mime);
     j->plan = PLAN_READY;
     j->owner = token_normalise_addr(tk->sender);
     job_add_notice(j, notice_accepted(j->tf, &j->m, j->subject, j->owner, j->rcpts->len, j->now,

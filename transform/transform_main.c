@@ -105,43 +105,20 @@ static void transform_keys(struct transform *tf)
 }
 
 /*
- * ZeroMQ over TCP only with CURVE: the dispatcher refuses anything else.
- * The key file holds two Z85 lines, public then secret, as the
- * dispatcher's own does.
+ * A transform worker opens the spool, so it runs on the dispatcher's host:
+ * it connects to the local ipc:// endpoint (a 0700 directory), which the
+ * dispatcher binds beside a tcp:// one for remote senders; no CURVE needed.
  */
-static void transform_curve(void *sock, const struct postern_config *cfg)
-{
-    g_autofree char *text = NULL;
-    g_auto(GStrv) lines = NULL;
-    GError *err = NULL;
-
-    if (!*cfg->workers.curve_secret_key_file || strlen(cfg->workers.curve_server_public_key) != 40)
-        msg_fatal("[workers] dispatch %s: tcp:// needs curve_secret_key_file and "
-                  "curve_server_public_key", cfg->workers.dispatch);
-    if (!g_file_get_contents(cfg->workers.curve_secret_key_file, &text, NULL, &err))
-        msg_fatal("[workers] curve_secret_key_file: %s", err->message);
-    lines = g_strsplit(g_strstrip(text), "\n", -1);
-    if (g_strv_length(lines) != 2 || strlen(g_strstrip(lines[0])) != 40 ||
-        strlen(g_strstrip(lines[1])) != 40)
-        msg_fatal("%s: expected two Z85 lines: public key, secret key",
-                  cfg->workers.curve_secret_key_file);
-    zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, cfg->workers.curve_server_public_key, 40);
-    zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, lines[0], 40);
-    zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, lines[1], 40);
-}
-
 static void transform_connect(struct worker *w)
 {
-    const struct postern_config *cfg = w->tf.cfg;
+    const char *endpoint = w->tf.cfg->workers.local_dispatch;
     int zero = 0;
 
     w->zctx = zmq_ctx_new();
     w->sock = zmq_socket(w->zctx, ZMQ_DEALER);
     zmq_setsockopt(w->sock, ZMQ_LINGER, &zero, sizeof(zero));
-    if (g_str_has_prefix(cfg->workers.dispatch, "tcp://"))
-        transform_curve(w->sock, cfg);
-    if (zmq_connect(w->sock, cfg->workers.dispatch) < 0)
-        msg_fatal("[workers] dispatch %s: %s", cfg->workers.dispatch, zmq_strerror(errno));
+    if (zmq_connect(w->sock, endpoint) < 0)
+        msg_fatal("[workers] dispatch %s: %s", endpoint, zmq_strerror(errno));
 }
 
 /*
@@ -217,7 +194,7 @@ static void transform_receive(struct worker *w)
     while (wire_recv(w->sock, FALSE, NULL, &cmd, &payload)) {
         w->heard = transform_mono_ms();
         if (w->silent)
-            msg_info("dispatcher %s is back", w->tf.cfg->workers.dispatch);
+            msg_info("dispatcher %s is back", w->tf.cfg->workers.local_dispatch);
         w->silent = FALSE;
         if (g_str_equal(cmd, WIRE_TJOB))
             transform_tjob(w, payload);
@@ -246,7 +223,7 @@ static void transform_timers(struct worker *w)
     if (now - w->heard > WIRE_DEAD_AFTER_MS) {
         if (!w->silent)
             msg_warn("dispatcher %s silent for %" G_GINT64_FORMAT "s: saying HELLO until it "
-                     "answers", w->tf.cfg->workers.dispatch, (now - w->heard) / 1000);
+                     "answers", w->tf.cfg->workers.local_dispatch, (now - w->heard) / 1000);
         w->silent = TRUE;
         transform_hello(w);
     }
@@ -307,7 +284,7 @@ int main(int argc, char **argv)
     w.pending = g_array_new(FALSE, FALSE, sizeof(struct ticket));
     transform_connect(&w);
     transform_hello(&w);
-    msg_info("daemon started: spool %s, dispatcher %s", cfg.spool.dir, cfg.workers.dispatch);
+    msg_info("daemon started: spool %s, dispatcher %s", cfg.spool.dir, cfg.workers.local_dispatch);
 
     transform_loop(&w);
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import postern
 # which only their own tests use.
 os.environ.setdefault("SMTP_TOOL", "")
 import smtp_client_test  # noqa: E402
-from smtp_client_test import PASSWORD, USER  # noqa: E402,F401
+from smtp_client_test import PASSWORD, USER  # noqa: E402
 
 OWNER = "test@abakus.no"
 DOMAIN = "abakus.no"
@@ -70,7 +69,6 @@ def lego_message(token, subject="Restricted Message", sender=OWNER, attachment=b
 class Relay(smtp_client_test.Relay):
     """The SMTP client tests' relay, plus scripted replies per attempt.
 
-    mail_script: replies to the next MAIL commands, in order.
     data_script: rcpt -> replies to the next end-of-data of a copy to rcpt.
     hold:        rcpts whose next end-of-data waits while `holding`; the
                  client's address goes to `held` (who is mid-transaction).
@@ -79,17 +77,10 @@ class Relay(smtp_client_test.Relay):
 
     def __init__(self):
         super().__init__()
-        self.mail_script = []
         self.data_script = {}
         self.hold, self.holding, self.held = set(), True, []
         self.delay = 0
         self.attempts = []          # (monotonic time, rcpts, reply) per end of data
-
-    async def handle_MAIL(self, server, session, envelope, address, options):
-        if self.mail_script:
-            self.mails += 1
-            return self.mail_script.pop(0)
-        return await super().handle_MAIL(server, session, envelope, address, options)
 
     async def handle_DATA(self, server, session, envelope):
         await asyncio.sleep(self.delay)
@@ -117,10 +108,7 @@ class Relay(smtp_client_test.Relay):
 def start_relay(pki, cert="good"):
     """aiosmtpd on 127.0.0.1 with STARTTLS required and AUTH: (relay, controller)."""
     relay = Relay()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctl = Controller(relay, hostname="127.0.0.1", port=port, tls_context=pki[cert],
+    ctl = Controller(relay, hostname="127.0.0.1", port=postern.free_port(), tls_context=pki[cert],
                      require_starttls=True, auth_required=True,
                      authenticator=relay.authenticate, server_hostname="mx.test")
     ctl.start()
@@ -139,7 +127,7 @@ def relay_config(workdir, pki, port, scheme="smtp", user=True):
 
 
 class Chain:
-    """The four daemons on one spool; `relay_url` and `config` as the test wants."""
+    """The four kinds of daemon on one spool, configured as the test wants."""
 
     def __init__(self, workdir, config=None, own=None):
         """config: for every daemon; own: {"dispatch"|"transform": overrides} in own files."""
@@ -198,15 +186,13 @@ class Chain:
             self.add_sender()
         return self
 
-    def add_sender(self, config=None, start=True):
-        """A sender worker; config overrides go into its own file."""
+    def add_sender(self, config=None):
+        """Start a sender worker; config overrides go into its own file."""
         name = f"sender{len(self.senders)}"
         s = postern.Daemon([sender_binary(), "-c", self.config_for(name, config), "-f"],
                            self.workdir / f"{name}.log", r"daemon started")
         self.senders.append(s)
-        if start:
-            s.start()
-        return s
+        return s.start()
 
     def stop(self):
         """Stop everything; returns the problems found (exit codes, sanitizer reports)."""
@@ -258,7 +244,7 @@ class Chain:
         """Wait until message qid is in one of states; returns its deliveries."""
         states = (states,) if isinstance(states, str) else states
         postern.wait_for(lambda: self.show(qid)["state"] in states, timeout=timeout,
-                         interval=0.2, what=f"{qid} in {states} (now {self.show(qid)['state']})")
+                         interval=0.2, what=f"{qid} in {states}")
         return self.deliveries(qid)
 
     def wait_deliveries(self, qid, pred, timeout=60, what="deliveries"):

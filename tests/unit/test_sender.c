@@ -106,7 +106,7 @@ static struct wire_send_result *deliver(const char *url, const struct wire_send_
     cfg.relay.max_rcpt_per_txn = 100;
     assert_true(relay_url_parse(url, &s.url, NULL));
     wire_send_result_init(res);
-    sender_deliver(&s, &client, job, res);
+    sender_deliver(&s, &client, job, res, NULL);
     assert_null(client);
     relay_url_clear(&s.url);
     return res;

@@ -1,0 +1,182 @@
+/*
+ * test_transform.c - the transform's signing and notice pieces, without a
+ * spool or a dispatcher (the integration tests run the whole worker).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <glib/gstdio.h>
+#include <string.h>
+
+#include "transform/mime.h"
+#include "transform/transform.h"
+
+static const char rewritten[] =
+    "Subject: hi\r\nFrom: Postern <no-reply@localhost>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n"
+    "Message-ID: <1@localhost>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nbody\r\n";
+
+struct fixture {
+    struct postern_config cfg;
+    struct transform tf;
+    char *dir;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = g_new0(struct fixture, 1);
+    g_autofree char *rsa = NULL, *ed = NULL;
+    struct dkim_key *k;
+
+    mime_init();
+    assert_true(config_load(&f->cfg, NULL, NULL));
+    f->dir = g_dir_make_tmp("test_transform.XXXXXX", NULL);
+    rsa = g_build_filename(f->dir, "rsa.pem", NULL);
+    ed = g_build_filename(f->dir, "ed.pem", NULL);
+    f->tf.cfg = &f->cfg;
+    f->tf.keys = g_ptr_array_new_with_free_func((GDestroyNotify)dkim_key_free);
+    assert_non_null(k = dkim_keygen(DKIM_KEY_RSA, "rsa", rsa, NULL));
+    g_ptr_array_add(f->tf.keys, k);
+    assert_non_null(k = dkim_keygen(DKIM_KEY_ED25519, "ed", ed, NULL));
+    g_ptr_array_add(f->tf.keys, k);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    g_autofree char *rsa = g_build_filename(f->dir, "rsa.pem", NULL);
+    g_autofree char *ed = g_build_filename(f->dir, "ed.pem", NULL);
+
+    g_unlink(rsa);
+    g_unlink(ed);
+    g_rmdir(f->dir);
+    g_free(f->dir);
+    g_ptr_array_unref(f->tf.keys);
+    config_free(&f->cfg);
+    g_free(f);
+    return 0;
+}
+
+/* The header block: what comes before the given To: line, which ends it. */
+static void assert_block(GBytes *block, const char *to, guint nkeys)
+{
+    gsize len;
+    const char *p = g_bytes_get_data(block, &len);
+    g_autofree char *text = g_strndup(p, len);
+    guint sigs = 0;
+
+    for (const char *s = text; (s = strstr(s, "DKIM-Signature: ")); s++)
+        sigs++;
+    assert_int_equal(sigs, nkeys);
+    assert_true(g_str_has_prefix(text, "DKIM-Signature: v=1; a=rsa-sha256;"));
+    assert_true(g_str_has_suffix(text, to));
+}
+
+static void test_personal_blocks(void **state)
+{
+    struct fixture *f = *state;
+    g_autoptr(GBytes) common = g_bytes_new_static(rewritten, sizeof(rewritten) - 1);
+    g_autoptr(GPtrArray) rcpts = g_ptr_array_new();
+    g_autoptr(GPtrArray) headers = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    g_autoptr(GBytes) outgoing = NULL;
+
+    f->cfg.rewrite.personalize = TRUE;
+    g_ptr_array_add(rcpts, "a@example.org");
+    g_ptr_array_add(rcpts, "b@example.org");
+    assert_true(sign_deliveries(&f->tf, common, rcpts, 1795000000, &outgoing, headers, NULL));
+    /* The common copy is stored once, as it was: no signature, no To:. */
+    assert_true(g_bytes_equal(outgoing, common));
+    assert_int_equal(headers->len, 2);
+    assert_block(headers->pdata[0], "To: a@example.org\r\n", 2);
+    assert_block(headers->pdata[1], "To: b@example.org\r\n", 2);
+    assert_false(g_bytes_equal(headers->pdata[0], headers->pdata[1]));
+}
+
+static void test_shared_copy(void **state)
+{
+    struct fixture *f = *state;
+    g_autoptr(GBytes) common = g_bytes_new_static(rewritten, sizeof(rewritten) - 1);
+    g_autoptr(GPtrArray) rcpts = g_ptr_array_new();
+    g_autoptr(GPtrArray) headers = g_ptr_array_new();
+    g_autoptr(GBytes) outgoing = NULL;
+    gsize len;
+    const char *p;
+
+    f->cfg.rewrite.personalize = FALSE;
+    g_ptr_array_add(rcpts, "a@example.org");
+    g_ptr_array_add(rcpts, "b@example.org");
+    assert_true(sign_deliveries(&f->tf, common, rcpts, 1795000000, &outgoing, headers, NULL));
+    assert_int_equal(headers->len, 2);
+    assert_null(headers->pdata[0]);
+    assert_null(headers->pdata[1]);
+    p = g_bytes_get_data(outgoing, &len);
+    assert_true(len > sizeof(rewritten));
+    assert_memory_equal(p + len - (sizeof(rewritten) - 1), rewritten, sizeof(rewritten) - 1);
+    assert_non_null(g_strstr_len(p, (gssize)len, "\r\nTo: undisclosed-recipients:;\r\nSubject: hi\r\n"));
+}
+
+static void test_copy_without_blank_line(void **state)
+{
+    struct sign_copy c = { 0 };
+    g_autoptr(GBytes) bad = g_bytes_new_static("Subject: x\r\n", 12);
+    GError *err = NULL;
+
+    (void)state;
+    assert_false(sign_copy_init(&c, bad, &err));
+    assert_non_null(err);
+    g_error_free(err);
+}
+
+static void test_rejection_notice(void **state)
+{
+    struct fixture *f = *state;
+    struct spool_msg m = { .id = 0x0000018f2a3b4c5dULL, .arrival = 1795000000,
+                           .sender = "owner@example.org" };
+    struct notice *n = notice_rejected(&f->tf, &m, "Blåbær", "TOKEN_USED", 1795000000, NULL);
+    gsize len;
+    const char *p;
+    g_autofree char *text = NULL, *subject = NULL;
+
+    assert_non_null(n);
+    assert_string_equal(n->to, "owner@example.org");
+    assert_int_equal(n->ref, m.id);
+    assert_true(g_str_has_suffix(n->message_id, "@localhost"));
+    p = g_bytes_get_data(n->bytes, &len);
+    text = g_strndup(p, len);
+    assert_true(g_str_has_prefix(text, "DKIM-Signature: "));
+    assert_non_null(strstr(text, "\r\nTo: owner@example.org\r\nAuto-Submitted: auto-replied\r\n"));
+    assert_non_null(strstr(text, "\r\nFrom: Postern <no-reply@localhost>\r\n"));
+    assert_non_null(strstr(text, "charset=utf-8"));
+    assert_null(strstr(text, "Reply-To:"));
+    subject = notice_subject_of(p, len);
+    assert_string_equal(subject, "Not sent: Blåbær");
+    notice_free(n);
+}
+
+static void test_subject_of(void **state)
+{
+    static const char msg[] = "Subject: =?utf-8?q?Bl=C3=A5?= b\r\nFrom: x@y\r\n\r\nbody\r\n";
+    g_autofree char *s = notice_subject_of(msg, sizeof(msg) - 1);
+    g_autofree char *none = notice_subject_of("From: x@y\r\n\r\n", 13);
+    g_autofree char *broken = notice_subject_of("garbage", 7);
+
+    (void)state;
+    assert_string_equal(s, "Blå b");
+    assert_string_equal(none, "");
+    assert_string_equal(broken, "");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_personal_blocks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_copy, setup, teardown),
+        cmocka_unit_test(test_copy_without_blank_line),
+        cmocka_unit_test_setup_teardown(test_rejection_notice, setup, teardown),
+        cmocka_unit_test(test_subject_of),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
