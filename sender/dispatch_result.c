@@ -30,13 +30,15 @@ static char *result_reply(const struct wire_rcpt_result *r)
 /* Queue the owner's bounce notice: the transform writes and signs it. */
 static gboolean result_bounce_report(struct spool_txn *t, const struct spool_msg *m, GError **err)
 {
-    struct spool_msg rep;
+    queue_id rep_id = spool_id_next(t, err);
     char id[QUEUE_ID_LEN + 1], about[QUEUE_ID_LEN + 1];
+    struct spool_msg rep;
     gboolean ok;
 
-    spool_msg_init(&rep);
-    if (!(rep.id = spool_id_next(t, err)))
+    if (!rep_id)
         return FALSE;
+    spool_msg_init(&rep);
+    rep.id = rep_id;
     rep.state = MSG_INCOMING;
     rep.arrival = g_get_real_time() / G_USEC_PER_SEC;
     rep.sender = g_strdup("");

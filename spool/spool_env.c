@@ -88,6 +88,25 @@ static uint64_t spool_initial_map(const char *dir, uint64_t configured)
     return configured;
 }
 
+/*
+ * Begin a transaction; when another process grew the map, adopt the new
+ * size (mdb_env_set_mapsize with 0) and try once more.
+ */
+static int spool_txn_begin(struct spool *sp, unsigned flags, MDB_txn **txn)
+{
+    int rc = mdb_txn_begin(sp->env, NULL, flags, txn);
+
+    if (rc == MDB_MAP_RESIZED) {
+        MDB_envinfo info;
+        if ((rc = mdb_env_set_mapsize(sp->env, 0)) == 0) {
+            mdb_env_info(sp->env, &info);
+            sp->map_size = info.me_mapsize;
+            rc = mdb_txn_begin(sp->env, NULL, flags, txn);
+        }
+    }
+    return rc;
+}
+
 static gboolean spool_open_dbs(struct spool *sp, GError **err)
 {
     MDB_txn *txn;
@@ -95,7 +114,7 @@ static gboolean spool_open_dbs(struct spool *sp, GError **err)
     uint32_t version = SPOOL_SCHEMA_VERSION;
     int rc;
 
-    if ((rc = mdb_txn_begin(sp->env, NULL, 0, &txn)))
+    if ((rc = spool_txn_begin(sp, 0, &txn)))
         return spool_mdb_fail(rc, "open spool", err);
     for (int i = 0; i < DB_COUNT; i++)
         if ((rc = mdb_dbi_open(txn, spool_db_names[i], MDB_CREATE, &sp->dbi[i]))) {
@@ -190,25 +209,6 @@ uint64_t spool_file_size(struct spool *sp)
     struct stat st;
 
     return stat(data, &st) == 0 ? (uint64_t)st.st_size : 0;
-}
-
-/*
- * Begin a transaction; when another process grew the map, adopt the new
- * size (mdb_env_set_mapsize with 0) and try once more.
- */
-static int spool_txn_begin(struct spool *sp, unsigned flags, MDB_txn **txn)
-{
-    int rc = mdb_txn_begin(sp->env, NULL, flags, txn);
-
-    if (rc == MDB_MAP_RESIZED) {
-        MDB_envinfo info;
-        if ((rc = mdb_env_set_mapsize(sp->env, 0)) == 0) {
-            mdb_env_info(sp->env, &info);
-            sp->map_size = info.me_mapsize;
-            rc = mdb_txn_begin(sp->env, NULL, flags, txn);
-        }
-    }
-    return rc;
 }
 
 gboolean spool_read_begin(struct spool *sp, struct spool_txn *t, GError **err)

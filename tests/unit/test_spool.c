@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "spool/delivery.h"
 #include "spool/log.h"
@@ -61,9 +63,10 @@ static gboolean put_message(struct spool_txn *t, void *ctx, GError **err)
     struct spool_msg m;
     gboolean ok;
 
-    spool_msg_init(&m);
-    if (!(m.id = p->id = spool_id_next(t, err)))
+    if (!(p->id = spool_id_next(t, err)))
         return FALSE;
+    spool_msg_init(&m);
+    m.id = p->id;
     m.state = MSG_INCOMING;
     m.arrival = 1000;
     m.size = p->len;
@@ -312,6 +315,38 @@ static void test_map_growth(void **state)
     assert_true(store(f, "after", 5, NULL));
 }
 
+/*
+ * Another process grew the map: a process opening the spool afterwards
+ * with a smaller configured map must adopt the new size, not fail with
+ * MDB_MAP_RESIZED in its first transaction.
+ */
+static void test_open_after_growth_elsewhere(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *again;
+    GError *err = NULL;
+    pid_t pid;
+    int status;
+
+    spool_close(f->sp);
+    f->sp = NULL;
+    if ((pid = fork()) == 0) {
+        struct spool *sp;
+        g_autofree char *big = g_malloc0(3 << 20);
+        struct put_msg p = { big, 3 << 20, 0 };
+
+        if (!spool_open(&sp, &f->cfg, NULL) || !spool_write(sp, put_message, &p, NULL))
+            _exit(1);
+        spool_close(sp);
+        _exit(0);
+    }
+    assert_true(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    if (!spool_open(&again, &f->cfg, &err))
+        fail_msg("open after growth: %s", err->message);
+    f->sp = again;
+    assert_true(store(f, "after", 5, NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -321,6 +356,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_delivery_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_after_growth_elsewhere, setup, teardown),
     };
     log_init("test_spool", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);
