@@ -61,11 +61,16 @@ enum spool_db {
 
 struct spool;
 
-/* A transaction, with the log lines to emit once (and only if) it commits. */
+/*
+ * A transaction, with the log lines to emit once (and only if) it commits,
+ * and the counter changes it made, written once at commit rather than at
+ * every record (a batch of 1,000 deliveries changes one key, not 1,000).
+ */
 struct spool_txn {
     struct spool *sp;
     MDB_txn *txn;
     GPtrArray *committed_log;
+    GHashTable *counter_deltas;     /* name -> int64 delta */
 };
 
 /* The envelope and queue state of one message. */

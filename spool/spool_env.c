@@ -263,6 +263,8 @@ static gboolean spool_grow(struct spool *sp, GError **err)
     return TRUE;
 }
 
+static gboolean spool_counters_flush(struct spool_txn *t, GError **err);
+
 gboolean spool_write(struct spool *sp, spool_write_fn fn, void *ctx, GError **err)
 {
     for (;;) {
@@ -272,11 +274,12 @@ gboolean spool_write(struct spool *sp, spool_write_fn fn, void *ctx, GError **er
 
         if ((rc = spool_txn_begin(sp, 0, &t.txn)))
             return spool_mdb_fail(rc, "begin spool write", err);
-        if (fn(&t, ctx, &local))
+        if (fn(&t, ctx, &local) && spool_counters_flush(&t, &local))
             rc = mdb_txn_commit(t.txn);
         else
             mdb_txn_abort(t.txn);
         t.txn = NULL;
+        g_clear_pointer(&t.counter_deltas, g_hash_table_unref);
 
         if (!local && rc == 0) {
             for (guint i = 0; t.committed_log && i < t.committed_log->len; i++)
@@ -341,21 +344,20 @@ static void counter_key(MDB_val *key, char *buf, size_t len, const char *name)
 
 gboolean spool_counter_add(struct spool_txn *t, const char *name, int64_t delta, GError **err)
 {
-    char buf[64];
-    unsigned char v[8];
-    MDB_val key, val;
-    int64_t n = (int64_t)spool_counter_get(t, name) + delta;
-    int rc;
+    int64_t *pending;
 
-    counter_key(&key, buf, sizeof(buf), name);
-    spool_be64(v, (uint64_t)MAX(n, 0));
-    val = (MDB_val){ 8, v };
-    if ((rc = mdb_put(t->txn, spool_dbi(t->sp, DB_META), &key, &val, 0)))
-        return spool_mdb_fail(rc, "update counter", err);
+    if (!t->counter_deltas)
+        t->counter_deltas = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    if (!(pending = g_hash_table_lookup(t->counter_deltas, name))) {
+        pending = g_new0(int64_t, 1);
+        g_hash_table_insert(t->counter_deltas, g_strdup(name), pending);
+    }
+    *pending += delta;
     return TRUE;
 }
 
-uint64_t spool_counter_get(struct spool_txn *t, const char *name)
+/* The stored value, without what this transaction has not written yet. */
+static uint64_t spool_counter_stored(struct spool_txn *t, const char *name)
 {
     char buf[64];
     MDB_val key, val;
@@ -364,6 +366,41 @@ uint64_t spool_counter_get(struct spool_txn *t, const char *name)
     if (mdb_get(t->txn, spool_dbi(t->sp, DB_META), &key, &val) || val.mv_size != 8)
         return 0;
     return spool_get_be64(val.mv_data);
+}
+
+/* Write the counters this transaction changed: once each, just before commit. */
+static gboolean spool_counters_flush(struct spool_txn *t, GError **err)
+{
+    GHashTableIter it;
+    const char *name;
+    int64_t *delta;
+
+    if (!t->counter_deltas)
+        return TRUE;
+    g_hash_table_iter_init(&it, t->counter_deltas);
+    while (g_hash_table_iter_next(&it, (gpointer *)&name, (gpointer *)&delta)) {
+        char buf[64];
+        unsigned char v[8];
+        MDB_val key, val = { 8, v };
+        int64_t n = (int64_t)spool_counter_stored(t, name) + *delta;
+        int rc;
+
+        if (!*delta)
+            continue;
+        counter_key(&key, buf, sizeof(buf), name);
+        spool_be64(v, (uint64_t)MAX(n, 0));
+        if ((rc = mdb_put(t->txn, spool_dbi(t->sp, DB_META), &key, &val, 0)))
+            return spool_mdb_fail(rc, "update counter", err);
+    }
+    return TRUE;
+}
+
+uint64_t spool_counter_get(struct spool_txn *t, const char *name)
+{
+    int64_t *pending = t->counter_deltas ? g_hash_table_lookup(t->counter_deltas, name) : NULL;
+    int64_t n = (int64_t)spool_counter_stored(t, name) + (pending ? *pending : 0);
+
+    return (uint64_t)MAX(n, 0);
 }
 
 void spool_id_format(queue_id id, char out[QUEUE_ID_LEN + 1])
