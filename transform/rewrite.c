@@ -168,6 +168,56 @@ static GBytes *rewrite_write(GMimeMessage *msg, GError **err)
 	return g_byte_array_free_to_bytes(bytes);
 }
 
+/* Does the decoded content of part have a line longer than RFC 5322's 998? */
+static gboolean rewrite_has_long_line(GMimePart *part)
+{
+	GMimeDataWrapper *content = g_mime_part_get_content(part);
+	GByteArray *bytes;
+	GMimeStream *stream;
+	gboolean longer = FALSE;
+	guint start = 0;
+
+	if (!content)
+		return FALSE;
+	bytes = g_byte_array_new();
+	stream = g_mime_stream_mem_new_with_byte_array(bytes);
+	g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
+	g_mime_data_wrapper_write_to_stream(content, stream);
+	for (guint i = 0; i <= bytes->len && !longer; i++)
+		if (i == bytes->len || bytes->data[i] == '\n') {
+			longer = i - start > 998 + 1;
+			start = i + 1;
+		}
+	g_object_unref(stream);
+	g_byte_array_unref(bytes);
+	return longer;
+}
+
+/*
+ * A part sent as 7bit, 8bit or binary with a line over 998 octets would be
+ * folded or refused by the next relay, and a folded line breaks the DKIM
+ * signature: re-encode it (quoted-printable for text, base64 otherwise).
+ * Parts already in base64 or quoted-printable have short lines.
+ */
+static void rewrite_long_lines_part(GMimeObject *parent, GMimeObject *obj, gpointer data)
+{
+	GMimePart *part;
+	GMimeContentEncoding enc;
+
+	if (!GMIME_IS_PART(obj))
+		return;
+	part = GMIME_PART(obj);
+	enc = g_mime_part_get_content_encoding(part);
+	if (enc != GMIME_CONTENT_ENCODING_DEFAULT && enc != GMIME_CONTENT_ENCODING_7BIT &&
+	    enc != GMIME_CONTENT_ENCODING_8BIT && enc != GMIME_CONTENT_ENCODING_BINARY)
+		return;
+	if (!rewrite_has_long_line(part))
+		return;
+	g_mime_part_set_content_encoding(part,
+		g_mime_content_type_is_type(g_mime_object_get_content_type(obj), "text", "*")
+			? GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE : GMIME_CONTENT_ENCODING_BASE64);
+}
+
 GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
 		     char **message_id, GError **err)
 {
@@ -211,6 +261,7 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
 		mime_footer_add(msg, footer);
 		g_free(footer);
 	}
+	g_mime_message_foreach(msg, rewrite_long_lines_part, NULL);
 	if ((out = rewrite_write(msg, err)) == NULL) {
 		g_free(id);
 		return NULL;
