@@ -12,6 +12,7 @@ user postfix).
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,10 +63,27 @@ def _allow_config_dir(config_dir):
         _run("postconf", "-e", "alternate_config_directories = " + " ".join(dirs))
 
 
+def _reachable_by_postfix(path):
+    """Every parent of path lets others in (pytest's temp dirs are 0700)."""
+    for p in [Path(path), *Path(path).parents]:
+        if p.exists() and not p.stat().st_mode & 0o001:
+            return False
+    return True
+
+
 class PostfixInstance:
     def __init__(self, root, smtpd_port, relayhost=None, transport=None, relay_domains=(),
                  extra=None, name="postfix-test"):
-        self.root = Path(root)
+        # Postfix's daemons run as user postfix: its directories must be
+        # reachable by that user; a private temp dir is not.
+        root = Path(root)
+        if not _reachable_by_postfix(root.parent):
+            root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/var/tmp"))
+            root.chmod(0o755)
+            self.own_root = root
+        else:
+            self.own_root = None
+        self.root = root
         self.port = smtpd_port
         self.config_dir = self.root / "etc"
         self.queue_dir = self.root / "queue"
@@ -147,6 +165,9 @@ class PostfixInstance:
         if self.started:
             _run("postfix", "-c", self.config_dir, "stop", check=False)
             self.started = False
+        if self.own_root:
+            shutil.rmtree(self.own_root, ignore_errors=True)
+            self.own_root = None
 
     def flush(self):
         _run("postqueue", "-c", self.config_dir, "-f", check=False)

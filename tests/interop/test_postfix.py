@@ -100,10 +100,11 @@ def relay_chain(tmp_path, sink):
     chain.txt = record.split('"')[1] if '"' in record else record.split(None, 2)[-1]
     chain.tmp = tmp_path
     yield chain
+    maillog = postfix.log()
     postfix.stop()
     rc = run.stop(timeout=60)
     print("----- postern run log -----\n" + run.log_tail(300))
-    print("----- postfix maillog -----\n" + postfix.log()[-20000:])
+    print("----- postfix maillog -----\n" + maillog[-20000:])
     assert not run.sanitizer_findings(), run.sanitizer_findings()[:5]
     assert rc == 0, f"postern run exited {rc}"
 
