@@ -214,6 +214,14 @@ static int postern_run(const char *config, gboolean use_syslog)
         child_start(sup.children->pdata[i]);
     g_main_loop_run(sup.loop);
     msg_info("all processes stopped");
+    for (guint i = 0; i < sup.children->len; i++) {
+        struct child *c = sup.children->pdata[i];
+        g_strfreev(c->argv);
+        g_free(c->name);
+        g_free(c);
+    }
+    g_ptr_array_free(sup.children, TRUE);
+    g_main_loop_unref(sup.loop);
     config_free(&cfg);
     return 0;
 }

@@ -77,7 +77,7 @@ class SinkRelay(chain.Relay):
     a delivered copy whose result Postern never saw (a true duplicate).
     """
 
-    def __init__(self, after=0.05):
+    def __init__(self, after=0.3):
         super().__init__()
         self.after = after
         self.accepted = []          # (monotonic time, rcpts, bytes)
