@@ -5,6 +5,7 @@
  * every iteration ends in the group commit of the messages it completed.
  */
 #include "ingest/ingest.h"
+#include "spool/daemon.h"
 #include "spool/log.h"
 
 #include <glib-unix.h>
@@ -47,27 +48,11 @@ static GHashTable *ingest_recipient_set(char **list)
 
 int main(int argc, char **argv)
 {
-    g_autofree char *config_path = NULL;
-    gboolean foreground = FALSE;
-    GOptionEntry options[] = {
-        { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path, "configuration file", "FILE" },
-        { "foreground", 'f', 0, G_OPTION_ARG_NONE, &foreground, "log to stderr", NULL },
-        { NULL }
-    };
-    g_autoptr(GOptionContext) octx = g_option_context_new("- Postern LMTP/SMTP ingest daemon");
     struct postern_config cfg;
     struct ingest ig = { .cfg = &cfg };
     GError *err = NULL;
 
-    log_init("postern-ingest", TRUE);
-    g_option_context_add_main_entries(octx, options, NULL);
-    if (!g_option_context_parse(octx, &argc, &argv, &err)) {
-        g_printerr("postern-ingest: %s\n", err->message);
-        return CONFIG_EXIT_USAGE;
-    }
-    log_init("postern-ingest", foreground);
-    config_load_or_exit(&cfg, config_path);
-    signal(SIGPIPE, SIG_IGN);
+    daemon_init(&argc, &argv, "postern-ingest", "- Postern LMTP/SMTP ingest daemon", NULL, &cfg);
 
     if (!spool_open(&ig.spool, &cfg, &err))
         msg_fatal("%s", err->message);

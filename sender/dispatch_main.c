@@ -7,6 +7,7 @@
  * every second means a lost hint delays work by a second at most.
  */
 #include "sender/dispatch.h"
+#include "spool/daemon.h"
 #include "spool/log.h"
 
 #include <glib-unix.h>
@@ -134,27 +135,10 @@ static void dispatch_loop(struct dispatch *d)
 
 int main(int argc, char **argv)
 {
-    g_autofree char *config_path = NULL;
-    gboolean foreground = FALSE;
-    GOptionEntry options[] = {
-        { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path, "configuration file", "FILE" },
-        { "foreground", 'f', 0, G_OPTION_ARG_NONE, &foreground, "log to stderr", NULL },
-        { NULL }
-    };
-    g_autoptr(GOptionContext) octx = g_option_context_new("- Postern dispatcher");
     struct postern_config cfg;
     struct dispatch d = { .cfg = &cfg };
-    GError *err = NULL;
 
-    log_init("postern-dispatch", TRUE);
-    g_option_context_add_main_entries(octx, options, NULL);
-    if (!g_option_context_parse(octx, &argc, &argv, &err)) {
-        g_printerr("postern-dispatch: %s\n", err->message);
-        return CONFIG_EXIT_USAGE;
-    }
-    log_init("postern-dispatch", foreground);
-    config_load_or_exit(&cfg, config_path);
-    signal(SIGPIPE, SIG_IGN);
+    daemon_init(&argc, &argv, "postern-dispatch", "- Postern dispatcher", NULL, &cfg);
     signal(SIGTERM, dispatch_on_signal);
     signal(SIGINT, dispatch_on_signal);
 

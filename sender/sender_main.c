@@ -6,6 +6,7 @@
  * one zmq_poll loop over the DEALER, the slots' eventfd and a signalfd.
  */
 #include "sender/sender.h"
+#include "spool/daemon.h"
 #include "spool/log.h"
 
 #include <errno.h>
@@ -370,36 +371,23 @@ static void sender_loop(struct sender *s, struct conn *c)
 
 int main(int argc, char **argv)
 {
-    g_autofree char *config_path = NULL;
-    gboolean foreground = FALSE, local = FALSE;
+    gboolean local = FALSE;
     GOptionEntry options[] = {
-        { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path, "configuration file", "FILE" },
-        { "foreground", 'f', 0, G_OPTION_ARG_NONE, &foreground, "log to stderr", NULL },
         { "local", 0, 0, G_OPTION_ARG_NONE, &local, "on the dispatcher's host: use its ipc socket",
           NULL },
         { NULL }
     };
-    g_autoptr(GOptionContext) octx = g_option_context_new("- Postern sender worker");
     struct postern_config cfg;
     struct sender s = { .cfg = &cfg };
     struct conn c = { 0 };
-    GError *err = NULL;
 
-    log_init("postern-sender", TRUE);
-    g_option_context_add_main_entries(octx, options, NULL);
-    if (!g_option_context_parse(octx, &argc, &argv, &err)) {
-        g_printerr("postern-sender: %s\n", err->message);
-        return CONFIG_EXIT_USAGE;
-    }
-    log_init("postern-sender", foreground);
-    config_load_or_exit(&cfg, config_path);
+    daemon_init(&argc, &argv, "postern-sender", "- Postern sender worker", options, &cfg);
     if (local) {
         g_free(cfg.workers.dispatch);
         cfg.workers.dispatch = g_strdup(cfg.workers.local_dispatch);
     }
     if (cfg.workers.slots == 0)
         sender_config_fail(&cfg, "[workers] slots: must be more than 0");
-    signal(SIGPIPE, SIG_IGN);
     sender_setup_relay(&s, &cfg);
 
     /* Before any thread exists (ZeroMQ's too), so that all inherit the mask. */

@@ -8,6 +8,7 @@
  */
 #include "transform/transform.h"
 #include "transform/mime.h"
+#include "spool/daemon.h"
 #include "spool/log.h"
 #include "spool/hint.h"
 #include "spool/wire.h"
@@ -250,28 +251,12 @@ static void transform_loop(struct worker *w)
 
 int main(int argc, char **argv)
 {
-    g_autofree char *config_path = NULL;
-    gboolean foreground = FALSE;
-    GOptionEntry options[] = {
-        { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path, "configuration file", "FILE" },
-        { "foreground", 'f', 0, G_OPTION_ARG_NONE, &foreground, "log to stderr", NULL },
-        { NULL }
-    };
-    g_autoptr(GOptionContext) octx = g_option_context_new("- Postern transform worker");
     struct sigaction sa = { .sa_handler = transform_on_signal };
     struct postern_config cfg;
     struct worker w = { .tf.cfg = &cfg };
     GError *err = NULL;
 
-    log_init("postern-transform", TRUE);
-    g_option_context_add_main_entries(octx, options, NULL);
-    if (!g_option_context_parse(octx, &argc, &argv, &err)) {
-        g_printerr("postern-transform: %s\n", err->message);
-        return CONFIG_EXIT_USAGE;
-    }
-    log_init("postern-transform", foreground);
-    config_load_or_exit(&cfg, config_path);
-    signal(SIGPIPE, SIG_IGN);
+    daemon_init(&argc, &argv, "postern-transform", "- Postern transform worker", NULL, &cfg);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
