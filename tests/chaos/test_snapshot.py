@@ -73,6 +73,16 @@ def copy_spool(src, dst):
         shutil.copyfile(src / name, dst / name)
 
 
+def writer_inside(snap):
+    """Was the copy taken inside a write transaction?  LMDB 0.9's lock file
+    (x86_64 glibc) holds the writer's robust mutex at offset 64; its lock
+    word is the owner's thread id while held, 0 when free.  None: unknown."""
+    lock = (snap / "lock.mdb").read_bytes()
+    if len(lock) < 72 or int.from_bytes(lock[0:4], "little") != 0xBEEFC0DE:
+        return None
+    return int.from_bytes(lock[64:68], "little") != 0
+
+
 def mdb_check(snap):
     """mdb_stat (environment, free list, every database) and a full mdb_dump walk."""
     out = []
@@ -95,6 +105,7 @@ def test_crash_images_hold_every_acknowledged_message():
     d = postern.Ingest(workdir, name="ingest")
     d.env = chaoslib.sanitizer_env()
     snaps = []                          # (dir, {qid: bytes} acknowledged before the freeze)
+    inside = []                         # per copy: taken inside a write transaction?
     load = clients = None
     ok = False
     try:
@@ -107,7 +118,7 @@ def test_crash_images_hold_every_acknowledged_message():
         time.sleep(1.0)
         t0 = time.monotonic()
         for i in range(FREEZES):
-            time.sleep(rnd.uniform(0.2, 1.5))
+            time.sleep(rnd.uniform(0.1, 0.8))
             with clients.lock:
                 before = dict(clients.acked)    # every 250 read before the SIGSTOP below
             os.kill(d.pid, signal.SIGSTOP)
@@ -118,6 +129,7 @@ def test_crash_images_hold_every_acknowledged_message():
             finally:
                 os.kill(d.pid, signal.SIGCONT)
             snaps.append((snap, before))
+            inside.append(writer_inside(snap))
         t_frozen = time.monotonic() - t0
         assert clients.join(), "checked clients did not stop"
         if load:
@@ -127,15 +139,19 @@ def test_crash_images_hold_every_acknowledged_message():
 
         print(f"load: {clients.attempts} checked messages sent, {len(clients.acked)} "
               f"acknowledged; smtp-source runs {load.runs if load else 0}; "
-              f"{FREEZES} freezes in {t_frozen:.1f}s")
+              f"{FREEZES} freezes in {t_frozen:.1f}s, {inside.count(True)} of them inside a write "
+              f"transaction (the writer's lock held in lock.mdb)")
         t1 = time.monotonic()
         checked_bytes = 0
         compared = set()
         for snap, before in snaps:
+            tc = time.monotonic()
             txn, dumped = mdb_check(snap)
+            t_mdb = time.monotonic() - tc
             cfg = snap / "spool.ini"
             postern.write_config(cfg, postern.merge(d.sections, {"spool": {"dir": snap}}))
             listed = {m["id"]: m for m in postern.parse_json_lines(ctl(cfg, "--json", "list"))}
+            t_list = time.monotonic() - tc - t_mdb
             stats = json.loads(ctl(cfg, "--json", "stats"))
             assert stats["messages"]["incoming"] == len(listed) == sum(stats["messages"].values()), \
                 f"{snap.name}: stats {stats['messages']} but {len(listed)} listed"
@@ -155,10 +171,11 @@ def test_crash_images_hold_every_acknowledged_message():
                 for qid, stored in pool.map(raw, pick):
                     assert stored == before[qid], f"{snap.name}: {qid}: stored bytes differ"
             checked_bytes += len(pick)
-            print(f"  {snap.name}: txn {txn}, {len(listed)} messages in the copy, "
+            print(f"  {snap.name}: txn {txn}{' (mid-commit)' if writer_inside(snap) else ''}, {len(listed)} messages in the copy, "
                   f"{len(before)} acknowledged before the freeze (all present), "
                   f"{len(listed) - len(before)} more (load, or committed and not yet "
-                  f"acknowledged), {len(pick)} compared byte for byte, dump {dumped} bytes")
+                  f"acknowledged), {len(pick)} compared byte for byte, dump {dumped} bytes; "
+                  f"{t_mdb:.1f}s lmdb-utils, {t_list:.1f}s list, {time.monotonic() - tc:.1f}s in all")
         print(f"checked {len(snaps)} copies in {time.monotonic() - t1:.1f}s "
               f"({checked_bytes} exact-byte comparisons)")
         assert len(snaps) == FREEZES
