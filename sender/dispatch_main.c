@@ -12,9 +12,6 @@
 
 #include <glib-unix.h>
 #include <signal.h>
-#include <stdio.h>
-#include <string.h>
-#include <sys/mman.h>
 #include <zmq.h>
 
 #define TICK_MS 1000
@@ -28,36 +25,6 @@ int64_t dispatch_now_ms(void)
 int64_t dispatch_mono_ms(void)
 {
     return g_get_monotonic_time() / 1000;
-}
-
-/*
- * Every page of the LMDB map the dispatcher reads (a record, a body it
- * leases) stays mapped into it, and counts in its RSS, until unmapped:
- * working through a large queue its RSS grows towards the size of the
- * spool (158 MiB after 20,000 4 KiB deliveries, 157 of it RssFile).  Those
- * pages are page cache, shared and reclaimable, but SPEC §7 counts RSS.
- * Once a second, outside any transaction (this is the only thread that
- * uses the spool), drop our mapping of them: the next access maps the page
- * again from the page cache (a minor fault).  LMDB does not give out the
- * map's address (me_mapaddr is only set with MDB_FIXEDMAP), so it is found
- * in /proc/self/maps: the one mapping of a file named data.mdb.
- */
-static void dispatch_release_map(void)
-{
-    g_autofree char *maps = NULL;
-    char *line, *next;
-
-    if (!g_file_get_contents("/proc/self/maps", &maps, NULL, NULL))
-        return;
-    for (line = maps; line && *line; line = next) {
-        unsigned long lo, hi;
-
-        if ((next = strchr(line, '\n')))
-            *next++ = 0;
-        if (g_str_has_suffix(line, "/data.mdb") && sscanf(line, "%lx-%lx", &lo, &hi) == 2 &&
-            hi > lo)
-            madvise((void *)lo, hi - lo, MADV_DONTNEED);
-    }
 }
 
 static volatile sig_atomic_t dispatch_stop_signal;
@@ -118,7 +85,7 @@ static void dispatch_loop(struct dispatch *d)
             next_tick = now + TICK_MS;
             dispatch_heartbeat(d);
             dispatch_expire_leases(d);
-            dispatch_release_map();
+            spool_release_pages(d->spool);
             d->work_hinted = TRUE;
         }
         if (now >= next_reader_check) {

@@ -115,6 +115,13 @@ gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError
 void spool_close(struct spool *sp);
 MDB_dbi spool_dbi(struct spool *sp, enum spool_db db);
 int spool_reader_check(struct spool *sp);
+/*
+ * Drop this process's mapping of the LMDB pages it has read, so its RSS
+ * stays its own memory rather than growing towards the spool's size (the
+ * pages stay in the page cache; the next access maps them again).  Safe at
+ * any time: without MDB_WRITEMAP the map is read-only and file-backed.
+ */
+void spool_release_pages(struct spool *sp);
 uint64_t spool_file_size(struct spool *sp);
 const char *spool_dir(struct spool *sp);
 

@@ -5,7 +5,10 @@
 #include "spool/log.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -201,6 +204,29 @@ int spool_reader_check(struct spool *sp)
     if (dead)
         msg_warn("%s: cleared %d stale reader slot(s)", sp->dir, dead);
     return dead;
+}
+
+/*
+ * LMDB does not give out the map's address (me_mapaddr is only set with
+ * MDB_FIXEDMAP), so find the mapping of our data.mdb in /proc/self/maps.
+ */
+void spool_release_pages(struct spool *sp)
+{
+    g_autofree char *maps = NULL;
+    g_autofree char *dir = realpath(sp->dir, NULL);
+    g_autofree char *data = dir ? g_build_filename(dir, "data.mdb", NULL) : NULL;
+    char *line, *next;
+
+    if (!data || !g_file_get_contents("/proc/self/maps", &maps, NULL, NULL))
+        return;
+    for (line = maps; line && *line; line = next) {
+        unsigned long lo, hi;
+
+        if ((next = strchr(line, '\n')))
+            *next++ = '\0';
+        if (g_str_has_suffix(line, data) && sscanf(line, "%lx-%lx", &lo, &hi) == 2 && hi > lo)
+            madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
 }
 
 uint64_t spool_file_size(struct spool *sp)

@@ -386,6 +386,11 @@ gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id, cons
     return TRUE;
 }
 
+/*
+ * Two passes over the chunks: the first only adds up their sizes (the
+ * values are pointers into the map), so the buffer is allocated once: a
+ * 30 MiB body growing by doubling would hold 1.5 times its size at once.
+ */
 gboolean spool_body_get(struct spool_txn *t, enum spool_db db, queue_id id, GByteArray *out,
                         GError **err)
 {
@@ -393,16 +398,29 @@ gboolean spool_body_get(struct spool_txn *t, enum spool_db db, queue_id id, GByt
     unsigned char k[12];
     MDB_val key = { 8, k }, val;
     gboolean found = FALSE;
+    size_t total = 0, at = out->len;
     int rc;
 
     spool_be64(k, id);
     if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, db), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
-    for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
-         rc == 0 && key.mv_size == 12 && memcmp(key.mv_data, k, 8) == 0;
-         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
-        g_byte_array_append(out, val.mv_data, val.mv_size);
-        found = TRUE;
+    for (int pass = 0; pass < 2; pass++) {
+        key = (MDB_val){ 8, k };
+        for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+             rc == 0 && key.mv_size == 12 && memcmp(key.mv_data, k, 8) == 0;
+             rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+            if (pass == 0) {
+                total += val.mv_size;
+                found = TRUE;
+            } else {
+                memcpy(out->data + at, val.mv_data, val.mv_size);
+                at += val.mv_size;
+            }
+        }
+        if ((rc && rc != MDB_NOTFOUND) || !found)
+            break;
+        if (pass == 0)
+            g_byte_array_set_size(out, (guint)(out->len + total));
     }
     mdb_cursor_close(cur);
     if (rc && rc != MDB_NOTFOUND)

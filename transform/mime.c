@@ -65,20 +65,11 @@ static void mime_fix_headers(GMimeObject *obj)
 		mime_fix_headers(GMIME_OBJECT(g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj))));
 }
 
-GMimeMessage *mime_parse(const char *raw, size_t len, GError **err)
+static GMimeMessage *mime_parse_stream(GMimeStream *stream, size_t len, GError **err)
 {
-	GMimeStream *stream;
-	GMimeParser *parser;
-	GMimeMessage *msg;
+	GMimeParser *parser = g_mime_parser_new_with_stream(stream);
+	GMimeMessage *msg = g_mime_parser_construct_message(parser, NULL);
 
-	/*
-	 * The parser keeps references into its stream rather than copies of
-	 * each part, so the stream holds its own copy of the bytes: the
-	 * caller's buffer (an LMDB page, say) may go before the message does.
-	 */
-	stream = g_mime_stream_mem_new_with_buffer(raw, len);
-	parser = g_mime_parser_new_with_stream(stream);
-	msg = g_mime_parser_construct_message(parser, NULL);
 	g_object_unref(parser);
 	g_object_unref(stream);
 	if (msg == NULL) {
@@ -92,6 +83,25 @@ GMimeMessage *mime_parse(const char *raw, size_t len, GError **err)
 	if (msg != NULL)
 		mime_fix_headers(GMIME_OBJECT(msg));
 	return msg;
+}
+
+GMimeMessage *mime_parse(const char *raw, size_t len, GError **err)
+{
+	/*
+	 * The parser keeps references into its stream rather than copies of
+	 * each part, so the stream holds its own copy of the bytes: the
+	 * caller's buffer (an LMDB page, say) may go before the message does.
+	 */
+	return mime_parse_stream(g_mime_stream_mem_new_with_buffer(raw, len), len, err);
+}
+
+GMimeMessage *mime_parse_array(GByteArray *raw, GError **err)
+{
+	GMimeStream *stream = g_mime_stream_mem_new_with_byte_array(raw);
+
+	/* Not the stream's to free: a 30 MiB message is then in memory once. */
+	g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
+	return mime_parse_stream(stream, raw->len, err);
 }
 
 /* Whether the first word of a header value (up to a blank or ';') is word. */

@@ -40,6 +40,12 @@ void    mime_init(void);
 GMimeMessage *mime_parse(const char *raw, size_t len, GError **err);
 
 /*
+ * The same without the copy, for large messages: the message refers into
+ * raw, which must outlive it (unref the message first).
+ */
+GMimeMessage *mime_parse_array(GByteArray *raw, GError **err);
+
+/*
  * TRUE for mail that must not be answered (no backscatter): delivery and
  * disposition reports (multipart/report, message/delivery-status),
  * Auto-Submitted other than "no", Precedence bulk/junk/list, mailing-list

@@ -114,8 +114,8 @@ void job_free(struct job *j)
     g_ptr_array_unref(j->headers);
     g_ptr_array_unref(j->notices);
     g_ptr_array_unref(j->bounced);
+    g_clear_object(&j->mime);      /* refers into raw */
     g_byte_array_unref(j->raw);
-    g_clear_object(&j->mime);
     g_free(j->unparsable);
     g_free(j->subject);
     spool_msg_clear(&j->m);
@@ -200,6 +200,8 @@ static gboolean job_is_report(const struct job *j)
     return g_strcmp0(j->m.kind, MSG_KIND_BOUNCE_REPORT) == 0;
 }
 
+#define TRANSFORM_LARGE_BODY (1 << 20)
+
 static gboolean job_load(struct job *j, GError **err)
 {
     struct spool_txn t;
@@ -211,6 +213,9 @@ static gboolean job_load(struct job *j, GError **err)
          (job_is_report(j) ? job_load_report(&t, j, err)
                            : spool_body_get(&t, DB_BODIES, j->id, j->raw, err));
     spool_read_end(&t);
+    /* A large body's map pages would count twice in our RSS: drop them now. */
+    if (j->raw->len > TRANSFORM_LARGE_BODY)
+        spool_release_pages(j->tf->spool);
     return ok;
 }
 
@@ -228,7 +233,7 @@ static gboolean job_parse(struct job *j)
 
     g_clear_object(&j->mime);
     j->rewritten = FALSE;
-    if (!(j->mime = mime_parse((const char *)j->raw->data, j->raw->len, &err))) {
+    if (!(j->mime = mime_parse_array(j->raw, &err))) {
         j->unparsable = g_strdup_printf("MIME: %s", err->message);
         g_error_free(err);
         return FALSE;

@@ -46,6 +46,7 @@ struct worker {
     gboolean silent;                /* we said so in the log */
     int64_t next_ping;
     int64_t next_reader_check;
+    int64_t next_release;           /* drop read LMDB pages from our RSS, once a second */
 };
 
 static volatile sig_atomic_t transform_stopping;
@@ -231,6 +232,10 @@ static void transform_timers(struct worker *w)
     if (now >= w->next_reader_check) {
         spool_reader_check(w->tf.spool);
         w->next_reader_check = now + TRANSFORM_READER_CHECK_MS;
+    }
+    if (now >= w->next_release) {
+        spool_release_pages(w->tf.spool);
+        w->next_release = now + 1000;
     }
 }
 
