@@ -1,7 +1,6 @@
 """chaoslib.py - shared helpers of the chaos tests (tests/chaos/).
 
-`PosternRun` is the whole relay under `postern run` (the supervisor and its
-children in their own session, so that nothing outlives the test), with
+`PosternRun` is the whole relay under `postern run`, with
 its log, the pids of its children found in /proc, kill -9 of one of them,
 and a clean stop.  The rest is reused from tests/integration (postern.py,
 chain.py, smtp_client_test.py): this file only adds what they lack.
@@ -104,7 +103,7 @@ class PosternRun:
             self.proc = subprocess.Popen(
                 [str(postern.binary("tools/postern")), "-c", str(self.config_path), "run"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=sanitizer_env())
+                env=sanitizer_env())
         self.wait_all_up(timeout)
         return self
 
@@ -112,8 +111,8 @@ class PosternRun:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout=120):
-        """SIGTERM to the supervisor (it passes it on), wait; SIGKILL to the
-        whole session if it hangs.  Returns its exit code or "hung"."""
+        """SIGTERM to the supervisor (it passes it on), wait; kill_all() if
+        it hangs.  Returns its exit code or "hung"."""
         if self.proc is None:
             return None
         rc = self.proc.poll()
@@ -123,20 +122,25 @@ class PosternRun:
                 rc = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 rc = "hung"
-        self.kill_session()
+                self.kill_all()
         return rc
 
-    def kill_session(self):
-        """SIGKILL whatever is left in the supervisor's session (its children)."""
-        if self.proc is None:
+    def kill_all(self):
+        """SIGKILL the supervisor and its children, by pid.  The supervisor
+        is frozen first so that it restarts nothing meanwhile.  (It runs in
+        the test's process group, so a `meson test` timeout kills all too.)"""
+        if self.proc is None or self.proc.poll() is not None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGSTOP)
+            for pid in self.children():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.kill()
+            self.proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
 
     # ---- children -------------------------------------------------------
@@ -154,7 +158,7 @@ class PosternRun:
     def children(self):
         """pid -> (kind, start time) of the supervisor's live children."""
         out = {}
-        if not self.alive():
+        if self.proc is None or self.proc.poll() is not None:
             return out
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -207,3 +211,13 @@ class PosternRun:
 
     def sanitizer_findings(self):
         return [l for l in self.log().splitlines() if postern.SANITIZER_RE.search(l)]
+
+
+class Terminated(BaseException):
+    """SIGTERM (a harness giving up): unwind, so that `finally` cleans up."""
+
+
+def raise_on_sigterm():
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+    signal.signal(signal.SIGTERM, handler)

