@@ -412,7 +412,7 @@ gboolean spool_body_get(struct spool_txn *t, enum spool_db db, queue_id id, GByt
             if (pass == 0) {
                 total += val.mv_size;
                 found = TRUE;
-            } else {
+            } else if (val.mv_size) {      /* an empty body has no buffer at all */
                 memcpy(out->data + at, val.mv_data, val.mv_size);
                 at += val.mv_size;
             }
