@@ -26,8 +26,11 @@ char *token_generate(void)
     unsigned char raw[32];
     char *text;
 
-    if (RAND_bytes(raw, sizeof(raw)) != 1)
-        msg_fatal("RAND_bytes failed: no randomness for a token");
+    /* One that starts with '-' would read as an option on a command line. */
+    do {
+        if (RAND_bytes(raw, sizeof(raw)) != 1)
+            msg_fatal("RAND_bytes failed: no randomness for a token");
+    } while ((raw[0] >> 2) == 62);      /* base64 '+', url-safe '-' */
     text = g_base64_encode(raw, sizeof(raw));
     /* base64url (RFC 4648 §5), no padding: safe in URLs and mail bodies. */
     for (char *p = text; *p; p++)

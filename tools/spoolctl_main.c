@@ -47,6 +47,13 @@ gboolean ctl_parse(struct ctl *c, int *argc, char ***argv, const char *usage,
         g_error_free(err);
         return FALSE;
     }
+    /* GOption leaves a "--" in place: drop it, what follows are operands. */
+    for (int i = 1; i < *argc; i++)
+        if (g_str_equal((*argv)[i], "--")) {
+            memmove(&(*argv)[i], &(*argv)[i + 1], sizeof(char *) * (size_t)(*argc - i));
+            (*argc)--;
+            break;
+        }
     return TRUE;
 }
 

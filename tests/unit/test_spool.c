@@ -266,6 +266,11 @@ static void test_tokens(void **state)
 
     assert_true(strlen(text) >= 43);
     assert_null(strpbrk(text, "+/="));
+    /* Never one that a command line would take for an option. */
+    for (int i = 0; i < 2000; i++) {
+        g_autofree char *other = token_generate();
+        assert_true(other[0] != '-');
+    }
     assert_string_equal(norm, "Test@abakus.no");
     spool_token_init(&tk);
     tk.sender = g_strdup("Test@abakus.no");
