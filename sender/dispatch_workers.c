@@ -220,6 +220,16 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
 
         if (g_str_equal(cmd, WIRE_HELLO)) {
             dispatch_hello(d, sock, identity, payload);
+        } else if (g_str_equal(cmd, WIRE_SDONE)) {
+            /*
+             * A result counts even from a worker we do not know (we have
+             * restarted): the lease in the spool decides whether it
+             * applies, not our memory.  Dropping it would send again what
+             * the relay already has.
+             */
+            g_ptr_array_add(d->done, g_bytes_ref(payload));
+            if (!w)
+                wire_send(sock, identity, WIRE_WHO, NULL);
         } else if (!w) {
             /* We restarted, or forgot it: it must introduce itself again. */
             wire_send(sock, identity, WIRE_WHO, NULL);
@@ -228,8 +238,6 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
             if (wire_unpack(payload, "(u)", &n))
                 w->credit += n;
             d->work_hinted = TRUE;
-        } else if (g_str_equal(cmd, WIRE_SDONE)) {
-            g_ptr_array_add(d->done, g_bytes_ref(payload));
         } else if (g_str_equal(cmd, WIRE_TDONE)) {
             d->work_hinted = TRUE;      /* its deliveries are ready now */
         } else if (!g_str_equal(cmd, WIRE_PING)) {

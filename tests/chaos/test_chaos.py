@@ -41,15 +41,12 @@ import json
 import os
 import random
 import shutil
-import socket
 import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import pytest
 
 import chaoslib
 from chaoslib import KINDS, PosternRun, ctl
@@ -254,10 +251,10 @@ def header(data, name):
     return str(v).strip() if v is not None else None
 
 
-def config(workdir, pki, relay_port, port):
+def config(workdir, certs, relay_port, port):
     dkim_key = workdir / "dkim-ed25519.pem"
     chain.Chain._dkim_key(dkim_key)
-    relay = chain.relay_config(workdir, pki, relay_port)
+    relay = chain.relay_config(workdir, certs, relay_port)
     relay["relay"].update({"timeout": "10s", "max_rcpt_per_txn": MAX_RCPT,
                            "max_connections": 10})
     return postern.merge({
@@ -286,7 +283,7 @@ def wait_quiet(cfg, timeout):
     raise TimeoutError(f"spool not quiet after {timeout}s: {json.dumps(last)}")
 
 
-def test_kill9_any_process_under_load(pki):
+def test_kill9_any_process_under_load(pki):  # noqa: F811  (the fixture)
     print(f"seed {SEED} (POSTERN_CHAOS_SEED={SEED} to repeat); "
           f"{MESSAGES} messages, {KILLS} kills{' (long)' if LONG else ''}")
     rnd = random.Random(SEED)
