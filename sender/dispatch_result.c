@@ -73,10 +73,13 @@ static gboolean result_message_state(struct spool_txn *t, queue_id msg, GError *
     else
         to = MSG_DONE;
     if (m.state != to && m.state != MSG_HOLD) {
-        g_autofree char *why = to == MSG_DONE ? g_strdup_printf("sent=%u bounced=%u", n[DLV_SENT],
-                                                                n[DLV_BOUNCED])
-                                              : NULL;
-        ok = spool_msg_set_state(t, &m, to, why, err);
+        char id[QUEUE_ID_LEN + 1];
+
+        /* A reason says why a message was refused or held; an end is not one. */
+        ok = spool_msg_set_state(t, &m, to, NULL, err);
+        spool_id_format(msg, id);
+        if (ok && to == MSG_DONE)
+            spool_txn_log(t, "%s: done, sent=%u, bounced=%u", id, n[DLV_SENT], n[DLV_BOUNCED]);
         if (ok && to == MSG_DONE && n[DLV_BOUNCED] && m.owner &&
             g_strcmp0(m.kind, MSG_KIND_NOTICE) != 0)
             ok = result_bounce_report(t, &m, err);

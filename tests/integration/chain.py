@@ -196,16 +196,7 @@ class Chain:
 
     def stop(self):
         """Stop everything; returns the problems found (exit codes, sanitizer reports)."""
-        problems = []
-        for d in reversed(self.daemons()):
-            rc = d.stop()
-            print(f"----- {d.log_path.name} (exit codes {d.exit_codes}) -----")
-            print(d.log_tail(150))
-            if rc not in (None, 0):
-                problems.append(f"{d.log_path.name}: exit {rc} at SIGTERM")
-            findings = d.sanitizer_findings()
-            if findings:
-                problems.append(f"{d.log_path.name}: sanitizer: {findings[:5]}")
+        problems = postern.stop_and_check(list(reversed(self.daemons())), tail=150)
         shutil.rmtree(self.rundir, ignore_errors=True)
         return problems
 

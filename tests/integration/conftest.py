@@ -31,16 +31,7 @@ def make_ingest(tmp_path):
 
     yield make
 
-    problems = []
-    for d in daemons:
-        rc = d.stop()
-        print(f"----- {d.log_path.name} (exit codes {d.exit_codes}) -----")
-        print(d.log_tail(300))
-        if rc not in (None, 0):
-            problems.append(f"{d.log_path.name}: exit {rc} at SIGTERM")
-        findings = d.sanitizer_findings()
-        if findings:
-            problems.append(f"{d.log_path.name}: sanitizer: {findings[:5]}")
+    problems = postern.stop_and_check(daemons, tail=300)
     if problems:
         pytest.fail("daemon problems:\n" + "\n".join(problems), pytrace=False)
 

@@ -176,6 +176,22 @@ class Daemon:
         return [l for l in self.log().splitlines() if SANITIZER_RE.search(l)]
 
 
+def stop_and_check(daemons, tail=200):
+    """Stop daemons, print their logs; the problems: a non-zero exit at
+    SIGTERM or a sanitizer report in a log."""
+    problems = []
+    for d in daemons:
+        rc = d.stop()
+        print(f"----- {d.log_path.name} (exit codes {d.exit_codes}) -----")
+        print(d.log_tail(tail))
+        if rc not in (None, 0):
+            problems.append(f"{d.log_path.name}: exit {rc} at SIGTERM")
+        findings = d.sanitizer_findings()
+        if findings:
+            problems.append(f"{d.log_path.name}: sanitizer: {findings[:5]}")
+    return problems
+
+
 class Ingest(Daemon):
     """postern-ingest with its own temp spool, config and TCP port."""
 

@@ -17,6 +17,7 @@ def test_one_signed_copy_per_recipient(make_chain):
     c, relay = make_chain()
     qid = c.send(RCPTS)
     dl = c.wait_state(qid, "done")
+    assert c.show(qid)["reason"] is None        # SPEC §6: reason only for refused/held
     assert sorted(d["rcpt"] for d in dl) == sorted(RCPTS)
     assert {d["state"] for d in dl} == {"sent"} and {d["attempts"] for d in dl} == {1}
     for d in dl:
