@@ -31,13 +31,20 @@ static GByteArray *token_content(GMimePart *part, const char *prefix)
 	g_mime_stream_reset(decoded);
 
 	text = g_byte_array_new();
+	/*
+	 * A filter stream may return nothing for one source read (a block of
+	 * whitespace in base64) before its end, and an empty GByteArray has
+	 * no data pointer: compare only once there are bytes.
+	 */
 	while (!g_mime_stream_eos(decoded) && (n = g_mime_stream_read(decoded, buf, sizeof(buf))) >= 0) {
+		if (n == 0)
+			continue;
 		g_byte_array_append(text, (const guint8 *) buf, n);
 		if (memcmp(text->data, prefix, MIN(text->len, plen)) != 0)
 			break;
 	}
 	g_object_unref(decoded);
-	if (text->len < plen || memcmp(text->data, prefix, plen) != 0) {
+	if (text->len == 0 || text->len < plen || memcmp(text->data, prefix, plen) != 0) {
 		g_byte_array_unref(text);
 		return NULL;
 	}
