@@ -178,18 +178,15 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
     return TRUE;
 }
 
-static gboolean spool_msg_put_record(struct spool_txn *t, const struct spool_msg *m,
-                                     unsigned flags, GError **err)
+/* Stores m's record; the LMDB return code, so callers can tell its cases apart. */
+static int spool_msg_put(struct spool_txn *t, const struct spool_msg *m, unsigned flags)
 {
     g_autoptr(GVariant) v = spool_msg_encode(m);
     unsigned char k[8];
     MDB_val key = { 8, k }, val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
-    int rc;
 
     id_key(k, m->id);
-    if ((rc = mdb_put(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val, flags)))
-        return spool_mdb_fail(rc, "store message record", err);
-    return TRUE;
+    return mdb_put(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val, flags);
 }
 
 static gboolean spool_state_index(struct spool_txn *t, enum msg_state s, queue_id id,
@@ -219,20 +216,33 @@ static void spool_msg_note(struct spool_msg *m, const char *note)
 
 gboolean spool_msg_insert(struct spool_txn *t, struct spool_msg *m, GError **err)
 {
+    int rc;
+
     if (!m->since)
         m->since = m->arrival;
     if (!m->history->len)
         spool_msg_note(m, NULL);
-    /* New ids are the largest, so the record normally appends. */
-    if (!spool_msg_put_record(t, m, MDB_APPEND, NULL) &&
-        !spool_msg_put_record(t, m, MDB_NOOVERWRITE, err))
-        return FALSE;
+
+    /*
+     * New ids are the largest, so the record normally appends. Only an
+     * out-of-order id (MDB_KEYEXIST) may retry as a plain insert: after
+     * any other failure, MDB_MAP_FULL above all, LMDB has marked the
+     * transaction bad and a retry would hide the real cause (the map
+     * would not grow and the client would hear 452 for nothing).
+     */
+    rc = spool_msg_put(t, m, MDB_APPEND);
+    if (rc == MDB_KEYEXIST)
+        rc = spool_msg_put(t, m, MDB_NOOVERWRITE);
+    if (rc)
+        return spool_mdb_fail(rc, "store message record", err);
     return spool_state_index(t, m->state, m->id, TRUE, err);
 }
 
 gboolean spool_msg_update(struct spool_txn *t, const struct spool_msg *m, GError **err)
 {
-    return spool_msg_put_record(t, m, 0, err);
+    int rc = spool_msg_put(t, m, 0);
+
+    return rc ? spool_mdb_fail(rc, "store message record", err) : TRUE;
 }
 
 gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_state to,

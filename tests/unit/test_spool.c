@@ -55,6 +55,7 @@ struct put_msg {
     const char *body;
     size_t len;
     queue_id id;
+    int extra_rcpts;                /* makes the record itself large */
 };
 
 static gboolean put_message(struct spool_txn *t, void *ctx, GError **err)
@@ -72,6 +73,8 @@ static gboolean put_message(struct spool_txn *t, void *ctx, GError **err)
     m.size = p->len;
     m.sender = g_strdup("a@b.no");
     g_ptr_array_add(m.recipients, g_strdup("restricted@abakus.no"));
+    for (int i = 0; i < p->extra_rcpts; i++)
+        g_ptr_array_add(m.recipients, g_strdup_printf("restricted+%06d@abakus.no", i));
     ok = spool_msg_insert(t, &m, err) && spool_body_put(t, DB_BODIES, m.id, p->body, p->len, err);
     spool_msg_clear(&m);
     return ok;
@@ -79,7 +82,7 @@ static gboolean put_message(struct spool_txn *t, void *ctx, GError **err)
 
 static queue_id store(struct fixture *f, const char *body, size_t len, GError **err)
 {
-    struct put_msg p = { body, len, 0 };
+    struct put_msg p = { body, len, 0, 0 };
     return spool_write(f->sp, put_message, &p, err) ? p.id : 0;
 }
 
@@ -321,6 +324,24 @@ static void test_map_growth(void **state)
 }
 
 /*
+ * The message record itself, not its body, is what fills the map: the
+ * map must grow all the same. The record's append used to retry as a
+ * plain insert in the transaction MDB_MAP_FULL had already spoiled, and
+ * the client heard 452 with room left to grow.
+ */
+static void test_map_growth_on_record(void **state)
+{
+    struct fixture *f = *state;
+    struct put_msg p = { "x", 1, 0, 60000 };          /* a record of about 2 MiB */
+    GError *err = NULL;
+
+    assert_true(store(f, "first", 5, NULL));
+    if (!spool_write(f->sp, put_message, &p, &err))
+        fail_msg("large record: %s", err->message);
+    assert_true(p.id != 0);
+}
+
+/*
  * Another process grew the map: a process opening the spool afterwards
  * with a smaller configured map must adopt the new size, not fail with
  * MDB_MAP_RESIZED in its first transaction.
@@ -361,6 +382,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_delivery_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_growth_on_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_after_growth_elsewhere, setup, teardown),
     };
     log_init("test_spool", TRUE);
