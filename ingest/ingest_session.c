@@ -194,8 +194,14 @@ static void session_data(struct session *s)
         session_reply(s, "503 5.5.1 Error: need MAIL command");
         return;
     }
+    /*
+     * No recipient accepted: RFC 2033 §4.2 wants 503 in LMTP, where a
+     * client may otherwise wait for per-recipient replies; SMTP clients
+     * (and Postfix smtpd) expect 554 (RFC 5321 §3.3).
+     */
     if (!s->rcpts->len) {
-        session_reply(s, "554 5.5.1 Error: no valid recipients");
+        session_reply(s, s->lmtp ? "503 5.5.1 Error: no valid recipients"
+                                 : "554 5.5.1 Error: no valid recipients");
         return;
     }
     lmtp_data_begin(&s->data, cfg->ingest.max_message_size, cfg->ingest.max_header_size);

@@ -118,6 +118,15 @@ def test_smtp_mode_exactly_one_reply_after_data(ingest):
         assert c.cmd("NOOP") == "250 2.0.0 Ok"
 
 
+def test_smtp_mode_data_without_recipients_554(ingest):
+    """SMTP keeps RFC 5321's 554 where LMTP says 503."""
+    with ingest.client() as c:
+        c.lhlo(verb="EHLO")
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd("RCPT TO:<nobody@abakus.no>").startswith("550 5.1.1")
+        assert c.cmd("DATA").startswith("554 5.5.1")
+
+
 def test_helo_is_smtp_too(ingest, need_spoolctl):
     with ingest.client() as c:
         code, lines = c.reply_to("HELO old.client")
@@ -153,7 +162,7 @@ def test_unknown_recipient_550(ingest, need_spoolctl):
                     "restrictedx@abakus.no", "x+restricted@abakus.no"):
             r = c.cmd(f"RCPT TO:<{bad}>")
             assert r.startswith("550 5.1.1"), (bad, r)
-        assert c.cmd("DATA").startswith("554 5.5.1")     # no valid recipients
+        assert c.cmd("DATA").startswith("503 5.5.1")     # no valid recipients (RFC 2033 §4.2)
     assert ingest.list() == []
 
 
@@ -473,8 +482,8 @@ def test_sequence_errors_503(ingest):
         assert c.cmd("DATA").startswith("503 5.5.1")                       # no MAIL, no RCPT
         assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
         assert c.cmd(f"MAIL FROM:<{SENDER}>").startswith("503 5.5.1")     # nested MAIL
-        # DATA after MAIL but before any RCPT: Postfix (and RFC 5321 §3.3) say 554
-        assert c.cmd("DATA").startswith("554 5.5.1")
+        # DATA after MAIL but before any RCPT: RFC 2033 §4.2 says 503 in LMTP
+        assert c.cmd("DATA").startswith("503 5.5.1")
         assert c.cmd("RSET") == "250 2.0.0 Ok"
         assert c.cmd(f"RCPT TO:<{RECIPIENT}>").startswith("503 5.5.1")    # RSET cleared MAIL
         # a new LHLO also resets the transaction
