@@ -34,17 +34,43 @@ build() {
     ninja -C "$dir"
 }
 
-# Count meson's per-test results: the closing line CI reads.
+# The closing line CI reads: "N passed, N failed", counting the cases
+# inside each meson test (pytest, cmocka and fuzz targets print their own
+# tallies). A meson test that failed without a tally of failures (a crash,
+# a timeout, a sanitizer report at exit) counts as one failure more.
 summary() {
     /usr/bin/python3 - "$1" <<'PY'
-import json, sys
+import json, re, sys
+
+def tally(out):
+    """(passed, failed) from a test's own summary, or None."""
+    m = re.findall(r"^=*\s*(.*?) in [0-9.]+s\b", out, re.M)       # pytest
+    if m:
+        line = m[-1]
+        num = lambda w: sum(int(n) for n in re.findall(r"(\d+) " + w, line))
+        return num("passed"), num("failed") + num("errors?")
+    p = re.findall(r"^\[  PASSED  \] (\d+) test", out, re.M)       # cmocka
+    f = re.findall(r"^\[  FAILED  \] (\d+) test", out, re.M)
+    if p or f:
+        return sum(map(int, p)), sum(map(int, f))
+    m = re.findall(r"^fuzz: (\d+) passed, (\d+) failed", out, re.M)  # tests/fuzz/run.sh
+    if m:
+        return int(m[-1][0]), int(m[-1][1])
+    return None
+
 passed = failed = skipped = 0
 for line in open(sys.argv[1]):
-    r = json.loads(line)["result"]
-    if r in ("OK", "EXPECTEDFAIL"): passed += 1
-    elif r == "SKIP": skipped += 1
-    else: failed += 1
-print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    r = json.loads(line)
+    ok = r["result"] in ("OK", "EXPECTEDFAIL")
+    if r["result"] == "SKIP":
+        skipped += 1
+        continue
+    t = tally(r.get("stdout") or "") or ((1, 0) if ok else (0, 1))
+    passed += t[0]
+    failed += t[1] + (0 if ok or t[1] else 1)
+if skipped:
+    print(f"{skipped} meson tests skipped")
+print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed or not passed else 0)
 PY
 }
@@ -58,7 +84,10 @@ run)
     exec build/tools/postern run ;;
 test)
     deps
-    build build-san -Db_sanitize=address,undefined -Db_lundef=false
+    if ! build build-san -Db_sanitize=address,undefined -Db_lundef=false; then
+        echo "0 passed, 1 failed"           # the build itself
+        exit 1
+    fi
     shift
     status=0
     meson test -C build-san --setup=sanitize --print-errorlogs --num-processes 2 "$@" || status=$?

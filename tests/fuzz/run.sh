@@ -8,7 +8,10 @@
 # build-fuzz/fuzz-run/TARGET/, never into tests/fuzz/corpus/. Exits 1 when
 # any target crashes, leaks, times out or gets a sanitizer report; prints one
 # summary line per target. A long run: tests/fuzz/run.sh 600.
-# FUZZ_BUILD_DIR overrides the build directory.
+# FUZZ_BUILD_DIR overrides the build directory. FUZZ_SEED fixes libFuzzer's
+# seed, so a short run mutates the same inputs in the same order each time
+# (the CI run does this: what passed here passes there, and any crash it
+# finds is one a developer can replay); long runs leave it random.
 set -euo pipefail
 
 secs=${1:-20}
@@ -81,6 +84,7 @@ for t in "${targets[@]}"; do
     args=(-max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len="$(max_len "$t")"
         -print_final_stats=1 -artifact_prefix="$dir/artifacts/")
     [ -f "$here/$t.dict" ] && args+=(-dict="$here/$t.dict")
+    [ -n "${FUZZ_SEED:-}" ] && args+=(-seed="$FUZZ_SEED")
     rc=0
     "$exe" "${args[@]}" "$dir/corpus" >"$dir/log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/log" | tail -1)
