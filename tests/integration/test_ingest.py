@@ -693,6 +693,62 @@ def test_missing_dispatcher_does_not_slow_ingest(ingest, need_spoolctl):
     assert {m["id"] for m in ingest.list()} == set(ids)
 
 
+def test_hint_reaches_a_listening_dispatcher(make_ingest, tmp_path):
+    """A PULL socket where the dispatcher would be hears "incoming" after the commit."""
+    zmq = pytest.importorskip("zmq")
+    endpoint = f"ipc://{tmp_path}/hints"
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(endpoint)
+    try:
+        d = make_ingest({"workers": {"hints": endpoint}})
+        with d.client() as c:
+            c.lhlo()
+            qid = c.send_message(message("hinted"))
+        assert qid
+        assert pull.poll(10000), "no hint within 10 s of the 250"
+        # Framed as every wire message (command, payload): the dispatcher
+        # drops anything else, as it once dropped every hint.
+        assert pull.recv_multipart() == [b"incoming", b""]
+    finally:
+        pull.close(linger=0)
+        ctx.term()
+
+
+def lmdb_last_txn(spool_dir):
+    """LMDB's last committed transaction id, read by mdb_stat (lmdb-utils)."""
+    out = subprocess.run(["mdb_stat", "-e", str(spool_dir)], capture_output=True, text=True,
+                         check=True).stdout
+    for line in out.splitlines():
+        if "Last transaction ID:" in line:
+            return int(line.split(":")[1])
+    raise AssertionError("mdb_stat printed no transaction id:\n" + out)
+
+
+def test_group_commit_shares_transactions(make_ingest, need_spoolctl):
+    """Ten messages whose final dots arrive together are stored in fewer commits than messages."""
+    d = make_ingest()
+    clients = [d.client() for _ in range(10)]
+    try:
+        for c in clients:
+            c.lhlo()
+            assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+            assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+            assert c.cmd("DATA").startswith("354")
+            c.send(data_payload(message("group"))[:-3])
+        before = lmdb_last_txn(d.spool_dir)
+        for c in clients:
+            c.send(b".\r\n")
+        replies = [c.line() for c in clients]
+    finally:
+        for c in clients:
+            c.close()
+    assert all(queue_id_of(r) for r in replies), replies
+    commits = lmdb_last_txn(d.spool_dir) - before
+    assert 1 <= commits <= 5, f"{commits} commits for 10 messages"
+    assert len(d.list()) == 10
+
+
 def test_sigterm_closes_sessions_421(make_ingest):
     d = make_ingest()
     c = d.client()
