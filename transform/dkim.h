@@ -3,7 +3,7 @@
 
 /*
  * DKIM signing (RFC 6376, RFC 8463): relaxed/relaxed, rsa-sha256 and
- * ed25519-sha256, From oversigned.
+ * ed25519-sha256, every signed field oversigned.
  *
  * The module signs bytes, never a parsed message: the caller serialises the
  * message once with CRLF line ends, hashes the body once (shared by every

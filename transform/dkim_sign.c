@@ -7,8 +7,15 @@
 
 #include "transform/dkim.h"
 
-/* Fields signed, in h= order (SPEC §4): those a recipient sees or acts on.
- * From comes first: it is the one DMARC needs and the one oversigned. */
+/*
+ * Fields signed, in h= order (SPEC §4): those a recipient sees or acts on.
+ * From comes first: it is the one DMARC needs. Every one is oversigned
+ * (RFC 6376 §8.15): h= names it once more than the copy has it, and that
+ * entry selects "no field", so a copy with a second Subject, Reply-To or
+ * Content-Type added on top, or a Reply-To added where we sent none (a
+ * hidden sender), fails to verify. Only fields a forwarder has no business
+ * adding are listed; the cost is a few bytes of h=.
+ */
 #define NAME(s) { s, sizeof(s) - 1 }
 static const struct {
     const char *name;
@@ -150,9 +157,8 @@ static GArray *fields_select(const char *block, size_t len, GError **err)
 /*
  * Write the h= tag and the canonical data of the fields it names. Each name
  * is listed once per instance, and the instances are taken bottom-up
- * (RFC 6376 §5.4.2), as the verifier will. From is listed once more: that
- * entry selects "no field", so a From added on top breaks the signature.
- * Returns FALSE when the block has no From.
+ * (RFC 6376 §5.4.2), as the verifier will; then once more, oversigned
+ * (see sign_names). Returns FALSE when the block has no From.
  */
 static gboolean fields_sign(const GArray *sel, struct fold *f, GString *canon)
 {
@@ -172,12 +178,9 @@ static gboolean fields_sign(const GArray *sel, struct fold *f, GString *canon)
                                       canon);
             count++;
         }
-        if (n == SIGN_FROM) {
-            if (count == 0)
-                return FALSE;
-            count++;
-        }
-        for (; count > 0; count--) {
+        if (n == SIGN_FROM && count == 0)
+            return FALSE;
+        for (count++; count > 0; count--) {
             fold_word(f, first, first ? "h=" : "", sign_names[n].name,
                       sign_names[n].len, ':');
             first = FALSE;
