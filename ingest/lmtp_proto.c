@@ -207,6 +207,13 @@ char *lmtp_addr_canonical(const char *addr)
  * a dot that began one, after that dot and a CR, inside a line, or after a
  * CR inside a line.  Keeping this state (rather than whole lines) lets any
  * split of the input be handled without copying partial lines around.
+ *
+ * Bare LF ends a line (it is stored as CRLF), but only CRLF "." CRLF ends
+ * the message, as Postfix's smtpd_forbid_bare_newline = normalize does: a
+ * reader that also took LF "." LF would let a sender smuggle a second
+ * message, with an envelope of its choice, past a front server that sees
+ * one (SMTP smuggling). A "." line that does not end the message is a
+ * stuffed empty line.
  */
 enum { DR_BOL, DR_DOT, DR_DOT_CR, DR_MID, DR_CR };
 
@@ -293,17 +300,21 @@ enum lmtp_data_status lmtp_data_feed(struct lmtp_data_reader *r, const char *buf
                 i++;
                 continue;
             }
-            if (c == '\n') {        /* bare-LF terminator */
-                *used = i + 1;
-                return LMTP_DATA_DONE;
-            }
             dr_header_bol(r, c); /* the stuffed dot is dropped */
             r->where = DR_MID;
             continue;
         case DR_DOT_CR:
-            if (c == '\n') {
+            if (c == '\n' && !r->bare_lf_line) {
                 *used = i + 1;
                 return LMTP_DATA_DONE;
+            }
+            if (c == '\n') {        /* LF "." CRLF: an empty line */
+                dr_header_bol(r, '\r');
+                dr_emit(r, "\r\n", 2);
+                r->bare_lf_line = FALSE;
+                r->where = DR_BOL;
+                i++;
+                continue;
             }
             dr_header_bol(r, '\r');
             dr_emit(r, "\r", 1);
@@ -314,6 +325,7 @@ enum lmtp_data_status lmtp_data_feed(struct lmtp_data_reader *r, const char *buf
                 dr_emit(r, "\r\n", 2);
                 if (r->name_pending)     /* a header line with no colon: body */
                     r->in_header = r->name_pending = FALSE;
+                r->bare_lf_line = FALSE;
                 r->where = DR_BOL;
                 i++;
                 continue;
@@ -353,6 +365,7 @@ enum lmtp_data_status lmtp_data_feed(struct lmtp_data_reader *r, const char *buf
                 dr_emit(r, "\r\n", 2);
                 if (r->name_pending)
                     r->in_header = r->name_pending = FALSE;
+                r->bare_lf_line = TRUE;
                 r->where = DR_BOL;
             }
             i++;

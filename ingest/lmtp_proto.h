@@ -55,6 +55,7 @@ struct lmtp_data_reader {
     gboolean header_too_big;        /* over max_header: 552 5.6.0 */
     int where;                      /* position in the line structure */
     gboolean name_pending;          /* header line: field name not yet ended */
+    gboolean bare_lf_line;          /* this line began after a bare LF */
 };
 
 void lmtp_data_begin(struct lmtp_data_reader *r, uint64_t max_size, uint64_t max_header);

@@ -348,13 +348,37 @@ def test_many_messages_pipelined_in_one_write(ingest, need_spoolctl):
 
 def test_bare_lf_stored_as_crlf(ingest, need_spoolctl):
     payload = (b"From: <a@example.org>\nSubject: bare lf\n\nline one\nline two\r\n"
-               b"mixed\n..stuffed\n.\n")
+               b"mixed\n..stuffed\r\n.\r\n")
     want = (b"From: <a@example.org>\r\nSubject: bare lf\r\n\r\nline one\r\nline two\r\n"
             b"mixed\r\n.stuffed\r\n")
     with ingest.client() as c:
         c.lhlo()
         qid = c.send_message(b"", raw_payload=payload)
     assert ingest.raw(qid) == want
+
+
+@pytest.mark.parametrize("verb", ["LHLO", "EHLO"])
+def test_smuggled_message_stays_content(ingest, need_spoolctl, verb):
+    """LF "." LF (or LF "." CRLF) does not end DATA: the "second message" is body text.
+
+    SMTP smuggling: a front server that ends DATA only at CRLF "." CRLF
+    passes both parts as one message; were they two here, the second
+    would carry an envelope the front never checked.
+    """
+    smuggled = (b"MAIL FROM:<forged@abakus.no>\r\nRCPT TO:<restricted@abakus.no>\r\n"
+                b"DATA\r\nSubject: smuggled\r\n\r\nforged\r\n")
+    for end in (b"\n.\n", b"\n.\r\n", b"\r\n.\n"):
+        payload = b"From: <a@example.org>\r\nSubject: outer\r\n\r\nhello" + end + smuggled + b".\r\n"
+        with ingest.client() as c:
+            c.lhlo(verb=verb)
+            rc, replies = c.transaction(SENDER, [RECIPIENT], b"", lmtp=verb == "LHLO",
+                                        raw_payload=payload)
+            assert len(replies) == 1 and queue_id_of(replies[0]), (end, replies)
+            assert c.cmd("NOOP") == "250 2.0.0 Ok"     # no reply left for a second message
+        raw = ingest.raw(queue_id_of(replies[0]))
+        assert raw.startswith(b"From: <a@example.org>\r\nSubject: outer\r\n\r\nhello\r\n")
+        assert raw.endswith(b"\r\nSubject: smuggled\r\n\r\nforged\r\n"), raw
+    assert [m["sender"] for m in ingest.list()] == [SENDER] * 3
 
 
 def test_dot_stuffed_lines_unstuffed(ingest, need_spoolctl):

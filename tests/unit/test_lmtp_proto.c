@@ -431,16 +431,22 @@ static void test_data_unstuffing(void **state)
           "A: b\r\n\r\n.leading dot\r\n..two\r\n");
     CHECK("A: b\r\n\r\nmid.dle. dots.\r\n.\r\n", "A: b\r\n\r\nmid.dle. dots.\r\n");
     CHECK("A: b\r\n\r\n.\r.\r\n.\r\n", "A: b\r\n\r\n\r.\r\n");  /* ".CR" not followed by LF */
-    CHECK("A: b\r\n\r\n..\n.\n", "A: b\r\n\r\n.\r\n");           /* stuffed line with bare LF */
+    CHECK("A: b\r\n\r\n..\nx\r\n.\r\n", "A: b\r\n\r\n.\r\nx\r\n");   /* stuffed line with bare LF */
     CHECK("A: b\r\n\r\n. \r\n.\r\n", "A: b\r\n\r\n \r\n");      /* a lone dot is dropped */
 }
 
 static void test_data_terminators(void **state)
 {
     CHECK("A: b\r\n\r\nbody\r\n.\r\n", "A: b\r\n\r\nbody\r\n");
-    CHECK("A: b\n\nbody\n.\n", "A: b\r\n\r\nbody\r\n");        /* bare LF terminator */
-    CHECK("A: b\r\n\r\nbody\r\n.\n", "A: b\r\n\r\nbody\r\n");  /* mixed */
-    CHECK("A: b\n\nbody\n.\r\n", "A: b\r\n\r\nbody\r\n");
+    /*
+     * Only CRLF "." CRLF ends the message: with a bare LF on either side
+     * the dot is a stuffed empty line, and what follows is content (SMTP
+     * smuggling: the second "message" must not become one).
+     */
+    CHECK("A: b\n\nbody\n.\nMAIL FROM:<x@y>\r\n.\r\n",
+          "A: b\r\n\r\nbody\r\n\r\nMAIL FROM:<x@y>\r\n");
+    CHECK("A: b\r\n\r\nbody\r\n.\nRCPT\r\n.\r\n", "A: b\r\n\r\nbody\r\n\r\nRCPT\r\n");
+    CHECK("A: b\n\nbody\n.\r\nDATA\r\n.\r\n", "A: b\r\n\r\nbody\r\n\r\nDATA\r\n");
     /* A dot that is not alone on its line does not end the message. */
     CHECK("A: b\r\n\r\nx.\r\n.x\r\n.\r\n", "A: b\r\n\r\nx.\r\nx\r\n");
     /* "\r.\r\n" in mid-line (after a bare CR) is not a terminator. */
@@ -449,12 +455,12 @@ static void test_data_terminators(void **state)
 
 static void test_data_line_ends(void **state)
 {
-    CHECK("A: b\n\nline1\nline2\n.\r\n", "A: b\r\n\r\nline1\r\nline2\r\n");
+    CHECK("A: b\n\nline1\nline2\r\n.\r\n", "A: b\r\n\r\nline1\r\nline2\r\n");
     CHECK("A: b\r\n\r\na\rb\r\n.\r\n", "A: b\r\n\r\na\rb\r\n");        /* bare CR kept */
     CHECK("A: b\r\n\r\na\r\r\n.\r\n", "A: b\r\n\r\na\r\r\n");
     CHECK("A: b\r\n\r\n\r\r\n.\r\n", "A: b\r\n\r\n\r\r\n");
     CHECK("A: b\r\n\r\nend\r\r.\r\n.\r\n", "A: b\r\n\r\nend\r\r.\r\n");
-    CHECK("A: b\r\n\r\n\n\n.\n", "A: b\r\n\r\n\r\n\r\n");
+    CHECK("A: b\r\n\r\n\n\n\r\n.\r\n", "A: b\r\n\r\n\r\n\r\n\r\n");
 }
 
 static void test_data_8bit_nul_long(void **state)
@@ -487,9 +493,10 @@ static void test_data_bytes_after_terminator(void **state)
     assert_out(&f, "A: b\r\n\r\nbody\r\n", 14);
     fed_clear(&f);
 
+    /* LF "." LF ends nothing: the reader wants more, having used it all. */
     feed_all(in_lf, sizeof(in_lf) - 1, BIG, BIG, &f);
-    assert_int_equal(f.status, LMTP_DATA_DONE);
-    assert_int_equal(f.used, strlen("A: b\n\nbody\n.\n"));
+    assert_int_equal(f.status, LMTP_DATA_MORE);
+    assert_int_equal(f.used, sizeof(in_lf) - 1);
     fed_clear(&f);
 
     /* Terminator split across feeds: the second feed's used counts from its start. */
@@ -575,7 +582,7 @@ static void test_data_size_limit(void **state)
     g_string_free(msg, TRUE);
 
     /* Bare LF lines count as the CRLF they are stored as. */
-    static const char lf[] = "A: b\n\n0123456789\n.\n";
+    static const char lf[] = "A: b\n\n0123456789\n";
     feed_all(lf, sizeof(lf) - 1, 19, BIG, &f);
     assert_true(f.too_big);
     assert_int_equal(f.seen, 20);
