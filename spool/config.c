@@ -118,6 +118,30 @@ static int config_line_of(const char *path, const char *group, const char *key)
     return 0;
 }
 
+/*
+ * GKeyFile's parse errors quote the offending line (“...”) but give no
+ * number: find the line that reads so. 0 when the error quotes none (an
+ * unreadable file) or the line cannot be found.
+ */
+static int config_parse_error_line(const char *path, const char *message)
+{
+    const char *open = strstr(message, "\u201c"), *close;
+    g_autofree char *text = NULL, *quoted = NULL;
+    g_auto(GStrv) lines = NULL;
+
+    if (!open || !(close = strstr(open + strlen("\u201c"), "\u201d")))
+        return 0;
+    open += strlen("\u201c");
+    quoted = g_strndup(open, (gsize)(close - open));
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+        return 0;
+    lines = g_strsplit(text, "\n", -1);
+    for (int i = 0; lines[i]; i++)
+        if (g_str_equal(g_strchomp(lines[i]), quoted))
+            return i + 1;
+    return 0;
+}
+
 static gboolean config_fail(GError **err, const char *path, const char *group,
                             const char *key, const char *fmt, ...) G_GNUC_PRINTF(5, 6);
 
@@ -125,14 +149,16 @@ static gboolean config_fail(GError **err, const char *path, const char *group,
                             const char *key, const char *fmt, ...)
 {
     va_list ap;
-    g_autofree char *why = NULL;
+    g_autofree char *why = NULL, *where = NULL;
+    int line = config_line_of(path, group, key);
 
     va_start(ap, fmt);
     why = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    g_set_error(err, CONFIG_ERROR, 1, "%s:%d: [%s]%s%s: %s",
-                path ? path : "(defaults)", config_line_of(path, group, key),
-                group, key ? " " : "", key ? key : "", why);
+    /* A key left at its default (a cross-key check) has no line to name. */
+    where = line ? g_strdup_printf("%s:%d", path, line) : g_strdup(path ? path : "(defaults)");
+    g_set_error(err, CONFIG_ERROR, 1, "%s: [%s]%s%s: %s", where, group, key ? " " : "",
+                key ? key : "", why);
     return FALSE;
 }
 
@@ -356,7 +382,12 @@ gboolean config_load(struct postern_config *cfg, const char *path, GError **err)
         return config_derive(cfg, err);
 
     if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &local)) {
-        g_set_error(err, CONFIG_ERROR, 1, "%s:0: %s", path, local->message);
+        int line = config_parse_error_line(path, local->message);
+
+        if (line)
+            g_set_error(err, CONFIG_ERROR, 1, "%s:%d: %s", path, line, local->message);
+        else
+            g_set_error(err, CONFIG_ERROR, 1, "%s: %s", path, local->message);
         g_error_free(local);
         return FALSE;
     }

@@ -29,6 +29,24 @@ def server_lines(swaks_out):
     return [l[4:] for l in swaks_out.splitlines() if l.startswith(("<-  ", "<** "))]
 
 
+# ---- configuration errors ------------------------------------------------------
+
+@pytest.mark.parametrize("text, where", [
+    ("[ingest]\nlisten = 127.0.0.1:1\nmax_message_size = 12Q\n", ":3: [ingest] max_message_size"),
+    ("[ingest]\nrecipient = a@b\n", ":2: [ingest] recipient: unknown key"),
+    ("[spool]\ndir = x\nthis is not ini\n", ":3: Key file contains line"),
+])
+def test_bad_config_is_one_line_and_exit_2(tmp_path, text, where):
+    """SPEC §2: one line on stderr naming the file, line and key; exit 2."""
+    path = tmp_path / "bad.ini"
+    path.write_text(text)
+    p = subprocess.run([postern.ingest_binary(), "-c", path, "-f"], capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 2, p
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and f"{path}{where}" in lines[0], lines
+
+
 # ---- greeting and extensions ------------------------------------------------
 
 def test_greeting_and_lhlo_extensions(make_ingest):

@@ -92,7 +92,8 @@ static void test_errors(void **state)
     expect_error("[nonsense]\n", ":1: [nonsense]: unknown section");
     expect_error("[rewrite]\npersonalize = perhaps\n", "bad boolean");
     expect_error("[retry]\ninitial = 10m\nmax = 1m\n", "[retry] max: smaller than initial");
-    expect_error("not an ini file\n", ":0:");
+    expect_error("[ingest]\nlisten = 127.0.0.1:1\nnot an ini file\n", ":3: Key file contains line");
+    expect_error("# comment\n[spool\n", ":2: Key file contains line");
 }
 
 static void test_parsers(void **state)
