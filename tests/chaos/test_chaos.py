@@ -71,6 +71,11 @@ SESSIONS = 3                            # concurrent LMTP client sessions
 TRANSFORMS, SENDERS, SLOTS, MAX_RCPT = 2, 2, 2, 3
 LEASE = 10                              # [retry] lease, seconds
 QUIET_TIMEOUT = 900 if LONG else 240    # the drain after the last kill
+# A duplicate's first copy must lie within this window of a kill: before a
+# sender kill by at most one slow transaction, after a dispatcher kill by
+# at most its restart and the worker's reconnection.
+DUP_BEFORE_KILL = 5.0
+DUP_AFTER_DISPATCH_KILL = 15.0
 OWNER = chain.OWNER
 
 
@@ -456,6 +461,15 @@ def test_kill9_any_process_under_load(pki):  # noqa: F811  (the fixture)
         assert twice == {}, f"a token sent twice (two outgoing Message-IDs): {twice}"
         assert problems == [], "\n".join(problems[:30])
         assert n_dups == 0 or kill_times, "duplicates without a sender/dispatch kill"
+        # Each duplicate must come from a transaction in flight at a kill:
+        # its first copy reached the relay shortly before a sender was
+        # killed (the result died with it), or while a killed dispatcher
+        # was away (the worker's result found no lease holder).
+        stray_dups = [(r, tag, copies[(r, tag)][0][0] - t_load) for (r, tag) in dups
+                      if not any(-DUP_BEFORE_KILL <= copies[(r, tag)][0][0] - t
+                                 <= (DUP_AFTER_DISPATCH_KILL if k == "dispatch" else 1.0)
+                                 for t, k in kill_times)]
+        assert stray_dups == [], f"duplicates not in flight at any kill: {stray_dups[:10]}"
         assert n_dups <= inflight_bound, f"{n_dups} duplicates > {inflight_bound} in flight"
         ok = True
     except chaoslib.Terminated:
