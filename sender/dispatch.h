@@ -12,6 +12,7 @@
 
 #include <glib.h>
 
+#include "sender/relay_conns.h"
 #include "sender/smtp.h"
 #include "spool/config.h"
 #include "spool/delivery.h"
@@ -27,9 +28,19 @@ struct worker {
     enum worker_kind kind;
     unsigned credit;                /* jobs it asked for and has not got */
     int64_t last_seen;              /* monotonic ms */
+    /* Senders: relay connections (sender/relay_conns.h). */
+    unsigned jobs;                  /* jobs in flight on it */
+    unsigned conn_granted;          /* the budget we last sent (CONNMAX) */
+    unsigned conn_applied;          /* the budget it last said it applies (CONNS) */
+    unsigned conn_held;             /* connections it last said it holds (CONNS) */
 };
 
-/* A sender job in flight: what max_connections and results refer to. */
+/*
+ * A sender job in flight: what results refer to.  worker is NULL for a
+ * job of a worker we do not know (leased before our start, or its worker
+ * went silent): it may hold a relay connection until its result comes or
+ * its lease expires.
+ */
 struct job {
     uint64_t lease;
     queue_id msg;
@@ -48,6 +59,7 @@ struct dispatch {
     GHashTable *allowed_keys;       /* Z85 public keys of remote workers */
     GHashTable *workers;            /* name -> struct worker */
     GHashTable *jobs;               /* lease -> struct job (sender jobs) */
+    int64_t conn_grace_until;       /* monotonic ms: no grant before (relay_conns.h) */
     struct retry_policy policy;
     char *mail_from;                /* [bounce] envelope_from */
 
@@ -64,6 +76,8 @@ struct dispatch {
 };
 
 int64_t dispatch_now_ms(void);      /* unix ms */
+/* "relay ... paused until HH:MM:SS <why>": one line per pause. */
+void dispatch_log_pause(struct dispatch *d, const char *why);
 int64_t dispatch_mono_ms(void);
 
 /* dispatch_workers.c */
@@ -72,6 +86,17 @@ void dispatch_receive(struct dispatch *d);
 void dispatch_heartbeat(struct dispatch *d);
 struct worker *dispatch_pick_worker(struct dispatch *d, enum worker_kind kind);
 unsigned dispatch_credit(struct dispatch *d, enum worker_kind kind);
+
+/* dispatch_conns.c: [relay] max_connections across the sender workers */
+void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url);
+void dispatch_job_add(struct dispatch *d, struct job *job);
+/* How many jobs the sender workers can take now, each on a connection. */
+unsigned dispatch_conns_room(struct dispatch *d);
+/* The worker for the next job, granting it a connection if need be. */
+struct worker *dispatch_conns_pick(struct dispatch *d);
+void dispatch_conns_report(struct dispatch *d, struct worker *w, GBytes *payload);
+/* A known sender said HELLO with free slots: it starts over with no budget. */
+void dispatch_conns_rejoin(struct dispatch *d, struct worker *w);
 
 /* dispatch_transform.c */
 void dispatch_lease_transforms(struct dispatch *d);

@@ -16,13 +16,15 @@
 struct djob {
     queue_id msg;
     GArray *idx;                    /* uint32_t recipient numbers */
+    unsigned txns;                  /* SMTP transactions: what [relay] rate counts */
+    gboolean shared;                /* has recipients of the identical copy */
     struct wire_send_job wire;
 };
 
 struct dlease {
     struct dispatch *d;
     unsigned max_jobs;
-    unsigned max_copies;            /* [relay] rate budget for this round */
+    unsigned max_txns;              /* [relay] rate budget for this round */
     GPtrArray *jobs;                /* struct djob */
 };
 
@@ -58,6 +60,25 @@ static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
 }
 
 /*
+ * What one more recipient costs a job in SMTP transactions, as the worker
+ * will plan them (sender_plan()): a personalised copy is one of its own;
+ * the identical copy is one for all its recipients in the job (a job has
+ * at most max_rcpt_per_txn).
+ */
+static gboolean dlease_cost(struct spool_txn *t, const struct djob *j, uint32_t idx,
+                            gboolean *own, unsigned *cost, GError **err)
+{
+    struct spool_dlv dv;
+
+    if (!spool_dlv_get(t, j->msg, idx, &dv, err))
+        return FALSE;
+    *own = dv.header != NULL;
+    *cost = *own || !j->shared;
+    spool_dlv_clear(&dv);
+    return TRUE;
+}
+
+/*
  * Walk `due` from its head while entries are due: group them into jobs.
  * Stop at the first entry that fits no job once every job allowed this
  * round is open: the rest waits for the next round.  (Walking on to
@@ -70,27 +91,38 @@ static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err
     MDB_cursor *cur;
     MDB_val key, val;
     uint64_t now = (uint64_t)dispatch_now_ms();
-    unsigned seen = 0, copies = 0;
+    unsigned seen = 0, txns = 0;
+    gboolean ok = TRUE;
     int rc;
 
     if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_DUE), &cur)))
         return spool_mdb_fail(rc, "open due index", err);
     for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
-         rc == 0 && seen < DUE_SCAN_MAX && copies < dl->max_copies;
+         rc == 0 && seen < DUE_SCAN_MAX;
          rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT), seen++) {
         const unsigned char *k = key.mv_data;
+        uint32_t idx = spool_get_be32(k + 16);
         struct djob *j;
+        gboolean own;
+        unsigned cost;
 
         if (key.mv_size != 20 || spool_get_be64(k) > now)
             break;
         if (!(j = dlease_job_for(dl, spool_get_be64(k + 8))))
             break;
-        uint32_t idx = spool_get_be32(k + 16);
+        if (!(ok = dlease_cost(t, j, idx, &own, &cost, err)) || txns + cost > dl->max_txns) {
+            /* A job opened for this entry alone stays out of the round. */
+            if (!j->idx->len)
+                g_ptr_array_remove_index(dl->jobs, dl->jobs->len - 1);
+            break;
+        }
         g_array_append_val(j->idx, idx);
-        copies++;
+        j->shared |= !own;
+        j->txns += cost;
+        txns += cost;
     }
     mdb_cursor_close(cur);
-    return TRUE;
+    return ok;
 }
 
 /* Mark a job's deliveries leased and fill in what the worker needs. */
@@ -144,8 +176,10 @@ static gboolean dlease_write(struct spool_txn *t, void *ctx, GError **err)
 }
 
 /*
- * [relay] rate is a token bucket of copies per second (each SMTP message
- * counts), holding at most one second's worth.
+ * [relay] rate is a token bucket of messages per second towards the relay
+ * (SPEC §2): one per SMTP transaction, however many recipients it has,
+ * holding at most one second's worth.  Tokens are spent only on the jobs
+ * a worker took.
  */
 static unsigned dispatch_rate_budget(struct dispatch *d)
 {
@@ -162,15 +196,12 @@ static unsigned dispatch_rate_budget(struct dispatch *d)
 
 void dispatch_lease_deliveries(struct dispatch *d)
 {
-    unsigned busy = g_hash_table_size(d->jobs);
-    unsigned credit = dispatch_credit(d, WORKER_SENDER);
-    unsigned conns = d->cfg->relay.max_connections > busy ? (unsigned)d->cfg->relay.max_connections - busy : 0;
-    struct dlease dl = { .d = d, .max_jobs = MIN(credit, conns) };
+    struct dlease dl = { .d = d, .max_jobs = dispatch_conns_room(d) };
     GError *err = NULL;
 
     if (!dl.max_jobs || d->paused_until > dispatch_now_ms())
         return;
-    if (!(dl.max_copies = dispatch_rate_budget(d)))
+    if (!(dl.max_txns = dispatch_rate_budget(d)))
         return;
     dl.jobs = g_ptr_array_new_with_free_func(djob_free);
     if (!spool_write(d->spool, dlease_write, &dl, &err)) {
@@ -180,7 +211,7 @@ void dispatch_lease_deliveries(struct dispatch *d)
     }
     for (guint i = 0; i < dl.jobs->len; i++) {
         struct djob *j = dl.jobs->pdata[i];
-        struct worker *w = dispatch_pick_worker(d, WORKER_SENDER);
+        struct worker *w = dispatch_conns_pick(d);
         g_autoptr(GBytes) payload = wire_send_job_encode(&j->wire);
         char id[QUEUE_ID_LEN + 1];
 
@@ -189,20 +220,20 @@ void dispatch_lease_deliveries(struct dispatch *d)
         g_clear_pointer(&j->wire.body, g_bytes_unref);
 
         spool_id_format(j->msg, id);
-        if (d->cfg->relay.rate > 0)
-            d->rate_tokens -= j->idx->len;
         if (!w || !wire_send(w->sock, w->identity, WIRE_SJOB, payload)) {
             msg_warn("%s: no sender worker took %u recipient(s): they wait for the lease to expire",
                      id, j->idx->len);
             continue;
         }
+        if (d->cfg->relay.rate > 0)
+            d->rate_tokens -= j->txns;
         w->credit--;
         struct job *job = g_new0(struct job, 1);
         job->lease = j->wire.lease;
         job->msg = j->msg;
         job->worker = w;
         job->rcpts = j->idx->len;
-        g_hash_table_replace(d->jobs, &job->lease, job);
+        dispatch_job_add(d, job);
         msg_info("%s: %u recipient(s) leased to worker %s", id, j->idx->len, w->name);
     }
     g_ptr_array_unref(dl.jobs);

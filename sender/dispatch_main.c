@@ -9,6 +9,7 @@
 #include "sender/dispatch.h"
 #include "spool/daemon.h"
 #include "spool/log.h"
+#include "spool/relay_state.h"
 
 #include <glib-unix.h>
 #include <signal.h>
@@ -27,6 +28,35 @@ int64_t dispatch_mono_ms(void)
     return g_get_monotonic_time() / 1000;
 }
 
+void dispatch_log_pause(struct dispatch *d, const char *why)
+{
+    g_autoptr(GDateTime) until = g_date_time_new_from_unix_local(d->paused_until / 1000);
+    g_autofree char *when = g_date_time_format(until, "%H:%M:%S");
+
+    msg_warn("relay %s paused until %s %s", d->cfg->relay.url, when, why);
+}
+
+/*
+ * A pause outlives the dispatcher that saw the reply (spool/relay_state.h):
+ * every delivery, old or queued since, waits until it ends.
+ */
+static void dispatch_load_relay_state(struct dispatch *d)
+{
+    struct spool_txn t;
+    struct relay_state st;
+    GError *err = NULL;
+
+    if (!spool_read_begin(d->spool, &t, &err))
+        msg_fatal("relay state: %s", err->message);
+    if (!relay_state_get(&t, &st, &err))
+        msg_fatal("relay state: %s", err->message);
+    spool_read_end(&t);
+    d->paused_until = st.paused_until;
+    d->pauses = st.pauses;
+    if (d->paused_until > dispatch_now_ms())
+        dispatch_log_pause(d, "(recorded before our start)");
+}
+
 static volatile sig_atomic_t dispatch_stop_signal;
 
 static void dispatch_on_signal(int sig)
@@ -41,13 +71,14 @@ static void dispatch_setup(struct dispatch *d)
 
     if (!relay_url_parse(d->cfg->relay.url, &url, &err))
         msg_fatal("%s: [relay] url: %s", d->cfg->path ? d->cfg->path : "(defaults)", err->message);
-    relay_url_clear(&url);
     if (!spool_open(&d->spool, d->cfg, &err))
         msg_fatal("%s", err->message);
     d->zctx = zmq_ctx_new();
     if (!dispatch_bind(d, &err))
         msg_fatal("%s", err->message);
-    d->jobs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
+    dispatch_conns_setup(d, &url);
+    relay_url_clear(&url);
+    dispatch_load_relay_state(d);
     d->done = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
     d->policy.initial = (gint64)d->cfg->retry.initial * G_USEC_PER_SEC;
     d->policy.max = (gint64)d->cfg->retry.max * G_USEC_PER_SEC;

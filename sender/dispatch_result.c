@@ -9,6 +9,7 @@
  */
 #include "sender/dispatch.h"
 #include "spool/log.h"
+#include "spool/relay_state.h"
 
 #include <string.h>
 
@@ -17,7 +18,8 @@ struct rresult {
     GPtrArray *results;             /* struct wire_send_result* */
     gboolean any_sent;
     gboolean paused;
-    int64_t pause_until_us;         /* applied to the dispatcher after commit */
+    int64_t pause_until_us;
+    struct relay_state relay;       /* as committed; applied to the dispatcher after */
 };
 
 static char *result_reply(const struct wire_rcpt_result *r)
@@ -96,7 +98,9 @@ static int64_t usec_to_sec_up(int64_t usec)
 
 /*
  * Decide a delivery's next state from one attempt.  A quota or throttle
- * reply pauses the whole relay and defers (never bounces) the delivery.
+ * reply pauses the whole relay and defers the delivery until the pause
+ * ends, never bouncing it for the reply itself; but a quota that lasts
+ * must not keep it forever: past [retry] lifetime it bounces.
  */
 static const char *result_apply(struct rresult *rr, struct spool_dlv *dv,
                                  const struct wire_rcpt_result *r, int64_t now_us)
@@ -115,13 +119,13 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv,
     if (v == RETRY_PAUSE) {
         rr->pause_until_us = now_us + retry_pause(&d->policy, d->pauses + 1);
         rr->paused = TRUE;
-        dv->state = DLV_DEFERRED;
-        dv->next_try = usec_to_sec_up(rr->pause_until_us);
-        return "deferred";
-    }
-    if (v == RETRY_DEFER)
+        next = rr->pause_until_us;
+        v = retry_expired(&d->policy, dv->created * G_USEC_PER_SEC, now_us) ? RETRY_BOUNCE
+                                                                            : RETRY_DEFER;
+    } else if (v == RETRY_DEFER) {
         v = retry_schedule(&d->policy, dv->attempts, dv->created * G_USEC_PER_SEC, now_us,
                            g_random_double(), &next);
+    }
     switch (v) {
     case RETRY_SENT:
         dv->state = DLV_SENT;
@@ -135,6 +139,27 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv,
         dv->state = DLV_BOUNCED;
         return "bounced";
     }
+}
+
+/*
+ * The relay pause goes into the spool with the reply that caused it, so
+ * that a restarted dispatcher keeps it; a delivery sent ends a run of
+ * pauses.  Nothing is written when neither happened.
+ */
+static gboolean result_relay_state(struct spool_txn *t, struct rresult *rr, GError **err)
+{
+    struct dispatch *d = rr->d;
+
+    rr->relay = (struct relay_state){ .paused_until = d->paused_until, .pauses = d->pauses };
+    if (rr->paused) {
+        rr->relay.paused_until = rr->pause_until_us / 1000;
+        rr->relay.pauses++;
+    } else if (rr->any_sent && d->pauses) {
+        rr->relay.pauses = 0;
+    } else {
+        return TRUE;
+    }
+    return relay_state_put(t, &rr->relay, err);
 }
 
 static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
@@ -181,7 +206,7 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
         if (!result_message_state(t, res->msg, err))
             return FALSE;
     }
-    return TRUE;
+    return result_relay_state(t, rr, err);
 }
 
 static void result_free(gpointer p)
@@ -213,16 +238,10 @@ void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
         msg_error("recording %u result(s) failed: %s", rr.results->len, err->message);
         g_clear_error(&err);
     } else {
-        if (rr.any_sent && !rr.paused)
-            d->pauses = 0;
-        if (rr.paused) {
-            d->pauses++;
-            d->paused_until = rr.pause_until_us / 1000;
-            g_autoptr(GDateTime) until = g_date_time_new_from_unix_local(d->paused_until / 1000);
-            g_autofree char *when = g_date_time_format(until, "%H:%M:%S");
-            msg_warn("relay %s paused until %s after a quota or throttle reply", d->cfg->relay.url,
-                     when);
-        }
+        d->pauses = rr.relay.pauses;
+        d->paused_until = rr.relay.paused_until;
+        if (rr.paused)
+            dispatch_log_pause(d, "after a quota or throttle reply");
     }
     /* A job holds its connection until every recipient has a result:
      * workers report each SMTP transaction as it ends. */
@@ -242,9 +261,14 @@ void dispatch_forget_worker(struct dispatch *d, struct worker *w)
     GHashTableIter it;
     struct job *j;
 
-    /* Its jobs no longer hold a connection; their leases expire on their own. */
+    /*
+     * A worker cut off may still be at work: its jobs stay, as those of a
+     * worker we do not know, and count against max_connections until
+     * their results come or their leases expire.
+     */
     g_hash_table_iter_init(&it, d->jobs);
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&j))
         if (j->worker == w)
-            g_hash_table_iter_remove(&it);
+            j->worker = NULL;
+    w->jobs = 0;
 }

@@ -3,10 +3,12 @@
  * heartbeats, dead workers, and the CURVE allow-list for tcp:// workers.
  */
 #include "sender/dispatch.h"
+#include "sender/secret.h"
 #include "spool/log.h"
 
 #include <errno.h>
 #include <string.h>
+#include <openssl/crypto.h>
 #include <zmq.h>
 
 /* "r" or "l" (which socket) and the routing id in hex: unique across both. */
@@ -94,12 +96,40 @@ static void dispatch_zap(struct dispatch *d)
     g_ptr_array_unref(frames);
 }
 
-/* Key files hold Z85 text: the secret key file "public\nsecret\n". */
+/*
+ * The secret key file "public\nsecret\n" (Z85), readable by its owner
+ * only, as the workers' (sender/secret.h); the key goes into the socket
+ * and every copy of it is wiped.
+ */
+static gboolean dispatch_curve_secret(struct dispatch *d, GError **err)
+{
+    const char *path = d->cfg->workers.curve_secret_key_file;
+    char *text = secret_read("[workers] curve_secret_key_file", path, err);
+    g_auto(GStrv) lines = NULL;
+    gboolean ok;
+
+    if (!text)
+        return FALSE;
+    lines = g_strsplit(g_strstrip(text), "\n", -1);
+    ok = g_strv_length(lines) == 2 && strlen(g_strstrip(lines[1])) == 40;
+    if (ok)
+        zmq_setsockopt(d->router, ZMQ_CURVE_SECRETKEY, lines[1], 40);
+    else
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO,
+                    "[workers] curve_secret_key_file %s: expected two Z85 lines: "
+                    "public key, secret key", path);
+    for (int i = 0; lines[i]; i++)
+        OPENSSL_cleanse(lines[i], strlen(lines[i]));
+    secret_free(text);
+    return ok;
+}
+
+/* The allow-list file holds one Z85 public key a line. */
 static gboolean dispatch_load_curve(struct dispatch *d, GError **err)
 {
     const struct postern_config *cfg = d->cfg;
-    g_autofree char *secret_text = NULL, *allowed_text = NULL;
-    g_auto(GStrv) secret_lines = NULL, allowed = NULL;
+    g_autofree char *allowed_text = NULL;
+    g_auto(GStrv) allowed = NULL;
     int one = 1;
 
     if (!*cfg->workers.curve_secret_key_file || !*cfg->workers.curve_allowed_keys_file) {
@@ -109,16 +139,9 @@ static gboolean dispatch_load_curve(struct dispatch *d, GError **err)
                     cfg->workers.dispatch);
         return FALSE;
     }
-    if (!g_file_get_contents(cfg->workers.curve_secret_key_file, &secret_text, NULL, err) ||
+    if (!dispatch_curve_secret(d, err) ||
         !g_file_get_contents(cfg->workers.curve_allowed_keys_file, &allowed_text, NULL, err))
         return FALSE;
-    secret_lines = g_strsplit(g_strstrip(secret_text), "\n", -1);
-    if (g_strv_length(secret_lines) != 2 || strlen(g_strstrip(secret_lines[1])) != 40) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO,
-                    "%s: expected two Z85 lines: public key, secret key",
-                    cfg->workers.curve_secret_key_file);
-        return FALSE;
-    }
     d->allowed_keys = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     allowed = g_strsplit(allowed_text, "\n", -1);
     for (int i = 0; allowed[i]; i++) {
@@ -132,7 +155,6 @@ static gboolean dispatch_load_curve(struct dispatch *d, GError **err)
         return FALSE;
     }
     zmq_setsockopt(d->router, ZMQ_CURVE_SERVER, &one, sizeof(one));
-    zmq_setsockopt(d->router, ZMQ_CURVE_SECRETKEY, secret_lines[1], 40);
     msg_info("CURVE on %s: %u worker key(s) allowed", cfg->workers.dispatch,
              g_hash_table_size(d->allowed_keys));
     return TRUE;
@@ -205,6 +227,8 @@ static void dispatch_hello(struct dispatch *d, void *sock, GBytes *identity, GBy
         w = worker_add(d, sock, identity,
                        g_str_equal(kind, "sender") ? WORKER_SENDER : WORKER_TRANSFORM);
         msg_info("worker %s (%s) connected with %u slot(s)", w->name, kind, slots);
+    } else if (w->kind == WORKER_SENDER && slots) {
+        dispatch_conns_rejoin(d, w);
     }
     w->credit = slots;
     d->work_hinted = TRUE;
@@ -238,6 +262,8 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
             if (wire_unpack(payload, "(u)", &n))
                 w->credit += n;
             d->work_hinted = TRUE;
+        } else if (g_str_equal(cmd, WIRE_CONNS)) {
+            dispatch_conns_report(d, w, payload);
         } else if (g_str_equal(cmd, WIRE_TDONE)) {
             d->work_hinted = TRUE;      /* its deliveries are ready now */
         } else if (!g_str_equal(cmd, WIRE_PING)) {

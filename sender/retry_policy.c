@@ -62,10 +62,15 @@ static gint64 doubling(const struct retry_policy *p, unsigned n)
 	return MIN(d, p->max);
 }
 
+gboolean retry_expired(const struct retry_policy *p, gint64 first, gint64 now)
+{
+	return now - first >= p->lifetime;
+}
+
 enum retry_verdict retry_schedule(const struct retry_policy *p, unsigned attempts,
 				  gint64 first, gint64 now, double u, gint64 *next_at)
 {
-	if (now - first >= p->lifetime)
+	if (retry_expired(p, first, now))
 		return RETRY_BOUNCE;
 	*next_at = now + (gint64) (doubling(p, attempts) * (0.8 + 0.4 * u));
 	return RETRY_DEFER;

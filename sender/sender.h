@@ -12,22 +12,21 @@
  * a worker may run on another host.  It keeps no state worth saving either:
  * killed, its leases run out and the dispatcher gives the jobs to others.
  *
- * Connections: a slot keeps its relay connection open between jobs (RSET,
- * no new TLS handshake or AUTH) and closes it after SENDER_IDLE_MS without
- * a job.  Under load a slot is either busy or about to be, so the open
- * connections are about the jobs in flight, which is what the dispatcher
- * counts against [relay] max_connections.
+ * Connections: the slots share a pool of relay connections, at most the
+ * budget the dispatcher granted (sender/relay_conns.h), busy and idle
+ * together.  An idle connection is reused by the next job (RSET, no new
+ * TLS handshake or AUTH) and closed after SENDER_IDLE_MS without one, or
+ * at once when the budget shrinks below what is open.
  */
 #ifndef POSTERN_SENDER_H
 #define POSTERN_SENDER_H
 
 #include <glib.h>
 
+#include "sender/relay_conns.h"
 #include "sender/smtp.h"
 #include "spool/config.h"
 #include "spool/wire.h"
-
-#define SENDER_IDLE_MS 2000
 
 /*
  * What a slot hands back: the results of one or more SMTP transactions of
@@ -45,14 +44,25 @@ struct sender {
     char *password;                     /* [relay] password_file, never logged */
     GAsyncQueue *jobs;                  /* struct wire_send_job *: main -> slots */
     GAsyncQueue *done;                  /* struct sender_done *: slots -> main */
-    int wake_fd;                        /* eventfd, written after each push to done */
+    int wake_fd;                        /* eventfd: results, or the pool changed */
     GPtrArray *threads;
+
+    /* The relay connection pool (sender_slot.c), under conn_lock. */
+    GMutex conn_lock;
+    GCond conn_freed;                   /* a connection went idle or closed */
+    GQueue conn_idle;                   /* struct sender_idle *, last used first */
+    guint conn_open;                    /* clients in use or idle */
+    guint conn_budget;                  /* the dispatcher's grant */
 };
 
 /* sender_slot.c */
 void sender_slots_start(struct sender *s);
-/* After the last job: stop every slot thread, close its connection, join. */
+/* After the last job: stop every slot thread, close the connections, join. */
 void sender_slots_stop(struct sender *s);
+/* The dispatcher's grant (CONNMAX); idle connections beyond it are closed. */
+void sender_conns_budget(struct sender *s, guint budget);
+/* What to report (CONNS): the budget applied, the connections held. */
+void sender_conns_count(struct sender *s, guint *budget, guint *open);
 
 /*
  * The SMTP transactions of a job, each a GArray of guint positions in
@@ -63,7 +73,8 @@ GPtrArray *sender_plan(const struct wire_send_job *job, guint max_rcpt);
 
 /*
  * Deliver a job, filling res->results with one result per recipient.
- * *client is the slot's SMTP client, created here when NULL (SMTP relays).
+ * *client is an SMTP client from the pool, created here when NULL (SMTP
+ * relays), and stays NULL when that fails.
  * With hand_back set (the slot threads), the results of each transaction
  * are handed back as soon as it ends, so that a worker killed later in the
  * job makes the dispatcher send again only the transaction then in flight;

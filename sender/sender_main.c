@@ -5,6 +5,7 @@
  * Set up (config, relay password, CURVE keys, DEALER socket, slots), then
  * one zmq_poll loop over the DEALER, the slots' eventfd and a signalfd.
  */
+#include "sender/secret.h"
 #include "sender/sender.h"
 #include "spool/daemon.h"
 #include "spool/log.h"
@@ -24,7 +25,6 @@
 #include <openssl/crypto.h>
 #include <zmq.h>
 
-#define SECRET_FILE_MAX 65536
 #define MONITOR_ENDPOINT "inproc://sender-monitor"
 
 /* The main thread's side of the conversation with the dispatcher. */
@@ -41,6 +41,8 @@ struct conn {
     gboolean handshake_failing;         /* said once until a handshake succeeds */
     gint64 last_heard;                  /* monotonic us */
     gint64 next_ping;
+    gboolean conns_said;                /* the dispatcher has our CONNS below */
+    guint said_budget, said_open;
 };
 
 /* A config problem: one line on stderr naming the file, exit 2 (SPEC §2). */
@@ -57,33 +59,25 @@ static G_NORETURN G_GNUC_PRINTF(2, 3) void sender_config_fail(const struct poste
     exit(CONFIG_EXIT_USAGE);
 }
 
-/*
- * A secret (relay password, CURVE secret key) from a file that only its
- * owner may read (SPEC §8).  The mode is checked on the open descriptor,
- * so the file checked is the file read.
- */
+/* A secret from a file that only its owner may read (SPEC §8). */
 static char *sender_read_secret(const struct postern_config *cfg, const char *key,
                                 const char *path)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    GString *text = g_string_new(NULL);
-    struct stat st;
-    char buf[4096];
-    ssize_t n;
+    g_autoptr(GError) err = NULL;
+    char *text = secret_read(key, path, &err);
 
-    if (fd < 0 || fstat(fd, &st) < 0)
-        sender_config_fail(cfg, "%s %s: %s", key, path, g_strerror(errno));
-    if (st.st_mode & (S_IRGRP | S_IROTH))
-        sender_config_fail(cfg, "%s %s: readable by group or others; chmod 600 it", key, path);
-    while ((n = read(fd, buf, sizeof(buf))) > 0 && text->len < SECRET_FILE_MAX)
-        g_string_append_len(text, buf, n);
-    if (n < 0)
-        sender_config_fail(cfg, "%s %s: %s", key, path, g_strerror(errno));
-    close(fd);
-    return g_string_free(text, FALSE);
+    if (!text)
+        sender_config_fail(cfg, "%s", err->message);
+    return text;
 }
 
-/* The relay: URL, TLS level, password, client timeouts; a bad ca_file fails here. */
+/*
+ * The relay: URL, TLS level, password, client timeouts; a bad ca_file
+ * fails here.  Each SMTP phase keeps its own timeout, Postfix's (connect
+ * 30 s, RSET 20 s, DATA 120 s, end of data 600 s ...), and [relay]
+ * timeout caps them all: a dead relay must not hold a job for 5 minutes
+ * at a phase that answers in seconds.
+ */
 static void sender_setup_relay(struct sender *s, const struct postern_config *cfg)
 {
     g_autoptr(GError) err = NULL;
@@ -106,8 +100,7 @@ static void sender_setup_relay(struct sender *s, const struct postern_config *cf
     s->smtp.user = cfg->relay.user;
     s->smtp.password = s->password;
     s->smtp.helo_name = cfg->ingest.hostname;
-    for (int i = 0; i < SMTP_PHASE_COUNT; i++)
-        s->smtp.timeouts[i] = (int)MIN(cfg->relay.timeout * 1000, G_MAXINT);
+    s->smtp.timeout_max = (int)MIN(cfg->relay.timeout * 1000, G_MAXINT);
     if (!(probe = smtp_client_new(&s->smtp, &err)))
         sender_config_fail(cfg, "[relay]: %s", err->message);
     smtp_client_free(probe);
@@ -122,7 +115,7 @@ static void sender_setup_relay(struct sender *s, const struct postern_config *cf
 static void sender_setup_curve(struct conn *c, const struct postern_config *cfg)
 {
     const char *server = cfg->workers.curve_server_public_key;
-    g_autofree char *text = NULL;
+    char *text;
     g_auto(GStrv) lines = NULL;
 
     if (!*cfg->workers.curve_secret_key_file || !*server)
@@ -142,7 +135,7 @@ static void sender_setup_curve(struct conn *c, const struct postern_config *cfg)
     zmq_setsockopt(c->dealer, ZMQ_CURVE_PUBLICKEY, lines[0], 40);
     zmq_setsockopt(c->dealer, ZMQ_CURVE_SECRETKEY, lines[1], 40);
     OPENSSL_cleanse(lines[1], 40);
-    OPENSSL_cleanse(text, strlen(text));
+    secret_free(text);
     c->public_key = g_strdup(lines[0]);
     zmq_socket_monitor(c->dealer, MONITOR_ENDPOINT,
                        ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
@@ -188,6 +181,48 @@ static void sender_hello(struct conn *c)
     sender_say(c, WIRE_HELLO, wire_pack("(su)", "sender", sender_free_slots(c)));
 }
 
+/* CONNS when the budget we apply or the connections we hold changed. */
+static void sender_report_conns(struct sender *s, struct conn *c)
+{
+    guint budget, open;
+
+    sender_conns_count(s, &budget, &open);
+    if (c->conns_said && budget == c->said_budget && open == c->said_open)
+        return;
+    if (sender_say(c, WIRE_CONNS, wire_pack("(uu)", budget, open))) {
+        c->conns_said = TRUE;
+        c->said_budget = budget;
+        c->said_open = open;
+    }
+}
+
+/*
+ * The dispatcher does not know us (it restarted, or lost us for a while):
+ * the budget it granted is void, so ours drops to 0 and idle connections
+ * close; then HELLO, and what we still hold, which it counts until we let
+ * it go.
+ */
+static void sender_rejoin(struct sender *s, struct conn *c)
+{
+    sender_conns_budget(s, 0);
+    sender_hello(c);
+    c->conns_said = FALSE;
+    sender_report_conns(s, c);
+}
+
+/* CONNMAX: the dispatcher's grant of relay connections. */
+static void sender_budget(struct sender *s, struct conn *c, GBytes *payload)
+{
+    guint32 budget;
+
+    if (!wire_unpack(payload, "(u)", &budget)) {
+        msg_warn("malformed CONNMAX from the dispatcher: ignored");
+        return;
+    }
+    sender_conns_budget(s, budget);
+    sender_report_conns(s, c);
+}
+
 /*
  * A job is ours even when no slot is free (a HELLO crossed jobs already on
  * their way) or we are stopping: it waits in the queue for the next free
@@ -219,9 +254,11 @@ static void sender_receive(struct sender *s, struct conn *c)
         c->silent = FALSE;
         if (g_str_equal(cmd, WIRE_SJOB)) {
             sender_take(s, c, payload);
+        } else if (g_str_equal(cmd, WIRE_CONNMAX)) {
+            sender_budget(s, c, payload);
         } else if (g_str_equal(cmd, WIRE_WHO)) {
             msg_info("dispatcher does not know us (restarted?): HELLO again");
-            sender_hello(c);
+            sender_rejoin(s, c);
         } else if (!g_str_equal(cmd, WIRE_PING)) {
             msg_warn("dispatcher sent an unknown command: ignored");
         }
@@ -232,7 +269,7 @@ static void sender_receive(struct sender *s, struct conn *c)
 
 /*
  * Results from the slots: an SDONE for each transaction's results, and
- * CREDIT(1) for each slot whose job is over.  A result that cannot be sent
+ * CREDIT(1) for each slot whose job is over; then CONNS if the pool changed.  A result that cannot be sent
  * costs a lease expiry and a second delivery elsewhere, never a lost one.
  */
 static void sender_answer(struct sender *s, struct conn *c)
@@ -255,6 +292,7 @@ static void sender_answer(struct sender *s, struct conn *c)
         wire_send_result_clear(&done->res);
         g_free(done);
     }
+    sender_report_conns(s, c);
 }
 
 /* PING every WIRE_HEARTBEAT_MS; a dispatcher silent too long gets HELLO again. */
@@ -272,7 +310,7 @@ static void sender_heartbeat(struct sender *s, struct conn *c)
                      WIRE_DEAD_AFTER_MS / 1000);
         c->silent = TRUE;
         c->last_heard = now;
-        sender_hello(c);
+        sender_rejoin(s, c);
     }
 }
 
@@ -418,10 +456,7 @@ int main(int argc, char **argv)
     g_async_queue_unref(s.done);
     close(s.wake_fd);
     close(c.sig_fd);
-    if (s.password) {
-        OPENSSL_cleanse(s.password, strlen(s.password));
-        g_free(s.password);
-    }
+    secret_free(s.password);
     g_free(c.public_key);
     relay_url_clear(&s.url);
     config_free(&cfg);

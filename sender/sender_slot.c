@@ -11,11 +11,8 @@
 
 /* Pushed once per thread by sender_slots_stop(): "no more jobs". */
 static struct wire_send_job slot_stop;
-
-struct slot {
-    struct sender *s;
-    struct smtp_client *client;
-};
+/* Pushed by sender_conns_budget() when it shrinks: "close idle connections". */
+static struct wire_send_job slot_reap;
 
 static GArray *plan_add(GPtrArray *plan)
 {
@@ -224,16 +221,23 @@ void sender_deliver(struct sender *s, struct smtp_client **client,
     deliver_smtp(s, *client, job, res, hand_back);
 }
 
+/* Wake the main thread: results to send, or the pool to report. */
+static void slot_wake(struct sender *s)
+{
+    uint64_t one = 1;
+
+    if (write(s->wake_fd, &one, sizeof(one)) != sizeof(one))
+        msg_panic("slot: eventfd write: %m");
+}
+
 static void slot_push(struct sender *s, struct wire_send_result *res, gboolean job_done)
 {
     struct sender_done *done = g_new(struct sender_done, 1);
-    uint64_t one = 1;
 
     done->res = *res;
     done->job_done = job_done;
     g_async_queue_push(s->done, done);
-    if (write(s->wake_fd, &one, sizeof(one)) != sizeof(one))
-        msg_panic("slot: eventfd write: %m");
+    slot_wake(s);
 }
 
 /* One transaction's results, while the job goes on. */
@@ -242,49 +246,190 @@ static void slot_hand_back(struct sender *s, struct wire_send_result *part)
     slot_push(s, part, FALSE);
 }
 
+/* The pool */
+
+struct sender_idle {
+    struct smtp_client *client;
+    gint64 since;                   /* monotonic us */
+};
+
 /*
- * Wait for a job; with a connection open, wait only SENDER_IDLE_MS and
- * close it then, so that idle slots hold no relay connection.
+ * Take a connection for a job: the idle one used last (its session is the
+ * freshest), else room for a new one within the budget (*client NULL: the
+ * caller connects).  With the budget all busy, wait for one to come back:
+ * a job may arrive just before the slot that held its connection has put
+ * it back.  FALSE with a budget of 0: the dispatcher that granted one is
+ * gone, and the job must not wait for a grant that may never come.
+ */
+static gboolean conn_take(struct sender *s, struct smtp_client **client)
+{
+    struct sender_idle *idle = NULL;
+
+    *client = NULL;
+    g_mutex_lock(&s->conn_lock);
+    while (s->conn_budget && !(idle = g_queue_pop_head(&s->conn_idle)) &&
+           s->conn_open >= s->conn_budget)
+        g_cond_wait(&s->conn_freed, &s->conn_lock);
+    if (idle) {
+        *client = idle->client;
+        g_free(idle);
+    } else if (s->conn_budget) {
+        s->conn_open++;
+    }
+    g_mutex_unlock(&s->conn_lock);
+    return *client || s->conn_budget;
+}
+
+/*
+ * A job is over: keep its connection idle for the next one, unless it is
+ * gone (no client, or the relay dropped it) or beyond the budget.  The
+ * QUIT of a closed one happens outside the lock.
+ */
+static void conn_put(struct sender *s, struct smtp_client *client)
+{
+    gboolean keep;
+
+    g_mutex_lock(&s->conn_lock);
+    keep = client && smtp_client_connected(client) && s->conn_open <= s->conn_budget;
+    if (keep) {
+        struct sender_idle *idle = g_new(struct sender_idle, 1);
+
+        idle->client = client;
+        idle->since = g_get_monotonic_time();
+        g_queue_push_head(&s->conn_idle, idle);
+    } else {
+        s->conn_open--;
+    }
+    g_cond_signal(&s->conn_freed);
+    g_mutex_unlock(&s->conn_lock);
+    if (!keep) {
+        smtp_client_free(client);
+        slot_wake(s);
+    }
+}
+
+/*
+ * Close the idle connections that waited SENDER_IDLE_MS, or are beyond
+ * the budget; the oldest are at the tail.  Returns how long, in us, until
+ * the next idle one expires, or -1 when none is idle.
+ */
+static gint64 conn_reap(struct sender *s)
+{
+    g_autoptr(GPtrArray) closing = g_ptr_array_new();
+    gint64 now = g_get_monotonic_time(), wait = -1;
+    struct sender_idle *idle;
+
+    g_mutex_lock(&s->conn_lock);
+    while ((idle = g_queue_peek_tail(&s->conn_idle)) &&
+           (now - idle->since >= SENDER_IDLE_MS * 1000 || s->conn_open > s->conn_budget)) {
+        g_ptr_array_add(closing, idle->client);
+        g_free(g_queue_pop_tail(&s->conn_idle));
+        s->conn_open--;
+    }
+    if (idle)
+        wait = idle->since + SENDER_IDLE_MS * 1000 - now;
+    g_mutex_unlock(&s->conn_lock);
+    for (guint i = 0; i < closing->len; i++)
+        smtp_client_free(closing->pdata[i]);
+    if (closing->len) {
+        msg_info("closed %u idle relay connection(s)", closing->len);
+        slot_wake(s);
+    }
+    return wait;
+}
+
+void sender_conns_budget(struct sender *s, guint budget)
+{
+    guint was;
+
+    g_mutex_lock(&s->conn_lock);
+    was = s->conn_budget;
+    s->conn_budget = budget;
+    g_cond_broadcast(&s->conn_freed);
+    g_mutex_unlock(&s->conn_lock);
+    if (budget == was)
+        return;
+    msg_info("relay connection budget %u (was %u)", budget, was);
+    /* A slot waiting for a job closes what is now beyond the budget. */
+    if (budget < was)
+        g_async_queue_push_front(s->jobs, &slot_reap);
+    slot_wake(s);
+}
+
+void sender_conns_count(struct sender *s, guint *budget, guint *open)
+{
+    g_mutex_lock(&s->conn_lock);
+    *budget = s->conn_budget;
+    *open = s->conn_open;
+    g_mutex_unlock(&s->conn_lock);
+}
+
+/* Every recipient of a job that got no connection: deferred, tried again later. */
+static void slot_refuse(const struct wire_send_job *job, struct wire_send_result *res)
+{
+    for (guint i = 0; i < job->rcpts->len; i++)
+        result_add(res, job_rcpt(job, i)->idx, 0, "4.3.0",
+                   "no relay connection granted by the dispatcher", SMTP_ERROR_CONFIG, "none", 0);
+}
+
+/* One job, on a connection from the pool for a relay. */
+static void slot_run(struct sender *s, const struct wire_send_job *job,
+                     struct wire_send_result *res)
+{
+    struct smtp_client *client = NULL;
+
+    if (s->url.kind == RELAY_MAILDIR) {
+        sender_deliver(s, &client, job, res, slot_hand_back);
+        return;
+    }
+    if (!conn_take(s, &client)) {
+        slot_refuse(job, res);
+        return;
+    }
+    sender_deliver(s, &client, job, res, slot_hand_back);
+    conn_put(s, client);
+}
+
+/*
+ * Wait for a job; with connections idle, only until the oldest of them
+ * expires, and close it then, so that idle slots hold no relay connection
+ * for long.
  */
 static gpointer slot_main(gpointer data)
 {
-    struct slot *slot = data;
-    struct sender *s = slot->s;
+    struct sender *s = data;
 
     for (;;) {
-        struct wire_send_job *job = slot->client
-            ? g_async_queue_timeout_pop(s->jobs, SENDER_IDLE_MS * 1000)
-            : g_async_queue_pop(s->jobs);
+        gint64 wait = conn_reap(s);
+        struct wire_send_job *job = wait < 0 ? g_async_queue_pop(s->jobs)
+                                             : g_async_queue_timeout_pop(s->jobs, (guint64)wait);
         struct wire_send_result res;
 
-        if (!job) {
-            g_clear_pointer(&slot->client, smtp_client_free);
+        if (!job || job == &slot_reap)
             continue;
-        }
         if (job == &slot_stop)
             break;
         wire_send_result_init(&res);
         res.lease = job->lease;
         res.msg = job->msg;
-        sender_deliver(s, &slot->client, job, &res, slot_hand_back);
+        slot_run(s, job, &res);
         wire_send_job_clear(job);
         g_free(job);
         slot_push(s, &res, TRUE);      /* what is left (often nothing), and the slot is free */
     }
-    smtp_client_free(slot->client);
-    g_free(slot);
     return NULL;
 }
 
 void sender_slots_start(struct sender *s)
 {
+    g_mutex_init(&s->conn_lock);
+    g_cond_init(&s->conn_freed);
+    g_queue_init(&s->conn_idle);
     s->threads = g_ptr_array_new();
     for (guint i = 0; i < s->cfg->workers.slots; i++) {
-        struct slot *slot = g_new0(struct slot, 1);
         g_autofree char *name = g_strdup_printf("slot%u", i);
 
-        slot->s = s;
-        g_ptr_array_add(s->threads, g_thread_new(name, slot_main, slot));
+        g_ptr_array_add(s->threads, g_thread_new(name, slot_main, s));
     }
 }
 
@@ -296,4 +441,9 @@ void sender_slots_stop(struct sender *s)
         g_thread_join(s->threads->pdata[i]);
     g_ptr_array_free(s->threads, TRUE);
     s->threads = NULL;
+    /* No slot runs now: a budget of 0 makes every idle connection go. */
+    s->conn_budget = 0;
+    conn_reap(s);
+    g_mutex_clear(&s->conn_lock);
+    g_cond_clear(&s->conn_freed);
 }

@@ -119,6 +119,7 @@ struct smtp_client_config {
 	enum smtp_auth auth;		/* ANY prefers PLAIN */
 	const char *helo_name;		/* NULL: g_get_host_name() */
 	int     timeouts[SMTP_PHASE_COUNT];	/* milliseconds, 0: Postfix default */
+	int     timeout_max;		/* milliseconds, 0: none; caps every phase */
 };
 
 /* One recipient's outcome. A reply fills code/status/text; a failure
@@ -154,6 +155,9 @@ int     smtp_client_send(struct smtp_client *c, const char *mail_from,
 			 const char *const *data_parts, const size_t *data_lens,
 			 size_t n_parts, struct smtp_rcpt_result *results, GError **err);
 
+/* Whether the client holds a connection now (a failure drops it). */
+gboolean smtp_client_connected(const struct smtp_client *c);
+
 /* QUIT if connected, then free. */
 void    smtp_client_free(struct smtp_client *c);
 
@@ -171,8 +175,11 @@ struct retry_policy {
  * a reply (or a refused session) defer; 5xx bounce. */
 enum retry_verdict retry_classify(const struct smtp_rcpt_result *r);
 
+/* Whether a delivery first queued at first has outlived [retry] lifetime. */
+gboolean retry_expired(const struct retry_policy *p, gint64 first, gint64 now);
+
 /*
- * After a deferred attempt: RETRY_BOUNCE once now - first >= lifetime, else
+ * After a deferred attempt: RETRY_BOUNCE once retry_expired(), else
  * RETRY_DEFER with *next_at = now + min(initial * 2^(attempts-1), max) +- 20%.
  * u is a uniform random number in [0, 1) (g_random_double()), the jitter.
  */

@@ -760,12 +760,20 @@ struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError
 		c->password = g_strdup(cfg->password ? cfg->password : "");
 	}
 	c->helo_name = g_strdup(cfg->helo_name ? cfg->helo_name : g_get_host_name());
-	for (i = 0; i < SMTP_PHASE_COUNT; i++)
+	for (i = 0; i < SMTP_PHASE_COUNT; i++) {
 		c->timeouts[i] = cfg->timeouts[i] > 0 ? cfg->timeouts[i] : phases[i].timeout * 1000;
+		if (cfg->timeout_max > 0)
+			c->timeouts[i] = MIN(c->timeouts[i], cfg->timeout_max);
+	}
 	c->ctx = ctx;
 	c->fd = -1;
 	c->out = g_string_sized_new(BODY_CHUNK + 1024);
 	return c;
+}
+
+gboolean smtp_client_connected(const struct smtp_client *c)
+{
+	return c->fd >= 0;
 }
 
 void    smtp_client_free(struct smtp_client *c)

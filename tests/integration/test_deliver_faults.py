@@ -5,6 +5,7 @@ another host defer; throttle (421 4.7.0) and quota (550 5.4.5) replies
 pause the whole relay and bounce nothing.  The broken relays are the SMTP
 client tests' scripted raw servers; the others their aiosmtpd relay.
 """
+import asyncio
 import os
 
 import chain as pc
@@ -77,3 +78,66 @@ def test_throttle_pauses_relay(make_chain):
 
 def test_quota_pauses_relay(make_chain):
     paused_then_sent(make_chain, "550 5.4.5 Daily user sending quota exceeded.")
+
+
+QUOTA = "550 5.4.5 Daily user sending quota exceeded."
+
+
+def test_pause_outlives_a_dispatcher_restart(make_chain):
+    """The pause is in the spool: after a dispatcher restart, another message
+    queued during the pause waits until it ends."""
+    c, relay = make_chain({"retry": {"initial": "8s", "max": "8s"}})
+    relay.data_script[RCPTS[0]] = [QUOTA]
+    qid = c.send(RCPTS[:1])
+    c.wait_deliveries(qid, lambda dl: dl[0]["state"] == "deferred", what="the paused delivery")
+    [t0] = [t for t, _, r in relay.attempts if r == QUOTA]
+    c.dispatch.kill9()
+    c.dispatch.start()
+    other = c.send(RCPTS[1:2])
+    assert [d["state"] for d in c.wait_state(other, "done", timeout=90)] == ["sent"]
+    [t1] = relay.attempt_times(RCPTS[1])
+    assert t1 - t0 >= 7, t1 - t0
+    assert "(recorded before our start)" in c.dispatch.log()
+
+
+def test_lasting_quota_bounces_after_lifetime(make_chain):
+    """Paused deliveries still expire: a quota that never lifts bounces them
+    once [retry] lifetime has passed, instead of keeping them forever."""
+    c, relay = make_chain({"retry": {"lifetime": "4s"}})
+    relay.data_script[RCPTS[0]] = [QUOTA] * 50
+    qid = c.send(RCPTS[:1])
+    [d] = c.wait_deliveries(qid, lambda dl: dl[0]["state"] == "bounced", timeout=90,
+                            what="bounced")
+    assert d["attempts"] >= 2 and d["last_reply"] == QUOTA, d
+
+
+def test_hanging_rset_costs_its_own_timeout(make_chain):
+    """Each SMTP phase has its own timeout, [relay] timeout only caps them:
+    an RSET that hangs costs 20 s (Postfix's smtp_rset_timeout), not 2m,
+    then a new connection delivers the rest of the job."""
+    c, relay = make_chain({"relay": {"timeout": "2m"}})
+    hung = []
+
+    async def rset(server, session, envelope):
+        if not hung:
+            hung.append(True)
+            await asyncio.sleep(150)
+        return "250 2.0.0 OK"
+    relay.handle_RSET = rset
+    # Personalised copies: one transaction each, on one connection, RSET between.
+    qid = c.send(RCPTS)
+    assert {d["state"] for d in c.wait_state(qid, "done", timeout=90)} == {"sent"}
+    [t0], [t1] = relay.attempt_times(RCPTS[0]), relay.attempt_times(RCPTS[1])
+    assert hung and 15 <= abs(t1 - t0) <= 40, abs(t1 - t0)
+
+
+def test_rate_counts_messages_not_recipients(make_chain):
+    """[relay] rate is messages per second towards the relay: identical
+    copies for five recipients are one message, sent in one transaction,
+    not five spread over five seconds."""
+    rcpts = [f"r{i}@example.org" for i in range(5)]
+    c, relay = make_chain({"relay": {"rate": "1"}, "rewrite": {"personalize": "false"}})
+    qid = c.send(rcpts)
+    assert {d["state"] for d in c.wait_state(qid, "done")} == {"sent"}
+    [(_, got, _)] = relay.copies(rcpts[0])
+    assert sorted(got) == rcpts

@@ -5,10 +5,13 @@ relay of test_deliver.py.  A relay that holds one recipient's end of data
 tells which worker is mid-transaction, so that it can be killed or stopped
 right there.
 """
+import asyncio
 import os
 import re
 import signal
 import subprocess
+import threading
+import time
 
 import pytest
 import zmq
@@ -72,6 +75,73 @@ def test_four_workers_share_the_load_and_survive_kill9(make_chain):
     names = sender_names(c)
     leased = set(re.findall(r"recipient\(s\) leased to worker (\w+)", log))
     assert len(names) == 4 and leased == names, (names, leased)
+
+
+class ConnCounter:
+    """A TCP proxy before the relay that counts the connections open at once."""
+
+    def __init__(self, target):
+        self.target, self.port = target, pc.postern.free_port()
+        self.open = self.peak = self.total = 0
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        threading.Thread(target=self._run, args=(started,), daemon=True).start()
+        started.wait(10)
+
+    def _run(self, started):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._client, "127.0.0.1", self.port))
+        started.set()
+        self.loop.run_forever()
+
+    async def _client(self, reader, writer):
+        self.open += 1
+        self.total += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            r2, w2 = await asyncio.open_connection("127.0.0.1", self.target)
+            await asyncio.gather(self._pipe(reader, w2), self._pipe(r2, writer))
+        finally:
+            self.open -= 1
+            writer.close()
+
+    @staticmethod
+    async def _pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_max_connections_counts_idle_connections_across_workers(tmp_path, pki, make_chain):  # noqa: F811
+    """[relay] max_connections bounds open connections, idle ones included,
+    across all workers: 3 workers of 4 slots each share 2."""
+    relay, ctl = pc.start_relay(pki)
+    proxy = ConnCounter(ctl.port)
+    cfg = pc.postern.merge(pc.relay_config(tmp_path, pki, proxy.port),
+                           {"relay": {"max_connections": "2"}})
+    try:
+        c, _ = make_chain(cfg, senders=3, relay=False)
+        relay.delay = 0.2
+        qids = []
+        for burst in range(3):
+            qids += [c.send([f"b{burst}m{i}@example.org"]) for i in range(6)]
+            time.sleep(1)
+        for qid in qids:
+            assert [d["state"] for d in c.wait_state(qid, "done", timeout=120)] == ["sent"]
+        assert proxy.total >= 2 and proxy.peak <= 2, (proxy.peak, proxy.total)
+    finally:
+        proxy.stop()
+        ctl.stop()
 
 
 def test_sigterm_finishes_the_transaction_in_flight(make_chain):
@@ -192,3 +262,23 @@ def test_refused_configuration(tmp_path, case):
     rc, err = run_sender(tmp_path, {"relay": relay, "workers": workers})
     assert rc == 2 and why in err, err
     assert len(err.strip().splitlines()) == 1 and "secret-pw" not in err
+
+
+def test_dispatcher_refuses_a_readable_curve_key(tmp_path):
+    """The dispatcher's CURVE secret key file must be its owner's alone, as
+    the workers' are: one line naming the file, and no start."""
+    key = tmp_path / "dispatch.key"
+    write_keypair(key)
+    key.chmod(0o640)
+    allowed = loose_file(tmp_path, "allowed", zmq.curve_keypair()[0].decode() + "\n")
+    path = tmp_path / "dispatch.ini"
+    pc.postern.write_config(path, {
+        "spool": {"dir": tmp_path / "spool"},
+        "workers": {"dispatch": f"tcp://127.0.0.1:{pc.postern.free_port()}",
+                    "hints": f"ipc://{tmp_path}/h", "curve_secret_key_file": key,
+                    "curve_allowed_keys_file": allowed}})
+    p = subprocess.run([str(pc.dispatch_binary()), "-c", str(path), "-f"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode != 0
+    assert f"curve_secret_key_file {key}: readable by group or others" in p.stderr, p.stderr
+    assert key.read_text().split()[1] not in p.stderr

@@ -1,0 +1,206 @@
+/*
+ * dispatch_conns.c - [relay] max_connections across all sender workers
+ * (SPEC §5): open relay connections, idle ones included, not jobs in
+ * flight.  Each worker gets a budget of connections (CONNMAX) and reports
+ * what it applies and holds (CONNS); the protocol and why it holds across
+ * restarts are in sender/relay_conns.h.
+ *
+ * What may be open is, per known worker, the most of what we granted and
+ * what it last said it applies or holds, plus one per job of a worker we
+ * do not know.  A grant is made only out of what that leaves free.
+ */
+#include "sender/dispatch.h"
+#include "spool/log.h"
+
+#include <string.h>
+
+static void job_free(gpointer p)
+{
+    struct job *job = p;
+
+    if (job->worker)
+        job->worker->jobs--;
+    g_free(job);
+}
+
+void dispatch_job_add(struct dispatch *d, struct job *job)
+{
+    if (job->worker)
+        job->worker->jobs++;
+    g_hash_table_replace(d->jobs, &job->lease, job);
+}
+
+/*
+ * The leases in the spool at our start are jobs of workers we do not know
+ * yet: each may hold a relay connection until its result comes or its
+ * lease expires.  One job per lease id, as the worker got it.
+ */
+static gboolean conns_adopt(struct dispatch *d, GError **err)
+{
+    struct spool_txn t;
+    MDB_cursor *cur;
+    MDB_val key, val;
+    int rc;
+
+    if (!spool_read_begin(d->spool, &t, err))
+        return FALSE;
+    if ((rc = mdb_cursor_open(t.txn, spool_dbi(d->spool, DB_LEASES), &cur))) {
+        spool_read_end(&t);
+        return spool_mdb_fail(rc, "open lease index", err);
+    }
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+        uint64_t lease;
+        struct job *job;
+
+        if (key.mv_size != 20 || val.mv_size != sizeof(lease))
+            continue;
+        memcpy(&lease, val.mv_data, sizeof(lease));
+        if (!(job = g_hash_table_lookup(d->jobs, &lease))) {
+            job = g_new0(struct job, 1);
+            job->lease = lease;
+            job->msg = spool_get_be64((const unsigned char *)key.mv_data + 8);
+            dispatch_job_add(d, job);
+        }
+        job->rcpts++;
+    }
+    mdb_cursor_close(cur);
+    spool_read_end(&t);
+    return TRUE;
+}
+
+void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url)
+{
+    GError *err = NULL;
+
+    d->jobs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, job_free);
+    /* A Maildir has no connections; the budget then only bounds jobs. */
+    if (url->kind == RELAY_MAILDIR)
+        return;
+    if (!conns_adopt(d, &err))
+        msg_fatal("leases at start: %s", err->message);
+    d->conn_grace_until = dispatch_mono_ms() + SENDER_IDLE_MS;
+    msg_info("relay connections: %u job(s) leased before our start count against "
+             "max_connections %u; no grant for %d ms", g_hash_table_size(d->jobs),
+             (unsigned)d->cfg->relay.max_connections, SENDER_IDLE_MS);
+}
+
+static unsigned conns_reserved(const struct worker *w)
+{
+    return MAX(w->conn_granted, MAX(w->conn_applied, w->conn_held));
+}
+
+/* Connections that may be open now; none granted during the grace after our start. */
+static unsigned conns_free(struct dispatch *d)
+{
+    unsigned max = (unsigned)d->cfg->relay.max_connections, used = 0;
+    GHashTableIter it;
+    struct worker *w;
+    struct job *job;
+
+    if (dispatch_mono_ms() < d->conn_grace_until)
+        return 0;
+    g_hash_table_iter_init(&it, d->workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
+        if (w->kind == WORKER_SENDER)
+            used += conns_reserved(w);
+    g_hash_table_iter_init(&it, d->jobs);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&job))
+        used += !job->worker;
+    return used < max ? max - used : 0;
+}
+
+/* Jobs w can take on the budget it has. */
+static unsigned conns_spare(const struct worker *w)
+{
+    return MIN(w->credit, w->conn_granted > w->jobs ? w->conn_granted - w->jobs : 0);
+}
+
+/*
+ * Jobs on budgets already granted, plus one per free connection for
+ * workers with credit beyond their budget.  A grant costs at most one
+ * free connection (jobs never exceed a worker's grant), so this never
+ * promises more than dispatch_conns_pick() finds.
+ */
+unsigned dispatch_conns_room(struct dispatch *d)
+{
+    unsigned room = 0, wanting = 0;
+    GHashTableIter it;
+    struct worker *w;
+
+    g_hash_table_iter_init(&it, d->workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w)) {
+        if (w->kind != WORKER_SENDER)
+            continue;
+        room += conns_spare(w);
+        wanting += w->credit - conns_spare(w);
+    }
+    return room + (wanting ? MIN(wanting, conns_free(d)) : 0);
+}
+
+static void conns_grant(struct worker *w, unsigned budget)
+{
+    g_autoptr(GBytes) payload = wire_pack("(u)", budget);
+
+    w->conn_granted = budget;
+    wire_send(w->sock, w->identity, WIRE_CONNMAX, payload);
+    msg_info("worker %s: relay connection budget %u", w->name, budget);
+}
+
+/*
+ * A worker with a spare connection first (the most spare: the load
+ * spreads); else one more connection for the worker with credit that has
+ * the fewest, if one is free.
+ */
+struct worker *dispatch_conns_pick(struct dispatch *d)
+{
+    GHashTableIter it;
+    struct worker *w, *best = NULL;
+
+    g_hash_table_iter_init(&it, d->workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
+        if (w->kind == WORKER_SENDER && conns_spare(w) &&
+            (!best || conns_spare(w) > conns_spare(best)))
+            best = w;
+    if (best)
+        return best;
+    g_hash_table_iter_init(&it, d->workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
+        if (w->kind == WORKER_SENDER && w->credit &&
+            (!best || w->conn_granted < best->conn_granted))
+            best = w;
+    if (!best || !conns_free(d))
+        return NULL;
+    conns_grant(best, best->conn_granted + 1);
+    return best;
+}
+
+/* CONNS: what it applies and holds; a connection it let go is free again. */
+void dispatch_conns_report(struct dispatch *d, struct worker *w, GBytes *payload)
+{
+    guint32 applied, held;
+    unsigned was = conns_reserved(w);
+
+    if (!wire_unpack(payload, "(uu)", &applied, &held)) {
+        msg_warn("worker %s: malformed CONNS: ignored", w->name);
+        return;
+    }
+    w->conn_applied = applied;
+    w->conn_held = held;
+    if (conns_reserved(w) < was)
+        d->work_hinted = TRUE;
+}
+
+/*
+ * The worker dropped its budget to 0 before this HELLO (relay_conns.h):
+ * so do we.  Its jobs become those of a worker we do not know: they count
+ * until their results or lease expiry, and what it says it holds counts
+ * too, until it reports less.
+ */
+void dispatch_conns_rejoin(struct dispatch *d, struct worker *w)
+{
+    dispatch_forget_worker(d, w);
+    if (w->conn_granted)
+        msg_info("worker %s: relay connection budget 0 (it started over)", w->name);
+    w->conn_granted = 0;
+}
