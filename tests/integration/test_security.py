@@ -91,6 +91,7 @@ def test_token_is_bound_to_its_sender(make_chain):
         assert len(relay.copies(rcpt)) == 1
     # No notice to the thief: it owns no token (no backscatter).
     assert not relay.copies("thief@evil.example")
+    assert token not in all_logs(c)                      # S4 on the refusal path too
 
 
 def test_guessed_token_is_refused_quietly(make_chain):
@@ -103,9 +104,10 @@ def test_guessed_token_is_refused_quietly(make_chain):
         qid = cl.send_message(pc.lego_message(guess, sender="guesser@evil.example"),
                               sender="guesser@evil.example")
     c.wait_state(qid, "rejected")
-    assert c.show(qid)["reason"] in ("TOKEN_INVALID", "TOKEN_NOT_FOUND")
+    assert c.show(qid)["reason"] == "TOKEN_INVALID"      # a token, but not a known one
     time.sleep(1)
     assert not relay.messages
+    assert guess not in all_logs(c)                      # S4 on the refusal path too
 
 
 def test_world_readable_dkim_key_is_refused(tmp_path):
