@@ -5,7 +5,9 @@ two workers; a worker killed with SIGKILL in the middle of a batch loses
 nothing and does nothing twice; SIGTERM lets the job in hand finish.
 Uses the Stack of test_transform.py.
 """
+import os
 import re
+import signal
 import threading
 import time
 
@@ -69,6 +71,36 @@ def test_same_token_at_once(make_stack, keys):
     assert re.search(r"token [0-9a-f]{16} is now TOKEN_USED", logs), "the plans never overlapped"
     # Logs name tokens by their hash prefix only (docs/security.md S4).
     assert not [t for t in tokens if t in logs]
+
+
+def test_stale_worker_commit_is_fenced(make_stack, keys):
+    """A worker frozen past its lease (SIGSTOP) wakes up and commits: the
+    spool refuses the commit (the lease was given to another worker, who
+    did the job), so the message is transformed once and its token used once."""
+    s = make_stack(keys, config={"retry": {"lease": "2s"}}, transforms=2)
+    token = s.token(rcpts(400, "f"))
+    qid = s.send(with_token("fenced", CONTENT["plain_7bit"], token))
+    started = wait_for(lambda: [t for t in s.transforms if f"{qid}: transform job" in t.log()],
+                       interval=0.002, what="job start")
+    frozen = started[0]
+    time.sleep(0.3)                 # into the plan (400 copies to sign), past the job's load
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        if f"{qid}: state=ready" in frozen.log():
+            pytest.skip("the job was done before the freeze: nothing to fence")
+        other = next(t for t in s.transforms if t is not frozen)
+        wait_for(lambda: f"{qid}: state=ready" in other.log(), timeout=60,
+                 what="the other worker takes the expired lease and commits")
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    wait_for(lambda: "job dropped" in frozen.log(), timeout=60, what="the stale commit refused")
+    # Refused at the commit, which found the other worker's result.
+    assert re.search(rf"{qid}: lease \w+ is not ours any more \(state ready", frozen.log())
+    assert f"{qid}: state=ready" not in frozen.log()
+    assert s.show(qid)["state"] == "ready" and len(s.deliveries(qid)) == 400
+    info = s.token_info(token)
+    assert info["status"] == "used" and info["used_by"] == qid
+    assert [n_["ref"] for n_ in s.notices()] == [qid]                 # one success notice
 
 
 def test_kill9_mid_batch(make_stack, keys):
