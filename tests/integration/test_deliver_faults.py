@@ -128,7 +128,9 @@ def test_hanging_rset_costs_its_own_timeout(make_chain):
     qid = c.send(RCPTS)
     assert {d["state"] for d in c.wait_state(qid, "done", timeout=90)} == {"sent"}
     [t0], [t1] = relay.attempt_times(RCPTS[0]), relay.attempt_times(RCPTS[1])
-    assert hung and 15 <= abs(t1 - t0) <= 40, abs(t1 - t0)
+    # Measured: 20-21 s; with every phase at [relay] timeout, aiosmtpd's own
+    # 30 s cut came first.
+    assert hung and 15 <= abs(t1 - t0) <= 27, abs(t1 - t0)
 
 
 def test_rate_counts_messages_not_recipients(make_chain):
