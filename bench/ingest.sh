@@ -7,10 +7,13 @@
 #   smtp-source -L -s SESSIONS -m MESSAGES -l SIZE
 # first into `smtp-sink -L` (no storage: the ceiling of this machine),
 # then into postern-ingest with a fresh spool (every 250 after an fsync'd
-# LMDB commit), and prints both median rates and their ratio.
+# LMDB commit), then (as root) the same load over SMTP into a private
+# Postfix smtpd that holds what it accepts (every 250 after its queue
+# file's fsync), and prints the median rates and their ratios.
 # Goal of SPEC §7: postern-ingest >= 50% of smtp-sink.
 #
 # Environment: RUNS (3), MESSAGES (5000), SESSIONS (20), SIZE (4096),
+# POSTFIX (1 as root, else 0: the Postfix smtpd round),
 # BENCH_TMP (a directory for the spools; default: mktemp -d under /var/tmp,
 # on a real disk, so that fsync costs what it costs).
 set -euo pipefail
@@ -31,6 +34,7 @@ MESSAGES=${MESSAGES:-5000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-4096}
 RCPT=restricted@abakus.no
+POSTFIX=${POSTFIX:-$([[ $(id -u) -eq 0 ]] && command -v postfix >/dev/null && echo 1 || echo 0)}
 
 tmp=$(mktemp -d "${BENCH_TMP:-/var/tmp}/postern-bench-ingest.XXXXXX")
 trap 'bench_cleanup; rm -rf "$tmp"' EXIT
@@ -93,9 +97,18 @@ EOF
     echo "$secs"
 }
 
+# The same load over SMTP into a private Postfix smtpd (bench/lib/postfix_accept.py).
+run_postfix() {
+    local round=$1 dir=$tmp/postfix-$round
+    mkdir -p "$dir"
+    chmod 755 "$tmp" "$dir"
+    /usr/bin/python3 "$here/lib/postfix_accept.py" "$dir" "${source_args[@]:1}" ||
+        bench_die "round $round: the Postfix smtpd round failed"
+}
+
 bench_log "postern-ingest vs smtp-sink: smtp-source ${source_args[*]}, $RUNS rounds"
 bench_log "build: $build; spools under $tmp"
-sink_rates=() ingest_rates=()
+sink_rates=() ingest_rates=() postfix_rates=()
 for ((round = 1; round <= RUNS; round++)); do
     s=$(run_sink "$round")
     i=$(run_ingest "$round")
@@ -103,12 +116,25 @@ for ((round = 1; round <= RUNS; round++)); do
     ir=$(bench_rate "$MESSAGES" "$i")
     sink_rates+=("$sr")
     ingest_rates+=("$ir")
-    bench_log "round $round: smtp-sink $sr msgs/s (${s}s)  postern-ingest $ir msgs/s (${i}s)"
+    line="round $round: smtp-sink $sr msgs/s (${s}s)  postern-ingest $ir msgs/s (${i}s)"
+    if [[ $POSTFIX == 1 ]]; then
+        p=$(run_postfix "$round")
+        pr=$(bench_rate "$MESSAGES" "$p")
+        postfix_rates+=("$pr")
+        line="$line  postfix smtpd $pr msgs/s (${p}s)"
+    fi
+    bench_log "$line"
 done
 
+percent() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", 100 * a / b }'; }
 sink_med=$(bench_median "${sink_rates[@]}")
 ingest_med=$(bench_median "${ingest_rates[@]}")
-ratio=$(awk -v a="$ingest_med" -v b="$sink_med" 'BEGIN { printf "%.1f", 100 * a / b }')
 echo "smtp-sink median:      $sink_med msgs/s   (${sink_rates[*]})"
 echo "postern-ingest median: $ingest_med msgs/s   (${ingest_rates[*]})"
-echo "ratio:                 $ratio% of smtp-sink (goal >= 50%)"
+if [[ $POSTFIX == 1 ]]; then
+    postfix_med=$(bench_median "${postfix_rates[@]}")
+    echo "postfix smtpd median:  $postfix_med msgs/s   (${postfix_rates[*]})"
+    echo "postfix smtpd:         $(percent "$postfix_med" "$sink_med")% of smtp-sink"
+    echo "postern-ingest:        $(awk -v a="$ingest_med" -v b="$postfix_med" 'BEGIN { printf "%.2f", a / b }')x postfix smtpd"
+fi
+echo "ratio:                 $(percent "$ingest_med" "$sink_med")% of smtp-sink (goal >= 50%)"
