@@ -3,8 +3,10 @@
  *
  * Starts each daemon as a child, restarts a child that dies (waiting
  * longer after each quick death, so a crash loop does not spin), and on
- * SIGTERM/SIGINT passes SIGTERM on, waits for the children to finish what
- * they hold, and kills what is left after a grace period.
+ * SIGTERM/SIGINT stops them in two steps: ingest, transforms and senders
+ * first, the dispatcher last, since it records what the others report on
+ * their way out.  Each step passes SIGTERM on, waits for the children to
+ * finish what they hold, and kills what is left after STOP_GRACE.
  */
 #include "spool/config.h"
 #include "spool/log.h"
@@ -20,13 +22,28 @@
 #define RESTART_MIN 1               /* seconds before the first restart */
 #define RESTART_MAX 60
 #define STABLE_AFTER 60             /* a child up this long resets its backoff */
-#define STOP_GRACE 360              /* seconds between SIGTERM and SIGKILL: a sender's
-                                       last SMTP transaction may take a phase timeout */
+#define STOP_GRACE 360              /* seconds between SIGTERM and SIGKILL, per stop
+                                       step: a sender's last SMTP transaction may wait
+                                       one [relay] timeout (5m); docs/man/postern.8 and
+                                       packaging/systemd/postern.service say the same */
+
+/*
+ * Stop steps.  A sender's results reach the spool only through the
+ * dispatcher: stopped together, a sender finishing its transaction would
+ * report to nobody, its leases would expire, and the mail be sent twice.
+ */
+enum stop_step {
+    STOP_NOT,                       /* running */
+    STOP_WORKERS,                   /* ingest, transforms, senders */
+    STOP_DISPATCHER,
+    STOP_DONE,
+};
 
 struct child {
     struct supervisor *sup;
     char *name;                     /* postern-ingest, postern-sender#2, ... */
     char **argv;
+    enum stop_step stop_step;       /* the step that stops it */
     GPid pid;
     int64_t started;                /* monotonic seconds */
     unsigned backoff;
@@ -36,11 +53,12 @@ struct child {
 struct supervisor {
     GMainLoop *loop;
     GPtrArray *children;
-    gboolean stopping;
-    unsigned running;
+    enum stop_step stopping;
+    guint kill_source;              /* SIGKILLs the step's leftovers */
 };
 
 static void child_start(struct child *c);
+static void postern_stop_step(struct supervisor *sup);
 
 static gboolean child_restart(gpointer data)
 {
@@ -59,11 +77,9 @@ static void child_exited(GPid pid, gint status, gpointer data)
 
     g_spawn_close_pid(pid);
     c->pid = 0;
-    sup->running--;
     if (sup->stopping) {
         msg_info("%s stopped (pid %d)", c->name, pid);
-        if (!sup->running)
-            g_main_loop_quit(sup->loop);
+        postern_stop_step(sup);
         return;
     }
     if (WIFSIGNALED(status))
@@ -89,7 +105,6 @@ static void child_start(struct child *c)
         return;
     }
     c->started = g_get_monotonic_time() / G_USEC_PER_SEC;
-    c->sup->running++;
     g_child_watch_add(c->pid, child_exited, c);
     msg_info("started %s (pid %d)", c->name, c->pid);
 }
@@ -112,7 +127,7 @@ static char *postern_find(const char *self_dir, const char *folder, const char *
 
 static void postern_add(struct supervisor *sup, const char *self_dir, const char *folder,
                         const char *program, const char *name, const char *config,
-                        gboolean foreground, const char *extra_arg)
+                        gboolean foreground, const char *extra_arg, enum stop_step stop_step)
 {
     struct child *c = g_new0(struct child, 1);
     GPtrArray *argv = g_ptr_array_new();
@@ -133,6 +148,7 @@ static void postern_add(struct supervisor *sup, const char *self_dir, const char
     c->sup = sup;
     c->name = g_strdup(name);
     c->argv = (char **)g_ptr_array_free(argv, FALSE);
+    c->stop_step = stop_step;
     g_ptr_array_add(sup->children, c);
 }
 
@@ -140,14 +156,49 @@ static gboolean postern_kill_rest(gpointer data)
 {
     struct supervisor *sup = data;
 
+    sup->kill_source = 0;
     for (guint i = 0; i < sup->children->len; i++) {
         struct child *c = sup->children->pdata[i];
-        if (c->pid) {
+        if (c->pid && c->stop_step == sup->stopping) {
             msg_warn("%s (pid %d) did not stop in %ds: killing it", c->name, c->pid, STOP_GRACE);
             kill(c->pid, SIGKILL);
         }
     }
     return G_SOURCE_REMOVE;
+}
+
+/*
+ * Go on stopping: once no child of the current step runs, pass SIGTERM
+ * to the children of the next step that has any; quit after the last.
+ */
+static void postern_stop_step(struct supervisor *sup)
+{
+    for (guint i = 0; i < sup->children->len; i++) {
+        struct child *c = sup->children->pdata[i];
+        if (c->pid && c->stop_step == sup->stopping)
+            return;
+    }
+    if (sup->kill_source)
+        g_source_remove(sup->kill_source);
+    sup->kill_source = 0;
+    while (++sup->stopping < STOP_DONE) {
+        unsigned n = 0;
+
+        for (guint i = 0; i < sup->children->len; i++) {
+            struct child *c = sup->children->pdata[i];
+            if (c->pid && c->stop_step == sup->stopping) {
+                kill(c->pid, SIGTERM);
+                n++;
+            }
+        }
+        if (n) {
+            msg_info("stopping: passed SIGTERM to %u %s", n,
+                     sup->stopping == STOP_WORKERS ? "workers" : "dispatcher");
+            sup->kill_source = g_timeout_add_seconds(STOP_GRACE, postern_kill_rest, sup);
+            return;
+        }
+    }
+    g_main_loop_quit(sup->loop);
 }
 
 static gboolean postern_stop(gpointer data)
@@ -156,19 +207,13 @@ static gboolean postern_stop(gpointer data)
 
     if (sup->stopping)
         return G_SOURCE_CONTINUE;
-    msg_info("stopping: passing SIGTERM to %u children", sup->running);
-    sup->stopping = TRUE;
     for (guint i = 0; i < sup->children->len; i++) {
         struct child *c = sup->children->pdata[i];
         if (c->restart_source)
             g_source_remove(c->restart_source);
         c->restart_source = 0;
-        if (c->pid)
-            kill(c->pid, SIGTERM);
     }
-    if (!sup->running)
-        g_main_loop_quit(sup->loop);
-    g_timeout_add_seconds(STOP_GRACE, postern_kill_rest, sup);
+    postern_stop_step(sup);
     return G_SOURCE_CONTINUE;
 }
 
@@ -191,19 +236,19 @@ static int postern_run(const char *config, gboolean use_syslog)
     sup.loop = g_main_loop_new(NULL, FALSE);
     sup.children = g_ptr_array_new();
     postern_add(&sup, self_dir, "ingest", "postern-ingest", "postern-ingest", config, !use_syslog,
-                NULL);
+                NULL, STOP_WORKERS);
     postern_add(&sup, self_dir, "sender", "postern-dispatch", "postern-dispatch", config,
-                !use_syslog, NULL);
+                !use_syslog, NULL, STOP_DISPATCHER);
     for (uint64_t i = 0; i < cfg.workers.transforms; i++) {
         g_autofree char *name = g_strdup_printf("postern-transform#%" G_GUINT64_FORMAT, i + 1);
         postern_add(&sup, self_dir, "transform", "postern-transform", name, config, !use_syslog,
-                    NULL);
+                    NULL, STOP_WORKERS);
     }
     for (uint64_t i = 0; i < cfg.workers.count; i++) {
         g_autofree char *name = g_strdup_printf("postern-sender#%" G_GUINT64_FORMAT, i + 1);
         /* Senders here are on the dispatcher's host: its ipc socket, no CURVE keys. */
         postern_add(&sup, self_dir, "sender", "postern-sender", name, config, !use_syslog,
-                    "--local");
+                    "--local", STOP_WORKERS);
     }
 
     g_unix_signal_add(SIGTERM, postern_stop, &sup);
