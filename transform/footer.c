@@ -16,33 +16,61 @@ static gboolean footer_is(GMimeObject *obj, const char *type, const char *subtyp
 }
 
 /*
- * The footer as it reads in a text/plain or a text/html body: UTF-8 (bytes
- * that are not become U+FFFD), CRLF line ends, no blanks at line ends
- * (under format=flowed they would join a line to the next), no trailing
- * blank lines. In HTML every character outside printable ASCII and every
- * markup character becomes a character reference, so the footer is ASCII
- * and fits any body charset unconverted.
+ * Whether obj is text the reader reads as the message: text/plain (or
+ * text/html when html) not marked as an attachment. An attached text file
+ * keeps its bytes; the footer goes next to it.
  */
-static GString *footer_render(const char *text, gboolean html)
+static gboolean footer_is_read(GMimeObject *obj, gboolean html)
+{
+	const char *disposition = g_mime_object_get_disposition(obj);
+
+	return GMIME_IS_PART(obj)
+	    && (footer_is(obj, "text", "plain") || (html && footer_is(obj, "text", "html")))
+	    && (disposition == NULL || g_ascii_strcasecmp(disposition, GMIME_DISPOSITION_ATTACHMENT) != 0);
+}
+
+/*
+ * The footer as it reads in a text/plain or a text/html body: UTF-8 (bytes
+ * that are not become U+FFFD), CRLF line ends, no trailing blank lines. In
+ * HTML every character outside printable ASCII and every markup character
+ * becomes a character reference, so the footer is ASCII and fits any body
+ * charset unconverted.
+ *
+ * Blanks at line ends go: under format=flowed they would join a line to
+ * the next. The signature separator "-- " keeps its blank, which is what
+ * makes it one, and RFC 3676 §4.3 exempts it from flowing. In flowed text
+ * a line starting with a blank, ">" or "From " is space-stuffed (§4.4), or
+ * the reader's client would take it for quoted or flowed text.
+ */
+static GString *footer_render(const char *text, gboolean html, gboolean flowed)
 {
 	GString *out = g_string_new(html ? "<div>" : NULL);
 	char   *trimmed = g_strchomp(g_utf8_make_valid(text, -1));
+	char  **lines = g_strsplit(trimmed, "\n", -1);
 
-	for (const char *s = trimmed; *s; s = g_utf8_next_char(s)) {
-		gunichar c = g_utf8_get_char(s);
+	for (char **line = lines; *line; line++) {
+		gsize   start = out->len;
 
-		if (c == '\r')
-			continue;
-		if (c == '\n') {
-			while (out->len > 0 && out->str[out->len - 1] == ' ')
+		if (flowed && (**line == ' ' || **line == '>' || g_str_has_prefix(*line, "From ")))
+			g_string_append_c(out, ' ');
+		for (const char *s = *line; *s; s = g_utf8_next_char(s)) {
+			gunichar c = g_utf8_get_char(s);
+
+			if (c == '\r')
+				continue;
+			if (html && (c > '~' || strchr("<>&\"'", (int) c) != NULL))
+				g_string_append_printf(out, "&#%u;", c);
+			else
+				g_string_append_unichar(out, c);
+		}
+		if (strcmp(out->str + start, "-- ") != 0)
+			while (out->len > start && out->str[out->len - 1] == ' ')
 				g_string_truncate(out, out->len - 1);
+		if (line[1] != NULL)
 			g_string_append(out, html ? "<br>\r\n" : "\r\n");
-		} else if (html && (c > '~' || strchr("<>&\"'", (int) c) != NULL))
-			g_string_append_printf(out, "&#%u;", c);
-		else
-			g_string_append_unichar(out, c);
 	}
 	g_string_append(out, html ? "</div>\r\n" : "\r\n");
+	g_strfreev(lines);
 	g_free(trimmed);
 	return out;
 }
@@ -97,31 +125,30 @@ static void footer_set_content(GMimePart *part, GByteArray *text)
 }
 
 /*
- * Brings footer (UTF-8) into the body's charset. When that charset cannot
- * hold it (an ASCII or Latin-1 body, a footer with "–"), converts the body
- * to UTF-8 instead and relabels the part: the one change of charset that
- * keeps every character. FALSE when neither works: the charset is unknown,
- * or the body is not valid in it.
+ * Brings footer (UTF-8) into the body's charset; FALSE when that charset
+ * cannot hold it (an ASCII or Latin-1 body, a footer with "–") or GMime
+ * does not know it. The body is then left as it came and the footer goes
+ * into a UTF-8 part of its own, as SPEC §4.4 has it for what cannot take
+ * the footer in place. Moving the body to UTF-8 instead would keep every
+ * character only in theory: its bytes are decoded by the label, and mail
+ * labelled ISO-8859-1 is often Windows-1252, which readers display as
+ * such, so "€" (0x80) would become a C1 control; and text signed inline
+ * (PGP) would no longer verify. An empty body has no text to keep: it
+ * takes the footer in UTF-8 (a message that was only its token).
  */
-static gboolean footer_recode(GMimePart *part, GByteArray *body, GString *footer)
+static gboolean footer_recode(GMimePart *part, const GByteArray *body, GString *footer)
 {
 	const char *charset = g_mime_object_get_content_type_parameter(GMIME_OBJECT(part), "charset");
-	const char *text = body->len > 0 ? (const char *) body->data : "";
 	char   *s;
 	gsize   len;
 
-	if (charset == NULL)
-		charset = "us-ascii";
-	if ((s = footer_convert(footer->str, footer->len, charset, "utf-8", &len)) != NULL) {
-		g_string_truncate(footer, 0);
-		g_string_append_len(footer, s, len);
-	} else if ((s = footer_convert(text, body->len, "utf-8", charset, &len)) != NULL) {
-		g_byte_array_set_size(body, 0);
-		g_byte_array_append(body, (const guint8 *) s, len);
+	s = footer_convert(footer->str, footer->len, charset ? charset : "us-ascii", "utf-8", &len);
+	if (s == NULL && body->len == 0)
 		g_mime_object_set_content_type_parameter(GMIME_OBJECT(part), "charset", "utf-8");
-	} else {
-		return FALSE;
-	}
+	if (s == NULL)
+		return body->len == 0;
+	g_string_truncate(footer, 0);
+	g_string_append_len(footer, s, len);
 	g_free(s);
 	return TRUE;
 }
@@ -140,42 +167,45 @@ static gsize footer_offset(const GByteArray *body, gboolean html)
 
 /*
  * Appends the footer to a text part in place, its charset, format=flowed
- * and transfer encoding kept (footer_recode says when the charset is not).
- * Plain text gets a blank line before the footer. FALSE when the charset
- * rules out appending; the part is then unchanged.
+ * and transfer encoding kept. Plain text gets a blank line before the
+ * footer. FALSE when the charset cannot hold the footer; the part is then
+ * unchanged.
  */
 static gboolean footer_append(GMimePart *part, const char *text)
 {
+	const char *format = g_mime_object_get_content_type_parameter(GMIME_OBJECT(part), "format");
 	gboolean html = footer_is(GMIME_OBJECT(part), "text", "html");
-	GString *footer = footer_render(text, html);
+	GString *footer = footer_render(text, html, format && g_ascii_strcasecmp(format, "flowed") == 0);
 	GByteArray *body = footer_decode(part);
-	gboolean ok = footer_recode(part, body, footer);
 	GByteArray *out;
 	gsize   at;
 
-	if (ok) {
-		at = footer_offset(body, html);
-		out = g_byte_array_sized_new(body->len + footer->len + 4);
-		g_byte_array_append(out, body->data, at);
-		if (at > 0 && body->data[at - 1] != '\n')
-			g_byte_array_append(out, (const guint8 *) "\r\n", 2);
-		if (at > 0 && !html)
-			g_byte_array_append(out, (const guint8 *) "\r\n", 2);
-		g_byte_array_append(out, (const guint8 *) footer->str, footer->len);
-		if (at < body->len)	/* an empty body has data == NULL: no NULL + 0 */
-			g_byte_array_append(out, body->data + at, body->len - at);
-		footer_set_content(part, out);
+	if (!footer_recode(part, body, footer)) {
+		g_byte_array_unref(body);
+		g_string_free(footer, TRUE);
+		return FALSE;
 	}
+	at = footer_offset(body, html);
+	out = g_byte_array_sized_new(body->len + footer->len + 4);
+	g_byte_array_append(out, body->data, at);
+	if (at > 0 && body->data[at - 1] != '\n')
+		g_byte_array_append(out, (const guint8 *) "\r\n", 2);
+	if (at > 0 && !html)
+		g_byte_array_append(out, (const guint8 *) "\r\n", 2);
+	g_byte_array_append(out, (const guint8 *) footer->str, footer->len);
+	if (at < body->len)	/* an empty body has data == NULL: no NULL + 0 */
+		g_byte_array_append(out, body->data + at, body->len - at);
+	footer_set_content(part, out);
 	g_byte_array_unref(body);
 	g_string_free(footer, TRUE);
-	return ok;
+	return TRUE;
 }
 
 /* The footer as an inline text/plain part of its own, in UTF-8. */
 static GMimeObject *footer_part(const char *text)
 {
 	GMimeObject *part = GMIME_OBJECT(g_mime_text_part_new_with_subtype("plain"));
-	GString *footer = footer_render(text, FALSE);
+	GString *footer = footer_render(text, FALSE, FALSE);
 	gsize   len = footer->len;
 
 	g_mime_object_set_content_type_parameter(part, "charset", "utf-8");
@@ -208,9 +238,7 @@ static void footer_alternatives(GMimeMultipart *alt, const char *text)
 		GMimeObject *part = g_mime_multipart_get_part(alt, i);
 		GMimeObject *wrapped;
 
-		if (!GMIME_IS_PART(part)
-		    || !(footer_is(part, "text", "plain") || footer_is(part, "text", "html"))
-		    || footer_append(GMIME_PART(part), text))
+		if (!footer_is_read(part, TRUE) || footer_append(GMIME_PART(part), text))
 			continue;
 		wrapped = footer_wrap(part, text);
 		g_object_unref(g_mime_multipart_replace(alt, i, wrapped));
@@ -229,8 +257,7 @@ void    mime_footer_add(GMimeMessage *msg, const char *text)
 		part = footer_part(text);
 		g_mime_multipart_add(GMIME_MULTIPART(body), part);
 		g_object_unref(part);
-	} else if (!(GMIME_IS_PART(body) && footer_is(body, "text", "plain")
-		     && footer_append(GMIME_PART(body), text))) {
+	} else if (!(footer_is_read(body, FALSE) && footer_append(GMIME_PART(body), text))) {
 		part = footer_wrap(body, text);
 		g_mime_message_set_mime_part(msg, part);
 		g_object_unref(part);

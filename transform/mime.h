@@ -89,10 +89,15 @@ struct rewrite_params {
 };
 
 /*
- * SPEC §4.3-4.5, modifying msg. Keeps Subject, MIME-Version (adding
- * MIME-Version: 1.0 when missing) and the top-level Content-Type,
- * Content-Transfer-Encoding and Content-Disposition, of duplicates the last
- * one, which GMime parsed by; drops every other header. Adds From (p->from,
+ * SPEC §4.3-4.5, modifying msg. A top-level multipart/mixed with one part
+ * left (the token's removal took the other) becomes that part, unless it
+ * is an attached message. Keeps
+ * Subject, MIME-Version (adding MIME-Version: 1.0 when missing) and the
+ * top-level Content-Type, Content-Transfer-Encoding and Content-Disposition,
+ * of duplicates the last one, which GMime parsed by; drops every other
+ * header. Kept headers go out as they came but folded where a line is over
+ * 998 octets, or RFC 2047/2231-encoded when that cannot be done at blanks
+ * or when they hold 8-bit bytes that are not UTF-8. Adds From (p->from,
  * or the original sender when p->use_original_sender and there is one),
  * Sender (the address of p->from), Reply-To (the original sender, unless
  * hidden or null), Date (UTC), Message-ID (random, on p->message_id_domain),
@@ -102,8 +107,11 @@ struct rewrite_params {
  *
  * Returns the message serialised once, CRLF line ends throughout and a final
  * CRLF, with no To: header: the caller prepends To: and DKIM-Signature as raw
- * bytes and never re-serialises. Bare CRs in the original content go out as
- * they came. *message_id gets the new Message-ID without angle brackets. On error (MIME_ERROR_PARAM: p->from is not a mailbox, or
+ * bytes and never re-serialises. A part sent as 7bit, 8bit or binary with
+ * a line over 998 octets, a NUL, a bare CR, or (7bit) an 8-bit byte is
+ * re-encoded: quoted-printable for text, base64 otherwise. *message_id
+ * gets the new Message-ID without angle brackets. On error
+ * (MIME_ERROR_PARAM: p->from is not a mailbox, or
  * the domain or URL holds spaces, controls or angle brackets) returns NULL
  * and leaves msg as it was.
  */
@@ -115,16 +123,16 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
 /*
  * SPEC §4.4: adds text (UTF-8; LF or CRLF line ends) to the message, which
  * has a body (every message from mime_parse() has).
- * A single text/plain body gets it appended after a blank line; so does each
- * text/plain and text/html alternative of a multipart/alternative, HTML
- * escaped, before </body> when there is one. Appending keeps the part's
- * charset, format=flowed and transfer encoding (a 7bit part that now holds
- * 8-bit text becomes quoted-printable or base64); only when the charset
- * cannot hold the footer is the text converted to UTF-8 and the charset
- * parameter changed. A multipart/mixed gets an inline text/plain part
- * (UTF-8) at its end. Anything else, and a text part whose charset GMime
- * cannot convert, is wrapped in a multipart/mixed with that footer part
- * after it, the original unchanged.
+ * A single text/plain body not marked as an attachment gets it appended
+ * after a blank line; so does each such text/plain and text/html
+ * alternative of a multipart/alternative, HTML escaped, before </body> when
+ * there is one. Appending keeps the part's charset, format=flowed (the
+ * footer space-stuffed, a "-- " separator kept) and transfer encoding (a
+ * 7bit part that now holds 8-bit text becomes quoted-printable or base64).
+ * A multipart/mixed gets an inline text/plain part (UTF-8) at its end.
+ * Anything else, and a text part whose charset cannot hold the footer or
+ * is unknown to GMime, is wrapped in a multipart/mixed with that footer
+ * part after it, the original unchanged.
  */
 void    mime_footer_add(GMimeMessage *msg, const char *text);
 

@@ -168,14 +168,25 @@ static GBytes *rewrite_write(GMimeMessage *msg, GError **err)
 	return g_byte_array_free_to_bytes(bytes);
 }
 
-/* Does the decoded content of part have a line longer than RFC 5322's 998? */
-static gboolean rewrite_has_long_line(GMimePart *part)
+/* RFC 5322 §2.1.1: a line holds at most 998 octets, CRLF excluded, and
+ * should hold at most 78. */
+#define LINE_MAX_OCTETS	998
+#define LINE_WIDTH	78
+
+/*
+ * Whether a relay may refuse, or change, the decoded content of part sent
+ * as it is: a line over 998 octets, a NUL, a CR that does not end a line
+ * (RFC 5322 §2.3, RFC 2045 §2.7-2.8), or, when declared 7bit, an 8-bit
+ * byte (RFC 6152: only 8bit may hold those). Such a part would be folded,
+ * stripped or refused on the way, and any change breaks the signature.
+ */
+static gboolean rewrite_unsendable(GMimePart *part, gboolean seven)
 {
 	GMimeDataWrapper *content = g_mime_part_get_content(part);
 	GByteArray *bytes;
 	GMimeStream *stream;
-	gboolean longer = FALSE;
-	guint start = 0;
+	gboolean bad = FALSE;
+	guint   start = 0;
 
 	if (!content)
 		return FALSE;
@@ -183,23 +194,28 @@ static gboolean rewrite_has_long_line(GMimePart *part)
 	stream = g_mime_stream_mem_new_with_byte_array(bytes);
 	g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
 	g_mime_data_wrapper_write_to_stream(content, stream);
-	for (guint i = 0; i <= bytes->len && !longer; i++)
-		if (i == bytes->len || bytes->data[i] == '\n') {
-			longer = i - start > 998 + 1;
+	for (guint i = 0; i < bytes->len && !bad; i++) {
+		guint8	c = bytes->data[i];
+
+		if (c == '\n')
 			start = i + 1;
-		}
+		else if (c == '\r')
+			bad = i + 1 == bytes->len || bytes->data[i + 1] != '\n';
+		else
+			bad = c == 0 || (seven && c >= 0x80) || i - start >= LINE_MAX_OCTETS;
+	}
 	g_object_unref(stream);
 	g_byte_array_unref(bytes);
-	return longer;
+	return bad;
 }
 
 /*
- * A part sent as 7bit, 8bit or binary with a line over 998 octets would be
- * folded or refused by the next relay, and a folded line breaks the DKIM
- * signature: re-encode it (quoted-printable for text, base64 otherwise).
- * Parts already in base64 or quoted-printable have short lines.
+ * Re-encodes a part sent as 7bit, 8bit or binary (or without an encoding)
+ * that rewrite_unsendable() finds a relay may refuse: quoted-printable for
+ * text, which keeps it readable, base64 otherwise. Parts already in base64
+ * or quoted-printable are safe as they are.
  */
-static void rewrite_long_lines_part(GMimeObject *parent, GMimeObject *obj, gpointer data)
+static void rewrite_encode_part(GMimeObject *parent, GMimeObject *obj, gpointer data)
 {
 	GMimePart *part;
 	GMimeContentEncoding enc;
@@ -211,11 +227,126 @@ static void rewrite_long_lines_part(GMimeObject *parent, GMimeObject *obj, gpoin
 	if (enc != GMIME_CONTENT_ENCODING_DEFAULT && enc != GMIME_CONTENT_ENCODING_7BIT &&
 	    enc != GMIME_CONTENT_ENCODING_8BIT && enc != GMIME_CONTENT_ENCODING_BINARY)
 		return;
-	if (!rewrite_has_long_line(part))
+	if (!rewrite_unsendable(part, enc == GMIME_CONTENT_ENCODING_DEFAULT
+				|| enc == GMIME_CONTENT_ENCODING_7BIT))
 		return;
 	g_mime_part_set_content_encoding(part,
 		g_mime_content_type_is_type(g_mime_object_get_content_type(obj), "text", "*")
 			? GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE : GMIME_CONTENT_ENCODING_BASE64);
+}
+
+/*
+ * Appends the line s (len octets, no line end; col octets before it on
+ * its line) to out, folded before blanks into lines of about LINE_WIDTH:
+ * a fold goes before a run of blanks that has text after it, and never
+ * right at the start of a line, which would leave a line of blanks only.
+ * FALSE when a line stays over LINE_MAX_OCTETS: a run with no blank.
+ */
+static gboolean rewrite_fold_line(GString *out, const char *s, size_t len, size_t col)
+{
+	size_t	longest = 0;
+	size_t	i = 0;
+
+	while (i < len) {
+		size_t	end = i + strspn(s + i, " \t");
+		gboolean text = end < len;
+
+		end += strcspn(s + end, " \t");
+		end = MIN(end, len);
+		if (i > 0 && text && col + (end - i) > LINE_WIDTH) {
+			longest = MAX(longest, col);
+			g_string_append_c(out, '\n');
+			col = 0;
+		}
+		g_string_append_len(out, s + i, end - i);
+		col += end - i;
+		i = end;
+	}
+	return MAX(longest, col) <= LINE_MAX_OCTETS;
+}
+
+/*
+ * The raw value of header name with every line over LINE_MAX_OCTETS
+ * folded (unfolding restores the value: RFC 5322 §2.2.3); other lines
+ * as they came. NULL when a line cannot be folded short enough.
+ */
+static char *rewrite_fold(const char *name, const char *raw)
+{
+	GString *out = g_string_sized_new(strlen(raw) + 16);
+	size_t	col = strlen(name) + 1;	/* "Name:" */
+	gboolean ok = TRUE;
+
+	for (const char *s = raw; *s && ok;) {
+		size_t	len = strcspn(s, "\n");
+		size_t	text = len > 0 && s[len - 1] == '\r' ? len - 1 : len;
+
+		if (col + text > LINE_MAX_OCTETS)
+			ok = rewrite_fold_line(out, s, text, col);
+		else
+			g_string_append_len(out, s, text);
+		g_string_append_len(out, s + text, len - text + (s[len] == '\n'));
+		s += len + (s[len] == '\n');
+		col = 0;
+	}
+	return g_string_free(out, !ok);
+}
+
+/*
+ * Kept headers go out as they came (GMime writes their raw bytes), so
+ * they must be fit to send. A line over 998 octets, which a relay folds
+ * or refuses, is folded before blanks. A header with no blank to fold at,
+ * or with 8-bit bytes that are not UTF-8 (a charset nobody named, which
+ * no reader can display and RFC 6532 does not allow) is written anew by
+ * GMime from its decoded value: RFC 2047 encoded words, RFC 2231
+ * parameters for Content-*, in lines of 78.
+ *
+ * Valid UTF-8 is left as it is. RFC 6532 allows it, the relays Postern
+ * sends to (Gmail, Postfix) take it without SMTPUTF8, and encoding it
+ * would change what the sender wrote for a relay we cannot know: the copy
+ * is serialised and signed once, before any relay is chosen.
+ */
+static void rewrite_fix_headers(GMimeHeaderList *list)
+{
+	for (int i = 0; i < g_mime_header_list_get_count(list); i++) {
+		GMimeHeader *header = g_mime_header_list_get_header_at(list, i);
+		const char *raw = g_mime_header_get_raw_value(header);
+		char   *folded = NULL;
+
+		if (raw == NULL)
+			continue;
+		if (g_utf8_validate(raw, -1, NULL)
+		    && (folded = rewrite_fold(g_mime_header_get_name(header), raw)) != NULL)
+			g_mime_header_set_raw_value(header, folded);
+		else
+			g_mime_header_set_value(header, NULL, g_mime_header_get_value(header), NULL);
+		g_free(folded);
+	}
+}
+
+/*
+ * A multipart/mixed that the token's removal left with one part (Lego
+ * attaches the token next to the text) is replaced by that part: a reader
+ * then gets the message as the sender wrote it, and the footer goes into
+ * the text in place (SPEC §4.4) rather than into a part of its own, which
+ * many clients list as an attachment. The only part's Content-* headers
+ * become the top-level ones. A lone attached message stays inside: as the
+ * whole body, clients show it as a bare header block.
+ */
+static void rewrite_unwrap(GMimeMessage *msg)
+{
+	GMimeObject *body = g_mime_message_get_mime_part(msg);
+	GMimeObject *only;
+
+	while (GMIME_IS_MULTIPART(body)
+	       && g_mime_content_type_is_type(g_mime_object_get_content_type(body), "multipart", "mixed")
+	       && g_mime_multipart_get_count(GMIME_MULTIPART(body)) == 1
+	       && !GMIME_IS_MESSAGE_PART(only = g_mime_multipart_get_part(GMIME_MULTIPART(body), 0))) {
+		/* GMime drops the old body before it takes the new one. */
+		g_object_ref(only);
+		g_mime_message_set_mime_part(msg, only);
+		g_object_unref(only);
+		body = only;
+	}
 }
 
 GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
@@ -232,8 +363,11 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
 
 	if ((from = rewrite_check(p, err)) == NULL)
 		return NULL;
+	rewrite_unwrap(msg);
 	rewrite_keep(g_mime_object_get_header_list(obj), message_keep);
 	rewrite_keep(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)), body_keep);
+	rewrite_fix_headers(g_mime_object_get_header_list(obj));
+	rewrite_fix_headers(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)));
 	if (g_mime_object_get_header(obj, "MIME-Version") == NULL)
 		g_mime_object_append_header(obj, "MIME-Version", "1.0", NULL);
 
@@ -261,7 +395,7 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
 		mime_footer_add(msg, footer);
 		g_free(footer);
 	}
-	g_mime_message_foreach(msg, rewrite_long_lines_part, NULL);
+	g_mime_message_foreach(msg, rewrite_encode_part, NULL);
 	if ((out = rewrite_write(msg, err)) == NULL) {
 		g_free(id);
 		return NULL;

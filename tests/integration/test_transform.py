@@ -303,9 +303,46 @@ def decoded(part):
     return part.get_payload(decode=True)
 
 
-def check_copy(data, rcpt, keys, original, token):
-    """Everything SPEC §4 says about one outgoing copy."""
+def unfold(value):
+    """A header value unfolded (RFC 5322 §2.2.3): folds may be added to send it."""
+    return re.sub(r"\r?\n(?=[ \t])", "", value)
+
+
+def text_of(part):
+    """Decoded text of a text part in its own charset, LF line ends."""
+    return decoded(part).decode(part.get_content_charset() or "ascii").replace("\r\n", "\n")
+
+
+def footer_lines(footer_ini=FOOTER_INI):
+    """The footer as configured, filled in, one string per line."""
+    text = footer_ini.replace("\\n", "\n").format(sender=OWNER, unsubscribe_url=UNSUB)
+    # Blanks at line ends go, but for the signature separator's.
+    return [l if l == "-- " else l.rstrip(" ") for l in text.rstrip().split("\n")]
+
+
+def with_footer(text, ctype, flowed, lines):
+    """text with the footer appended in place as SPEC §4.4 has it: after a
+    blank line in plain text (space-stuffed when flowed, RFC 3676 §4.4), as
+    an HTML block before </body> in HTML."""
+    if ctype == "text/html":
+        esc = ["".join(f"&#{ord(c)};" if ord(c) > 126 or c in "<>&\"'" else c for c in l)
+               for l in lines]
+        block = "<div>" + "<br>\n".join(esc) + "</div>\n"
+        at = text.lower().rfind("</body>")
+        at = len(text) if at < 0 else at
+        head = text[:at] + ("\n" if at and not text[:at].endswith("\n") else "")
+        return head + block + text[at:]
+    stuff = lambda l: " " + l if flowed and (l[:1] in (" ", ">") or l.startswith("From ")) else l
+    sep = "" if not text else "\n" if text.endswith("\n") else "\n\n"
+    return text + sep + "".join(stuff(l) + "\n" for l in lines)
+
+
+def check_copy(data, rcpt, keys, original, token, placed=("part",), footer_ini=FOOTER_INI):
+    """Everything SPEC §4 says about one outgoing copy.  placed: where the
+    footer must be, "part" for a part of its own, else the content type of
+    each text it was appended to in place."""
     assert re.search(rb"(?<!\r)\n", data) is None, "bare LF in the copy"
+    assert re.search(rb"\r(?!\n)", data) is None and b"\0" not in data, "bare CR or NUL"
     assert max(len(l) for l in data.split(b"\r\n")) <= 998
     assert b"LEGOTOKEN" not in data and token.encode() not in data
     assert base64.b64encode(b"LEGOTOKEN")[:8] not in data
@@ -316,26 +353,44 @@ def check_copy(data, rcpt, keys, original, token):
     assert names.count("dkim-signature") == len(keys) and names.count("to") == 1
     assert names.count("from") == 1
     assert out["To"] == rcpt and out["From"] == FROM and out["Reply-To"] == OWNER
-    assert out["Subject"] == orig["Subject"]
+    assert unfold(out["Subject"]) == unfold(orig["Subject"])
     assert out["Message-ID"].endswith(f"@{DOMAIN}>") and out["Message-ID"] != orig["Message-ID"]
     assert out["List-Unsubscribe"] == f"<{UNSUB}>"
     assert out["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert dkim_results(data, keys) == [True] * len(keys)
 
-    # Every part but the token's comes out decoded byte for byte as it went in,
-    # in the same order; one more part carries the footer, correctly encoded.
-    want = [decoded(p) for p in leaves(orig) if b"LEGOTOKEN" not in (decoded(p) or b"")]
-    got = [decoded(p) for p in leaves(out)]
-    footers = [p for p in leaves(out) if p.get_content_type() == "text/plain"
-               and FOOTER_LINE in decoded(p).decode(p.get_content_charset() or "ascii", "replace")]
-    assert len(footers) == 1
-    assert footers[0].get_content_charset() == "utf-8"
-    got.remove(decoded(footers[0]))
-    assert got == want
+    # Every part but the token's comes out decoded byte for byte as it went
+    # in, in the same order, or, where the footer went in place, as the same
+    # text in the same charset with the footer appended.  A footer part of
+    # its own is UTF-8.
+    lines = footer_lines(footer_ini)
+    want = [p for p in leaves(orig) if b"LEGOTOKEN" not in (decoded(p) or b"")]
+    got = leaves(out)
+    parts = [p for p in got if p.get_content_type() == "text/plain"
+             and p.get_content_charset() == "utf-8" and text_of(p) == "\n".join(lines) + "\n"]
+    got = [p for p in got if all(p is not f for f in parts)]
+    assert len(got) == len(want)
+    where = ["part"] * len(parts)
+    for o, w in zip(got, want):
+        if decoded(o) == decoded(w):
+            continue
+        ctype = o.get_content_type()
+        assert ctype == w.get_content_type() and o.get_content_charset() == w.get_content_charset()
+        flowed = (o.get_param("format") or "").lower() == "flowed"
+        assert text_of(o) == with_footer(text_of(w), ctype, flowed, lines)
+        where.append(ctype)
+    assert sorted(where) == sorted(placed)
     return out
 
 
 # ---- tests: content ---------------------------------------------------------
+
+# Where the footer goes once the token's part is gone and the mixed parent,
+# left with one part, is that part: in place where the text's charset holds
+# the footer (which has "–", not in Latin-1 or ASCII), else in a part of its own.
+PLACED = {"plain_7bit": ["part"], "base64_utf8": ["text/plain"], "quoted_printable": ["text/plain"],
+          "html_only": ["part"], "iso_8859_1": ["part"], "format_flowed": ["text/plain"]}
+
 
 @pytest.mark.parametrize("case", sorted(CONTENT))
 def test_content_case(stack, keys, case):
@@ -348,7 +403,10 @@ def test_content_case(stack, keys, case):
     assert [d["rcpt"] for d in dl] == ["anna@example.org", "Bob@example.org", "carl@example.net"]
     assert all(d["state"] in ("ready", "leased") for d in dl)
     for d in dl:
-        check_copy(stack.outgoing(qid, d["rcpt"]), d["rcpt"], keys, raw, token)
+        out = check_copy(stack.outgoing(qid, d["rcpt"]), d["rcpt"], keys, raw, token, PLACED[case])
+        # The original entity is the body now, or the first part next to the footer.
+        first = out if PLACED[case] != ["part"] else out.get_payload(0)
+        assert first.get_content_type() == parse(raw).get_payload(0).get_content_type()
 
 
 def test_nested_multipart(stack, keys):
@@ -379,9 +437,83 @@ def test_lego_fixture(stack, keys):
     qid = stack.send(raw)
     stack.wait(qid)
     for rcpt in ("anna@example.org", "Bob@example.org", "carl@example.net"):
-        out = check_copy(stack.outgoing(qid, rcpt), rcpt, keys, raw, token)
+        out = check_copy(stack.outgoing(qid, rcpt), rcpt, keys, raw, token, ["text/plain", "text/html"])
         assert "X-Attachment-Id" not in out and "token.txt" not in out.as_string()
+        # The alternative the token sat next to is the whole message again.
+        assert out.get_content_type() == "multipart/alternative"
     assert stack.show(qid)["owner"] == OWNER
+
+
+# A footer Latin-1 can hold, with a signature separator and lines that
+# format=flowed must space-stuff.
+LATIN1_FOOTER_INI = "-- \\nFrom {sender} gjennom Abakus, «begrenset adresse».\\n> Avmeld: {unsubscribe_url}"
+
+
+def lego_mixed(subject, entity, token):
+    """What Lego sends: the text (or its alternatives), the token attached
+    next to it, the mixed parent left with one part once it is gone."""
+    return with_token(subject, entity, token)
+
+
+def test_footer_in_place(make_stack, keys):
+    s = make_stack(keys, config={"rewrite": {"footer": LATIN1_FOOTER_INI}})
+    alternative = multipart("alternative", [
+        "Content-Type: text/plain; charset=utf-8; format=flowed\r\n\r\n"
+        "Hei alle, dette er en flytende \r\nlinje.\r\n",
+        "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        "<html><body><p>Hei <b>alle</b> =E2=80=93 bl=C3=A5b=C3=A6r</p></body></html>\r\n"],
+        "alt-b0undary")
+    cases = {
+        # Latin-1 in quoted-printable: kept, re-encoded, the footer fits.
+        "latin1": ("Content-Type: text/plain; charset=iso-8859-1\r\n"
+                   "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+                   "Bl=E5b=E6rsyltet=F8y, s=E6rlig godt.\r\nAndre linje.\r\n",
+                   ["text/plain"], "text/plain"),
+        "alternative": (alternative, ["text/plain", "text/html"], "multipart/alternative"),
+    }
+    for name, (entity, placed, top) in cases.items():
+        token = s.token()
+        raw = lego_mixed(name, entity, token)
+        qid = s.send(raw)
+        s.wait(qid)
+        out = check_copy(s.outgoing(qid), "anna@example.org", keys, raw, token, placed,
+                         LATIN1_FOOTER_INI)
+        assert out.get_content_type() == top, name
+        if name == "latin1":
+            assert out.get_content_charset() == "iso-8859-1"
+            assert out["Content-Transfer-Encoding"] == "quoted-printable"
+            assert text_of(out).startswith("Blåbærsyltetøy, særlig godt.\nAndre linje.\n\n-- \n")
+        else:
+            plain, html = out.get_payload()
+            assert text_of(plain).endswith("\n\n-- \n From test@abakus.no gjennom Abakus, "
+                                           "«begrenset adresse».\n > Avmeld: " + UNSUB + "\n")
+            assert text_of(html).endswith("&#187;.<br>\n&#62; Avmeld: " + UNSUB +
+                                          "</div>\n</body></html>\n")
+
+
+def test_unsendable_bytes_reencoded(stack, keys):
+    """NUL and bare CR in an 8bit part, a Subject of 1,500 octets, raw
+    Latin-1 in a Subject: each goes out in a form a relay takes."""
+    token = stack.token()
+    words = " ".join(f"ord{i}" for i in range(250))
+    body = ("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            "nul\x00byte and a bare\rCR\r\n")
+    raw = with_token(words, body, token)
+    qid = stack.send(raw)
+    stack.wait(qid)
+    out = check_copy(stack.outgoing(qid), "anna@example.org", keys, raw, token, ["text/plain"])
+    assert out["Content-Transfer-Encoding"] == "quoted-printable"
+    assert unfold(out["Subject"]) == words and "\n" in out["Subject"]
+
+    token = stack.token()
+    raw = with_token("Sm\udce5 bl\udce5b\udce6r", CONTENT["plain_7bit"], token)
+    qid = stack.send(raw)
+    stack.wait(qid)
+    data = stack.outgoing(qid)
+    assert b"\xe5" not in data.split(b"\r\n\r\n")[0]
+    subject = email.header.make_header(email.header.decode_header(parse(data)["Subject"]))
+    assert str(subject) == "Små blåbær"
+    assert dkim_results(data, keys) == [True, True]
 
 
 def test_lego_fixtures_as_they_are(stack):

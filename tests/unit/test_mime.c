@@ -301,6 +301,167 @@ static void assert_footer_part(GMimeObject *part)
 	assert_text(part, FOOTER_TEXT);
 }
 
+/* The value of header name in the header block of out, unfolded. */
+static char *unfolded(GBytes *out, const char *name)
+{
+	GMimeMessage *again = reparse(out);
+	GMimeHeaderList *list = g_mime_object_get_header_list(GMIME_OBJECT(again));
+	GMimeHeader *header = g_mime_header_list_get_header(list, name);
+	char   *value;
+
+	if (header == NULL)
+		header = g_mime_header_list_get_header(g_mime_object_get_header_list(body(again)), name);
+	assert_non_null(header);
+	value = g_strdup(g_mime_header_get_value(header));
+	g_object_unref(again);
+	return value;
+}
+
+/* No line of out is over 998 octets, CRLF excluded. */
+static void assert_short_lines(GBytes *out)
+{
+	gsize   len;
+	const char *s = g_bytes_get_data(out, &len);
+	gsize   start = 0;
+
+	for (gsize i = 0; i < len; i++)
+		if (s[i] == '\n') {
+			if (i - start - 1 > 998)
+				fail_msg("line of %zu octets at offset %zu", i - start - 1, start);
+			start = i + 1;
+		}
+}
+
+/*
+ * Parts a relay would refuse or change as they came (NUL, bare CR, 8-bit
+ * bytes in a 7bit part) are re-encoded; every decoded byte is kept.
+ */
+static void test_rewrite_unsendable_parts(void **state)
+{
+	static const char raw[] =
+		"Subject: parts\r\nMIME-Version: 1.0\r\n"
+		"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+		"--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+		"nul\0here\r\n"
+		"--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+		"bare\rcr\r\n"
+		"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+		"bl\xc3\xa5 without an encoding\r\n"
+		"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+		"\x01\r\x02\r\n"
+		"--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+		"bl\xc3\xa5 is fine as 8bit\r\n"
+		"--b--\r\n";
+	static const struct {
+		GMimeContentEncoding encoding;
+		const char *content;
+		size_t  len;
+	} want[] = {
+		{GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE, "nul\0here", 8},
+		{GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE, "bare\rcr", 7},
+		{GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE, "bl\xc3\xa5 without an encoding", 23},
+		{GMIME_CONTENT_ENCODING_BASE64, "\x01\r\x02", 3},
+		{GMIME_CONTENT_ENCODING_8BIT, "bl\xc3\xa5 is fine as 8bit", 20},
+	};
+	struct rewrite_params keep = params;
+	GMimeMessage *msg = mime_parse(raw, sizeof(raw) - 1, NULL);
+	GMimeMessage *again;
+	char   *id;
+	GBytes *out;
+	gsize   len;
+	const char *s;
+
+	keep.use_original_sender = TRUE;	/* no footer part */
+	out = rewrite(msg, &keep, &id);
+	assert_no_bare_cr(out);
+	s = g_bytes_get_data(out, &len);
+	assert_null(memchr(s, 0, len));
+	again = reparse(out);
+	assert_int_equal(count(body(again)), G_N_ELEMENTS(want));
+	for (guint i = 0; i < G_N_ELEMENTS(want); i++) {
+		GMimeObject *part = child(body(again), i);
+		char   *content = decoded(part);
+
+		assert_int_equal(g_mime_part_get_content_encoding(GMIME_PART(part)), want[i].encoding);
+		assert_memory_equal(content, want[i].content, want[i].len + 1);
+		g_free(content);
+	}
+	g_object_unref(again);
+	g_bytes_unref(out);
+	g_free(id);
+	g_object_unref(msg);
+}
+
+/*
+ * Kept headers over 998 octets are folded at blanks, or encoded when they
+ * have none; 8-bit bytes that are not UTF-8 are encoded; UTF-8 is kept.
+ */
+static void test_rewrite_long_headers(void **state)
+{
+	GString *words = g_string_new(NULL);
+	GString *word = g_string_new(NULL);
+	GString *raw;
+	GMimeMessage *msg;
+	char   *id;
+	GBytes *out;
+	char   *value;
+
+	for (int i = 0; i < 150; i++)
+		g_string_append_printf(words, "%sw\xc3\xb8rd%d", i ? " " : "", i);
+	for (int i = 0; i < 1500; i++)
+		g_string_append_c(word, 'a' + i % 26);
+
+	/* Words: folded, the bytes and the unfolded value as they were. */
+	raw = g_string_new(NULL);
+	g_string_append_printf(raw, "Subject: %s\r\nContent-Type: text/plain; charset=utf-8;\r\n"
+			       " name=\"%s\"\r\n\r\nbody\r\n", words->str, word->str);
+	msg = mime_parse(raw->str, raw->len, NULL);
+	out = rewrite(msg, &params, &id);
+	assert_short_lines(out);
+	assert_true(contains(out, "Subject: w\xc3\xb8rd0 w\xc3\xb8rd1"));
+	value = unfolded(out, "Subject");
+	assert_string_equal(value, words->str);
+	g_free(value);
+	/* A parameter with no blank: RFC 2231 continuations. */
+	value = unfolded(out, "Content-Type");
+	assert_non_null(strstr(value, "name*0"));
+	g_free(value);
+	g_bytes_unref(out);
+	g_free(id);
+	g_object_unref(msg);
+
+	/* One word: encoded words, the decoded value as it was. */
+	g_string_printf(raw, "Subject: %s\r\n\r\nbody\r\n", word->str);
+	msg = mime_parse(raw->str, raw->len, NULL);
+	out = rewrite(msg, &params, &id);
+	assert_short_lines(out);
+	value = unfolded(out, "Subject");
+	assert_string_equal(value, word->str);
+	g_free(value);
+	g_bytes_unref(out);
+	g_free(id);
+	g_object_unref(msg);
+
+	/* Latin-1 bytes, short: encoded; UTF-8 bytes: kept as they came. */
+	g_string_printf(raw, "Subject: bl\xe5\x62\xe6r\r\n"
+			"Content-Disposition: inline; filename=\"bl\xc3\xa5.txt\"\r\n\r\nbody\r\n");
+	msg = mime_parse(raw->str, raw->len, NULL);
+	out = rewrite(msg, &params, &id);
+	assert_false(contains(out, "bl\xe5"));
+	assert_true(contains(out, "Subject: =?iso-8859-1?"));
+	assert_true(contains(out, "filename=\"bl\xc3\xa5.txt\""));
+	value = unfolded(out, "Subject");
+	assert_string_equal(value, "bl\u00e5b\u00e6r");
+	g_free(value);
+	g_bytes_unref(out);
+	g_free(id);
+	g_object_unref(msg);
+
+	g_string_free(raw, TRUE);
+	g_string_free(word, TRUE);
+	g_string_free(words, TRUE);
+}
+
 /* ---- token ------------------------------------------------------------- */
 
 static void test_token_valid(void **state)
@@ -316,15 +477,20 @@ static void test_token_valid(void **state)
 	assert_int_equal(count(body(msg)), 1);
 	assert_true(is_type(child(body(msg), 0), "multipart", "alternative"));
 
-	/* What is left is still valid MIME with both alternatives. */
+	/*
+	 * What is left is still valid MIME with both alternatives, now the
+	 * whole body (the mixed parent kept one part), the footer in each.
+	 */
 	out = rewrite(msg, &params, &id);
 	assert_false(contains(out, "TEVHT1RPS0VO"));
 	assert_false(contains(out, "token.txt"));
 	again = reparse(out);
-	assert_int_equal(count(child(body(again), 0)), 2);
+	assert_true(is_type(body(again), "multipart", "alternative"));
+	assert_int_equal(count(body(again)), 2);
 	/* Parts read while looking for the token go out whole. */
-	assert_text(child(child(body(again), 0), 0), "Hi\n");
-	assert_text(child(child(body(again), 0), 1), "<div dir=\"ltr\">Hi</div>");
+	assert_text(child(body(again), 0), "Hi\n\n" FOOTER_TEXT);
+	assert_text(child(body(again), 1), "<div dir=\"ltr\">Hi</div>\n"
+		    "<div>Sendt av eirik@sylliaas.no &#8211; &#248;<br>\nAvmeld: " URL "</div>\n");
 	g_object_unref(again);
 	g_bytes_unref(out);
 	g_free(id);
@@ -750,29 +916,55 @@ static void test_footer_latin1_kept(void **state)
 	g_object_unref(msg);
 }
 
-static void test_footer_latin1_to_utf8(void **state)
+static void test_footer_latin1_wrapped(void **state)
 {
 	GMimeMessage *msg = load("plain_latin1.eml");
 	GMimeMessage *again = rewritten(msg);
+	GMimeObject *text_part;
+	char   *raw;
 
-	/* Latin-1 has no "–": the text moves to UTF-8, every character kept. */
-	assert_string_equal(g_mime_object_get_content_type_parameter(body(again), "charset"), "utf-8");
-	assert_text(body(again), "Hei p\u00e5 deg, bl\u00e5b\u00e6r\n\n" FOOTER_TEXT);
+	/* Latin-1 has no "–": the body stays as it came, the footer goes next to it. */
+	assert_true(is_type(body(again), "multipart", "mixed"));
+	assert_int_equal(count(body(again)), 2);
+	text_part = child(body(again), 0);
+	assert_string_equal(g_mime_object_get_content_type_parameter(text_part, "charset"), "iso-8859-1");
+	raw = decoded(text_part);
+	assert_string_equal(raw, "Hei p\xe5 deg, bl\xe5\x62\xe6r\r\n");
+	assert_footer_part(child(body(again), 1));
+	g_free(raw);
 	g_object_unref(again);
 	g_object_unref(msg);
 }
 
 static void test_footer_ascii_7bit(void **state)
 {
+	struct rewrite_params p = params;
 	GMimeMessage *msg = load("plain_ascii.eml");
 	GMimeMessage *again = rewritten(msg);
+	char   *id;
+	GBytes *out;
 
-	/* A 7bit body that now holds 8-bit text must not go out as 7bit. */
-	assert_string_equal(g_mime_object_get_content_type_parameter(body(again), "charset"), "utf-8");
-	assert_int_equal(g_mime_part_get_content_encoding(GMIME_PART(body(again))),
-			 GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE);
-	assert_text(body(again), "Hi there\n\n" FOOTER_TEXT);
+	/* No charset is US-ASCII, which has no "ø": wrapped, the body unchanged. */
+	assert_true(is_type(body(again), "multipart", "mixed"));
+	assert_null(g_mime_object_get_content_type_parameter(child(body(again), 0), "charset"));
+	assert_text(child(body(again), 0), "Hi there\n");
+	assert_footer_part(child(body(again), 1));
 	g_object_unref(again);
+	g_object_unref(msg);
+
+	/* An ASCII footer fits: appended, and the part stays 7bit. */
+	msg = load("plain_ascii.eml");
+	p.footer = "Sendt av {sender}";
+	out = rewrite(msg, &p, &id);
+	again = reparse(out);
+	assert_true(is_type(body(again), "text", "plain"));
+	assert_null(g_mime_object_get_content_type_parameter(body(again), "charset"));
+	assert_int_equal(g_mime_part_get_content_encoding(GMIME_PART(body(again))),
+			 GMIME_CONTENT_ENCODING_DEFAULT);
+	assert_text(body(again), "Hi there\n\nSendt av eirik@sylliaas.no\n");
+	g_object_unref(again);
+	g_bytes_unref(out);
+	g_free(id);
 	g_object_unref(msg);
 }
 
@@ -784,13 +976,18 @@ static void test_footer_flowed(void **state)
 	GBytes *out;
 	GMimeMessage *again;
 
-	/* Blanks at the end of a footer line would flow it into the next. */
-	p.footer = "Line one \nLine two";
+	/*
+	 * Blanks at the end of a footer line would flow it into the next, but
+	 * the signature separator keeps its blank; lines that would read as
+	 * quoted or stuffed are space-stuffed (RFC 3676 §4.3-4.4).
+	 */
+	p.footer = "-- \nLine one \n> not quoted\nFrom here\n indented\nLast";
 	out = rewrite(msg, &p, &id);
 	again = reparse(out);
 	assert_string_equal(g_mime_object_get_content_type_parameter(body(again), "format"), "flowed");
 	assert_string_equal(g_mime_object_get_content_type_parameter(body(again), "delsp"), "yes");
-	assert_text(body(again), "This is a long line that was \nflowed by the client.\n\nLine one\nLine two\n");
+	assert_text(body(again), "This is a long line that was \nflowed by the client.\n\n"
+		    "-- \nLine one\n > not quoted\n From here\n  indented\nLast\n");
 	g_object_unref(again);
 	g_bytes_unref(out);
 	g_free(id);
@@ -911,6 +1108,82 @@ static void test_footer_token_only_message(void **state)
 	assert_text(body(again), FOOTER_TEXT);
 	g_object_unref(again);
 	g_object_unref(msg);
+}
+
+/* Takes the token out of name and rewrites it with p. */
+static GMimeMessage *without_token(const char *name, const struct rewrite_params *p)
+{
+	GMimeMessage *msg = load(name);
+	GMimeMessage *again;
+	char   *id;
+	GBytes *out;
+
+	g_free(mime_token_extract(msg, PREFIX));
+	out = rewrite(msg, p, &id);
+	again = reparse(out);
+	g_bytes_unref(out);
+	g_free(id);
+	g_object_unref(msg);
+	return again;
+}
+
+static void test_footer_unwrapped_in_place(void **state)
+{
+	struct rewrite_params p = params;
+	GMimeMessage *again;
+	char   *raw;
+
+	/*
+	 * The mixed parent keeps only the text: the text becomes the body and
+	 * takes the footer in place, in its charset (Latin-1 has "«ø»") and
+	 * its transfer encoding, its own bytes unchanged.
+	 */
+	p.footer = "Hilsen {sender} \u00ab\u00f8\u00bb";
+	again = without_token("token_latin1_qp.eml", &p);
+	assert_true(is_type(body(again), "text", "plain"));
+	assert_string_equal(g_mime_object_get_content_type_parameter(body(again), "charset"), "iso-8859-1");
+	assert_int_equal(g_mime_part_get_content_encoding(GMIME_PART(body(again))),
+			 GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE);
+	raw = decoded(body(again));
+	assert_string_equal(raw, "Hei p\xe5 deg, bl\xe5\x62\xe6r.\r\n\r\nHilsen eirik@sylliaas.no \xab\xf8\xbb\r\n");
+	g_free(raw);
+	g_object_unref(again);
+}
+
+static void test_footer_unwrapped_attachment(void **state)
+{
+	GMimeMessage *again = without_token("token_attached_text.eml", &params);
+	GMimeObject *notes;
+	char   *raw;
+
+	/* An attached text file is not the message: it keeps its bytes. */
+	assert_true(is_type(body(again), "multipart", "mixed"));
+	assert_int_equal(count(body(again)), 2);
+	notes = child(body(again), 0);
+	assert_string_equal(g_mime_object_get_disposition(notes), "attachment");
+	raw = decoded(notes);
+	assert_string_equal(raw, "Notes, byte for byte.");
+	assert_footer_part(child(body(again), 1));
+	g_free(raw);
+	g_object_unref(again);
+}
+
+static void test_footer_forwarded_stays_inside(void **state)
+{
+	struct rewrite_params keep = params;
+	GMimeMessage *again;
+
+	/* A lone attached message is never the whole body, footer or not. */
+	again = without_token("token_forwarded.eml", &params);
+	assert_int_equal(count(body(again)), 2);
+	assert_true(is_type(child(body(again), 0), "message", "rfc822"));
+	assert_footer_part(child(body(again), 1));
+	g_object_unref(again);
+	keep.use_original_sender = TRUE;
+	again = without_token("token_forwarded.eml", &keep);
+	assert_int_equal(count(body(again)), 1);
+	assert_true(is_type(child(body(again), 0), "message", "rfc822"));
+	g_object_unref(again);
 }
 
 /* ---- automatic mail ---------------------------------------------------- */
@@ -1082,11 +1355,13 @@ int     main(void)
 		cmocka_unit_test(test_rewrite_no_header_injection),
 		cmocka_unit_test(test_rewrite_header_at_eof),
 		cmocka_unit_test(test_rewrite_every_file_crlf),
+		cmocka_unit_test(test_rewrite_unsendable_parts),
+		cmocka_unit_test(test_rewrite_long_headers),
 		cmocka_unit_test(test_footer_plain_utf8),
 		cmocka_unit_test(test_footer_base64),
 		cmocka_unit_test(test_footer_quoted_printable),
 		cmocka_unit_test(test_footer_latin1_kept),
-		cmocka_unit_test(test_footer_latin1_to_utf8),
+		cmocka_unit_test(test_footer_latin1_wrapped),
 		cmocka_unit_test(test_footer_ascii_7bit),
 		cmocka_unit_test(test_footer_flowed),
 		cmocka_unit_test(test_footer_alternative),
@@ -1096,6 +1371,9 @@ int     main(void)
 		cmocka_unit_test(test_footer_mixed),
 		cmocka_unit_test(test_footer_other_type_wrapped),
 		cmocka_unit_test(test_footer_token_only_message),
+		cmocka_unit_test(test_footer_unwrapped_in_place),
+		cmocka_unit_test(test_footer_unwrapped_attachment),
+		cmocka_unit_test(test_footer_forwarded_stays_inside),
 		cmocka_unit_test(test_automatic),
 		cmocka_unit_test(test_split),
 		cmocka_unit_test(test_parse_not_a_message),
