@@ -134,6 +134,9 @@ static void test_lifetime(void **state)
 	assert_int_equal(next, 0);
 	assert_int_equal(retry_schedule(&policy, 1, first, first + 6 * policy.lifetime, 0.5, &next),
 			 RETRY_BOUNCE);
+	/* The same limit for paused deliveries, which the dispatcher checks alone. */
+	assert_false(retry_expired(&policy, first, first + policy.lifetime - 1));
+	assert_true(retry_expired(&policy, first, first + policy.lifetime));
 }
 
 static void test_pause(void **state)
