@@ -36,6 +36,8 @@ struct session {
     int fd;
     guint read_source;
     guint write_source;
+    gboolean read_paused;           /* input held back: see session_reading() */
+    gboolean held_logged;           /* the hold is logged once per session */
     char *client;                   /* "ip" or "unix" */
     GByteArray *in;                 /* received, not yet parsed */
     GString *out;                   /* replies not yet written */
@@ -74,7 +76,7 @@ guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer da
 void session_start(struct ingest *ig, int fd, const char *client);
 void session_input(struct session *s);
 void session_reply(struct session *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-void session_flush(struct session *s);
+gboolean session_flush(struct session *s);
 void session_end_transaction(struct session *s);
 void session_expire_idle(struct ingest *ig);
 void session_shutdown_all(struct ingest *ig);

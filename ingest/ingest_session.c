@@ -14,6 +14,14 @@
 #include <unistd.h>
 
 #define SESSION_READ_SIZE 65536
+/*
+ * A client that pipelines commands but never reads the replies, or sends
+ * on while its message waits for the commit, must not make the daemon
+ * buffer without bound: past these sizes its commands wait, then its
+ * socket is no longer read, until it takes its replies.
+ */
+#define SESSION_OUT_MAX (64 * 1024)     /* replies not yet taken by the client */
+#define SESSION_IN_MAX (256 * 1024)     /* input read ahead of the protocol */
 #define SESSION_ERROR_LIMIT 20      /* then 421, as Postfix's hard error limit */
 
 /*
@@ -81,15 +89,18 @@ static gboolean session_writable(int fd, GIOCondition cond, gpointer data)
     struct session *s = data;
 
     s->write_source = 0;
-    session_flush(s);
+    /* Commands held back by unread replies go on once those are out. */
+    if (session_flush(s) && !s->out->len && s->in->len && s->state == SESSION_COMMAND)
+        session_input(s);
     return G_SOURCE_REMOVE;
 }
 
 /*
  * Write what can be written now; wait for POLLOUT for the rest.  A
- * session in SESSION_CLOSING ends once its last reply is out.
+ * session in SESSION_CLOSING ends once its last reply is out.  FALSE when
+ * the session is gone.
  */
-void session_flush(struct session *s)
+gboolean session_flush(struct session *s)
 {
     while (s->out->len) {
         ssize_t n = write(s->fd, s->out->str, s->out->len);
@@ -99,18 +110,36 @@ void session_flush(struct session *s)
         if (n < 0 && errno == EAGAIN) {
             if (!s->write_source)
                 s->write_source = ingest_fd_add(s->fd, G_IO_OUT, session_writable, s);
-            return;
+            return TRUE;
         }
         if (n < 0) {
             if (s->state == SESSION_COMMIT)
-                return;     /* the commit still happens; the client is gone */
+                return TRUE;    /* the commit still happens; the client is gone */
             session_close(s, g_strerror(errno));
-            return;
+            return FALSE;
         }
         g_string_erase(s->out, 0, n);
     }
-    if (s->state == SESSION_CLOSING)
+    if (s->state == SESSION_CLOSING) {
         session_close(s, NULL);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean session_readable(int fd, GIOCondition cond, gpointer data);
+
+/*
+ * Read the socket again once the input held back has been consumed.  The
+ * pause itself happens in session_readable, when data arrives that there
+ * is no room for (so an idle socket costs nothing to watch).
+ */
+static void session_reading(struct session *s)
+{
+    if (s->read_paused && s->in->len < SESSION_IN_MAX && s->state != SESSION_CLOSING) {
+        s->read_paused = FALSE;
+        s->read_source = ingest_fd_add(s->fd, G_IO_IN, session_readable, s);
+    }
 }
 
 void session_end_transaction(struct session *s)
@@ -287,18 +316,22 @@ static void session_command(struct session *s, const char *line, size_t len)
 }
 
 /*
- * Consume as much buffered input as the state allows.  Stops while a
- * message waits for its commit: pipelined commands after DATA are only
- * read once the 250s are out, so replies keep their order.
+ * Parse what the state allows; TRUE when commands were left unparsed
+ * because the client has not taken its replies.
  */
-void session_input(struct session *s)
+static gboolean session_consume(struct session *s)
 {
     size_t pos = 0;
+    gboolean held = FALSE;
 
     while (pos < s->in->len && (s->state == SESSION_COMMAND || s->state == SESSION_DATA)) {
         const char *buf = (const char *)s->in->data + pos;
         size_t avail = s->in->len - pos;
 
+        if (s->state == SESSION_COMMAND && s->out->len >= SESSION_OUT_MAX) {
+            held = TRUE;
+            break;
+        }
         if (s->state == SESSION_DATA) {
             size_t used;
             if (lmtp_data_feed(&s->data, buf, avail, &used) == LMTP_DATA_DONE)
@@ -321,7 +354,25 @@ void session_input(struct session *s)
         session_command(s, buf, len);
     }
     g_byte_array_remove_range(s->in, 0, (guint)pos);
-    session_flush(s);
+    return held;
+}
+
+/*
+ * Consume as much buffered input as the state allows.  Stops while a
+ * message waits for its commit: pipelined commands after DATA are only
+ * read once the 250s are out, so replies keep their order.
+ */
+void session_input(struct session *s)
+{
+    gboolean held;
+
+    do {
+        held = session_consume(s);
+        session_reading(s);
+        if (!session_flush(s))
+            return;
+        /* Replies that went out at once make room for the held commands. */
+    } while (held && !s->out->len);
 }
 
 static gboolean session_readable(int fd, GIOCondition cond, gpointer data)
@@ -330,6 +381,15 @@ static gboolean session_readable(int fd, GIOCondition cond, gpointer data)
     guint old = s->in->len;
     ssize_t n;
 
+    if (old >= SESSION_IN_MAX) {    /* no room: wait until the protocol takes some */
+        if (!s->held_logged)
+            msg_info("%s: input held: %u bytes of commands wait for %" G_GSIZE_FORMAT
+                     " bytes of replies the client has not read", s->client, old, s->out->len);
+        s->held_logged = TRUE;
+        s->read_source = 0;
+        s->read_paused = TRUE;
+        return G_SOURCE_REMOVE;
+    }
     g_byte_array_set_size(s->in, old + SESSION_READ_SIZE);
     n = read(fd, s->in->data + old, SESSION_READ_SIZE);
     g_byte_array_set_size(s->in, old + (n > 0 ? (guint)n : 0));

@@ -4,9 +4,11 @@ Clients: Python's smtplib.LMTP, swaks (LMTP and ESMTP), and a raw socket
 client (postern.Client) for byte-exact payloads, pipelining and exact
 reply counting.  What was stored is read back with spoolctl.
 """
+import re
 import smtplib
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -789,6 +791,48 @@ def test_group_commit_shares_transactions(make_ingest, need_spoolctl):
     commits = lmdb_last_txn(d.spool_dir) - before
     assert 1 <= commits <= 5, f"{commits} commits for 10 messages"
     assert len(d.list()) == 10
+
+
+def test_client_that_never_reads_replies_is_held_back(ingest):
+    """500,000 pipelined NOOPs from a client that reads nothing: the
+    daemon stops taking its commands (and then its bytes) instead of
+    buffering the 7 MB of replies the kernel's socket buffers cannot
+    hold, and answers every one once the client reads.
+    (RSS says nothing under ASan, whose quarantine keeps freed memory:
+    the daemon's log line tells that the hold happened.)"""
+    n = 500_000
+    c = ingest.client()
+    c.lhlo()
+    done = threading.Event()
+
+    def pump():
+        try:
+            c.sock.sendall(b"NOOP\r\n" * n)
+        finally:
+            done.set()
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    # The client reads nothing meanwhile.
+    held = postern.wait_for(lambda: re.search(r"input held: (\d+) bytes of commands wait for "
+                                              r"(\d+) bytes of replies", ingest.log()),
+                            timeout=60, what="the daemon holding the input back")
+    assert int(held.group(1)) < 1 << 20 and int(held.group(2)) < 1 << 20, held.group(0)
+    got = 0
+    c.sock.settimeout(120)
+    buf = b""
+    while got < n:
+        data = c.sock.recv(1 << 20)
+        assert data, f"connection closed after {got} replies"
+        buf += data
+        end = buf.rfind(b"\r\n") + 2
+        lines = buf[:end].split(b"\r\n")[:-1]
+        assert set(lines) <= {b"250 2.0.0 Ok"}, set(lines)
+        got += len(lines)
+        buf = buf[end:]
+    t.join(timeout=60)
+    assert got == n
+    assert c.cmd("QUIT") == "221 2.0.0 Bye"
+    c.close()
 
 
 def test_sigterm_closes_sessions_421(make_ingest):
