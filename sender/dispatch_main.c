@@ -154,8 +154,8 @@ int main(int argc, char **argv)
     if (d.zap)
         zmq_close(d.zap);
     zmq_ctx_term(d.zctx);
+    g_hash_table_unref(d.jobs);     /* first: a job counts itself off its worker */
     g_hash_table_unref(d.workers);
-    g_hash_table_unref(d.jobs);
     g_ptr_array_unref(d.done);
     if (d.allowed_keys)
         g_hash_table_unref(d.allowed_keys);
