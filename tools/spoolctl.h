@@ -1,7 +1,9 @@
 /*
  * spoolctl.h - the operator's view of the spool: shared by the commands.
  *
- * Exit codes (SPEC §6): 0 ok, 1 not found, 2 usage or config error.
+ * Exit codes: 0 ok, 1 not found, 2 usage or config error (SPEC §6), and
+ * 3 when the spool could not be read or written: like postqueue's EX_
+ * codes, it tells a script "try again later" apart from "fix the command".
  * Human tables by default; with --json one JSON object, or one per line
  * for lists.
  */
@@ -31,8 +33,21 @@ struct ctl {
  */
 gboolean ctl_parse(struct ctl *c, int *argc, char ***argv, const char *usage,
                    GOptionEntry *entries);
-/* Print one JSON value as one line. */
+/*
+ * One JSON value as one line, printed or appended to out.  Whatever is
+ * read inside a spool transaction goes to a buffer, printed only after the
+ * transaction ends: stdout may be a pager left open for hours, and a read
+ * transaction held that long pins pages so the spool file grows without
+ * bound.
+ */
 void ctl_json_print(JsonBuilder *b);
+void ctl_json_append(JsonBuilder *b, GString *out);
+
+/* Rows of a listing, formatted inside a read transaction into out. */
+struct ctl_rows {
+    gboolean json;
+    GString *out;
+};
 /* Report a spool error on stderr and pick the exit code for it. */
 int ctl_fail(GError *err);
 /* Open the spool or exit CTL_FAIL. */

@@ -57,7 +57,7 @@ gboolean ctl_parse(struct ctl *c, int *argc, char ***argv, const char *usage,
     return TRUE;
 }
 
-void ctl_json_print(JsonBuilder *b)
+void ctl_json_append(JsonBuilder *b, GString *out)
 {
     g_autoptr(JsonNode) root = json_builder_get_root(b);
     g_autoptr(JsonGenerator) gen = json_generator_new();
@@ -65,7 +65,15 @@ void ctl_json_print(JsonBuilder *b)
 
     json_generator_set_root(gen, root);
     text = json_generator_to_data(gen, NULL);
-    printf("%s\n", text);
+    g_string_append_printf(out, "%s\n", text);
+}
+
+void ctl_json_print(JsonBuilder *b)
+{
+    g_autoptr(GString) out = g_string_new(NULL);
+
+    ctl_json_append(b, out);
+    fputs(out->str, stdout);
 }
 
 int ctl_fail(GError *err)

@@ -96,6 +96,10 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
 
     if (!ctl_parse(c, &argc, &argv, "- counts per state", none))
         return CTL_USAGE;
+    if (argc != 1) {
+        fprintf(stderr, "spoolctl: stats takes no arguments\n");
+        return CTL_USAGE;
+    }
     ctl_open_spool(c);
     if (!ctl_stats_read(c, &st, &err))
         return ctl_fail(err);
@@ -183,9 +187,6 @@ static gboolean ctl_list_match(const struct ctl_list_filter *f, const struct spo
 static void ctl_list_json(const struct spool_msg *m, const uint32_t *counts, GString *out)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonGenerator) gen = json_generator_new();
-    g_autoptr(JsonNode) root = NULL;
-    g_autofree char *text = NULL;
     char id[QUEUE_ID_LEN + 1];
 
     spool_id_format(m->id, id);
@@ -220,10 +221,7 @@ static void ctl_list_json(const struct spool_msg *m, const uint32_t *counts, GSt
     else
         json_builder_add_null_value(b);
     json_builder_end_object(b);
-    root = json_builder_get_root(b);
-    json_generator_set_root(gen, root);
-    text = json_generator_to_data(gen, NULL);
-    g_string_append_printf(out, "%s\n", text);
+    ctl_json_append(b, out);
 }
 
 static void ctl_list_row(const struct spool_msg *m, const uint32_t *counts, GString *out)
@@ -256,6 +254,10 @@ int ctl_list(struct ctl *c, int argc, char **argv)
 
     if (!ctl_parse(c, &argc, &argv, "- list messages", entries))
         return CTL_USAGE;
+    if (argc != 1 || limit < 0) {
+        fprintf(stderr, "spoolctl: list takes options only, and --limit N with N >= 0\n");
+        return CTL_USAGE;
+    }
     if (state) {
         enum msg_state s;
         if (!msg_state_parse(state, &s)) {
@@ -388,9 +390,9 @@ static void ctl_show_text(const struct spool_msg *m)
 
 static gboolean ctl_show_delivery(const struct spool_dlv *d, void *ctx)
 {
-    struct ctl *c = ctx;
+    struct ctl_rows *rows = ctx;
 
-    if (c->json) {
+    if (rows->json) {
         g_autoptr(JsonBuilder) b = json_builder_new();
         json_builder_begin_object(b);
         json_builder_set_member_name(b, "rcpt");
@@ -409,12 +411,13 @@ static gboolean ctl_show_delivery(const struct spool_dlv *d, void *ctx)
         json_builder_set_member_name(b, "held");
         json_builder_add_boolean_value(b, d->held);
         json_builder_end_object(b);
-        ctl_json_print(b);
+        ctl_json_append(b, rows->out);
     } else {
         g_autofree char *next = ctl_time(d->next_try);
-        printf("%-40s  %-8s  %3u  %-19s  %s\n", d->rcpt, dlv_state_name(d->state), d->attempts,
-               d->state == DLV_DEFERRED || d->state == DLV_READY ? next : "-",
-               d->last_reply ? d->last_reply : "");
+        g_string_append_printf(rows->out, "%-40s  %-8s  %3u  %-19s  %s\n", d->rcpt,
+                               dlv_state_name(d->state), d->attempts,
+                               d->state == DLV_DEFERRED || d->state == DLV_READY ? next : "-",
+                               d->last_reply ? d->last_reply : "");
     }
     return TRUE;
 }
@@ -437,38 +440,72 @@ static gboolean ctl_outgoing_pick(const struct spool_dlv *d, void *ctx)
     return FALSE;
 }
 
-/* Bytes to stdout as they are; an empty body has no buffer at all. */
-static void ctl_write_bytes(const void *data, size_t len)
-{
-    if (len)
-        fwrite(data, 1, len, stdout);
-}
-
-/* The exact bytes sent to one recipient: its header block, then the common copy. */
-static int ctl_show_outgoing(struct spool_txn *t, queue_id id, const char *rcpt)
+/*
+ * The exact bytes sent to one recipient, appended to out: its header
+ * block, then the common copy.
+ */
+static gboolean ctl_read_outgoing(struct spool_txn *t, queue_id id, const char *rcpt,
+                                  GByteArray *out, GError **err)
 {
     struct ctl_outgoing o = { .rcpt = rcpt };
-    g_autoptr(GByteArray) body = g_byte_array_new();
-    GError *err = NULL;
 
-    if (!spool_dlv_foreach(t, id, ctl_outgoing_pick, &o, &err))
-        return ctl_fail(err);
+    if (!spool_dlv_foreach(t, id, ctl_outgoing_pick, &o, err))
+        return FALSE;
     if (!o.found) {
-        fprintf(stderr, "spoolctl: no delivery%s%s\n", rcpt ? " to " : "", rcpt ? rcpt : "");
-        return CTL_NOT_FOUND;
-    }
-    if (!spool_body_get(t, DB_OUTGOING, id, body, &err)) {
-        g_clear_pointer(&o.header, g_bytes_unref);
-        return ctl_fail(err);
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "no delivery%s%s", rcpt ? " to " : "",
+                    rcpt ? rcpt : "");
+        return FALSE;
     }
     if (o.header) {
         gsize n;
-        const void *p = g_bytes_get_data(o.header, &n);
-        ctl_write_bytes(p, n);
+        const guint8 *p = g_bytes_get_data(o.header, &n);
+        g_byte_array_append(out, p, (guint)n);
         g_bytes_unref(o.header);
     }
-    ctl_write_bytes(body->data, body->len);
-    return CTL_OK;
+    return spool_body_get(t, DB_OUTGOING, id, out, err);
+}
+
+enum ctl_show_what { CTL_SHOW_MESSAGE, CTL_SHOW_RAW, CTL_SHOW_OUTGOING, CTL_SHOW_DELIVERIES };
+
+/*
+ * Copy what show prints out of one read transaction: the message into m,
+ * the bytes or formatted rows of the other views into out.
+ */
+static gboolean ctl_show_read(struct ctl *c, queue_id id, enum ctl_show_what what,
+                              const char *rcpt, struct spool_msg *m, GByteArray *out,
+                              GError **err)
+{
+    struct ctl_rows rows = { .json = c->json };
+    struct spool_txn t;
+    gboolean ok = TRUE;
+
+    if (!spool_read_begin(c->spool, &t, err) || !spool_msg_get(&t, id, m, err)) {
+        spool_read_end(&t);
+        return FALSE;
+    }
+    switch (what) {
+    case CTL_SHOW_RAW:
+        ok = spool_body_get(&t, DB_BODIES, id, out, err);
+        break;
+    case CTL_SHOW_OUTGOING:
+        ok = ctl_read_outgoing(&t, id, rcpt, out, err);
+        break;
+    case CTL_SHOW_DELIVERIES:
+        rows.out = g_string_new(NULL);
+        if (!c->json)
+            g_string_append_printf(rows.out, "%-40s  %-8s  %3s  %-19s  %s\n", "RECIPIENT",
+                                   "STATE", "TRY", "NEXT TRY", "LAST REPLY");
+        ok = spool_dlv_foreach(&t, id, ctl_show_delivery, &rows, err);
+        g_byte_array_append(out, (const guint8 *)rows.out->str, (guint)rows.out->len);
+        g_string_free(rows.out, TRUE);
+        break;
+    case CTL_SHOW_MESSAGE:
+        break;
+    }
+    spool_read_end(&t);
+    if (!ok)
+        spool_msg_clear(m);
+    return ok;
 }
 
 int ctl_show(struct ctl *c, int argc, char **argv)
@@ -483,43 +520,35 @@ int ctl_show(struct ctl *c, int argc, char **argv)
         { "deliveries", 0, 0, G_OPTION_ARG_NONE, &deliveries, "each recipient's delivery", NULL },
         { NULL }
     };
-    struct spool_txn t;
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    enum ctl_show_what what;
     struct spool_msg m;
     GError *err = NULL;
     queue_id id;
-    int rc = CTL_OK;
 
     if (!ctl_parse(c, &argc, &argv, "ID - show a message", entries))
         return CTL_USAGE;
-    if (argc != 2 || !ctl_parse_id(argv[1], &id))
+    if (argc != 2) {
+        fprintf(stderr, "spoolctl: show needs one queue id\n");
         return CTL_USAGE;
+    }
+    if (!ctl_parse_id(argv[1], &id))
+        return CTL_USAGE;
+    if (raw + outgoing + deliveries > 1 || (rcpt && !outgoing)) {
+        fprintf(stderr, "spoolctl: show takes one of --raw, --outgoing [--rcpt A], --deliveries\n");
+        return CTL_USAGE;
+    }
+    what = raw ? CTL_SHOW_RAW : outgoing ? CTL_SHOW_OUTGOING
+         : deliveries ? CTL_SHOW_DELIVERIES : CTL_SHOW_MESSAGE;
     ctl_open_spool(c);
-    if (!spool_read_begin(c->spool, &t, &err))
+    if (!ctl_show_read(c, id, what, rcpt, &m, out, &err))
         return ctl_fail(err);
-    if (!spool_msg_get(&t, id, &m, &err)) {
-        spool_read_end(&t);
-        return ctl_fail(err);
-    }
-    if (raw) {
-        g_autoptr(GByteArray) body = g_byte_array_new();
-        if (spool_body_get(&t, DB_BODIES, id, body, &err))
-            ctl_write_bytes(body->data, body->len);
-        else
-            rc = ctl_fail(err);
-    } else if (outgoing) {
-        rc = ctl_show_outgoing(&t, id, rcpt);
-    } else if (deliveries) {
-        if (!c->json)
-            printf("%-40s  %-8s  %3s  %-19s  %s\n", "RECIPIENT", "STATE", "TRY", "NEXT TRY",
-                   "LAST REPLY");
-        if (!spool_dlv_foreach(&t, id, ctl_show_delivery, c, &err))
-            rc = ctl_fail(err);
-    } else {
+    if (what == CTL_SHOW_MESSAGE)
         (c->json ? ctl_show_json : ctl_show_text)(&m);
-    }
+    else if (out->len)              /* an empty body has no buffer at all */
+        fwrite(out->data, 1, out->len, stdout);
     spool_msg_clear(&m);
-    spool_read_end(&t);
-    return rc;
+    return CTL_OK;
 }
 
 /* Commands that change messages */

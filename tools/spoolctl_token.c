@@ -277,7 +277,7 @@ static int tok_import(struct ctl *c, int argc, char **argv)
     return tok_store(c, tokens, texts);
 }
 
-static void tok_json(const struct spool_token *tk, gboolean with_rcpts)
+static void tok_json(const struct spool_token *tk, gboolean with_rcpts, GString *out)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
     char id[TOKEN_ID_LEN + 1];
@@ -314,40 +314,45 @@ static void tok_json(const struct spool_token *tk, gboolean with_rcpts)
         json_builder_end_array(b);
     }
     json_builder_end_object(b);
-    ctl_json_print(b);
+    ctl_json_append(b, out);
 }
 
 static gboolean tok_list_one(const struct spool_token *tk, void *ctx)
 {
-    struct ctl *c = ctx;
+    struct ctl_rows *rows = ctx;
     char id[TOKEN_ID_LEN + 1];
 
-    if (c->json) {
-        tok_json(tk, FALSE);
+    if (rows->json) {
+        tok_json(tk, FALSE, rows->out);
         return TRUE;
     }
     token_id(tk->hash, id);
-    printf("%-16s  %-8s  %5u  %s%s\n", id, token_status_name(token_status(tk, tok_now())),
-           tk->recipients->len, tk->sender, tk->hide_sender ? " (hidden)" : "");
+    g_string_append_printf(rows->out, "%-16s  %-8s  %5u  %s%s\n", id,
+                           token_status_name(token_status(tk, tok_now())), tk->recipients->len,
+                           tk->sender, tk->hide_sender ? " (hidden)" : "");
     return TRUE;
 }
 
 static int tok_list(struct ctl *c, int argc, char **argv)
 {
     GOptionEntry none[] = { { NULL } };
+    g_autoptr(GString) out = g_string_new(NULL);
+    struct ctl_rows rows = { c->json, out };
     struct spool_txn t;
     GError *err = NULL;
-    int rc = CTL_OK;
+    gboolean ok;
 
     if (!ctl_parse(c, &argc, &argv, "- list tokens", none))
         return CTL_USAGE;
     ctl_open_spool(c);
     if (!c->json)
-        printf("%-16s  %-8s  %5s  %s\n", "ID", "STATUS", "RCPTS", "OWNER");
-    if (!spool_read_begin(c->spool, &t, &err) || !spool_token_foreach(&t, tok_list_one, c, &err))
-        rc = ctl_fail(err);
+        g_string_append_printf(out, "%-16s  %-8s  %5s  %s\n", "ID", "STATUS", "RCPTS", "OWNER");
+    ok = spool_read_begin(c->spool, &t, &err) && spool_token_foreach(&t, tok_list_one, &rows, &err);
     spool_read_end(&t);
-    return rc;
+    if (!ok)
+        return ctl_fail(err);
+    fputs(out->str, stdout);
+    return CTL_OK;
 }
 
 static int tok_show(struct ctl *c, int argc, char **argv)
@@ -366,7 +371,9 @@ static int tok_show(struct ctl *c, int argc, char **argv)
     }
     spool_read_end(&t);
     if (c->json) {
-        tok_json(&tk, TRUE);
+        g_autoptr(GString) out = g_string_new(NULL);
+        tok_json(&tk, TRUE, out);
+        fputs(out->str, stdout);
     } else {
         char id[TOKEN_ID_LEN + 1];
         token_id(tk.hash, id);
