@@ -129,6 +129,15 @@ static void dispatch_loop(struct dispatch *d)
             dispatch_lease_deliveries(d);
         }
     }
+
+    /*
+     * Results that arrived with the signal (`postern run` stops the
+     * workers first, and their last results may still be queued): record
+     * them, or those deliveries would wait out their leases and go twice.
+     */
+    dispatch_receive(d);
+    if (d->done->len)
+        dispatch_record_results(d, d->done);
 }
 
 int main(int argc, char **argv)
