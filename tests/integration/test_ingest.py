@@ -679,29 +679,34 @@ def test_spool_full_452_then_recovers(make_ingest, need_spoolctl):
     assert "spool full" in d.log()
 
 
+def dots_at_once(d, messages, before_dots=lambda: None):
+    """Each message on a session of its own, all of it but the final dot;
+    then every final dot at once, so the messages finish together.
+    Returns the replies to DATA, one per session."""
+    clients = [d.client() for _ in messages]
+    try:
+        for c, m in zip(clients, messages):
+            c.lhlo()
+            assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+            assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+            assert c.cmd("DATA").startswith("354")
+            c.send(data_payload(m)[:-3])
+        before_dots()
+        for c in clients:
+            c.send(b".\r\n")
+        return [c.line() for c in clients]
+    finally:
+        for c in clients:
+            c.close()
+
+
 def test_spool_full_in_a_batch_only_the_big_one_refused(make_ingest, need_spoolctl):
     """Several sessions finish together; the one that does not fit hears 452, the others 250."""
     d = make_ingest({"spool": {"map_size": "1M", "max_size": "2M"},
                      "ingest": {"max_message_size": "64M"}})
     huge = message("huge", body=("z" * 78 + "\r\n") * (3 * 1024 * 1024 // 80))
     smalls = [message(f"small {i}") for i in range(4)]
-    clients = [d.client() for _ in range(5)]
-    try:
-        payloads = [huge] + smalls
-        for c in clients:
-            c.lhlo()
-            assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
-            assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
-            assert c.cmd("DATA").startswith("354")
-        # everything but the final dot, then all the dots at once
-        for c, m in zip(clients, payloads):
-            c.send(data_payload(m)[:-3])
-        for c in clients:
-            c.send(b".\r\n")
-        replies = [c.line() for c in clients]
-    finally:
-        for c in clients:
-            c.close()
+    replies = dots_at_once(d, [huge] + smalls)
     assert replies[0] == "452 4.3.1 Insufficient system storage"
     ids = [queue_id_of(r) for r in replies[1:]]
     assert None not in ids, replies
@@ -772,23 +777,11 @@ def lmdb_last_txn(spool_dir):
 def test_group_commit_shares_transactions(make_ingest, need_spoolctl):
     """Ten messages whose final dots arrive together are stored in fewer commits than messages."""
     d = make_ingest()
-    clients = [d.client() for _ in range(10)]
-    try:
-        for c in clients:
-            c.lhlo()
-            assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
-            assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
-            assert c.cmd("DATA").startswith("354")
-            c.send(data_payload(message("group"))[:-3])
-        before = lmdb_last_txn(d.spool_dir)
-        for c in clients:
-            c.send(b".\r\n")
-        replies = [c.line() for c in clients]
-    finally:
-        for c in clients:
-            c.close()
+    marks = []
+    replies = dots_at_once(d, [message("group")] * 10,
+                           before_dots=lambda: marks.append(lmdb_last_txn(d.spool_dir)))
     assert all(queue_id_of(r) for r in replies), replies
-    commits = lmdb_last_txn(d.spool_dir) - before
+    commits = lmdb_last_txn(d.spool_dir) - marks[0]
     assert 1 <= commits <= 5, f"{commits} commits for 10 messages"
     assert len(d.list()) == 10
 
