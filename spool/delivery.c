@@ -40,29 +40,67 @@ void spool_dlv_clear(struct spool_dlv *d)
     memset(d, 0, sizeof(*d));
 }
 
-static GVariant *dlv_encode(const struct spool_dlv *d)
-{
-    GVariantDict v;
+/*
+ * The record, written at every change of every delivery: a version byte,
+ * fixed-size big-endian fields, then the recipient, the last reply and
+ * the header block.  A GVariant dictionary cost more than the rest of a
+ * put (building, serialising and parsing it by name), and the transform
+ * writes ten per message.
+ *
+ *    0  DLV_RECORD_V1       1  state           2  flags (DLV_F_*)
+ *    3  attempts (32)       7  created        15  next_try
+ *   23  lease              31  lease_expiry   39  rcpt length (32)
+ *   43  reply length (32)  47  rcpt, reply, header (the rest)
+ *
+ * Records written before are GVariant a{sv} dictionaries: they start with
+ * the first byte of a key name (or are empty), never with DLV_RECORD_V1.
+ */
+#define DLV_RECORD_V1 0x01
+#define DLV_F_HELD 0x01
+#define DLV_F_REPLY 0x02
+#define DLV_F_HEADER 0x04
+#define DLV_FIXED 47
 
-    g_variant_dict_init(&v, NULL);
-    g_variant_dict_insert(&v, "state", "y", (guint8)d->state);
-    g_variant_dict_insert(&v, "held", "b", d->held);
-    g_variant_dict_insert(&v, "rcpt", "s", d->rcpt ? d->rcpt : "");
-    g_variant_dict_insert(&v, "attempts", "u", d->attempts);
-    g_variant_dict_insert(&v, "created", "x", d->created);
-    g_variant_dict_insert(&v, "next_try", "x", d->next_try);
-    if (d->last_reply)
-        g_variant_dict_insert(&v, "last_reply", "s", d->last_reply);
-    g_variant_dict_insert(&v, "lease", "t", d->lease);
-    g_variant_dict_insert(&v, "lease_expiry", "x", d->lease_expiry);
-    if (d->header)
-        g_variant_dict_insert_value(&v, "header",
-                                    g_variant_new_from_bytes(G_VARIANT_TYPE_BYTESTRING,
-                                                             d->header, TRUE));
-    return g_variant_ref_sink(g_variant_dict_end(&v));
+static size_t dlv_record_size(const struct spool_dlv *d)
+{
+    return DLV_FIXED + (d->rcpt ? strlen(d->rcpt) : 0) +
+           (d->last_reply ? strlen(d->last_reply) : 0) +
+           (d->header ? g_bytes_get_size(d->header) : 0);
 }
 
-static void dlv_decode(const MDB_val *val, struct spool_dlv *d)
+static unsigned char *dlv_put_bytes(unsigned char *p, const void *data, size_t len)
+{
+    if (len)
+        memcpy(p, data, len);
+    return p + len;
+}
+
+/* Into out, which holds dlv_record_size(d) bytes. */
+static void dlv_encode(const struct spool_dlv *d, unsigned char *out)
+{
+    size_t rcpt_len = d->rcpt ? strlen(d->rcpt) : 0;
+    size_t reply_len = d->last_reply ? strlen(d->last_reply) : 0;
+    gsize header_len = 0;
+    const void *header = d->header ? g_bytes_get_data(d->header, &header_len) : NULL;
+    unsigned char *p = out + DLV_FIXED;
+
+    out[0] = DLV_RECORD_V1;
+    out[1] = (unsigned char)d->state;
+    out[2] = (d->held ? DLV_F_HELD : 0) | (d->last_reply ? DLV_F_REPLY : 0) |
+             (d->header ? DLV_F_HEADER : 0);
+    spool_be32(out + 3, d->attempts);
+    spool_be64(out + 7, (uint64_t)d->created);
+    spool_be64(out + 15, (uint64_t)d->next_try);
+    spool_be64(out + 23, d->lease);
+    spool_be64(out + 31, (uint64_t)d->lease_expiry);
+    spool_be32(out + 39, (uint32_t)rcpt_len);
+    spool_be32(out + 43, (uint32_t)reply_len);
+    p = dlv_put_bytes(p, d->rcpt, rcpt_len);
+    p = dlv_put_bytes(p, d->last_reply, reply_len);
+    dlv_put_bytes(p, header, header_len);
+}
+
+static void dlv_decode_variant(const MDB_val *val, struct spool_dlv *d)
 {
     g_autoptr(GBytes) bytes = g_bytes_new(val->mv_data, val->mv_size);
     g_autoptr(GVariant) v = g_variant_ref_sink(
@@ -88,6 +126,40 @@ static void dlv_decode(const MDB_val *val, struct spool_dlv *d)
     g_variant_dict_clear(&dict);
 }
 
+/* Every field of d but msg and idx, which the key gives. */
+static gboolean dlv_decode(const MDB_val *val, struct spool_dlv *d, GError **err)
+{
+    const unsigned char *rec = val->mv_data, *p = rec + DLV_FIXED;
+    size_t rcpt_len, reply_len;
+
+    if (val->mv_size == 0 || rec[0] != DLV_RECORD_V1) {
+        dlv_decode_variant(val, d);
+        return TRUE;
+    }
+    if (val->mv_size < DLV_FIXED ||
+        (rcpt_len = spool_get_be32(rec + 39)) > val->mv_size - DLV_FIXED ||
+        (reply_len = spool_get_be32(rec + 43)) > val->mv_size - DLV_FIXED - rcpt_len) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT,
+                    "delivery %016" G_GINT64_MODIFIER "X/%u: malformed record", d->msg, d->idx);
+        return FALSE;
+    }
+    d->state = rec[1] < DLV_STATE_COUNT ? rec[1] : DLV_DEFERRED;
+    d->held = (rec[2] & DLV_F_HELD) != 0;
+    d->attempts = spool_get_be32(rec + 3);
+    d->created = (int64_t)spool_get_be64(rec + 7);
+    d->next_try = (int64_t)spool_get_be64(rec + 15);
+    d->lease = spool_get_be64(rec + 23);
+    d->lease_expiry = (int64_t)spool_get_be64(rec + 31);
+    d->rcpt = g_strndup((const char *)p, rcpt_len);
+    p += rcpt_len;
+    if (rec[2] & DLV_F_REPLY)
+        d->last_reply = g_strndup((const char *)p, reply_len);
+    p += reply_len;
+    if (rec[2] & DLV_F_HEADER)
+        d->header = g_bytes_new(p, val->mv_size - (size_t)(p - rec));
+    return TRUE;
+}
+
 static void dlv_key(unsigned char k[12], queue_id msg, uint32_t idx)
 {
     spool_be64(k, msg);
@@ -107,8 +179,7 @@ gboolean spool_dlv_get(struct spool_txn *t, queue_id msg, uint32_t idx, struct s
     spool_dlv_init(d);
     d->msg = msg;
     d->idx = idx;
-    dlv_decode(&val, d);
-    return TRUE;
+    return dlv_decode(&val, d, err);
 }
 
 /*
@@ -132,7 +203,9 @@ static gboolean dlv_index_key(const struct spool_dlv *d, enum spool_db *db, unsi
 
 static gboolean dlv_count(struct spool_txn *t, const struct spool_dlv *d, int delta, GError **err)
 {
-    g_autofree char *counter = g_strdup_printf("dlv.%s", dlv_state_name(d->state));
+    char counter[24] = "dlv.";
+
+    g_strlcpy(counter + 4, dlv_state_name(d->state), sizeof(counter) - 4);
     return spool_counter_add(t, counter, delta, err);
 }
 
@@ -157,28 +230,39 @@ static gboolean dlv_index(struct spool_txn *t, const struct spool_dlv *d, gboole
     return TRUE;
 }
 
+/*
+ * One B-tree search for a new delivery, as the transform makes them: the
+ * record space is reserved only if the key is new; if not, LMDB hands back
+ * the old record, whose index entry and count go before it is replaced.
+ */
 gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **err)
 {
-    struct spool_dlv old;
-    g_autoptr(GVariant) v = dlv_encode(d);
+    MDB_dbi dbi = spool_dbi(t->sp, DB_DELIVERIES);
+    size_t size = dlv_record_size(d);
     unsigned char k[12];
-    MDB_val key = { 12, k }, val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
-    GError *local = NULL;
+    MDB_val key = { 12, k }, val = { size, NULL };
     int rc;
 
-    if (spool_dlv_get(t, d->msg, d->idx, &old, &local)) {
-        gboolean ok = dlv_index(t, &old, FALSE, err) && dlv_count(t, &old, -1, err);
+    dlv_key(k, d->msg, d->idx);
+    rc = mdb_put(t->txn, dbi, &key, &val, MDB_RESERVE | MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) {
+        struct spool_dlv old;
+        gboolean ok;
+
+        spool_dlv_init(&old);
+        old.msg = d->msg;
+        old.idx = d->idx;
+        ok = dlv_decode(&val, &old, err) && dlv_index(t, &old, FALSE, err) &&
+             dlv_count(t, &old, -1, err);
         spool_dlv_clear(&old);
         if (!ok)
             return FALSE;
-    } else if (!g_error_matches(local, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND)) {
-        g_propagate_error(err, local);
-        return FALSE;
+        val.mv_size = size;
+        rc = mdb_put(t->txn, dbi, &key, &val, MDB_RESERVE);
     }
-    g_clear_error(&local);
-    dlv_key(k, d->msg, d->idx);
-    if ((rc = mdb_put(t->txn, spool_dbi(t->sp, DB_DELIVERIES), &key, &val, 0)))
+    if (rc)
         return spool_mdb_fail(rc, "store delivery", err);
+    dlv_encode(d, val.mv_data);
     return dlv_index(t, d, TRUE, err) && dlv_count(t, d, 1, err);
 }
 
@@ -202,7 +286,10 @@ gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, v
         spool_dlv_init(&d);
         d.msg = msg;
         d.idx = spool_get_be32((const unsigned char *)key.mv_data + 8);
-        dlv_decode(&val, &d);
+        if (!dlv_decode(&val, &d, err)) {
+            mdb_cursor_close(cur);
+            return FALSE;
+        }
         go_on = fn(&d, ctx);
         spool_dlv_clear(&d);
         if (!go_on)
