@@ -292,6 +292,57 @@ static char *rewrite_fold(const char *name, const char *raw)
 }
 
 /*
+ * A decoded header value made fit for GMime to encode and fold anew: what
+ * an encoded word decoded to may hold line ends and NULs, which GMime
+ * writes as they are (a line end starts a new header field: injection),
+ * and GMime's folding splits an encoded word in two when a run of blanks
+ * fills a line. Controls become blanks, each run of blanks one space.
+ */
+static char *rewrite_plain_value(const char *value)
+{
+	GString *out = g_string_new(NULL);
+
+	for (const char *c = value ? value : ""; *c; c++) {
+		gboolean blank = (unsigned char)*c <= ' ' || *c == 0x7f;
+
+		if (!blank)
+			g_string_append_c(out, *c);
+		else if (out->len && out->str[out->len - 1] != ' ')
+			g_string_append_c(out, ' ');
+	}
+	if (out->len && out->str[out->len - 1] == ' ')
+		g_string_truncate(out, out->len - 1);
+	return g_string_free(out, FALSE);
+}
+
+/*
+ * Writes header anew from its decoded value. Content-* fields go through
+ * GMime, which writes their parameters per RFC 2231. The others become
+ * RFC 2047 encoded words (GMime's encoder), folded here between the words:
+ * GMime's own folding of such a value split an encoded word across lines
+ * (a fuzz_mime finding), leaving a line that is no header field at all.
+ */
+static void rewrite_encode_header(GMimeHeader *header)
+{
+	const char *name = g_mime_header_get_name(header);
+	char   *value = rewrite_plain_value(g_mime_header_get_value(header));
+
+	if (g_ascii_strncasecmp(name, "Content-", 8) == 0) {
+		g_mime_header_set_value(header, NULL, value, NULL);
+	} else {
+		char   *encoded = g_mime_utils_header_encode_text(NULL, value, NULL);
+		GString *raw = g_string_new(" ");
+
+		(void)rewrite_fold_line(raw, encoded, strlen(encoded), strlen(name) + 2);
+		g_string_append_c(raw, '\n');
+		g_mime_header_set_raw_value(header, raw->str);
+		g_string_free(raw, TRUE);
+		g_free(encoded);
+	}
+	g_free(value);
+}
+
+/*
  * Kept headers go out as they came (GMime writes their raw bytes), so
  * they must be fit to send. A line over 998 octets, which a relay folds
  * or refuses, is folded before blanks. A header with no blank to fold at,
@@ -315,10 +366,11 @@ static void rewrite_fix_headers(GMimeHeaderList *list)
 		if (raw == NULL)
 			continue;
 		if (g_utf8_validate(raw, -1, NULL)
-		    && (folded = rewrite_fold(g_mime_header_get_name(header), raw)) != NULL)
+		    && (folded = rewrite_fold(g_mime_header_get_name(header), raw)) != NULL) {
 			g_mime_header_set_raw_value(header, folded);
-		else
-			g_mime_header_set_value(header, NULL, g_mime_header_get_value(header), NULL);
+		} else {
+			rewrite_encode_header(header);
+		}
 		g_free(folded);
 	}
 }

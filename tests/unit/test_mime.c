@@ -393,6 +393,59 @@ static void test_rewrite_unsendable_parts(void **state)
 }
 
 /*
+ * A header written anew from its decoded value (8-bit bytes that are not
+ * UTF-8): an encoded word that decodes to a line end must not start a
+ * header field, and a run of blanks must not make GMime split an encoded
+ * word across lines (a fuzz_mime finding: "F=?iso-8859-1?B?...?=" alone
+ * on a line). Every line of the block is a field or a continuation.
+ */
+static void assert_header_lines(GBytes *out)
+{
+	char   *block = header_block(out);
+	char  **lines = g_strsplit(block, "\r\n", -1);
+
+	for (char **l = lines; *l && **l; l++) {
+		if (**l != ' ' && **l != '\t' && strchr(*l, ':') == NULL)
+			fail_msg("not a header line: %s", *l);
+		assert_false(g_str_has_prefix(*l, "Bcc:"));
+	}
+	g_strfreev(lines);
+	g_free(block);
+}
+
+static void test_rewrite_reencoded_header_lines(void **state)
+{
+	GMimeMessage *found = load("regress_header_fold.eml");
+	char   *id = NULL;
+	GBytes *out;
+
+	g_free(mime_token_extract(found, "LEGOTOKEN"));
+	out = rewrite(found, &params, &id);
+	assert_header_lines(out);
+	g_free(id);
+	g_bytes_unref(out);
+	g_object_unref(found);
+
+	GString *raw = g_string_new("Subject: token in th   \r\n        \r\n        \r\n"
+				    "    =?us-ascii?Q?hi=0D=0ABcc:_evil@example.org?= From: ");
+
+	for (int i = 0; i < 60; i++)
+		g_string_append_c(raw, '\xff');
+	g_string_append(raw, "\r\n\r\nbody\r\n");
+
+	GMimeMessage *msg = mime_parse(raw->str, raw->len, NULL);
+
+	id = NULL;
+	out = rewrite(msg, &params, &id);
+	assert_header_lines(out);
+	assert_short_lines(out);
+	g_free(id);
+	g_bytes_unref(out);
+	g_object_unref(msg);
+	g_string_free(raw, TRUE);
+}
+
+/*
  * Kept headers over 998 octets are folded at blanks, or encoded when they
  * have none; 8-bit bytes that are not UTF-8 are encoded; UTF-8 is kept.
  */
@@ -1354,6 +1407,7 @@ int     main(void)
 		cmocka_unit_test(test_rewrite_bad_params),
 		cmocka_unit_test(test_rewrite_no_header_injection),
 		cmocka_unit_test(test_rewrite_header_at_eof),
+		cmocka_unit_test(test_rewrite_reencoded_header_lines),
 		cmocka_unit_test(test_rewrite_every_file_crlf),
 		cmocka_unit_test(test_rewrite_unsendable_parts),
 		cmocka_unit_test(test_rewrite_long_headers),
