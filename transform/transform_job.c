@@ -560,9 +560,9 @@ static gboolean job_commit_token(struct spool_txn *t, struct job *j, struct spoo
 /*
  * The fencing test of the commit.  A record that is byte for byte the one
  * loaded is still ours while the lease lasts, and j->m is its decoded
- * form: that is lent to the commit (decoding the record again cost a
- * tenth of the job).  The commit changes what it is lent, so j->m is lent
- * once: a transaction run again (the map grew) reads the record afresh.
+ * form: that is lent to the commit (decoding the record again took 3% of
+ * the worker).  The commit changes what it is lent, so j->m is lent once:
+ * a transaction run again (the map grew) reads the record afresh.
  */
 static gboolean job_get_ours_again(struct spool_txn *t, struct job *j, struct spool_msg *m,
                                    gboolean *lent, GError **err)
