@@ -12,7 +12,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#define SPOOL_SCHEMA_VERSION 1
+/*
+ * 2: delivery records in a fixed binary layout (spool/delivery.c), which
+ * a version-1 binary would misread; version-1 records are still read.
+ */
+#define SPOOL_SCHEMA_VERSION 2
 
 struct spool {
     MDB_env *env;
@@ -125,13 +129,28 @@ static gboolean spool_open_dbs(struct spool *sp, GError **err)
             return spool_mdb_fail(rc, spool_db_names[i], err);
         }
 
-    /* A spool written by a future schema must not be misread. */
+    /*
+     * A spool written by a future schema must not be misread. An older
+     * one is read as it is and marked with our version, because we are
+     * about to write records that an older binary must then refuse.
+     */
     rc = mdb_get(txn, sp->dbi[DB_META], &key, &val);
-    if (rc == 0 && (val.mv_size != 4 || memcmp(val.mv_data, &version, 4))) {
-        mdb_txn_abort(txn);
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT,
-                    "%s: spool schema version differs from %u", sp->dir, version);
-        return FALSE;
+    if (rc == 0) {
+        uint32_t stored = 0;
+
+        if (val.mv_size == 4)
+            memcpy(&stored, val.mv_data, 4);
+        if (stored == 0 || stored > version) {
+            mdb_txn_abort(txn);
+            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT,
+                        "%s: spool schema version %u, this program reads up to %u", sp->dir,
+                        stored, version);
+            return FALSE;
+        }
+        if (stored < version) {
+            msg_info("%s: spool schema version %u upgraded to %u", sp->dir, stored, version);
+            rc = MDB_NOTFOUND;
+        }
     }
     if (rc == MDB_NOTFOUND) {
         val.mv_size = 4;

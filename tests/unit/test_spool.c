@@ -373,6 +373,46 @@ static void test_open_after_growth_elsewhere(void **state)
     assert_true(store(f, "after", 5, NULL));
 }
 
+static gboolean put_schema(struct spool_txn *t, void *ctx, GError **err)
+{
+    MDB_val key = { 14, (void *)"schema_version" }, val = { 4, ctx };
+    int rc = mdb_put(t->txn, spool_dbi(t->sp, DB_META), &key, &val, 0);
+
+    return rc ? spool_mdb_fail(rc, "schema_version", err) : TRUE;
+}
+
+/*
+ * An older spool opens and is marked with the current schema version (its
+ * records are read as they are; new ones an older binary must refuse); a
+ * spool of a newer schema is refused with a message that says so.
+ */
+static void test_schema_version(void **state)
+{
+    struct fixture *f = *state;
+    uint32_t version = 1, stored;
+    GError *err = NULL;
+    struct spool_txn t;
+    MDB_val key = { 14, (void *)"schema_version" }, val;
+
+    assert_true(spool_write(f->sp, put_schema, &version, NULL));
+    spool_close(f->sp);
+    if (!spool_open(&f->sp, &f->cfg, &err))
+        fail_msg("an older schema: %s", err->message);
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_int_equal(mdb_get(t.txn, spool_dbi(f->sp, DB_META), &key, &val), 0);
+    memcpy(&stored, val.mv_data, 4);
+    spool_read_end(&t);
+    assert_true(stored > 1);
+
+    version = stored + 1;
+    assert_true(spool_write(f->sp, put_schema, &version, NULL));
+    spool_close(f->sp);
+    f->sp = NULL;
+    assert_false(spool_open(&f->sp, &f->cfg, &err));
+    assert_non_null(strstr(err->message, "schema version"));
+    g_error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +424,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_growth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_growth_on_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_after_growth_elsewhere, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_schema_version, setup, teardown),
     };
     log_init("test_spool", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);
