@@ -59,7 +59,7 @@ struct ingest {
     struct spool *spool;
     struct hint_sender *hints;
     GHashTable *recipients;         /* canonical address set */
-    GPtrArray *listeners;           /* GSource ids */
+    GPtrArray *listeners;           /* struct listener (ingest_listen.c) */
     GList *sessions;
     unsigned n_sessions;
     GPtrArray *batch;               /* sessions in SESSION_COMMIT, not yet with the committer */

@@ -14,6 +14,31 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+/*
+ * One listening socket. Its source is removed while accept() cannot get a
+ * descriptor, and put back by a timer: the socket stays readable, so
+ * watching it then would spin the CPU and fill the log.
+ */
+struct listener {
+    struct ingest *ig;
+    int fd;
+    guint source;                   /* watching fd, or 0 while backing off */
+    guint retry;                    /* the back-off timer, or 0 */
+};
+
+#define LISTEN_BACKOFF_MS 1000
+
+static gboolean listen_accept(int lfd, GIOCondition cond, gpointer data);
+
+static gboolean listen_resume(gpointer data)
+{
+    struct listener *l = data;
+
+    l->retry = 0;
+    l->source = ingest_fd_add(l->fd, G_IO_IN, listen_accept, l);
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean listen_fail(GError **err, const char *addr, const char *what)
 {
     g_set_error(err, g_quark_from_static_string("postern-ingest"), 1,
@@ -37,7 +62,8 @@ static void client_name(const struct sockaddr_storage *ss, char *out, size_t len
  */
 static gboolean listen_accept(int lfd, GIOCondition cond, gpointer data)
 {
-    struct ingest *ig = data;
+    struct listener *l = data;
+    struct ingest *ig = l->ig;
 
     for (;;) {
         struct sockaddr_storage ss;
@@ -45,6 +71,13 @@ static gboolean listen_accept(int lfd, GIOCondition cond, gpointer data)
         char name[INET6_ADDRSTRLEN];
         int fd = accept4(lfd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
+            msg_warn("accept: %s: not accepting for %d ms (%u sessions open)",
+                     g_strerror(errno), LISTEN_BACKOFF_MS, ig->n_sessions);
+            l->source = 0;
+            l->retry = g_timeout_add(LISTEN_BACKOFF_MS, listen_resume, l);
+            return G_SOURCE_REMOVE;
+        }
         if (fd < 0) {
             if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
                 msg_warn("accept: %s", g_strerror(errno));
@@ -123,7 +156,7 @@ static int listen_inet(const char *addr, GError **err)
 
 gboolean ingest_listen(struct ingest *ig, GError **err)
 {
-    ig->listeners = g_ptr_array_new();
+    ig->listeners = g_ptr_array_new_with_free_func(g_free);
     for (char **a = ig->cfg->ingest.listen; *a; a++) {
         int fd = g_str_has_prefix(*a, "unix:") ? listen_unix(*a + 5, err) : listen_inet(*a, err);
 
@@ -131,8 +164,12 @@ gboolean ingest_listen(struct ingest *ig, GError **err)
             return FALSE;
         if (listen(fd, 512) < 0)
             return listen_fail(err, *a, "listen");
-        g_ptr_array_add(ig->listeners,
-                        GUINT_TO_POINTER(ingest_fd_add(fd, G_IO_IN, listen_accept, ig)));
+        struct listener *l = g_new0(struct listener, 1);
+
+        l->ig = ig;
+        l->fd = fd;
+        l->source = ingest_fd_add(fd, G_IO_IN, listen_accept, l);
+        g_ptr_array_add(ig->listeners, l);
         msg_info("listening on %s", *a);
     }
     return TRUE;
@@ -140,7 +177,13 @@ gboolean ingest_listen(struct ingest *ig, GError **err)
 
 void ingest_listen_stop(struct ingest *ig)
 {
-    for (guint i = 0; ig->listeners && i < ig->listeners->len; i++)
-        g_source_remove(GPOINTER_TO_UINT(ig->listeners->pdata[i]));
+    for (guint i = 0; ig->listeners && i < ig->listeners->len; i++) {
+        struct listener *l = ig->listeners->pdata[i];
+
+        if (l->source)
+            g_source_remove(l->source);
+        if (l->retry)
+            g_source_remove(l->retry);
+    }
     g_clear_pointer(&ig->listeners, g_ptr_array_unref);
 }

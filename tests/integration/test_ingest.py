@@ -6,6 +6,7 @@ reply counting.  What was stored is read back with spoolctl.
 """
 import re
 import smtplib
+import socket
 import subprocess
 import threading
 import time
@@ -826,6 +827,30 @@ def test_client_that_never_reads_replies_is_held_back(ingest):
     assert got == n
     assert c.cmd("QUIT") == "221 2.0.0 Bye"
     c.close()
+
+
+def test_out_of_descriptors_backs_off(make_ingest):
+    """accept() failing with EMFILE (here: a low RLIMIT_NOFILE) pauses the
+    listener for a second instead of spinning on a readable socket and
+    logging a warning at every wake-up; sessions flow again once clients go."""
+    d = make_ingest(start=False)
+    d.argv = ["prlimit", "--nofile=48", *d.argv]
+    d.start()
+    clients = []
+    try:
+        for _ in range(80):         # more than the daemon has descriptors for
+            clients.append(socket.create_connection(d.addr, timeout=10))
+        time.sleep(2.5)
+        warnings = d.log().count("not accepting for 1000 ms")
+        assert 1 <= warnings <= 5, f"{warnings} back-off warnings in 2.5 s"
+        assert "warning: accept:" not in d.log().replace("warning: accept: Too many open files:", "")
+    finally:
+        for s_ in clients:
+            s_.close()
+    time.sleep(1.5)                 # the back-off ends; the closed ones are reaped
+    with d.client() as c:
+        c.lhlo()
+        assert c.send_message(message("after EMFILE"))
 
 
 def test_sigterm_closes_sessions_421(make_ingest):
