@@ -89,7 +89,7 @@ def test_pause_outlives_a_dispatcher_restart(make_chain):
     c, relay = make_chain({"retry": {"initial": "8s", "max": "8s"}})
     relay.data_script[RCPTS[0]] = [QUOTA]
     qid = c.send(RCPTS[:1])
-    c.wait_deliveries(qid, lambda dl: dl[0]["state"] == "deferred", what="the paused delivery")
+    c.wait_deliveries(qid, lambda dl: dl and dl[0]["state"] == "deferred", what="the paused delivery")
     [t0] = [t for t, _, r in relay.attempts if r == QUOTA]
     c.dispatch.kill9()
     c.dispatch.start()
@@ -106,7 +106,7 @@ def test_lasting_quota_bounces_after_lifetime(make_chain):
     c, relay = make_chain({"retry": {"lifetime": "4s"}})
     relay.data_script[RCPTS[0]] = [QUOTA] * 50
     qid = c.send(RCPTS[:1])
-    [d] = c.wait_deliveries(qid, lambda dl: dl[0]["state"] == "bounced", timeout=90,
+    [d] = c.wait_deliveries(qid, lambda dl: dl and dl[0]["state"] == "bounced", timeout=90,
                             what="bounced")
     assert d["attempts"] >= 2 and d["last_reply"] == QUOTA, d
 
