@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 PACKAGES="meson ninja-build pkg-config gcc libc6-dev liblmdb-dev lmdb-utils libzmq3-dev
 libgmime-3.0-dev libglib2.0-dev libssl-dev openssl libjson-glib-dev libcmocka-dev
 python3 python3-pytest python3-aiosmtpd python3-dkim python3-zmq postfix swaks ca-certificates
-clang libclang-rt-14-dev"
+clang libclang-rt-14-dev iproute2 util-linux"
 
 deps() {
     missing=""
