@@ -175,7 +175,9 @@ static gboolean footer_append(GMimePart *part, const char *text)
 {
 	const char *format = g_mime_object_get_content_type_parameter(GMIME_OBJECT(part), "format");
 	gboolean html = footer_is(GMIME_OBJECT(part), "text", "html");
-	GString *footer = footer_render(text, html, format && g_ascii_strcasecmp(format, "flowed") == 0);
+	/* format=flowed (RFC 3676) is a text/plain matter: HTML is not stuffed. */
+	GString *footer = footer_render(text, html,
+					!html && format && g_ascii_strcasecmp(format, "flowed") == 0);
 	GByteArray *body = footer_decode(part);
 	GByteArray *out;
 	gsize   at;

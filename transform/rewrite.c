@@ -268,22 +268,26 @@ static gboolean rewrite_fold_line(GString *out, const char *s, size_t len, size_
 /*
  * The raw value of header name with every line over LINE_MAX_OCTETS
  * folded (unfolding restores the value: RFC 5322 §2.2.3); other lines
- * as they came. NULL when a line cannot be folded short enough.
+ * as they came. NULL when a line cannot be folded short enough; *changed
+ * says whether any line was folded.
  */
-static char *rewrite_fold(const char *name, const char *raw)
+static char *rewrite_fold(const char *name, const char *raw, gboolean *changed)
 {
 	GString *out = g_string_sized_new(strlen(raw) + 16);
 	size_t	col = strlen(name) + 1;	/* "Name:" */
 	gboolean ok = TRUE;
 
+	*changed = FALSE;
 	for (const char *s = raw; *s && ok;) {
 		size_t	len = strcspn(s, "\n");
 		size_t	text = len > 0 && s[len - 1] == '\r' ? len - 1 : len;
 
-		if (col + text > LINE_MAX_OCTETS)
+		if (col + text > LINE_MAX_OCTETS) {
+			*changed = TRUE;
 			ok = rewrite_fold_line(out, s, text, col);
-		else
+		} else {
 			g_string_append_len(out, s, text);
+		}
 		g_string_append_len(out, s + text, len - text + (s[len] == '\n'));
 		s += len + (s[len] == '\n');
 		col = 0;
@@ -362,12 +366,15 @@ static void rewrite_fix_headers(GMimeHeaderList *list)
 		GMimeHeader *header = g_mime_header_list_get_header_at(list, i);
 		const char *raw = g_mime_header_get_raw_value(header);
 		char   *folded = NULL;
+		gboolean changed;
 
 		if (raw == NULL)
 			continue;
+		/* Most headers need nothing: GMime keeps their raw bytes untouched. */
 		if (g_utf8_validate(raw, -1, NULL)
-		    && (folded = rewrite_fold(g_mime_header_get_name(header), raw)) != NULL) {
-			g_mime_header_set_raw_value(header, folded);
+		    && (folded = rewrite_fold(g_mime_header_get_name(header), raw, &changed)) != NULL) {
+			if (changed)
+				g_mime_header_set_raw_value(header, folded);
 		} else {
 			rewrite_encode_header(header);
 		}

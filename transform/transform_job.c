@@ -39,7 +39,6 @@ struct job {
     struct transform *tf;
     uint64_t lease;
     queue_id id;
-    unsigned char key[8];           /* id as the messages database keys it */
     char idtext[QUEUE_ID_LEN + 1];
     struct spool_msg m;             /* as loaded */
     GBytes *record;                 /* m's record as stored, while m is that record */
@@ -62,9 +61,6 @@ struct job {
 
     /* plan */
     gint64 now;
-    gboolean tk_found;
-    struct spool_token tk;          /* the token as planned with, if found, */
-    GBytes *tk_record;              /* and its record as stored */
     enum job_plan plan;
     const char *reason;             /* PLAN_REJECT, PLAN_DONE */
     char *hold;                     /* PLAN_HOLD */
@@ -100,10 +96,6 @@ static void job_bytes_free(gpointer p)
 
 static void job_plan_reset(struct job *j)
 {
-    if (j->tk_found)
-        spool_token_clear(&j->tk);
-    j->tk_found = FALSE;
-    g_clear_pointer(&j->tk_record, g_bytes_unref);
     g_clear_pointer(&j->hold, g_free);
     g_clear_pointer(&j->owner, g_free);
     g_clear_pointer(&j->outgoing, g_bytes_unref);
@@ -162,35 +154,14 @@ static gboolean job_get_ours(struct spool_txn *t, const struct job *j, struct sp
     return FALSE;
 }
 
-/*
- * Records as stored, for the commit to see whether one is still the record
- * the job read, and so what the job decoded from it then: spool.h says how
- * each database is keyed.
- */
-static gboolean job_stored(struct spool_txn *t, enum spool_db db, const void *k, size_t len,
-                           MDB_val *val)
+/* The message's record as stored: spool.h keys it by its id, big-endian. */
+static gboolean job_record(struct spool_txn *t, const struct job *j, MDB_val *val)
 {
-    MDB_val key = { len, (void *)k };
+    unsigned char k[8];
+    MDB_val key = { sizeof(k), k };
 
-    return mdb_get(t->txn, spool_dbi(t->sp, db), &key, val) == 0;
-}
-
-static GBytes *job_stored_copy(struct spool_txn *t, enum spool_db db, const void *k, size_t len)
-{
-    MDB_val val;
-
-    return job_stored(t, db, k, len, &val) ? g_bytes_new(val.mv_data, val.mv_size) : NULL;
-}
-
-static gboolean job_stored_still(struct spool_txn *t, enum spool_db db, const void *k, size_t len,
-                                 GBytes *read)
-{
-    gsize n = 0;
-    const void *was = read ? g_bytes_get_data(read, &n) : NULL;
-    MDB_val val;
-
-    return was && job_stored(t, db, k, len, &val) && val.mv_size == n &&
-           memcmp(val.mv_data, was, n) == 0;
+    spool_be64(k, j->id);
+    return mdb_get(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, val) == 0;
 }
 
 static gboolean job_collect_bounced(const struct spool_dlv *d, void *ctx)
@@ -247,6 +218,7 @@ static gboolean job_is_report(const struct job *j)
 static gboolean job_load(struct job *j, GError **err)
 {
     struct spool_txn t;
+    MDB_val val;
     gboolean ok;
 
     if (!spool_read_begin(j->tf->spool, &t, err))
@@ -254,8 +226,8 @@ static gboolean job_load(struct job *j, GError **err)
     ok = job_get_ours(&t, j, &j->m, err) &&
          (job_is_report(j) ? job_load_report(&t, j, err)
                            : spool_body_get(&t, DB_BODIES, j->id, j->raw, err));
-    if (ok)
-        j->record = job_stored_copy(&t, DB_MESSAGES, j->key, sizeof(j->key));
+    if (ok && job_record(&t, j, &val))
+        j->record = g_bytes_new(val.mv_data, val.mv_size);
     spool_read_end(&t);
     /* A large body's map pages would count twice in our RSS: drop them now. */
     if (j->raw->len > TRANSFORM_LARGE_BODY)
@@ -417,7 +389,8 @@ static void job_plan_reject(struct job *j, gboolean sender_owns_token)
 static gboolean job_plan_mail(struct job *j, GError **err)
 {
     struct spool_txn t;
-    gboolean owns;
+    struct spool_token tk;
+    gboolean found = FALSE, owns = FALSE;
 
     if (j->unparsable) {
         j->plan = PLAN_HOLD;
@@ -426,20 +399,21 @@ static gboolean job_plan_mail(struct job *j, GError **err)
     }
     if (!spool_read_begin(j->tf->spool, &t, err))
         return FALSE;
-    if (!job_token_get(&t, j, &j->tk, &j->tk_found, err)) {
+    if (!job_token_get(&t, j, &tk, &found, err)) {
         spool_read_end(&t);
         return FALSE;
     }
-    if (j->tk_found)
-        j->tk_record = job_stored_copy(&t, DB_TOKENS, j->hash, TOKEN_HASH_LEN);
-    j->reason = job_verdict(j, j->tk_found ? &j->tk : NULL, j->now);
+    /* Only a rejection asks whether the sender owns a token (for a notice). */
+    j->reason = job_verdict(j, found ? &tk : NULL, j->now);
     owns = j->reason && *j->m.sender && spool_token_owner_exists(&t, j->m.sender);
     spool_read_end(&t);
 
     if (j->reason)
         job_plan_reject(j, owns);
     else
-        job_plan_copies(j, &j->tk);
+        job_plan_copies(j, &tk);
+    if (found)
+        spool_token_clear(&tk);
     return TRUE;
 }
 
@@ -512,22 +486,6 @@ static gboolean job_store_copies(struct spool_txn *t, struct job *j, struct spoo
 }
 
 /*
- * The token as the commit sees it.  A record still as the plan read it is
- * the token the plan decoded, lent (as a shallow copy the commit may set
- * fields of) rather than decoded again.
- */
-static gboolean job_token_again(struct spool_txn *t, const struct job *j, struct spool_token *tk,
-                                gboolean *found, gboolean *lent, GError **err)
-{
-    *lent = j->tk_found && job_stored_still(t, DB_TOKENS, j->hash, TOKEN_HASH_LEN, j->tk_record);
-    if (!*lent)
-        return job_token_get(t, j, tk, found, err);
-    *tk = j->tk;
-    *found = TRUE;
-    return TRUE;
-}
-
-/*
  * The token decides again inside the transaction, and must decide as the
  * plan did: the plan's copies and notices were made for that verdict.
  */
@@ -535,10 +493,10 @@ static gboolean job_commit_token(struct spool_txn *t, struct job *j, struct spoo
                                  GError **err)
 {
     struct spool_token tk;
-    gboolean found, lent, ok;
+    gboolean found, ok;
     const char *verdict;
 
-    if (!job_token_again(t, j, &tk, &found, &lent, err))
+    if (!job_token_get(t, j, &tk, &found, err))
         return FALSE;
     verdict = job_verdict(j, found ? &tk : NULL, g_get_real_time() / G_USEC_PER_SEC);
     if (g_strcmp0(verdict, j->reason) != 0) {
@@ -552,7 +510,7 @@ static gboolean job_commit_token(struct spool_txn *t, struct job *j, struct spoo
         tk.used_by = j->id;
         ok = spool_token_update(t, &tk, err) && job_store_copies(t, j, m, err);
     }
-    if (found && !lent)
+    if (found)
         spool_token_clear(&tk);
     return ok;
 }
@@ -567,8 +525,12 @@ static gboolean job_commit_token(struct spool_txn *t, struct job *j, struct spoo
 static gboolean job_get_ours_again(struct spool_txn *t, struct job *j, struct spool_msg *m,
                                    gboolean *lent, GError **err)
 {
-    *lent = job_stored_still(t, DB_MESSAGES, j->key, sizeof(j->key), j->record) &&
-            j->m.lease_expiry > job_now_ms();
+    gsize len = 0;
+    const void *loaded = j->record ? g_bytes_get_data(j->record, &len) : NULL;
+    MDB_val val;
+
+    *lent = loaded && job_record(t, j, &val) && val.mv_size == len &&
+            memcmp(val.mv_data, loaded, len) == 0 && j->m.lease_expiry > job_now_ms();
     if (!*lent)
         return job_get_ours(t, j, m, err);
     *m = j->m;
@@ -673,7 +635,6 @@ struct job *job_prepare(struct transform *tf, uint64_t lease, queue_id id)
     j->tf = tf;
     j->lease = lease;
     j->id = id;
-    spool_be64(j->key, id);
     spool_id_format(id, j->idtext);
     j->raw = g_byte_array_new();
     j->bounced = g_ptr_array_new_with_free_func(job_dlv_free);
