@@ -88,6 +88,16 @@ static void dispatch_setup(struct dispatch *d)
     d->work_hinted = TRUE;          /* the rescan at start */
 }
 
+/* Read what the workers sent, then record the results among it. */
+static void dispatch_drain(struct dispatch *d)
+{
+    dispatch_receive(d);
+    if (d->done->len) {
+        dispatch_record_results(d, d->done);
+        g_ptr_array_set_size(d->done, 0);
+    }
+}
+
 static void dispatch_loop(struct dispatch *d)
 {
     int64_t next_tick = 0, next_reader_check = dispatch_mono_ms() + READER_CHECK_MS;
@@ -106,11 +116,7 @@ static void dispatch_loop(struct dispatch *d)
         if (d->zap)
             items[n_items++] = (zmq_pollitem_t){ d->zap, 0, ZMQ_POLLIN, 0 };
         zmq_poll(items, n_items, timeout);
-        dispatch_receive(d);
-        if (d->done->len) {
-            dispatch_record_results(d, d->done);
-            g_ptr_array_set_size(d->done, 0);
-        }
+        dispatch_drain(d);
         now = dispatch_mono_ms();
         if (now >= next_tick) {
             next_tick = now + TICK_MS;
@@ -135,9 +141,7 @@ static void dispatch_loop(struct dispatch *d)
      * workers first, and their last results may still be queued): record
      * them, or those deliveries would wait out their leases and go twice.
      */
-    dispatch_receive(d);
-    if (d->done->len)
-        dispatch_record_results(d, d->done);
+    dispatch_drain(d);
 }
 
 int main(int argc, char **argv)

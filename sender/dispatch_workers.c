@@ -227,7 +227,12 @@ static void dispatch_hello(struct dispatch *d, void *sock, GBytes *identity, GBy
         w = worker_add(d, sock, identity,
                        g_str_equal(kind, "sender") ? WORKER_SENDER : WORKER_TRANSFORM);
         msg_info("worker %s (%s) connected with %u slot(s)", w->name, kind, slots);
-    } else if (w->kind == WORKER_SENDER && slots) {
+    } else if (w->kind == WORKER_SENDER) {
+        /*
+         * Every HELLO of a known sender follows its budget's drop to 0,
+         * also one with no free slot (all busy, or stopping): keeping the
+         * old grant would let jobs go to a worker that refuses them all.
+         */
         dispatch_conns_rejoin(d, w);
     }
     w->credit = slots;

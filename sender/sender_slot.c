@@ -264,6 +264,7 @@ struct sender_idle {
 static gboolean conn_take(struct sender *s, struct smtp_client **client)
 {
     struct sender_idle *idle = NULL;
+    gboolean ok;
 
     *client = NULL;
     g_mutex_lock(&s->conn_lock);
@@ -276,8 +277,11 @@ static gboolean conn_take(struct sender *s, struct smtp_client **client)
     } else if (s->conn_budget) {
         s->conn_open++;
     }
+    /* Decided under the lock: a budget dropped after conn_open++ must not
+     * refuse a job whose connection was counted (conn_put would never come). */
+    ok = *client || s->conn_budget;
     g_mutex_unlock(&s->conn_lock);
-    return *client || s->conn_budget;
+    return ok;
 }
 
 /*
