@@ -61,11 +61,6 @@ def ids(objs):
     return [o["id"] for o in objs]
 
 
-def chain_send(c, rcpts, **kw):
-    """A lego message with a fresh token for rcpts, over LMTP: the queue id."""
-    return lmtp_send(c.ingest, pc.lego_message(c.token(*rcpts), **kw), sender=OWNER)
-
-
 def reader_active(spool_dir, pid):
     """True when process pid has a read transaction open on the spool.
 
@@ -244,7 +239,7 @@ def test_show_raw_holds_no_reader_while_writing(ingest, need_spoolctl):
 
 def test_show_outgoing_holds_no_reader_while_writing(make_chain):
     c, relay = make_chain()
-    qid = chain_send(c, RCPTS[:1], attachment=bytes(range(256)) * 1200)
+    qid = c.send(RCPTS[:1], attachment=bytes(range(256)) * 1200)
     c.wait_state(qid, "done")
     [(_, _, sent)] = relay.copies(RCPTS[0])
     assert len(sent) > 300_000
@@ -274,7 +269,7 @@ def test_hold_stops_deliveries_until_release(make_chain):
     # No sender worker yet: the deliveries wait as ready until one starts.
     c, relay = make_chain(senders=0)
     cfg = c.config_path
-    qid = chain_send(c, RCPTS[:2])
+    qid = c.send(RCPTS[:2])
     ready_with_deliveries(c, qid, 2)
     assert ctl_json(cfg, "hold", qid) == [{"held": 1}]
     assert ctl_json(cfg, "hold", qid) == [{"held": 0}]        # already held
@@ -301,8 +296,8 @@ def test_hold_stops_deliveries_until_release(make_chain):
 def test_hold_all_and_release_all(make_chain):
     c, relay = make_chain(senders=0)
     cfg = c.config_path
-    q1 = chain_send(c, RCPTS[:1])
-    q2 = chain_send(c, RCPTS[1:3])
+    q1 = c.send(RCPTS[:1])
+    q2 = c.send(RCPTS[1:3])
     ready_with_deliveries(c, q1, 1)
     ready_with_deliveries(c, q2, 2)
     # The owner's notices are transformed too before anything is held.
@@ -340,7 +335,7 @@ def test_retry_makes_deferred_due_now(make_chain):
     cfg = c.config_path
     for r in RCPTS:
         relay.data_script[r] = ["451 4.3.0 try later"]
-    q1 = chain_send(c, RCPTS[:1])
+    q1 = c.send(RCPTS[:1])
     wait_deferred(c, q1)
     time.sleep(2.5)                     # the schedule alone does not try again
     assert c.deliveries(q1)[0]["attempts"] == 1 and relay.copies(RCPTS[0]) == []
@@ -351,7 +346,7 @@ def test_retry_makes_deferred_due_now(make_chain):
     assert len(relay.copies(RCPTS[0])) == 1
     assert ctl_json(cfg, "retry", q1) == [{"retried": 0}]     # nothing deferred left
 
-    q2, q3 = chain_send(c, RCPTS[1:2]), chain_send(c, RCPTS[2:3])
+    q2, q3 = c.send(RCPTS[1:2]), c.send(RCPTS[2:3])
     wait_deferred(c, q2)
     wait_deferred(c, q3)
     assert ctl_json(cfg, "retry", "--all") == [{"retried": 2}]
@@ -388,8 +383,8 @@ def test_purge_removes_only_ended_messages(make_chain):
     c, relay = make_chain({"retry": {"initial": "1h", "max": "2h"}})
     cfg = c.config_path
     relay.data_script[RCPTS[1]] = ["451 4.3.0 try later"]
-    done = chain_send(c, RCPTS[:1])
-    deferred = chain_send(c, RCPTS[1:2])
+    done = c.send(RCPTS[:1])
+    deferred = c.send(RCPTS[1:2])
     rejected = lmtp_send(c.ingest, pc.lego_message("no-such-token-0123456789"), sender=OWNER)
     c.wait_state(done, "done")
     c.wait_state(deferred, "deferred")

@@ -449,12 +449,6 @@ def test_lego_fixture(stack, keys):
 LATIN1_FOOTER_INI = "-- \\nFrom {sender} gjennom Abakus, «begrenset adresse».\\n> Avmeld: {unsubscribe_url}"
 
 
-def lego_mixed(subject, entity, token):
-    """What Lego sends: the text (or its alternatives), the token attached
-    next to it, the mixed parent left with one part once it is gone."""
-    return with_token(subject, entity, token)
-
-
 def test_footer_in_place(make_stack, keys):
     s = make_stack(keys, config={"rewrite": {"footer": LATIN1_FOOTER_INI}})
     alternative = multipart("alternative", [
@@ -473,7 +467,7 @@ def test_footer_in_place(make_stack, keys):
     }
     for name, (entity, placed, top) in cases.items():
         token = s.token()
-        raw = lego_mixed(name, entity, token)
+        raw = with_token(name, entity, token)   # the mixed parent keeps one part
         qid = s.send(raw)
         s.wait(qid)
         out = check_copy(s.outgoing(qid), "anna@example.org", keys, raw, token, placed,

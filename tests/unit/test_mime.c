@@ -324,10 +324,12 @@ static void assert_short_lines(GBytes *out)
 	const char *s = g_bytes_get_data(out, &len);
 	gsize   start = 0;
 
-	for (gsize i = 0; i < len; i++)
-		if (s[i] == '\n') {
-			if (i - start - 1 > 998)
-				fail_msg("line of %zu octets at offset %zu", i - start - 1, start);
+	for (gsize i = 0; i <= len; i++)
+		if (i == len || s[i] == '\n') {
+			gsize   n = i - start - (i > start && s[i - 1] == '\r');
+
+			if (n > 998)
+				fail_msg("line of %zu octets at offset %zu", n, start);
 			start = i + 1;
 		}
 }
