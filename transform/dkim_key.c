@@ -15,6 +15,7 @@
 #include <openssl/x509.h>
 
 #include "transform/dkim.h"
+#include "spool/secret_file.h"
 
 G_DEFINE_QUARK(dkim-error-quark, dkim_error)
 
@@ -82,58 +83,6 @@ void dkim_key_free(struct dkim_key *key)
 
 /* ---- Loading ------------------------------------------------------------ */
 
-/*
- * Read the key file through one descriptor and check the mode with fstat()
- * on it: the mode judged is the mode of the bytes read, not of whatever the
- * path names a moment later.
- */
-static char *key_file_read(const char *path, size_t *len, GError **err)
-{
-    struct stat st;
-    char *buf = NULL;
-    size_t got = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-
-    if (fd < 0) {
-        g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED, "%s: %s", path,
-                    g_strerror(errno));
-        return NULL;
-    }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED,
-                    "%s: not a regular file", path);
-    } else if (st.st_mode & 077) {
-        g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED,
-                    "%s: private key accessible by group or others "
-                    "(mode %04o); refusing it, chmod 600 the file", path,
-                    (unsigned)(st.st_mode & 07777));
-    } else if (st.st_size > KEY_FILE_MAX) {
-        g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED,
-                    "%s: too large for a private key", path);
-    } else {
-        buf = g_malloc((size_t)st.st_size + 1);
-        while (got < (size_t)st.st_size) {
-            ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0) {
-                g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED, "%s: %s",
-                            path, g_strerror(errno));
-                OPENSSL_cleanse(buf, got);
-                g_clear_pointer(&buf, g_free);
-                break;
-            }
-            if (n == 0)
-                break;
-            got += (size_t)n;
-        }
-    }
-    close(fd);
-    *len = got;
-    return buf;
-}
-
 /* An encrypted key would make OpenSSL prompt on the terminal: refuse it. */
 static int refuse_passphrase(char *buf, int size, int rwflag, void *data)
 {
@@ -195,7 +144,7 @@ struct dkim_key *dkim_key_load(const char *selector, const char *path,
 
     if (!selector_check(selector, err))
         return NULL;
-    if ((pem = key_file_read(path, &len, err)) == NULL)
+    if ((pem = secret_file_read(path, KEY_FILE_MAX, &len, err)) == NULL)
         return NULL;
     pkey = key_parse(pem, len, path, err);
     g_free(pem);
