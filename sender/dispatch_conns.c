@@ -175,7 +175,11 @@ struct worker *dispatch_conns_pick(struct dispatch *d)
     return best;
 }
 
-/* CONNS: what it applies and holds; a connection it let go is free again. */
+/*
+ * CONNS: what it applies and holds.  Its grant stays its own (grants only
+ * grow while it is connected); what falls is what it held beyond the
+ * grant, which other workers may then be granted.
+ */
 void dispatch_conns_report(struct dispatch *d, struct worker *w, GBytes *payload)
 {
     guint32 applied, held;
