@@ -8,12 +8,12 @@
 
 const char *retry_verdict_name(enum retry_verdict v)
 {
-	static const char *const name[] = {
-		[RETRY_SENT] = "sent", [RETRY_DEFER] = "deferred",
-		[RETRY_BOUNCE] = "bounced", [RETRY_PAUSE] = "paused",
-	};
+    static const char *const name[] = {
+        [RETRY_SENT] = "sent", [RETRY_DEFER] = "deferred",
+        [RETRY_BOUNCE] = "bounced", [RETRY_PAUSE] = "paused",
+    };
 
-	return name[v];
+    return name[v];
 }
 
 /*
@@ -24,11 +24,11 @@ const char *retry_verdict_name(enum retry_verdict v)
  */
 static gboolean relay_throttled(const struct smtp_rcpt_result *r)
 {
-	return (r->code == 421 && !strcmp(r->status, "4.7.0"))
-	    || (r->code == 450 && !strcmp(r->status, "4.2.1"))
-	    || (r->code == 550 && !strcmp(r->status, "5.4.5"))
-	    || (r->code == 550 && !strcmp(r->status, "5.7.1")
-		&& r->text && strcasestr(r->text, "limit exceeded"));
+    return (r->code == 421 && !strcmp(r->status, "4.7.0"))
+        || (r->code == 450 && !strcmp(r->status, "4.2.1"))
+        || (r->code == 550 && !strcmp(r->status, "5.4.5"))
+        || (r->code == 550 && !strcmp(r->status, "5.7.1")
+        && r->text && strcasestr(r->text, "limit exceeded"));
 }
 
 /*
@@ -38,45 +38,45 @@ static gboolean relay_throttled(const struct smtp_rcpt_result *r)
  */
 enum retry_verdict retry_classify(const struct smtp_rcpt_result *r)
 {
-	if (relay_throttled(r))
-		return RETRY_PAUSE;
-	if (r->error != SMTP_ERROR_NONE)
-		return RETRY_DEFER;
-	switch (r->code / 100) {
-	case 2:
-		return RETRY_SENT;
-	case 5:
-		return RETRY_BOUNCE;
-	default:
-		return RETRY_DEFER;
-	}
+    if (relay_throttled(r))
+        return RETRY_PAUSE;
+    if (r->error != SMTP_ERROR_NONE)
+        return RETRY_DEFER;
+    switch (r->code / 100) {
+    case 2:
+        return RETRY_SENT;
+    case 5:
+        return RETRY_BOUNCE;
+    default:
+        return RETRY_DEFER;
+    }
 }
 
 /* initial * 2^(n-1), capped at max, without overflowing on large n. */
 static gint64 doubling(const struct retry_policy *p, unsigned n)
 {
-	gint64  d = MAX(p->initial, 1);
+    gint64  d = MAX(p->initial, 1);
 
-	while (n-- > 1 && d < p->max)
-		d *= 2;
-	return MIN(d, p->max);
+    while (n-- > 1 && d < p->max)
+        d *= 2;
+    return MIN(d, p->max);
 }
 
 gboolean retry_expired(const struct retry_policy *p, gint64 first, gint64 now)
 {
-	return now - first >= p->lifetime;
+    return now - first >= p->lifetime;
 }
 
 enum retry_verdict retry_schedule(const struct retry_policy *p, unsigned attempts,
-				  gint64 first, gint64 now, double u, gint64 *next_at)
+                  gint64 first, gint64 now, double u, gint64 *next_at)
 {
-	if (retry_expired(p, first, now))
-		return RETRY_BOUNCE;
-	*next_at = now + (gint64) (doubling(p, attempts) * (0.8 + 0.4 * u));
-	return RETRY_DEFER;
+    if (retry_expired(p, first, now))
+        return RETRY_BOUNCE;
+    *next_at = now + (gint64) (doubling(p, attempts) * (0.8 + 0.4 * u));
+    return RETRY_DEFER;
 }
 
 gint64  retry_pause(const struct retry_policy *p, unsigned n)
 {
-	return doubling(p, n);
+    return doubling(p, n);
 }

@@ -25,14 +25,14 @@
 GQuark smtp_error_quark(void);
 
 enum smtp_error {
-	SMTP_ERROR_NONE,
-	SMTP_ERROR_CONFIG,	/* bad URL or ca_file, AUTH impossible as configured */
-	SMTP_ERROR_CONNECT,	/* name lookup or TCP connect failed */
-	SMTP_ERROR_TIMEOUT,	/* a phase exceeded its timeout */
-	SMTP_ERROR_LOST,	/* the server closed or reset the connection */
-	SMTP_ERROR_TLS,		/* handshake or verification failed, or required TLS not offered */
-	SMTP_ERROR_PROTOCOL,	/* malformed or unexpected reply */
-	SMTP_ERROR_SESSION,	/* the relay refused the session: greeting, EHLO, AUTH */
+    SMTP_ERROR_NONE,
+    SMTP_ERROR_CONFIG,      /* bad URL or ca_file, AUTH impossible as configured */
+    SMTP_ERROR_CONNECT,     /* name lookup or TCP connect failed */
+    SMTP_ERROR_TIMEOUT,     /* a phase exceeded its timeout */
+    SMTP_ERROR_LOST,        /* the server closed or reset the connection */
+    SMTP_ERROR_TLS,         /* handshake or verification failed, or required TLS not offered */
+    SMTP_ERROR_PROTOCOL,    /* malformed or unexpected reply */
+    SMTP_ERROR_SESSION,     /* the relay refused the session: greeting, EHLO, AUTH */
 };
 
 /* ---- relay_url.c ------------------------------------------------------- */
@@ -41,10 +41,10 @@ enum smtp_error {
 enum relay_kind { RELAY_SMTP, RELAY_SMTPS, RELAY_MAILDIR };
 
 struct relay_url {
-	enum relay_kind kind;
-	char   *host;			/* SMTP kinds: host name or IP literal */
-	int     port;
-	char   *path;			/* RELAY_MAILDIR: the directory, verbatim */
+    enum relay_kind kind;
+    char   *host;                   /* SMTP kinds: host name or IP literal */
+    int     port;
+    char   *path;                   /* RELAY_MAILDIR: the directory, verbatim */
 };
 
 gboolean relay_url_parse(const char *url, struct relay_url *out, GError **err);
@@ -52,17 +52,17 @@ void    relay_url_clear(struct relay_url *url);
 
 /* ---- smtp_reply.c ------------------------------------------------------ */
 
-#define SMTP_LINE_MAX	2048		/* longest reply line accepted */
-#define SMTP_REPLY_MAX	65536		/* longest multi-line reply accepted */
+#define SMTP_LINE_MAX   2048            /* longest reply line accepted */
+#define SMTP_REPLY_MAX  65536           /* longest multi-line reply accepted */
 
 /* One complete reply. text joins the lines with a space, without the code
  * and without a leading enhanced status code; lines keeps each line's text
  * after "NNN-" or "NNN " verbatim (the EHLO keywords). */
 struct smtp_reply {
-	int     code;
-	char    status[16];		/* RFC 3463 "x.y.z", "" when absent */
-	char   *text;
-	char  **lines;
+    int     code;
+    char    status[16];             /* RFC 3463 "x.y.z", "" when absent */
+    char   *text;
+    char  **lines;
 };
 
 enum smtp_parse { SMTP_PARSE_ERROR = -1, SMTP_PARSE_MORE = 0, SMTP_PARSE_REPLY = 1 };
@@ -75,16 +75,16 @@ void    smtp_reply_feed(struct smtp_reply_parser *p, const char *buf, size_t len
 /* SMTP_PARSE_REPLY fills *out (clear it with smtp_reply_clear); an error is
  * final: the parser answers SMTP_PARSE_ERROR from then on. */
 enum smtp_parse smtp_reply_next(struct smtp_reply_parser *p, struct smtp_reply *out,
-				GError **err);
+                GError **err);
 /* Bytes fed but not yet returned as replies. */
 size_t  smtp_reply_pending(const struct smtp_reply_parser *p);
 void    smtp_reply_clear(struct smtp_reply *r);
 
 struct smtp_ehlo {
-	gboolean pipelining, starttls, enhancedstatuscodes, eightbitmime, smtputf8;
-	gboolean auth_plain, auth_login;
-	gboolean size;			/* SIZE announced */
-	guint64 size_max;		/* its limit, 0 = none given */
+    gboolean pipelining, starttls, enhancedstatuscodes, eightbitmime, smtputf8;
+    gboolean auth_plain, auth_login;
+    gboolean size;                  /* SIZE announced */
+    guint64 size_max;               /* its limit, 0 = none given */
 };
 
 void    smtp_ehlo_parse(const struct smtp_reply *r, struct smtp_ehlo *out);
@@ -93,13 +93,13 @@ void    smtp_ehlo_parse(const struct smtp_reply *r, struct smtp_ehlo *out);
 
 /* Where an attempt was when it ended; each phase has its own timeout. */
 enum smtp_phase {
-	SMTP_PHASE_CONNECT, SMTP_PHASE_GREETING, SMTP_PHASE_EHLO, SMTP_PHASE_TLS,
-	SMTP_PHASE_AUTH, SMTP_PHASE_RSET, SMTP_PHASE_MAIL, SMTP_PHASE_RCPT,
-	SMTP_PHASE_DATA, SMTP_PHASE_BODY, SMTP_PHASE_DOT, SMTP_PHASE_QUIT,
-	SMTP_PHASE_COUNT
+    SMTP_PHASE_CONNECT, SMTP_PHASE_GREETING, SMTP_PHASE_EHLO, SMTP_PHASE_TLS,
+    SMTP_PHASE_AUTH, SMTP_PHASE_RSET, SMTP_PHASE_MAIL, SMTP_PHASE_RCPT,
+    SMTP_PHASE_DATA, SMTP_PHASE_BODY, SMTP_PHASE_DOT, SMTP_PHASE_QUIT,
+    SMTP_PHASE_COUNT
 };
 
-const char *smtp_phase_name(enum smtp_phase phase);	/* "connect", "body", ... */
+const char *smtp_phase_name(enum smtp_phase phase);     /* "connect", "body", ... */
 
 /* require: STARTTLS (or smtps) with certificate and host name verification,
  * else defer; opportunistic: STARTTLS when offered, unverified, as Postfix
@@ -111,15 +111,15 @@ gboolean smtp_tls_parse(const char *word, enum smtp_tls *out, GError **err);
 enum smtp_auth { SMTP_AUTH_ANY, SMTP_AUTH_PLAIN, SMTP_AUTH_LOGIN };
 
 struct smtp_client_config {
-	const struct relay_url *url;	/* RELAY_SMTP or RELAY_SMTPS */
-	enum smtp_tls tls;
-	const char *ca_file;		/* NULL or "": the system trust store */
-	const char *user;		/* NULL or "": no AUTH */
-	const char *password;		/* never logged; sent only under TLS */
-	enum smtp_auth auth;		/* ANY prefers PLAIN */
-	const char *helo_name;		/* NULL: g_get_host_name() */
-	int     timeouts[SMTP_PHASE_COUNT];	/* milliseconds, 0: Postfix default */
-	int     timeout_max;		/* milliseconds, 0: none; caps every phase */
+    const struct relay_url *url;    /* RELAY_SMTP or RELAY_SMTPS */
+    enum smtp_tls tls;
+    const char *ca_file;            /* NULL or "": the system trust store */
+    const char *user;               /* NULL or "": no AUTH */
+    const char *password;           /* never logged; sent only under TLS */
+    enum smtp_auth auth;            /* ANY prefers PLAIN */
+    const char *helo_name;          /* NULL: g_get_host_name() */
+    int     timeouts[SMTP_PHASE_COUNT];     /* milliseconds, 0: Postfix default */
+    int     timeout_max;            /* milliseconds, 0: none; caps every phase */
 };
 
 /* One recipient's outcome. A reply fills code/status/text; a failure
@@ -127,12 +127,12 @@ struct smtp_client_config {
  * (4.4.1 connect, 4.4.2 lost or timed out, 4.7.5 TLS, 4.5.0 protocol) and
  * text saying what happened. relay is "host[ip]:port" or "none". */
 struct smtp_rcpt_result {
-	int     code;
-	char    status[16];
-	char   *text;
-	enum smtp_error error;
-	enum smtp_phase phase;
-	char   *relay;
+    int     code;
+    char    status[16];
+    char   *text;
+    enum smtp_error error;
+    enum smtp_phase phase;
+    char   *relay;
 };
 
 void    smtp_results_clear(struct smtp_rcpt_result *results, size_t n);
@@ -151,9 +151,9 @@ struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError
  * the session or connection failed (the results say so too).
  */
 int     smtp_client_send(struct smtp_client *c, const char *mail_from,
-			 const char *const *rcpts, size_t n,
-			 const char *const *data_parts, const size_t *data_lens,
-			 size_t n_parts, struct smtp_rcpt_result *results, GError **err);
+             const char *const *rcpts, size_t n,
+             const char *const *data_parts, const size_t *data_lens,
+             size_t n_parts, struct smtp_rcpt_result *results, GError **err);
 
 /* Whether the client holds a connection now (a failure drops it). */
 gboolean smtp_client_connected(const struct smtp_client *c);
@@ -165,10 +165,10 @@ void    smtp_client_free(struct smtp_client *c);
 
 enum retry_verdict { RETRY_SENT, RETRY_DEFER, RETRY_BOUNCE, RETRY_PAUSE };
 
-const char *retry_verdict_name(enum retry_verdict v);	/* sent, deferred, bounced, paused */
+const char *retry_verdict_name(enum retry_verdict v);   /* sent, deferred, bounced, paused */
 
 struct retry_policy {
-	gint64  initial, max, lifetime;	/* microseconds: [retry] initial, max, lifetime */
+    gint64  initial, max, lifetime; /* microseconds: [retry] initial, max, lifetime */
 };
 
 /* SPEC §5: quota/throttle replies pause; 2xx sent; 4xx and failures without
@@ -184,7 +184,7 @@ gboolean retry_expired(const struct retry_policy *p, gint64 first, gint64 now);
  * u is a uniform random number in [0, 1) (g_random_double()), the jitter.
  */
 enum retry_verdict retry_schedule(const struct retry_policy *p, unsigned attempts,
-				  gint64 first, gint64 now, double u, gint64 *next_at);
+                  gint64 first, gint64 now, double u, gint64 *next_at);
 
 /* How long the relay stays paused after the n-th pause in a row (n >= 1). */
 gint64  retry_pause(const struct retry_policy *p, unsigned n);
@@ -195,6 +195,6 @@ gint64  retry_pause(const struct retry_policy *p, unsigned n);
  * dir (created with tmp/ new/ cur/ if missing). Returns only when the
  * message and its directory entry are on disk. */
 gboolean maildir_deliver(const char *dir, const char *const *parts, const size_t *lens,
-			 size_t n_parts, GError **err);
+             size_t n_parts, GError **err);
 
 #endif

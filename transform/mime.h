@@ -21,9 +21,9 @@
 GQuark  mime_error_quark(void);
 
 enum mime_error {
-	MIME_ERROR_PARSE,		/* GMime cannot make a message of the bytes */
-	MIME_ERROR_PARAM,		/* an unusable rewrite parameter */
-	MIME_ERROR_WRITE,		/* serialisation failed */
+    MIME_ERROR_PARSE,               /* GMime cannot make a message of the bytes */
+    MIME_ERROR_PARAM,               /* an unusable rewrite parameter */
+    MIME_ERROR_WRITE,               /* serialisation failed */
 };
 
 /* ---- mime.c ------------------------------------------------------------ */
@@ -78,14 +78,14 @@ char   *mime_token_extract(GMimeMessage *msg, const char *prefix);
 /* ---- rewrite.c --------------------------------------------------------- */
 
 struct rewrite_params {
-	const char *from;		/* [rewrite] from, "Abakus <no-reply@abakus.no>" */
-	gboolean use_original_sender;	/* allow_original_sender && !hide_sender */
-	gboolean hide_sender;		/* no Reply-To, {sender} expands to nothing */
-	const char *original_sender;	/* envelope sender address; NULL or "" for <> */
-	const char *footer;		/* template with {sender}, {unsubscribe_url}; NULL or "": none */
-	const char *unsubscribe_url;	/* NULL or "": no List-Unsubscribe headers */
-	const char *message_id_domain;	/* right-hand side of the new Message-ID */
-	gint64  date;			/* unix time for the Date header */
+    const char *from;               /* [rewrite] from, "Abakus <no-reply@abakus.no>" */
+    gboolean use_original_sender;   /* allow_original_sender && !hide_sender */
+    gboolean hide_sender;           /* no Reply-To, {sender} expands to nothing */
+    const char *original_sender;    /* envelope sender address; NULL or "" for <> */
+    const char *footer;             /* template with {sender}, {unsubscribe_url}; NULL or "": none */
+    const char *unsubscribe_url;    /* NULL or "": no List-Unsubscribe headers */
+    const char *message_id_domain;  /* right-hand side of the new Message-ID */
+    gint64  date;                   /* unix time for the Date header */
 };
 
 /*
@@ -116,7 +116,7 @@ struct rewrite_params {
  * and leaves msg as it was.
  */
 GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
-		     char **message_id, GError **err);
+             char **message_id, GError **err);
 
 /* ---- footer.c ---------------------------------------------------------- */
 

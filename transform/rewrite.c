@@ -10,7 +10,7 @@
  * under the body part, every other header under the message. */
 static const char *const message_keep[] = {"Subject", "MIME-Version", NULL};
 static const char *const body_keep[] = {
-	"Content-Type", "Content-Transfer-Encoding", "Content-Disposition", NULL,
+    "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", NULL,
 };
 
 /*
@@ -20,30 +20,30 @@ static const char *const body_keep[] = {
  */
 static void rewrite_keep(GMimeHeaderList *list, const char *const *keep)
 {
-	guint   seen = 0;
+    guint   seen = 0;
 
-	for (int i = g_mime_header_list_get_count(list) - 1; i >= 0; i--) {
-		const char *name = g_mime_header_get_name(g_mime_header_list_get_header_at(list, i));
-		guint   k = 0;
+    for (int i = g_mime_header_list_get_count(list) - 1; i >= 0; i--) {
+        const char *name = g_mime_header_get_name(g_mime_header_list_get_header_at(list, i));
+        guint   k = 0;
 
-		while (keep[k] != NULL && g_ascii_strcasecmp(keep[k], name) != 0)
-			k++;
-		if (keep[k] != NULL && !(seen & 1u << k))
-			seen |= 1u << k;
-		else
-			g_mime_header_list_remove_at(list, i);
-	}
+        while (keep[k] != NULL && g_ascii_strcasecmp(keep[k], name) != 0)
+            k++;
+        if (keep[k] != NULL && !(seen & 1u << k))
+            seen |= 1u << k;
+        else
+            g_mime_header_list_remove_at(list, i);
+    }
 }
 
 /* Non-empty printable ASCII without any of the characters in bad. */
 static gboolean rewrite_is_word(const char *s, const char *bad)
 {
-	if (s == NULL || *s == 0)
-		return FALSE;
-	for (; *s; s++)
-		if (*s < '!' || *s > '~' || strchr(bad, *s) != NULL)
-			return FALSE;
-	return TRUE;
+    if (s == NULL || *s == 0)
+        return FALSE;
+    for (; *s; s++)
+        if (*s < '!' || *s > '~' || strchr(bad, *s) != NULL)
+            return FALSE;
+    return TRUE;
 }
 
 /*
@@ -53,86 +53,86 @@ static gboolean rewrite_is_word(const char *s, const char *bad)
  */
 static InternetAddressMailbox *rewrite_check(const struct rewrite_params *p, GError **err)
 {
-	InternetAddressList *list;
-	InternetAddress *from = NULL;
+    InternetAddressList *list;
+    InternetAddress *from = NULL;
 
-	if (!rewrite_is_word(p->message_id_domain, "<>@")) {
-		g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "[dkim] domain \"%s\" is not a domain",
-			    p->message_id_domain ? p->message_id_domain : "");
-		return NULL;
-	}
-	if (p->unsubscribe_url && *p->unsubscribe_url && !rewrite_is_word(p->unsubscribe_url, "<>")) {
-		g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM,
-			    "[rewrite] unsubscribe_url \"%s\" has blanks, controls or angle brackets",
-			    p->unsubscribe_url);
-		return NULL;
-	}
-	if (p->from != NULL && (list = internet_address_list_parse(NULL, p->from)) != NULL) {
-		if (internet_address_list_length(list) == 1)
-			from = internet_address_list_get_address(list, 0);
-		if (from != NULL && INTERNET_ADDRESS_IS_MAILBOX(from))
-			g_object_ref(from);
-		else
-			from = NULL;
-		g_object_unref(list);
-	}
-	if (from == NULL)
-		g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "[rewrite] from \"%s\" is not one mailbox",
-			    p->from ? p->from : "");
-	return (InternetAddressMailbox *) from;
+    if (!rewrite_is_word(p->message_id_domain, "<>@")) {
+        g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "[dkim] domain \"%s\" is not a domain",
+                p->message_id_domain ? p->message_id_domain : "");
+        return NULL;
+    }
+    if (p->unsubscribe_url && *p->unsubscribe_url && !rewrite_is_word(p->unsubscribe_url, "<>")) {
+        g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM,
+                "[rewrite] unsubscribe_url \"%s\" has blanks, controls or angle brackets",
+                p->unsubscribe_url);
+        return NULL;
+    }
+    if (p->from != NULL && (list = internet_address_list_parse(NULL, p->from)) != NULL) {
+        if (internet_address_list_length(list) == 1)
+            from = internet_address_list_get_address(list, 0);
+        if (from != NULL && INTERNET_ADDRESS_IS_MAILBOX(from))
+            g_object_ref(from);
+        else
+            from = NULL;
+        g_object_unref(list);
+    }
+    if (from == NULL)
+        g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "[rewrite] from \"%s\" is not one mailbox",
+                p->from ? p->from : "");
+    return (InternetAddressMailbox *) from;
 }
 
 /* Sets a new random Message-ID on domain; returns it without brackets. */
 static char *rewrite_message_id(GMimeMessage *msg, const char *domain)
 {
-	char   *uuid = g_uuid_string_random();
-	char   *id = g_strdup_printf("%s@%s", uuid, domain);
-	char   *value = g_strdup_printf("<%s>", id);
+    char   *uuid = g_uuid_string_random();
+    char   *id = g_strdup_printf("%s@%s", uuid, domain);
+    char   *value = g_strdup_printf("<%s>", id);
 
-	g_mime_object_set_header(GMIME_OBJECT(msg), "Message-ID", value, NULL);
-	g_free(value);
-	g_free(uuid);
-	return id;
+    g_mime_object_set_header(GMIME_OBJECT(msg), "Message-ID", value, NULL);
+    g_free(value);
+    g_free(uuid);
+    return id;
 }
 
 /* RFC 2369 List-Unsubscribe with RFC 8058 one-click. */
 static void rewrite_unsubscribe(GMimeMessage *msg, const char *url)
 {
-	GMimeObject *obj = GMIME_OBJECT(msg);
-	char   *raw = g_strdup_printf(" <%s>\n", url);
+    GMimeObject *obj = GMIME_OBJECT(msg);
+    char   *raw = g_strdup_printf(" <%s>\n", url);
 
-	/*
-	 * GMime would turn a URL longer than a line into RFC 2047 encoded
-	 * words, which no client reads as a URL: the header gets its raw
-	 * value, in GMime's form for raw values (from after the colon to the
-	 * newline). rewrite_check() made sure the URL is one printable word.
-	 */
-	g_mime_object_append_header(obj, "List-Unsubscribe", url, NULL);
-	g_mime_header_set_raw_value(g_mime_header_list_get_header(g_mime_object_get_header_list(obj),
-								   "List-Unsubscribe"), raw);
-	g_mime_object_append_header(obj, "List-Unsubscribe-Post", "List-Unsubscribe=One-Click", NULL);
-	g_free(raw);
+    /*
+     * GMime would turn a URL longer than a line into RFC 2047 encoded
+     * words, which no client reads as a URL: the header gets its raw
+     * value, in GMime's form for raw values (from after the colon to the
+     * newline). rewrite_check() made sure the URL is one printable word.
+     */
+    g_mime_object_append_header(obj, "List-Unsubscribe", url, NULL);
+    g_mime_header_set_raw_value(g_mime_header_list_get_header(g_mime_object_get_header_list(obj),
+                                   "List-Unsubscribe"), raw);
+    g_mime_object_append_header(obj, "List-Unsubscribe-Post", "List-Unsubscribe=One-Click", NULL);
+    g_free(raw);
 }
 
 /* The footer template filled in. A hidden sender is not named. */
 static char *rewrite_footer(const struct rewrite_params *p)
 {
-	const char *sender = p->hide_sender || p->original_sender == NULL ? "" : p->original_sender;
-	const char *url = p->unsubscribe_url ? p->unsubscribe_url : "";
-	GString *out = g_string_new(NULL);
+    const char *sender = p->hide_sender || p->original_sender == NULL ? "" : p->original_sender;
+    const char *url = p->unsubscribe_url ? p->unsubscribe_url : "";
+    GString *out = g_string_new(NULL);
 
-	for (const char *s = p->footer; *s;) {
-		if (g_str_has_prefix(s, "{sender}")) {
-			g_string_append(out, sender);
-			s += strlen("{sender}");
-		} else if (g_str_has_prefix(s, "{unsubscribe_url}")) {
-			g_string_append(out, url);
-			s += strlen("{unsubscribe_url}");
-		} else {
-			g_string_append_c(out, *s++);
-		}
-	}
-	return g_string_free(out, FALSE);
+    for (const char *s = p->footer; *s;) {
+        if (g_str_has_prefix(s, "{sender}")) {
+            g_string_append(out, sender);
+            s += strlen("{sender}");
+        } else if (g_str_has_prefix(s, "{unsubscribe_url}")) {
+            g_string_append(out, url);
+            s += strlen("{unsubscribe_url}");
+        } else {
+            g_string_append_c(out, *s++);
+        }
+    }
+    return g_string_free(out, FALSE);
 }
 
 /*
@@ -143,35 +143,35 @@ static char *rewrite_footer(const struct rewrite_params *p)
  */
 static GBytes *rewrite_write(GMimeMessage *msg, GError **err)
 {
-	GMimeFormatOptions *opts = g_mime_format_options_new();
-	GByteArray *bytes = g_byte_array_new();
-	GMimeStream *mem = g_mime_stream_mem_new_with_byte_array(bytes);
-	GMimeStream *crlf = g_mime_stream_filter_new(mem);
-	GMimeFilter *filter;
-	gboolean ok;
+    GMimeFormatOptions *opts = g_mime_format_options_new();
+    GByteArray *bytes = g_byte_array_new();
+    GMimeStream *mem = g_mime_stream_mem_new_with_byte_array(bytes);
+    GMimeStream *crlf = g_mime_stream_filter_new(mem);
+    GMimeFilter *filter;
+    gboolean ok;
 
-	g_mime_format_options_set_newline_format(opts, GMIME_NEWLINE_FORMAT_DOS);
-	g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(mem), FALSE);
-	filter = g_mime_format_options_create_newline_filter(opts, TRUE);
-	g_mime_stream_filter_add(GMIME_STREAM_FILTER(crlf), filter);
-	ok = g_mime_object_write_to_stream(GMIME_OBJECT(msg), opts, crlf) >= 0
-	    && g_mime_stream_flush(crlf) == 0;
-	g_object_unref(filter);
-	g_object_unref(crlf);
-	g_object_unref(mem);
-	g_mime_format_options_free(opts);
-	if (!ok) {
-		g_byte_array_unref(bytes);
-		g_set_error(err, MIME_ERROR, MIME_ERROR_WRITE, "cannot serialise the message");
-		return NULL;
-	}
-	return g_byte_array_free_to_bytes(bytes);
+    g_mime_format_options_set_newline_format(opts, GMIME_NEWLINE_FORMAT_DOS);
+    g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(mem), FALSE);
+    filter = g_mime_format_options_create_newline_filter(opts, TRUE);
+    g_mime_stream_filter_add(GMIME_STREAM_FILTER(crlf), filter);
+    ok = g_mime_object_write_to_stream(GMIME_OBJECT(msg), opts, crlf) >= 0
+        && g_mime_stream_flush(crlf) == 0;
+    g_object_unref(filter);
+    g_object_unref(crlf);
+    g_object_unref(mem);
+    g_mime_format_options_free(opts);
+    if (!ok) {
+        g_byte_array_unref(bytes);
+        g_set_error(err, MIME_ERROR, MIME_ERROR_WRITE, "cannot serialise the message");
+        return NULL;
+    }
+    return g_byte_array_free_to_bytes(bytes);
 }
 
 /* RFC 5322 §2.1.1: a line holds at most 998 octets, CRLF excluded, and
  * should hold at most 78. */
-#define LINE_MAX_OCTETS	998
-#define LINE_WIDTH	78
+#define LINE_MAX_OCTETS 998
+#define LINE_WIDTH      78
 
 /*
  * Whether a relay may refuse, or change, the decoded content of part sent
@@ -182,31 +182,31 @@ static GBytes *rewrite_write(GMimeMessage *msg, GError **err)
  */
 static gboolean rewrite_unsendable(GMimePart *part, gboolean seven)
 {
-	GMimeDataWrapper *content = g_mime_part_get_content(part);
-	GByteArray *bytes;
-	GMimeStream *stream;
-	gboolean bad = FALSE;
-	guint   start = 0;
+    GMimeDataWrapper *content = g_mime_part_get_content(part);
+    GByteArray *bytes;
+    GMimeStream *stream;
+    gboolean bad = FALSE;
+    guint   start = 0;
 
-	if (!content)
-		return FALSE;
-	bytes = g_byte_array_new();
-	stream = g_mime_stream_mem_new_with_byte_array(bytes);
-	g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
-	g_mime_data_wrapper_write_to_stream(content, stream);
-	for (guint i = 0; i < bytes->len && !bad; i++) {
-		guint8	c = bytes->data[i];
+    if (!content)
+        return FALSE;
+    bytes = g_byte_array_new();
+    stream = g_mime_stream_mem_new_with_byte_array(bytes);
+    g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
+    g_mime_data_wrapper_write_to_stream(content, stream);
+    for (guint i = 0; i < bytes->len && !bad; i++) {
+        guint8  c = bytes->data[i];
 
-		if (c == '\n')
-			start = i + 1;
-		else if (c == '\r')
-			bad = i + 1 == bytes->len || bytes->data[i + 1] != '\n';
-		else
-			bad = c == 0 || (seven && c >= 0x80) || i - start >= LINE_MAX_OCTETS;
-	}
-	g_object_unref(stream);
-	g_byte_array_unref(bytes);
-	return bad;
+        if (c == '\n')
+            start = i + 1;
+        else if (c == '\r')
+            bad = i + 1 == bytes->len || bytes->data[i + 1] != '\n';
+        else
+            bad = c == 0 || (seven && c >= 0x80) || i - start >= LINE_MAX_OCTETS;
+    }
+    g_object_unref(stream);
+    g_byte_array_unref(bytes);
+    return bad;
 }
 
 /*
@@ -217,22 +217,22 @@ static gboolean rewrite_unsendable(GMimePart *part, gboolean seven)
  */
 static void rewrite_encode_part(GMimeObject *parent, GMimeObject *obj, gpointer data)
 {
-	GMimePart *part;
-	GMimeContentEncoding enc;
+    GMimePart *part;
+    GMimeContentEncoding enc;
 
-	if (!GMIME_IS_PART(obj))
-		return;
-	part = GMIME_PART(obj);
-	enc = g_mime_part_get_content_encoding(part);
-	if (enc != GMIME_CONTENT_ENCODING_DEFAULT && enc != GMIME_CONTENT_ENCODING_7BIT &&
-	    enc != GMIME_CONTENT_ENCODING_8BIT && enc != GMIME_CONTENT_ENCODING_BINARY)
-		return;
-	if (!rewrite_unsendable(part, enc == GMIME_CONTENT_ENCODING_DEFAULT
-				|| enc == GMIME_CONTENT_ENCODING_7BIT))
-		return;
-	g_mime_part_set_content_encoding(part,
-		g_mime_content_type_is_type(g_mime_object_get_content_type(obj), "text", "*")
-			? GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE : GMIME_CONTENT_ENCODING_BASE64);
+    if (!GMIME_IS_PART(obj))
+        return;
+    part = GMIME_PART(obj);
+    enc = g_mime_part_get_content_encoding(part);
+    if (enc != GMIME_CONTENT_ENCODING_DEFAULT && enc != GMIME_CONTENT_ENCODING_7BIT &&
+        enc != GMIME_CONTENT_ENCODING_8BIT && enc != GMIME_CONTENT_ENCODING_BINARY)
+        return;
+    if (!rewrite_unsendable(part, enc == GMIME_CONTENT_ENCODING_DEFAULT
+                || enc == GMIME_CONTENT_ENCODING_7BIT))
+        return;
+    g_mime_part_set_content_encoding(part,
+        g_mime_content_type_is_type(g_mime_object_get_content_type(obj), "text", "*")
+            ? GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE : GMIME_CONTENT_ENCODING_BASE64);
 }
 
 /*
@@ -244,25 +244,25 @@ static void rewrite_encode_part(GMimeObject *parent, GMimeObject *obj, gpointer 
  */
 static gboolean rewrite_fold_line(GString *out, const char *s, size_t len, size_t col)
 {
-	size_t	longest = 0;
-	size_t	i = 0;
+    size_t  longest = 0;
+    size_t  i = 0;
 
-	while (i < len) {
-		size_t	end = i + strspn(s + i, " \t");
-		gboolean text = end < len;
+    while (i < len) {
+        size_t  end = i + strspn(s + i, " \t");
+        gboolean text = end < len;
 
-		end += strcspn(s + end, " \t");
-		end = MIN(end, len);
-		if (i > 0 && text && col + (end - i) > LINE_WIDTH) {
-			longest = MAX(longest, col);
-			g_string_append_c(out, '\n');
-			col = 0;
-		}
-		g_string_append_len(out, s + i, end - i);
-		col += end - i;
-		i = end;
-	}
-	return MAX(longest, col) <= LINE_MAX_OCTETS;
+        end += strcspn(s + end, " \t");
+        end = MIN(end, len);
+        if (i > 0 && text && col + (end - i) > LINE_WIDTH) {
+            longest = MAX(longest, col);
+            g_string_append_c(out, '\n');
+            col = 0;
+        }
+        g_string_append_len(out, s + i, end - i);
+        col += end - i;
+        i = end;
+    }
+    return MAX(longest, col) <= LINE_MAX_OCTETS;
 }
 
 /*
@@ -273,26 +273,26 @@ static gboolean rewrite_fold_line(GString *out, const char *s, size_t len, size_
  */
 static char *rewrite_fold(const char *name, const char *raw, gboolean *changed)
 {
-	GString *out = g_string_sized_new(strlen(raw) + 16);
-	size_t	col = strlen(name) + 1;	/* "Name:" */
-	gboolean ok = TRUE;
+    GString *out = g_string_sized_new(strlen(raw) + 16);
+    size_t  col = strlen(name) + 1; /* "Name:" */
+    gboolean ok = TRUE;
 
-	*changed = FALSE;
-	for (const char *s = raw; *s && ok;) {
-		size_t	len = strcspn(s, "\n");
-		size_t	text = len > 0 && s[len - 1] == '\r' ? len - 1 : len;
+    *changed = FALSE;
+    for (const char *s = raw; *s && ok;) {
+        size_t  len = strcspn(s, "\n");
+        size_t  text = len > 0 && s[len - 1] == '\r' ? len - 1 : len;
 
-		if (col + text > LINE_MAX_OCTETS) {
-			*changed = TRUE;
-			ok = rewrite_fold_line(out, s, text, col);
-		} else {
-			g_string_append_len(out, s, text);
-		}
-		g_string_append_len(out, s + text, len - text + (s[len] == '\n'));
-		s += len + (s[len] == '\n');
-		col = 0;
-	}
-	return g_string_free(out, !ok);
+        if (col + text > LINE_MAX_OCTETS) {
+            *changed = TRUE;
+            ok = rewrite_fold_line(out, s, text, col);
+        } else {
+            g_string_append_len(out, s, text);
+        }
+        g_string_append_len(out, s + text, len - text + (s[len] == '\n'));
+        s += len + (s[len] == '\n');
+        col = 0;
+    }
+    return g_string_free(out, !ok);
 }
 
 /*
@@ -304,19 +304,19 @@ static char *rewrite_fold(const char *name, const char *raw, gboolean *changed)
  */
 static char *rewrite_plain_value(const char *value)
 {
-	GString *out = g_string_new(NULL);
+    GString *out = g_string_new(NULL);
 
-	for (const char *c = value ? value : ""; *c; c++) {
-		gboolean blank = (unsigned char)*c <= ' ' || *c == 0x7f;
+    for (const char *c = value ? value : ""; *c; c++) {
+        gboolean blank = (unsigned char)*c <= ' ' || *c == 0x7f;
 
-		if (!blank)
-			g_string_append_c(out, *c);
-		else if (out->len && out->str[out->len - 1] != ' ')
-			g_string_append_c(out, ' ');
-	}
-	if (out->len && out->str[out->len - 1] == ' ')
-		g_string_truncate(out, out->len - 1);
-	return g_string_free(out, FALSE);
+        if (!blank)
+            g_string_append_c(out, *c);
+        else if (out->len && out->str[out->len - 1] != ' ')
+            g_string_append_c(out, ' ');
+    }
+    if (out->len && out->str[out->len - 1] == ' ')
+        g_string_truncate(out, out->len - 1);
+    return g_string_free(out, FALSE);
 }
 
 /*
@@ -328,22 +328,22 @@ static char *rewrite_plain_value(const char *value)
  */
 static void rewrite_encode_header(GMimeHeader *header)
 {
-	const char *name = g_mime_header_get_name(header);
-	char   *value = rewrite_plain_value(g_mime_header_get_value(header));
+    const char *name = g_mime_header_get_name(header);
+    char   *value = rewrite_plain_value(g_mime_header_get_value(header));
 
-	if (g_ascii_strncasecmp(name, "Content-", 8) == 0) {
-		g_mime_header_set_value(header, NULL, value, NULL);
-	} else {
-		char   *encoded = g_mime_utils_header_encode_text(NULL, value, NULL);
-		GString *raw = g_string_new(" ");
+    if (g_ascii_strncasecmp(name, "Content-", 8) == 0) {
+        g_mime_header_set_value(header, NULL, value, NULL);
+    } else {
+        char   *encoded = g_mime_utils_header_encode_text(NULL, value, NULL);
+        GString *raw = g_string_new(" ");
 
-		(void)rewrite_fold_line(raw, encoded, strlen(encoded), strlen(name) + 2);
-		g_string_append_c(raw, '\n');
-		g_mime_header_set_raw_value(header, raw->str);
-		g_string_free(raw, TRUE);
-		g_free(encoded);
-	}
-	g_free(value);
+        (void)rewrite_fold_line(raw, encoded, strlen(encoded), strlen(name) + 2);
+        g_string_append_c(raw, '\n');
+        g_mime_header_set_raw_value(header, raw->str);
+        g_string_free(raw, TRUE);
+        g_free(encoded);
+    }
+    g_free(value);
 }
 
 /*
@@ -362,24 +362,24 @@ static void rewrite_encode_header(GMimeHeader *header)
  */
 static void rewrite_fix_headers(GMimeHeaderList *list)
 {
-	for (int i = 0; i < g_mime_header_list_get_count(list); i++) {
-		GMimeHeader *header = g_mime_header_list_get_header_at(list, i);
-		const char *raw = g_mime_header_get_raw_value(header);
-		char   *folded = NULL;
-		gboolean changed;
+    for (int i = 0; i < g_mime_header_list_get_count(list); i++) {
+        GMimeHeader *header = g_mime_header_list_get_header_at(list, i);
+        const char *raw = g_mime_header_get_raw_value(header);
+        char   *folded = NULL;
+        gboolean changed;
 
-		if (raw == NULL)
-			continue;
-		/* Most headers need nothing: GMime keeps their raw bytes untouched. */
-		if (g_utf8_validate(raw, -1, NULL)
-		    && (folded = rewrite_fold(g_mime_header_get_name(header), raw, &changed)) != NULL) {
-			if (changed)
-				g_mime_header_set_raw_value(header, folded);
-		} else {
-			rewrite_encode_header(header);
-		}
-		g_free(folded);
-	}
+        if (raw == NULL)
+            continue;
+        /* Most headers need nothing: GMime keeps their raw bytes untouched. */
+        if (g_utf8_validate(raw, -1, NULL)
+            && (folded = rewrite_fold(g_mime_header_get_name(header), raw, &changed)) != NULL) {
+            if (changed)
+                g_mime_header_set_raw_value(header, folded);
+        } else {
+            rewrite_encode_header(header);
+        }
+        g_free(folded);
+    }
 }
 
 /*
@@ -393,72 +393,72 @@ static void rewrite_fix_headers(GMimeHeaderList *list)
  */
 static void rewrite_unwrap(GMimeMessage *msg)
 {
-	GMimeObject *body = g_mime_message_get_mime_part(msg);
-	GMimeObject *only;
+    GMimeObject *body = g_mime_message_get_mime_part(msg);
+    GMimeObject *only;
 
-	while (GMIME_IS_MULTIPART(body)
-	       && g_mime_content_type_is_type(g_mime_object_get_content_type(body), "multipart", "mixed")
-	       && g_mime_multipart_get_count(GMIME_MULTIPART(body)) == 1
-	       && !GMIME_IS_MESSAGE_PART(only = g_mime_multipart_get_part(GMIME_MULTIPART(body), 0))) {
-		/* GMime drops the old body before it takes the new one. */
-		g_object_ref(only);
-		g_mime_message_set_mime_part(msg, only);
-		g_object_unref(only);
-		body = only;
-	}
+    while (GMIME_IS_MULTIPART(body)
+           && g_mime_content_type_is_type(g_mime_object_get_content_type(body), "multipart", "mixed")
+           && g_mime_multipart_get_count(GMIME_MULTIPART(body)) == 1
+           && !GMIME_IS_MESSAGE_PART(only = g_mime_multipart_get_part(GMIME_MULTIPART(body), 0))) {
+        /* GMime drops the old body before it takes the new one. */
+        g_object_ref(only);
+        g_mime_message_set_mime_part(msg, only);
+        g_object_unref(only);
+        body = only;
+    }
 }
 
 GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
-		     char **message_id, GError **err)
+             char **message_id, GError **err)
 {
-	GMimeObject *obj = GMIME_OBJECT(msg);
-	gboolean known = p->original_sender != NULL && *p->original_sender;
-	gboolean as_original = p->use_original_sender && known;
-	InternetAddressMailbox *from;
-	GDateTime *date;
-	GBytes *out;
-	char   *id;
-	char   *footer;
+    GMimeObject *obj = GMIME_OBJECT(msg);
+    gboolean known = p->original_sender != NULL && *p->original_sender;
+    gboolean as_original = p->use_original_sender && known;
+    InternetAddressMailbox *from;
+    GDateTime *date;
+    GBytes *out;
+    char   *id;
+    char   *footer;
 
-	if ((from = rewrite_check(p, err)) == NULL)
-		return NULL;
-	rewrite_unwrap(msg);
-	rewrite_keep(g_mime_object_get_header_list(obj), message_keep);
-	rewrite_keep(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)), body_keep);
-	rewrite_fix_headers(g_mime_object_get_header_list(obj));
-	rewrite_fix_headers(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)));
-	if (g_mime_object_get_header(obj, "MIME-Version") == NULL)
-		g_mime_object_append_header(obj, "MIME-Version", "1.0", NULL);
+    if ((from = rewrite_check(p, err)) == NULL)
+        return NULL;
+    rewrite_unwrap(msg);
+    rewrite_keep(g_mime_object_get_header_list(obj), message_keep);
+    rewrite_keep(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)), body_keep);
+    rewrite_fix_headers(g_mime_object_get_header_list(obj));
+    rewrite_fix_headers(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)));
+    if (g_mime_object_get_header(obj, "MIME-Version") == NULL)
+        g_mime_object_append_header(obj, "MIME-Version", "1.0", NULL);
 
-	if (as_original)
-		g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_FROM, NULL, p->original_sender);
-	else
-		g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_FROM,
-					   internet_address_get_name(INTERNET_ADDRESS(from)),
-					   internet_address_mailbox_get_addr(from));
-	g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_SENDER, NULL,
-				   internet_address_mailbox_get_addr(from));
-	if (known && !p->hide_sender)
-		g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_REPLY_TO, NULL, p->original_sender);
-	g_object_unref(from);
+    if (as_original)
+        g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_FROM, NULL, p->original_sender);
+    else
+        g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_FROM,
+                       internet_address_get_name(INTERNET_ADDRESS(from)),
+                       internet_address_mailbox_get_addr(from));
+    g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_SENDER, NULL,
+                   internet_address_mailbox_get_addr(from));
+    if (known && !p->hide_sender)
+        g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_REPLY_TO, NULL, p->original_sender);
+    g_object_unref(from);
 
-	date = g_date_time_new_from_unix_utc(p->date);
-	g_mime_message_set_date(msg, date);
-	g_date_time_unref(date);
-	id = rewrite_message_id(msg, p->message_id_domain);
-	if (p->unsubscribe_url && *p->unsubscribe_url)
-		rewrite_unsubscribe(msg, p->unsubscribe_url);
+    date = g_date_time_new_from_unix_utc(p->date);
+    g_mime_message_set_date(msg, date);
+    g_date_time_unref(date);
+    id = rewrite_message_id(msg, p->message_id_domain);
+    if (p->unsubscribe_url && *p->unsubscribe_url)
+        rewrite_unsubscribe(msg, p->unsubscribe_url);
 
-	if (!as_original && p->footer && *p->footer) {
-		footer = rewrite_footer(p);
-		mime_footer_add(msg, footer);
-		g_free(footer);
-	}
-	g_mime_message_foreach(msg, rewrite_encode_part, NULL);
-	if ((out = rewrite_write(msg, err)) == NULL) {
-		g_free(id);
-		return NULL;
-	}
-	*message_id = id;
-	return out;
+    if (!as_original && p->footer && *p->footer) {
+        footer = rewrite_footer(p);
+        mime_footer_add(msg, footer);
+        g_free(footer);
+    }
+    g_mime_message_foreach(msg, rewrite_encode_part, NULL);
+    if ((out = rewrite_write(msg, err)) == NULL) {
+        g_free(id);
+        return NULL;
+    }
+    *message_id = id;
+    return out;
 }
