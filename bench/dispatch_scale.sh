@@ -29,7 +29,7 @@ source "$here/lib/common.sh"
 
 build=${1:-${POSTERN_BUILD:-build}}
 build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
-for bin in bench/spool_fill sender/postern-dispatch sender/postern-sender; do
+for bin in bench/spool_fill dispatch/postern-dispatch sender/postern-sender; do
     [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
 done
 command -v smtp-sink >/dev/null || bench_die "smtp-sink (postfix) is missing"
@@ -89,7 +89,7 @@ fill() {
 round() {
     local dir=$1 want=$2 log=$dir/dispatch.$RANDOM.log d c0 c1 t0 t1 sent deadline
     local pids=()
-    bench_spawn "$log" "$build/sender/postern-dispatch" -c "$dir/postern.ini" -f
+    bench_spawn "$log" "$build/dispatch/postern-dispatch" -c "$dir/postern.ini" -f
     d=$BENCH_PID
     bench_wait_log "$log" "daemon started" 30 "$d" || bench_die "postern-dispatch did not start: $(tail -5 "$log")"
     c0=$(cpu_ticks "$d")

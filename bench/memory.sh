@@ -35,7 +35,7 @@ source "$here/lib/common.sh"
 
 build=${1:-${POSTERN_BUILD:-build}}
 build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
-for bin in ingest/postern-ingest sender/postern-dispatch sender/postern-sender \
+for bin in ingest/postern-ingest dispatch/postern-dispatch sender/postern-sender \
            transform/postern-transform tools/spoolctl tools/postern bench/spool_fill; do
     [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
 done

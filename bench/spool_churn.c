@@ -9,7 +9,7 @@
  *
  * usage: spool_churn DIR TOTAL [WINDOW] [BATCH]
  */
-#include "spool/log.h"
+#include "common/log.h"
 #include "spool/spool.h"
 
 #include <stdio.h>

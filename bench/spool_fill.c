@@ -14,7 +14,7 @@
  * Prints one line: messages, deliveries, seconds, deliveries/s, file bytes.
  */
 #include "spool/delivery.h"
-#include "spool/log.h"
+#include "common/log.h"
 #include "spool/spool.h"
 
 #include <stdio.h>

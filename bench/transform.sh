@@ -26,7 +26,7 @@ source "$here/lib/common.sh"
 
 build=${1:-${POSTERN_BUILD:-build}}
 build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
-for bin in ingest/postern-ingest sender/postern-dispatch transform/postern-transform tools/spoolctl; do
+for bin in ingest/postern-ingest dispatch/postern-dispatch transform/postern-transform tools/spoolctl; do
     [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
 done
 command -v openssl >/dev/null || bench_die "openssl is missing"
@@ -159,7 +159,7 @@ EOF
     done
     c0=$(cpu_seconds "${workers[@]}")
     t0=$(bench_now)
-    bench_spawn "$dir/dispatch.log" "$build/sender/postern-dispatch" -c "$dir/postern.ini" -f
+    bench_spawn "$dir/dispatch.log" "$build/dispatch/postern-dispatch" -c "$dir/postern.ini" -f
     pids+=("$BENCH_PID")
     while [[ $(incoming "$dir/postern.ini") -ne 0 ]]; do
         sleep 0.05

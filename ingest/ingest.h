@@ -18,8 +18,8 @@
 #include <stdint.h>
 
 #include "ingest/lmtp_proto.h"
-#include "spool/config.h"
-#include "spool/hint.h"
+#include "common/config.h"
+#include "common/hint.h"
 #include "spool/spool.h"
 
 enum session_state {

@@ -17,7 +17,7 @@
  * ZeroMQ hints are sent from the main thread only.
  */
 #include "ingest/ingest.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <string.h>
 

@@ -2,7 +2,7 @@
  * ingest_listen.c - the listening sockets: host:port, [v6]:port, unix:/path.
  */
 #include "ingest/ingest.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <fcntl.h>

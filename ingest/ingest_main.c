@@ -5,8 +5,8 @@
  * every iteration ends in the group commit of the messages it completed.
  */
 #include "ingest/ingest.h"
-#include "spool/daemon.h"
-#include "spool/log.h"
+#include "common/daemon.h"
+#include "common/log.h"
 
 #include <glib-unix.h>
 #include <signal.h>

@@ -6,7 +6,7 @@
  * hand has been consumed (or when the session must wait for a commit).
  */
 #include "ingest/ingest.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <glib-unix.h>

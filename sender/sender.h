@@ -3,7 +3,7 @@
  *
  * sender_main.c  the main thread: config, secrets, one DEALER socket to the
  *                dispatcher ([workers] dispatch; tcp:// only with CURVE),
- *                the wire protocol of spool/wire.h (HELLO, CREDIT, PING,
+ *                the wire protocol of common/wire.h (HELLO, CREDIT, PING,
  *                WHO, SJOB, SDONE) and a clean stop on SIGTERM.
  * sender_slot.c  [workers] slots slot threads; each runs one job at a time
  *                on its own SMTP client and hands the result back.
@@ -13,9 +13,9 @@
  * killed, its leases run out and the dispatcher gives the jobs to others.
  *
  * Connections: the slots share a pool of relay connections, at most the
- * budget the dispatcher granted (sender/relay_conns.h), busy and idle
+ * budget the dispatcher granted (dispatch/dispatch.h (dispatch_conns.c)), busy and idle
  * together.  An idle connection is reused by the next job (RSET, no new
- * TLS handshake or AUTH) and closed after SENDER_IDLE_MS without one, or
+ * TLS handshake or AUTH) and closed after WIRE_CONN_IDLE_MS without one, or
  * at once when the budget shrinks below what is open.
  */
 #ifndef POSTERN_SENDER_H
@@ -23,10 +23,9 @@
 
 #include <glib.h>
 
-#include "sender/relay_conns.h"
 #include "sender/smtp.h"
-#include "spool/config.h"
-#include "spool/wire.h"
+#include "common/config.h"
+#include "common/wire.h"
 
 /*
  * What a slot hands back: the results of one or more SMTP transactions of

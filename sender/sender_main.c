@@ -5,10 +5,10 @@
  * Set up (config, relay password, CURVE keys, DEALER socket, slots), then
  * one zmq_poll loop over the DEALER, the slots' eventfd and a signalfd.
  */
-#include "sender/secret.h"
+#include "common/secret_file.h"
 #include "sender/sender.h"
-#include "spool/daemon.h"
-#include "spool/log.h"
+#include "common/daemon.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -3,7 +3,7 @@
  * own SMTP client (or into the Maildir), results back to the main thread.
  */
 #include "sender/sender.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -129,7 +129,7 @@ static void deliver_maildir(struct sender *s, const struct wire_send_job *job,
  */
 static gboolean relay_stopped(const struct smtp_rcpt_result *r)
 {
-    return r->error != SMTP_ERROR_NONE || r->code == 421 || retry_classify(r) == RETRY_PAUSE;
+    return r->error != SMTP_ERROR_NONE || r->code == 421 || smtp_result_throttled(r);
 }
 
 /*
@@ -313,7 +313,7 @@ static void conn_put(struct sender *s, struct smtp_client *client)
 }
 
 /*
- * Close the idle connections that waited SENDER_IDLE_MS, or are beyond
+ * Close the idle connections that waited WIRE_CONN_IDLE_MS, or are beyond
  * the budget; the oldest are at the tail.  Returns how long, in us, until
  * the next idle one expires, or -1 when none is idle.
  */
@@ -325,13 +325,13 @@ static gint64 conn_reap(struct sender *s)
 
     g_mutex_lock(&s->conn_lock);
     while ((idle = g_queue_peek_tail(&s->conn_idle)) &&
-           (now - idle->since >= SENDER_IDLE_MS * 1000 || s->conn_open > s->conn_budget)) {
+           (now - idle->since >= WIRE_CONN_IDLE_MS * 1000 || s->conn_open > s->conn_budget)) {
         g_ptr_array_add(closing, idle->client);
         g_free(g_queue_pop_tail(&s->conn_idle));
         s->conn_open--;
     }
     if (idle)
-        wait = idle->since + SENDER_IDLE_MS * 1000 - now;
+        wait = idle->since + WIRE_CONN_IDLE_MS * 1000 - now;
     g_mutex_unlock(&s->conn_lock);
     for (guint i = 0; i < closing->len; i++)
         smtp_client_free(closing->pdata[i]);

@@ -3,15 +3,11 @@
  *
  * relay_url.c     parses [relay] url (pure).
  * smtp_reply.c    incremental SMTP reply parser and EHLO keywords (pure, no I/O).
- * retry_policy.c  turns an attempt's result into sent/deferred/bounced/paused
- *                 and computes backoff (pure; the caller supplies clock and dice).
  * smtp_client.c   blocking SMTP client on OpenSSL: one per sender worker slot,
  *                 used from one thread at a time. The process must ignore
  *                 SIGPIPE, as every Postfix daemon does: OpenSSL writes to the
  *                 socket with write(2).
  * maildir.c       delivery into a Maildir instead of a relay.
- *
- * Times handed to the retry policy are microseconds (g_get_real_time()).
  */
 #ifndef POSTERN_SENDER_SMTP_H
 #define POSTERN_SENDER_SMTP_H
@@ -136,6 +132,9 @@ struct smtp_rcpt_result {
 };
 
 void    smtp_results_clear(struct smtp_rcpt_result *results, size_t n);
+/* A quota or throttle reply of the relay (SPEC §5): says nothing about the
+ * message, every delivery would get the same answer for a while. */
+gboolean smtp_result_throttled(const struct smtp_rcpt_result *r);
 
 struct smtp_client;
 
@@ -160,34 +159,6 @@ gboolean smtp_client_connected(const struct smtp_client *c);
 
 /* QUIT if connected, then free. */
 void    smtp_client_free(struct smtp_client *c);
-
-/* ---- retry_policy.c ---------------------------------------------------- */
-
-enum retry_verdict { RETRY_SENT, RETRY_DEFER, RETRY_BOUNCE, RETRY_PAUSE };
-
-const char *retry_verdict_name(enum retry_verdict v);   /* sent, deferred, bounced, paused */
-
-struct retry_policy {
-    gint64  initial, max, lifetime; /* microseconds: [retry] initial, max, lifetime */
-};
-
-/* SPEC §5: quota/throttle replies pause; 2xx sent; 4xx and failures without
- * a reply (or a refused session) defer; 5xx bounce. */
-enum retry_verdict retry_classify(const struct smtp_rcpt_result *r);
-
-/* Whether a delivery first queued at first has outlived [retry] lifetime. */
-gboolean retry_expired(const struct retry_policy *p, gint64 first, gint64 now);
-
-/*
- * After a deferred attempt: RETRY_BOUNCE once retry_expired(), else
- * RETRY_DEFER with *next_at = now + min(initial * 2^(attempts-1), max) +- 20%.
- * u is a uniform random number in [0, 1) (g_random_double()), the jitter.
- */
-enum retry_verdict retry_schedule(const struct retry_policy *p, unsigned attempts,
-                  gint64 first, gint64 now, double u, gint64 *next_at);
-
-/* How long the relay stays paused after the n-th pause in a row (n >= 1). */
-gint64  retry_pause(const struct retry_policy *p, unsigned n);
 
 /* ---- maildir.c --------------------------------------------------------- */
 

@@ -236,3 +236,18 @@ void    smtp_ehlo_parse(const struct smtp_reply *r, struct smtp_ehlo *out)
         g_strfreev(word);
     }
 }
+
+/*
+ * The relay's quota and throttle replies (Google: "421 4.7.0 Try again
+ * later", "450 4.2.1 ... rate limited", "550 5.4.5 Daily user sending quota
+ * exceeded", "550 5.7.1 ... relay limit exceeded"). They say nothing about
+ * the message: every delivery would get the same answer for a while.
+ */
+gboolean smtp_result_throttled(const struct smtp_rcpt_result *r)
+{
+    return (r->code == 421 && !strcmp(r->status, "4.7.0"))
+        || (r->code == 450 && !strcmp(r->status, "4.2.1"))
+        || (r->code == 550 && !strcmp(r->status, "5.4.5"))
+        || (r->code == 550 && !strcmp(r->status, "5.7.1")
+        && r->text && strcasestr(r->text, "limit exceeded"));
+}

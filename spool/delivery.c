@@ -2,7 +2,7 @@
  * delivery.c - see delivery.h.
  */
 #include "spool/delivery.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <string.h>
 

@@ -31,7 +31,7 @@
 #include <lmdb.h>
 #include <stdint.h>
 
-#include "spool/config.h"
+#include "common/config.h"
 
 typedef uint64_t queue_id;
 

@@ -2,7 +2,7 @@
  * spool_env.c - the LMDB environment: open, transactions, map growth.
  */
 #include "spool/spool.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <stdio.h>

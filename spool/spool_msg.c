@@ -6,7 +6,7 @@
  */
 #include "spool/spool.h"
 #include "spool/delivery.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <string.h>
 

@@ -7,7 +7,7 @@
 #include <openssl/rand.h>
 #include <string.h>
 
-#include "spool/log.h"
+#include "common/log.h"
 
 void token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN])
 {

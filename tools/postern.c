@@ -8,8 +8,8 @@
  * their way out.  Each step passes SIGTERM on, waits for the children to
  * finish what they hold, and kills what is left after STOP_GRACE.
  */
-#include "spool/config.h"
-#include "spool/log.h"
+#include "common/config.h"
+#include "common/log.h"
 #include "spool/spool.h"
 
 #include <errno.h>
@@ -237,7 +237,7 @@ static int postern_run(const char *config, gboolean use_syslog)
     sup.children = g_ptr_array_new();
     postern_add(&sup, self_dir, "ingest", "postern-ingest", "postern-ingest", config, !use_syslog,
                 NULL, STOP_WORKERS);
-    postern_add(&sup, self_dir, "sender", "postern-dispatch", "postern-dispatch", config,
+    postern_add(&sup, self_dir, "dispatch", "postern-dispatch", "postern-dispatch", config,
                 !use_syslog, NULL, STOP_DISPATCHER);
     for (uint64_t i = 0; i < cfg.workers.transforms; i++) {
         g_autofree char *name = g_strdup_printf("postern-transform#%" G_GUINT64_FORMAT, i + 1);

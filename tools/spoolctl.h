@@ -12,7 +12,7 @@
 
 #include <json-glib/json-glib.h>
 
-#include "spool/config.h"
+#include "common/config.h"
 #include "spool/delivery.h"
 #include "spool/spool.h"
 

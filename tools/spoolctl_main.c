@@ -5,7 +5,7 @@
  * word that is not an option); each command parses its own.
  */
 #include "tools/spoolctl.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -7,7 +7,7 @@
  * one write transaction.
  */
 #include "tools/spoolctl.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <stdio.h>
 #include <string.h>

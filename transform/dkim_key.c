@@ -15,7 +15,7 @@
 #include <openssl/x509.h>
 
 #include "transform/dkim.h"
-#include "spool/secret_file.h"
+#include "common/secret_file.h"
 
 G_DEFINE_QUARK(dkim-error-quark, dkim_error)
 

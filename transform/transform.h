@@ -21,7 +21,8 @@
 
 #include <glib.h>
 
-#include "spool/config.h"
+#include "common/clock.h"
+#include "common/config.h"
 #include "spool/spool.h"
 #include "spool/token.h"
 #include "transform/dkim.h"

@@ -19,7 +19,7 @@
 #include "transform/transform.h"
 #include "transform/mime.h"
 #include "spool/delivery.h"
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <string.h>
 
@@ -77,10 +77,6 @@ struct job {
     const char *outcome;            /* the TDONE word once the job is over */
 };
 
-static gint64 job_now_ms(void)
-{
-    return g_get_real_time() / 1000;
-}
 
 static void job_dlv_free(gpointer p)
 {
@@ -145,12 +141,12 @@ static gboolean job_get_ours(struct spool_txn *t, const struct job *j, struct sp
         g_clear_error(&local);
         return FALSE;
     }
-    if (m->state == MSG_INCOMING && m->lease == j->lease && m->lease_expiry > job_now_ms())
+    if (m->state == MSG_INCOMING && m->lease == j->lease && m->lease_expiry > unix_ms())
         return TRUE;
     g_set_error(err, TRANSFORM_ERROR, TRANSFORM_ERR_FENCED,
                 "%s: lease %" G_GINT64_MODIFIER "x is not ours any more (state %s, lease %"
                 G_GINT64_MODIFIER "x, %s)", j->idtext, j->lease, msg_state_name(m->state),
-                m->lease, m->lease_expiry > job_now_ms() ? "unexpired" : "expired");
+                m->lease, m->lease_expiry > unix_ms() ? "unexpired" : "expired");
     return FALSE;
 }
 
@@ -530,7 +526,7 @@ static gboolean job_get_ours_again(struct spool_txn *t, struct job *j, struct sp
     MDB_val val;
 
     *lent = loaded && job_record(t, j, &val) && val.mv_size == len &&
-            memcmp(val.mv_data, loaded, len) == 0 && j->m.lease_expiry > job_now_ms();
+            memcmp(val.mv_data, loaded, len) == 0 && j->m.lease_expiry > unix_ms();
     if (!*lent)
         return job_get_ours(t, j, m, err);
     *m = j->m;

@@ -8,10 +8,10 @@
  */
 #include "transform/transform.h"
 #include "transform/mime.h"
-#include "spool/daemon.h"
-#include "spool/log.h"
-#include "spool/hint.h"
-#include "spool/wire.h"
+#include "common/daemon.h"
+#include "common/log.h"
+#include "common/hint.h"
+#include "common/wire.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -56,10 +56,6 @@ static void transform_on_signal(int sig)
     transform_stopping = sig;
 }
 
-static int64_t transform_mono_ms(void)
-{
-    return g_get_monotonic_time() / 1000;
-}
 
 /*
  * [dkim] keys left at its default names a key in the spool: create it on
@@ -133,7 +129,7 @@ static void transform_hello(struct worker *w)
     g_autoptr(GBytes) hello = wire_pack("(su)", "transform", (guint32)TRANSFORM_SLOTS);
 
     wire_send(w->sock, NULL, WIRE_HELLO, hello);
-    w->heard = transform_mono_ms();
+    w->heard = mono_ms();
 }
 
 /*
@@ -145,12 +141,12 @@ static void transform_batch(struct worker *w)
 {
     g_autoptr(GPtrArray) jobs = g_ptr_array_new_with_free_func((GDestroyNotify)job_free);
     g_autoptr(GBytes) credit = NULL;
-    int64_t start = transform_mono_ms();
+    int64_t start = mono_ms();
     size_t bytes = 0;
     gboolean ready = FALSE;
 
     while (w->pending->len && bytes < TRANSFORM_BATCH_BYTES &&
-           transform_mono_ms() - start < TRANSFORM_BATCH_MS) {
+           mono_ms() - start < TRANSFORM_BATCH_MS) {
         struct ticket t = g_array_index(w->pending, struct ticket, 0);
         char id[QUEUE_ID_LEN + 1];
         struct job *j;
@@ -194,7 +190,7 @@ static void transform_receive(struct worker *w)
     char *cmd;
 
     while (wire_recv(w->sock, FALSE, NULL, &cmd, &payload)) {
-        w->heard = transform_mono_ms();
+        w->heard = mono_ms();
         if (w->silent)
             msg_info("dispatcher %s is back", w->tf.cfg->workers.local_dispatch);
         w->silent = FALSE;
@@ -216,7 +212,7 @@ static void transform_receive(struct worker *w)
  */
 static void transform_timers(struct worker *w)
 {
-    int64_t now = transform_mono_ms();
+    int64_t now = mono_ms();
 
     if (now >= w->next_ping) {
         wire_send(w->sock, NULL, WIRE_PING, NULL);
@@ -244,7 +240,7 @@ static void transform_loop(struct worker *w)
 {
     while (!transform_stopping || w->pending->len) {
         zmq_pollitem_t item = { w->sock, 0, ZMQ_POLLIN, 0 };
-        int64_t wait = w->pending->len ? 0 : w->next_ping - transform_mono_ms();
+        int64_t wait = w->pending->len ? 0 : w->next_ping - mono_ms();
 
         if (!transform_stopping && zmq_poll(&item, 1, (long)CLAMP(wait, 0, WIRE_HEARTBEAT_MS)) > 0)
             transform_receive(w);

@@ -200,7 +200,7 @@ def latency():
             cl.lhlo()
             # Steady state: one message through first. A dispatcher that
             # has just started grants no relay connection for 2 s
-            # (sender/relay_conns.h), which is start-up, not latency.
+            # (dispatch/dispatch.h (dispatch_conns.c)), which is start-up, not latency.
             cl.send_message(chain.lego_message(warm, subject="warm"), sender=chain.OWNER)
             postern.wait_for(lambda: "warm@sink.test" in stamp.at, timeout=60,
                              what="the warm-up copy at the sink")

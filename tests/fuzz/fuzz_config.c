@@ -1,5 +1,5 @@
 /*
- * fuzz_config - spool/config.h config_load on arbitrary files: the input is
+ * fuzz_config - common/config.h config_load on arbitrary files: the input is
  * written to a temporary file, loaded, and freed. Errors are fine; a crash,
  * a leak or an error without a message is not. A file that loads must give
  * the values config_derive promises.
@@ -12,7 +12,7 @@
 #include <glib.h>
 #include <glib/gstdio.h>
 
-#include "spool/config.h"
+#include "common/config.h"
 #include "fuzz_util.h"
 
 static char *path;

@@ -42,7 +42,7 @@ def sender_binary():
 
 
 def dispatch_binary():
-    return postern.binary("sender/postern-dispatch")
+    return postern.binary("dispatch/postern-dispatch")
 
 
 def transform_binary():

@@ -104,7 +104,7 @@ class Stack:
         self.ingest = postern.Ingest(self.tmp, config=postern.merge(base, config), name="ingest")
         self.config = self.ingest.config_path
         argv = lambda exe: [postern.binary(exe), "-c", self.config, "-f"]
-        self.dispatch = Daemon(argv("sender/postern-dispatch"), self.tmp / "dispatch.log",
+        self.dispatch = Daemon(argv("dispatch/postern-dispatch"), self.tmp / "dispatch.log",
                                r"daemon started")
         self.transforms = [Daemon(argv("transform/postern-transform"),
                                   self.tmp / f"transform{i}.log", r"daemon started")

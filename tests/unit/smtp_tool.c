@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "dispatch/retry_policy.h"
 #include "sender/smtp.h"
 
 static const char *const error_names[] = {

@@ -10,7 +10,7 @@
 #include <unistd.h>
 #include <string.h>
 
-#include "spool/config.h"
+#include "common/config.h"
 
 static char *write_config(const char *text)
 {

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "sender/smtp.h"
+#include "dispatch/retry_policy.h"
 
 #define MIN_US  ((gint64) 60 * G_USEC_PER_SEC)
 

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "spool/delivery.h"
-#include "spool/log.h"
+#include "common/log.h"
 #include "spool/spool.h"
 #include "spool/token.h"
 

@@ -11,7 +11,7 @@
 
 #include <glib.h>
 
-#include "spool/config.h"
+#include "common/config.h"
 
 void daemon_init(int *argc, char ***argv, const char *name, const char *summary,
                  const GOptionEntry *extra, struct postern_config *cfg);

@@ -1,7 +1,7 @@
 /*
  * wire.c - see wire.h.
  */
-#include "spool/wire.h"
+#include "common/wire.h"
 
 #include <errno.h>
 #include <string.h>

@@ -4,7 +4,7 @@
  */
 #include <string.h>
 
-#include "sender/smtp.h"
+#include "dispatch/retry_policy.h"
 
 const char *retry_verdict_name(enum retry_verdict v)
 {
@@ -17,28 +17,13 @@ const char *retry_verdict_name(enum retry_verdict v)
 }
 
 /*
- * The relay's quota and throttle replies (Google: "421 4.7.0 Try again
- * later", "450 4.2.1 ... rate limited", "550 5.4.5 Daily user sending quota
- * exceeded", "550 5.7.1 ... relay limit exceeded"). They say nothing about
- * the message: every delivery would get the same answer for a while.
- */
-static gboolean relay_throttled(const struct smtp_rcpt_result *r)
-{
-    return (r->code == 421 && !strcmp(r->status, "4.7.0"))
-        || (r->code == 450 && !strcmp(r->status, "4.2.1"))
-        || (r->code == 550 && !strcmp(r->status, "5.4.5"))
-        || (r->code == 550 && !strcmp(r->status, "5.7.1")
-        && r->text && strcasestr(r->text, "limit exceeded"));
-}
-
-/*
  * A refused session (greeting, EHLO, STARTTLS, AUTH) defers even on a 5xx:
  * it is about the relay or our credentials, not the message, and Postfix
  * defers it too (smtp_skip_5xx_greeting, smtp_sasl_auth_soft_bounce).
  */
 enum retry_verdict retry_classify(const struct smtp_rcpt_result *r)
 {
-    if (relay_throttled(r))
+    if (smtp_result_throttled(r))
         return RETRY_PAUSE;
     if (r->error != SMTP_ERROR_NONE)
         return RETRY_DEFER;

@@ -16,4 +16,12 @@
 char *secret_file_read(const char *path, size_t max, size_t *len, GError **err);
 void secret_file_free(char *bytes, size_t len);
 
+/*
+ * A secret given by a config key (the relay password, a CURVE secret
+ * key): its text, or NULL with *err naming the key and the path.  Wipe it
+ * with secret_free().
+ */
+char *secret_read(const char *key, const char *path, GError **err);
+void secret_free(char *text);
+
 #endif

@@ -14,11 +14,16 @@
  *     PING    ()     heartbeat, every WIRE_HEARTBEAT_MS
  *     TDONE   (tts)  transform lease, message id, outcome word
  *     SDONE   see struct wire_send_result
+ *     CONNS   (uu)   senders: the connection budget I apply, relay connections I hold
  *   dispatcher -> worker
  *     TJOB    (tt)   transform lease, message id
  *     SJOB    see struct wire_send_job
  *     PING    ()     heartbeat
  *     WHO     ()     "I do not know you": the worker sends HELLO again
+ *     CONNMAX (u)    senders: open at most this many relay connections
+ *
+ * How the dispatcher shares [relay] max_connections out with CONNMAX and
+ * CONNS is in dispatch/dispatch.h (dispatch_conns.c).
  */
 #ifndef POSTERN_WIRE_H
 #define POSTERN_WIRE_H
@@ -38,6 +43,13 @@
 #define WIRE_TJOB "TJOB"
 #define WIRE_SJOB "SJOB"
 #define WIRE_WHO "WHO"
+#define WIRE_CONNMAX "CONNMAX"
+#define WIRE_CONNS "CONNS"
+
+/* A sender closes a relay connection after this long without a job; the
+ * dispatcher grants nothing for this long after its start, so that the
+ * idle connections of workers it has not heard from yet are closed. */
+#define WIRE_CONN_IDLE_MS 2000
 
 /* One recipient of a send job: its own header block, or NULL when shared. */
 struct wire_rcpt {

@@ -2,9 +2,9 @@
  * dispatch_workers.c - the worker table: binding, HELLO/CREDIT/PING,
  * heartbeats, dead workers, and the CURVE allow-list for tcp:// workers.
  */
-#include "sender/dispatch.h"
-#include "sender/secret.h"
-#include "spool/log.h"
+#include "dispatch/dispatch.h"
+#include "common/secret_file.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <string.h>
@@ -275,7 +275,7 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
             msg_warn("worker %s: unknown command \"%s\"", w->name, cmd);
         }
         if (w || (w = worker_lookup(d, sock, identity)))
-            w->last_seen = dispatch_mono_ms();
+            w->last_seen = mono_ms();
         g_bytes_unref(identity);
         g_bytes_unref(payload);
         g_free(cmd);
@@ -309,7 +309,7 @@ void dispatch_heartbeat(struct dispatch *d)
 {
     GHashTableIter it;
     struct worker *w;
-    int64_t now = dispatch_mono_ms();
+    int64_t now = mono_ms();
 
     g_hash_table_iter_init(&it, d->workers);
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w)) {

@@ -7,8 +7,8 @@
  * line, and the message moves on: done when every delivery has ended,
  * with a bounce report queued for the token owner if any bounced.
  */
-#include "sender/dispatch.h"
-#include "spool/log.h"
+#include "dispatch/dispatch.h"
+#include "common/log.h"
 #include "spool/relay_state.h"
 
 #include <string.h>
@@ -91,6 +91,14 @@ static gboolean result_message_state(struct spool_txn *t, queue_id msg, GError *
 }
 
 /* next_try is kept in whole seconds: round up, never retry early. */
+void dispatch_log_pause(struct dispatch *d, const char *why)
+{
+    g_autoptr(GDateTime) until = g_date_time_new_from_unix_local(d->paused_until / 1000);
+    g_autofree char *when = g_date_time_format(until, "%H:%M:%S");
+
+    msg_warn("relay %s paused until %s %s", d->cfg->relay.url, when, why);
+}
+
 static int64_t usec_to_sec_up(int64_t usec)
 {
     return (usec + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC;

@@ -6,9 +6,9 @@
  * hand out as much due work as the workers have credit for.  A rescan
  * every second means a lost hint delays work by a second at most.
  */
-#include "sender/dispatch.h"
-#include "spool/daemon.h"
-#include "spool/log.h"
+#include "dispatch/dispatch.h"
+#include "common/daemon.h"
+#include "common/log.h"
 #include "spool/relay_state.h"
 
 #include <glib-unix.h>
@@ -17,24 +17,6 @@
 
 #define TICK_MS 1000
 #define READER_CHECK_MS 30000
-
-int64_t dispatch_now_ms(void)
-{
-    return g_get_real_time() / 1000;
-}
-
-int64_t dispatch_mono_ms(void)
-{
-    return g_get_monotonic_time() / 1000;
-}
-
-void dispatch_log_pause(struct dispatch *d, const char *why)
-{
-    g_autoptr(GDateTime) until = g_date_time_new_from_unix_local(d->paused_until / 1000);
-    g_autofree char *when = g_date_time_format(until, "%H:%M:%S");
-
-    msg_warn("relay %s paused until %s %s", d->cfg->relay.url, when, why);
-}
 
 /*
  * A pause outlives the dispatcher that saw the reply (spool/relay_state.h):
@@ -53,7 +35,7 @@ static void dispatch_load_relay_state(struct dispatch *d)
     spool_read_end(&t);
     d->paused_until = st.paused_until;
     d->pauses = st.pauses;
-    if (d->paused_until > dispatch_now_ms())
+    if (d->paused_until > unix_ms())
         dispatch_log_pause(d, "(recorded before our start)");
 }
 
@@ -84,7 +66,7 @@ static void dispatch_setup(struct dispatch *d)
     d->policy.max = (gint64)d->cfg->retry.max * G_USEC_PER_SEC;
     d->policy.lifetime = (gint64)d->cfg->retry.lifetime * G_USEC_PER_SEC;
     d->mail_from = g_strdup(d->cfg->bounce.envelope_from);
-    d->rate_refilled = dispatch_mono_ms();
+    d->rate_refilled = mono_ms();
     d->work_hinted = TRUE;          /* the rescan at start */
 }
 
@@ -100,7 +82,7 @@ static void dispatch_drain(struct dispatch *d)
 
 static void dispatch_loop(struct dispatch *d)
 {
-    int64_t next_tick = 0, next_reader_check = dispatch_mono_ms() + READER_CHECK_MS;
+    int64_t next_tick = 0, next_reader_check = mono_ms() + READER_CHECK_MS;
 
     while (!dispatch_stop_signal) {
         zmq_pollitem_t items[4] = {
@@ -108,7 +90,7 @@ static void dispatch_loop(struct dispatch *d)
             { d->hints, 0, ZMQ_POLLIN, 0 },
         };
         int n_items = 2;
-        int64_t now = dispatch_mono_ms();
+        int64_t now = mono_ms();
         long timeout = d->work_hinted ? 0 : (long)MAX(next_tick - now, 0);
 
         if (d->local)
@@ -117,7 +99,7 @@ static void dispatch_loop(struct dispatch *d)
             items[n_items++] = (zmq_pollitem_t){ d->zap, 0, ZMQ_POLLIN, 0 };
         zmq_poll(items, n_items, timeout);
         dispatch_drain(d);
-        now = dispatch_mono_ms();
+        now = mono_ms();
         if (now >= next_tick) {
             next_tick = now + TICK_MS;
             dispatch_heartbeat(d);

@@ -5,8 +5,8 @@
  * Loading walks the table, so a key cannot be added without a default, and
  * every key is parsed and reported the same way.
  */
-#include "spool/config.h"
-#include "spool/log.h"
+#include "common/config.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <stddef.h>

@@ -1,8 +1,8 @@
 /*
  * daemon.c - see daemon.h.
  */
-#include "spool/daemon.h"
-#include "spool/log.h"
+#include "common/daemon.h"
+#include "common/log.h"
 
 #include <signal.h>
 #include <stdlib.h>

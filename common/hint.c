@@ -1,8 +1,8 @@
 /*
  * hint.c - see hint.h.
  */
-#include "spool/hint.h"
-#include "spool/wire.h"
+#include "common/hint.h"
+#include "common/wire.h"
 
 #include <errno.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /*
  * log.c - see log.h.
  */
-#include "spool/log.h"
+#include "common/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,11 +1,12 @@
 /*
  * secret_file.c - see secret_file.h.
  */
-#include "spool/secret_file.h"
+#include "common/secret_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <string.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
 
@@ -69,4 +70,25 @@ void secret_file_free(char *bytes, size_t len)
         return;
     OPENSSL_cleanse(bytes, len);
     g_free(bytes);
+}
+
+#define SECRET_TEXT_MAX 65536
+
+char *secret_read(const char *key, const char *path, GError **err)
+{
+    GError *local = NULL;
+    size_t len;
+    char *text = secret_file_read(path, SECRET_TEXT_MAX, &len, &local);
+
+    if (text == NULL) {
+        g_set_error(err, local->domain, local->code, "%s %s", key, local->message);
+        g_error_free(local);
+    }
+    return text;
+}
+
+void secret_free(char *text)
+{
+    if (text)
+        secret_file_free(text, strlen(text));
 }

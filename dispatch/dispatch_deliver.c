@@ -6,8 +6,8 @@
  * all deliveries: the cost of a round is the number of deliveries it
  * leases, whatever the size of the spool.
  */
-#include "sender/dispatch.h"
-#include "spool/log.h"
+#include "dispatch/dispatch.h"
+#include "common/log.h"
 
 #include <string.h>
 
@@ -90,7 +90,7 @@ static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err
 {
     MDB_cursor *cur;
     MDB_val key, val;
-    uint64_t now = (uint64_t)dispatch_now_ms();
+    uint64_t now = (uint64_t)unix_ms();
     unsigned seen = 0, txns = 0;
     gboolean ok = TRUE;
     int rc;
@@ -130,7 +130,7 @@ static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob 
 {
     struct spool_msg m;
     g_autoptr(GByteArray) body = g_byte_array_new();
-    int64_t expiry = dispatch_now_ms() + (int64_t)dl->d->cfg->retry.lease * 1000;
+    int64_t expiry = unix_ms() + (int64_t)dl->d->cfg->retry.lease * 1000;
 
     if (!spool_msg_get(t, j->msg, &m, err))
         return FALSE;
@@ -184,7 +184,7 @@ static gboolean dlease_write(struct spool_txn *t, void *ctx, GError **err)
 static unsigned dispatch_rate_budget(struct dispatch *d)
 {
     double rate = d->cfg->relay.rate;
-    int64_t now = dispatch_mono_ms();
+    int64_t now = mono_ms();
 
     if (rate <= 0)
         return G_MAXUINT;
@@ -199,7 +199,7 @@ void dispatch_lease_deliveries(struct dispatch *d)
     struct dlease dl = { .d = d, .max_jobs = dispatch_conns_room(d) };
     GError *err = NULL;
 
-    if (!dl.max_jobs || d->paused_until > dispatch_now_ms())
+    if (!dl.max_jobs || d->paused_until > unix_ms())
         return;
     if (!(dl.max_txns = dispatch_rate_budget(d)))
         return;
@@ -252,7 +252,7 @@ static gboolean expire_write(struct spool_txn *t, void *ctx, GError **err)
     g_autoptr(GArray) keys = g_array_new(FALSE, FALSE, 20);
     MDB_cursor *cur;
     MDB_val key, val;
-    uint64_t now = (uint64_t)dispatch_now_ms();
+    uint64_t now = (uint64_t)unix_ms();
     int rc;
 
     g_array_set_size(ex->expired, 0);

@@ -6,8 +6,8 @@
  * recorded and unexpired.  A message whose lease ran out (its worker died)
  * is simply leased again.
  */
-#include "sender/dispatch.h"
-#include "spool/log.h"
+#include "dispatch/dispatch.h"
+#include "common/log.h"
 
 struct tlease {
     struct dispatch *d;
@@ -28,7 +28,7 @@ static gboolean tlease_collect(queue_id id, void *ctx)
 static gboolean tlease_write(struct spool_txn *t, void *ctx, GError **err)
 {
     struct tlease *tl = ctx;
-    int64_t now = dispatch_now_ms();
+    int64_t now = unix_ms();
 
     g_array_set_size(tl->candidates, 0);
     g_array_set_size(tl->leased, 0);

@@ -3,14 +3,14 @@
  * (SPEC §5): open relay connections, idle ones included, not jobs in
  * flight.  Each worker gets a budget of connections (CONNMAX) and reports
  * what it applies and holds (CONNS); the protocol and why it holds across
- * restarts are in sender/relay_conns.h.
+ * restarts are in dispatch/dispatch.h (dispatch_conns.c).
  *
  * What may be open is, per known worker, the most of what we granted and
  * what it last said it applies or holds, plus one per job of a worker we
  * do not know.  A grant is made only out of what that leaves free.
  */
-#include "sender/dispatch.h"
-#include "spool/log.h"
+#include "dispatch/dispatch.h"
+#include "common/log.h"
 
 #include <string.h>
 
@@ -79,10 +79,10 @@ void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url)
         return;
     if (!conns_adopt(d, &err))
         msg_fatal("leases at start: %s", err->message);
-    d->conn_grace_until = dispatch_mono_ms() + SENDER_IDLE_MS;
+    d->conn_grace_until = mono_ms() + WIRE_CONN_IDLE_MS;
     msg_info("relay connections: %u job(s) leased before our start count against "
              "max_connections %u; no grant for %d ms", g_hash_table_size(d->jobs),
-             (unsigned)d->cfg->relay.max_connections, SENDER_IDLE_MS);
+             (unsigned)d->cfg->relay.max_connections, WIRE_CONN_IDLE_MS);
 }
 
 static unsigned conns_reserved(const struct worker *w)
@@ -98,7 +98,7 @@ static unsigned conns_free(struct dispatch *d)
     struct worker *w;
     struct job *job;
 
-    if (dispatch_mono_ms() < d->conn_grace_until)
+    if (mono_ms() < d->conn_grace_until)
         return 0;
     g_hash_table_iter_init(&it, d->workers);
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
@@ -196,7 +196,7 @@ void dispatch_conns_report(struct dispatch *d, struct worker *w, GBytes *payload
 }
 
 /*
- * The worker dropped its budget to 0 before this HELLO (relay_conns.h):
+ * The worker dropped its budget to 0 before this HELLO (dispatch.h):
  * so do we.  Its jobs become those of a worker we do not know: they count
  * until their results or lease expiry, and what it says it holds counts
  * too, until it reports less.

@@ -12,12 +12,13 @@
 
 #include <glib.h>
 
-#include "sender/relay_conns.h"
+#include "common/clock.h"
+#include "common/config.h"
+#include "common/wire.h"
+#include "dispatch/retry_policy.h"
 #include "sender/smtp.h"
-#include "spool/config.h"
 #include "spool/delivery.h"
 #include "spool/spool.h"
-#include "spool/wire.h"
 
 enum worker_kind { WORKER_TRANSFORM, WORKER_SENDER };
 
@@ -28,7 +29,7 @@ struct worker {
     enum worker_kind kind;
     unsigned credit;                /* jobs it asked for and has not got */
     int64_t last_seen;              /* monotonic ms */
-    /* Senders: relay connections (sender/relay_conns.h). */
+    /* Senders: relay connections (dispatch_conns.c, below). */
     unsigned jobs;                  /* jobs in flight on it */
     unsigned conn_granted;          /* the budget we last sent (CONNMAX) */
     unsigned conn_applied;          /* the budget it last said it applies (CONNS) */
@@ -59,7 +60,7 @@ struct dispatch {
     GHashTable *allowed_keys;       /* Z85 public keys of remote workers */
     GHashTable *workers;            /* name -> struct worker */
     GHashTable *jobs;               /* lease -> struct job (sender jobs) */
-    int64_t conn_grace_until;       /* monotonic ms: no grant before (relay_conns.h) */
+    int64_t conn_grace_until;       /* monotonic ms: no grant before (dispatch_conns.c) */
     struct retry_policy policy;
     char *mail_from;                /* [bounce] envelope_from */
 
@@ -75,10 +76,6 @@ struct dispatch {
     gboolean stopping;
 };
 
-int64_t dispatch_now_ms(void);      /* unix ms */
-/* "relay ... paused until HH:MM:SS <why>": one line per pause. */
-void dispatch_log_pause(struct dispatch *d, const char *why);
-int64_t dispatch_mono_ms(void);
 
 /* dispatch_workers.c */
 gboolean dispatch_bind(struct dispatch *d, GError **err);
@@ -87,7 +84,26 @@ void dispatch_heartbeat(struct dispatch *d);
 struct worker *dispatch_pick_worker(struct dispatch *d, enum worker_kind kind);
 unsigned dispatch_credit(struct dispatch *d, enum worker_kind kind);
 
-/* dispatch_conns.c: [relay] max_connections across the sender workers */
+/* dispatch_conns.c: how the dispatcher keeps [relay] max_connections across
+ * all sender workers: open relay connections, idle ones included, not
+ * jobs in flight (SPEC §5).
+ *
+ * The dispatcher grants each sender worker a budget of connections; the
+ * sum of what it has granted, plus what workers say they still hold, plus
+ * the jobs of workers it no longer knows, never exceeds max_connections.
+ * A worker opens a connection only within its budget and closes idle ones
+ * beyond it; it reports what it applies and holds, so the dispatcher takes
+ * a connection back only once the worker has let it go.
+ *
+ *   dispatcher -> worker   CONNMAX (u)   your budget: open at most this many
+ *   worker -> dispatcher   CONNS   (uu)  the budget I apply, connections I hold
+ *
+ * A worker that meets a dispatcher which does not know it (WHO, silence)
+ * drops its budget to 0 before its HELLO; the dispatcher does the same on
+ * a HELLO with free slots.  After a dispatcher start, nothing is granted
+ * for WIRE_CONN_IDLE_MS: connections of workers it has not heard from yet are
+ * then either closed (idle) or behind a lease in the spool, which it counts.
+ */
 void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url);
 void dispatch_job_add(struct dispatch *d, struct job *job);
 /* How many jobs the sender workers can take now, each on a connection. */
@@ -107,6 +123,8 @@ void dispatch_expire_leases(struct dispatch *d);
 
 /* dispatch_result.c */
 void dispatch_record_results(struct dispatch *d, GPtrArray *payloads);
+/* "relay ... paused until HH:MM:SS <why>": one line per pause. */
+void dispatch_log_pause(struct dispatch *d, const char *why);
 void dispatch_forget_worker(struct dispatch *d, struct worker *w);
 
 #endif
