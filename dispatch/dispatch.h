@@ -22,7 +22,7 @@
 
 enum worker_kind { WORKER_TRANSFORM, WORKER_SENDER };
 
-struct worker {
+struct dispatch_worker {
     void *sock;                     /* the ROUTER it came in on */
     GBytes *identity;               /* ZeroMQ routing id on that socket */
     char *name;                     /* hex of the identity, for logs */
@@ -42,10 +42,10 @@ struct worker {
  * went silent): it may hold a relay connection until its result comes or
  * its lease expires.
  */
-struct job {
+struct dispatch_job {
     uint64_t lease;
     queue_id msg;
-    struct worker *worker;
+    struct dispatch_worker *worker;
     unsigned rcpts;
 };
 
@@ -58,8 +58,8 @@ struct dispatch {
     void *hints;                    /* PULL: ingest and transform ring here */
     void *zap;                      /* CURVE allow-list handler, tcp:// only */
     GHashTable *allowed_keys;       /* Z85 public keys of remote workers */
-    GHashTable *workers;            /* name -> struct worker */
-    GHashTable *jobs;               /* lease -> struct job (sender jobs) */
+    GHashTable *workers;            /* name -> struct dispatch_worker */
+    GHashTable *jobs;               /* lease -> struct dispatch_job (sender jobs) */
     int64_t conn_grace_until;       /* monotonic ms: no grant before (dispatch_conns.c) */
     struct retry_policy policy;
     char *mail_from;                /* [bounce] envelope_from */
@@ -81,7 +81,7 @@ struct dispatch {
 gboolean dispatch_bind(struct dispatch *d, GError **err);
 void dispatch_receive(struct dispatch *d);
 void dispatch_heartbeat(struct dispatch *d);
-struct worker *dispatch_pick_worker(struct dispatch *d, enum worker_kind kind);
+struct dispatch_worker *dispatch_pick_worker(struct dispatch *d, enum worker_kind kind);
 unsigned dispatch_credit(struct dispatch *d, enum worker_kind kind);
 
 /* dispatch_conns.c: how the dispatcher keeps [relay] max_connections across
@@ -105,14 +105,14 @@ unsigned dispatch_credit(struct dispatch *d, enum worker_kind kind);
  * then either closed (idle) or behind a lease in the spool, which it counts.
  */
 void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url);
-void dispatch_job_add(struct dispatch *d, struct job *job);
+void dispatch_job_add(struct dispatch *d, struct dispatch_job *job);
 /* How many jobs the sender workers can take now, each on a connection. */
 unsigned dispatch_conns_room(struct dispatch *d);
 /* The worker for the next job, granting it a connection if need be. */
-struct worker *dispatch_conns_pick(struct dispatch *d);
-void dispatch_conns_report(struct dispatch *d, struct worker *w, GBytes *payload);
+struct dispatch_worker *dispatch_conns_pick(struct dispatch *d);
+void dispatch_conns_report(struct dispatch *d, struct dispatch_worker *w, GBytes *payload);
 /* A known sender said HELLO with free slots: it starts over with no budget. */
-void dispatch_conns_rejoin(struct dispatch *d, struct worker *w);
+void dispatch_conns_rejoin(struct dispatch *d, struct dispatch_worker *w);
 
 /* dispatch_transform.c */
 void dispatch_lease_transforms(struct dispatch *d);
@@ -125,6 +125,6 @@ void dispatch_expire_leases(struct dispatch *d);
 void dispatch_record_results(struct dispatch *d, GPtrArray *payloads);
 /* "relay ... paused until HH:MM:SS <why>": one line per pause. */
 void dispatch_log_pause(struct dispatch *d, const char *why);
-void dispatch_forget_worker(struct dispatch *d, struct worker *w);
+void dispatch_forget_worker(struct dispatch *d, struct dispatch_worker *w);
 
 #endif

@@ -14,16 +14,16 @@
 
 #include <string.h>
 
-static void job_free(gpointer p)
+static void transform_job_free(gpointer p)
 {
-    struct job *job = p;
+    struct dispatch_job *job = p;
 
     if (job->worker)
         job->worker->jobs--;
     g_free(job);
 }
 
-void dispatch_job_add(struct dispatch *d, struct job *job)
+void dispatch_job_add(struct dispatch *d, struct dispatch_job *job)
 {
     if (job->worker)
         job->worker->jobs++;
@@ -51,13 +51,13 @@ static gboolean conns_adopt(struct dispatch *d, GError **err)
     for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
         uint64_t lease;
-        struct job *job;
+        struct dispatch_job *job;
 
         if (key.mv_size != 20 || val.mv_size != sizeof(lease))
             continue;
         memcpy(&lease, val.mv_data, sizeof(lease));
         if (!(job = g_hash_table_lookup(d->jobs, &lease))) {
-            job = g_new0(struct job, 1);
+            job = g_new0(struct dispatch_job, 1);
             job->lease = lease;
             job->msg = spool_get_be64((const unsigned char *)key.mv_data + 8);
             dispatch_job_add(d, job);
@@ -73,7 +73,7 @@ void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url)
 {
     GError *err = NULL;
 
-    d->jobs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, job_free);
+    d->jobs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, transform_job_free);
     /* A Maildir has no connections; the budget then only bounds jobs. */
     if (url->kind == RELAY_MAILDIR)
         return;
@@ -85,7 +85,7 @@ void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url)
              (unsigned)d->cfg->relay.max_connections, WIRE_CONN_IDLE_MS);
 }
 
-static unsigned conns_reserved(const struct worker *w)
+static unsigned conns_reserved(const struct dispatch_worker *w)
 {
     return MAX(w->conn_granted, MAX(w->conn_applied, w->conn_held));
 }
@@ -95,8 +95,8 @@ static unsigned conns_free(struct dispatch *d)
 {
     unsigned max = (unsigned)d->cfg->relay.max_connections, used = 0;
     GHashTableIter it;
-    struct worker *w;
-    struct job *job;
+    struct dispatch_worker *w;
+    struct dispatch_job *job;
 
     if (mono_ms() < d->conn_grace_until)
         return 0;
@@ -111,7 +111,7 @@ static unsigned conns_free(struct dispatch *d)
 }
 
 /* Jobs w can take on the budget it has. */
-static unsigned conns_spare(const struct worker *w)
+static unsigned conns_spare(const struct dispatch_worker *w)
 {
     return MIN(w->credit, w->conn_granted > w->jobs ? w->conn_granted - w->jobs : 0);
 }
@@ -126,7 +126,7 @@ unsigned dispatch_conns_room(struct dispatch *d)
 {
     unsigned room = 0, wanting = 0;
     GHashTableIter it;
-    struct worker *w;
+    struct dispatch_worker *w;
 
     g_hash_table_iter_init(&it, d->workers);
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w)) {
@@ -138,7 +138,7 @@ unsigned dispatch_conns_room(struct dispatch *d)
     return room + (wanting ? MIN(wanting, conns_free(d)) : 0);
 }
 
-static void conns_grant(struct worker *w, unsigned budget)
+static void conns_grant(struct dispatch_worker *w, unsigned budget)
 {
     g_autoptr(GBytes) payload = wire_pack("(u)", budget);
 
@@ -152,10 +152,10 @@ static void conns_grant(struct worker *w, unsigned budget)
  * spreads); else one more connection for the worker with credit that has
  * the fewest, if one is free.
  */
-struct worker *dispatch_conns_pick(struct dispatch *d)
+struct dispatch_worker *dispatch_conns_pick(struct dispatch *d)
 {
     GHashTableIter it;
-    struct worker *w, *best = NULL;
+    struct dispatch_worker *w, *best = NULL;
 
     g_hash_table_iter_init(&it, d->workers);
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
@@ -180,7 +180,7 @@ struct worker *dispatch_conns_pick(struct dispatch *d)
  * grow while it is connected); what falls is what it held beyond the
  * grant, which other workers may then be granted.
  */
-void dispatch_conns_report(struct dispatch *d, struct worker *w, GBytes *payload)
+void dispatch_conns_report(struct dispatch *d, struct dispatch_worker *w, GBytes *payload)
 {
     guint32 applied, held;
     unsigned was = conns_reserved(w);
@@ -201,7 +201,7 @@ void dispatch_conns_report(struct dispatch *d, struct worker *w, GBytes *payload
  * until their results or lease expiry, and what it says it holds counts
  * too, until it reports less.
  */
-void dispatch_conns_rejoin(struct dispatch *d, struct worker *w)
+void dispatch_conns_rejoin(struct dispatch *d, struct dispatch_worker *w)
 {
     dispatch_forget_worker(d, w);
     if (w->conn_granted)

@@ -211,7 +211,7 @@ void dispatch_lease_deliveries(struct dispatch *d)
     }
     for (guint i = 0; i < dl.jobs->len; i++) {
         struct djob *j = dl.jobs->pdata[i];
-        struct worker *w = dispatch_conns_pick(d);
+        struct dispatch_worker *w = dispatch_conns_pick(d);
         g_autoptr(GBytes) payload = wire_send_job_encode(&j->wire);
         char id[QUEUE_ID_LEN + 1];
 
@@ -228,7 +228,7 @@ void dispatch_lease_deliveries(struct dispatch *d)
         if (d->cfg->relay.rate > 0)
             d->rate_tokens -= j->txns;
         w->credit--;
-        struct job *job = g_new0(struct job, 1);
+        struct dispatch_job *job = g_new0(struct dispatch_job, 1);
         job->lease = j->wire.lease;
         job->msg = j->msg;
         job->worker = w;

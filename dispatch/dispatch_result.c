@@ -187,7 +187,8 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
             continue;
         }
         for (guint i = 0; i < res->results->len; i++) {
-            const struct wire_rcpt_result *r = &g_array_index(res->results, struct wire_rcpt_result, i);
+            const struct wire_rcpt_result *r =
+                &g_array_index(res->results, struct wire_rcpt_result, i);
             struct spool_dlv dv;
 
             if (!spool_dlv_get(t, res->msg, r->idx, &dv, NULL))
@@ -198,11 +199,12 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
                 continue;
             }
             const char *status = result_apply(rr, &dv, r, now_us);
-            spool_txn_log(t, "%s: to=<%s>, relay=%s, delay=%.1f, attempts=%u, dsn=%s, status=%s (%s)",
+            spool_txn_log(t,
+                          "%s: to=<%s>, relay=%s, delay=%.1f, attempts=%u, dsn=%s, status=%s (%s)",
                           id, dv.rcpt, *r->relay ? r->relay : "none",
                           (double)(now_us / 1000 - m.arrival * 1000) / 1000.0, dv.attempts,
-                          *r->status ? r->status : (r->code / 100 == 2 ? "2.0.0" : "4.0.0"),
-                          status, dv.last_reply);
+                          *r->status ? r->status : (r->code / 100 == 2 ? "2.0.0" : "4.0.0"), status,
+                          dv.last_reply);
             gboolean ok = spool_dlv_put(t, &dv, err);
             spool_dlv_clear(&dv);
             if (!ok) {
@@ -255,7 +257,7 @@ void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
      * workers report each SMTP transaction as it ends. */
     for (guint i = 0; i < rr.results->len; i++) {
         struct wire_send_result *res = rr.results->pdata[i];
-        struct job *job = g_hash_table_lookup(d->jobs, &res->lease);
+        struct dispatch_job *job = g_hash_table_lookup(d->jobs, &res->lease);
 
         if (job && (job->rcpts -= MIN(job->rcpts, res->results->len)) == 0)
             g_hash_table_remove(d->jobs, &res->lease);
@@ -264,10 +266,10 @@ void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
     d->work_hinted = TRUE;
 }
 
-void dispatch_forget_worker(struct dispatch *d, struct worker *w)
+void dispatch_forget_worker(struct dispatch *d, struct dispatch_worker *w)
 {
     GHashTableIter it;
-    struct job *j;
+    struct dispatch_job *j;
 
     /*
      * A worker cut off may still be at work: its jobs stay, as those of a

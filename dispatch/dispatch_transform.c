@@ -75,7 +75,7 @@ void dispatch_lease_transforms(struct dispatch *d)
     for (guint i = 0; i + 1 < tl.leased->len; i += 2) {
         uint64_t lease = g_array_index(tl.leased, uint64_t, i);
         queue_id msg = g_array_index(tl.leased, uint64_t, i + 1);
-        struct worker *w = dispatch_pick_worker(d, WORKER_TRANSFORM);
+        struct dispatch_worker *w = dispatch_pick_worker(d, WORKER_TRANSFORM);
         g_autoptr(GBytes) job = wire_pack("(tt)", lease, msg);
         char id[QUEUE_ID_LEN + 1];
 

@@ -23,16 +23,16 @@ static char *worker_name(struct dispatch *d, void *sock, GBytes *identity)
     return g_string_free(name, FALSE);
 }
 
-static struct worker *worker_lookup(struct dispatch *d, void *sock, GBytes *identity)
+static struct dispatch_worker *worker_lookup(struct dispatch *d, void *sock, GBytes *identity)
 {
     g_autofree char *name = worker_name(d, sock, identity);
     return g_hash_table_lookup(d->workers, name);
 }
 
-static struct worker *worker_add(struct dispatch *d, void *sock, GBytes *identity,
+static struct dispatch_worker *worker_add(struct dispatch *d, void *sock, GBytes *identity,
                                  enum worker_kind kind)
 {
-    struct worker *w = g_new0(struct worker, 1);
+    struct dispatch_worker *w = g_new0(struct dispatch_worker, 1);
 
     w->sock = sock;
     w->identity = g_bytes_ref(identity);
@@ -44,7 +44,7 @@ static struct worker *worker_add(struct dispatch *d, void *sock, GBytes *identit
 
 static void worker_free(gpointer p)
 {
-    struct worker *w = p;
+    struct dispatch_worker *w = p;
     g_bytes_unref(w->identity);
     g_free(w->name);
     g_free(w);
@@ -215,7 +215,7 @@ static void dispatch_hello(struct dispatch *d, void *sock, GBytes *identity, GBy
 {
     g_autofree char *kind = NULL;
     guint32 slots;
-    struct worker *w;
+    struct dispatch_worker *w;
 
     if (!wire_unpack(payload, "(su)", &kind, &slots) ||
         (!g_str_equal(kind, "transform") && !g_str_equal(kind, "sender"))) {
@@ -245,7 +245,7 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
     char *cmd;
 
     while (wire_recv(sock, TRUE, &identity, &cmd, &payload)) {
-        struct worker *w = worker_lookup(d, sock, identity);
+        struct dispatch_worker *w = worker_lookup(d, sock, identity);
 
         if (g_str_equal(cmd, WIRE_HELLO)) {
             dispatch_hello(d, sock, identity, payload);
@@ -308,7 +308,7 @@ void dispatch_receive(struct dispatch *d)
 void dispatch_heartbeat(struct dispatch *d)
 {
     GHashTableIter it;
-    struct worker *w;
+    struct dispatch_worker *w;
     int64_t now = mono_ms();
 
     g_hash_table_iter_init(&it, d->workers);
@@ -328,10 +328,10 @@ void dispatch_heartbeat(struct dispatch *d)
 }
 
 /* The worker of that kind with the most credit, so load spreads evenly. */
-struct worker *dispatch_pick_worker(struct dispatch *d, enum worker_kind kind)
+struct dispatch_worker *dispatch_pick_worker(struct dispatch *d, enum worker_kind kind)
 {
     GHashTableIter it;
-    struct worker *w, *best = NULL;
+    struct dispatch_worker *w, *best = NULL;
 
     g_hash_table_iter_init(&it, d->workers);
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
@@ -343,7 +343,7 @@ struct worker *dispatch_pick_worker(struct dispatch *d, enum worker_kind kind)
 unsigned dispatch_credit(struct dispatch *d, enum worker_kind kind)
 {
     GHashTableIter it;
-    struct worker *w;
+    struct dispatch_worker *w;
     unsigned n = 0;
 
     g_hash_table_iter_init(&it, d->workers);

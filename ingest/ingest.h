@@ -36,7 +36,7 @@ struct session {
     int fd;
     guint read_source;
     guint write_source;
-    gboolean read_paused;           /* input held back: see session_reading() */
+    gboolean read_paused;           /* input held back: see ingest_session_reading() */
     gboolean held_logged;           /* the hold is logged once per session */
     char *client;                   /* "ip" or "unix" */
     GByteArray *in;                 /* received, not yet parsed */
@@ -73,13 +73,13 @@ void ingest_listen_stop(struct ingest *ig);
 
 /* ingest_session.c */
 guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer data);
-void session_start(struct ingest *ig, int fd, const char *client);
-void session_input(struct session *s);
-void session_reply(struct session *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-gboolean session_flush(struct session *s);
-void session_end_transaction(struct session *s);
-void session_expire_idle(struct ingest *ig);
-void session_shutdown_all(struct ingest *ig);
+void ingest_session_start(struct ingest *ig, int fd, const char *client);
+void ingest_session_input(struct session *s);
+void ingest_session_reply(struct session *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+gboolean ingest_session_flush(struct session *s);
+void ingest_session_end_transaction(struct session *s);
+void ingest_session_expire_idle(struct ingest *ig);
+void ingest_session_shutdown_all(struct ingest *ig);
 
 /* ingest_commit.c */
 void ingest_commit_start(struct ingest *ig);

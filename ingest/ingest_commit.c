@@ -97,7 +97,9 @@ static gboolean commit_write(struct spool_txn *t, void *ctx, GError **err)
         ok = spool_msg_insert(t, &m, err) &&
              spool_body_put(t, DB_BODIES, m.id, (const char *)j->body->data, j->body->len, err);
         if (ok)
-            spool_txn_log(t, "%s: from=<%s>, size=%" G_GUINT64_FORMAT ", nrcpt=%u, client=%s, proto=%s (queue active)",
+            spool_txn_log(t,
+                          "%s: from=<%s>, size=%" G_GUINT64_FORMAT
+                          ", nrcpt=%u, client=%s, proto=%s (queue active)",
                           idtext, m.sender, m.size, m.recipients->len, m.client, m.proto);
         spool_msg_clear(&m);
         if (!ok)
@@ -197,17 +199,17 @@ static void commit_answer(struct session *s, const struct commit_job *j)
     spool_id_format(j->id, idtext);
     for (guint i = 0; i < (s->lmtp ? s->rcpts->len : 1); i++) {
         if (j->err)
-            session_reply(s, "452 4.3.1 Insufficient system storage");
+            ingest_session_reply(s, "452 4.3.1 Insufficient system storage");
         else
-            session_reply(s, "250 2.0.0 %s queued", idtext);
+            ingest_session_reply(s, "250 2.0.0 %s queued", idtext);
     }
-    session_end_transaction(s);
+    ingest_session_end_transaction(s);
     if (gone) {
-        session_flush(s);       /* closes the session */
+        ingest_session_flush(s);       /* closes the session */
         return;
     }
     s->state = SESSION_COMMAND;
-    session_input(s);           /* may complete a pipelined next message */
+    ingest_session_input(s);           /* may complete a pipelined next message */
 }
 
 static void commit_finish(struct ingest *ig, GPtrArray *jobs)

@@ -93,7 +93,7 @@ static gboolean listen_accept(int lfd, GIOCondition cond, gpointer data)
             close(fd);
             continue;
         }
-        session_start(ig, fd, name);
+        ingest_session_start(ig, fd, name);
     }
 }
 

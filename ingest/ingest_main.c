@@ -25,7 +25,7 @@ static gboolean ingest_tick(gpointer data)
 {
     struct ingest *ig = data;
 
-    session_expire_idle(ig);
+    ingest_session_expire_idle(ig);
     return G_SOURCE_CONTINUE;
 }
 
@@ -88,7 +88,7 @@ int main(int argc, char **argv)
 
     ingest_listen_stop(&ig);
     ingest_commit_stop(&ig);
-    session_shutdown_all(&ig);
+    ingest_session_shutdown_all(&ig);
     g_ptr_array_unref(ig.batch);
     g_hash_table_unref(ig.recipients);
     hint_sender_close(ig.hints);

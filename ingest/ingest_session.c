@@ -44,7 +44,7 @@ guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer da
     return id;
 }
 
-static void session_free(struct session *s)
+static void ingest_session_free(struct session *s)
 {
     struct ingest *ig = s->ig;
 
@@ -68,13 +68,13 @@ static void session_free(struct session *s)
     g_free(s);
 }
 
-static void session_close(struct session *s, const char *why)
+static void ingest_session_close(struct session *s, const char *why)
 {
     msg_info("disconnect from %s%s%s", s->client, why ? ": " : "", why ? why : "");
-    session_free(s);
+    ingest_session_free(s);
 }
 
-void session_reply(struct session *s, const char *fmt, ...)
+void ingest_session_reply(struct session *s, const char *fmt, ...)
 {
     va_list ap;
 
@@ -84,14 +84,14 @@ void session_reply(struct session *s, const char *fmt, ...)
     g_string_append(s->out, "\r\n");
 }
 
-static gboolean session_writable(int fd, GIOCondition cond, gpointer data)
+static gboolean ingest_session_writable(int fd, GIOCondition cond, gpointer data)
 {
     struct session *s = data;
 
     s->write_source = 0;
     /* Commands held back by unread replies go on once those are out. */
-    if (session_flush(s) && !s->out->len && s->in->len && s->state == SESSION_COMMAND)
-        session_input(s);
+    if (ingest_session_flush(s) && !s->out->len && s->in->len && s->state == SESSION_COMMAND)
+        ingest_session_input(s);
     return G_SOURCE_REMOVE;
 }
 
@@ -100,7 +100,7 @@ static gboolean session_writable(int fd, GIOCondition cond, gpointer data)
  * session in SESSION_CLOSING ends once its last reply is out.  FALSE when
  * the session is gone.
  */
-gboolean session_flush(struct session *s)
+gboolean ingest_session_flush(struct session *s)
 {
     while (s->out->len) {
         ssize_t n = write(s->fd, s->out->str, s->out->len);
@@ -109,40 +109,40 @@ gboolean session_flush(struct session *s)
             continue;
         if (n < 0 && errno == EAGAIN) {
             if (!s->write_source)
-                s->write_source = ingest_fd_add(s->fd, G_IO_OUT, session_writable, s);
+                s->write_source = ingest_fd_add(s->fd, G_IO_OUT, ingest_session_writable, s);
             return TRUE;
         }
         if (n < 0) {
             if (s->state == SESSION_COMMIT)
                 return TRUE;    /* the commit still happens; the client is gone */
-            session_close(s, g_strerror(errno));
+            ingest_session_close(s, g_strerror(errno));
             return FALSE;
         }
         g_string_erase(s->out, 0, n);
     }
     if (s->state == SESSION_CLOSING) {
-        session_close(s, NULL);
+        ingest_session_close(s, NULL);
         return FALSE;
     }
     return TRUE;
 }
 
-static gboolean session_readable(int fd, GIOCondition cond, gpointer data);
+static gboolean ingest_session_readable(int fd, GIOCondition cond, gpointer data);
 
 /*
  * Read the socket again once the input held back has been consumed.  The
- * pause itself happens in session_readable, when data arrives that there
+ * pause itself happens in ingest_session_readable, when data arrives that there
  * is no room for (so an idle socket costs nothing to watch).
  */
-static void session_reading(struct session *s)
+static void ingest_session_reading(struct session *s)
 {
     if (s->read_paused && s->in->len < SESSION_IN_MAX && s->state != SESSION_CLOSING) {
         s->read_paused = FALSE;
-        s->read_source = ingest_fd_add(s->fd, G_IO_IN, session_readable, s);
+        s->read_source = ingest_fd_add(s->fd, G_IO_IN, ingest_session_readable, s);
     }
 }
 
-void session_end_transaction(struct session *s)
+void ingest_session_end_transaction(struct session *s)
 {
     s->have_mail = FALSE;
     g_clear_pointer(&s->sender, g_free);
@@ -150,77 +150,80 @@ void session_end_transaction(struct session *s)
     lmtp_data_clear(&s->data);
 }
 
-static void session_greet(struct session *s, const struct lmtp_cmd *cmd)
+static void ingest_session_greet(struct session *s, const struct lmtp_cmd *cmd)
 {
     const struct postern_config *cfg = s->ig->cfg;
 
-    session_end_transaction(s);
+    ingest_session_end_transaction(s);
     g_free(s->helo);
     s->helo = g_strdup(cmd->arg);
     s->lmtp = cmd->verb == LMTP_LHLO;
     g_free(s->proto);
-    s->proto = g_strdup(cmd->verb == LMTP_LHLO ? "LMTP" : cmd->verb == LMTP_EHLO ? "ESMTP" : "SMTP");
+    s->proto = g_strdup(cmd->verb == LMTP_LHLO   ? "LMTP"
+                        : cmd->verb == LMTP_EHLO ? "ESMTP"
+                                                 : "SMTP");
     if (cmd->verb == LMTP_HELO) {
-        session_reply(s, "250 %s", cfg->ingest.hostname);
+        ingest_session_reply(s, "250 %s", cfg->ingest.hostname);
         return;
     }
-    session_reply(s, "250-%s", cfg->ingest.hostname);
-    session_reply(s, "250-PIPELINING");
-    session_reply(s, "250-SIZE %" G_GUINT64_FORMAT, cfg->ingest.max_message_size);
-    session_reply(s, "250-ENHANCEDSTATUSCODES");
-    session_reply(s, "250-8BITMIME");
-    session_reply(s, "250 SMTPUTF8");
+    ingest_session_reply(s, "250-%s", cfg->ingest.hostname);
+    ingest_session_reply(s, "250-PIPELINING");
+    ingest_session_reply(s, "250-SIZE %" G_GUINT64_FORMAT, cfg->ingest.max_message_size);
+    ingest_session_reply(s, "250-ENHANCEDSTATUSCODES");
+    ingest_session_reply(s, "250-8BITMIME");
+    ingest_session_reply(s, "250 SMTPUTF8");
 }
 
-static void session_mail(struct session *s, const struct lmtp_cmd *cmd)
+static void ingest_session_mail(struct session *s, const struct lmtp_cmd *cmd)
 {
     if (!s->helo) {
-        session_reply(s, "503 5.5.1 Error: send %s first", "LHLO");
+        ingest_session_reply(s, "503 5.5.1 Error: send %s first", "LHLO");
         return;
     }
     if (s->have_mail) {
-        session_reply(s, "503 5.5.1 Error: nested MAIL command");
+        ingest_session_reply(s, "503 5.5.1 Error: nested MAIL command");
         return;
     }
     if (cmd->size > s->ig->cfg->ingest.max_message_size) {
-        session_reply(s, "552 5.3.4 Message size exceeds fixed limit");
+        ingest_session_reply(s, "552 5.3.4 Message size exceeds fixed limit");
         return;
     }
     s->have_mail = TRUE;
     s->sender = g_strdup(cmd->addr);
-    session_reply(s, "250 2.1.0 Ok");
+    ingest_session_reply(s, "250 2.1.0 Ok");
 }
 
-static void session_rcpt(struct session *s, const struct lmtp_cmd *cmd)
+static void ingest_session_rcpt(struct session *s, const struct lmtp_cmd *cmd)
 {
     g_autofree char *canon = NULL;
 
     if (!s->have_mail) {
-        session_reply(s, "503 5.5.1 Error: need MAIL command");
+        ingest_session_reply(s, "503 5.5.1 Error: need MAIL command");
         return;
     }
     canon = lmtp_addr_canonical(cmd->addr);
     if (!g_hash_table_contains(s->ig->recipients, canon)) {
         msg_info("reject: RCPT from %s: <%s>: unknown recipient; from=<%s>", s->client,
                  cmd->addr, s->sender);
-        session_reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", cmd->addr);
+        ingest_session_reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown",
+                             cmd->addr);
         s->errors++;
         return;
     }
     if (s->rcpts->len >= s->ig->cfg->ingest.max_recipients) {
-        session_reply(s, "452 4.5.3 Error: too many recipients");
+        ingest_session_reply(s, "452 4.5.3 Error: too many recipients");
         return;
     }
     g_ptr_array_add(s->rcpts, g_strdup(cmd->addr));
-    session_reply(s, "250 2.1.5 Ok");
+    ingest_session_reply(s, "250 2.1.5 Ok");
 }
 
-static void session_data(struct session *s)
+static void ingest_session_data(struct session *s)
 {
     const struct postern_config *cfg = s->ig->cfg;
 
     if (!s->have_mail) {
-        session_reply(s, "503 5.5.1 Error: need MAIL command");
+        ingest_session_reply(s, "503 5.5.1 Error: need MAIL command");
         return;
     }
     /*
@@ -229,26 +232,26 @@ static void session_data(struct session *s)
      * (and Postfix smtpd) expect 554 (RFC 5321 §3.3).
      */
     if (!s->rcpts->len) {
-        session_reply(s, s->lmtp ? "503 5.5.1 Error: no valid recipients"
+        ingest_session_reply(s, s->lmtp ? "503 5.5.1 Error: no valid recipients"
                                  : "554 5.5.1 Error: no valid recipients");
         return;
     }
     lmtp_data_begin(&s->data, cfg->ingest.max_message_size, cfg->ingest.max_header_size);
     s->state = SESSION_DATA;
-    session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+    ingest_session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
 /*
  * One reply per accepted recipient in LMTP, one in SMTP.  Used for the
  * refusals decided at the end of DATA; the 250s come from the commit.
  */
-static void session_reply_all(struct session *s, const char *reply)
+static void ingest_session_reply_all(struct session *s, const char *reply)
 {
     for (guint i = 0; i < (s->lmtp ? s->rcpts->len : 1); i++)
-        session_reply(s, "%s", reply);
+        ingest_session_reply(s, "%s", reply);
 }
 
-static void session_data_done(struct session *s)
+static void ingest_session_data_done(struct session *s)
 {
     if (s->data.too_big || s->data.header_too_big) {
         const char *reply = s->data.header_too_big
@@ -256,8 +259,8 @@ static void session_data_done(struct session *s)
             : "552 5.3.4 Message size exceeds fixed limit";
         msg_info("reject: DATA from %s: %s; from=<%s> size=%" G_GUINT64_FORMAT, s->client,
                  reply, s->sender, s->data.seen);
-        session_reply_all(s, reply);
-        session_end_transaction(s);
+        ingest_session_reply_all(s, reply);
+        ingest_session_end_transaction(s);
         s->state = SESSION_COMMAND;
         return;
     }
@@ -265,52 +268,52 @@ static void session_data_done(struct session *s)
     g_ptr_array_add(s->ig->batch, s);
 }
 
-static void session_command(struct session *s, const char *line, size_t len)
+static void ingest_session_command(struct session *s, const char *line, size_t len)
 {
     struct lmtp_cmd cmd;
 
     lmtp_parse_command(line, len, &cmd);
     switch (cmd.verb) {
     case LMTP_BAD:
-        session_reply(s, "%s", cmd.reply);
+        ingest_session_reply(s, "%s", cmd.reply);
         s->errors++;
         break;
     case LMTP_LHLO: case LMTP_EHLO: case LMTP_HELO:
-        session_greet(s, &cmd);
+        ingest_session_greet(s, &cmd);
         break;
     case LMTP_MAIL:
-        session_mail(s, &cmd);
+        ingest_session_mail(s, &cmd);
         break;
     case LMTP_RCPT:
-        session_rcpt(s, &cmd);
+        ingest_session_rcpt(s, &cmd);
         break;
     case LMTP_DATA:
-        session_data(s);
+        ingest_session_data(s);
         break;
     case LMTP_RSET:
-        session_end_transaction(s);
-        session_reply(s, "250 2.0.0 Ok");
+        ingest_session_end_transaction(s);
+        ingest_session_reply(s, "250 2.0.0 Ok");
         break;
     case LMTP_NOOP:
-        session_reply(s, "250 2.0.0 Ok");
+        ingest_session_reply(s, "250 2.0.0 Ok");
         break;
     case LMTP_VRFY:
-        session_reply(s, "252 2.0.0 Send some mail, I'll try my best");
+        ingest_session_reply(s, "252 2.0.0 Send some mail, I'll try my best");
         break;
     case LMTP_HELP:
-        session_reply(s, "214 2.0.0 See RFC 2033");
+        ingest_session_reply(s, "214 2.0.0 See RFC 2033");
         break;
     case LMTP_STARTTLS:
-        session_reply(s, "502 5.5.1 Error: command not implemented");
+        ingest_session_reply(s, "502 5.5.1 Error: command not implemented");
         break;
     case LMTP_QUIT:
-        session_reply(s, "221 2.0.0 Bye");
+        ingest_session_reply(s, "221 2.0.0 Bye");
         s->state = SESSION_CLOSING;
         break;
     }
     lmtp_cmd_clear(&cmd);
     if (s->errors >= SESSION_ERROR_LIMIT && s->state != SESSION_CLOSING) {
-        session_reply(s, "421 4.7.0 %s Error: too many errors", s->ig->cfg->ingest.hostname);
+        ingest_session_reply(s, "421 4.7.0 %s Error: too many errors", s->ig->cfg->ingest.hostname);
         s->state = SESSION_CLOSING;
     }
 }
@@ -319,7 +322,7 @@ static void session_command(struct session *s, const char *line, size_t len)
  * Parse what the state allows; TRUE when commands were left unparsed
  * because the client has not taken its replies.
  */
-static gboolean session_consume(struct session *s)
+static gboolean ingest_session_consume(struct session *s)
 {
     size_t pos = 0;
     gboolean held = FALSE;
@@ -335,14 +338,14 @@ static gboolean session_consume(struct session *s)
         if (s->state == SESSION_DATA) {
             size_t used;
             if (lmtp_data_feed(&s->data, buf, avail, &used) == LMTP_DATA_DONE)
-                session_data_done(s);
+                ingest_session_data_done(s);
             pos += used;
             continue;
         }
         const char *nl = memchr(buf, '\n', avail);
         if (!nl) {
             if (avail > LMTP_LINE_MAX) {
-                session_reply(s, "500 5.5.2 Line too long");
+                ingest_session_reply(s, "500 5.5.2 Line too long");
                 s->state = SESSION_CLOSING;
             }
             break;
@@ -351,7 +354,7 @@ static gboolean session_consume(struct session *s)
         pos += len + 1;
         if (len && buf[len - 1] == '\r')
             len--;
-        session_command(s, buf, len);
+        ingest_session_command(s, buf, len);
     }
     g_byte_array_remove_range(s->in, 0, (guint)pos);
     return held;
@@ -362,20 +365,20 @@ static gboolean session_consume(struct session *s)
  * message waits for its commit: pipelined commands after DATA are only
  * read once the 250s are out, so replies keep their order.
  */
-void session_input(struct session *s)
+void ingest_session_input(struct session *s)
 {
     gboolean held;
 
     do {
-        held = session_consume(s);
-        session_reading(s);
-        if (!session_flush(s))
+        held = ingest_session_consume(s);
+        ingest_session_reading(s);
+        if (!ingest_session_flush(s))
             return;
         /* Replies that went out at once make room for the held commands. */
     } while (held && !s->out->len);
 }
 
-static gboolean session_readable(int fd, GIOCondition cond, gpointer data)
+static gboolean ingest_session_readable(int fd, GIOCondition cond, gpointer data)
 {
     struct session *s = data;
     guint old = s->in->len;
@@ -402,15 +405,15 @@ static gboolean session_readable(int fd, GIOCondition cond, gpointer data)
             s->state = SESSION_CLOSING;
             return G_SOURCE_REMOVE;
         }
-        session_close(s, n < 0 ? g_strerror(errno) : "lost connection");
+        ingest_session_close(s, n < 0 ? g_strerror(errno) : "lost connection");
         return G_SOURCE_REMOVE;
     }
     s->last_active = g_get_monotonic_time() / G_USEC_PER_SEC;
-    session_input(s);
+    ingest_session_input(s);
     return G_SOURCE_CONTINUE;
 }
 
-void session_start(struct ingest *ig, int fd, const char *client)
+void ingest_session_start(struct ingest *ig, int fd, const char *client)
 {
     struct session *s = g_new0(struct session, 1);
 
@@ -423,14 +426,14 @@ void session_start(struct ingest *ig, int fd, const char *client)
     s->last_active = g_get_monotonic_time() / G_USEC_PER_SEC;
     ig->sessions = g_list_prepend(ig->sessions, s);
     ig->n_sessions++;
-    s->read_source = ingest_fd_add(fd, G_IO_IN, session_readable, s);
+    s->read_source = ingest_fd_add(fd, G_IO_IN, ingest_session_readable, s);
     msg_info("connect from %s", client);
-    session_reply(s, "220 %s LMTP Postern ready", ig->cfg->ingest.hostname);
-    session_flush(s);
+    ingest_session_reply(s, "220 %s LMTP Postern ready", ig->cfg->ingest.hostname);
+    ingest_session_flush(s);
 }
 
 /* Idle and command timeouts: 421 4.4.2, then close (RFC 5321 §4.5.3.2). */
-void session_expire_idle(struct ingest *ig)
+void ingest_session_expire_idle(struct ingest *ig)
 {
     int64_t now = g_get_monotonic_time() / G_USEC_PER_SEC;
 
@@ -441,14 +444,14 @@ void session_expire_idle(struct ingest *ig)
         if (s->state == SESSION_COMMIT || now - s->last_active < (int64_t)ig->cfg->ingest.timeout)
             continue;
         if (s->state == SESSION_CLOSING) {     /* its last reply never drained */
-            session_close(s, "timeout writing reply");
+            ingest_session_close(s, "timeout writing reply");
             continue;
         }
         msg_info("timeout after %s from %s", s->state == SESSION_DATA ? "DATA" : "command",
                  s->client);
-        session_reply(s, "421 4.4.2 %s Error: timeout exceeded", ig->cfg->ingest.hostname);
+        ingest_session_reply(s, "421 4.4.2 %s Error: timeout exceeded", ig->cfg->ingest.hostname);
         s->state = SESSION_CLOSING;
-        session_flush(s);
+        ingest_session_flush(s);
     }
 }
 
@@ -456,14 +459,14 @@ void session_expire_idle(struct ingest *ig)
  * On shutdown every message that got a 250 is already committed; the
  * others were never acknowledged, so the client keeps them and retries.
  */
-void session_shutdown_all(struct ingest *ig)
+void ingest_session_shutdown_all(struct ingest *ig)
 {
     while (ig->sessions) {
         struct session *s = ig->sessions->data;
-        session_reply(s, "421 4.3.2 %s Service shutting down", ig->cfg->ingest.hostname);
+        ingest_session_reply(s, "421 4.3.2 %s Service shutting down", ig->cfg->ingest.hostname);
         s->state = SESSION_CLOSING;
         if (write(s->fd, s->out->str, s->out->len) < 0)
             msg_warn("shutdown: %s: %s", s->client, g_strerror(errno));
-        session_close(s, "shutdown");
+        ingest_session_close(s, "shutdown");
     }
 }

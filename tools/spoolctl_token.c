@@ -5,7 +5,7 @@
  * web application can read them; the spool keeps only their hashes.
  */
 #include "tools/spoolctl.h"
-#include "spool/token.h"
+#include "spool/spool_token.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -55,7 +55,7 @@ static gboolean tok_prepare(struct spool_token *tk, const char *text, GError **e
     }
     for (guint i = 0; i < tk->recipients->len; i++) {
         const char *r = tk->recipients->pdata[i];
-        char *norm = token_normalise_addr(r);
+        char *norm = spool_token_normalise_addr(r);
         if (!tok_valid_addr(norm)) {
             g_free(norm);
             g_ptr_array_unref(unique);
@@ -72,11 +72,11 @@ static gboolean tok_prepare(struct spool_token *tk, const char *text, GError **e
     }
     g_ptr_array_unref(tk->recipients);
     tk->recipients = unique;
-    g_autofree char *owner = token_normalise_addr(tk->sender);
+    g_autofree char *owner = spool_token_normalise_addr(tk->sender);
     g_free(tk->sender);
     tk->sender = g_steal_pointer(&owner);
     tk->created = tok_now();
-    token_hash(text, tk->hash);
+    spool_token_hash(text, tk->hash);
     return TRUE;
 }
 
@@ -93,11 +93,11 @@ static gboolean tok_insert_all(struct spool_txn *t, void *ctx, GError **err)
         char id[TOKEN_ID_LEN + 1];
 
         if (!spool_token_insert(t, tk, err)) {
-            token_id(tk->hash, id);
+            spool_token_id(tk->hash, id);
             g_prefix_error(err, "token %s (from %s): ", id, tk->sender);
             return FALSE;
         }
-        token_id(tk->hash, id);
+        spool_token_id(tk->hash, id);
         spool_txn_log(t, "token %s: registered, owner=<%s>, nrcpt=%u", id, tk->sender,
                       tk->recipients->len);
     }
@@ -139,7 +139,7 @@ static int tok_add(struct ctl *c, int argc, char **argv)
     g_autoptr(GPtrArray) tokens = g_ptr_array_new_with_free_func(tok_free);
     g_autoptr(GPtrArray) texts = g_ptr_array_new_with_free_func(g_free);
     struct spool_token *tk = g_new0(struct spool_token, 1);
-    char *text = token_generate();
+    char *text = spool_token_generate();
     GError *err = NULL;
     uint64_t d = 0;
 
@@ -213,7 +213,8 @@ static gboolean tok_from_json(JsonNode *node, guint i, struct spool_token *tk, c
         const char *a = json_node_get_value_type(json_array_get_element(rcpts, r)) == G_TYPE_STRING
                             ? json_array_get_string_element(rcpts, r) : NULL;
         if (!a) {
-            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "entry %u: recipient %u is not a string", i, r);
+            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "entry %u: recipient %u is not a string", i,
+                        r);
             return FALSE;
         }
         g_ptr_array_add(tk->recipients, g_strdup(a));
@@ -229,7 +230,7 @@ static gboolean tok_from_json(JsonNode *node, guint i, struct spool_token *tk, c
                     "entry %u: \"token\" must be at least 16 characters, no white space", i);
         return FALSE;
     }
-    *text = given ? g_strdup(given) : token_generate();
+    *text = given ? g_strdup(given) : spool_token_generate();
     return tok_prepare(tk, *text, err) ? TRUE : (g_prefix_error(err, "entry %u: ", i), FALSE);
 }
 
@@ -282,12 +283,12 @@ static void tok_json(const struct spool_token *tk, gboolean with_rcpts, GString 
     g_autoptr(JsonBuilder) b = json_builder_new();
     char id[TOKEN_ID_LEN + 1];
 
-    token_id(tk->hash, id);
+    spool_token_id(tk->hash, id);
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "id");
     json_builder_add_string_value(b, id);
     json_builder_set_member_name(b, "status");
-    json_builder_add_string_value(b, token_status_name(token_status(tk, tok_now())));
+    json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, tok_now())));
     json_builder_set_member_name(b, "from");
     json_builder_add_string_value(b, tk->sender);
     json_builder_set_member_name(b, "hide_sender");
@@ -326,10 +327,10 @@ static gboolean tok_list_one(const struct spool_token *tk, void *ctx)
         tok_json(tk, FALSE, rows->out);
         return TRUE;
     }
-    token_id(tk->hash, id);
+    spool_token_id(tk->hash, id);
     g_string_append_printf(rows->out, "%-16s  %-8s  %5u  %s%s\n", id,
-                           token_status_name(token_status(tk, tok_now())), tk->recipients->len,
-                           tk->sender, tk->hide_sender ? " (hidden)" : "");
+                           spool_token_status_name(spool_token_status(tk, tok_now())),
+                           tk->recipients->len, tk->sender, tk->hide_sender ? " (hidden)" : "");
     return TRUE;
 }
 
@@ -376,9 +377,9 @@ static int tok_show(struct ctl *c, int argc, char **argv)
         fputs(out->str, stdout);
     } else {
         char id[TOKEN_ID_LEN + 1];
-        token_id(tk.hash, id);
+        spool_token_id(tk.hash, id);
         printf("id:          %s\nstatus:      %s\nowner:       %s\nhide sender: %s\n", id,
-               token_status_name(token_status(&tk, tok_now())), tk.sender,
+               spool_token_status_name(spool_token_status(&tk, tok_now())), tk.sender,
                tk.hide_sender ? "yes" : "no");
         for (guint i = 0; i < tk.recipients->len; i++)
             printf("recipient:   %s\n", (const char *)tk.recipients->pdata[i]);
@@ -396,7 +397,7 @@ static gboolean tok_revoke_write(struct spool_txn *t, void *ctx, GError **err)
 
     if (!spool_token_find(t, which, &tk, err))
         return FALSE;
-    token_id(tk.hash, id);
+    spool_token_id(tk.hash, id);
     tk.revoked = TRUE;
     ok = spool_token_update(t, &tk, err);
     spool_txn_log(t, "token %s: revoked, owner=<%s>", id, tk.sender);

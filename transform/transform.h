@@ -24,7 +24,7 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "spool/spool.h"
-#include "spool/token.h"
+#include "spool/spool_token.h"
 #include "transform/dkim.h"
 
 struct transform {
@@ -43,21 +43,21 @@ enum transform_error {
 
 /* ---- transform_job.c ----------------------------------------------------- */
 
-struct job;
+struct transform_job;
 
 /*
  * Load, parse and plan the job `lease` for message id: everything but the
  * commit, with no transaction held across the work.  A job that ends here
  * (lease gone, spool error) already has its outcome.
  */
-struct job *job_prepare(struct transform *tf, uint64_t lease, queue_id id);
+struct transform_job *transform_job_prepare(struct transform *tf, uint64_t lease, queue_id id);
 
 /*
  * Commit every planned job in one write transaction (re-planning, in
  * further rounds, those whose token changed).  Afterwards every job has
  * its outcome.
  */
-void job_commit_batch(struct transform *tf, GPtrArray *jobs);
+void transform_job_commit_batch(struct transform *tf, GPtrArray *jobs);
 
 /*
  * The word for TDONE: "ready", "rejected", "hold", "notice" (a bounce
@@ -65,11 +65,12 @@ void job_commit_batch(struct transform *tf, GPtrArray *jobs);
  * more) or "error" (the spool failed; the lease runs out and the job
  * returns); NULL while the job waits for its commit.
  */
-const char *job_outcome(const struct job *j);
-uint64_t job_lease(const struct job *j);
-queue_id job_id(const struct job *j);
-size_t job_bytes(const struct job *j);      /* the message's size, for batch limits */
-void job_free(struct job *j);
+const char *transform_job_outcome(const struct transform_job *j);
+uint64_t transform_job_lease(const struct transform_job *j);
+queue_id transform_job_id(const struct transform_job *j);
+size_t
+transform_job_bytes(const struct transform_job *j); /* the message's size, for batch limits */
+void transform_job_free(struct transform_job *j);
 
 /* ---- transform_sign.c ---------------------------------------------------- */
 
@@ -77,25 +78,25 @@ void job_free(struct job *j);
  * One serialised copy (CRLF, no To:, no signature) split once and its body
  * hashed once: every recipient's signature reuses the hash.
  */
-struct sign_copy {
+struct transform_copy {
     GBytes *bytes;
     size_t header_len;              /* header lines, each with its CRLF */
     unsigned char body_hash[DKIM_HASH_LEN];
 };
 
-gboolean sign_copy_init(struct sign_copy *c, GBytes *bytes, GError **err);
-void sign_copy_clear(struct sign_copy *c);
+gboolean transform_sign_copy_init(struct transform_copy *c, GBytes *bytes, GError **err);
+void transform_sign_copy_clear(struct transform_copy *c);
 
 /*
  * The block to send before c->bytes: one DKIM-Signature per key, then
  * `prefix` (header lines with CRLFs: "To: ...\r\n"), signed as prefix +
  * c's header exactly as sent.
  */
-GBytes *sign_block(const struct transform *tf, const struct sign_copy *c, const char *prefix,
+GBytes *sign_block(const struct transform *tf, const struct transform_copy *c, const char *prefix,
                    gint64 now, GError **err);
 
 /* A whole signed message: sign_block(prefix) followed by c->bytes. */
-GBytes *sign_whole(const struct transform *tf, const struct sign_copy *c, const char *prefix,
+GBytes *sign_whole(const struct transform *tf, const struct transform_copy *c, const char *prefix,
                    gint64 now, GError **err);
 
 /*
@@ -104,12 +105,12 @@ GBytes *sign_whole(const struct transform *tf, const struct sign_copy *c, const 
  * own To:).  Otherwise *outgoing is the whole signed message with
  * "To: undisclosed-recipients:;" and every headers[i] is NULL.
  */
-gboolean sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArray *rcpts,
+gboolean transform_sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArray *rcpts,
                          gint64 now, GBytes **outgoing, GPtrArray *headers, GError **err);
 
 /* ---- transform_notice.c -------------------------------------------------- */
 
-/* A notice written and signed outside any transaction, stored by notice_store(). */
+/* A notice written and signed outside any transaction, stored by transform_notice_store(). */
 struct notice {
     char *to;
     queue_id ref;                   /* the message it is about */
@@ -117,18 +118,18 @@ struct notice {
     char *message_id;
 };
 
-void notice_free(struct notice *n);
+void transform_notice_free(struct notice *n);
 
 /* To the sender of a rejected message: why nothing was sent. */
-struct notice *notice_rejected(const struct transform *tf, const struct spool_msg *m,
+struct notice *transform_notice_rejected(const struct transform *tf, const struct spool_msg *m,
                                const char *subject, const char *reason, gint64 now,
                                GError **err);
 /* To the token owner of a transformed message: how many copies go out. */
-struct notice *notice_accepted(const struct transform *tf, const struct spool_msg *m,
+struct notice *transform_notice_accepted(const struct transform *tf, const struct spool_msg *m,
                                const char *subject, const char *owner, unsigned nrcpt,
                                gint64 now, GError **err);
 /* To the owner of message ref: who bounced and why (bounced: struct spool_dlv *). */
-struct notice *notice_bounced(const struct transform *tf, const struct spool_msg *ref,
+struct notice *transform_notice_bounced(const struct transform *tf, const struct spool_msg *ref,
                               const char *subject, const char *owner, GPtrArray *bounced,
                               unsigned total, gint64 now, GError **err);
 
@@ -137,10 +138,10 @@ struct notice *notice_bounced(const struct transform *tf, const struct spool_msg
  * state ready with its one delivery.  into, when not NULL, is an existing
  * message (a bounce report) that becomes the notice instead.
  */
-gboolean notice_store(struct spool_txn *t, const struct notice *n, struct spool_msg *into,
+gboolean transform_notice_store(struct spool_txn *t, const struct notice *n, struct spool_msg *into,
                       gint64 now, GError **err);
 
 /* The Subject of a serialised message, decoded to UTF-8 ("" when none). */
-char *notice_subject_of(const char *data, size_t len);
+char *transform_notice_subject_of(const char *data, size_t len);
 
 #endif

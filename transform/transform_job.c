@@ -27,7 +27,7 @@ G_DEFINE_QUARK(postern-transform-error, transform_error)
 
 #define JOB_MAX_PLANS 4
 
-enum job_plan {
+enum transform_job_plan {
     PLAN_READY,                     /* deliveries, token used (reason NULL) */
     PLAN_REJECT,                    /* rejected with reason */
     PLAN_HOLD,                      /* the message cannot be handled: hold with why */
@@ -35,7 +35,7 @@ enum job_plan {
     PLAN_DONE,                      /* a bounce report with nothing to say */
 };
 
-struct job {
+struct transform_job {
     struct transform *tf;
     uint64_t lease;
     queue_id id;
@@ -61,7 +61,7 @@ struct job {
 
     /* plan */
     gint64 now;
-    enum job_plan plan;
+    enum transform_job_plan plan;
     const char *reason;             /* PLAN_REJECT, PLAN_DONE */
     char *hold;                     /* PLAN_HOLD */
     char *owner;
@@ -78,19 +78,19 @@ struct job {
 };
 
 
-static void job_dlv_free(gpointer p)
+static void transform_job_dlv_free(gpointer p)
 {
     spool_dlv_clear(p);
     g_free(p);
 }
 
-static void job_bytes_free(gpointer p)
+static void transform_job_bytes_free(gpointer p)
 {
     if (p)
         g_bytes_unref(p);
 }
 
-static void job_plan_reset(struct job *j)
+static void transform_job_plan_reset(struct transform_job *j)
 {
     g_clear_pointer(&j->hold, g_free);
     g_clear_pointer(&j->owner, g_free);
@@ -99,13 +99,13 @@ static void job_plan_reset(struct job *j)
     g_ptr_array_set_size(j->rcpts, 0);
     g_ptr_array_set_size(j->headers, 0);
     g_ptr_array_set_size(j->notices, 0);
-    g_clear_pointer(&j->report, notice_free);
+    g_clear_pointer(&j->report, transform_notice_free);
     j->reason = NULL;
 }
 
-void job_free(struct job *j)
+void transform_job_free(struct transform_job *j)
 {
-    job_plan_reset(j);
+    transform_job_plan_reset(j);
     g_clear_error(&j->refused);
     g_ptr_array_unref(j->rcpts);
     g_ptr_array_unref(j->headers);
@@ -128,8 +128,8 @@ void job_free(struct job *j)
  * The fencing test: the message is still there and the dispatcher's
  * record still names our lease, unexpired.
  */
-static gboolean job_get_ours(struct spool_txn *t, const struct job *j, struct spool_msg *m,
-                             GError **err)
+static gboolean transform_job_get_ours(struct spool_txn *t, const struct transform_job *j,
+                                       struct spool_msg *m, GError **err)
 {
     GError *local = NULL;
 
@@ -151,7 +151,8 @@ static gboolean job_get_ours(struct spool_txn *t, const struct job *j, struct sp
 }
 
 /* The message's record as stored: spool.h keys it by its id, big-endian. */
-static gboolean job_record(struct spool_txn *t, const struct job *j, MDB_val *val)
+static gboolean transform_job_record(struct spool_txn *t, const struct transform_job *j,
+                                     MDB_val *val)
 {
     unsigned char k[8];
     MDB_val key = { sizeof(k), k };
@@ -160,9 +161,9 @@ static gboolean job_record(struct spool_txn *t, const struct job *j, MDB_val *va
     return mdb_get(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, val) == 0;
 }
 
-static gboolean job_collect_bounced(const struct spool_dlv *d, void *ctx)
+static gboolean transform_job_collect_bounced(const struct spool_dlv *d, void *ctx)
 {
-    struct job *j = ctx;
+    struct transform_job *j = ctx;
 
     j->total++;
     if (d->state == DLV_BOUNCED) {
@@ -178,7 +179,8 @@ static gboolean job_collect_bounced(const struct spool_dlv *d, void *ctx)
 }
 
 /* A report on a message that was purged since has nothing left to report. */
-static gboolean job_load_report(struct spool_txn *t, struct job *j, GError **err)
+static gboolean transform_job_load_report(struct spool_txn *t, struct transform_job *j,
+                                          GError **err)
 {
     GError *local = NULL;
 
@@ -190,7 +192,7 @@ static gboolean job_load_report(struct spool_txn *t, struct job *j, GError **err
             g_clear_error(&local);
         return gone;
     }
-    if (!spool_dlv_foreach(t, j->m.ref, job_collect_bounced, j, err))
+    if (!spool_dlv_foreach(t, j->m.ref, transform_job_collect_bounced, j, err))
         return FALSE;
     /* Its Subject, for the owner to recognise it: from the copy that went out. */
     if (!spool_body_get(t, DB_OUTGOING, j->m.ref, j->raw, &local)) {
@@ -204,14 +206,14 @@ static gboolean job_load_report(struct spool_txn *t, struct job *j, GError **err
     return TRUE;
 }
 
-static gboolean job_is_report(const struct job *j)
+static gboolean transform_job_is_report(const struct transform_job *j)
 {
     return g_strcmp0(j->m.kind, MSG_KIND_BOUNCE_REPORT) == 0;
 }
 
 #define TRANSFORM_LARGE_BODY (1 << 20)
 
-static gboolean job_load(struct job *j, GError **err)
+static gboolean transform_job_load(struct transform_job *j, GError **err)
 {
     struct spool_txn t;
     MDB_val val;
@@ -219,10 +221,10 @@ static gboolean job_load(struct job *j, GError **err)
 
     if (!spool_read_begin(j->tf->spool, &t, err))
         return FALSE;
-    ok = job_get_ours(&t, j, &j->m, err) &&
-         (job_is_report(j) ? job_load_report(&t, j, err)
+    ok = transform_job_get_ours(&t, j, &j->m, err) &&
+         (transform_job_is_report(j) ? transform_job_load_report(&t, j, err)
                            : spool_body_get(&t, DB_BODIES, j->id, j->raw, err));
-    if (ok && job_record(&t, j, &val))
+    if (ok && transform_job_record(&t, j, &val))
         j->record = g_bytes_new(val.mv_data, val.mv_size);
     spool_read_end(&t);
     /* A large body's map pages would count twice in our RSS: drop them now. */
@@ -238,7 +240,7 @@ static gboolean job_load(struct job *j, GError **err)
  * hashed and wiped at once: from here on only its hash and id exist.
  * FALSE (with j->unparsable set) when GMime cannot make a message of them.
  */
-static gboolean job_parse(struct job *j)
+static gboolean transform_job_parse(struct transform_job *j)
 {
     GError *err = NULL;
     char *token;
@@ -257,8 +259,8 @@ static gboolean job_parse(struct job *j)
     token = mime_token_extract(j->mime, j->tf->cfg->token.prefix);
     j->have_token = token != NULL;
     if (token) {
-        token_hash(token, j->hash);
-        token_id(j->hash, j->token_id);
+        spool_token_hash(token, j->hash);
+        spool_token_id(j->hash, j->token_id);
         memset(token, 0, strlen(token));
         g_free(token);
     }
@@ -271,19 +273,20 @@ static gboolean job_parse(struct job *j)
  * What the token allows.  NULL: send.  A wrong sender is told so before
  * anything about the token's state, which is none of its business.
  */
-static const char *job_verdict(const struct job *j, const struct spool_token *tk, gint64 now)
+static const char *transform_job_verdict(const struct transform_job *j,
+                                         const struct spool_token *tk, gint64 now)
 {
     g_autofree char *sender = NULL, *owner = NULL;
 
     if (!j->have_token)
         return "TOKEN_NOT_FOUND";
-    if (!tk || token_status(tk, now) == TOKEN_REVOKED)
+    if (!tk || spool_token_status(tk, now) == TOKEN_REVOKED)
         return "TOKEN_INVALID";
-    sender = token_normalise_addr(j->m.sender);
-    owner = token_normalise_addr(tk->sender);
+    sender = spool_token_normalise_addr(j->m.sender);
+    owner = spool_token_normalise_addr(tk->sender);
     if (strcmp(sender, owner) != 0)
         return "SENDER_MISMATCH";
-    switch (token_status(tk, now)) {
+    switch (spool_token_status(tk, now)) {
     case TOKEN_USED: return "TOKEN_USED";
     case TOKEN_EXPIRED: return "TOKEN_EXPIRED";
     default: return NULL;
@@ -291,8 +294,8 @@ static const char *job_verdict(const struct job *j, const struct spool_token *tk
 }
 
 /* The token of this message, if the spool has it: FALSE only on a spool error. */
-static gboolean job_token_get(struct spool_txn *t, const struct job *j, struct spool_token *tk,
-                              gboolean *found, GError **err)
+static gboolean transform_job_token_get(struct spool_txn *t, const struct transform_job *j,
+                                        struct spool_token *tk, gboolean *found, GError **err)
 {
     GError *local = NULL;
 
@@ -306,16 +309,16 @@ static gboolean job_token_get(struct spool_txn *t, const struct job *j, struct s
 }
 
 /* Recipients once each, compared exactly on the local part, not on the domain's case. */
-static void job_unique_rcpts(struct job *j, const struct spool_token *tk)
+static void transform_job_unique_rcpts(struct transform_job *j, const struct spool_token *tk)
 {
     g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 
     for (guint i = 0; i < tk->recipients->len; i++)
-        if (g_hash_table_add(seen, token_normalise_addr(tk->recipients->pdata[i])))
+        if (g_hash_table_add(seen, spool_token_normalise_addr(tk->recipients->pdata[i])))
             g_ptr_array_add(j->rcpts, g_strdup(tk->recipients->pdata[i]));
 }
 
-static void job_add_notice(struct job *j, struct notice *n, GError *err)
+static void transform_job_add_notice(struct transform_job *j, struct notice *n, GError *err)
 {
     /* A notice is a courtesy: failing to write one must not hold the message. */
     if (n)
@@ -327,7 +330,7 @@ static void job_add_notice(struct job *j, struct notice *n, GError *err)
 }
 
 /* The copies: rewrite once, sign per recipient; hold on any failure. */
-static void job_plan_copies(struct job *j, const struct spool_token *tk)
+static void transform_job_plan_copies(struct transform_job *j, const struct spool_token *tk)
 {
     const struct postern_config *cfg = j->tf->cfg;
     struct rewrite_params p = {
@@ -344,15 +347,16 @@ static void job_plan_copies(struct job *j, const struct spool_token *tk)
     GError *err = NULL;
 
     /* mime_rewrite() changes the message: a second plan starts from the bytes again. */
-    if (j->rewritten && !job_parse(j)) {
+    if (j->rewritten && !transform_job_parse(j)) {
         j->plan = PLAN_HOLD;
         j->hold = g_strdup(j->unparsable);
         return;
     }
     j->rewritten = TRUE;
-    job_unique_rcpts(j, tk);
+    transform_job_unique_rcpts(j, tk);
     if (!(rewritten = mime_rewrite(j->mime, &p, &j->message_id, &err)) ||
-        !sign_deliveries(j->tf, rewritten, j->rcpts, j->now, &j->outgoing, j->headers, &err)) {
+        !transform_sign_deliveries(j->tf, rewritten, j->rcpts, j->now, &j->outgoing, j->headers,
+                                   &err)) {
         j->plan = PLAN_HOLD;
         j->hold = g_strdup_printf("%s: %s", err->domain == DKIM_ERROR ? "DKIM" : "MIME",
                                   err->message);
@@ -362,9 +366,11 @@ static void job_plan_copies(struct job *j, const struct spool_token *tk)
     /* The copies are made: the parsed message is only dead weight in a batch now. */
     g_clear_object(&j->mime);
     j->plan = PLAN_READY;
-    j->owner = token_normalise_addr(tk->sender);
-    job_add_notice(j, notice_accepted(j->tf, &j->m, j->subject, j->owner, j->rcpts->len, j->now,
-                                      &err), err);
+    j->owner = spool_token_normalise_addr(tk->sender);
+    transform_job_add_notice(
+        j,
+        transform_notice_accepted(j->tf, &j->m, j->subject, j->owner, j->rcpts->len, j->now, &err),
+        err);
 }
 
 /*
@@ -372,17 +378,17 @@ static void job_plan_copies(struct job *j, const struct spool_token *tk)
  * owns a token (so it has used this relay before, and is no forged
  * stranger), never to the null sender, never in answer to automatic mail.
  */
-static void job_plan_reject(struct job *j, gboolean sender_owns_token)
+static void transform_job_plan_reject(struct transform_job *j, gboolean sender_owns_token)
 {
     GError *err = NULL;
 
     j->plan = PLAN_REJECT;
     if (*j->m.sender && sender_owns_token && !j->automatic)
-        job_add_notice(j, notice_rejected(j->tf, &j->m, j->subject, j->reason, j->now, &err),
-                       err);
+        transform_job_add_notice(
+            j, transform_notice_rejected(j->tf, &j->m, j->subject, j->reason, j->now, &err), err);
 }
 
-static gboolean job_plan_mail(struct job *j, GError **err)
+static gboolean transform_job_plan_mail(struct transform_job *j, GError **err)
 {
     struct spool_txn t;
     struct spool_token tk;
@@ -395,26 +401,26 @@ static gboolean job_plan_mail(struct job *j, GError **err)
     }
     if (!spool_read_begin(j->tf->spool, &t, err))
         return FALSE;
-    if (!job_token_get(&t, j, &tk, &found, err)) {
+    if (!transform_job_token_get(&t, j, &tk, &found, err)) {
         spool_read_end(&t);
         return FALSE;
     }
     /* Only a rejection asks whether the sender owns a token (for a notice). */
-    j->reason = job_verdict(j, found ? &tk : NULL, j->now);
+    j->reason = transform_job_verdict(j, found ? &tk : NULL, j->now);
     owns = j->reason && *j->m.sender && spool_token_owner_exists(&t, j->m.sender);
     spool_read_end(&t);
 
     if (j->reason)
-        job_plan_reject(j, owns);
+        transform_job_plan_reject(j, owns);
     else
-        job_plan_copies(j, &tk);
+        transform_job_plan_copies(j, &tk);
     if (found)
         spool_token_clear(&tk);
     return TRUE;
 }
 
 /* A bounce report about a notice would answer a notice: never. */
-static void job_plan_report(struct job *j)
+static void transform_job_plan_report(struct transform_job *j)
 {
     const char *owner = j->m.owner && *j->m.owner ? j->m.owner : j->ref.owner;
     GError *err = NULL;
@@ -427,9 +433,9 @@ static void job_plan_report(struct job *j)
         return;
     }
     g_free(j->subject);
-    j->subject = notice_subject_of((const char *)j->raw->data, j->raw->len);
-    if (!(n = notice_bounced(j->tf, &j->ref, j->subject, owner, j->bounced, j->total, j->now,
-                             &err))) {
+    j->subject = transform_notice_subject_of((const char *)j->raw->data, j->raw->len);
+    if (!(n = transform_notice_bounced(j->tf, &j->ref, j->subject, owner, j->bounced, j->total,
+                                       j->now, &err))) {
         j->plan = PLAN_HOLD;
         j->hold = g_strdup_printf("bounce report: %s", err->message);
         g_error_free(err);
@@ -441,16 +447,17 @@ static void job_plan_report(struct job *j)
 
 /* ---- commit --------------------------------------------------------------- */
 
-static gboolean job_store_notices(struct spool_txn *t, struct job *j, GError **err)
+static gboolean transform_job_store_notices(struct spool_txn *t, struct transform_job *j,
+                                            GError **err)
 {
     for (guint i = 0; i < j->notices->len; i++)
-        if (!notice_store(t, j->notices->pdata[i], NULL, j->now, err))
+        if (!transform_notice_store(t, j->notices->pdata[i], NULL, j->now, err))
             return FALSE;
     return TRUE;
 }
 
-static gboolean job_store_copies(struct spool_txn *t, struct job *j, struct spool_msg *m,
-                                 GError **err)
+static gboolean transform_job_store_copies(struct spool_txn *t, struct transform_job *j,
+                                           struct spool_msg *m, GError **err)
 {
     gsize len;
     const char *data = g_bytes_get_data(j->outgoing, &len);
@@ -485,16 +492,16 @@ static gboolean job_store_copies(struct spool_txn *t, struct job *j, struct spoo
  * The token decides again inside the transaction, and must decide as the
  * plan did: the plan's copies and notices were made for that verdict.
  */
-static gboolean job_commit_token(struct spool_txn *t, struct job *j, struct spool_msg *m,
-                                 GError **err)
+static gboolean transform_job_commit_token(struct spool_txn *t, struct transform_job *j,
+                                           struct spool_msg *m, GError **err)
 {
     struct spool_token tk;
     gboolean found, ok;
     const char *verdict;
 
-    if (!job_token_get(t, j, &tk, &found, err))
+    if (!transform_job_token_get(t, j, &tk, &found, err))
         return FALSE;
-    verdict = job_verdict(j, found ? &tk : NULL, g_get_real_time() / G_USEC_PER_SEC);
+    verdict = transform_job_verdict(j, found ? &tk : NULL, g_get_real_time() / G_USEC_PER_SEC);
     if (g_strcmp0(verdict, j->reason) != 0) {
         g_set_error(err, TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN, "%s: token %s is now %s",
                     j->idtext, j->token_id, verdict ? verdict : "usable");
@@ -504,7 +511,7 @@ static gboolean job_commit_token(struct spool_txn *t, struct job *j, struct spoo
     } else {
         tk.used = j->now;
         tk.used_by = j->id;
-        ok = spool_token_update(t, &tk, err) && job_store_copies(t, j, m, err);
+        ok = spool_token_update(t, &tk, err) && transform_job_store_copies(t, j, m, err);
     }
     if (found)
         spool_token_clear(&tk);
@@ -518,17 +525,17 @@ static gboolean job_commit_token(struct spool_txn *t, struct job *j, struct spoo
  * the worker).  The commit changes what it is lent, so j->m is lent once:
  * a transaction run again (the map grew) reads the record afresh.
  */
-static gboolean job_get_ours_again(struct spool_txn *t, struct job *j, struct spool_msg *m,
-                                   gboolean *lent, GError **err)
+static gboolean transform_job_get_ours_again(struct spool_txn *t, struct transform_job *j,
+                                             struct spool_msg *m, gboolean *lent, GError **err)
 {
     gsize len = 0;
     const void *loaded = j->record ? g_bytes_get_data(j->record, &len) : NULL;
     MDB_val val;
 
-    *lent = loaded && job_record(t, j, &val) && val.mv_size == len &&
+    *lent = loaded && transform_job_record(t, j, &val) && val.mv_size == len &&
             memcmp(val.mv_data, loaded, len) == 0 && j->m.lease_expiry > unix_ms();
     if (!*lent)
-        return job_get_ours(t, j, m, err);
+        return transform_job_get_ours(t, j, m, err);
     *m = j->m;
     g_clear_pointer(&j->record, g_bytes_unref);
     return TRUE;
@@ -539,17 +546,17 @@ static gboolean job_get_ours_again(struct spool_txn *t, struct job *j, struct sp
  * before the job writes anything, so such a job is only left out; any
  * other error fails the whole transaction.
  */
-static gboolean job_commit(struct spool_txn *t, struct job *j, GError **err)
+static gboolean transform_job_commit(struct spool_txn *t, struct transform_job *j, GError **err)
 {
     struct spool_msg m = { 0 };
     gboolean lent;
-    gboolean ok = job_get_ours_again(t, j, &m, &lent, err);
+    gboolean ok = transform_job_get_ours_again(t, j, &m, &lent, err);
 
     if (ok) {
         switch (j->plan) {
         case PLAN_READY:
         case PLAN_REJECT:
-            ok = job_commit_token(t, j, &m, err);
+            ok = transform_job_commit_token(t, j, &m, err);
             break;
         case PLAN_HOLD:
             ok = spool_msg_set_state(t, &m, MSG_HOLD, j->hold, err);
@@ -558,11 +565,11 @@ static gboolean job_commit(struct spool_txn *t, struct job *j, GError **err)
             ok = spool_msg_set_state(t, &m, MSG_DONE, j->reason, err);
             break;
         case PLAN_REPORT:
-            ok = notice_store(t, j->report, &m, j->now, err);
+            ok = transform_notice_store(t, j->report, &m, j->now, err);
             break;
         }
     }
-    ok = ok && job_store_notices(t, j, err);
+    ok = ok && transform_job_store_notices(t, j, err);
     if (lent)
         j->m = m;                   /* what the commit made of it */
     else
@@ -571,16 +578,16 @@ static gboolean job_commit(struct spool_txn *t, struct job *j, GError **err)
 }
 
 /* Runs again from the start if the map grows: it reads everything it changes. */
-static gboolean job_commit_write(struct spool_txn *t, void *ctx, GError **err)
+static gboolean transform_job_commit_write(struct spool_txn *t, void *ctx, GError **err)
 {
     GPtrArray *jobs = ctx;
 
     for (guint i = 0; i < jobs->len; i++) {
-        struct job *j = jobs->pdata[i];
+        struct transform_job *j = jobs->pdata[i];
         GError *local = NULL;
 
         g_clear_error(&j->refused);
-        if (j->outcome || job_commit(t, j, &local))
+        if (j->outcome || transform_job_commit(t, j, &local))
             continue;
         if (local->domain != TRANSFORM_ERROR) {
             g_propagate_error(err, local);
@@ -599,7 +606,7 @@ static const char *const plan_outcome[] = {
 };
 
 /* The job ends without a commit: its lease is gone, or the spool failed. */
-static void job_end(struct job *j, GError *err)
+static void transform_job_end(struct transform_job *j, GError *err)
 {
     if (g_error_matches(err, TRANSFORM_ERROR, TRANSFORM_ERR_FENCED)) {
         msg_warn("%s: job dropped", err->message);
@@ -612,20 +619,20 @@ static void job_end(struct job *j, GError *err)
     g_error_free(err);
 }
 
-static void job_plan(struct job *j)
+static void transform_job_plan(struct transform_job *j)
 {
     GError *err = NULL;
 
-    job_plan_reset(j);
-    if (job_is_report(j))
-        job_plan_report(j);
-    else if (!job_plan_mail(j, &err))
-        job_end(j, err);
+    transform_job_plan_reset(j);
+    if (transform_job_is_report(j))
+        transform_job_plan_report(j);
+    else if (!transform_job_plan_mail(j, &err))
+        transform_job_end(j, err);
 }
 
-struct job *job_prepare(struct transform *tf, uint64_t lease, queue_id id)
+struct transform_job *transform_job_prepare(struct transform *tf, uint64_t lease, queue_id id)
 {
-    struct job *j = g_new0(struct job, 1);
+    struct transform_job *j = g_new0(struct transform_job, 1);
     GError *err = NULL;
 
     j->tf = tf;
@@ -633,18 +640,18 @@ struct job *job_prepare(struct transform *tf, uint64_t lease, queue_id id)
     j->id = id;
     spool_id_format(id, j->idtext);
     j->raw = g_byte_array_new();
-    j->bounced = g_ptr_array_new_with_free_func(job_dlv_free);
+    j->bounced = g_ptr_array_new_with_free_func(transform_job_dlv_free);
     j->rcpts = g_ptr_array_new_with_free_func(g_free);
-    j->headers = g_ptr_array_new_with_free_func(job_bytes_free);
-    j->notices = g_ptr_array_new_with_free_func((GDestroyNotify)notice_free);
+    j->headers = g_ptr_array_new_with_free_func(transform_job_bytes_free);
+    j->notices = g_ptr_array_new_with_free_func((GDestroyNotify)transform_notice_free);
     j->now = g_get_real_time() / G_USEC_PER_SEC;
-    if (!job_load(j, &err)) {
-        job_end(j, err);
+    if (!transform_job_load(j, &err)) {
+        transform_job_end(j, err);
         return j;
     }
-    if (!job_is_report(j))
-        job_parse(j);
-    job_plan(j);
+    if (!transform_job_is_report(j))
+        transform_job_parse(j);
+    transform_job_plan(j);
     return j;
 }
 
@@ -655,21 +662,21 @@ struct job *job_prepare(struct transform *tf, uint64_t lease, queue_id id)
  * a next round; JOB_MAX_PLANS rounds settle any batch, as a token only
  * changes once.
  */
-void job_commit_batch(struct transform *tf, GPtrArray *jobs)
+void transform_job_commit_batch(struct transform *tf, GPtrArray *jobs)
 {
     for (int round = 0; round < JOB_MAX_PLANS; round++) {
         gboolean again = FALSE;
         GError *err = NULL;
 
-        if (!spool_write(tf->spool, job_commit_write, jobs, &err)) {
+        if (!spool_write(tf->spool, transform_job_commit_write, jobs, &err)) {
             for (guint i = 0; i < jobs->len; i++)
-                if (!((struct job *)jobs->pdata[i])->outcome)
-                    job_end(jobs->pdata[i], g_error_copy(err));
+                if (!((struct transform_job *)jobs->pdata[i])->outcome)
+                    transform_job_end(jobs->pdata[i], g_error_copy(err));
             g_error_free(err);
             return;
         }
         for (guint i = 0; i < jobs->len; i++) {
-            struct job *j = jobs->pdata[i];
+            struct transform_job *j = jobs->pdata[i];
 
             if (j->outcome)
                 continue;
@@ -679,38 +686,39 @@ void job_commit_batch(struct transform *tf, GPtrArray *jobs)
                 msg_info("%s", j->refused->message);
                 g_clear_error(&j->refused);
                 j->now = g_get_real_time() / G_USEC_PER_SEC;
-                job_plan(j);
+                transform_job_plan(j);
                 again = TRUE;
             } else {
-                job_end(j, g_steal_pointer(&j->refused));
+                transform_job_end(j, g_steal_pointer(&j->refused));
             }
         }
         if (!again)
             return;
     }
     for (guint i = 0; i < jobs->len; i++) {
-        struct job *j = jobs->pdata[i];
+        struct transform_job *j = jobs->pdata[i];
         if (!j->outcome)
-            job_end(j, g_error_new(TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN, "token kept changing"));
+            transform_job_end(
+                j, g_error_new(TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN, "token kept changing"));
     }
 }
 
-const char *job_outcome(const struct job *j)
+const char *transform_job_outcome(const struct transform_job *j)
 {
     return j->outcome;
 }
 
-uint64_t job_lease(const struct job *j)
+uint64_t transform_job_lease(const struct transform_job *j)
 {
     return j->lease;
 }
 
-queue_id job_id(const struct job *j)
+queue_id transform_job_id(const struct transform_job *j)
 {
     return j->id;
 }
 
-size_t job_bytes(const struct job *j)
+size_t transform_job_bytes(const struct transform_job *j)
 {
     return j->raw->len;
 }

@@ -36,7 +36,7 @@ struct ticket {
     queue_id id;
 };
 
-struct worker {
+struct transform_worker {
     struct transform tf;
     struct hint_sender *hints;
     void *zctx;
@@ -107,7 +107,7 @@ static void transform_keys(struct transform *tf)
  * it connects to the local ipc:// endpoint (a 0700 directory), which the
  * dispatcher binds beside a tcp:// one for remote senders; no CURVE needed.
  */
-static void transform_connect(struct worker *w)
+static void transform_connect(struct transform_worker *w)
 {
     const char *endpoint = w->tf.cfg->workers.local_dispatch;
     int zero = 0;
@@ -124,7 +124,7 @@ static void transform_connect(struct worker *w)
  * Said again (after WHO, or a silence) while jobs wait here, it may grant
  * a few too many: those wait in `pending` too, none is lost.
  */
-static void transform_hello(struct worker *w)
+static void transform_hello(struct transform_worker *w)
 {
     g_autoptr(GBytes) hello = wire_pack("(su)", "transform", (guint32)TRANSFORM_SLOTS);
 
@@ -137,9 +137,9 @@ static void transform_hello(struct worker *w)
  * each (TDONE: the commit is on disk by now), ask for as many again, and
  * ring the dispatcher once for all the deliveries made ready.
  */
-static void transform_batch(struct worker *w)
+static void transform_batch(struct transform_worker *w)
 {
-    g_autoptr(GPtrArray) jobs = g_ptr_array_new_with_free_func((GDestroyNotify)job_free);
+    g_autoptr(GPtrArray) jobs = g_ptr_array_new_with_free_func((GDestroyNotify)transform_job_free);
     g_autoptr(GBytes) credit = NULL;
     int64_t start = mono_ms();
     size_t bytes = 0;
@@ -149,20 +149,21 @@ static void transform_batch(struct worker *w)
            mono_ms() - start < TRANSFORM_BATCH_MS) {
         struct ticket t = g_array_index(w->pending, struct ticket, 0);
         char id[QUEUE_ID_LEN + 1];
-        struct job *j;
+        struct transform_job *j;
 
         g_array_remove_index(w->pending, 0);
         spool_id_format(t.id, id);
         msg_info("%s: transform job, lease %" G_GINT64_MODIFIER "x", id, t.lease);
-        j = job_prepare(&w->tf, t.lease, t.id);
-        bytes += job_bytes(j);
+        j = transform_job_prepare(&w->tf, t.lease, t.id);
+        bytes += transform_job_bytes(j);
         g_ptr_array_add(jobs, j);
     }
-    job_commit_batch(&w->tf, jobs);
+    transform_job_commit_batch(&w->tf, jobs);
     for (guint i = 0; i < jobs->len; i++) {
-        const struct job *j = jobs->pdata[i];
-        const char *outcome = job_outcome(j);
-        g_autoptr(GBytes) done = wire_pack("(tts)", job_lease(j), job_id(j), outcome);
+        const struct transform_job *j = jobs->pdata[i];
+        const char *outcome = transform_job_outcome(j);
+        g_autoptr(GBytes) done =
+            wire_pack("(tts)", transform_job_lease(j), transform_job_id(j), outcome);
 
         wire_send(w->sock, NULL, WIRE_TDONE, done);
         ready |= strcmp(outcome, "stale") != 0 && strcmp(outcome, "error") != 0;
@@ -173,7 +174,7 @@ static void transform_batch(struct worker *w)
         hint_send(w->hints, "ready");
 }
 
-static void transform_tjob(struct worker *w, GBytes *payload)
+static void transform_tjob(struct transform_worker *w, GBytes *payload)
 {
     struct ticket t;
 
@@ -184,7 +185,7 @@ static void transform_tjob(struct worker *w, GBytes *payload)
     g_array_append_val(w->pending, t);
 }
 
-static void transform_receive(struct worker *w)
+static void transform_receive(struct transform_worker *w)
 {
     GBytes *payload;
     char *cmd;
@@ -210,7 +211,7 @@ static void transform_receive(struct worker *w)
  * restarted or forgotten us: introduce ourselves again (ZeroMQ reconnects
  * by itself; only the dispatcher's table of workers needs us back).
  */
-static void transform_timers(struct worker *w)
+static void transform_timers(struct transform_worker *w)
 {
     int64_t now = mono_ms();
 
@@ -236,7 +237,7 @@ static void transform_timers(struct worker *w)
 }
 
 /* SIGTERM: the jobs in hand (received) are finished first; no new ones are read. */
-static void transform_loop(struct worker *w)
+static void transform_loop(struct transform_worker *w)
 {
     while (!transform_stopping || w->pending->len) {
         zmq_pollitem_t item = { w->sock, 0, ZMQ_POLLIN, 0 };
@@ -254,7 +255,7 @@ int main(int argc, char **argv)
 {
     struct sigaction sa = { .sa_handler = transform_on_signal };
     struct postern_config cfg;
-    struct worker w = { .tf.cfg = &cfg };
+    struct transform_worker w = { .tf.cfg = &cfg };
     GError *err = NULL;
 
     daemon_init(&argc, &argv, "postern-transform", "- Postern transform worker", NULL, &cfg);

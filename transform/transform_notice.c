@@ -8,7 +8,7 @@
  * text/plain UTF-8 from [rewrite] from, marked Auto-Submitted: auto-replied
  * (RFC 3834) so that no auto-responder answers them.
  *
- * They are composed and signed with no transaction open; notice_store()
+ * They are composed and signed with no transaction open; transform_notice_store()
  * then only writes the bytes, inside the job's one write transaction.
  */
 #include "transform/transform.h"
@@ -17,7 +17,7 @@
 
 #include <string.h>
 
-void notice_free(struct notice *n)
+void transform_notice_free(struct notice *n)
 {
     if (!n)
         return;
@@ -29,7 +29,7 @@ void notice_free(struct notice *n)
 }
 
 /* text/plain; charset=utf-8, in the transfer encoding its text needs. */
-static GMimeObject *notice_text_part(const char *text)
+static GMimeObject *transform_notice_text_part(const char *text)
 {
     GMimeTextPart *part = g_mime_text_part_new_with_subtype("plain");
     GMimeStream *stream = g_mime_stream_mem_new_with_buffer(text, strlen(text));
@@ -51,9 +51,9 @@ static GMimeObject *notice_text_part(const char *text)
  * or List-Unsubscribe: it answers nobody's message to a list), then sign
  * it whole with its To: and Auto-Submitted: as raw lines.
  */
-static struct notice *notice_make(const struct transform *tf, const char *to, queue_id ref,
-                                  const char *subject, const char *text, gint64 now,
-                                  GError **err)
+static struct notice *transform_notice_make(const struct transform *tf, const char *to,
+                                            queue_id ref, const char *subject, const char *text,
+                                            gint64 now, GError **err)
 {
     const struct postern_config *cfg = tf->cfg;
     struct rewrite_params p = {
@@ -62,10 +62,10 @@ static struct notice *notice_make(const struct transform *tf, const char *to, qu
         .date = now,
     };
     GMimeMessage *msg = g_mime_message_new(FALSE);
-    GMimeObject *body = notice_text_part(text);
+    GMimeObject *body = transform_notice_text_part(text);
     g_autofree char *prefix = g_strdup_printf("To: %s\r\nAuto-Submitted: auto-replied\r\n", to);
     struct notice *n = g_new0(struct notice, 1);
-    struct sign_copy c = { 0 };
+    struct transform_copy c = { 0 };
     GBytes *common;
 
     g_mime_message_set_mime_part(msg, body);
@@ -73,13 +73,13 @@ static struct notice *notice_make(const struct transform *tf, const char *to, qu
     common = mime_rewrite(msg, &p, &n->message_id, err);
     g_object_unref(body);
     g_object_unref(msg);
-    if (common && sign_copy_init(&c, common, err))
+    if (common && transform_sign_copy_init(&c, common, err))
         n->bytes = sign_whole(tf, &c, prefix, now, err);
-    sign_copy_clear(&c);
+    transform_sign_copy_clear(&c);
     if (common)
         g_bytes_unref(common);
     if (!n->bytes) {
-        notice_free(n);
+        transform_notice_free(n);
         return NULL;
     }
     n->to = g_strdup(to);
@@ -87,7 +87,7 @@ static struct notice *notice_make(const struct transform *tf, const char *to, qu
     return n;
 }
 
-char *notice_subject_of(const char *data, size_t len)
+char *transform_notice_subject_of(const char *data, size_t len)
 {
     size_t header_len, body_offset;
     GMimeMessage *msg;
@@ -103,7 +103,7 @@ char *notice_subject_of(const char *data, size_t len)
 }
 
 /* The lines every notice starts its facts with. */
-static void notice_facts(GString *text, const struct spool_msg *m, const char *subject)
+static void transform_notice_facts(GString *text, const struct spool_msg *m, const char *subject)
 {
     char id[QUEUE_ID_LEN + 1];
     g_autoptr(GDateTime) when = g_date_time_new_from_unix_utc(m->arrival);
@@ -114,13 +114,13 @@ static void notice_facts(GString *text, const struct spool_msg *m, const char *s
                            *subject ? subject : "(no subject)", date, id);
 }
 
-static char *notice_subject(const char *what, const char *subject)
+static char *transform_notice_subject(const char *what, const char *subject)
 {
     return g_strdup_printf("%s: %s", what, *subject ? subject : "(no subject)");
 }
 
 /* What each rejection reason means to the sender, and what to do about it. */
-static const char *notice_explain(const char *reason)
+static const char *transform_notice_explain(const char *reason)
 {
     static const struct { const char *reason, *text; } texts[] = {
         { "TOKEN_NOT_FOUND", "the message carried no token. Attach the token you were given." },
@@ -137,56 +137,56 @@ static const char *notice_explain(const char *reason)
     return "the message could not be sent.";
 }
 
-struct notice *notice_rejected(const struct transform *tf, const struct spool_msg *m,
+struct notice *transform_notice_rejected(const struct transform *tf, const struct spool_msg *m,
                                const char *subject, const char *reason, gint64 now,
                                GError **err)
 {
     g_autoptr(GString) text = g_string_new("Your message was not sent to anyone.\n\n");
-    g_autofree char *title = notice_subject("Not sent", subject);
+    g_autofree char *title = transform_notice_subject("Not sent", subject);
 
-    notice_facts(text, m, subject);
+    transform_notice_facts(text, m, subject);
     g_string_append_printf(text, "  Reason:    %s\n\nNothing was delivered: %s\n", reason,
-                           notice_explain(reason));
-    return notice_make(tf, m->sender, m->id, title, text->str, now, err);
+                           transform_notice_explain(reason));
+    return transform_notice_make(tf, m->sender, m->id, title, text->str, now, err);
 }
 
-struct notice *notice_accepted(const struct transform *tf, const struct spool_msg *m,
+struct notice *transform_notice_accepted(const struct transform *tf, const struct spool_msg *m,
                                const char *subject, const char *owner, unsigned nrcpt,
                                gint64 now, GError **err)
 {
     g_autoptr(GString) text = g_string_new(NULL);
     g_autofree char *what = g_strdup_printf("Sent to %u recipient%s", nrcpt, nrcpt == 1 ? "" : "s");
-    g_autofree char *title = notice_subject(what, subject);
+    g_autofree char *title = transform_notice_subject(what, subject);
 
     g_string_append_printf(text, "Your message is on its way to %u recipient%s.\n\n", nrcpt,
                            nrcpt == 1 ? "" : "s");
-    notice_facts(text, m, subject);
+    transform_notice_facts(text, m, subject);
     g_string_append(text, "\nIf a copy cannot be delivered you will get another notice "
                           "saying which and why.\n");
-    return notice_make(tf, owner, m->id, title, text->str, now, err);
+    return transform_notice_make(tf, owner, m->id, title, text->str, now, err);
 }
 
-struct notice *notice_bounced(const struct transform *tf, const struct spool_msg *ref,
+struct notice *transform_notice_bounced(const struct transform *tf, const struct spool_msg *ref,
                               const char *subject, const char *owner, GPtrArray *bounced,
                               unsigned total, gint64 now, GError **err)
 {
     g_autoptr(GString) text = g_string_new(NULL);
     g_autofree char *what = g_strdup_printf("Undelivered to %u of %u", bounced->len, total);
-    g_autofree char *title = notice_subject(what, subject);
+    g_autofree char *title = transform_notice_subject(what, subject);
 
     g_string_append_printf(text, "Your message could not be delivered to %u of its %u "
                                  "recipient%s.\n\n", bounced->len, total, total == 1 ? "" : "s");
-    notice_facts(text, ref, subject);
+    transform_notice_facts(text, ref, subject);
     g_string_append(text, "\nNot delivered:\n");
     for (guint i = 0; i < bounced->len; i++) {
         const struct spool_dlv *d = bounced->pdata[i];
         g_string_append_printf(text, "  %s: %s\n", d->rcpt,
                                d->last_reply ? d->last_reply : "no reply recorded");
     }
-    return notice_make(tf, owner, ref->id, title, text->str, now, err);
+    return transform_notice_make(tf, owner, ref->id, title, text->str, now, err);
 }
 
-gboolean notice_store(struct spool_txn *t, const struct notice *n, struct spool_msg *into,
+gboolean transform_notice_store(struct spool_txn *t, const struct notice *n, struct spool_msg *into,
                       gint64 now, GError **err)
 {
     struct spool_msg fresh;

@@ -12,7 +12,7 @@
 
 #include <string.h>
 
-gboolean sign_copy_init(struct sign_copy *c, GBytes *bytes, GError **err)
+gboolean transform_sign_copy_init(struct transform_copy *c, GBytes *bytes, GError **err)
 {
     gsize len;
     const char *data = g_bytes_get_data(bytes, &len);
@@ -27,12 +27,12 @@ gboolean sign_copy_init(struct sign_copy *c, GBytes *bytes, GError **err)
     return TRUE;
 }
 
-void sign_copy_clear(struct sign_copy *c)
+void transform_sign_copy_clear(struct transform_copy *c)
 {
     g_clear_pointer(&c->bytes, g_bytes_unref);
 }
 
-GBytes *sign_block(const struct transform *tf, const struct sign_copy *c, const char *prefix,
+GBytes *sign_block(const struct transform *tf, const struct transform_copy *c, const char *prefix,
                    gint64 now, GError **err)
 {
     const char *common = g_bytes_get_data(c->bytes, NULL);
@@ -55,7 +55,7 @@ GBytes *sign_block(const struct transform *tf, const struct sign_copy *c, const 
     return g_string_free_to_bytes(block);
 }
 
-GBytes *sign_whole(const struct transform *tf, const struct sign_copy *c, const char *prefix,
+GBytes *sign_whole(const struct transform *tf, const struct transform_copy *c, const char *prefix,
                    gint64 now, GError **err)
 {
     g_autoptr(GBytes) block = sign_block(tf, c, prefix, now, err);
@@ -80,19 +80,19 @@ GBytes *sign_whole(const struct transform *tf, const struct sign_copy *c, const 
  */
 #define SIGN_TO_SHARED "To: undisclosed-recipients:;\r\n"
 
-gboolean sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArray *rcpts,
+gboolean transform_sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArray *rcpts,
                          gint64 now, GBytes **outgoing, GPtrArray *headers, GError **err)
 {
-    struct sign_copy c = { 0 };
+    struct transform_copy c = { 0 };
     gboolean ok = TRUE;
 
-    if (!sign_copy_init(&c, rewritten, err))
+    if (!transform_sign_copy_init(&c, rewritten, err))
         return FALSE;
     if (!tf->cfg->rewrite.personalize) {
         *outgoing = sign_whole(tf, &c, SIGN_TO_SHARED, now, err);
         for (guint i = 0; i < rcpts->len; i++)
             g_ptr_array_add(headers, NULL);
-        sign_copy_clear(&c);
+        transform_sign_copy_clear(&c);
         return *outgoing != NULL;
     }
     for (guint i = 0; ok && i < rcpts->len; i++) {
@@ -104,6 +104,6 @@ gboolean sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArra
             g_ptr_array_add(headers, block);
     }
     *outgoing = ok ? g_bytes_ref(rewritten) : NULL;
-    sign_copy_clear(&c);
+    transform_sign_copy_clear(&c);
     return ok;
 }

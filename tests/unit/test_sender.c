@@ -46,7 +46,7 @@ static struct wire_send_job *job_new(const char *const *rcpts)
     return job;
 }
 
-static void job_free(struct wire_send_job *job)
+static void transform_job_free(struct wire_send_job *job)
 {
     wire_send_job_clear(job);
     g_free(job);
@@ -81,19 +81,19 @@ static void test_plan(void **state)
     g_free(text);
     assert_string_equal(text = plan_text(job, 100), "a,c,d,f|B|E");
     g_free(text);
-    job_free(job);
+    transform_job_free(job);
 
     job = job_new(shared);
     assert_string_equal(text = plan_text(job, 2), "a,b|c,d|e");
     g_free(text);
     assert_string_equal(text = plan_text(job, 1), "a|b|c|d|e");
     g_free(text);
-    job_free(job);
+    transform_job_free(job);
 
     job = job_new(personal);
     assert_string_equal(text = plan_text(job, 100), "A|B");
     g_free(text);
-    job_free(job);
+    transform_job_free(job);
 }
 
 static struct wire_send_result *deliver(const char *url, const struct wire_send_job *job)
@@ -159,7 +159,7 @@ static void test_maildir_one_file_per_recipient(void **state)
     assert_int_equal(personal, 1);
     wire_send_result_clear(res);
     g_free(res);
-    job_free(job);
+    transform_job_free(job);
 }
 
 /* A Maildir that cannot be written is a local, temporary failure: 451 4.3.0. */
@@ -179,7 +179,7 @@ static void test_maildir_failure_defers(void **state)
     }
     wire_send_result_clear(res);
     g_free(res);
-    job_free(job);
+    transform_job_free(job);
 }
 
 int main(void)

@@ -14,7 +14,7 @@
 #include "spool/delivery.h"
 #include "common/log.h"
 #include "spool/spool.h"
-#include "spool/token.h"
+#include "spool/spool_token.h"
 
 struct fixture {
     char *dir;
@@ -107,7 +107,7 @@ static void test_ids(void **state)
 static void test_bodies(void **state)
 {
     struct fixture *f = *state;
-    size_t sizes[] = { 0, 1, SPOOL_CHUNK - 1, SPOOL_CHUNK, SPOOL_CHUNK + 1, 3 * SPOOL_CHUNK, 300000 };
+    size_t sizes[] = {0, 1, SPOOL_CHUNK - 1, SPOOL_CHUNK, SPOOL_CHUNK + 1, 3 * SPOOL_CHUNK, 300000};
 
     for (size_t s = 0; s < G_N_ELEMENTS(sizes); s++) {
         g_autofree char *body = g_malloc(sizes[s] + 1);
@@ -261,8 +261,8 @@ static gboolean put_token(struct spool_txn *t, void *ctx, GError **err)
 static void test_tokens(void **state)
 {
     struct fixture *f = *state;
-    g_autofree char *text = token_generate();
-    g_autofree char *norm = token_normalise_addr(" <Test@ABAKUS.no> ");
+    g_autofree char *text = spool_token_generate();
+    g_autofree char *norm = spool_token_normalise_addr(" <Test@ABAKUS.no> ");
     struct spool_token tk, got;
     struct spool_txn t;
     char id[TOKEN_ID_LEN + 1];
@@ -271,23 +271,23 @@ static void test_tokens(void **state)
     assert_null(strpbrk(text, "+/="));
     /* Never one that a command line would take for an option. */
     for (int i = 0; i < 2000; i++) {
-        g_autofree char *other = token_generate();
+        g_autofree char *other = spool_token_generate();
         assert_true(other[0] != '-');
     }
     assert_string_equal(norm, "Test@abakus.no");
     spool_token_init(&tk);
     tk.sender = g_strdup("Test@abakus.no");
     g_ptr_array_add(tk.recipients, g_strdup("r@x.no"));
-    token_hash(text, tk.hash);
+    spool_token_hash(text, tk.hash);
     assert_true(spool_write(f->sp, put_token, &tk, NULL));
     assert_false(spool_write(f->sp, put_token, &tk, NULL));    /* no second registration */
 
-    token_id(tk.hash, id);
+    spool_token_id(tk.hash, id);
     assert_true(spool_read_begin(f->sp, &t, NULL));
     assert_true(spool_token_find(&t, text, &got, NULL));
     spool_token_clear(&got);
     assert_true(spool_token_find(&t, id, &got, NULL));
-    assert_int_equal(token_status(&got, 0), TOKEN_ACTIVE);
+    assert_int_equal(spool_token_status(&got, 0), TOKEN_ACTIVE);
     spool_token_clear(&got);
     assert_false(spool_token_find(&t, "not-a-token", &got, NULL));
     assert_true(spool_token_owner_exists(&t, "Test@ABAKUS.NO"));

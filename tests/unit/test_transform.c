@@ -86,7 +86,8 @@ static void test_personal_blocks(void **state)
     f->cfg.rewrite.personalize = TRUE;
     g_ptr_array_add(rcpts, "a@example.org");
     g_ptr_array_add(rcpts, "b@example.org");
-    assert_true(sign_deliveries(&f->tf, common, rcpts, 1795000000, &outgoing, headers, NULL));
+    assert_true(
+        transform_sign_deliveries(&f->tf, common, rcpts, 1795000000, &outgoing, headers, NULL));
     /* The common copy is stored once, as it was: no signature, no To:. */
     assert_true(g_bytes_equal(outgoing, common));
     assert_int_equal(headers->len, 2);
@@ -108,24 +109,26 @@ static void test_shared_copy(void **state)
     f->cfg.rewrite.personalize = FALSE;
     g_ptr_array_add(rcpts, "a@example.org");
     g_ptr_array_add(rcpts, "b@example.org");
-    assert_true(sign_deliveries(&f->tf, common, rcpts, 1795000000, &outgoing, headers, NULL));
+    assert_true(
+        transform_sign_deliveries(&f->tf, common, rcpts, 1795000000, &outgoing, headers, NULL));
     assert_int_equal(headers->len, 2);
     assert_null(headers->pdata[0]);
     assert_null(headers->pdata[1]);
     p = g_bytes_get_data(outgoing, &len);
     assert_true(len > sizeof(rewritten));
     assert_memory_equal(p + len - (sizeof(rewritten) - 1), rewritten, sizeof(rewritten) - 1);
-    assert_non_null(g_strstr_len(p, (gssize)len, "\r\nTo: undisclosed-recipients:;\r\nSubject: hi\r\n"));
+    assert_non_null(
+        g_strstr_len(p, (gssize)len, "\r\nTo: undisclosed-recipients:;\r\nSubject: hi\r\n"));
 }
 
 static void test_copy_without_blank_line(void **state)
 {
-    struct sign_copy c = { 0 };
+    struct transform_copy c = { 0 };
     g_autoptr(GBytes) bad = g_bytes_new_static("Subject: x\r\n", 12);
     GError *err = NULL;
 
     (void)state;
-    assert_false(sign_copy_init(&c, bad, &err));
+    assert_false(transform_sign_copy_init(&c, bad, &err));
     assert_non_null(err);
     g_error_free(err);
 }
@@ -135,7 +138,8 @@ static void test_rejection_notice(void **state)
     struct fixture *f = *state;
     struct spool_msg m = { .id = 0x0000018f2a3b4c5dULL, .arrival = 1795000000,
                            .sender = "owner@example.org" };
-    struct notice *n = notice_rejected(&f->tf, &m, "Blåbær", "TOKEN_USED", 1795000000, NULL);
+    struct notice *n =
+        transform_notice_rejected(&f->tf, &m, "Blåbær", "TOKEN_USED", 1795000000, NULL);
     gsize len;
     const char *p;
     g_autofree char *text = NULL, *subject = NULL;
@@ -151,17 +155,17 @@ static void test_rejection_notice(void **state)
     assert_non_null(strstr(text, "\r\nFrom: Postern <no-reply@localhost>\r\n"));
     assert_non_null(strstr(text, "charset=utf-8"));
     assert_null(strstr(text, "\r\nReply-To:"));     /* h= names it: oversigned */
-    subject = notice_subject_of(p, len);
+    subject = transform_notice_subject_of(p, len);
     assert_string_equal(subject, "Not sent: Blåbær");
-    notice_free(n);
+    transform_notice_free(n);
 }
 
 static void test_subject_of(void **state)
 {
     static const char msg[] = "Subject: =?utf-8?q?Bl=C3=A5?= b\r\nFrom: x@y\r\n\r\nbody\r\n";
-    g_autofree char *s = notice_subject_of(msg, sizeof(msg) - 1);
-    g_autofree char *none = notice_subject_of("From: x@y\r\n\r\n", 13);
-    g_autofree char *broken = notice_subject_of("garbage", 7);
+    g_autofree char *s = transform_notice_subject_of(msg, sizeof(msg) - 1);
+    g_autofree char *none = transform_notice_subject_of("From: x@y\r\n\r\n", 13);
+    g_autofree char *broken = transform_notice_subject_of("garbage", 7);
 
     (void)state;
     assert_string_equal(s, "Blå b");

@@ -1,7 +1,7 @@
 /*
- * token.c - see token.h.
+ * spool_token.c - see spool_token.h.
  */
-#include "spool/token.h"
+#include "spool/spool_token.h"
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -9,19 +9,19 @@
 
 #include "common/log.h"
 
-void token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN])
+void spool_token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN])
 {
     unsigned int len = TOKEN_HASH_LEN;
     EVP_Digest(token, strlen(token), out, &len, EVP_sha256(), NULL);
 }
 
-void token_id(const unsigned char hash[TOKEN_HASH_LEN], char out[TOKEN_ID_LEN + 1])
+void spool_token_id(const unsigned char hash[TOKEN_HASH_LEN], char out[TOKEN_ID_LEN + 1])
 {
     for (int i = 0; i < TOKEN_ID_LEN / 2; i++)
         g_snprintf(out + 2 * i, 3, "%02x", hash[i]);
 }
 
-char *token_generate(void)
+char *spool_token_generate(void)
 {
     unsigned char raw[32];
     char *text;
@@ -40,7 +40,7 @@ char *token_generate(void)
     return text;
 }
 
-char *token_normalise_addr(const char *addr)
+char *spool_token_normalise_addr(const char *addr)
 {
     g_autofree char *a = g_strstrip(g_strdup(addr));
     size_t len = strlen(a);
@@ -59,7 +59,7 @@ char *token_normalise_addr(const char *addr)
     return g_steal_pointer(&a);
 }
 
-enum token_status token_status(const struct spool_token *tk, int64_t now)
+enum spool_token_status spool_token_status(const struct spool_token *tk, int64_t now)
 {
     if (tk->revoked)
         return TOKEN_REVOKED;
@@ -70,7 +70,7 @@ enum token_status token_status(const struct spool_token *tk, int64_t now)
     return TOKEN_ACTIVE;
 }
 
-const char *token_status_name(enum token_status s)
+const char *spool_token_status_name(enum spool_token_status s)
 {
     static const char *const names[] = { "active", "used", "expired", "revoked" };
     return names[s];
@@ -90,7 +90,7 @@ void spool_token_clear(struct spool_token *tk)
     memset(tk, 0, sizeof(*tk));
 }
 
-static GVariant *token_encode(const struct spool_token *tk)
+static GVariant *spool_token_encode(const struct spool_token *tk)
 {
     GVariantDict d;
 
@@ -108,7 +108,7 @@ static GVariant *token_encode(const struct spool_token *tk)
     return g_variant_ref_sink(g_variant_dict_end(&d));
 }
 
-static void token_decode(const MDB_val *val, struct spool_token *tk)
+static void spool_token_decode(const MDB_val *val, struct spool_token *tk)
 {
     g_autoptr(GBytes) bytes = g_bytes_new(val->mv_data, val->mv_size);
     g_autoptr(GVariant) v = g_variant_ref_sink(
@@ -149,20 +149,20 @@ gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HAS
         return spool_mdb_fail(rc, "read token", err);
     spool_token_init(tk);
     memcpy(tk->hash, hash, TOKEN_HASH_LEN);
-    token_decode(&val, tk);
+    spool_token_decode(&val, tk);
     return TRUE;
 }
 
 /* "active" counts tokens neither used nor revoked; expiry is left to the reader. */
-static const char *token_counter(const struct spool_token *tk)
+static const char *spool_token_counter(const struct spool_token *tk)
 {
     return tk->used ? "tok.used" : tk->revoked ? "tok.revoked" : "tok.active";
 }
 
-static gboolean token_put(struct spool_txn *t, const struct spool_token *tk, unsigned flags,
+static gboolean spool_token_put(struct spool_txn *t, const struct spool_token *tk, unsigned flags,
                           GError **err)
 {
-    g_autoptr(GVariant) v = token_encode(tk);
+    g_autoptr(GVariant) v = spool_token_encode(tk);
     MDB_val key = { TOKEN_HASH_LEN, (void *)tk->hash },
             val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
     int rc = mdb_put(t->txn, spool_dbi(t->sp, DB_TOKENS), &key, &val, flags);
@@ -173,17 +173,17 @@ static gboolean token_put(struct spool_txn *t, const struct spool_token *tk, uns
     }
     if (rc)
         return spool_mdb_fail(rc, "store token", err);
-    return spool_counter_add(t, token_counter(tk), 1, err);
+    return spool_counter_add(t, spool_token_counter(tk), 1, err);
 }
 
 gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, GError **err)
 {
-    g_autofree char *owner = token_normalise_addr(tk->sender);
+    g_autofree char *owner = spool_token_normalise_addr(tk->sender);
     GByteArray *k = g_byte_array_new();
     MDB_val key, val = { 0, (void *)"" };
     int rc;
 
-    if (!token_put(t, tk, MDB_NOOVERWRITE, err)) {
+    if (!spool_token_put(t, tk, MDB_NOOVERWRITE, err)) {
         g_byte_array_unref(k);
         return FALSE;
     }
@@ -204,14 +204,14 @@ gboolean spool_token_update(struct spool_txn *t, const struct spool_token *tk, G
 
     if (!spool_token_get(t, tk->hash, &old, err))
         return FALSE;
-    gboolean ok = spool_counter_add(t, token_counter(&old), -1, err);
+    gboolean ok = spool_counter_add(t, spool_token_counter(&old), -1, err);
     spool_token_clear(&old);
-    return ok && token_put(t, tk, 0, err);
+    return ok && spool_token_put(t, tk, 0, err);
 }
 
 gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
 {
-    g_autofree char *owner = token_normalise_addr(addr);
+    g_autofree char *owner = spool_token_normalise_addr(addr);
     MDB_cursor *cur;
     MDB_val key = { strlen(owner) + 1, owner }, val;
     gboolean found = FALSE;
@@ -242,7 +242,7 @@ gboolean spool_token_foreach(struct spool_txn *t, spool_token_fn fn, void *ctx, 
             continue;
         spool_token_init(&tk);
         memcpy(tk.hash, key.mv_data, TOKEN_HASH_LEN);
-        token_decode(&val, &tk);
+        spool_token_decode(&val, &tk);
         go_on = fn(&tk, ctx);
         spool_token_clear(&tk);
         if (!go_on)
@@ -268,7 +268,7 @@ gboolean spool_token_find(struct spool_txn *t, const char *prefix_or_token,
     MDB_val key, val;
     int rc, matches = 0;
 
-    token_hash(prefix_or_token, hash);
+    spool_token_hash(prefix_or_token, hash);
     if (spool_token_get(t, hash, tk, NULL))
         return TRUE;
     for (size_t i = 0; hex && i < n; i++)
@@ -278,7 +278,8 @@ gboolean spool_token_find(struct spool_txn *t, const char *prefix_or_token,
         return FALSE;
     }
     for (size_t i = 0; i < n; i++)
-        start[i / 2] |= (unsigned char)(g_ascii_xdigit_value(prefix_or_token[i]) << (i % 2 ? 0 : 4));
+        start[i / 2] |=
+            (unsigned char)(g_ascii_xdigit_value(prefix_or_token[i]) << (i % 2 ? 0 : 4));
     if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKENS), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     key = (MDB_val){ TOKEN_HASH_LEN, start };

@@ -12,7 +12,7 @@
  * first bytes tell the prefix apart, so a large attachment costs one read
  * buffer, not a decoded copy of itself.
  */
-static GByteArray *token_content(GMimePart *part, const char *prefix)
+static GByteArray *mime_token_content(GMimePart *part, const char *prefix)
 {
     GMimeDataWrapper *content = g_mime_part_get_content(part);
     size_t  plen = strlen(prefix);
@@ -36,7 +36,8 @@ static GByteArray *token_content(GMimePart *part, const char *prefix)
      * whitespace in base64) before its end, and an empty GByteArray has
      * no data pointer: compare only once there are bytes.
      */
-    while (!g_mime_stream_eos(decoded) && (n = g_mime_stream_read(decoded, buf, sizeof(buf))) >= 0) {
+    while (!g_mime_stream_eos(decoded) &&
+           (n = g_mime_stream_read(decoded, buf, sizeof(buf))) >= 0) {
         if (n == 0)
             continue;
         g_byte_array_append(text, (const guint8 *) buf, n);
@@ -55,27 +56,28 @@ static GByteArray *token_content(GMimePart *part, const char *prefix)
  * Depth-first search for the token part. parents holds the multiparts on
  * the way down to the part found, for its removal; *text gets its content.
  */
-static GMimeObject *token_find(GMimeObject *obj, const char *prefix,
+static GMimeObject *mime_token_find(GMimeObject *obj, const char *prefix,
                    GPtrArray *parents, GByteArray **text)
 {
     GMimeMultipart *multi;
     GMimeObject *found;
 
     if (GMIME_IS_PART(obj))
-        return (*text = token_content(GMIME_PART(obj), prefix)) ? obj : NULL;
+        return (*text = mime_token_content(GMIME_PART(obj), prefix)) ? obj : NULL;
     if (!GMIME_IS_MULTIPART(obj))
         return NULL;
     multi = GMIME_MULTIPART(obj);
     g_ptr_array_add(parents, multi);
     for (int i = 0; i < g_mime_multipart_get_count(multi); i++)
-        if ((found = token_find(g_mime_multipart_get_part(multi, i), prefix, parents, text)) != NULL)
+        if ((found = mime_token_find(g_mime_multipart_get_part(multi, i), prefix, parents, text)) !=
+            NULL)
             return found;
     g_ptr_array_remove_index(parents, parents->len - 1);
     return NULL;
 }
 
 /* The content after the prefix, trimmed; NULL when empty or holding a NUL. */
-static char *token_value(const GByteArray *text, size_t plen)
+static char *mime_token_value(const GByteArray *text, size_t plen)
 {
     size_t  len = text->len - plen;
     char   *token = g_strndup((const char *) text->data + plen, len);
@@ -92,7 +94,7 @@ static char *token_value(const GByteArray *text, size_t plen)
  * first. GMime needs a body for the message: when the body itself goes,
  * an empty text/plain part takes its place.
  */
-static void token_remove(GMimeMessage *msg, GMimeObject *part, GPtrArray *parents)
+static void mime_token_remove(GMimeMessage *msg, GMimeObject *part, GPtrArray *parents)
 {
     GMimeTextPart *empty;
 
@@ -116,10 +118,10 @@ char   *mime_token_extract(GMimeMessage *msg, const char *prefix)
     GMimeObject *part;
     char   *token = NULL;
 
-    part = token_find(g_mime_message_get_mime_part(msg), prefix, parents, &text);
+    part = mime_token_find(g_mime_message_get_mime_part(msg), prefix, parents, &text);
     if (part != NULL) {
-        if ((token = token_value(text, strlen(prefix))) != NULL)
-            token_remove(msg, part, parents);
+        if ((token = mime_token_value(text, strlen(prefix))) != NULL)
+            mime_token_remove(msg, part, parents);
         g_byte_array_unref(text);
     }
     g_ptr_array_unref(parents);

@@ -1,5 +1,5 @@
 /*
- * token.h - one-time sending tokens, stored by their SHA-256 only.
+ * spool_token.h - one-time sending tokens, stored by their SHA-256 only.
  *
  * A token lets its owner (an envelope sender) send one message to the
  * recipient list registered with it.  The token itself is never stored or
@@ -14,7 +14,7 @@
 #define TOKEN_HASH_LEN 32
 #define TOKEN_ID_LEN 16             /* hex digits shown as the token's id */
 
-enum token_status { TOKEN_ACTIVE, TOKEN_USED, TOKEN_EXPIRED, TOKEN_REVOKED };
+enum spool_token_status { TOKEN_ACTIVE, TOKEN_USED, TOKEN_EXPIRED, TOKEN_REVOKED };
 
 struct spool_token {
     unsigned char hash[TOKEN_HASH_LEN];
@@ -28,14 +28,14 @@ struct spool_token {
     gboolean revoked;
 };
 
-void token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN]);
-void token_id(const unsigned char hash[TOKEN_HASH_LEN], char out[TOKEN_ID_LEN + 1]);
+void spool_token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN]);
+void spool_token_id(const unsigned char hash[TOKEN_HASH_LEN], char out[TOKEN_ID_LEN + 1]);
 /* A new token: 32 random bytes from OpenSSL, base64url without padding. */
-char *token_generate(void);
+char *spool_token_generate(void);
 /* Address normalisation for owner checks: local part kept, domain lowercased. */
-char *token_normalise_addr(const char *addr);
-enum token_status token_status(const struct spool_token *tk, int64_t now);
-const char *token_status_name(enum token_status s);
+char *spool_token_normalise_addr(const char *addr);
+enum spool_token_status spool_token_status(const struct spool_token *tk, int64_t now);
+const char *spool_token_status_name(enum spool_token_status s);
 
 void spool_token_init(struct spool_token *tk);
 void spool_token_clear(struct spool_token *tk);
