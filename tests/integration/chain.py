@@ -55,11 +55,11 @@ def lego_message(token, subject="Restricted Message", sender=OWNER, attachment=b
     data = data.replace(b"TEVHT1RPS0VOdGVzdF90b2tlbgo=",
                         base64.encodebytes(b"LEGOTOKEN" + token.encode() + b"\n").strip())
     data = data.replace(b"Subject: Restricted Message", b"Subject: " + subject.encode())
-    data = data.replace(b"From: Eirik <eirik@sylliaas.no>", f"From: <{sender}>".encode())
+    data = data.replace(b"From: Postern Test <test@abakus.no>", f"From: <{sender}>".encode())
     data = re.sub(rb"Message-ID: <[^>]*>",
-                  f"Message-ID: <{time.monotonic_ns()}@luke.abakus.no>".encode(), data)
+                  f"Message-ID: <{time.monotonic_ns()}@test.postern.example>".encode(), data)
     if attachment:
-        boundary = b"--001a1141b90e89018f054eb72091"
+        boundary = b"--postern-valid-mixed"
         part = (boundary + b"\nContent-Type: application/octet-stream\n"
                 b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(attachment))
         data = data.replace(boundary + b"--", part + boundary + b"--")

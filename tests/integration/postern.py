@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 SOURCE = Path(os.environ.get("POSTERN_SOURCE", Path(__file__).resolve().parents[2]))
-# shared/ stands beside the checkout (../shared), in CI as here.
-FIXTURES = Path(os.environ.get("POSTERN_FIXTURES", SOURCE.parent / "shared" / "fixtures" / "lego"))
+# The LEGO-format mails (a multipart/alternative text and a base64 token
+# attachment) live with the unit tests' messages, so a clone alone has them.
+FIXTURES = SOURCE / "tests" / "data" / "mime"
+LEGO_FIXTURES = ("valid.eml", "no_token.eml", "no_message_id.eml")
 RECIPIENT = "restricted@abakus.no"
 QUEUED_RE = re.compile(r"^250 2\.0\.0 ([0-9A-F]{16}) queued$")
 SANITIZER_RE = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: \w+Sanitizer")

@@ -281,7 +281,7 @@ def nested_message(token, subject="nested"):
 
 
 def fixture_with(token):
-    """valid.eml from Lego with its token swapped for a registered one (spoolctl
+    """valid.eml (LEGO's format) with its token swapped for a registered one (spoolctl
     refuses tokens under 16 characters, so `test_token` cannot be registered)."""
     raw = postern.crlf((postern.FIXTURES / "valid.eml").read_bytes())
     old = base64.b64encode(b"LEGOTOKENtest_token\n")
@@ -438,7 +438,8 @@ def test_lego_fixture(stack, keys):
     stack.wait(qid)
     for rcpt in ("anna@example.org", "Bob@example.org", "carl@example.net"):
         out = check_copy(stack.outgoing(qid, rcpt), rcpt, keys, raw, token, ["text/plain", "text/html"])
-        assert "X-Attachment-Id" not in out and "token.txt" not in out.as_string()
+        assert 'filename="token"' not in out.as_string()
+        assert "application/octet-stream" not in [p.get_content_type() for p in out.walk()]
         # The alternative the token sat next to is the whole message again.
         assert out.get_content_type() == "multipart/alternative"
     assert stack.show(qid)["owner"] == OWNER
@@ -516,7 +517,8 @@ def test_lego_fixtures_as_they_are(stack):
     expect = {"valid.eml": "TOKEN_INVALID", "no_token.eml": "TOKEN_NOT_FOUND",
               "no_message_id.eml": "TOKEN_NOT_FOUND"}
     for name, reason in expect.items():
-        qid = stack.send(postern.crlf((postern.FIXTURES / name).read_bytes()), sender="eirik@sylliaas.no")
+        qid = stack.send(postern.crlf((postern.FIXTURES / name).read_bytes()),
+                         sender="stranger@example.com")
         assert stack.wait(qid, "rejected")["reason"] == reason, name
         assert stack.notices(ref=qid) == []        # a stranger: no notice
 

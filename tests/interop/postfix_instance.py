@@ -2,8 +2,8 @@
 
 Its own config, queue and data directories under one temporary folder,
 loopback only, its own syslog_name and maillog file, every service
-unchrooted (the queue directory holds no copy of /etc).  Facts from
-shared/NOTES.md: Postfix refuses a config directory the system main.cf
+unchrooted (the queue directory holds no copy of /etc).  Facts learned
+setting it up: Postfix refuses a config directory the system main.cf
 does not list in alternate_config_directories; `postfix start` prints its
 errors only to a terminal, hence `script`; post-install create-missing
 before the first start.  Needs root (Postfix starts as root, drops to

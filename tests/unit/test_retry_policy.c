@@ -1,6 +1,6 @@
 /*
- * Retry policy: SPEC §5 classification (with Google's quota replies from
- * NOTES.md), backoff growth, cap, jitter and lifetime, relay pauses.
+ * Retry policy: SPEC §5 classification (Google's relay quota replies among
+ * them), backoff growth, cap, jitter and lifetime, relay pauses.
  */
 #include <stdarg.h>
 #include <stddef.h>
