@@ -7,10 +7,8 @@
 set -eu
 cd "$(dirname "$0")"
 
-PACKAGES="meson ninja-build pkg-config gcc libc6-dev liblmdb-dev lmdb-utils libzmq3-dev
-libgmime-3.0-dev libglib2.0-dev libssl-dev openssl libjson-glib-dev libcmocka-dev
-python3 python3-pytest python3-aiosmtpd python3-dkim python3-zmq postfix swaks ca-certificates
-clang libclang-rt-14-dev iproute2 util-linux"
+# The one list of Debian packages (.ci/run installs through `deps` too).
+PACKAGES=$(sed 's/#.*//' packaging/debian-packages.txt)
 
 deps() {
     missing=""
