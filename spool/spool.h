@@ -28,7 +28,6 @@
 #define POSTERN_SPOOL_H
 
 #include <glib.h>
-#include <lmdb.h>
 #include <stdint.h>
 
 #include "common/config.h"
@@ -68,7 +67,7 @@ struct spool;
  */
 struct spool_txn {
     struct spool *sp;
-    MDB_txn *txn;
+    void *txn;                      /* the LMDB transaction: spool/ only (spool_lmdb.h) */
     GPtrArray *committed_log;
     GHashTable *counter_deltas;     /* name -> int64 delta */
 };
@@ -113,7 +112,6 @@ struct spool_msg {
 /* Environment */
 gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError **err);
 void spool_close(struct spool *sp);
-MDB_dbi spool_dbi(struct spool *sp, enum spool_db db);
 int spool_reader_check(struct spool *sp);
 /*
  * Drop this process's mapping of the LMDB pages it has read, so its RSS
@@ -138,8 +136,6 @@ void spool_read_end(struct spool_txn *t);
 
 /* Queue a line to log once t commits. */
 void spool_txn_log(struct spool_txn *t, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-/* Turn an LMDB return code into a GError naming what was being done. */
-gboolean spool_mdb_fail(int rc, const char *what, GError **err);
 
 /* Queue ids: (milliseconds since the epoch << 16) | sequence, never reused. */
 queue_id spool_id_next(struct spool_txn *t, GError **err);
@@ -154,6 +150,12 @@ gboolean msg_state_parse(const char *name, enum msg_state *out);
 void spool_msg_init(struct spool_msg *m);
 void spool_msg_clear(struct spool_msg *m);
 gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GError **err);
+/*
+ * The stored bytes of id's record, valid until t ends, or NULL if there is
+ * none: lets a caller tell whether the record changed since it read it
+ * (compare the bytes) without decoding it.
+ */
+const void *spool_msg_record(struct spool_txn *t, queue_id id, size_t *len);
 /* Insert a new message record with its state index entry. */
 gboolean spool_msg_insert(struct spool_txn *t, struct spool_msg *m, GError **err);
 /* Rewrite the record of an existing message (state unchanged). */
@@ -189,11 +191,5 @@ gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id,
 gboolean spool_body_get(struct spool_txn *t, enum spool_db db, queue_id id,
                         GByteArray *out, GError **err);
 gboolean spool_body_delete(struct spool_txn *t, enum spool_db db, queue_id id, GError **err);
-
-/* Big-endian key packing shared by the modules of libspool. */
-void spool_be64(unsigned char *p, uint64_t v);
-uint64_t spool_get_be64(const unsigned char *p);
-void spool_be32(unsigned char *p, uint32_t v);
-uint32_t spool_get_be32(const unsigned char *p);
 
 #endif

@@ -4,7 +4,7 @@
  * Records are GVariant a{sv} dictionaries: self-describing, so a later
  * version can add fields and still read what an older one wrote.
  */
-#include "spool/spool.h"
+#include "spool/spool_lmdb.h"
 #include "spool/delivery.h"
 #include "common/log.h"
 
@@ -161,7 +161,7 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
 
     id_key(k, id);
     spool_id_format(id, idtext);
-    rc = mdb_get(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val);
+    rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val);
     if (rc == MDB_NOTFOUND) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "%s: no such message", idtext);
         return FALSE;
@@ -178,6 +178,18 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
     return TRUE;
 }
 
+const void *spool_msg_record(struct spool_txn *t, queue_id id, size_t *len)
+{
+    unsigned char k[8];
+    MDB_val key = { 8, k }, val;
+
+    id_key(k, id);
+    if (mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val))
+        return NULL;
+    *len = val.mv_size;
+    return val.mv_data;
+}
+
 /* Stores m's record; the LMDB return code, so callers can tell its cases apart. */
 static int spool_msg_put(struct spool_txn *t, const struct spool_msg *m, unsigned flags)
 {
@@ -186,7 +198,7 @@ static int spool_msg_put(struct spool_txn *t, const struct spool_msg *m, unsigne
     MDB_val key = { 8, k }, val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
 
     id_key(k, m->id);
-    return mdb_put(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val, flags);
+    return mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val, flags);
 }
 
 static gboolean spool_state_index(struct spool_txn *t, enum msg_state s, queue_id id,
@@ -197,8 +209,8 @@ static gboolean spool_state_index(struct spool_txn *t, enum msg_state s, queue_i
     int rc;
 
     state_key(k, s, id);
-    rc = add ? mdb_put(t->txn, spool_dbi(t->sp, DB_BY_STATE), &key, &val, MDB_NOOVERWRITE)
-             : mdb_del(t->txn, spool_dbi(t->sp, DB_BY_STATE), &key, NULL);
+    rc = add ? mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_BY_STATE), &key, &val, MDB_NOOVERWRITE)
+             : mdb_del(spool_mdb_txn(t), spool_dbi(t->sp, DB_BY_STATE), &key, NULL);
     if (rc == MDB_NOTFOUND || rc == MDB_KEYEXIST)
         return TRUE;                /* already so: the counter stays right */
     if (rc)
@@ -279,7 +291,7 @@ static gboolean spool_delete_prefix(struct spool_txn *t, enum spool_db db, queue
     int rc;
 
     id_key(k, id);
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, db), &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, db), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
     while (rc == 0 && key.mv_size >= 8 && memcmp(key.mv_data, k, 8) == 0) {
@@ -311,7 +323,7 @@ gboolean spool_msg_delete(struct spool_txn *t, queue_id id, GError **err)
     if (!spool_msg_get(t, id, &m, err))
         return FALSE;
     id_key(k, id);
-    rc = mdb_del(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, NULL);
+    rc = mdb_del(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, NULL);
     gboolean ok = rc == 0 ? spool_state_index(t, m.state, id, FALSE, err)
                           : spool_mdb_fail(rc, "delete message", err);
     spool_msg_clear(&m);
@@ -332,7 +344,7 @@ gboolean spool_msg_foreach(struct spool_txn *t, int state, queue_id from, spool_
     MDB_val key, val;
     int rc;
 
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, state < 0 ? DB_MESSAGES : DB_BY_STATE),
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, state < 0 ? DB_MESSAGES : DB_BY_STATE),
                               &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     if (state < 0) {
@@ -383,10 +395,10 @@ gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id, cons
         MDB_val val = { n, (void *)data };
 
         spool_be32(k + 8, chunk++);
-        rc = mdb_put(t->txn, spool_dbi(t->sp, db), &key, &val, flags);
+        rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, db), &key, &val, flags);
         if (rc == MDB_KEYEXIST && flags == MDB_APPEND) {
             flags = 0;
-            rc = mdb_put(t->txn, spool_dbi(t->sp, db), &key, &val, flags);
+            rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, db), &key, &val, flags);
         }
         if (rc)
             return spool_mdb_fail(rc, "store message body", err);
@@ -412,7 +424,7 @@ gboolean spool_body_get(struct spool_txn *t, enum spool_db db, queue_id id, GByt
     int rc;
 
     spool_be64(k, id);
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, db), &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, db), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     for (int pass = 0; pass < 2; pass++) {
         key = (MDB_val){ 8, k };

@@ -2,6 +2,7 @@
  * spool_token.c - see spool_token.h.
  */
 #include "spool/spool_token.h"
+#include "spool/spool_lmdb.h"
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -139,7 +140,7 @@ gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HAS
                          struct spool_token *tk, GError **err)
 {
     MDB_val key = { TOKEN_HASH_LEN, (void *)hash }, val;
-    int rc = mdb_get(t->txn, spool_dbi(t->sp, DB_TOKENS), &key, &val);
+    int rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val);
 
     if (rc == MDB_NOTFOUND) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "no such token");
@@ -165,7 +166,7 @@ static gboolean spool_token_put(struct spool_txn *t, const struct spool_token *t
     g_autoptr(GVariant) v = spool_token_encode(tk);
     MDB_val key = { TOKEN_HASH_LEN, (void *)tk->hash },
             val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
-    int rc = mdb_put(t->txn, spool_dbi(t->sp, DB_TOKENS), &key, &val, flags);
+    int rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, flags);
 
     if (rc == MDB_KEYEXIST) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "token already registered");
@@ -190,7 +191,7 @@ gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, G
     g_byte_array_append(k, (const guint8 *)owner, (guint)strlen(owner) + 1);
     g_byte_array_append(k, tk->hash, TOKEN_HASH_LEN);
     key = (MDB_val){ k->len, k->data };
-    rc = key.mv_size <= 511 ? mdb_put(t->txn, spool_dbi(t->sp, DB_TOKEN_FROM), &key, &val, 0)
+    rc = key.mv_size <= 511 ? mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKEN_FROM), &key, &val, 0)
                             : 0;   /* an absurdly long address simply gets no notices */
     g_byte_array_unref(k);
     if (rc)
@@ -216,7 +217,7 @@ gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
     MDB_val key = { strlen(owner) + 1, owner }, val;
     gboolean found = FALSE;
 
-    if (mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKEN_FROM), &cur))
+    if (mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKEN_FROM), &cur))
         return FALSE;
     if (mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE) == 0)
         found = key.mv_size == strlen(owner) + 1 + TOKEN_HASH_LEN &&
@@ -231,7 +232,7 @@ gboolean spool_token_foreach(struct spool_txn *t, spool_token_fn fn, void *ctx, 
     MDB_val key, val;
     int rc;
 
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKENS), &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
@@ -280,7 +281,7 @@ gboolean spool_token_find(struct spool_txn *t, const char *prefix_or_token,
     for (size_t i = 0; i < n; i++)
         start[i / 2] |=
             (unsigned char)(g_ascii_xdigit_value(prefix_or_token[i]) << (i % 2 ? 0 : 4));
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKENS), &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     key = (MDB_val){ TOKEN_HASH_LEN, start };
     for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE); rc == 0 && matches < 2;

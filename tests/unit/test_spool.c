@@ -14,6 +14,7 @@
 #include "spool/delivery.h"
 #include "common/log.h"
 #include "spool/spool.h"
+#include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
 
 struct fixture {
