@@ -145,6 +145,12 @@ gboolean spool_id_parse(const char *text, queue_id *out);
 /* State names as in SPEC §6. */
 const char *msg_state_name(enum msg_state s);
 gboolean msg_state_parse(const char *name, enum msg_state *out);
+/*
+ * May a message move from one state to another?  The table in
+ * spool_msg.c, drawn in docs/architecture.md; spool_msg_set_state()
+ * panics on any other move.
+ */
+gboolean msg_state_can_move(enum msg_state from, enum msg_state to);
 
 /* Messages */
 void spool_msg_init(struct spool_msg *m);
@@ -163,6 +169,8 @@ gboolean spool_msg_update(struct spool_txn *t, const struct spool_msg *m, GError
 /*
  * Move to a new state: index, history, record, and one log line on commit.
  * reason (NULL clears it) says why: TOKEN_USED, "held by operator", ...
+ * Only the moves msg_state_can_move() allows: any other is a bug in the
+ * caller and panics (msg_panic), naming the queue id and both states.
  */
 gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_state to,
                              const char *reason, GError **err);

@@ -30,6 +30,39 @@ gboolean msg_state_parse(const char *name, enum msg_state *out)
     return FALSE;
 }
 
+/*
+ * The message state machine: every move spool_msg_set_state() may make,
+ * and who makes it.  This table is the source; docs/architecture.md draws
+ * it.  A move not listed is a bug in the caller: it panics rather than
+ * store a state no program expects (a rejected message sent after all).
+ */
+static const struct msg_edge {
+    enum msg_state from, to;
+    const char *why;
+} msg_edges[] = {
+    { MSG_INCOMING, MSG_READY, "transform: token ok, deliveries made (or a report written)" },
+    { MSG_INCOMING, MSG_REJECTED, "transform: no, bad, used or expired token" },
+    { MSG_INCOMING, MSG_HOLD, "transform: unparseable; spoolctl hold" },
+    { MSG_INCOMING, MSG_DONE, "transform: a bounce report with nothing to report" },
+    { MSG_READY, MSG_DEFERRED, "dispatch: results, all remaining deliveries deferred" },
+    { MSG_READY, MSG_DONE, "dispatch: results, every delivery sent or bounced" },
+    { MSG_READY, MSG_HOLD, "spoolctl hold" },
+    { MSG_DEFERRED, MSG_READY, "dispatch: results, a delivery ready or leased again" },
+    { MSG_DEFERRED, MSG_DONE, "dispatch: results, every delivery sent or bounced" },
+    { MSG_DEFERRED, MSG_HOLD, "spoolctl hold" },
+    { MSG_HOLD, MSG_INCOMING, "spoolctl release (held from incoming)" },
+    { MSG_HOLD, MSG_READY, "spoolctl release (held from ready)" },
+    { MSG_HOLD, MSG_DEFERRED, "spoolctl release (held from deferred)" },
+};
+
+gboolean msg_state_can_move(enum msg_state from, enum msg_state to)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(msg_edges); i++)
+        if (msg_edges[i].from == from && msg_edges[i].to == to)
+            return TRUE;
+    return FALSE;
+}
+
 void spool_msg_init(struct spool_msg *m)
 {
     memset(m, 0, sizeof(*m));
@@ -263,6 +296,11 @@ gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_
     char idtext[QUEUE_ID_LEN + 1];
     enum msg_state from = m->state;
 
+    /* Before anything is written: a caller that breaks the table is a bug. */
+    spool_id_format(m->id, idtext);
+    if (!msg_state_can_move(from, to))
+        msg_panic("%s: illegal message state change from %s to %s", idtext,
+                  msg_state_name(from), msg_state_name(to));
     if (!spool_state_index(t, from, m->id, FALSE, err) ||
         !spool_state_index(t, to, m->id, TRUE, err))
         return FALSE;
@@ -275,7 +313,6 @@ gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_
     spool_msg_note(m, reason);
     if (!spool_msg_update(t, m, err))
         return FALSE;
-    spool_id_format(m->id, idtext);
     spool_txn_log(t, "%s: state=%s from=%s%s%s", idtext, msg_state_name(to),
                   msg_state_name(from), reason ? ", reason=" : "", reason ? reason : "");
     return TRUE;

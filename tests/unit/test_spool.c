@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -189,6 +190,99 @@ static void test_states(void **state)
     assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND));
     g_error_free(err);
     spool_read_end(&t);
+}
+
+/* Every legal move, one after the other, as the table in spool_msg.c lists them. */
+static void test_state_edges(void **state)
+{
+    static const enum msg_state path[] = {
+        MSG_HOLD, MSG_INCOMING, MSG_READY, MSG_DEFERRED, MSG_READY, MSG_HOLD, MSG_READY,
+        MSG_HOLD, MSG_READY, MSG_DONE,
+    };
+    static const enum msg_state path2[] = { MSG_READY, MSG_DEFERRED, MSG_HOLD, MSG_DEFERRED,
+                                            MSG_DONE };
+    struct fixture *f = *state;
+    queue_id a = store(f, "a", 1, NULL), b = store(f, "b", 1, NULL), c = store(f, "c", 1, NULL);
+    struct change_state ch;
+    struct spool_txn t;
+    struct spool_msg m;
+    int legal = 0;
+
+    for (size_t i = 0; i < G_N_ELEMENTS(path); i++) {
+        ch = (struct change_state){ a, path[i] };
+        assert_true(spool_write(f->sp, do_change, &ch, NULL));
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(path2); i++) {
+        ch = (struct change_state){ b, path2[i] };
+        assert_true(spool_write(f->sp, do_change, &ch, NULL));
+    }
+    ch = (struct change_state){ c, MSG_DONE };
+    assert_true(spool_write(f->sp, do_change, &ch, NULL));
+
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_true(spool_msg_get(&t, a, &m, NULL));
+    assert_int_equal(m.state, MSG_DONE);
+    assert_int_equal(m.history->len, G_N_ELEMENTS(path) + 1);
+    spool_msg_clear(&m);
+    assert_int_equal(spool_counter_get(&t, "msg.done"), 3);
+    assert_int_equal(spool_counter_get(&t, "msg.incoming"), 0);
+    assert_int_equal(spool_counter_get(&t, "msg.hold"), 0);
+    spool_read_end(&t);
+
+    /* The table: 13 moves; nothing leaves rejected or done; no move to incoming but release. */
+    for (int from = 0; from < MSG_STATE_COUNT; from++)
+        for (int to = 0; to < MSG_STATE_COUNT; to++)
+            legal += msg_state_can_move(from, to);
+    assert_int_equal(legal, 13);
+    for (int to = 0; to < MSG_STATE_COUNT; to++) {
+        assert_false(msg_state_can_move(MSG_REJECTED, to));
+        assert_false(msg_state_can_move(MSG_DONE, to));
+        assert_false(msg_state_can_move(to, to));
+        assert_int_equal(msg_state_can_move(to, MSG_INCOMING), to == MSG_HOLD);
+    }
+    assert_true(msg_state_can_move(MSG_INCOMING, MSG_DONE));
+    assert_false(msg_state_can_move(MSG_INCOMING, MSG_DEFERRED));
+    assert_false(msg_state_can_move(MSG_REJECTED, MSG_READY));
+}
+
+/*
+ * An illegal move panics before it writes: in a child, whose stderr must
+ * name the queue id and both states.  The check comes before any LMDB
+ * call, so the child needs no transaction of its own (an LMDB environment
+ * must not be used across fork()).
+ */
+static void test_state_illegal_panics(void **state)
+{
+    int fds[2], status;
+    char buf[512] = "";
+    ssize_t n, got = 0;
+    pid_t pid;
+
+    (void)state;
+    assert_int_equal(pipe(fds), 0);
+    if ((pid = fork()) == 0) {
+        struct spool_txn t = { 0 };
+        struct spool_msg m;
+        struct rlimit no_core = { 0, 0 };
+
+        /* The abort is expected: no core file for it. */
+        setrlimit(RLIMIT_CORE, &no_core);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        spool_msg_init(&m);
+        m.id = 0x1234;
+        m.state = MSG_DONE;
+        spool_msg_set_state(&t, &m, MSG_READY, NULL, NULL);
+        _exit(0);
+    }
+    close(fds[1]);
+    while ((n = read(fds[0], buf + got, sizeof(buf) - 1 - (size_t)got)) > 0)
+        got += n;
+    close(fds[0]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_non_null(strstr(buf, "0000000000001234"));
+    assert_non_null(strstr(buf, "from done to ready"));
 }
 
 struct dlv_case {
@@ -420,6 +514,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bodies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_states, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_edges, setup, teardown),
+        cmocka_unit_test(test_state_illegal_panics),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, setup, teardown),
