@@ -9,16 +9,22 @@
  *
  * Named databases (keys are big-endian so that byte order is time order):
  *
- *   meta        name                    -> value (schema version, last id)
- *   messages    id                      -> message record (GVariant a{sv})
+ *   meta        name                    -> value (schema version, last id,
+ *                                          counters n.*, relay.pause)
+ *   messages    id                      -> message record (GVariant a{sv}; its
+ *                                          transform lease is in it)
  *   bodies      id . chunk#             -> raw message bytes, 2000-byte chunks
  *   by_state    state . id              -> ""       (list, scan by state)
  *   outgoing    id . chunk#             -> common bytes of the outgoing copy
- *   deliveries  id . rcpt#              -> delivery record (GVariant a{sv})
+ *   deliveries  id . rcpt#              -> delivery record (fixed binary layout,
+ *                                          spool/delivery.c)
  *   due         time_ms . id . rcpt#    -> ""       (ready and deferred deliveries)
- *   leases      expiry_ms . id . rcpt#  -> lease id (leased deliveries, transform jobs)
+ *   leases      expiry_ms . id . rcpt#  -> lease id (leased deliveries only)
  *   tokens      sha256(token)           -> token record (GVariant a{sv})
  *   token_from  sender . 0 . sha256     -> ""       (tokens owned by an address)
+ *
+ * Only spool/ knows these keys and includes lmdb.h (spool_lmdb.h): other
+ * programs use the functions here and in delivery.h and spool_token.h.
  *
  * Chunked bodies: values that fit a page never use overflow pages, so the
  * free list cannot fragment under a churn of large messages; chunks of a
