@@ -53,6 +53,7 @@ enum spool_error_code {
     SPOOL_ERR_NOT_FOUND,
     SPOOL_ERR_CORRUPT,
     SPOOL_ERR_IO,
+    SPOOL_ERR_INVALID,              /* the caller's input breaks a rule: fix it, do not retry */
     SPOOL_ERR_MAP_FULL,             /* internal to spool_write: grow and redo */
 };
 #define SPOOL_ERROR spool_error_quark()

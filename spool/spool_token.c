@@ -60,6 +60,95 @@ char *spool_token_normalise_addr(const char *addr)
     return g_steal_pointer(&a);
 }
 
+gboolean spool_token_addr_valid(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+
+    return at && at != addr && at[1] && !strpbrk(addr, " \t\r\n<>,");
+}
+
+gboolean spool_token_text_valid(const char *text, GError **err)
+{
+    if (strlen(text) >= 16 && !strpbrk(text, " \t\r\n"))
+        return TRUE;
+    g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID,
+                "\"token\" must be at least 16 characters, no white space");
+    return FALSE;
+}
+
+gboolean spool_token_parse_expires(const char *text, int64_t now, int64_t *out, GError **err)
+{
+    uint64_t d;
+    g_autoptr(GTimeZone) utc = g_time_zone_new_utc();
+    g_autoptr(GDateTime) dt = NULL;
+
+    /* A duration first: "7d" is not a date, and a date never parses as one. */
+    if (config_parse_duration(text, &d) && d <= (uint64_t)(G_MAXINT64 - now)) {
+        *out = now + (int64_t)d;
+        return TRUE;
+    }
+    if ((dt = g_date_time_new_from_iso8601(text, utc))) {
+        *out = g_date_time_to_unix(dt);
+        return TRUE;
+    }
+    g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID,
+                "bad expiry \"%s\": a duration (7d) or an ISO 8601 time", text);
+    return FALSE;
+}
+
+/*
+ * The one check of a token request, whatever front end it came from: the
+ * rules are the spool's, so a command line and an HTTP API cannot differ.
+ */
+gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t now,
+                             GError **err)
+{
+    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GPtrArray) unique = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *owner = tk->sender ? spool_token_normalise_addr(tk->sender) : NULL;
+
+    /* The owner is who may send with it and who gets the notices. */
+    if (!owner || !spool_token_addr_valid(owner)) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "bad owner address \"%s\"",
+                    tk->sender ? tk->sender : "");
+        return FALSE;
+    }
+    /* Recipients as the transform compares them: normalised, each once. */
+    for (guint i = 0; i < tk->recipients->len; i++) {
+        const char *r = tk->recipients->pdata[i];
+        char *norm = spool_token_normalise_addr(r);
+
+        if (!spool_token_addr_valid(norm)) {
+            g_free(norm);
+            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "bad recipient address \"%s\"", r);
+            return FALSE;
+        }
+        if (g_hash_table_add(seen, norm))
+            g_ptr_array_add(unique, g_strdup(norm));
+    }
+    if (!unique->len) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "token for %s has no recipients", owner);
+        return FALSE;
+    }
+    /* A token that could never be used is a mistake of the caller's. */
+    if (tk->expires && tk->expires <= now) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID,
+                    "expiry %" G_GINT64_FORMAT " is not in the future", tk->expires);
+        return FALSE;
+    }
+    if (!text || !*text) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "no token text");
+        return FALSE;
+    }
+    g_ptr_array_unref(tk->recipients);
+    tk->recipients = g_steal_pointer(&unique);
+    g_free(tk->sender);
+    tk->sender = g_steal_pointer(&owner);
+    tk->created = now;
+    spool_token_hash(text, tk->hash);
+    return TRUE;
+}
+
 enum spool_token_status spool_token_status(const struct spool_token *tk, int64_t now)
 {
     if (tk->revoked)
@@ -169,7 +258,7 @@ static gboolean spool_token_put(struct spool_txn *t, const struct spool_token *t
     int rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, flags);
 
     if (rc == MDB_KEYEXIST) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "token already registered");
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "token already registered");
         return FALSE;
     }
     if (rc)

@@ -17,6 +17,7 @@
 #include "spool/spool.h"
 #include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
+#include "spool/spool_token_json.h"
 
 struct fixture {
     char *dir;
@@ -508,6 +509,134 @@ static void test_schema_version(void **state)
     g_error_free(err);
 }
 
+/* A token request checked as every front end has it checked; 0 when it passes. */
+static int token_check(const char *from, const char *const *rcpts, int64_t expires,
+                       const char *want_in_message)
+{
+    struct spool_token tk;
+    GError *err = NULL;
+    int code = 0;
+
+    spool_token_init(&tk);
+    tk.sender = g_strdup(from);
+    tk.expires = expires;
+    for (int i = 0; rcpts[i]; i++)
+        g_ptr_array_add(tk.recipients, g_strdup(rcpts[i]));
+    if (!spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, &err)) {
+        assert_true(err->domain == SPOOL_ERROR);
+        code = err->code;
+        if (want_in_message && !strstr(err->message, want_in_message))
+            fail_msg("\"%s\" does not name \"%s\"", err->message, want_in_message);
+        g_error_free(err);
+    }
+    spool_token_clear(&tk);
+    return code;
+}
+
+static void test_token_input(void **state)
+{
+    const char *const good[] = { "a@Example.ORG", "<a@example.org>", " b@example.org ", NULL };
+    const char *const bad_rcpt[] = { "a@example.org", "not an address", NULL };
+    const char *const none[] = { NULL };
+    const char *const no_domain[] = { "nobody@", NULL };
+    struct spool_token tk;
+    unsigned char hash[TOKEN_HASH_LEN];
+    int64_t t = 0;
+    GError *err = NULL;
+
+    (void)state;
+    /* Normalised and de-duplicated: the domain case-insensitively, <> and blanks gone. */
+    spool_token_init(&tk);
+    tk.sender = g_strdup("<Owner@Example.ORG>");
+    tk.expires = 2000;
+    for (int i = 0; good[i]; i++)
+        g_ptr_array_add(tk.recipients, g_strdup(good[i]));
+    assert_true(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, &err));
+    assert_string_equal(tk.sender, "Owner@example.org");
+    assert_int_equal(tk.recipients->len, 2);
+    assert_string_equal(tk.recipients->pdata[0], "a@example.org");
+    assert_string_equal(tk.recipients->pdata[1], "b@example.org");
+    assert_int_equal(tk.created, 1000);
+    spool_token_hash("0123456789abcdefXYZ", hash);
+    assert_memory_equal(tk.hash, hash, TOKEN_HASH_LEN);
+    spool_token_clear(&tk);
+
+    /* Each broken rule is SPOOL_ERR_INVALID and names what is wrong. */
+    assert_int_equal(token_check("owner", good, 0, "\"owner\""), SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("a@b, c@d", good, 0, "a@b, c@d"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", bad_rcpt, 0, "\"not an address\""),
+                     SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", no_domain, 0, "nobody@"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", none, 0, "no recipients"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", good, 999, "not in the future"),
+                     SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", good, 0, NULL), 0);
+    assert_false(spool_token_addr_valid("@example.org"));
+    assert_false(spool_token_addr_valid("a@b>"));
+    assert_true(spool_token_addr_valid("a.b+c@example.org"));
+
+    /* Expiry as written: a duration from now, or an ISO 8601 time. */
+    assert_true(spool_token_parse_expires("7d", 1000, &t, NULL));
+    assert_int_equal(t, 1000 + 7 * 86400);
+    assert_true(spool_token_parse_expires("2030-01-01T00:00:00Z", 1000, &t, NULL));
+    assert_int_equal(t, 1893456000);
+    assert_false(spool_token_parse_expires("soon", 1000, &t, &err));
+    assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_INVALID));
+    assert_non_null(strstr(err->message, "soon"));
+    g_clear_error(&err);
+    assert_false(spool_token_text_valid("short", &err));
+    assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_INVALID));
+    g_clear_error(&err);
+}
+
+/* The JSON record of token import: shape, then the same rules. */
+static int token_json_check(const char *json, const char *want_in_message)
+{
+    g_autoptr(JsonParser) parser = json_parser_new();
+    struct spool_token tk;
+    g_autofree char *text = NULL;
+    GError *err = NULL;
+    int code = 0;
+
+    assert_true(json_parser_load_from_data(parser, json, -1, NULL));
+    spool_token_init(&tk);
+    if (!spool_token_from_json(json_parser_get_root(parser), 1000, &tk, &text, &err)) {
+        assert_true(err->domain == SPOOL_ERROR);
+        code = err->code;
+        if (want_in_message && !strstr(err->message, want_in_message))
+            fail_msg("\"%s\" does not name \"%s\"", err->message, want_in_message);
+        g_error_free(err);
+    } else {
+        assert_non_null(text);
+    }
+    spool_token_clear(&tk);
+    return code;
+}
+
+static void test_token_json(void **state)
+{
+    (void)state;
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"expires\": \"7d\", \"hide_sender\": true, "
+                                      "\"token\": \"0123456789abcdefXYZ\"}", NULL), 0);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"expires\": 5000}", NULL), 0);
+    assert_int_equal(token_json_check("[]", "\"from\""), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"recipients\": []}", "\"from\""), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\", 3]}",
+                                      "recipient 1"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"bad\"]}",
+                                      "\"bad\""), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"expires\": \"never\"}", "never"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"expires\": 10}", "not in the future"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"token\": \"short\"}", "16 characters"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"hide_sender\": \"yes\"}", "hide_sender"), SPOOL_ERR_INVALID);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -516,6 +645,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_states, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_edges, setup, teardown),
         cmocka_unit_test(test_state_illegal_panics),
+        cmocka_unit_test(test_token_input),
+        cmocka_unit_test(test_token_json),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, setup, teardown),
