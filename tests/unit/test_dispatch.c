@@ -127,6 +127,7 @@ struct leased {
     int64_t expiry;                 /* unix ms */
     uint32_t attempts;              /* of each, before this lease */
     enum msg_state state;
+    int64_t due_at;                 /* not 0: ready, not leased, due then (unix s) */
 };
 
 static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
@@ -151,12 +152,13 @@ static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
         spool_dlv_init(&dv);
         dv.msg = l->msg;
         dv.idx = i;
-        dv.state = DLV_LEASED;
+        dv.state = l->due_at ? DLV_READY : DLV_LEASED;
+        dv.next_try = l->due_at;
         dv.rcpt = g_strdup_printf("r%u@example.net", i);
         dv.created = m.arrival;
         dv.attempts = l->attempts;
-        dv.lease = l->lease;
-        dv.lease_expiry = l->expiry;
+        dv.lease = l->due_at ? 0 : l->lease;
+        dv.lease_expiry = l->due_at ? 0 : l->expiry;
         ok = spool_dlv_put(t, &dv, err);
         spool_dlv_clear(&dv);
     }
@@ -567,6 +569,51 @@ static void test_lease_expiry(void **state)
     spool_dlv_clear(&dv);
 }
 
+/* ---- leasing ---------------------------------------------------------------------------- */
+
+/*
+ * Due deliveries (through spool_due_foreach()) go to a worker with credit
+ * as one job per message: leased in the spool, the job known; a delivery
+ * not yet due stays.
+ */
+static void test_lease_due(void **state)
+{
+    struct fixture *f = *state;
+    struct leased now = { .n = 2, .state = MSG_READY, .due_at = unix_ms() / 1000 - 1 };
+    struct leased later = { .n = 1, .state = MSG_READY, .due_at = unix_ms() / 1000 + 600 };
+    struct dispatch_worker *a = add_sender(f, "a", 4);
+    struct dispatch_job *job;
+    GHashTableIter it;
+    struct spool_dlv dv;
+
+    assert_true(spool_write(f->d.spool, put_leased, &now, NULL));
+    assert_true(spool_write(f->d.spool, put_leased, &later, NULL));
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+    assert_int_equal(index_entries(f, 0), 3);
+
+    dispatch_lease_deliveries(&f->d);
+
+    assert_int_equal(g_hash_table_size(f->d.jobs), 1);
+    g_hash_table_iter_init(&it, f->d.jobs);
+    assert_true(g_hash_table_iter_next(&it, NULL, (gpointer *)&job));
+    assert_int_equal(job->msg, now.msg);
+    assert_int_equal(job->rcpts, 2);
+    assert_ptr_equal(job->worker, a);
+    assert_int_equal(a->credit, 3);
+    for (uint32_t i = 0; i < 2; i++) {
+        dv = get_dlv(f, now.msg, i);
+        assert_int_equal(dv.state, DLV_LEASED);
+        assert_int_equal(dv.lease, job->lease);
+        spool_dlv_clear(&dv);
+    }
+    dv = get_dlv(f, later.msg, 0);
+    assert_int_equal(dv.state, DLV_READY);
+    spool_dlv_clear(&dv);
+    assert_int_equal(index_entries(f, 0), 1);
+    assert_int_equal(index_entries(f, 1), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -577,6 +624,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_conns_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_adopt_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_due, setup, teardown),
     };
     log_init("test_dispatch", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);
