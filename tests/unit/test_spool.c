@@ -509,6 +509,90 @@ static void test_schema_version(void **state)
     g_error_free(err);
 }
 
+struct due_case {
+    queue_id msg;
+    int64_t next_try[4];            /* unix s; < 0: leased, expiring at -next_try ms */
+};
+
+static gboolean put_due(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct due_case *c = ctx;
+
+    for (uint32_t i = 0; i < G_N_ELEMENTS(c->next_try); i++) {
+        struct spool_dlv d;
+        gboolean ok;
+
+        spool_dlv_init(&d);
+        d.msg = c->msg;
+        d.idx = i;
+        d.rcpt = g_strdup("x@y.no");
+        if (c->next_try[i] < 0) {
+            d.state = DLV_LEASED;
+            d.lease = 100 + i;
+            d.lease_expiry = -c->next_try[i];
+        } else {
+            d.state = DLV_READY;
+            d.next_try = c->next_try[i];
+        }
+        ok = spool_dlv_put(t, &d, err);
+        spool_dlv_clear(&d);
+        if (!ok)
+            return FALSE;
+    }
+    return TRUE;
+}
+
+struct seen_refs {
+    GArray *refs;
+    guint stop_after;
+};
+
+static gboolean keep_ref(const struct spool_dlv_ref *ref, void *ctx)
+{
+    struct seen_refs *s = ctx;
+
+    g_array_append_val(s->refs, *ref);
+    return s->refs->len < s->stop_after;
+}
+
+/* The index walks: time order, up to a time, stopped by the callback; no key in sight. */
+static void test_index_walks(void **state)
+{
+    struct fixture *f = *state;
+    struct due_case c = { store(f, "m", 1, NULL), { 30, -5000, 10, -7000 } };
+    struct seen_refs s = { g_array_new(FALSE, FALSE, sizeof(struct spool_dlv_ref)), 100 };
+    struct spool_txn t;
+    const struct spool_dlv_ref *r;
+
+    assert_true(spool_write(f->sp, put_due, &c, NULL));
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_true(spool_due_foreach(&t, 30000, keep_ref, &s, NULL));
+    assert_int_equal(s.refs->len, 2);
+    r = &g_array_index(s.refs, struct spool_dlv_ref, 0);
+    assert_true(r->msg == c.msg && r->idx == 2 && r->at_ms == 10000 && r->lease == 0);
+    r = &g_array_index(s.refs, struct spool_dlv_ref, 1);
+    assert_true(r->idx == 0 && r->at_ms == 30000);
+
+    g_array_set_size(s.refs, 0);
+    assert_true(spool_due_foreach(&t, 29999, keep_ref, &s, NULL));
+    assert_int_equal(s.refs->len, 1);
+
+    g_array_set_size(s.refs, 0);
+    assert_true(spool_lease_foreach(&t, G_MAXINT64, keep_ref, &s, NULL));
+    assert_int_equal(s.refs->len, 2);
+    r = &g_array_index(s.refs, struct spool_dlv_ref, 0);
+    assert_true(r->idx == 1 && r->at_ms == 5000 && r->lease == 101);
+    r = &g_array_index(s.refs, struct spool_dlv_ref, 1);
+    assert_true(r->idx == 3 && r->at_ms == 7000 && r->lease == 103);
+
+    g_array_set_size(s.refs, 0);
+    s.stop_after = 1;
+    assert_true(spool_lease_foreach(&t, G_MAXINT64, keep_ref, &s, NULL));
+    assert_int_equal(s.refs->len, 1);
+    spool_read_end(&t);
+    g_array_unref(s.refs);
+}
+
 /* A token request checked as every front end has it checked; 0 when it passes. */
 static int token_check(const char *from, const char *const *rcpts, int64_t expires,
                        const char *want_in_message)
@@ -645,6 +729,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_states, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_edges, setup, teardown),
         cmocka_unit_test(test_state_illegal_panics),
+        cmocka_unit_test_setup_teardown(test_index_walks, setup, teardown),
         cmocka_unit_test(test_token_input),
         cmocka_unit_test(test_token_json),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, setup, teardown),
