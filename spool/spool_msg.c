@@ -381,8 +381,8 @@ gboolean spool_msg_foreach(struct spool_txn *t, int state, queue_id from, spool_
     MDB_val key, val;
     int rc;
 
-    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, state < 0 ? DB_MESSAGES : DB_BY_STATE),
-                              &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t),
+                              spool_dbi(t->sp, state < 0 ? DB_MESSAGES : DB_BY_STATE), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     if (state < 0) {
         spool_be64(k, from);

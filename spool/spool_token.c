@@ -280,8 +280,9 @@ gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, G
     g_byte_array_append(k, (const guint8 *)owner, (guint)strlen(owner) + 1);
     g_byte_array_append(k, tk->hash, TOKEN_HASH_LEN);
     key = (MDB_val){ k->len, k->data };
-    rc = key.mv_size <= 511 ? mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKEN_FROM), &key, &val, 0)
-                            : 0;   /* an absurdly long address simply gets no notices */
+    /* An absurdly long address simply gets no notices. */
+    rc = key.mv_size <= 511
+             ? mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKEN_FROM), &key, &val, 0) : 0;
     g_byte_array_unref(k);
     if (rc)
         return spool_mdb_fail(rc, "index token owner", err);

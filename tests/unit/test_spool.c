@@ -718,7 +718,8 @@ static void test_token_json(void **state)
     assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
                                       "\"token\": \"short\"}", "16 characters"), SPOOL_ERR_INVALID);
     assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
-                                      "\"hide_sender\": \"yes\"}", "hide_sender"), SPOOL_ERR_INVALID);
+                                      "\"hide_sender\": \"yes\"}", "hide_sender"),
+                     SPOOL_ERR_INVALID);
 }
 
 int main(void)
