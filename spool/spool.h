@@ -164,9 +164,10 @@ void spool_msg_init(struct spool_msg *m);
 void spool_msg_clear(struct spool_msg *m);
 gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GError **err);
 /*
- * The stored bytes of id's record, valid until t ends, or NULL if there is
- * none: lets a caller tell whether the record changed since it read it
- * (compare the bytes) without decoding it.
+ * The stored bytes of id's record, or NULL if there is none: lets a caller
+ * tell whether the record changed since it read it (compare the bytes)
+ * without decoding it.  They point into the map: valid until t ends or
+ * next writes, so copy or compare them at once.
  */
 const void *spool_msg_record(struct spool_txn *t, queue_id id, size_t *len);
 /* Insert a new message record with its state index entry. */
