@@ -78,6 +78,7 @@ static gboolean dlease_cost(struct spool_txn *t, const struct djob *j, uint32_t 
     return TRUE;
 }
 
+/* What the walk over `due` carries from one entry to the next. */
 struct dpick {
     struct spool_txn *t;
     struct dlease *dl;
