@@ -35,38 +35,33 @@ void dispatch_job_add(struct dispatch *d, struct dispatch_job *job)
  * yet: each may hold a relay connection until its result comes or its
  * lease expires.  One job per lease id, as the worker got it.
  */
+static gboolean conns_adopt_one(const struct spool_dlv_ref *ref, void *ctx)
+{
+    struct dispatch *d = ctx;
+    struct dispatch_job *job;
+
+    if (!ref->lease)
+        return TRUE;
+    if (!(job = g_hash_table_lookup(d->jobs, &ref->lease))) {
+        job = g_new0(struct dispatch_job, 1);
+        job->lease = ref->lease;
+        job->msg = ref->msg;
+        dispatch_job_add(d, job);
+    }
+    job->rcpts++;
+    return TRUE;
+}
+
 static gboolean conns_adopt(struct dispatch *d, GError **err)
 {
     struct spool_txn t;
-    MDB_cursor *cur;
-    MDB_val key, val;
-    int rc;
+    gboolean ok;
 
     if (!spool_read_begin(d->spool, &t, err))
         return FALSE;
-    if ((rc = mdb_cursor_open(t.txn, spool_dbi(d->spool, DB_LEASES), &cur))) {
-        spool_read_end(&t);
-        return spool_mdb_fail(rc, "open lease index", err);
-    }
-    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
-        uint64_t lease;
-        struct dispatch_job *job;
-
-        if (key.mv_size != 20 || val.mv_size != sizeof(lease))
-            continue;
-        memcpy(&lease, val.mv_data, sizeof(lease));
-        if (!(job = g_hash_table_lookup(d->jobs, &lease))) {
-            job = g_new0(struct dispatch_job, 1);
-            job->lease = lease;
-            job->msg = spool_get_be64((const unsigned char *)key.mv_data + 8);
-            dispatch_job_add(d, job);
-        }
-        job->rcpts++;
-    }
-    mdb_cursor_close(cur);
+    ok = spool_lease_foreach(&t, G_MAXINT64, conns_adopt_one, d, err);
     spool_read_end(&t);
-    return TRUE;
+    return ok;
 }
 
 void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url)

@@ -78,6 +78,40 @@ static gboolean dlease_cost(struct spool_txn *t, const struct djob *j, uint32_t 
     return TRUE;
 }
 
+/* What the walk over `due` carries from one entry to the next. */
+struct dpick {
+    struct spool_txn *t;
+    struct dlease *dl;
+    unsigned seen, txns;
+    gboolean ok;
+    GError **err;
+};
+
+/* One due entry: into a job, or FALSE to end the round here. */
+static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
+{
+    struct dpick *p = ctx;
+    struct dlease *dl = p->dl;
+    struct djob *j;
+    gboolean own;
+    unsigned cost;
+
+    if (p->seen++ >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg)))
+        return FALSE;
+    if (!(p->ok = dlease_cost(p->t, j, ref->idx, &own, &cost, p->err)) ||
+        p->txns + cost > dl->max_txns) {
+        /* A job opened for this entry alone stays out of the round. */
+        if (!j->idx->len)
+            g_ptr_array_remove_index(dl->jobs, dl->jobs->len - 1);
+        return FALSE;
+    }
+    g_array_append_val(j->idx, ref->idx);
+    j->shared |= !own;
+    j->txns += cost;
+    p->txns += cost;
+    return TRUE;
+}
+
 /*
  * Walk `due` from its head while entries are due: group them into jobs.
  * Stop at the first entry that fits no job once every job allowed this
@@ -88,41 +122,9 @@ static gboolean dlease_cost(struct spool_txn *t, const struct djob *j, uint32_t 
  */
 static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err)
 {
-    MDB_cursor *cur;
-    MDB_val key, val;
-    uint64_t now = (uint64_t)unix_ms();
-    unsigned seen = 0, txns = 0;
-    gboolean ok = TRUE;
-    int rc;
+    struct dpick p = { t, dl, 0, 0, TRUE, err };
 
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_DUE), &cur)))
-        return spool_mdb_fail(rc, "open due index", err);
-    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
-         rc == 0 && seen < DUE_SCAN_MAX;
-         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT), seen++) {
-        const unsigned char *k = key.mv_data;
-        uint32_t idx = spool_get_be32(k + 16);
-        struct djob *j;
-        gboolean own;
-        unsigned cost;
-
-        if (key.mv_size != 20 || spool_get_be64(k) > now)
-            break;
-        if (!(j = dlease_job_for(dl, spool_get_be64(k + 8))))
-            break;
-        if (!(ok = dlease_cost(t, j, idx, &own, &cost, err)) || txns + cost > dl->max_txns) {
-            /* A job opened for this entry alone stays out of the round. */
-            if (!j->idx->len)
-                g_ptr_array_remove_index(dl->jobs, dl->jobs->len - 1);
-            break;
-        }
-        g_array_append_val(j->idx, idx);
-        j->shared |= !own;
-        j->txns += cost;
-        txns += cost;
-    }
-    mdb_cursor_close(cur);
-    return ok;
+    return spool_due_foreach(t, unix_ms(), dlease_pick_one, &p, err) && p.ok;
 }
 
 /* Mark a job's deliveries leased and fill in what the worker needs. */
@@ -246,36 +248,38 @@ struct expiry {
     GArray *expired;                /* uint64 lease ids whose jobs to forget */
 };
 
+#define EXPIRE_MAX 1024              /* leases taken back per round */
+
+/* Collect the expired ones first: the walk must not see its index change. */
+static gboolean expire_collect(const struct spool_dlv_ref *ref, void *ctx)
+{
+    GArray *refs = ctx;
+
+    g_array_append_val(refs, *ref);
+    return refs->len < EXPIRE_MAX;
+}
+
 static gboolean expire_write(struct spool_txn *t, void *ctx, GError **err)
 {
     struct expiry *ex = ctx;
-    g_autoptr(GArray) keys = g_array_new(FALSE, FALSE, 20);
-    MDB_cursor *cur;
-    MDB_val key, val;
-    uint64_t now = (uint64_t)unix_ms();
-    int rc;
+    g_autoptr(GArray) refs = g_array_new(FALSE, FALSE, sizeof(struct spool_dlv_ref));
+    int64_t now = unix_ms();
 
     g_array_set_size(ex->expired, 0);
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_LEASES), &cur)))
-        return spool_mdb_fail(rc, "open lease index", err);
-    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
-         rc == 0 && key.mv_size == 20 && spool_get_be64(key.mv_data) <= now && keys->len < 1024;
-         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT))
-        g_array_append_vals(keys, key.mv_data, 1);
-    mdb_cursor_close(cur);
-
-    for (guint i = 0; i < keys->len; i++) {
-        const unsigned char *k = &g_array_index(keys, unsigned char, 20 * i);
+    if (!spool_lease_foreach(t, now, expire_collect, refs, err))
+        return FALSE;
+    for (guint i = 0; i < refs->len; i++) {
+        const struct spool_dlv_ref *ref = &g_array_index(refs, struct spool_dlv_ref, i);
         struct spool_dlv dv;
         char id[QUEUE_ID_LEN + 1];
 
-        if (!spool_dlv_get(t, spool_get_be64(k + 8), spool_get_be32(k + 16), &dv, err))
+        if (!spool_dlv_get(t, ref->msg, ref->idx, &dv, err))
             return FALSE;
         spool_id_format(dv.msg, id);
         g_array_append_val(ex->expired, dv.lease);
         spool_txn_log(t, "%s: to=<%s>, lease expired: back in the queue", id, dv.rcpt);
         dv.state = dv.attempts ? DLV_DEFERRED : DLV_READY;
-        dv.next_try = (int64_t)now / 1000;
+        dv.next_try = now / 1000;
         dv.lease = 0;
         gboolean ok = spool_dlv_put(t, &dv, err);
         spool_dlv_clear(&dv);

@@ -2,6 +2,7 @@
  * delivery.c - see delivery.h.
  */
 #include "spool/delivery.h"
+#include "spool/spool_lmdb.h"
 #include "common/log.h"
 
 #include <string.h>
@@ -174,7 +175,7 @@ gboolean spool_dlv_get(struct spool_txn *t, queue_id msg, uint32_t idx, struct s
     int rc;
 
     dlv_key(k, msg, idx);
-    if ((rc = mdb_get(t->txn, spool_dbi(t->sp, DB_DELIVERIES), &key, &val)))
+    if ((rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_DELIVERIES), &key, &val)))
         return spool_mdb_fail(rc, "read delivery", err);
     spool_dlv_init(d);
     d->msg = msg;
@@ -223,8 +224,8 @@ static gboolean dlv_index(struct spool_txn *t, const struct spool_dlv *d, gboole
         val.mv_size = sizeof(d->lease);
         val.mv_data = (void *)&d->lease;
     }
-    rc = add ? mdb_put(t->txn, spool_dbi(t->sp, db), &key, &val, 0)
-             : mdb_del(t->txn, spool_dbi(t->sp, db), &key, NULL);
+    rc = add ? mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, db), &key, &val, 0)
+             : mdb_del(spool_mdb_txn(t), spool_dbi(t->sp, db), &key, NULL);
     if (rc && !(rc == MDB_NOTFOUND && !add))
         return spool_mdb_fail(rc, "update delivery index", err);
     return TRUE;
@@ -244,7 +245,7 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
     int rc;
 
     dlv_key(k, d->msg, d->idx);
-    rc = mdb_put(t->txn, dbi, &key, &val, MDB_RESERVE | MDB_NOOVERWRITE);
+    rc = mdb_put(spool_mdb_txn(t), dbi, &key, &val, MDB_RESERVE | MDB_NOOVERWRITE);
     if (rc == MDB_KEYEXIST) {
         struct spool_dlv old;
         gboolean ok;
@@ -258,7 +259,7 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
         if (!ok)
             return FALSE;
         val.mv_size = size;
-        rc = mdb_put(t->txn, dbi, &key, &val, MDB_RESERVE);
+        rc = mdb_put(spool_mdb_txn(t), dbi, &key, &val, MDB_RESERVE);
     }
     if (rc)
         return spool_mdb_fail(rc, "store delivery", err);
@@ -275,7 +276,7 @@ gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, v
     int rc;
 
     spool_be64(k, msg);
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_DELIVERIES), &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_DELIVERIES), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
          rc == 0 && key.mv_size == 12 && memcmp(key.mv_data, k, 8) == 0;
@@ -299,6 +300,56 @@ gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, v
     if (rc && rc != MDB_NOTFOUND)
         return spool_mdb_fail(rc, "scan deliveries", err);
     return TRUE;
+}
+
+/*
+ * The index walk behind spool_due_foreach() and spool_lease_foreach().
+ * Keys are time (8) . msg (8) . rcpt# (4), big-endian (dlv_index_key());
+ * an entry of another size is not ours and is skipped.
+ */
+static gboolean dlv_index_foreach(struct spool_txn *t, enum spool_db db, int64_t until_ms,
+                                  spool_dlv_ref_fn fn, void *ctx, GError **err)
+{
+    MDB_cursor *cur;
+    MDB_val key, val;
+    int rc;
+
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, db), &cur)))
+        return spool_mdb_fail(rc, db == DB_DUE ? "open due index" : "open lease index", err);
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+        const unsigned char *k = key.mv_data;
+        struct spool_dlv_ref ref;
+
+        if (key.mv_size != 20)
+            continue;
+        ref.at_ms = (int64_t)spool_get_be64(k);
+        if (ref.at_ms > until_ms)
+            break;
+        ref.msg = spool_get_be64(k + 8);
+        ref.idx = spool_get_be32(k + 16);
+        ref.lease = 0;
+        if (db == DB_LEASES && val.mv_size == sizeof(ref.lease))
+            memcpy(&ref.lease, val.mv_data, sizeof(ref.lease));
+        if (!fn(&ref, ctx))
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        return spool_mdb_fail(rc, db == DB_DUE ? "scan due index" : "scan lease index", err);
+    return TRUE;
+}
+
+gboolean spool_due_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_fn fn, void *ctx,
+                           GError **err)
+{
+    return dlv_index_foreach(t, DB_DUE, until_ms, fn, ctx, err);
+}
+
+gboolean spool_lease_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_fn fn,
+                             void *ctx, GError **err)
+{
+    return dlv_index_foreach(t, DB_LEASES, until_ms, fn, ctx, err);
 }
 
 static gboolean dlv_count_one(const struct spool_dlv *d, void *ctx)
@@ -402,7 +453,7 @@ gboolean spool_dlv_delete_all(struct spool_txn *t, queue_id msg, GError **err)
         if (!dlv_index(t, d, FALSE, err) || !dlv_count(t, d, -1, err))
             return FALSE;
         dlv_key(k, d->msg, d->idx);
-        if ((rc = mdb_del(t->txn, spool_dbi(t->sp, DB_DELIVERIES), &key, NULL)))
+        if ((rc = mdb_del(spool_mdb_txn(t), spool_dbi(t->sp, DB_DELIVERIES), &key, NULL)))
             return spool_mdb_fail(rc, "delete delivery", err);
     }
     return TRUE;

@@ -48,6 +48,31 @@ gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, v
 gboolean spool_dlv_counts(struct spool_txn *t, queue_id msg, uint32_t counts[DLV_STATE_COUNT],
                           GError **err);
 
+/*
+ * One entry of the `due` or `leases` index: which delivery, and when it
+ * comes due or its lease runs out.  Callers see this, never the key.
+ */
+struct spool_dlv_ref {
+    queue_id msg;
+    uint32_t idx;
+    int64_t at_ms;                  /* unix ms: due time, or lease expiry */
+    uint64_t lease;                 /* `leases` only: the lease id (0 if unreadable) */
+};
+
+/*
+ * Visit `due` (ready and deferred deliveries, not held) or `leases`
+ * (leased deliveries) from the head, in time order, while at_ms <=
+ * until_ms; fn returns FALSE to stop.  ref points into the walk: copy what
+ * you keep.  fn may read the spool in t but must not change deliveries
+ * (that would move the cursor): collect, then put after the walk.  No
+ * allocation per entry: these run on every dispatcher round.
+ */
+typedef gboolean (*spool_dlv_ref_fn)(const struct spool_dlv_ref *ref, void *ctx);
+gboolean spool_due_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_fn fn, void *ctx,
+                           GError **err);
+gboolean spool_lease_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_fn fn,
+                             void *ctx, GError **err);
+
 /* Remove every delivery of msg with its index entries (message deletion). */
 gboolean spool_dlv_delete_all(struct spool_txn *t, queue_id msg, GError **err);
 

@@ -3,6 +3,7 @@
  * big-endian unix ms it lasts until, then the pauses in a row (12 bytes).
  */
 #include "spool/relay_state.h"
+#include "spool/spool_lmdb.h"
 
 #include <string.h>
 
@@ -12,7 +13,7 @@
 gboolean relay_state_get(struct spool_txn *t, struct relay_state *out, GError **err)
 {
     MDB_val key = { strlen(RELAY_STATE_KEY), (void *)RELAY_STATE_KEY }, val;
-    int rc = mdb_get(t->txn, spool_dbi(t->sp, DB_META), &key, &val);
+    int rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_META), &key, &val);
 
     memset(out, 0, sizeof(*out));
     if (rc == MDB_NOTFOUND)
@@ -37,7 +38,7 @@ gboolean relay_state_put(struct spool_txn *t, const struct relay_state *st, GErr
 
     spool_be64(v, (uint64_t)st->paused_until);
     spool_be32(v + 8, st->pauses);
-    if ((rc = mdb_put(t->txn, spool_dbi(t->sp, DB_META), &key, &val, 0)))
+    if ((rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_META), &key, &val, 0)))
         return spool_mdb_fail(rc, "write the relay state", err);
     return TRUE;
 }

@@ -9,16 +9,22 @@
  *
  * Named databases (keys are big-endian so that byte order is time order):
  *
- *   meta        name                    -> value (schema version, last id)
- *   messages    id                      -> message record (GVariant a{sv})
+ *   meta        name                    -> value (schema version, last id,
+ *                                          counters n.*, relay.pause)
+ *   messages    id                      -> message record (GVariant a{sv}; its
+ *                                          transform lease is in it)
  *   bodies      id . chunk#             -> raw message bytes, 2000-byte chunks
  *   by_state    state . id              -> ""       (list, scan by state)
  *   outgoing    id . chunk#             -> common bytes of the outgoing copy
- *   deliveries  id . rcpt#              -> delivery record (GVariant a{sv})
+ *   deliveries  id . rcpt#              -> delivery record (fixed binary layout,
+ *                                          spool/delivery.c)
  *   due         time_ms . id . rcpt#    -> ""       (ready and deferred deliveries)
- *   leases      expiry_ms . id . rcpt#  -> lease id (leased deliveries, transform jobs)
+ *   leases      expiry_ms . id . rcpt#  -> lease id (leased deliveries only)
  *   tokens      sha256(token)           -> token record (GVariant a{sv})
  *   token_from  sender . 0 . sha256     -> ""       (tokens owned by an address)
+ *
+ * Only spool/ knows these keys and includes lmdb.h (spool_lmdb.h): other
+ * programs use the functions here and in delivery.h and spool_token.h.
  *
  * Chunked bodies: values that fit a page never use overflow pages, so the
  * free list cannot fragment under a churn of large messages; chunks of a
@@ -28,7 +34,6 @@
 #define POSTERN_SPOOL_H
 
 #include <glib.h>
-#include <lmdb.h>
 #include <stdint.h>
 
 #include "common/config.h"
@@ -48,6 +53,7 @@ enum spool_error_code {
     SPOOL_ERR_NOT_FOUND,
     SPOOL_ERR_CORRUPT,
     SPOOL_ERR_IO,
+    SPOOL_ERR_INVALID,              /* the caller's input breaks a rule: fix it, do not retry */
     SPOOL_ERR_MAP_FULL,             /* internal to spool_write: grow and redo */
 };
 #define SPOOL_ERROR spool_error_quark()
@@ -68,7 +74,7 @@ struct spool;
  */
 struct spool_txn {
     struct spool *sp;
-    MDB_txn *txn;
+    void *txn;                      /* the LMDB transaction: spool/ only (spool_lmdb.h) */
     GPtrArray *committed_log;
     GHashTable *counter_deltas;     /* name -> int64 delta */
 };
@@ -113,7 +119,6 @@ struct spool_msg {
 /* Environment */
 gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError **err);
 void spool_close(struct spool *sp);
-MDB_dbi spool_dbi(struct spool *sp, enum spool_db db);
 int spool_reader_check(struct spool *sp);
 /*
  * Drop this process's mapping of the LMDB pages it has read, so its RSS
@@ -138,8 +143,6 @@ void spool_read_end(struct spool_txn *t);
 
 /* Queue a line to log once t commits. */
 void spool_txn_log(struct spool_txn *t, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-/* Turn an LMDB return code into a GError naming what was being done. */
-gboolean spool_mdb_fail(int rc, const char *what, GError **err);
 
 /* Queue ids: (milliseconds since the epoch << 16) | sequence, never reused. */
 queue_id spool_id_next(struct spool_txn *t, GError **err);
@@ -149,11 +152,24 @@ gboolean spool_id_parse(const char *text, queue_id *out);
 /* State names as in SPEC §6. */
 const char *msg_state_name(enum msg_state s);
 gboolean msg_state_parse(const char *name, enum msg_state *out);
+/*
+ * May a message move from one state to another?  The table in
+ * spool_msg.c, drawn in docs/architecture.md; spool_msg_set_state()
+ * panics on any other move.
+ */
+gboolean msg_state_can_move(enum msg_state from, enum msg_state to);
 
 /* Messages */
 void spool_msg_init(struct spool_msg *m);
 void spool_msg_clear(struct spool_msg *m);
 gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GError **err);
+/*
+ * The stored bytes of id's record, or NULL if there is none: lets a caller
+ * tell whether the record changed since it read it (compare the bytes)
+ * without decoding it.  They point into the map: valid until t ends or
+ * next writes, so copy or compare them at once.
+ */
+const void *spool_msg_record(struct spool_txn *t, queue_id id, size_t *len);
 /* Insert a new message record with its state index entry. */
 gboolean spool_msg_insert(struct spool_txn *t, struct spool_msg *m, GError **err);
 /* Rewrite the record of an existing message (state unchanged). */
@@ -161,6 +177,8 @@ gboolean spool_msg_update(struct spool_txn *t, const struct spool_msg *m, GError
 /*
  * Move to a new state: index, history, record, and one log line on commit.
  * reason (NULL clears it) says why: TOKEN_USED, "held by operator", ...
+ * Only the moves msg_state_can_move() allows: any other is a bug in the
+ * caller and panics (msg_panic), naming the queue id and both states.
  */
 gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_state to,
                              const char *reason, GError **err);
@@ -189,11 +207,5 @@ gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id,
 gboolean spool_body_get(struct spool_txn *t, enum spool_db db, queue_id id,
                         GByteArray *out, GError **err);
 gboolean spool_body_delete(struct spool_txn *t, enum spool_db db, queue_id id, GError **err);
-
-/* Big-endian key packing shared by the modules of libspool. */
-void spool_be64(unsigned char *p, uint64_t v);
-uint64_t spool_get_be64(const unsigned char *p);
-void spool_be32(unsigned char *p, uint32_t v);
-uint32_t spool_get_be32(const unsigned char *p);
 
 #endif

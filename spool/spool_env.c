@@ -1,7 +1,7 @@
 /*
  * spool_env.c - the LMDB environment: open, transactions, map growth.
  */
-#include "spool/spool.h"
+#include "spool/spool_lmdb.h"
 #include "common/log.h"
 
 #include <errno.h>
@@ -258,12 +258,14 @@ uint64_t spool_file_size(struct spool *sp)
 
 gboolean spool_read_begin(struct spool *sp, struct spool_txn *t, GError **err)
 {
+    MDB_txn *txn;
     int rc;
 
     memset(t, 0, sizeof(*t));
     t->sp = sp;
-    if ((rc = spool_txn_begin(sp, MDB_RDONLY, &t->txn)))
+    if ((rc = spool_txn_begin(sp, MDB_RDONLY, &txn)))
         return spool_mdb_fail(rc, "read spool", err);
+    t->txn = txn;
     return TRUE;
 }
 
@@ -315,10 +317,12 @@ gboolean spool_write(struct spool *sp, spool_write_fn fn, void *ctx, GError **er
     for (;;) {
         struct spool_txn t = { .sp = sp };
         GError *local = NULL;
+        MDB_txn *txn;
         int rc;
 
-        if ((rc = spool_txn_begin(sp, 0, &t.txn)))
+        if ((rc = spool_txn_begin(sp, 0, &txn)))
             return spool_mdb_fail(rc, "begin spool write", err);
+        t.txn = txn;
         if (fn(&t, ctx, &local) && spool_counters_flush(&t, &local))
             rc = mdb_txn_commit(t.txn);
         else

@@ -4,7 +4,7 @@
  * Records are GVariant a{sv} dictionaries: self-describing, so a later
  * version can add fields and still read what an older one wrote.
  */
-#include "spool/spool.h"
+#include "spool/spool_lmdb.h"
 #include "spool/delivery.h"
 #include "common/log.h"
 
@@ -27,6 +27,39 @@ gboolean msg_state_parse(const char *name, enum msg_state *out)
             *out = i;
             return TRUE;
         }
+    return FALSE;
+}
+
+/*
+ * The message state machine: every move spool_msg_set_state() may make,
+ * and who makes it.  This table is the source; docs/architecture.md draws
+ * it.  A move not listed is a bug in the caller: it panics rather than
+ * store a state no program expects (a rejected message sent after all).
+ */
+static const struct msg_edge {
+    enum msg_state from, to;
+    const char *why;
+} msg_edges[] = {
+    { MSG_INCOMING, MSG_READY, "transform: token ok, deliveries made (or a report written)" },
+    { MSG_INCOMING, MSG_REJECTED, "transform: no, bad, used or expired token" },
+    { MSG_INCOMING, MSG_HOLD, "transform: unparseable; spoolctl hold" },
+    { MSG_INCOMING, MSG_DONE, "transform: a bounce report with nothing to report" },
+    { MSG_READY, MSG_DEFERRED, "dispatch: results, all remaining deliveries deferred" },
+    { MSG_READY, MSG_DONE, "dispatch: results, every delivery sent or bounced" },
+    { MSG_READY, MSG_HOLD, "spoolctl hold" },
+    { MSG_DEFERRED, MSG_READY, "dispatch: results, a delivery ready or leased again" },
+    { MSG_DEFERRED, MSG_DONE, "dispatch: results, every delivery sent or bounced" },
+    { MSG_DEFERRED, MSG_HOLD, "spoolctl hold" },
+    { MSG_HOLD, MSG_INCOMING, "spoolctl release (held from incoming)" },
+    { MSG_HOLD, MSG_READY, "spoolctl release (held from ready)" },
+    { MSG_HOLD, MSG_DEFERRED, "spoolctl release (held from deferred)" },
+};
+
+gboolean msg_state_can_move(enum msg_state from, enum msg_state to)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(msg_edges); i++)
+        if (msg_edges[i].from == from && msg_edges[i].to == to)
+            return TRUE;
     return FALSE;
 }
 
@@ -161,7 +194,7 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
 
     id_key(k, id);
     spool_id_format(id, idtext);
-    rc = mdb_get(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val);
+    rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val);
     if (rc == MDB_NOTFOUND) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "%s: no such message", idtext);
         return FALSE;
@@ -178,6 +211,18 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
     return TRUE;
 }
 
+const void *spool_msg_record(struct spool_txn *t, queue_id id, size_t *len)
+{
+    unsigned char k[8];
+    MDB_val key = { 8, k }, val;
+
+    id_key(k, id);
+    if (mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val))
+        return NULL;
+    *len = val.mv_size;
+    return val.mv_data;
+}
+
 /* Stores m's record; the LMDB return code, so callers can tell its cases apart. */
 static int spool_msg_put(struct spool_txn *t, const struct spool_msg *m, unsigned flags)
 {
@@ -186,7 +231,7 @@ static int spool_msg_put(struct spool_txn *t, const struct spool_msg *m, unsigne
     MDB_val key = { 8, k }, val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
 
     id_key(k, m->id);
-    return mdb_put(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, &val, flags);
+    return mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val, flags);
 }
 
 static gboolean spool_state_index(struct spool_txn *t, enum msg_state s, queue_id id,
@@ -197,8 +242,8 @@ static gboolean spool_state_index(struct spool_txn *t, enum msg_state s, queue_i
     int rc;
 
     state_key(k, s, id);
-    rc = add ? mdb_put(t->txn, spool_dbi(t->sp, DB_BY_STATE), &key, &val, MDB_NOOVERWRITE)
-             : mdb_del(t->txn, spool_dbi(t->sp, DB_BY_STATE), &key, NULL);
+    rc = add ? mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_BY_STATE), &key, &val, MDB_NOOVERWRITE)
+             : mdb_del(spool_mdb_txn(t), spool_dbi(t->sp, DB_BY_STATE), &key, NULL);
     if (rc == MDB_NOTFOUND || rc == MDB_KEYEXIST)
         return TRUE;                /* already so: the counter stays right */
     if (rc)
@@ -251,6 +296,11 @@ gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_
     char idtext[QUEUE_ID_LEN + 1];
     enum msg_state from = m->state;
 
+    /* Before anything is written: a caller that breaks the table is a bug. */
+    spool_id_format(m->id, idtext);
+    if (!msg_state_can_move(from, to))
+        msg_panic("%s: illegal message state change from %s to %s", idtext,
+                  msg_state_name(from), msg_state_name(to));
     if (!spool_state_index(t, from, m->id, FALSE, err) ||
         !spool_state_index(t, to, m->id, TRUE, err))
         return FALSE;
@@ -263,7 +313,6 @@ gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_
     spool_msg_note(m, reason);
     if (!spool_msg_update(t, m, err))
         return FALSE;
-    spool_id_format(m->id, idtext);
     spool_txn_log(t, "%s: state=%s from=%s%s%s", idtext, msg_state_name(to),
                   msg_state_name(from), reason ? ", reason=" : "", reason ? reason : "");
     return TRUE;
@@ -279,7 +328,7 @@ static gboolean spool_delete_prefix(struct spool_txn *t, enum spool_db db, queue
     int rc;
 
     id_key(k, id);
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, db), &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, db), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
     while (rc == 0 && key.mv_size >= 8 && memcmp(key.mv_data, k, 8) == 0) {
@@ -311,7 +360,7 @@ gboolean spool_msg_delete(struct spool_txn *t, queue_id id, GError **err)
     if (!spool_msg_get(t, id, &m, err))
         return FALSE;
     id_key(k, id);
-    rc = mdb_del(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, NULL);
+    rc = mdb_del(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, NULL);
     gboolean ok = rc == 0 ? spool_state_index(t, m.state, id, FALSE, err)
                           : spool_mdb_fail(rc, "delete message", err);
     spool_msg_clear(&m);
@@ -332,8 +381,8 @@ gboolean spool_msg_foreach(struct spool_txn *t, int state, queue_id from, spool_
     MDB_val key, val;
     int rc;
 
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, state < 0 ? DB_MESSAGES : DB_BY_STATE),
-                              &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t),
+                              spool_dbi(t->sp, state < 0 ? DB_MESSAGES : DB_BY_STATE), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     if (state < 0) {
         spool_be64(k, from);
@@ -383,10 +432,10 @@ gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id, cons
         MDB_val val = { n, (void *)data };
 
         spool_be32(k + 8, chunk++);
-        rc = mdb_put(t->txn, spool_dbi(t->sp, db), &key, &val, flags);
+        rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, db), &key, &val, flags);
         if (rc == MDB_KEYEXIST && flags == MDB_APPEND) {
             flags = 0;
-            rc = mdb_put(t->txn, spool_dbi(t->sp, db), &key, &val, flags);
+            rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, db), &key, &val, flags);
         }
         if (rc)
             return spool_mdb_fail(rc, "store message body", err);
@@ -412,7 +461,7 @@ gboolean spool_body_get(struct spool_txn *t, enum spool_db db, queue_id id, GByt
     int rc;
 
     spool_be64(k, id);
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, db), &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, db), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     for (int pass = 0; pass < 2; pass++) {
         key = (MDB_val){ 8, k };

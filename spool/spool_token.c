@@ -2,6 +2,7 @@
  * spool_token.c - see spool_token.h.
  */
 #include "spool/spool_token.h"
+#include "spool/spool_lmdb.h"
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -57,6 +58,95 @@ char *spool_token_normalise_addr(const char *addr)
         return g_strconcat(a, "@", domain, NULL);
     }
     return g_steal_pointer(&a);
+}
+
+gboolean spool_token_addr_valid(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+
+    return at && at != addr && at[1] && !strpbrk(addr, " \t\r\n<>,");
+}
+
+gboolean spool_token_text_valid(const char *text, GError **err)
+{
+    if (strlen(text) >= 16 && !strpbrk(text, " \t\r\n"))
+        return TRUE;
+    g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID,
+                "\"token\" must be at least 16 characters, no white space");
+    return FALSE;
+}
+
+gboolean spool_token_parse_expires(const char *text, int64_t now, int64_t *out, GError **err)
+{
+    uint64_t d;
+    g_autoptr(GTimeZone) utc = g_time_zone_new_utc();
+    g_autoptr(GDateTime) dt = NULL;
+
+    /* A duration first: "7d" is not a date, and a date never parses as one. */
+    if (config_parse_duration(text, &d) && d <= (uint64_t)(G_MAXINT64 - now)) {
+        *out = now + (int64_t)d;
+        return TRUE;
+    }
+    if ((dt = g_date_time_new_from_iso8601(text, utc))) {
+        *out = g_date_time_to_unix(dt);
+        return TRUE;
+    }
+    g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID,
+                "bad expiry \"%s\": a duration (7d) or an ISO 8601 time", text);
+    return FALSE;
+}
+
+/*
+ * The one check of a token request, whatever front end it came from: the
+ * rules are the spool's, so a command line and an HTTP API cannot differ.
+ */
+gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t now,
+                             GError **err)
+{
+    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GPtrArray) unique = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *owner = tk->sender ? spool_token_normalise_addr(tk->sender) : NULL;
+
+    /* The owner is who may send with it and who gets the notices. */
+    if (!owner || !spool_token_addr_valid(owner)) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "bad owner address \"%s\"",
+                    tk->sender ? tk->sender : "");
+        return FALSE;
+    }
+    /* Recipients as the transform compares them: normalised, each once. */
+    for (guint i = 0; i < tk->recipients->len; i++) {
+        const char *r = tk->recipients->pdata[i];
+        char *norm = spool_token_normalise_addr(r);
+
+        if (!spool_token_addr_valid(norm)) {
+            g_free(norm);
+            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "bad recipient address \"%s\"", r);
+            return FALSE;
+        }
+        if (g_hash_table_add(seen, norm))
+            g_ptr_array_add(unique, g_strdup(norm));
+    }
+    if (!unique->len) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "token for %s has no recipients", owner);
+        return FALSE;
+    }
+    /* A token that could never be used is a mistake of the caller's. */
+    if (tk->expires && tk->expires <= now) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID,
+                    "expiry %" G_GINT64_FORMAT " is not in the future", tk->expires);
+        return FALSE;
+    }
+    if (!text || !*text) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "no token text");
+        return FALSE;
+    }
+    g_ptr_array_unref(tk->recipients);
+    tk->recipients = g_steal_pointer(&unique);
+    g_free(tk->sender);
+    tk->sender = g_steal_pointer(&owner);
+    tk->created = now;
+    spool_token_hash(text, tk->hash);
+    return TRUE;
 }
 
 enum spool_token_status spool_token_status(const struct spool_token *tk, int64_t now)
@@ -139,7 +229,7 @@ gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HAS
                          struct spool_token *tk, GError **err)
 {
     MDB_val key = { TOKEN_HASH_LEN, (void *)hash }, val;
-    int rc = mdb_get(t->txn, spool_dbi(t->sp, DB_TOKENS), &key, &val);
+    int rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val);
 
     if (rc == MDB_NOTFOUND) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "no such token");
@@ -165,10 +255,10 @@ static gboolean spool_token_put(struct spool_txn *t, const struct spool_token *t
     g_autoptr(GVariant) v = spool_token_encode(tk);
     MDB_val key = { TOKEN_HASH_LEN, (void *)tk->hash },
             val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
-    int rc = mdb_put(t->txn, spool_dbi(t->sp, DB_TOKENS), &key, &val, flags);
+    int rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, flags);
 
     if (rc == MDB_KEYEXIST) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "token already registered");
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "token already registered");
         return FALSE;
     }
     if (rc)
@@ -190,8 +280,9 @@ gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, G
     g_byte_array_append(k, (const guint8 *)owner, (guint)strlen(owner) + 1);
     g_byte_array_append(k, tk->hash, TOKEN_HASH_LEN);
     key = (MDB_val){ k->len, k->data };
-    rc = key.mv_size <= 511 ? mdb_put(t->txn, spool_dbi(t->sp, DB_TOKEN_FROM), &key, &val, 0)
-                            : 0;   /* an absurdly long address simply gets no notices */
+    /* An absurdly long address simply gets no notices. */
+    rc = key.mv_size <= 511
+             ? mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKEN_FROM), &key, &val, 0) : 0;
     g_byte_array_unref(k);
     if (rc)
         return spool_mdb_fail(rc, "index token owner", err);
@@ -216,7 +307,7 @@ gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
     MDB_val key = { strlen(owner) + 1, owner }, val;
     gboolean found = FALSE;
 
-    if (mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKEN_FROM), &cur))
+    if (mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKEN_FROM), &cur))
         return FALSE;
     if (mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE) == 0)
         found = key.mv_size == strlen(owner) + 1 + TOKEN_HASH_LEN &&
@@ -231,7 +322,7 @@ gboolean spool_token_foreach(struct spool_txn *t, spool_token_fn fn, void *ctx, 
     MDB_val key, val;
     int rc;
 
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKENS), &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
@@ -280,7 +371,7 @@ gboolean spool_token_find(struct spool_txn *t, const char *prefix_or_token,
     for (size_t i = 0; i < n; i++)
         start[i / 2] |=
             (unsigned char)(g_ascii_xdigit_value(prefix_or_token[i]) << (i % 2 ? 0 : 4));
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_TOKENS), &cur)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &cur)))
         return spool_mdb_fail(rc, "open cursor", err);
     key = (MDB_val){ TOKEN_HASH_LEN, start };
     for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE); rc == 0 && matches < 2;

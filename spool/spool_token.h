@@ -34,6 +34,28 @@ void spool_token_id(const unsigned char hash[TOKEN_HASH_LEN], char out[TOKEN_ID_
 char *spool_token_generate(void);
 /* Address normalisation for owner checks: local part kept, domain lowercased. */
 char *spool_token_normalise_addr(const char *addr);
+/*
+ * Checking a token request, for every front end (spoolctl now, an HTTP
+ * API next): the rules live here so that no two front ends differ.  A
+ * broken rule is SPOOL_ERR_INVALID, with a message naming the field or
+ * the address: the request must be fixed, not retried.
+ */
+/* local@domain, no white space, angle brackets or commas. */
+gboolean spool_token_addr_valid(const char *addr);
+/* A token text chosen by the caller: at least 16 characters, no white space. */
+gboolean spool_token_text_valid(const char *text, GError **err);
+/* An expiry as written: a duration from now ("7d") or an ISO 8601 time. */
+gboolean spool_token_parse_expires(const char *text, int64_t now, int64_t *out, GError **err);
+/*
+ * Complete tk for spool_token_insert() from what the front end filled in
+ * (sender, recipients, hide_sender, expires: unix seconds, 0 for never):
+ * owner and recipients must be addresses and are normalised, recipients
+ * de-duplicated and at least one, an expiry must be after now; created is
+ * set to now and the hash to that of text.
+ */
+gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t now,
+                             GError **err);
+
 enum spool_token_status spool_token_status(const struct spool_token *tk, int64_t now);
 const char *spool_token_status_name(enum spool_token_status s);
 

@@ -1,7 +1,8 @@
 /*
  * spoolctl.h - the operator's view of the spool: shared by the commands.
  *
- * Exit codes: 0 ok, 1 not found, 2 usage or config error (SPEC §6), and
+ * Exit codes: 0 ok, 1 not found, 2 usage, config or input error (SPEC §6;
+ * SPOOL_ERR_INVALID: the spool's rules refuse the input), and
  * 3 when the spool could not be read or written: like postqueue's EX_
  * codes, it tells a script "try again later" apart from "fix the command".
  * Human tables by default; with --json one JSON object, or one per line

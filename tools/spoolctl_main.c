@@ -78,7 +78,9 @@ void ctl_json_print(JsonBuilder *b)
 
 int ctl_fail(GError *err)
 {
-    int code = g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND) ? CTL_NOT_FOUND : CTL_FAIL;
+    int code = g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND) ? CTL_NOT_FOUND
+               : g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_INVALID) ? CTL_USAGE
+               : CTL_FAIL;
 
     fprintf(stderr, "spoolctl: %s\n", err->message);
     g_error_free(err);

@@ -6,6 +6,7 @@
  */
 #include "tools/spoolctl.h"
 #include "spool/spool_token.h"
+#include "spool/spool_token_json.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -32,52 +33,12 @@ static gboolean tok_read_rcpt_file(const char *path, GPtrArray *out, GError **er
     return TRUE;
 }
 
-static gboolean tok_valid_addr(const char *a)
+/* Bad input from the spool's checks: say which, exit as a usage error. */
+static int tok_invalid(const char *where, GError *err)
 {
-    const char *at = strrchr(a, '@');
-    return at && at != a && at[1] && !strpbrk(a, " \t\r\n<>,");
-}
-
-/*
- * Check and complete a token before it is stored: owner and recipients
- * must be addresses, recipients de-duplicated (case-insensitive domain).
- */
-static gboolean tok_prepare(struct spool_token *tk, const char *text, GError **err)
-{
-    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    GPtrArray *unique = g_ptr_array_new_with_free_func(g_free);
-
-    if (!tk->sender || !tok_valid_addr(tk->sender)) {
-        g_ptr_array_unref(unique);
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "bad owner address \"%s\"",
-                    tk->sender ? tk->sender : "");
-        return FALSE;
-    }
-    for (guint i = 0; i < tk->recipients->len; i++) {
-        const char *r = tk->recipients->pdata[i];
-        char *norm = spool_token_normalise_addr(r);
-        if (!tok_valid_addr(norm)) {
-            g_free(norm);
-            g_ptr_array_unref(unique);
-            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "bad recipient address \"%s\"", r);
-            return FALSE;
-        }
-        if (g_hash_table_add(seen, norm))
-            g_ptr_array_add(unique, g_strdup(norm));
-    }
-    if (!unique->len) {
-        g_ptr_array_unref(unique);
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "token for %s has no recipients", tk->sender);
-        return FALSE;
-    }
-    g_ptr_array_unref(tk->recipients);
-    tk->recipients = unique;
-    g_autofree char *owner = spool_token_normalise_addr(tk->sender);
-    g_free(tk->sender);
-    tk->sender = g_steal_pointer(&owner);
-    tk->created = tok_now();
-    spool_token_hash(text, tk->hash);
-    return TRUE;
+    fprintf(stderr, "spoolctl: %s%s%s\n", where ? where : "", where ? ": " : "", err->message);
+    g_error_free(err);
+    return CTL_USAGE;
 }
 
 struct tok_batch {
@@ -159,79 +120,12 @@ static int tok_add(struct ctl *c, int argc, char **argv)
     tk->expires = d ? tok_now() + (int64_t)d : 0;
     for (int i = 0; rcpts && rcpts[i]; i++)
         g_ptr_array_add(tk->recipients, g_strdup(rcpts[i]));
-    if ((rcpt_file && !tok_read_rcpt_file(rcpt_file, tk->recipients, &err)) ||
-        !tok_prepare(tk, text, &err)) {
-        fprintf(stderr, "spoolctl: %s\n", err->message);
-        g_error_free(err);
-        return CTL_USAGE;
-    }
+    if (rcpt_file && !tok_read_rcpt_file(rcpt_file, tk->recipients, &err))
+        return tok_invalid(NULL, err);
+    /* The spool's rules decide, as for every front end. */
+    if (!spool_token_prepare(tk, text, tok_now(), &err))
+        return tok_invalid(NULL, err);
     return tok_store(c, tokens, texts);
-}
-
-/* "expires" in JSON: a unix time (number), a duration ("7d") or an ISO 8601 date. */
-static gboolean tok_json_expires(JsonNode *node, int64_t *out)
-{
-    uint64_t d;
-
-    if (!node || JSON_NODE_HOLDS_NULL(node)) {
-        *out = 0;
-        return TRUE;
-    }
-    if (json_node_get_value_type(node) == G_TYPE_INT64) {
-        *out = json_node_get_int(node);
-        return TRUE;
-    }
-    if (json_node_get_value_type(node) != G_TYPE_STRING)
-        return FALSE;
-    const char *s = json_node_get_string(node);
-    if (config_parse_duration(s, &d)) {
-        *out = tok_now() + (int64_t)d;
-        return TRUE;
-    }
-    g_autoptr(GDateTime) dt = g_date_time_new_from_iso8601(s, g_time_zone_new_utc());
-    if (!dt)
-        return FALSE;
-    *out = g_date_time_to_unix(dt);
-    return TRUE;
-}
-
-static gboolean tok_from_json(JsonNode *node, guint i, struct spool_token *tk, char **text,
-                              GError **err)
-{
-    JsonObject *o = JSON_NODE_HOLDS_OBJECT(node) ? json_node_get_object(node) : NULL;
-    JsonArray *rcpts = o && json_object_has_member(o, "recipients")
-                           ? json_object_get_array_member(o, "recipients") : NULL;
-
-    if (!o || !rcpts || !json_object_has_member(o, "from") ||
-        json_node_get_value_type(json_object_get_member(o, "from")) != G_TYPE_STRING) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO,
-                    "entry %u: needs \"from\" (string) and \"recipients\" (array)", i);
-        return FALSE;
-    }
-    tk->sender = g_strdup(json_object_get_string_member(o, "from"));
-    for (guint r = 0; r < json_array_get_length(rcpts); r++) {
-        const char *a = json_node_get_value_type(json_array_get_element(rcpts, r)) == G_TYPE_STRING
-                            ? json_array_get_string_element(rcpts, r) : NULL;
-        if (!a) {
-            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "entry %u: recipient %u is not a string", i,
-                        r);
-            return FALSE;
-        }
-        g_ptr_array_add(tk->recipients, g_strdup(a));
-    }
-    tk->hide_sender = json_object_get_boolean_member_with_default(o, "hide_sender", FALSE);
-    if (!tok_json_expires(json_object_get_member(o, "expires"), &tk->expires)) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "entry %u: bad \"expires\"", i);
-        return FALSE;
-    }
-    const char *given = json_object_get_string_member_with_default(o, "token", NULL);
-    if (given && (strlen(given) < 16 || strpbrk(given, " \t\r\n"))) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO,
-                    "entry %u: \"token\" must be at least 16 characters, no white space", i);
-        return FALSE;
-    }
-    *text = given ? g_strdup(given) : spool_token_generate();
-    return tok_prepare(tk, *text, err) ? TRUE : (g_prefix_error(err, "entry %u: ", i), FALSE);
 }
 
 static int tok_import(struct ctl *c, int argc, char **argv)
@@ -267,11 +161,11 @@ static int tok_import(struct ctl *c, int argc, char **argv)
 
         spool_token_init(tk);
         g_ptr_array_add(tokens, tk);
-        if (!tok_from_json(json_array_get_element(a, i), i, tk, &text, &err)) {
+        if (!spool_token_from_json(json_array_get_element(a, i), tok_now(), tk, &text, &err)) {
+            g_autofree char *where = g_strdup_printf("%s: entry %u", argv[1], i);
+
             g_free(text);
-            fprintf(stderr, "spoolctl: %s: %s\n", argv[1], err->message);
-            g_error_free(err);
-            return CTL_USAGE;
+            return tok_invalid(where, err);
         }
         g_ptr_array_add(texts, text);
     }

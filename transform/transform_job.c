@@ -150,17 +150,6 @@ static gboolean transform_job_get_ours(struct spool_txn *t, const struct transfo
     return FALSE;
 }
 
-/* The message's record as stored: spool.h keys it by its id, big-endian. */
-static gboolean transform_job_record(struct spool_txn *t, const struct transform_job *j,
-                                     MDB_val *val)
-{
-    unsigned char k[8];
-    MDB_val key = { sizeof(k), k };
-
-    spool_be64(k, j->id);
-    return mdb_get(t->txn, spool_dbi(t->sp, DB_MESSAGES), &key, val) == 0;
-}
-
 static gboolean transform_job_collect_bounced(const struct spool_dlv *d, void *ctx)
 {
     struct transform_job *j = ctx;
@@ -216,7 +205,8 @@ static gboolean transform_job_is_report(const struct transform_job *j)
 static gboolean transform_job_load(struct transform_job *j, GError **err)
 {
     struct spool_txn t;
-    MDB_val val;
+    const void *record;
+    size_t len;
     gboolean ok;
 
     if (!spool_read_begin(j->tf->spool, &t, err))
@@ -224,8 +214,9 @@ static gboolean transform_job_load(struct transform_job *j, GError **err)
     ok = transform_job_get_ours(&t, j, &j->m, err) &&
          (transform_job_is_report(j) ? transform_job_load_report(&t, j, err)
                            : spool_body_get(&t, DB_BODIES, j->id, j->raw, err));
-    if (ok && transform_job_record(&t, j, &val))
-        j->record = g_bytes_new(val.mv_data, val.mv_size);
+    /* Kept to see at commit whether the record is still the one loaded. */
+    if (ok && (record = spool_msg_record(&t, j->id, &len)))
+        j->record = g_bytes_new(record, len);
     spool_read_end(&t);
     /* A large body's map pages would count twice in our RSS: drop them now. */
     if (j->raw->len > TRANSFORM_LARGE_BODY)
@@ -530,10 +521,11 @@ static gboolean transform_job_get_ours_again(struct spool_txn *t, struct transfo
 {
     gsize len = 0;
     const void *loaded = j->record ? g_bytes_get_data(j->record, &len) : NULL;
-    MDB_val val;
+    const void *stored;
+    size_t stored_len = 0;
 
-    *lent = loaded && transform_job_record(t, j, &val) && val.mv_size == len &&
-            memcmp(val.mv_data, loaded, len) == 0 && j->m.lease_expiry > unix_ms();
+    *lent = loaded && (stored = spool_msg_record(t, j->id, &stored_len)) && stored_len == len &&
+            memcmp(stored, loaded, len) == 0 && j->m.lease_expiry > unix_ms();
     if (!*lent)
         return transform_job_get_ours(t, j, m, err);
     *m = j->m;

@@ -442,6 +442,31 @@ def test_exit_2_usage(ingest, need_spoolctl, args):
         [(qid, "incoming")]
 
 
+@pytest.mark.parametrize("args, named", [
+    (["token", "add", "--from", OWNER, "--rcpt", "not an address"], '"not an address"'),
+    (["token", "add", "--from", OWNER, "--rcpt", "x@example.org", "--rcpt", "nobody@"],
+     '"nobody@"'),
+    (["token", "add", "--from", "nobody", "--rcpt", "x@example.org"], '"nobody"'),
+])
+def test_token_bad_address_exit_2(ingest, need_spoolctl, args, named):
+    # The spool's own checks (spool_token_prepare): bad input is 2, not "spool error" 3.
+    rc, out, err = ctl(ingest.config_path, *args)
+    assert (rc, out) == (2, b""), err
+    assert err.startswith("spoolctl: ") and "address" in err and named in err, err
+    assert ctl_json(ingest.config_path, "stats")[0]["tokens"] == {"active": 0, "used": 0}
+
+
+def test_token_import_bad_address_exit_2(tmp_path, ingest, need_spoolctl):
+    batch = [{"from": OWNER, "recipients": ["x@example.org"]},
+             {"from": OWNER, "recipients": ["y@example.org", "no-at-sign"]}]
+    (tmp_path / "tokens.json").write_text(json.dumps(batch))
+    rc, out, err = ctl(ingest.config_path, "token", "import", tmp_path / "tokens.json")
+    assert (rc, out) == (2, b""), err
+    assert "entry 1" in err and '"no-at-sign"' in err, err
+    # All or none: the good first entry is not registered either.
+    assert ctl_json(ingest.config_path, "stats")[0]["tokens"] == {"active": 0, "used": 0}
+
+
 def test_exit_0_and_3(tmp_path, ingest, need_spoolctl):
     qid = lmtp_send(ingest, postern.message("ok"))
     for args in (["stats"], ["list"], ["show", qid], ["release", qid], ["retry", "--all"],

@@ -8,13 +8,16 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "spool/delivery.h"
 #include "common/log.h"
 #include "spool/spool.h"
+#include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
+#include "spool/spool_token_json.h"
 
 struct fixture {
     char *dir;
@@ -188,6 +191,99 @@ static void test_states(void **state)
     assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND));
     g_error_free(err);
     spool_read_end(&t);
+}
+
+/* Every legal move, one after the other, as the table in spool_msg.c lists them. */
+static void test_state_edges(void **state)
+{
+    static const enum msg_state path[] = {
+        MSG_HOLD, MSG_INCOMING, MSG_READY, MSG_DEFERRED, MSG_READY, MSG_HOLD, MSG_READY,
+        MSG_HOLD, MSG_READY, MSG_DONE,
+    };
+    static const enum msg_state path2[] = { MSG_READY, MSG_DEFERRED, MSG_HOLD, MSG_DEFERRED,
+                                            MSG_DONE };
+    struct fixture *f = *state;
+    queue_id a = store(f, "a", 1, NULL), b = store(f, "b", 1, NULL), c = store(f, "c", 1, NULL);
+    struct change_state ch;
+    struct spool_txn t;
+    struct spool_msg m;
+    int legal = 0;
+
+    for (size_t i = 0; i < G_N_ELEMENTS(path); i++) {
+        ch = (struct change_state){ a, path[i] };
+        assert_true(spool_write(f->sp, do_change, &ch, NULL));
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(path2); i++) {
+        ch = (struct change_state){ b, path2[i] };
+        assert_true(spool_write(f->sp, do_change, &ch, NULL));
+    }
+    ch = (struct change_state){ c, MSG_DONE };
+    assert_true(spool_write(f->sp, do_change, &ch, NULL));
+
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_true(spool_msg_get(&t, a, &m, NULL));
+    assert_int_equal(m.state, MSG_DONE);
+    assert_int_equal(m.history->len, G_N_ELEMENTS(path) + 1);
+    spool_msg_clear(&m);
+    assert_int_equal(spool_counter_get(&t, "msg.done"), 3);
+    assert_int_equal(spool_counter_get(&t, "msg.incoming"), 0);
+    assert_int_equal(spool_counter_get(&t, "msg.hold"), 0);
+    spool_read_end(&t);
+
+    /* The table: 13 moves; nothing leaves rejected or done; no move to incoming but release. */
+    for (int from = 0; from < MSG_STATE_COUNT; from++)
+        for (int to = 0; to < MSG_STATE_COUNT; to++)
+            legal += msg_state_can_move(from, to);
+    assert_int_equal(legal, 13);
+    for (int to = 0; to < MSG_STATE_COUNT; to++) {
+        assert_false(msg_state_can_move(MSG_REJECTED, to));
+        assert_false(msg_state_can_move(MSG_DONE, to));
+        assert_false(msg_state_can_move(to, to));
+        assert_int_equal(msg_state_can_move(to, MSG_INCOMING), to == MSG_HOLD);
+    }
+    assert_true(msg_state_can_move(MSG_INCOMING, MSG_DONE));
+    assert_false(msg_state_can_move(MSG_INCOMING, MSG_DEFERRED));
+    assert_false(msg_state_can_move(MSG_REJECTED, MSG_READY));
+}
+
+/*
+ * An illegal move panics before it writes: in a child, whose stderr must
+ * name the queue id and both states.  The check comes before any LMDB
+ * call, so the child needs no transaction of its own (an LMDB environment
+ * must not be used across fork()).
+ */
+static void test_state_illegal_panics(void **state)
+{
+    int fds[2], status;
+    char buf[512] = "";
+    ssize_t n, got = 0;
+    pid_t pid;
+
+    (void)state;
+    assert_int_equal(pipe(fds), 0);
+    if ((pid = fork()) == 0) {
+        struct spool_txn t = { 0 };
+        struct spool_msg m;
+        struct rlimit no_core = { 0, 0 };
+
+        /* The abort is expected: no core file for it. */
+        setrlimit(RLIMIT_CORE, &no_core);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        spool_msg_init(&m);
+        m.id = 0x1234;
+        m.state = MSG_DONE;
+        spool_msg_set_state(&t, &m, MSG_READY, NULL, NULL);
+        _exit(0);
+    }
+    close(fds[1]);
+    while ((n = read(fds[0], buf + got, sizeof(buf) - 1 - (size_t)got)) > 0)
+        got += n;
+    close(fds[0]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_non_null(strstr(buf, "0000000000001234"));
+    assert_non_null(strstr(buf, "from done to ready"));
 }
 
 struct dlv_case {
@@ -413,12 +509,230 @@ static void test_schema_version(void **state)
     g_error_free(err);
 }
 
+struct due_case {
+    queue_id msg;
+    int64_t next_try[4];            /* unix s; < 0: leased, expiring at -next_try ms */
+};
+
+static gboolean put_due(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct due_case *c = ctx;
+
+    for (uint32_t i = 0; i < G_N_ELEMENTS(c->next_try); i++) {
+        struct spool_dlv d;
+        gboolean ok;
+
+        spool_dlv_init(&d);
+        d.msg = c->msg;
+        d.idx = i;
+        d.rcpt = g_strdup("x@y.no");
+        if (c->next_try[i] < 0) {
+            d.state = DLV_LEASED;
+            d.lease = 100 + i;
+            d.lease_expiry = -c->next_try[i];
+        } else {
+            d.state = DLV_READY;
+            d.next_try = c->next_try[i];
+        }
+        ok = spool_dlv_put(t, &d, err);
+        spool_dlv_clear(&d);
+        if (!ok)
+            return FALSE;
+    }
+    return TRUE;
+}
+
+struct seen_refs {
+    GArray *refs;
+    guint stop_after;
+};
+
+static gboolean keep_ref(const struct spool_dlv_ref *ref, void *ctx)
+{
+    struct seen_refs *s = ctx;
+
+    g_array_append_val(s->refs, *ref);
+    return s->refs->len < s->stop_after;
+}
+
+/* The index walks: time order, up to a time, stopped by the callback; no key in sight. */
+static void test_index_walks(void **state)
+{
+    struct fixture *f = *state;
+    struct due_case c = { store(f, "m", 1, NULL), { 30, -5000, 10, -7000 } };
+    struct seen_refs s = { g_array_new(FALSE, FALSE, sizeof(struct spool_dlv_ref)), 100 };
+    struct spool_txn t;
+    const struct spool_dlv_ref *r;
+
+    assert_true(spool_write(f->sp, put_due, &c, NULL));
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_true(spool_due_foreach(&t, 30000, keep_ref, &s, NULL));
+    assert_int_equal(s.refs->len, 2);
+    r = &g_array_index(s.refs, struct spool_dlv_ref, 0);
+    assert_true(r->msg == c.msg && r->idx == 2 && r->at_ms == 10000 && r->lease == 0);
+    r = &g_array_index(s.refs, struct spool_dlv_ref, 1);
+    assert_true(r->idx == 0 && r->at_ms == 30000);
+
+    g_array_set_size(s.refs, 0);
+    assert_true(spool_due_foreach(&t, 29999, keep_ref, &s, NULL));
+    assert_int_equal(s.refs->len, 1);
+
+    g_array_set_size(s.refs, 0);
+    assert_true(spool_lease_foreach(&t, G_MAXINT64, keep_ref, &s, NULL));
+    assert_int_equal(s.refs->len, 2);
+    r = &g_array_index(s.refs, struct spool_dlv_ref, 0);
+    assert_true(r->idx == 1 && r->at_ms == 5000 && r->lease == 101);
+    r = &g_array_index(s.refs, struct spool_dlv_ref, 1);
+    assert_true(r->idx == 3 && r->at_ms == 7000 && r->lease == 103);
+
+    g_array_set_size(s.refs, 0);
+    s.stop_after = 1;
+    assert_true(spool_lease_foreach(&t, G_MAXINT64, keep_ref, &s, NULL));
+    assert_int_equal(s.refs->len, 1);
+    spool_read_end(&t);
+    g_array_unref(s.refs);
+}
+
+/* A token request checked as every front end has it checked; 0 when it passes. */
+static int token_check(const char *from, const char *const *rcpts, int64_t expires,
+                       const char *want_in_message)
+{
+    struct spool_token tk;
+    GError *err = NULL;
+    int code = 0;
+
+    spool_token_init(&tk);
+    tk.sender = g_strdup(from);
+    tk.expires = expires;
+    for (int i = 0; rcpts[i]; i++)
+        g_ptr_array_add(tk.recipients, g_strdup(rcpts[i]));
+    if (!spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, &err)) {
+        assert_true(err->domain == SPOOL_ERROR);
+        code = err->code;
+        if (want_in_message && !strstr(err->message, want_in_message))
+            fail_msg("\"%s\" does not name \"%s\"", err->message, want_in_message);
+        g_error_free(err);
+    }
+    spool_token_clear(&tk);
+    return code;
+}
+
+static void test_token_input(void **state)
+{
+    const char *const good[] = { "a@Example.ORG", "<a@example.org>", " b@example.org ", NULL };
+    const char *const bad_rcpt[] = { "a@example.org", "not an address", NULL };
+    const char *const none[] = { NULL };
+    const char *const no_domain[] = { "nobody@", NULL };
+    struct spool_token tk;
+    unsigned char hash[TOKEN_HASH_LEN];
+    int64_t t = 0;
+    GError *err = NULL;
+
+    (void)state;
+    /* Normalised and de-duplicated: the domain case-insensitively, <> and blanks gone. */
+    spool_token_init(&tk);
+    tk.sender = g_strdup("<Owner@Example.ORG>");
+    tk.expires = 2000;
+    for (int i = 0; good[i]; i++)
+        g_ptr_array_add(tk.recipients, g_strdup(good[i]));
+    assert_true(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, &err));
+    assert_string_equal(tk.sender, "Owner@example.org");
+    assert_int_equal(tk.recipients->len, 2);
+    assert_string_equal(tk.recipients->pdata[0], "a@example.org");
+    assert_string_equal(tk.recipients->pdata[1], "b@example.org");
+    assert_int_equal(tk.created, 1000);
+    spool_token_hash("0123456789abcdefXYZ", hash);
+    assert_memory_equal(tk.hash, hash, TOKEN_HASH_LEN);
+    spool_token_clear(&tk);
+
+    /* Each broken rule is SPOOL_ERR_INVALID and names what is wrong. */
+    assert_int_equal(token_check("owner", good, 0, "\"owner\""), SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("a@b, c@d", good, 0, "a@b, c@d"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", bad_rcpt, 0, "\"not an address\""),
+                     SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", no_domain, 0, "nobody@"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", none, 0, "no recipients"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", good, 999, "not in the future"),
+                     SPOOL_ERR_INVALID);
+    assert_int_equal(token_check("o@example.org", good, 0, NULL), 0);
+    assert_false(spool_token_addr_valid("@example.org"));
+    assert_false(spool_token_addr_valid("a@b>"));
+    assert_true(spool_token_addr_valid("a.b+c@example.org"));
+
+    /* Expiry as written: a duration from now, or an ISO 8601 time. */
+    assert_true(spool_token_parse_expires("7d", 1000, &t, NULL));
+    assert_int_equal(t, 1000 + 7 * 86400);
+    assert_true(spool_token_parse_expires("2030-01-01T00:00:00Z", 1000, &t, NULL));
+    assert_int_equal(t, 1893456000);
+    assert_false(spool_token_parse_expires("soon", 1000, &t, &err));
+    assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_INVALID));
+    assert_non_null(strstr(err->message, "soon"));
+    g_clear_error(&err);
+    assert_false(spool_token_text_valid("short", &err));
+    assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_INVALID));
+    g_clear_error(&err);
+}
+
+/* The JSON record of token import: shape, then the same rules. */
+static int token_json_check(const char *json, const char *want_in_message)
+{
+    g_autoptr(JsonParser) parser = json_parser_new();
+    struct spool_token tk;
+    g_autofree char *text = NULL;
+    GError *err = NULL;
+    int code = 0;
+
+    assert_true(json_parser_load_from_data(parser, json, -1, NULL));
+    spool_token_init(&tk);
+    if (!spool_token_from_json(json_parser_get_root(parser), 1000, &tk, &text, &err)) {
+        assert_true(err->domain == SPOOL_ERROR);
+        code = err->code;
+        if (want_in_message && !strstr(err->message, want_in_message))
+            fail_msg("\"%s\" does not name \"%s\"", err->message, want_in_message);
+        g_error_free(err);
+    } else {
+        assert_non_null(text);
+    }
+    spool_token_clear(&tk);
+    return code;
+}
+
+static void test_token_json(void **state)
+{
+    (void)state;
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"expires\": \"7d\", \"hide_sender\": true, "
+                                      "\"token\": \"0123456789abcdefXYZ\"}", NULL), 0);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"expires\": 5000}", NULL), 0);
+    assert_int_equal(token_json_check("[]", "\"from\""), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"recipients\": []}", "\"from\""), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\", 3]}",
+                                      "recipient 1"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"bad\"]}",
+                                      "\"bad\""), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"expires\": \"never\"}", "never"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"expires\": 10}", "not in the future"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"token\": \"short\"}", "16 characters"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"hide_sender\": \"yes\"}", "hide_sender"),
+                     SPOOL_ERR_INVALID);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bodies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_states, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_edges, setup, teardown),
+        cmocka_unit_test(test_state_illegal_panics),
+        cmocka_unit_test_setup_teardown(test_index_walks, setup, teardown),
+        cmocka_unit_test(test_token_input),
+        cmocka_unit_test(test_token_json),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, setup, teardown),

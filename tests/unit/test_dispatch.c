@@ -1,0 +1,631 @@
+/*
+ * test_dispatch.c - the dispatcher's decisions against a temporary spool,
+ * with no worker processes: how results change deliveries and messages,
+ * the relay connection budget, and lease expiry.
+ *
+ * A struct dispatch is built by hand with what these functions use.  The
+ * workers' socket is a ROUTER bound to an inproc address with no peer:
+ * what the dispatcher sends a worker (CONNMAX) is dropped, as ROUTER does
+ * with a routing id it does not know.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/log.h"
+#include "dispatch/dispatch.h"
+#include "spool/delivery.h"
+#include "spool/spool.h"
+
+struct fixture {
+    char *dir;
+    struct postern_config cfg;
+    struct dispatch d;
+    void *zctx;
+    void *sock;                     /* stands for the workers' ROUTER */
+};
+
+/* dispatch_conns_setup() makes the job table itself, as at a start. */
+static void conns_setup(struct fixture *f)
+{
+    struct relay_url url = { .kind = RELAY_SMTP };
+
+    g_hash_table_unref(f->d.jobs);
+    dispatch_conns_setup(&f->d, &url);
+}
+
+static void job_free(gpointer p)
+{
+    struct dispatch_job *job = p;
+
+    if (job->worker)
+        job->worker->jobs--;
+    g_free(job);
+}
+
+static void worker_free(gpointer p)
+{
+    struct dispatch_worker *w = p;
+
+    g_bytes_unref(w->identity);
+    g_free(w->name);
+    g_free(w);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = g_new0(struct fixture, 1);
+    GError *err = NULL;
+
+    f->dir = g_dir_make_tmp("postern-dispatch-XXXXXX", NULL);
+    assert_true(config_load(&f->cfg, NULL, &err));
+    g_free(f->cfg.spool.dir);
+    f->cfg.spool.dir = g_strdup(f->dir);
+    f->cfg.spool.map_size = 1 << 20;
+    f->cfg.spool.max_size = 8 << 20;
+    f->cfg.relay.max_connections = 3;
+    f->d.cfg = &f->cfg;
+    if (!spool_open(&f->d.spool, &f->cfg, &err))
+        fail_msg("spool: %s", err->message);
+    f->d.workers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, worker_free);
+    f->d.jobs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, job_free);
+    f->d.policy.initial = (gint64)f->cfg.retry.initial * G_USEC_PER_SEC;
+    f->d.policy.max = (gint64)f->cfg.retry.max * G_USEC_PER_SEC;
+    f->d.policy.lifetime = (gint64)f->cfg.retry.lifetime * G_USEC_PER_SEC;
+    f->d.mail_from = g_strdup("postern@example.org");
+    f->zctx = zmq_ctx_new();
+    f->sock = zmq_socket(f->zctx, ZMQ_ROUTER);
+    assert_int_equal(zmq_bind(f->sock, "inproc://test-dispatch"), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", f->dir);
+    int linger = 0;
+
+    /* Jobs first: they point at workers. */
+    g_hash_table_unref(f->d.jobs);
+    g_hash_table_unref(f->d.workers);
+    spool_close(f->d.spool);
+    g_free(f->d.mail_from);
+    zmq_setsockopt(f->sock, ZMQ_LINGER, &linger, sizeof(linger));
+    zmq_close(f->sock);
+    zmq_ctx_term(f->zctx);
+    config_free(&f->cfg);
+    assert_int_equal(system(cmd), 0);
+    g_free(f->dir);
+    g_free(f);
+    return 0;
+}
+
+static struct dispatch_worker *add_sender(struct fixture *f, const char *name, unsigned credit)
+{
+    struct dispatch_worker *w = g_new0(struct dispatch_worker, 1);
+
+    w->sock = f->sock;
+    w->identity = g_bytes_new(name, strlen(name));
+    w->name = g_strdup(name);
+    w->kind = WORKER_SENDER;
+    w->credit = credit;
+    g_hash_table_insert(f->d.workers, w->name, w);
+    return w;
+}
+
+/* ---- a message with leased deliveries, as dispatch_lease_deliveries() leaves it -------- */
+
+struct leased {
+    queue_id msg;
+    uint64_t lease;
+    unsigned n;                     /* recipients */
+    int64_t expiry;                 /* unix ms */
+    uint32_t attempts;              /* of each, before this lease */
+    enum msg_state state;
+    int64_t due_at;                 /* not 0: ready, not leased, due then (unix s) */
+};
+
+static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct leased *l = ctx;
+    struct spool_msg m;
+    gboolean ok;
+
+    if (!(l->msg = spool_id_next(t, err)) || !(l->lease = spool_id_next(t, err)))
+        return FALSE;
+    spool_msg_init(&m);
+    m.id = l->msg;
+    m.state = l->state;
+    m.arrival = unix_ms() / 1000 - 10;
+    m.sender = g_strdup("a@example.org");
+    m.owner = g_strdup("owner@example.org");
+    m.kind = g_strdup(MSG_KIND_MAIL);
+    ok = spool_msg_insert(t, &m, err) && spool_body_put(t, DB_OUTGOING, m.id, "x", 1, err);
+    for (unsigned i = 0; ok && i < l->n; i++) {
+        struct spool_dlv dv;
+
+        spool_dlv_init(&dv);
+        dv.msg = l->msg;
+        dv.idx = i;
+        dv.state = l->due_at ? DLV_READY : DLV_LEASED;
+        dv.next_try = l->due_at;
+        dv.rcpt = g_strdup_printf("r%u@example.net", i);
+        dv.created = m.arrival;
+        dv.attempts = l->attempts;
+        dv.lease = l->due_at ? 0 : l->lease;
+        dv.lease_expiry = l->due_at ? 0 : l->expiry;
+        ok = spool_dlv_put(t, &dv, err);
+        spool_dlv_clear(&dv);
+    }
+    spool_msg_clear(&m);
+    return ok;
+}
+
+static struct leased store_leased(struct fixture *f, unsigned n, int64_t expiry)
+{
+    struct leased l = { .n = n, .expiry = expiry, .state = MSG_READY };
+
+    assert_true(spool_write(f->d.spool, put_leased, &l, NULL));
+    return l;
+}
+
+static struct spool_dlv get_dlv(struct fixture *f, queue_id msg, uint32_t idx)
+{
+    struct spool_txn t;
+    struct spool_dlv dv;
+
+    assert_true(spool_read_begin(f->d.spool, &t, NULL));
+    assert_true(spool_dlv_get(&t, msg, idx, &dv, NULL));
+    spool_read_end(&t);
+    return dv;
+}
+
+static enum msg_state msg_state(struct fixture *f, queue_id id)
+{
+    struct spool_txn t;
+    struct spool_msg m;
+    enum msg_state s;
+
+    assert_true(spool_read_begin(f->d.spool, &t, NULL));
+    assert_true(spool_msg_get(&t, id, &m, NULL));
+    s = m.state;
+    spool_msg_clear(&m);
+    spool_read_end(&t);
+    return s;
+}
+
+static gboolean count_ref(const struct spool_dlv_ref *ref, void *ctx)
+{
+    (*(unsigned *)ctx)++;
+    return TRUE;
+}
+
+/* Entries in `due` (which == 0) or `leases` (which == 1), whatever their time. */
+static unsigned index_entries(struct fixture *f, int which)
+{
+    struct spool_txn t;
+    unsigned n = 0;
+
+    assert_true(spool_read_begin(f->d.spool, &t, NULL));
+    assert_true(which ? spool_lease_foreach(&t, G_MAXINT64, count_ref, &n, NULL)
+                      : spool_due_foreach(&t, G_MAXINT64, count_ref, &n, NULL));
+    spool_read_end(&t);
+    return n;
+}
+
+/* One SDONE as a worker sends it: one reply per recipient. */
+struct reply {
+    uint16_t code;
+    const char *status, *text;
+    uint32_t error;
+};
+
+static GBytes *sdone(const struct leased *l, uint64_t lease, const struct reply *r, unsigned n)
+{
+    struct wire_send_result res;
+    GBytes *b;
+
+    wire_send_result_init(&res);
+    res.lease = lease;
+    res.msg = l->msg;
+    for (unsigned i = 0; i < n; i++) {
+        struct wire_rcpt_result rr = { 0 };
+
+        rr.idx = i;
+        rr.code = r[i].code;
+        rr.status = g_strdup(r[i].status);
+        rr.text = g_strdup(r[i].text);
+        rr.error = r[i].error;
+        rr.relay = g_strdup("relay.example[192.0.2.1]:587");
+        g_array_append_val(res.results, rr);
+    }
+    b = wire_send_result_encode(&res);
+    wire_send_result_clear(&res);
+    return b;
+}
+
+static void record(struct fixture *f, GBytes *payload)
+{
+    g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+
+    g_ptr_array_add(payloads, payload);
+    dispatch_record_results(&f->d, payloads);
+}
+
+/* ---- results ---------------------------------------------------------------------------- */
+
+/*
+ * sent, deferred and bounced, one recipient each: each delivery takes its
+ * state from the retry policy, the lease is cleared, the reply kept; the
+ * message waits (deferred) while one delivery has not ended.
+ */
+static void test_results_classified(void **state)
+{
+    struct fixture *f = *state;
+    struct leased l = store_leased(f, 3, unix_ms() + 60000);
+    const struct reply r[] = {
+        { 250, "2.0.0", "OK queued", 0 },
+        { 451, "4.3.0", "try later", 0 },
+        { 550, "5.1.1", "no such user", 0 },
+    };
+    int64_t before = unix_ms() / 1000;
+    struct spool_dlv dv;
+
+    record(f, sdone(&l, l.lease, r, 3));
+
+    dv = get_dlv(f, l.msg, 0);
+    assert_int_equal(dv.state, DLV_SENT);
+    assert_int_equal(dv.attempts, 1);
+    assert_int_equal(dv.lease, 0);
+    assert_string_equal(dv.last_reply, "250 2.0.0 OK queued");
+    spool_dlv_clear(&dv);
+    dv = get_dlv(f, l.msg, 1);
+    assert_int_equal(dv.state, DLV_DEFERRED);
+    assert_true(dv.next_try > before);
+    spool_dlv_clear(&dv);
+    dv = get_dlv(f, l.msg, 2);
+    assert_int_equal(dv.state, DLV_BOUNCED);
+    assert_string_equal(dv.last_reply, "550 5.1.1 no such user");
+    spool_dlv_clear(&dv);
+
+    /* Out of `leases`; the deferred one alone is in `due`. */
+    assert_int_equal(index_entries(f, 1), 0);
+    assert_int_equal(index_entries(f, 0), 1);
+    assert_int_equal(msg_state(f, l.msg), MSG_DEFERRED);
+    assert_int_equal(f->d.paused_until, 0);
+}
+
+/* Every delivery ended with a bounce: done, and a bounce report queued for the owner. */
+static void test_results_done_with_report(void **state)
+{
+    struct fixture *f = *state;
+    struct leased l = store_leased(f, 1, unix_ms() + 60000);
+    const struct reply r[] = { { 550, "5.1.1", "no such user", 0 } };
+    struct spool_txn t;
+    unsigned incoming;
+
+    record(f, sdone(&l, l.lease, r, 1));
+    assert_int_equal(msg_state(f, l.msg), MSG_DONE);
+    assert_true(spool_read_begin(f->d.spool, &t, NULL));
+    incoming = (unsigned)spool_counter_get(&t, "msg.incoming");
+    spool_read_end(&t);
+    assert_int_equal(incoming, 1);
+}
+
+/*
+ * A quota reply pauses the whole relay: the delivery is deferred to the
+ * end of the pause (not bounced), and the pause is in the dispatcher and
+ * the spool.  A result for a lease that is not the delivery's changes
+ * nothing (fencing).
+ */
+static void test_results_pause_and_fencing(void **state)
+{
+    struct fixture *f = *state;
+    struct leased l = store_leased(f, 2, unix_ms() + 60000);
+    const struct reply quota[] = { { 550, "5.4.5", "Daily user sending quota exceeded.", 0 } };
+    const struct reply ok[] = { { 250, "2.0.0", "OK", 0 }, { 250, "2.0.0", "OK", 0 } };
+    struct spool_dlv dv;
+
+    record(f, sdone(&l, l.lease, quota, 1));
+    dv = get_dlv(f, l.msg, 0);
+    assert_int_equal(dv.state, DLV_DEFERRED);
+    assert_true(f->d.paused_until > unix_ms());
+    assert_int_equal(f->d.pauses, 1);
+    assert_true(dv.next_try * 1000 >= f->d.paused_until);
+    spool_dlv_clear(&dv);
+
+    /* Another lease id: ignored, the second delivery stays leased. */
+    record(f, sdone(&l, l.lease + 1, ok, 2));
+    dv = get_dlv(f, l.msg, 1);
+    assert_int_equal(dv.state, DLV_LEASED);
+    assert_int_equal(dv.attempts, 0);
+    spool_dlv_clear(&dv);
+    dv = get_dlv(f, l.msg, 0);
+    assert_int_equal(dv.state, DLV_DEFERRED);
+    spool_dlv_clear(&dv);
+    assert_int_equal(msg_state(f, l.msg), MSG_READY);
+}
+
+/* A job keeps its place (and connection) until every recipient has a result. */
+static void test_results_release_job(void **state)
+{
+    struct fixture *f = *state;
+    struct leased l = store_leased(f, 2, unix_ms() + 60000);
+    struct dispatch_worker *w = add_sender(f, "w1", 0);
+    struct dispatch_job *job = g_new0(struct dispatch_job, 1);
+    const struct reply ok[] = { { 250, "2.0.0", "OK", 0 } };
+    struct wire_send_result res;
+    GBytes *second;
+
+    job->lease = l.lease;
+    job->msg = l.msg;
+    job->worker = w;
+    job->rcpts = 2;
+    dispatch_job_add(&f->d, job);
+    assert_int_equal(w->jobs, 1);
+
+    record(f, sdone(&l, l.lease, ok, 1));
+    assert_non_null(g_hash_table_lookup(f->d.jobs, &l.lease));
+    assert_int_equal(w->jobs, 1);
+
+    /* The second recipient's transaction: idx 1. */
+    wire_send_result_init(&res);
+    res.lease = l.lease;
+    res.msg = l.msg;
+    g_array_append_val(res.results, ((struct wire_rcpt_result){
+        .idx = 1, .code = 250, .status = g_strdup("2.0.0"), .text = g_strdup("OK"),
+        .relay = g_strdup("none") }));
+    second = wire_send_result_encode(&res);
+    wire_send_result_clear(&res);
+    record(f, second);
+    assert_null(g_hash_table_lookup(f->d.jobs, &l.lease));
+    assert_int_equal(w->jobs, 0);
+    assert_int_equal(msg_state(f, l.msg), MSG_DONE);
+}
+
+/* ---- connection budgets ---------------------------------------------------------------- */
+
+/* What may be open: per worker the most of its grant and what it reports. */
+static unsigned reserved(struct fixture *f)
+{
+    GHashTableIter it;
+    struct dispatch_worker *w;
+    unsigned n = 0;
+
+    g_hash_table_iter_init(&it, f->d.workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
+        n += MAX(w->conn_granted, MAX(w->conn_applied, w->conn_held));
+    return n;
+}
+
+static unsigned granted(struct fixture *f)
+{
+    GHashTableIter it;
+    struct dispatch_worker *w;
+    unsigned n = 0;
+
+    g_hash_table_iter_init(&it, f->d.workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
+        n += w->conn_granted;
+    return n;
+}
+
+/* Take jobs as dispatch_lease_deliveries() does, as long as there is room. */
+static unsigned take_jobs(struct fixture *f, uint64_t *next_lease)
+{
+    unsigned taken = 0;
+
+    while (dispatch_conns_room(&f->d)) {
+        struct dispatch_worker *w = dispatch_conns_pick(&f->d);
+        struct dispatch_job *job;
+
+        if (!w)
+            break;
+        job = g_new0(struct dispatch_job, 1);
+        job->lease = (*next_lease)++;
+        job->worker = w;
+        job->rcpts = 1;
+        w->credit--;
+        dispatch_job_add(&f->d, job);
+        taken++;
+        assert_true(reserved(f) <= f->cfg.relay.max_connections);
+        assert_true(w->jobs <= w->conn_granted);
+    }
+    return taken;
+}
+
+static void conns(struct fixture *f, struct dispatch_worker *w, unsigned applied, unsigned held)
+{
+    g_autoptr(GBytes) payload = wire_pack("(uu)", applied, held);
+
+    dispatch_conns_report(&f->d, w, payload);
+}
+
+/*
+ * Grants never exceed max_connections, however much credit the workers
+ * have; a grant is taken back only once the worker has let its
+ * connections go, not when it forgets its budget.
+ */
+static void test_conns_budget(void **state)
+{
+    struct fixture *f = *state;
+    struct dispatch_worker *a = add_sender(f, "a", 5), *b = add_sender(f, "b", 5);
+    uint64_t lease = 1000;
+
+    conns_setup(f);
+    /* Right after a start nothing is granted (connections of unknown workers). */
+    assert_int_equal(dispatch_conns_room(&f->d), 0);
+    assert_null(dispatch_conns_pick(&f->d));
+    f->d.conn_grace_until = 0;
+
+    assert_int_equal(take_jobs(f, &lease), 3);
+    assert_int_equal(granted(f), 3);
+    assert_int_equal(a->jobs + b->jobs, 3);
+    assert_int_equal(dispatch_conns_room(&f->d), 0);
+
+    /* a's jobs end, and it reports its connections, all idle but held. */
+    struct dispatch_worker *busy = a->jobs ? a : b, *other = busy == a ? b : a;
+    unsigned kept = busy->conn_granted;
+    GHashTableIter it;
+    struct dispatch_job *job;
+
+    g_hash_table_iter_init(&it, f->d.jobs);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&job))
+        if (job->worker == busy)
+            g_hash_table_iter_remove(&it);
+    conns(f, busy, kept, kept);
+    /* Its grant stays its own: room on it, none for the other worker beyond its grant. */
+    assert_int_equal(granted(f), 3);
+    assert_int_equal(dispatch_conns_room(&f->d), kept);
+
+    /* It starts over (HELLO): its budget is 0, but what it holds still counts. */
+    dispatch_conns_rejoin(&f->d, busy);
+    assert_int_equal(busy->conn_granted, 0);
+    assert_int_equal(take_jobs(f, &lease), 0);
+    /* Only once it says it holds none is the connection free for another grant. */
+    conns(f, busy, 0, 0);
+    assert_true(take_jobs(f, &lease) >= 1);
+    assert_true(reserved(f) <= f->cfg.relay.max_connections);
+    assert_true(other->conn_granted >= 1);
+}
+
+/* Leases found at start are jobs of unknown workers: each counts as a connection. */
+static void test_conns_adopt_leases(void **state)
+{
+    struct fixture *f = *state;
+    struct leased l1 = store_leased(f, 2, unix_ms() + 60000);
+    struct leased l2 = store_leased(f, 1, unix_ms() + 60000);
+    struct dispatch_job *job;
+    uint64_t lease = 1000;
+
+    add_sender(f, "a", 5);
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+    assert_int_equal(g_hash_table_size(f->d.jobs), 2);
+    assert_non_null(job = g_hash_table_lookup(f->d.jobs, &l1.lease));
+    assert_int_equal(job->rcpts, 2);
+    assert_int_equal(job->msg, l1.msg);
+    assert_null(job->worker);
+    assert_non_null(job = g_hash_table_lookup(f->d.jobs, &l2.lease));
+    assert_int_equal(job->rcpts, 1);
+    /* max_connections 3, two held by unknown jobs: one grant. */
+    assert_int_equal(take_jobs(f, &lease), 1);
+    assert_int_equal(granted(f), 1);
+}
+
+/* ---- lease expiry ----------------------------------------------------------------------- */
+
+/*
+ * An expired lease returns its deliveries to the due queue (ready if never
+ * tried, deferred if tried before), forgets the job; an unexpired one stays.
+ */
+static void test_lease_expiry(void **state)
+{
+    struct fixture *f = *state;
+    struct leased gone = store_leased(f, 2, unix_ms() - 1000);
+    struct leased tried = { .n = 1, .expiry = unix_ms() - 1, .attempts = 2, .state = MSG_DEFERRED };
+    struct leased live = store_leased(f, 1, unix_ms() + 60000);
+    struct dispatch_job *job = g_new0(struct dispatch_job, 1);
+    struct spool_dlv dv;
+
+    assert_true(spool_write(f->d.spool, put_leased, &tried, NULL));
+    job->lease = gone.lease;
+    job->msg = gone.msg;
+    job->rcpts = 2;
+    dispatch_job_add(&f->d, job);
+    assert_int_equal(index_entries(f, 1), 4);
+
+    dispatch_expire_leases(&f->d);
+
+    assert_null(g_hash_table_lookup(f->d.jobs, &gone.lease));
+    assert_true(f->d.work_hinted);
+    for (uint32_t i = 0; i < 2; i++) {
+        dv = get_dlv(f, gone.msg, i);
+        assert_int_equal(dv.state, DLV_READY);
+        assert_int_equal(dv.lease, 0);
+        assert_true(dv.next_try <= unix_ms() / 1000);
+        spool_dlv_clear(&dv);
+    }
+    dv = get_dlv(f, tried.msg, 0);
+    assert_int_equal(dv.state, DLV_DEFERRED);
+    assert_int_equal(dv.attempts, 2);
+    spool_dlv_clear(&dv);
+    dv = get_dlv(f, live.msg, 0);
+    assert_int_equal(dv.state, DLV_LEASED);
+    spool_dlv_clear(&dv);
+    assert_int_equal(index_entries(f, 1), 1);
+    assert_int_equal(index_entries(f, 0), 3);
+
+    /* A result for the expired lease now changes nothing. */
+    const struct reply ok[] = { { 250, "2.0.0", "OK", 0 } };
+    record(f, sdone(&gone, gone.lease, ok, 1));
+    dv = get_dlv(f, gone.msg, 0);
+    assert_int_equal(dv.state, DLV_READY);
+    spool_dlv_clear(&dv);
+}
+
+/* ---- leasing ---------------------------------------------------------------------------- */
+
+/*
+ * Due deliveries (through spool_due_foreach()) go to a worker with credit
+ * as one job per message: leased in the spool, the job known; a delivery
+ * not yet due stays.
+ */
+static void test_lease_due(void **state)
+{
+    struct fixture *f = *state;
+    struct leased now = { .n = 2, .state = MSG_READY, .due_at = unix_ms() / 1000 - 1 };
+    struct leased later = { .n = 1, .state = MSG_READY, .due_at = unix_ms() / 1000 + 600 };
+    struct dispatch_worker *a = add_sender(f, "a", 4);
+    struct dispatch_job *job;
+    GHashTableIter it;
+    struct spool_dlv dv;
+
+    assert_true(spool_write(f->d.spool, put_leased, &now, NULL));
+    assert_true(spool_write(f->d.spool, put_leased, &later, NULL));
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+    assert_int_equal(index_entries(f, 0), 3);
+
+    dispatch_lease_deliveries(&f->d);
+
+    assert_int_equal(g_hash_table_size(f->d.jobs), 1);
+    g_hash_table_iter_init(&it, f->d.jobs);
+    assert_true(g_hash_table_iter_next(&it, NULL, (gpointer *)&job));
+    assert_int_equal(job->msg, now.msg);
+    assert_int_equal(job->rcpts, 2);
+    assert_ptr_equal(job->worker, a);
+    assert_int_equal(a->credit, 3);
+    for (uint32_t i = 0; i < 2; i++) {
+        dv = get_dlv(f, now.msg, i);
+        assert_int_equal(dv.state, DLV_LEASED);
+        assert_int_equal(dv.lease, job->lease);
+        spool_dlv_clear(&dv);
+    }
+    dv = get_dlv(f, later.msg, 0);
+    assert_int_equal(dv.state, DLV_READY);
+    spool_dlv_clear(&dv);
+    assert_int_equal(index_entries(f, 0), 1);
+    assert_int_equal(index_entries(f, 1), 2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_results_classified, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_results_done_with_report, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_results_pause_and_fencing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_results_release_job, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conns_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conns_adopt_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_due, setup, teardown),
+    };
+    log_init("test_dispatch", TRUE);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
