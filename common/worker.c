@@ -127,7 +127,7 @@ void worker_heartbeat(struct worker *w)
     if (due & WORKER_DUE_PING)
         worker_say(w, WIRE_PING, NULL);
     if (due & WORKER_DUE_SILENT)
-        msg_warn("dispatcher %s silent for %" G_GINT64_FORMAT "s: saying HELLO until it answers",
+        msg_warn("dispatcher %s silent for %" G_GINT64_FORMAT "s: HELLO again until it answers",
                  w->endpoint, (now - w->beat.heard) / 1000);
     if (due & WORKER_DUE_REJOIN)
         worker_rejoin(w);

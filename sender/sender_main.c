@@ -324,7 +324,7 @@ static void sender_stop(struct conn *c)
 
     if (!sig || c->stopping)
         return;
-    msg_info("stopping on signal %d: finishing %u job(s)", sig, c->busy);
+    msg_info("stopping on signal: finishing %u job(s)", c->busy);
     c->stopping = TRUE;
     worker_hello(&c->w);
 }
