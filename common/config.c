@@ -89,6 +89,9 @@ static const struct config_key config_keys[] = {
     K("workers", "slots", CT_COUNT, "4", workers.slots),
 };
 
+/* [dkim] keys when unset (of the spool directory). */
+#define CONFIG_DKIM_DEFAULT "default:%s/dkim/default.ed25519.pem"
+
 #define CONFIG_ERROR config_error_quark()
 G_DEFINE_QUARK(postern-config-error, config_error)
 
@@ -350,7 +353,7 @@ static gboolean config_derive(struct postern_config *cfg, GError **err)
     }
     if (!*cfg->dkim.keys) {
         g_free(cfg->dkim.keys);
-        cfg->dkim.keys = g_strdup_printf("default:%s/dkim/default.ed25519.pem", cfg->spool.dir);
+        cfg->dkim.keys = g_strdup_printf(CONFIG_DKIM_DEFAULT, cfg->spool.dir);
     }
     return TRUE;
 }
@@ -487,12 +490,10 @@ static void config_check_relay(const struct postern_config *cfg, GPtrArray *prob
  */
 static void config_check_dkim(const struct postern_config *cfg, GPtrArray *problems)
 {
-    g_autofree char *dflt = g_strdup_printf("default:%s/dkim/default.ed25519.pem",
-                                            cfg->spool.dir);
     g_auto(GStrv) items = NULL;
     int n = 0;
 
-    if (g_str_equal(cfg->dkim.keys, dflt))
+    if (config_dkim_keys_default(cfg))
         return;
     items = g_strsplit(cfg->dkim.keys, ",", -1);
     for (char **it = items; *it; it++) {
@@ -654,6 +655,13 @@ void config_free(struct postern_config *cfg)
     g_free(cfg->workers.local_dispatch);
     g_free(cfg->path);
     memset(cfg, 0, sizeof(*cfg));
+}
+
+gboolean config_dkim_keys_default(const struct postern_config *cfg)
+{
+    g_autofree char *dflt = g_strdup_printf(CONFIG_DKIM_DEFAULT, cfg->spool.dir);
+
+    return g_str_equal(cfg->dkim.keys, dflt);
 }
 
 char *config_spool_path(const struct postern_config *cfg, const char *name)

@@ -109,6 +109,10 @@ void config_load_valid_or_exit(struct postern_config *cfg, const char *path);
 gboolean config_parse_duration(const char *text, uint64_t *out);
 gboolean config_parse_size(const char *text, uint64_t *out);
 
+/* [dkim] keys left unset: the demo key SPOOL/dkim/default.ed25519.pem, which
+ * the transform creates on its first start. */
+gboolean config_dkim_keys_default(const struct postern_config *cfg);
+
 /* Path of a file under the spool directory (run/, dkim/, ...). */
 char *config_spool_path(const struct postern_config *cfg, const char *name);
 

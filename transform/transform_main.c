@@ -54,16 +54,19 @@ struct transform_worker {
  */
 static void transform_default_key(const struct postern_config *cfg)
 {
-    /* As config.c derives it. */
-    g_autofree char *path = g_strdup_printf("%s/dkim/default.ed25519.pem", cfg->spool.dir);
-    g_autofree char *dflt = g_strconcat("default:", path, NULL);
-    g_autofree char *dir = g_path_get_dirname(path);
+    const char *path;
+    g_autofree char *dir = NULL;
     g_autofree char *record = NULL;
     struct dkim_key *key;
     GError *err = NULL;
 
-    if (strcmp(cfg->dkim.keys, dflt) != 0 || g_file_test(path, G_FILE_TEST_EXISTS))
+    if (!config_dkim_keys_default(cfg))
         return;
+    /* As config.c derives it: "default:PATH". */
+    path = cfg->dkim.keys + strlen("default:");
+    if (g_file_test(path, G_FILE_TEST_EXISTS))
+        return;
+    dir = g_path_get_dirname(path);
     if (g_mkdir_with_parents(dir, 0700) < 0)
         msg_fatal("%s: cannot create: %s", dir, g_strerror(errno));
     if (!(key = dkim_keygen(DKIM_KEY_ED25519, "default", path, &err))) {
