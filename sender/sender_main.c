@@ -249,8 +249,9 @@ static void sender_connect(struct sender *s, struct conn *c, const struct poster
 
 /*
  * Results from the slots: an SDONE for each transaction's results, and
- * CREDIT(1) for each slot whose job is over; then CONNS if the pool changed.  A result that cannot be sent
- * costs a lease expiry and a second delivery elsewhere, never a lost one.
+ * CREDIT(1) for each slot whose job is over; then CONNS if the pool
+ * changed.  A result that cannot be sent costs a lease expiry and a second
+ * delivery elsewhere, never a lost one.
  */
 static void sender_answer(struct sender *s, struct conn *c)
 {

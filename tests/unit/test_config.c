@@ -144,7 +144,8 @@ static void test_cannot_work(void **state)
     expect_error("[workers]\nslots = 0\n", ":2: [workers] slots: must be more than 0");
     expect_error("[spool]\nmap_size = 0\n", ":2: [spool] map_size: must be more than 0");
     expect_error("[relay]\nmax_connections = 0\n", ":2: [relay] max_connections: must be");
-    expect_error("[ingest]\nlisten = 127.0.0.1:99999\n", ":2: [ingest] listen: \"127.0.0.1:99999\"");
+    expect_error("[ingest]\nlisten = 127.0.0.1:99999\n",
+                 ":2: [ingest] listen: \"127.0.0.1:99999\"");
     expect_error("[ingest]\nlisten = 127.0.0.1:0\n", "port \"0\" is not a number");
     expect_error("[ingest]\nlisten = localhost\n", "expected host:port");
     expect_error("[relay]\nrate = nan\n", ":2: [relay] rate: not a finite number");
