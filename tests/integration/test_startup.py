@@ -12,6 +12,7 @@ Run with Debian's /usr/bin/python3.
 """
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -48,9 +49,20 @@ def base_config(workdir, port=None):
 
 
 def run(argv, timeout=60):
-    p = subprocess.run([str(a) for a in argv], capture_output=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL, env=chaoslib.sanitizer_env(leaks=False))
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+    """(exit status, stdout, stderr).  A program still running after timeout
+    (what these refusals fixed: `postern run` restarting a daemon forever)
+    is killed with its children, and its status is "hung"."""
+    p = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, env=chaoslib.sanitizer_env(leaks=False),
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        rc = "hung"
+    return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def postern_run(config, timeout=60):
