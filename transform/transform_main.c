@@ -112,7 +112,6 @@ static guint transform_free_slots(void *arg)
 static void transform_batch(struct transform_worker *w)
 {
     g_autoptr(GPtrArray) jobs = g_ptr_array_new_with_free_func((GDestroyNotify)transform_job_free);
-    g_autoptr(GBytes) credit = NULL;
     int64_t start = mono_ms();
     size_t bytes = 0;
     gboolean ready = FALSE;
@@ -134,14 +133,12 @@ static void transform_batch(struct transform_worker *w)
     for (guint i = 0; i < jobs->len; i++) {
         const struct transform_job *j = jobs->pdata[i];
         const char *outcome = transform_job_outcome(j);
-        g_autoptr(GBytes) done =
-            wire_pack("(tts)", transform_job_lease(j), transform_job_id(j), outcome);
 
-        wire_send(w->conn.sock, NULL, WIRE_TDONE, done);
+        worker_say(&w->conn, WIRE_TDONE,
+                   wire_pack("(tts)", transform_job_lease(j), transform_job_id(j), outcome));
         ready |= strcmp(outcome, "stale") != 0 && strcmp(outcome, "error") != 0;
     }
-    credit = wire_pack("(u)", (guint32)jobs->len);
-    wire_send(w->conn.sock, NULL, WIRE_CREDIT, credit);
+    worker_say(&w->conn, WIRE_CREDIT, wire_pack("(u)", (guint32)jobs->len));
     if (ready)
         hint_send(w->hints, "ready");
 }
