@@ -8,11 +8,17 @@
 #include "common/config.h"
 #include "common/log.h"
 
+#include "common/relay_url.h"
+
 #include <errno.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 enum config_type { CT_STRING, CT_LIST, CT_SIZE, CT_DURATION, CT_COUNT, CT_BOOL, CT_RATE };
 
@@ -82,6 +88,9 @@ static const struct config_key config_keys[] = {
     K("workers", "transforms", CT_COUNT, "1", workers.transforms),
     K("workers", "slots", CT_COUNT, "4", workers.slots),
 };
+
+/* [dkim] keys when unset (of the spool directory). */
+#define CONFIG_DKIM_DEFAULT "default:%s/dkim/default.ed25519.pem"
 
 #define CONFIG_ERROR config_error_quark()
 G_DEFINE_QUARK(postern-config-error, config_error)
@@ -319,7 +328,7 @@ static gboolean config_check_known(struct postern_config *cfg, GKeyFile *kf, GEr
 
 /*
  * Values that depend on others: endpoints under the spool directory, the
- * host name, and the relationships between keys.
+ * host name.  Whether they make sense together is config_validate()'s.
  */
 static gboolean config_derive(struct postern_config *cfg, GError **err)
 {
@@ -344,27 +353,234 @@ static gboolean config_derive(struct postern_config *cfg, GError **err)
     }
     if (!*cfg->dkim.keys) {
         g_free(cfg->dkim.keys);
-        cfg->dkim.keys = g_strdup_printf("default:%s/dkim/default.ed25519.pem", cfg->spool.dir);
+        cfg->dkim.keys = g_strdup_printf(CONFIG_DKIM_DEFAULT, cfg->spool.dir);
     }
+    return TRUE;
+}
+
+/* One problem found by config_validate(): a line as config_fail() words it. */
+static void config_problem(GPtrArray *problems, const struct postern_config *cfg,
+                           const char *group, const char *key, const char *fmt, ...)
+    G_GNUC_PRINTF(5, 6);
+
+static void config_problem(GPtrArray *problems, const struct postern_config *cfg,
+                           const char *group, const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *why = NULL;
+    GError *err = NULL;
+
+    va_start(ap, fmt);
+    why = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    config_fail(&err, cfg->path, group, key, "%s", why);
+    g_ptr_array_add(problems, g_strdup(err->message));
+    g_error_free(err);
+}
+
+/*
+ * GKeyFile merges a section written twice and keeps the last of a key
+ * written twice: the operator meant one of them, and we cannot know which.
+ */
+static void config_check_repeats(const struct postern_config *cfg, GPtrArray *problems)
+{
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    g_autoptr(GHashTable) groups = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GHashTable) keys = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autofree char *group = NULL;
+
+    if (!cfg->path || !g_file_get_contents(cfg->path, &text, NULL, NULL))
+        return;
+    lines = g_strsplit(text, "\n", -1);
+    for (int i = 0; lines[i]; i++) {
+        char *line = g_strstrip(lines[i]), *eq;
+
+        if (line[0] == '[' && line[strlen(line) - 1] == ']') {
+            g_free(group);
+            group = g_strndup(line + 1, strlen(line) - 2);
+            if (g_hash_table_contains(groups, group))
+                g_ptr_array_add(problems, g_strdup_printf("%s:%d: [%s]: section appears twice "
+                                                          "(first at line %d)", cfg->path, i + 1,
+                                                          group, GPOINTER_TO_INT(
+                                                              g_hash_table_lookup(groups, group))));
+            else
+                g_hash_table_insert(groups, g_strdup(group), GINT_TO_POINTER(i + 1));
+        } else if (group && line[0] && line[0] != '#' && (eq = strchr(line, '='))) {
+            g_autofree char *name = g_strstrip(g_strndup(line, (gsize)(eq - line)));
+            char *id = g_strdup_printf("%s\n%s", group, name);
+
+            if (g_hash_table_contains(keys, id))
+                g_ptr_array_add(problems, g_strdup_printf("%s:%d: [%s] %s: key appears twice "
+                                                          "in the section", cfg->path, i + 1,
+                                                          group, name));
+            g_hash_table_add(keys, id);
+        }
+    }
+}
+
+/* host:port, [v6]:port or unix:/path, as ingest_listen.c takes them. */
+static void config_check_listen(const struct postern_config *cfg, GPtrArray *problems)
+{
     if (!cfg->ingest.listen[0])
-        return config_fail(err, cfg->path, "ingest", "listen", "no address to listen on");
-    if (!cfg->ingest.recipients[0])
-        return config_fail(err, cfg->path, "ingest", "recipients", "no address to accept");
-    if (cfg->spool.max_size < cfg->spool.map_size)
-        return config_fail(err, cfg->path, "spool", "max_size", "smaller than map_size");
-    if (cfg->retry.initial == 0)
-        return config_fail(err, cfg->path, "retry", "initial", "must be more than 0");
-    if (cfg->retry.max < cfg->retry.initial)
-        return config_fail(err, cfg->path, "retry", "max", "smaller than initial");
+        config_problem(problems, cfg, "ingest", "listen", "no address to listen on");
+    for (char **a = cfg->ingest.listen; *a; a++) {
+        const char *colon = strrchr(*a, ':');
+        char *end;
+        unsigned long port;
+
+        if (g_str_has_prefix(*a, "unix:")) {
+            if ((*a)[5] != '/' || strlen(*a + 5) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+                config_problem(problems, cfg, "ingest", "listen",
+                               "\"%s\": unix: needs an absolute path shorter than %zu bytes", *a,
+                               sizeof(((struct sockaddr_un *)0)->sun_path));
+            continue;
+        }
+        if (!colon) {
+            config_problem(problems, cfg, "ingest", "listen", "\"%s\": expected host:port", *a);
+            continue;
+        }
+        errno = 0;
+        port = strtoul(colon + 1, &end, 10);
+        if (end == colon + 1 || *end || errno || port == 0 || port > 65535)
+            config_problem(problems, cfg, "ingest", "listen",
+                           "\"%s\": port \"%s\" is not a number from 1 to 65535", *a, colon + 1);
+    }
+}
+
+/*
+ * The relay: a URL the sender can use, a TLS level, and credentials that
+ * can be sent (AUTH without TLS would put the password on the wire; the
+ * client refuses it, so every delivery would fail).
+ */
+static void config_check_relay(const struct postern_config *cfg, GPtrArray *problems)
+{
+    struct relay_url url;
+    GError *err = NULL;
+
+    if (!relay_url_parse(cfg->relay.url, &url, &err)) {
+        config_problem(problems, cfg, "relay", "url", "%s", err->message);
+        g_clear_error(&err);
+        return;
+    }
     if (!g_str_equal(cfg->relay.tls, "require") && !g_str_equal(cfg->relay.tls, "opportunistic") &&
         !g_str_equal(cfg->relay.tls, "none"))
-        return config_fail(err, cfg->path, "relay", "tls",
-                           "\"%s\" is not require, opportunistic or none", cfg->relay.tls);
-    if (cfg->relay.max_connections == 0 || cfg->relay.max_rcpt_per_txn == 0)
-        return config_fail(err, cfg->path, "relay",
-                           cfg->relay.max_connections ? "max_rcpt_per_txn" : "max_connections",
-                           "must be more than 0");
-    return TRUE;
+        config_problem(problems, cfg, "relay", "tls",
+                       "\"%s\" is not require, opportunistic or none", cfg->relay.tls);
+    if (url.kind != RELAY_MAILDIR && *cfg->relay.user && g_str_equal(cfg->relay.tls, "none"))
+        config_problem(problems, cfg, "relay", "tls",
+                       "none with a user: the password would go unencrypted (use require)");
+    if (*cfg->relay.user && !*cfg->relay.password_file)
+        config_problem(problems, cfg, "relay", "user", "is set but password_file is not");
+    if (*cfg->relay.password_file && access(cfg->relay.password_file, R_OK) < 0)
+        config_problem(problems, cfg, "relay", "password_file", "%s: %s",
+                       cfg->relay.password_file, g_strerror(errno));
+    if (*cfg->relay.ca_file && access(cfg->relay.ca_file, R_OK) < 0)
+        config_problem(problems, cfg, "relay", "ca_file", "%s: %s", cfg->relay.ca_file,
+                       g_strerror(errno));
+    if (!isfinite(cfg->relay.rate))
+        config_problem(problems, cfg, "relay", "rate", "not a finite number (0: no limit)");
+    relay_url_clear(&url);
+}
+
+/*
+ * Every DKIM key named must exist now: otherwise only the transform
+ * notices, after ingest has accepted mail it can never sign.  The default
+ * key (keys unset) is the exception: the transform creates it.
+ */
+static void config_check_dkim(const struct postern_config *cfg, GPtrArray *problems)
+{
+    g_auto(GStrv) items = NULL;
+    int n = 0;
+
+    if (config_dkim_keys_default(cfg))
+        return;
+    items = g_strsplit(cfg->dkim.keys, ",", -1);
+    for (char **it = items; *it; it++) {
+        char *item = g_strstrip(*it), *colon = strchr(item, ':');
+
+        if (!*item)
+            continue;
+        n++;
+        if (!colon || colon == item)
+            config_problem(problems, cfg, "dkim", "keys", "\"%s\" is not selector:path", item);
+        else if (access(g_strstrip(colon + 1), R_OK) < 0)
+            config_problem(problems, cfg, "dkim", "keys", "%s: %s (create it with spoolctl dkim "
+                           "keygen)", g_strstrip(colon + 1), g_strerror(errno));
+    }
+    if (!n)
+        config_problem(problems, cfg, "dkim", "keys", "no selector:path given");
+}
+
+/*
+ * Anyone who can write the spool can forge or delete mail: refuse a spool
+ * directory, or LMDB file in it, that others may write.  What does not
+ * exist yet is created with safe modes (spool_open()).
+ */
+static void config_check_spool_modes(const struct postern_config *cfg, GPtrArray *problems)
+{
+    static const char *const names[] = { NULL, "data.mdb", "lock.mdb" };
+    struct stat st;
+
+    for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
+        g_autofree char *path = names[i] ? config_spool_path(cfg, names[i])
+                                         : g_strdup(cfg->spool.dir);
+
+        if (stat(path, &st) == 0 && (st.st_mode & S_IWOTH))
+            config_problem(problems, cfg, "spool", "dir", "%s: mode %04o lets anyone write it "
+                           "(chmod o-w)", path, (unsigned)(st.st_mode & 07777));
+    }
+}
+
+/* A duration or count that cannot be 0. */
+static void config_check_positive(const struct postern_config *cfg, GPtrArray *problems,
+                                  const char *group, const char *key, uint64_t value,
+                                  const char *why)
+{
+    if (value == 0)
+        config_problem(problems, cfg, group, key, "must be more than 0 (%s)", why);
+}
+
+gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
+{
+    guint before = problems->len;
+
+    config_check_repeats(cfg, problems);
+    config_check_positive(cfg, problems, "spool", "map_size", cfg->spool.map_size,
+                          "the LMDB map");
+    if (cfg->spool.max_size < cfg->spool.map_size)
+        config_problem(problems, cfg, "spool", "max_size", "smaller than map_size");
+    config_check_spool_modes(cfg, problems);
+    config_check_listen(cfg, problems);
+    if (!cfg->ingest.recipients[0])
+        config_problem(problems, cfg, "ingest", "recipients", "no address to accept");
+    config_check_positive(cfg, problems, "ingest", "max_message_size",
+                          cfg->ingest.max_message_size, "every message would be refused");
+    config_check_positive(cfg, problems, "ingest", "max_recipients", cfg->ingest.max_recipients,
+                          "every recipient would be refused");
+    config_check_positive(cfg, problems, "ingest", "max_connections",
+                          cfg->ingest.max_connections, "no client could connect");
+    config_check_positive(cfg, problems, "ingest", "timeout", cfg->ingest.timeout,
+                          "every session would time out");
+    config_check_dkim(cfg, problems);
+    config_check_relay(cfg, problems);
+    config_check_positive(cfg, problems, "relay", "max_connections", cfg->relay.max_connections,
+                          "nothing could be delivered");
+    config_check_positive(cfg, problems, "relay", "max_rcpt_per_txn",
+                          cfg->relay.max_rcpt_per_txn, "nothing could be delivered");
+    config_check_positive(cfg, problems, "relay", "timeout", cfg->relay.timeout,
+                          "every SMTP phase would time out");
+    config_check_positive(cfg, problems, "retry", "initial", cfg->retry.initial,
+                          "a deferred delivery would be retried at once, forever");
+    if (cfg->retry.max < cfg->retry.initial)
+        config_problem(problems, cfg, "retry", "max", "smaller than initial");
+    config_check_positive(cfg, problems, "retry", "lifetime", cfg->retry.lifetime,
+                          "every message would bounce at once");
+    config_check_positive(cfg, problems, "retry", "lease", cfg->retry.lease,
+                          "every job would expire before a worker could finish it");
+    config_check_positive(cfg, problems, "workers", "slots", cfg->workers.slots,
+                          "a sender could take no job");
+    return problems->len == before;
 }
 
 gboolean config_load(struct postern_config *cfg, const char *path, GError **err)
@@ -413,6 +629,20 @@ void config_load_or_exit(struct postern_config *cfg, const char *path)
     }
 }
 
+void config_load_valid_or_exit(struct postern_config *cfg, const char *path)
+{
+    g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func(g_free);
+
+    config_load_or_exit(cfg, path);
+    if (!config_validate(cfg, problems)) {
+        fprintf(stderr, "%s: %s\n", log_progname(), (char *)problems->pdata[0]);
+        if (problems->len > 1)
+            fprintf(stderr, "%s: ... and %u more problem(s): see spoolctl check\n",
+                    log_progname(), problems->len - 1);
+        exit(CONFIG_EXIT_USAGE);
+    }
+}
+
 void config_free(struct postern_config *cfg)
 {
     for (size_t i = 0; i < G_N_ELEMENTS(config_keys); i++) {
@@ -425,6 +655,13 @@ void config_free(struct postern_config *cfg)
     g_free(cfg->workers.local_dispatch);
     g_free(cfg->path);
     memset(cfg, 0, sizeof(*cfg));
+}
+
+gboolean config_dkim_keys_default(const struct postern_config *cfg)
+{
+    g_autofree char *dflt = g_strdup_printf(CONFIG_DKIM_DEFAULT, cfg->spool.dir);
+
+    return g_str_equal(cfg->dkim.keys, dflt);
 }
 
 char *config_spool_path(const struct postern_config *cfg, const char *name)

@@ -85,12 +85,33 @@ struct postern_config {
 gboolean config_load(struct postern_config *cfg, const char *path, GError **err);
 void config_free(struct postern_config *cfg);
 
-/* Load or print the one-line error and exit 2: what every main() wants. */
+/* Load or print the one-line error and exit 2 (spoolctl: it must open a
+ * spool whatever the rest of the file says). */
 void config_load_or_exit(struct postern_config *cfg, const char *path);
+
+/*
+ * Everything that would make a loaded config fail later, checked once
+ * before anything listens: values that cannot work (0 for a count, a
+ * lease or a timeout; a port out of range; a rate that is not a number),
+ * keys that contradict each other (AUTH without TLS), a relay URL the
+ * sender cannot parse, DKIM key files that do not exist, a section or key
+ * written twice, a spool others may write.  Appends one line per problem
+ * ("FILE:LINE: [group] key: problem") to problems (of char *); TRUE when
+ * there is none.  The daemons and `postern run` exit 2 on the first
+ * (config_load_valid_or_exit()); `spoolctl check` lists them all.
+ */
+gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems);
+
+/* Load and validate, or print the first problem and exit 2: what every daemon wants. */
+void config_load_valid_or_exit(struct postern_config *cfg, const char *path);
 
 /* "30s", "5m", "2h", "1d" -> seconds; "32M", "1G" -> bytes. */
 gboolean config_parse_duration(const char *text, uint64_t *out);
 gboolean config_parse_size(const char *text, uint64_t *out);
+
+/* [dkim] keys left unset: the demo key SPOOL/dkim/default.ed25519.pem, which
+ * the transform creates on its first start. */
+gboolean config_dkim_keys_default(const struct postern_config *cfg);
 
 /* Path of a file under the spool directory (run/, dkim/, ...). */
 char *config_spool_path(const struct postern_config *cfg, const char *name);

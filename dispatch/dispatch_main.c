@@ -11,12 +11,10 @@
 #include "common/log.h"
 #include "spool/relay_state.h"
 
-#include <glib-unix.h>
-#include <signal.h>
+#include <errno.h>
 #include <zmq.h>
 
 #define TICK_MS 1000
-#define READER_CHECK_MS 30000
 
 /*
  * A pause outlives the dispatcher that saw the reply (spool/relay_state.h):
@@ -39,13 +37,6 @@ static void dispatch_load_relay_state(struct dispatch *d)
         dispatch_log_pause(d, "(recorded before our start)");
 }
 
-static volatile sig_atomic_t dispatch_stop_signal;
-
-static void dispatch_on_signal(int sig)
-{
-    dispatch_stop_signal = sig;
-}
-
 static void dispatch_setup(struct dispatch *d)
 {
     GError *err = NULL;
@@ -56,8 +47,9 @@ static void dispatch_setup(struct dispatch *d)
     if (!spool_open(&d->spool, d->cfg, &err))
         msg_fatal("%s", err->message);
     d->zctx = zmq_ctx_new();
+    /* An endpoint taken (another dispatcher) stays taken: no restart loop. */
     if (!dispatch_bind(d, &err))
-        msg_fatal("%s", err->message);
+        daemon_start_fail("%s", err->message);
     dispatch_conns_setup(d, &url);
     relay_url_clear(&url);
     dispatch_load_relay_state(d);
@@ -80,16 +72,19 @@ static void dispatch_drain(struct dispatch *d)
     }
 }
 
-static void dispatch_loop(struct dispatch *d)
+/* Until SIGTERM or SIGINT arrives on sig_fd (common/daemon.h). */
+static void dispatch_loop(struct dispatch *d, int sig_fd)
 {
-    int64_t next_tick = 0, next_reader_check = mono_ms() + READER_CHECK_MS;
+    int64_t next_tick = 0, next_reader_check = 0;
+    int stop = 0;
 
-    while (!dispatch_stop_signal) {
-        zmq_pollitem_t items[4] = {
+    while (!stop) {
+        zmq_pollitem_t items[5] = {
             { d->router, 0, ZMQ_POLLIN, 0 },
             { d->hints, 0, ZMQ_POLLIN, 0 },
+            { NULL, sig_fd, ZMQ_POLLIN, 0 },
         };
-        int n_items = 2;
+        int n_items = 3;
         int64_t now = mono_ms();
         long timeout = d->work_hinted ? 0 : (long)MAX(next_tick - now, 0);
 
@@ -97,7 +92,10 @@ static void dispatch_loop(struct dispatch *d)
             items[n_items++] = (zmq_pollitem_t){ d->local, 0, ZMQ_POLLIN, 0 };
         if (d->zap)
             items[n_items++] = (zmq_pollitem_t){ d->zap, 0, ZMQ_POLLIN, 0 };
-        zmq_poll(items, n_items, timeout);
+        if (zmq_poll(items, n_items, timeout) < 0 && errno != EINTR)
+            msg_fatal("zmq_poll: %s", zmq_strerror(errno));
+        if (items[2].revents && (stop = daemon_signal_read(sig_fd)))
+            msg_info("stopping on signal %d", stop);
         dispatch_drain(d);
         now = mono_ms();
         if (now >= next_tick) {
@@ -107,10 +105,7 @@ static void dispatch_loop(struct dispatch *d)
             spool_release_pages(d->spool);
             d->work_hinted = TRUE;
         }
-        if (now >= next_reader_check) {
-            next_reader_check = now + READER_CHECK_MS;
-            spool_reader_check(d->spool);
-        }
+        spool_reader_check_every(d->spool, &next_reader_check, now);
         if (d->work_hinted) {
             d->work_hinted = FALSE;
             dispatch_lease_transforms(d);
@@ -130,15 +125,16 @@ int main(int argc, char **argv)
 {
     struct postern_config cfg;
     struct dispatch d = { .cfg = &cfg };
+    int sig_fd;
 
     daemon_init(&argc, &argv, "postern-dispatch", "- Postern dispatcher", NULL, &cfg);
-    signal(SIGTERM, dispatch_on_signal);
-    signal(SIGINT, dispatch_on_signal);
+    /* Before any thread (ZeroMQ's) starts: see common/daemon.h. */
+    sig_fd = daemon_signal_fd();
 
     dispatch_setup(&d);
     msg_info("daemon started: spool %s, workers at %s, relay %s", cfg.spool.dir,
              cfg.workers.dispatch, cfg.relay.url);
-    dispatch_loop(&d);
+    dispatch_loop(&d, sig_fd);
 
     /* Leases live in the spool: the next dispatcher picks up from there. */
     msg_info("daemon stopped");

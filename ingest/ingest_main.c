@@ -5,35 +5,34 @@
  * every iteration ends in the group commit of the messages it completed.
  */
 #include "ingest/ingest.h"
+#include "common/clock.h"
 #include "common/daemon.h"
 #include "common/log.h"
 
 #include <glib-unix.h>
-#include <signal.h>
 #include <stdlib.h>
 
-static gboolean ingest_stop(gpointer data)
+/* SIGTERM or SIGINT, through the signal pipe (common/daemon.h). */
+static gboolean ingest_stop(int fd, GIOCondition cond, gpointer data)
 {
     struct ingest *ig = data;
+    int sig = daemon_signal_read(fd);
 
-    msg_info("stopping on signal");
+    if (!sig)
+        return G_SOURCE_CONTINUE;
+    msg_info("stopping on signal %d", sig);
     ig->stopping = TRUE;
     return G_SOURCE_REMOVE;
 }
 
+/* Once a second: idle sessions, and the spool's periodic reader check. */
 static gboolean ingest_tick(gpointer data)
 {
     struct ingest *ig = data;
+    static int64_t next_reader_check;
 
     ingest_session_expire_idle(ig);
-    return G_SOURCE_CONTINUE;
-}
-
-static gboolean ingest_reader_check(gpointer data)
-{
-    struct ingest *ig = data;
-
-    spool_reader_check(ig->spool);
+    spool_reader_check_every(ig->spool, &next_reader_check, mono_ms());
     return G_SOURCE_CONTINUE;
 }
 
@@ -51,8 +50,11 @@ int main(int argc, char **argv)
     struct postern_config cfg;
     struct ingest ig = { .cfg = &cfg };
     GError *err = NULL;
+    int sig_fd;
 
     daemon_init(&argc, &argv, "postern-ingest", "- Postern LMTP/SMTP ingest daemon", NULL, &cfg);
+    /* Before the committer thread starts: see common/daemon.h. */
+    sig_fd = daemon_signal_fd();
 
     if (!spool_open(&ig.spool, &cfg, &err))
         msg_fatal("%s", err->message);
@@ -60,13 +62,12 @@ int main(int argc, char **argv)
         msg_fatal("%s", err->message);
     ig.recipients = ingest_recipient_set(cfg.ingest.recipients);
     ig.batch = g_ptr_array_new();
+    /* An address in use or refused stays so: a restart loop would not help. */
     if (!ingest_listen(&ig, &err))
-        msg_fatal("%s", err->message);
+        daemon_start_fail("%s", err->message);
 
-    g_unix_signal_add(SIGTERM, ingest_stop, &ig);
-    g_unix_signal_add(SIGINT, ingest_stop, &ig);
+    g_unix_fd_add(sig_fd, G_IO_IN, ingest_stop, &ig);
     g_timeout_add_seconds(1, ingest_tick, &ig);
-    g_timeout_add_seconds(30, ingest_reader_check, &ig);
     msg_info("daemon started: spool %s", cfg.spool.dir);
 
     /*

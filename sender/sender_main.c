@@ -3,23 +3,23 @@
  * dispatcher by credit, delivers them on its slot threads, answers SDONE.
  *
  * Set up (config, relay password, CURVE keys, DEALER socket, slots), then
- * one zmq_poll loop over the DEALER, the slots' eventfd and a signalfd.
+ * one zmq_poll loop over the DEALER, the slots' eventfd and the signal
+ * pipe (common/daemon.h).  The dispatcher protocol's common part (HELLO,
+ * PING, WHO, silence) is common/worker.c.
  */
 #include "common/secret_file.h"
 #include "sender/sender.h"
 #include "common/daemon.h"
 #include "common/log.h"
+#include "common/worker.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
@@ -29,18 +29,15 @@
 
 /* The main thread's side of the conversation with the dispatcher. */
 struct conn {
-    void *zctx;
-    void *dealer;
+    struct sender *s;
+    struct worker w;                    /* DEALER, heartbeats (common/worker.h) */
     void *monitor;                      /* CURVE handshake events, tcp:// only */
     char *public_key;                   /* ours, Z85, for the log */
     int sig_fd;
     guint slots;
     guint busy;                         /* jobs received and not yet answered */
     gboolean stopping;
-    gboolean silent;                    /* the dispatcher went quiet */
     gboolean handshake_failing;         /* said once until a handshake succeeds */
-    gint64 last_heard;                  /* monotonic us */
-    gint64 next_ping;
     gboolean conns_said;                /* the dispatcher has our CONNS below */
     guint said_budget, said_open;
 };
@@ -89,8 +86,6 @@ static void sender_setup_relay(struct sender *s, const struct postern_config *cf
         return;
     if (!smtp_tls_parse(cfg->relay.tls, &s->smtp.tls, &err))
         sender_config_fail(cfg, "[relay] tls: %s", err->message);
-    if (*cfg->relay.user && !*cfg->relay.password_file)
-        sender_config_fail(cfg, "[relay] user is set but password_file is not");
     if (*cfg->relay.password_file) {
         s->password = sender_read_secret(cfg, "[relay] password_file", cfg->relay.password_file);
         s->password[strcspn(s->password, "\r\n")] = '\0';
@@ -131,54 +126,32 @@ static void sender_setup_curve(struct conn *c, const struct postern_config *cfg)
                            "public key, secret key", cfg->workers.curve_secret_key_file);
     if (strlen(server) != 40)
         sender_config_fail(cfg, "[workers] curve_server_public_key: not a 40-character Z85 key");
-    zmq_setsockopt(c->dealer, ZMQ_CURVE_SERVERKEY, server, 40);
-    zmq_setsockopt(c->dealer, ZMQ_CURVE_PUBLICKEY, lines[0], 40);
-    zmq_setsockopt(c->dealer, ZMQ_CURVE_SECRETKEY, lines[1], 40);
+    zmq_setsockopt(c->w.sock, ZMQ_CURVE_SERVERKEY, server, 40);
+    zmq_setsockopt(c->w.sock, ZMQ_CURVE_PUBLICKEY, lines[0], 40);
+    zmq_setsockopt(c->w.sock, ZMQ_CURVE_SECRETKEY, lines[1], 40);
     OPENSSL_cleanse(lines[1], 40);
     secret_free(text);
     c->public_key = g_strdup(lines[0]);
-    zmq_socket_monitor(c->dealer, MONITOR_ENDPOINT,
+    zmq_socket_monitor(c->w.sock, MONITOR_ENDPOINT,
                        ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                        ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
                        ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL);
-    c->monitor = zmq_socket(c->zctx, ZMQ_PAIR);
+    c->monitor = zmq_socket(c->w.zctx, ZMQ_PAIR);
     zmq_connect(c->monitor, MONITOR_ENDPOINT);
 }
 
-static void sender_connect(struct conn *c, const struct postern_config *cfg)
+/* HELLO's credit: the dispatcher's credit for us becomes what is free now. */
+static guint sender_free_slots(void *arg)
 {
-    int linger = 2000;
+    const struct conn *c = arg;
 
-    c->zctx = zmq_ctx_new();
-    c->dealer = zmq_socket(c->zctx, ZMQ_DEALER);
-    /* At exit, give the last SDONEs a moment to leave, not forever. */
-    zmq_setsockopt(c->dealer, ZMQ_LINGER, &linger, sizeof(linger));
-    if (g_str_has_prefix(cfg->workers.dispatch, "tcp://"))
-        sender_setup_curve(c, cfg);
-    if (zmq_connect(c->dealer, cfg->workers.dispatch) < 0)
-        sender_config_fail(cfg, "[workers] dispatch %s: %s", cfg->workers.dispatch,
-                           zmq_strerror(errno));
-}
-
-static guint sender_free_slots(const struct conn *c)
-{
     return c->stopping || c->busy >= c->slots ? 0 : c->slots - c->busy;
 }
 
 /* Send without blocking; takes the payload. */
 static gboolean sender_say(struct conn *c, const char *cmd, GBytes *payload)
 {
-    gboolean ok = wire_send(c->dealer, NULL, cmd, payload);
-
-    if (payload)
-        g_bytes_unref(payload);
-    return ok;
-}
-
-/* HELLO resets the dispatcher's credit for us to what is free now. */
-static void sender_hello(struct conn *c)
-{
-    sender_say(c, WIRE_HELLO, wire_pack("(su)", "sender", sender_free_slots(c)));
+    return worker_say(&c->w, cmd, payload);
 }
 
 /* CONNS when the budget we apply or the connections we hold changed. */
@@ -198,16 +171,17 @@ static void sender_report_conns(struct sender *s, struct conn *c)
 
 /*
  * The dispatcher does not know us (it restarted, or lost us for a while):
- * the budget it granted is void, so ours drops to 0 and idle connections
- * close; then HELLO, and what we still hold, which it counts until we let
- * it go.
+ * common/worker.c has said HELLO; the budget it granted is void, so ours
+ * drops to 0 and idle connections close; then what we still hold, which
+ * it counts until we let it go.
  */
-static void sender_rejoin(struct sender *s, struct conn *c)
+static void sender_forgotten(void *arg)
 {
-    sender_conns_budget(s, 0);
-    sender_hello(c);
+    struct conn *c = arg;
+
+    sender_conns_budget(c->s, 0);
     c->conns_said = FALSE;
-    sender_report_conns(s, c);
+    sender_report_conns(c->s, c);
 }
 
 /* CONNMAX: the dispatcher's grant of relay connections. */
@@ -242,35 +216,42 @@ static void sender_take(struct sender *s, struct conn *c, GBytes *payload)
     g_async_queue_push(s->jobs, job);
 }
 
-static void sender_receive(struct sender *s, struct conn *c)
+/* What the dispatcher says besides PING and WHO (common/worker.c answers those). */
+static void sender_command(void *arg, const char *cmd, GBytes *payload)
 {
-    GBytes *payload;
-    char *cmd;
+    struct conn *c = arg;
 
-    while (wire_recv(c->dealer, FALSE, NULL, &cmd, &payload)) {
-        c->last_heard = g_get_monotonic_time();
-        if (c->silent)
-            msg_info("dispatcher %s is back", s->cfg->workers.dispatch);
-        c->silent = FALSE;
-        if (g_str_equal(cmd, WIRE_SJOB)) {
-            sender_take(s, c, payload);
-        } else if (g_str_equal(cmd, WIRE_CONNMAX)) {
-            sender_budget(s, c, payload);
-        } else if (g_str_equal(cmd, WIRE_WHO)) {
-            msg_info("dispatcher does not know us (restarted?): HELLO again");
-            sender_rejoin(s, c);
-        } else if (!g_str_equal(cmd, WIRE_PING)) {
-            msg_warn("dispatcher sent an unknown command: ignored");
-        }
-        g_free(cmd);
-        g_bytes_unref(payload);
-    }
+    if (g_str_equal(cmd, WIRE_SJOB))
+        sender_take(c->s, c, payload);
+    else if (g_str_equal(cmd, WIRE_CONNMAX))
+        sender_budget(c->s, c, payload);
+    else
+        msg_warn("dispatcher sent an unknown command: ignored");
+}
+
+static const struct worker_ops sender_ops = {
+    .free_slots = sender_free_slots,
+    .forgotten = sender_forgotten,
+    .command = sender_command,
+};
+
+/* At exit, give the last SDONEs a moment (2 s) to leave, not forever. */
+static void sender_connect(struct sender *s, struct conn *c, const struct postern_config *cfg)
+{
+    c->s = s;
+    worker_init(&c->w, "sender", cfg->workers.dispatch, 2000, &sender_ops, c);
+    if (g_str_has_prefix(cfg->workers.dispatch, "tcp://"))
+        sender_setup_curve(c, cfg);
+    if (!worker_connect(&c->w))
+        sender_config_fail(cfg, "[workers] dispatch %s: %s", cfg->workers.dispatch,
+                           zmq_strerror(errno));
 }
 
 /*
  * Results from the slots: an SDONE for each transaction's results, and
- * CREDIT(1) for each slot whose job is over; then CONNS if the pool changed.  A result that cannot be sent
- * costs a lease expiry and a second delivery elsewhere, never a lost one.
+ * CREDIT(1) for each slot whose job is over; then CONNS if the pool
+ * changed.  A result that cannot be sent costs a lease expiry and a second
+ * delivery elsewhere, never a lost one.
  */
 static void sender_answer(struct sender *s, struct conn *c)
 {
@@ -293,25 +274,6 @@ static void sender_answer(struct sender *s, struct conn *c)
         g_free(done);
     }
     sender_report_conns(s, c);
-}
-
-/* PING every WIRE_HEARTBEAT_MS; a dispatcher silent too long gets HELLO again. */
-static void sender_heartbeat(struct sender *s, struct conn *c)
-{
-    gint64 now = g_get_monotonic_time();
-
-    if (now < c->next_ping)
-        return;
-    c->next_ping = now + WIRE_HEARTBEAT_MS * 1000;
-    sender_say(c, WIRE_PING, NULL);
-    if (now - c->last_heard >= WIRE_DEAD_AFTER_MS * 1000) {
-        if (!c->silent)
-            msg_warn("dispatcher %s silent for %ds: HELLO again", s->cfg->workers.dispatch,
-                     WIRE_DEAD_AFTER_MS / 1000);
-        c->silent = TRUE;
-        c->last_heard = now;
-        sender_rejoin(s, c);
-    }
 }
 
 /*
@@ -359,51 +321,35 @@ static void sender_watch_handshake(struct sender *s, struct conn *c)
  */
 static void sender_stop(struct conn *c)
 {
-    struct signalfd_siginfo si;
+    int sig = daemon_signal_read(c->sig_fd);
 
-    if (read(c->sig_fd, &si, sizeof(si)) < 0 || c->stopping)
+    if (!sig || c->stopping)
         return;
     msg_info("stopping on signal: finishing %u job(s)", c->busy);
     c->stopping = TRUE;
-    sender_hello(c);
-}
-
-/* Signals arrive on a descriptor of the poll set; no thread takes them. */
-static int sender_signals(void)
-{
-    sigset_t set;
-    int fd;
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    if ((fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0)
-        msg_fatal("signalfd: %m");
-    return fd;
+    worker_hello(&c->w);
 }
 
 static void sender_loop(struct sender *s, struct conn *c)
 {
     while (!c->stopping || c->busy > 0) {
         zmq_pollitem_t items[] = {
-            { c->dealer, 0, ZMQ_POLLIN, 0 },
+            { c->w.sock, 0, ZMQ_POLLIN, 0 },
             { NULL, s->wake_fd, ZMQ_POLLIN, 0 },
             { NULL, c->sig_fd, ZMQ_POLLIN, 0 },
             { c->monitor, 0, ZMQ_POLLIN, 0 },
         };
-        gint64 wait = (c->next_ping - g_get_monotonic_time()) / 1000;
 
-        if (zmq_poll(items, c->monitor ? 4 : 3, MAX(wait, 0)) < 0 && errno != EINTR)
+        if (zmq_poll(items, c->monitor ? 4 : 3, worker_wait_ms(&c->w)) < 0 && errno != EINTR)
             msg_fatal("zmq_poll: %s", zmq_strerror(errno));
         if (items[2].revents)
             sender_stop(c);
-        sender_receive(s, c);
+        worker_receive(&c->w);
         if (items[1].revents)
             sender_answer(s, c);
         if (c->monitor && items[3].revents)
             sender_watch_handshake(s, c);
-        sender_heartbeat(s, c);
+        worker_heartbeat(&c->w);
     }
 }
 
@@ -424,34 +370,27 @@ int main(int argc, char **argv)
         g_free(cfg.workers.dispatch);
         cfg.workers.dispatch = g_strdup(cfg.workers.local_dispatch);
     }
-    if (cfg.workers.slots == 0)
-        sender_config_fail(&cfg, "[workers] slots: must be more than 0");
     sender_setup_relay(&s, &cfg);
 
-    /* Before any thread exists (ZeroMQ's too), so that all inherit the mask. */
-    c.sig_fd = sender_signals();
-    sender_connect(&c, &cfg);
+    /* Before any thread exists (ZeroMQ's too): see common/daemon.h. */
+    c.sig_fd = daemon_signal_fd();
     c.slots = cfg.workers.slots;
+    sender_connect(&s, &c, &cfg);
     s.jobs = g_async_queue_new();
     s.done = g_async_queue_new();
     if ((s.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
         msg_fatal("eventfd: %m");
     sender_slots_start(&s);
-
-    sender_hello(&c);
-    c.last_heard = g_get_monotonic_time();
-    c.next_ping = c.last_heard + WIRE_HEARTBEAT_MS * 1000;
     msg_info("daemon started: %u slot(s), dispatcher %s, relay %s", c.slots,
              cfg.workers.dispatch, cfg.relay.url);
     sender_loop(&s, &c);
 
     sender_slots_stop(&s);
     if (c.monitor) {
-        zmq_socket_monitor(c.dealer, NULL, 0);
+        zmq_socket_monitor(c.w.sock, NULL, 0);
         zmq_close(c.monitor);
     }
-    zmq_close(c.dealer);
-    zmq_ctx_term(c.zctx);
+    worker_close(&c.w);
     g_async_queue_unref(s.jobs);
     g_async_queue_unref(s.done);
     close(s.wake_fd);

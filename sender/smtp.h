@@ -1,7 +1,7 @@
 /*
  * SMTP client side of the sender workers.
  *
- * relay_url.c     parses [relay] url (pure).
+ * common/relay_url.c parses [relay] url (pure; the config check uses it too).
  * smtp_reply.c    incremental SMTP reply parser and EHLO keywords (pure, no I/O).
  * smtp_client.c   blocking SMTP client on OpenSSL: one per sender worker slot,
  *                 used from one thread at a time. The process must ignore
@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 #include <glib.h>
+
+#include "common/relay_url.h"
 
 /* Errors of this module. SMTP_ERROR_NONE is never a GError code: it marks a
  * recipient result that ended with a reply. */
@@ -30,21 +32,6 @@ enum smtp_error {
     SMTP_ERROR_PROTOCOL,    /* malformed or unexpected reply */
     SMTP_ERROR_SESSION,     /* the relay refused the session: greeting, EHLO, AUTH */
 };
-
-/* ---- relay_url.c ------------------------------------------------------- */
-
-/* smtp://host[:587] (STARTTLS), smtps://host[:465] (TLS), maildir:/path. */
-enum relay_kind { RELAY_SMTP, RELAY_SMTPS, RELAY_MAILDIR };
-
-struct relay_url {
-    enum relay_kind kind;
-    char   *host;                   /* SMTP kinds: host name or IP literal */
-    int     port;
-    char   *path;                   /* RELAY_MAILDIR: the directory, verbatim */
-};
-
-gboolean relay_url_parse(const char *url, struct relay_url *out, GError **err);
-void    relay_url_clear(struct relay_url *url);
 
 /* ---- smtp_reply.c ------------------------------------------------------ */
 

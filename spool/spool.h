@@ -121,6 +121,15 @@ gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError
 void spool_close(struct spool *sp);
 int spool_reader_check(struct spool *sp);
 /*
+ * The periodic form every loop calls, whatever its kind: a reader slot
+ * left by a killed process pins old pages until mdb_reader_check() clears
+ * it, so clear them every SPOOL_READER_CHECK_MS.  *next is the caller's
+ * deadline (mono_ms(); 0 at start: the first check is one interval after
+ * the one spool_open() does).
+ */
+#define SPOOL_READER_CHECK_MS 30000
+void spool_reader_check_every(struct spool *sp, int64_t *next, int64_t now);
+/*
  * Drop this process's mapping of the LMDB pages it has read, so its RSS
  * stays its own memory rather than growing towards the spool's size (the
  * pages stay in the page cache; the next access maps them again).  Safe at

@@ -225,6 +225,16 @@ int spool_reader_check(struct spool *sp)
     return dead;
 }
 
+void spool_reader_check_every(struct spool *sp, int64_t *next, int64_t now)
+{
+    if (*next == 0)
+        *next = now + SPOOL_READER_CHECK_MS;
+    if (now < *next)
+        return;
+    *next = now + SPOOL_READER_CHECK_MS;
+    spool_reader_check(sp);
+}
+
 /*
  * LMDB does not give out the map's address (me_mapaddr is only set with
  * MDB_FIXEDMAP), so find the mapping of our data.mdb in /proc/self/maps.

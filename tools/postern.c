@@ -1,27 +1,35 @@
 /*
  * postern - run the whole relay from one config: `postern run`.
  *
- * Starts each daemon as a child, restarts a child that dies (waiting
- * longer after each quick death, so a crash loop does not spin), and on
+ * Validates the config and takes the spool's lock (one `postern run` per
+ * spool), starts each daemon as a child, restarts a child that dies
+ * (waiting longer after each quick death, so a crash loop does not spin)
+ * unless it exits with a permanent start error (common/daemon.h: exit 2
+ * or 3), which stops everything and makes us exit with its status; on
  * SIGTERM/SIGINT stops them in two steps: ingest, transforms and senders
  * first, the dispatcher last, since it records what the others report on
  * their way out.  Each step passes SIGTERM on, waits for the children to
  * finish what they hold, and kills what is left after STOP_GRACE.
  */
 #include "common/config.h"
+#include "common/daemon.h"
 #include "common/log.h"
 #include "spool/spool.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <glib-unix.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define RESTART_MIN 1               /* seconds before the first restart */
 #define RESTART_MAX 60
 #define STABLE_AFTER 60             /* a child up this long resets its backoff */
+#define LOCK_FILE "postern.lock"    /* in the spool: held by the one `postern run` */
 #define STOP_GRACE 360              /* seconds between SIGTERM and SIGKILL, per stop
                                        step: a sender's last SMTP transaction may wait
                                        one [relay] timeout (5m); docs/man/postern.8 and
@@ -55,10 +63,12 @@ struct supervisor {
     GPtrArray *children;
     enum stop_step stopping;
     guint kill_source;              /* SIGKILLs the step's leftovers */
+    int exit_status;                /* ours: a child's permanent start error, or 0 */
 };
 
 static void child_start(struct child *c);
 static void postern_stop_step(struct supervisor *sup);
+static void postern_stop_all(struct supervisor *sup);
 
 static gboolean child_restart(gpointer data)
 {
@@ -86,6 +96,20 @@ static void child_exited(GPid pid, gint status, gpointer data)
         msg_warn("%s (pid %d) killed by signal %d", c->name, pid, WTERMSIG(status));
     else
         msg_warn("%s (pid %d) exited with status %d", c->name, pid, WEXITSTATUS(status));
+
+    /*
+     * A config it refuses or a start error it calls permanent (an address
+     * in use) would come back at every restart: stop everything, so the
+     * operator sees the error instead of a restart loop.
+     */
+    if (WIFEXITED(status) && (WEXITSTATUS(status) == CONFIG_EXIT_USAGE ||
+                              WEXITSTATUS(status) == DAEMON_EXIT_START)) {
+        msg_error("%s cannot start (exit status %d, its error is logged above): stopping "
+                  "everything", c->name, WEXITSTATUS(status));
+        sup->exit_status = WEXITSTATUS(status);
+        postern_stop_all(sup);
+        return;
+    }
 
     c->backoff = up >= STABLE_AFTER ? RESTART_MIN : MIN(MAX(c->backoff * 2, RESTART_MIN), RESTART_MAX);
     msg_info("restarting %s in %us", c->name, c->backoff);
@@ -201,12 +225,9 @@ static void postern_stop_step(struct supervisor *sup)
     g_main_loop_quit(sup->loop);
 }
 
-static gboolean postern_stop(gpointer data)
+/* Cancel pending restarts and begin the stop steps. */
+static void postern_stop_all(struct supervisor *sup)
 {
-    struct supervisor *sup = data;
-
-    if (sup->stopping)
-        return G_SOURCE_CONTINUE;
     for (guint i = 0; i < sup->children->len; i++) {
         struct child *c = sup->children->pdata[i];
         if (c->restart_source)
@@ -214,7 +235,51 @@ static gboolean postern_stop(gpointer data)
         c->restart_source = 0;
     }
     postern_stop_step(sup);
+}
+
+/* SIGTERM or SIGINT, through the signal pipe (common/daemon.h). */
+static gboolean postern_stop(int fd, GIOCondition cond, gpointer data)
+{
+    struct supervisor *sup = data;
+    int sig = daemon_signal_read(fd);
+
+    if (!sig || sup->stopping)
+        return G_SOURCE_CONTINUE;
+    msg_info("stopping on signal %d", sig);
+    postern_stop_all(sup);
     return G_SOURCE_CONTINUE;
+}
+
+/*
+ * One supervisor per spool: a second one would start a second set of
+ * daemons on the same spool (two dispatchers leasing the same work).  The
+ * lock is an flock() on a file in the spool, held for our life and freed
+ * by the kernel when we die, however we die; our children do not inherit
+ * it (close-on-exec), so a killed supervisor frees the spool at once.
+ * The holder's pid is written into the file for the error message.
+ */
+static int postern_lock(const struct postern_config *cfg)
+{
+    g_autofree char *path = config_spool_path(cfg, LOCK_FILE);
+    g_autofree char *pid = g_strdup_printf("%d\n", (int)getpid());
+    char holder[32] = "";
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    ssize_t n;
+
+    if (fd < 0)
+        daemon_start_fail("%s: %s", path, g_strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK)
+            daemon_start_fail("%s: flock: %s", path, g_strerror(errno));
+        n = pread(fd, holder, sizeof(holder) - 1, 0);
+        holder[MAX(n, 0)] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        daemon_start_fail("spool %s is in use by another postern run (pid %s; lock %s)",
+                          cfg->spool.dir, *holder ? holder : "?", path);
+    }
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, strlen(pid), 0) < 0)
+        msg_warn("%s: cannot write our pid: %s", path, g_strerror(errno));
+    return fd;
 }
 
 static int postern_run(const char *config, gboolean use_syslog)
@@ -225,13 +290,16 @@ static int postern_run(const char *config, gboolean use_syslog)
     g_autofree char *self_dir = g_path_get_dirname(self ? self : ".");
     struct spool *sp;
     GError *err = NULL;
+    int lock_fd;
 
-    config_load_or_exit(&cfg, config);
+    /* The whole config, before any child starts (config.h). */
+    config_load_valid_or_exit(&cfg, config);
 
     /* Create the spool before the children race to do it. */
     if (!spool_open(&sp, &cfg, &err))
-        msg_fatal("%s", err->message);
+        daemon_start_fail("%s", err->message);
     spool_close(sp);
+    lock_fd = postern_lock(&cfg);
 
     sup.loop = g_main_loop_new(NULL, FALSE);
     sup.children = g_ptr_array_new();
@@ -251,8 +319,7 @@ static int postern_run(const char *config, gboolean use_syslog)
                     "--local", STOP_WORKERS);
     }
 
-    g_unix_signal_add(SIGTERM, postern_stop, &sup);
-    g_unix_signal_add(SIGINT, postern_stop, &sup);
+    g_unix_fd_add(daemon_signal_fd(), G_IO_IN, postern_stop, &sup);
     msg_info("starting %u processes; spool %s; LMTP on %s", sup.children->len, cfg.spool.dir,
              cfg.ingest.listen[0]);
     for (guint i = 0; i < sup.children->len; i++)
@@ -268,7 +335,10 @@ static int postern_run(const char *config, gboolean use_syslog)
     g_ptr_array_free(sup.children, TRUE);
     g_main_loop_unref(sup.loop);
     config_free(&cfg);
-    return 0;
+    close(lock_fd);
+    if (sup.exit_status)
+        msg_error("stopped: a process could not start (exit status %d)", sup.exit_status);
+    return sup.exit_status;
 }
 
 int main(int argc, char **argv)

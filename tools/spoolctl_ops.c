@@ -144,12 +144,18 @@ int ctl_check(struct ctl *c, int argc, char **argv)
     struct check ck = { c, 0 };
     struct relay_url url;
     struct ctl_stats st;
-    GPtrArray *keys;
+    GPtrArray *keys, *problems;
     GError *err = NULL;
 
     if (!ctl_parse(c, &argc, &argv, "- check config, keys, spool and relay", none))
         return CTL_USAGE;
     check_say(&ck, TRUE, "config %s", c->cfg.path ? c->cfg.path : "(embedded defaults)");
+    /* What would stop the daemons and `postern run` (config.h): all of it. */
+    problems = g_ptr_array_new_with_free_func(g_free);
+    config_validate(&c->cfg, problems);
+    for (guint i = 0; i < problems->len; i++)
+        check_say(&ck, FALSE, "%s", (char *)problems->pdata[i]);
+    g_ptr_array_unref(problems);
 
     if (!spool_open(&c->spool, &c->cfg, &err) || !ctl_stats_read(c, &st, &err)) {
         check_say(&ck, FALSE, "spool: %s", err->message);

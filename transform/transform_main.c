@@ -12,9 +12,9 @@
 #include "common/log.h"
 #include "common/hint.h"
 #include "common/wire.h"
+#include "common/worker.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -28,7 +28,6 @@
 #define TRANSFORM_SLOTS 32
 #define TRANSFORM_BATCH_BYTES (8u << 20)
 #define TRANSFORM_BATCH_MS 100
-#define TRANSFORM_READER_CHECK_MS 30000
 
 /* A TJOB received and not yet started. */
 struct ticket {
@@ -39,23 +38,13 @@ struct ticket {
 struct transform_worker {
     struct transform tf;
     struct hint_sender *hints;
-    void *zctx;
-    void *sock;
+    struct worker conn;             /* to the dispatcher (common/worker.h) */
+    int sig_fd;
+    int stopping;                   /* the signal that stops us, or 0 */
     GArray *pending;                /* struct ticket, in arrival order */
-    int64_t heard;                  /* monotonic ms: the dispatcher's last word */
-    gboolean silent;                /* we said so in the log */
-    int64_t next_ping;
     int64_t next_reader_check;
     int64_t next_release;           /* drop read LMDB pages from our RSS, once a second */
 };
-
-static volatile sig_atomic_t transform_stopping;
-
-static void transform_on_signal(int sig)
-{
-    transform_stopping = sig;
-}
-
 
 /*
  * [dkim] keys left at its default names a key in the spool: create it on
@@ -65,16 +54,19 @@ static void transform_on_signal(int sig)
  */
 static void transform_default_key(const struct postern_config *cfg)
 {
-    /* As config.c derives it. */
-    g_autofree char *path = g_strdup_printf("%s/dkim/default.ed25519.pem", cfg->spool.dir);
-    g_autofree char *dflt = g_strconcat("default:", path, NULL);
-    g_autofree char *dir = g_path_get_dirname(path);
+    const char *path;
+    g_autofree char *dir = NULL;
     g_autofree char *record = NULL;
     struct dkim_key *key;
     GError *err = NULL;
 
-    if (strcmp(cfg->dkim.keys, dflt) != 0 || g_file_test(path, G_FILE_TEST_EXISTS))
+    if (!config_dkim_keys_default(cfg))
         return;
+    /* As config.c derives it: "default:PATH". */
+    path = cfg->dkim.keys + strlen("default:");
+    if (g_file_test(path, G_FILE_TEST_EXISTS))
+        return;
+    dir = g_path_get_dirname(path);
     if (g_mkdir_with_parents(dir, 0700) < 0)
         msg_fatal("%s: cannot create: %s", dir, g_strerror(errno));
     if (!(key = dkim_keygen(DKIM_KEY_ED25519, "default", path, &err))) {
@@ -103,33 +95,13 @@ static void transform_keys(struct transform *tf)
 }
 
 /*
- * A transform worker opens the spool, so it runs on the dispatcher's host:
- * it connects to the local ipc:// endpoint (a 0700 directory), which the
- * dispatcher binds beside a tcp:// one for remote senders; no CURVE needed.
- */
-static void transform_connect(struct transform_worker *w)
-{
-    const char *endpoint = w->tf.cfg->workers.local_dispatch;
-    int zero = 0;
-
-    w->zctx = zmq_ctx_new();
-    w->sock = zmq_socket(w->zctx, ZMQ_DEALER);
-    zmq_setsockopt(w->sock, ZMQ_LINGER, &zero, sizeof(zero));
-    if (zmq_connect(w->sock, endpoint) < 0)
-        msg_fatal("[workers] dispatch %s: %s", endpoint, zmq_strerror(errno));
-}
-
-/*
  * HELLO carries our slots, which the dispatcher takes as our whole credit.
  * Said again (after WHO, or a silence) while jobs wait here, it may grant
  * a few too many: those wait in `pending` too, none is lost.
  */
-static void transform_hello(struct transform_worker *w)
+static guint transform_free_slots(void *arg)
 {
-    g_autoptr(GBytes) hello = wire_pack("(su)", "transform", (guint32)TRANSFORM_SLOTS);
-
-    wire_send(w->sock, NULL, WIRE_HELLO, hello);
-    w->heard = mono_ms();
+    return TRANSFORM_SLOTS;
 }
 
 /*
@@ -140,7 +112,6 @@ static void transform_hello(struct transform_worker *w)
 static void transform_batch(struct transform_worker *w)
 {
     g_autoptr(GPtrArray) jobs = g_ptr_array_new_with_free_func((GDestroyNotify)transform_job_free);
-    g_autoptr(GBytes) credit = NULL;
     int64_t start = mono_ms();
     size_t bytes = 0;
     gboolean ready = FALSE;
@@ -162,14 +133,12 @@ static void transform_batch(struct transform_worker *w)
     for (guint i = 0; i < jobs->len; i++) {
         const struct transform_job *j = jobs->pdata[i];
         const char *outcome = transform_job_outcome(j);
-        g_autoptr(GBytes) done =
-            wire_pack("(tts)", transform_job_lease(j), transform_job_id(j), outcome);
 
-        wire_send(w->sock, NULL, WIRE_TDONE, done);
+        worker_say(&w->conn, WIRE_TDONE,
+                   wire_pack("(tts)", transform_job_lease(j), transform_job_id(j), outcome));
         ready |= strcmp(outcome, "stale") != 0 && strcmp(outcome, "error") != 0;
     }
-    credit = wire_pack("(u)", (guint32)jobs->len);
-    wire_send(w->sock, NULL, WIRE_CREDIT, credit);
+    worker_say(&w->conn, WIRE_CREDIT, wire_pack("(u)", (guint32)jobs->len));
     if (ready)
         hint_send(w->hints, "ready");
 }
@@ -185,51 +154,44 @@ static void transform_tjob(struct transform_worker *w, GBytes *payload)
     g_array_append_val(w->pending, t);
 }
 
-static void transform_receive(struct transform_worker *w)
+/* What the dispatcher says besides PING and WHO (common/worker.c answers those). */
+static void transform_command(void *arg, const char *cmd, GBytes *payload)
 {
-    GBytes *payload;
-    char *cmd;
+    struct transform_worker *w = arg;
 
-    while (wire_recv(w->sock, FALSE, NULL, &cmd, &payload)) {
-        w->heard = mono_ms();
-        if (w->silent)
-            msg_info("dispatcher %s is back", w->tf.cfg->workers.local_dispatch);
-        w->silent = FALSE;
-        if (g_str_equal(cmd, WIRE_TJOB))
-            transform_tjob(w, payload);
-        else if (g_str_equal(cmd, WIRE_WHO))
-            transform_hello(w);
-        else if (!g_str_equal(cmd, WIRE_PING))
-            msg_warn("dispatcher: unknown command \"%s\"", cmd);
-        g_free(cmd);
-        g_bytes_unref(payload);
-    }
+    if (g_str_equal(cmd, WIRE_TJOB))
+        transform_tjob(w, payload);
+    else
+        msg_warn("dispatcher: unknown command \"%s\"", cmd);
 }
 
+static const struct worker_ops transform_ops = {
+    .free_slots = transform_free_slots,
+    .command = transform_command,
+};
+
 /*
- * Heartbeats both ways.  A dispatcher silent for WIRE_DEAD_AFTER_MS has
- * restarted or forgotten us: introduce ourselves again (ZeroMQ reconnects
- * by itself; only the dispatcher's table of workers needs us back).
+ * A transform worker opens the spool, so it runs on the dispatcher's host:
+ * it connects to the local ipc:// endpoint (a 0700 directory), which the
+ * dispatcher binds beside a tcp:// one for remote senders; no CURVE needed.
+ * Unsent messages are dropped at exit: a TDONE lost costs a lease expiry.
  */
+static void transform_connect(struct transform_worker *w)
+{
+    const char *endpoint = w->tf.cfg->workers.local_dispatch;
+
+    worker_init(&w->conn, "transform", endpoint, 0, &transform_ops, w);
+    if (!worker_connect(&w->conn))
+        msg_fatal("[workers] dispatch %s: %s", endpoint, zmq_strerror(errno));
+}
+
+/* Heartbeats both ways (common/worker.c), the reader check, our RSS. */
 static void transform_timers(struct transform_worker *w)
 {
     int64_t now = mono_ms();
 
-    if (now >= w->next_ping) {
-        wire_send(w->sock, NULL, WIRE_PING, NULL);
-        w->next_ping = now + WIRE_HEARTBEAT_MS;
-    }
-    if (now - w->heard > WIRE_DEAD_AFTER_MS) {
-        if (!w->silent)
-            msg_warn("dispatcher %s silent for %" G_GINT64_FORMAT "s: saying HELLO until it "
-                     "answers", w->tf.cfg->workers.local_dispatch, (now - w->heard) / 1000);
-        w->silent = TRUE;
-        transform_hello(w);
-    }
-    if (now >= w->next_reader_check) {
-        spool_reader_check(w->tf.spool);
-        w->next_reader_check = now + TRANSFORM_READER_CHECK_MS;
-    }
+    worker_heartbeat(&w->conn);
+    spool_reader_check_every(w->tf.spool, &w->next_reader_check, now);
     if (now >= w->next_release) {
         spool_release_pages(w->tf.spool);
         w->next_release = now + 1000;
@@ -239,12 +201,19 @@ static void transform_timers(struct transform_worker *w)
 /* SIGTERM: the jobs in hand (received) are finished first; no new ones are read. */
 static void transform_loop(struct transform_worker *w)
 {
-    while (!transform_stopping || w->pending->len) {
-        zmq_pollitem_t item = { w->sock, 0, ZMQ_POLLIN, 0 };
-        int64_t wait = w->pending->len ? 0 : w->next_ping - mono_ms();
+    while (!w->stopping || w->pending->len) {
+        zmq_pollitem_t items[] = {
+            { w->conn.sock, 0, ZMQ_POLLIN, 0 },
+            { NULL, w->sig_fd, ZMQ_POLLIN, 0 },
+        };
+        long wait = w->pending->len ? 0 : worker_wait_ms(&w->conn);
 
-        if (!transform_stopping && zmq_poll(&item, 1, (long)CLAMP(wait, 0, WIRE_HEARTBEAT_MS)) > 0)
-            transform_receive(w);
+        if (!w->stopping && zmq_poll(items, 2, wait) > 0) {
+            if (items[1].revents)
+                w->stopping = daemon_signal_read(w->sig_fd);
+            if (!w->stopping)
+                worker_receive(&w->conn);
+        }
         if (w->pending->len)
             transform_batch(w);
         transform_timers(w);
@@ -253,14 +222,13 @@ static void transform_loop(struct transform_worker *w)
 
 int main(int argc, char **argv)
 {
-    struct sigaction sa = { .sa_handler = transform_on_signal };
     struct postern_config cfg;
     struct transform_worker w = { .tf.cfg = &cfg };
     GError *err = NULL;
 
     daemon_init(&argc, &argv, "postern-transform", "- Postern transform worker", NULL, &cfg);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    /* Before any thread (ZeroMQ's) starts: see common/daemon.h. */
+    w.sig_fd = daemon_signal_fd();
 
     mime_init();
     transform_keys(&w.tf);
@@ -270,15 +238,13 @@ int main(int argc, char **argv)
         msg_fatal("%s", err->message);
     w.pending = g_array_new(FALSE, FALSE, sizeof(struct ticket));
     transform_connect(&w);
-    transform_hello(&w);
     msg_info("daemon started: spool %s, dispatcher %s", cfg.spool.dir, cfg.workers.local_dispatch);
 
     transform_loop(&w);
 
-    msg_info("stopping on signal %d", (int)transform_stopping);
+    msg_info("stopping on signal %d", w.stopping);
     g_array_unref(w.pending);
-    zmq_close(w.sock);
-    zmq_ctx_term(w.zctx);
+    worker_close(&w.conn);
     hint_sender_close(w.hints);
     spool_close(w.tf.spool);
     g_ptr_array_unref(w.tf.keys);

@@ -49,13 +49,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (fd < 0 || (size > 0 && write(fd, data, size) != (ssize_t)size) || close(fd) != 0)
         abort();
     if (config_load(&cfg, path, &err)) {
+        g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func(g_free);
+
         FUZZ_CHECK(err == NULL, "loaded with an error set");
+        FUZZ_CHECK(cfg.ingest.hostname && cfg.workers.dispatch && cfg.dkim.keys, "derived");
+        /* What the daemons run before start (config_validate()): each problem
+         * names the file; with none, the values the daemons rely on hold. */
+        if (!config_validate(&cfg, problems)) {
+            for (guint i = 0; i < problems->len; i++)
+                FUZZ_CHECK(g_str_has_prefix(problems->pdata[i], path),
+                           "problem without the file name: %s", (char *)problems->pdata[i]);
+            config_free(&cfg);
+            return 0;
+        }
         FUZZ_CHECK(cfg.ingest.listen && cfg.ingest.listen[0], "no listen address");
         FUZZ_CHECK(cfg.ingest.recipients && cfg.ingest.recipients[0], "no recipient");
         FUZZ_CHECK(cfg.spool.max_size >= cfg.spool.map_size, "max_size < map_size");
         FUZZ_CHECK(cfg.retry.initial > 0 && cfg.retry.max >= cfg.retry.initial, "retry");
         FUZZ_CHECK(cfg.relay.max_connections > 0 && cfg.relay.max_rcpt_per_txn > 0, "relay");
-        FUZZ_CHECK(cfg.ingest.hostname && cfg.workers.dispatch && cfg.dkim.keys, "derived");
+        FUZZ_CHECK(cfg.retry.lease > 0 && cfg.workers.slots > 0, "lease, slots");
     } else {
         FUZZ_CHECK(err != NULL && err->message && g_str_has_prefix(err->message, path),
                    "error without the file name: %s", err ? err->message : "(none)");

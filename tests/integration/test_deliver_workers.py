@@ -253,7 +253,7 @@ def test_refused_configuration(tmp_path, case):
         why = f"curve_secret_key_file {key}: readable by group or others"
     elif case == "user_without_password":
         relay.update(user="u")
-        why = "user is set but password_file is not"
+        why = "[relay] user: is set but password_file is not"
     else:
         workers = {"dispatch": "tcp://127.0.0.1:1",
                    "curve_secret_key_file": loose_file(tmp_path, "k", "nonsense\n", 0o600),

@@ -9,6 +9,7 @@
 #include <glib/gstdio.h>
 #include <unistd.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/config.h"
 
@@ -65,21 +66,119 @@ static void test_values(void **state)
     g_unlink(path);
 }
 
-/* Each error names the file, the line and the key. */
+/*
+ * Each error names the file, the line and the key.  A file that loads is
+ * then validated (config_validate()): what the daemons run before start.
+ */
 static void expect_error(const char *text, const char *want)
 {
     g_autofree char *path = write_config(text);
+    g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func(g_free);
     struct postern_config cfg;
     GError *err = NULL;
+    gboolean found = FALSE;
 
-    assert_false(config_load(&cfg, path, &err));
-    assert_non_null(err);
-    assert_true(g_str_has_prefix(err->message, path));
-    if (!strstr(err->message, want))
-        fail_msg("\"%s\" does not contain \"%s\"", err->message, want);
-    g_error_free(err);
+    if (!config_load(&cfg, path, &err)) {
+        assert_non_null(err);
+        g_ptr_array_add(problems, g_strdup(err->message));
+        g_error_free(err);
+    } else {
+        assert_false(config_validate(&cfg, problems));
+    }
+    for (guint i = 0; i < problems->len; i++) {
+        const char *line = problems->pdata[i];
+
+        assert_true(g_str_has_prefix(line, path));
+        found |= strstr(line, want) != NULL;
+    }
+    if (!found)
+        fail_msg("\"%s\" does not contain \"%s\"", (char *)problems->pdata[0], want);
     config_free(&cfg);
     g_unlink(path);
+}
+
+/* The file a test names as an existing DKIM key. */
+static char *existing_file(void)
+{
+    return write_config("not really a key\n");
+}
+
+/* What loads and validates: the defaults, and a file with every check passing. */
+static void test_valid(void **state)
+{
+    g_autofree char *key = existing_file();
+    g_autofree char *text = g_strdup_printf(
+        "[ingest]\nlisten = 127.0.0.1:2525, [::1]:2526, unix:/tmp/postern.sock\n"
+        "[dkim]\nkeys = sel1:%s\n[relay]\nurl = smtp://relay.example:587\nuser = u\n"
+        "password_file = %s\nrate = 2.5\n", key, key);
+    g_autofree char *path = write_config(text);
+    g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func(g_free);
+    struct postern_config cfg;
+
+    assert_true(config_load(&cfg, NULL, NULL));
+    assert_true(config_validate(&cfg, problems));
+    config_free(&cfg);
+    assert_true(config_load(&cfg, path, NULL));
+    if (!config_validate(&cfg, problems))
+        fail_msg("%s", (char *)problems->pdata[0]);
+    config_free(&cfg);
+    g_unlink(path);
+    g_unlink(key);
+}
+
+/* Issue 9 item 5: config that cannot work is refused before anything starts. */
+static void test_cannot_work(void **state)
+{
+    g_autofree char *key = existing_file();
+    g_autofree char *dup = g_strdup_printf("[dkim]\nkeys = s:%s\n[relay]\nrate = 1\n"
+                                           "[dkim]\ndomain = x\n", key);
+    g_autofree char *dupkey = g_strdup_printf("[dkim]\nkeys = s:%s\nkeys = t:%s\n", key, key);
+
+    expect_error("[retry]\nlease = 0\n", ":2: [retry] lease: must be more than 0");
+    expect_error("[retry]\nlifetime = 0\n", ":2: [retry] lifetime: must be more than 0");
+    expect_error("[relay]\nurl = smtp//relay.example\n", ":2: [relay] url: relay url");
+    expect_error("[relay]\nurl = smtp://relay.example:587/x\n", ":2: [relay] url:");
+    expect_error("[ingest]\nmax_connections = 0\n", ":2: [ingest] max_connections: must be");
+    expect_error("[ingest]\ntimeout = 0\n", ":2: [ingest] timeout: must be more than 0");
+    expect_error("[relay]\ntimeout = 0\n", ":2: [relay] timeout: must be more than 0");
+    expect_error("[workers]\nslots = 0\n", ":2: [workers] slots: must be more than 0");
+    expect_error("[spool]\nmap_size = 0\n", ":2: [spool] map_size: must be more than 0");
+    expect_error("[relay]\nmax_connections = 0\n", ":2: [relay] max_connections: must be");
+    expect_error("[ingest]\nlisten = 127.0.0.1:99999\n",
+                 ":2: [ingest] listen: \"127.0.0.1:99999\"");
+    expect_error("[ingest]\nlisten = 127.0.0.1:0\n", "port \"0\" is not a number");
+    expect_error("[ingest]\nlisten = localhost\n", "expected host:port");
+    expect_error("[relay]\nrate = nan\n", ":2: [relay] rate: not a finite number");
+    expect_error("[relay]\nrate = inf\n", ":2: [relay] rate: not a finite number");
+    expect_error("[relay]\nurl = smtp://relay.example\ntls = none\nuser = u\n"
+                 "password_file = /etc/hostname\n", ":3: [relay] tls: none with a user");
+    expect_error("[relay]\nuser = u\n", ":2: [relay] user: is set but password_file is not");
+    expect_error("[relay]\nca_file = /nonexistent/ca.pem\n", "[relay] ca_file: /nonexistent");
+    expect_error(dup, ":5: [dkim]: section appears twice (first at line 1)");
+    expect_error(dupkey, ":3: [dkim] keys: key appears twice");
+    expect_error("[dkim]\nkeys = sel1:/nonexistent/sel1.pem\n",
+                 ":2: [dkim] keys: /nonexistent/sel1.pem: No such file");
+    expect_error("[dkim]\nkeys = nocolon\n", "is not selector:path");
+    g_unlink(key);
+}
+
+/* Issue 9 item 7: a spool directory or LMDB file others may write is refused. */
+static void test_spool_modes(void **state)
+{
+    g_autofree char *dir = g_dir_make_tmp("postern-spool-XXXXXX", NULL);
+    g_autofree char *data = g_build_filename(dir, "data.mdb", NULL);
+    g_autofree char *text = g_strdup_printf("[spool]\ndir = %s\n", dir);
+    g_autofree char *want_dir = g_strdup_printf("[spool] dir: %s: mode 0777", dir);
+    g_autofree char *want_data = g_strdup_printf("[spool] dir: %s: mode 0666", data);
+
+    assert_true(g_file_set_contents(data, "", 0, NULL));
+    assert_int_equal(chmod(dir, 0777), 0);
+    expect_error(text, want_dir);
+    assert_int_equal(chmod(dir, 0750), 0);
+    assert_int_equal(chmod(data, 0666), 0);
+    expect_error(text, want_data);
+    g_unlink(data);
+    g_rmdir(dir);
 }
 
 static void test_errors(void **state)
@@ -120,6 +219,9 @@ int main(void)
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_parsers),
+        cmocka_unit_test(test_valid),
+        cmocka_unit_test(test_cannot_work),
+        cmocka_unit_test(test_spool_modes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -342,7 +342,7 @@ static void test_url_bad(void **state)
         GError *err = NULL;
 
         assert_false(relay_url_parse(bad[i], &u, &err));
-        assert_true(g_error_matches(err, SMTP_ERROR, SMTP_ERROR_CONFIG));
+        assert_true(g_error_matches(err, RELAY_URL_ERROR, 1));
         assert_non_null(strstr(err->message, "relay url"));
         g_error_free(err);
         relay_url_clear(&u);

@@ -1,14 +1,19 @@
 /*
+ * relay_url.c - see relay_url.h.  In common/ because the config check
+ * (config.c) refuses a URL the sender could not use, before anything starts.
+ *
  * [relay] url: smtp://host[:port] (STARTTLS, default 587), smtps://host[:port]
  * (TLS from the first byte, default 465) or maildir:/path.
  */
 #include <string.h>
 
-#include "sender/smtp.h"
+#include "common/relay_url.h"
+
+G_DEFINE_QUARK(postern-relay-url-error, relay_url_error)
 
 static gboolean url_fail(GError **err, const char *url, const char *why)
 {
-    g_set_error(err, SMTP_ERROR, SMTP_ERROR_CONFIG, "relay url \"%s\": %s", url, why);
+    g_set_error(err, RELAY_URL_ERROR, 1, "relay url \"%s\": %s", url, why);
     return FALSE;
 }
 
