@@ -47,6 +47,7 @@ struct session {
     char *proto;                    /* LMTP, ESMTP, SMTP */
     gboolean have_mail;
     char *sender;
+    gboolean smtputf8;              /* MAIL said SMTPUTF8: addresses may be UTF-8 */
     GPtrArray *rcpts;               /* accepted recipients */
     struct lmtp_data_reader data;
     int64_t last_active;            /* monotonic seconds */

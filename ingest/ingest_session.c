@@ -145,6 +145,7 @@ static void ingest_session_reading(struct session *s)
 void ingest_session_end_transaction(struct session *s)
 {
     s->have_mail = FALSE;
+    s->smtputf8 = FALSE;
     g_clear_pointer(&s->sender, g_free);
     g_ptr_array_set_size(s->rcpts, 0);
     lmtp_data_clear(&s->data);
@@ -189,6 +190,7 @@ static void ingest_session_mail(struct session *s, const struct lmtp_cmd *cmd)
         return;
     }
     s->have_mail = TRUE;
+    s->smtputf8 = cmd->smtputf8;
     s->sender = g_strdup(cmd->addr);
     ingest_session_reply(s, "250 2.1.0 Ok");
 }
@@ -199,6 +201,12 @@ static void ingest_session_rcpt(struct session *s, const struct lmtp_cmd *cmd)
 
     if (!s->have_mail) {
         ingest_session_reply(s, "503 5.5.1 Error: need MAIL command");
+        return;
+    }
+    /* RFC 6531: a UTF-8 address only in a transaction that declared SMTPUTF8. */
+    if (!s->smtputf8 && !lmtp_addr_is_ascii(cmd->addr)) {
+        ingest_session_reply(s, "553 5.6.7 Must declare SMTPUTF8 to send unicode address");
+        s->errors++;
         return;
     }
     canon = lmtp_addr_canonical(cmd->addr);

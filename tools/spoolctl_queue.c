@@ -38,9 +38,30 @@ static char *ctl_join(GPtrArray *strings)
 {
     GString *out = g_string_new(NULL);
 
-    for (guint i = 0; i < strings->len; i++)
-        g_string_append_printf(out, "%s%s", i ? "," : "", (const char *)strings->pdata[i]);
+    for (guint i = 0; i < strings->len; i++) {
+        const char *one = strings->pdata[i];
+        if (i)
+            g_string_append_c(out, ',');
+        log_escape_append(out, one, strlen(one));
+    }
     return g_string_free(out, FALSE);
+}
+
+/*
+ * Text output goes to a terminal: whatever a client chose (addresses, the
+ * LHLO name) or a relay replied shows with its control bytes escaped, as
+ * in the log (common/log.h).  Each call returns a string of a small ring,
+ * so that one printf can take several.
+ */
+static const char *ctl_safe(const char *s)
+{
+    static char *ring[8];
+    static unsigned next;
+    char **slot = &ring[next++ % G_N_ELEMENTS(ring)];
+
+    g_free(*slot);
+    *slot = log_escape(s ? s : "");
+    return *slot;
 }
 
 /* stats */
@@ -233,8 +254,8 @@ static void ctl_list_row(const struct spool_msg *m, const uint32_t *counts, GStr
     spool_id_format(m->id, id);
     g_string_append_printf(out, "%-16s  %-19s  %8" G_GUINT64_FORMAT "  %-9s  %u/%u/%u  <%s> -> %s%s%s\n",
                            id, when, m->size, msg_state_name(m->state), counts[DLV_SENT],
-                           counts[DLV_DEFERRED], counts[DLV_BOUNCED], m->sender, rcpts,
-                           m->reason ? "  reason=" : "", m->reason ? m->reason : "");
+                           counts[DLV_DEFERRED], counts[DLV_BOUNCED], ctl_safe(m->sender), rcpts,
+                           m->reason ? "  reason=" : "", m->reason ? ctl_safe(m->reason) : "");
 }
 
 int ctl_list(struct ctl *c, int argc, char **argv)
@@ -375,16 +396,17 @@ static void ctl_show_text(const struct spool_msg *m)
     spool_id_format(m->id, id);
     printf("id:         %s\nstate:      %s (since %s)\n", id, msg_state_name(m->state), since);
     if (m->reason)
-        printf("reason:     %s\n", m->reason);
+        printf("reason:     %s\n", ctl_safe(m->reason));
     printf("arrival:    %s\nsize:       %" G_GUINT64_FORMAT "\nsender:     <%s>\n", arrival,
-           m->size, m->sender);
+           m->size, ctl_safe(m->sender));
     for (guint i = 0; i < m->recipients->len; i++)
-        printf("recipient:  <%s>\n", (const char *)m->recipients->pdata[i]);
-    printf("client:     %s (helo %s, %s)\nhistory:\n", m->client, m->helo, m->proto);
+        printf("recipient:  <%s>\n", ctl_safe(m->recipients->pdata[i]));
+    printf("client:     %s (helo %s, %s)\nhistory:\n", ctl_safe(m->client), ctl_safe(m->helo),
+           ctl_safe(m->proto));
     for (guint i = 0; i < m->history->len; i++) {
         const char *line = m->history->pdata[i];
         g_autofree char *when = ctl_time(g_ascii_strtoll(line, NULL, 10));
-        printf("  %s  %s\n", when, strchr(line, ' ') ? strchr(line, ' ') + 1 : line);
+        printf("  %s  %s\n", when, ctl_safe(strchr(line, ' ') ? strchr(line, ' ') + 1 : line));
     }
 }
 
@@ -414,10 +436,10 @@ static gboolean ctl_show_delivery(const struct spool_dlv *d, void *ctx)
         ctl_json_append(b, rows->out);
     } else {
         g_autofree char *next = ctl_time(d->next_try);
-        g_string_append_printf(rows->out, "%-40s  %-8s  %3u  %-19s  %s\n", d->rcpt,
+        g_string_append_printf(rows->out, "%-40s  %-8s  %3u  %-19s  %s\n", ctl_safe(d->rcpt),
                                dlv_state_name(d->state), d->attempts,
                                d->state == DLV_DEFERRED || d->state == DLV_READY ? next : "-",
-                               d->last_reply ? d->last_reply : "");
+                               ctl_safe(d->last_reply));
     }
     return TRUE;
 }

@@ -21,6 +21,8 @@ SOURCE = Path(os.environ.get("POSTERN_SOURCE", Path(__file__).resolve().parents[
 FIXTURES = Path(os.environ.get("POSTERN_FIXTURES", SOURCE.parent / "shared" / "fixtures" / "lego"))
 RECIPIENT = "restricted@abakus.no"
 QUEUED_RE = re.compile(r"^250 2\.0\.0 ([0-9A-F]{16}) queued$")
+# What log.c writes before "program[pid]: " on stderr: "Mon DD HH:MM:SS host ".
+LOG_STAMP = r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ )"
 SANITIZER_RE = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: \w+Sanitizer")
 
 

@@ -247,6 +247,54 @@ def test_mail_variants(ingest, need_spoolctl):
         assert ingest.show(qid)["sender"] == sender
 
 
+def raw_reply(c, data: bytes):
+    """Send one raw command line; its reply's last line."""
+    c.send(data + b"\r\n")
+    return c.line()
+
+
+def test_bad_bytes_refused_or_escaped(ingest, need_spoolctl):
+    """Issue 9 item 3: 8-bit bytes that are not UTF-8 are refused (553 5.6.7
+    in addresses, 501 in the LHLO name), controls too; what is stored and
+    logged shows control bytes as \\xNN, in the log and in spoolctl show."""
+    csi = "\u009b"                         # C1 CSI: valid UTF-8, a terminal control
+    with ingest.client() as c:
+        assert raw_reply(c, b"LHLO evil\x1b[1Ahost").startswith("501 5.5.2")
+        assert raw_reply(c, b"LHLO caf\xe9.example").startswith("501 5.5.2")
+        assert raw_reply(c, b"LHLO bad\x7fname").startswith("501 5.5.2")
+        c.lhlo(f"c{csi}31m.example")
+        assert raw_reply(c, b"MAIL FROM:<a\xff@example.org> SMTPUTF8").startswith("553 5.6.7")
+        assert raw_reply(c, b"MAIL FROM:<a\xc3@example.org>").startswith("553 5.6.7")
+        assert raw_reply(c, b"MAIL FROM:<a\x7f@example.org>").startswith("501 5.1.7")
+        assert raw_reply(c, b"MAIL FROM:<a\x1b[2J@example.org>").startswith("501 5.1.7")
+        assert c.cmd("MAIL FROM:<\u00fcser@example.org>").startswith("553 5.6.7")
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert raw_reply(c, b"RCPT TO:<r\xe9stricted@abakus.no>").startswith("553 5.6.7")
+        assert c.cmd("RCPT TO:<r\u00e9stricted@abakus.no>").startswith("553 5.6.7")
+        assert c.cmd("RSET") == "250 2.0.0 Ok"
+        sender = f"x{csi}[2J@example.org"
+        assert c.cmd(f"MAIL FROM:<{sender}> SMTPUTF8") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<nobody{csi}[1A@abakus.no>").startswith("550 5.1.1")
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("DATA").startswith("354")
+        c.send(data_payload(message("bytes")))
+        qid = queue_id_of(c.line())
+        assert qid
+    log = ingest.log_path.read_bytes()
+    for bad in (b"\x1b", b"\x7f", b"\xc2\x9b", b"\xff", b"\xe9"):
+        assert bad not in log, bad
+    assert b"<nobody\\xc2\\x9b[1A@abakus.no>: unknown recipient" in log
+    assert b"from=<x\\xc2\\x9b[2J@example.org>" in log
+    text = ingest.spoolctl("show", qid).stdout
+    assert b"\xc2\x9b" not in text and b"\x1b" not in text
+    assert b"sender:     <x\\xc2\\x9b[2J@example.org>" in text
+    assert b"helo c\\xc2\\x9b31m.example" in text
+    # JSON keeps the stored string exactly, its controls as \u escapes.
+    assert b"\xc2\x9b" not in ingest.spoolctl("--json", "show", qid).stdout
+    shown = ingest.show(qid)
+    assert (shown["sender"], shown["helo"]) == (sender, f"c{csi}31m.example")
+
+
 # ---- sizes ------------------------------------------------------------------
 
 def test_oversize_declared_in_mail_552(make_ingest):
