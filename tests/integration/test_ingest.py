@@ -674,6 +674,109 @@ def test_timeout_mid_data_421_stores_nothing(make_ingest, need_spoolctl):
     assert d.list() == []
 
 
+def dribble(c, data: bytes, every=0.5, limit=15):
+    """Send data one byte every `every` s until the server answers (or
+    closes) or `limit` s pass: (its reply line, seconds it took)."""
+    start = time.monotonic()
+    c.sock.settimeout(every)
+    for i in range(len(data)):
+        if time.monotonic() - start > limit:
+            break
+        try:
+            c.sock.sendall(data[i:i + 1])
+            chunk = c.sock.recv(65536)
+            c.buf += chunk
+            if not chunk or b"\n" in c.buf:
+                break
+        except socket.timeout:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    c.sock.settimeout(30)
+    line = c.line()
+    return line, time.monotonic() - start
+
+
+def test_dribbled_command_hits_its_deadline(make_ingest):
+    """Issue 9 item 2: a byte every 0.5 s does not keep a command alive
+    past `timeout` (it restarted on every byte: sessions lived for ever)."""
+    d = make_ingest({"ingest": {"timeout": "3s"}})
+    with d.client(timeout=60) as c:
+        c.lhlo()
+        line, took = dribble(c, b"MAIL FROM:<" + b"s" * 60 + b"@example.org>")
+        assert line.startswith("421 4.4.2"), line
+        assert 2.5 < took < 7, took
+        assert c.closed_by_peer()
+    assert "timeout after command from 127.0.0.1" in d.log()
+
+
+def test_dribbled_data_hits_its_deadline(make_ingest, need_spoolctl):
+    """Issue 9 item 2: in DATA a byte every 0.5 s earns 2 ms each at the
+    default min_data_rate (500 bytes/s): cut off after about `timeout`."""
+    d = make_ingest({"ingest": {"timeout": "3s"}})
+    with d.client(timeout=60) as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("DATA").startswith("354")
+        line, took = dribble(c, b"Subject: slow\r\n\r\n" + b"x" * 60)
+        assert line.startswith("421 4.4.2"), line
+        assert 2.5 < took < 7, took
+        assert c.closed_by_peer()
+    assert re.search(r"timeout after DATA \(\d+ bytes\) from 127\.0\.0\.1", d.log())
+    assert d.list() == []
+
+
+def test_data_at_the_minimum_rate_outlives_timeout(make_ingest, need_spoolctl):
+    """A message that comes at min_data_rate or faster may take longer than
+    `timeout` in all: each read earns its bytes' worth of time."""
+    d = make_ingest({"ingest": {"timeout": "2s", "min_data_rate": 200}})
+    body = b"y" * 78 + b"\r\n"
+    with d.client(timeout=60) as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("DATA").startswith("354")
+        c.send(b"Subject: steady\r\n\r\n")
+        start = time.monotonic()
+        while time.monotonic() - start < 4:     # 80 bytes a 0.3 s: 267 bytes/s
+            c.send(body)
+            time.sleep(0.3)
+        c.send(b".\r\n")
+        assert queue_id_of(c.line())
+
+
+def test_connections_per_client_421_470(make_ingest):
+    """Issue 9 item 2: [ingest] max_connections_per_client: the N+1th
+    session from one address hears 421 4.7.0 naming the reason and is
+    closed, and it is logged; other clients (here: the unix socket) and
+    later sessions are let in."""
+    d = make_ingest({"ingest": {"max_connections_per_client": 2}}, unix_socket=True)
+    c1, c2 = d.client(), d.client()
+    try:
+        assert c1.greeting[0] == 220 and c2.greeting[0] == 220
+        with d.client(greet=False) as c3:
+            line = c3.line()
+            assert line.startswith("421 4.7.0") and "too many connections from 127.0.0.1" in line
+            assert c3.closed_by_peer()
+        assert re.search(r"warning: connect from 127\.0\.0\.1: refused: too many connections "
+                         r"from this client \(2\)", d.log())
+        with Client(None, unix_path=d.unix_path) as u:
+            assert u.greeting[0] == 220
+        c1.lhlo()                                   # the admitted ones still work
+        assert queue_id_of(c1.transaction(SENDER, [RECIPIENT], message("per client"))[1][0])
+        c2.cmd("QUIT")
+        c2.closed_by_peer()
+
+        def admitted():
+            with d.client(greet=False) as c:
+                return c.line().startswith("220")
+        postern.wait_for(admitted, timeout=30, what="a free slot for 127.0.0.1")
+    finally:
+        c1.close()
+        c2.close()
+
+
 def test_connection_limit_421_432(make_ingest):
     d = make_ingest({"ingest": {"max_connections": 2}})
     c1, c2 = d.client(), d.client()
