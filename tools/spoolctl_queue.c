@@ -532,10 +532,12 @@ static gboolean ctl_show_read(struct ctl *c, queue_id id, enum ctl_show_what wha
 
 int ctl_show(struct ctl *c, int argc, char **argv)
 {
-    gboolean raw = FALSE, deliveries = FALSE, outgoing = FALSE;
+    gboolean raw = FALSE, deliveries = FALSE, outgoing = FALSE, unmasked = FALSE;
     g_autofree char *rcpt = NULL;
     GOptionEntry entries[] = {
-        { "raw", 0, 0, G_OPTION_ARG_NONE, &raw, "the message bytes as received", NULL },
+        { "raw", 0, 0, G_OPTION_ARG_NONE, &raw, "the message bytes as received, token masked",
+          NULL },
+        { "unmasked", 0, 0, G_OPTION_ARG_NONE, &unmasked, "with --raw: the token too", NULL },
         { "outgoing", 0, 0, G_OPTION_ARG_NONE, &outgoing, "the bytes sent to a recipient", NULL },
         { "rcpt", 0, 0, G_OPTION_ARG_STRING, &rcpt, "with --outgoing: this one (default: the first)",
           "A" },
@@ -556,8 +558,9 @@ int ctl_show(struct ctl *c, int argc, char **argv)
     }
     if (!ctl_parse_id(argv[1], &id))
         return CTL_USAGE;
-    if (raw + outgoing + deliveries > 1 || (rcpt && !outgoing)) {
-        fprintf(stderr, "spoolctl: show takes one of --raw, --outgoing [--rcpt A], --deliveries\n");
+    if (raw + outgoing + deliveries > 1 || (rcpt && !outgoing) || (unmasked && !raw)) {
+        fprintf(stderr, "spoolctl: show takes one of --raw [--unmasked], --outgoing [--rcpt A], "
+                        "--deliveries\n");
         return CTL_USAGE;
     }
     what = raw ? CTL_SHOW_RAW : outgoing ? CTL_SHOW_OUTGOING
@@ -565,6 +568,21 @@ int ctl_show(struct ctl *c, int argc, char **argv)
     ctl_open_spool(c);
     if (!ctl_show_read(c, id, what, rcpt, &m, out, &err))
         return ctl_fail(err);
+    /*
+     * The token in the bytes as received may still be valid (a message
+     * rejected for SENDER_MISMATCH): shown only on request, and that
+     * request is logged.
+     */
+    if (what == CTL_SHOW_RAW && unmasked) {
+        msg_info("%s: raw message shown with its token (show --raw --unmasked, uid %d)",
+                 argv[1], (int)getuid());
+    } else if (what == CTL_SHOW_RAW &&
+               ctl_mask_token(out, c->cfg.token.prefix) == CTL_MASK_FAILED) {
+        fprintf(stderr, "spoolctl: %s: cannot mask the token; --unmasked shows the message\n",
+                argv[1]);
+        spool_msg_clear(&m);
+        return CTL_FAIL;
+    }
     if (what == CTL_SHOW_MESSAGE)
         (c->json ? ctl_show_json : ctl_show_text)(&m);
     else if (out->len)              /* an empty body has no buffer at all */

@@ -296,7 +296,8 @@ def json_stats(config):
 
 
 def spoolctl_raw(config, qid) -> bytes:
-    return spoolctl(config, "show", qid, "--raw").stdout
+    """The stored bytes exactly: --unmasked, or a token part would be masked."""
+    return spoolctl(config, "show", qid, "--raw", "--unmasked").stdout
 
 
 # ---- a raw LMTP/SMTP client ---------------------------------------------
