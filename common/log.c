@@ -140,7 +140,8 @@ static const char *log_stamp(void)
 static void log_vemit(int priority, const char *severity, const char *fmt, va_list ap)
 {
     g_autofree char *raw = g_strdup_vprintf(fmt, ap);
-    g_autofree char *text = log_escape(raw);
+    g_autofree char *escaped = log_needs_escape(raw) ? log_escape(raw) : NULL;
+    const char *text = escaped ? escaped : raw;
 
     if (log_to_stderr) {
         g_autofree char *line = severity

@@ -70,8 +70,14 @@ static void ctl_json_escape_append(GString *out, const char *text)
     const char *end = text + strlen(text);
 
     for (const char *p = text; p < end;) {
-        gunichar u = g_utf8_get_char_validated(p, end - p);
+        gunichar u;
 
+        /* Most of it is ASCII other than DEL: copied as it is. */
+        if ((unsigned char)*p < 0x7f) {
+            g_string_append_c(out, *p++);
+            continue;
+        }
+        u = g_utf8_get_char_validated(p, end - p);
         if (u == (gunichar)-1 || u == (gunichar)-2) {
             g_string_append(out, "\\ufffd");
             p++;
@@ -79,7 +85,7 @@ static void ctl_json_escape_append(GString *out, const char *text)
             g_string_append_printf(out, "\\u%04x", u);
             p = g_utf8_next_char(p);
         } else {
-            const char *next = u < 0x80 ? p + 1 : g_utf8_next_char(p);
+            const char *next = g_utf8_next_char(p);
             g_string_append_len(out, p, next - p);
             p = next;
         }

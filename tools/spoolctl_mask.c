@@ -175,7 +175,8 @@ enum ctl_mask ctl_mask_token(GByteArray *raw, const char *prefix)
     g_object_unref(msg);
     rc = CTL_MASK_FAILED;           /* not where it should be: print nothing */
     if (start >= 0 && start <= end && end <= (gint64)raw->len) {
-        gboolean crlf = end - start >= 2 && raw->data[end - 2] == '\r' && raw->data[end - 1] == '\n';
+        gboolean crlf = end - start >= 2 && raw->data[end - 2] == '\r' &&
+                        raw->data[end - 1] == '\n';
         GByteArray *out = g_byte_array_sized_new(raw->len);
 
         /* The content keeps the line end it had before what follows it. */
