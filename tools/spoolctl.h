@@ -48,6 +48,11 @@ struct ctl_rows {
     gboolean json;
     GString *out;
 };
+/*
+ * s with control bytes and bad UTF-8 as \xNN (log_escape), for text output;
+ * valid until 8 more calls.
+ */
+const char *ctl_safe(const char *s);
 /* Report a spool error on stderr and pick the exit code for it. */
 int ctl_fail(GError *err);
 /* Open the spool or exit CTL_FAIL. */

@@ -112,6 +112,23 @@ void ctl_json_print(JsonBuilder *b)
     fputs(out->str, stdout);
 }
 
+/*
+ * Text output goes to a terminal: whatever a client chose (addresses, the
+ * LHLO name) or a relay replied shows with its control bytes escaped, as
+ * in the log (common/log.h).  Each call returns a string of a small ring,
+ * so that one printf can take several.
+ */
+const char *ctl_safe(const char *s)
+{
+    static char *ring[8];
+    static unsigned next;
+    char **slot = &ring[next++ % G_N_ELEMENTS(ring)];
+
+    g_free(*slot);
+    *slot = log_escape(s ? s : "");
+    return *slot;
+}
+
 int ctl_fail(GError *err)
 {
     int code = g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND) ? CTL_NOT_FOUND : CTL_FAIL;

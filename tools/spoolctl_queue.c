@@ -47,23 +47,6 @@ static char *ctl_join(GPtrArray *strings)
     return g_string_free(out, FALSE);
 }
 
-/*
- * Text output goes to a terminal: whatever a client chose (addresses, the
- * LHLO name) or a relay replied shows with its control bytes escaped, as
- * in the log (common/log.h).  Each call returns a string of a small ring,
- * so that one printf can take several.
- */
-static const char *ctl_safe(const char *s)
-{
-    static char *ring[8];
-    static unsigned next;
-    char **slot = &ring[next++ % G_N_ELEMENTS(ring)];
-
-    g_free(*slot);
-    *slot = log_escape(s ? s : "");
-    return *slot;
-}
-
 /* stats */
 
 static gboolean ctl_take_first(queue_id id, void *ctx)
