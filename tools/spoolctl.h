@@ -49,6 +49,11 @@ struct ctl_rows {
     gboolean json;
     GString *out;
 };
+/*
+ * s with control bytes and bad UTF-8 as \xNN (log_escape), for text output;
+ * valid until 8 more calls.
+ */
+const char *ctl_safe(const char *s);
 /* Report a spool error on stderr and pick the exit code for it. */
 int ctl_fail(GError *err);
 /* Open the spool or exit CTL_FAIL. */
@@ -73,6 +78,15 @@ int ctl_release(struct ctl *c, int argc, char **argv);
 int ctl_retry(struct ctl *c, int argc, char **argv);
 int ctl_delete(struct ctl *c, int argc, char **argv);
 int ctl_purge(struct ctl *c, int argc, char **argv);
+
+/* spoolctl_mask.c */
+enum ctl_mask { CTL_MASK_NONE, CTL_MASK_DONE, CTL_MASK_FAILED };
+/*
+ * Replace the token in raw (a message as received) by "[token ID]": in
+ * the token part, re-encoded as it was, and wherever the text recurs.
+ * CTL_MASK_NONE: no token part; CTL_MASK_FAILED: raw must not be shown.
+ */
+enum ctl_mask ctl_mask_token(GByteArray *raw, const char *prefix);
 
 /* spoolctl_token.c */
 int ctl_token(struct ctl *c, int argc, char **argv);

@@ -6,10 +6,14 @@ it.  Each command is checked for what it prints (the JSON shapes of §6),
 what it changes in the spool, what the relay then gets, and its exit code:
 0 ok, 1 not found, 2 usage error, 3 spool error (docs/man/spoolctl.8).
 """
+import email
+import email.policy
 import json
+import re
 import smtplib
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -202,9 +206,11 @@ def test_show_views(make_chain):
     assert rc == 0 and f"id:         {qid}\n" in text and "state:      done" in text
     assert f"sender:     <{OWNER}>" in text and f"recipient:  <{RECIPIENT}>" in text
 
-    # --raw: the bytes as received.
-    rc, raw, _ = ctl(cfg, "show", qid, "--raw")
+    # --raw --unmasked: the bytes as received (--raw alone masks the token).
+    rc, raw, _ = ctl(cfg, "show", qid, "--raw", "--unmasked")
     assert rc == 0 and raw == data
+    rc, raw, _ = ctl(cfg, "show", qid, "--raw")
+    assert rc == 0 and raw != data and b"[token " in token_part(raw)
 
     # --outgoing: the bytes the relay got, per recipient; the first by default.
     for r in RCPTS[:2]:
@@ -227,6 +233,47 @@ def test_show_views(make_chain):
     lines = out.decode().splitlines()
     assert rc == 0 and lines[0].split()[:3] == ["RECIPIENT", "STATE", "TRY"]
     assert [l.split()[:3] for l in lines[1:]] == [[r, "sent", "1"] for r in RCPTS[:2]]
+
+
+def token_part(raw: bytes) -> bytes:
+    """The decoded content of the message's token part (its first LEGOTOKEN part)."""
+    for part in email.message_from_bytes(raw, policy=email.policy.default).walk():
+        if not part.is_multipart():
+            content = part.get_payload(decode=True) or b""
+            if content.startswith(b"LEGOTOKEN"):
+                return content
+    return b""
+
+
+def test_show_raw_masks_a_live_token(make_chain):
+    """Issue 9 item 4: a message rejected for SENDER_MISMATCH keeps a token
+    that still works; `show --raw` prints it as "[token ID]", ID as `token
+    list` shows it, in the base64 part and in a copy in the Subject;
+    --unmasked prints the bytes as received, and says so in the log."""
+    c, relay = make_chain()
+    cfg = c.config_path
+    token = c.token(*RCPTS[:1])
+    data = pc.lego_message(token, subject=f"Fwd: {token}", sender="thief@evil.example")
+    qid = lmtp_send(c.ingest, data, sender="thief@evil.example")
+    c.wait_state(qid, "rejected")
+    assert c.show(qid)["reason"] == "SENDER_MISMATCH"
+    [tk] = ctl_json(cfg, "token", "list")
+    assert tk["status"] == "active"                 # the token would still work
+
+    rc, masked, err = ctl(cfg, "show", qid, "--raw")
+    assert rc == 0, err
+    assert token.encode() not in masked
+    assert token_part(masked).strip() == f"LEGOTOKEN[token {tk['id']}]".encode()
+    assert f"Subject: Fwd: [token {tk['id']}]".encode() in masked
+    # Nothing else changed: the rest of the message is as received.
+    before, after = data.split(b"TEVHT1RPS0VO", 1)[0], masked.split(b"TEVHT1RPS0VO", 1)[0]
+    assert before.replace(token.encode(), f"[token {tk['id']}]".encode()) == after
+    assert masked.endswith(data[data.rindex(b"\r\n--"):])
+
+    rc, raw, err = ctl(cfg, "show", qid, "--raw", "--unmasked")
+    assert rc == 0 and raw == data
+    assert re.search(rf"spoolctl\[\d+\]: {qid}: raw message shown with its token", err), err
+    assert ctl(cfg, "show", qid, "--unmasked")[0] == 2         # only with --raw
 
 
 def test_show_raw_holds_no_reader_while_writing(ingest, need_spoolctl):
@@ -354,6 +401,18 @@ def test_retry_makes_deferred_due_now(make_chain):
         [d] = c.wait_state(q, "done")
         assert (d["state"], d["attempts"]) == ("sent", 2)
     assert [len(relay.copies(r)) for r in RCPTS] == [1, 1, 1]
+
+
+@pytest.mark.skipif(Path("/dev/log").is_socket(), reason="a syslog daemon takes the lines here")
+def test_actions_logged_to_stderr_without_syslog(ingest, need_spoolctl):
+    """Issue 9 item 12: with no syslog daemon (no /dev/log socket) spoolctl's
+    changes went nowhere; now they go to stderr, stamped like syslog."""
+    qid = lmtp_send(ingest, postern.message("logged"))
+    rc, out, err = ctl(ingest.config_path, "hold", qid)
+    assert rc == 0 and out == b"held: 1 message(s)\n", err
+    assert re.search(rf"^{postern.LOG_STAMP}spoolctl\[\d+\]: {qid}: state=hold", err, re.M), err
+    rc, out, err = ctl(ingest.config_path, "--json", "list")  # reads log nothing
+    assert rc == 0 and err == "", err
 
 
 # ---- delete, purge -------------------------------------------------------------------
