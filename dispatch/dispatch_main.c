@@ -35,7 +35,9 @@ static void dispatch_load_relay_state(struct dispatch *d)
     spool_read_end(&t);
     d->paused_until = st.paused_until;
     d->pauses = st.pauses;
-    if (d->paused_until > unix_ms())
+    d->pause_since = st.since;
+    d->relay_held = relay_state_paused(&st, unix_ms());
+    if (d->relay_held)
         dispatch_log_pause(d, "(recorded before our start)");
 }
 
@@ -104,6 +106,7 @@ static void dispatch_loop(struct dispatch *d)
             next_tick = now + TICK_MS;
             dispatch_heartbeat(d);
             dispatch_expire_leases(d);
+            dispatch_relay_refresh(d);
             spool_release_pages(d->spool);
             d->work_hinted = TRUE;
         }

@@ -135,6 +135,9 @@ void    smtp_results_clear(struct smtp_rcpt_result *results, size_t n);
 /* A quota or throttle reply of the relay (SPEC §5): says nothing about the
  * message, every delivery would get the same answer for a while. */
 gboolean smtp_result_throttled(const struct smtp_rcpt_result *r);
+/* The relay refused our AUTH for good (wrong user or password): a relay
+ * fault, not the message's, that pauses the relay like a quota. */
+gboolean smtp_result_auth_refused(const struct smtp_rcpt_result *r);
 
 struct smtp_client;
 
