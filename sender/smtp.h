@@ -157,6 +157,13 @@ int     smtp_client_send(struct smtp_client *c, const char *mail_from,
              const char *const *data_parts, const size_t *data_lens,
              size_t n_parts, struct smtp_rcpt_result *results, GError **err);
 
+/*
+ * Open a session as a transaction would (connect, greeting, EHLO,
+ * STARTTLS with the configured verification, AUTH) and stop there:
+ * `spoolctl check`.  FALSE with *err naming the relay and its reply.
+ */
+gboolean smtp_client_probe(struct smtp_client *c, GError **err);
+
 /* Whether the client holds a connection now (a failure drops it). */
 gboolean smtp_client_connected(const struct smtp_client *c);
 

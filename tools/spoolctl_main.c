@@ -25,6 +25,7 @@ static const struct {
     { "delete", ctl_delete, "ID | --state S" },
     { "purge", ctl_purge, "--older-than D" },
     { "token", ctl_token, "add|import|list|show|revoke ..." },
+    { "relay", ctl_relay, "status | resume (the pause after a quota reply or refused AUTH)" },
     { "check", ctl_check, "config, keys, spool and relay: says what is wrong" },
     { "metrics", ctl_metrics, "Prometheus text format" },
     { "dkim", ctl_dkim, "keygen --type rsa|ed25519 --out FILE [--selector S]" },
