@@ -139,9 +139,10 @@ static int64_t usec_to_sec_up(int64_t usec)
  * until the pause ends, never bouncing it for the reply itself; but a
  * pause that lasts must not keep it forever: past [retry] lifetime it
  * bounces.  One event, one pause: a pausing reply to a job leased before
- * the pause in the spool began (relay_state_new_pause) was already
- * answered by it, and neither pauses again nor doubles the next pause;
- * several in this transaction begin one pause.
+ * the pause in the spool began (relay_state_news) was already answered by
+ * it, and neither pauses again nor doubles the next pause; several in this
+ * transaction begin one pause.  Likewise only a copy leased after the
+ * pause began, when sent, ends the run of pauses.
  */
 static const char *result_apply(struct rresult *rr, struct spool_dlv *dv, uint64_t lease,
                                  const struct wire_rcpt_result *r, int64_t now_us)
@@ -157,7 +158,7 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv, uint64
     g_free(dv->last_reply);
     dv->last_reply = result_reply(r);
     v = retry_classify(&sr);
-    if (v == RETRY_PAUSE && !rr->paused && relay_state_new_pause(&rr->before, lease)) {
+    if (v == RETRY_PAUSE && !rr->paused && relay_state_news(&rr->before, lease)) {
         rr->pause_until_us = now_us + retry_pause(&d->policy, rr->before.pauses + 1);
         rr->paused = TRUE;
         rr->auth = smtp_result_auth_refused(&sr);
@@ -175,7 +176,7 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv, uint64
     switch (v) {
     case RETRY_SENT:
         dv->state = DLV_SENT;
-        rr->any_sent = TRUE;
+        rr->any_sent |= relay_state_news(&rr->before, lease);
         return "sent";
     case RETRY_DEFER:
         dv->state = DLV_DEFERRED;

@@ -61,7 +61,7 @@ gboolean relay_state_paused(const struct relay_state *st, int64_t now_ms)
     return st->paused_until > now_ms;
 }
 
-gboolean relay_state_new_pause(const struct relay_state *st, uint64_t lease)
+gboolean relay_state_news(const struct relay_state *st, uint64_t lease)
 {
     return lease >= st->since;
 }

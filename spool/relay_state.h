@@ -37,10 +37,12 @@ gboolean relay_state_put(struct spool_txn *t, const struct relay_state *st, GErr
 gboolean relay_state_paused(const struct relay_state *st, int64_t now_ms);
 
 /*
- * Pure: whether a pausing reply to a job leased under `lease` is a new
- * event (pause, and the next one twice as long), or one the pause in st
- * already answered: the job was leased before that pause began.
+ * Pure: whether the reply to a job leased under `lease` is news about the
+ * relay: the job was leased after the last pause began.  A pausing reply
+ * is then a new event (pause, and the next one twice as long), a 2xx ends
+ * the run of pauses.  A reply to a job leased before was already answered
+ * by that pause, and changes neither.
  */
-gboolean relay_state_new_pause(const struct relay_state *st, uint64_t lease);
+gboolean relay_state_news(const struct relay_state *st, uint64_t lease);
 
 #endif

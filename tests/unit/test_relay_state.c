@@ -122,10 +122,10 @@ static void test_one_pause_per_event(void **state)
     struct relay_state none = { 0 };
     struct relay_state paused = { .paused_until = 2000, .pauses = 1, .since = 500 };
 
-    assert_true(relay_state_new_pause(&none, 1));
-    assert_false(relay_state_new_pause(&paused, 499));
-    assert_true(relay_state_new_pause(&paused, 500));
-    assert_true(relay_state_new_pause(&paused, 501));
+    assert_true(relay_state_news(&none, 1));
+    assert_false(relay_state_news(&paused, 499));
+    assert_true(relay_state_news(&paused, 500));
+    assert_true(relay_state_news(&paused, 501));
 }
 
 int main(void)
