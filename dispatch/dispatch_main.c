@@ -57,6 +57,8 @@ static void dispatch_setup(struct dispatch *d)
         msg_fatal("%s: [relay] url: %s", d->cfg->path ? d->cfg->path : "(defaults)", err->message);
     if (!spool_open(&d->spool, d->cfg, &err))
         msg_fatal("%s", err->message);
+    /* Results of mail already sent must be recorded even on a full spool. */
+    spool_use_reserve(d->spool);
     d->zctx = zmq_ctx_new();
     if (!dispatch_bind(d, &err))
         msg_fatal("%s", err->message);

@@ -92,6 +92,8 @@ void ctl_open_spool(struct ctl *c)
 
     if (!spool_open(&c->spool, &c->cfg, &err))
         exit(ctl_fail(err));
+    /* delete and purge must work on a full spool: they are the remedy. */
+    spool_use_reserve(c->spool);
 }
 
 static void ctl_usage(void)
