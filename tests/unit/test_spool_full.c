@@ -198,7 +198,8 @@ static int full_fs_child(const char *dir)
      */
     spool_use_reserve(sp);
     if (spool_write(sp, put_message, &p, &err) ||
-        !g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_FULL) || !strstr(err->message, "file system")) {
+        !g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_FULL) ||
+        !strstr(err->message, "file system")) {
         fprintf(stderr, "too large a message: %s\n", err ? err->message : "stored");
         return 3;
     }
