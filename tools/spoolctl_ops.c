@@ -207,6 +207,14 @@ int ctl_check(struct ctl *c, int argc, char **argv)
             check_relay(&ck, &url);
         relay_url_clear(&url);
     }
+    /* A pause in force is no configuration problem, but explains a quiet queue. */
+    if (c->spool) {
+        struct relay_state rs;
+        if (ctl_relay_read(c, &rs, NULL) && relay_state_paused(&rs, unix_ms())) {
+            g_autofree char *relay = ctl_relay_describe(&c->cfg, &rs);
+            printf("note: %s (spoolctl relay resume ends it)\n", relay);
+        }
+    }
     if (g_str_has_prefix(c->cfg.workers.dispatch, "tcp://") &&
         (!*c->cfg.workers.curve_secret_key_file || !*c->cfg.workers.curve_allowed_keys_file))
         check_say(&ck, FALSE, "[workers] dispatch %s: tcp:// needs CURVE keys",

@@ -236,6 +236,7 @@ def test_refused_auth_pauses_relay_and_check_says_why(tmp_path, make_chain):
     [line] = [l for l in out.splitlines() if l.startswith("error: [relay] url")]
     assert line.startswith(f"error: [relay] url {c.ingest.sections['relay']['url']}: "), line
     assert "refused while authenticating: 535 5.7.8" in line, line
+    assert "note: relay" in out and "paused until" in out, out
 
 
 def test_check_verifies_the_relay_certificate(make_chain):
