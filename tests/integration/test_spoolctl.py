@@ -467,6 +467,7 @@ def test_exit_1_not_found(ingest, need_spoolctl, args):
     ["release"], ["retry", "--all", UNKNOWN_ID], ["delete"], ["delete", "--state", "gone"],
     ["delete", UNKNOWN_ID, "--state", "done"], ["purge"], ["purge", "--older-than", "later"],
     ["list", "--limit", "-1"], ["stats", "extra"], ["stats", "--bogus"],
+    ["relay"], ["relay", "pause"], ["relay", "status", "extra"],
 ])
 def test_exit_2_usage(ingest, need_spoolctl, args):
     qid = lmtp_send(ingest, postern.message("kept"))
