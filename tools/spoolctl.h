@@ -15,6 +15,7 @@
 
 #include "common/config.h"
 #include "spool/delivery.h"
+#include "spool/relay_state.h"
 #include "spool/spool.h"
 
 #define CTL_OK 0
@@ -66,6 +67,7 @@ struct ctl_stats {
     uint64_t tokens_active, tokens_used;
     int64_t oldest_age;             /* seconds, oldest message not ended */
     uint64_t spool_bytes;
+    struct relay_state relay;       /* the relay pause */
 };
 
 /* spoolctl_queue.c */
@@ -93,6 +95,14 @@ int ctl_token(struct ctl *c, int argc, char **argv);
 
 /* spoolctl_dkim.c */
 int ctl_dkim(struct ctl *c, int argc, char **argv);
+
+/* spoolctl_relay.c: the relay pause */
+gboolean ctl_relay_read(struct ctl *c, struct relay_state *st, GError **err);
+/* "relay URL: not paused" or "relay URL: paused until ..., after: REPLY" */
+char *ctl_relay_describe(const struct postern_config *cfg, const struct relay_state *st);
+/* {"paused": b, "paused_until": unix s or 0, "pauses": n, "reason": s|null} */
+void ctl_relay_json(JsonBuilder *b, const struct relay_state *st);
+int ctl_relay(struct ctl *c, int argc, char **argv);
 
 /* spoolctl_ops.c */
 int ctl_check(struct ctl *c, int argc, char **argv);

@@ -25,6 +25,7 @@ static const struct {
     { "delete", ctl_delete, "ID | --state S" },
     { "purge", ctl_purge, "--older-than D" },
     { "token", ctl_token, "add|import|list|show|revoke ..." },
+    { "relay", ctl_relay, "status | resume (the pause after a quota reply or refused AUTH)" },
     { "check", ctl_check, "config, keys, spool and relay: says what is wrong" },
     { "metrics", ctl_metrics, "Prometheus text format" },
     { "dkim", ctl_dkim, "keygen --type rsa|ed25519 --out FILE [--selector S]" },
@@ -146,6 +147,8 @@ void ctl_open_spool(struct ctl *c)
 
     if (!spool_open(&c->spool, &c->cfg, &err))
         exit(ctl_fail(err));
+    /* delete and purge must work on a full spool: they are the remedy. */
+    spool_use_reserve(c->spool);
 }
 
 static void ctl_usage(void)

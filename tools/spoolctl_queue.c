@@ -7,6 +7,7 @@
  * one write transaction.
  */
 #include "tools/spoolctl.h"
+#include "common/clock.h"
 #include "common/log.h"
 
 #include <stdio.h>
@@ -73,6 +74,10 @@ gboolean ctl_stats_read(struct ctl *c, struct ctl_stats *st, GError **err)
     }
     st->tokens_active = spool_counter_get(&t, "tok.active");
     st->tokens_used = spool_counter_get(&t, "tok.used");
+    if (!relay_state_get(&t, &st->relay, err)) {
+        spool_read_end(&t);
+        return FALSE;
+    }
 
     /* The oldest message still in the queue: first id of each live state. */
     for (int s = MSG_INCOMING; s <= MSG_HOLD; s++) {
@@ -139,6 +144,8 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
         json_builder_set_member_name(b, "used");
         json_builder_add_int_value(b, (gint64)used);
         json_builder_end_object(b);
+        json_builder_set_member_name(b, "relay");
+        ctl_relay_json(b, &st.relay);
         json_builder_end_object(b);
         ctl_json_print(b);
         return CTL_OK;
@@ -153,6 +160,9 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
            used);
     printf("%-12s %" G_GINT64_FORMAT "s\n%-12s %" G_GUINT64_FORMAT " bytes\n", "oldest age:", age,
            "spool size:", bytes);
+    /* Last, so that scripts reading the lines above by position still work. */
+    g_autofree char *relay = ctl_relay_describe(&c->cfg, &st.relay);
+    printf("%-12s %s\n", "relay:", relay);
     return CTL_OK;
 }
 
@@ -281,6 +291,15 @@ int ctl_list(struct ctl *c, int argc, char **argv)
     f.sender = sender;
     f.limit = limit;
     ctl_open_spool(c);
+    /* Deferred rows say nothing of a paused relay: say it above them. */
+    struct relay_state rs;
+    GError *rerr = NULL;
+    if (!c->json && !ctl_relay_read(c, &rs, &rerr))
+        return ctl_fail(rerr);
+    if (!c->json && relay_state_paused(&rs, unix_ms())) {
+        g_autofree char *relay = ctl_relay_describe(&c->cfg, &rs);
+        printf("%s (spoolctl relay resume to end it)\n", relay);
+    }
     if (!c->json)
         printf("%-16s  %-19s  %8s  %-9s  %s\n", "ID", "ARRIVAL", "SIZE", "STATE",
                "SENT/DEFERRED/BOUNCED  SENDER -> RECIPIENTS");
@@ -616,6 +635,8 @@ static gboolean ctl_change_write(struct spool_txn *t, void *ctx, GError **err)
     return TRUE;
 }
 
+static gboolean ctl_do_retry(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err);
+
 /*
  * Apply fn to one message (id_text) or to every message in `state` (-1:
  * all), a page of ids per write transaction so that ingest is never kept
@@ -668,10 +689,21 @@ static int ctl_change_run(struct ctl *c, const char *id_text, int state, ctl_cha
         }
     }
     g_ptr_array_unref(page.ids);
-    if (c->json)
+    /* Retried deliveries are due now, but a paused relay holds them: say until when. */
+    struct relay_state rs;
+    gboolean held = fn == ctl_do_retry && ctl_relay_read(c, &rs, NULL) &&
+                    relay_state_paused(&rs, unix_ms());
+    if (c->json && held)
+        printf("{\"%s\": %" G_GINT64_FORMAT ", \"relay_paused_until\": %" G_GINT64_FORMAT "}\n",
+               verb, total, rs.paused_until / 1000);
+    else if (c->json)
         printf("{\"%s\": %" G_GINT64_FORMAT "}\n", verb, total);
     else
         printf("%s: %" G_GINT64_FORMAT " message(s)\n", verb, total);
+    if (!c->json && held) {
+        g_autofree char *relay = ctl_relay_describe(&c->cfg, &rs);
+        printf("%s: they move when it ends, or after spoolctl relay resume\n", relay);
+    }
     return CTL_OK;
 }
 

@@ -467,6 +467,42 @@ def test_purge_removes_only_ended_messages(make_chain):
     assert st["deliveries"] == {"ready": 0, "leased": 0, "deferred": 1, "sent": 0, "bounced": 0}
 
 
+def test_delete_and_purge_work_on_a_full_spool(make_ingest, need_spoolctl):
+    """Fill the spool until ingest answers 452: delete (and purge) must
+    still work, as docs/operations.md section 8 tells the operator; the
+    warning names the spool, what is full and the remedy; ingest then
+    accepts mail again."""
+    d = make_ingest({"spool": {"map_size": "1M", "max_size": "2M"}})
+    cfg = d.config_path
+    body = ("y" * 78 + "\r\n") * 1000           # 80 KB
+    stored, reply = [], None
+    with d.client() as c:
+        c.lhlo()
+        # Large messages until one is refused, then small ones into the last pages.
+        for lines in (1000, 10):
+            for i in range(1000):
+                _, replies = c.transaction("sender@example.org", [RECIPIENT],
+                                           postern.message(f"fill {i}", body=body[:80 * lines]))
+                if not replies[0].startswith("250"):
+                    reply = replies[0]
+                    break
+                stored.append(postern.QUEUED_RE.match(replies[0]).group(1))
+            assert reply == "452 4.3.1 Insufficient system storage", (reply, stored)
+    assert len(stored) > 5
+
+    # The remedy works: one message, then a whole state, then purge.
+    assert ctl_json(cfg, "delete", stored[0]) == [{"deleted": 1}]
+    assert ctl_json(cfg, "purge", "--older-than", "1s") == [{"purged": 0}]
+    assert ctl_json(cfg, "delete", "--state", "incoming") == [{"deleted": len(stored) - 1}]
+    assert ctl_json(cfg, "list") == []
+    with d.client() as c:
+        c.lhlo()
+        assert c.send_message(postern.message("after", body=body))
+    warning = [l for l in d.log().splitlines() if "spool full" in l][-1]
+    assert str(d.spool_dir) in warning and "max_size" in warning, warning
+    assert "spoolctl purge" in warning, warning
+
+
 # ---- exit codes -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [
@@ -490,6 +526,7 @@ def test_exit_1_not_found(ingest, need_spoolctl, args):
     ["release"], ["retry", "--all", UNKNOWN_ID], ["delete"], ["delete", "--state", "gone"],
     ["delete", UNKNOWN_ID, "--state", "done"], ["purge"], ["purge", "--older-than", "later"],
     ["list", "--limit", "-1"], ["stats", "extra"], ["stats", "--bogus"],
+    ["relay"], ["relay", "pause"], ["relay", "status", "extra"],
 ])
 def test_exit_2_usage(ingest, need_spoolctl, args):
     qid = lmtp_send(ingest, postern.message("kept"))
