@@ -720,13 +720,22 @@ static gboolean ctl_do_hold(struct spool_txn *t, struct spool_msg *m, void *arg,
            spool_msg_set_state(t, m, MSG_HOLD, "held by operator", err);
 }
 
+/*
+ * Back to the state it was held from; then, for a message that had
+ * deliveries, to what they say now: those leased when it was held went on
+ * to their results, which the dispatcher recorded but could not act on
+ * while the message was held.  Without the settle a message whose last
+ * delivery ended while held would stay ready forever.
+ */
 static gboolean ctl_do_release(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
 {
+    enum msg_state to = ctl_is_live(m->held_from) ? m->held_from : MSG_INCOMING;
+
     if (m->state != MSG_HOLD)
         return FALSE;
     return spool_dlv_set_held(t, m->id, FALSE, err) &&
-           spool_msg_set_state(t, m, ctl_is_live(m->held_from) ? m->held_from : MSG_INCOMING,
-                               NULL, err);
+           spool_msg_set_state(t, m, to, NULL, err) &&
+           (to == MSG_INCOMING || spool_msg_settle(t, m->id, err));
 }
 
 static gboolean ctl_do_retry(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
