@@ -389,8 +389,18 @@ static void rewrite_fix_headers(GMimeHeaderList *list)
  * the text in place (SPEC §4.4) rather than into a part of its own, which
  * many clients list as an attachment. The only part's Content-* headers
  * become the top-level ones. A lone attached message stays inside: as the
- * whole body, clients show it as a bare header block.
+ * whole body, clients show it as a bare header block. So does a part
+ * followed by text after the close delimiter: the epilogue, where mail
+ * with two boundary parameters has the parts a reader that takes the
+ * other one shows. (A preamble goes: clients show neither, and mail
+ * clients put "This is a multi-part message in MIME format." there.)
  */
+/* NULL, or nothing but blanks and line ends. */
+static gboolean rewrite_is_blank(const char *s)
+{
+    return s == NULL || s[strspn(s, " \t\r\n")] == 0;
+}
+
 static void rewrite_unwrap(GMimeMessage *msg)
 {
     GMimeObject *body = g_mime_message_get_mime_part(msg);
@@ -399,6 +409,7 @@ static void rewrite_unwrap(GMimeMessage *msg)
     while (GMIME_IS_MULTIPART(body)
            && g_mime_content_type_is_type(g_mime_object_get_content_type(body), "multipart", "mixed")
            && g_mime_multipart_get_count(GMIME_MULTIPART(body)) == 1
+           && rewrite_is_blank(g_mime_multipart_get_epilogue(GMIME_MULTIPART(body)))
            && !GMIME_IS_MESSAGE_PART(only = g_mime_multipart_get_part(GMIME_MULTIPART(body), 0))) {
         /* GMime drops the old body before it takes the new one. */
         g_object_ref(only);
