@@ -115,26 +115,76 @@ static void mime_fix_headers(GMimeObject *obj)
  * says whether obj's content ran to the end of the input: only the last
  * child of a multipart that never closed can.
  */
+/*
+ * The last part of a multipart that never closed runs to the end of the
+ * input and keeps the input's last line end; GMime writes one more before
+ * the delimiter that now follows it, which RFC 2046 readers take as a line
+ * of the part. Its content (as sent, still encoded) loses that line end.
+ */
+static void mime_trim_last_line(GMimePart *part)
+{
+    GMimeDataWrapper *content = g_mime_part_get_content(part);
+    GMimeStream *stream = content ? g_mime_data_wrapper_get_stream(content) : NULL;
+    GByteArray *bytes;
+    GMimeStream *mem;
+    GMimeDataWrapper *trimmed;
+    guint   cut;
+
+    if (stream == NULL)
+        return;
+    bytes = g_byte_array_new();
+    mem = g_mime_stream_mem_new_with_byte_array(bytes);
+    g_mime_stream_reset(stream);
+    g_mime_stream_write_to_stream(stream, mem);
+    g_mime_stream_reset(stream);
+    cut = bytes->len > 0 && bytes->data[bytes->len - 1] == '\n'
+        ? (bytes->len > 1 && bytes->data[bytes->len - 2] == '\r' ? 2 : 1) : 0;
+    if (cut > 0) {
+        /* The same bytes in the same encoding, so GMime writes them as they came. */
+        g_byte_array_set_size(bytes, bytes->len - cut);
+        g_mime_stream_reset(mem);
+        trimmed = g_mime_data_wrapper_new_with_stream(mem,
+                                                      g_mime_data_wrapper_get_encoding(content));
+        g_mime_part_set_content(part, trimmed);
+        g_object_unref(trimmed);
+    }
+    g_object_unref(mem);
+}
+
+/* obj, or the body of the message obj attaches. */
+static GMimeObject *mime_inside(GMimeObject *obj)
+{
+    if (GMIME_IS_MESSAGE_PART(obj)
+        && g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj)) != NULL)
+        return g_mime_message_get_mime_part(g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj)));
+    return obj;
+}
+
 static void mime_fix_multiparts(GMimeObject *obj, gboolean at_end)
 {
     GMimeMultipart *mp;
     char   *prologue;
     size_t  n;
     int     count;
+    gboolean bounded;
 
-    if (GMIME_IS_MESSAGE_PART(obj)
-        && g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj)) != NULL)
-        obj = g_mime_message_get_mime_part(g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj)));
+    obj = mime_inside(obj);
     if (obj == NULL || !GMIME_IS_MULTIPART(obj))
         return;
     mp = GMIME_MULTIPART(obj);
     count = g_mime_multipart_get_count(mp);
     /* Without a boundary GMime scans all of it into the preamble, up to a
      * parent's delimiter or the end, and leaves the flag as it was. */
-    at_end = at_end && (!mp->write_end_boundary
-                        || g_mime_object_get_content_type_parameter(obj, "boundary") == NULL);
-    for (int i = 0; i < count; i++)
-        mime_fix_multiparts(g_mime_multipart_get_part(mp, i), at_end && i == count - 1);
+    bounded = g_mime_object_get_content_type_parameter(obj, "boundary") != NULL;
+    at_end = at_end && (!mp->write_end_boundary || !bounded);
+    for (int i = 0; i < count; i++) {
+        GMimeObject *child = g_mime_multipart_get_part(mp, i);
+        GMimeObject *inside = mime_inside(child);
+
+        if (at_end && i == count - 1 && inside != NULL && GMIME_IS_PART(inside))
+            mime_trim_last_line(GMIME_PART(inside));
+        mime_fix_multiparts(child, at_end && i == count - 1);
+    }
     prologue = (char *) g_mime_multipart_get_prologue(mp);
     n = prologue ? strlen(prologue) : 0;
     if (count == 0 && at_end && n > 0 && prologue[n - 1] == '\n') {
@@ -143,7 +193,12 @@ static void mime_fix_multiparts(GMimeObject *obj, gboolean at_end)
         g_mime_multipart_set_prologue(mp, prologue);
         g_free(prologue);
     }
-    mp->write_end_boundary = TRUE;
+    /*
+     * Without a boundary there is nothing to close, and the flag also has
+     * the parent write a line end after this multipart: its preamble then
+     * ends with the one line end GMime writes after it, as it came.
+     */
+    mp->write_end_boundary = bounded;
 }
 
 /* Offset of the first byte after the top-level header block (len if none). */

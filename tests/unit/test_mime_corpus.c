@@ -451,6 +451,28 @@ static void test_report_truncated_boundary(void **state)
     g_bytes_unref(in);
 }
 
+/*
+ * Found by the pipeline corpus test: the last part of a multipart that
+ * never closed got an extra line, GMime's line end before the close
+ * delimiter it now writes after the input's own.
+ */
+static void test_unclosed_last_part(void **state)
+{
+    static const char raw[] =
+        "From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=\"open\"\r\n\r\n"
+        "--open\r\nContent-Type: text/plain\r\n\r\nfirst\r\n"
+        "--open\r\nContent-Type: text/plain\r\n\r\nlast\r\n";
+    GBytes *in = g_bytes_new_static(raw, strlen(raw));
+    GBytes *out = transform(in, &without_footer, NULL, TRUE);
+    gsize   len;
+    const char *s = g_bytes_get_data(out, &len);
+
+    assert_non_null(g_strstr_len(s, len, "\r\n\r\nlast\r\n--open--\r\n"));
+    g_bytes_unref(out);
+    g_bytes_unref(in);
+}
+
 static int setup(void **state)
 {
     mime_init();
@@ -469,6 +491,7 @@ int     main(void)
         cmocka_unit_test(test_padded_delimiter_then_text),
         cmocka_unit_test(test_boundary_never_occurs),
         cmocka_unit_test(test_report_truncated_boundary),
+        cmocka_unit_test(test_unclosed_last_part),
         cmocka_unit_test(test_corpus_leaves),
         cmocka_unit_test(test_corpus_lines),
     };
