@@ -154,9 +154,11 @@ static void mime_trim_last_line(GMimePart *part)
 /* obj, or the body of the message obj attaches. */
 static GMimeObject *mime_inside(GMimeObject *obj)
 {
+    GMimeMessage *inner;
+
     if (GMIME_IS_MESSAGE_PART(obj)
-        && g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj)) != NULL)
-        return g_mime_message_get_mime_part(g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj)));
+        && (inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj))) != NULL)
+        return g_mime_message_get_mime_part(inner);
     return obj;
 }
 
