@@ -279,12 +279,13 @@ static gsize body_offset(const char *s, gsize len)
 
 /*
  * Every line of the original's body but blank ones is a line of the copy, in
- * order, but for delimiter lines (a multipart/mixed left with one part is
- * unwrapped, transport padding goes) and lines with a bare CR (that part
- * is re-encoded). A line that looks like a delimiter but is not one must
+ * order, but for delimiter lines and preambles (a multipart/mixed left
+ * with one part is unwrapped, transport padding goes) and lines with a
+ * bare CR (that part is re-encoded). A line that looks like a delimiter but is not one must
  * stay.
  */
-/* The boundaries of the multiparts in obj, as GMime parsed them. */
+/* The delimiter lines of the multiparts in obj, as GMime parsed them, and
+ * the lines of preambles before parts. */
 static void collect_boundaries(GMimeObject *obj, GPtrArray *out)
 {
     const char *b;
@@ -295,9 +296,19 @@ static void collect_boundaries(GMimeObject *obj, GPtrArray *out)
         if (inner != NULL && g_mime_message_get_mime_part(inner) != NULL)
             collect_boundaries(g_mime_message_get_mime_part(inner), out);
     } else if (GMIME_IS_MULTIPART(obj)) {
+        const char *prologue = g_mime_multipart_get_prologue(GMIME_MULTIPART(obj));
+
         if ((b = g_mime_object_get_content_type_parameter(obj, "boundary")) != NULL) {
             g_ptr_array_add(out, g_strconcat("--", b, NULL));
             g_ptr_array_add(out, g_strconcat("--", b, "--", NULL));
+        }
+        /* Readers do not show the preamble next to parts; an unwrapped multipart loses it. */
+        if (prologue != NULL && g_mime_multipart_get_count(GMIME_MULTIPART(obj)) > 0) {
+            char  **lines = g_strsplit(prologue, "\n", -1);
+
+            for (char **l = lines; *l; l++)
+                g_ptr_array_add(out, g_strchomp(g_strdup(*l)));
+            g_strfreev(lines);
         }
         for (int i = 0; i < g_mime_multipart_get_count(GMIME_MULTIPART(obj)); i++)
             collect_boundaries(g_mime_multipart_get_part(GMIME_MULTIPART(obj), i), out);
