@@ -227,9 +227,13 @@ static GMimeMessage *mime_parse_once(GMimeStream *stream, struct mime_scan *scan
     return msg;
 }
 
-/* Repairs of one message: each costs a parse, so a crafted message cannot
- * have many; past this the rest of its lines go as GMime reads them. */
+/*
+ * Repairs of one message: each costs a parse, so a crafted message cannot
+ * have many, nor a large one make the worker parse more than about
+ * MIME_REPAIR_BYTES; past that the rest of its lines go as GMime reads them.
+ */
 #define MIME_MAX_REPAIRS 16
+#define MIME_REPAIR_BYTES (64u << 20)
 
 /*
  * Parses stream, which holds the len bytes at raw, and takes it. Where
@@ -243,6 +247,7 @@ static GMimeMessage *mime_parse_stream(GMimeStream *stream, const guint8 *raw, s
                                        GError **err)
 {
     struct mime_scan scan = {.body_start = mime_body_start(raw, len)};
+    int     rounds = (int) MIN(MIME_MAX_REPAIRS, MAX(1, MIME_REPAIR_BYTES / (len + 1)));
     GMimeMessage *msg;
 
     /*
@@ -264,7 +269,7 @@ static GMimeMessage *mime_parse_stream(GMimeStream *stream, const guint8 *raw, s
     msg = mime_parse_once(stream, &scan);
 
     for (int round = 0; msg != NULL && scan.first_bad >= 0 && scan.first_bad < (gint64) len
-         && round < MIME_MAX_REPAIRS; round++) {
+         && round < rounds; round++) {
         size_t  at = (size_t) scan.first_bad;
         const guint8 *eol = memchr(raw + at, '\n', len - at);
         gboolean crlf = eol != NULL && eol > raw + at && eol[-1] == '\r';

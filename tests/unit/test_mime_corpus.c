@@ -462,6 +462,31 @@ static void test_report_truncated_boundary(void **state)
     g_bytes_unref(in);
 }
 
+/* Each headerless part costs a parse; ten of them all keep their text. */
+static void test_many_headerless_parts(void **state)
+{
+    GString *raw = g_string_new("From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+                                "Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n");
+    GBytes *in, *out;
+    gsize   len;
+    const char *s;
+
+    for (int i = 0; i < 10; i++)
+        g_string_append_printf(raw, "--B\r\ntext of part %d\r\n", i);
+    g_string_append(raw, "--B--\r\n");
+    in = g_string_free_to_bytes(raw);
+    out = transform(in, &without_footer, NULL, TRUE);
+    s = g_bytes_get_data(out, &len);
+    for (int i = 0; i < 10; i++) {
+        char   *want = g_strdup_printf("\r\n\r\ntext of part %d\r\n--B", i);
+
+        assert_non_null(g_strstr_len(s, len, want));
+        g_free(want);
+    }
+    g_bytes_unref(out);
+    g_bytes_unref(in);
+}
+
 /*
  * Found by the pipeline corpus test: the last part of a multipart that
  * never closed got an extra line, GMime's line end before the close
@@ -503,6 +528,7 @@ int     main(void)
         cmocka_unit_test(test_boundary_never_occurs),
         cmocka_unit_test(test_report_truncated_boundary),
         cmocka_unit_test(test_unclosed_last_part),
+        cmocka_unit_test(test_many_headerless_parts),
         cmocka_unit_test(test_corpus_leaves),
         cmocka_unit_test(test_corpus_lines),
     };
