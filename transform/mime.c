@@ -77,7 +77,13 @@ void    mime_init(void)
 static void mime_fix_headers(GMimeObject *obj)
 {
     GMimeHeaderList *list = g_mime_object_get_header_list(obj);
+    GMimeContentType *type = g_mime_object_get_content_type(obj);
+    GMimeContentDisposition *disposition = g_mime_object_get_content_disposition(obj);
 
+    if (type != NULL)
+        g_object_ref(type);
+    if (disposition != NULL)
+        g_object_ref(disposition);
     for (int i = 0; i < g_mime_header_list_get_count(list); i++) {
         GMimeHeader *header = g_mime_header_list_get_header_at(list, i);
         const char *value = g_mime_header_get_raw_value(header);
@@ -90,6 +96,23 @@ static void mime_fix_headers(GMimeObject *obj)
             g_free(fixed);
         }
     }
+    /*
+     * A changed Content-Type or Content-Disposition field is parsed again
+     * (GMime's header_changed), and when it is not the last of its name,
+     * the part takes the value of a field GMime did not parse the structure
+     * by: a multipart lost its boundary and was written with "--(null)"
+     * delimiters (a fuzz_mime finding). The part gets back what it was
+     * parsed with, which leaves one such field, holding that value.
+     */
+    if (!GMIME_IS_MESSAGE(obj) && type != NULL && g_mime_object_get_content_type(obj) != type)
+        g_mime_object_set_content_type(obj, type);
+    if (!GMIME_IS_MESSAGE(obj) && disposition != NULL
+        && g_mime_object_get_content_disposition(obj) != disposition)
+        g_mime_object_set_content_disposition(obj, disposition);
+    if (type != NULL)
+        g_object_unref(type);
+    if (disposition != NULL)
+        g_object_unref(disposition);
     if (GMIME_IS_MESSAGE(obj) && g_mime_message_get_mime_part(GMIME_MESSAGE(obj)) != NULL)
         mime_fix_headers(g_mime_message_get_mime_part(GMIME_MESSAGE(obj)));
     else if (GMIME_IS_MULTIPART(obj))

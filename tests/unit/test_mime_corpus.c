@@ -462,6 +462,32 @@ static void test_report_truncated_boundary(void **state)
     g_bytes_unref(in);
 }
 
+/*
+ * Regression (fuzz_mime/regress_nul_content_type_boundary): a NUL in the
+ * first of two Content-Type fields. Ending that field's line made GMime
+ * parse it again, and the multipart took its value: no boundary, parts
+ * written after "--(null)", none of them found by a reader.
+ */
+static void test_first_of_two_content_types(void **state)
+{
+    static const char raw[] =
+        "From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mi\0xed\r\n"
+        "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+        "--b\r\nContent-Type: text/plain\r\n\r\none\r\n"
+        "--b\r\nContent-Type: text/plain\r\n\r\ntwo\r\n--b--\r\n";
+    GBytes *in = g_bytes_new_static(raw, sizeof(raw) - 1);
+    GBytes *out = transform(in, &with_footer, NULL, TRUE);
+    gsize   len;
+    const char *s = g_bytes_get_data(out, &len);
+
+    assert_null(g_strstr_len(s, len, "(null)"));
+    assert_non_null(g_strstr_len(s, len,
+                                 "\r\n--b\r\nContent-Type: text/plain\r\n\r\ntwo\r\n--b"));
+    g_bytes_unref(out);
+    g_bytes_unref(in);
+}
+
 /* Each headerless part costs a parse; ten of them all keep their text. */
 static void test_many_headerless_parts(void **state)
 {
@@ -529,6 +555,7 @@ int     main(void)
         cmocka_unit_test(test_report_truncated_boundary),
         cmocka_unit_test(test_unclosed_last_part),
         cmocka_unit_test(test_many_headerless_parts),
+        cmocka_unit_test(test_first_of_two_content_types),
         cmocka_unit_test(test_corpus_leaves),
         cmocka_unit_test(test_corpus_lines),
     };
