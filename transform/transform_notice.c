@@ -18,8 +18,12 @@
 
 #include <string.h>
 
-/* Characters of outside text (a Subject, a relay's reply) a notice repeats. */
-#define NOTICE_ECHO_MAX 100
+/*
+ * Characters of outside text a notice repeats: a Subject (anyone's, in a
+ * rejection notice) and a relay's reply (longer: Gmail's run to 300).
+ */
+#define NOTICE_ECHO_SUBJECT 100
+#define NOTICE_ECHO_REPLY 500
 
 void transform_notice_free(struct notice *n)
 {
@@ -111,16 +115,16 @@ char *transform_notice_subject_of(const char *data, size_t len)
  * one line, so it cannot start lines of its own that read as ours ("Click
  * here ..."); controls and the Unicode format characters that reorder or
  * hide text (bidi overrides, zero-width) become a space, runs of blanks
- * one space; at most NOTICE_ECHO_MAX characters, "..." marking a cut.
- * Invalid UTF-8 becomes U+FFFD.
+ * one space; at most max characters, "..." marking a cut. Invalid UTF-8
+ * becomes U+FFFD.
  */
-static char *transform_notice_echo(const char *text)
+static char *transform_notice_echo(const char *text, glong max)
 {
     g_autofree char *valid = g_utf8_make_valid(text ? text : "", -1);
     GString *out = g_string_new(NULL);
     glong n = 0;
 
-    for (const char *c = valid; *c && n < NOTICE_ECHO_MAX; c = g_utf8_next_char(c)) {
+    for (const char *c = valid; *c && n < max; c = g_utf8_next_char(c)) {
         gunichar u = g_utf8_get_char(c);
         GUnicodeType type = g_unichar_type(u);
         gboolean blank = g_unichar_isspace(u) || type == G_UNICODE_CONTROL
@@ -134,7 +138,7 @@ static char *transform_notice_echo(const char *text)
         else
             continue;
         n++;
-        if (n == NOTICE_ECHO_MAX && *(const char *)g_utf8_next_char(c) != 0)
+        if (n == max && *(const char *)g_utf8_next_char(c) != 0)
             g_string_append(out, "...");
     }
     while (out->len && out->str[out->len - 1] == ' ')
@@ -148,7 +152,7 @@ static void transform_notice_facts(GString *text, const struct spool_msg *m, con
     char id[QUEUE_ID_LEN + 1];
     g_autoptr(GDateTime) when = g_date_time_new_from_unix_utc(m->arrival);
     g_autofree char *date = g_date_time_format(when, "%Y-%m-%d %H:%M:%S UTC");
-    g_autofree char *echo = transform_notice_echo(subject);
+    g_autofree char *echo = transform_notice_echo(subject, NOTICE_ECHO_SUBJECT);
 
     spool_id_format(m->id, id);
     g_string_append_printf(text, "  Subject:   %s\n  Received:  %s\n  Queue id:  %s\n",
@@ -157,7 +161,7 @@ static void transform_notice_facts(GString *text, const struct spool_msg *m, con
 
 static char *transform_notice_subject(const char *what, const char *subject)
 {
-    g_autofree char *echo = transform_notice_echo(subject);
+    g_autofree char *echo = transform_notice_echo(subject, NOTICE_ECHO_SUBJECT);
 
     return g_strdup_printf("%s: %s", what, *echo ? echo : "(no subject)");
 }
@@ -247,7 +251,7 @@ struct notice *transform_notice_bounced(const struct transform *tf, const struct
     g_string_append(text, "\nNot delivered:\n");
     for (guint i = 0; i < bounced->len; i++) {
         const struct spool_dlv *d = bounced->pdata[i];
-        g_autofree char *reply = transform_notice_echo(d->last_reply);
+        g_autofree char *reply = transform_notice_echo(d->last_reply, NOTICE_ECHO_REPLY);
 
         g_string_append_printf(text, "  %s: %s\n", d->rcpt, *reply ? reply : "no reply recorded");
     }
