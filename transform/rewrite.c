@@ -382,6 +382,38 @@ static void rewrite_fix_headers(GMimeHeaderList *list)
     }
 }
 
+/* Type, subtype and boundary: what the structure GMime parsed rests on. */
+static gboolean rewrite_same_structure(GMimeContentType *a, GMimeContentType *b)
+{
+    char   *ta = g_mime_content_type_get_mime_type(a);
+    char   *tb = g_mime_content_type_get_mime_type(b);
+    gboolean same = g_ascii_strcasecmp(ta, tb) == 0
+        && g_strcmp0(g_mime_content_type_get_parameter(a, "boundary"),
+                     g_mime_content_type_get_parameter(b, "boundary")) == 0;
+
+    g_free(ta);
+    g_free(tb);
+    return same;
+}
+
+/*
+ * The top-level Content-* fields made fit to send. A Content-Type written
+ * anew from its decoded value can say something else than GMime parsed:
+ * a field GMime found invalid (a control before the value) made the body
+ * application/octet-stream, and its decoded value then read as a
+ * multipart whose boundary never occurs, hiding the content (a fuzz_mime
+ * finding). The body then says what GMime parsed it as.
+ */
+static void rewrite_fix_body_headers(GMimeObject *body)
+{
+    GMimeContentType *parsed = g_object_ref(g_mime_object_get_content_type(body));
+
+    rewrite_fix_headers(g_mime_object_get_header_list(body));
+    if (!rewrite_same_structure(parsed, g_mime_object_get_content_type(body)))
+        g_mime_object_set_content_type(body, parsed);
+    g_object_unref(parsed);
+}
+
 /*
  * A multipart/mixed that the token's removal left with one part (Lego
  * attaches the token next to the text) is replaced by that part: a reader
@@ -437,7 +469,7 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
     rewrite_keep(g_mime_object_get_header_list(obj), message_keep);
     rewrite_keep(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)), body_keep);
     rewrite_fix_headers(g_mime_object_get_header_list(obj));
-    rewrite_fix_headers(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)));
+    rewrite_fix_body_headers(g_mime_message_get_mime_part(msg));
     if (g_mime_object_get_header(obj, "MIME-Version") == NULL)
         g_mime_object_append_header(obj, "MIME-Version", "1.0", NULL);
 

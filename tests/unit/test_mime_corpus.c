@@ -488,6 +488,33 @@ static void test_first_of_two_content_types(void **state)
     g_bytes_unref(in);
 }
 
+/*
+ * Regression (fuzz_mime/regress_invalid_content_type_reencoded): GMime
+ * found the Content-Type invalid (a control before the value) and read the
+ * body as application/octet-stream; the field, written anew for its 8-bit
+ * byte, then declared a multipart whose boundary never occurs.
+ */
+static void test_reencoded_content_type_keeps_structure(void **state)
+{
+    static const char raw[] =
+        "From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        "Content-Type:\x0e multipart/alternative; boundary=b\xea" "b\r\n\r\n"
+        "--token\r\nContent-Type: text/plain\r\n\r\nThe text.\r\n--token--\r\n";
+    GBytes *in = g_bytes_new_static(raw, sizeof(raw) - 1);
+    GBytes *out = transform(in, &without_footer, NULL, TRUE);
+    GMimeMessage *copy = plain_parse(out);
+    GMimeObject *body = g_mime_message_get_mime_part(copy);
+    GByteArray *content;
+
+    assert_true(GMIME_IS_PART(body));
+    content = part_bytes(GMIME_PART(body));
+    assert_non_null(memmem(content->data, content->len, "The text.", 9));
+    g_byte_array_unref(content);
+    g_object_unref(copy);
+    g_bytes_unref(out);
+    g_bytes_unref(in);
+}
+
 /* Each headerless part costs a parse; ten of them all keep their text. */
 static void test_many_headerless_parts(void **state)
 {
@@ -556,6 +583,7 @@ int     main(void)
         cmocka_unit_test(test_unclosed_last_part),
         cmocka_unit_test(test_many_headerless_parts),
         cmocka_unit_test(test_first_of_two_content_types),
+        cmocka_unit_test(test_reencoded_content_type_keeps_structure),
         cmocka_unit_test(test_corpus_leaves),
         cmocka_unit_test(test_corpus_lines),
     };
