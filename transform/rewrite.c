@@ -320,8 +320,9 @@ static char *rewrite_plain_value(const char *value)
 }
 
 /*
- * Writes header anew from its decoded value. Content-* fields go through
- * GMime, which writes their parameters per RFC 2231. The others become
+ * Writes header anew from its decoded value. Content-Type and
+ * Content-Disposition go through GMime, which writes their parameters per
+ * RFC 2231. The others become
  * RFC 2047 encoded words (GMime's encoder), folded here between the words:
  * GMime's own folding of such a value split an encoded word across lines
  * (a fuzz_mime finding), leaving a line that is no header field at all.
@@ -331,7 +332,10 @@ static void rewrite_encode_header(GMimeHeader *header)
     const char *name = g_mime_header_get_name(header);
     char   *value = rewrite_plain_value(g_mime_header_get_value(header));
 
-    if (g_ascii_strncasecmp(name, "Content-", 8) == 0) {
+    /* Only these have parameters; GMime folds other values as it does text
+     * (Content-Transfer-Encoding: the same split encoded word, fuzz_mime). */
+    if (g_ascii_strcasecmp(name, "Content-Type") == 0
+        || g_ascii_strcasecmp(name, "Content-Disposition") == 0) {
         g_mime_header_set_value(header, NULL, value, NULL);
     } else {
         char   *encoded = g_mime_utils_header_encode_text(NULL, value, NULL);

@@ -515,6 +515,41 @@ static void test_reencoded_content_type_keeps_structure(void **state)
     g_bytes_unref(in);
 }
 
+/*
+ * Regression (fuzz_mime/regress_cte_encoded_word_split): a
+ * Content-Transfer-Encoding with 8-bit bytes that are not UTF-8, written
+ * anew by GMime, was folded inside an encoded word: the next line started
+ * with no blank and no colon, a line that is no header field.
+ */
+static void test_reencoded_cte_folds_between_words(void **state)
+{
+    char   *here = g_path_get_dirname(__FILE__);
+    char   *path = g_build_filename(here, "..", "fuzz", "corpus", "fuzz_mime",
+                                    "regress_cte_encoded_word_split", NULL);
+    char   *raw, *header;
+    gsize   len, header_len, body_offset;
+    GBytes *in, *out;
+    const char *s;
+    char  **lines;
+
+    assert_true(g_file_get_contents(path, &raw, &len, NULL));
+    in = g_bytes_new_take(raw, len);
+    out = transform(in, &without_footer, NULL, TRUE);
+    s = g_bytes_get_data(out, &len);
+    assert_true(mime_split(s, len, &header_len, &body_offset));
+    header = g_strndup(s, header_len - 2);
+    lines = g_strsplit(header, "\r\n", -1);
+    for (char **l = lines; *l; l++)
+        if (**l != ' ' && **l != '\t' && strchr(*l, ':') == NULL)
+            fail_msg("a header line that is no field: %s", *l);
+    g_strfreev(lines);
+    g_free(header);
+    g_bytes_unref(out);
+    g_bytes_unref(in);
+    g_free(path);
+    g_free(here);
+}
+
 /* Each headerless part costs a parse; ten of them all keep their text. */
 static void test_many_headerless_parts(void **state)
 {
@@ -584,6 +619,7 @@ int     main(void)
         cmocka_unit_test(test_many_headerless_parts),
         cmocka_unit_test(test_first_of_two_content_types),
         cmocka_unit_test(test_reencoded_content_type_keeps_structure),
+        cmocka_unit_test(test_reencoded_cte_folds_between_words),
         cmocka_unit_test(test_corpus_leaves),
         cmocka_unit_test(test_corpus_lines),
     };
