@@ -418,6 +418,24 @@ static void test_padded_delimiter_then_text(void **state)
     g_bytes_unref(in);
 }
 
+/* Item 13 as reported: "--B foo" right after a delimiter, three lines after it. */
+static void test_boundary_like_line_after_delimiter(void **state)
+{
+    static const char raw[] =
+        "From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n"
+        "--B\r\n--B foo\r\none\r\ntwo\r\nthree\r\n\r\nbody\r\n"
+        "--B\r\nContent-Type: text/plain\r\n\r\nsecond\r\n--B--\r\n";
+    GBytes *in = g_bytes_new_static(raw, strlen(raw));
+    GBytes *out = transform(in, &with_footer, NULL, TRUE);
+    gsize   len;
+    const char *s = g_bytes_get_data(out, &len);
+
+    assert_non_null(g_strstr_len(s, len, "--B foo\r\none\r\ntwo\r\nthree\r\n\r\nbody\r\n"));
+    g_bytes_unref(out);
+    g_bytes_unref(in);
+}
+
 /*
  * Issue 9 item 14: a multipart whose boundary never occurs got the footer
  * as a part after its preamble and no close delimiter, so readers showed
@@ -613,6 +631,7 @@ int     main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_padded_delimiter_then_text),
+        cmocka_unit_test(test_boundary_like_line_after_delimiter),
         cmocka_unit_test(test_boundary_never_occurs),
         cmocka_unit_test(test_report_truncated_boundary),
         cmocka_unit_test(test_unclosed_last_part),
