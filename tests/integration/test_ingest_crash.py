@@ -223,7 +223,7 @@ def test_kill9_under_load_loses_no_acknowledged_message(make_ingest, need_spoolc
     # smtp-source's own side log of 250s against the spool.
     source_acked = load.acknowledged()
     print(f"smtp-source: {len(source_acked)} acknowledged in {load.runs} run(s)")
-    assert len(source_acked) >= 100, "smtp-source got too few 250s to prove anything"
+    assert len(source_acked) >= 50, "smtp-source got too few 250s to prove anything"
     missing = sorted(source_acked - set(listed))
     assert missing == [], f"{len(missing)} message(s) smtp-source got 250 for are lost: {missing[:10]}"
     assert all(listed[q]["sender"] == "load@example.org" for q in source_acked)
