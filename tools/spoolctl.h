@@ -16,6 +16,7 @@
 #include "common/config.h"
 #include "spool/delivery.h"
 #include "spool/spool.h"
+#include "spool/spool_stats.h"
 
 #define CTL_OK 0
 #define CTL_NOT_FOUND 1
@@ -54,17 +55,7 @@ int ctl_fail(GError *err);
 /* Open the spool or exit CTL_FAIL. */
 void ctl_open_spool(struct ctl *c);
 
-/* What stats and metrics report; read from counters, never a scan. */
-struct ctl_stats {
-    uint64_t msgs[MSG_STATE_COUNT];
-    uint64_t dlvs[DLV_STATE_COUNT];
-    uint64_t tokens_active, tokens_used;
-    int64_t oldest_age;             /* seconds, oldest message not ended */
-    uint64_t spool_bytes;
-};
-
 /* spoolctl_queue.c */
-gboolean ctl_stats_read(struct ctl *c, struct ctl_stats *st, GError **err);
 int ctl_stats(struct ctl *c, int argc, char **argv);
 int ctl_list(struct ctl *c, int argc, char **argv);
 int ctl_show(struct ctl *c, int argc, char **argv);
