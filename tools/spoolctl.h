@@ -71,6 +71,9 @@ int ctl_token(struct ctl *c, int argc, char **argv);
 /* spoolctl_dkim.c */
 int ctl_dkim(struct ctl *c, int argc, char **argv);
 
+/* spoolctl_apikey.c */
+int ctl_api_key(struct ctl *c, int argc, char **argv);
+
 /* spoolctl_ops.c */
 int ctl_check(struct ctl *c, int argc, char **argv);
 int ctl_metrics(struct ctl *c, int argc, char **argv);
