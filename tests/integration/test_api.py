@@ -9,6 +9,7 @@ import http.client
 import json
 import re
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -54,6 +55,8 @@ class Api(postern.Daemon):
     def spoolctl(self, *args, **kw):
         return postern.spoolctl(self.config_path, *args, **kw)
 
+    scheme, ssl_context = "http", None
+
     def call(self, method, path, body=None, key="admin", raw=None, headers=None):
         """(status, decoded JSON or text, headers).  key: a scope of ours, a
         literal key, or None for no Authorization header."""
@@ -64,10 +67,10 @@ class Api(postern.Daemon):
                                             else None)
         if data is not None:            # an iterator goes chunked (no Content-Length)
             h.setdefault("Content-Type", "application/json")
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
+        req = urllib.request.Request(f"{self.scheme}://localhost:{self.port}{path}", data=data,
                                      method=method, headers=h)
         try:
-            with urllib.request.urlopen(req, timeout=60) as r:
+            with urllib.request.urlopen(req, timeout=60, context=self.ssl_context) as r:
                 status, text, hdrs = r.status, r.read().decode(), r.headers
         except urllib.error.HTTPError as e:
             status, text, hdrs = e.code, e.read().decode(), e.headers
@@ -263,6 +266,18 @@ def test_replace_recipients_while_unused(api):
     api.call("DELETE", f"/v1/tokens/{tid}")
     st, body, _ = api.call("PUT", f"/v1/tokens/{tid}/recipients", {"recipients": ["z@example.org"]})
     assert st == 409 and "revoked" in body["message"]
+
+
+def test_https_with_tls_cert_and_key(make_api, pki):
+    pem = Path(pki["ca"]).parent / "good.pem"          # the certificate, then its key
+    a = make_api(api={"tls_cert": pem, "tls_key": pem})
+    assert "daemon started: https" in a.log()
+    a.scheme, a.ssl_context = "https", ssl.create_default_context(cafile=pki["ca"])
+    st, body, _ = a.call("POST", "/v1/tokens", tok())
+    assert st == 201 and body["token"]
+    a.scheme, a.ssl_context = "http", None
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        a.call("GET", "/healthz")
 
 
 # ---- metrics, health ---------------------------------------------------------
