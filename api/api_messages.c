@@ -190,7 +190,7 @@ void api_message_list(struct api *a, struct api_request *rq, struct api_response
         api_reply_error(rs, 400, "invalid", "after=%s: not a queue id", after_text);
         return;
     }
-    if (!msg_query_int(rq, rs, "since", 0, (int64_t)1 << 40, &since) ||
+    if (!msg_query_int(rq, rs, "since", 0, (int64_t)1 << 36, &since) ||
         !msg_query_int(rq, rs, "limit", 1, API_PAGE_MAX, &limit))
         return;
     /* Queue ids begin with their arrival in ms: `since` is where the walk starts. */
