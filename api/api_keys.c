@@ -121,8 +121,17 @@ void api_keys_refresh(struct api_keys **keys, const char *path)
     struct api_keys *fresh;
     GError *err = NULL;
 
-    if (!*path || stat(path, &st) < 0)
+    if (!*path)
         return;
+    /* The file removed: every key with it (a quick way to shut the API). */
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT && (*keys)->keys->len) {
+            msg_warn("keys file %s is gone: no key is accepted now", path);
+            g_array_set_size((*keys)->keys, 0);
+            memset(&(*keys)->st, 0, sizeof((*keys)->st));
+        }
+        return;
+    }
     if (st.st_ino == (*keys)->st.st_ino && st.st_size == (*keys)->st.st_size &&
         st.st_mtim.tv_sec == (*keys)->st.st_mtim.tv_sec &&
         st.st_mtim.tv_nsec == (*keys)->st.st_mtim.tv_nsec)

@@ -141,6 +141,10 @@ def test_keys_file_is_read_again_when_it_changes(api):
     api.keys_file.write_text("".join(l + "\n" for l in api.keys_file.read_text().splitlines()
                                      if not l.startswith("late ")))
     assert api.call("GET", "/v1/messages", key=new)[0] == 401
+    # Removing the file shuts every key out.
+    api.keys_file.unlink()
+    assert api.call("GET", "/v1/messages")[0] == 401
+    assert "is gone: no key is accepted" in api.log()
 
 
 def test_unknown_path_and_method(api):
