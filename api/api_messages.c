@@ -364,12 +364,15 @@ void api_healthz(struct api *a, struct api_request *rq, struct api_response *rs)
     json_builder_begin_object(b);
     msg_string(b, "status", "ok");
     json_builder_set_member_name(b, "relay_paused");
-    json_builder_add_boolean_value(b, rel.paused_until > now_ms);
+    json_builder_add_boolean_value(b, relay_state_paused(&rel, now_ms));
     json_builder_set_member_name(b, "paused_until");
-    if (rel.paused_until > now_ms)
+    if (relay_state_paused(&rel, now_ms))
         json_builder_add_int_value(b, rel.paused_until / 1000);
     else
         json_builder_add_null_value(b);
+    /* What caused it: the relay's reply, as `spoolctl relay status` shows it. */
+    msg_string(b, "pause_reason", relay_state_paused(&rel, now_ms) && *rel.reason ? rel.reason
+                                                                                   : NULL);
     json_builder_end_object(b);
     api_reply_json(rs, 200, b);
 }

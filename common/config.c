@@ -43,7 +43,9 @@ static const struct config_key config_keys[] = {
     K("ingest", "max_header_size", CT_SIZE, "1M", ingest.max_header_size),
     K("ingest", "max_recipients", CT_COUNT, "50", ingest.max_recipients),
     K("ingest", "max_connections", CT_COUNT, "100", ingest.max_connections),
+    K("ingest", "max_connections_per_client", CT_COUNT, "50", ingest.max_connections_per_client),
     K("ingest", "timeout", CT_DURATION, "5m", ingest.timeout),
+    K("ingest", "min_data_rate", CT_SIZE, "500", ingest.min_data_rate),
     K("ingest", "hostname", CT_STRING, "", ingest.hostname),
 
     K("token", "prefix", CT_STRING, "LEGOTOKEN", token.prefix),

@@ -27,7 +27,9 @@ struct postern_config {
         uint64_t max_header_size;
         uint64_t max_recipients;
         uint64_t max_connections;
-        uint64_t timeout;
+        uint64_t max_connections_per_client;   /* per client address; 0: no limit */
+        uint64_t timeout;           /* for each command, and DATA's base */
+        uint64_t min_data_rate;     /* bytes/s that extend the DATA deadline; 0: none */
         char *hostname;             /* greeting and Received: name */
     } ingest;
     struct {

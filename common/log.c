@@ -5,11 +5,29 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
+#define LOG_SYSLOG_SOCKET "/dev/log"
+
 static char *log_name;
+static char *log_host;
 static gboolean log_to_stderr = TRUE;
+
+/*
+ * Is there a syslog daemon to take the lines?  syslog(3) drops them
+ * silently when nothing listens on /dev/log (a container, a chroot), and
+ * an operator would then see nothing at all.
+ */
+static gboolean log_syslog_present(void)
+{
+    struct stat st;
+
+    return stat(LOG_SYSLOG_SOCKET, &st) == 0 && S_ISSOCK(st.st_mode);
+}
 
 void log_init(const char *progname, gboolean foreground)
 {
@@ -17,7 +35,10 @@ void log_init(const char *progname, gboolean foreground)
 
     g_free(log_name);
     log_name = g_strdup(progname);
-    log_to_stderr = foreground || (mode && g_str_equal(mode, "stderr"));
+    /* The short host name, as syslog shows it. */
+    if (!log_host)
+        log_host = g_strndup(g_get_host_name(), strcspn(g_get_host_name(), "."));
+    log_to_stderr = foreground || (mode && g_str_equal(mode, "stderr")) || !log_syslog_present();
     if (!log_to_stderr)
         openlog(log_name, LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
@@ -28,17 +49,106 @@ const char *log_progname(void)
 }
 
 /*
+ * Append the bytes of s as they may safely reach a terminal or a log
+ * reader: C0 controls, DEL, C1 controls, U+2028 and U+2029 and bytes that
+ * are not UTF-8 become \xNN; printable ASCII and other UTF-8 stay.
+ */
+void log_escape_append(GString *out, const char *s, gsize len)
+{
+    const char *end = s + len;
+
+    while (s < end) {
+        unsigned char c = (unsigned char)*s;
+        gunichar u;
+        int n;
+
+        if (c >= 0x20 && c < 0x7f) {
+            g_string_append_c(out, (char)c);
+            s++;
+            continue;
+        }
+        if (c < 0x80) {
+            g_string_append_printf(out, "\\x%02x", c);
+            s++;
+            continue;
+        }
+        u = g_utf8_get_char_validated(s, end - s);
+        n = (u == (gunichar)-1 || u == (gunichar)-2) ? 0 : g_unichar_to_utf8(u, NULL);
+        /*
+         * Invalid UTF-8 and C1 controls (CSI is one) byte by byte; so too
+         * the line and paragraph separators, which some viewers break at.
+         */
+        if (!n || u < 0xa0 || u == 0x2028 || u == 0x2029) {
+            for (int i = 0; i < MAX(n, 1); i++)
+                g_string_append_printf(out, "\\x%02x", (unsigned char)s[i]);
+            s += MAX(n, 1);
+            continue;
+        }
+        g_string_append_len(out, s, n);
+        s += n;
+    }
+}
+
+/* Does s need log_escape_append()?  The common case is a quick scan. */
+static gboolean log_needs_escape(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
+            return TRUE;
+    return FALSE;
+}
+
+char *log_escape(const char *s)
+{
+    GString *out;
+
+    if (!log_needs_escape(s))
+        return g_strdup(s);
+    out = g_string_sized_new(strlen(s) + 16);
+    log_escape_append(out, s, strlen(s));
+    return g_string_free(out, FALSE);
+}
+
+/*
+ * "Mon DD HH:MM:SS" in the local zone, as syslog writes it.  Formatted
+ * once a second per thread: the sender and ingest log from several
+ * threads, and localtime_r() with strftime() per line would cost more
+ * than the line itself.
+ */
+static const char *log_stamp(void)
+{
+    static __thread time_t cached_sec = -1;
+    static __thread char cached[32];
+    time_t now = time(NULL);
+    struct tm tm;
+
+    if (now != cached_sec) {
+        if (!localtime_r(&now, &tm) || !strftime(cached, sizeof(cached), "%b %e %H:%M:%S", &tm))
+            g_strlcpy(cached, "-", sizeof(cached));
+        cached_sec = now;
+    }
+    return cached;
+}
+
+/*
  * One write(2) per line, so lines from the processes that share a stderr
- * (under `postern run`) never interleave mid-line.
+ * (under `postern run`) never interleave mid-line.  What the text holds
+ * came partly from clients (addresses, LHLO names): it is escaped here,
+ * once for every caller, so no byte of it can move a terminal's cursor or
+ * forge a line.
  */
 static void log_vemit(int priority, const char *severity, const char *fmt, va_list ap)
 {
-    g_autofree char *text = g_strdup_vprintf(fmt, ap);
+    g_autofree char *raw = g_strdup_vprintf(fmt, ap);
+    g_autofree char *escaped = log_needs_escape(raw) ? log_escape(raw) : NULL;
+    const char *text = escaped ? escaped : raw;
 
     if (log_to_stderr) {
         g_autofree char *line = severity
-            ? g_strdup_printf("%s[%d]: %s: %s\n", log_progname(), (int)getpid(), severity, text)
-            : g_strdup_printf("%s[%d]: %s\n", log_progname(), (int)getpid(), text);
+            ? g_strdup_printf("%s %s %s[%d]: %s: %s\n", log_stamp(), log_host ? log_host : "-",
+                              log_progname(), (int)getpid(), severity, text)
+            : g_strdup_printf("%s %s %s[%d]: %s\n", log_stamp(), log_host ? log_host : "-",
+                              log_progname(), (int)getpid(), text);
         ssize_t ignored = write(STDERR_FILENO, line, strlen(line));
         (void)ignored;
     } else if (severity) {

@@ -7,8 +7,11 @@
  * broken invariant inside the program: it logs and aborts for a core file.
  * A warning never changes control flow.
  *
- * In the foreground (or when POSTERN_LOG=stderr) lines go to stderr as
- * "prog[pid]: text"; otherwise to syslog with facility mail.
+ * In the foreground, when POSTERN_LOG=stderr, or when no syslog daemon
+ * listens on /dev/log, lines go to stderr as syslog would write them,
+ * "Mon DD HH:MM:SS host prog[pid]: text"; otherwise to syslog with
+ * facility mail.  Either way the text is escaped (log_escape): control
+ * bytes, DEL and bytes that are not UTF-8 show as \xNN.
  */
 #ifndef POSTERN_LOG_H
 #define POSTERN_LOG_H
@@ -17,6 +20,13 @@
 
 void log_init(const char *progname, gboolean foreground);
 const char *log_progname(void);
+
+/*
+ * s as it may reach a terminal: C0 and C1 controls, DEL, U+2028, U+2029
+ * and invalid UTF-8 become \xNN, the rest is kept.  log_escape() returns a new string.
+ */
+char *log_escape(const char *s);
+void log_escape_append(GString *out, const char *s, gsize len);
 
 void msg_info(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 void msg_warn(const char *fmt, ...) G_GNUC_PRINTF(1, 2);

@@ -64,8 +64,10 @@ struct dispatch {
     struct retry_policy policy;
     char *mail_from;                /* [bounce] envelope_from */
 
-    int64_t paused_until;           /* unix ms: relay quota or throttle */
+    int64_t paused_until;           /* unix ms: relay quota, throttle or AUTH refused */
     unsigned pauses;                /* pauses in a row */
+    uint64_t pause_since;           /* id sequence when it began (spool/relay_state.h) */
+    gboolean relay_held;            /* paused at the last look: log the resume once */
     double rate_tokens;             /* [relay] rate token bucket */
     int64_t rate_refilled;          /* monotonic ms */
 
@@ -125,6 +127,11 @@ void dispatch_expire_leases(struct dispatch *d);
 void dispatch_record_results(struct dispatch *d, GPtrArray *payloads);
 /* "relay ... paused until HH:MM:SS <why>": one line per pause. */
 void dispatch_log_pause(struct dispatch *d, const char *why);
+/*
+ * Adopt the relay state in the spool (every tick): `spoolctl relay resume`
+ * may have cleared the pause; logs once when the relay is free again.
+ */
+void dispatch_relay_refresh(struct dispatch *d);
 void dispatch_forget_worker(struct dispatch *d, struct dispatch_worker *w);
 
 #endif

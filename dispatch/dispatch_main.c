@@ -33,7 +33,9 @@ static void dispatch_load_relay_state(struct dispatch *d)
     spool_read_end(&t);
     d->paused_until = st.paused_until;
     d->pauses = st.pauses;
-    if (d->paused_until > unix_ms())
+    d->pause_since = st.since;
+    d->relay_held = relay_state_paused(&st, unix_ms());
+    if (d->relay_held)
         dispatch_log_pause(d, "(recorded before our start)");
 }
 
@@ -46,6 +48,8 @@ static void dispatch_setup(struct dispatch *d)
         msg_fatal("%s: [relay] url: %s", d->cfg->path ? d->cfg->path : "(defaults)", err->message);
     if (!spool_open(&d->spool, d->cfg, &err))
         msg_fatal("%s", err->message);
+    /* Results of mail already sent must be recorded even on a full spool. */
+    spool_use_reserve(d->spool);
     d->zctx = zmq_ctx_new();
     /* An endpoint taken (another dispatcher) stays taken: no restart loop. */
     if (!dispatch_bind(d, &err))
@@ -102,6 +106,7 @@ static void dispatch_loop(struct dispatch *d, int sig_fd)
             next_tick = now + TICK_MS;
             dispatch_heartbeat(d);
             dispatch_expire_leases(d);
+            dispatch_relay_refresh(d);
             spool_release_pages(d->spool);
             d->work_hinted = TRUE;
         }

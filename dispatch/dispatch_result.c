@@ -17,8 +17,11 @@ struct rresult {
     struct dispatch *d;
     GPtrArray *results;             /* struct wire_send_result* */
     gboolean any_sent;
-    gboolean paused;
+    gboolean paused;                /* a new pause begins in this transaction */
+    gboolean auth;                  /* ... because the relay refused our AUTH */
     int64_t pause_until_us;
+    char reason[RELAY_REASON_MAX];  /* the reply that began it */
+    struct relay_state before;      /* as the transaction found it */
     struct relay_state relay;       /* as committed; applied to the dispatcher after */
 };
 
@@ -29,68 +32,6 @@ static char *result_reply(const struct wire_rcpt_result *r)
     return g_strdup(r->text);
 }
 
-/* Queue the owner's bounce notice: the transform writes and signs it. */
-static gboolean result_bounce_report(struct spool_txn *t, const struct spool_msg *m, GError **err)
-{
-    queue_id rep_id = spool_id_next(t, err);
-    char id[QUEUE_ID_LEN + 1], about[QUEUE_ID_LEN + 1];
-    struct spool_msg rep;
-    gboolean ok;
-
-    if (!rep_id)
-        return FALSE;
-    spool_msg_init(&rep);
-    rep.id = rep_id;
-    rep.state = MSG_INCOMING;
-    rep.arrival = g_get_real_time() / G_USEC_PER_SEC;
-    rep.sender = g_strdup("");
-    g_ptr_array_add(rep.recipients, g_strdup(m->owner));
-    rep.kind = g_strdup(MSG_KIND_BOUNCE_REPORT);
-    rep.owner = g_strdup(m->owner);
-    rep.ref = m->id;
-    rep.proto = g_strdup("local");
-    ok = spool_msg_insert(t, &rep, err) && spool_body_put(t, DB_BODIES, rep.id, "", 0, err);
-    spool_id_format(rep.id, id);
-    spool_id_format(m->id, about);
-    if (ok)
-        spool_txn_log(t, "%s: bounce report about %s queued for <%s>", id, about, m->owner);
-    spool_msg_clear(&rep);
-    return ok;
-}
-
-/* After its deliveries changed: ready, deferred, or done. */
-static gboolean result_message_state(struct spool_txn *t, queue_id msg, GError **err)
-{
-    uint32_t n[DLV_STATE_COUNT];
-    struct spool_msg m;
-    enum msg_state to;
-    gboolean ok = TRUE;
-
-    if (!spool_dlv_counts(t, msg, n, err) || !spool_msg_get(t, msg, &m, err))
-        return FALSE;
-    if (n[DLV_READY] || n[DLV_LEASED])
-        to = MSG_READY;
-    else if (n[DLV_DEFERRED])
-        to = MSG_DEFERRED;
-    else
-        to = MSG_DONE;
-    if (m.state != to && m.state != MSG_HOLD) {
-        char id[QUEUE_ID_LEN + 1];
-
-        /* A reason says why a message was refused or held; an end is not one. */
-        ok = spool_msg_set_state(t, &m, to, NULL, err);
-        spool_id_format(msg, id);
-        if (ok && to == MSG_DONE)
-            spool_txn_log(t, "%s: done, sent=%u, bounced=%u", id, n[DLV_SENT], n[DLV_BOUNCED]);
-        if (ok && to == MSG_DONE && n[DLV_BOUNCED] && m.owner &&
-            g_strcmp0(m.kind, MSG_KIND_NOTICE) != 0)
-            ok = result_bounce_report(t, &m, err);
-    }
-    spool_msg_clear(&m);
-    return ok;
-}
-
-/* next_try is kept in whole seconds: round up, never retry early. */
 void dispatch_log_pause(struct dispatch *d, const char *why)
 {
     g_autoptr(GDateTime) until = g_date_time_new_from_unix_local(d->paused_until / 1000);
@@ -99,6 +40,33 @@ void dispatch_log_pause(struct dispatch *d, const char *why)
     msg_warn("relay %s paused until %s %s", d->cfg->relay.url, when, why);
 }
 
+void dispatch_relay_refresh(struct dispatch *d)
+{
+    struct relay_state st;
+    struct spool_txn t;
+    GError *err = NULL;
+    int64_t now = unix_ms();
+    gboolean held;
+
+    /* A spool we cannot read now keeps what we knew: the next tick tries again. */
+    if (!spool_read_begin(d->spool, &t, &err) || !relay_state_get(&t, &st, &err)) {
+        spool_read_end(&t);
+        msg_warn("relay state: %s", err->message);
+        g_clear_error(&err);
+        return;
+    }
+    spool_read_end(&t);
+    held = relay_state_paused(&st, now);
+    if (d->relay_held && !held)
+        msg_info("relay %s resumed: %s", d->cfg->relay.url,
+                 st.paused_until ? "the pause is over" : "pause cleared by spoolctl relay resume");
+    d->relay_held = held;
+    d->paused_until = st.paused_until;
+    d->pauses = st.pauses;
+    d->pause_since = st.since;
+}
+
+/* next_try is kept in whole seconds: round up, never retry early. */
 static int64_t usec_to_sec_up(int64_t usec)
 {
     return (usec + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC;
@@ -106,11 +74,16 @@ static int64_t usec_to_sec_up(int64_t usec)
 
 /*
  * Decide a delivery's next state from one attempt.  A quota or throttle
- * reply pauses the whole relay and defers the delivery until the pause
- * ends, never bouncing it for the reply itself; but a quota that lasts
- * must not keep it forever: past [retry] lifetime it bounces.
+ * reply, or a refused AUTH, pauses the whole relay and defers the delivery
+ * until the pause ends, never bouncing it for the reply itself; but a
+ * pause that lasts must not keep it forever: past [retry] lifetime it
+ * bounces.  One event, one pause: a pausing reply to a job leased before
+ * the pause in the spool began (relay_state_news) was already answered by
+ * it, and neither pauses again nor doubles the next pause; several in this
+ * transaction begin one pause.  Likewise only a copy leased after the
+ * pause began, when sent, ends the run of pauses.
  */
-static const char *result_apply(struct rresult *rr, struct spool_dlv *dv,
+static const char *result_apply(struct rresult *rr, struct spool_dlv *dv, uint64_t lease,
                                  const struct wire_rcpt_result *r, int64_t now_us)
 {
     struct dispatch *d = rr->d;
@@ -124,20 +97,25 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv,
     g_free(dv->last_reply);
     dv->last_reply = result_reply(r);
     v = retry_classify(&sr);
-    if (v == RETRY_PAUSE) {
-        rr->pause_until_us = now_us + retry_pause(&d->policy, d->pauses + 1);
+    if (v == RETRY_PAUSE && !rr->paused && relay_state_news(&rr->before, lease)) {
+        rr->pause_until_us = now_us + retry_pause(&d->policy, rr->before.pauses + 1);
         rr->paused = TRUE;
-        next = rr->pause_until_us;
+        rr->auth = smtp_result_auth_refused(&sr);
+        g_strlcpy(rr->reason, dv->last_reply, sizeof(rr->reason));
+    }
+    if (v == RETRY_PAUSE && (rr->paused || relay_state_paused(&rr->before, now_us / 1000))) {
+        next = rr->paused ? rr->pause_until_us : rr->before.paused_until * 1000;
         v = retry_expired(&d->policy, dv->created * G_USEC_PER_SEC, now_us) ? RETRY_BOUNCE
                                                                             : RETRY_DEFER;
-    } else if (v == RETRY_DEFER) {
+    } else if (v == RETRY_DEFER || v == RETRY_PAUSE) {
+        /* A late reply to a pause already over (or resumed): an ordinary retry. */
         v = retry_schedule(&d->policy, dv->attempts, dv->created * G_USEC_PER_SEC, now_us,
                            g_random_double(), &next);
     }
     switch (v) {
     case RETRY_SENT:
         dv->state = DLV_SENT;
-        rr->any_sent = TRUE;
+        rr->any_sent |= relay_state_news(&rr->before, lease);
         return "sent";
     case RETRY_DEFER:
         dv->state = DLV_DEFERRED;
@@ -152,17 +130,21 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv,
 /*
  * The relay pause goes into the spool with the reply that caused it, so
  * that a restarted dispatcher keeps it; a delivery sent ends a run of
- * pauses.  Nothing is written when neither happened.
+ * pauses.  Nothing is written when neither happened.  The state is the
+ * one this transaction read, not the dispatcher's copy: spoolctl relay
+ * resume may have cleared it since the last tick.
  */
 static gboolean result_relay_state(struct spool_txn *t, struct rresult *rr, GError **err)
 {
-    struct dispatch *d = rr->d;
-
-    rr->relay = (struct relay_state){ .paused_until = d->paused_until, .pauses = d->pauses };
+    rr->relay = rr->before;
     if (rr->paused) {
         rr->relay.paused_until = rr->pause_until_us / 1000;
         rr->relay.pauses++;
-    } else if (rr->any_sent && d->pauses) {
+        g_strlcpy(rr->relay.reason, rr->reason, sizeof(rr->relay.reason));
+        /* Every lease taken so far has a smaller id: their replies are this event. */
+        if (!(rr->relay.since = spool_id_next(t, err)))
+            return FALSE;
+    } else if (rr->any_sent && rr->before.pauses) {
         rr->relay.pauses = 0;
     } else {
         return TRUE;
@@ -175,7 +157,9 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
     struct rresult *rr = ctx;
     int64_t now_us = g_get_real_time();
 
-    rr->any_sent = rr->paused = FALSE;
+    rr->any_sent = rr->paused = rr->auth = FALSE;
+    if (!relay_state_get(t, &rr->before, err))
+        return FALSE;
     for (guint j = 0; j < rr->results->len; j++) {
         struct wire_send_result *res = rr->results->pdata[j];
         char id[QUEUE_ID_LEN + 1];
@@ -198,7 +182,7 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
                 spool_dlv_clear(&dv);
                 continue;
             }
-            const char *status = result_apply(rr, &dv, r, now_us);
+            const char *status = result_apply(rr, &dv, res->lease, r, now_us);
             spool_txn_log(t,
                           "%s: to=<%s>, relay=%s, delay=%.1f, attempts=%u, dsn=%s, status=%s (%s)",
                           id, dv.rcpt, *r->relay ? r->relay : "none",
@@ -213,7 +197,7 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
             }
         }
         spool_msg_clear(&m);
-        if (!result_message_state(t, res->msg, err))
+        if (!spool_msg_settle(t, res->msg, err))
             return FALSE;
     }
     return result_relay_state(t, rr, err);
@@ -250,8 +234,16 @@ void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
     } else {
         d->pauses = rr.relay.pauses;
         d->paused_until = rr.relay.paused_until;
-        if (rr.paused)
-            dispatch_log_pause(d, "after a quota or throttle reply");
+        d->pause_since = rr.relay.since;
+        if (rr.paused) {
+            g_autofree char *why = rr.auth
+                ? g_strdup_printf("after the relay refused AUTH (%s): check [relay] user and "
+                                  "password_file, then spoolctl relay resume", rr.reason)
+                : g_strdup_printf("after a quota or throttle reply (%s)", rr.reason);
+
+            d->relay_held = TRUE;
+            dispatch_log_pause(d, why);
+        }
     }
     /* A job holds its connection until every recipient has a result:
      * workers report each SMTP transaction as it ends. */

@@ -19,11 +19,14 @@ const char *retry_verdict_name(enum retry_verdict v)
 /*
  * A refused session (greeting, EHLO, STARTTLS, AUTH) defers even on a 5xx:
  * it is about the relay or our credentials, not the message, and Postfix
- * defers it too (smtp_skip_5xx_greeting, smtp_sasl_auth_soft_bounce).
+ * defers it too (smtp_skip_5xx_greeting, smtp_sasl_auth_soft_bounce).  A
+ * refused AUTH also pauses the relay, as a quota does: every copy would
+ * meet it, and trying each on its own only hammers the relay with a wrong
+ * password (and hides the fault in per-copy deferrals).
  */
 enum retry_verdict retry_classify(const struct smtp_rcpt_result *r)
 {
-    if (smtp_result_throttled(r))
+    if (smtp_result_throttled(r) || smtp_result_auth_refused(r))
         return RETRY_PAUSE;
     if (r->error != SMTP_ERROR_NONE)
         return RETRY_DEFER;

@@ -19,7 +19,7 @@ struct retry_policy {
     gint64  initial, max, lifetime; /* microseconds: [retry] initial, max, lifetime */
 };
 
-/* SPEC §5: quota/throttle replies pause; 2xx sent; 4xx and failures without
+/* SPEC §5: quota/throttle replies and a refused AUTH pause; 2xx sent; 4xx and failures without
  * a reply (or a refused session) defer; 5xx bounce. */
 enum retry_verdict retry_classify(const struct smtp_rcpt_result *r);
 

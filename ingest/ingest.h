@@ -47,9 +47,10 @@ struct session {
     char *proto;                    /* LMTP, ESMTP, SMTP */
     gboolean have_mail;
     char *sender;
+    gboolean smtputf8;              /* MAIL said SMTPUTF8: addresses may be UTF-8 */
     GPtrArray *rcpts;               /* accepted recipients */
     struct lmtp_data_reader data;
-    int64_t last_active;            /* monotonic seconds */
+    int64_t deadline;               /* monotonic us: 421 4.4.2 when passed (see expire) */
     unsigned errors;
     struct commit_job *job;         /* its message, while the committer writes it */
 };
@@ -62,6 +63,7 @@ struct ingest {
     GPtrArray *listeners;           /* struct listener (ingest_listen.c) */
     GList *sessions;
     unsigned n_sessions;
+    GHashTable *per_client;         /* client address -> open sessions (GUINT_TO_POINTER) */
     GPtrArray *batch;               /* sessions in SESSION_COMMIT, not yet with the committer */
     struct committer *committer;    /* the thread that writes batches */
     gboolean stopping;
@@ -73,7 +75,9 @@ void ingest_listen_stop(struct ingest *ig);
 
 /* ingest_session.c */
 guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer data);
+gboolean ingest_session_admit(struct ingest *ig, int fd, const char *client);
 void ingest_session_start(struct ingest *ig, int fd, const char *client);
+void ingest_session_deadline_reset(struct session *s);
 void ingest_session_input(struct session *s);
 void ingest_session_reply(struct session *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 gboolean ingest_session_flush(struct session *s);

@@ -209,6 +209,8 @@ static void commit_answer(struct session *s, const struct commit_job *j)
         return;
     }
     s->state = SESSION_COMMAND;
+    /* The next command's time starts now, not while the disk synced. */
+    ingest_session_deadline_reset(s);
     ingest_session_input(s);           /* may complete a pipelined next message */
 }
 

@@ -58,7 +58,8 @@ static void client_name(const struct sockaddr_storage *ss, char *out, size_t len
 
 /*
  * Accept every pending connection.  Over max_connections the client
- * hears 421 4.3.2 at once and is closed, as Postfix's anvil would.
+ * hears 421 4.3.2 at once and is closed, as Postfix's anvil would; over
+ * max_connections_per_client, 421 4.7.0 (ingest_session_admit).
  */
 static gboolean listen_accept(int lfd, GIOCondition cond, gpointer data)
 {
@@ -90,6 +91,10 @@ static gboolean listen_accept(int lfd, GIOCondition cond, gpointer data)
             (void)ignored;
             msg_warn("connect from %s: refused: too many connections (%u)", name,
                      ig->n_sessions);
+            close(fd);
+            continue;
+        }
+        if (!ingest_session_admit(ig, fd, name)) {
             close(fd);
             continue;
         }

@@ -44,6 +44,70 @@ guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer da
     return id;
 }
 
+/*
+ * Sessions open per client address, for [ingest] max_connections_per_client.
+ * Unix-socket clients are not counted: they all look alike ("unix"), and
+ * the socket's permissions say who may connect.
+ */
+static void ingest_session_count(struct ingest *ig, const char *client, int delta)
+{
+    guint n;
+
+    if (g_str_equal(client, "unix"))
+        return;
+    if (!ig->per_client)
+        ig->per_client = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    n = GPOINTER_TO_UINT(g_hash_table_lookup(ig->per_client, client)) + (guint)delta;
+    if (n)
+        g_hash_table_replace(ig->per_client, g_strdup(client), GUINT_TO_POINTER(n));
+    else
+        g_hash_table_remove(ig->per_client, client);
+}
+
+/*
+ * Is there room for one more session from client?  Over
+ * [ingest] max_connections_per_client it hears 421 4.7.0 and is closed,
+ * as Postfix's smtpd_client_connection_count_limit does: else one client
+ * holding many slow sessions takes every slot from the others.
+ */
+gboolean ingest_session_admit(struct ingest *ig, int fd, const char *client)
+{
+    uint64_t limit = ig->cfg->ingest.max_connections_per_client;
+    guint n;
+
+    if (!limit || g_str_equal(client, "unix") || !ig->per_client)
+        return TRUE;
+    n = GPOINTER_TO_UINT(g_hash_table_lookup(ig->per_client, client));
+    if (n < limit)
+        return TRUE;
+    g_autofree char *reply = g_strdup_printf("421 4.7.0 %s Error: too many connections from %s\r\n",
+                                             ig->cfg->ingest.hostname, client);
+    ssize_t ignored = write(fd, reply, strlen(reply));
+    (void)ignored;
+    msg_warn("connect from %s: refused: too many connections from this client (%u)", client, n);
+    return FALSE;
+}
+
+void ingest_session_deadline_reset(struct session *s)
+{
+    s->deadline = g_get_monotonic_time() + (int64_t)s->ig->cfg->ingest.timeout * G_USEC_PER_SEC;
+}
+
+/*
+ * Bytes of message content buy time, as Postfix's smtpd_min_data_rate:
+ * n bytes move the DATA deadline n / min_data_rate seconds on, never
+ * further than `timeout` from now.  A client that sends its message
+ * slower than the rate runs out of time however often it sends a byte.
+ */
+static void ingest_session_data_credit(struct session *s, size_t n)
+{
+    uint64_t rate = s->ig->cfg->ingest.min_data_rate;
+    int64_t cap = g_get_monotonic_time() + (int64_t)s->ig->cfg->ingest.timeout * G_USEC_PER_SEC;
+
+    if (rate)
+        s->deadline = MIN(cap, s->deadline + (int64_t)((uint64_t)n * G_USEC_PER_SEC / rate));
+}
+
 static void ingest_session_free(struct session *s)
 {
     struct ingest *ig = s->ig;
@@ -55,6 +119,7 @@ static void ingest_session_free(struct session *s)
     close(s->fd);
     ig->sessions = g_list_remove(ig->sessions, s);
     ig->n_sessions--;
+    ingest_session_count(ig, s->client, -1);
     g_ptr_array_remove(ig->batch, s);
     ingest_commit_forget(s);
     lmtp_data_clear(&s->data);
@@ -145,6 +210,7 @@ static void ingest_session_reading(struct session *s)
 void ingest_session_end_transaction(struct session *s)
 {
     s->have_mail = FALSE;
+    s->smtputf8 = FALSE;
     g_clear_pointer(&s->sender, g_free);
     g_ptr_array_set_size(s->rcpts, 0);
     lmtp_data_clear(&s->data);
@@ -189,6 +255,7 @@ static void ingest_session_mail(struct session *s, const struct lmtp_cmd *cmd)
         return;
     }
     s->have_mail = TRUE;
+    s->smtputf8 = cmd->smtputf8;
     s->sender = g_strdup(cmd->addr);
     ingest_session_reply(s, "250 2.1.0 Ok");
 }
@@ -199,6 +266,12 @@ static void ingest_session_rcpt(struct session *s, const struct lmtp_cmd *cmd)
 
     if (!s->have_mail) {
         ingest_session_reply(s, "503 5.5.1 Error: need MAIL command");
+        return;
+    }
+    /* RFC 6531: a UTF-8 address only in a transaction that declared SMTPUTF8. */
+    if (!s->smtputf8 && !lmtp_addr_is_ascii(cmd->addr)) {
+        ingest_session_reply(s, "553 5.6.7 Must declare SMTPUTF8 to send unicode address");
+        s->errors++;
         return;
     }
     canon = lmtp_addr_canonical(cmd->addr);
@@ -312,6 +385,8 @@ static void ingest_session_command(struct session *s, const char *line, size_t l
         break;
     }
     lmtp_cmd_clear(&cmd);
+    /* A whole command line was handled: the next one has its own time. */
+    ingest_session_deadline_reset(s);
     if (s->errors >= SESSION_ERROR_LIMIT && s->state != SESSION_CLOSING) {
         ingest_session_reply(s, "421 4.7.0 %s Error: too many errors", s->ig->cfg->ingest.hostname);
         s->state = SESSION_CLOSING;
@@ -408,7 +483,13 @@ static gboolean ingest_session_readable(int fd, GIOCondition cond, gpointer data
         ingest_session_close(s, n < 0 ? g_strerror(errno) : "lost connection");
         return G_SOURCE_REMOVE;
     }
-    s->last_active = g_get_monotonic_time() / G_USEC_PER_SEC;
+    /*
+     * A byte is not a command: only a whole line resets the command
+     * deadline (in ingest_session_command), and DATA gets only what its
+     * rate earns, so dribbling bytes does not keep a session open.
+     */
+    if (s->state == SESSION_DATA)
+        ingest_session_data_credit(s, (size_t)n);
     ingest_session_input(s);
     return G_SOURCE_CONTINUE;
 }
@@ -423,34 +504,46 @@ void ingest_session_start(struct ingest *ig, int fd, const char *client)
     s->in = g_byte_array_new();
     s->out = g_string_new(NULL);
     s->rcpts = g_ptr_array_new_with_free_func(g_free);
-    s->last_active = g_get_monotonic_time() / G_USEC_PER_SEC;
+    ingest_session_deadline_reset(s);
     ig->sessions = g_list_prepend(ig->sessions, s);
     ig->n_sessions++;
+    ingest_session_count(ig, client, 1);
     s->read_source = ingest_fd_add(fd, G_IO_IN, ingest_session_readable, s);
     msg_info("connect from %s", client);
     ingest_session_reply(s, "220 %s LMTP Postern ready", ig->cfg->ingest.hostname);
     ingest_session_flush(s);
 }
 
-/* Idle and command timeouts: 421 4.4.2, then close (RFC 5321 §4.5.3.2). */
+/*
+ * Deadlines (RFC 5321 §4.5.3.2 wants 5 minutes, as [ingest] timeout
+ * defaults to): a command line must be complete within timeout of the
+ * previous one; DATA within timeout plus what min_data_rate grants.
+ * Then 421 4.4.2 and close.  Sessions waiting for their commit wait for
+ * the disk, not the client, and are left alone.
+ */
 void ingest_session_expire_idle(struct ingest *ig)
 {
-    int64_t now = g_get_monotonic_time() / G_USEC_PER_SEC;
+    int64_t now = g_get_monotonic_time();
 
     for (GList *l = ig->sessions, *next; l; l = next) {
         struct session *s = l->data;
 
         next = l->next;
-        if (s->state == SESSION_COMMIT || now - s->last_active < (int64_t)ig->cfg->ingest.timeout)
+        if (s->state == SESSION_COMMIT || now < s->deadline)
             continue;
         if (s->state == SESSION_CLOSING) {     /* its last reply never drained */
             ingest_session_close(s, "timeout writing reply");
             continue;
         }
-        msg_info("timeout after %s from %s", s->state == SESSION_DATA ? "DATA" : "command",
-                 s->client);
+        if (s->state == SESSION_DATA)
+            msg_info("timeout after DATA (%" G_GUINT64_FORMAT " bytes) from %s", s->data.seen,
+                     s->client);
+        else
+            msg_info("timeout after command from %s", s->client);
         ingest_session_reply(s, "421 4.4.2 %s Error: timeout exceeded", ig->cfg->ingest.hostname);
         s->state = SESSION_CLOSING;
+        /* The 421 gets a timeout of its own to drain. */
+        ingest_session_deadline_reset(s);
         ingest_session_flush(s);
     }
 }
@@ -469,4 +562,5 @@ void ingest_session_shutdown_all(struct ingest *ig)
             msg_warn("shutdown: %s: %s", s->client, g_strerror(errno));
         ingest_session_close(s, "shutdown");
     }
+    g_clear_pointer(&ig->per_client, g_hash_table_unref);
 }

@@ -23,6 +23,20 @@ static void lmtp_refuse(struct lmtp_cmd *cmd, const char *reply)
     cmd->reply = reply;
 }
 
+/* C0 controls and DEL: no part of a path or a host name holds them (RFC 5321 §4.1.2). */
+static gboolean lmtp_is_control(char c)
+{
+    return (unsigned char)c < 32 || (unsigned char)c == 127;
+}
+
+static gboolean lmtp_is_ascii(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 128)
+            return FALSE;
+    return TRUE;
+}
+
 /*
  * The path of MAIL FROM:/RCPT TO:.  Accept what Postfix accepts from a
  * client (strict_rfc821_envelopes = no): a space after the colon, a bare
@@ -51,7 +65,7 @@ static const char *lmtp_parse_path(const char *p, char **addr)
         if (quoted) {
             /* RFC 5321 qtextSMTP and quoted-pairSMTP hold no controls:
              * a CR must not reach the spool, headers or MAIL FROM. */
-            if ((unsigned char)*p < 32 || (*p == '\\' && (unsigned char)p[1] < 32))
+            if (lmtp_is_control(*p) || (*p == '\\' && lmtp_is_control(p[1])))
                 goto bad;
             if (*p == '\\' && p[1]) {
                 g_string_append_c(out, *p++);
@@ -62,7 +76,7 @@ static const char *lmtp_parse_path(const char *p, char **addr)
             quoted = TRUE;
         } else if (bracket && *p == '>') {
             break;
-        } else if (*p == ' ' || *p == '<' || *p == '>' || (unsigned char)*p < 32) {
+        } else if (*p == ' ' || *p == '<' || *p == '>' || lmtp_is_control(*p)) {
             if (bracket)
                 goto bad;
             break;
@@ -131,7 +145,27 @@ static void lmtp_parse_mail_rcpt(const char *args, struct lmtp_cmd *cmd)
         return lmtp_refuse(cmd, "501 5.1.3 Bad recipient address syntax");
     if (*rest && *rest != ' ')
         return lmtp_refuse(cmd, "501 5.1.7 Bad address syntax");
+    /*
+     * Non-ASCII is UTF-8 or nothing (RFC 6531): bytes that are not would
+     * be stored as the envelope (GVariant strings must be UTF-8) and
+     * shown to operators.  5.6.7: RFC 6531's code for an address the
+     * server cannot take.
+     */
+    if (!g_utf8_validate(cmd->addr, -1, NULL))
+        return lmtp_refuse(cmd, "553 5.6.7 Malformed UTF-8 in address");
     lmtp_parse_params(rest, cmd);
+    /*
+     * SMTPUTF8 is offered (after LHLO and EHLO), but a client must ask
+     * for it in MAIL before it uses a non-ASCII address; RCPT is checked
+     * by the session, which knows what MAIL said.
+     */
+    if (cmd->verb == LMTP_MAIL && !cmd->smtputf8 && !lmtp_is_ascii(cmd->addr))
+        return lmtp_refuse(cmd, "553 5.6.7 Must declare SMTPUTF8 to send unicode address");
+}
+
+gboolean lmtp_addr_is_ascii(const char *addr)
+{
+    return lmtp_is_ascii(addr);
 }
 
 void lmtp_parse_command(const char *line, size_t len, struct lmtp_cmd *cmd)
@@ -166,6 +200,15 @@ void lmtp_parse_command(const char *line, size_t len, struct lmtp_cmd *cmd)
         if (!*args)
             return lmtp_refuse(cmd, "501 5.5.4 Syntax: LHLO hostname");
         cmd->arg = g_strndup(args, strcspn(args, " "));
+        /*
+         * The name goes into the Received: header, the spool and the
+         * log: a CR, ESC or DEL there could forge header or log lines.
+         */
+        for (const char *p = cmd->arg; *p; p++)
+            if (lmtp_is_control(*p))
+                return lmtp_refuse(cmd, "501 5.5.2 Syntax: control character in hostname");
+        if (!g_utf8_validate(cmd->arg, -1, NULL))
+            return lmtp_refuse(cmd, "501 5.5.2 Syntax: malformed UTF-8 in hostname");
         return;
     case LMTP_MAIL:
     case LMTP_RCPT:

@@ -41,6 +41,8 @@ void lmtp_cmd_clear(struct lmtp_cmd *cmd);
  * as Postfix's recipient_delimiter does).
  */
 char *lmtp_addr_canonical(const char *addr);
+/* No byte of addr is 8-bit: it needs no SMTPUTF8. */
+gboolean lmtp_addr_is_ascii(const char *addr);
 
 enum lmtp_data_status { LMTP_DATA_MORE, LMTP_DATA_DONE };
 

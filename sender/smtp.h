@@ -122,6 +122,9 @@ void    smtp_results_clear(struct smtp_rcpt_result *results, size_t n);
 /* A quota or throttle reply of the relay (SPEC §5): says nothing about the
  * message, every delivery would get the same answer for a while. */
 gboolean smtp_result_throttled(const struct smtp_rcpt_result *r);
+/* The relay refused our AUTH for good (wrong user or password): a relay
+ * fault, not the message's, that pauses the relay like a quota. */
+gboolean smtp_result_auth_refused(const struct smtp_rcpt_result *r);
 
 struct smtp_client;
 
@@ -140,6 +143,13 @@ int     smtp_client_send(struct smtp_client *c, const char *mail_from,
              const char *const *rcpts, size_t n,
              const char *const *data_parts, const size_t *data_lens,
              size_t n_parts, struct smtp_rcpt_result *results, GError **err);
+
+/*
+ * Open a session as a transaction would (connect, greeting, EHLO,
+ * STARTTLS with the configured verification, AUTH) and stop there:
+ * `spoolctl check`.  FALSE with *err naming the relay and its reply.
+ */
+gboolean smtp_client_probe(struct smtp_client *c, GError **err);
 
 /* Whether the client holds a connection now (a failure drops it). */
 gboolean smtp_client_connected(const struct smtp_client *c);

@@ -814,6 +814,13 @@ struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError
     return c;
 }
 
+gboolean smtp_client_probe(struct smtp_client *c, GError **err)
+{
+    /* A held connection may be stale: the probe is about a new session. */
+    conn_drop(c);
+    return session_open(c, err);
+}
+
 gboolean smtp_client_connected(const struct smtp_client *c)
 {
     return c->fd >= 0;

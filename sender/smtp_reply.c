@@ -251,3 +251,15 @@ gboolean smtp_result_throttled(const struct smtp_rcpt_result *r)
         || (r->code == 550 && !strcmp(r->status, "5.7.1")
         && r->text && strcasestr(r->text, "limit exceeded"));
 }
+
+/*
+ * RFC 4954: 530 5.7.0 authentication required, 534 5.7.9 mechanism too
+ * weak, 535 5.7.8 credentials invalid, 538 5.7.11 encryption required:
+ * refusals of the session at AUTH that no retry of one message can fix,
+ * and that every delivery would get.  454 4.7.0 is a passing failure.
+ */
+gboolean smtp_result_auth_refused(const struct smtp_rcpt_result *r)
+{
+    return r->error == SMTP_ERROR_SESSION
+        && (r->code == 530 || r->code == 534 || r->code == 535 || r->code == 538);
+}

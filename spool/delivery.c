@@ -3,6 +3,7 @@
  */
 #include "spool/delivery.h"
 #include "spool/spool_lmdb.h"
+#include "common/clock.h"
 #include "common/log.h"
 
 #include <string.h>
@@ -457,4 +458,64 @@ gboolean spool_dlv_delete_all(struct spool_txn *t, queue_id msg, GError **err)
             return spool_mdb_fail(rc, "delete delivery", err);
     }
     return TRUE;
+}
+
+/* Queue the owner's bounce notice: the transform writes and signs it. */
+static gboolean dlv_bounce_report(struct spool_txn *t, const struct spool_msg *m, GError **err)
+{
+    queue_id rep_id = spool_id_next(t, err);
+    char id[QUEUE_ID_LEN + 1], about[QUEUE_ID_LEN + 1];
+    struct spool_msg rep;
+    gboolean ok;
+
+    if (!rep_id)
+        return FALSE;
+    spool_msg_init(&rep);
+    rep.id = rep_id;
+    rep.state = MSG_INCOMING;
+    rep.arrival = unix_ms() / 1000;
+    rep.sender = g_strdup("");
+    g_ptr_array_add(rep.recipients, g_strdup(m->owner));
+    rep.kind = g_strdup(MSG_KIND_BOUNCE_REPORT);
+    rep.owner = g_strdup(m->owner);
+    rep.ref = m->id;
+    rep.proto = g_strdup("local");
+    ok = spool_msg_insert(t, &rep, err) && spool_body_put(t, DB_BODIES, rep.id, "", 0, err);
+    spool_id_format(rep.id, id);
+    spool_id_format(m->id, about);
+    if (ok)
+        spool_txn_log(t, "%s: bounce report about %s queued for <%s>", id, about, m->owner);
+    spool_msg_clear(&rep);
+    return ok;
+}
+
+gboolean spool_msg_settle(struct spool_txn *t, queue_id msg, GError **err)
+{
+    uint32_t n[DLV_STATE_COUNT];
+    struct spool_msg m;
+    enum msg_state to;
+    gboolean ok = TRUE;
+
+    if (!spool_dlv_counts(t, msg, n, err) || !spool_msg_get(t, msg, &m, err))
+        return FALSE;
+    if (n[DLV_READY] || n[DLV_LEASED])
+        to = MSG_READY;
+    else if (n[DLV_DEFERRED])
+        to = MSG_DEFERRED;
+    else
+        to = MSG_DONE;
+    if (m.state != to && m.state != MSG_HOLD) {
+        char id[QUEUE_ID_LEN + 1];
+
+        /* A reason says why a message was refused or held; an end is not one. */
+        ok = spool_msg_set_state(t, &m, to, NULL, err);
+        spool_id_format(msg, id);
+        if (ok && to == MSG_DONE)
+            spool_txn_log(t, "%s: done, sent=%u, bounced=%u", id, n[DLV_SENT], n[DLV_BOUNCED]);
+        if (ok && to == MSG_DONE && n[DLV_BOUNCED] && m.owner &&
+            g_strcmp0(m.kind, MSG_KIND_NOTICE) != 0)
+            ok = dlv_bounce_report(t, &m, err);
+    }
+    spool_msg_clear(&m);
+    return ok;
 }

@@ -73,6 +73,15 @@ gboolean spool_due_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_
 gboolean spool_lease_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_fn fn,
                              void *ctx, GError **err);
 
+/*
+ * After msg's deliveries changed (results recorded, or the operator
+ * released it): the message becomes ready, deferred or done to match
+ * them, unless it is held.  Done with a bounce queues the owner's bounce
+ * report (kind MSG_KIND_BOUNCE_REPORT, state incoming: the transform
+ * writes and signs it), except for a notice, which gets no report.
+ */
+gboolean spool_msg_settle(struct spool_txn *t, queue_id msg, GError **err);
+
 /* Remove every delivery of msg with its index entries (message deletion). */
 gboolean spool_dlv_delete_all(struct spool_txn *t, queue_id msg, GError **err);
 

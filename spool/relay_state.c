@@ -1,6 +1,8 @@
 /*
  * relay_state.c - the relay pause in `meta`, under "relay.pause": the
- * big-endian unix ms it lasts until, then the pauses in a row (12 bytes).
+ * big-endian unix ms it lasts until and the pauses in a row (12 bytes,
+ * all that older versions wrote), then the id the pause began at (8) and
+ * the reason's text (up to RELAY_REASON_MAX - 1 bytes, no NUL).
  */
 #include "spool/relay_state.h"
 #include "spool/spool_lmdb.h"
@@ -8,37 +10,59 @@
 #include <string.h>
 
 #define RELAY_STATE_KEY "relay.pause"
-#define RELAY_STATE_LEN 12
+#define RELAY_STATE_OLD_LEN 12
+#define RELAY_STATE_LEN 20
 
 gboolean relay_state_get(struct spool_txn *t, struct relay_state *out, GError **err)
 {
     MDB_val key = { strlen(RELAY_STATE_KEY), (void *)RELAY_STATE_KEY }, val;
     int rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_META), &key, &val);
+    const unsigned char *p = val.mv_data;
 
     memset(out, 0, sizeof(*out));
     if (rc == MDB_NOTFOUND)
         return TRUE;
     if (rc)
         return spool_mdb_fail(rc, "read the relay state", err);
-    if (val.mv_size != RELAY_STATE_LEN) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "relay state: %zu bytes, expected %d",
-                    val.mv_size, RELAY_STATE_LEN);
+    if (val.mv_size != RELAY_STATE_OLD_LEN &&
+        (val.mv_size < RELAY_STATE_LEN || val.mv_size >= RELAY_STATE_LEN + RELAY_REASON_MAX)) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "relay state: %zu bytes, expected %d to %d",
+                    val.mv_size, RELAY_STATE_OLD_LEN, RELAY_STATE_LEN + RELAY_REASON_MAX - 1);
         return FALSE;
     }
-    out->paused_until = (int64_t)spool_get_be64(val.mv_data);
-    out->pauses = spool_get_be32((const unsigned char *)val.mv_data + 8);
+    out->paused_until = (int64_t)spool_get_be64(p);
+    out->pauses = spool_get_be32(p + 8);
+    /* A record of an older version: no fence, no reason. */
+    if (val.mv_size == RELAY_STATE_OLD_LEN)
+        return TRUE;
+    out->since = spool_get_be64(p + 12);
+    memcpy(out->reason, p + RELAY_STATE_LEN, val.mv_size - RELAY_STATE_LEN);
     return TRUE;
 }
 
 gboolean relay_state_put(struct spool_txn *t, const struct relay_state *st, GError **err)
 {
-    unsigned char v[RELAY_STATE_LEN];
-    MDB_val key = { strlen(RELAY_STATE_KEY), (void *)RELAY_STATE_KEY }, val = { sizeof(v), v };
+    size_t reason_len = strnlen(st->reason, RELAY_REASON_MAX - 1);
+    unsigned char v[RELAY_STATE_LEN + RELAY_REASON_MAX];
+    MDB_val key = { strlen(RELAY_STATE_KEY), (void *)RELAY_STATE_KEY };
+    MDB_val val = { RELAY_STATE_LEN + reason_len, v };
     int rc;
 
     spool_be64(v, (uint64_t)st->paused_until);
     spool_be32(v + 8, st->pauses);
+    spool_be64(v + 12, st->since);
+    memcpy(v + RELAY_STATE_LEN, st->reason, reason_len);
     if ((rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_META), &key, &val, 0)))
         return spool_mdb_fail(rc, "write the relay state", err);
     return TRUE;
+}
+
+gboolean relay_state_paused(const struct relay_state *st, int64_t now_ms)
+{
+    return st->paused_until > now_ms;
+}
+
+gboolean relay_state_news(const struct relay_state *st, uint64_t lease)
+{
+    return lease >= st->since;
 }

@@ -119,6 +119,12 @@ struct spool_msg {
 /* Environment */
 gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError **err);
 void spool_close(struct spool *sp);
+/*
+ * Let this process write into the reserve that ingest and the transforms
+ * leave free (spool_env.c): spoolctl, so that delete and purge work on a
+ * full spool, and the dispatcher, so that results are still recorded.
+ */
+void spool_use_reserve(struct spool *sp);
 int spool_reader_check(struct spool *sp);
 /*
  * The periodic form every loop calls, whatever its kind: a reader slot

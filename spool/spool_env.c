@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 /*
@@ -24,7 +25,68 @@ struct spool {
     char *dir;
     uint64_t map_size;
     uint64_t max_size;
+    uint64_t reserve;               /* kept for spool_use_reserve() writers: deletes */
+    gboolean use_reserve;
 };
+
+/*
+ * The reserve: what a write that frees space needs when everything else
+ * is full.  LMDB copies every page it changes (copy-on-write), and pages
+ * freed by a transaction are reusable only by the next one, so even a
+ * delete needs free pages: in the map, and on the file system when the
+ * file must grow.  Ingest and the transforms stop short of both by this
+ * much (452 4.3.1); spoolctl and the dispatcher may use it.  1/32 of
+ * max_size, at least 256 KiB, at most 32 MiB: a page of 256 deletions
+ * needs far less.
+ */
+#define SPOOL_RESERVE_MIN ((uint64_t)256 << 10)
+#define SPOOL_RESERVE_MAX ((uint64_t)32 << 20)
+
+static uint64_t spool_reserve_for(uint64_t max_size)
+{
+    return MIN(CLAMP(max_size / 32, SPOOL_RESERVE_MIN, SPOOL_RESERVE_MAX), max_size / 2);
+}
+
+/* The largest map this process may grow to. */
+static uint64_t spool_cap(const struct spool *sp)
+{
+    return sp->use_reserve ? sp->max_size : sp->max_size - sp->reserve;
+}
+
+void spool_use_reserve(struct spool *sp)
+{
+    sp->use_reserve = TRUE;
+}
+
+/* Bytes an unprivileged writer may still add on the spool's file system. */
+static uint64_t spool_fs_free(const struct spool *sp)
+{
+    struct statvfs vfs;
+
+    if (statvfs(sp->dir, &vfs) < 0)
+        return G_MAXUINT64;         /* unknown: let the write tell */
+    return (uint64_t)vfs.f_bavail * vfs.f_frsize;
+}
+
+/*
+ * The one warning line of a full spool: what is full, how full, and what
+ * to do (docs/operations.md §8).  The caller logs it with what it was
+ * doing; ingest answers 452 4.3.1.
+ */
+static gboolean spool_full(const struct spool *sp, const char *what, GError **err)
+{
+    uint64_t fs_free = spool_fs_free(sp);
+
+    g_set_error(err, SPOOL_ERROR, SPOOL_ERR_FULL,
+                "%s: spool full: %s (map %" G_GUINT64_FORMAT " of [spool] max_size %"
+                G_GUINT64_FORMAT " bytes, %" G_GUINT64_FORMAT " kept for deletes; %"
+                G_GUINT64_FORMAT " bytes free on the file system): free space with "
+                "spoolctl purge --older-than 7d or spoolctl delete, or raise [spool] max_size "
+                "or the file system, see docs/operations.md section 8",
+                sp->dir, what, sp->map_size, sp->max_size, sp->reserve,
+                fs_free == G_MAXUINT64 ? 0 : fs_free);
+    return FALSE;
+}
 
 static const char *const spool_db_names[DB_COUNT] = {
     [DB_META] = "meta", [DB_MESSAGES] = "messages", [DB_BODIES] = "bodies",
@@ -97,7 +159,9 @@ static uint64_t spool_initial_map(const char *dir, uint64_t configured)
 
 /*
  * Begin a transaction; when another process grew the map, adopt the new
- * size (mdb_env_set_mapsize with 0) and try once more.
+ * size (mdb_env_set_mapsize with 0) and try once more.  A process kept out
+ * of the reserve adopts no more than its cap: LMDB raises that to what is
+ * committed, so it can read everything but grow no further.
  */
 static int spool_txn_begin(struct spool *sp, unsigned flags, MDB_txn **txn)
 {
@@ -105,11 +169,17 @@ static int spool_txn_begin(struct spool *sp, unsigned flags, MDB_txn **txn)
 
     if (rc == MDB_MAP_RESIZED) {
         MDB_envinfo info;
-        if ((rc = mdb_env_set_mapsize(sp->env, 0)) == 0) {
+
+        if ((rc = mdb_env_set_mapsize(sp->env, 0)))
+            return rc;
+        mdb_env_info(sp->env, &info);
+        if (info.me_mapsize > spool_cap(sp)) {
+            if ((rc = mdb_env_set_mapsize(sp->env, spool_cap(sp))))
+                return rc;
             mdb_env_info(sp->env, &info);
-            sp->map_size = info.me_mapsize;
-            rc = mdb_txn_begin(sp->env, NULL, flags, txn);
         }
+        sp->map_size = info.me_mapsize;
+        rc = mdb_txn_begin(sp->env, NULL, flags, txn);
     }
     return rc;
 }
@@ -172,9 +242,11 @@ gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError
 
     sp->dir = g_strdup(cfg->spool.dir);
     sp->max_size = cfg->spool.max_size;
+    sp->reserve = spool_reserve_for(sp->max_size);
     if (!spool_make_dirs(sp->dir, err))
         goto fail;
-    sp->map_size = spool_initial_map(sp->dir, cfg->spool.map_size);
+    /* Never into the reserve, unless what is committed already is (LMDB raises it). */
+    sp->map_size = MIN(spool_initial_map(sp->dir, cfg->spool.map_size), spool_cap(sp));
 
     /*
      * No MDB_NOSYNC and no MDB_WRITEMAP: a commit is on disk when it
@@ -303,15 +375,12 @@ void spool_txn_log(struct spool_txn *t, const char *fmt, ...)
  */
 static gboolean spool_grow(struct spool *sp, GError **err)
 {
-    uint64_t next = MIN(sp->map_size * 2, sp->max_size);
+    uint64_t next = MIN(sp->map_size * 2, spool_cap(sp));
     int rc;
 
-    if (next <= sp->map_size) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_FULL,
-                    "%s: spool full: map at [spool] max_size (%" G_GUINT64_FORMAT " bytes)",
-                    sp->dir, sp->max_size);
-        return FALSE;
-    }
+    if (next <= sp->map_size)
+        return spool_full(sp, sp->use_reserve ? "map at [spool] max_size"
+                                              : "map at [spool] max_size less the reserve", err);
     if ((rc = mdb_env_set_mapsize(sp->env, next)))
         return spool_mdb_fail(rc, "grow spool map", err);
     msg_info("%s: spool map grown from %" G_GUINT64_FORMAT " to %" G_GUINT64_FORMAT " bytes",
@@ -322,8 +391,24 @@ static gboolean spool_grow(struct spool *sp, GError **err)
 
 static gboolean spool_counters_flush(struct spool_txn *t, GError **err);
 
+/*
+ * A write that failed on the file: ENOSPC, EDQUOT, or EIO from a short
+ * write (what LMDB makes of a disk that filled during the write).  Say
+ * "full" when the file system is, not "Input/output error".
+ */
+static gboolean spool_write_failed(struct spool *sp, int rc, GError **err)
+{
+    if (rc == ENOSPC || rc == EDQUOT || rc == EFBIG ||
+        (rc == EIO && spool_fs_free(sp) < sp->reserve))
+        return spool_full(sp, "file system full", err);
+    return spool_mdb_fail(rc, "commit spool write", err);
+}
+
 gboolean spool_write(struct spool *sp, spool_write_fn fn, void *ctx, GError **err)
 {
+    /* Leave the last of the file system to the writers that free space. */
+    if (!sp->use_reserve && spool_fs_free(sp) < sp->reserve)
+        return spool_full(sp, "file system nearly full", err);
     for (;;) {
         struct spool_txn t = { .sp = sp };
         GError *local = NULL;
@@ -359,7 +444,7 @@ gboolean spool_write(struct spool *sp, spool_write_fn fn, void *ctx, GError **er
             g_propagate_error(err, local);
             return FALSE;
         }
-        return spool_mdb_fail(rc, "commit spool write", err);
+        return spool_write_failed(sp, rc, err);
     }
 }
 

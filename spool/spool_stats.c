@@ -2,6 +2,7 @@
  * spool_stats.c - see spool_stats.h.
  */
 #include "spool/spool_stats.h"
+#include "common/clock.h"
 
 #include <string.h>
 
@@ -29,6 +30,10 @@ gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err
     }
     st->tokens_active = spool_counter_get(&t, "tok.active");
     st->tokens_used = spool_counter_get(&t, "tok.used");
+    if (!relay_state_get(&t, &st->relay, err)) {
+        spool_read_end(&t);
+        return FALSE;
+    }
 
     /* The oldest message still in the queue: first id of each live state. */
     for (int s = MSG_INCOMING; s <= MSG_HOLD; s++) {
@@ -74,4 +79,15 @@ void spool_stats_prometheus(const struct spool_stats *st, GString *out)
                            st->oldest_age);
     stats_family(out, "postern_spool_bytes", "gauge", "Size of the LMDB data file.");
     g_string_append_printf(out, "postern_spool_bytes %" G_GUINT64_FORMAT "\n", st->spool_bytes);
+    /* The relay pause: alert on paused for long, or on pauses in a row. */
+    gboolean paused = relay_state_paused(&st->relay, unix_ms());
+    stats_family(out, "postern_relay_paused", "gauge",
+                 "1 while deliveries wait for a relay pause (quota, throttle, AUTH refused).");
+    g_string_append_printf(out, "postern_relay_paused %d\n", paused ? 1 : 0);
+    stats_family(out, "postern_relay_paused_until_seconds", "gauge",
+                 "Unix time the relay pause ends, 0 when not paused.");
+    g_string_append_printf(out, "postern_relay_paused_until_seconds %" G_GINT64_FORMAT "\n",
+                           paused ? st->relay.paused_until / 1000 : 0);
+    stats_family(out, "postern_relay_pauses", "gauge", "Relay pauses in a row.");
+    g_string_append_printf(out, "postern_relay_pauses %u\n", st->relay.pauses);
 }

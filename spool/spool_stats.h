@@ -8,6 +8,7 @@
 #define POSTERN_SPOOL_STATS_H
 
 #include "spool/delivery.h"
+#include "spool/relay_state.h"
 #include "spool/spool.h"
 
 struct spool_stats {
@@ -16,6 +17,7 @@ struct spool_stats {
     uint64_t tokens_active, tokens_used;
     int64_t oldest_age;             /* seconds, oldest message not ended */
     uint64_t spool_bytes;
+    struct relay_state relay;       /* the relay pause */
 };
 
 /* One short read transaction. */

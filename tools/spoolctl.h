@@ -15,6 +15,7 @@
 
 #include "common/config.h"
 #include "spool/delivery.h"
+#include "spool/relay_state.h"
 #include "spool/spool.h"
 #include "spool/spool_stats.h"
 
@@ -50,6 +51,11 @@ struct ctl_rows {
     gboolean json;
     GString *out;
 };
+/*
+ * s with control bytes and bad UTF-8 as \xNN (log_escape), for text output;
+ * valid until 8 more calls.
+ */
+const char *ctl_safe(const char *s);
 /* Report a spool error on stderr and pick the exit code for it. */
 int ctl_fail(GError *err);
 /* Open the spool or exit CTL_FAIL. */
@@ -65,11 +71,28 @@ int ctl_retry(struct ctl *c, int argc, char **argv);
 int ctl_delete(struct ctl *c, int argc, char **argv);
 int ctl_purge(struct ctl *c, int argc, char **argv);
 
+/* spoolctl_mask.c */
+enum ctl_mask { CTL_MASK_NONE, CTL_MASK_DONE, CTL_MASK_FAILED };
+/*
+ * Replace the token in raw (a message as received) by "[token ID]": in
+ * the token part, re-encoded as it was, and wherever the text recurs.
+ * CTL_MASK_NONE: no token part; CTL_MASK_FAILED: raw must not be shown.
+ */
+enum ctl_mask ctl_mask_token(GByteArray *raw, const char *prefix);
+
 /* spoolctl_token.c */
 int ctl_token(struct ctl *c, int argc, char **argv);
 
 /* spoolctl_dkim.c */
 int ctl_dkim(struct ctl *c, int argc, char **argv);
+
+/* spoolctl_relay.c: the relay pause */
+gboolean ctl_relay_read(struct ctl *c, struct relay_state *st, GError **err);
+/* "relay URL: not paused" or "relay URL: paused until ..., after: REPLY" */
+char *ctl_relay_describe(const struct postern_config *cfg, const struct relay_state *st);
+/* {"paused": b, "paused_until": unix s or 0, "pauses": n, "reason": s|null} */
+void ctl_relay_json(JsonBuilder *b, const struct relay_state *st);
+int ctl_relay(struct ctl *c, int argc, char **argv);
 
 /* spoolctl_apikey.c */
 int ctl_api_key(struct ctl *c, int argc, char **argv);

@@ -25,6 +25,7 @@ static const struct {
     { "delete", ctl_delete, "ID | --state S" },
     { "purge", ctl_purge, "--older-than D" },
     { "token", ctl_token, "add|import|list|show|revoke ..." },
+    { "relay", ctl_relay, "status | resume (the pause after a quota reply or refused AUTH)" },
     { "check", ctl_check, "config, keys, spool and relay: says what is wrong" },
     { "metrics", ctl_metrics, "Prometheus text format" },
     { "dkim", ctl_dkim, "keygen --type rsa|ed25519 --out FILE [--selector S]" },
@@ -58,6 +59,41 @@ gboolean ctl_parse(struct ctl *c, int *argc, char ***argv, const char *usage,
     return TRUE;
 }
 
+/*
+ * json-glib escapes C0 controls but writes DEL, C1 controls (CSI), U+2028
+ * and U+2029 as they are, and bytes that are not UTF-8 (a record from
+ * before ingest refused them) too: write those as \u escapes, so that
+ * `spoolctl --json` on a terminal is as safe as the text output and the
+ * line stays valid JSON.  Outside strings JSON is ASCII: only strings
+ * change, and they decode to the same text.
+ */
+static void ctl_json_escape_append(GString *out, const char *text)
+{
+    const char *end = text + strlen(text);
+
+    for (const char *p = text; p < end;) {
+        gunichar u;
+
+        /* Most of it is ASCII other than DEL: copied as it is. */
+        if ((unsigned char)*p < 0x7f) {
+            g_string_append_c(out, *p++);
+            continue;
+        }
+        u = g_utf8_get_char_validated(p, end - p);
+        if (u == (gunichar)-1 || u == (gunichar)-2) {
+            g_string_append(out, "\\ufffd");
+            p++;
+        } else if (u == 0x7f || (u >= 0x80 && u < 0xa0) || u == 0x2028 || u == 0x2029) {
+            g_string_append_printf(out, "\\u%04x", u);
+            p = g_utf8_next_char(p);
+        } else {
+            const char *next = g_utf8_next_char(p);
+            g_string_append_len(out, p, next - p);
+            p = next;
+        }
+    }
+}
+
 void ctl_json_append(JsonBuilder *b, GString *out)
 {
     g_autoptr(JsonNode) root = json_builder_get_root(b);
@@ -66,7 +102,8 @@ void ctl_json_append(JsonBuilder *b, GString *out)
 
     json_generator_set_root(gen, root);
     text = json_generator_to_data(gen, NULL);
-    g_string_append_printf(out, "%s\n", text);
+    ctl_json_escape_append(out, text);
+    g_string_append_c(out, '\n');
 }
 
 void ctl_json_print(JsonBuilder *b)
@@ -75,6 +112,23 @@ void ctl_json_print(JsonBuilder *b)
 
     ctl_json_append(b, out);
     fputs(out->str, stdout);
+}
+
+/*
+ * Text output goes to a terminal: whatever a client chose (addresses, the
+ * LHLO name) or a relay replied shows with its control bytes escaped, as
+ * in the log (common/log.h).  Each call returns a string of a small ring,
+ * so that one printf can take several.
+ */
+const char *ctl_safe(const char *s)
+{
+    static char *ring[8];
+    static unsigned next;
+    char **slot = &ring[next++ % G_N_ELEMENTS(ring)];
+
+    g_free(*slot);
+    *slot = log_escape(s ? s : "");
+    return *slot;
 }
 
 int ctl_fail(GError *err)
@@ -94,6 +148,8 @@ void ctl_open_spool(struct ctl *c)
 
     if (!spool_open(&c->spool, &c->cfg, &err))
         exit(ctl_fail(err));
+    /* delete and purge must work on a full spool: they are the remedy. */
+    spool_use_reserve(c->spool);
 }
 
 static void ctl_usage(void)

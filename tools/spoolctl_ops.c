@@ -4,15 +4,14 @@
  * collector).
  */
 #include "tools/spoolctl.h"
+#include "common/clock.h"
 #include "sender/smtp.h"
 #include "transform/dkim.h"
+#include "common/secret_file.h"
 
 #include <errno.h>
-#include <netdb.h>
-#include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,7 +31,7 @@ int ctl_metrics(struct ctl *c, int argc, char **argv)
     ctl_open_spool(c);
     if (!spool_stats_read(c->spool, &st, &err))
         return ctl_fail(err);
-    /* The same text as the API's GET /metrics (spool_stats.h). */
+    /* The same text as postern-api's GET /metrics (spool/spool_stats.h). */
     spool_stats_prometheus(&st, out);
     fputs(out->str, stdout);
     return CTL_OK;
@@ -75,37 +74,50 @@ static void check_secret_file(struct check *ck, const char *key, const char *pat
         check_say(ck, TRUE, "%s %s", key, path);
 }
 
-/* Connect and read the greeting: the relay is there and speaks SMTP. */
+/*
+ * Open a session as the sender workers would: connect, greeting, EHLO,
+ * STARTTLS with [relay] tls's certificate verification, AUTH with the
+ * configured user and password; then QUIT.  A relay that only greets can
+ * still refuse our certificate check or our password, and each of those
+ * defers every copy.
+ */
 static void check_relay(struct check *ck, const struct relay_url *url)
 {
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res;
-    g_autofree char *port = g_strdup_printf("%d", url->port);
-    char greeting[512] = "";
-    int fd = -1, rc;
+    const struct postern_config *cfg = &ck->c->cfg;
+    struct smtp_client_config sc = {
+        .url = url, .ca_file = cfg->relay.ca_file, .user = cfg->relay.user,
+        .helo_name = cfg->ingest.hostname,
+        .timeout_max = (int)MIN(cfg->relay.timeout * 1000, CHECK_TIMEOUT_MS),
+    };
+    g_autoptr(GError) err = NULL;
+    struct smtp_client *client;
+    char *password = NULL;
 
-    if ((rc = getaddrinfo(url->host, port, &hints, &res))) {
-        check_say(ck, FALSE, "[relay] url %s: %s", ck->c->cfg.relay.url, gai_strerror(rc));
+    if (!smtp_tls_parse(cfg->relay.tls, &sc.tls, &err)) {
+        check_say(ck, FALSE, "[relay] tls: %s", err->message);
         return;
     }
-    fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    rc = fd < 0 ? -1 : connect(fd, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
-    if (rc == 0 && url->kind == RELAY_SMTP) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        ssize_t n = poll(&p, 1, CHECK_TIMEOUT_MS) == 1 ? read(fd, greeting, sizeof(greeting) - 1) : -1;
-        greeting[MAX(n, 0)] = '\0';
-        *strchrnul(greeting, '\r') = '\0';
+    /* Without the password AUTH cannot be tried: check_secret_file said why. */
+    if (*cfg->relay.user && *cfg->relay.password_file) {
+        if (!(password = secret_read("[relay] password_file", cfg->relay.password_file, &err))) {
+            check_say(ck, FALSE, "[relay] url %s: AUTH not tried: %s", cfg->relay.url,
+                      err->message);
+            return;
+        }
+        password[strcspn(password, "\r\n")] = '\0';
+        sc.password = password;
     }
-    if (rc < 0)
-        check_say(ck, FALSE, "[relay] url %s: connect: %s", ck->c->cfg.relay.url, g_strerror(errno));
-    else if (url->kind == RELAY_SMTP && strncmp(greeting, "220", 3) != 0)
-        check_say(ck, FALSE, "[relay] url %s: no 220 greeting (got \"%s\")", ck->c->cfg.relay.url,
-                  greeting);
+    if (!(client = smtp_client_new(&sc, &err)))
+        check_say(ck, FALSE, "[relay] url %s: %s", cfg->relay.url, err->message);
+    else if (!smtp_client_probe(client, &err))
+        check_say(ck, FALSE, "[relay] url %s: %s", cfg->relay.url, err->message);
     else
-        check_say(ck, TRUE, "[relay] url %s reachable%s%s", ck->c->cfg.relay.url,
-                  *greeting ? ": " : "", greeting);
-    if (fd >= 0)
-        close(fd);
+        check_say(ck, TRUE, "[relay] url %s: EHLO%s%s", cfg->relay.url,
+                  sc.tls == SMTP_TLS_REQUIRE ? ", TLS (certificate verified)"
+                  : sc.tls == SMTP_TLS_OPPORTUNISTIC ? ", TLS if offered (not verified)" : "",
+                  *cfg->relay.user ? ", AUTH accepted" : "");
+    smtp_client_free(client);
+    secret_free(password);
 }
 
 /* Writable, or creatable by the sender on first delivery; check creates nothing. */
@@ -172,6 +184,14 @@ int ctl_check(struct ctl *c, int argc, char **argv)
         else
             check_relay(&ck, &url);
         relay_url_clear(&url);
+    }
+    /* A pause in force is no configuration problem, but explains a quiet queue. */
+    if (c->spool) {
+        struct relay_state rs;
+        if (ctl_relay_read(c, &rs, NULL) && relay_state_paused(&rs, unix_ms())) {
+            g_autofree char *relay = ctl_relay_describe(&c->cfg, &rs);
+            printf("note: %s (spoolctl relay resume ends it)\n", relay);
+        }
     }
     if (g_str_has_prefix(c->cfg.workers.dispatch, "tcp://") &&
         (!*c->cfg.workers.curve_secret_key_file || !*c->cfg.workers.curve_allowed_keys_file))

@@ -7,6 +7,7 @@
  * one write transaction.
  */
 #include "tools/spoolctl.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "spool/spool_steer.h"
 
@@ -39,8 +40,12 @@ static char *ctl_join(GPtrArray *strings)
 {
     GString *out = g_string_new(NULL);
 
-    for (guint i = 0; i < strings->len; i++)
-        g_string_append_printf(out, "%s%s", i ? "," : "", (const char *)strings->pdata[i]);
+    for (guint i = 0; i < strings->len; i++) {
+        const char *one = strings->pdata[i];
+        if (i)
+            g_string_append_c(out, ',');
+        log_escape_append(out, one, strlen(one));
+    }
     return g_string_free(out, FALSE);
 }
 
@@ -93,6 +98,8 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
         json_builder_set_member_name(b, "used");
         json_builder_add_int_value(b, (gint64)used);
         json_builder_end_object(b);
+        json_builder_set_member_name(b, "relay");
+        ctl_relay_json(b, &st.relay);
         json_builder_end_object(b);
         ctl_json_print(b);
         return CTL_OK;
@@ -107,6 +114,9 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
            used);
     printf("%-12s %" G_GINT64_FORMAT "s\n%-12s %" G_GUINT64_FORMAT " bytes\n", "oldest age:", age,
            "spool size:", bytes);
+    /* Last, so that scripts reading the lines above by position still work. */
+    g_autofree char *relay = ctl_relay_describe(&c->cfg, &st.relay);
+    printf("%-12s %s\n", "relay:", relay);
     return CTL_OK;
 }
 
@@ -191,8 +201,8 @@ static void ctl_list_row(const struct spool_msg *m, const uint32_t *counts, GStr
     spool_id_format(m->id, id);
     g_string_append_printf(out, "%-16s  %-19s  %8" G_GUINT64_FORMAT "  %-9s  %u/%u/%u  <%s> -> %s%s%s\n",
                            id, when, m->size, msg_state_name(m->state), counts[DLV_SENT],
-                           counts[DLV_DEFERRED], counts[DLV_BOUNCED], m->sender, rcpts,
-                           m->reason ? "  reason=" : "", m->reason ? m->reason : "");
+                           counts[DLV_DEFERRED], counts[DLV_BOUNCED], ctl_safe(m->sender), rcpts,
+                           m->reason ? "  reason=" : "", m->reason ? ctl_safe(m->reason) : "");
 }
 
 int ctl_list(struct ctl *c, int argc, char **argv)
@@ -235,6 +245,15 @@ int ctl_list(struct ctl *c, int argc, char **argv)
     f.sender = sender;
     f.limit = limit;
     ctl_open_spool(c);
+    /* Deferred rows say nothing of a paused relay: say it above them. */
+    struct relay_state rs;
+    GError *rerr = NULL;
+    if (!c->json && !ctl_relay_read(c, &rs, &rerr))
+        return ctl_fail(rerr);
+    if (!c->json && relay_state_paused(&rs, unix_ms())) {
+        g_autofree char *relay = ctl_relay_describe(&c->cfg, &rs);
+        printf("%s (spoolctl relay resume to end it)\n", relay);
+    }
     if (!c->json)
         printf("%-16s  %-19s  %8s  %-9s  %s\n", "ID", "ARRIVAL", "SIZE", "STATE",
                "SENT/DEFERRED/BOUNCED  SENDER -> RECIPIENTS");
@@ -333,16 +352,17 @@ static void ctl_show_text(const struct spool_msg *m)
     spool_id_format(m->id, id);
     printf("id:         %s\nstate:      %s (since %s)\n", id, msg_state_name(m->state), since);
     if (m->reason)
-        printf("reason:     %s\n", m->reason);
+        printf("reason:     %s\n", ctl_safe(m->reason));
     printf("arrival:    %s\nsize:       %" G_GUINT64_FORMAT "\nsender:     <%s>\n", arrival,
-           m->size, m->sender);
+           m->size, ctl_safe(m->sender));
     for (guint i = 0; i < m->recipients->len; i++)
-        printf("recipient:  <%s>\n", (const char *)m->recipients->pdata[i]);
-    printf("client:     %s (helo %s, %s)\nhistory:\n", m->client, m->helo, m->proto);
+        printf("recipient:  <%s>\n", ctl_safe(m->recipients->pdata[i]));
+    printf("client:     %s (helo %s, %s)\nhistory:\n", ctl_safe(m->client), ctl_safe(m->helo),
+           ctl_safe(m->proto));
     for (guint i = 0; i < m->history->len; i++) {
         const char *line = m->history->pdata[i];
         g_autofree char *when = ctl_time(g_ascii_strtoll(line, NULL, 10));
-        printf("  %s  %s\n", when, strchr(line, ' ') ? strchr(line, ' ') + 1 : line);
+        printf("  %s  %s\n", when, ctl_safe(strchr(line, ' ') ? strchr(line, ' ') + 1 : line));
     }
 }
 
@@ -372,10 +392,10 @@ static gboolean ctl_show_delivery(const struct spool_dlv *d, void *ctx)
         ctl_json_append(b, rows->out);
     } else {
         g_autofree char *next = ctl_time(d->next_try);
-        g_string_append_printf(rows->out, "%-40s  %-8s  %3u  %-19s  %s\n", d->rcpt,
+        g_string_append_printf(rows->out, "%-40s  %-8s  %3u  %-19s  %s\n", ctl_safe(d->rcpt),
                                dlv_state_name(d->state), d->attempts,
                                d->state == DLV_DEFERRED || d->state == DLV_READY ? next : "-",
-                               d->last_reply ? d->last_reply : "");
+                               ctl_safe(d->last_reply));
     }
     return TRUE;
 }
@@ -468,10 +488,12 @@ static gboolean ctl_show_read(struct ctl *c, queue_id id, enum ctl_show_what wha
 
 int ctl_show(struct ctl *c, int argc, char **argv)
 {
-    gboolean raw = FALSE, deliveries = FALSE, outgoing = FALSE;
+    gboolean raw = FALSE, deliveries = FALSE, outgoing = FALSE, unmasked = FALSE;
     g_autofree char *rcpt = NULL;
     GOptionEntry entries[] = {
-        { "raw", 0, 0, G_OPTION_ARG_NONE, &raw, "the message bytes as received", NULL },
+        { "raw", 0, 0, G_OPTION_ARG_NONE, &raw, "the message bytes as received, token masked",
+          NULL },
+        { "unmasked", 0, 0, G_OPTION_ARG_NONE, &unmasked, "with --raw: the token too", NULL },
         { "outgoing", 0, 0, G_OPTION_ARG_NONE, &outgoing, "the bytes sent to a recipient", NULL },
         { "rcpt", 0, 0, G_OPTION_ARG_STRING, &rcpt, "with --outgoing: this one (default: the first)",
           "A" },
@@ -492,8 +514,9 @@ int ctl_show(struct ctl *c, int argc, char **argv)
     }
     if (!ctl_parse_id(argv[1], &id))
         return CTL_USAGE;
-    if (raw + outgoing + deliveries > 1 || (rcpt && !outgoing)) {
-        fprintf(stderr, "spoolctl: show takes one of --raw, --outgoing [--rcpt A], --deliveries\n");
+    if (raw + outgoing + deliveries > 1 || (rcpt && !outgoing) || (unmasked && !raw)) {
+        fprintf(stderr, "spoolctl: show takes one of --raw [--unmasked], --outgoing [--rcpt A], "
+                        "--deliveries\n");
         return CTL_USAGE;
     }
     what = raw ? CTL_SHOW_RAW : outgoing ? CTL_SHOW_OUTGOING
@@ -501,6 +524,21 @@ int ctl_show(struct ctl *c, int argc, char **argv)
     ctl_open_spool(c);
     if (!ctl_show_read(c, id, what, rcpt, &m, out, &err))
         return ctl_fail(err);
+    /*
+     * The token in the bytes as received may still be valid (a message
+     * rejected for SENDER_MISMATCH): shown only on request, and that
+     * request is logged.
+     */
+    if (what == CTL_SHOW_RAW && unmasked) {
+        msg_info("%s: raw message shown with its token (show --raw --unmasked, uid %d)",
+                 argv[1], (int)getuid());
+    } else if (what == CTL_SHOW_RAW &&
+               ctl_mask_token(out, c->cfg.token.prefix) == CTL_MASK_FAILED) {
+        fprintf(stderr, "spoolctl: %s: cannot mask the token; --unmasked shows the message\n",
+                argv[1]);
+        spool_msg_clear(&m);
+        return CTL_FAIL;
+    }
     if (what == CTL_SHOW_MESSAGE)
         (c->json ? ctl_show_json : ctl_show_text)(&m);
     else if (out->len)              /* an empty body has no buffer at all */
@@ -550,6 +588,8 @@ static gboolean ctl_change_write(struct spool_txn *t, void *ctx, GError **err)
     }
     return TRUE;
 }
+
+static gboolean ctl_do_retry(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err);
 
 /*
  * Apply fn to one message (id_text) or to every message in `state` (-1:
@@ -603,10 +643,21 @@ static int ctl_change_run(struct ctl *c, const char *id_text, int state, ctl_cha
         }
     }
     g_ptr_array_unref(page.ids);
-    if (c->json)
+    /* Retried deliveries are due now, but a paused relay holds them: say until when. */
+    struct relay_state rs;
+    gboolean held = fn == ctl_do_retry && ctl_relay_read(c, &rs, NULL) &&
+                    relay_state_paused(&rs, unix_ms());
+    if (c->json && held)
+        printf("{\"%s\": %" G_GINT64_FORMAT ", \"relay_paused_until\": %" G_GINT64_FORMAT "}\n",
+               verb, total, rs.paused_until / 1000);
+    else if (c->json)
         printf("{\"%s\": %" G_GINT64_FORMAT "}\n", verb, total);
     else
         printf("%s: %" G_GINT64_FORMAT " message(s)\n", verb, total);
+    if (!c->json && held) {
+        g_autofree char *relay = ctl_relay_describe(&c->cfg, &rs);
+        printf("%s: they move when it ends, or after spoolctl relay resume\n", relay);
+    }
     return CTL_OK;
 }
 

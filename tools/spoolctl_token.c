@@ -224,7 +224,8 @@ static gboolean tok_list_one(const struct spool_token *tk, void *ctx)
     spool_token_id(tk->hash, id);
     g_string_append_printf(rows->out, "%-16s  %-8s  %5u  %s%s\n", id,
                            spool_token_status_name(spool_token_status(tk, tok_now())),
-                           tk->recipients->len, tk->sender, tk->hide_sender ? " (hidden)" : "");
+                           tk->recipients->len, ctl_safe(tk->sender),
+                           tk->hide_sender ? " (hidden)" : "");
     return TRUE;
 }
 
@@ -273,10 +274,10 @@ static int tok_show(struct ctl *c, int argc, char **argv)
         char id[TOKEN_ID_LEN + 1];
         spool_token_id(tk.hash, id);
         printf("id:          %s\nstatus:      %s\nowner:       %s\nhide sender: %s\n", id,
-               spool_token_status_name(spool_token_status(&tk, tok_now())), tk.sender,
+               spool_token_status_name(spool_token_status(&tk, tok_now())), ctl_safe(tk.sender),
                tk.hide_sender ? "yes" : "no");
         for (guint i = 0; i < tk.recipients->len; i++)
-            printf("recipient:   %s\n", (const char *)tk.recipients->pdata[i]);
+            printf("recipient:   %s\n", ctl_safe(tk.recipients->pdata[i]));
     }
     spool_token_clear(&tk);
     return CTL_OK;

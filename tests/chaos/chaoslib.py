@@ -21,10 +21,16 @@ import postern  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KINDS = ("ingest", "dispatch", "transform", "sender")
-STARTED_RE = re.compile(r"^postern\[\d+\]: (?:\w+: )?started (\S+) \(pid (\d+)\)", re.M)
-READY_RE = re.compile(r"^postern-[a-z]+\[(\d+)\]: (?:\w+: )?daemon started", re.M)
-KILLED_RE = re.compile(r"^postern\[\d+\]: (?:warning: )?(\S+) \(pid (\d+)\) killed by signal 9", re.M)
-BACKOFF_RE = re.compile(r"^postern\[\d+\]: (?:\w+: )?restarting (\S+) in (\d+)s", re.M)
+# Lines as log.c writes them to stderr: "Mon DD HH:MM:SS host prog[pid]: text".
+STARTED_RE = re.compile("^" + postern.LOG_STAMP
+                        + r"postern\[\d+\]: (?:\w+: )?started (\S+) \(pid (\d+)\)", re.M)
+READY_RE = re.compile("^" + postern.LOG_STAMP
+                      + r"postern-[a-z]+\[(\d+)\]: (?:\w+: )?daemon started", re.M)
+KILLED_RE = re.compile("^" + postern.LOG_STAMP
+                       + r"postern\[\d+\]: (?:warning: )?(\S+) \(pid (\d+)\) killed by signal 9",
+                       re.M)
+BACKOFF_RE = re.compile("^" + postern.LOG_STAMP
+                        + r"postern\[\d+\]: (?:\w+: )?restarting (\S+) in (\d+)s", re.M)
 
 
 def sanitizer_env(leaks=True):

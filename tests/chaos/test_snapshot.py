@@ -167,7 +167,7 @@ def test_crash_images_hold_every_acknowledged_message():
             compared.update(newest)
 
             def raw(qid, cfg=cfg):
-                return qid, ctl(cfg, "show", qid, "--raw")
+                return qid, ctl(cfg, "show", qid, "--raw", "--unmasked")
             with ThreadPoolExecutor(max_workers=4) as pool:
                 for qid, stored in pool.map(raw, pick):
                     assert stored == before[qid], f"{snap.name}: {qid}: stored bytes differ"

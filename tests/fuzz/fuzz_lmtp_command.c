@@ -44,8 +44,13 @@ static void one_line(const uint8_t *data, size_t len, gboolean session)
     } else {
         FUZZ_CHECK(cmd.reply == NULL, "accepted with a reply <%s>", cmd.reply);
     }
-    if (cmd.verb == LMTP_LHLO || cmd.verb == LMTP_EHLO || cmd.verb == LMTP_HELO)
+    if (cmd.verb == LMTP_LHLO || cmd.verb == LMTP_EHLO || cmd.verb == LMTP_HELO) {
         FUZZ_CHECK(cmd.arg && *cmd.arg && !strchr(cmd.arg, ' '), "bad hello name");
+        /* The name goes to Received:, the spool (UTF-8 only) and the log. */
+        FUZZ_CHECK(g_utf8_validate(cmd.arg, -1, NULL), "hello name not UTF-8");
+        for (const char *p = cmd.arg; *p; p++)
+            FUZZ_CHECK((unsigned char)*p >= 32 && *p != 127, "control character in hello name");
+    }
     if (cmd.verb == LMTP_MAIL || cmd.verb == LMTP_RCPT) {
         FUZZ_CHECK(cmd.addr != NULL, "MAIL/RCPT accepted without a path");
         FUZZ_CHECK(cmd.verb != LMTP_RCPT || *cmd.addr, "RCPT accepted with a null path");
@@ -55,8 +60,12 @@ static void one_line(const uint8_t *data, size_t len, gboolean session)
          * (A whole-input "line" may hold LFs the session never passes on.)
          */
         for (const char *p = cmd.addr; session && *p; p++)
-            FUZZ_CHECK((unsigned char)*p >= 32, "control character in path <%s>",
+            FUZZ_CHECK((unsigned char)*p >= 32 && *p != 127, "control character in path <%s>",
                        cmd.addr);
+        /* Stored as a GVariant string: UTF-8, and only with SMTPUTF8 in MAIL. */
+        FUZZ_CHECK(g_utf8_validate(cmd.addr, -1, NULL), "path not UTF-8 <%s>", cmd.addr);
+        FUZZ_CHECK(cmd.verb != LMTP_MAIL || cmd.smtputf8 || lmtp_addr_is_ascii(cmd.addr),
+                   "UTF-8 path without SMTPUTF8 <%s>", cmd.addr);
     }
     if (cmd.addr)
         check_addr(cmd.addr);

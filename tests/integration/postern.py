@@ -23,6 +23,8 @@ FIXTURES = SOURCE / "tests" / "data" / "mime"
 LEGO_FIXTURES = ("valid.eml", "no_token.eml", "no_message_id.eml")
 RECIPIENT = "restricted@abakus.no"
 QUEUED_RE = re.compile(r"^250 2\.0\.0 ([0-9A-F]{16}) queued$")
+# What log.c writes before "program[pid]: " on stderr: "Mon DD HH:MM:SS host ".
+LOG_STAMP = r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ )"
 SANITIZER_RE = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: \w+Sanitizer")
 
 
@@ -296,7 +298,8 @@ def json_stats(config):
 
 
 def spoolctl_raw(config, qid) -> bytes:
-    return spoolctl(config, "show", qid, "--raw").stdout
+    """The stored bytes exactly: --unmasked, or a token part would be masked."""
+    return spoolctl(config, "show", qid, "--raw", "--unmasked").stdout
 
 
 # ---- a raw LMTP/SMTP client ---------------------------------------------

@@ -297,14 +297,16 @@ def test_auth_login(pki, relay_factory, message):
     assert relay.messages[0][4] == BODY
 
 
-def test_wrong_password_defers(pki, relay_factory, message):
+def test_wrong_password_pauses(pki, relay_factory, message):
+    """A refused AUTH is the relay's fault, not the copy's: it pauses the
+    relay (the dispatcher then defers every copy until the pause ends)."""
     relay, port = relay_factory()
     [t] = run_tool(f"smtp://localhost:{port}", message(),
                    *auth_args(pki, password="wrong"))
     assert t["ret"] == -1 and t["error"].startswith("session")
     for res in t["rcpts"].values():
         assert (res["code"], res["status"], res["error"], res["phase"], res["verdict"]) == \
-            (535, "5.7.8", "session", "auth", "deferred")
+            (535, "5.7.8", "session", "auth", "paused")
     assert relay.mails == 0
     assert "wrong" not in t["error"]
 

@@ -2,13 +2,16 @@
 
 A dropped connection, a relay that never answers and a certificate for
 another host defer; throttle (421 4.7.0) and quota (550 5.4.5) replies
-pause the whole relay and bounce nothing.  The broken relays are the SMTP
+pause the whole relay and bounce nothing, and so does a refused AUTH; one
+event makes one pause, which spoolctl shows and can clear.  The broken relays are the SMTP
 client tests' scripted raw servers; the others their aiosmtpd relay.
 """
 import asyncio
+import json
 import os
 
 import chain as pc
+import postern
 from chain import OWNER, make_chain  # noqa: F401  (fixture)
 from smtp_client_test import pki, raw_factory  # noqa: F401  (fixtures)
 
@@ -143,3 +146,106 @@ def test_rate_counts_messages_not_recipients(make_chain):
     assert {d["state"] for d in c.wait_state(qid, "done")} == {"sent"}
     [(_, got, _)] = relay.copies(rcpts[0])
     assert sorted(got) == rcpts
+
+
+def relay_status(c):
+    return json.loads(c.spoolctl("--json", "relay", "status").stdout)["relay"]
+
+
+def pause_warnings(c):
+    return [line for line in c.dispatch.log().splitlines()
+            if "warning: relay" in line and "paused until" in line]
+
+
+def test_concurrent_quota_replies_make_one_pause(make_chain):
+    """Two jobs in flight both meet the quota: the second reply, from a job
+    leased before the pause began, neither pauses again nor doubles the
+    pause.  The pause shows in stats, list, metrics and retry; `relay
+    resume` clears it and the dispatcher delivers again."""
+    a, b = RCPTS
+    c, relay = make_chain({"retry": {"initial": "1m", "max": "1h"}})
+    # The right password and certificate: check says so.
+    [ok] = [l for l in c.spoolctl("check", check=False).stdout.decode().splitlines()
+            if "[relay] url" in l]
+    assert ok.startswith("ok: ") and "TLS (certificate verified)" in ok, ok
+    assert "AUTH accepted" in ok, ok
+    relay.data_script[a], relay.data_script[b] = [QUOTA], [QUOTA]
+    relay.hold = {b}
+    qb = c.send([b])
+    postern.wait_for(lambda: relay.held, what="the copy to b mid-transaction")
+    qa = c.send([a])
+    c.wait_deliveries(qa, lambda dl: dl and dl[0]["state"] == "deferred", what="a paused")
+    first = relay_status(c)
+    assert first["paused"] and first["pauses"] == 1 and first["reason"] == QUOTA, first
+    relay.holding = False
+    c.wait_deliveries(qb, lambda dl: dl and dl[0]["state"] == "deferred", what="b deferred")
+    st = relay_status(c)
+    assert (st["pauses"], st["paused_until"]) == (1, first["paused_until"]), (first, st)
+    assert len(pause_warnings(c)) == 1, pause_warnings(c)
+
+    # Seen everywhere: stats, above list, metrics, and what retry says.
+    stats = c.spoolctl("stats").stdout.decode()
+    assert "relay:" in stats and "paused until" in stats and QUOTA in stats, stats
+    assert c.stats()["relay"]["paused"] is True
+    head = c.spoolctl("list").stdout.decode().splitlines()[0]
+    assert head.startswith("relay ") and "paused until" in head, head
+    metrics = c.spoolctl("metrics").stdout.decode()
+    assert "postern_relay_paused 1" in metrics.splitlines(), metrics
+    retry = c.spoolctl("retry", "--all").stdout.decode()
+    assert "paused until" in retry and "relay resume" in retry, retry
+    [r] = postern.parse_json_lines(c.spoolctl("--json", "retry", "--all").stdout)
+    assert r["relay_paused_until"] == first["paused_until"], r
+
+    # resume: cleared in the spool, noticed by the dispatcher, mail moves.
+    out = c.spoolctl("relay", "resume").stdout.decode()
+    assert "pause cleared" in out, out
+    assert relay_status(c)["paused"] is False
+    postern.wait_for(lambda: "pause cleared by spoolctl relay resume" in c.dispatch.log(),
+                     timeout=10, what="the dispatcher noticing the resume")
+    c.spoolctl("retry", "--all")
+    for q in (qa, qb):
+        assert [d["state"] for d in c.wait_state(q, "done", timeout=30)] == ["sent"]
+    assert "postern_relay_paused 0" in c.spoolctl("metrics").stdout.decode().splitlines()
+    assert "not paused" in c.spoolctl("relay", "status").stdout.decode()
+
+
+def test_refused_auth_pauses_relay_and_check_says_why(tmp_path, make_chain):
+    """A wrong relay password: the first 535 pauses the relay with one
+    warning; copies are deferred, never bounced, and nothing is sent;
+    `spoolctl check` names the relay and its reply."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not the password\n")
+    wrong.chmod(0o600)
+    c, relay = make_chain({"relay": {"password_file": wrong},
+                           "retry": {"initial": "1m", "max": "1h"}})
+    q1, q2 = c.send(RCPTS[:1]), c.send(RCPTS[1:])
+    [d] = c.wait_deliveries(q1, lambda dl: dl and dl[0]["state"] == "deferred", what="deferred")
+    assert d["last_reply"].startswith("535 5.7.8"), d
+    st = relay_status(c)
+    assert st["paused"] and st["reason"].startswith("535 5.7.8"), st
+    postern.wait_for(lambda: c.deliveries(q2) and c.deliveries(q2)[0]["state"] != "leased",
+                     what="the second copy not in flight")
+    assert c.deliveries(q2)[0]["state"] in ("ready", "deferred")
+    warnings = pause_warnings(c)
+    assert len(warnings) == 1 and "refused AUTH" in warnings[0] and "535" in warnings[0], warnings
+    assert c.stats()["deliveries"]["bounced"] == 0 and relay.messages == []
+
+    p = c.spoolctl("check", check=False)
+    out = p.stdout.decode()
+    assert p.returncode != 0, out
+    [line] = [l for l in out.splitlines() if l.startswith("error: [relay] url")]
+    assert line.startswith(f"error: [relay] url {c.ingest.sections['relay']['url']}: "), line
+    assert "refused while authenticating: 535 5.7.8" in line, line
+    assert "note: relay" in out and "paused until" in out, out
+
+
+def test_check_verifies_the_relay_certificate(make_chain):
+    """check does what a sender does: STARTTLS with verification (and only
+    then AUTH); a certificate for another host is a problem."""
+    c, relay = make_chain(cert="wrong")
+    p = c.spoolctl("check", check=False)
+    out = p.stdout.decode()
+    assert p.returncode != 0, out
+    [line] = [l for l in out.splitlines() if l.startswith("error: [relay] url")]
+    assert "hostname mismatch" in line or "certificate verify failed" in line, line
+    assert relay.mechanisms == []           # no password after a failed verification

@@ -247,6 +247,54 @@ def test_mail_variants(ingest, need_spoolctl):
         assert ingest.show(qid)["sender"] == sender
 
 
+def raw_reply(c, data: bytes):
+    """Send one raw command line; its reply's last line."""
+    c.send(data + b"\r\n")
+    return c.line()
+
+
+def test_bad_bytes_refused_or_escaped(ingest, need_spoolctl):
+    """Issue 9 item 3: 8-bit bytes that are not UTF-8 are refused (553 5.6.7
+    in addresses, 501 in the LHLO name), controls too; what is stored and
+    logged shows control bytes as \\xNN, in the log and in spoolctl show."""
+    csi = "\u009b"                         # C1 CSI: valid UTF-8, a terminal control
+    with ingest.client() as c:
+        assert raw_reply(c, b"LHLO evil\x1b[1Ahost").startswith("501 5.5.2")
+        assert raw_reply(c, b"LHLO caf\xe9.example").startswith("501 5.5.2")
+        assert raw_reply(c, b"LHLO bad\x7fname").startswith("501 5.5.2")
+        c.lhlo(f"c{csi}31m.example")
+        assert raw_reply(c, b"MAIL FROM:<a\xff@example.org> SMTPUTF8").startswith("553 5.6.7")
+        assert raw_reply(c, b"MAIL FROM:<a\xc3@example.org>").startswith("553 5.6.7")
+        assert raw_reply(c, b"MAIL FROM:<a\x7f@example.org>").startswith("501 5.1.7")
+        assert raw_reply(c, b"MAIL FROM:<a\x1b[2J@example.org>").startswith("501 5.1.7")
+        assert c.cmd("MAIL FROM:<\u00fcser@example.org>").startswith("553 5.6.7")
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert raw_reply(c, b"RCPT TO:<r\xe9stricted@abakus.no>").startswith("553 5.6.7")
+        assert c.cmd("RCPT TO:<r\u00e9stricted@abakus.no>").startswith("553 5.6.7")
+        assert c.cmd("RSET") == "250 2.0.0 Ok"
+        sender = f"x{csi}[2J@example.org"
+        assert c.cmd(f"MAIL FROM:<{sender}> SMTPUTF8") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<nobody{csi}[1A@abakus.no>").startswith("550 5.1.1")
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("DATA").startswith("354")
+        c.send(data_payload(message("bytes")))
+        qid = queue_id_of(c.line())
+        assert qid
+    log = ingest.log_path.read_bytes()
+    for bad in (b"\x1b", b"\x7f", b"\xc2\x9b", b"\xff", b"\xe9"):
+        assert bad not in log, bad
+    assert b"<nobody\\xc2\\x9b[1A@abakus.no>: unknown recipient" in log
+    assert b"from=<x\\xc2\\x9b[2J@example.org>" in log
+    text = ingest.spoolctl("show", qid).stdout
+    assert b"\xc2\x9b" not in text and b"\x1b" not in text
+    assert b"sender:     <x\\xc2\\x9b[2J@example.org>" in text
+    assert b"helo c\\xc2\\x9b31m.example" in text
+    # JSON keeps the stored string exactly, its controls as \u escapes.
+    assert b"\xc2\x9b" not in ingest.spoolctl("--json", "show", qid).stdout
+    shown = ingest.show(qid)
+    assert (shown["sender"], shown["helo"]) == (sender, f"c{csi}31m.example")
+
+
 # ---- sizes ------------------------------------------------------------------
 
 def test_oversize_declared_in_mail_552(make_ingest):
@@ -624,6 +672,109 @@ def test_timeout_mid_data_421_stores_nothing(make_ingest, need_spoolctl):
         assert c.line().startswith("421 4.4.2")
         assert c.closed_by_peer()
     assert d.list() == []
+
+
+def dribble(c, data: bytes, every=0.5, limit=15):
+    """Send data one byte every `every` s until the server answers (or
+    closes) or `limit` s pass: (its reply line, seconds it took)."""
+    start = time.monotonic()
+    c.sock.settimeout(every)
+    for i in range(len(data)):
+        if time.monotonic() - start > limit:
+            break
+        try:
+            c.sock.sendall(data[i:i + 1])
+            chunk = c.sock.recv(65536)
+            c.buf += chunk
+            if not chunk or b"\n" in c.buf:
+                break
+        except socket.timeout:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    c.sock.settimeout(30)
+    line = c.line()
+    return line, time.monotonic() - start
+
+
+def test_dribbled_command_hits_its_deadline(make_ingest):
+    """Issue 9 item 2: a byte every 0.5 s does not keep a command alive
+    past `timeout` (it restarted on every byte: sessions lived for ever)."""
+    d = make_ingest({"ingest": {"timeout": "3s"}})
+    with d.client(timeout=60) as c:
+        c.lhlo()
+        line, took = dribble(c, b"MAIL FROM:<" + b"s" * 60 + b"@example.org>")
+        assert line.startswith("421 4.4.2"), line
+        assert 2.5 < took < 7, took
+        assert c.closed_by_peer()
+    assert "timeout after command from 127.0.0.1" in d.log()
+
+
+def test_dribbled_data_hits_its_deadline(make_ingest, need_spoolctl):
+    """Issue 9 item 2: in DATA a byte every 0.5 s earns 2 ms each at the
+    default min_data_rate (500 bytes/s): cut off after about `timeout`."""
+    d = make_ingest({"ingest": {"timeout": "3s"}})
+    with d.client(timeout=60) as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("DATA").startswith("354")
+        line, took = dribble(c, b"Subject: slow\r\n\r\n" + b"x" * 60)
+        assert line.startswith("421 4.4.2"), line
+        assert 2.5 < took < 7, took
+        assert c.closed_by_peer()
+    assert re.search(r"timeout after DATA \(\d+ bytes\) from 127\.0\.0\.1", d.log())
+    assert d.list() == []
+
+
+def test_data_at_the_minimum_rate_outlives_timeout(make_ingest, need_spoolctl):
+    """A message that comes at min_data_rate or faster may take longer than
+    `timeout` in all: each read earns its bytes' worth of time."""
+    d = make_ingest({"ingest": {"timeout": "2s", "min_data_rate": 200}})
+    body = b"y" * 78 + b"\r\n"
+    with d.client(timeout=60) as c:
+        c.lhlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{RECIPIENT}>") == "250 2.1.5 Ok"
+        assert c.cmd("DATA").startswith("354")
+        c.send(b"Subject: steady\r\n\r\n")
+        start = time.monotonic()
+        while time.monotonic() - start < 4:     # 80 bytes a 0.3 s: 267 bytes/s
+            c.send(body)
+            time.sleep(0.3)
+        c.send(b".\r\n")
+        assert queue_id_of(c.line())
+
+
+def test_connections_per_client_421_470(make_ingest):
+    """Issue 9 item 2: [ingest] max_connections_per_client: the N+1th
+    session from one address hears 421 4.7.0 naming the reason and is
+    closed, and it is logged; other clients (here: the unix socket) and
+    later sessions are let in."""
+    d = make_ingest({"ingest": {"max_connections_per_client": 2}}, unix_socket=True)
+    c1, c2 = d.client(), d.client()
+    try:
+        assert c1.greeting[0] == 220 and c2.greeting[0] == 220
+        with d.client(greet=False) as c3:
+            line = c3.line()
+            assert line.startswith("421 4.7.0") and "too many connections from 127.0.0.1" in line
+            assert c3.closed_by_peer()
+        assert re.search(r"warning: connect from 127\.0\.0\.1: refused: too many connections "
+                         r"from this client \(2\)", d.log())
+        with Client(None, unix_path=d.unix_path) as u:
+            assert u.greeting[0] == 220
+        c1.lhlo()                                   # the admitted ones still work
+        assert queue_id_of(c1.transaction(SENDER, [RECIPIENT], message("per client"))[1][0])
+        c2.cmd("QUIT")
+        c2.closed_by_peer()
+
+        def admitted():
+            with d.client(greet=False) as c:
+                return c.line().startswith("220")
+        postern.wait_for(admitted, timeout=30, what="a free slot for 127.0.0.1")
+    finally:
+        c1.close()
+        c2.close()
 
 
 def test_connection_limit_421_432(make_ingest):

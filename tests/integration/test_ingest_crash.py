@@ -237,7 +237,7 @@ def test_kill9_under_load_loses_no_acknowledged_message(make_ingest, need_spoolc
     exe = str(postern.spoolctl_binary())
 
     def raw(qid):
-        p = subprocess.run([exe, "-c", str(d.config_path), "show", qid, "--raw"],
+        p = subprocess.run([exe, "-c", str(d.config_path), "show", qid, "--raw", "--unmasked"],
                            capture_output=True, env=env, timeout=60)
         assert p.returncode == 0, (qid, p.stderr)
         return qid, p.stdout

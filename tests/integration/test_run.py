@@ -159,7 +159,7 @@ def test_signed_copies_and_log_lines(make_run):
     # SPEC §5, one line per attempt; children in the foreground log to stderr.
     for rcpt in rcpts:
         line = re.compile(
-            rf"^postern-dispatch\[\d+\]: {qid}: to=<{re.escape(rcpt)}>, "
+            rf"^{postern.LOG_STAMP}postern-dispatch\[\d+\]: {qid}: to=<{re.escape(rcpt)}>, "
             rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{run.relay_ctl.port}, delay=\d+\.\d, "
             r"attempts=1, dsn=2\.0\.0, status=sent \(250 2\.0\.0 OK queued as 1234\)$", re.M)
         assert len(line.findall(run.sup.log())) == 1, run.sup.log_tail(60)

@@ -6,10 +6,14 @@ it.  Each command is checked for what it prints (the JSON shapes of §6),
 what it changes in the spool, what the relay then gets, and its exit code:
 0 ok, 1 not found, 2 usage error, 3 spool error (docs/man/spoolctl.8).
 """
+import email
+import email.policy
 import json
+import re
 import smtplib
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -202,9 +206,11 @@ def test_show_views(make_chain):
     assert rc == 0 and f"id:         {qid}\n" in text and "state:      done" in text
     assert f"sender:     <{OWNER}>" in text and f"recipient:  <{RECIPIENT}>" in text
 
-    # --raw: the bytes as received.
-    rc, raw, _ = ctl(cfg, "show", qid, "--raw")
+    # --raw --unmasked: the bytes as received (--raw alone masks the token).
+    rc, raw, _ = ctl(cfg, "show", qid, "--raw", "--unmasked")
     assert rc == 0 and raw == data
+    rc, raw, _ = ctl(cfg, "show", qid, "--raw")
+    assert rc == 0 and raw != data and b"[token " in token_part(raw)
 
     # --outgoing: the bytes the relay got, per recipient; the first by default.
     for r in RCPTS[:2]:
@@ -227,6 +233,47 @@ def test_show_views(make_chain):
     lines = out.decode().splitlines()
     assert rc == 0 and lines[0].split()[:3] == ["RECIPIENT", "STATE", "TRY"]
     assert [l.split()[:3] for l in lines[1:]] == [[r, "sent", "1"] for r in RCPTS[:2]]
+
+
+def token_part(raw: bytes) -> bytes:
+    """The decoded content of the message's token part (its first LEGOTOKEN part)."""
+    for part in email.message_from_bytes(raw, policy=email.policy.default).walk():
+        if not part.is_multipart():
+            content = part.get_payload(decode=True) or b""
+            if content.startswith(b"LEGOTOKEN"):
+                return content
+    return b""
+
+
+def test_show_raw_masks_a_live_token(make_chain):
+    """Issue 9 item 4: a message rejected for SENDER_MISMATCH keeps a token
+    that still works; `show --raw` prints it as "[token ID]", ID as `token
+    list` shows it, in the base64 part and in a copy in the Subject;
+    --unmasked prints the bytes as received, and says so in the log."""
+    c, relay = make_chain()
+    cfg = c.config_path
+    token = c.token(*RCPTS[:1])
+    data = pc.lego_message(token, subject=f"Fwd: {token}", sender="thief@evil.example")
+    qid = lmtp_send(c.ingest, data, sender="thief@evil.example")
+    c.wait_state(qid, "rejected")
+    assert c.show(qid)["reason"] == "SENDER_MISMATCH"
+    [tk] = ctl_json(cfg, "token", "list")
+    assert tk["status"] == "active"                 # the token would still work
+
+    rc, masked, err = ctl(cfg, "show", qid, "--raw")
+    assert rc == 0, err
+    assert token.encode() not in masked
+    assert token_part(masked).strip() == f"LEGOTOKEN[token {tk['id']}]".encode()
+    assert f"Subject: Fwd: [token {tk['id']}]".encode() in masked
+    # Nothing else changed: the rest of the message is as received.
+    before, after = data.split(b"TEVHT1RPS0VO", 1)[0], masked.split(b"TEVHT1RPS0VO", 1)[0]
+    assert before.replace(token.encode(), f"[token {tk['id']}]".encode()) == after
+    assert masked.endswith(data[data.rindex(b"\r\n--"):])
+
+    rc, raw, err = ctl(cfg, "show", qid, "--raw", "--unmasked")
+    assert rc == 0 and raw == data
+    assert re.search(rf"spoolctl\[\d+\]: {qid}: raw message shown with its token", err), err
+    assert ctl(cfg, "show", qid, "--unmasked")[0] == 2         # only with --raw
 
 
 def test_show_raw_holds_no_reader_while_writing(ingest, need_spoolctl):
@@ -356,6 +403,18 @@ def test_retry_makes_deferred_due_now(make_chain):
     assert [len(relay.copies(r)) for r in RCPTS] == [1, 1, 1]
 
 
+@pytest.mark.skipif(Path("/dev/log").is_socket(), reason="a syslog daemon takes the lines here")
+def test_actions_logged_to_stderr_without_syslog(ingest, need_spoolctl):
+    """Issue 9 item 12: with no syslog daemon (no /dev/log socket) spoolctl's
+    changes went nowhere; now they go to stderr, stamped like syslog."""
+    qid = lmtp_send(ingest, postern.message("logged"))
+    rc, out, err = ctl(ingest.config_path, "hold", qid)
+    assert rc == 0 and out == b"held: 1 message(s)\n", err
+    assert re.search(rf"^{postern.LOG_STAMP}spoolctl\[\d+\]: {qid}: state=hold", err, re.M), err
+    rc, out, err = ctl(ingest.config_path, "--json", "list")  # reads log nothing
+    assert rc == 0 and err == "", err
+
+
 # ---- delete, purge -------------------------------------------------------------------
 
 def test_delete_id_and_state(ingest, need_spoolctl):
@@ -408,6 +467,42 @@ def test_purge_removes_only_ended_messages(make_chain):
     assert st["deliveries"] == {"ready": 0, "leased": 0, "deferred": 1, "sent": 0, "bounced": 0}
 
 
+def test_delete_and_purge_work_on_a_full_spool(make_ingest, need_spoolctl):
+    """Fill the spool until ingest answers 452: delete (and purge) must
+    still work, as docs/operations.md section 8 tells the operator; the
+    warning names the spool, what is full and the remedy; ingest then
+    accepts mail again."""
+    d = make_ingest({"spool": {"map_size": "1M", "max_size": "2M"}})
+    cfg = d.config_path
+    body = ("y" * 78 + "\r\n") * 1000           # 80 KB
+    stored, reply = [], None
+    with d.client() as c:
+        c.lhlo()
+        # Large messages until one is refused, then small ones into the last pages.
+        for lines in (1000, 10):
+            for i in range(1000):
+                _, replies = c.transaction("sender@example.org", [RECIPIENT],
+                                           postern.message(f"fill {i}", body=body[:80 * lines]))
+                if not replies[0].startswith("250"):
+                    reply = replies[0]
+                    break
+                stored.append(postern.QUEUED_RE.match(replies[0]).group(1))
+            assert reply == "452 4.3.1 Insufficient system storage", (reply, stored)
+    assert len(stored) > 5
+
+    # The remedy works: one message, then a whole state, then purge.
+    assert ctl_json(cfg, "delete", stored[0]) == [{"deleted": 1}]
+    assert ctl_json(cfg, "purge", "--older-than", "1s") == [{"purged": 0}]
+    assert ctl_json(cfg, "delete", "--state", "incoming") == [{"deleted": len(stored) - 1}]
+    assert ctl_json(cfg, "list") == []
+    with d.client() as c:
+        c.lhlo()
+        assert c.send_message(postern.message("after", body=body))
+    warning = [l for l in d.log().splitlines() if "spool full" in l][-1]
+    assert str(d.spool_dir) in warning and "max_size" in warning, warning
+    assert "spoolctl purge" in warning, warning
+
+
 # ---- exit codes -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [
@@ -431,6 +526,7 @@ def test_exit_1_not_found(ingest, need_spoolctl, args):
     ["release"], ["retry", "--all", UNKNOWN_ID], ["delete"], ["delete", "--state", "gone"],
     ["delete", UNKNOWN_ID, "--state", "done"], ["purge"], ["purge", "--older-than", "later"],
     ["list", "--limit", "-1"], ["stats", "extra"], ["stats", "--bogus"],
+    ["relay"], ["relay", "pause"], ["relay", "status", "extra"],
 ])
 def test_exit_2_usage(ingest, need_spoolctl, args):
     qid = lmtp_send(ingest, postern.message("kept"))

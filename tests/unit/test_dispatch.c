@@ -318,6 +318,50 @@ static void test_results_done_with_report(void **state)
 }
 
 /*
+ * Held while its deliveries were leased: the results are recorded but the
+ * message stays held; on release (spoolctl's hold-from state, then
+ * spool_msg_settle) it is done, not ready with nothing left to send.
+ */
+static gboolean release_settle(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct spool_msg m;
+    gboolean ok;
+
+    if (!spool_msg_get(t, *(queue_id *)ctx, &m, err))
+        return FALSE;
+    ok = spool_dlv_set_held(t, m.id, FALSE, err) &&
+         spool_msg_set_state(t, &m, m.held_from, NULL, err) && spool_msg_settle(t, m.id, err);
+    spool_msg_clear(&m);
+    return ok;
+}
+
+static gboolean hold_msg(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct spool_msg m;
+    gboolean ok;
+
+    if (!spool_msg_get(t, *(queue_id *)ctx, &m, err))
+        return FALSE;
+    ok = spool_dlv_set_held(t, m.id, TRUE, err) &&
+         spool_msg_set_state(t, &m, MSG_HOLD, "held by operator", err);
+    spool_msg_clear(&m);
+    return ok;
+}
+
+static void test_results_while_held(void **state)
+{
+    struct fixture *f = *state;
+    struct leased l = store_leased(f, 1, unix_ms() + 60000);
+    const struct reply r[] = { { 250, "2.0.0", "OK queued", 0 } };
+
+    assert_true(spool_write(f->d.spool, hold_msg, &l.msg, NULL));
+    record(f, sdone(&l, l.lease, r, 1));
+    assert_int_equal(msg_state(f, l.msg), MSG_HOLD);
+    assert_true(spool_write(f->d.spool, release_settle, &l.msg, NULL));
+    assert_int_equal(msg_state(f, l.msg), MSG_DONE);
+}
+
+/*
  * A quota reply pauses the whole relay: the delivery is deferred to the
  * end of the pause (not bounced), and the pause is in the dispatcher and
  * the spool.  A result for a lease that is not the delivery's changes
@@ -619,6 +663,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_results_classified, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_done_with_report, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_results_while_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_pause_and_fencing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_release_job, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_budget, setup, teardown),

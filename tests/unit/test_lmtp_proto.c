@@ -169,6 +169,45 @@ static void test_bad_paths(void **state)
     expect_refused("RCPT TO:<\"a\\\x01\"@c>", "501 5.1.7");
 }
 
+/*
+ * Issue 9 item 3: 8-bit bytes in a path are UTF-8 or refused (they were
+ * stored, and tripped GVariant's UTF-8 check); DEL and ESC are refused
+ * like the other controls; a UTF-8 path in MAIL needs SMTPUTF8.
+ */
+static void test_paths_utf8_and_controls(void **state)
+{
+    expect_refused("MAIL FROM:<a\xff@b> SMTPUTF8", "553 5.6.7");      /* not UTF-8 at all */
+    expect_refused("MAIL FROM:<\xc3@b> SMTPUTF8", "553 5.6.7");       /* truncated sequence */
+    expect_refused("MAIL FROM:<\xc0\xaf@b> SMTPUTF8", "553 5.6.7");   /* overlong '/' */
+    expect_refused("MAIL FROM:<\xed\xa0\x80@b> SMTPUTF8", "553 5.6.7"); /* a surrogate */
+    expect_refused("MAIL FROM:a\xe9@b", "553 5.6.7");                 /* Latin-1, no brackets */
+    expect_refused("RCPT TO:<restricted\x80@abakus.no>", "553 5.6.7");
+    expect_refused("RCPT TO:<\"x\xfe\"@abakus.no>", "553 5.6.7");     /* quoted, too */
+    expect_refused("MAIL FROM:<üser@exämple.org>", "553 5.6.7");       /* UTF-8 undeclared */
+    expect_refused("MAIL FROM:<a\x7f@b>", "501 5.1.7");               /* DEL */
+    expect_refused("MAIL FROM:<\"a\x7f\"@b>", "501 5.1.7");
+    expect_refused("MAIL FROM:<a\x1b[2J@b>", "501 5.1.7");            /* ESC */
+    expect_refused("RCPT TO:<\"a\x1b\"@b>", "501 5.1.7");
+    /* RCPT parses alone: the session checks it against MAIL's SMTPUTF8. */
+    expect_path("RCPT TO:<rästricted@abakus.no>", LMTP_RCPT, "rästricted@abakus.no");
+    expect_path("MAIL FROM:<\"ü ser\"@exämple.org> SMTPUTF8", LMTP_MAIL,
+                "\"ü ser\"@exämple.org");
+    assert_true(lmtp_addr_is_ascii("a@b.example"));
+    assert_false(lmtp_addr_is_ascii("ü@b.example"));
+}
+
+/* The LHLO name goes to Received:, the spool and the log: no controls, UTF-8 only. */
+static void test_helo_argument_bytes(void **state)
+{
+    expect_refused("LHLO bad\x1b[1Aname", "501 5.5.2");
+    expect_refused("EHLO bad\x7fname", "501 5.5.2");
+    expect_refused("HELO bad\rname", "501 5.5.2");
+    expect_refused("LHLO bad\tname", "501 5.5.2");
+    expect_refused("LHLO caf\xe9.example", "501 5.5.2");
+    expect_verb("LHLO bücher.example", LMTP_LHLO);
+    expect_verb("LHLO [192.0.2.1]", LMTP_LHLO);
+}
+
 static void test_rcpt_null_refused(void **state)
 {
     expect_refused("RCPT TO:<>", "501 5.1.3");
@@ -818,6 +857,8 @@ int main(void)
         cmocka_unit_test(test_unknown_and_malformed),
         cmocka_unit_test(test_mail_paths),
         cmocka_unit_test(test_bad_paths),
+        cmocka_unit_test(test_paths_utf8_and_controls),
+        cmocka_unit_test(test_helo_argument_bytes),
         cmocka_unit_test(test_rcpt_null_refused),
         cmocka_unit_test(test_mail_params),
         cmocka_unit_test(test_bad_params),

@@ -65,7 +65,10 @@ static void test_replies(void **state)
     }
 }
 
-/* Failures without a reply defer; a refused session defers unless throttled. */
+/*
+ * Failures without a reply defer; a refused session defers unless
+ * throttled or refused at AUTH for good, which pause the relay.
+ */
 static void test_failures(void **state)
 {
     static const enum smtp_error deferred[] = {
@@ -76,7 +79,15 @@ static void test_failures(void **state)
     for (size_t i = 0; i < G_N_ELEMENTS(deferred); i++)
         assert_int_equal(classify(0, "4.4.2", "lost connection", deferred[i]), RETRY_DEFER);
     assert_int_equal(classify(535, "5.7.8", "Username and Password not accepted",
+                  SMTP_ERROR_SESSION), RETRY_PAUSE);
+    assert_int_equal(classify(534, "5.7.9", "Application-specific password required",
+                  SMTP_ERROR_SESSION), RETRY_PAUSE);
+    assert_int_equal(classify(530, "5.7.0", "Authentication Required", SMTP_ERROR_SESSION),
+                     RETRY_PAUSE);
+    /* A passing AUTH failure only defers; a 535 after DATA is about the message. */
+    assert_int_equal(classify(454, "4.7.0", "Temporary authentication failure",
                   SMTP_ERROR_SESSION), RETRY_DEFER);
+    assert_int_equal(classify(535, "5.7.8", "odd", SMTP_ERROR_NONE), RETRY_BOUNCE);
     assert_int_equal(classify(554, "5.0.0", "no service", SMTP_ERROR_SESSION), RETRY_DEFER);
     assert_int_equal(classify(421, "4.7.0", "Try again later", SMTP_ERROR_SESSION), RETRY_PAUSE);
 }
