@@ -81,6 +81,8 @@ static const struct config_key config_keys[] = {
 
     K("bounce", "envelope_from", CT_STRING, "restricted-bounces@localhost", bounce.envelope_from),
 
+    K("notice", "max_per_hour", CT_COUNT, "5", notice.max_per_hour),
+
     K("workers", "dispatch", CT_STRING, "", workers.dispatch),
     K("workers", "hints", CT_STRING, "", workers.hints),
     K("workers", "curve_secret_key_file", CT_STRING, "", workers.curve_secret_key_file),

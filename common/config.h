@@ -68,6 +68,9 @@ struct postern_config {
         char *envelope_from;
     } bounce;
     struct {
+        uint64_t max_per_hour;      /* "Not sent" notices per address and hour; 0: no limit */
+    } notice;
+    struct {
         char *dispatch;
         char *local_dispatch;           /* derived: ipc:// endpoint for workers on the
                                            dispatcher's host, = dispatch unless tcp:// */

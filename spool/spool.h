@@ -62,6 +62,7 @@ GQuark spool_error_quark(void);
 enum spool_db {
     DB_META, DB_MESSAGES, DB_BODIES, DB_BY_STATE, DB_OUTGOING, DB_DELIVERIES,
     DB_DUE, DB_LEASES, DB_TOKENS, DB_TOKEN_FROM,
+    DB_NOTICE_RATE,                 /* spool_notice_rate.h */
     DB_COUNT
 };
 

@@ -93,6 +93,7 @@ static const char *const spool_db_names[DB_COUNT] = {
     [DB_BY_STATE] = "by_state", [DB_OUTGOING] = "outgoing",
     [DB_DELIVERIES] = "deliveries", [DB_DUE] = "due", [DB_LEASES] = "leases",
     [DB_TOKENS] = "tokens", [DB_TOKEN_FROM] = "token_from",
+    [DB_NOTICE_RATE] = "notice_rate",
 };
 
 G_DEFINE_QUARK(postern-spool-error, spool_error)

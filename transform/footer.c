@@ -253,7 +253,16 @@ void    mime_footer_add(GMimeMessage *msg, const char *text)
     GMimeObject *body = g_mime_message_get_mime_part(msg);
     GMimeObject *part;
 
-    if (GMIME_IS_MULTIPART(body) && footer_is(body, "multipart", "alternative")) {
+    /*
+     * A multipart whose boundary never occurs has no parts: its text is all
+     * preamble, which readers do not show next to a part. Added to, it
+     * would show the footer alone; wrapped, it goes on as it came.
+     */
+    if (GMIME_IS_MULTIPART(body) && g_mime_multipart_get_count(GMIME_MULTIPART(body)) == 0) {
+        part = footer_wrap(body, text);
+        g_mime_message_set_mime_part(msg, part);
+        g_object_unref(part);
+    } else if (GMIME_IS_MULTIPART(body) && footer_is(body, "multipart", "alternative")) {
         footer_alternatives(GMIME_MULTIPART(body), text);
     } else if (GMIME_IS_MULTIPART(body) && footer_is(body, "multipart", "mixed")) {
         part = footer_part(text);

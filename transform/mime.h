@@ -36,6 +36,12 @@ void    mime_init(void);
  * crashes on garbage (NUL bytes, 8-bit headers, long lines are all parsed);
  * returns NULL and MIME_ERROR_PARSE only when GMime finds no message at all,
  * such as empty input or input that does not start with a header.
+ *
+ * Where GMime and RFC 5322 readers part ways, the message is made to read
+ * as those readers have it: a line in a part's header block that is no
+ * header field starts that part's body (GMime would drop it), and every
+ * multipart is written with its close delimiter, a preamble that ran to
+ * the end of the input without its last line end doubled.
  */
 GMimeMessage *mime_parse(const char *raw, size_t len, GError **err);
 
@@ -130,7 +136,8 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
  * footer space-stuffed, a "-- " separator kept) and transfer encoding (a
  * 7bit part that now holds 8-bit text becomes quoted-printable or base64).
  * A multipart/mixed gets an inline text/plain part (UTF-8) at its end.
- * Anything else, and a text part whose charset cannot hold the footer or
+ * Anything else, a multipart with no parts (its boundary never occurs: all
+ * text is preamble), and a text part whose charset cannot hold the footer or
  * is unknown to GMime, is wrapped in a multipart/mixed with that footer
  * part after it, the original unchanged.
  */

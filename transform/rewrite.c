@@ -320,8 +320,9 @@ static char *rewrite_plain_value(const char *value)
 }
 
 /*
- * Writes header anew from its decoded value. Content-* fields go through
- * GMime, which writes their parameters per RFC 2231. The others become
+ * Writes header anew from its decoded value. Content-Type and
+ * Content-Disposition go through GMime, which writes their parameters per
+ * RFC 2231. The others become
  * RFC 2047 encoded words (GMime's encoder), folded here between the words:
  * GMime's own folding of such a value split an encoded word across lines
  * (a fuzz_mime finding), leaving a line that is no header field at all.
@@ -331,7 +332,10 @@ static void rewrite_encode_header(GMimeHeader *header)
     const char *name = g_mime_header_get_name(header);
     char   *value = rewrite_plain_value(g_mime_header_get_value(header));
 
-    if (g_ascii_strncasecmp(name, "Content-", 8) == 0) {
+    /* Only these have parameters; GMime folds other values as it does text
+     * (Content-Transfer-Encoding: the same split encoded word, fuzz_mime). */
+    if (g_ascii_strcasecmp(name, "Content-Type") == 0
+        || g_ascii_strcasecmp(name, "Content-Disposition") == 0) {
         g_mime_header_set_value(header, NULL, value, NULL);
     } else {
         char   *encoded = g_mime_utils_header_encode_text(NULL, value, NULL);
@@ -382,6 +386,38 @@ static void rewrite_fix_headers(GMimeHeaderList *list)
     }
 }
 
+/* Type, subtype and boundary: what the structure GMime parsed rests on. */
+static gboolean rewrite_same_structure(GMimeContentType *a, GMimeContentType *b)
+{
+    char   *ta = g_mime_content_type_get_mime_type(a);
+    char   *tb = g_mime_content_type_get_mime_type(b);
+    gboolean same = g_ascii_strcasecmp(ta, tb) == 0
+        && g_strcmp0(g_mime_content_type_get_parameter(a, "boundary"),
+                     g_mime_content_type_get_parameter(b, "boundary")) == 0;
+
+    g_free(ta);
+    g_free(tb);
+    return same;
+}
+
+/*
+ * The top-level Content-* fields made fit to send. A Content-Type written
+ * anew from its decoded value can say something else than GMime parsed:
+ * a field GMime found invalid (a control before the value) made the body
+ * application/octet-stream, and its decoded value then read as a
+ * multipart whose boundary never occurs, hiding the content (a fuzz_mime
+ * finding). The body then says what GMime parsed it as.
+ */
+static void rewrite_fix_body_headers(GMimeObject *body)
+{
+    GMimeContentType *parsed = g_object_ref(g_mime_object_get_content_type(body));
+
+    rewrite_fix_headers(g_mime_object_get_header_list(body));
+    if (!rewrite_same_structure(parsed, g_mime_object_get_content_type(body)))
+        g_mime_object_set_content_type(body, parsed);
+    g_object_unref(parsed);
+}
+
 /*
  * A multipart/mixed that the token's removal left with one part (Lego
  * attaches the token next to the text) is replaced by that part: a reader
@@ -389,8 +425,18 @@ static void rewrite_fix_headers(GMimeHeaderList *list)
  * the text in place (SPEC §4.4) rather than into a part of its own, which
  * many clients list as an attachment. The only part's Content-* headers
  * become the top-level ones. A lone attached message stays inside: as the
- * whole body, clients show it as a bare header block.
+ * whole body, clients show it as a bare header block. So does a part
+ * followed by text after the close delimiter: the epilogue, where mail
+ * with two boundary parameters has the parts a reader that takes the
+ * other one shows. (A preamble goes: clients show neither, and mail
+ * clients put "This is a multi-part message in MIME format." there.)
  */
+/* NULL, or nothing but blanks and line ends. */
+static gboolean rewrite_is_blank(const char *s)
+{
+    return s == NULL || s[strspn(s, " \t\r\n")] == 0;
+}
+
 static void rewrite_unwrap(GMimeMessage *msg)
 {
     GMimeObject *body = g_mime_message_get_mime_part(msg);
@@ -399,6 +445,7 @@ static void rewrite_unwrap(GMimeMessage *msg)
     while (GMIME_IS_MULTIPART(body)
            && g_mime_content_type_is_type(g_mime_object_get_content_type(body), "multipart", "mixed")
            && g_mime_multipart_get_count(GMIME_MULTIPART(body)) == 1
+           && rewrite_is_blank(g_mime_multipart_get_epilogue(GMIME_MULTIPART(body)))
            && !GMIME_IS_MESSAGE_PART(only = g_mime_multipart_get_part(GMIME_MULTIPART(body), 0))) {
         /* GMime drops the old body before it takes the new one. */
         g_object_ref(only);
@@ -426,7 +473,7 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
     rewrite_keep(g_mime_object_get_header_list(obj), message_keep);
     rewrite_keep(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)), body_keep);
     rewrite_fix_headers(g_mime_object_get_header_list(obj));
-    rewrite_fix_headers(g_mime_object_get_header_list(g_mime_message_get_mime_part(msg)));
+    rewrite_fix_body_headers(g_mime_message_get_mime_part(msg));
     if (g_mime_object_get_header(obj, "MIME-Version") == NULL)
         g_mime_object_append_header(obj, "MIME-Version", "1.0", NULL);
 

@@ -116,6 +116,8 @@ struct notice {
     queue_id ref;                   /* the message it is about */
     GBytes *bytes;                  /* complete signed message */
     char *message_id;
+    unsigned limit;                 /* > 0: at most this many such per address and hour */
+    uint64_t digest;                /* what makes two notices the same (reason, Subject) */
 };
 
 void transform_notice_free(struct notice *n);
@@ -136,7 +138,11 @@ struct notice *transform_notice_bounced(const struct transform *tf, const struct
 /*
  * Inside a write transaction: store n as a new message of kind notice in
  * state ready with its one delivery.  into, when not NULL, is an existing
- * message (a bounce report) that becomes the notice instead.
+ * message (a bounce report) that becomes the notice instead.  A notice
+ * with a limit (the rejection notice, which anyone can cause by forging a
+ * token owner's address) is counted in the spool first
+ * (spool_notice_rate.h): one that repeats a notice of the same hour, or
+ * goes over [notice] max_per_hour, is dropped with one log line, and TRUE.
  */
 gboolean transform_notice_store(struct spool_txn *t, const struct notice *n, struct spool_msg *into,
                       gint64 now, GError **err);

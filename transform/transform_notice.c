@@ -14,8 +14,16 @@
 #include "transform/transform.h"
 #include "transform/mime.h"
 #include "spool/delivery.h"
+#include "spool/spool_notice_rate.h"
 
 #include <string.h>
+
+/*
+ * Characters of outside text a notice repeats: a Subject (anyone's, in a
+ * rejection notice) and a relay's reply (longer: Gmail's run to 300).
+ */
+#define NOTICE_ECHO_SUBJECT 100
+#define NOTICE_ECHO_REPLY 500
 
 void transform_notice_free(struct notice *n)
 {
@@ -102,21 +110,76 @@ char *transform_notice_subject_of(const char *data, size_t len)
     return subject;
 }
 
+/*
+ * Text from outside (a Subject, a relay's reply) as a notice repeats it:
+ * one line, so it cannot start lines of its own that read as ours ("Click
+ * here ..."); controls and the Unicode format characters that reorder or
+ * hide text (bidi overrides, zero-width) become a space, runs of blanks
+ * one space; at most max characters, "..." marking a cut. Invalid UTF-8
+ * becomes U+FFFD.
+ */
+static char *transform_notice_echo(const char *text, glong max)
+{
+    g_autofree char *valid = g_utf8_make_valid(text ? text : "", -1);
+    GString *out = g_string_new(NULL);
+    glong n = 0;
+
+    for (const char *c = valid; *c && n < max; c = g_utf8_next_char(c)) {
+        gunichar u = g_utf8_get_char(c);
+        GUnicodeType type = g_unichar_type(u);
+        gboolean blank = g_unichar_isspace(u) || type == G_UNICODE_CONTROL
+                         || type == G_UNICODE_FORMAT || type == G_UNICODE_LINE_SEPARATOR
+                         || type == G_UNICODE_PARAGRAPH_SEPARATOR;
+
+        if (!blank)
+            g_string_append_unichar(out, u);
+        else if (out->len && out->str[out->len - 1] != ' ')
+            g_string_append_c(out, ' ');
+        else
+            continue;
+        n++;
+        if (n == max && *(const char *)g_utf8_next_char(c) != 0)
+            g_string_append(out, "...");
+    }
+    while (out->len && out->str[out->len - 1] == ' ')
+        g_string_truncate(out, out->len - 1);
+    return g_string_free(out, FALSE);
+}
+
 /* The lines every notice starts its facts with. */
 static void transform_notice_facts(GString *text, const struct spool_msg *m, const char *subject)
 {
     char id[QUEUE_ID_LEN + 1];
     g_autoptr(GDateTime) when = g_date_time_new_from_unix_utc(m->arrival);
     g_autofree char *date = g_date_time_format(when, "%Y-%m-%d %H:%M:%S UTC");
+    g_autofree char *echo = transform_notice_echo(subject, NOTICE_ECHO_SUBJECT);
 
     spool_id_format(m->id, id);
     g_string_append_printf(text, "  Subject:   %s\n  Received:  %s\n  Queue id:  %s\n",
-                           *subject ? subject : "(no subject)", date, id);
+                           *echo ? echo : "(no subject)", date, id);
 }
 
 static char *transform_notice_subject(const char *what, const char *subject)
 {
-    return g_strdup_printf("%s: %s", what, *subject ? subject : "(no subject)");
+    g_autofree char *echo = transform_notice_echo(subject, NOTICE_ECHO_SUBJECT);
+
+    return g_strdup_printf("%s: %s", what, *echo ? echo : "(no subject)");
+}
+
+/* Two rejection notices are the same when reason and Subject are. */
+static uint64_t transform_notice_digest(const char *reason, const char *subject)
+{
+    g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+    guint8 hash[32];
+    gsize len = sizeof(hash);
+    uint64_t digest = 0;
+
+    g_checksum_update(sum, (const guchar *)reason, (gssize)strlen(reason) + 1);
+    g_checksum_update(sum, (const guchar *)subject, -1);
+    g_checksum_get_digest(sum, hash, &len);
+    for (int i = 0; i < 8; i++)
+        digest = digest << 8 | hash[i];
+    return digest;
 }
 
 /* What each rejection reason means to the sender, and what to do about it. */
@@ -144,10 +207,18 @@ struct notice *transform_notice_rejected(const struct transform *tf, const struc
     g_autoptr(GString) text = g_string_new("Your message was not sent to anyone.\n\n");
     g_autofree char *title = transform_notice_subject("Not sent", subject);
 
+    struct notice *n;
+
     transform_notice_facts(text, m, subject);
     g_string_append_printf(text, "  Reason:    %s\n\nNothing was delivered: %s\n", reason,
                            transform_notice_explain(reason));
-    return transform_notice_make(tf, m->sender, m->id, title, text->str, now, err);
+    n = transform_notice_make(tf, m->sender, m->id, title, text->str, now, err);
+    /* Anyone can cause this one, with a forged sender: it is counted when stored. */
+    if (n) {
+        n->limit = (unsigned)MIN(tf->cfg->notice.max_per_hour, G_MAXUINT);
+        n->digest = transform_notice_digest(reason, subject);
+    }
+    return n;
 }
 
 struct notice *transform_notice_accepted(const struct transform *tf, const struct spool_msg *m,
@@ -180,8 +251,9 @@ struct notice *transform_notice_bounced(const struct transform *tf, const struct
     g_string_append(text, "\nNot delivered:\n");
     for (guint i = 0; i < bounced->len; i++) {
         const struct spool_dlv *d = bounced->pdata[i];
-        g_string_append_printf(text, "  %s: %s\n", d->rcpt,
-                               d->last_reply ? d->last_reply : "no reply recorded");
+        g_autofree char *reply = transform_notice_echo(d->last_reply, NOTICE_ECHO_REPLY);
+
+        g_string_append_printf(text, "  %s: %s\n", d->rcpt, *reply ? reply : "no reply recorded");
     }
     return transform_notice_make(tf, owner, ref->id, title, text->str, now, err);
 }
@@ -196,7 +268,20 @@ gboolean transform_notice_store(struct spool_txn *t, const struct notice *n, str
     const char *data = g_bytes_get_data(n->bytes, &len);
     char id[QUEUE_ID_LEN + 1], ref[QUEUE_ID_LEN + 1];
     gboolean ok;
+    enum spool_notice_rate_verdict verdict = NOTICE_RATE_SEND;
 
+    /* Counted in this transaction, so the count and the notice commit together. */
+    if (!into && n->limit > 0) {
+        if (!spool_notice_rate_take(t, n->to, now, n->digest, n->limit, &verdict, err))
+            return FALSE;
+        if (verdict != NOTICE_RATE_SEND) {
+            spool_id_format(n->ref, ref);
+            spool_txn_log(t, "%s: notice to <%s> dropped: %s", ref, n->to,
+                          verdict == NOTICE_RATE_DUPLICATE ? "the same notice went this hour"
+                                                           : "[notice] max_per_hour reached");
+            return TRUE;
+        }
+    }
     if (!into) {
         spool_msg_init(&fresh);
         if (!(fresh.id = spool_id_next(t, err))) {

@@ -7,7 +7,8 @@
  * Checked on the output: CRLF line ends only and a final CRLF; a header
  * section that mime_split finds, holding only the fields the rewrite keeps
  * or adds, each once (no To, nothing injected from the body); the
- * Message-ID on our domain; and GMime can parse the copy again.
+ * Message-ID on our domain; GMime can parse the copy again; and every
+ * multipart in it is closed.
  */
 #include <stdint.h>
 #include <string.h>
@@ -70,6 +71,28 @@ static int field(const char *name)
     return k;
 }
 
+/*
+ * Every multipart with a boundary is closed as GMime alone reads the copy
+ * (its parser clears the private write_end_boundary when the close
+ * delimiter is missing): an unclosed one hides what follows it.
+ */
+static void check_closed(GMimeObject *obj)
+{
+    GMimeMessage *inner;
+
+    if (GMIME_IS_MESSAGE_PART(obj)
+        && (inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj))) != NULL
+        && g_mime_message_get_mime_part(inner) != NULL) {
+        check_closed(g_mime_message_get_mime_part(inner));
+    } else if (GMIME_IS_MULTIPART(obj)) {
+        FUZZ_CHECK(GMIME_MULTIPART(obj)->write_end_boundary
+                       || g_mime_object_get_content_type_parameter(obj, "boundary") == NULL,
+                   "a multipart of the copy has no close delimiter");
+        for (int i = 0; i < g_mime_multipart_get_count(GMIME_MULTIPART(obj)); i++)
+            check_closed(g_mime_multipart_get_part(GMIME_MULTIPART(obj), i));
+    }
+}
+
 static void check_output(GBytes *bytes, const char *id)
 {
     size_t len;
@@ -98,6 +121,19 @@ static void check_output(GBytes *bytes, const char *id)
     again = mime_parse(out, len, &err);
     FUZZ_CHECK(again != NULL, "output does not parse: %s", err ? err->message : "?");
     g_object_unref(again);
+
+    /* GMime alone, without mime_parse()'s repairs, finds it closed. */
+    {
+        GMimeStream *stream = g_mime_stream_mem_new_with_buffer(out, len);
+        GMimeParser *parser = g_mime_parser_new_with_stream(stream);
+
+        again = g_mime_parser_construct_message(parser, NULL);
+        if (again != NULL && g_mime_message_get_mime_part(again) != NULL)
+            check_closed(g_mime_message_get_mime_part(again));
+        g_clear_object(&again);
+        g_object_unref(parser);
+        g_object_unref(stream);
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
