@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "spool/spool_notice_rate.h"
+#include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
 
 /* LMDB's default limit on key size. */
@@ -31,7 +32,7 @@ static gboolean spool_notice_rate_prune(struct spool_txn *t, const GByteArray *k
     MDB_val key = { prefix, k->data }, val;
     int rc;
 
-    if ((rc = mdb_cursor_open(t->txn, spool_dbi(t->sp, DB_NOTICE_RATE), &c)))
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_NOTICE_RATE), &c)))
         return spool_mdb_fail(rc, "notice rate cursor", err);
     rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
     while (rc == 0 && key.mv_size == k->len && memcmp(key.mv_data, k->data, prefix) == 0
@@ -55,7 +56,7 @@ unsigned spool_notice_rate_count(struct spool_txn *t, const char *addr, int64_t 
     guint32 count = 0;
 
     if (k->len <= NOTICE_RATE_KEY_MAX
-        && mdb_get(t->txn, spool_dbi(t->sp, DB_NOTICE_RATE), &key, &val) == 0) {
+        && mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_NOTICE_RATE), &key, &val) == 0) {
         g_autoptr(GBytes) bytes = g_bytes_new(val.mv_data, val.mv_size);
         g_autoptr(GVariant) v = g_variant_ref_sink(
             g_variant_new_from_bytes(G_VARIANT_TYPE_VARDICT, bytes, FALSE));
@@ -86,7 +87,7 @@ gboolean spool_notice_rate_take(struct spool_txn *t, const char *addr, int64_t n
         return TRUE;
 
     /* What went this hour: a count and the digests of those notices. */
-    rc = mdb_get(t->txn, spool_dbi(t->sp, DB_NOTICE_RATE), &key, &val);
+    rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_NOTICE_RATE), &key, &val);
     if (rc && rc != MDB_NOTFOUND)
         return spool_mdb_fail(rc, "notice rate get", err);
     if (rc == 0) {
@@ -131,7 +132,7 @@ gboolean spool_notice_rate_take(struct spool_txn *t, const char *addr, int64_t n
                                                           digests->len, sizeof(guint64)));
     out = g_variant_ref_sink(g_variant_dict_end(&d));
     val = (MDB_val){ g_variant_get_size(out), (void *)g_variant_get_data(out) };
-    if ((rc = mdb_put(t->txn, spool_dbi(t->sp, DB_NOTICE_RATE), &key, &val, 0)))
+    if ((rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_NOTICE_RATE), &key, &val, 0)))
         return spool_mdb_fail(rc, "notice rate put", err);
     return TRUE;
 }
