@@ -62,6 +62,27 @@ static const char *api_bearer(struct MHD_Connection *conn)
     return *h ? h : NULL;
 }
 
+/*
+ * The path as it may be logged: words of our routes and ids (16 hex
+ * digits) as they are, anything else as '?'.  A client that puts a token
+ * in the path (GET /v1/tokens/TOKEN) must not get it into the mail log.
+ */
+static char *api_log_path(char **parts)
+{
+    static const char *const words[] = { "v1", "tokens", "messages", "recipients", "hold",
+                                         "release", "retry", "metrics", "healthz", "" };
+    GString *out = g_string_new(NULL);
+
+    for (int i = 0; parts[i]; i++) {
+        gboolean ok = strlen(parts[i]) == 16 && strspn(parts[i], "0123456789abcdefABCDEF") == 16;
+
+        for (size_t w = 0; !ok && w < G_N_ELEMENTS(words); w++)
+            ok = g_str_equal(parts[i], words[w]);
+        g_string_append_printf(out, "/%s", ok ? parts[i] : "?");
+    }
+    return g_string_free(out, FALSE);
+}
+
 static void api_run(struct api *a, struct MHD_Connection *conn, const char *method,
                     const char *url, struct api_call *call, struct api_response *rs)
 {
@@ -76,9 +97,11 @@ static void api_run(struct api *a, struct MHD_Connection *conn, const char *meth
     api_keys_refresh(&a->keys, a->cfg->api.keys_file);
     api_handle(a, &rq, api_bearer(conn), rs);
     /* One line per change and per refusal; reads that succeed are not logged. */
-    if (!g_str_equal(method, "GET") || rs->status >= 400)
-        msg_info("%s %s: %u, key %s", method, url, rs->status,
+    if (!g_str_equal(method, "GET") || rs->status >= 400) {
+        g_autofree char *logged = api_log_path(rq.parts);
+        msg_info("%s %s: %u, key %s", method, logged, rs->status,
                  rq.key_name ? rq.key_name : "none");
+    }
     g_strfreev(rq.parts);
     g_hash_table_unref(rq.query);
 }
@@ -119,7 +142,7 @@ static enum MHD_Result api_on_request(void *cls, struct MHD_Connection *conn, co
     if (call->too_big) {
         api_reply_error(&rs, 413, "too_large", "the body is larger than %" G_GUINT64_FORMAT
                         " bytes ([api] max_body)", a->cfg->api.max_body);
-        msg_info("%s %s: 413, body over %" G_GUINT64_FORMAT " bytes", method, url,
+        msg_info("%s: 413, body over %" G_GUINT64_FORMAT " bytes", method,
                  a->cfg->api.max_body);
     } else {
         api_run(a, conn, method, url, call, &rs);

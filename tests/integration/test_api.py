@@ -179,6 +179,8 @@ def test_token_create_read_revoke(api):
     assert api.call("GET", "/v1/tokens/0000000000000000")[0] == 404
     assert api.call("DELETE", "/v1/tokens/0000000000000000")[0] == 404
     assert api.call("GET", f"/v1/tokens/{body['token']}")[0] == 404
+    assert body["token"] not in api.log()            # a token in the path is not logged
+    assert "GET /v1/tokens/?: 404" in api.log()
 
 
 def test_batch_is_all_or_nothing(api):
