@@ -407,6 +407,20 @@ def test_hold_release_retry_a_deferred_message(make_chain, make_api):
     assert f"POST /v1/messages/{qid}/hold: 200, key k-admin" in log
 
 
+def test_healthz_says_the_relay_is_paused(make_chain, make_api):
+    c, relay, a = chain_api(make_chain, make_api)
+    reply = "421 4.7.0 Try again later, closing connection."
+    relay.data_script["ada@example.org"] = [reply]
+    token = a.call("POST", "/v1/tokens", tok(["ada@example.org"]))[1]["token"]
+    qid = send_with(c, token)
+    seen = postern.wait_for(lambda: (lambda h: h if h["relay_paused"] else None)(
+        a.call("GET", "/healthz", key=None)[1]), timeout=60, interval=0.02, what="a pause")
+    assert seen["status"] == "ok" and seen["paused_until"] >= int(time.time()) - 1
+    assert seen["pause_reason"] and "421" in seen["pause_reason"]
+    c.wait_state(qid, "done")
+    assert a.call("GET", "/healthz", key=None)[1]["relay_paused"] is False
+
+
 # ---- postern run -------------------------------------------------------------
 
 def postern_run(workdir, api):
