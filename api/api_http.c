@@ -84,6 +84,35 @@ void api_reply_spool_error(struct api_response *rs, GError *err)
     }
 }
 
+/*
+ * json-glib parses by recursion: 100,000 '[' in a row overflow our stack.
+ * Count the nesting first (brackets outside strings), which no request of
+ * ours needs deeper than API_JSON_DEPTH.
+ */
+#define API_JSON_DEPTH 32
+
+static gboolean api_json_shallow(const guint8 *p, size_t n)
+{
+    gboolean in_string = FALSE;
+    int depth = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (in_string) {
+            if (p[i] == '\\')
+                i++;
+            else if (p[i] == '"')
+                in_string = FALSE;
+        } else if (p[i] == '"') {
+            in_string = TRUE;
+        } else if ((p[i] == '[' || p[i] == '{') && ++depth > API_JSON_DEPTH) {
+            return FALSE;
+        } else if (p[i] == ']' || p[i] == '}') {
+            depth--;
+        }
+    }
+    return TRUE;
+}
+
 JsonNode *api_body_json(struct api_request *rq, struct api_response *rs)
 {
     g_autoptr(JsonParser) parser = json_parser_new();
@@ -92,6 +121,11 @@ JsonNode *api_body_json(struct api_request *rq, struct api_response *rs)
 
     if (!rq->body->len) {
         api_reply_error(rs, 400, "malformed_json", "the request needs a JSON body");
+        return NULL;
+    }
+    if (!api_json_shallow(rq->body->data, rq->body->len)) {
+        api_reply_error(rs, 400, "malformed_json", "nested deeper than %d levels",
+                        API_JSON_DEPTH);
         return NULL;
     }
     if (!json_parser_load_from_data(parser, (const char *)rq->body->data, (gssize)rq->body->len,
