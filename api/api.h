@@ -68,7 +68,17 @@ void api_reply_error(struct api_response *rs, unsigned status, const char *code,
 void api_reply_spool_error(struct api_response *rs, GError *err);
 /* Parse the body as JSON, or reply 400 and return NULL. */
 JsonNode *api_body_json(struct api_request *rq, struct api_response *rs);
-/* Dispatch: 404, 405, 401 and 403 are decided here, before any handler. */
+/*
+ * Which route a request takes and whether its key may: decided on the
+ * method, path and key alone, before the body is read (a refused request
+ * never has its body kept).  NULL with rs holding the 404, 405, 401 or 403.
+ */
+struct api_route;
+const struct api_route *api_authorise(struct api *a, struct api_request *rq,
+                                      const char *bearer, struct api_response *rs);
+void api_route_run(const struct api_route *route, struct api *a, struct api_request *rq,
+                   struct api_response *rs);
+/* Both at once (the unit tests). */
 void api_handle(struct api *a, struct api_request *rq, const char *bearer,
                 struct api_response *rs);
 int64_t api_now(void);

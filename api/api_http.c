@@ -152,8 +152,8 @@ static gboolean api_route_match(const char *pattern, char **parts)
     return !want[i] && !parts[i];
 }
 
-void api_handle(struct api *a, struct api_request *rq, const char *bearer,
-                struct api_response *rs)
+const struct api_route *api_authorise(struct api *a, struct api_request *rq,
+                                      const char *bearer, struct api_response *rs)
 {
     const struct api_route *route = NULL;
     g_autoptr(GString) allow = g_string_new(NULL);
@@ -169,12 +169,12 @@ void api_handle(struct api *a, struct api_request *rq, const char *bearer,
     }
     if (!allow->len) {
         api_reply_error(rs, 404, "not_found", "no such endpoint: %s", rq->path);
-        return;
+        return NULL;
     }
     if (!route) {
         rs->allow = g_intern_string(allow->str);
         api_reply_error(rs, 405, "method_not_allowed", "%s takes %s", rq->path, allow->str);
-        return;
+        return NULL;
     }
     /* Then who asks: no key or an unknown one is 401, too small a scope 403. */
     if (route->scope != API_SCOPE_NONE) {
@@ -182,14 +182,29 @@ void api_handle(struct api *a, struct api_request *rq, const char *bearer,
         if (scope == API_SCOPE_NONE) {
             api_reply_error(rs, 401, "unauthorized", "%s", bearer ? "unknown API key"
                             : "an API key is needed: Authorization: Bearer KEY");
-            return;
+            return NULL;
         }
         if (scope < route->scope) {
             api_reply_error(rs, 403, "forbidden", "key %s has scope %s; %s %s needs %s",
                             rq->key_name, api_scope_name(scope), rq->method, rq->path,
                             api_scope_name(route->scope));
-            return;
+            return NULL;
         }
     }
+    return route;
+}
+
+void api_route_run(const struct api_route *route, struct api *a, struct api_request *rq,
+                   struct api_response *rs)
+{
     route->run(a, rq, rs);
+}
+
+void api_handle(struct api *a, struct api_request *rq, const char *bearer,
+                struct api_response *rs)
+{
+    const struct api_route *route = api_authorise(a, rq, bearer, rs);
+
+    if (route)
+        api_route_run(route, a, rq, rs);
 }

@@ -19,9 +19,16 @@
 #define API_CONNECTIONS 64          /* at once; more wait in the listen queue */
 #define API_IDLE_TIMEOUT 30         /* seconds a connection may say nothing */
 
-/* One request in progress: MHD's con_cls. */
+/*
+ * One request in progress: MHD's con_cls.  Its route and key are decided
+ * on the headers; a refused request (or one too large) has its body read
+ * to the end but not kept, then gets its answer.
+ */
 struct api_call {
-    GByteArray *body;
+    struct api_request rq;
+    const struct api_route *route;  /* NULL: refused, the answer is in `refusal` */
+    char *key_name;                 /* a copy: the keys may be read again meanwhile */
+    struct api_response refusal;
     gboolean too_big;
 };
 
@@ -83,27 +90,27 @@ static char *api_log_path(char **parts)
     return g_string_free(out, FALSE);
 }
 
-static void api_run(struct api *a, struct MHD_Connection *conn, const char *method,
-                    const char *url, struct api_call *call, struct api_response *rs)
+/* The first call, on the headers: where it goes, and may its key go there? */
+static struct api_call *api_call_new(struct api *a, struct MHD_Connection *conn,
+                                     const char *method, const char *url)
 {
-    struct api_request rq = { .method = method, .path = url, .body = call->body };
+    struct api_call *call = g_new0(struct api_call, 1);
     const char *path = url;
 
     while (*path == '/')
         path++;
-    rq.parts = g_strsplit(path, "/", -1);
-    rq.query = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, api_query_add, rq.query);
+    call->rq.method = method;
+    call->rq.path = url;
+    call->rq.parts = g_strsplit(path, "/", -1);
+    call->rq.query = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    call->rq.body = g_byte_array_new();
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, api_query_add, call->rq.query);
+    call->refusal.body = g_string_new(NULL);
     api_keys_refresh(&a->keys, a->cfg->api.keys_file);
-    api_handle(a, &rq, api_bearer(conn), rs);
-    /* One line per change and per refusal; reads that succeed are not logged. */
-    if (!g_str_equal(method, "GET") || rs->status >= 400) {
-        g_autofree char *logged = api_log_path(rq.parts);
-        msg_info("%s %s: %u, key %s", method, logged, rs->status,
-                 rq.key_name ? rq.key_name : "none");
-    }
-    g_strfreev(rq.parts);
-    g_hash_table_unref(rq.query);
+    call->route = api_authorise(a, &call->rq, api_bearer(conn), &call->refusal);
+    call->key_name = g_strdup(call->rq.key_name);
+    call->rq.key_name = call->key_name;
+    return call;
 }
 
 static enum MHD_Result api_on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -113,41 +120,43 @@ static enum MHD_Result api_on_request(void *cls, struct MHD_Connection *conn, co
 {
     struct api *a = cls;
     struct api_call *call = *con_cls;
-    struct api_response rs = { .body = g_string_new(NULL) };
+    struct api_response rs = { 0 };
+    const struct api_response *answer = &rs;
     enum MHD_Result ret;
 
     /* First call: headers only.  A declared body over the limit is refused now. */
     if (!call) {
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
-        call = g_new0(struct api_call, 1);
-        call->body = g_byte_array_new();
-        *con_cls = call;
-        g_string_free(rs.body, TRUE);
+        *con_cls = call = api_call_new(a, conn, method, url);
         if (!cl || g_ascii_strtoull(cl, NULL, 10) <= a->cfg->api.max_body)
             return MHD_YES;
         call->too_big = TRUE;
-        rs.body = g_string_new(NULL);
     } else if (*upload_data_size) {
-        /* A chunked body is read to its end, but kept only within the limit. */
-        if (call->body->len + *upload_data_size > a->cfg->api.max_body)
+        /* A body is read to its end, but kept only within the limit and when it may be used. */
+        if (call->rq.body->len + *upload_data_size > a->cfg->api.max_body)
             call->too_big = TRUE;
-        else
-            g_byte_array_append(call->body, (const guint8 *)upload_data,
+        else if (call->route && !call->too_big)
+            g_byte_array_append(call->rq.body, (const guint8 *)upload_data,
                                 (guint)*upload_data_size);
         *upload_data_size = 0;
-        g_string_free(rs.body, TRUE);
         return MHD_YES;
     }
-    if (call->too_big) {
+    rs.body = g_string_new(NULL);
+    if (call->too_big)
         api_reply_error(&rs, 413, "too_large", "the body is larger than %" G_GUINT64_FORMAT
                         " bytes ([api] max_body)", a->cfg->api.max_body);
-        msg_info("%s: 413, body over %" G_GUINT64_FORMAT " bytes", method,
-                 a->cfg->api.max_body);
-    } else {
-        api_run(a, conn, method, url, call, &rs);
+    else if (!call->route)
+        answer = &call->refusal;
+    else
+        api_route_run(call->route, a, &call->rq, &rs);
+    /* One line per change and per refusal; reads that succeed are not logged. */
+    if (!g_str_equal(method, "GET") || answer->status >= 400) {
+        g_autofree char *logged = api_log_path(call->rq.parts);
+        msg_info("%s %s: %u, key %s", method, logged, answer->status,
+                 call->key_name ? call->key_name : "none");
     }
-    ret = api_send(conn, &rs);
+    ret = api_send(conn, answer);
     g_string_free(rs.body, TRUE);
     return ret;
 }
@@ -159,7 +168,11 @@ static void api_on_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 
     if (!call)
         return;
-    g_byte_array_unref(call->body);
+    g_strfreev(call->rq.parts);
+    g_hash_table_unref(call->rq.query);
+    g_byte_array_unref(call->rq.body);
+    g_string_free(call->refusal.body, TRUE);
+    g_free(call->key_name);
     g_free(call);
     *con_cls = NULL;
 }

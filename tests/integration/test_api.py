@@ -119,6 +119,9 @@ def test_no_key_unknown_key_and_scopes(api):
     assert st == 401 and body["error"] == "unauthorized"
     st, body, _ = api.call("GET", "/v1/messages", key=None, headers={"Authorization": "Basic eDp5"})
     assert st == 401
+    # Refused on its headers: the body is read but not kept, the answer still comes.
+    st, body, _ = api.call("POST", "/v1/tokens", raw=b"x" * (4 << 20), key=None)
+    assert st == 401 and body["error"] == "unauthorized"
     # read may read, not register; tokens may register, not steer messages.
     assert api.call("GET", "/v1/messages", key="read")[0] == 200
     st, body, _ = api.call("POST", "/v1/tokens", tok(), key="read")
