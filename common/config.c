@@ -91,6 +91,12 @@ static const struct config_key config_keys[] = {
     K("workers", "count", CT_COUNT, "4", workers.count),
     K("workers", "transforms", CT_COUNT, "1", workers.transforms),
     K("workers", "slots", CT_COUNT, "4", workers.slots),
+
+    K("api", "listen", CT_STRING, "127.0.0.1:8025", api.listen),
+    K("api", "keys_file", CT_STRING, "", api.keys_file),
+    K("api", "tls_cert", CT_STRING, "", api.tls_cert),
+    K("api", "tls_key", CT_STRING, "", api.tls_key),
+    K("api", "max_body", CT_SIZE, "8M", api.max_body),
 };
 
 /* [dkim] keys when unset (of the spool directory). */
@@ -545,6 +551,41 @@ static void config_check_positive(const struct postern_config *cfg, GPtrArray *p
         config_problem(problems, cfg, group, key, "must be more than 0 (%s)", why);
 }
 
+/*
+ * [api]: an address postern-api can bind, a keys file it can read (no key:
+ * postern run does not start it), a certificate only with its key.
+ */
+static void config_check_api(const struct postern_config *cfg, GPtrArray *problems)
+{
+    const char *colon = strrchr(cfg->api.listen, ':');
+    char *end;
+    unsigned long port = 0;
+
+    if (colon) {
+        errno = 0;
+        port = strtoul(colon + 1, &end, 10);
+        if (end == colon + 1 || *end || errno)
+            port = 0;
+    }
+    if (!colon || colon == cfg->api.listen || port == 0 || port > 65535)
+        config_problem(problems, cfg, "api", "listen", "\"%s\": expected host:port with a port "
+                       "from 1 to 65535", cfg->api.listen);
+    if (*cfg->api.keys_file && access(cfg->api.keys_file, R_OK) < 0)
+        config_problem(problems, cfg, "api", "keys_file", "%s: %s (create it with spoolctl "
+                       "api-key add)", cfg->api.keys_file, g_strerror(errno));
+    if (!*cfg->api.tls_cert != !*cfg->api.tls_key)
+        config_problem(problems, cfg, "api", *cfg->api.tls_cert ? "tls_key" : "tls_cert",
+                       "tls_cert and tls_key go together");
+    if (*cfg->api.tls_cert && access(cfg->api.tls_cert, R_OK) < 0)
+        config_problem(problems, cfg, "api", "tls_cert", "%s: %s", cfg->api.tls_cert,
+                       g_strerror(errno));
+    if (*cfg->api.tls_key && access(cfg->api.tls_key, R_OK) < 0)
+        config_problem(problems, cfg, "api", "tls_key", "%s: %s", cfg->api.tls_key,
+                       g_strerror(errno));
+    config_check_positive(cfg, problems, "api", "max_body", cfg->api.max_body,
+                          "every request with a body would be refused");
+}
+
 gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
 {
     guint before = problems->len;
@@ -584,6 +625,7 @@ gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
                           "every job would expire before a worker could finish it");
     config_check_positive(cfg, problems, "workers", "slots", cfg->workers.slots,
                           "a sender could take no job");
+    config_check_api(cfg, problems);
     return problems->len == before;
 }
 

@@ -82,6 +82,13 @@ struct postern_config {
         uint64_t transforms;            /* transform workers started by postern run */
         uint64_t slots;
     } workers;
+    struct {
+        char *listen;               /* host:port of postern-api */
+        char *keys_file;            /* bearer keys, hashed; unset: postern run skips the API */
+        char *tls_cert;             /* both or neither: HTTPS */
+        char *tls_key;
+        uint64_t max_body;          /* 413 beyond */
+    } api;
 };
 
 #define CONFIG_EXIT_USAGE 2

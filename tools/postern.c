@@ -318,6 +318,10 @@ static int postern_run(const char *config, gboolean use_syslog)
         postern_add(&sup, self_dir, "sender", "postern-sender", name, config, !use_syslog,
                     "--local", STOP_WORKERS);
     }
+    /* The API only with keys to check ([api] keys_file): without, it could only refuse. */
+    if (*cfg.api.keys_file)
+        postern_add(&sup, self_dir, "api", "postern-api", "postern-api", config, !use_syslog,
+                    NULL, STOP_WORKERS);
 
     g_unix_fd_add(daemon_signal_fd(), G_IO_IN, postern_stop, &sup);
     msg_info("starting %u processes; spool %s; LMTP on %s", sup.children->len, cfg.spool.dir,

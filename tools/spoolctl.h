@@ -17,6 +17,7 @@
 #include "spool/delivery.h"
 #include "spool/relay_state.h"
 #include "spool/spool.h"
+#include "spool/spool_stats.h"
 
 #define CTL_OK 0
 #define CTL_NOT_FOUND 1
@@ -60,18 +61,7 @@ int ctl_fail(GError *err);
 /* Open the spool or exit CTL_FAIL. */
 void ctl_open_spool(struct ctl *c);
 
-/* What stats and metrics report; read from counters, never a scan. */
-struct ctl_stats {
-    uint64_t msgs[MSG_STATE_COUNT];
-    uint64_t dlvs[DLV_STATE_COUNT];
-    uint64_t tokens_active, tokens_used;
-    int64_t oldest_age;             /* seconds, oldest message not ended */
-    uint64_t spool_bytes;
-    struct relay_state relay;       /* the relay pause */
-};
-
 /* spoolctl_queue.c */
-gboolean ctl_stats_read(struct ctl *c, struct ctl_stats *st, GError **err);
 int ctl_stats(struct ctl *c, int argc, char **argv);
 int ctl_list(struct ctl *c, int argc, char **argv);
 int ctl_show(struct ctl *c, int argc, char **argv);
@@ -103,6 +93,9 @@ char *ctl_relay_describe(const struct postern_config *cfg, const struct relay_st
 /* {"paused": b, "paused_until": unix s or 0, "pauses": n, "reason": s|null} */
 void ctl_relay_json(JsonBuilder *b, const struct relay_state *st);
 int ctl_relay(struct ctl *c, int argc, char **argv);
+
+/* spoolctl_apikey.c */
+int ctl_api_key(struct ctl *c, int argc, char **argv);
 
 /* spoolctl_ops.c */
 int ctl_check(struct ctl *c, int argc, char **argv);

@@ -19,49 +19,21 @@
 
 /* metrics */
 
-static void metric_family(const char *name, const char *type, const char *help)
-{
-    printf("# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 int ctl_metrics(struct ctl *c, int argc, char **argv)
 {
     GOptionEntry none[] = { { NULL } };
-    struct ctl_stats st;
+    g_autoptr(GString) out = g_string_new(NULL);
+    struct spool_stats st;
     GError *err = NULL;
 
     if (!ctl_parse(c, &argc, &argv, "- Prometheus metrics", none))
         return CTL_USAGE;
     ctl_open_spool(c);
-    if (!ctl_stats_read(c, &st, &err))
+    if (!spool_stats_read(c->spool, &st, &err))
         return ctl_fail(err);
-    metric_family("postern_messages", "gauge", "Messages in the spool by state.");
-    for (int s = 0; s < MSG_STATE_COUNT; s++)
-        printf("postern_messages{state=\"%s\"} %" G_GUINT64_FORMAT "\n", msg_state_name(s),
-               st.msgs[s]);
-    metric_family("postern_deliveries", "gauge", "Deliveries in the spool by state.");
-    for (int s = 0; s < DLV_STATE_COUNT; s++)
-        printf("postern_deliveries{state=\"%s\"} %" G_GUINT64_FORMAT "\n", dlv_state_name(s),
-               st.dlvs[s]);
-    metric_family("postern_tokens", "gauge", "Registered tokens: active (unused) and used.");
-    printf("postern_tokens{status=\"active\"} %" G_GUINT64_FORMAT "\n", st.tokens_active);
-    printf("postern_tokens{status=\"used\"} %" G_GUINT64_FORMAT "\n", st.tokens_used);
-    metric_family("postern_oldest_message_age_seconds", "gauge",
-                  "Age of the oldest message not yet ended.");
-    printf("postern_oldest_message_age_seconds %" G_GINT64_FORMAT "\n", st.oldest_age);
-    metric_family("postern_spool_bytes", "gauge", "Size of the LMDB data file.");
-    printf("postern_spool_bytes %" G_GUINT64_FORMAT "\n", st.spool_bytes);
-    /* The relay pause: alert on paused for long, or on pauses in a row. */
-    gboolean paused = relay_state_paused(&st.relay, unix_ms());
-    metric_family("postern_relay_paused", "gauge",
-                  "1 while deliveries wait for a relay pause (quota, throttle, AUTH refused).");
-    printf("postern_relay_paused %d\n", paused ? 1 : 0);
-    metric_family("postern_relay_paused_until_seconds", "gauge",
-                  "Unix time the relay pause ends, 0 when not paused.");
-    printf("postern_relay_paused_until_seconds %" G_GINT64_FORMAT "\n",
-           paused ? st.relay.paused_until / 1000 : 0);
-    metric_family("postern_relay_pauses", "gauge", "Relay pauses in a row.");
-    printf("postern_relay_pauses %u\n", st.relay.pauses);
+    /* The same text as postern-api's GET /metrics (spool/spool_stats.h). */
+    spool_stats_prometheus(&st, out);
+    fputs(out->str, stdout);
     return CTL_OK;
 }
 
@@ -166,7 +138,7 @@ int ctl_check(struct ctl *c, int argc, char **argv)
     GOptionEntry none[] = { { NULL } };
     struct check ck = { c, 0 };
     struct relay_url url;
-    struct ctl_stats st;
+    struct spool_stats st;
     GPtrArray *keys, *problems;
     GError *err = NULL;
 
@@ -180,7 +152,7 @@ int ctl_check(struct ctl *c, int argc, char **argv)
         check_say(&ck, FALSE, "%s", (char *)problems->pdata[i]);
     g_ptr_array_unref(problems);
 
-    if (!spool_open(&c->spool, &c->cfg, &err) || !ctl_stats_read(c, &st, &err)) {
+    if (!spool_open(&c->spool, &c->cfg, &err) || !spool_stats_read(c->spool, &st, &err)) {
         check_say(&ck, FALSE, "spool: %s", err->message);
         g_clear_error(&err);
     } else {

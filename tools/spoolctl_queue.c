@@ -9,6 +9,7 @@
 #include "tools/spoolctl.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "spool/spool_steer.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -50,57 +51,10 @@ static char *ctl_join(GPtrArray *strings)
 
 /* stats */
 
-static gboolean ctl_take_first(queue_id id, void *ctx)
-{
-    *(queue_id *)ctx = id;
-    return FALSE;
-}
-
-gboolean ctl_stats_read(struct ctl *c, struct ctl_stats *st, GError **err)
-{
-    struct spool_txn t;
-    int64_t oldest = 0;
-
-    memset(st, 0, sizeof(*st));
-    if (!spool_read_begin(c->spool, &t, err))
-        return FALSE;
-    for (int s = 0; s < MSG_STATE_COUNT; s++) {
-        g_autofree char *name = g_strdup_printf("msg.%s", msg_state_name(s));
-        st->msgs[s] = spool_counter_get(&t, name);
-    }
-    for (int s = 0; s < DLV_STATE_COUNT; s++) {
-        g_autofree char *name = g_strdup_printf("dlv.%s", dlv_state_name(s));
-        st->dlvs[s] = spool_counter_get(&t, name);
-    }
-    st->tokens_active = spool_counter_get(&t, "tok.active");
-    st->tokens_used = spool_counter_get(&t, "tok.used");
-    if (!relay_state_get(&t, &st->relay, err)) {
-        spool_read_end(&t);
-        return FALSE;
-    }
-
-    /* The oldest message still in the queue: first id of each live state. */
-    for (int s = MSG_INCOMING; s <= MSG_HOLD; s++) {
-        queue_id first = 0;
-        if (spool_msg_foreach(&t, s, 0, ctl_take_first, &first, NULL) && first) {
-            struct spool_msg m;
-            if (spool_msg_get(&t, first, &m, NULL)) {
-                if (!oldest || m.arrival < oldest)
-                    oldest = m.arrival;
-                spool_msg_clear(&m);
-            }
-        }
-    }
-    spool_read_end(&t);
-    st->oldest_age = oldest ? ctl_now() - oldest : 0;
-    st->spool_bytes = spool_file_size(c->spool);
-    return TRUE;
-}
-
 int ctl_stats(struct ctl *c, int argc, char **argv)
 {
     GOptionEntry none[] = { { NULL } };
-    struct ctl_stats st;
+    struct spool_stats st;
     GError *err = NULL;
 
     if (!ctl_parse(c, &argc, &argv, "- counts per state", none))
@@ -110,7 +64,7 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
         return CTL_USAGE;
     }
     ctl_open_spool(c);
-    if (!ctl_stats_read(c, &st, &err))
+    if (!spool_stats_read(c->spool, &st, &err))
         return ctl_fail(err);
     uint64_t *msgs = st.msgs, *dlvs = st.dlvs, active = st.tokens_active, used = st.tokens_used,
              bytes = st.spool_bytes;
@@ -707,41 +661,19 @@ static int ctl_change_run(struct ctl *c, const char *id_text, int state, ctl_cha
     return CTL_OK;
 }
 
-static gboolean ctl_is_live(enum msg_state s)
-{
-    return s == MSG_INCOMING || s == MSG_READY || s == MSG_DEFERRED;
-}
-
 static gboolean ctl_do_hold(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
 {
-    if (!ctl_is_live(m->state))
-        return FALSE;
-    return spool_dlv_set_held(t, m->id, TRUE, err) &&
-           spool_msg_set_state(t, m, MSG_HOLD, "held by operator", err);
+    return spool_msg_hold(t, m, "held by operator", err);
 }
 
-/*
- * Back to the state it was held from; then, for a message that had
- * deliveries, to what they say now: those leased when it was held went on
- * to their results, which the dispatcher recorded but could not act on
- * while the message was held.  Without the settle a message whose last
- * delivery ended while held would stay ready forever.
- */
 static gboolean ctl_do_release(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
 {
-    enum msg_state to = ctl_is_live(m->held_from) ? m->held_from : MSG_INCOMING;
-
-    if (m->state != MSG_HOLD)
-        return FALSE;
-    return spool_dlv_set_held(t, m->id, FALSE, err) &&
-           spool_msg_set_state(t, m, to, NULL, err) &&
-           (to == MSG_INCOMING || spool_msg_settle(t, m->id, err));
+    return spool_msg_release(t, m, err);
 }
 
 static gboolean ctl_do_retry(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
 {
-    unsigned n = 0;
-    return spool_dlv_retry_now(t, m->id, &n, err) && n > 0;
+    return spool_msg_retry(t, m, err);
 }
 
 static gboolean ctl_do_delete(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)

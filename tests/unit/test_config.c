@@ -40,6 +40,9 @@ static void test_defaults(void **state)
     assert_string_equal(cfg.workers.dispatch, "ipc://./var/spool/run/dispatch");
     assert_true(cfg.rewrite.personalize);
     assert_non_null(strstr(cfg.rewrite.footer, "\n"));
+    assert_string_equal(cfg.api.listen, "127.0.0.1:8025");
+    assert_string_equal(cfg.api.keys_file, "");
+    assert_int_equal(cfg.api.max_body, 8 * 1024 * 1024);
     config_free(&cfg);
 }
 
@@ -159,6 +162,10 @@ static void test_cannot_work(void **state)
     expect_error("[dkim]\nkeys = sel1:/nonexistent/sel1.pem\n",
                  ":2: [dkim] keys: /nonexistent/sel1.pem: No such file");
     expect_error("[dkim]\nkeys = nocolon\n", "is not selector:path");
+    expect_error("[api]\nlisten = 127.0.0.1\n", ":2: [api] listen: \"127.0.0.1\": expected");
+    expect_error("[api]\nkeys_file = /nonexistent/keys\n", ":2: [api] keys_file: /nonexistent");
+    expect_error("[api]\ntls_cert = /etc/hostname\n", "[api] tls_key: tls_cert and tls_key go");
+    expect_error("[api]\nmax_body = 0\n", ":2: [api] max_body: must be more than 0");
     g_unlink(key);
 }
 

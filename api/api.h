@@ -1,0 +1,101 @@
+/*
+ * api.h - postern-api: the platform bridge.  An HTTP/JSON interface for
+ * the organisation's web platform (on another host) to register and
+ * revoke tokens, follow messages and steer them, over the same spool
+ * functions spoolctl uses (docs/api.yaml is the contract).
+ *
+ * One thread: libmicrohttpd in its external epoll mode, driven by the
+ * loop in api_main.c, so every handler runs to its end before the next
+ * starts and each spool transaction is the handler's own.
+ */
+#ifndef POSTERN_API_H
+#define POSTERN_API_H
+
+#include <glib.h>
+#include <json-glib/json-glib.h>
+
+#include "common/config.h"
+#include "spool/spool.h"
+
+/* What a key may do; each scope includes the ones before it. */
+enum api_scope { API_SCOPE_NONE, API_SCOPE_READ, API_SCOPE_TOKENS, API_SCOPE_ADMIN };
+
+struct api_keys;
+
+struct api {
+    const struct postern_config *cfg;
+    struct spool *spool;
+    struct api_keys *keys;
+};
+
+/* One request, as the handlers see it (no libmicrohttpd type in it). */
+struct api_request {
+    const char *method;
+    const char *path;
+    char **parts;                   /* path split at '/', without the empty first one */
+    GHashTable *query;              /* name -> value (both char *) */
+    GByteArray *body;
+    const char *key_name;           /* the caller's key, by name: for the logs */
+};
+
+struct api_response {
+    unsigned status;
+    const char *content_type;
+    GString *body;
+    const char *allow;              /* 405: the methods the path takes */
+};
+
+typedef void (*api_handler)(struct api *a, struct api_request *rq, struct api_response *rs);
+
+/* api_keys.c: the bearer keys file, "NAME SCOPE SHA256-HEX" a line. */
+struct api_keys *api_keys_load(const char *path, GError **err);
+void api_keys_free(struct api_keys *keys);
+/* Read the file again if it changed since it was read (a key added or removed). */
+void api_keys_refresh(struct api_keys **keys, const char *path);
+/*
+ * The scope of a presented key, and its name (owned by keys), or
+ * API_SCOPE_NONE: every entry is compared, in constant time.
+ */
+enum api_scope api_keys_check(const struct api_keys *keys, const char *key, const char **name);
+const char *api_scope_name(enum api_scope s);
+gboolean api_scope_parse(const char *text, enum api_scope *out);
+
+/* api_http.c: replies and the parts of a request every handler needs. */
+void api_reply_json(struct api_response *rs, unsigned status, JsonBuilder *b);
+void api_reply_error(struct api_response *rs, unsigned status, const char *code,
+                     const char *fmt, ...) G_GNUC_PRINTF(4, 5);
+/* The status and code for a spool error: 404, 400, 503 or 500. */
+void api_reply_spool_error(struct api_response *rs, GError *err);
+/* Parse the body as JSON, or reply 400 and return NULL. */
+JsonNode *api_body_json(struct api_request *rq, struct api_response *rs);
+/*
+ * Which route a request takes and whether its key may: decided on the
+ * method, path and key alone, before the body is read (a refused request
+ * never has its body kept).  NULL with rs holding the 404, 405, 401 or 403.
+ */
+struct api_route;
+const struct api_route *api_authorise(struct api *a, struct api_request *rq,
+                                      const char *bearer, struct api_response *rs);
+void api_route_run(const struct api_route *route, struct api *a, struct api_request *rq,
+                   struct api_response *rs);
+/* Both at once (the unit tests). */
+void api_handle(struct api *a, struct api_request *rq, const char *bearer,
+                struct api_response *rs);
+int64_t api_now(void);
+
+/* api_tokens.c */
+void api_token_create(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_token_get(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_token_revoke(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_token_recipients(struct api *a, struct api_request *rq, struct api_response *rs);
+
+/* api_messages.c */
+void api_message_get(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_message_list(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_message_hold(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_message_release(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_message_retry(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_metrics(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_healthz(struct api *a, struct api_request *rq, struct api_response *rs);
+
+#endif

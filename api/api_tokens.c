@@ -1,0 +1,327 @@
+/*
+ * api_tokens.c - /v1/tokens: register (one or a batch), read, revoke,
+ * replace the recipients of an unused token.  The checks are the spool's
+ * (spool_token_from_json(), spool_token_prepare()), as for spoolctl.
+ */
+#include "api/api.h"
+#include "common/log.h"
+#include "spool/spool_token.h"
+#include "spool/spool_token_json.h"
+
+#include <string.h>
+
+static void tok_free(gpointer p)
+{
+    spool_token_clear(p);
+    g_free(p);
+}
+
+/* A token id in a path: the 16 hex digits `spoolctl token list` shows. */
+static gboolean tok_path_id(struct api_request *rq, struct api_response *rs)
+{
+    const char *id = rq->parts[2];
+    size_t n = strlen(id);
+
+    for (size_t i = 0; i < n; i++)
+        if (!g_ascii_isxdigit(id[i]))
+            n = 0;
+    if (n != TOKEN_ID_LEN) {
+        api_reply_error(rs, 404, "not_found", "no token %s (an id is %d hex digits)", id,
+                        TOKEN_ID_LEN);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static void tok_json(JsonBuilder *b, const struct spool_token *tk)
+{
+    char id[TOKEN_ID_LEN + 1];
+
+    spool_token_id(tk->hash, id);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "id");
+    json_builder_add_string_value(b, id);
+    json_builder_set_member_name(b, "status");
+    json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, api_now())));
+    json_builder_set_member_name(b, "from");
+    json_builder_add_string_value(b, tk->sender);
+    json_builder_set_member_name(b, "hide_sender");
+    json_builder_add_boolean_value(b, tk->hide_sender);
+    json_builder_set_member_name(b, "created");
+    json_builder_add_int_value(b, tk->created);
+    json_builder_set_member_name(b, "expires");
+    if (tk->expires)
+        json_builder_add_int_value(b, tk->expires);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "used");
+    if (tk->used)
+        json_builder_add_int_value(b, tk->used);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "message");
+    if (tk->used_by) {
+        char qid[QUEUE_ID_LEN + 1];
+        spool_id_format(tk->used_by, qid);
+        json_builder_add_string_value(b, qid);
+    } else {
+        json_builder_add_null_value(b);
+    }
+    json_builder_set_member_name(b, "nrcpt");
+    json_builder_add_int_value(b, tk->recipients->len);
+    json_builder_end_object(b);
+}
+
+/* POST /v1/tokens */
+
+struct tok_create {
+    GPtrArray *tokens;              /* struct spool_token * */
+    const char *key_name;
+    int duplicate;                  /* the entry whose token is registered already, or -1 */
+};
+
+static gboolean tok_create_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct tok_create *tc = ctx;
+
+    tc->duplicate = -1;
+    for (guint i = 0; i < tc->tokens->len; i++) {
+        struct spool_token *tk = tc->tokens->pdata[i], old;
+        char id[TOKEN_ID_LEN + 1];
+
+        spool_token_id(tk->hash, id);
+        /* A token chosen twice: refuse the whole request (all or nothing). */
+        if (spool_token_get(t, tk->hash, &old, NULL)) {
+            spool_token_clear(&old);
+            tc->duplicate = (int)i;
+            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "entry %u: token %s is registered "
+                        "already", i, id);
+            return FALSE;
+        }
+        if (!spool_token_insert(t, tk, err))
+            return FALSE;
+        spool_txn_log(t, "token %s: registered, owner=<%s>, nrcpt=%u, api key %s", id,
+                      tk->sender, tk->recipients->len, tc->key_name);
+    }
+    return TRUE;
+}
+
+void api_token_create(struct api *a, struct api_request *rq, struct api_response *rs)
+{
+    g_autoptr(JsonNode) root = api_body_json(rq, rs);
+    g_autoptr(GPtrArray) tokens = g_ptr_array_new_with_free_func(tok_free);
+    g_autoptr(GPtrArray) texts = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GArray) generated = g_array_new(FALSE, TRUE, sizeof(gboolean));
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    struct tok_create tc = { tokens, rq->key_name, -1 };
+    gboolean batch;
+    guint n;
+    GError *err = NULL;
+
+    if (!root)
+        return;
+    batch = JSON_NODE_HOLDS_ARRAY(root);
+    if (!batch && !JSON_NODE_HOLDS_OBJECT(root)) {
+        api_reply_error(rs, 400, "invalid", "expected a token object or an array of them");
+        return;
+    }
+    n = batch ? json_array_get_length(json_node_get_array(root)) : 1;
+    if (!n) {
+        api_reply_error(rs, 400, "invalid", "an empty array registers nothing");
+        return;
+    }
+    /* Every entry is checked before anything is written. */
+    for (guint i = 0; i < n; i++) {
+        JsonNode *node = batch ? json_array_get_element(json_node_get_array(root), i) : root;
+        JsonObject *o = JSON_NODE_HOLDS_OBJECT(node) ? json_node_get_object(node) : NULL;
+        JsonNode *given = o ? json_object_get_member(o, "token") : NULL;
+        gboolean gen = !given || JSON_NODE_HOLDS_NULL(given);
+        struct spool_token *tk = g_new0(struct spool_token, 1);
+        char *text = NULL;
+
+        spool_token_init(tk);
+        g_ptr_array_add(tokens, tk);
+        if (!spool_token_from_json(node, api_now(), tk, &text, &err)) {
+            g_free(text);
+            if (batch)
+                api_reply_error(rs, 400, "invalid", "entry %u: %s", i, err->message);
+            else
+                api_reply_error(rs, 400, "invalid", "%s", err->message);
+            g_error_free(err);
+            return;
+        }
+        g_ptr_array_add(texts, text);
+        g_array_append_val(generated, gen);
+    }
+    /* One write transaction: all the tokens or none. */
+    if (!spool_write(a->spool, tok_create_write, &tc, &err)) {
+        if (tc.duplicate >= 0)
+            api_reply_error(rs, 409, "conflict", "%s", err->message);
+        else
+            api_reply_spool_error(rs, err);
+        g_error_free(err);
+        return;
+    }
+    if (batch) {
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "tokens");
+        json_builder_begin_array(b);
+    }
+    for (guint i = 0; i < n; i++) {
+        struct spool_token *tk = tokens->pdata[i];
+        char id[TOKEN_ID_LEN + 1];
+
+        spool_token_id(tk->hash, id);
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "id");
+        json_builder_add_string_value(b, id);
+        /* The token itself only when we made it: the caller who chose one knows it. */
+        if (g_array_index(generated, gboolean, i)) {
+            json_builder_set_member_name(b, "token");
+            json_builder_add_string_value(b, texts->pdata[i]);
+        }
+        json_builder_set_member_name(b, "nrcpt");
+        json_builder_add_int_value(b, tk->recipients->len);
+        json_builder_end_object(b);
+    }
+    if (batch) {
+        json_builder_end_array(b);
+        json_builder_end_object(b);
+    }
+    api_reply_json(rs, 201, b);
+}
+
+/* GET /v1/tokens/{id} */
+
+void api_token_get(struct api *a, struct api_request *rq, struct api_response *rs)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    struct spool_token tk;
+    struct spool_txn t;
+    GError *err = NULL;
+
+    if (!tok_path_id(rq, rs))
+        return;
+    if (!spool_read_begin(a->spool, &t, &err) || !spool_token_find(&t, rq->parts[2], &tk, &err)) {
+        spool_read_end(&t);
+        api_reply_spool_error(rs, err);
+        g_error_free(err);
+        return;
+    }
+    spool_read_end(&t);
+    tok_json(b, &tk);
+    spool_token_clear(&tk);
+    api_reply_json(rs, 200, b);
+}
+
+/* DELETE /v1/tokens/{id}, PUT /v1/tokens/{id}/recipients */
+
+struct tok_change {
+    const char *id;
+    const char *key_name;
+    GPtrArray *recipients;          /* NULL: revoke */
+    struct spool_token result;
+    gboolean conflict;
+};
+
+static gboolean tok_change_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct tok_change *tc = ctx;
+    struct spool_token *tk = &tc->result;
+    char id[TOKEN_ID_LEN + 1];
+
+    spool_token_clear(tk);          /* from a run before a map growth */
+    tc->conflict = FALSE;
+    if (!spool_token_find(t, tc->id, tk, err))
+        return FALSE;
+    spool_token_id(tk->hash, id);
+    if (!tc->recipients) {
+        tk->revoked = TRUE;
+        spool_txn_log(t, "token %s: revoked, owner=<%s>, api key %s", id, tk->sender,
+                      tc->key_name);
+        return spool_token_update(t, tk, err);
+    }
+    /* Once used (or revoked, or expired) the list is history: 409. */
+    if (spool_token_status(tk, api_now()) != TOKEN_ACTIVE) {
+        tc->conflict = TRUE;
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "token %s is %s: its recipients stay",
+                    id, spool_token_status_name(spool_token_status(tk, api_now())));
+        return FALSE;
+    }
+    struct spool_token check;
+    gboolean ok;
+
+    /* The rules of a new token (spool_token_prepare()), on a copy: hash and dates stay. */
+    spool_token_init(&check);
+    check.sender = g_strdup(tk->sender);
+    check.expires = tk->expires;
+    for (guint i = 0; i < tc->recipients->len; i++)
+        g_ptr_array_add(check.recipients, g_strdup(tc->recipients->pdata[i]));
+    ok = spool_token_prepare(&check, "-", api_now(), err);
+    if (ok) {
+        g_ptr_array_unref(tk->recipients);
+        tk->recipients = g_ptr_array_ref(check.recipients);
+        spool_txn_log(t, "token %s: recipients replaced, owner=<%s>, nrcpt=%u, api key %s", id,
+                      tk->sender, tk->recipients->len, tc->key_name);
+        ok = spool_token_update(t, tk, err);
+    }
+    spool_token_clear(&check);
+    return ok;
+}
+
+static void tok_change(struct api *a, struct api_request *rq, struct api_response *rs,
+                       GPtrArray *recipients)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    struct tok_change tc = { rq->parts[2], rq->key_name, recipients };
+    GError *err = NULL;
+
+    spool_token_init(&tc.result);
+    if (!spool_write(a->spool, tok_change_write, &tc, &err)) {
+        if (tc.conflict)
+            api_reply_error(rs, 409, "conflict", "%s", err->message);
+        else
+            api_reply_spool_error(rs, err);
+        g_error_free(err);
+    } else {
+        tok_json(b, &tc.result);
+        api_reply_json(rs, 200, b);
+    }
+    spool_token_clear(&tc.result);
+}
+
+void api_token_revoke(struct api *a, struct api_request *rq, struct api_response *rs)
+{
+    if (tok_path_id(rq, rs))
+        tok_change(a, rq, rs, NULL);
+}
+
+void api_token_recipients(struct api *a, struct api_request *rq, struct api_response *rs)
+{
+    g_autoptr(JsonNode) root = NULL;
+    g_autoptr(GPtrArray) rcpts = g_ptr_array_new_with_free_func(g_free);
+    JsonNode *list = NULL;
+    JsonArray *arr;
+
+    if (!tok_path_id(rq, rs) || !(root = api_body_json(rq, rs)))
+        return;
+    /* {"recipients": [...]} or the bare array. */
+    if (JSON_NODE_HOLDS_OBJECT(root))
+        list = json_object_get_member(json_node_get_object(root), "recipients");
+    else if (JSON_NODE_HOLDS_ARRAY(root))
+        list = root;
+    if (!list || !JSON_NODE_HOLDS_ARRAY(list)) {
+        api_reply_error(rs, 400, "invalid", "expected {\"recipients\": [\"a@b\", ...]}");
+        return;
+    }
+    arr = json_node_get_array(list);
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        JsonNode *e = json_array_get_element(arr, i);
+        if (!JSON_NODE_HOLDS_VALUE(e) || json_node_get_value_type(e) != G_TYPE_STRING) {
+            api_reply_error(rs, 400, "invalid", "recipient %u is not a string", i);
+            return;
+        }
+        g_ptr_array_add(rcpts, g_strdup(json_node_get_string(e)));
+    }
+    tok_change(a, rq, rs, rcpts);
+}

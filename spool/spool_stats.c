@@ -1,0 +1,93 @@
+/*
+ * spool_stats.c - see spool_stats.h.
+ */
+#include "spool/spool_stats.h"
+#include "common/clock.h"
+
+#include <string.h>
+
+static gboolean stats_take_first(queue_id id, void *ctx)
+{
+    *(queue_id *)ctx = id;
+    return FALSE;
+}
+
+gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err)
+{
+    struct spool_txn t;
+    int64_t oldest = 0;
+
+    memset(st, 0, sizeof(*st));
+    if (!spool_read_begin(sp, &t, err))
+        return FALSE;
+    for (int s = 0; s < MSG_STATE_COUNT; s++) {
+        g_autofree char *name = g_strdup_printf("msg.%s", msg_state_name(s));
+        st->msgs[s] = spool_counter_get(&t, name);
+    }
+    for (int s = 0; s < DLV_STATE_COUNT; s++) {
+        g_autofree char *name = g_strdup_printf("dlv.%s", dlv_state_name(s));
+        st->dlvs[s] = spool_counter_get(&t, name);
+    }
+    st->tokens_active = spool_counter_get(&t, "tok.active");
+    st->tokens_used = spool_counter_get(&t, "tok.used");
+    if (!relay_state_get(&t, &st->relay, err)) {
+        spool_read_end(&t);
+        return FALSE;
+    }
+
+    /* The oldest message still in the queue: first id of each live state. */
+    for (int s = MSG_INCOMING; s <= MSG_HOLD; s++) {
+        queue_id first = 0;
+        if (spool_msg_foreach(&t, s, 0, stats_take_first, &first, NULL) && first) {
+            struct spool_msg m;
+            if (spool_msg_get(&t, first, &m, NULL)) {
+                if (!oldest || m.arrival < oldest)
+                    oldest = m.arrival;
+                spool_msg_clear(&m);
+            }
+        }
+    }
+    spool_read_end(&t);
+    st->oldest_age = oldest ? g_get_real_time() / G_USEC_PER_SEC - oldest : 0;
+    st->spool_bytes = spool_file_size(sp);
+    return TRUE;
+}
+
+static void stats_family(GString *out, const char *name, const char *type, const char *help)
+{
+    g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void spool_stats_prometheus(const struct spool_stats *st, GString *out)
+{
+    stats_family(out, "postern_messages", "gauge", "Messages in the spool by state.");
+    for (int s = 0; s < MSG_STATE_COUNT; s++)
+        g_string_append_printf(out, "postern_messages{state=\"%s\"} %" G_GUINT64_FORMAT "\n",
+                               msg_state_name(s), st->msgs[s]);
+    stats_family(out, "postern_deliveries", "gauge", "Deliveries in the spool by state.");
+    for (int s = 0; s < DLV_STATE_COUNT; s++)
+        g_string_append_printf(out, "postern_deliveries{state=\"%s\"} %" G_GUINT64_FORMAT "\n",
+                               dlv_state_name(s), st->dlvs[s]);
+    stats_family(out, "postern_tokens", "gauge", "Registered tokens: active (unused) and used.");
+    g_string_append_printf(out, "postern_tokens{status=\"active\"} %" G_GUINT64_FORMAT "\n",
+                           st->tokens_active);
+    g_string_append_printf(out, "postern_tokens{status=\"used\"} %" G_GUINT64_FORMAT "\n",
+                           st->tokens_used);
+    stats_family(out, "postern_oldest_message_age_seconds", "gauge",
+                 "Age of the oldest message not yet ended.");
+    g_string_append_printf(out, "postern_oldest_message_age_seconds %" G_GINT64_FORMAT "\n",
+                           st->oldest_age);
+    stats_family(out, "postern_spool_bytes", "gauge", "Size of the LMDB data file.");
+    g_string_append_printf(out, "postern_spool_bytes %" G_GUINT64_FORMAT "\n", st->spool_bytes);
+    /* The relay pause: alert on paused for long, or on pauses in a row. */
+    gboolean paused = relay_state_paused(&st->relay, unix_ms());
+    stats_family(out, "postern_relay_paused", "gauge",
+                 "1 while deliveries wait for a relay pause (quota, throttle, AUTH refused).");
+    g_string_append_printf(out, "postern_relay_paused %d\n", paused ? 1 : 0);
+    stats_family(out, "postern_relay_paused_until_seconds", "gauge",
+                 "Unix time the relay pause ends, 0 when not paused.");
+    g_string_append_printf(out, "postern_relay_paused_until_seconds %" G_GINT64_FORMAT "\n",
+                           paused ? st->relay.paused_until / 1000 : 0);
+    stats_family(out, "postern_relay_pauses", "gauge", "Relay pauses in a row.");
+    g_string_append_printf(out, "postern_relay_pauses %u\n", st->relay.pauses);
+}

@@ -1,0 +1,28 @@
+/*
+ * spool_stats.h - what `spoolctl stats`, `spoolctl metrics` and the API's
+ * GET /metrics report, read from the counters in `meta` (never a scan),
+ * and its one Prometheus text rendering, so the command and the endpoint
+ * print the same text.
+ */
+#ifndef POSTERN_SPOOL_STATS_H
+#define POSTERN_SPOOL_STATS_H
+
+#include "spool/delivery.h"
+#include "spool/relay_state.h"
+#include "spool/spool.h"
+
+struct spool_stats {
+    uint64_t msgs[MSG_STATE_COUNT];
+    uint64_t dlvs[DLV_STATE_COUNT];
+    uint64_t tokens_active, tokens_used;
+    int64_t oldest_age;             /* seconds, oldest message not ended */
+    uint64_t spool_bytes;
+    struct relay_state relay;       /* the relay pause */
+};
+
+/* One short read transaction. */
+gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err);
+/* Append the Prometheus text format (version 0.0.4) of st to out. */
+void spool_stats_prometheus(const struct spool_stats *st, GString *out);
+
+#endif

@@ -1,0 +1,142 @@
+/*
+ * test_api.c - postern-api without HTTP: the keys file (hashes, scopes,
+ * broken lines) and api_handle()'s decisions before any handler runs
+ * (404, 405 with Allow, 401, 403), which touch no spool.
+ */
+#include "api/api.h"
+
+#include <glib/gstdio.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+/* "NAME SCOPE HEX" for key, as spoolctl api-key add writes it. */
+static char *key_line(const char *name, const char *scope, const char *key)
+{
+    g_autofree char *hex = g_compute_checksum_for_string(G_CHECKSUM_SHA256, key, -1);
+    return g_strdup_printf("%s %s %s\n", name, scope, hex);
+}
+
+static char *write_keys(const char *text)
+{
+    char *path = g_build_filename(g_get_tmp_dir(), "postern-test-keys-XXXXXX", NULL);
+    int fd = g_mkstemp(path);
+
+    assert_true(fd >= 0);
+    assert_true(g_file_set_contents(path, text, -1, NULL));
+    close(fd);
+    return path;
+}
+
+static void test_keys(void **state)
+{
+    g_autofree char *a = key_line("ops", "admin", "admin-key-0123456789");
+    g_autofree char *r = key_line("graf", "read", "read-key-0123456789");
+    g_autofree char *text = g_strdup_printf("# keys\n\n%s  %s", a, r);
+    g_autofree char *path = write_keys(text);
+    struct api_keys *keys;
+    const char *name;
+    GError *err = NULL;
+
+    assert_non_null(keys = api_keys_load(path, &err));
+    assert_int_equal(api_keys_check(keys, "admin-key-0123456789", &name), API_SCOPE_ADMIN);
+    assert_string_equal(name, "ops");
+    assert_int_equal(api_keys_check(keys, "read-key-0123456789", &name), API_SCOPE_READ);
+    assert_string_equal(name, "graf");
+    assert_int_equal(api_keys_check(keys, "read-key-012345678", &name), API_SCOPE_NONE);
+    assert_null(name);
+    assert_int_equal(api_keys_check(keys, "", &name), API_SCOPE_NONE);
+    api_keys_free(keys);
+    g_unlink(path);
+
+    /* No file named: no key at all. */
+    assert_non_null(keys = api_keys_load("", &err));
+    assert_int_equal(api_keys_check(keys, "admin-key-0123456789", &name), API_SCOPE_NONE);
+    api_keys_free(keys);
+}
+
+static void test_keys_refused(void **state)
+{
+    static const char *const bad[] = {
+        "ops admin\n", "ops root 00\n", "ops admin 0123\n",
+        "ops admin zz00000000000000000000000000000000000000000000000000000000000000\n",
+        "a b c d\n",
+    };
+
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_autofree char *path = write_keys(bad[i]);
+        GError *err = NULL;
+
+        assert_null(api_keys_load(path, &err));
+        assert_non_null(strstr(err->message, ":1: expected NAME SCOPE SHA256-HEX"));
+        g_error_free(err);
+        g_unlink(path);
+    }
+    {
+        GError *err = NULL;
+        assert_null(api_keys_load("/nonexistent/keys", &err));
+        g_error_free(err);
+    }
+}
+
+/* Run api_handle() on method and path with bearer; the reply's status. */
+static unsigned handle(struct api *a, const char *method, const char *path, const char *bearer,
+                       struct api_response *rs)
+{
+    struct api_request rq = { .method = method, .path = path };
+
+    rq.parts = g_strsplit(path + 1, "/", -1);
+    rq.query = g_hash_table_new(g_str_hash, g_str_equal);
+    rq.body = g_byte_array_new();
+    g_string_truncate(rs->body, 0);
+    rs->allow = NULL;
+    api_handle(a, &rq, bearer, rs);
+    g_strfreev(rq.parts);
+    g_hash_table_unref(rq.query);
+    g_byte_array_unref(rq.body);
+    return rs->status;
+}
+
+static void test_handle_refusals(void **state)
+{
+    g_autofree char *r = key_line("graf", "read", "read-key-0123456789");
+    g_autofree char *t = key_line("lego", "tokens", "tok-key-0123456789");
+    g_autofree char *text = g_strconcat(r, t, NULL);
+    g_autofree char *path = write_keys(text);
+    struct api a = { 0 };
+    struct api_response rs = { .body = g_string_new(NULL) };
+
+    assert_non_null(a.keys = api_keys_load(path, NULL));
+    assert_int_equal(handle(&a, "GET", "/v1/nothing", NULL, &rs), 404);
+    assert_non_null(strstr(rs.body->str, "\"not_found\""));
+    assert_int_equal(handle(&a, "GET", "/v1/tokens//recipients", NULL, &rs), 404);
+    assert_int_equal(handle(&a, "GET", "/v1/tokens", NULL, &rs), 405);
+    assert_string_equal(rs.allow, "POST");
+    assert_int_equal(handle(&a, "PATCH", "/v1/tokens/0123456789abcdef", NULL, &rs), 405);
+    assert_string_equal(rs.allow, "GET, DELETE");
+    assert_int_equal(handle(&a, "POST", "/v1/tokens", NULL, &rs), 401);
+    assert_non_null(strstr(rs.body->str, "\"unauthorized\""));
+    assert_int_equal(handle(&a, "POST", "/v1/tokens", "wrong-key-0123456789", &rs), 401);
+    assert_int_equal(handle(&a, "POST", "/v1/tokens", "read-key-0123456789", &rs), 403);
+    assert_non_null(strstr(rs.body->str, "needs tokens"));
+    assert_int_equal(handle(&a, "POST", "/v1/messages/0123456789abcdef/hold",
+                            "tok-key-0123456789", &rs), 403);
+    assert_int_equal(handle(&a, "GET", "/metrics", NULL, &rs), 401);
+    assert_null(strstr(rs.body->str, "key-0123456789"));
+    api_keys_free(a.keys);
+    g_string_free(rs.body, TRUE);
+    g_unlink(path);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_keys_refused),
+        cmocka_unit_test(test_handle_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
