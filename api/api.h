@@ -81,7 +81,6 @@ void api_route_run(const struct api_route *route, struct api *a, struct api_requ
 /* Both at once (the unit tests). */
 void api_handle(struct api *a, struct api_request *rq, const char *bearer,
                 struct api_response *rs);
-int64_t api_now(void);
 
 /* api_tokens.c */
 void api_token_create(struct api *a, struct api_request *rq, struct api_response *rs);

@@ -4,6 +4,7 @@
  * struct api_request and leaves as a struct api_response.
  */
 #include "api/api.h"
+#include "common/clock.h"
 #include "common/log.h"
 
 #include <string.h>
@@ -31,11 +32,6 @@ static const struct api_route {
     { "GET", "metrics", API_SCOPE_READ, api_metrics },
     { "GET", "healthz", API_SCOPE_NONE, api_healthz },
 };
-
-int64_t api_now(void)
-{
-    return g_get_real_time() / G_USEC_PER_SEC;
-}
 
 void api_reply_json(struct api_response *rs, unsigned status, JsonBuilder *b)
 {

@@ -5,6 +5,7 @@
  * transaction through the moves spoolctl makes (spool/spool_steer.h).
  */
 #include "api/api.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "spool/delivery.h"
 #include "spool/relay_state.h"
@@ -352,7 +353,7 @@ void api_healthz(struct api *a, struct api_request *rq, struct api_response *rs)
     struct relay_state rel;
     struct spool_txn t;
     GError *err = NULL;
-    int64_t now_ms = g_get_real_time() / 1000;
+    int64_t now_ms = unix_ms();
 
     if (!spool_read_begin(a->spool, &t, &err) || !relay_state_get(&t, &rel, &err)) {
         spool_read_end(&t);

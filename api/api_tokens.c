@@ -4,6 +4,7 @@
  * (spool_token_from_json(), spool_token_prepare()), as for spoolctl.
  */
 #include "api/api.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "spool/spool_token.h"
 #include "spool/spool_token_json.h"
@@ -42,7 +43,7 @@ static void tok_json(JsonBuilder *b, const struct spool_token *tk)
     json_builder_set_member_name(b, "id");
     json_builder_add_string_value(b, id);
     json_builder_set_member_name(b, "status");
-    json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, api_now())));
+    json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, unix_ms() / 1000)));
     json_builder_set_member_name(b, "from");
     json_builder_add_string_value(b, tk->sender);
     json_builder_set_member_name(b, "hide_sender");
@@ -141,7 +142,7 @@ void api_token_create(struct api *a, struct api_request *rq, struct api_response
 
         spool_token_init(tk);
         g_ptr_array_add(tokens, tk);
-        if (!spool_token_from_json(node, api_now(), tk, &text, &err)) {
+        if (!spool_token_from_json(node, unix_ms() / 1000, tk, &text, &err)) {
             g_free(text);
             if (batch)
                 api_reply_error(rs, 400, "invalid", "entry %u: %s", i, err->message);
@@ -242,10 +243,10 @@ static gboolean tok_change_write(struct spool_txn *t, void *ctx, GError **err)
         return spool_token_update(t, tk, err);
     }
     /* Once used (or revoked, or expired) the list is history: 409. */
-    if (spool_token_status(tk, api_now()) != TOKEN_ACTIVE) {
+    if (spool_token_status(tk, unix_ms() / 1000) != TOKEN_ACTIVE) {
         tc->conflict = TRUE;
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "token %s is %s: its recipients stay",
-                    id, spool_token_status_name(spool_token_status(tk, api_now())));
+                    id, spool_token_status_name(spool_token_status(tk, unix_ms() / 1000)));
         return FALSE;
     }
     struct spool_token check;
@@ -257,7 +258,7 @@ static gboolean tok_change_write(struct spool_txn *t, void *ctx, GError **err)
     check.expires = tk->expires;
     for (guint i = 0; i < tc->recipients->len; i++)
         g_ptr_array_add(check.recipients, g_strdup(tc->recipients->pdata[i]));
-    ok = spool_token_prepare(&check, "-", api_now(), err);
+    ok = spool_token_prepare(&check, "-", unix_ms() / 1000, err);
     if (ok) {
         g_ptr_array_unref(tk->recipients);
         tk->recipients = g_ptr_array_ref(check.recipients);

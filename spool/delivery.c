@@ -435,7 +435,7 @@ static gboolean dlv_change_due_now(struct spool_dlv *d, void *arg)
 
 gboolean spool_dlv_retry_now(struct spool_txn *t, queue_id msg, unsigned *n, GError **err)
 {
-    int64_t now = g_get_real_time() / G_USEC_PER_SEC;
+    int64_t now = unix_ms() / 1000;
     return dlv_change_all(t, msg, dlv_change_due_now, &now, n, err);
 }
 

@@ -5,6 +5,7 @@
  * version can add fields and still read what an older one wrote.
  */
 #include "spool/spool_lmdb.h"
+#include "common/clock.h"
 #include "spool/delivery.h"
 #include "common/log.h"
 
@@ -307,7 +308,7 @@ gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_
     if (to == MSG_HOLD && from != MSG_HOLD)
         m->held_from = from;
     m->state = to;
-    m->since = g_get_real_time() / G_USEC_PER_SEC;
+    m->since = unix_ms() / 1000;
     g_free(m->reason);
     m->reason = g_strdup(reason);
     spool_msg_note(m, reason);

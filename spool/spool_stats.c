@@ -48,7 +48,7 @@ gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err
         }
     }
     spool_read_end(&t);
-    st->oldest_age = oldest ? g_get_real_time() / G_USEC_PER_SEC - oldest : 0;
+    st->oldest_age = oldest ? unix_ms() / 1000 - oldest : 0;
     st->spool_bytes = spool_file_size(sp);
     return TRUE;
 }

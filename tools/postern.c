@@ -12,6 +12,7 @@
  * finish what they hold, and kills what is left after STOP_GRACE.
  */
 #include "common/config.h"
+#include "common/clock.h"
 #include "common/daemon.h"
 #include "common/log.h"
 #include "spool/spool.h"
@@ -83,7 +84,7 @@ static void child_exited(GPid pid, gint status, gpointer data)
 {
     struct child *c = data;
     struct supervisor *sup = c->sup;
-    int64_t up = g_get_monotonic_time() / G_USEC_PER_SEC - c->started;
+    int64_t up = mono_ms() / 1000 - c->started;
 
     g_spawn_close_pid(pid);
     c->pid = 0;
@@ -128,7 +129,7 @@ static void child_start(struct child *c)
         c->restart_source = g_timeout_add_seconds(c->backoff, child_restart, c);
         return;
     }
-    c->started = g_get_monotonic_time() / G_USEC_PER_SEC;
+    c->started = mono_ms() / 1000;
     g_child_watch_add(c->pid, child_exited, c);
     msg_info("started %s (pid %d)", c->name, c->pid);
 }

@@ -17,11 +17,6 @@
 
 #define CTL_PAGE 256
 
-static int64_t ctl_now(void)
-{
-    return g_get_real_time() / G_USEC_PER_SEC;
-}
-
 static gboolean ctl_parse_id(const char *text, queue_id *id)
 {
     if (spool_id_parse(text, id))
@@ -240,7 +235,7 @@ int ctl_list(struct ctl *c, int argc, char **argv)
             fprintf(stderr, "spoolctl: bad duration \"%s\"\n", older);
             return CTL_USAGE;
         }
-        f.before = ctl_now() - (int64_t)d;
+        f.before = unix_ms() / 1000 - (int64_t)d;
     }
     f.sender = sender;
     f.limit = limit;
@@ -761,6 +756,6 @@ int ctl_purge(struct ctl *c, int argc, char **argv)
         fprintf(stderr, "spoolctl: purge needs --older-than D (e.g. 7d)\n");
         return CTL_USAGE;
     }
-    cutoff = ctl_now() - (int64_t)d;
+    cutoff = unix_ms() / 1000 - (int64_t)d;
     return ctl_change_run(c, NULL, -1, ctl_do_purge, &cutoff, "purged");
 }

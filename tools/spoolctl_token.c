@@ -5,16 +5,12 @@
  * web application can read them; the spool keeps only their hashes.
  */
 #include "tools/spoolctl.h"
+#include "common/clock.h"
 #include "spool/spool_token.h"
 #include "spool/spool_token_json.h"
 
 #include <stdio.h>
 #include <string.h>
-
-static int64_t tok_now(void)
-{
-    return g_get_real_time() / G_USEC_PER_SEC;
-}
 
 /* Recipients from a file: one address a line, '#' comments and blanks skipped. */
 static gboolean tok_read_rcpt_file(const char *path, GPtrArray *out, GError **err)
@@ -117,13 +113,13 @@ static int tok_add(struct ctl *c, int argc, char **argv)
     }
     tk->sender = g_strdup(from);
     tk->hide_sender = hide;
-    tk->expires = d ? tok_now() + (int64_t)d : 0;
+    tk->expires = d ? unix_ms() / 1000 + (int64_t)d : 0;
     for (int i = 0; rcpts && rcpts[i]; i++)
         g_ptr_array_add(tk->recipients, g_strdup(rcpts[i]));
     if (rcpt_file && !tok_read_rcpt_file(rcpt_file, tk->recipients, &err))
         return tok_invalid(NULL, err);
     /* The spool's rules decide, as for every front end. */
-    if (!spool_token_prepare(tk, text, tok_now(), &err))
+    if (!spool_token_prepare(tk, text, unix_ms() / 1000, &err))
         return tok_invalid(NULL, err);
     return tok_store(c, tokens, texts);
 }
@@ -161,7 +157,7 @@ static int tok_import(struct ctl *c, int argc, char **argv)
 
         spool_token_init(tk);
         g_ptr_array_add(tokens, tk);
-        if (!spool_token_from_json(json_array_get_element(a, i), tok_now(), tk, &text, &err)) {
+        if (!spool_token_from_json(json_array_get_element(a, i), unix_ms() / 1000, tk, &text, &err)) {
             g_autofree char *where = g_strdup_printf("%s: entry %u", argv[1], i);
 
             g_free(text);
@@ -182,7 +178,7 @@ static void tok_json(const struct spool_token *tk, gboolean with_rcpts, GString 
     json_builder_set_member_name(b, "id");
     json_builder_add_string_value(b, id);
     json_builder_set_member_name(b, "status");
-    json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, tok_now())));
+    json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, unix_ms() / 1000)));
     json_builder_set_member_name(b, "from");
     json_builder_add_string_value(b, tk->sender);
     json_builder_set_member_name(b, "hide_sender");
@@ -223,7 +219,7 @@ static gboolean tok_list_one(const struct spool_token *tk, void *ctx)
     }
     spool_token_id(tk->hash, id);
     g_string_append_printf(rows->out, "%-16s  %-8s  %5u  %s%s\n", id,
-                           spool_token_status_name(spool_token_status(tk, tok_now())),
+                           spool_token_status_name(spool_token_status(tk, unix_ms() / 1000)),
                            tk->recipients->len, ctl_safe(tk->sender),
                            tk->hide_sender ? " (hidden)" : "");
     return TRUE;
@@ -274,7 +270,7 @@ static int tok_show(struct ctl *c, int argc, char **argv)
         char id[TOKEN_ID_LEN + 1];
         spool_token_id(tk.hash, id);
         printf("id:          %s\nstatus:      %s\nowner:       %s\nhide sender: %s\n", id,
-               spool_token_status_name(spool_token_status(&tk, tok_now())), ctl_safe(tk.sender),
+               spool_token_status_name(spool_token_status(&tk, unix_ms() / 1000)), ctl_safe(tk.sender),
                tk.hide_sender ? "yes" : "no");
         for (guint i = 0; i < tk.recipients->len; i++)
             printf("recipient:   %s\n", ctl_safe(tk.recipients->pdata[i]));

@@ -17,6 +17,7 @@
  * this settles at the second plan; a few rounds are allowed all the same.
  */
 #include "transform/transform.h"
+#include "common/clock.h"
 #include "transform/mime.h"
 #include "spool/delivery.h"
 #include "common/log.h"
@@ -492,7 +493,7 @@ static gboolean transform_job_commit_token(struct spool_txn *t, struct transform
 
     if (!transform_job_token_get(t, j, &tk, &found, err))
         return FALSE;
-    verdict = transform_job_verdict(j, found ? &tk : NULL, g_get_real_time() / G_USEC_PER_SEC);
+    verdict = transform_job_verdict(j, found ? &tk : NULL, unix_ms() / 1000);
     if (g_strcmp0(verdict, j->reason) != 0) {
         g_set_error(err, TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN, "%s: token %s is now %s",
                     j->idtext, j->token_id, verdict ? verdict : "usable");
@@ -636,7 +637,7 @@ struct transform_job *transform_job_prepare(struct transform *tf, uint64_t lease
     j->rcpts = g_ptr_array_new_with_free_func(g_free);
     j->headers = g_ptr_array_new_with_free_func(transform_job_bytes_free);
     j->notices = g_ptr_array_new_with_free_func((GDestroyNotify)transform_notice_free);
-    j->now = g_get_real_time() / G_USEC_PER_SEC;
+    j->now = unix_ms() / 1000;
     if (!transform_job_load(j, &err)) {
         transform_job_end(j, err);
         return j;
@@ -677,7 +678,7 @@ void transform_job_commit_batch(struct transform *tf, GPtrArray *jobs)
             } else if (g_error_matches(j->refused, TRANSFORM_ERROR, TRANSFORM_ERR_REPLAN)) {
                 msg_info("%s", j->refused->message);
                 g_clear_error(&j->refused);
-                j->now = g_get_real_time() / G_USEC_PER_SEC;
+                j->now = unix_ms() / 1000;
                 transform_job_plan(j);
                 again = TRUE;
             } else {
