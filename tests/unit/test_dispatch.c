@@ -20,10 +20,10 @@
 #include "dispatch/dispatch.h"
 #include "spool/delivery.h"
 #include "spool/spool.h"
+#include "tests/unit/temp_spool.h"
 
 struct fixture {
-    char *dir;
-    struct postern_config cfg;
+    struct temp_spool *ts;
     struct dispatch d;
     void *zctx;
     void *sock;                     /* stands for the workers' ROUTER */
@@ -59,23 +59,16 @@ static void worker_free(gpointer p)
 static int setup(void **state)
 {
     struct fixture *f = g_new0(struct fixture, 1);
-    GError *err = NULL;
 
-    f->dir = g_dir_make_tmp("postern-dispatch-XXXXXX", NULL);
-    assert_true(config_load(&f->cfg, NULL, &err));
-    g_free(f->cfg.spool.dir);
-    f->cfg.spool.dir = g_strdup(f->dir);
-    f->cfg.spool.map_size = 1 << 20;
-    f->cfg.spool.max_size = 8 << 20;
-    f->cfg.relay.max_connections = 3;
-    f->d.cfg = &f->cfg;
-    if (!spool_open(&f->d.spool, &f->cfg, &err))
-        fail_msg("spool: %s", err->message);
+    f->ts = temp_spool_new();
+    f->ts->cfg.relay.max_connections = 3;
+    f->d.cfg = &f->ts->cfg;
+    f->d.spool = f->ts->sp;
     f->d.workers = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, worker_free);
     f->d.jobs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, job_free);
-    f->d.policy.initial = (gint64)f->cfg.retry.initial * G_USEC_PER_SEC;
-    f->d.policy.max = (gint64)f->cfg.retry.max * G_USEC_PER_SEC;
-    f->d.policy.lifetime = (gint64)f->cfg.retry.lifetime * G_USEC_PER_SEC;
+    f->d.policy.initial = (gint64)f->ts->cfg.retry.initial * G_USEC_PER_SEC;
+    f->d.policy.max = (gint64)f->ts->cfg.retry.max * G_USEC_PER_SEC;
+    f->d.policy.lifetime = (gint64)f->ts->cfg.retry.lifetime * G_USEC_PER_SEC;
     f->d.mail_from = g_strdup("postern@example.org");
     f->zctx = zmq_ctx_new();
     f->sock = zmq_socket(f->zctx, ZMQ_ROUTER);
@@ -87,20 +80,16 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", f->dir);
     int linger = 0;
 
     /* Jobs first: they point at workers. */
     g_hash_table_unref(f->d.jobs);
     g_hash_table_unref(f->d.workers);
-    spool_close(f->d.spool);
     g_free(f->d.mail_from);
     zmq_setsockopt(f->sock, ZMQ_LINGER, &linger, sizeof(linger));
     zmq_close(f->sock);
     zmq_ctx_term(f->zctx);
-    config_free(&f->cfg);
-    assert_int_equal(system(cmd), 0);
-    g_free(f->dir);
+    temp_spool_free(f->ts);
     g_free(f);
     return 0;
 }
@@ -477,7 +466,7 @@ static unsigned take_jobs(struct fixture *f, uint64_t *next_lease)
         w->credit--;
         dispatch_job_add(&f->d, job);
         taken++;
-        assert_true(reserved(f) <= f->cfg.relay.max_connections);
+        assert_true(reserved(f) <= f->ts->cfg.relay.max_connections);
         assert_true(w->jobs <= w->conn_granted);
     }
     return taken;
@@ -534,7 +523,7 @@ static void test_conns_budget(void **state)
     /* Only once it says it holds none is the connection free for another grant. */
     conns(f, busy, 0, 0);
     assert_true(take_jobs(f, &lease) >= 1);
-    assert_true(reserved(f) <= f->cfg.relay.max_connections);
+    assert_true(reserved(f) <= f->ts->cfg.relay.max_connections);
     assert_true(other->conn_granted >= 1);
 }
 

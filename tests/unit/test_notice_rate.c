@@ -11,45 +11,12 @@
 #include <string.h>
 
 #include "spool/spool.h"
+#include "tests/unit/temp_spool.h"
 #include "spool/spool_notice_rate.h"
 
 #define HOUR 3600
 #define T0 ((int64_t)1796580000 / HOUR * HOUR)
 
-struct fixture {
-    char *dir;
-    struct postern_config cfg;
-    struct spool *sp;
-};
-
-static int setup(void **state)
-{
-    struct fixture *f = g_new0(struct fixture, 1);
-    GError *err = NULL;
-
-    f->dir = g_dir_make_tmp("postern-rate-XXXXXX", NULL);
-    assert_true(config_load(&f->cfg, NULL, &err));
-    g_free(f->cfg.spool.dir);
-    f->cfg.spool.dir = g_strdup(f->dir);
-    f->cfg.spool.map_size = 1 << 20;
-    f->cfg.spool.max_size = 8 << 20;
-    assert_true(spool_open(&f->sp, &f->cfg, &err));
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", f->dir);
-
-    spool_close(f->sp);
-    config_free(&f->cfg);
-    assert_int_equal(system(cmd), 0);
-    g_free(f->dir);
-    g_free(f);
-    return 0;
-}
 
 struct take {
     const char *addr;
@@ -73,7 +40,7 @@ static gboolean take_fn(struct spool_txn *t, void *ctx, GError **err)
     return TRUE;
 }
 
-static enum spool_notice_rate_verdict take(struct fixture *f, const char *addr, int64_t now,
+static enum spool_notice_rate_verdict take(struct temp_spool *f, const char *addr, int64_t now,
                                            uint64_t digest, unsigned max)
 {
     struct take k = { addr, now, digest, max, FALSE, NOTICE_RATE_SEND };
@@ -83,7 +50,7 @@ static enum spool_notice_rate_verdict take(struct fixture *f, const char *addr, 
     return k.verdict;
 }
 
-static unsigned count(struct fixture *f, const char *addr, int64_t now)
+static unsigned count(struct temp_spool *f, const char *addr, int64_t now)
 {
     struct spool_txn t;
     unsigned n;
@@ -96,7 +63,7 @@ static unsigned count(struct fixture *f, const char *addr, int64_t now)
 
 static void test_limit_per_hour(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
 
     for (uint64_t d = 1; d <= 3; d++)
         assert_int_equal(take(f, "owner@abakus.no", T0 + (int64_t)d, d, 3), NOTICE_RATE_SEND);
@@ -113,7 +80,7 @@ static void test_limit_per_hour(void **state)
 
 static void test_duplicate(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
 
     assert_int_equal(take(f, "owner@abakus.no", T0, 42, 5), NOTICE_RATE_SEND);
     assert_int_equal(take(f, "owner@abakus.no", T0 + 5, 42, 5), NOTICE_RATE_DUPLICATE);
@@ -123,7 +90,7 @@ static void test_duplicate(void **state)
 
 static void test_no_limit(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
 
     for (int i = 0; i < 10; i++)
         assert_int_equal(take(f, "owner@abakus.no", T0, 7, 0), NOTICE_RATE_SEND);
@@ -132,7 +99,7 @@ static void test_no_limit(void **state)
 
 static void test_rolled_back(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     struct take k = { "owner@abakus.no", T0, 1, 1, TRUE, NOTICE_RATE_SEND };
     GError *err = NULL;
 
@@ -145,10 +112,10 @@ static void test_rolled_back(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_limit_per_hour, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_duplicate, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_no_limit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rolled_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_limit_per_hour, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_duplicate, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_no_limit, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_rolled_back, temp_spool_setup, temp_spool_teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

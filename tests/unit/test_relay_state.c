@@ -11,42 +11,9 @@
 #include <string.h>
 
 #include "spool/relay_state.h"
+#include "tests/unit/temp_spool.h"
 #include "spool/spool_lmdb.h"
 
-struct fixture {
-    char *dir;
-    struct postern_config cfg;
-    struct spool *sp;
-};
-
-static int setup(void **state)
-{
-    struct fixture *f = g_new0(struct fixture, 1);
-    GError *err = NULL;
-
-    f->dir = g_dir_make_tmp("postern-relay-XXXXXX", NULL);
-    assert_true(config_load(&f->cfg, NULL, &err));
-    g_free(f->cfg.spool.dir);
-    f->cfg.spool.dir = g_strdup(f->dir);
-    f->cfg.spool.map_size = 1 << 20;
-    f->cfg.spool.max_size = 8 << 20;
-    assert_true(spool_open(&f->sp, &f->cfg, &err));
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", f->dir);
-
-    spool_close(f->sp);
-    config_free(&f->cfg);
-    assert_int_equal(system(cmd), 0);
-    g_free(f->dir);
-    g_free(f);
-    return 0;
-}
 
 static gboolean put_state(struct spool_txn *t, void *ctx, GError **err)
 {
@@ -60,7 +27,7 @@ static gboolean put_raw(struct spool_txn *t, void *ctx, GError **err)
     return mdb_put(t->txn, spool_dbi(t->sp, DB_META), &key, &val, 0) == 0;
 }
 
-static void get_state(struct fixture *f, struct relay_state *st)
+static void get_state(struct temp_spool *f, struct relay_state *st)
 {
     struct spool_txn t;
     GError *err = NULL;
@@ -73,7 +40,7 @@ static void get_state(struct fixture *f, struct relay_state *st)
 
 static void test_round_trip(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     struct relay_state st = { .paused_until = 1800000000123, .pauses = 3, .since = 77 }, got;
 
     get_state(f, &got);
@@ -99,7 +66,7 @@ static void test_round_trip(void **state)
 /* What an older version wrote: until and pauses only. */
 static void test_old_record(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     unsigned char old[12];
     struct relay_state got;
 
@@ -132,8 +99,8 @@ static void test_one_pause_per_event(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_old_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_round_trip, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_old_record, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test(test_one_pause_per_event),
     };
 

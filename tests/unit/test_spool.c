@@ -15,85 +15,23 @@
 #include "spool/delivery.h"
 #include "common/log.h"
 #include "spool/spool.h"
+#include "tests/unit/temp_spool.h"
 #include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
 #include "spool/spool_token_json.h"
 
-struct fixture {
-    char *dir;
-    struct postern_config cfg;
-    struct spool *sp;
-};
 
-static int setup(void **state)
+static queue_id store(struct temp_spool *f, const char *body, size_t len, GError **err)
 {
-    struct fixture *f = g_new0(struct fixture, 1);
-    GError *err = NULL;
-
-    f->dir = g_dir_make_tmp("postern-spool-XXXXXX", NULL);
-    assert_true(config_load(&f->cfg, NULL, &err));
-    g_free(f->cfg.spool.dir);
-    f->cfg.spool.dir = g_strdup(f->dir);
-    f->cfg.spool.map_size = 1 << 20;
-    f->cfg.spool.max_size = 8 << 20;
-    assert_true(spool_open(&f->sp, &f->cfg, &err));
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", f->dir);
-
-    spool_close(f->sp);
-    config_free(&f->cfg);
-    assert_int_equal(system(cmd), 0);
-    g_free(f->dir);
-    g_free(f);
-    return 0;
-}
-
-struct put_msg {
-    const char *body;
-    size_t len;
-    queue_id id;
-    int extra_rcpts;                /* makes the record itself large */
-};
-
-static gboolean put_message(struct spool_txn *t, void *ctx, GError **err)
-{
-    struct put_msg *p = ctx;
-    struct spool_msg m;
-    gboolean ok;
-
-    if (!(p->id = spool_id_next(t, err)))
-        return FALSE;
-    spool_msg_init(&m);
-    m.id = p->id;
-    m.state = MSG_INCOMING;
-    m.arrival = 1000;
-    m.size = p->len;
-    m.sender = g_strdup("a@b.no");
-    g_ptr_array_add(m.recipients, g_strdup("restricted@abakus.no"));
-    for (int i = 0; i < p->extra_rcpts; i++)
-        g_ptr_array_add(m.recipients, g_strdup_printf("restricted+%06d@abakus.no", i));
-    ok = spool_msg_insert(t, &m, err) && spool_body_put(t, DB_BODIES, m.id, p->body, p->len, err);
-    spool_msg_clear(&m);
-    return ok;
-}
-
-static queue_id store(struct fixture *f, const char *body, size_t len, GError **err)
-{
-    struct put_msg p = { body, len, 0, 0 };
-    return spool_write(f->sp, put_message, &p, err) ? p.id : 0;
+    struct temp_msg p = { body, len, 0, 0 };
+    return spool_write(f->sp, temp_spool_put_msg, &p, err) ? p.id : 0;
 }
 
 static void test_ids(void **state)
 {
     queue_id prev = 0, id;
     char text[QUEUE_ID_LEN + 1];
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
 
     for (int i = 0; i < 50; i++) {
         assert_true((id = store(f, "x", 1, NULL)) > prev);
@@ -109,7 +47,7 @@ static void test_ids(void **state)
 /* Bodies of every size around the chunk boundary come back byte-exact. */
 static void test_bodies(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     size_t sizes[] = {0, 1, SPOOL_CHUNK - 1, SPOOL_CHUNK, SPOOL_CHUNK + 1, 3 * SPOOL_CHUNK, 300000};
 
     for (size_t s = 0; s < G_N_ELEMENTS(sizes); s++) {
@@ -160,7 +98,7 @@ static gboolean count_one(queue_id id, void *ctx)
 
 static void test_states(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     queue_id a = store(f, "a", 1, NULL), b = store(f, "b", 1, NULL);
     struct change_state c = { a, MSG_REJECTED };
     struct spool_txn t;
@@ -202,7 +140,7 @@ static void test_state_edges(void **state)
     };
     static const enum msg_state path2[] = { MSG_READY, MSG_DEFERRED, MSG_HOLD, MSG_DEFERRED,
                                             MSG_DONE };
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     queue_id a = store(f, "a", 1, NULL), b = store(f, "b", 1, NULL), c = store(f, "c", 1, NULL);
     struct change_state ch;
     struct spool_txn t;
@@ -312,7 +250,7 @@ static gboolean put_dlv(struct spool_txn *t, void *ctx, GError **err)
     return ok;
 }
 
-static uint64_t db_entries(struct fixture *f, enum spool_db db)
+static uint64_t db_entries(struct temp_spool *f, enum spool_db db)
 {
     struct spool_txn t;
     MDB_stat st;
@@ -326,7 +264,7 @@ static uint64_t db_entries(struct fixture *f, enum spool_db db)
 /* A delivery is in `due` exactly when ready/deferred and not held, in `leases` when leased. */
 static void test_delivery_indexes(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     struct dlv_case c = { store(f, "m", 1, NULL), DLV_READY, FALSE };
     struct { enum dlv_state s; gboolean held; int due, leases; } steps[] = {
         { DLV_READY, FALSE, 1, 0 }, { DLV_LEASED, FALSE, 0, 1 }, { DLV_DEFERRED, FALSE, 1, 0 },
@@ -356,7 +294,7 @@ static gboolean put_token(struct spool_txn *t, void *ctx, GError **err)
 
 static void test_tokens(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     g_autofree char *text = spool_token_generate();
     g_autofree char *norm = spool_token_normalise_addr(" <Test@ABAKUS.no> ");
     struct spool_token tk, got;
@@ -397,7 +335,7 @@ static void test_tokens(void **state)
 /* The map grows on demand up to max_size, then refuses cleanly and stays readable. */
 static void test_map_growth(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     g_autofree char *big = g_malloc0(3 << 20);
     GError *err = NULL;
     queue_id small, grown;
@@ -427,12 +365,12 @@ static void test_map_growth(void **state)
  */
 static void test_map_growth_on_record(void **state)
 {
-    struct fixture *f = *state;
-    struct put_msg p = { "x", 1, 0, 60000 };          /* a record of about 2 MiB */
+    struct temp_spool *f = *state;
+    struct temp_msg p = { "x", 1, 0, 60000 };          /* a record of about 2 MiB */
     GError *err = NULL;
 
     assert_true(store(f, "first", 5, NULL));
-    if (!spool_write(f->sp, put_message, &p, &err))
+    if (!spool_write(f->sp, temp_spool_put_msg, &p, &err))
         fail_msg("large record: %s", err->message);
     assert_true(p.id != 0);
 }
@@ -444,7 +382,7 @@ static void test_map_growth_on_record(void **state)
  */
 static void test_open_after_growth_elsewhere(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     struct spool *again;
     GError *err = NULL;
     pid_t pid;
@@ -455,9 +393,9 @@ static void test_open_after_growth_elsewhere(void **state)
     if ((pid = fork()) == 0) {
         struct spool *sp;
         g_autofree char *big = g_malloc0(3 << 20);
-        struct put_msg p = { big, 3 << 20, 0 };
+        struct temp_msg p = { big, 3 << 20, 0 };
 
-        if (!spool_open(&sp, &f->cfg, NULL) || !spool_write(sp, put_message, &p, NULL))
+        if (!spool_open(&sp, &f->cfg, NULL) || !spool_write(sp, temp_spool_put_msg, &p, NULL))
             _exit(1);
         spool_close(sp);
         _exit(0);
@@ -484,7 +422,7 @@ static gboolean put_schema(struct spool_txn *t, void *ctx, GError **err)
  */
 static void test_schema_version(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     uint32_t version = 1, stored;
     GError *err = NULL;
     struct spool_txn t;
@@ -558,7 +496,7 @@ static gboolean keep_ref(const struct spool_dlv_ref *ref, void *ctx)
 /* The index walks: time order, up to a time, stopped by the callback; no key in sight. */
 static void test_index_walks(void **state)
 {
-    struct fixture *f = *state;
+    struct temp_spool *f = *state;
     struct due_case c = { store(f, "m", 1, NULL), { 30, -5000, 10, -7000 } };
     struct seen_refs s = { g_array_new(FALSE, FALSE, sizeof(struct spool_dlv_ref)), 100 };
     struct spool_txn t;
@@ -725,20 +663,20 @@ static void test_token_json(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_ids, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bodies, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_states, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_state_edges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ids, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_bodies, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_states, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_state_edges, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test(test_state_illegal_panics),
-        cmocka_unit_test_setup_teardown(test_index_walks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_index_walks, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test(test_token_input),
         cmocka_unit_test(test_token_json),
-        cmocka_unit_test_setup_teardown(test_delivery_indexes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_map_growth, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_map_growth_on_record, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_open_after_growth_elsewhere, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_schema_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delivery_indexes, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_tokens, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_map_growth, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_map_growth_on_record, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_open_after_growth_elsewhere, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_schema_version, temp_spool_setup, temp_spool_teardown),
     };
     log_init("test_spool", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -22,35 +22,10 @@
 #include <unistd.h>
 
 #include "spool/spool.h"
+#include "tests/unit/temp_spool.h"
 
 #define BODY_LEN 3000               /* two chunks: about two pages a message */
 #define SKIPPED 77
-
-struct put_msg {
-    const char *body;
-    size_t len;
-    queue_id id;
-};
-
-static gboolean put_message(struct spool_txn *t, void *ctx, GError **err)
-{
-    struct put_msg *p = ctx;
-    struct spool_msg m;
-    gboolean ok;
-
-    if (!(p->id = spool_id_next(t, err)))
-        return FALSE;
-    spool_msg_init(&m);
-    m.id = p->id;
-    m.state = MSG_INCOMING;
-    m.arrival = 1000;
-    m.size = p->len;
-    m.sender = g_strdup("a@b.no");
-    g_ptr_array_add(m.recipients, g_strdup("restricted@abakus.no"));
-    ok = spool_msg_insert(t, &m, err) && spool_body_put(t, DB_BODIES, m.id, p->body, p->len, err);
-    spool_msg_clear(&m);
-    return ok;
-}
 
 struct del_msgs {
     GArray *ids;                    /* queue_id */
@@ -75,9 +50,9 @@ static GArray *fill(struct spool *sp, size_t body_len, GError **refusal)
 
     memset(body, 'z', body_len);
     for (int i = 0; i < 100000; i++) {
-        struct put_msg p = { body, body_len, 0 };
+        struct temp_msg p = { body, body_len, 0 };
 
-        if (!spool_write(sp, put_message, &p, refusal))
+        if (!spool_write(sp, temp_spool_put_msg, &p, refusal))
             break;
         g_array_append_val(ids, p.id);
     }
@@ -109,7 +84,7 @@ static void test_full_map_still_deletes(void **state)
     GError *err = NULL;
     g_autoptr(GArray) ids = NULL;
     char body[BODY_LEN] = { 0 };
-    struct put_msg p = { body, sizeof(body), 0 };
+    struct temp_msg p = { body, sizeof(body), 0 };
     pid_t pid;
     int status;
 
@@ -146,7 +121,7 @@ static void test_full_map_still_deletes(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 
     /* The room is back for ingest, and the reserve still kept. */
-    if (!spool_write(sp, put_message, &p, &err))
+    if (!spool_write(sp, temp_spool_put_msg, &p, &err))
         fail_msg("store after the delete: %s", err->message);
     g_array_unref(fill(sp, BODY_LEN, &err));
     assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_FULL));
@@ -170,7 +145,7 @@ static int full_fs_child(const char *dir)
     GArray *ids;
     struct del_msgs d;
     g_autofree char *big = g_malloc0(2 << 20);
-    struct put_msg p = { big, 2 << 20, 0 };
+    struct temp_msg p = { big, 2 << 20, 0 };
 
     if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
         mount("tmpfs", dir, "tmpfs", 0, "size=3m") < 0) {
@@ -197,7 +172,7 @@ static int full_fs_child(const char *dir)
      * the commit (ENOSPC, or EIO from a short write), and says why.
      */
     spool_use_reserve(sp);
-    if (spool_write(sp, put_message, &p, &err) ||
+    if (spool_write(sp, temp_spool_put_msg, &p, &err) ||
         !g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_FULL) ||
         !strstr(err->message, "file system")) {
         fprintf(stderr, "too large a message: %s\n", err ? err->message : "stored");
