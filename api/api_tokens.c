@@ -34,45 +34,6 @@ static gboolean tok_path_id(struct api_request *rq, struct api_response *rs)
     return TRUE;
 }
 
-static void tok_json(JsonBuilder *b, const struct spool_token *tk)
-{
-    char id[TOKEN_ID_LEN + 1];
-
-    spool_token_id(tk->hash, id);
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "id");
-    json_builder_add_string_value(b, id);
-    json_builder_set_member_name(b, "status");
-    json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, unix_ms() / 1000)));
-    json_builder_set_member_name(b, "from");
-    json_builder_add_string_value(b, tk->sender);
-    json_builder_set_member_name(b, "hide_sender");
-    json_builder_add_boolean_value(b, tk->hide_sender);
-    json_builder_set_member_name(b, "created");
-    json_builder_add_int_value(b, tk->created);
-    json_builder_set_member_name(b, "expires");
-    if (tk->expires)
-        json_builder_add_int_value(b, tk->expires);
-    else
-        json_builder_add_null_value(b);
-    json_builder_set_member_name(b, "used");
-    if (tk->used)
-        json_builder_add_int_value(b, tk->used);
-    else
-        json_builder_add_null_value(b);
-    json_builder_set_member_name(b, "message");
-    if (tk->used_by) {
-        char qid[QUEUE_ID_LEN + 1];
-        spool_id_format(tk->used_by, qid);
-        json_builder_add_string_value(b, qid);
-    } else {
-        json_builder_add_null_value(b);
-    }
-    json_builder_set_member_name(b, "nrcpt");
-    json_builder_add_int_value(b, tk->recipients->len);
-    json_builder_end_object(b);
-}
-
 /* POST /v1/tokens */
 
 struct tok_create {
@@ -210,7 +171,7 @@ void api_token_get(struct api *a, struct api_request *rq, struct api_response *r
         return;
     }
     spool_read_end(&t);
-    tok_json(b, &tk);
+    spool_token_to_json(b, &tk, unix_ms() / 1000, FALSE);
     spool_token_clear(&tk);
     api_reply_json(rs, 200, b);
 }
@@ -285,7 +246,7 @@ static void tok_change(struct api *a, struct api_request *rq, struct api_respons
             api_reply_spool_error(rs, err);
         g_error_free(err);
     } else {
-        tok_json(b, &tc.result);
+        spool_token_to_json(b, &tc.result, unix_ms() / 1000, FALSE);
         api_reply_json(rs, 200, b);
     }
     spool_token_clear(&tc.result);

@@ -69,3 +69,50 @@ gboolean spool_token_from_json(JsonNode *node, int64_t now, struct spool_token *
     }
     return spool_token_prepare(tk, *text, now, err);
 }
+
+void spool_token_to_json(JsonBuilder *b, const struct spool_token *tk, int64_t now,
+                         gboolean with_rcpts)
+{
+    char id[TOKEN_ID_LEN + 1];
+
+    spool_token_id(tk->hash, id);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "id");
+    json_builder_add_string_value(b, id);
+    json_builder_set_member_name(b, "status");
+    json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, now)));
+    json_builder_set_member_name(b, "from");
+    json_builder_add_string_value(b, tk->sender);
+    json_builder_set_member_name(b, "hide_sender");
+    json_builder_add_boolean_value(b, tk->hide_sender);
+    json_builder_set_member_name(b, "created");
+    json_builder_add_int_value(b, tk->created);
+    json_builder_set_member_name(b, "expires");
+    if (tk->expires)
+        json_builder_add_int_value(b, tk->expires);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "used");
+    if (tk->used)
+        json_builder_add_int_value(b, tk->used);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "message");
+    if (tk->used_by) {
+        char qid[QUEUE_ID_LEN + 1];
+        spool_id_format(tk->used_by, qid);
+        json_builder_add_string_value(b, qid);
+    } else {
+        json_builder_add_null_value(b);
+    }
+    json_builder_set_member_name(b, "nrcpt");
+    json_builder_add_int_value(b, tk->recipients->len);
+    if (with_rcpts) {
+        json_builder_set_member_name(b, "recipients");
+        json_builder_begin_array(b);
+        for (guint i = 0; i < tk->recipients->len; i++)
+            json_builder_add_string_value(b, tk->recipients->pdata[i]);
+        json_builder_end_array(b);
+    }
+    json_builder_end_object(b);
+}

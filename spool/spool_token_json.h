@@ -24,4 +24,13 @@
 gboolean spool_token_from_json(JsonNode *node, int64_t now, struct spool_token *tk, char **text,
                                GError **err);
 
+/*
+ * A stored token as every front end shows it (never the token itself):
+ *   {"id", "status", "from", "hide_sender", "created", "expires" | null,
+ *    "used" | null, "message": queue id | null, "nrcpt"[, "recipients"]}
+ * status as of now; times in unix seconds.
+ */
+void spool_token_to_json(JsonBuilder *b, const struct spool_token *tk, int64_t now,
+                         gboolean with_rcpts);
+
 #endif

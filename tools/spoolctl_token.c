@@ -171,40 +171,8 @@ static int tok_import(struct ctl *c, int argc, char **argv)
 static void tok_json(const struct spool_token *tk, gboolean with_rcpts, GString *out)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    char id[TOKEN_ID_LEN + 1];
 
-    spool_token_id(tk->hash, id);
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "id");
-    json_builder_add_string_value(b, id);
-    json_builder_set_member_name(b, "status");
-    json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, unix_ms() / 1000)));
-    json_builder_set_member_name(b, "from");
-    json_builder_add_string_value(b, tk->sender);
-    json_builder_set_member_name(b, "hide_sender");
-    json_builder_add_boolean_value(b, tk->hide_sender);
-    json_builder_set_member_name(b, "created");
-    json_builder_add_int_value(b, tk->created);
-    json_builder_set_member_name(b, "expires");
-    json_builder_add_int_value(b, tk->expires);
-    json_builder_set_member_name(b, "used");
-    json_builder_add_int_value(b, tk->used);
-    if (tk->used_by) {
-        char qid[QUEUE_ID_LEN + 1];
-        spool_id_format(tk->used_by, qid);
-        json_builder_set_member_name(b, "used_by");
-        json_builder_add_string_value(b, qid);
-    }
-    json_builder_set_member_name(b, "nrcpt");
-    json_builder_add_int_value(b, tk->recipients->len);
-    if (with_rcpts) {
-        json_builder_set_member_name(b, "recipients");
-        json_builder_begin_array(b);
-        for (guint i = 0; i < tk->recipients->len; i++)
-            json_builder_add_string_value(b, tk->recipients->pdata[i]);
-        json_builder_end_array(b);
-    }
-    json_builder_end_object(b);
+    spool_token_to_json(b, tk, unix_ms() / 1000, with_rcpts);
     ctl_json_append(b, out);
 }
 

@@ -394,7 +394,7 @@ def test_kill9_any_process_under_load(pki):  # noqa: F811  (the fixture)
             sending = [m["id"] for m in by_tag.get(tag, []) if m["deliveries"]]
             if t is None:
                 problems.append(f"{tag}: token not listed")
-            elif sending and (t["status"], t.get("used_by")) != ("used", sending[0]):
+            elif sending and (t["status"], t.get("message")) != ("used", sending[0]):
                 problems.append(f"{tag}: token {t} but sent by {sending}")
             elif not sending and t["status"] != "active":
                 problems.append(f"{tag}: token {t['status']} but no message sent with it")

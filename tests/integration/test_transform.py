@@ -648,7 +648,7 @@ def test_success_notice(stack, keys):
     assert "3 recipients" in decoded(msg).decode("utf-8")
     assert dkim_results(data, keys) == [True, True]
     info = stack.token_info(token)
-    assert info["status"] == "used" and info["used_by"] == qid
+    assert info["status"] == "used" and info["message"] == qid
 
 
 def test_unparseable_goes_to_hold_and_the_next_flows(stack):

@@ -64,7 +64,7 @@ def test_same_token_at_once(make_stack, keys):
         assert states[rejected[0]]["reason"] == "TOKEN_USED"
         assert len(s.deliveries(ready[0])) == 60 and s.deliveries(rejected[0]) == []
         info = s.token_info(token)
-        assert info["status"] == "used" and info["used_by"] == ready[0]
+        assert info["status"] == "used" and info["message"] == ready[0]
         outcomes.append(ready[0])
     # The race did happen: a worker found the token used at its commit and planned again.
     logs = "".join(t.log() for t in s.transforms)
@@ -99,7 +99,7 @@ def test_stale_worker_commit_is_fenced(make_stack, keys):
     assert f"{qid}: state=ready" not in frozen.log()
     assert s.show(qid)["state"] == "ready" and len(s.deliveries(qid)) == 400
     info = s.token_info(token)
-    assert info["status"] == "used" and info["used_by"] == qid
+    assert info["status"] == "used" and info["message"] == qid
     assert [n_["ref"] for n_ in s.notices()] == [qid]                 # one success notice
 
 
@@ -125,7 +125,7 @@ def test_kill9_mid_batch(make_stack, keys):
         return msgs if all(msgs[q]["state"] == "ready" for q in ids) else None
     msgs = wait_for(all_ready, timeout=90, interval=0.5, what="every message ready")
     assert all(msgs[q]["deliveries"] == 10 for q in ids)
-    used_by = {t["used_by"] for t in postern.parse_json_lines(
+    used_by = {t["message"] for t in postern.parse_json_lines(
         s.spoolctl("--json", "token", "list").stdout)}
     assert used_by == set(ids)
     assert sorted(n_["ref"] for n_ in s.notices()) == sorted(ids)      # exactly one each
