@@ -181,56 +181,50 @@ static gboolean config_fail(GError **err, const char *path, const char *group,
     return FALSE;
 }
 
-gboolean config_parse_duration(const char *text, uint64_t *out)
+/*
+ * A count with an optional one-letter unit (suffixes[i] worth units[i]),
+ * for durations and sizes alike: "30s", "5m", "64M".  After the unit,
+ * only tail may follow ("B" for sizes: "64MB").
+ */
+static gboolean config_parse_scaled(const char *text, const char *suffixes,
+                                    const uint64_t *units, const char *tail, uint64_t *out)
 {
     char *end;
     unsigned long long n;
+    const char *at;
     uint64_t unit = 1;
 
     errno = 0;
     n = strtoull(text, &end, 10);
     if (end == text || errno || text[0] == '-')
         return FALSE;
-    switch (*end) {
-    case '\0': case 's': unit = 1; break;
-    case 'm': unit = 60; break;
-    case 'h': unit = 3600; break;
-    case 'd': unit = 86400; break;
-    case 'w': unit = 7 * 86400; break;
-    default: return FALSE;
+    if (*end) {
+        if (!(at = strchr(suffixes, *end)))
+            return FALSE;
+        unit = units[at - suffixes];
+        if (end[1] && g_strcmp0(end + 1, tail) != 0)
+            return FALSE;
     }
-    if (*end && end[1])
-        return FALSE;
     if (n > UINT64_MAX / unit)
         return FALSE;
     *out = n * unit;
     return TRUE;
 }
 
+gboolean config_parse_duration(const char *text, uint64_t *out)
+{
+    static const uint64_t units[] = { 1, 60, 3600, 86400, 7 * 86400 };
+
+    return config_parse_scaled(text, "smhdw", units, "", out);
+}
+
 gboolean config_parse_size(const char *text, uint64_t *out)
 {
-    char *end;
-    unsigned long long n;
-    uint64_t unit = 1;
+    static const uint64_t units[] = { 1, 1, 1ULL << 10, 1ULL << 10, 1ULL << 20, 1ULL << 20,
+                                      1ULL << 30, 1ULL << 30, 1ULL << 40, 1ULL << 40 };
 
-    errno = 0;
-    n = strtoull(text, &end, 10);
-    if (end == text || errno || text[0] == '-')
-        return FALSE;
-    switch (g_ascii_toupper(*end)) {
-    case '\0': case 'B': unit = 1; break;
-    case 'K': unit = 1024; break;
-    case 'M': unit = 1024 * 1024; break;
-    case 'G': unit = 1024ULL * 1024 * 1024; break;
-    case 'T': unit = 1024ULL * 1024 * 1024 * 1024; break;
-    default: return FALSE;
-    }
-    if (*end && end[1] && !(g_ascii_toupper(end[1]) == 'B' && !end[2]))
-        return FALSE;
-    if (n > UINT64_MAX / unit)
-        return FALSE;
-    *out = n * unit;
-    return TRUE;
+    return config_parse_scaled(text, "BbKkMmGgTt", units, "B", out) ||
+           config_parse_scaled(text, "BbKkMmGgTt", units, "b", out);
 }
 
 /* Store one textual value into its field, or say what is wrong with it. */
