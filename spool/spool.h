@@ -22,6 +22,7 @@
  *   leases      expiry_ms . id . rcpt#  -> lease id (leased deliveries only)
  *   tokens      sha256(token)           -> token record (GVariant a{sv})
  *   token_from  sender . 0 . sha256     -> ""       (tokens owned by an address)
+ *   events      event id                -> outcome event (spool_events.h)
  *
  * Only spool/ knows these keys and includes lmdb.h (spool_lmdb.h): other
  * programs use the functions here and in delivery.h and spool_token.h.
@@ -63,6 +64,7 @@ enum spool_db {
     DB_META, DB_MESSAGES, DB_BODIES, DB_BY_STATE, DB_OUTGOING, DB_DELIVERIES,
     DB_DUE, DB_LEASES, DB_TOKENS, DB_TOKEN_FROM,
     DB_NOTICE_RATE,                 /* spool_notice_rate.h */
+    DB_EVENTS,                      /* spool_events.h: the outbox for [events] url */
     DB_COUNT
 };
 

@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "transform/mime.h"
 #include "spool/delivery.h"
+#include "spool/spool_events.h"
 #include "common/log.h"
 
 #include <string.h>
@@ -477,7 +478,10 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
     m->message_id = g_strdup(j->message_id);
     spool_txn_log(t, "%s: token=%s used, owner=<%s>, nrcpt=%u, message-id=<%s>", j->idtext,
                   j->token_id, j->owner, j->rcpts->len, j->message_id);
-    return spool_msg_set_state(t, m, MSG_READY, NULL, err);
+    /* The platform hears of it in the transaction that accepts it (spool_events.h). */
+    return spool_msg_set_state(t, m, MSG_READY, NULL, err) &&
+           spool_event_message(t, m, EVENT_MESSAGE_ACCEPTED, NULL, j->token_id, j->rcpts->len,
+                               err);
 }
 
 /*
@@ -499,7 +503,9 @@ static gboolean transform_job_commit_token(struct spool_txn *t, struct transform
                     j->idtext, j->token_id, verdict ? verdict : "usable");
         ok = FALSE;
     } else if (verdict) {
-        ok = spool_msg_set_state(t, m, MSG_REJECTED, verdict, err);
+        ok = spool_msg_set_state(t, m, MSG_REJECTED, verdict, err) &&
+             spool_event_message(t, m, EVENT_MESSAGE_REJECTED, verdict,
+                                 j->have_token ? j->token_id : NULL, 0, err);
     } else {
         tk.used = j->now;
         tk.used_by = j->id;
