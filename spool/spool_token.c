@@ -60,6 +60,21 @@ char *spool_token_normalise_addr(const char *addr)
     return g_steal_pointer(&a);
 }
 
+char *spool_token_addr_key(const char *addr)
+{
+    g_autofree char *norm = spool_token_normalise_addr(addr);
+
+    return g_ascii_strdown(norm, -1);
+}
+
+gboolean spool_token_addr_same(const char *a, const char *b)
+{
+    g_autofree char *ka = spool_token_addr_key(a ? a : "");
+    g_autofree char *kb = spool_token_addr_key(b ? b : "");
+
+    return strcmp(ka, kb) == 0;
+}
+
 gboolean spool_token_addr_valid(const char *addr)
 {
     const char *at = strrchr(addr, '@');
@@ -113,18 +128,17 @@ gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t n
                     tk->sender ? tk->sender : "");
         return FALSE;
     }
-    /* Recipients as the transform compares them: normalised, each once. */
+    /* Recipients as the transform compares them: each once, whatever its case. */
     for (guint i = 0; i < tk->recipients->len; i++) {
         const char *r = tk->recipients->pdata[i];
-        char *norm = spool_token_normalise_addr(r);
+        g_autofree char *norm = spool_token_normalise_addr(r);
 
         if (!spool_token_addr_valid(norm)) {
-            g_free(norm);
             g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "bad recipient address \"%s\"", r);
             return FALSE;
         }
-        if (g_hash_table_add(seen, norm))
-            g_ptr_array_add(unique, g_strdup(norm));
+        if (g_hash_table_add(seen, spool_token_addr_key(norm)))
+            g_ptr_array_add(unique, g_steal_pointer(&norm));
     }
     if (!unique->len) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "token for %s has no recipients", owner);

@@ -32,8 +32,17 @@ void spool_token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN]);
 void spool_token_id(const unsigned char hash[TOKEN_HASH_LEN], char out[TOKEN_ID_LEN + 1]);
 /* A new token: 32 random bytes from OpenSSL, base64url without padding. */
 char *spool_token_generate(void);
-/* Address normalisation for owner checks: local part kept, domain lowercased. */
+/* Address normalisation for storing: no <> or blanks, local part kept, domain lowercased. */
 char *spool_token_normalise_addr(const char *addr);
+/*
+ * The key two addresses are compared by: normalised, then wholly
+ * lowercased.  The platform (LEGO) lowercases addresses and mail systems
+ * treat local parts without regard to case, so Alice@Abakus.NO is the
+ * owner alice@abakus.no: used by the sender binding and to send each
+ * recipient once (docs/design.md §4.1).
+ */
+char *spool_token_addr_key(const char *addr);
+gboolean spool_token_addr_same(const char *a, const char *b);
 /*
  * Checking a token request, for every front end (spoolctl now, an HTTP
  * API next): the rules live here so that no two front ends differ.  A

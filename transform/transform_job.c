@@ -269,15 +269,12 @@ static gboolean transform_job_parse(struct transform_job *j)
 static const char *transform_job_verdict(const struct transform_job *j,
                                          const struct spool_token *tk, gint64 now)
 {
-    g_autofree char *sender = NULL, *owner = NULL;
-
     if (!j->have_token)
         return "TOKEN_NOT_FOUND";
     if (!tk || spool_token_status(tk, now) == TOKEN_REVOKED)
         return "TOKEN_INVALID";
-    sender = spool_token_normalise_addr(j->m.sender);
-    owner = spool_token_normalise_addr(tk->sender);
-    if (strcmp(sender, owner) != 0)
+    /* The whole address without regard to case: LEGO lowercases what it registers. */
+    if (!spool_token_addr_same(j->m.sender, tk->sender))
         return "SENDER_MISMATCH";
     switch (spool_token_status(tk, now)) {
     case TOKEN_USED: return "TOKEN_USED";
@@ -301,13 +298,13 @@ static gboolean transform_job_token_get(struct spool_txn *t, const struct transf
     return TRUE;
 }
 
-/* Recipients once each, compared exactly on the local part, not on the domain's case. */
+/* Recipients once each, the whole address compared without regard to case. */
 static void transform_job_unique_rcpts(struct transform_job *j, const struct spool_token *tk)
 {
     g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 
     for (guint i = 0; i < tk->recipients->len; i++)
-        if (g_hash_table_add(seen, spool_token_normalise_addr(tk->recipients->pdata[i])))
+        if (g_hash_table_add(seen, spool_token_addr_key(tk->recipients->pdata[i])))
             g_ptr_array_add(j->rcpts, g_strdup(tk->recipients->pdata[i]));
 }
 

@@ -554,13 +554,22 @@ def test_tampered_copy_fails(stack, keys):
 
 # ---- tests: token verdicts and notices ---------------------------------------
 
-def test_sender_compared_exactly_on_local_part(stack):
-    token = stack.token()
-    qid = stack.send(with_token("case", CONTENT["plain_7bit"], token), sender="test@ABAKUS.no")
-    stack.wait(qid)
+def test_sender_compared_without_case(stack):
+    # LEGO registers alice@abakus.no; her mail client says Alice@Abakus.NO.
+    # Recipients once each, whatever their case (the first spelling is kept).
+    token = stack.token(RCPTS + ["BOB@example.org", "Anna@Example.org"], "alice@abakus.no")
+    qid = stack.send(with_token("case", CONTENT["plain_7bit"], token), sender="Alice@Abakus.NO")
+    assert stack.wait(qid)["state"] == "ready"
+    assert [d["rcpt"] for d in stack.deliveries(qid)] == ["anna@example.org", "Bob@example.org",
+                                                          "carl@example.net"]
     token2 = stack.token()
     qid2 = stack.send(with_token("case", CONTENT["plain_7bit"], token2), sender="Test@abakus.no")
-    assert stack.wait(qid2, "rejected")["reason"] == "SENDER_MISMATCH"
+    assert stack.wait(qid2)["state"] == "ready"
+    # Another address is still another sender.
+    token3 = stack.token()
+    qid3 = stack.send(with_token("case", CONTENT["plain_7bit"], token3),
+                      sender="test2@abakus.no")
+    assert stack.wait(qid3, "rejected")["reason"] == "SENDER_MISMATCH"
 
 
 def test_each_rejection_reason(stack):

@@ -15,6 +15,7 @@
 #include "spool/delivery.h"
 #include "common/log.h"
 #include "spool/spool.h"
+#include "spool/spool_events.h"
 #include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
 #include "spool/spool_token_json.h"
@@ -617,6 +618,128 @@ static int token_check(const char *from, const char *const *rcpts, int64_t expir
     return code;
 }
 
+/* The sender binding and recipient de-duplication: the whole address, any case. */
+static void test_addr_same(void **state)
+{
+    const char *const rcpts[] = { "Ada@Example.org", "ada@example.ORG", "<ADA@example.org>",
+                                  "bob@example.org", NULL };
+    struct spool_token tk;
+    g_autofree char *key = spool_token_addr_key(" <Alice@Abakus.NO> ");
+    GError *err = NULL;
+
+    (void)state;
+    assert_string_equal(key, "alice@abakus.no");
+    assert_true(spool_token_addr_same("Alice@Abakus.NO", "alice@abakus.no"));
+    assert_true(spool_token_addr_same("<alice@abakus.no>", "ALICE@ABAKUS.NO"));
+    assert_false(spool_token_addr_same("alice@abakus.no", "alice2@abakus.no"));
+    assert_false(spool_token_addr_same("alice@abakus.no", "alice@abakus.no.evil"));
+    /* Each recipient once, spelt as it came first. */
+    spool_token_init(&tk);
+    tk.sender = g_strdup("alice@abakus.no");
+    for (int i = 0; rcpts[i]; i++)
+        g_ptr_array_add(tk.recipients, g_strdup(rcpts[i]));
+    assert_true(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, &err));
+    assert_int_equal(tk.recipients->len, 2);
+    assert_string_equal(tk.recipients->pdata[0], "Ada@example.org");
+    assert_string_equal(tk.recipients->pdata[1], "bob@example.org");
+    spool_token_clear(&tk);
+}
+
+static gboolean put_event(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct spool_event ev;
+    struct spool_msg m;
+    gboolean ok;
+
+    spool_msg_init(&m);
+    m.id = 42;
+    m.sender = g_strdup("a@b.no");
+    ok = spool_event_message(t, &m, ctx, "TOKEN_USED", "0123456789abcdef", 3, err);
+    spool_msg_clear(&m);
+    /* Postern's own notices are no news for the platform. */
+    spool_msg_init(&m);
+    m.id = 43;
+    m.kind = g_strdup(MSG_KIND_NOTICE);
+    ok = ok && spool_event_done(t, &m, 1, 0, err);
+    spool_msg_clear(&m);
+    spool_event_init(&ev);
+    ev.type = g_strdup(EVENT_RELAY_RESUMED);
+    ok = ok && spool_event_add(t, &ev, err);
+    spool_event_clear(&ev);
+    return ok;
+}
+
+static gboolean delete_first_event(struct spool_txn *t, void *ctx, GError **err)
+{
+    return spool_event_delete(t, *(uint64_t *)ctx, err);
+}
+
+static gboolean put_events_retry(struct spool_txn *t, void *ctx, GError **err)
+{
+    return spool_events_retry_put(t, ctx, err);
+}
+
+static void events_backlog(struct spool *sp, uint64_t *count, struct spool_event *first,
+                           gboolean *found)
+{
+    struct spool_txn t;
+    int64_t oldest;
+
+    assert_true(spool_read_begin(sp, &t, NULL));
+    assert_true(spool_events_backlog(&t, count, &oldest, NULL));
+    assert_true(spool_event_first(&t, first, found, NULL));
+    spool_read_end(&t);
+}
+
+/* The outbox: only with [events] url, in order, removed one by one. */
+static void test_events_outbox(void **state)
+{
+    struct fixture *f = *state;
+    struct spool_event ev;
+    struct spool_events_retry rt = { 5000, 3, "status 500" }, got;
+    struct spool_txn t;
+    uint64_t count, first_id;
+    gboolean found;
+
+    /* Not enabled (no url): nothing is written. */
+    assert_true(spool_write(f->sp, put_event, (void *)EVENT_MESSAGE_REJECTED, NULL));
+    events_backlog(f->sp, &count, &ev, &found);
+    assert_int_equal(count, 0);
+    assert_false(found);
+
+    spool_close(f->sp);
+    f->cfg.events.url = (g_free(f->cfg.events.url), g_strdup("http://127.0.0.1:1/x"));
+    assert_true(spool_open(&f->sp, &f->cfg, NULL));
+    assert_true(spool_write(f->sp, put_event, (void *)EVENT_MESSAGE_REJECTED, NULL));
+    assert_true(spool_write(f->sp, put_event, (void *)EVENT_MESSAGE_ACCEPTED, NULL));
+    events_backlog(f->sp, &count, &ev, &found);
+    assert_int_equal(count, 4);
+    assert_true(found);
+    assert_string_equal(ev.type, EVENT_MESSAGE_REJECTED);
+    assert_int_equal(ev.msg, 42);
+    assert_string_equal(ev.reason, "TOKEN_USED");
+    assert_string_equal(ev.token, "0123456789abcdef");
+    assert_string_equal(ev.sender, "a@b.no");
+    assert_true(ev.time > 0);
+    first_id = ev.id;
+    spool_event_clear(&ev);
+    assert_true(spool_write(f->sp, delete_first_event, &first_id, NULL));
+    events_backlog(f->sp, &count, &ev, &found);
+    assert_int_equal(count, 3);
+    assert_string_equal(ev.type, EVENT_RELAY_RESUMED);
+    assert_true(ev.id > first_id);
+    spool_event_clear(&ev);
+
+    /* The poster's state, for spoolctl events. */
+    assert_true(spool_write(f->sp, put_events_retry, &rt, NULL));
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_true(spool_events_retry_get(&t, &got, NULL));
+    spool_read_end(&t);
+    assert_int_equal(got.next_try, 5000);
+    assert_int_equal(got.failures, 3);
+    assert_string_equal(got.error, "status 500");
+}
+
 static void test_token_input(void **state)
 {
     const char *const good[] = { "a@Example.ORG", "<a@example.org>", " b@example.org ", NULL };
@@ -732,6 +855,8 @@ int main(void)
         cmocka_unit_test(test_state_illegal_panics),
         cmocka_unit_test_setup_teardown(test_index_walks, setup, teardown),
         cmocka_unit_test(test_token_input),
+        cmocka_unit_test(test_addr_same),
+        cmocka_unit_test_setup_teardown(test_events_outbox, setup, teardown),
         cmocka_unit_test(test_token_json),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
