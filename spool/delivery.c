@@ -212,6 +212,24 @@ static gboolean dlv_count(struct spool_txn *t, const struct spool_dlv *d, int de
     return spool_counter_add(t, counter, delta, err);
 }
 
+/*
+ * The totals of /metrics: a result recorded (sent, bounced) or an attempt
+ * deferred.  A lease that runs out changes the state but is no attempt.
+ */
+static gboolean dlv_count_result(struct spool_txn *t, const struct spool_dlv *d,
+                                 enum dlv_state was, uint32_t attempts_before, GError **err)
+{
+    if (was == DLV_STATE_COUNT || was == d->state)
+        return TRUE;
+    if (d->state == DLV_SENT)
+        return spool_counter_add(t, SPOOL_COUNTER_SENT, 1, err);
+    if (d->state == DLV_BOUNCED)
+        return spool_counter_add(t, SPOOL_COUNTER_BOUNCED, 1, err);
+    if (d->state == DLV_DEFERRED && d->attempts > attempts_before)
+        return spool_counter_add(t, SPOOL_COUNTER_DEFERRED, 1, err);
+    return TRUE;
+}
+
 static gboolean dlv_index(struct spool_txn *t, const struct spool_dlv *d, gboolean add,
                           GError **err)
 {
@@ -245,6 +263,8 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
     unsigned char k[12];
     MDB_val key = { 12, k }, val = { size, NULL };
     gboolean was_bounced = FALSE;
+    enum dlv_state was = DLV_STATE_COUNT;   /* none: a new delivery */
+    uint32_t attempts_before = 0;
     int rc;
 
     dlv_key(k, d->msg, d->idx);
@@ -259,6 +279,8 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
         ok = dlv_decode(&val, &old, err) && dlv_index(t, &old, FALSE, err) &&
              dlv_count(t, &old, -1, err);
         was_bounced = old.state == DLV_BOUNCED;
+        was = old.state;
+        attempts_before = old.attempts;
         spool_dlv_clear(&old);
         if (!ok)
             return FALSE;
@@ -268,7 +290,8 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
     if (rc)
         return spool_mdb_fail(rc, "store delivery", err);
     dlv_encode(d, val.mv_data);
-    if (!dlv_index(t, d, TRUE, err) || !dlv_count(t, d, 1, err))
+    if (!dlv_index(t, d, TRUE, err) || !dlv_count(t, d, 1, err) ||
+        !dlv_count_result(t, d, was, attempts_before, err))
         return FALSE;
     /*
      * A bounce is news for the platform whoever records it (a 5xx, the

@@ -218,6 +218,20 @@ gboolean spool_msg_foreach(struct spool_txn *t, int state, queue_id from, spool_
  */
 gboolean spool_counter_add(struct spool_txn *t, const char *name, int64_t delta, GError **err);
 uint64_t spool_counter_get(struct spool_txn *t, const char *name);
+/*
+ * Totals since the spool was made, only ever added to (Prometheus
+ * counters, spool_stats.h): mail received (by ingest), rejected by reason
+ * (spool_msg_set_state), delivery results (spool_dlv_put: sent, deferred
+ * after an attempt, bounced).
+ */
+#define SPOOL_COUNTER_RECEIVED "total.received"
+#define SPOOL_COUNTER_SENT "total.dlv.sent"
+#define SPOOL_COUNTER_DEFERRED "total.dlv.deferred"
+#define SPOOL_COUNTER_BOUNCED "total.dlv.bounced"
+/* The rejection reasons the transform gives, NULL-terminated; others count as "other". */
+#define SPOOL_REJECT_REASONS 5
+extern const char *const spool_reject_reasons[];
+const char *spool_counter_rejected(const char *reason);
 
 /* Bodies: DB_BODIES for the bytes received, DB_OUTGOING for the common copy. */
 gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id,

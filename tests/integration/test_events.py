@@ -121,6 +121,10 @@ def of(events, qid, kind=None):
     return [e for e in events if e.get("message") == qid and (kind is None or e["type"] == kind)]
 
 
+def metric(text, name):
+    return int(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + " ")))
+
+
 def outbox(c):
     return json.loads(c.spoolctl("--json", "events").stdout)
 
@@ -166,6 +170,34 @@ def test_rejected_token_and_bounce(make_chain, make_api, tmp_path, receiver):
     assert [e["type"] for e in evs] == ["message.accepted", "delivery.bounced", "message.done"]
     assert evs[1]["recipient"] == "gone@example.org" and evs[1]["reply"].startswith("550")
     assert evs[2]["sent"] == 1 and evs[2]["bounced"] == 1
+    # The same facts as Prometheus counters; GET /metrics is spoolctl metrics.
+    text = c.spoolctl("metrics").stdout.decode()
+    assert "postern_messages_received_total 2\n" in text
+    assert 'postern_messages_rejected_total{reason="TOKEN_INVALID"} 1\n' in text
+    assert 'postern_messages_rejected_total{reason="TOKEN_USED"} 0\n' in text
+    # Notices are deliveries too: the rejection's and the bounce report's may be sent by now.
+    assert metric(text, 'postern_delivery_results_total{result="sent"}') >= 1
+    assert 'postern_delivery_results_total{result="bounced"} 1\n' in text
+    assert "# TYPE postern_messages_received_total counter" in text
+    st, served, _ = a.call("GET", "/metrics", key="read")
+    assert st == 200 and served.split("postern_spool_bytes")[0] == text.split(
+        "postern_spool_bytes")[0]
+
+
+def test_relay_paused(make_chain, make_api, tmp_path, receiver):
+    c, relay, a = chain_with_events(make_chain, make_api, tmp_path, receiver.url)
+    reply = "421 4.7.0 Try again later, closing connection."
+    relay.data_script["ada@example.org"] = [reply]
+    qid = send(c, c.token("ada@example.org"))
+    receiver.wait(lambda ev: of(ev, qid, "message.done"), timeout=90, what="done event")
+    ev = receiver.delivered()
+    (paused,) = [e for e in ev if e["type"] == "relay.paused"]
+    assert "421" in paused["reason"] and paused["until"] >= paused["time"]
+    types = [e["type"] for e in ev]
+    assert types.index("message.accepted") < types.index("relay.paused") < \
+        types.index("message.done")
+    text = c.spoolctl("metrics").stdout.decode()
+    assert metric(text, 'postern_delivery_results_total{result="deferred"}') >= 1
 
 
 def test_backlog_kept_while_down_then_in_order(make_chain, make_api, tmp_path):

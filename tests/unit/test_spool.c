@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "spool/spool.h"
 #include "spool/spool_events.h"
+#include "spool/spool_stats.h"
 #include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
 #include "spool/spool_token_json.h"
@@ -740,6 +741,60 @@ static void test_events_outbox(void **state)
     assert_string_equal(got.error, "status 500");
 }
 
+static gboolean put_results(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct spool_msg m;
+    struct spool_dlv d;
+    gboolean ok;
+    /* ready, leased, deferred after an attempt, leased, back to deferred at lease expiry, sent */
+    static const enum dlv_state steps[] = { DLV_READY, DLV_LEASED, DLV_DEFERRED, DLV_LEASED,
+                                            DLV_DEFERRED, DLV_LEASED, DLV_SENT };
+    static const uint32_t attempts[] = { 0, 0, 1, 1, 1, 1, 2 };
+
+    spool_msg_init(&m);
+    if (!(m.id = spool_id_next(t, err)))
+        return FALSE;
+    m.state = MSG_INCOMING;
+    m.sender = g_strdup("a@b.no");
+    ok = spool_msg_insert(t, &m, err) && spool_msg_set_state(t, &m, MSG_REJECTED, "TOKEN_USED",
+                                                             err);
+    spool_dlv_init(&d);
+    d.msg = m.id;
+    d.rcpt = "x@y.no";
+    for (guint i = 0; ok && i < G_N_ELEMENTS(steps); i++) {
+        d.state = steps[i];
+        d.attempts = attempts[i];
+        ok = spool_dlv_put(t, &d, err);
+    }
+    d.idx = 1;
+    d.state = DLV_BOUNCED;
+    ok = ok && spool_dlv_put(t, &d, err);   /* new and bounced at once: no result recorded */
+    spool_msg_clear(&m);
+    return ok;
+}
+
+/* The /metrics totals: received, rejected by reason, delivery results. */
+static void test_result_counters(void **state)
+{
+    struct fixture *f = *state;
+    struct spool_stats st;
+    g_autoptr(GString) text = g_string_new(NULL);
+
+    assert_true(spool_write(f->sp, put_results, NULL, NULL));
+    assert_true(spool_stats_read(f->sp, &st, NULL));
+    assert_int_equal(st.received, 1);
+    assert_int_equal(st.rejected[2], 1);                    /* TOKEN_USED */
+    assert_int_equal(st.rejected[SPOOL_REJECT_REASONS], 0); /* other */
+    assert_int_equal(st.deferred, 1);
+    assert_int_equal(st.sent, 1);
+    assert_int_equal(st.bounced, 0);
+    assert_int_equal(st.msgs[MSG_REJECTED], 1);
+    spool_stats_prometheus(&st, text);
+    assert_non_null(strstr(text->str, "postern_messages_rejected_total{reason=\"TOKEN_USED\"} 1\n"));
+    assert_non_null(strstr(text->str, "postern_delivery_results_total{result=\"deferred\"} 1\n"));
+    assert_non_null(strstr(text->str, "postern_events_waiting 0\n"));
+}
+
 static void test_token_input(void **state)
 {
     const char *const good[] = { "a@Example.ORG", "<a@example.org>", " b@example.org ", NULL };
@@ -856,6 +911,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_index_walks, setup, teardown),
         cmocka_unit_test(test_token_input),
         cmocka_unit_test(test_addr_same),
+        cmocka_unit_test_setup_teardown(test_result_counters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events_outbox, setup, teardown),
         cmocka_unit_test(test_token_json),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, setup, teardown),
