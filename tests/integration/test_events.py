@@ -3,7 +3,8 @@
 A real receiver (http.server in a thread) stands for the web platform; the
 whole chain runs (chain.py) with postern-api (test_api.Api) on the same
 config.  Checked: accepted and done events with a valid HMAC, a rejected
-token, a backlog kept while the endpoint is down and delivered in order
+token and a bounce, the relay paused and resumed, the Prometheus counters,
+a backlog kept while the endpoint is down and delivered in order
 once it is up, 500s and garbage answers retried, and nothing lost across
 kill -9 of postern-api (repeats allowed, with the same event id).
 """
@@ -184,18 +185,25 @@ def test_rejected_token_and_bounce(make_chain, make_api, tmp_path, receiver):
         "postern_spool_bytes")[0]
 
 
-def test_relay_paused(make_chain, make_api, tmp_path, receiver):
-    c, relay, a = chain_with_events(make_chain, make_api, tmp_path, receiver.url)
+def test_relay_paused_and_resumed(make_chain, make_api, tmp_path, receiver):
+    cfg = postern.merge(events_config(tmp_path, receiver.url),
+                        {"retry": {"initial": "60s", "max": "120s"}})
+    c, relay = make_chain(cfg)
+    a = make_api(sections=c.ingest.sections)
     reply = "421 4.7.0 Try again later, closing connection."
     relay.data_script["ada@example.org"] = [reply]
     qid = send(c, c.token("ada@example.org"))
-    receiver.wait(lambda ev: of(ev, qid, "message.done"), timeout=90, what="done event")
-    ev = receiver.delivered()
-    (paused,) = [e for e in ev if e["type"] == "relay.paused"]
-    assert "421" in paused["reason"] and paused["until"] >= paused["time"]
-    types = [e["type"] for e in ev]
+    receiver.wait(lambda ev: [e for e in ev if e["type"] == "relay.paused"], what="paused event")
+    (paused,) = [e for e in receiver.delivered() if e["type"] == "relay.paused"]
+    assert "421" in paused["reason"] and paused["until"] >= paused["time"] + 50
+    # The operator ends it early: the platform hears that too.
+    c.spoolctl("relay", "resume")
+    receiver.wait(lambda ev: [e for e in ev if e["type"] == "relay.resumed"], what="resumed")
+    c.spoolctl("retry", "--all")
+    receiver.wait(lambda ev: of(ev, qid, "message.done"), timeout=60, what="done event")
+    types = [e["type"] for e in receiver.delivered()]
     assert types.index("message.accepted") < types.index("relay.paused") < \
-        types.index("message.done")
+        types.index("relay.resumed") < types.index("message.done")
     text = c.spoolctl("metrics").stdout.decode()
     assert metric(text, 'postern_delivery_results_total{result="deferred"}') >= 1
 
