@@ -40,7 +40,7 @@ struct api_events {
 
     int64_t next_try;               /* unix ms: no try before */
     uint32_t failures;              /* in a row */
-    gboolean outage;                /* logged as down, not yet as back */
+    gboolean outage;                /* logged as down by this process */
 };
 
 /* ---- pure --------------------------------------------------------------- */
@@ -182,7 +182,7 @@ static void api_events_delivered(struct api_events *ev, long status)
         return;
     }
     msg_info("event %s %s: delivered, status=%ld", id, ev->type, status);
-    if (ev->outage)
+    if (ev->failures)
         msg_info("events: %s answers again after %u failed tries", ev->url, ev->failures);
     ev->outage = FALSE;
     ev->failures = 0;
@@ -316,12 +316,13 @@ struct api_events *api_events_start(const struct postern_config *cfg, struct spo
     ev->multi = curl_multi_init();
     ev->reply = g_string_new(NULL);
 
-    /* A restart tries at once, but knows it was failing (the "answers again" line). */
+    /*
+     * A restart tries at once, and says again that the endpoint is down if
+     * it still is; the tries before count in the "answers again" line.
+     */
     if (spool_read_begin(sp, &t, NULL)) {
-        if (spool_events_retry_get(&t, &st, NULL) && st.failures) {
+        if (spool_events_retry_get(&t, &st, NULL))
             ev->failures = st.failures;
-            ev->outage = TRUE;
-        }
         spool_read_end(&t);
     }
     msg_info("events: posting to %s", ev->url);

@@ -790,7 +790,8 @@ static void test_result_counters(void **state)
     assert_int_equal(st.bounced, 0);
     assert_int_equal(st.msgs[MSG_REJECTED], 1);
     spool_stats_prometheus(&st, text);
-    assert_non_null(strstr(text->str, "postern_messages_rejected_total{reason=\"TOKEN_USED\"} 1\n"));
+    assert_non_null(strstr(text->str,
+                           "postern_messages_rejected_total{reason=\"TOKEN_USED\"} 1\n"));
     assert_non_null(strstr(text->str, "postern_delivery_results_total{result=\"deferred\"} 1\n"));
     assert_non_null(strstr(text->str, "postern_events_waiting 0\n"));
 }
