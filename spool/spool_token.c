@@ -282,7 +282,8 @@ static gboolean spool_token_put(struct spool_txn *t, const struct spool_token *t
 
 gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, GError **err)
 {
-    g_autofree char *owner = spool_token_normalise_addr(tk->sender);
+    /* Keyed as the sender binding compares: any case of the owner finds it. */
+    g_autofree char *owner = spool_token_addr_key(tk->sender);
     GByteArray *k = g_byte_array_new();
     MDB_val key, val = { 0, (void *)"" };
     int rc;
@@ -314,11 +315,10 @@ gboolean spool_token_update(struct spool_txn *t, const struct spool_token *tk, G
     return ok && spool_token_put(t, tk, 0, err);
 }
 
-gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
+static gboolean spool_token_owner_indexed(struct spool_txn *t, const char *owner)
 {
-    g_autofree char *owner = spool_token_normalise_addr(addr);
     MDB_cursor *cur;
-    MDB_val key = { strlen(owner) + 1, owner }, val;
+    MDB_val key = { strlen(owner) + 1, (void *)owner }, val;
     gboolean found = FALSE;
 
     if (mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKEN_FROM), &cur))
@@ -328,6 +328,16 @@ gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
                 memcmp(key.mv_data, owner, strlen(owner) + 1) == 0;
     mdb_cursor_close(cur);
     return found;
+}
+
+gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
+{
+    g_autofree char *owner = spool_token_addr_key(addr);
+    g_autofree char *as_before = spool_token_normalise_addr(addr);
+
+    /* Entries written before the index was lowercased keep the local part's case. */
+    return spool_token_owner_indexed(t, owner) ||
+           (strcmp(owner, as_before) != 0 && spool_token_owner_indexed(t, as_before));
 }
 
 gboolean spool_token_foreach(struct spool_txn *t, spool_token_fn fn, void *ctx, GError **err)

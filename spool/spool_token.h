@@ -75,7 +75,11 @@ gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HAS
 /* Insert (refuses an existing hash) or update, keeping counters and the owner index. */
 gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, GError **err);
 gboolean spool_token_update(struct spool_txn *t, const struct spool_token *tk, GError **err);
-/* Does addr own any token (used or not)?  Decides whether a failure notice may go out. */
+/*
+ * Does addr own any token (used or not)?  Decides whether a failure notice
+ * may go out.  Compared as the sender binding compares (token_from is
+ * keyed by spool_token_addr_key(); older entries by the normalised form).
+ */
 gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr);
 /* Find by hex id prefix (unique) or by the token text itself. */
 gboolean spool_token_find(struct spool_txn *t, const char *prefix_or_token, struct spool_token *tk,
