@@ -562,6 +562,11 @@ def test_sender_compared_without_case(stack):
     assert stack.wait(qid)["state"] == "ready"
     assert [d["rcpt"] for d in stack.deliveries(qid)] == ["anna@example.org", "Bob@example.org",
                                                           "carl@example.net"]
+    # Used now: the owner in any case is told (token_from compares as the binding does).
+    again = stack.send(with_token("again", CONTENT["plain_7bit"], token), sender="ALICE@abakus.no")
+    assert stack.wait(again, "rejected")["reason"] == "TOKEN_USED"
+    (n,) = wait_for(lambda: stack.notices(ref=again), what="rejection notice")
+    assert b"alice@abakus.no" in stack.outgoing(n["id"]).lower()
     token2 = stack.token()
     qid2 = stack.send(with_token("case", CONTENT["plain_7bit"], token2), sender="Test@abakus.no")
     assert stack.wait(qid2)["state"] == "ready"
