@@ -6,15 +6,18 @@ config.  Checked: accepted and done events with a valid HMAC, a rejected
 token and a bounce, the relay paused and resumed, the Prometheus counters,
 a backlog kept while the endpoint is down and delivered in order
 once it is up, 500s and garbage answers retried, and nothing lost across
-kill -9 of postern-api (repeats allowed, with the same event id).
+kill -9 of postern-api (repeats allowed, with the same event id); and
+`postern run` starting postern-api for [events] url alone.
 """
 import hashlib
 import hmac
 import http.server
 import json
-import socket
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -284,3 +287,36 @@ def test_no_outbox_without_url(make_chain):
     assert outbox(c)["count"] == 0
     assert "message.accepted" not in c.transform.log()
     assert "message.done" not in c.dispatch.log()
+
+
+def test_postern_run_posts_events_without_api_keys(tmp_path, receiver):
+    """postern run starts postern-api for [events] url alone (no [api] keys_file)."""
+    spool = Path(tempfile.mkdtemp(prefix="pst", dir="/tmp"))      # ipc paths: sun_path
+    listen = f"127.0.0.1:{postern.free_port()}"
+    sections = postern.merge({
+        "spool": {"dir": spool},
+        "ingest": {"listen": listen, "recipients": postern.RECIPIENT},
+        "relay": {"url": f"maildir:{tmp_path}/outbox"},
+        "workers": {"count": 1, "transforms": 1},
+        "api": {"listen": f"127.0.0.1:{postern.free_port()}"},
+    }, events_config(tmp_path, receiver.url))
+    cfg = tmp_path / "run.ini"
+    postern.write_config(cfg, sections)
+    run = postern.Daemon([postern.binary("tools/postern"), "-c", cfg, "run"],
+                         tmp_path / "run.log", r"started postern-sender")
+    try:
+        run.start()
+        token = postern.spoolctl(cfg, "token", "add", "--from", OWNER, "--rcpt",
+                                 "ada@example.org").stdout.decode().strip()
+        host, port = listen.split(":")
+        with postern.Client((host, int(port))) as cl:
+            cl.lhlo()
+            qid = cl.send_message(pc.lego_message(token), sender=OWNER)
+        receiver.wait(lambda ev: of(ev, qid, "message.done"), what="done event")
+        assert [e["type"] for e in of(receiver.delivered(), qid)] == ["message.accepted",
+                                                                     "message.done"]
+    finally:
+        rc = run.stop(timeout=60)
+        shutil.rmtree(spool, ignore_errors=True)
+    assert rc == 0, run.log_tail()
+    assert "postern-api stopped" in run.log()
