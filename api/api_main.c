@@ -2,11 +2,13 @@
  * postern-api - the platform bridge: HTTP/JSON for the web platform
  * (docs/api.yaml, docs/integration.md).
  *
- * Set up (config, keys, spool, the listening socket, libmicrohttpd), then
- * one loop: wait on the server's epoll set and the signal pipe, let the
- * server run what is ready, clear stale spool readers now and then.  A
+ * Set up (config, keys, spool, the listening socket, libmicrohttpd, the
+ * events poster), then one loop: wait on the server's epoll set, the
+ * signal pipe and the event transfer, let the server run what is ready,
+ * move the events on, clear stale spool readers now and then.  A
  * request runs to its end inside the loop, so SIGTERM stops between two.
  */
+#include "api/api_events.h"
 #include "api/api_server.h"
 #include "common/clock.h"
 #include "common/daemon.h"
@@ -65,6 +67,7 @@ int main(int argc, char **argv)
     struct api a = { &cfg };
     g_autofree char *cert = NULL, *key = NULL;
     struct MHD_Daemon *d;
+    struct api_events *events;
     int64_t next_check = 0;
     int sig_fd, listen_fd, epoll_fd, stopping = 0;
     GError *err = NULL;
@@ -78,6 +81,9 @@ int main(int argc, char **argv)
     if (!*cfg.api.keys_file)
         msg_warn("[api] keys_file is not set: every request but /healthz is refused");
     if (!spool_open(&a.spool, &cfg, &err))
+        daemon_start_fail("%s", err->message);
+    /* [events] url: its secret before anything listens, as the keys. */
+    if (!(events = api_events_start(&cfg, a.spool, &err)) && err)
         daemon_start_fail("%s", err->message);
     if (*cfg.api.tls_cert) {
         cert = api_read_pem(cfg.api.tls_cert);
@@ -100,15 +106,19 @@ int main(int argc, char **argv)
         /* Wake for the server's own timers (idle connections), at least once a second. */
         if (MHD_get_timeout(d, &mhd_ms) == MHD_YES && mhd_ms < (MHD_UNSIGNED_LONG_LONG)timeout)
             timeout = (int)mhd_ms;
-        if (poll(p, 2, timeout) < 0 && errno != EINTR)
+        if ((events ? api_events_poll(events, p, 2, timeout) : poll(p, 2, timeout)) < 0 &&
+            errno != EINTR)
             msg_fatal("poll: %s", g_strerror(errno));
         if (p[1].revents)
             stopping = daemon_signal_read(sig_fd);
         MHD_run(d);
+        if (events)
+            api_events_run(events, unix_ms());
         spool_reader_check_every(a.spool, &next_check, mono_ms());
     }
     msg_info("stopping on signal %d", stopping);
     MHD_stop_daemon(d);
+    api_events_stop(events);
     close(listen_fd);
     api_keys_free(a.keys);
     spool_close(a.spool);

@@ -97,6 +97,11 @@ static const struct config_key config_keys[] = {
     K("api", "tls_cert", CT_STRING, "", api.tls_cert),
     K("api", "tls_key", CT_STRING, "", api.tls_key),
     K("api", "max_body", CT_SIZE, "8M", api.max_body),
+
+    K("events", "url", CT_STRING, "", events.url),
+    K("events", "secret_file", CT_STRING, "", events.secret_file),
+    K("events", "timeout", CT_DURATION, "10s", events.timeout),
+    K("events", "max_backoff", CT_DURATION, "5m", events.max_backoff),
 };
 
 /* [dkim] keys when unset (of the spool directory). */
@@ -580,6 +585,42 @@ static void config_check_api(const struct postern_config *cfg, GPtrArray *proble
                           "every request with a body would be refused");
 }
 
+/*
+ * [events]: an http(s) URL postern-api can post to, and with it the
+ * shared secret that signs each body (unsigned events would let anyone who
+ * can reach the platform forge outcomes), kept from group and others.
+ */
+static void config_check_events(const struct postern_config *cfg, GPtrArray *problems)
+{
+    const char *url = cfg->events.url;
+    struct stat st;
+
+    if (!*url) {
+        if (*cfg->events.secret_file)
+            config_problem(problems, cfg, "events", "secret_file", "is set but url is not");
+        return;
+    }
+    if ((!g_str_has_prefix(url, "http://") && !g_str_has_prefix(url, "https://")) ||
+        strpbrk(url, " \t\r\n") ||
+        !url[strlen(g_str_has_prefix(url, "https://") ? "https://" : "http://")])
+        config_problem(problems, cfg, "events", "url", "\"%s\": expected http://HOST[:PORT]/PATH "
+                       "or https://...", url);
+    if (!*cfg->events.secret_file)
+        config_problem(problems, cfg, "events", "secret_file", "must be set with url (the key "
+                       "of X-Postern-Signature)");
+    else if (stat(cfg->events.secret_file, &st) < 0 || access(cfg->events.secret_file, R_OK) < 0)
+        config_problem(problems, cfg, "events", "secret_file", "%s: %s",
+                       cfg->events.secret_file, g_strerror(errno));
+    else if (st.st_mode & 077)
+        config_problem(problems, cfg, "events", "secret_file", "%s: mode %04o lets others "
+                       "read the secret (chmod 600)", cfg->events.secret_file,
+                       (unsigned)(st.st_mode & 07777));
+    config_check_positive(cfg, problems, "events", "timeout", cfg->events.timeout,
+                          "every POST would time out");
+    config_check_positive(cfg, problems, "events", "max_backoff", cfg->events.max_backoff,
+                          "a down endpoint would be tried without a pause");
+}
+
 gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
 {
     guint before = problems->len;
@@ -620,6 +661,7 @@ gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
     config_check_positive(cfg, problems, "workers", "slots", cfg->workers.slots,
                           "a sender could take no job");
     config_check_api(cfg, problems);
+    config_check_events(cfg, problems);
     return problems->len == before;
 }
 

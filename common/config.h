@@ -89,6 +89,12 @@ struct postern_config {
         char *tls_key;
         uint64_t max_body;          /* 413 beyond */
     } api;
+    struct {
+        char *url;                  /* where postern-api posts outcome events; "": none */
+        char *secret_file;          /* the HMAC-SHA256 key of X-Postern-Signature */
+        uint64_t timeout;           /* one POST, connect to answer */
+        uint64_t max_backoff;       /* the longest wait between tries */
+    } events;
 };
 
 #define CONFIG_EXIT_USAGE 2

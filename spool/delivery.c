@@ -3,6 +3,7 @@
  */
 #include "spool/delivery.h"
 #include "spool/spool_lmdb.h"
+#include "spool/spool_events.h"
 #include "common/clock.h"
 #include "common/log.h"
 
@@ -211,6 +212,24 @@ static gboolean dlv_count(struct spool_txn *t, const struct spool_dlv *d, int de
     return spool_counter_add(t, counter, delta, err);
 }
 
+/*
+ * The totals of /metrics: a result recorded (sent, bounced) or an attempt
+ * deferred.  A lease that runs out changes the state but is no attempt.
+ */
+static gboolean dlv_count_result(struct spool_txn *t, const struct spool_dlv *d,
+                                 enum dlv_state was, uint32_t attempts_before, GError **err)
+{
+    if (was == DLV_STATE_COUNT || was == d->state)
+        return TRUE;
+    if (d->state == DLV_SENT)
+        return spool_counter_add(t, SPOOL_COUNTER_SENT, 1, err);
+    if (d->state == DLV_BOUNCED)
+        return spool_counter_add(t, SPOOL_COUNTER_BOUNCED, 1, err);
+    if (d->state == DLV_DEFERRED && d->attempts > attempts_before)
+        return spool_counter_add(t, SPOOL_COUNTER_DEFERRED, 1, err);
+    return TRUE;
+}
+
 static gboolean dlv_index(struct spool_txn *t, const struct spool_dlv *d, gboolean add,
                           GError **err)
 {
@@ -243,6 +262,9 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
     size_t size = dlv_record_size(d);
     unsigned char k[12];
     MDB_val key = { 12, k }, val = { size, NULL };
+    gboolean was_bounced = FALSE;
+    enum dlv_state was = DLV_STATE_COUNT;   /* none: a new delivery */
+    uint32_t attempts_before = 0;
     int rc;
 
     dlv_key(k, d->msg, d->idx);
@@ -256,6 +278,9 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
         old.idx = d->idx;
         ok = dlv_decode(&val, &old, err) && dlv_index(t, &old, FALSE, err) &&
              dlv_count(t, &old, -1, err);
+        was_bounced = old.state == DLV_BOUNCED;
+        was = old.state;
+        attempts_before = old.attempts;
         spool_dlv_clear(&old);
         if (!ok)
             return FALSE;
@@ -265,7 +290,16 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
     if (rc)
         return spool_mdb_fail(rc, "store delivery", err);
     dlv_encode(d, val.mv_data);
-    return dlv_index(t, d, TRUE, err) && dlv_count(t, d, 1, err);
+    if (!dlv_index(t, d, TRUE, err) || !dlv_count(t, d, 1, err) ||
+        !dlv_count_result(t, d, was, attempts_before, err))
+        return FALSE;
+    /*
+     * A bounce is news for the platform whoever records it (a 5xx, the
+     * lifetime passed): here, with the record, it cannot be missed.
+     */
+    if (d->state == DLV_BOUNCED && !was_bounced)
+        return spool_event_bounced(t, d->msg, d->rcpt, d->last_reply, err);
+    return TRUE;
 }
 
 gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, void *ctx,
@@ -512,6 +546,8 @@ gboolean spool_msg_settle(struct spool_txn *t, queue_id msg, GError **err)
         spool_id_format(msg, id);
         if (ok && to == MSG_DONE)
             spool_txn_log(t, "%s: done, sent=%u, bounced=%u", id, n[DLV_SENT], n[DLV_BOUNCED]);
+        if (ok && to == MSG_DONE)
+            ok = spool_event_done(t, &m, n[DLV_SENT], n[DLV_BOUNCED], err);
         if (ok && to == MSG_DONE && n[DLV_BOUNCED] && m.owner &&
             g_strcmp0(m.kind, MSG_KIND_NOTICE) != 0)
             ok = dlv_bounce_report(t, &m, err);

@@ -6,6 +6,8 @@
  */
 #include "spool/relay_state.h"
 #include "spool/spool_lmdb.h"
+#include "spool/spool_events.h"
+#include "common/clock.h"
 
 #include <string.h>
 
@@ -40,6 +42,37 @@ gboolean relay_state_get(struct spool_txn *t, struct relay_state *out, GError **
     return TRUE;
 }
 
+/*
+ * The platform hears of a pause that begins (or is made longer) and of
+ * one ended early (spoolctl relay resume); a pause that runs out changes
+ * no record, so its end is the `until` the paused event gave.
+ */
+static gboolean relay_state_event(struct spool_txn *t, const struct relay_state *st,
+                                  GError **err)
+{
+    struct relay_state old;
+    struct spool_event ev;
+    int64_t now = unix_ms();
+    gboolean ok = TRUE;
+
+    if (!spool_events_enabled(t->sp))
+        return TRUE;
+    if (!relay_state_get(t, &old, err))
+        return FALSE;
+    spool_event_init(&ev);
+    if (relay_state_paused(st, now) && st->paused_until > old.paused_until) {
+        ev.type = g_strdup(EVENT_RELAY_PAUSED);
+        ev.until = st->paused_until;
+        ev.reason = g_strdup(st->reason);
+    } else if (relay_state_paused(&old, now) && !relay_state_paused(st, now)) {
+        ev.type = g_strdup(EVENT_RELAY_RESUMED);
+    }
+    if (ev.type)
+        ok = spool_event_add(t, &ev, err);
+    spool_event_clear(&ev);
+    return ok;
+}
+
 gboolean relay_state_put(struct spool_txn *t, const struct relay_state *st, GError **err)
 {
     size_t reason_len = strnlen(st->reason, RELAY_REASON_MAX - 1);
@@ -47,6 +80,9 @@ gboolean relay_state_put(struct spool_txn *t, const struct relay_state *st, GErr
     MDB_val key = { strlen(RELAY_STATE_KEY), (void *)RELAY_STATE_KEY };
     MDB_val val = { RELAY_STATE_LEN + reason_len, v };
     int rc;
+
+    if (!relay_state_event(t, st, err))
+        return FALSE;
 
     spool_be64(v, (uint64_t)st->paused_until);
     spool_be32(v + 8, st->pauses);

@@ -22,6 +22,7 @@
  *   leases      expiry_ms . id . rcpt#  -> lease id (leased deliveries only)
  *   tokens      sha256(token)           -> token record (GVariant a{sv})
  *   token_from  sender . 0 . sha256     -> ""       (tokens owned by an address)
+ *   events      event id                -> outcome event (spool_events.h)
  *
  * Only spool/ knows these keys and includes lmdb.h (spool_lmdb.h): other
  * programs use the functions here and in delivery.h and spool_token.h.
@@ -63,6 +64,7 @@ enum spool_db {
     DB_META, DB_MESSAGES, DB_BODIES, DB_BY_STATE, DB_OUTGOING, DB_DELIVERIES,
     DB_DUE, DB_LEASES, DB_TOKENS, DB_TOKEN_FROM,
     DB_NOTICE_RATE,                 /* spool_notice_rate.h */
+    DB_EVENTS,                      /* spool_events.h: the outbox for [events] url */
     DB_COUNT
 };
 
@@ -216,6 +218,20 @@ gboolean spool_msg_foreach(struct spool_txn *t, int state, queue_id from, spool_
  */
 gboolean spool_counter_add(struct spool_txn *t, const char *name, int64_t delta, GError **err);
 uint64_t spool_counter_get(struct spool_txn *t, const char *name);
+/*
+ * Totals since the spool was made, only ever added to (Prometheus
+ * counters, spool_stats.h): mail received (by ingest), rejected by reason
+ * (spool_msg_set_state), delivery results (spool_dlv_put: sent, deferred
+ * after an attempt, bounced).
+ */
+#define SPOOL_COUNTER_RECEIVED "total.received"
+#define SPOOL_COUNTER_SENT "total.dlv.sent"
+#define SPOOL_COUNTER_DEFERRED "total.dlv.deferred"
+#define SPOOL_COUNTER_BOUNCED "total.dlv.bounced"
+/* The rejection reasons the transform gives, NULL-terminated; others count as "other". */
+#define SPOOL_REJECT_REASONS 5
+extern const char *const spool_reject_reasons[];
+const char *spool_counter_rejected(const char *reason);
 
 /* Bodies: DB_BODIES for the bytes received, DB_OUTGOING for the common copy. */
 gboolean spool_body_put(struct spool_txn *t, enum spool_db db, queue_id id,

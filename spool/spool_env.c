@@ -2,6 +2,7 @@
  * spool_env.c - the LMDB environment: open, transactions, map growth.
  */
 #include "spool/spool_lmdb.h"
+#include "spool/spool_events.h"
 #include "common/log.h"
 
 #include <errno.h>
@@ -27,6 +28,7 @@ struct spool {
     uint64_t max_size;
     uint64_t reserve;               /* kept for spool_use_reserve() writers: deletes */
     gboolean use_reserve;
+    gboolean events;                /* [events] url set: write the outbox */
 };
 
 /*
@@ -51,6 +53,11 @@ static uint64_t spool_reserve_for(uint64_t max_size)
 static uint64_t spool_cap(const struct spool *sp)
 {
     return sp->use_reserve ? sp->max_size : sp->max_size - sp->reserve;
+}
+
+gboolean spool_events_enabled(struct spool *sp)
+{
+    return sp->events;
 }
 
 void spool_use_reserve(struct spool *sp)
@@ -93,7 +100,7 @@ static const char *const spool_db_names[DB_COUNT] = {
     [DB_BY_STATE] = "by_state", [DB_OUTGOING] = "outgoing",
     [DB_DELIVERIES] = "deliveries", [DB_DUE] = "due", [DB_LEASES] = "leases",
     [DB_TOKENS] = "tokens", [DB_TOKEN_FROM] = "token_from",
-    [DB_NOTICE_RATE] = "notice_rate",
+    [DB_NOTICE_RATE] = "notice_rate", [DB_EVENTS] = "events",
 };
 
 G_DEFINE_QUARK(postern-spool-error, spool_error)
@@ -244,6 +251,7 @@ gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError
     sp->dir = g_strdup(cfg->spool.dir);
     sp->max_size = cfg->spool.max_size;
     sp->reserve = spool_reserve_for(sp->max_size);
+    sp->events = cfg->events.url && *cfg->events.url;
     if (!spool_make_dirs(sp->dir, err))
         goto fail;
     /* Never into the reserve, unless what is committed already is (LMDB raises it). */

@@ -281,6 +281,10 @@ gboolean spool_msg_insert(struct spool_txn *t, struct spool_msg *m, GError **err
         rc = spool_msg_put(t, m, MDB_NOOVERWRITE);
     if (rc)
         return spool_mdb_fail(rc, "store message record", err);
+    /* Mail that came in, for /metrics (never decremented: a Prometheus counter). */
+    if (m->state == MSG_INCOMING && (!m->kind || g_str_equal(m->kind, MSG_KIND_MAIL)) &&
+        !spool_counter_add(t, SPOOL_COUNTER_RECEIVED, 1, err))
+        return FALSE;
     return spool_state_index(t, m->state, m->id, TRUE, err);
 }
 
@@ -289,6 +293,26 @@ gboolean spool_msg_update(struct spool_txn *t, const struct spool_msg *m, GError
     int rc = spool_msg_put(t, m, 0);
 
     return rc ? spool_mdb_fail(rc, "store message record", err) : TRUE;
+}
+
+const char *const spool_reject_reasons[] = {
+    "TOKEN_NOT_FOUND", "TOKEN_INVALID", "TOKEN_USED", "TOKEN_EXPIRED", "SENDER_MISMATCH", NULL
+};
+
+/* The counter of a rejection: one per known reason, the rest together. */
+const char *spool_counter_rejected(const char *reason)
+{
+    static const char *const names[] = {
+        "total.rejected.TOKEN_NOT_FOUND", "total.rejected.TOKEN_INVALID",
+        "total.rejected.TOKEN_USED", "total.rejected.TOKEN_EXPIRED",
+        "total.rejected.SENDER_MISMATCH",
+    };
+
+    G_STATIC_ASSERT(G_N_ELEMENTS(names) == SPOOL_REJECT_REASONS);
+    for (guint i = 0; i < G_N_ELEMENTS(names); i++)
+        if (g_strcmp0(reason, spool_reject_reasons[i]) == 0)
+            return names[i];
+    return "total.rejected.other";
 }
 
 gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_state to,
@@ -313,6 +337,8 @@ gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_
     m->reason = g_strdup(reason);
     spool_msg_note(m, reason);
     if (!spool_msg_update(t, m, err))
+        return FALSE;
+    if (to == MSG_REJECTED && !spool_counter_add(t, spool_counter_rejected(reason), 1, err))
         return FALSE;
     spool_txn_log(t, "%s: state=%s from=%s%s%s", idtext, msg_state_name(to),
                   msg_state_name(from), reason ? ", reason=" : "", reason ? reason : "");

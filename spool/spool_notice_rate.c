@@ -14,7 +14,8 @@
 /* addr \0 hour: the hours of one address sort together, oldest first. */
 static GByteArray *spool_notice_rate_key(const char *addr, int64_t hour)
 {
-    g_autofree char *owner = spool_token_normalise_addr(addr);
+    /* Any case of an address is that address: no more notices by varying it. */
+    g_autofree char *owner = spool_token_addr_key(addr);
     GByteArray *k = g_byte_array_new();
     unsigned char be[8];
 

@@ -10,7 +10,8 @@
  * every transform worker sees the others' notices, and a rolled-back
  * transaction takes its count back with it.
  *
- * Database notice_rate: key = normalised address \0 hour (8, big-endian,
+ * Database notice_rate: key = address (spool_token_addr_key(): any case of
+ * it is the same address) \0 hour (8, big-endian,
  * unix time / 3600); value = GVariant a{sv}: "count" u, "digests" at (the
  * digests of the notices that went).  Older hours of an address are
  * removed when it gets a new one.

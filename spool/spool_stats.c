@@ -3,6 +3,7 @@
  */
 #include "spool/spool_stats.h"
 #include "common/clock.h"
+#include "spool/spool_events.h"
 
 #include <string.h>
 
@@ -30,6 +31,17 @@ gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err
     }
     st->tokens_active = spool_counter_get(&t, "tok.active");
     st->tokens_used = spool_counter_get(&t, "tok.used");
+    st->received = spool_counter_get(&t, SPOOL_COUNTER_RECEIVED);
+    for (int i = 0; i <= SPOOL_REJECT_REASONS; i++)
+        st->rejected[i] = spool_counter_get(&t, spool_counter_rejected(spool_reject_reasons[i]));
+    st->sent = spool_counter_get(&t, SPOOL_COUNTER_SENT);
+    st->deferred = spool_counter_get(&t, SPOOL_COUNTER_DEFERRED);
+    st->bounced = spool_counter_get(&t, SPOOL_COUNTER_BOUNCED);
+    int64_t oldest_event;
+    if (!spool_events_backlog(&t, &st->events_waiting, &oldest_event, err)) {
+        spool_read_end(&t);
+        return FALSE;
+    }
     if (!relay_state_get(&t, &st->relay, err)) {
         spool_read_end(&t);
         return FALSE;
@@ -73,6 +85,29 @@ void spool_stats_prometheus(const struct spool_stats *st, GString *out)
                            st->tokens_active);
     g_string_append_printf(out, "postern_tokens{status=\"used\"} %" G_GUINT64_FORMAT "\n",
                            st->tokens_used);
+    stats_family(out, "postern_messages_received_total", "counter",
+                 "Messages taken in by ingest since the spool was made.");
+    g_string_append_printf(out, "postern_messages_received_total %" G_GUINT64_FORMAT "\n",
+                           st->received);
+    stats_family(out, "postern_messages_rejected_total", "counter",
+                 "Messages rejected by the transform, by reason.");
+    for (int i = 0; i <= SPOOL_REJECT_REASONS; i++)
+        g_string_append_printf(out, "postern_messages_rejected_total{reason=\"%s\"} %"
+                               G_GUINT64_FORMAT "\n",
+                               spool_reject_reasons[i] ? spool_reject_reasons[i] : "other",
+                               st->rejected[i]);
+    stats_family(out, "postern_delivery_results_total", "counter",
+                 "Delivery attempts by result: sent, deferred, bounced (also at lifetime).");
+    g_string_append_printf(out, "postern_delivery_results_total{result=\"sent\"} %"
+                           G_GUINT64_FORMAT "\n", st->sent);
+    g_string_append_printf(out, "postern_delivery_results_total{result=\"deferred\"} %"
+                           G_GUINT64_FORMAT "\n", st->deferred);
+    g_string_append_printf(out, "postern_delivery_results_total{result=\"bounced\"} %"
+                           G_GUINT64_FORMAT "\n", st->bounced);
+    stats_family(out, "postern_events_waiting", "gauge",
+                 "Outcome events in the outbox, not yet taken by the platform.");
+    g_string_append_printf(out, "postern_events_waiting %" G_GUINT64_FORMAT "\n",
+                           st->events_waiting);
     stats_family(out, "postern_oldest_message_age_seconds", "gauge",
                  "Age of the oldest message not yet ended.");
     g_string_append_printf(out, "postern_oldest_message_age_seconds %" G_GINT64_FORMAT "\n",

@@ -18,6 +18,11 @@ struct spool_stats {
     int64_t oldest_age;             /* seconds, oldest message not ended */
     uint64_t spool_bytes;
     struct relay_state relay;       /* the relay pause */
+    /* Totals (Prometheus counters): spool.h SPOOL_COUNTER_* */
+    uint64_t received;
+    uint64_t rejected[SPOOL_REJECT_REASONS + 1];   /* spool_reject_reasons, then other */
+    uint64_t sent, deferred, bounced;
+    uint64_t events_waiting;        /* the outbox of outcome events */
 };
 
 /* One short read transaction. */

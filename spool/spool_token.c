@@ -60,6 +60,21 @@ char *spool_token_normalise_addr(const char *addr)
     return g_steal_pointer(&a);
 }
 
+char *spool_token_addr_key(const char *addr)
+{
+    g_autofree char *norm = spool_token_normalise_addr(addr);
+
+    return g_ascii_strdown(norm, -1);
+}
+
+gboolean spool_token_addr_same(const char *a, const char *b)
+{
+    g_autofree char *ka = spool_token_addr_key(a ? a : "");
+    g_autofree char *kb = spool_token_addr_key(b ? b : "");
+
+    return strcmp(ka, kb) == 0;
+}
+
 gboolean spool_token_addr_valid(const char *addr)
 {
     const char *at = strrchr(addr, '@');
@@ -113,18 +128,17 @@ gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t n
                     tk->sender ? tk->sender : "");
         return FALSE;
     }
-    /* Recipients as the transform compares them: normalised, each once. */
+    /* Recipients as the transform compares them: each once, whatever its case. */
     for (guint i = 0; i < tk->recipients->len; i++) {
         const char *r = tk->recipients->pdata[i];
-        char *norm = spool_token_normalise_addr(r);
+        g_autofree char *norm = spool_token_normalise_addr(r);
 
         if (!spool_token_addr_valid(norm)) {
-            g_free(norm);
             g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "bad recipient address \"%s\"", r);
             return FALSE;
         }
-        if (g_hash_table_add(seen, norm))
-            g_ptr_array_add(unique, g_strdup(norm));
+        if (g_hash_table_add(seen, spool_token_addr_key(norm)))
+            g_ptr_array_add(unique, g_steal_pointer(&norm));
     }
     if (!unique->len) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "token for %s has no recipients", owner);
@@ -268,7 +282,8 @@ static gboolean spool_token_put(struct spool_txn *t, const struct spool_token *t
 
 gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, GError **err)
 {
-    g_autofree char *owner = spool_token_normalise_addr(tk->sender);
+    /* Keyed as the sender binding compares: any case of the owner finds it. */
+    g_autofree char *owner = spool_token_addr_key(tk->sender);
     GByteArray *k = g_byte_array_new();
     MDB_val key, val = { 0, (void *)"" };
     int rc;
@@ -300,11 +315,10 @@ gboolean spool_token_update(struct spool_txn *t, const struct spool_token *tk, G
     return ok && spool_token_put(t, tk, 0, err);
 }
 
-gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
+static gboolean spool_token_owner_indexed(struct spool_txn *t, const char *owner)
 {
-    g_autofree char *owner = spool_token_normalise_addr(addr);
     MDB_cursor *cur;
-    MDB_val key = { strlen(owner) + 1, owner }, val;
+    MDB_val key = { strlen(owner) + 1, (void *)owner }, val;
     gboolean found = FALSE;
 
     if (mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKEN_FROM), &cur))
@@ -314,6 +328,16 @@ gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
                 memcmp(key.mv_data, owner, strlen(owner) + 1) == 0;
     mdb_cursor_close(cur);
     return found;
+}
+
+gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr)
+{
+    g_autofree char *owner = spool_token_addr_key(addr);
+    g_autofree char *as_before = spool_token_normalise_addr(addr);
+
+    /* Entries written before the index was lowercased keep the local part's case. */
+    return spool_token_owner_indexed(t, owner) ||
+           (strcmp(owner, as_before) != 0 && spool_token_owner_indexed(t, as_before));
 }
 
 gboolean spool_token_foreach(struct spool_txn *t, spool_token_fn fn, void *ctx, GError **err)

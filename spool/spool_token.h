@@ -32,8 +32,17 @@ void spool_token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN]);
 void spool_token_id(const unsigned char hash[TOKEN_HASH_LEN], char out[TOKEN_ID_LEN + 1]);
 /* A new token: 32 random bytes from OpenSSL, base64url without padding. */
 char *spool_token_generate(void);
-/* Address normalisation for owner checks: local part kept, domain lowercased. */
+/* Address normalisation for storing: no <> or blanks, local part kept, domain lowercased. */
 char *spool_token_normalise_addr(const char *addr);
+/*
+ * The key two addresses are compared by: normalised, then wholly
+ * lowercased.  The platform (LEGO) lowercases addresses and mail systems
+ * treat local parts without regard to case, so Alice@Abakus.NO is the
+ * owner alice@abakus.no: used by the sender binding and to send each
+ * recipient once (docs/design.md §4.1).
+ */
+char *spool_token_addr_key(const char *addr);
+gboolean spool_token_addr_same(const char *a, const char *b);
 /*
  * Checking a token request, for every front end (spoolctl now, an HTTP
  * API next): the rules live here so that no two front ends differ.  A
@@ -66,7 +75,11 @@ gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HAS
 /* Insert (refuses an existing hash) or update, keeping counters and the owner index. */
 gboolean spool_token_insert(struct spool_txn *t, const struct spool_token *tk, GError **err);
 gboolean spool_token_update(struct spool_txn *t, const struct spool_token *tk, GError **err);
-/* Does addr own any token (used or not)?  Decides whether a failure notice may go out. */
+/*
+ * Does addr own any token (used or not)?  Decides whether a failure notice
+ * may go out.  Compared as the sender binding compares (token_from is
+ * keyed by spool_token_addr_key(); older entries by the normalised form).
+ */
 gboolean spool_token_owner_exists(struct spool_txn *t, const char *addr);
 /* Find by hex id prefix (unique) or by the token text itself. */
 gboolean spool_token_find(struct spool_txn *t, const char *prefix_or_token, struct spool_token *tk,

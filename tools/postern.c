@@ -319,8 +319,12 @@ static int postern_run(const char *config, gboolean use_syslog)
         postern_add(&sup, self_dir, "sender", "postern-sender", name, config, !use_syslog,
                     "--local", STOP_WORKERS);
     }
-    /* The API only with keys to check ([api] keys_file): without, it could only refuse. */
-    if (*cfg.api.keys_file)
+    /*
+     * The API only with keys to check ([api] keys_file): without, it could
+     * only refuse.  Or with outcome events to post ([events] url): else the
+     * outbox would only grow.
+     */
+    if (*cfg.api.keys_file || *cfg.events.url)
         postern_add(&sup, self_dir, "api", "postern-api", "postern-api", config, !use_syslog,
                     NULL, STOP_WORKERS);
 

@@ -61,6 +61,9 @@ int ctl_fail(GError *err);
 /* Open the spool or exit CTL_FAIL. */
 void ctl_open_spool(struct ctl *c);
 
+/* spoolctl_events.c */
+int ctl_events(struct ctl *c, int argc, char **argv);
+
 /* spoolctl_queue.c */
 int ctl_stats(struct ctl *c, int argc, char **argv);
 int ctl_list(struct ctl *c, int argc, char **argv);

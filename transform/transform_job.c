@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "transform/mime.h"
 #include "spool/delivery.h"
+#include "spool/spool_events.h"
 #include "common/log.h"
 
 #include <string.h>
@@ -268,15 +269,12 @@ static gboolean transform_job_parse(struct transform_job *j)
 static const char *transform_job_verdict(const struct transform_job *j,
                                          const struct spool_token *tk, gint64 now)
 {
-    g_autofree char *sender = NULL, *owner = NULL;
-
     if (!j->have_token)
         return "TOKEN_NOT_FOUND";
     if (!tk || spool_token_status(tk, now) == TOKEN_REVOKED)
         return "TOKEN_INVALID";
-    sender = spool_token_normalise_addr(j->m.sender);
-    owner = spool_token_normalise_addr(tk->sender);
-    if (strcmp(sender, owner) != 0)
+    /* The whole address without regard to case: LEGO lowercases what it registers. */
+    if (!spool_token_addr_same(j->m.sender, tk->sender))
         return "SENDER_MISMATCH";
     switch (spool_token_status(tk, now)) {
     case TOKEN_USED: return "TOKEN_USED";
@@ -300,13 +298,13 @@ static gboolean transform_job_token_get(struct spool_txn *t, const struct transf
     return TRUE;
 }
 
-/* Recipients once each, compared exactly on the local part, not on the domain's case. */
+/* Recipients once each, the whole address compared without regard to case. */
 static void transform_job_unique_rcpts(struct transform_job *j, const struct spool_token *tk)
 {
     g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 
     for (guint i = 0; i < tk->recipients->len; i++)
-        if (g_hash_table_add(seen, spool_token_normalise_addr(tk->recipients->pdata[i])))
+        if (g_hash_table_add(seen, spool_token_addr_key(tk->recipients->pdata[i])))
             g_ptr_array_add(j->rcpts, g_strdup(tk->recipients->pdata[i]));
 }
 
@@ -477,7 +475,10 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
     m->message_id = g_strdup(j->message_id);
     spool_txn_log(t, "%s: token=%s used, owner=<%s>, nrcpt=%u, message-id=<%s>", j->idtext,
                   j->token_id, j->owner, j->rcpts->len, j->message_id);
-    return spool_msg_set_state(t, m, MSG_READY, NULL, err);
+    /* The platform hears of it in the transaction that accepts it (spool_events.h). */
+    return spool_msg_set_state(t, m, MSG_READY, NULL, err) &&
+           spool_event_message(t, m, EVENT_MESSAGE_ACCEPTED, NULL, j->token_id, j->rcpts->len,
+                               err);
 }
 
 /*
@@ -499,7 +500,9 @@ static gboolean transform_job_commit_token(struct spool_txn *t, struct transform
                     j->idtext, j->token_id, verdict ? verdict : "usable");
         ok = FALSE;
     } else if (verdict) {
-        ok = spool_msg_set_state(t, m, MSG_REJECTED, verdict, err);
+        ok = spool_msg_set_state(t, m, MSG_REJECTED, verdict, err) &&
+             spool_event_message(t, m, EVENT_MESSAGE_REJECTED, verdict,
+                                 j->have_token ? j->token_id : NULL, 0, err);
     } else {
         tk.used = j->now;
         tk.used_by = j->id;

@@ -4,6 +4,7 @@
  * (404, 405 with Allow, 401, 403), which touch no spool.
  */
 #include "api/api.h"
+#include "api/api_events.h"
 
 #include <glib/gstdio.h>
 #include <setjmp.h>
@@ -131,10 +132,57 @@ static void test_handle_refusals(void **state)
     g_unlink(path);
 }
 
+/* The event body, its signature (RFC 4231 case 2) and the backoff. */
+static void test_events(void **state)
+{
+    struct spool_event ev;
+    char sig[API_EVENT_SIGNATURE_LEN + 1];
+    g_autofree char *json = NULL, *done = NULL;
+    g_autoptr(JsonParser) p = json_parser_new();
+    JsonObject *o;
+
+    (void)state;
+    api_event_sign("Jefe", 4, "what do ya want for nothing?", 28, sig);
+    assert_string_equal(sig, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b9"
+                             "64ec3843");
+    assert_int_equal(api_event_backoff(1, 300000), 1000);
+    assert_int_equal(api_event_backoff(4, 300000), 8000);
+    assert_int_equal(api_event_backoff(40, 300000), 300000);
+    assert_int_equal(api_event_backoff(3, 2000), 2000);
+
+    spool_event_init(&ev);
+    ev.id = 0x0123456789ABCDEFULL;
+    ev.type = g_strdup(EVENT_MESSAGE_ACCEPTED);
+    ev.time = 1765000000123;
+    ev.msg = 0x42;
+    ev.sender = g_strdup("alice@abakus.no");
+    ev.token = g_strdup("00aa11bb22cc33dd");
+    ev.nrcpt = 3;
+    json = api_event_json(&ev);
+    assert_true(json_parser_load_from_data(p, json, -1, NULL));
+    o = json_node_get_object(json_parser_get_root(p));
+    assert_string_equal(json_object_get_string_member(o, "id"), "0123456789ABCDEF");
+    assert_string_equal(json_object_get_string_member(o, "type"), "message.accepted");
+    assert_int_equal(json_object_get_int_member(o, "time"), 1765000000);
+    assert_string_equal(json_object_get_string_member(o, "message"), "0000000000000042");
+    assert_string_equal(json_object_get_string_member(o, "token"), "00aa11bb22cc33dd");
+    assert_int_equal(json_object_get_int_member(o, "recipients"), 3);
+    assert_false(json_object_has_member(o, "sent"));
+    g_free(ev.type);
+    ev.type = g_strdup(EVENT_MESSAGE_DONE);
+    ev.bounced = 1;
+    done = api_event_json(&ev);
+    assert_non_null(strstr(done, "\"sent\":0"));
+    assert_non_null(strstr(done, "\"bounced\":1"));
+    assert_null(strstr(done, "recipients"));
+    spool_event_clear(&ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_events),
         cmocka_unit_test(test_keys_refused),
         cmocka_unit_test(test_handle_refusals),
     };

@@ -113,11 +113,13 @@ static void test_valid(void **state)
     g_autofree char *text = g_strdup_printf(
         "[ingest]\nlisten = 127.0.0.1:2525, [::1]:2526, unix:/tmp/postern.sock\n"
         "[dkim]\nkeys = sel1:%s\n[relay]\nurl = smtp://relay.example:587\nuser = u\n"
-        "password_file = %s\nrate = 2.5\n", key, key);
+        "password_file = %s\nrate = 2.5\n[events]\nurl = https://lego.example:8443/hook\n"
+        "secret_file = %s\n", key, key, key);
     g_autofree char *path = write_config(text);
     g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func(g_free);
     struct postern_config cfg;
 
+    g_assert_cmpint(chmod(key, 0600), ==, 0);
     assert_true(config_load(&cfg, NULL, NULL));
     assert_true(config_validate(&cfg, problems));
     config_free(&cfg);
@@ -166,6 +168,23 @@ static void test_cannot_work(void **state)
     expect_error("[api]\nkeys_file = /nonexistent/keys\n", ":2: [api] keys_file: /nonexistent");
     expect_error("[api]\ntls_cert = /etc/hostname\n", "[api] tls_key: tls_cert and tls_key go");
     expect_error("[api]\nmax_body = 0\n", ":2: [api] max_body: must be more than 0");
+    /* [events]: an http(s) URL, and its secret, which others may not read. */
+    expect_error("[events]\nurl = ftp://x/y\nsecret_file = /etc/hostname\n",
+                 ":2: [events] url: \"ftp://x/y\": expected http://");
+    expect_error("[events]\nurl = http://\nsecret_file = /etc/hostname\n", "[events] url:");
+    expect_error("[events]\nurl = http://lego.example/hook\n",
+                 "[events] secret_file: must be set with url");
+    expect_error("[events]\nsecret_file = /etc/hostname\n", "is set but url is not");
+    g_autofree char *open_key = g_strdup_printf("[events]\nurl = http://h/x\nsecret_file = %s\n",
+                                                key);
+    g_assert_cmpint(chmod(key, 0644), ==, 0);
+    expect_error(open_key, ":3: [events] secret_file: ");
+    expect_error("[events]\nurl = http://h/x\nsecret_file = /nonexistent/s\n",
+                 ":3: [events] secret_file: /nonexistent/s: No such file");
+    g_assert_cmpint(chmod(key, 0600), ==, 0);
+    g_autofree char *backoff = g_strdup_printf("[events]\nurl = https://h/x\nsecret_file = %s\n"
+                                               "max_backoff = 0\n", key);
+    expect_error(backoff, ":4: [events] max_backoff: must be more than 0");
     g_unlink(key);
 }
 

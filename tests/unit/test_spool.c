@@ -15,6 +15,8 @@
 #include "spool/delivery.h"
 #include "common/log.h"
 #include "spool/spool.h"
+#include "spool/spool_events.h"
+#include "spool/spool_stats.h"
 #include "tests/unit/temp_spool.h"
 #include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
@@ -326,7 +328,7 @@ static void test_tokens(void **state)
     assert_false(spool_token_find(&t, "not-a-token", &got, NULL));
     assert_true(spool_token_owner_exists(&t, "Test@ABAKUS.NO"));
     assert_false(spool_token_owner_exists(&t, "test@abakus.no.evil"));
-    assert_false(spool_token_owner_exists(&t, "TEST@abakus.no"));  /* local part is exact */
+    assert_true(spool_token_owner_exists(&t, "TEST@abakus.no"));   /* as the sender binding */
     assert_int_equal(spool_counter_get(&t, "tok.active"), 1);
     spool_read_end(&t);
     spool_token_clear(&tk);
@@ -555,6 +557,183 @@ static int token_check(const char *from, const char *const *rcpts, int64_t expir
     return code;
 }
 
+/* The sender binding and recipient de-duplication: the whole address, any case. */
+static void test_addr_same(void **state)
+{
+    const char *const rcpts[] = { "Ada@Example.org", "ada@example.ORG", "<ADA@example.org>",
+                                  "bob@example.org", NULL };
+    struct spool_token tk;
+    g_autofree char *key = spool_token_addr_key(" <Alice@Abakus.NO> ");
+    GError *err = NULL;
+
+    (void)state;
+    assert_string_equal(key, "alice@abakus.no");
+    assert_true(spool_token_addr_same("Alice@Abakus.NO", "alice@abakus.no"));
+    assert_true(spool_token_addr_same("<alice@abakus.no>", "ALICE@ABAKUS.NO"));
+    assert_false(spool_token_addr_same("alice@abakus.no", "alice2@abakus.no"));
+    assert_false(spool_token_addr_same("alice@abakus.no", "alice@abakus.no.evil"));
+    /* Each recipient once, spelt as it came first. */
+    spool_token_init(&tk);
+    tk.sender = g_strdup("alice@abakus.no");
+    for (int i = 0; rcpts[i]; i++)
+        g_ptr_array_add(tk.recipients, g_strdup(rcpts[i]));
+    assert_true(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, &err));
+    assert_int_equal(tk.recipients->len, 2);
+    assert_string_equal(tk.recipients->pdata[0], "Ada@example.org");
+    assert_string_equal(tk.recipients->pdata[1], "bob@example.org");
+    spool_token_clear(&tk);
+}
+
+static gboolean put_event(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct spool_event ev;
+    struct spool_msg m;
+    gboolean ok;
+
+    spool_msg_init(&m);
+    m.id = 42;
+    m.sender = g_strdup("a@b.no");
+    ok = spool_event_message(t, &m, ctx, "TOKEN_USED", "0123456789abcdef", 3, err);
+    spool_msg_clear(&m);
+    /* Postern's own notices are no news for the platform. */
+    spool_msg_init(&m);
+    m.id = 43;
+    m.kind = g_strdup(MSG_KIND_NOTICE);
+    ok = ok && spool_event_done(t, &m, 1, 0, err);
+    spool_msg_clear(&m);
+    spool_event_init(&ev);
+    ev.type = g_strdup(EVENT_RELAY_RESUMED);
+    ok = ok && spool_event_add(t, &ev, err);
+    spool_event_clear(&ev);
+    return ok;
+}
+
+static gboolean delete_first_event(struct spool_txn *t, void *ctx, GError **err)
+{
+    return spool_event_delete(t, *(uint64_t *)ctx, err);
+}
+
+static gboolean put_events_retry(struct spool_txn *t, void *ctx, GError **err)
+{
+    return spool_events_retry_put(t, ctx, err);
+}
+
+static void events_backlog(struct spool *sp, uint64_t *count, struct spool_event *first,
+                           gboolean *found)
+{
+    struct spool_txn t;
+    int64_t oldest;
+
+    assert_true(spool_read_begin(sp, &t, NULL));
+    assert_true(spool_events_backlog(&t, count, &oldest, NULL));
+    assert_true(spool_event_first(&t, first, found, NULL));
+    spool_read_end(&t);
+}
+
+/* The outbox: only with [events] url, in order, removed one by one. */
+static void test_events_outbox(void **state)
+{
+    struct temp_spool *f = *state;
+    struct spool_event ev;
+    struct spool_events_retry rt = { 5000, 3, "status 500" }, got;
+    struct spool_txn t;
+    uint64_t count, first_id;
+    gboolean found;
+
+    /* Not enabled (no url): nothing is written. */
+    assert_true(spool_write(f->sp, put_event, (void *)EVENT_MESSAGE_REJECTED, NULL));
+    events_backlog(f->sp, &count, &ev, &found);
+    assert_int_equal(count, 0);
+    assert_false(found);
+
+    spool_close(f->sp);
+    f->cfg.events.url = (g_free(f->cfg.events.url), g_strdup("http://127.0.0.1:1/x"));
+    assert_true(spool_open(&f->sp, &f->cfg, NULL));
+    assert_true(spool_write(f->sp, put_event, (void *)EVENT_MESSAGE_REJECTED, NULL));
+    assert_true(spool_write(f->sp, put_event, (void *)EVENT_MESSAGE_ACCEPTED, NULL));
+    events_backlog(f->sp, &count, &ev, &found);
+    assert_int_equal(count, 4);
+    assert_true(found);
+    assert_string_equal(ev.type, EVENT_MESSAGE_REJECTED);
+    assert_int_equal(ev.msg, 42);
+    assert_string_equal(ev.reason, "TOKEN_USED");
+    assert_string_equal(ev.token, "0123456789abcdef");
+    assert_string_equal(ev.sender, "a@b.no");
+    assert_true(ev.time > 0);
+    first_id = ev.id;
+    spool_event_clear(&ev);
+    assert_true(spool_write(f->sp, delete_first_event, &first_id, NULL));
+    events_backlog(f->sp, &count, &ev, &found);
+    assert_int_equal(count, 3);
+    assert_string_equal(ev.type, EVENT_RELAY_RESUMED);
+    assert_true(ev.id > first_id);
+    spool_event_clear(&ev);
+
+    /* The poster's state, for spoolctl events. */
+    assert_true(spool_write(f->sp, put_events_retry, &rt, NULL));
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_true(spool_events_retry_get(&t, &got, NULL));
+    spool_read_end(&t);
+    assert_int_equal(got.next_try, 5000);
+    assert_int_equal(got.failures, 3);
+    assert_string_equal(got.error, "status 500");
+}
+
+static gboolean put_results(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct spool_msg m;
+    struct spool_dlv d;
+    gboolean ok;
+    /* ready, leased, deferred after an attempt, leased, back to deferred at lease expiry, sent */
+    static const enum dlv_state steps[] = { DLV_READY, DLV_LEASED, DLV_DEFERRED, DLV_LEASED,
+                                            DLV_DEFERRED, DLV_LEASED, DLV_SENT };
+    static const uint32_t attempts[] = { 0, 0, 1, 1, 1, 1, 2 };
+
+    spool_msg_init(&m);
+    if (!(m.id = spool_id_next(t, err)))
+        return FALSE;
+    m.state = MSG_INCOMING;
+    m.sender = g_strdup("a@b.no");
+    ok = spool_msg_insert(t, &m, err) && spool_msg_set_state(t, &m, MSG_REJECTED, "TOKEN_USED",
+                                                             err);
+    spool_dlv_init(&d);
+    d.msg = m.id;
+    d.rcpt = "x@y.no";
+    for (guint i = 0; ok && i < G_N_ELEMENTS(steps); i++) {
+        d.state = steps[i];
+        d.attempts = attempts[i];
+        ok = spool_dlv_put(t, &d, err);
+    }
+    d.idx = 1;
+    d.state = DLV_BOUNCED;
+    ok = ok && spool_dlv_put(t, &d, err);   /* new and bounced at once: no result recorded */
+    spool_msg_clear(&m);
+    return ok;
+}
+
+/* The /metrics totals: received, rejected by reason, delivery results. */
+static void test_result_counters(void **state)
+{
+    struct temp_spool *f = *state;
+    struct spool_stats st;
+    g_autoptr(GString) text = g_string_new(NULL);
+
+    assert_true(spool_write(f->sp, put_results, NULL, NULL));
+    assert_true(spool_stats_read(f->sp, &st, NULL));
+    assert_int_equal(st.received, 1);
+    assert_int_equal(st.rejected[2], 1);                    /* TOKEN_USED */
+    assert_int_equal(st.rejected[SPOOL_REJECT_REASONS], 0); /* other */
+    assert_int_equal(st.deferred, 1);
+    assert_int_equal(st.sent, 1);
+    assert_int_equal(st.bounced, 0);
+    assert_int_equal(st.msgs[MSG_REJECTED], 1);
+    spool_stats_prometheus(&st, text);
+    assert_non_null(strstr(text->str,
+                           "postern_messages_rejected_total{reason=\"TOKEN_USED\"} 1\n"));
+    assert_non_null(strstr(text->str, "postern_delivery_results_total{result=\"deferred\"} 1\n"));
+    assert_non_null(strstr(text->str, "postern_events_waiting 0\n"));
+}
+
 static void test_token_input(void **state)
 {
     const char *const good[] = { "a@Example.ORG", "<a@example.org>", " b@example.org ", NULL };
@@ -670,6 +849,9 @@ int main(void)
         cmocka_unit_test(test_state_illegal_panics),
         cmocka_unit_test_setup_teardown(test_index_walks, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test(test_token_input),
+        cmocka_unit_test(test_addr_same),
+        cmocka_unit_test_setup_teardown(test_result_counters, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_events_outbox, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test(test_token_json),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_tokens, temp_spool_setup, temp_spool_teardown),
