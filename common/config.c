@@ -315,7 +315,8 @@ static const struct config_key *config_find(const char *group, const char *key)
 #define CONFIG_LIST_GROUP "list "
 
 static const char *const config_list_keys[] = {
-    "address", "from", "footer", "footer_hidden", "language", "max_recipients", NULL
+    "address", "from", "footer", "footer_hidden", "language", "max_recipients", "hide_sender",
+    NULL
 };
 
 static void config_list_free(gpointer p)
@@ -369,7 +370,7 @@ static gboolean config_load_lists(struct postern_config *cfg, GKeyFile *kf, GErr
     g_ptr_array_add(cfg->lists, config_list_new(cfg, CONFIG_LIST_DEFAULT));
     for (int g = 0; groups && groups[g]; g++) {
         struct postern_list *l;
-        g_autofree char *cap = NULL;
+        g_autofree char *cap = NULL, *hide = NULL;
 
         if (!g_str_has_prefix(groups[g], CONFIG_LIST_GROUP))
             continue;
@@ -389,6 +390,16 @@ static gboolean config_load_lists(struct postern_config *cfg, GKeyFile *kf, GErr
             if (end == cap || *end || errno || cap[0] == '-')
                 return config_fail(err, cfg->path, groups[g], "max_recipients",
                                    "bad number \"%s\"", cap);
+        }
+        if ((hide = g_key_file_get_value(kf, groups[g], "hide_sender", NULL))) {
+            g_strstrip(hide);
+            if (!g_ascii_strcasecmp(hide, "true") || !g_ascii_strcasecmp(hide, "yes") ||
+                g_str_equal(hide, "1"))
+                l->hide_sender = TRUE;
+            else if (g_ascii_strcasecmp(hide, "false") && g_ascii_strcasecmp(hide, "no") &&
+                     !g_str_equal(hide, "0"))
+                return config_fail(err, cfg->path, groups[g], "hide_sender",
+                                   "bad boolean \"%s\" (use true or false)", hide);
         }
     }
     return TRUE;

@@ -28,6 +28,7 @@ struct postern_list {
     char *footer_hidden;
     char *language;                 /* of its notices: "en" or "nb" */
     uint64_t max_recipients;        /* per token; 0: no limit */
+    gboolean hide_sender;           /* every token hides its sender; notices name no member */
 };
 
 #define CONFIG_LIST_DEFAULT "default"
