@@ -774,7 +774,8 @@ static void config_check_lists(const struct postern_config *cfg, GPtrArray *prob
         } else if (!strchr(l->address, '@') || strpbrk(l->address, " \t<>,")) {
             config_problem(problems, cfg, group, "address", "\"%s\" is not local@domain",
                            l->address);
-        } else if ((other = g_hash_table_lookup(owner, canon = config_addr_canonical(l->address)))) {
+        } else if ((other = g_hash_table_lookup(owner,
+                                                canon = config_addr_canonical(l->address)))) {
             config_problem(problems, cfg, group, "address", "%s is also the address of list "
                            "\"%s\"%s", l->address, other,
                            g_str_equal(other, CONFIG_LIST_DEFAULT) ? " ([ingest] recipients)" : "");

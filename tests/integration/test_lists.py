@@ -18,12 +18,15 @@ from test_api import Api
 
 STYRET = "styret@abakus.no"
 ALLE = "alle@abakus.no"
+SKJULT = "skjult@abakus.no"
 LISTS = {
     "list styret": {"address": STYRET, "from": "Styret <styret@abakus.no>",
                     "footer": "--\\nSendt av {sender} til styret.", "language": "nb",
                     "max_recipients": 3},
     "list alle": {"address": ALLE, "from": "Alle <alle@abakus.no>",
                   "footer": "--\\nSent by {sender} to everyone.", "max_recipients": 2},
+    "list skjult": {"address": SKJULT, "hide_sender": "true",
+                    "footer_hidden": "--\\nSent through the hidden list."},
 }
 
 
@@ -63,6 +66,16 @@ def test_two_lists_own_address_from_and_footer(lists):
     msg, text = notice_of(lists, qa)
     assert msg["From"] == "Styret <styret@abakus.no>"
     assert "Meldingen din er på vei til 2 mottakere." in text
+
+
+def test_hide_sender_list(lists):
+    token = lists.token(RCPTS[:1], OWNER, "--list", "skjult")     # no --hide-sender
+    qid = send_to(lists, with_token("hidden", CONTENT["plain_7bit"], token), SKJULT)
+    lists.wait(qid)
+    data = lists.outgoing(qid)
+    msg = parse(data)
+    assert msg["Reply-To"] is None and OWNER.encode() not in data
+    assert b"Sent through the hidden list." in data
 
 
 def test_default_list_unchanged(lists):

@@ -210,7 +210,8 @@ static void test_lists(void **state)
         "[token]\nmax_recipients = 30\n"
         "[list styret]\naddress = Styret@Localhost\nfooter = -- \\nstyret\n"
         "language = nb\nmax_recipients = 5\n"
-        "[list alle]\naddress = alle@localhost\nfrom = Alle <alle@localhost>\n");
+        "[list alle]\naddress = alle@localhost\nfrom = Alle <alle@localhost>\n"
+        "hide_sender = yes\n");
     const struct postern_list *l;
     struct postern_config cfg;
     char *to_styret[] = { "nobody@localhost", "styret+x@localhost" };
@@ -246,6 +247,8 @@ static void test_lists(void **state)
     assert_string_equal(l->footer, "global footer");
     assert_string_equal(l->language, "en");
     assert_int_equal(l->max_recipients, 30);
+    assert_true(l->hide_sender);
+    assert_false(config_list_find(&cfg, "styret")->hide_sender);
     assert_null(config_list_find(&cfg, "nosuch"));
     /* A message's list: its first recipient that is a list's address (case, +detail aside). */
     assert_string_equal(config_list_of(&cfg, to_styret, 2)->name, "styret");
@@ -260,6 +263,8 @@ static void test_lists(void **state)
     expect_error("[list x]\naddress = x@localhost\nmax_recipients = many\n",
                  ":3: [list x] max_recipients: bad number");
     expect_error("[list x]\nadress = x@localhost\n", ":2: [list x] adress: unknown key");
+    expect_error("[list x]\naddress = x@localhost\nhide_sender = maybe\n",
+                 ":3: [list x] hide_sender: bad boolean");
     expect_error("[list x]\nlanguage = de\n", "[list x] address: a list needs an address");
     expect_error("[list x]\naddress = x@localhost\nlanguage = de\n",
                    "[list x] language: \"de\" is not en or nb");
