@@ -103,7 +103,7 @@ void api_token_create(struct api *a, struct api_request *rq, struct api_response
 
         spool_token_init(tk);
         g_ptr_array_add(tokens, tk);
-        if (!spool_token_from_json(node, unix_ms() / 1000, tk, &text, &err)) {
+        if (!spool_token_from_json(node, unix_ms() / 1000, a->cfg, tk, &text, &err)) {
             g_free(text);
             if (batch)
                 api_reply_error(rs, 400, "invalid", "entry %u: %s", i, err->message);
@@ -182,6 +182,7 @@ struct tok_change {
     const char *id;
     const char *key_name;
     GPtrArray *recipients;          /* NULL: revoke */
+    const struct postern_config *cfg;   /* the token's list: its cap */
     struct spool_token result;
     gboolean conflict;
 };
@@ -217,9 +218,10 @@ static gboolean tok_change_write(struct spool_txn *t, void *ctx, GError **err)
     spool_token_init(&check);
     check.sender = g_strdup(tk->sender);
     check.expires = tk->expires;
+    check.list = g_strdup(tk->list);
     for (guint i = 0; i < tc->recipients->len; i++)
         g_ptr_array_add(check.recipients, g_strdup(tc->recipients->pdata[i]));
-    ok = spool_token_prepare(&check, "-", unix_ms() / 1000, err);
+    ok = spool_token_prepare(&check, "-", unix_ms() / 1000, tc->cfg, err);
     if (ok) {
         g_ptr_array_unref(tk->recipients);
         tk->recipients = g_ptr_array_ref(check.recipients);
@@ -235,7 +237,7 @@ static void tok_change(struct api *a, struct api_request *rq, struct api_respons
                        GPtrArray *recipients)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    struct tok_change tc = { rq->parts[2], rq->key_name, recipients };
+    struct tok_change tc = { rq->parts[2], rq->key_name, recipients, a->cfg };
     GError *err = NULL;
 
     spool_token_init(&tc.result);

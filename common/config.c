@@ -49,6 +49,7 @@ static const struct config_key config_keys[] = {
     K("ingest", "hostname", CT_STRING, "", ingest.hostname),
 
     K("token", "prefix", CT_STRING, "LEGOTOKEN", token.prefix),
+    K("token", "max_recipients", CT_COUNT, "0", token.max_recipients),
 
     K("rewrite", "from", CT_STRING, "Postern <no-reply@localhost>", rewrite.from),
     K("rewrite", "allow_original_sender", CT_BOOL, "false", rewrite.allow_original_sender),
@@ -82,6 +83,7 @@ static const struct config_key config_keys[] = {
     K("bounce", "envelope_from", CT_STRING, "restricted-bounces@localhost", bounce.envelope_from),
 
     K("notice", "max_per_hour", CT_COUNT, "5", notice.max_per_hour),
+    K("notice", "language", CT_STRING, "en", notice.language),
 
     K("workers", "dispatch", CT_STRING, "", workers.dispatch),
     K("workers", "hints", CT_STRING, "", workers.hints),
@@ -314,6 +316,142 @@ static const struct config_key *config_find(const char *group, const char *key)
     return NULL;
 }
 
+/* "[list NAME]": a list of its own (config.h), with these keys. */
+#define CONFIG_LIST_GROUP "list "
+
+static const char *const config_list_keys[] = {
+    "address", "from", "footer", "footer_hidden", "language", "max_recipients", "hide_sender",
+    NULL
+};
+
+static void config_list_free(gpointer p)
+{
+    struct postern_list *l = p;
+
+    g_free(l->name);
+    g_free(l->address);
+    g_free(l->from);
+    g_free(l->footer);
+    g_free(l->footer_hidden);
+    g_free(l->language);
+    g_free(l);
+}
+
+/* A list from the global keys: the default list, and what a [list NAME] starts from. */
+static struct postern_list *config_list_new(const struct postern_config *cfg, const char *name)
+{
+    struct postern_list *l = g_new0(struct postern_list, 1);
+
+    l->name = g_strdup(name);
+    l->from = g_strdup(cfg->rewrite.from);
+    l->footer = g_strdup(cfg->rewrite.footer);
+    l->footer_hidden = g_strdup(cfg->rewrite.footer_hidden);
+    l->language = g_strdup(cfg->notice.language);
+    l->max_recipients = cfg->token.max_recipients;
+    return l;
+}
+
+/* A string key of a [list NAME] as a global one is read: \n escapes, blanks stripped. */
+static void config_list_string(GKeyFile *kf, const char *group, const char *key, char **field)
+{
+    g_autofree char *value = g_key_file_get_value(kf, group, key, NULL);
+    g_autofree char *unescaped = NULL;
+
+    if (!value)
+        return;
+    unescaped = g_strcompress(value);
+    g_free(*field);
+    *field = g_strdup(g_strstrip(unescaped));
+}
+
+/*
+ * The [list NAME] sections, in the order of the file, after the default
+ * list.  Whether they make sense together is config_validate()'s.
+ */
+static gboolean config_load_lists(struct postern_config *cfg, GKeyFile *kf, GError **err)
+{
+    g_auto(GStrv) groups = kf ? g_key_file_get_groups(kf, NULL) : NULL;
+
+    g_ptr_array_add(cfg->lists, config_list_new(cfg, CONFIG_LIST_DEFAULT));
+    for (int g = 0; groups && groups[g]; g++) {
+        struct postern_list *l;
+        g_autofree char *cap = NULL, *hide = NULL;
+
+        if (!g_str_has_prefix(groups[g], CONFIG_LIST_GROUP))
+            continue;
+        l = config_list_new(cfg, g_strstrip(groups[g] + strlen(CONFIG_LIST_GROUP)));
+        g_ptr_array_add(cfg->lists, l);
+        config_list_string(kf, groups[g], "address", &l->address);
+        config_list_string(kf, groups[g], "from", &l->from);
+        config_list_string(kf, groups[g], "footer", &l->footer);
+        config_list_string(kf, groups[g], "footer_hidden", &l->footer_hidden);
+        config_list_string(kf, groups[g], "language", &l->language);
+        if ((cap = g_key_file_get_value(kf, groups[g], "max_recipients", NULL))) {
+            char *end;
+
+            g_strstrip(cap);
+            errno = 0;
+            l->max_recipients = strtoull(cap, &end, 10);
+            if (end == cap || *end || errno || cap[0] == '-')
+                return config_fail(err, cfg->path, groups[g], "max_recipients",
+                                   "bad number \"%s\"", cap);
+        }
+        if ((hide = g_key_file_get_value(kf, groups[g], "hide_sender", NULL))) {
+            g_strstrip(hide);
+            if (!g_ascii_strcasecmp(hide, "true") || !g_ascii_strcasecmp(hide, "yes") ||
+                g_str_equal(hide, "1"))
+                l->hide_sender = TRUE;
+            else if (g_ascii_strcasecmp(hide, "false") && g_ascii_strcasecmp(hide, "no") &&
+                     !g_str_equal(hide, "0"))
+                return config_fail(err, cfg->path, groups[g], "hide_sender",
+                                   "bad boolean \"%s\" (use true or false)", hide);
+        }
+    }
+    return TRUE;
+}
+
+/* Addresses as ingest compares them (lmtp_addr_canonical()): no case, no +detail. */
+static char *config_addr_canonical(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    g_autofree char *local = at ? g_strndup(addr, (gsize)(at - addr)) : g_strdup(addr);
+    char *plus = strchr(local, '+');
+    g_autofree char *joined = NULL;
+
+    if (plus && plus != local)
+        *plus = '\0';
+    joined = g_strconcat(local, at ? at : "", NULL);
+    return g_ascii_strdown(joined, -1);
+}
+
+const struct postern_list *config_list_find(const struct postern_config *cfg, const char *name)
+{
+    for (guint i = 0; i < cfg->lists->len; i++) {
+        const struct postern_list *l = cfg->lists->pdata[i];
+
+        if (g_str_equal(l->name, name))
+            return l;
+    }
+    return NULL;
+}
+
+const struct postern_list *config_list_of(const struct postern_config *cfg, char **rcpts,
+                                          guint nrcpts)
+{
+    for (guint r = 0; r < nrcpts; r++) {
+        g_autofree char *want = config_addr_canonical(rcpts[r]);
+
+        for (guint i = 1; i < cfg->lists->len; i++) {
+            const struct postern_list *l = cfg->lists->pdata[i];
+            g_autofree char *have = l->address ? config_addr_canonical(l->address) : NULL;
+
+            if (have && g_str_equal(have, want))
+                return l;
+        }
+    }
+    return cfg->lists->pdata[0];
+}
+
 /*
  * Unknown groups and keys are errors, not warnings: a misspelt key silently
  * falling back to its default is how a relay ends up an open relay.
@@ -325,11 +463,14 @@ static gboolean config_check_known(struct postern_config *cfg, GKeyFile *kf, GEr
     for (int g = 0; groups[g]; g++) {
         g_auto(GStrv) keys = NULL;
 
-        if (!config_find(groups[g], NULL))
+        gboolean list = g_str_has_prefix(groups[g], CONFIG_LIST_GROUP);
+
+        if (!list && !config_find(groups[g], NULL))
             return config_fail(err, cfg->path, groups[g], NULL, "unknown section");
         keys = g_key_file_get_keys(kf, groups[g], NULL, NULL);
         for (int k = 0; keys && keys[k]; k++)
-            if (!config_find(groups[g], keys[k]))
+            if (list ? !g_strv_contains(config_list_keys, keys[k])
+                     : !config_find(groups[g], keys[k]))
                 return config_fail(err, cfg->path, groups[g], keys[k], "unknown key");
     }
     return TRUE;
@@ -363,6 +504,21 @@ static gboolean config_derive(struct postern_config *cfg, GError **err)
     if (!*cfg->dkim.keys) {
         g_free(cfg->dkim.keys);
         cfg->dkim.keys = g_strdup_printf(CONFIG_DKIM_DEFAULT, cfg->spool.dir);
+    }
+    /* Ingest takes mail for the default list's addresses and every list's own. */
+    {
+        GPtrArray *accept = g_ptr_array_new();
+
+        for (char **a = cfg->ingest.recipients; *a; a++)
+            g_ptr_array_add(accept, g_strdup(*a));
+        for (guint i = 1; i < cfg->lists->len; i++) {
+            const struct postern_list *l = cfg->lists->pdata[i];
+
+            if (l->address && *l->address)
+                g_ptr_array_add(accept, g_strdup(l->address));
+        }
+        g_ptr_array_add(accept, NULL);
+        cfg->accept = (char **)g_ptr_array_free(accept, FALSE);
     }
     return TRUE;
 }
@@ -621,6 +777,60 @@ static void config_check_events(const struct postern_config *cfg, GPtrArray *pro
                           "a down endpoint would be tried without a pause");
 }
 
+static gboolean config_language_known(const char *lang)
+{
+    return g_str_equal(lang, "en") || g_str_equal(lang, "nb");
+}
+
+/*
+ * The lists: each a name and an address of its own (mail to an address
+ * two lists claimed would go out under either's footer), a language
+ * notices are written in, a From the rewrite can use.
+ */
+static void config_check_lists(const struct postern_config *cfg, GPtrArray *problems)
+{
+    g_autoptr(GHashTable) owner = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GHashTable) names = g_hash_table_new(g_str_hash, g_str_equal);
+
+    if (!config_language_known(cfg->notice.language))
+        config_problem(problems, cfg, "notice", "language", "\"%s\" is not en or nb",
+                       cfg->notice.language);
+    for (char **a = cfg->ingest.recipients; *a; a++)
+        g_hash_table_insert(owner, config_addr_canonical(*a), (gpointer)CONFIG_LIST_DEFAULT);
+    for (guint i = 1; i < cfg->lists->len; i++) {
+        const struct postern_list *l = cfg->lists->pdata[i];
+        g_autofree char *group = g_strconcat(CONFIG_LIST_GROUP, l->name, NULL);
+        g_autofree char *canon = NULL;
+        const char *other;
+
+        if (!*l->name || g_str_equal(l->name, CONFIG_LIST_DEFAULT) ||
+            strpbrk(l->name, " \t,\"") || !g_utf8_validate(l->name, -1, NULL))
+            config_problem(problems, cfg, group, NULL, "\"%s\" cannot name a list (\"%s\" "
+                           "is the global keys' list; no blanks, commas or quotes)", l->name,
+                           CONFIG_LIST_DEFAULT);
+        else if (!g_hash_table_add(names, l->name))
+            config_problem(problems, cfg, group, NULL, "a second list called \"%s\"", l->name);
+        if (!l->address || !*l->address) {
+            config_problem(problems, cfg, group, "address", "a list needs an address");
+        } else if (!strchr(l->address, '@') || strpbrk(l->address, " \t<>,")) {
+            config_problem(problems, cfg, group, "address", "\"%s\" is not local@domain",
+                           l->address);
+        } else if ((other = g_hash_table_lookup(owner,
+                                                canon = config_addr_canonical(l->address)))) {
+            config_problem(problems, cfg, group, "address", "%s is also the address of list "
+                           "\"%s\"%s", l->address, other,
+                           g_str_equal(other, CONFIG_LIST_DEFAULT) ? " ([ingest] recipients)" : "");
+        } else {
+            g_hash_table_insert(owner, g_steal_pointer(&canon), l->name);
+        }
+        if (!config_language_known(l->language))
+            config_problem(problems, cfg, group, "language", "\"%s\" is not en or nb",
+                           l->language);
+        if (!*l->from)
+            config_problem(problems, cfg, group, "from", "empty: the copies need a From");
+    }
+}
+
 gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
 {
     guint before = problems->len;
@@ -662,6 +872,7 @@ gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
                           "a sender could take no job");
     config_check_api(cfg, problems);
     config_check_events(cfg, problems);
+    config_check_lists(cfg, problems);
     return problems->len == before;
 }
 
@@ -672,12 +883,13 @@ gboolean config_load(struct postern_config *cfg, const char *path, GError **err)
 
     memset(cfg, 0, sizeof(*cfg));
     cfg->path = g_strdup(path);
+    cfg->lists = g_ptr_array_new_with_free_func(config_list_free);
     for (size_t i = 0; i < G_N_ELEMENTS(config_keys); i++)
         if (!config_store(cfg, &config_keys[i], config_keys[i].dflt, err))
             msg_panic("config_load: bad default for [%s] %s", config_keys[i].group,
                       config_keys[i].key);
     if (!path)
-        return config_derive(cfg, err);
+        return config_load_lists(cfg, NULL, err) && config_derive(cfg, err);
 
     if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &local)) {
         int line = config_parse_error_line(path, local->message);
@@ -698,7 +910,7 @@ gboolean config_load(struct postern_config *cfg, const char *path, GError **err)
         if (value && !config_store(cfg, k, value, err))
             return FALSE;
     }
-    return config_derive(cfg, err);
+    return config_load_lists(cfg, kf, err) && config_derive(cfg, err);
 }
 
 void config_load_or_exit(struct postern_config *cfg, const char *path)
@@ -735,6 +947,9 @@ void config_free(struct postern_config *cfg)
             g_strfreev(*(char ***)field);
     }
     g_free(cfg->workers.local_dispatch);
+    if (cfg->lists)
+        g_ptr_array_unref(cfg->lists);
+    g_strfreev(cfg->accept);
     g_free(cfg->path);
     memset(cfg, 0, sizeof(*cfg));
 }

@@ -12,6 +12,27 @@
 #include <glib.h>
 #include <stdint.h>
 
+/*
+ * One list: a restricted address and how its mail goes out (issue 11).
+ * The global keys ([ingest] recipients, [rewrite] from, footer and
+ * footer_hidden, [notice] language, [token] max_recipients) make the
+ * implicit list "default", which answers on every [ingest] recipients
+ * address; a [list NAME] section adds a list on its own address, and
+ * takes from the global keys what it does not set.
+ */
+struct postern_list {
+    char *name;
+    char *address;                  /* NULL for the default list: [ingest] recipients */
+    char *from;
+    char *footer;
+    char *footer_hidden;
+    char *language;                 /* of its notices: "en" or "nb" */
+    uint64_t max_recipients;        /* per token; 0: no limit */
+    gboolean hide_sender;           /* every token hides its sender; notices name no member */
+};
+
+#define CONFIG_LIST_DEFAULT "default"
+
 struct postern_config {
     char *path;                     /* file read, or NULL for the defaults */
 
@@ -34,6 +55,7 @@ struct postern_config {
     } ingest;
     struct {
         char *prefix;
+        uint64_t max_recipients;    /* the default list's cap per token; 0: no limit */
     } token;
     struct {
         char *from;
@@ -69,6 +91,7 @@ struct postern_config {
     } bounce;
     struct {
         uint64_t max_per_hour;      /* "Not sent" notices per address and hour; 0: no limit */
+        char *language;             /* the default list's notices: en or nb */
     } notice;
     struct {
         char *dispatch;
@@ -95,6 +118,8 @@ struct postern_config {
         uint64_t timeout;           /* one POST, connect to answer */
         uint64_t max_backoff;       /* the longest wait between tries */
     } events;
+    GPtrArray *lists;               /* struct postern_list *: [0] "default", then [list NAME]s */
+    char **accept;                  /* derived: [ingest] recipients and every list address */
 };
 
 #define CONFIG_EXIT_USAGE 2
@@ -130,6 +155,17 @@ gboolean config_parse_size(const char *text, uint64_t *out);
 /* [dkim] keys left unset: the demo key SPOOL/dkim/default.ed25519.pem, which
  * the transform creates on its first start. */
 gboolean config_dkim_keys_default(const struct postern_config *cfg);
+
+/* The list called name, or NULL. */
+const struct postern_list *config_list_find(const struct postern_config *cfg, const char *name);
+
+/*
+ * The list a message belongs to: that of the first of its envelope
+ * recipients that is a [list NAME] address (compared as ingest does:
+ * case and +detail aside), else the default list.
+ */
+const struct postern_list *config_list_of(const struct postern_config *cfg, char **rcpts,
+                                          guint nrcpts);
 
 /* Path of a file under the spool directory (run/, dkim/, ...). */
 char *config_spool_path(const struct postern_config *cfg, const char *name);

@@ -60,7 +60,7 @@ int main(int argc, char **argv)
         msg_fatal("%s", err->message);
     if (!(ig.hints = hint_sender_open(cfg.workers.hints, &err)))
         msg_fatal("%s", err->message);
-    ig.recipients = ingest_recipient_set(cfg.ingest.recipients);
+    ig.recipients = ingest_recipient_set(cfg.accept);
     ig.batch = g_ptr_array_new();
     /* An address in use or refused stays so: a restart loop would not help. */
     if (!ingest_listen(&ig, &err))

@@ -116,8 +116,10 @@ gboolean spool_token_parse_expires(const char *text, int64_t now, int64_t *out, 
  * rules are the spool's, so a command line and an HTTP API cannot differ.
  */
 gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t now,
-                             GError **err)
+                             const struct postern_config *cfg, GError **err)
 {
+    const struct postern_list *list;
+
     g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     g_autoptr(GPtrArray) unique = g_ptr_array_new_with_free_func(g_free);
     g_autofree char *owner = tk->sender ? spool_token_normalise_addr(tk->sender) : NULL;
@@ -142,6 +144,19 @@ gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t n
     }
     if (!unique->len) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "token for %s has no recipients", owner);
+        return FALSE;
+    }
+    /* A token sends to one list, which must exist, and within its cap. */
+    if (!tk->list)
+        tk->list = g_strdup(CONFIG_LIST_DEFAULT);
+    if (!(list = config_list_find(cfg, tk->list))) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "no list \"%s\"", tk->list);
+        return FALSE;
+    }
+    if (list->max_recipients && unique->len > list->max_recipients) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID,
+                    "%u recipients: list \"%s\" allows at most %" G_GUINT64_FORMAT " a token",
+                    unique->len, list->name, list->max_recipients);
         return FALSE;
     }
     /* A token that could never be used is a mistake of the caller's. */
@@ -189,6 +204,7 @@ void spool_token_init(struct spool_token *tk)
 void spool_token_clear(struct spool_token *tk)
 {
     g_free(tk->sender);
+    g_free(tk->list);
     if (tk->recipients)
         g_ptr_array_unref(tk->recipients);
     memset(tk, 0, sizeof(*tk));
@@ -209,6 +225,7 @@ static GVariant *spool_token_encode(const struct spool_token *tk)
     g_variant_dict_insert(&d, "used", "x", tk->used);
     g_variant_dict_insert(&d, "used_by", "t", tk->used_by);
     g_variant_dict_insert(&d, "revoked", "b", tk->revoked);
+    g_variant_dict_insert(&d, "list", "s", tk->list ? tk->list : CONFIG_LIST_DEFAULT);
     return g_variant_ref_sink(g_variant_dict_end(&d));
 }
 
@@ -234,9 +251,13 @@ static void spool_token_decode(const MDB_val *val, struct spool_token *tk)
     g_variant_dict_lookup(&d, "used", "x", &tk->used);
     g_variant_dict_lookup(&d, "used_by", "t", &tk->used_by);
     g_variant_dict_lookup(&d, "revoked", "b", &tk->revoked);
+    g_variant_dict_lookup(&d, "list", "s", &tk->list);
     g_variant_dict_clear(&d);
     if (!tk->sender)
         tk->sender = g_strdup("");
+    /* A record from before lists belongs to the default list. */
+    if (!tk->list)
+        tk->list = g_strdup(CONFIG_LIST_DEFAULT);
 }
 
 gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HASH_LEN],

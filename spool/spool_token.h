@@ -26,6 +26,7 @@ struct spool_token {
     int64_t used;                   /* 0: not yet */
     queue_id used_by;               /* the message that used it */
     gboolean revoked;
+    char *list;                     /* the list it sends to; records before lists: "default" */
 };
 
 void spool_token_hash(const char *token, unsigned char out[TOKEN_HASH_LEN]);
@@ -57,13 +58,14 @@ gboolean spool_token_text_valid(const char *text, GError **err);
 gboolean spool_token_parse_expires(const char *text, int64_t now, int64_t *out, GError **err);
 /*
  * Complete tk for spool_token_insert() from what the front end filled in
- * (sender, recipients, hide_sender, expires: unix seconds, 0 for never):
- * owner and recipients must be addresses and are normalised, recipients
- * de-duplicated and at least one, an expiry must be after now; created is
- * set to now and the hash to that of text.
+ * (sender, recipients, hide_sender, expires: unix seconds, 0 for never,
+ * list: NULL for the default list): owner and recipients must be
+ * addresses and are normalised, recipients de-duplicated, at least one and
+ * no more than the list's max_recipients, the list one of cfg's, an expiry
+ * after now; created is set to now and the hash to that of text.
  */
 gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t now,
-                             GError **err);
+                             const struct postern_config *cfg, GError **err);
 
 enum spool_token_status spool_token_status(const struct spool_token *tk, int64_t now);
 const char *spool_token_status_name(enum spool_token_status s);

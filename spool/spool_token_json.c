@@ -30,13 +30,14 @@ static gboolean token_json_is_string(JsonNode *node)
     return node && JSON_NODE_HOLDS_VALUE(node) && json_node_get_value_type(node) == G_TYPE_STRING;
 }
 
-gboolean spool_token_from_json(JsonNode *node, int64_t now, struct spool_token *tk, char **text,
-                               GError **err)
+gboolean spool_token_from_json(JsonNode *node, int64_t now, const struct postern_config *cfg,
+                               struct spool_token *tk, char **text, GError **err)
 {
     JsonObject *o = JSON_NODE_HOLDS_OBJECT(node) ? json_node_get_object(node) : NULL;
     JsonNode *rnode = o ? json_object_get_member(o, "recipients") : NULL;
     JsonNode *given = o ? json_object_get_member(o, "token") : NULL;
     JsonNode *hide = o ? json_object_get_member(o, "hide_sender") : NULL;
+    JsonNode *list = o ? json_object_get_member(o, "list") : NULL;
     JsonArray *rcpts = rnode && JSON_NODE_HOLDS_ARRAY(rnode) ? json_node_get_array(rnode) : NULL;
 
     *text = NULL;
@@ -55,6 +56,12 @@ gboolean spool_token_from_json(JsonNode *node, int64_t now, struct spool_token *
         !(JSON_NODE_HOLDS_VALUE(hide) && json_node_get_value_type(hide) == G_TYPE_BOOLEAN))
         return token_json_invalid(err, "bad \"hide_sender\": true or false");
     tk->hide_sender = hide && JSON_NODE_HOLDS_VALUE(hide) && json_node_get_boolean(hide);
+    /* The list it sends to (spool_token_prepare() knows whether it exists). */
+    if (list && !JSON_NODE_HOLDS_NULL(list)) {
+        if (!token_json_is_string(list))
+            return token_json_invalid(err, "\"list\" must be a string");
+        tk->list = g_strdup(json_node_get_string(list));
+    }
     if (!token_json_expires(json_object_get_member(o, "expires"), now, &tk->expires, err))
         return FALSE;
     /* A token the caller chose (to hand it out before it is registered). */
@@ -67,7 +74,7 @@ gboolean spool_token_from_json(JsonNode *node, int64_t now, struct spool_token *
     } else {
         *text = spool_token_generate();
     }
-    return spool_token_prepare(tk, *text, now, err);
+    return spool_token_prepare(tk, *text, now, cfg, err);
 }
 
 void spool_token_to_json(JsonBuilder *b, const struct spool_token *tk, int64_t now,
@@ -83,6 +90,8 @@ void spool_token_to_json(JsonBuilder *b, const struct spool_token *tk, int64_t n
     json_builder_add_string_value(b, spool_token_status_name(spool_token_status(tk, now)));
     json_builder_set_member_name(b, "from");
     json_builder_add_string_value(b, tk->sender);
+    json_builder_set_member_name(b, "list");
+    json_builder_add_string_value(b, tk->list ? tk->list : CONFIG_LIST_DEFAULT);
     json_builder_set_member_name(b, "hide_sender");
     json_builder_add_boolean_value(b, tk->hide_sender);
     json_builder_set_member_name(b, "created");

@@ -4,7 +4,7 @@
  *
  *   {"from": "a@b", "recipients": ["c@d", ...], "hide_sender": false,
  *    "expires": 1767225600 | "7d" | "2026-12-31T00:00:00Z" | null,
- *    "token": "at least 16 characters"}
+ *    "token": "at least 16 characters", "list": "NAME" (default "default")}
  *
  * A library of its own (spool_token_json_dep), apart from libspool, so the
  * daemons do not link json-glib; it touches no LMDB, only spool_token.h.
@@ -21,12 +21,12 @@
  * spool_token_prepare(); *text is the token given, or a new one.
  * SPOOL_ERR_INVALID names the field or the address at fault.
  */
-gboolean spool_token_from_json(JsonNode *node, int64_t now, struct spool_token *tk, char **text,
-                               GError **err);
+gboolean spool_token_from_json(JsonNode *node, int64_t now, const struct postern_config *cfg,
+                               struct spool_token *tk, char **text, GError **err);
 
 /*
  * A stored token as every front end shows it (never the token itself):
- *   {"id", "status", "from", "hide_sender", "created", "expires" | null,
+ *   {"id", "status", "from", "list", "hide_sender", "created", "expires" | null,
  *    "used" | null, "message": queue id | null, "nrcpt"[, "recipients"]}
  * status as of now; times in unix seconds.
  */

@@ -82,7 +82,7 @@ static int tok_store(struct ctl *c, GPtrArray *tokens, GPtrArray *texts)
 
 static int tok_add(struct ctl *c, int argc, char **argv)
 {
-    g_autofree char *from = NULL, *rcpt_file = NULL, *expires = NULL;
+    g_autofree char *from = NULL, *rcpt_file = NULL, *expires = NULL, *list = NULL;
     g_auto(GStrv) rcpts = NULL;
     gboolean hide = FALSE;
     GOptionEntry entries[] = {
@@ -91,6 +91,8 @@ static int tok_add(struct ctl *c, int argc, char **argv)
         { "rcpt-file", 0, 0, G_OPTION_ARG_FILENAME, &rcpt_file, "recipients, one a line", "F" },
         { "hide-sender", 0, 0, G_OPTION_ARG_NONE, &hide, "do not reveal the sender", NULL },
         { "expires", 0, 0, G_OPTION_ARG_STRING, &expires, "valid for D (e.g. 7d)", "D" },
+        { "list", 0, 0, G_OPTION_ARG_STRING, &list, "the list it sends to (default: default)",
+          "NAME" },
         { NULL }
     };
     g_autoptr(GPtrArray) tokens = g_ptr_array_new_with_free_func(tok_free);
@@ -108,18 +110,19 @@ static int tok_add(struct ctl *c, int argc, char **argv)
     if (argc != 1 || !from || (!rcpts && !rcpt_file) ||
         (expires && !config_parse_duration(expires, &d))) {
         fprintf(stderr, "spoolctl: token add --from A --rcpt R... [--rcpt-file F] "
-                        "[--hide-sender] [--expires D]\n");
+                        "[--hide-sender] [--expires D] [--list NAME]\n");
         return CTL_USAGE;
     }
     tk->sender = g_strdup(from);
     tk->hide_sender = hide;
+    tk->list = g_steal_pointer(&list);
     tk->expires = d ? unix_ms() / 1000 + (int64_t)d : 0;
     for (int i = 0; rcpts && rcpts[i]; i++)
         g_ptr_array_add(tk->recipients, g_strdup(rcpts[i]));
     if (rcpt_file && !tok_read_rcpt_file(rcpt_file, tk->recipients, &err))
         return tok_invalid(NULL, err);
     /* The spool's rules decide, as for every front end. */
-    if (!spool_token_prepare(tk, text, unix_ms() / 1000, &err))
+    if (!spool_token_prepare(tk, text, unix_ms() / 1000, &c->cfg, &err))
         return tok_invalid(NULL, err);
     return tok_store(c, tokens, texts);
 }
@@ -157,7 +160,8 @@ static int tok_import(struct ctl *c, int argc, char **argv)
 
         spool_token_init(tk);
         g_ptr_array_add(tokens, tk);
-        if (!spool_token_from_json(json_array_get_element(a, i), unix_ms() / 1000, tk, &text, &err)) {
+        if (!spool_token_from_json(json_array_get_element(a, i), unix_ms() / 1000, &c->cfg, tk,
+                                   &text, &err)) {
             g_autofree char *where = g_strdup_printf("%s: entry %u", argv[1], i);
 
             g_free(text);
@@ -240,6 +244,7 @@ static int tok_show(struct ctl *c, int argc, char **argv)
         printf("id:          %s\nstatus:      %s\nowner:       %s\nhide sender: %s\n", id,
                spool_token_status_name(spool_token_status(&tk, unix_ms() / 1000)), ctl_safe(tk.sender),
                tk.hide_sender ? "yes" : "no");
+        printf("list:        %s\n", ctl_safe(tk.list));
         for (guint i = 0; i < tk.recipients->len; i++)
             printf("recipient:   %s\n", ctl_safe(tk.recipients->pdata[i]));
     }

@@ -122,18 +122,27 @@ struct notice {
 
 void transform_notice_free(struct notice *n);
 
+/*
+ * The notices, each in the language and from the From of list (the
+ * message's: config_list_of()); a hide-sender list's names no member.
+ */
 /* To the sender of a rejected message: why nothing was sent. */
-struct notice *transform_notice_rejected(const struct transform *tf, const struct spool_msg *m,
-                               const char *subject, const char *reason, gint64 now,
-                               GError **err);
+struct notice *transform_notice_rejected(const struct transform *tf,
+                                         const struct postern_list *list,
+                                         const struct spool_msg *m, const char *subject,
+                                         const char *reason, gint64 now, GError **err);
 /* To the token owner of a transformed message: how many copies go out. */
-struct notice *transform_notice_accepted(const struct transform *tf, const struct spool_msg *m,
-                               const char *subject, const char *owner, unsigned nrcpt,
-                               gint64 now, GError **err);
+struct notice *transform_notice_accepted(const struct transform *tf,
+                                         const struct postern_list *list,
+                                         const struct spool_msg *m, const char *subject,
+                                         const char *owner, unsigned nrcpt, gint64 now,
+                                         GError **err);
 /* To the owner of message ref: who bounced and why (bounced: struct spool_dlv *). */
-struct notice *transform_notice_bounced(const struct transform *tf, const struct spool_msg *ref,
-                              const char *subject, const char *owner, GPtrArray *bounced,
-                              unsigned total, gint64 now, GError **err);
+struct notice *transform_notice_bounced(const struct transform *tf,
+                                        const struct postern_list *list,
+                                        const struct spool_msg *ref, const char *subject,
+                                        const char *owner, GPtrArray *bounced, unsigned total,
+                                        gint64 now, GError **err);
 
 /*
  * Inside a write transaction: store n as a new message of kind notice in

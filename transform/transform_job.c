@@ -43,6 +43,7 @@ struct transform_job {
     queue_id id;
     char idtext[QUEUE_ID_LEN + 1];
     struct spool_msg m;             /* as loaded */
+    const struct postern_list *list;    /* m's, by its recipients (a report: ref's) */
     GBytes *record;                 /* m's record as stored, while m is that record */
     GByteArray *raw;                /* bytes received; a report: ref's outgoing copy */
 
@@ -264,7 +265,8 @@ static gboolean transform_job_parse(struct transform_job *j)
 
 /*
  * What the token allows.  NULL: send.  A wrong sender is told so before
- * anything about the token's state, which is none of its business.
+ * anything about the token's state, which is none of its business; a
+ * token of another list, too, as that is the sender's mistake to fix.
  */
 static const char *transform_job_verdict(const struct transform_job *j,
                                          const struct spool_token *tk, gint64 now)
@@ -276,6 +278,8 @@ static const char *transform_job_verdict(const struct transform_job *j,
     /* The whole address without regard to case: LEGO lowercases what it registers. */
     if (!spool_token_addr_same(j->m.sender, tk->sender))
         return "SENDER_MISMATCH";
+    if (g_strcmp0(tk->list, j->list->name) != 0)
+        return "TOKEN_WRONG_LIST";
     switch (spool_token_status(tk, now)) {
     case TOKEN_USED: return "TOKEN_USED";
     case TOKEN_EXPIRED: return "TOKEN_EXPIRED";
@@ -323,12 +327,14 @@ static void transform_job_add_notice(struct transform_job *j, struct notice *n, 
 static void transform_job_plan_copies(struct transform_job *j, const struct spool_token *tk)
 {
     const struct postern_config *cfg = j->tf->cfg;
+    /* The list's From and footer; a hide-sender list hides every token's sender. */
+    gboolean hide = tk->hide_sender || j->list->hide_sender;
     struct rewrite_params p = {
-        .from = cfg->rewrite.from,
-        .use_original_sender = cfg->rewrite.allow_original_sender && !tk->hide_sender,
-        .hide_sender = tk->hide_sender,
+        .from = j->list->from,
+        .use_original_sender = cfg->rewrite.allow_original_sender && !hide,
+        .hide_sender = hide,
         .original_sender = j->m.sender,
-        .footer = tk->hide_sender ? cfg->rewrite.footer_hidden : cfg->rewrite.footer,
+        .footer = hide ? j->list->footer_hidden : j->list->footer,
         .unsubscribe_url = cfg->rewrite.unsubscribe_url,
         .message_id_domain = cfg->dkim.domain,
         .date = j->now,
@@ -359,7 +365,8 @@ static void transform_job_plan_copies(struct transform_job *j, const struct spoo
     j->owner = spool_token_normalise_addr(tk->sender);
     transform_job_add_notice(
         j,
-        transform_notice_accepted(j->tf, &j->m, j->subject, j->owner, j->rcpts->len, j->now, &err),
+        transform_notice_accepted(j->tf, j->list, &j->m, j->subject, j->owner, j->rcpts->len,
+                                  j->now, &err),
         err);
 }
 
@@ -375,7 +382,8 @@ static void transform_job_plan_reject(struct transform_job *j, gboolean sender_o
     j->plan = PLAN_REJECT;
     if (*j->m.sender && sender_owns_token && !j->automatic)
         transform_job_add_notice(
-            j, transform_notice_rejected(j->tf, &j->m, j->subject, j->reason, j->now, &err), err);
+            j, transform_notice_rejected(j->tf, j->list, &j->m, j->subject, j->reason, j->now,
+                                         &err), err);
 }
 
 static gboolean transform_job_plan_mail(struct transform_job *j, GError **err)
@@ -424,8 +432,11 @@ static void transform_job_plan_report(struct transform_job *j)
     }
     g_free(j->subject);
     j->subject = transform_notice_subject_of((const char *)j->raw->data, j->raw->len);
-    if (!(n = transform_notice_bounced(j->tf, &j->ref, j->subject, owner, j->bounced, j->total,
-                                       j->now, &err))) {
+    /* The list the reported message went to: its language, and whether members are hidden. */
+    j->list = config_list_of(j->tf->cfg, (char **)j->ref.recipients->pdata,
+                             j->ref.recipients->len);
+    if (!(n = transform_notice_bounced(j->tf, j->list, &j->ref, j->subject, owner, j->bounced,
+                                       j->total, j->now, &err))) {
         j->plan = PLAN_HOLD;
         j->hold = g_strdup_printf("bounce report: %s", err->message);
         g_error_free(err);
@@ -645,6 +656,8 @@ struct transform_job *transform_job_prepare(struct transform *tf, uint64_t lease
         transform_job_end(j, err);
         return j;
     }
+    /* The message's list: by the address it came to. */
+    j->list = config_list_of(tf->cfg, (char **)j->m.recipients->pdata, j->m.recipients->len);
     if (!transform_job_is_report(j))
         transform_job_parse(j);
     transform_job_plan(j);

@@ -5,7 +5,8 @@
  * notice, stored complete and DKIM-signed in `outgoing`, with its one
  * delivery ready.  The dispatcher sends it from the null sender, so a
  * notice that bounces makes no bounce of its own.  Notices are
- * text/plain UTF-8 from [rewrite] from, marked Auto-Submitted: auto-replied
+ * text/plain UTF-8 from the list's From ([rewrite] from for the default
+ * list), in the list's language (English or Norwegian Bokmål), marked Auto-Submitted: auto-replied
  * (RFC 3834) so that no auto-responder answers them.
  *
  * They are composed and signed with no transaction open; transform_notice_store()
@@ -16,6 +17,7 @@
 #include "spool/delivery.h"
 #include "spool/spool_notice_rate.h"
 
+#include <stdarg.h>
 #include <string.h>
 
 /*
@@ -24,6 +26,128 @@
  */
 #define NOTICE_ECHO_SUBJECT 100
 #define NOTICE_ECHO_REPLY 500
+
+/*
+ * Every sentence of every notice, once per language ([list NAME] language).
+ * Labels are padded to one width by hand: printf pads bytes, not letters.
+ */
+struct notice_texts {
+    const char *lang;
+    const char *no_subject;
+    const char *facts;              /* Subject, Received, Queue id */
+    const char *rejected_title, *rejected_head, *rejected_reason, *rejected_tail;
+    const char *accepted_title_1, *accepted_title_n, *accepted_head_1, *accepted_head_n;
+    const char *accepted_tail;
+    const char *bounced_title, *bounced_head_1, *bounced_head_n, *bounced_list;
+    const char *bounced_hidden;     /* a hide-sender list's member, by number */
+    const char *no_reply;
+    const char *explain[7];         /* as notice_reasons[], and one for any other */
+};
+
+static const char *const notice_reasons[] = {
+    "TOKEN_NOT_FOUND", "TOKEN_INVALID", "TOKEN_USED", "TOKEN_EXPIRED", "SENDER_MISMATCH",
+    "TOKEN_WRONG_LIST",
+};
+
+static const struct notice_texts notice_en = {
+    .lang = "en",
+    .no_subject = "(no subject)",
+    .facts = "  Subject:   %s\n  Received:  %s\n  Queue id:  %s\n",
+    .rejected_title = "Not sent",
+    .rejected_head = "Your message was not sent to anyone.\n\n",
+    .rejected_reason = "  Reason:    %s\n",
+    .rejected_tail = "\nNothing was delivered: %s\n",
+    .accepted_title_1 = "Sent to %s recipient",
+    .accepted_title_n = "Sent to %s recipients",
+    .accepted_head_1 = "Your message is on its way to %s recipient.\n\n",
+    .accepted_head_n = "Your message is on its way to %s recipients.\n\n",
+    .accepted_tail = "\nIf a copy cannot be delivered you will get another notice "
+                     "saying which and why.\n",
+    .bounced_title = "Undelivered to %s of %s",
+    .bounced_head_1 = "Your message could not be delivered to %s of its %s recipient.\n\n",
+    .bounced_head_n = "Your message could not be delivered to %s of its %s recipients.\n\n",
+    .bounced_list = "\nNot delivered:\n",
+    .bounced_hidden = "recipient %s",
+    .no_reply = "no reply recorded",
+    .explain = {
+        "the message carried no token. Attach the token you were given.",
+        "the token is not known: mistyped, revoked or never registered.",
+        "the token has been used already. Each token sends one message.",
+        "the token has expired. Ask for a new one.",
+        "the token is registered for another sender address. "
+        "Send from the address the token was given to.",
+        "the token belongs to another list. "
+        "Send to the address of the list the token was given for.",
+        "the message could not be sent.",
+    },
+};
+
+static const struct notice_texts notice_nb = {
+    .lang = "nb",
+    .no_subject = "(uten emne)",
+    .facts = "  Emne:      %s\n  Mottatt:   %s\n  Kø-id:     %s\n",
+    .rejected_title = "Ikke sendt",
+    .rejected_head = "Meldingen din ble ikke sendt til noen.\n\n",
+    .rejected_reason = "  Årsak:     %s\n",
+    .rejected_tail = "\nIngenting ble levert: %s\n",
+    .accepted_title_1 = "Sendt til %s mottaker",
+    .accepted_title_n = "Sendt til %s mottakere",
+    .accepted_head_1 = "Meldingen din er på vei til %s mottaker.\n\n",
+    .accepted_head_n = "Meldingen din er på vei til %s mottakere.\n\n",
+    .accepted_tail = "\nHvis en kopi ikke kan leveres, får du et nytt varsel som sier "
+                     "hvilken og hvorfor.\n",
+    .bounced_title = "Ikke levert til %s av %s",
+    .bounced_head_1 = "Meldingen din kunne ikke leveres til %s av sin %s mottaker.\n\n",
+    .bounced_head_n = "Meldingen din kunne ikke leveres til %s av sine %s mottakere.\n\n",
+    .bounced_list = "\nIkke levert:\n",
+    .bounced_hidden = "mottaker %s",
+    .no_reply = "intet svar registrert",
+    .explain = {
+        "meldingen hadde ikke noe token. Legg ved tokenet du fikk.",
+        "tokenet er ukjent: feilskrevet, trukket tilbake eller aldri registrert.",
+        "tokenet er allerede brukt. Hvert token sender én melding.",
+        "tokenet er utløpt. Be om et nytt.",
+        "tokenet er registrert for en annen avsenderadresse. "
+        "Send fra adressen tokenet ble gitt til.",
+        "tokenet hører til en annen liste. "
+        "Send til adressen til listen tokenet ble gitt for.",
+        "meldingen kunne ikke sendes.",
+    },
+};
+
+G_STATIC_ASSERT(G_N_ELEMENTS(notice_reasons) + 1 == G_N_ELEMENTS(notice_en.explain));
+
+/*
+ * Append tmpl with each "%s" in it replaced by the next argument: the
+ * texts are chosen at run time, so not printf's (-Wformat=2 could not
+ * check them), and a text can hold no other conversion.
+ */
+static void transform_notice_put(GString *out, const char *tmpl, ...)
+{
+    va_list ap;
+    const char *at;
+
+    va_start(ap, tmpl);
+    while ((at = strstr(tmpl, "%s"))) {
+        g_string_append_len(out, tmpl, at - tmpl);
+        g_string_append(out, va_arg(ap, const char *));
+        tmpl = at + 2;
+    }
+    g_string_append(out, tmpl);
+    va_end(ap);
+}
+
+/* A count as transform_notice_put() takes it. */
+static char *transform_notice_num(unsigned n)
+{
+    return g_strdup_printf("%u", n);
+}
+
+/* The texts of the list's language (config_validate() allows en and nb only). */
+static const struct notice_texts *transform_notice_texts(const struct postern_list *list)
+{
+    return g_str_equal(list->language, "nb") ? &notice_nb : &notice_en;
+}
 
 void transform_notice_free(struct notice *n)
 {
@@ -59,13 +183,14 @@ static GMimeObject *transform_notice_text_part(const char *text)
  * or List-Unsubscribe: it answers nobody's message to a list), then sign
  * it whole with its To: and Auto-Submitted: as raw lines.
  */
-static struct notice *transform_notice_make(const struct transform *tf, const char *to,
+static struct notice *transform_notice_make(const struct transform *tf,
+                                            const struct postern_list *list, const char *to,
                                             queue_id ref, const char *subject, const char *text,
                                             gint64 now, GError **err)
 {
     const struct postern_config *cfg = tf->cfg;
     struct rewrite_params p = {
-        .from = cfg->rewrite.from,
+        .from = list->from,
         .message_id_domain = cfg->dkim.domain,
         .date = now,
     };
@@ -147,7 +272,8 @@ static char *transform_notice_echo(const char *text, glong max)
 }
 
 /* The lines every notice starts its facts with. */
-static void transform_notice_facts(GString *text, const struct spool_msg *m, const char *subject)
+static void transform_notice_facts(GString *text, const struct notice_texts *tx,
+                                   const struct spool_msg *m, const char *subject)
 {
     char id[QUEUE_ID_LEN + 1];
     g_autoptr(GDateTime) when = g_date_time_new_from_unix_utc(m->arrival);
@@ -155,15 +281,15 @@ static void transform_notice_facts(GString *text, const struct spool_msg *m, con
     g_autofree char *echo = transform_notice_echo(subject, NOTICE_ECHO_SUBJECT);
 
     spool_id_format(m->id, id);
-    g_string_append_printf(text, "  Subject:   %s\n  Received:  %s\n  Queue id:  %s\n",
-                           *echo ? echo : "(no subject)", date, id);
+    transform_notice_put(text, tx->facts, *echo ? echo : tx->no_subject, date, id);
 }
 
-static char *transform_notice_subject(const char *what, const char *subject)
+static char *transform_notice_subject(const struct notice_texts *tx, const char *what,
+                                      const char *subject)
 {
     g_autofree char *echo = transform_notice_echo(subject, NOTICE_ECHO_SUBJECT);
 
-    return g_strdup_printf("%s: %s", what, *echo ? echo : "(no subject)");
+    return g_strdup_printf("%s: %s", what, *echo ? echo : tx->no_subject);
 }
 
 /* Two rejection notices are the same when reason and Subject are. */
@@ -183,36 +309,28 @@ static uint64_t transform_notice_digest(const char *reason, const char *subject)
 }
 
 /* What each rejection reason means to the sender, and what to do about it. */
-static const char *transform_notice_explain(const char *reason)
+static const char *transform_notice_explain(const struct notice_texts *tx, const char *reason)
 {
-    static const struct { const char *reason, *text; } texts[] = {
-        { "TOKEN_NOT_FOUND", "the message carried no token. Attach the token you were given." },
-        { "TOKEN_INVALID", "the token is not known: mistyped, revoked or never registered." },
-        { "TOKEN_USED", "the token has been used already. Each token sends one message." },
-        { "TOKEN_EXPIRED", "the token has expired. Ask for a new one." },
-        { "SENDER_MISMATCH", "the token is registered for another sender address. "
-                             "Send from the address the token was given to." },
-    };
-
-    for (size_t i = 0; i < G_N_ELEMENTS(texts); i++)
-        if (g_str_equal(reason, texts[i].reason))
-            return texts[i].text;
-    return "the message could not be sent.";
+    for (size_t i = 0; i < G_N_ELEMENTS(notice_reasons); i++)
+        if (g_str_equal(reason, notice_reasons[i]))
+            return tx->explain[i];
+    return tx->explain[G_N_ELEMENTS(notice_reasons)];
 }
 
-struct notice *transform_notice_rejected(const struct transform *tf, const struct spool_msg *m,
-                               const char *subject, const char *reason, gint64 now,
-                               GError **err)
+struct notice *transform_notice_rejected(const struct transform *tf,
+                                         const struct postern_list *list,
+                                         const struct spool_msg *m, const char *subject,
+                                         const char *reason, gint64 now, GError **err)
 {
-    g_autoptr(GString) text = g_string_new("Your message was not sent to anyone.\n\n");
-    g_autofree char *title = transform_notice_subject("Not sent", subject);
-
+    const struct notice_texts *tx = transform_notice_texts(list);
+    g_autoptr(GString) text = g_string_new(tx->rejected_head);
+    g_autofree char *title = transform_notice_subject(tx, tx->rejected_title, subject);
     struct notice *n;
 
-    transform_notice_facts(text, m, subject);
-    g_string_append_printf(text, "  Reason:    %s\n\nNothing was delivered: %s\n", reason,
-                           transform_notice_explain(reason));
-    n = transform_notice_make(tf, m->sender, m->id, title, text->str, now, err);
+    transform_notice_facts(text, tx, m, subject);
+    transform_notice_put(text, tx->rejected_reason, reason);
+    transform_notice_put(text, tx->rejected_tail, transform_notice_explain(tx, reason));
+    n = transform_notice_make(tf, list, m->sender, m->id, title, text->str, now, err);
     /* Anyone can cause this one, with a forged sender: it is counted when stored. */
     if (n) {
         n->limit = (unsigned)MIN(tf->cfg->notice.max_per_hour, G_MAXUINT);
@@ -221,41 +339,76 @@ struct notice *transform_notice_rejected(const struct transform *tf, const struc
     return n;
 }
 
-struct notice *transform_notice_accepted(const struct transform *tf, const struct spool_msg *m,
-                               const char *subject, const char *owner, unsigned nrcpt,
-                               gint64 now, GError **err)
+/* A count only: the notice names no recipient, whatever the list. */
+struct notice *transform_notice_accepted(const struct transform *tf,
+                                         const struct postern_list *list,
+                                         const struct spool_msg *m, const char *subject,
+                                         const char *owner, unsigned nrcpt, gint64 now,
+                                         GError **err)
 {
-    g_autoptr(GString) text = g_string_new(NULL);
-    g_autofree char *what = g_strdup_printf("Sent to %u recipient%s", nrcpt, nrcpt == 1 ? "" : "s");
-    g_autofree char *title = transform_notice_subject(what, subject);
+    const struct notice_texts *tx = transform_notice_texts(list);
+    g_autoptr(GString) text = g_string_new(NULL), what = g_string_new(NULL);
+    g_autofree char *n = transform_notice_num(nrcpt), *title = NULL;
 
-    g_string_append_printf(text, "Your message is on its way to %u recipient%s.\n\n", nrcpt,
-                           nrcpt == 1 ? "" : "s");
-    transform_notice_facts(text, m, subject);
-    g_string_append(text, "\nIf a copy cannot be delivered you will get another notice "
-                          "saying which and why.\n");
-    return transform_notice_make(tf, owner, m->id, title, text->str, now, err);
+    transform_notice_put(what, nrcpt == 1 ? tx->accepted_title_1 : tx->accepted_title_n, n);
+    title = transform_notice_subject(tx, what->str, subject);
+    transform_notice_put(text, nrcpt == 1 ? tx->accepted_head_1 : tx->accepted_head_n, n);
+    transform_notice_facts(text, tx, m, subject);
+    g_string_append(text, tx->accepted_tail);
+    return transform_notice_make(tf, list, owner, m->id, title, text->str, now, err);
 }
 
-struct notice *transform_notice_bounced(const struct transform *tf, const struct spool_msg *ref,
-                              const char *subject, const char *owner, GPtrArray *bounced,
-                              unsigned total, gint64 now, GError **err)
+/*
+ * A relay's reply with the member's address taken out (it often repeats
+ * it: "550 5.1.1 <bob@example.org>: no such user"), for a hidden list.
+ */
+static char *transform_notice_redact(const char *reply, const char *rcpt)
 {
-    g_autoptr(GString) text = g_string_new(NULL);
-    g_autofree char *what = g_strdup_printf("Undelivered to %u of %u", bounced->len, total);
-    g_autofree char *title = transform_notice_subject(what, subject);
+    g_autoptr(GString) out = g_string_new(reply);
+    size_t n = strlen(rcpt);
 
-    g_string_append_printf(text, "Your message could not be delivered to %u of its %u "
-                                 "recipient%s.\n\n", bounced->len, total, total == 1 ? "" : "s");
-    transform_notice_facts(text, ref, subject);
-    g_string_append(text, "\nNot delivered:\n");
+    for (size_t i = 0; n && i + n <= out->len; i++)
+        if (g_ascii_strncasecmp(out->str + i, rcpt, n) == 0) {
+            g_string_erase(out, (gssize)i, (gssize)n);
+            g_string_insert(out, (gssize)i, "(hidden)");
+            i += strlen("(hidden)") - 1;
+        }
+    return g_string_free(g_steal_pointer(&out), FALSE);
+}
+
+struct notice *transform_notice_bounced(const struct transform *tf,
+                                        const struct postern_list *list,
+                                        const struct spool_msg *ref, const char *subject,
+                                        const char *owner, GPtrArray *bounced, unsigned total,
+                                        gint64 now, GError **err)
+{
+    const struct notice_texts *tx = transform_notice_texts(list);
+    g_autoptr(GString) text = g_string_new(NULL), what = g_string_new(NULL);
+    g_autofree char *nb = transform_notice_num(bounced->len), *nt = transform_notice_num(total);
+    g_autofree char *title = NULL;
+
+    transform_notice_put(what, tx->bounced_title, nb, nt);
+    title = transform_notice_subject(tx, what->str, subject);
+    transform_notice_put(text, total == 1 ? tx->bounced_head_1 : tx->bounced_head_n, nb, nt);
+    transform_notice_facts(text, tx, ref, subject);
+    g_string_append(text, tx->bounced_list);
     for (guint i = 0; i < bounced->len; i++) {
         const struct spool_dlv *d = bounced->pdata[i];
         g_autofree char *reply = transform_notice_echo(d->last_reply, NOTICE_ECHO_REPLY);
+        g_autofree char *num = transform_notice_num(d->idx + 1), *said = NULL;
 
-        g_string_append_printf(text, "  %s: %s\n", d->rcpt, *reply ? reply : "no reply recorded");
+        /* A hide-sender list's members are not the sender's to know: a number instead. */
+        g_string_append(text, "  ");
+        if (list->hide_sender) {
+            transform_notice_put(text, tx->bounced_hidden, num);
+            said = transform_notice_redact(reply, d->rcpt);
+        } else {
+            g_string_append(text, d->rcpt);
+            said = g_strdup(reply);
+        }
+        g_string_append_printf(text, ": %s\n", *said ? said : tx->no_reply);
     }
-    return transform_notice_make(tf, owner, ref->id, title, text->str, now, err);
+    return transform_notice_make(tf, list, owner, ref->id, title, text->str, now, err);
 }
 
 gboolean transform_notice_store(struct spool_txn *t, const struct notice *n, struct spool_msg *into,

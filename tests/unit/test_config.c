@@ -221,6 +221,81 @@ static void test_errors(void **state)
     expect_error("# comment\n[spool\n", ":2: Key file contains line");
 }
 
+/* Issue 11: [list NAME] sections, the global keys their defaults. */
+static void test_lists(void **state)
+{
+    g_autofree char *path = write_config(
+        "[rewrite]\nfrom = Global <g@localhost>\nfooter = global footer\n"
+        "[token]\nmax_recipients = 30\n"
+        "[list styret]\naddress = Styret@Localhost\nfooter = -- \\nstyret\n"
+        "language = nb\nmax_recipients = 5\n"
+        "[list alle]\naddress = alle@localhost\nfrom = Alle <alle@localhost>\n"
+        "hide_sender = yes\n");
+    const struct postern_list *l;
+    struct postern_config cfg;
+    char *to_styret[] = { "nobody@localhost", "styret+x@localhost" };
+    char *to_none[] = { "restricted@localhost" };
+
+    (void)state;
+    /* No file: the default list alone, from the global keys. */
+    assert_true(config_load(&cfg, NULL, NULL));
+    assert_int_equal(cfg.lists->len, 1);
+    l = cfg.lists->pdata[0];
+    assert_string_equal(l->name, "default");
+    assert_null(l->address);
+    assert_string_equal(l->from, cfg.rewrite.from);
+    assert_string_equal(l->language, "en");
+    assert_int_equal(l->max_recipients, 0);
+    assert_true(config_list_of(&cfg, to_none, 1) == l);
+    config_free(&cfg);
+
+    assert_true(config_load(&cfg, path, NULL));
+    assert_int_equal(cfg.lists->len, 3);
+    l = config_list_find(&cfg, "default");
+    assert_int_equal(l->max_recipients, 30);
+    l = config_list_find(&cfg, "styret");
+    assert_non_null(l);
+    assert_string_equal(l->address, "Styret@Localhost");
+    assert_string_equal(l->from, "Global <g@localhost>");       /* inherited */
+    assert_string_equal(l->footer, "-- \nstyret");
+    assert_string_equal(l->footer_hidden, cfg.rewrite.footer_hidden);
+    assert_string_equal(l->language, "nb");
+    assert_int_equal(l->max_recipients, 5);
+    l = config_list_find(&cfg, "alle");
+    assert_string_equal(l->from, "Alle <alle@localhost>");
+    assert_string_equal(l->footer, "global footer");
+    assert_string_equal(l->language, "en");
+    assert_int_equal(l->max_recipients, 30);
+    assert_true(l->hide_sender);
+    assert_false(config_list_find(&cfg, "styret")->hide_sender);
+    assert_null(config_list_find(&cfg, "nosuch"));
+    /* A message's list: its first recipient that is a list's address (case, +detail aside). */
+    assert_string_equal(config_list_of(&cfg, to_styret, 2)->name, "styret");
+    assert_string_equal(config_list_of(&cfg, to_none, 1)->name, "default");
+    /* Ingest takes mail for every list. */
+    assert_true(g_strv_contains((const char *const *)cfg.accept, "restricted@localhost"));
+    assert_true(g_strv_contains((const char *const *)cfg.accept, "Styret@Localhost"));
+    assert_true(g_strv_contains((const char *const *)cfg.accept, "alle@localhost"));
+    config_free(&cfg);
+    g_unlink(path);
+
+    expect_error("[list x]\naddress = x@localhost\nmax_recipients = many\n",
+                 ":3: [list x] max_recipients: bad number");
+    expect_error("[list x]\nadress = x@localhost\n", ":2: [list x] adress: unknown key");
+    expect_error("[list x]\naddress = x@localhost\nhide_sender = maybe\n",
+                 ":3: [list x] hide_sender: bad boolean");
+    expect_error("[list x]\nlanguage = de\n", "[list x] address: a list needs an address");
+    expect_error("[list x]\naddress = x@localhost\nlanguage = de\n",
+                   "[list x] language: \"de\" is not en or nb");
+    expect_error("[notice]\nlanguage = sv\n", "[notice] language: \"sv\" is not en or nb");
+    expect_error("[list a]\naddress = same@localhost\n[list b]\naddress = SAME@localhost\n",
+                   "[list b] address: SAME@localhost is also the address of list \"a\"");
+    expect_error("[list a]\naddress = restricted@localhost\n",
+                   "also the address of list \"default\" ([ingest] recipients)");
+    expect_error("[list default]\naddress = d@localhost\n", "cannot name a list");
+    expect_error("[list a]\naddress = not-an-address\n", "is not local@domain");
+}
+
 static void test_parsers(void **state)
 {
     uint64_t v;
@@ -248,6 +323,7 @@ int main(void)
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_cannot_work),
         cmocka_unit_test(test_spool_modes),
+        cmocka_unit_test(test_lists),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -533,6 +533,30 @@ static void test_index_walks(void **state)
     g_array_unref(s.refs);
 }
 
+/*
+ * The config the token checks run against: the default list (no cap) and
+ * [list small], at most 2 recipients a token.
+ */
+static const struct postern_config *lists_cfg(void)
+{
+    static struct postern_config cfg;
+    static gboolean loaded;
+    g_autofree char *path = NULL;
+    int fd;
+
+    if (loaded)
+        return &cfg;
+    fd = g_file_open_tmp("postern-lists-XXXXXX.ini", &path, NULL);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_true(g_file_set_contents(path, "[list small]\naddress = small@localhost\n"
+                                          "max_recipients = 2\n", -1, NULL));
+    assert_true(config_load(&cfg, path, NULL));
+    unlink(path);
+    loaded = TRUE;
+    return &cfg;
+}
+
 /* A token request checked as every front end has it checked; 0 when it passes. */
 static int token_check(const char *from, const char *const *rcpts, int64_t expires,
                        const char *want_in_message)
@@ -546,7 +570,7 @@ static int token_check(const char *from, const char *const *rcpts, int64_t expir
     tk.expires = expires;
     for (int i = 0; rcpts[i]; i++)
         g_ptr_array_add(tk.recipients, g_strdup(rcpts[i]));
-    if (!spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, &err)) {
+    if (!spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, lists_cfg(), &err)) {
         assert_true(err->domain == SPOOL_ERROR);
         code = err->code;
         if (want_in_message && !strstr(err->message, want_in_message))
@@ -577,7 +601,7 @@ static void test_addr_same(void **state)
     tk.sender = g_strdup("alice@abakus.no");
     for (int i = 0; rcpts[i]; i++)
         g_ptr_array_add(tk.recipients, g_strdup(rcpts[i]));
-    assert_true(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, &err));
+    assert_true(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, lists_cfg(), &err));
     assert_int_equal(tk.recipients->len, 2);
     assert_string_equal(tk.recipients->pdata[0], "Ada@example.org");
     assert_string_equal(tk.recipients->pdata[1], "bob@example.org");
@@ -752,8 +776,9 @@ static void test_token_input(void **state)
     tk.expires = 2000;
     for (int i = 0; good[i]; i++)
         g_ptr_array_add(tk.recipients, g_strdup(good[i]));
-    assert_true(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, &err));
+    assert_true(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, lists_cfg(), &err));
     assert_string_equal(tk.sender, "Owner@example.org");
+    assert_string_equal(tk.list, "default");      /* none named: the default list */
     assert_int_equal(tk.recipients->len, 2);
     assert_string_equal(tk.recipients->pdata[0], "a@example.org");
     assert_string_equal(tk.recipients->pdata[1], "b@example.org");
@@ -772,6 +797,27 @@ static void test_token_input(void **state)
     assert_int_equal(token_check("o@example.org", good, 999, "not in the future"),
                      SPOOL_ERR_INVALID);
     assert_int_equal(token_check("o@example.org", good, 0, NULL), 0);
+
+    /* A token sends to a list that exists, within its cap (2 for [list small]). */
+    spool_token_init(&tk);
+    tk.sender = g_strdup("o@example.org");
+    tk.list = g_strdup("small");
+    g_ptr_array_add(tk.recipients, g_strdup("a@example.org"));
+    g_ptr_array_add(tk.recipients, g_strdup("a@EXAMPLE.org"));     /* the same: counted once */
+    g_ptr_array_add(tk.recipients, g_strdup("b@example.org"));
+    assert_true(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, lists_cfg(), &err));
+    g_ptr_array_add(tk.recipients, g_strdup("c@example.org"));
+    assert_false(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, lists_cfg(), &err));
+    assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_INVALID));
+    assert_non_null(strstr(err->message, "at most 2"));
+    g_clear_error(&err);
+    g_free(tk.list);
+    tk.list = g_strdup("nosuch");
+    assert_false(spool_token_prepare(&tk, "0123456789abcdefXYZ", 1000, lists_cfg(), &err));
+    assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_INVALID));
+    assert_non_null(strstr(err->message, "\"nosuch\""));
+    g_clear_error(&err);
+    spool_token_clear(&tk);
     assert_false(spool_token_addr_valid("@example.org"));
     assert_false(spool_token_addr_valid("a@b>"));
     assert_true(spool_token_addr_valid("a.b+c@example.org"));
@@ -801,7 +847,8 @@ static int token_json_check(const char *json, const char *want_in_message)
 
     assert_true(json_parser_load_from_data(parser, json, -1, NULL));
     spool_token_init(&tk);
-    if (!spool_token_from_json(json_parser_get_root(parser), 1000, &tk, &text, &err)) {
+    if (!spool_token_from_json(json_parser_get_root(parser), 1000, lists_cfg(), &tk, &text,
+                               &err)) {
         assert_true(err->domain == SPOOL_ERROR);
         code = err->code;
         if (want_in_message && !strstr(err->message, want_in_message))
@@ -837,6 +884,64 @@ static void test_token_json(void **state)
     assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
                                       "\"hide_sender\": \"yes\"}", "hide_sender"),
                      SPOOL_ERR_INVALID);
+    /* "list": a known one, within its cap. */
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"list\": \"small\"}", NULL), 0);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\", "
+                                      "\"e@d.no\", \"f@d.no\"], \"list\": \"small\"}",
+                                      "at most 2"), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"list\": \"other\"}", "\"other\""), SPOOL_ERR_INVALID);
+    assert_int_equal(token_json_check("{\"from\": \"a@b.no\", \"recipients\": [\"c@d.no\"], "
+                                      "\"list\": 3}", "\"list\""), SPOOL_ERR_INVALID);
+}
+
+/* A record written before lists (no "list" in it) belongs to the default list. */
+static gboolean put_old_token(struct spool_txn *t, void *ctx, GError **err)
+{
+    const unsigned char *hash = ctx;
+    GVariantDict d;
+    g_autoptr(GVariant) v = NULL;
+    const char *rcpts[] = { "r@x.no" };
+    MDB_val key = { TOKEN_HASH_LEN, (void *)hash }, val;
+
+    g_variant_dict_init(&d, NULL);
+    g_variant_dict_insert(&d, "sender", "s", "old@x.no");
+    g_variant_dict_insert_value(&d, "recipients", g_variant_new_strv(rcpts, 1));
+    g_variant_dict_insert(&d, "created", "x", (gint64)1000);
+    v = g_variant_ref_sink(g_variant_dict_end(&d));
+    val = (MDB_val){ g_variant_get_size(v), (void *)g_variant_get_data(v) };
+    (void)err;
+    return mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, 0) == 0;
+}
+
+static void test_token_list_field(void **state)
+{
+    struct temp_spool *f = *state;
+    struct spool_token tk, got;
+    struct spool_txn t;
+    unsigned char old[TOKEN_HASH_LEN];
+
+    /* The list round-trips through the record. */
+    spool_token_init(&tk);
+    tk.sender = g_strdup("o@x.no");
+    tk.list = g_strdup("small");
+    g_ptr_array_add(tk.recipients, g_strdup("r@x.no"));
+    spool_token_hash("0123456789abcdefLIST", tk.hash);
+    assert_true(spool_write(f->sp, put_token, &tk, NULL));
+    spool_token_hash("0123456789abcdefOLD", old);
+    assert_true(spool_write(f->sp, put_old_token, old, NULL));
+
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_true(spool_token_get(&t, tk.hash, &got, NULL));
+    assert_string_equal(got.list, "small");
+    spool_token_clear(&got);
+    assert_true(spool_token_get(&t, old, &got, NULL));
+    assert_string_equal(got.sender, "old@x.no");
+    assert_string_equal(got.list, "default");
+    spool_token_clear(&got);
+    spool_read_end(&t);
+    spool_token_clear(&tk);
 }
 
 int main(void)
@@ -855,6 +960,8 @@ int main(void)
         cmocka_unit_test(test_token_json),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_tokens, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_token_list_field, temp_spool_setup,
+                                        temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_map_growth_on_record, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_open_after_growth_elsewhere, temp_spool_setup, temp_spool_teardown),

@@ -12,6 +12,7 @@
 
 #include "transform/mime.h"
 #include "transform/transform.h"
+#include "spool/delivery.h"
 
 static const char rewritten[] =
     "Subject: hi\r\nFrom: Postern <no-reply@localhost>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n"
@@ -139,7 +140,8 @@ static void test_rejection_notice(void **state)
     struct spool_msg m = { .id = 0x0000018f2a3b4c5dULL, .arrival = 1795000000,
                            .sender = "owner@example.org" };
     struct notice *n =
-        transform_notice_rejected(&f->tf, &m, "Blåbær", "TOKEN_USED", 1795000000, NULL);
+        transform_notice_rejected(&f->tf, f->cfg.lists->pdata[0], &m, "Blåbær", "TOKEN_USED",
+                                  1795000000, NULL);
     gsize len;
     const char *p;
     g_autofree char *text = NULL, *subject = NULL;
@@ -157,6 +159,70 @@ static void test_rejection_notice(void **state)
     assert_null(strstr(text, "\r\nReply-To:"));     /* h= names it: oversigned */
     subject = transform_notice_subject_of(p, len);
     assert_string_equal(subject, "Not sent: Blåbær");
+    transform_notice_free(n);
+}
+
+/* The serialised notice n, whole (headers and body, as signed). */
+static char *notice_text(const struct notice *n)
+{
+    gsize len;
+    const char *p = g_bytes_get_data(n->bytes, &len);
+
+    return g_strndup(p, len);
+}
+
+/* Issue 11: a list's notices in its language, from its From; a hidden list names no member. */
+static void test_list_notices(void **state)
+{
+    struct fixture *f = *state;
+    struct postern_list nb = { .name = "styret", .address = "styret@localhost",
+                               .from = "Styret <styret@localhost>", .language = "nb",
+                               .hide_sender = TRUE };
+    struct spool_msg m = { .id = 0x0000018f2a3b4c5dULL, .arrival = 1795000000,
+                           .sender = "owner@example.org" };
+    struct spool_dlv d = { .msg = m.id, .idx = 1, .state = DLV_BOUNCED,
+                           .rcpt = "bob@example.org",
+                           .last_reply = "550 5.1.1 <BOB@example.org>: no such user" };
+    g_autoptr(GPtrArray) bounced = g_ptr_array_new();
+    struct notice *n;
+    g_autofree char *text = NULL, *subject = NULL, *text2 = NULL, *subject2 = NULL;
+    g_autofree char *text3 = NULL, *subject3 = NULL;
+
+    n = transform_notice_rejected(&f->tf, &nb, &m, "Møte", "TOKEN_WRONG_LIST", 1795000000, NULL);
+    assert_non_null(n);
+    text = notice_text(n);
+    subject = transform_notice_subject_of(text, strlen(text));
+    assert_string_equal(subject, "Ikke sendt: Møte");
+    assert_non_null(strstr(text, "\r\nFrom: Styret <styret@localhost>\r\n"));
+    transform_notice_free(n);
+
+    n = transform_notice_accepted(&f->tf, &nb, &m, "", "owner@example.org", 3, 1795000000, NULL);
+    assert_non_null(n);
+    text2 = notice_text(n);
+    subject2 = transform_notice_subject_of(text2, strlen(text2));
+    assert_string_equal(subject2, "Sendt til 3 mottakere: (uten emne)");
+    transform_notice_free(n);
+
+    g_ptr_array_add(bounced, &d);
+    n = transform_notice_bounced(&f->tf, &nb, &m, "x", "owner@example.org", bounced, 2,
+                                 1795000000, NULL);
+    assert_non_null(n);
+    text3 = notice_text(n);
+    subject3 = transform_notice_subject_of(text3, strlen(text3));
+    assert_string_equal(subject3, "Ikke levert til 1 av 2: x");
+    assert_null(g_strstr_len(text3, -1, "bob@example.org"));
+    assert_null(g_strstr_len(text3, -1, "BOB@example.org"));
+    assert_non_null(strstr(text3, "(hidden)"));
+    transform_notice_free(n);
+
+    /* The default list (English, members named) is as it always was. */
+    n = transform_notice_bounced(&f->tf, f->cfg.lists->pdata[0], &m, "x", "owner@example.org",
+                                 bounced, 2, 1795000000, NULL);
+    assert_non_null(n);
+    g_free(text3);
+    text3 = notice_text(n);
+    assert_non_null(strstr(text3, "  bob@example.org: 550 5.1.1"));
+    assert_non_null(strstr(text3, "Your message could not be delivered to 1 of its 2 recipients."));
     transform_notice_free(n);
 }
 
@@ -180,6 +246,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_shared_copy, setup, teardown),
         cmocka_unit_test(test_copy_without_blank_line),
         cmocka_unit_test_setup_teardown(test_rejection_notice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_notices, setup, teardown),
         cmocka_unit_test(test_subject_of),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
