@@ -17,28 +17,27 @@
 
 gboolean relay_state_get(struct spool_txn *t, struct relay_state *out, GError **err)
 {
-    MDB_val key = { strlen(RELAY_STATE_KEY), (void *)RELAY_STATE_KEY }, val;
-    int rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_META), &key, &val);
-    const unsigned char *p = val.mv_data;
+    const unsigned char *p;
+    size_t len;
 
     memset(out, 0, sizeof(*out));
-    if (rc == MDB_NOTFOUND)
+    if (!spool_meta_get(t, RELAY_STATE_KEY, &p, &len, "the relay state", err))
+        return FALSE;
+    if (!p)
         return TRUE;
-    if (rc)
-        return spool_mdb_fail(rc, "read the relay state", err);
-    if (val.mv_size != RELAY_STATE_OLD_LEN &&
-        (val.mv_size < RELAY_STATE_LEN || val.mv_size >= RELAY_STATE_LEN + RELAY_REASON_MAX)) {
+    if (len != RELAY_STATE_OLD_LEN &&
+        (len < RELAY_STATE_LEN || len >= RELAY_STATE_LEN + RELAY_REASON_MAX)) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_IO, "relay state: %zu bytes, expected %d to %d",
-                    val.mv_size, RELAY_STATE_OLD_LEN, RELAY_STATE_LEN + RELAY_REASON_MAX - 1);
+                    len, RELAY_STATE_OLD_LEN, RELAY_STATE_LEN + RELAY_REASON_MAX - 1);
         return FALSE;
     }
     out->paused_until = (int64_t)spool_get_be64(p);
     out->pauses = spool_get_be32(p + 8);
     /* A record of an older version: no fence, no reason. */
-    if (val.mv_size == RELAY_STATE_OLD_LEN)
+    if (len == RELAY_STATE_OLD_LEN)
         return TRUE;
     out->since = spool_get_be64(p + 12);
-    memcpy(out->reason, p + RELAY_STATE_LEN, val.mv_size - RELAY_STATE_LEN);
+    memcpy(out->reason, p + RELAY_STATE_LEN, len - RELAY_STATE_LEN);
     return TRUE;
 }
 
@@ -77,10 +76,6 @@ gboolean relay_state_put(struct spool_txn *t, const struct relay_state *st, GErr
 {
     size_t reason_len = strnlen(st->reason, RELAY_REASON_MAX - 1);
     unsigned char v[RELAY_STATE_LEN + RELAY_REASON_MAX];
-    MDB_val key = { strlen(RELAY_STATE_KEY), (void *)RELAY_STATE_KEY };
-    MDB_val val = { RELAY_STATE_LEN + reason_len, v };
-    int rc;
-
     if (!relay_state_event(t, st, err))
         return FALSE;
 
@@ -88,9 +83,8 @@ gboolean relay_state_put(struct spool_txn *t, const struct relay_state *st, GErr
     spool_be32(v + 8, st->pauses);
     spool_be64(v + 12, st->since);
     memcpy(v + RELAY_STATE_LEN, st->reason, reason_len);
-    if ((rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_META), &key, &val, 0)))
-        return spool_mdb_fail(rc, "write the relay state", err);
-    return TRUE;
+    return spool_meta_put(t, RELAY_STATE_KEY, v, RELAY_STATE_LEN + reason_len, "the relay state",
+                          err);
 }
 
 gboolean relay_state_paused(const struct relay_state *st, int64_t now_ms)

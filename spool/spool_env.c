@@ -489,6 +489,38 @@ queue_id spool_id_next(struct spool_txn *t, GError **err)
     return id;
 }
 
+gboolean spool_meta_get(struct spool_txn *t, const char *name, const unsigned char **data,
+                        size_t *len, const char *what, GError **err)
+{
+    MDB_val key = { strlen(name), (void *)name }, val;
+    int rc = mdb_get(t->txn, spool_dbi(t->sp, DB_META), &key, &val);
+
+    *data = NULL;
+    *len = 0;
+    if (rc == MDB_NOTFOUND)
+        return TRUE;
+    if (rc) {
+        g_autofree char *doing = g_strconcat("read ", what, NULL);
+        return spool_mdb_fail(rc, doing, err);
+    }
+    *data = val.mv_data;
+    *len = val.mv_size;
+    return TRUE;
+}
+
+gboolean spool_meta_put(struct spool_txn *t, const char *name, const void *data, size_t len,
+                        const char *what, GError **err)
+{
+    MDB_val key = { strlen(name), (void *)name }, val = { len, (void *)data };
+    int rc = mdb_put(t->txn, spool_dbi(t->sp, DB_META), &key, &val, 0);
+
+    if (rc) {
+        g_autofree char *doing = g_strconcat("write ", what, NULL);
+        return spool_mdb_fail(rc, doing, err);
+    }
+    return TRUE;
+}
+
 static void counter_key(MDB_val *key, char *buf, size_t len, const char *name)
 {
     key->mv_size = (size_t)g_snprintf(buf, len, "n.%s", name);

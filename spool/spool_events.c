@@ -249,24 +249,21 @@ gboolean spool_events_backlog(struct spool_txn *t, uint64_t *count, int64_t *old
 gboolean spool_events_retry_get(struct spool_txn *t, struct spool_events_retry *out,
                                 GError **err)
 {
-    MDB_val key = { strlen(EVENTS_RETRY_KEY), (void *)EVENTS_RETRY_KEY }, val;
-    int rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_META), &key, &val);
-    const unsigned char *p = val.mv_data;
+    const unsigned char *p;
+    size_t len;
 
     memset(out, 0, sizeof(*out));
-    if (rc == MDB_NOTFOUND)
+    if (!spool_meta_get(t, EVENTS_RETRY_KEY, &p, &len, "the events retry state", err))
+        return FALSE;
+    if (!p)
         return TRUE;
-    if (rc)
-        return spool_mdb_fail(rc, "read the events retry state", err);
-    if (val.mv_size < EVENTS_RETRY_FIXED ||
-        val.mv_size >= EVENTS_RETRY_FIXED + EVENT_ERROR_MAX) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT, "events retry state: %zu bytes",
-                    val.mv_size);
+    if (len < EVENTS_RETRY_FIXED || len >= EVENTS_RETRY_FIXED + EVENT_ERROR_MAX) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT, "events retry state: %zu bytes", len);
         return FALSE;
     }
     out->next_try = (int64_t)spool_get_be64(p);
     out->failures = spool_get_be32(p + 8);
-    memcpy(out->error, p + EVENTS_RETRY_FIXED, val.mv_size - EVENTS_RETRY_FIXED);
+    memcpy(out->error, p + EVENTS_RETRY_FIXED, len - EVENTS_RETRY_FIXED);
     return TRUE;
 }
 
@@ -275,14 +272,9 @@ gboolean spool_events_retry_put(struct spool_txn *t, const struct spool_events_r
 {
     size_t len = strnlen(st->error, EVENT_ERROR_MAX - 1);
     unsigned char v[EVENTS_RETRY_FIXED + EVENT_ERROR_MAX];
-    MDB_val key = { strlen(EVENTS_RETRY_KEY), (void *)EVENTS_RETRY_KEY };
-    MDB_val val = { EVENTS_RETRY_FIXED + len, v };
-    int rc;
-
     spool_be64(v, (uint64_t)st->next_try);
     spool_be32(v + 8, st->failures);
     memcpy(v + EVENTS_RETRY_FIXED, st->error, len);
-    if ((rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_META), &key, &val, 0)))
-        return spool_mdb_fail(rc, "write the events retry state", err);
-    return TRUE;
+    return spool_meta_put(t, EVENTS_RETRY_KEY, v, EVENTS_RETRY_FIXED + len,
+                          "the events retry state", err);
 }

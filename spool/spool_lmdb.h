@@ -23,6 +23,16 @@ MDB_dbi spool_dbi(struct spool *sp, enum spool_db db);
 /* Turn an LMDB return code into a GError naming what was being done. */
 gboolean spool_mdb_fail(int rc, const char *what, GError **err);
 
+/*
+ * One named record of `meta` (the relay pause, the events poster's retry
+ * state): *data and *len point into the map, valid until t ends; *len is
+ * 0 and *data NULL when there is none.  what names it in errors.
+ */
+gboolean spool_meta_get(struct spool_txn *t, const char *name, const unsigned char **data,
+                        size_t *len, const char *what, GError **err);
+gboolean spool_meta_put(struct spool_txn *t, const char *name, const void *data, size_t len,
+                        const char *what, GError **err);
+
 /* Big-endian key packing shared by the modules of libspool. */
 void spool_be64(unsigned char *p, uint64_t v);
 uint64_t spool_get_be64(const unsigned char *p);
