@@ -133,15 +133,15 @@ static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err
 /* Mark a job's deliveries leased and fill in what the worker needs. */
 static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob *j, GError **err)
 {
-    struct spool_msg m;
+    g_autofree char *kind = NULL;
     g_autoptr(GByteArray) body = g_byte_array_new();
     int64_t expiry = unix_ms() + (int64_t)dl->d->cfg->retry.lease * 1000;
 
-    if (!spool_msg_get(t, j->msg, &m, err))
+    /* The kind alone decides the envelope sender: no need to decode the whole record. */
+    if (!spool_msg_get_kind(t, j->msg, &kind, err))
         return FALSE;
     j->wire.msg = j->msg;
-    j->wire.mail_from = g_strdup(g_strcmp0(m.kind, MSG_KIND_NOTICE) == 0 ? "" : dl->d->mail_from);
-    spool_msg_clear(&m);
+    j->wire.mail_from = g_strdup(g_strcmp0(kind, MSG_KIND_NOTICE) == 0 ? "" : dl->d->mail_from);
     if (!(j->wire.lease = spool_id_next(t, err)) ||
         !spool_body_get(t, DB_OUTGOING, j->msg, body, err))
         return FALSE;
