@@ -75,8 +75,13 @@ void dispatch_round(struct dispatch *d, GPtrArray *payloads, gboolean expire, gb
             dl = NULL;
         }
     }
-    if (!rr && !ex && !dl)
+    /* A round with nothing to write still answers the hint: else the loop
+     * spins (no connection is granted for 2 s after a start, dispatch.h). */
+    if (!rr && !ex && !dl) {
+        if (lease)
+            d->work_hinted = FALSE;
         return;
+    }
     ok_r = ok_x = ok_l = round_commit(d, rr, ex, dl, "dispatch round");
     if (!ok_r) {
         /* Part by part, as the round would have been without batching:
