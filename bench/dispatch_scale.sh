@@ -140,7 +140,8 @@ for n in $SIZES; do
         left=$((left - sent))
         rates+=("$rate")
         cpus+=("$cpu")
-        bench_log "  N=$n round $r: $sent delivered, $rate deliveries/s, dispatcher $cpu us CPU per delivery (load $(cut -d' ' -f1 /proc/loadavg))"
+        bench_log "  N=$n round $r: $sent delivered, $rate deliveries/s," \
+            "dispatcher $cpu us CPU per delivery (load $(cut -d' ' -f1 /proc/loadavg))"
         [[ -n $AB ]] || continue
         # The other binary on what is left: refill first if too little is.
         if ((left < n * 9 / 10)); then
@@ -151,11 +152,13 @@ for n in $SIZES; do
         read -r rate cpu sent <<<"$ROUND"
         left=$((left - sent))
         ab_cpus+=("$cpu")
-        bench_log "  N=$n round $r, AB: $sent delivered, $rate deliveries/s, dispatcher $cpu us CPU per delivery (load $(cut -d' ' -f1 /proc/loadavg))"
+        bench_log "  N=$n round $r, AB: $sent delivered, $rate deliveries/s," \
+            "dispatcher $cpu us CPU per delivery (load $(cut -d' ' -f1 /proc/loadavg))"
     done
     rate_med[$n]=$(bench_median "${rates[@]}")
     cpu_med[$n]=$(bench_median "${cpus[@]}")
-    [[ -z $AB ]] || bench_log "N=$n median dispatcher CPU us/delivery: $build ${cpu_med[$n]}, AB $(bench_median "${ab_cpus[@]}")"
+    [[ -z $AB ]] || bench_log "N=$n median dispatcher CPU us/delivery:" \
+        "$build ${cpu_med[$n]}, AB $(bench_median "${ab_cpus[@]}")"
     rm -rf "$dir"
     [[ -n $first ]] || first=$n
     last=$n
