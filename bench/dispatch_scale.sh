@@ -21,6 +21,9 @@
 # Environment: SIZES ("1000 100000 1000000"), K (20000), RUNS (3),
 # WORKERS (2), SLOTS (4), FLAT (1.3), ROUND_LIMIT (seconds per round, 300),
 # BENCH_TMP (/var/tmp: spools on the real disk, where fsync costs what it costs).
+# AB=PATH: another postern-dispatch binary (a build from before a change);
+# each round then runs it too, on the same spool right after, and both are
+# reported: on a shared machine, interleaved rounds are the fair comparison.
 # Exit 0 only if the goal is met.
 set -euo pipefail
 
@@ -41,7 +44,9 @@ WORKERS=${WORKERS:-2}
 SLOTS=${SLOTS:-4}
 FLAT=${FLAT:-1.3}
 ROUND_LIMIT=${ROUND_LIMIT:-300}
+AB=${AB:-}
 HZ=$(getconf CLK_TCK)
+[[ -z $AB || -x $AB ]] || bench_die "AB=$AB is not an executable"
 
 tmp=$(mktemp -d "${BENCH_TMP:-/var/tmp}/postern-bench-scale.XXXXXX")
 trap 'bench_cleanup || true; rm -rf "$tmp"' EXIT
@@ -87,9 +92,10 @@ fill() {
 # One round on the spool in $dir: sets ROUND to "rate cpu_us_per_delivery sent".
 # (Not in a subshell: the EXIT trap must know every pid it started.)
 round() {
-    local dir=$1 want=$2 log=$dir/dispatch.$RANDOM.log d c0 c1 t0 t1 sent deadline
+    local dir=$1 want=$2 bin=${3:-$build/dispatch/postern-dispatch}
+    local log=$dir/dispatch.$RANDOM.log d c0 c1 t0 t1 sent deadline
     local pids=()
-    bench_spawn "$log" "$build/dispatch/postern-dispatch" -c "$dir/postern.ini" -f
+    bench_spawn "$log" "$bin" -c "$dir/postern.ini" -f
     d=$BENCH_PID
     bench_wait_log "$log" "daemon started" 30 "$d" || bench_die "postern-dispatch did not start: $(tail -5 "$log")"
     c0=$(cpu_ticks "$d")
@@ -123,7 +129,7 @@ for n in $SIZES; do
     dir=$tmp/n$n
     want=$((n < K ? n : K))
     left=0
-    rates=() cpus=()
+    rates=() cpus=() ab_cpus=()
     for ((r = 1; r <= RUNS; r++)); do
         if ((left < n * 9 / 10)); then
             fill "$n" "$dir"
@@ -134,10 +140,25 @@ for n in $SIZES; do
         left=$((left - sent))
         rates+=("$rate")
         cpus+=("$cpu")
-        bench_log "  N=$n round $r: $sent delivered, $rate deliveries/s, dispatcher $cpu us CPU per delivery"
+        bench_log "  N=$n round $r: $sent delivered, $rate deliveries/s," \
+            "dispatcher $cpu us CPU per delivery (load $(cut -d' ' -f1 /proc/loadavg))"
+        [[ -n $AB ]] || continue
+        # The other binary on what is left: refill first if too little is.
+        if ((left < n * 9 / 10)); then
+            fill "$n" "$dir"
+            left=$n
+        fi
+        round "$dir" "$want" "$AB"
+        read -r rate cpu sent <<<"$ROUND"
+        left=$((left - sent))
+        ab_cpus+=("$cpu")
+        bench_log "  N=$n round $r, AB: $sent delivered, $rate deliveries/s," \
+            "dispatcher $cpu us CPU per delivery (load $(cut -d' ' -f1 /proc/loadavg))"
     done
     rate_med[$n]=$(bench_median "${rates[@]}")
     cpu_med[$n]=$(bench_median "${cpus[@]}")
+    [[ -z $AB ]] || bench_log "N=$n median dispatcher CPU us/delivery:" \
+        "$build ${cpu_med[$n]}, AB $(bench_median "${ab_cpus[@]}")"
     rm -rf "$dir"
     [[ -n $first ]] || first=$n
     last=$n

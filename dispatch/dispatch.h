@@ -119,12 +119,37 @@ void dispatch_conns_rejoin(struct dispatch *d, struct dispatch_worker *w);
 /* dispatch_transform.c */
 void dispatch_lease_transforms(struct dispatch *d);
 
-/* dispatch_deliver.c */
+/* dispatch_deliver.c: each alone in its own transaction ... */
 void dispatch_lease_deliveries(struct dispatch *d);
 void dispatch_expire_leases(struct dispatch *d);
+/* ... or in parts, for dispatch_round(): new, write in the transaction, then
+ * send or done after its commit (committed FALSE: as if never written). */
+struct dlease;
+struct dlease *dispatch_leases_new(struct dispatch *d);
+gboolean dispatch_leases_wanted(const struct dlease *dl);
+gboolean dispatch_leases_write(struct spool_txn *t, struct dlease *dl, gboolean hold,
+                               GError **err);
+void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean committed);
+struct expiry;
+struct expiry *dispatch_expiry_new(struct dispatch *d);
+gboolean dispatch_expiry_write(struct spool_txn *t, struct expiry *ex, GError **err);
+void dispatch_expiry_done(struct dispatch *d, struct expiry *ex, gboolean committed);
 
-/* dispatch_result.c */
+/* dispatch_result.c: results alone in one transaction ... */
 void dispatch_record_results(struct dispatch *d, GPtrArray *payloads);
+/* ... or in parts: init (decodes the SDONE payloads), jobs (frees the
+ * connections of finished jobs), write, done (adopts the relay state). */
+struct rresult;
+void dispatch_results_init(struct rresult **out, struct dispatch *d, GPtrArray *payloads);
+void dispatch_results_jobs(struct dispatch *d, struct rresult *rr);
+gboolean dispatch_results_write(struct spool_txn *t, struct rresult *rr, GError **err);
+/* Is the relay paused as the results' transaction leaves it? */
+gboolean dispatch_results_paused(const struct rresult *rr, int64_t now_ms);
+unsigned dispatch_results_count(const struct rresult *rr);
+void dispatch_results_done(struct dispatch *d, struct rresult *rr, gboolean ok);
+
+/* dispatch_round.c: results, expiry (expire) and leases (lease) in one transaction. */
+void dispatch_round(struct dispatch *d, GPtrArray *payloads, gboolean expire, gboolean lease);
 /* "relay ... paused until HH:MM:SS <why>": one line per pause. */
 void dispatch_log_pause(struct dispatch *d, const char *why);
 /*

@@ -15,7 +15,7 @@
 
 struct djob {
     queue_id msg;
-    GArray *idx;                    /* uint32_t recipient numbers */
+    GArray *dvs;                    /* struct spool_dlv, as the walk read them */
     unsigned txns;                  /* SMTP transactions: what [relay] rate counts */
     gboolean shared;                /* has recipients of the identical copy */
     struct wire_send_job wire;
@@ -23,6 +23,7 @@ struct djob {
 
 struct dlease {
     struct dispatch *d;
+    gboolean skip;                  /* nothing to lease this round (no room, paused, rate) */
     unsigned max_jobs;
     unsigned max_txns;              /* [relay] rate budget for this round */
     GPtrArray *jobs;                /* struct djob */
@@ -31,7 +32,10 @@ struct dlease {
 static void djob_free(gpointer p)
 {
     struct djob *j = p;
-    g_array_unref(j->idx);
+
+    for (guint i = 0; i < j->dvs->len; i++)
+        spool_dlv_clear(&g_array_index(j->dvs, struct spool_dlv, i));
+    g_array_unref(j->dvs);
     wire_send_job_clear(&j->wire);
     g_free(j);
 }
@@ -46,7 +50,7 @@ static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
 {
     for (guint i = dl->jobs->len; i-- > 0;) {
         struct djob *j = dl->jobs->pdata[i];
-        if (j->msg == msg && j->idx->len < dl->d->cfg->relay.max_rcpt_per_txn)
+        if (j->msg == msg && j->dvs->len < dl->d->cfg->relay.max_rcpt_per_txn)
             return j;
     }
     if (dl->jobs->len >= dl->max_jobs)
@@ -54,7 +58,7 @@ static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
     struct djob *j = g_new0(struct djob, 1);
     wire_send_job_init(&j->wire);
     j->msg = msg;
-    j->idx = g_array_new(FALSE, FALSE, sizeof(uint32_t));
+    j->dvs = g_array_new(FALSE, FALSE, sizeof(struct spool_dlv));
     g_ptr_array_add(dl->jobs, j);
     return j;
 }
@@ -66,15 +70,11 @@ static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
  * at most max_rcpt_per_txn).
  */
 static gboolean dlease_cost(struct spool_txn *t, const struct djob *j, uint32_t idx,
-                            gboolean *own, unsigned *cost, GError **err)
+                            struct spool_dlv *dv, unsigned *cost, GError **err)
 {
-    struct spool_dlv dv;
-
-    if (!spool_dlv_get(t, j->msg, idx, &dv, err))
+    if (!spool_dlv_get(t, j->msg, idx, dv, err))
         return FALSE;
-    *own = dv.header != NULL;
-    *cost = *own || !j->shared;
-    spool_dlv_clear(&dv);
+    *cost = dv->header != NULL || !j->shared;
     return TRUE;
 }
 
@@ -93,20 +93,23 @@ static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
     struct dpick *p = ctx;
     struct dlease *dl = p->dl;
     struct djob *j;
-    gboolean own;
+    struct spool_dlv dv;
     unsigned cost;
 
+    spool_dlv_init(&dv);
     if (p->seen++ >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg)))
         return FALSE;
-    if (!(p->ok = dlease_cost(p->t, j, ref->idx, &own, &cost, p->err)) ||
+    if (!(p->ok = dlease_cost(p->t, j, ref->idx, &dv, &cost, p->err)) ||
         p->txns + cost > dl->max_txns) {
+        spool_dlv_clear(&dv);
         /* A job opened for this entry alone stays out of the round. */
-        if (!j->idx->len)
+        if (!j->dvs->len)
             g_ptr_array_remove_index(dl->jobs, dl->jobs->len - 1);
         return FALSE;
     }
-    g_array_append_val(j->idx, ref->idx);
-    j->shared |= !own;
+    /* The record read here is the one dlease_fill() replaces: no second read. */
+    j->shared |= dv.header == NULL;
+    g_array_append_val(j->dvs, dv);
     j->txns += cost;
     p->txns += cost;
     return TRUE;
@@ -130,25 +133,24 @@ static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err
 /* Mark a job's deliveries leased and fill in what the worker needs. */
 static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob *j, GError **err)
 {
-    struct spool_msg m;
+    g_autofree char *kind = NULL;
     g_autoptr(GByteArray) body = g_byte_array_new();
     int64_t expiry = unix_ms() + (int64_t)dl->d->cfg->retry.lease * 1000;
 
-    if (!spool_msg_get(t, j->msg, &m, err))
+    /* The kind alone decides the envelope sender: no need to decode the whole record. */
+    if (!spool_msg_get_kind(t, j->msg, &kind, err))
         return FALSE;
     j->wire.msg = j->msg;
-    j->wire.mail_from = g_strdup(g_strcmp0(m.kind, MSG_KIND_NOTICE) == 0 ? "" : dl->d->mail_from);
-    spool_msg_clear(&m);
+    j->wire.mail_from = g_strdup(g_strcmp0(kind, MSG_KIND_NOTICE) == 0 ? "" : dl->d->mail_from);
     if (!(j->wire.lease = spool_id_next(t, err)) ||
         !spool_body_get(t, DB_OUTGOING, j->msg, body, err))
         return FALSE;
     j->wire.body = g_byte_array_free_to_bytes(g_steal_pointer(&body));
-    for (guint i = 0; i < j->idx->len; i++) {
-        struct spool_dlv dv;
+    for (guint i = 0; i < j->dvs->len; i++) {
+        const struct spool_dlv *old = &g_array_index(j->dvs, struct spool_dlv, i);
+        struct spool_dlv dv = *old;     /* shallow: old keeps the strings */
         struct wire_rcpt r = { 0 };
 
-        if (!spool_dlv_get(t, j->msg, g_array_index(j->idx, uint32_t, i), &dv, err))
-            return FALSE;
         dv.state = DLV_LEASED;
         dv.lease = j->wire.lease;
         dv.lease_expiry = expiry;
@@ -156,9 +158,7 @@ static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob 
         r.rcpt = g_strdup(dv.rcpt);
         r.header = dv.header ? g_bytes_ref(dv.header) : NULL;
         g_array_append_val(j->wire.rcpts, r);
-        gboolean ok = spool_dlv_put(t, &dv, err);
-        spool_dlv_clear(&dv);
-        if (!ok)
+        if (!spool_dlv_replace(t, old, &dv, err))
             return FALSE;
     }
     return TRUE;
@@ -196,23 +196,42 @@ static unsigned dispatch_rate_budget(struct dispatch *d)
     return (unsigned)d->rate_tokens;
 }
 
-void dispatch_lease_deliveries(struct dispatch *d)
+/*
+ * What this round may lease: jobs the workers have connections and credit
+ * for, within [relay] rate; dl->skip when nothing (paused, no room).
+ */
+struct dlease *dispatch_leases_new(struct dispatch *d)
 {
-    struct dlease dl = { .d = d, .max_jobs = dispatch_conns_room(d) };
-    GError *err = NULL;
+    struct dlease *dl = g_new0(struct dlease, 1);
 
-    if (!dl.max_jobs || d->paused_until > unix_ms())
-        return;
-    if (!(dl.max_txns = dispatch_rate_budget(d)))
-        return;
-    dl.jobs = g_ptr_array_new_with_free_func(djob_free);
-    if (!spool_write(d->spool, dlease_write, &dl, &err)) {
-        msg_warn("lease deliveries: %s", err->message);
-        g_clear_error(&err);
-        g_ptr_array_set_size(dl.jobs, 0);
-    }
-    for (guint i = 0; i < dl.jobs->len; i++) {
-        struct djob *j = dl.jobs->pdata[i];
+    dl->d = d;
+    dl->jobs = g_ptr_array_new_with_free_func(djob_free);
+    dl->max_jobs = dispatch_conns_room(d);
+    dl->skip = !dl->max_jobs || d->paused_until > unix_ms() ||
+               !(dl->max_txns = dispatch_rate_budget(d));
+    return dl;
+}
+
+gboolean dispatch_leases_wanted(const struct dlease *dl)
+{
+    return !dl->skip;
+}
+
+/* Inside the round's transaction: pick due deliveries and lease them, unless held. */
+gboolean dispatch_leases_write(struct spool_txn *t, struct dlease *dl, gboolean hold,
+                               GError **err)
+{
+    g_ptr_array_set_size(dl->jobs, 0);
+    return dl->skip || hold || dlease_write(t, dl, err);
+}
+
+/* After the commit (committed FALSE: nothing was leased): send the jobs, free dl. */
+void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean committed)
+{
+    if (!committed)
+        g_ptr_array_set_size(dl->jobs, 0);
+    for (guint i = 0; i < dl->jobs->len; i++) {
+        struct djob *j = dl->jobs->pdata[i];
         struct dispatch_worker *w = dispatch_conns_pick(d);
         g_autoptr(GBytes) payload = wire_send_job_encode(&j->wire);
         char id[QUEUE_ID_LEN + 1];
@@ -224,7 +243,7 @@ void dispatch_lease_deliveries(struct dispatch *d)
         spool_id_format(j->msg, id);
         if (!w || !wire_send(w->sock, w->identity, WIRE_SJOB, payload)) {
             msg_warn("%s: no sender worker took %u recipient(s): they wait for the lease to expire",
-                     id, j->idx->len);
+                     id, j->dvs->len);
             continue;
         }
         if (d->cfg->relay.rate > 0)
@@ -234,11 +253,30 @@ void dispatch_lease_deliveries(struct dispatch *d)
         job->lease = j->wire.lease;
         job->msg = j->msg;
         job->worker = w;
-        job->rcpts = j->idx->len;
+        job->rcpts = j->dvs->len;
         dispatch_job_add(d, job);
-        msg_info("%s: %u recipient(s) leased to worker %s", id, j->idx->len, w->name);
+        msg_info("%s: %u recipient(s) leased to worker %s", id, j->dvs->len, w->name);
     }
-    g_ptr_array_unref(dl.jobs);
+    g_ptr_array_unref(dl->jobs);
+    g_free(dl);
+}
+
+static gboolean dlease_write_alone(struct spool_txn *t, void *ctx, GError **err)
+{
+    return dispatch_leases_write(t, ctx, FALSE, err);
+}
+
+void dispatch_lease_deliveries(struct dispatch *d)
+{
+    struct dlease *dl = dispatch_leases_new(d);
+    GError *err = NULL;
+    gboolean ok = TRUE;
+
+    if (!dl->skip && !(ok = spool_write(d->spool, dlease_write_alone, dl, &err))) {
+        msg_warn("lease deliveries: %s", err->message);
+        g_clear_error(&err);
+    }
+    dispatch_leases_send(d, dl, ok);
 }
 
 /* Lease expiry */
@@ -270,37 +308,66 @@ static gboolean expire_write(struct spool_txn *t, void *ctx, GError **err)
         return FALSE;
     for (guint i = 0; i < refs->len; i++) {
         const struct spool_dlv_ref *ref = &g_array_index(refs, struct spool_dlv_ref, i);
-        struct spool_dlv dv;
+        struct spool_dlv old, dv;
         char id[QUEUE_ID_LEN + 1];
 
-        if (!spool_dlv_get(t, ref->msg, ref->idx, &dv, err))
+        if (!spool_dlv_get(t, ref->msg, ref->idx, &old, err))
             return FALSE;
-        spool_id_format(dv.msg, id);
-        g_array_append_val(ex->expired, dv.lease);
-        spool_txn_log(t, "%s: to=<%s>, lease expired: back in the queue", id, dv.rcpt);
-        dv.state = dv.attempts ? DLV_DEFERRED : DLV_READY;
+        spool_id_format(old.msg, id);
+        g_array_append_val(ex->expired, old.lease);
+        spool_txn_log(t, "%s: to=<%s>, lease expired: back in the queue", id, old.rcpt);
+        dv = old;                       /* shallow: old keeps the strings */
+        dv.state = old.attempts ? DLV_DEFERRED : DLV_READY;
         dv.next_try = now / 1000;
         dv.lease = 0;
-        gboolean ok = spool_dlv_put(t, &dv, err);
-        spool_dlv_clear(&dv);
+        gboolean ok = spool_dlv_replace(t, &old, &dv, err);
+        spool_dlv_clear(&old);
         if (!ok)
             return FALSE;
     }
     return TRUE;
 }
 
+struct expiry *dispatch_expiry_new(struct dispatch *d)
+{
+    struct expiry *ex = g_new0(struct expiry, 1);
+
+    ex->d = d;
+    ex->expired = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    return ex;
+}
+
+gboolean dispatch_expiry_write(struct spool_txn *t, struct expiry *ex, GError **err)
+{
+    return expire_write(t, ex, err);
+}
+
+/* After the commit: forget the jobs of the leases taken back; free ex. */
+void dispatch_expiry_done(struct dispatch *d, struct expiry *ex, gboolean committed)
+{
+    if (committed)
+        for (guint i = 0; i < ex->expired->len; i++)
+            g_hash_table_remove(d->jobs, &g_array_index(ex->expired, uint64_t, i));
+    if (committed && ex->expired->len)
+        d->work_hinted = TRUE;
+    g_array_unref(ex->expired);
+    g_free(ex);
+}
+
+static gboolean expire_write_alone(struct spool_txn *t, void *ctx, GError **err)
+{
+    return expire_write(t, ctx, err);
+}
+
 void dispatch_expire_leases(struct dispatch *d)
 {
-    struct expiry ex = { d, g_array_new(FALSE, FALSE, sizeof(uint64_t)) };
+    struct expiry *ex = dispatch_expiry_new(d);
     GError *err = NULL;
+    gboolean ok;
 
-    if (!spool_write(d->spool, expire_write, &ex, &err)) {
+    if (!(ok = spool_write(d->spool, expire_write_alone, ex, &err))) {
         msg_warn("expire leases: %s", err->message);
         g_clear_error(&err);
     }
-    for (guint i = 0; i < ex.expired->len; i++)
-        g_hash_table_remove(d->jobs, &g_array_index(ex.expired, uint64_t, i));
-    if (ex.expired->len)
-        d->work_hinted = TRUE;
-    g_array_unref(ex.expired);
+    dispatch_expiry_done(d, ex, ok);
 }

@@ -80,6 +80,7 @@ static void dispatch_drain(struct dispatch *d)
 static void dispatch_loop(struct dispatch *d, int sig_fd)
 {
     int64_t next_tick = 0, next_reader_check = 0;
+    gboolean tick, lease;
     int stop = 0;
 
     while (!stop) {
@@ -100,22 +101,24 @@ static void dispatch_loop(struct dispatch *d, int sig_fd)
             msg_fatal("zmq_poll: %s", zmq_strerror(errno));
         if (items[2].revents && (stop = daemon_signal_read(sig_fd)))
             msg_info("stopping on signal %d", stop);
-        dispatch_drain(d);
+        dispatch_receive(d);
         now = mono_ms();
-        if (now >= next_tick) {
+        tick = now >= next_tick;
+        if (tick) {
             next_tick = now + TICK_MS;
             dispatch_heartbeat(d);
-            dispatch_expire_leases(d);
             dispatch_relay_refresh(d);
             spool_release_pages(d->spool);
             d->work_hinted = TRUE;
         }
         spool_reader_check_every(d->spool, &next_reader_check, now);
-        if (d->work_hinted) {
-            d->work_hinted = FALSE;
+        /* Results ask for a lease round too: their jobs freed connections. */
+        lease = d->work_hinted || d->done->len;
+        if (lease)
             dispatch_lease_transforms(d);
-            dispatch_lease_deliveries(d);
-        }
+        /* Results, expired leases and new leases: one transaction, one fsync. */
+        dispatch_round(d, d->done, tick, lease);
+        g_ptr_array_set_size(d->done, 0);
     }
 
     /*

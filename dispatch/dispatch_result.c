@@ -23,6 +23,8 @@ struct rresult {
     char reason[RELAY_REASON_MAX];  /* the reply that began it */
     struct relay_state before;      /* as the transaction found it */
     struct relay_state relay;       /* as committed; applied to the dispatcher after */
+    GHashTable *msgs;               /* queue_id -> struct rmsg: read once per transaction */
+    GPtrArray *order;               /* struct rmsg, in the order first seen: settled so */
 };
 
 static char *result_reply(const struct wire_rcpt_result *r)
@@ -152,52 +154,104 @@ static gboolean result_relay_state(struct spool_txn *t, struct rresult *rr, GErr
     return relay_state_put(t, &rr->relay, err);
 }
 
+/* A message as this transaction read it, for every result about it. */
+struct rmsg {
+    struct spool_msg m;
+    gboolean missing;               /* no longer in the spool: its results are ignored */
+};
+
+static void rmsg_free(gpointer p)
+{
+    struct rmsg *rm = p;
+
+    spool_msg_clear(&rm->m);
+    g_free(rm);
+}
+
+/*
+ * Each message is read once per transaction, however many results of the
+ * batch are about it, and settled once after all of them: settling counts
+ * every delivery of the message, which for a large one costs more than
+ * the results themselves.
+ */
+static struct rmsg *result_msg(struct spool_txn *t, struct rresult *rr, queue_id msg)
+{
+    struct rmsg *rm = g_hash_table_lookup(rr->msgs, &msg);
+
+    if (rm)
+        return rm;
+    rm = g_new0(struct rmsg, 1);
+    if (!spool_msg_get(t, msg, &rm->m, NULL)) {
+        spool_msg_init(&rm->m);
+        rm->m.id = msg;
+        rm->missing = TRUE;
+    }
+    g_hash_table_insert(rr->msgs, &rm->m.id, rm);
+    g_ptr_array_add(rr->order, rm);
+    return rm;
+}
+
+/* One recipient's result: fenced by the lease, classified, logged, stored. */
+static gboolean result_one(struct spool_txn *t, struct rresult *rr, struct rmsg *rm,
+                           const struct wire_send_result *res, const struct wire_rcpt_result *r,
+                           int64_t now_us, const char *id, GError **err)
+{
+    struct spool_dlv old, dv;
+    gboolean ok;
+
+    if (!spool_dlv_get(t, res->msg, r->idx, &old, NULL))
+        return TRUE;
+    if (old.state != DLV_LEASED || old.lease != res->lease) {
+        msg_warn("%s: to=<%s>: result for an expired lease ignored", id, old.rcpt);
+        spool_dlv_clear(&old);
+        return TRUE;
+    }
+    /* The record read is the one replaced: a shallow copy is changed and stored. */
+    dv = old;
+    dv.last_reply = NULL;
+    const char *status = result_apply(rr, &dv, res->lease, r, now_us);
+    spool_txn_log(t, "%s: to=<%s>, relay=%s, delay=%.1f, attempts=%u, dsn=%s, status=%s (%s)",
+                  id, dv.rcpt, *r->relay ? r->relay : "none",
+                  (double)(now_us / 1000 - rm->m.arrival * 1000) / 1000.0, dv.attempts,
+                  *r->status ? r->status : (r->code / 100 == 2 ? "2.0.0" : "4.0.0"), status,
+                  dv.last_reply);
+    ok = spool_dlv_replace(t, &old, &dv, err);
+    g_free(dv.last_reply);
+    spool_dlv_clear(&old);
+    return ok;
+}
+
 static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
 {
     struct rresult *rr = ctx;
     int64_t now_us = g_get_real_time();
 
     rr->any_sent = rr->paused = rr->auth = FALSE;
+    /* spool_write may run us again (map growth): start from what the spool holds. */
+    g_hash_table_remove_all(rr->msgs);
+    g_ptr_array_set_size(rr->order, 0);
     if (!relay_state_get(t, &rr->before, err))
         return FALSE;
     for (guint j = 0; j < rr->results->len; j++) {
         struct wire_send_result *res = rr->results->pdata[j];
+        struct rmsg *rm = result_msg(t, rr, res->msg);
         char id[QUEUE_ID_LEN + 1];
-        struct spool_msg m;
 
         spool_id_format(res->msg, id);
-        if (!spool_msg_get(t, res->msg, &m, NULL)) {
+        if (rm->missing) {
             msg_warn("%s: result for a message no longer in the spool: ignored", id);
             continue;
         }
-        for (guint i = 0; i < res->results->len; i++) {
-            const struct wire_rcpt_result *r =
-                &g_array_index(res->results, struct wire_rcpt_result, i);
-            struct spool_dlv dv;
-
-            if (!spool_dlv_get(t, res->msg, r->idx, &dv, NULL))
-                continue;
-            if (dv.state != DLV_LEASED || dv.lease != res->lease) {
-                msg_warn("%s: to=<%s>: result for an expired lease ignored", id, dv.rcpt);
-                spool_dlv_clear(&dv);
-                continue;
-            }
-            const char *status = result_apply(rr, &dv, res->lease, r, now_us);
-            spool_txn_log(t,
-                          "%s: to=<%s>, relay=%s, delay=%.1f, attempts=%u, dsn=%s, status=%s (%s)",
-                          id, dv.rcpt, *r->relay ? r->relay : "none",
-                          (double)(now_us / 1000 - m.arrival * 1000) / 1000.0, dv.attempts,
-                          *r->status ? r->status : (r->code / 100 == 2 ? "2.0.0" : "4.0.0"), status,
-                          dv.last_reply);
-            gboolean ok = spool_dlv_put(t, &dv, err);
-            spool_dlv_clear(&dv);
-            if (!ok) {
-                spool_msg_clear(&m);
+        for (guint i = 0; i < res->results->len; i++)
+            if (!result_one(t, rr, rm, res,
+                            &g_array_index(res->results, struct wire_rcpt_result, i), now_us, id,
+                            err))
                 return FALSE;
-            }
-        }
-        spool_msg_clear(&m);
-        if (!spool_msg_settle(t, res->msg, err))
+    }
+    for (guint i = 0; i < rr->order->len; i++) {
+        struct rmsg *rm = rr->order->pdata[i];
+
+        if (!rm->missing && !spool_msg_settle_msg(t, &rm->m, err))
             return FALSE;
     }
     return result_relay_state(t, rr, err);
@@ -209,15 +263,14 @@ static void result_free(gpointer p)
     g_free(p);
 }
 
-/*
- * Results that arrive together are recorded in one transaction: one
- * fsync for a whole round of workers' reports.
- */
-void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
+void dispatch_results_init(struct rresult **out, struct dispatch *d, GPtrArray *payloads)
 {
-    struct rresult rr = { d, g_ptr_array_new_with_free_func(result_free) };
-    GError *err = NULL;
+    struct rresult *rr = g_new0(struct rresult, 1);
 
+    rr->d = d;
+    rr->results = g_ptr_array_new_with_free_func(result_free);
+    rr->msgs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, rmsg_free);
+    rr->order = g_ptr_array_new();
     for (guint i = 0; i < payloads->len; i++) {
         struct wire_send_result *res = g_new0(struct wire_send_result, 1);
         if (!wire_send_result_decode(payloads->pdata[i], res)) {
@@ -225,37 +278,92 @@ void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
             result_free(res);
             continue;
         }
-        g_ptr_array_add(rr.results, res);
+        g_ptr_array_add(rr->results, res);
     }
-    if (!spool_write(d->spool, result_write, &rr, &err)) {
-        /* The leases stay: they expire and the deliveries are tried again. */
-        msg_error("recording %u result(s) failed: %s", rr.results->len, err->message);
-        g_clear_error(&err);
-    } else {
-        d->pauses = rr.relay.pauses;
-        d->paused_until = rr.relay.paused_until;
-        d->pause_since = rr.relay.since;
-        if (rr.paused) {
-            g_autofree char *why = rr.auth
-                ? g_strdup_printf("after the relay refused AUTH (%s): check [relay] user and "
-                                  "password_file, then spoolctl relay resume", rr.reason)
-                : g_strdup_printf("after a quota or throttle reply (%s)", rr.reason);
+    *out = rr;
+}
 
-            d->relay_held = TRUE;
-            dispatch_log_pause(d, why);
-        }
-    }
-    /* A job holds its connection until every recipient has a result:
-     * workers report each SMTP transaction as it ends. */
-    for (guint i = 0; i < rr.results->len; i++) {
-        struct wire_send_result *res = rr.results->pdata[i];
+/*
+ * A job holds its connection until every recipient has a result: workers
+ * report each SMTP transaction as it ends.  The worker is done with what
+ * it reported whether or not the results commit, so this comes first:
+ * the leases of the same round may use the connections freed.
+ */
+void dispatch_results_jobs(struct dispatch *d, struct rresult *rr)
+{
+    for (guint i = 0; i < rr->results->len; i++) {
+        struct wire_send_result *res = rr->results->pdata[i];
         struct dispatch_job *job = g_hash_table_lookup(d->jobs, &res->lease);
 
         if (job && (job->rcpts -= MIN(job->rcpts, res->results->len)) == 0)
             g_hash_table_remove(d->jobs, &res->lease);
     }
-    g_ptr_array_unref(rr.results);
+}
+
+gboolean dispatch_results_write(struct spool_txn *t, struct rresult *rr, GError **err)
+{
+    return result_write(t, rr, err);
+}
+
+/* The relay as the results' transaction left it (what dispatch_results_done() adopts). */
+gboolean dispatch_results_paused(const struct rresult *rr, int64_t now_ms)
+{
+    return relay_state_paused(&rr->relay, now_ms);
+}
+
+/* After the commit (ok) or its failure: adopt the relay state, free rr. */
+void dispatch_results_done(struct dispatch *d, struct rresult *rr, gboolean ok)
+{
+    if (ok) {
+        d->pauses = rr->relay.pauses;
+        d->paused_until = rr->relay.paused_until;
+        d->pause_since = rr->relay.since;
+        if (rr->paused) {
+            g_autofree char *why = rr->auth
+                ? g_strdup_printf("after the relay refused AUTH (%s): check [relay] user and "
+                                  "password_file, then spoolctl relay resume", rr->reason)
+                : g_strdup_printf("after a quota or throttle reply (%s)", rr->reason);
+
+            d->relay_held = TRUE;
+            dispatch_log_pause(d, why);
+        }
+    }
+    g_ptr_array_unref(rr->results);
+    g_hash_table_unref(rr->msgs);
+    g_ptr_array_unref(rr->order);
+    g_free(rr);
     d->work_hinted = TRUE;
+}
+
+unsigned dispatch_results_count(const struct rresult *rr)
+{
+    return rr->results->len;
+}
+
+static gboolean results_write_alone(struct spool_txn *t, void *ctx, GError **err)
+{
+    return result_write(t, ctx, err);
+}
+
+/*
+ * Results that arrive together are recorded in one transaction: one
+ * fsync for a whole round of workers' reports.  (The main loop records
+ * them with the round's leases, dispatch_round(); this is the path alone.)
+ */
+void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
+{
+    struct rresult *rr;
+    GError *err = NULL;
+    gboolean ok;
+
+    dispatch_results_init(&rr, d, payloads);
+    dispatch_results_jobs(d, rr);
+    if (!(ok = spool_write(d->spool, results_write_alone, rr, &err))) {
+        /* The leases stay: they expire and the deliveries are tried again. */
+        msg_error("recording %u result(s) failed: %s", rr->results->len, err->message);
+        g_clear_error(&err);
+    }
+    dispatch_results_done(d, rr, ok);
 }
 
 void dispatch_forget_worker(struct dispatch *d, struct dispatch_worker *w)

@@ -252,6 +252,24 @@ static gboolean dlv_index(struct spool_txn *t, const struct spool_dlv *d, gboole
 }
 
 /*
+ * After a delivery's record is written (was: its state before, or
+ * DLV_STATE_COUNT for a new one): its index entry, the state counts and
+ * result counters, and a bounce's event.  A bounce is news for the
+ * platform whoever records it (a 5xx, the lifetime passed): here, with
+ * the record, it cannot be missed.
+ */
+static gboolean dlv_written(struct spool_txn *t, const struct spool_dlv *d, enum dlv_state was,
+                            uint32_t attempts_before, GError **err)
+{
+    if (!dlv_index(t, d, TRUE, err) || !dlv_count(t, d, 1, err) ||
+        !dlv_count_result(t, d, was, attempts_before, err))
+        return FALSE;
+    if (d->state == DLV_BOUNCED && was != DLV_BOUNCED)
+        return spool_event_bounced(t, d->msg, d->rcpt, d->last_reply, err);
+    return TRUE;
+}
+
+/*
  * One B-tree search for a new delivery, as the transform makes them: the
  * record space is reserved only if the key is new; if not, LMDB hands back
  * the old record, whose index entry and count go before it is replaced.
@@ -262,7 +280,6 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
     size_t size = dlv_record_size(d);
     unsigned char k[12];
     MDB_val key = { 12, k }, val = { size, NULL };
-    gboolean was_bounced = FALSE;
     enum dlv_state was = DLV_STATE_COUNT;   /* none: a new delivery */
     uint32_t attempts_before = 0;
     int rc;
@@ -278,7 +295,6 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
         old.idx = d->idx;
         ok = dlv_decode(&val, &old, err) && dlv_index(t, &old, FALSE, err) &&
              dlv_count(t, &old, -1, err);
-        was_bounced = old.state == DLV_BOUNCED;
         was = old.state;
         attempts_before = old.attempts;
         spool_dlv_clear(&old);
@@ -290,16 +306,31 @@ gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **
     if (rc)
         return spool_mdb_fail(rc, "store delivery", err);
     dlv_encode(d, val.mv_data);
-    if (!dlv_index(t, d, TRUE, err) || !dlv_count(t, d, 1, err) ||
-        !dlv_count_result(t, d, was, attempts_before, err))
+    return dlv_written(t, d, was, attempts_before, err);
+}
+
+/*
+ * The dispatcher read the delivery in this transaction already (to lease
+ * it, or to check a result's lease): the old index entry and count come
+ * from that copy instead of a second decode of the record.
+ */
+gboolean spool_dlv_replace(struct spool_txn *t, const struct spool_dlv *old,
+                           const struct spool_dlv *d, GError **err)
+{
+    size_t size = dlv_record_size(d);
+    unsigned char k[12];
+    MDB_val key = { 12, k }, val = { size, NULL };
+    int rc;
+
+    g_return_val_if_fail(old->msg == d->msg && old->idx == d->idx, FALSE);
+    if (!dlv_index(t, old, FALSE, err) || !dlv_count(t, old, -1, err))
         return FALSE;
-    /*
-     * A bounce is news for the platform whoever records it (a 5xx, the
-     * lifetime passed): here, with the record, it cannot be missed.
-     */
-    if (d->state == DLV_BOUNCED && !was_bounced)
-        return spool_event_bounced(t, d->msg, d->rcpt, d->last_reply, err);
-    return TRUE;
+    dlv_key(k, d->msg, d->idx);
+    if ((rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_DELIVERIES), &key, &val,
+                      MDB_RESERVE)))
+        return spool_mdb_fail(rc, "store delivery", err);
+    dlv_encode(d, val.mv_data);
+    return dlv_written(t, d, old->state, old->attempts, err);
 }
 
 gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, void *ctx,
@@ -394,11 +425,47 @@ static gboolean dlv_count_one(const struct spool_dlv *d, void *ctx)
     return TRUE;
 }
 
+/*
+ * Counting runs after every batch of results, over all of a message's
+ * deliveries: a binary record gives its state in its second byte, so
+ * only records in the old format are decoded.
+ */
 gboolean spool_dlv_counts(struct spool_txn *t, queue_id msg, uint32_t counts[DLV_STATE_COUNT],
                           GError **err)
 {
+    MDB_cursor *cur;
+    unsigned char k[12];
+    MDB_val key = { 8, k }, val;
+    int rc;
+
     memset(counts, 0, sizeof(uint32_t) * DLV_STATE_COUNT);
-    return spool_dlv_foreach(t, msg, dlv_count_one, counts, err);
+    spool_be64(k, msg);
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_DELIVERIES), &cur)))
+        return spool_mdb_fail(rc, "open cursor", err);
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+         rc == 0 && key.mv_size == 12 && memcmp(key.mv_data, k, 8) == 0;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+        const unsigned char *rec = val.mv_data;
+        struct spool_dlv d;
+
+        if (val.mv_size >= DLV_FIXED && rec[0] == DLV_RECORD_V1) {
+            counts[rec[1] < DLV_STATE_COUNT ? rec[1] : DLV_DEFERRED]++;
+            continue;
+        }
+        spool_dlv_init(&d);
+        d.msg = msg;
+        d.idx = spool_get_be32((const unsigned char *)key.mv_data + 8);
+        if (!dlv_decode(&val, &d, err)) {
+            mdb_cursor_close(cur);
+            return FALSE;
+        }
+        dlv_count_one(&d, counts);
+        spool_dlv_clear(&d);
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        return spool_mdb_fail(rc, "scan deliveries", err);
+    return TRUE;
 }
 
 /*
@@ -525,12 +592,24 @@ static gboolean dlv_bounce_report(struct spool_txn *t, const struct spool_msg *m
 
 gboolean spool_msg_settle(struct spool_txn *t, queue_id msg, GError **err)
 {
-    uint32_t n[DLV_STATE_COUNT];
     struct spool_msg m;
+    gboolean ok;
+
+    if (!spool_msg_get(t, msg, &m, err))
+        return FALSE;
+    ok = spool_msg_settle_msg(t, &m, err);
+    spool_msg_clear(&m);
+    return ok;
+}
+
+gboolean spool_msg_settle_msg(struct spool_txn *t, struct spool_msg *m, GError **err)
+{
+    uint32_t n[DLV_STATE_COUNT];
+    queue_id msg = m->id;
     enum msg_state to;
     gboolean ok = TRUE;
 
-    if (!spool_dlv_counts(t, msg, n, err) || !spool_msg_get(t, msg, &m, err))
+    if (!spool_dlv_counts(t, msg, n, err))
         return FALSE;
     if (n[DLV_READY] || n[DLV_LEASED])
         to = MSG_READY;
@@ -538,20 +617,19 @@ gboolean spool_msg_settle(struct spool_txn *t, queue_id msg, GError **err)
         to = MSG_DEFERRED;
     else
         to = MSG_DONE;
-    if (m.state != to && m.state != MSG_HOLD) {
+    if (m->state != to && m->state != MSG_HOLD) {
         char id[QUEUE_ID_LEN + 1];
 
         /* A reason says why a message was refused or held; an end is not one. */
-        ok = spool_msg_set_state(t, &m, to, NULL, err);
+        ok = spool_msg_set_state(t, m, to, NULL, err);
         spool_id_format(msg, id);
         if (ok && to == MSG_DONE)
             spool_txn_log(t, "%s: done, sent=%u, bounced=%u", id, n[DLV_SENT], n[DLV_BOUNCED]);
         if (ok && to == MSG_DONE)
-            ok = spool_event_done(t, &m, n[DLV_SENT], n[DLV_BOUNCED], err);
-        if (ok && to == MSG_DONE && n[DLV_BOUNCED] && m.owner &&
-            g_strcmp0(m.kind, MSG_KIND_NOTICE) != 0)
-            ok = dlv_bounce_report(t, &m, err);
+            ok = spool_event_done(t, m, n[DLV_SENT], n[DLV_BOUNCED], err);
+        if (ok && to == MSG_DONE && n[DLV_BOUNCED] && m->owner &&
+            g_strcmp0(m->kind, MSG_KIND_NOTICE) != 0)
+            ok = dlv_bounce_report(t, m, err);
     }
-    spool_msg_clear(&m);
     return ok;
 }

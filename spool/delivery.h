@@ -40,6 +40,12 @@ gboolean spool_dlv_get(struct spool_txn *t, queue_id msg, uint32_t idx, struct s
                        GError **err);
 /* Store d and move its index entries to match its state. */
 gboolean spool_dlv_put(struct spool_txn *t, const struct spool_dlv *d, GError **err);
+/*
+ * The same when old is the record as read in this transaction (same msg
+ * and idx): its index entry and count go without reading it again.
+ */
+gboolean spool_dlv_replace(struct spool_txn *t, const struct spool_dlv *old,
+                           const struct spool_dlv *d, GError **err);
 
 /* Visit the deliveries of one message in recipient order. */
 typedef gboolean (*spool_dlv_fn)(const struct spool_dlv *d, void *ctx);
@@ -81,6 +87,9 @@ gboolean spool_lease_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_re
  * writes and signs it), except for a notice, which gets no report.
  */
 gboolean spool_msg_settle(struct spool_txn *t, queue_id msg, GError **err);
+/* The same for a message record read in t, which it updates: callers that
+ * read it already (the dispatcher's results) do not read it again. */
+gboolean spool_msg_settle_msg(struct spool_txn *t, struct spool_msg *m, GError **err);
 
 /* Remove every delivery of msg with its index entries (message deletion). */
 gboolean spool_dlv_delete_all(struct spool_txn *t, queue_id msg, GError **err);

@@ -1,0 +1,51 @@
+"""one_to_many.py - one message to N recipients, each with its own copy.
+
+From the LMTP 250 to the last copy sent to a local smtp-sink (every copy
+personalised and signed by the transform, then delivered by W sender
+workers), and the dispatcher's CPU seconds over that span.  Uses the
+helpers of deliver.py (its chain: 64 relay connections).
+
+    N=5000 W=4 POSTERN_BUILD=build-bench /usr/bin/python3 bench/lib/one_to_many.py
+
+Run as root or not; needs smtp-sink.  Prints one line.
+"""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "bench" / "lib"), str(ROOT / "tests" / "integration"), str(ROOT / "tests" / "interop")]
+import deliver as D  # noqa: E402
+import chain  # noqa: E402
+import postern  # noqa: E402
+
+N = int(os.environ.get("N", 5000))
+sink, port = D.spawn_sink()
+try:
+    c = D.make_chain(f"big-{os.getpid()}", port)
+    try:
+        for _ in range(int(os.environ.get("W", 4))):
+            c.add_sender()
+        rcpts = [f"b{i}@sink.test" for i in range(N)]
+        (tok,) = D.tokens(c, [rcpts])
+        time.sleep(2.5)   # the dispatcher's 2 s connection grace after its start
+        cpu0 = D.cpu_seconds(c.dispatch)
+        with c.ingest.client() as cl:
+            cl.lhlo()
+            cl.send_message(chain.lego_message(tok, subject="big"), sender=chain.OWNER)
+            t0 = time.monotonic()
+        postern.wait_for(lambda: D.deliveries(c)["sent"] == N + 1, timeout=600, interval=0.05,
+                         what="every copy sent")
+        secs = time.monotonic() - t0
+        print(f"{os.environ.get('POSTERN_BUILD')}: {N} rcpts: 250 -> last sent {secs:.2f} s; "
+              f"dispatcher CPU {D.cpu_seconds(c.dispatch) - cpu0:.2f} s "
+              f"(load {open('/proc/loadavg').read().split()[0]})", flush=True)
+    finally:
+        D.stop(c)
+finally:
+    sink.terminate()
+    sink.wait()
+    # deliver.py made its scratch directory on import.
+    subprocess.run(["rm", "-rf", str(D.TMP)])
