@@ -12,6 +12,7 @@ import hmac
 import http.server
 import json
 import threading
+import time
 
 import pytest
 
@@ -83,12 +84,13 @@ def platform():
     p.stop()
 
 
-def claim_chain(make_chain, tmp_path, url):
+def claim_chain(make_chain, tmp_path, url, extra=None):
     secret = tmp_path / "claim-secret"
     secret.write_bytes(SECRET + b"\n")
     secret.chmod(0o600)
-    c, relay = make_chain({"token": {"claim_url": url, "claim_secret_file": secret,
-                                     "claim_timeout": "3s", "claim_max_backoff": "2s"}})
+    c, relay = make_chain(postern.merge(
+        {"token": {"claim_url": url, "claim_secret_file": secret,
+                   "claim_timeout": "3s", "claim_max_backoff": "2s"}}, extra or {}))
     return c, relay
 
 
@@ -204,3 +206,29 @@ def test_malformed_and_5xx_wait(make_chain, tmp_path, platform):
     assert {claim["queue_id"] for _, _, claim in platform.claims} == {qid}
     log = c.transform.log()
     assert "status 500" in log and "malformed answer" in log
+
+
+def test_claimed_again_after_a_crash(make_chain, tmp_path, platform):
+    """kill -9 of the transform while the platform answers: the lease runs
+    out, the same queue id is claimed again, and the copies go out once."""
+    c, relay = claim_chain(make_chain, tmp_path, platform.url, {"retry": {"lease": "6s"}})
+    answered = {}
+
+    def answer(claim):
+        # The platform's side of the contract: a repeated queue_id gets the same answer.
+        with platform.lock:
+            first = claim["queue_id"] not in answered
+            answered.setdefault(claim["queue_id"], (200, {"recipients": ["ada@example.org"]}))
+        if first:
+            time.sleep(2)                               # the transform dies meanwhile
+        return answered[claim["queue_id"]]
+    platform.answer = answer
+    qid = send(c, "crash-token-0123456789abcdef")
+    postern.wait_for(lambda: platform.claims, what="the first claim")
+    c.transform.kill9()
+    c.transform.start()
+    dl = c.wait_deliveries(qid, lambda dl: dl and all(d["state"] == "sent" for d in dl),
+                           timeout=40, what="sent after the restart")
+    assert [d["rcpt"] for d in dl] == ["ada@example.org"]
+    assert [claim["queue_id"] for _, _, claim in platform.claims] == [qid, qid]
+    assert len(relay.copies("ada@example.org")) == 1
