@@ -439,7 +439,6 @@ static gboolean transform_job_plan_claim(struct transform_job *j, GError **err)
     struct claim_answer a = { 0 };
     struct spool_token tk;
     GError *local = NULL;
-    char hex_id[TOKEN_ID_LEN + 1];
     const char *mid = j->mime ? g_mime_message_get_message_id(j->mime) : NULL;
     struct claim_request r = {
         .hash = j->hash, .sender = j->m.sender, .message_id = mid,
@@ -472,7 +471,6 @@ static gboolean transform_job_plan_claim(struct transform_job *j, GError **err)
         tf->claim_outage = FALSE;
         tf->claim_hold_until = 0;
     }
-    spool_token_id(j->hash, hex_id);
     if (a.kind == CLAIM_RETRY) {
         transform_job_plan_defer(j, a.error);
     } else if (a.kind == CLAIM_GRANTED) {
@@ -613,10 +611,6 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
 }
 
 /*
- * The token decides again inside the transaction, and must decide as the
- * plan did: the plan's copies and notices were made for that verdict.
- */
-/*
  * Pull mode: what the platform answered is written as it is.  The spool
  * has no token to mark used: the platform keeps that, keyed by our queue
  * id, so a job claimed again gets the same answer.
@@ -648,6 +642,10 @@ static gboolean transform_job_commit_defer(struct spool_txn *t, struct transform
     return spool_msg_update(t, m, err);
 }
 
+/*
+ * The token decides again inside the transaction, and must decide as the
+ * plan did: the plan's copies and notices were made for that verdict.
+ */
 static gboolean transform_job_commit_token(struct spool_txn *t, struct transform_job *j,
                                            struct spool_msg *m, GError **err)
 {
