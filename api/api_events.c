@@ -11,12 +11,11 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/secret_file.h"
+#include "common/signature.h"
 
 #include <curl/curl.h>
 #include <errno.h>
 #include <json-glib/json-glib.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <string.h>
 
 #define API_EVENT_BACKOFF_FIRST_MS 1000
@@ -54,17 +53,11 @@ int64_t api_event_backoff(uint32_t failures, int64_t max_ms)
     return MIN(wait, max_ms);
 }
 
+/* The same signature as the claims' (common/signature.h). */
 void api_event_sign(const void *key, size_t key_len, const char *body, size_t body_len,
                     char out[API_EVENT_SIGNATURE_LEN + 1])
 {
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int mac_len = 0;
-
-    HMAC(EVP_sha256(), key, (int)key_len, (const unsigned char *)body, body_len, mac, &mac_len);
-    memcpy(out, "sha256=", 7);
-    for (unsigned i = 0; i < mac_len && i < 32; i++)
-        g_snprintf(out + 7 + 2 * i, 3, "%02x", mac[i]);
-    out[API_EVENT_SIGNATURE_LEN] = '\0';
+    signature_sign(key, key_len, body, body_len, out);
 }
 
 char *api_event_json(const struct spool_event *ev)

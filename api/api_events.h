@@ -17,6 +17,7 @@
 
 #include <poll.h>
 
+#include "common/signature.h"
 #include "common/config.h"
 #include "spool/spool.h"
 #include "spool/spool_events.h"
@@ -39,7 +40,7 @@ void api_events_run(struct api_events *ev, int64_t now_ms);
 /* Pure, for the tests: the JSON body of ev. */
 char *api_event_json(const struct spool_event *ev);
 /* Pure: "sha256=" and the hex HMAC-SHA256 of body under key (72 bytes with the NUL). */
-#define API_EVENT_SIGNATURE_LEN (7 + 64)
+#define API_EVENT_SIGNATURE_LEN SIGNATURE_LEN
 void api_event_sign(const void *key, size_t key_len, const char *body, size_t body_len,
                     char out[API_EVENT_SIGNATURE_LEN + 1]);
 /* Pure: the wait before try failures + 1: 1 s doubling, at most max_ms. */

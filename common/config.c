@@ -50,6 +50,10 @@ static const struct config_key config_keys[] = {
 
     K("token", "prefix", CT_STRING, "LEGOTOKEN", token.prefix),
     K("token", "max_recipients", CT_COUNT, "0", token.max_recipients),
+    K("token", "claim_url", CT_STRING, "", token.claim_url),
+    K("token", "claim_secret_file", CT_STRING, "", token.claim_secret_file),
+    K("token", "claim_timeout", CT_DURATION, "10s", token.claim_timeout),
+    K("token", "claim_max_backoff", CT_DURATION, "5m", token.claim_max_backoff),
 
     K("rewrite", "from", CT_STRING, "Postern <no-reply@localhost>", rewrite.from),
     K("rewrite", "allow_original_sender", CT_BOOL, "false", rewrite.allow_original_sender),
@@ -746,35 +750,65 @@ static void config_check_api(const struct postern_config *cfg, GPtrArray *proble
  * shared secret that signs each body (unsigned events would let anyone who
  * can reach the platform forge outcomes), kept from group and others.
  */
-static void config_check_events(const struct postern_config *cfg, GPtrArray *problems)
+static void config_check_signed_url(const struct postern_config *cfg, GPtrArray *problems,
+                                    const char *group, const char *url_key, const char *url,
+                                    const char *secret_key, const char *secret)
 {
-    const char *url = cfg->events.url;
     struct stat st;
 
     if (!*url) {
-        if (*cfg->events.secret_file)
-            config_problem(problems, cfg, "events", "secret_file", "is set but url is not");
+        if (*secret)
+            config_problem(problems, cfg, group, secret_key, "is set but %s is not", url_key);
         return;
     }
     if ((!g_str_has_prefix(url, "http://") && !g_str_has_prefix(url, "https://")) ||
         strpbrk(url, " \t\r\n") ||
         !url[strlen(g_str_has_prefix(url, "https://") ? "https://" : "http://")])
-        config_problem(problems, cfg, "events", "url", "\"%s\": expected http://HOST[:PORT]/PATH "
+        config_problem(problems, cfg, group, url_key, "\"%s\": expected http://HOST[:PORT]/PATH "
                        "or https://...", url);
-    if (!*cfg->events.secret_file)
-        config_problem(problems, cfg, "events", "secret_file", "must be set with url (the key "
-                       "of X-Postern-Signature)");
-    else if (stat(cfg->events.secret_file, &st) < 0 || access(cfg->events.secret_file, R_OK) < 0)
-        config_problem(problems, cfg, "events", "secret_file", "%s: %s",
-                       cfg->events.secret_file, g_strerror(errno));
+    if (!*secret)
+        config_problem(problems, cfg, group, secret_key, "must be set with %s (the key "
+                       "of X-Postern-Signature)", url_key);
+    else if (stat(secret, &st) < 0 || access(secret, R_OK) < 0)
+        config_problem(problems, cfg, group, secret_key, "%s: %s", secret, g_strerror(errno));
     else if (st.st_mode & 077)
-        config_problem(problems, cfg, "events", "secret_file", "%s: mode %04o lets others "
-                       "read the secret (chmod 600)", cfg->events.secret_file,
-                       (unsigned)(st.st_mode & 07777));
+        config_problem(problems, cfg, group, secret_key, "%s: mode %04o lets others "
+                       "read the secret (chmod 600)", secret, (unsigned)(st.st_mode & 07777));
+}
+
+static void config_check_events(const struct postern_config *cfg, GPtrArray *problems)
+{
+    config_check_signed_url(cfg, problems, "events", "url", cfg->events.url, "secret_file",
+                            cfg->events.secret_file);
+    if (!*cfg->events.url)
+        return;
     config_check_positive(cfg, problems, "events", "timeout", cfg->events.timeout,
                           "every POST would time out");
     config_check_positive(cfg, problems, "events", "max_backoff", cfg->events.max_backoff,
                           "a down endpoint would be tried without a pause");
+}
+
+/*
+ * [token] claim_url (pull mode): the same rules as [events] url, as the
+ * claim is signed the same way.  A claim must end well inside the
+ * transform's lease, or a slow platform would make every job stale.
+ */
+static void config_check_claim(const struct postern_config *cfg, GPtrArray *problems)
+{
+    config_check_signed_url(cfg, problems, "token", "claim_url", cfg->token.claim_url,
+                            "claim_secret_file", cfg->token.claim_secret_file);
+    if (!*cfg->token.claim_url)
+        return;
+    config_check_positive(cfg, problems, "token", "claim_timeout", cfg->token.claim_timeout,
+                          "every claim would time out");
+    config_check_positive(cfg, problems, "token", "claim_max_backoff",
+                          cfg->token.claim_max_backoff,
+                          "a down platform would be asked again without a pause");
+    if (cfg->token.claim_timeout && cfg->token.claim_timeout * 2 > cfg->retry.lease)
+        config_problem(problems, cfg, "token", "claim_timeout", "%" G_GUINT64_FORMAT " s: "
+                       "must be at most half of [retry] lease (%" G_GUINT64_FORMAT " s), or a "
+                       "slow platform would make the transform's jobs run out of their lease",
+                       cfg->token.claim_timeout, cfg->retry.lease);
 }
 
 static gboolean config_language_known(const char *lang)
@@ -872,6 +906,7 @@ gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
                           "a sender could take no job");
     config_check_api(cfg, problems);
     config_check_events(cfg, problems);
+    config_check_claim(cfg, problems);
     config_check_lists(cfg, problems);
     return problems->len == before;
 }

@@ -56,6 +56,10 @@ struct postern_config {
     struct {
         char *prefix;
         uint64_t max_recipients;    /* the default list's cap per token; 0: no limit */
+        char *claim_url;            /* pull mode: the platform decides each token; "": none */
+        char *claim_secret_file;    /* the HMAC-SHA256 key of the claim's X-Postern-Signature */
+        uint64_t claim_timeout;     /* one claim, connect to answer */
+        uint64_t claim_max_backoff; /* the longest wait of a message while the platform is down */
     } token;
     struct {
         char *from;

@@ -115,8 +115,8 @@ gboolean spool_token_parse_expires(const char *text, int64_t now, int64_t *out, 
  * The one check of a token request, whatever front end it came from: the
  * rules are the spool's, so a command line and an HTTP API cannot differ.
  */
-gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t now,
-                             const struct postern_config *cfg, GError **err)
+gboolean spool_token_validate(struct spool_token *tk, int64_t now,
+                              const struct postern_config *cfg, GError **err)
 {
     const struct postern_list *list;
 
@@ -165,15 +165,23 @@ gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t n
                     "expiry %" G_GINT64_FORMAT " is not in the future", tk->expires);
         return FALSE;
     }
-    if (!text || !*text) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "no token text");
-        return FALSE;
-    }
     g_ptr_array_unref(tk->recipients);
     tk->recipients = g_steal_pointer(&unique);
     g_free(tk->sender);
     tk->sender = g_steal_pointer(&owner);
     tk->created = now;
+    return TRUE;
+}
+
+gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t now,
+                             const struct postern_config *cfg, GError **err)
+{
+    if (!spool_token_validate(tk, now, cfg, err))
+        return FALSE;
+    if (!text || !*text) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "no token text");
+        return FALSE;
+    }
     spool_token_hash(text, tk->hash);
     return TRUE;
 }

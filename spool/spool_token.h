@@ -66,6 +66,13 @@ gboolean spool_token_parse_expires(const char *text, int64_t now, int64_t *out, 
  */
 gboolean spool_token_prepare(struct spool_token *tk, const char *text, int64_t now,
                              const struct postern_config *cfg, GError **err);
+/*
+ * The same rules without the text (the hash is left as it is): a token
+ * the platform answered a claim with (transform pull mode), checked as a
+ * registered one is.
+ */
+gboolean spool_token_validate(struct spool_token *tk, int64_t now,
+                              const struct postern_config *cfg, GError **err);
 
 enum spool_token_status spool_token_status(const struct spool_token *tk, int64_t now);
 const char *spool_token_status_name(enum spool_token_status s);

@@ -15,6 +15,7 @@
  * transform_job.c     jobs: load, plan, commit in batches (fenced)
  * transform_sign.c    DKIM signing of outgoing copies and their To: headers
  * transform_notice.c  notices: rejection, success, bounce report
+ * transform_claim.c   pull mode: the platform decides each token (claim_url)
  */
 #ifndef POSTERN_TRANSFORM_H
 #define POSTERN_TRANSFORM_H
@@ -31,6 +32,14 @@ struct transform {
     const struct postern_config *cfg;
     struct spool *spool;
     GPtrArray *keys;                /* struct dkim_key *, one signature each */
+
+    /* Pull mode ([token] claim_url), transform_claim.c. */
+    char *claim_secret;             /* NULL: tokens are looked up in the spool */
+    gboolean claim_outage;          /* warned once; said again when it answers */
+    int64_t claim_hold_until;       /* unix ms: no claim before, after a failed one */
+    char *claim_error;              /* why it failed */
+    void (*idle)(void *ctx);        /* called during a claim: the worker's heartbeat */
+    void *idle_ctx;
 };
 
 /* Errors of the transform itself (the spool, MIME and DKIM have their own). */
@@ -107,6 +116,45 @@ GBytes *sign_whole(const struct transform *tf, const struct transform_copy *c, c
  */
 gboolean transform_sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArray *rcpts,
                          gint64 now, GBytes **outgoing, GPtrArray *headers, GError **err);
+
+/* ---- transform_claim.c --------------------------------------------------- */
+
+struct claim_request {
+    const unsigned char *hash;      /* TOKEN_HASH_LEN bytes: all that is sent of the token */
+    const char *sender;
+    const char *message_id;         /* of the mail received, or NULL */
+    const char *queue_id;           /* the idempotency key */
+    const char *subject;
+};
+
+enum claim_kind {
+    CLAIM_GRANTED,                  /* 200: send to recipients */
+    CLAIM_REFUSED,                  /* 404, 409, 403, 410: reject with reason */
+    CLAIM_RETRY,                    /* no decision: the message waits and asks again */
+};
+
+struct claim_answer {
+    enum claim_kind kind;
+    const char *reason;             /* CLAIM_REFUSED: TOKEN_INVALID, TOKEN_USED, ... */
+    GPtrArray *recipients;          /* CLAIM_GRANTED: as answered, not yet checked */
+    gboolean hide_sender;
+    char *list;                     /* CLAIM_GRANTED: NULL when not named */
+    char *error;                    /* CLAIM_RETRY: why, for the log and the record */
+};
+
+/* Read the secret (claim_url set); FALSE with err if it cannot be. */
+gboolean transform_claim_start(struct transform *tf, GError **err);
+void transform_claim_stop(struct transform *tf);
+/* Pure: the signed JSON body of a claim. */
+char *transform_claim_body(const struct claim_request *r);
+/* Pure: what an HTTP answer (status, body) decides. */
+void transform_claim_parse(long status, const char *body, size_t len, struct claim_answer *a);
+/* Pure: how long a message aged age_ms waits after a failed claim. */
+int64_t transform_claim_backoff(int64_t age_ms, int64_t max_ms);
+/* POST the claim (no transaction may be open) and read its answer into a. */
+void transform_claim_post(struct transform *tf, const struct claim_request *r,
+                          struct claim_answer *a);
+void transform_claim_answer_clear(struct claim_answer *a);
 
 /* ---- transform_notice.c -------------------------------------------------- */
 

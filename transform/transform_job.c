@@ -11,6 +11,11 @@
  *           again (fencing) and its token again, then writes its whole
  *           outcome
  *
+ * Pull mode ([token] claim_url): the plan asks the platform instead of
+ * the spool (transform_claim.c), with no transaction open; the commit
+ * writes what it answered and checks no token.  No answer: the job is
+ * given back unfinished (PLAN_DEFER), see transform_job_commit_defer().
+ *
  * A token can change between plan and commit (another job used it): that
  * job is left out of the commit and plans again with what the spool says
  * now.  A token only ever goes from active to used, expired or revoked, so
@@ -35,6 +40,7 @@ enum transform_job_plan {
     PLAN_HOLD,                      /* the message cannot be handled: hold with why */
     PLAN_REPORT,                    /* a bounce report becomes its notice */
     PLAN_DONE,                      /* a bounce report with nothing to say */
+    PLAN_DEFER,                     /* pull mode, no answer: incoming again, not before */
 };
 
 struct transform_job {
@@ -63,6 +69,8 @@ struct transform_job {
     unsigned total;
 
     /* plan */
+    gboolean claimed;               /* the platform decided (pull mode), not the spool */
+    int64_t not_before;             /* PLAN_DEFER: unix ms of the next try */
     gint64 now;
     enum transform_job_plan plan;
     const char *reason;             /* PLAN_REJECT, PLAN_DONE */
@@ -386,6 +394,113 @@ static void transform_job_plan_reject(struct transform_job *j, gboolean sender_o
                                          &err), err);
 }
 
+/*
+ * Pull mode: no answer yet.  Every job of this process holds off until the
+ * next try, so that a platform that is down costs one timeout, not one a
+ * message; the outage is warned of once.
+ */
+static void transform_job_plan_defer(struct transform_job *j, const char *why)
+{
+    struct transform *tf = j->tf;
+    int64_t now_ms = unix_ms();
+    int64_t wait = transform_claim_backoff(now_ms - j->m.arrival * 1000,
+                                           (int64_t)tf->cfg->token.claim_max_backoff * 1000);
+    g_autoptr(GDateTime) at = NULL;
+    g_autofree char *when = NULL;
+
+    j->not_before = MAX(now_ms + wait, tf->claim_hold_until);
+    if (now_ms >= tf->claim_hold_until) {
+        tf->claim_hold_until = j->not_before;
+        g_free(tf->claim_error);
+        tf->claim_error = g_strdup(why);
+    }
+    if (!tf->claim_outage)
+        msg_warn("claim: %s: %s: messages wait and are claimed again with backoff up to %"
+                 G_GUINT64_FORMAT " s, logged again only when it answers",
+                 tf->cfg->token.claim_url, why, tf->cfg->token.claim_max_backoff);
+    tf->claim_outage = TRUE;
+    at = g_date_time_new_from_unix_utc(j->not_before / 1000);
+    when = g_date_time_format_iso8601(at);
+    j->plan = PLAN_DEFER;
+    j->hold = g_strdup_printf("claim: %s, next try at %s", why, when);
+}
+
+/*
+ * Pull mode: the platform decides.  A granted token is checked as a
+ * registered one is (spool_token_validate()), its owner being the sender
+ * the platform has just accepted; an answer that fails those checks is no
+ * decision, as a malformed one is.  A refusal may be told to the sender
+ * as today; 409 and 410 also tell us the sender owns the token (the
+ * platform checks the owner first), so they are no backscatter either.
+ */
+static gboolean transform_job_plan_claim(struct transform_job *j, GError **err)
+{
+    struct transform *tf = j->tf;
+    struct claim_answer a = { 0 };
+    struct spool_token tk;
+    GError *local = NULL;
+    const char *mid = j->mime ? g_mime_message_get_message_id(j->mime) : NULL;
+    struct claim_request r = {
+        .hash = j->hash, .sender = j->m.sender, .message_id = mid,
+        .queue_id = j->idtext, .subject = j->subject,
+    };
+
+    j->claimed = TRUE;
+    if (unix_ms() < tf->claim_hold_until) {
+        transform_job_plan_defer(j, tf->claim_error);
+        return TRUE;
+    }
+    transform_claim_post(tf, &r, &a);
+    j->now = unix_ms() / 1000;
+    if (a.kind == CLAIM_GRANTED) {
+        spool_token_init(&tk);
+        memcpy(tk.hash, j->hash, TOKEN_HASH_LEN);
+        tk.sender = g_strdup(j->m.sender);
+        for (guint i = 0; i < a.recipients->len; i++)
+            g_ptr_array_add(tk.recipients, g_strdup(a.recipients->pdata[i]));
+        tk.hide_sender = a.hide_sender;
+        tk.list = g_strdup(a.list ? a.list : j->list->name);
+        if (!spool_token_validate(&tk, j->now, tf->cfg, &local)) {
+            a.kind = CLAIM_RETRY;
+            a.error = g_strdup_printf("answer refused: %s", local->message);
+            g_clear_error(&local);
+        }
+    }
+    if (a.kind != CLAIM_RETRY && tf->claim_outage) {
+        msg_info("claim: %s answers again", tf->cfg->token.claim_url);
+        tf->claim_outage = FALSE;
+        tf->claim_hold_until = 0;
+    }
+    if (a.kind == CLAIM_RETRY) {
+        transform_job_plan_defer(j, a.error);
+    } else if (a.kind == CLAIM_GRANTED) {
+        j->reason = g_strcmp0(tk.list, j->list->name) != 0 ? "TOKEN_WRONG_LIST" : NULL;
+        if (j->reason)
+            transform_job_plan_reject(j, TRUE);
+        else
+            transform_job_plan_copies(j, &tk);
+    } else {
+        gboolean owns = g_str_equal(a.reason, "TOKEN_USED") ||
+                        g_str_equal(a.reason, "TOKEN_EXPIRED");
+        struct spool_txn t;
+
+        j->reason = a.reason;
+        if (!owns && *j->m.sender) {
+            if (!spool_read_begin(tf->spool, &t, err)) {
+                transform_claim_answer_clear(&a);
+                return FALSE;
+            }
+            owns = spool_token_owner_exists(&t, j->m.sender);
+            spool_read_end(&t);
+        }
+        transform_job_plan_reject(j, owns);
+    }
+    if (a.kind == CLAIM_GRANTED)
+        spool_token_clear(&tk);
+    transform_claim_answer_clear(&a);
+    return TRUE;
+}
+
 static gboolean transform_job_plan_mail(struct transform_job *j, GError **err)
 {
     struct spool_txn t;
@@ -397,6 +512,9 @@ static gboolean transform_job_plan_mail(struct transform_job *j, GError **err)
         j->hold = g_strdup(j->unparsable);
         return TRUE;
     }
+    /* Pull mode: the platform decides a token; a message without one is decided here. */
+    if (j->tf->claim_secret && j->have_token)
+        return transform_job_plan_claim(j, err);
     if (!spool_read_begin(j->tf->spool, &t, err))
         return FALSE;
     if (!transform_job_token_get(&t, j, &tk, &found, err)) {
@@ -493,6 +611,38 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
 }
 
 /*
+ * Pull mode: what the platform answered is written as it is.  The spool
+ * has no token to mark used: the platform keeps that, keyed by our queue
+ * id, so a job claimed again gets the same answer.
+ */
+static gboolean transform_job_commit_claimed(struct spool_txn *t, struct transform_job *j,
+                                             struct spool_msg *m, GError **err)
+{
+    if (!j->reason)
+        return transform_job_store_copies(t, j, m, err);
+    return spool_msg_set_state(t, m, MSG_REJECTED, j->reason, err) &&
+           spool_event_message(t, m, EVENT_MESSAGE_REJECTED, j->reason, j->token_id, 0, err);
+}
+
+/*
+ * Pull mode, no answer: the message stays incoming, with why and when in
+ * its reason (spoolctl list shows it).  The next try is kept as its lease
+ * expiry, with the lease itself cleared (no worker holds it now): the
+ * dispatcher leases only messages whose lease_expiry has passed, so the
+ * wait needs nothing of it, and survives any restart.
+ */
+static gboolean transform_job_commit_defer(struct spool_txn *t, struct transform_job *j,
+                                           struct spool_msg *m, GError **err)
+{
+    m->lease = 0;
+    m->lease_expiry = j->not_before;
+    g_free(m->reason);
+    m->reason = g_strdup(j->hold);
+    spool_txn_log(t, "%s: token=%s %s", j->idtext, j->token_id, j->hold);
+    return spool_msg_update(t, m, err);
+}
+
+/*
  * The token decides again inside the transaction, and must decide as the
  * plan did: the plan's copies and notices were made for that verdict.
  */
@@ -563,7 +713,11 @@ static gboolean transform_job_commit(struct spool_txn *t, struct transform_job *
         switch (j->plan) {
         case PLAN_READY:
         case PLAN_REJECT:
-            ok = transform_job_commit_token(t, j, &m, err);
+            ok = j->claimed ? transform_job_commit_claimed(t, j, &m, err)
+                            : transform_job_commit_token(t, j, &m, err);
+            break;
+        case PLAN_DEFER:
+            ok = transform_job_commit_defer(t, j, &m, err);
             break;
         case PLAN_HOLD:
             ok = spool_msg_set_state(t, &m, MSG_HOLD, j->hold, err);
@@ -609,7 +763,7 @@ static gboolean transform_job_commit_write(struct spool_txn *t, void *ctx, GErro
 
 static const char *const plan_outcome[] = {
     [PLAN_READY] = "ready", [PLAN_REJECT] = "rejected", [PLAN_HOLD] = "hold",
-    [PLAN_REPORT] = "notice", [PLAN_DONE] = "done",
+    [PLAN_REPORT] = "notice", [PLAN_DONE] = "done", [PLAN_DEFER] = "deferred",
 };
 
 /* The job ends without a commit: its lease is gone, or the spool failed. */

@@ -44,6 +44,7 @@ struct transform_worker {
     GArray *pending;                /* struct ticket, in arrival order */
     int64_t next_reader_check;
     int64_t next_release;           /* drop read LMDB pages from our RSS, once a second */
+    int64_t last_idle;              /* the last transform_idle() that did its work */
 };
 
 /*
@@ -198,6 +199,23 @@ static void transform_timers(struct transform_worker *w)
     }
 }
 
+/*
+ * During a claim (pull mode, up to [token] claim_timeout): the loop's
+ * heartbeat both ways, or the dispatcher would take us for dead and we
+ * it.  Jobs that arrive meanwhile join w->pending as in the loop.
+ */
+static void transform_idle(void *ctx)
+{
+    struct transform_worker *w = ctx;
+    int64_t now = mono_ms();
+
+    if (now - w->last_idle < 200)
+        return;
+    w->last_idle = now;
+    worker_receive(&w->conn);
+    worker_heartbeat(&w->conn);
+}
+
 /* SIGTERM: the jobs in hand (received) are finished first; no new ones are read. */
 static void transform_loop(struct transform_worker *w)
 {
@@ -234,6 +252,10 @@ int main(int argc, char **argv)
     transform_keys(&w.tf);
     if (!spool_open(&w.tf.spool, &cfg, &err))
         msg_fatal("%s", err->message);
+    if (!transform_claim_start(&w.tf, &err))
+        msg_fatal("%s", err->message);
+    w.tf.idle = transform_idle;
+    w.tf.idle_ctx = &w;
     if (!(w.hints = hint_sender_open(cfg.workers.hints, &err)))
         msg_fatal("%s", err->message);
     w.pending = g_array_new(FALSE, FALSE, sizeof(struct ticket));
@@ -246,6 +268,7 @@ int main(int argc, char **argv)
     g_array_unref(w.pending);
     worker_close(&w.conn);
     hint_sender_close(w.hints);
+    transform_claim_stop(&w.tf);
     spool_close(w.tf.spool);
     g_ptr_array_unref(w.tf.keys);
     config_free(&cfg);

@@ -185,6 +185,21 @@ static void test_cannot_work(void **state)
     g_autofree char *backoff = g_strdup_printf("[events]\nurl = https://h/x\nsecret_file = %s\n"
                                                "max_backoff = 0\n", key);
     expect_error(backoff, ":4: [events] max_backoff: must be more than 0");
+    /* [token] claim_url (pull mode): the same rules, and a timeout well inside the lease. */
+    expect_error("[token]\nclaim_url = ftp://x/y\nclaim_secret_file = /etc/hostname\n",
+                 ":2: [token] claim_url: \"ftp://x/y\": expected http://");
+    expect_error("[token]\nclaim_url = http://lego.example/claim\n",
+                 "[token] claim_secret_file: must be set with claim_url");
+    expect_error("[token]\nclaim_secret_file = /etc/hostname\n",
+                 "[token] claim_secret_file: is set but claim_url is not");
+    g_autofree char *slow = g_strdup_printf("[retry]\nlease = 10s\n[token]\n"
+                                            "claim_url = http://h/c\nclaim_secret_file = %s\n"
+                                            "claim_timeout = 6s\n", key);
+    expect_error(slow, "[token] claim_timeout: 6 s: must be at most half of [retry] lease");
+    g_autofree char *nowait = g_strdup_printf("[token]\nclaim_url = http://h/c\n"
+                                              "claim_secret_file = %s\nclaim_max_backoff = 0\n",
+                                              key);
+    expect_error(nowait, ":4: [token] claim_max_backoff: must be more than 0");
     g_unlink(key);
 }
 
