@@ -81,6 +81,10 @@ static const struct config_key config_keys[] = {
     K("retry", "lease", CT_DURATION, "2m", retry.lease),
 
     K("bounce", "envelope_from", CT_STRING, "restricted-bounces@localhost", bounce.envelope_from),
+    K("bounce", "verp", CT_BOOL, "false", bounce.verp),
+    K("bounce", "secret_file", CT_STRING, "", bounce.secret_file),
+    K("bounce", "score_threshold", CT_COUNT, "5", bounce.score_threshold),
+    K("bounce", "score_window", CT_DURATION, "7d", bounce.score_window),
 
     K("notice", "max_per_hour", CT_COUNT, "5", notice.max_per_hour),
     K("notice", "language", CT_STRING, "en", notice.language),
@@ -511,6 +515,10 @@ static gboolean config_derive(struct postern_config *cfg, GError **err)
 
         for (char **a = cfg->ingest.recipients; *a; a++)
             g_ptr_array_add(accept, g_strdup(*a));
+        /* With VERP the bounces come back to envelope_from+CODE: ingest
+         * compares without the extension, so the bare address admits them. */
+        if (cfg->bounce.verp)
+            g_ptr_array_add(accept, g_strdup(cfg->bounce.envelope_from));
         for (guint i = 1; i < cfg->lists->len; i++) {
             const struct postern_list *l = cfg->lists->pdata[i];
 
@@ -777,6 +785,38 @@ static void config_check_events(const struct postern_config *cfg, GPtrArray *pro
                           "a down endpoint would be tried without a pause");
 }
 
+/*
+ * [bounce] verp: the return path is envelope_from's local part +CODE at its
+ * domain, the code an HMAC under secret_file (a forged bounce must not
+ * count), which group and others must not read.
+ */
+static void config_check_bounce(const struct postern_config *cfg, GPtrArray *problems)
+{
+    const char *from = cfg->bounce.envelope_from;
+    const char *at = strrchr(from, '@');
+    struct stat st;
+
+    if (!cfg->bounce.verp)
+        return;
+    if (!at || at == from || !at[1] || strchr(from, '+'))
+        config_problem(problems, cfg, "bounce", "envelope_from", "\"%s\": verp needs "
+                       "LOCAL@DOMAIN without a +extension", from);
+    if (!*cfg->bounce.secret_file)
+        config_problem(problems, cfg, "bounce", "secret_file", "must be set with verp (the key "
+                       "of the bounce codes)");
+    else if (stat(cfg->bounce.secret_file, &st) < 0 || access(cfg->bounce.secret_file, R_OK) < 0)
+        config_problem(problems, cfg, "bounce", "secret_file", "%s: %s",
+                       cfg->bounce.secret_file, g_strerror(errno));
+    else if (st.st_mode & 077)
+        config_problem(problems, cfg, "bounce", "secret_file", "%s: mode %04o lets others "
+                       "read the secret (chmod 600)", cfg->bounce.secret_file,
+                       (unsigned)(st.st_mode & 07777));
+    config_check_positive(cfg, problems, "bounce", "score_threshold", cfg->bounce.score_threshold,
+                          "every address would be suppressed at once");
+    config_check_positive(cfg, problems, "bounce", "score_window", cfg->bounce.score_window,
+                          "no bounce would count");
+}
+
 static gboolean config_language_known(const char *lang)
 {
     return g_str_equal(lang, "en") || g_str_equal(lang, "nb");
@@ -872,6 +912,7 @@ gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
                           "a sender could take no job");
     config_check_api(cfg, problems);
     config_check_events(cfg, problems);
+    config_check_bounce(cfg, problems);
     config_check_lists(cfg, problems);
     return problems->len == before;
 }

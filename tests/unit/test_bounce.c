@@ -11,7 +11,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "transform/bounce_code.h"
+#include "common/bounce_code.h"
 #include "transform/bounce_parse.h"
 #include "transform/mime.h"
 

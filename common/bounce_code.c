@@ -1,7 +1,9 @@
 /*
  * bounce_code.c - VERP codes: make and check (bounce_code.h).
  */
-#include "transform/bounce_code.h"
+#include "common/bounce_code.h"
+
+#include "common/secret_file.h"
 
 #include <string.h>
 #include <openssl/crypto.h>
@@ -108,4 +110,33 @@ gboolean bounce_address_split(const char *addr, const char *local, const char *d
     *code = addr + ll + 1;
     *code_len = (size_t)(at - *code);
     return TRUE;
+}
+
+char *bounce_key_read(const char *path, size_t *len, GError **err)
+{
+    char *key = secret_read("[bounce] secret_file", path, err);
+
+    if (key == NULL)
+        return NULL;
+    g_strchomp(key);
+    /* A short key would make the 64-bit MAC the weaker part. */
+    if ((*len = strlen(key)) < BOUNCE_KEY_MIN) {
+        g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                    "[bounce] secret_file %s: under %d bytes", path, BOUNCE_KEY_MIN);
+        secret_free(key);
+        return NULL;
+    }
+    return key;
+}
+
+char *bounce_return_path(const void *key, size_t keylen, const char *envelope_from,
+                         uint64_t msg, uint32_t idx)
+{
+    const char *at = strrchr(envelope_from, '@');
+    g_autofree char *local = NULL;
+
+    if (at == NULL)
+        return g_strdup(envelope_from);
+    local = g_strndup(envelope_from, (gsize)(at - envelope_from));
+    return bounce_address_make(key, keylen, local, at + 1, msg, idx);
 }

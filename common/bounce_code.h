@@ -12,7 +12,10 @@
  * case of local parts, and GLib has no base32.  A code read back is
  * compared case-insensitively and in constant time (CRYPTO_memcmp).
  *
- * Pure: no spool, no I/O, no logging; the key is the caller's bytes.
+ * Pure: no spool, no I/O, no logging; the key is the caller's bytes
+ * (bounce_key_read() reads them, the one function here that does I/O).
+ * In common/ because two programs make codes: the sender (the return path
+ * of each copy) and the transform (checking the bounces that come back).
  */
 #ifndef POSTERN_BOUNCE_CODE_H
 #define POSTERN_BOUNCE_CODE_H
@@ -46,5 +49,19 @@ char *bounce_address_make(const void *key, size_t keylen, const char *local, con
  */
 gboolean bounce_address_split(const char *addr, const char *local, const char *domain,
                               const char **code, size_t *code_len);
+
+/*
+ * [bounce] secret_file as a key (trailing white space dropped), or NULL
+ * with *err: unreadable, readable by others, or shorter than
+ * BOUNCE_KEY_MIN.  Wipe it with secret_free().
+ */
+char *bounce_key_read(const char *path, size_t *len, GError **err);
+
+/*
+ * The return path of copy (msg, idx): envelope_from's local part +CODE at
+ * its domain.  envelope_from without an @ is returned as it is.
+ */
+char *bounce_return_path(const void *key, size_t keylen, const char *envelope_from,
+                         uint64_t msg, uint32_t idx);
 
 #endif
