@@ -82,6 +82,19 @@ gboolean spool_lease_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_re
  */
 gboolean spool_msg_settle(struct spool_txn *t, queue_id msg, GError **err);
 
+/*
+ * A bounce that came back after the relay took the copy ([bounce] verp,
+ * recorded by the transform): the one edge out of sent, sent -> bounced,
+ * with reply as its last reply.  Then as for an immediate bounce: the
+ * delivery.bounced event (spool_dlv_put), and the owner's bounce report
+ * (queued at once when the message is done already, else by
+ * spool_msg_settle() when it ends).  *changed FALSE, and nothing written,
+ * when the delivery is gone or not sent (still queued: the dispatcher's;
+ * bounced already).
+ */
+gboolean spool_dlv_late_bounce(struct spool_txn *t, queue_id msg, uint32_t idx,
+                               const char *reply, gboolean *changed, GError **err);
+
 /* Remove every delivery of msg with its index entries (message deletion). */
 gboolean spool_dlv_delete_all(struct spool_txn *t, queue_id msg, GError **err);
 

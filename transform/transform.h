@@ -31,6 +31,8 @@ struct transform {
     const struct postern_config *cfg;
     struct spool *spool;
     GPtrArray *keys;                /* struct dkim_key *, one signature each */
+    char *verp_key;                 /* [bounce] secret_file with verp, else NULL */
+    size_t verp_keylen;
 };
 
 /* Errors of the transform itself (the spool, MIME and DKIM have their own). */
