@@ -528,6 +528,7 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
 {
     gsize len;
     const char *data = g_bytes_get_data(j->outgoing, &len);
+    unsigned suppressed = 0;
 
     if (!spool_body_put(t, DB_OUTGOING, j->id, data, len, err))
         return FALSE;
@@ -541,6 +542,14 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
         d.rcpt = j->rcpts->pdata[i];
         d.created = d.next_try = j->now;
         d.header = j->headers->pdata[i];
+        /* A suppressed address gets no copy: its delivery ends bounced at
+         * once, so spoolctl show, the counts and the owner's report say so. */
+        if (spool_suppress_is(t, d.rcpt)) {
+            d.state = DLV_BOUNCED;
+            d.last_reply = (char *)"550 5.7.1 suppressed: the address bounced (spoolctl suppress)";
+            spool_txn_log(t, "%s: to=<%s>, suppressed", j->idtext, d.rcpt);
+            suppressed++;
+        }
         if (!spool_dlv_put(t, &d, err))
             return FALSE;
     }
@@ -553,9 +562,19 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
     spool_txn_log(t, "%s: token=%s used, owner=<%s>, nrcpt=%u, message-id=<%s>", j->idtext,
                   j->token_id, j->owner, j->rcpts->len, j->message_id);
     /* The platform hears of it in the transaction that accepts it (spool_events.h). */
-    return spool_msg_set_state(t, m, MSG_READY, NULL, err) &&
-           spool_event_message(t, m, EVENT_MESSAGE_ACCEPTED, NULL, j->token_id, j->rcpts->len,
-                               err);
+    if (!spool_msg_set_state(t, m, MSG_READY, NULL, err) ||
+        !spool_event_message(t, m, EVENT_MESSAGE_ACCEPTED, NULL, j->token_id, j->rcpts->len,
+                             err))
+        return FALSE;
+    /* Every recipient suppressed: nothing is due, so it ends here, not in the dispatcher. */
+    if (suppressed == j->rcpts->len) {
+        if (!spool_msg_settle(t, j->id, err))
+            return FALSE;
+        /* settle wrote the record: m must be that record again. */
+        spool_msg_clear(m);
+        return spool_msg_get(t, j->id, m, err);
+    }
+    return TRUE;
 }
 
 /*
