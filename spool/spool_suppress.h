@@ -21,8 +21,6 @@
 
 #include "spool/spool.h"
 
-#define EVENT_ADDRESS_SUPPRESSED "address.suppressed"
-
 struct spool_suppress {
     char *addr;
     double score;
