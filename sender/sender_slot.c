@@ -159,7 +159,8 @@ static gboolean deliver_txn(struct sender *s, struct smtp_client *client,
                                   first->idx);
     for (guint k = 0; k < txn->len; k++)
         rcpts[k] = job_rcpt(job, g_array_index(txn, guint, k))->rcpt;
-    smtp_client_send(client, verp ? verp : job->mail_from, rcpts, txn->len, parts, lens, n_parts, out, NULL);
+    smtp_client_send(client, verp ? verp : job->mail_from, rcpts, txn->len, parts, lens, n_parts,
+                     out, NULL);
     seconds = (g_get_monotonic_time() - start) / 1e6;
     for (guint k = 0; k < txn->len; k++) {
         if (!stopped && relay_stopped(&out[k])) {

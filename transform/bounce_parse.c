@@ -141,9 +141,10 @@ static char *dsn_addr(const char *v)
 
     if (n >= 2 && a[0] == '<' && a[n - 1] == '>') {
         a[n - 1] = '\0';
-        return g_strdup(a + 1);
+        memmove(a, a + 1, n - 1);
     }
-    return *a ? g_steal_pointer(&a) : NULL;
+    /* Only what looks like an address: a mailbox, not a diagnostic. */
+    return strchr(a, '@') && !strpbrk(a, "\r\n") ? g_steal_pointer(&a) : NULL;
 }
 
 /*
