@@ -15,6 +15,8 @@
  * transform_job.c     jobs: load, plan, commit in batches (fenced)
  * transform_sign.c    DKIM signing of outgoing copies and their To: headers
  * transform_notice.c  notices: rejection, success, bounce report
+ * bounce_parse.c      what a bounce to a VERP address says (bounce_parse.h;
+ *                     pure, on GMime); the code is common/bounce_code.h
  */
 #ifndef POSTERN_TRANSFORM_H
 #define POSTERN_TRANSFORM_H

@@ -81,6 +81,11 @@ def test_autoreply_and_forged_code_change_nothing(make_chain, tmp_path):
     c.wait_state(vqid, "done")
     assert c.show(vqid)["reason"] == "BOUNCE_AUTOREPLY"
 
+    # A soft bounce (delayed) changes no delivery; it counts half.
+    sqid = send_bounce(c, to, "rfc3464_delayed.eml", ADA)
+    c.wait_state(sqid, "done")
+    assert c.show(sqid)["reason"] == "BOUNCE_SOFT"
+
     code = VERP_RE.match(to).group(1)
     forged = to.replace(code, code[:-1] + ("0" if code[-1] != "0" else "1"))
     fqid = send_bounce(c, forged, "rfc3464.eml", ADA)
@@ -90,8 +95,9 @@ def test_autoreply_and_forged_code_change_nothing(make_chain, tmp_path):
 
     [d] = c.deliveries(qid)
     assert d["state"] == "sent"
-    # Neither counted towards a score.
-    assert pc.postern.parse_json_lines(c.spoolctl("--json", "suppress", "list").stdout) == []
+    # Only the soft bounce counted towards a score.
+    [row] = pc.postern.parse_json_lines(c.spoolctl("--json", "suppress", "list").stdout)
+    assert row["address"] == ADA and row["score"] == 0.5 and row["soft"] == 1
 
 
 def test_suppressed_address_gets_no_copy(make_chain, tmp_path):
