@@ -85,6 +85,10 @@ static const struct config_key config_keys[] = {
     K("retry", "lease", CT_DURATION, "2m", retry.lease),
 
     K("bounce", "envelope_from", CT_STRING, "restricted-bounces@localhost", bounce.envelope_from),
+    K("bounce", "verp", CT_BOOL, "false", bounce.verp),
+    K("bounce", "secret_file", CT_STRING, "", bounce.secret_file),
+    K("bounce", "score_threshold", CT_COUNT, "5", bounce.score_threshold),
+    K("bounce", "score_window", CT_DURATION, "7d", bounce.score_window),
 
     K("notice", "max_per_hour", CT_COUNT, "5", notice.max_per_hour),
     K("notice", "language", CT_STRING, "en", notice.language),
@@ -515,6 +519,10 @@ static gboolean config_derive(struct postern_config *cfg, GError **err)
 
         for (char **a = cfg->ingest.recipients; *a; a++)
             g_ptr_array_add(accept, g_strdup(*a));
+        /* With VERP the bounces come back to envelope_from+CODE: ingest
+         * compares without the extension, so the bare address admits them. */
+        if (cfg->bounce.verp)
+            g_ptr_array_add(accept, g_strdup(cfg->bounce.envelope_from));
         for (guint i = 1; i < cfg->lists->len; i++) {
             const struct postern_list *l = cfg->lists->pdata[i];
 
@@ -750,11 +758,30 @@ static void config_check_api(const struct postern_config *cfg, GPtrArray *proble
  * shared secret that signs each body (unsigned events would let anyone who
  * can reach the platform forge outcomes), kept from group and others.
  */
+/*
+ * A secret a key names (an HMAC key): set when what needs it is on,
+ * readable, and kept from group and others.
+ */
+static void config_check_secret(const struct postern_config *cfg, GPtrArray *problems,
+                                const char *group, const char *secret_key, const char *secret,
+                                const char *needed_by)
+{
+    struct stat st;
+
+    if (!*secret)
+        config_problem(problems, cfg, group, secret_key, "must be set with %s", needed_by);
+    else if (stat(secret, &st) < 0 || access(secret, R_OK) < 0)
+        config_problem(problems, cfg, group, secret_key, "%s: %s", secret, g_strerror(errno));
+    else if (st.st_mode & 077)
+        config_problem(problems, cfg, group, secret_key, "%s: mode %04o lets others "
+                       "read the secret (chmod 600)", secret, (unsigned)(st.st_mode & 07777));
+}
+
 static void config_check_signed_url(const struct postern_config *cfg, GPtrArray *problems,
                                     const char *group, const char *url_key, const char *url,
                                     const char *secret_key, const char *secret)
 {
-    struct stat st;
+    g_autofree char *needed_by = g_strdup_printf("%s (the key of X-Postern-Signature)", url_key);
 
     if (!*url) {
         if (*secret)
@@ -766,14 +793,7 @@ static void config_check_signed_url(const struct postern_config *cfg, GPtrArray 
         !url[strlen(g_str_has_prefix(url, "https://") ? "https://" : "http://")])
         config_problem(problems, cfg, group, url_key, "\"%s\": expected http://HOST[:PORT]/PATH "
                        "or https://...", url);
-    if (!*secret)
-        config_problem(problems, cfg, group, secret_key, "must be set with %s (the key "
-                       "of X-Postern-Signature)", url_key);
-    else if (stat(secret, &st) < 0 || access(secret, R_OK) < 0)
-        config_problem(problems, cfg, group, secret_key, "%s: %s", secret, g_strerror(errno));
-    else if (st.st_mode & 077)
-        config_problem(problems, cfg, group, secret_key, "%s: mode %04o lets others "
-                       "read the secret (chmod 600)", secret, (unsigned)(st.st_mode & 07777));
+    config_check_secret(cfg, problems, group, secret_key, secret, needed_by);
 }
 
 static void config_check_events(const struct postern_config *cfg, GPtrArray *problems)
@@ -809,6 +829,29 @@ static void config_check_claim(const struct postern_config *cfg, GPtrArray *prob
                        "must be at most half of [retry] lease (%" G_GUINT64_FORMAT " s), or a "
                        "slow platform would make the transform's jobs run out of their lease",
                        cfg->token.claim_timeout, cfg->retry.lease);
+}
+
+/*
+ * [bounce] verp: the return path is envelope_from's local part +CODE at its
+ * domain, the code an HMAC under secret_file (a forged bounce must not
+ * count), which group and others must not read.
+ */
+static void config_check_bounce(const struct postern_config *cfg, GPtrArray *problems)
+{
+    const char *from = cfg->bounce.envelope_from;
+    const char *at = strrchr(from, '@');
+
+    if (!cfg->bounce.verp)
+        return;
+    if (!at || at == from || !at[1] || strchr(from, '+'))
+        config_problem(problems, cfg, "bounce", "envelope_from", "\"%s\": verp needs "
+                       "LOCAL@DOMAIN without a +extension", from);
+    config_check_secret(cfg, problems, "bounce", "secret_file", cfg->bounce.secret_file,
+                        "verp (the key of the bounce codes)");
+    config_check_positive(cfg, problems, "bounce", "score_threshold", cfg->bounce.score_threshold,
+                          "every address would be suppressed at once");
+    config_check_positive(cfg, problems, "bounce", "score_window", cfg->bounce.score_window,
+                          "no bounce would count");
 }
 
 static gboolean config_language_known(const char *lang)
@@ -907,6 +950,7 @@ gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
     config_check_api(cfg, problems);
     config_check_events(cfg, problems);
     config_check_claim(cfg, problems);
+    config_check_bounce(cfg, problems);
     config_check_lists(cfg, problems);
     return problems->len == before;
 }

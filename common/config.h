@@ -92,6 +92,10 @@ struct postern_config {
     } retry;
     struct {
         char *envelope_from;
+        gboolean verp;              /* return path envelope_from's local part +CODE */
+        char *secret_file;          /* the HMAC key of the VERP codes */
+        uint64_t score_threshold;   /* bounce score that suppresses an address */
+        uint64_t score_window;      /* seconds: bounces older than this no longer count */
     } bounce;
     struct {
         uint64_t max_per_hour;      /* "Not sent" notices per address and hour; 0: no limit */

@@ -41,6 +41,8 @@ struct sender {
     struct relay_url url;
     struct smtp_client_config smtp;     /* read-only once the slots run */
     char *password;                     /* [relay] password_file, never logged */
+    char *verp_key;                     /* [bounce] secret_file with verp, else NULL */
+    size_t verp_keylen;
     GAsyncQueue *jobs;                  /* struct wire_send_job *: main -> slots */
     GAsyncQueue *done;                  /* struct sender_done *: slots -> main */
     int wake_fd;                        /* eventfd: results, or the pool changed */

@@ -7,6 +7,7 @@
  * pipe (common/daemon.h).  The dispatcher protocol's common part (HELLO,
  * PING, WHO, silence) is common/worker.c.
  */
+#include "common/bounce_code.h"
 #include "common/secret_file.h"
 #include "sender/sender.h"
 #include "common/daemon.h"
@@ -82,6 +83,10 @@ static void sender_setup_relay(struct sender *s, const struct postern_config *cf
 
     if (!relay_url_parse(cfg->relay.url, &s->url, &err))
         sender_config_fail(cfg, "[relay] url: %s", err->message);
+    /* [bounce] verp: each copy gets its own return path, made here. */
+    if (cfg->bounce.verp && !(s->verp_key = bounce_key_read(cfg->bounce.secret_file,
+                                                            &s->verp_keylen, &err)))
+        sender_config_fail(cfg, "%s", err->message);
     if (s->url.kind == RELAY_MAILDIR)
         return;
     if (!smtp_tls_parse(cfg->relay.tls, &s->smtp.tls, &err))
@@ -396,6 +401,7 @@ int main(int argc, char **argv)
     close(s.wake_fd);
     close(c.sig_fd);
     secret_free(s.password);
+    secret_free(s.verp_key);
     g_free(c.public_key);
     relay_url_clear(&s.url);
     config_free(&cfg);

@@ -3,6 +3,7 @@
  * own SMTP client (or into the Maildir), results back to the main thread.
  */
 #include "sender/sender.h"
+#include "common/bounce_code.h"
 #include "common/log.h"
 
 #include <stdint.h>
@@ -136,9 +137,9 @@ static gboolean relay_stopped(const struct smtp_rcpt_result *r)
  * One transaction.  When the relay stopped (relay_stopped()), *stop gets a
  * copy of that result for the rest of the job, and TRUE is returned.
  */
-static gboolean deliver_txn(struct smtp_client *client, const struct wire_send_job *job,
-                            GArray *txn, struct wire_send_result *res,
-                            struct wire_rcpt_result *stop)
+static gboolean deliver_txn(struct sender *s, struct smtp_client *client,
+                            const struct wire_send_job *job, GArray *txn,
+                            struct wire_send_result *res, struct wire_rcpt_result *stop)
 {
     const struct wire_rcpt *first = job_rcpt(job, g_array_index(txn, guint, 0));
     g_autofree const char **rcpts = g_new(const char *, txn->len);
@@ -149,9 +150,17 @@ static gboolean deliver_txn(struct smtp_client *client, const struct wire_send_j
     gboolean stopped = FALSE;
     double seconds;
 
+    g_autofree char *verp = NULL;
+
+    /* With VERP each transaction has one recipient (sender_plan with 1),
+     * and its return path names that delivery; the null sender stays. */
+    if (s->verp_key && *job->mail_from)
+        verp = bounce_return_path(s->verp_key, s->verp_keylen, job->mail_from, job->msg,
+                                  first->idx);
     for (guint k = 0; k < txn->len; k++)
         rcpts[k] = job_rcpt(job, g_array_index(txn, guint, k))->rcpt;
-    smtp_client_send(client, job->mail_from, rcpts, txn->len, parts, lens, n_parts, out, NULL);
+    smtp_client_send(client, verp ? verp : job->mail_from, rcpts, txn->len, parts, lens, n_parts,
+                     out, NULL);
     seconds = (g_get_monotonic_time() - start) / 1e6;
     for (guint k = 0; k < txn->len; k++) {
         if (!stopped && relay_stopped(&out[k])) {
@@ -179,7 +188,8 @@ static void deliver_smtp(struct sender *s, struct smtp_client *client,
                          const struct wire_send_job *job, struct wire_send_result *res,
                          sender_hand_back_fn hand_back)
 {
-    g_autoptr(GPtrArray) plan = sender_plan(job, s->cfg->relay.max_rcpt_per_txn);
+    guint per_txn = s->verp_key ? 1 : (guint)s->cfg->relay.max_rcpt_per_txn;
+    g_autoptr(GPtrArray) plan = sender_plan(job, per_txn);
     struct wire_rcpt_result stop = { 0 };
     gboolean stopped = FALSE;
 
@@ -187,7 +197,7 @@ static void deliver_smtp(struct sender *s, struct smtp_client *client,
         GArray *txn = plan->pdata[t];
 
         if (!stopped) {
-            stopped = deliver_txn(client, job, txn, res, &stop);
+            stopped = deliver_txn(s, client, job, txn, res, &stop);
             deliver_flush(s, res, hand_back);
             continue;
         }

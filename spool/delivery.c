@@ -633,3 +633,48 @@ gboolean spool_msg_settle_msg(struct spool_txn *t, struct spool_msg *m, GError *
     }
     return ok;
 }
+
+gboolean spool_dlv_late_bounce(struct spool_txn *t, queue_id msg, uint32_t idx,
+                               const char *reply, gboolean *changed, GError **err)
+{
+    struct spool_dlv d;
+    struct spool_msg m;
+    GError *local = NULL;
+    gboolean ok;
+    char id[QUEUE_ID_LEN + 1];
+
+    *changed = FALSE;
+    spool_dlv_init(&d);
+    if (!spool_dlv_get(t, msg, idx, &d, &local)) {
+        gboolean gone = g_error_matches(local, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND);
+
+        if (gone)
+            g_clear_error(&local);
+        else
+            g_propagate_error(err, local);
+        return gone;
+    }
+    /* Only sent -> bounced: a queued delivery is the dispatcher's to end. */
+    if (d.state != DLV_SENT) {
+        spool_dlv_clear(&d);
+        return TRUE;
+    }
+    d.state = DLV_BOUNCED;
+    g_free(d.last_reply);
+    d.last_reply = g_strdup(reply);
+    spool_id_format(msg, id);
+    spool_txn_log(t, "%s: to=<%s>, late bounce: %s", id, d.rcpt, reply);
+    ok = spool_dlv_put(t, &d, err);
+    spool_dlv_clear(&d);
+    if (!ok || !spool_msg_get(t, msg, &m, err))
+        return FALSE;
+    *changed = TRUE;
+    /* A done message will not settle again: its report is queued here. */
+    if (m.state == MSG_DONE)
+        ok = !m.owner || !*m.owner || g_strcmp0(m.kind, MSG_KIND_NOTICE) == 0 ||
+             dlv_bounce_report(t, &m, err);
+    else
+        ok = spool_msg_settle(t, msg, err);
+    spool_msg_clear(&m);
+    return ok;
+}

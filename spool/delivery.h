@@ -91,6 +91,19 @@ gboolean spool_msg_settle(struct spool_txn *t, queue_id msg, GError **err);
  * read it already (the dispatcher's results) do not read it again. */
 gboolean spool_msg_settle_msg(struct spool_txn *t, struct spool_msg *m, GError **err);
 
+/*
+ * A bounce that came back after the relay took the copy ([bounce] verp,
+ * recorded by the transform): the one edge out of sent, sent -> bounced,
+ * with reply as its last reply.  Then as for an immediate bounce: the
+ * delivery.bounced event (spool_dlv_put), and the owner's bounce report
+ * (queued at once when the message is done already, else by
+ * spool_msg_settle() when it ends).  *changed FALSE, and nothing written,
+ * when the delivery is gone or not sent (still queued: the dispatcher's;
+ * bounced already).
+ */
+gboolean spool_dlv_late_bounce(struct spool_txn *t, queue_id msg, uint32_t idx,
+                               const char *reply, gboolean *changed, GError **err);
+
 /* Remove every delivery of msg with its index entries (message deletion). */
 gboolean spool_dlv_delete_all(struct spool_txn *t, queue_id msg, GError **err);
 

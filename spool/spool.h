@@ -23,6 +23,8 @@
  *   tokens      sha256(token)           -> token record (GVariant a{sv})
  *   token_from  sender . 0 . sha256     -> ""       (tokens owned by an address)
  *   events      event id                -> outcome event (spool_events.h)
+ *   suppress    address                 -> bounce score, suppressed since
+ *                                          (spool_suppress.h)
  *
  * Only spool/ knows these keys and includes lmdb.h (spool_lmdb.h): other
  * programs use the functions here and in delivery.h and spool_token.h.
@@ -65,6 +67,7 @@ enum spool_db {
     DB_DUE, DB_LEASES, DB_TOKENS, DB_TOKEN_FROM,
     DB_NOTICE_RATE,                 /* spool_notice_rate.h */
     DB_EVENTS,                      /* spool_events.h: the outbox for [events] url */
+    DB_SUPPRESS,                    /* spool_suppress.h: bounce scores, suppressed addresses */
     DB_COUNT
 };
 
@@ -118,6 +121,9 @@ struct spool_msg {
 #define MSG_KIND_MAIL "mail"
 #define MSG_KIND_NOTICE "notice"
 #define MSG_KIND_BOUNCE_REPORT "bounce-report"
+/* A bounce that came back to a VERP address ([bounce] verp), once the
+ * transform recorded it against the delivery `ref`. */
+#define MSG_KIND_BOUNCE "bounce"
 
 /* Environment */
 gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError **err);

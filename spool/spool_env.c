@@ -101,6 +101,7 @@ static const char *const spool_db_names[DB_COUNT] = {
     [DB_DELIVERIES] = "deliveries", [DB_DUE] = "due", [DB_LEASES] = "leases",
     [DB_TOKENS] = "tokens", [DB_TOKEN_FROM] = "token_from",
     [DB_NOTICE_RATE] = "notice_rate", [DB_EVENTS] = "events",
+    [DB_SUPPRESS] = "suppress",
 };
 
 G_DEFINE_QUARK(postern-spool-error, spool_error)

@@ -3,7 +3,8 @@
  * ([events] url; docs/integration.md, "Outcome events").
  *
  * Each fact the platform cares about (a message accepted or rejected, a
- * delivery bounced, a message done, the relay paused or resumed) is
+ * delivery bounced, a message done, the relay paused or resumed, an
+ * address suppressed: spool_suppress.h) is
  * written into the `events` database in the same write transaction as the
  * fact itself, so an event exists exactly when its fact was committed: a
  * kill -9 of any daemon loses neither.  postern-api posts them, oldest
@@ -31,6 +32,7 @@
 #define EVENT_MESSAGE_DONE "message.done"
 #define EVENT_RELAY_PAUSED "relay.paused"
 #define EVENT_RELAY_RESUMED "relay.resumed"
+#define EVENT_ADDRESS_SUPPRESSED "address.suppressed"  /* rcpt: the address; reply: why */
 
 #define EVENT_ERROR_MAX 256
 

@@ -61,6 +61,9 @@ int ctl_fail(GError *err);
 /* Open the spool or exit CTL_FAIL. */
 void ctl_open_spool(struct ctl *c);
 
+/* spoolctl_suppress.c */
+int ctl_suppress(struct ctl *c, int argc, char **argv);
+
 /* spoolctl_events.c */
 int ctl_events(struct ctl *c, int argc, char **argv);
 

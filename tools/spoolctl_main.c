@@ -29,6 +29,7 @@ static const struct {
     { "check", ctl_check, "config, keys, spool and relay: says what is wrong" },
     { "metrics", ctl_metrics, "Prometheus text format" },
     { "events", ctl_events, "the outbox of outcome events: waiting, oldest, next try" },
+    { "suppress", ctl_suppress, "list | add ADDR | remove ADDR (addresses that get no copies)" },
     { "dkim", ctl_dkim, "keygen --type rsa|ed25519 --out FILE [--selector S]" },
     { "api-key", ctl_api_key, "add NAME read|tokens|admin (prints the key once)" },
 };

@@ -16,6 +16,8 @@
  * transform_sign.c    DKIM signing of outgoing copies and their To: headers
  * transform_notice.c  notices: rejection, success, bounce report
  * transform_claim.c   pull mode: the platform decides each token (claim_url)
+ * bounce_parse.c      what a bounce to a VERP address says (bounce_parse.h;
+ *                     pure, on GMime); the code is common/bounce_code.h
  */
 #ifndef POSTERN_TRANSFORM_H
 #define POSTERN_TRANSFORM_H
@@ -40,6 +42,8 @@ struct transform {
     char *claim_error;              /* why it failed */
     void (*idle)(void *ctx);        /* called during a claim: the worker's heartbeat */
     void *idle_ctx;
+    char *verp_key;                 /* [bounce] secret_file with verp, else NULL */
+    size_t verp_keylen;
 };
 
 /* Errors of the transform itself (the spool, MIME and DKIM have their own). */

@@ -6,6 +6,7 @@
  *   parse   no transaction: GMime takes the token out
  *   plan    a short read transaction for the token, then with none open
  *           the rewrite and signatures, or the notice, or the hold
+ *           (a bounce to a VERP address: the code checked, the DSN read)
  *   commit  one write transaction for a batch of planned jobs (group
  *           commit: one fsync for all); in it, each job checks its lease
  *           again (fencing) and its token again, then writes its whole
@@ -24,8 +25,11 @@
 #include "transform/transform.h"
 #include "common/clock.h"
 #include "transform/mime.h"
+#include "transform/bounce_parse.h"
+#include "common/bounce_code.h"
 #include "spool/delivery.h"
 #include "spool/spool_events.h"
+#include "spool/spool_suppress.h"
 #include "common/log.h"
 
 #include <string.h>
@@ -39,8 +43,10 @@ enum transform_job_plan {
     PLAN_REJECT,                    /* rejected with reason */
     PLAN_HOLD,                      /* the message cannot be handled: hold with why */
     PLAN_REPORT,                    /* a bounce report becomes its notice */
-    PLAN_DONE,                      /* a bounce report with nothing to say */
+    PLAN_DONE,                      /* a bounce report with nothing to say; a bounce to
+                                     * ignore (auto-reply, forged code) */
     PLAN_DEFER,                     /* pull mode, no answer: incoming again, not before */
+    PLAN_BOUNCE,                    /* a bounce: record it against its delivery */
 };
 
 struct transform_job {
@@ -67,6 +73,13 @@ struct transform_job {
     struct spool_msg ref;
     GPtrArray *bounced;             /* struct spool_dlv * */
     unsigned total;
+
+    /* a bounce to envelope_from+CODE ([bounce] verp) */
+    gboolean is_bounce;
+    gboolean code_ok;               /* the code is one we made */
+    queue_id bounce_msg;            /* the delivery it names */
+    uint32_t bounce_idx;
+    struct bounce_info bounce;
 
     /* plan */
     gboolean claimed;               /* the platform decided (pull mode), not the spool */
@@ -130,6 +143,7 @@ void transform_job_free(struct transform_job *j)
     g_free(j->subject);
     spool_msg_clear(&j->m);
     spool_msg_clear(&j->ref);
+    bounce_info_clear(&j->bounce);
     g_free(j);
 }
 
@@ -564,6 +578,58 @@ static void transform_job_plan_report(struct transform_job *j)
     j->report = n;
 }
 
+/*
+ * With [bounce] verp, mail to envelope_from+CODE is a bounce of ours, not
+ * mail to relay: it never makes copies.  Decided by the recipient ingest
+ * stored (with its extension).
+ */
+static void transform_job_bounce_detect(struct transform_job *j)
+{
+    const char *from = j->tf->cfg->bounce.envelope_from;
+    const char *at = strrchr(from, '@');
+    g_autofree char *local = NULL;
+    const char *code;
+    size_t len;
+
+    if (!j->tf->verp_key || !at || transform_job_is_report(j) || j->m.recipients->len == 0)
+        return;
+    local = g_strndup(from, (gsize)(at - from));
+    if (!bounce_address_split(j->m.recipients->pdata[0], local, at + 1, &code, &len))
+        return;
+    j->is_bounce = TRUE;
+    j->code_ok = bounce_code_check(j->tf->verp_key, j->tf->verp_keylen, code, len,
+                                   &j->bounce_msg, &j->bounce_idx);
+}
+
+/* What the bounce says; a forged code or an auto-reply ends it unrecorded. */
+static void transform_job_plan_bounce(struct transform_job *j)
+{
+    j->plan = PLAN_DONE;
+    if (!j->code_ok) {
+        /* Anyone can write to the bounce address: one line, nothing else. */
+        msg_warn("%s: bounce to <%s> from <%s>: bad code: dropped", j->idtext,
+                 (const char *)j->m.recipients->pdata[0], j->m.sender);
+        j->reason = "BOUNCE_FORGED";
+        return;
+    }
+    bounce_info_clear(&j->bounce);
+    if (j->mime)
+        bounce_parse(j->mime, &j->bounce);
+    switch (j->bounce.kind) {
+    case BOUNCE_HARD:
+    case BOUNCE_SOFT:
+        j->plan = PLAN_BOUNCE;
+        j->reason = j->bounce.kind == BOUNCE_HARD ? "BOUNCE_HARD" : "BOUNCE_SOFT";
+        break;
+    case BOUNCE_AUTOREPLY:
+        j->reason = "BOUNCE_AUTOREPLY";
+        break;
+    default:
+        j->reason = "BOUNCE_UNKNOWN";
+        break;
+    }
+}
+
 /* ---- commit --------------------------------------------------------------- */
 
 static gboolean transform_job_store_notices(struct spool_txn *t, struct transform_job *j,
@@ -580,6 +646,7 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
 {
     gsize len;
     const char *data = g_bytes_get_data(j->outgoing, &len);
+    unsigned suppressed = 0;
 
     if (!spool_body_put(t, DB_OUTGOING, j->id, data, len, err))
         return FALSE;
@@ -593,6 +660,14 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
         d.rcpt = j->rcpts->pdata[i];
         d.created = d.next_try = j->now;
         d.header = j->headers->pdata[i];
+        /* A suppressed address gets no copy: its delivery ends bounced at
+         * once, so spoolctl show, the counts and the owner's report say so. */
+        if (spool_suppress_is(t, d.rcpt)) {
+            d.state = DLV_BOUNCED;
+            d.last_reply = (char *)"550 5.7.1 suppressed: the address bounced (spoolctl suppress)";
+            spool_txn_log(t, "%s: to=<%s>, suppressed", j->idtext, d.rcpt);
+            suppressed++;
+        }
         if (!spool_dlv_put(t, &d, err))
             return FALSE;
     }
@@ -605,9 +680,70 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
     spool_txn_log(t, "%s: token=%s used, owner=<%s>, nrcpt=%u, message-id=<%s>", j->idtext,
                   j->token_id, j->owner, j->rcpts->len, j->message_id);
     /* The platform hears of it in the transaction that accepts it (spool_events.h). */
-    return spool_msg_set_state(t, m, MSG_READY, NULL, err) &&
-           spool_event_message(t, m, EVENT_MESSAGE_ACCEPTED, NULL, j->token_id, j->rcpts->len,
-                               err);
+    if (!spool_msg_set_state(t, m, MSG_READY, NULL, err) ||
+        !spool_event_message(t, m, EVENT_MESSAGE_ACCEPTED, NULL, j->token_id, j->rcpts->len,
+                             err))
+        return FALSE;
+    /* Every recipient suppressed: nothing is due, so it ends here, not in the dispatcher. */
+    if (suppressed == j->rcpts->len) {
+        if (!spool_msg_settle(t, j->id, err))
+            return FALSE;
+        /* settle wrote the record: m must be that record again. */
+        spool_msg_clear(m);
+        return spool_msg_get(t, j->id, m, err);
+    }
+    return TRUE;
+}
+
+/*
+ * A bounce against the delivery its code names: a hard one makes a sent
+ * delivery bounced (spool_dlv_late_bounce: event, owner's report); hard or
+ * soft, it counts towards the address's score (spool_suppress.h).  The
+ * delivery's recipient is the address, not what the DSN text claims.  The
+ * bounce message itself is then done.
+ */
+static gboolean transform_job_commit_bounce(struct spool_txn *t, struct transform_job *j,
+                                            struct spool_msg *m, GError **err)
+{
+    const struct postern_config *cfg = j->tf->cfg;
+    gboolean hard = j->bounce.kind == BOUNCE_HARD;
+    const char *status = j->bounce.status ? j->bounce.status : (hard ? "5.0.0" : "4.0.0");
+    g_autofree char *reply = g_strdup_printf("%s %s bounce (%s)%s%s", status,
+                                             hard ? "hard" : "soft", j->bounce.format,
+                                             j->bounce.rcpt ? " for " : "",
+                                             j->bounce.rcpt ? j->bounce.rcpt : "");
+    char about[QUEUE_ID_LEN + 1];
+    struct spool_dlv d;
+    GError *local = NULL;
+    gboolean changed = FALSE, suppressed = FALSE, ok = TRUE;
+
+    spool_id_format(j->bounce_msg, about);
+    spool_dlv_init(&d);
+    if (!spool_dlv_get(t, j->bounce_msg, j->bounce_idx, &d, &local)) {
+        if (!g_error_matches(local, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND)) {
+            g_propagate_error(err, local);
+            return FALSE;
+        }
+        /* Purged since: nothing left to record against. */
+        g_clear_error(&local);
+        spool_txn_log(t, "%s: bounce for %s#%u: no such delivery any more", j->idtext, about,
+                      j->bounce_idx);
+        return spool_msg_set_state(t, m, MSG_DONE, "BOUNCE_NO_DELIVERY", err);
+    }
+    spool_txn_log(t, "%s: bounce for %s#%u <%s>: %s", j->idtext, about, j->bounce_idx, d.rcpt,
+                  reply);
+    if (hard)
+        ok = spool_dlv_late_bounce(t, j->bounce_msg, j->bounce_idx, reply, &changed, err);
+    ok = ok && spool_suppress_bounce(t, d.rcpt, hard, status, j->now,
+                                     (int64_t)cfg->bounce.score_window,
+                                     (double)cfg->bounce.score_threshold, &suppressed, err);
+    spool_dlv_clear(&d);
+    if (!ok)
+        return FALSE;
+    g_free(m->kind);
+    m->kind = g_strdup(MSG_KIND_BOUNCE);
+    m->ref = j->bounce_msg;
+    return spool_msg_set_state(t, m, MSG_DONE, j->reason, err);
 }
 
 /*
@@ -728,6 +864,9 @@ static gboolean transform_job_commit(struct spool_txn *t, struct transform_job *
         case PLAN_REPORT:
             ok = transform_notice_store(t, j->report, &m, j->now, err);
             break;
+        case PLAN_BOUNCE:
+            ok = transform_job_commit_bounce(t, j, &m, err);
+            break;
         }
     }
     ok = ok && transform_job_store_notices(t, j, err);
@@ -764,6 +903,7 @@ static gboolean transform_job_commit_write(struct spool_txn *t, void *ctx, GErro
 static const char *const plan_outcome[] = {
     [PLAN_READY] = "ready", [PLAN_REJECT] = "rejected", [PLAN_HOLD] = "hold",
     [PLAN_REPORT] = "notice", [PLAN_DONE] = "done", [PLAN_DEFER] = "deferred",
+    [PLAN_BOUNCE] = "done",
 };
 
 /* The job ends without a commit: its lease is gone, or the spool failed. */
@@ -785,7 +925,9 @@ static void transform_job_plan(struct transform_job *j)
     GError *err = NULL;
 
     transform_job_plan_reset(j);
-    if (transform_job_is_report(j))
+    if (j->is_bounce)
+        transform_job_plan_bounce(j);
+    else if (transform_job_is_report(j))
         transform_job_plan_report(j);
     else if (!transform_job_plan_mail(j, &err))
         transform_job_end(j, err);
@@ -812,6 +954,7 @@ struct transform_job *transform_job_prepare(struct transform *tf, uint64_t lease
     }
     /* The message's list: by the address it came to. */
     j->list = config_list_of(tf->cfg, (char **)j->m.recipients->pdata, j->m.recipients->len);
+    transform_job_bounce_detect(j);
     if (!transform_job_is_report(j))
         transform_job_parse(j);
     transform_job_plan(j);

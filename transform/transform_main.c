@@ -7,6 +7,8 @@
  * (CREDIT) and ring the dispatcher.  SIGTERM lets the jobs in hand finish.
  */
 #include "transform/transform.h"
+#include "common/bounce_code.h"
+#include "common/secret_file.h"
 #include "transform/mime.h"
 #include "common/daemon.h"
 #include "common/log.h"
@@ -88,6 +90,10 @@ static void transform_keys(struct transform *tf)
     transform_default_key(tf->cfg);
     if (!(tf->keys = dkim_keys_load(tf->cfg->dkim.keys, &err)))
         msg_fatal("[dkim] keys: %s", err->message);
+    /* [bounce] verp: the key that tells our bounce codes from forged ones. */
+    if (tf->cfg->bounce.verp &&
+        !(tf->verp_key = bounce_key_read(tf->cfg->bounce.secret_file, &tf->verp_keylen, &err)))
+        msg_fatal("%s", err->message);
     for (guint i = 0; i < tf->keys->len; i++) {
         const struct dkim_key *k = tf->keys->pdata[i];
         msg_info("DKIM key %s (%s) for d=%s", k->selector, dkim_key_algorithm(k),
@@ -271,6 +277,7 @@ int main(int argc, char **argv)
     transform_claim_stop(&w.tf);
     spool_close(w.tf.spool);
     g_ptr_array_unref(w.tf.keys);
+    secret_free(w.tf.verp_key);
     config_free(&cfg);
     msg_info("daemon stopped");
     return 0;

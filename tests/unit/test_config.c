@@ -200,6 +200,15 @@ static void test_cannot_work(void **state)
                                               "claim_secret_file = %s\nclaim_max_backoff = 0\n",
                                               key);
     expect_error(nowait, ":4: [token] claim_max_backoff: must be more than 0");
+    /* [bounce] verp: a key others cannot read, an envelope_from to extend. */
+    expect_error("[bounce]\nverp = true\n", "[bounce] secret_file: must be set with verp");
+    g_autofree char *plus = g_strdup_printf("[bounce]\nverp = true\nsecret_file = %s\n"
+                                            "envelope_from = b+x@abakus.no\n", key);
+    expect_error(plus, ":4: [bounce] envelope_from: \"b+x@abakus.no\": verp needs");
+    g_autofree char *open_secret = g_strdup_printf("[bounce]\nverp = true\nsecret_file = %s\n",
+                                                   key);
+    g_assert_cmpint(chmod(key, 0640), ==, 0);
+    expect_error(open_secret, ":3: [bounce] secret_file: ");
     g_unlink(key);
 }
 

@@ -1,0 +1,255 @@
+/*
+ * spool_suppress.c - bounce scores and the suppression list
+ * (see spool_suppress.h).
+ */
+#include <string.h>
+
+#include "spool/spool_suppress.h"
+#include "spool/spool_events.h"
+#include "spool/spool_lmdb.h"
+#include "spool/spool_token.h"
+
+#define SUPPRESS_KEY_MAX 511        /* LMDB's default key limit */
+#define DAY 86400
+
+void spool_suppress_clear(struct spool_suppress *s)
+{
+    g_clear_pointer(&s->addr, g_free);
+    g_clear_pointer(&s->reason, g_free);
+    memset(s, 0, sizeof *s);
+}
+
+static gboolean suppress_key(const char *addr, char **key, GError **err)
+{
+    *key = spool_token_addr_key(addr);
+    if (!**key || strlen(*key) > SUPPRESS_KEY_MAX) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "address <%s>: empty or too long",
+                    addr);
+        g_clear_pointer(key, g_free);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static void suppress_decode(const MDB_val *val, struct spool_suppress *s)
+{
+    g_autoptr(GBytes) bytes = g_bytes_new(val->mv_data, val->mv_size);
+    g_autoptr(GVariant) v = g_variant_ref_sink(
+        g_variant_new_from_bytes(G_VARIANT_TYPE_VARDICT, bytes, FALSE));
+    GVariantDict d;
+
+    g_variant_dict_init(&d, v);
+    g_variant_dict_lookup(&d, "addr", "s", &s->addr);
+    g_variant_dict_lookup(&d, "score", "d", &s->score);
+    g_variant_dict_lookup(&d, "last", "x", &s->last);
+    g_variant_dict_lookup(&d, "since", "x", &s->since);
+    g_variant_dict_lookup(&d, "hard", "u", &s->hard);
+    g_variant_dict_lookup(&d, "soft", "u", &s->soft);
+    g_variant_dict_lookup(&d, "reason", "s", &s->reason);
+    g_variant_dict_clear(&d);
+    if (!s->addr)
+        s->addr = g_strdup("");
+}
+
+gboolean spool_suppress_get(struct spool_txn *t, const char *addr, struct spool_suppress *s,
+                            gboolean *found, GError **err)
+{
+    g_autofree char *k = NULL;
+    MDB_val key, val;
+    int rc;
+
+    memset(s, 0, sizeof *s);
+    *found = FALSE;
+    if (!suppress_key(addr, &k, err))
+        return FALSE;
+    key.mv_size = strlen(k);
+    key.mv_data = k;
+    rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_SUPPRESS), &key, &val);
+    if (rc == MDB_NOTFOUND)
+        return TRUE;
+    if (rc)
+        return spool_mdb_fail(rc, "read suppression", err);
+    suppress_decode(&val, s);
+    *found = TRUE;
+    return TRUE;
+}
+
+gboolean spool_suppress_put(struct spool_txn *t, const struct spool_suppress *s, GError **err)
+{
+    g_autofree char *k = NULL;
+    GVariantDict d;
+    g_autoptr(GVariant) v = NULL;
+    MDB_val key, val;
+    int rc;
+
+    if (!suppress_key(s->addr, &k, err))
+        return FALSE;
+    g_variant_dict_init(&d, NULL);
+    g_variant_dict_insert(&d, "addr", "s", s->addr);
+    g_variant_dict_insert(&d, "score", "d", s->score);
+    g_variant_dict_insert(&d, "last", "x", s->last);
+    g_variant_dict_insert(&d, "since", "x", s->since);
+    g_variant_dict_insert(&d, "hard", "u", s->hard);
+    g_variant_dict_insert(&d, "soft", "u", s->soft);
+    if (s->reason)
+        g_variant_dict_insert(&d, "reason", "s", s->reason);
+    v = g_variant_ref_sink(g_variant_dict_end(&d));
+    key.mv_size = strlen(k);
+    key.mv_data = k;
+    val.mv_size = g_variant_get_size(v);
+    val.mv_data = (void *)g_variant_get_data(v);
+    if ((rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_SUPPRESS), &key, &val, 0)))
+        return spool_mdb_fail(rc, "store suppression", err);
+    return TRUE;
+}
+
+gboolean spool_suppress_remove(struct spool_txn *t, const char *addr, gboolean *found,
+                               GError **err)
+{
+    g_autofree char *k = NULL;
+    MDB_val key;
+    int rc;
+
+    *found = FALSE;
+    if (!suppress_key(addr, &k, err))
+        return FALSE;
+    key.mv_size = strlen(k);
+    key.mv_data = k;
+    rc = mdb_del(spool_mdb_txn(t), spool_dbi(t->sp, DB_SUPPRESS), &key, NULL);
+    if (rc == MDB_NOTFOUND)
+        return TRUE;
+    if (rc)
+        return spool_mdb_fail(rc, "remove suppression", err);
+    *found = TRUE;
+    spool_txn_log(t, "suppress: <%s> removed", addr);
+    return TRUE;
+}
+
+gboolean spool_suppress_is(struct spool_txn *t, const char *addr)
+{
+    struct spool_suppress s;
+    gboolean found = FALSE, yes;
+
+    if (!spool_suppress_get(t, addr, &s, &found, NULL) || !found)
+        return FALSE;
+    yes = s.since != 0;
+    spool_suppress_clear(&s);
+    return yes;
+}
+
+/* The address goes on the list: the record, a log line, the platform's event. */
+static gboolean suppress_now(struct spool_txn *t, struct spool_suppress *s, const char *reason,
+                             int64_t now, GError **err)
+{
+    struct spool_event ev;
+    gboolean ok;
+
+    s->since = now;
+    g_free(s->reason);
+    s->reason = g_strdup(reason);
+    if (!spool_suppress_put(t, s, err))
+        return FALSE;
+    spool_txn_log(t, "suppress: <%s> suppressed: %s (score %.1f)", s->addr, reason, s->score);
+    spool_event_init(&ev);
+    ev.type = g_strdup(EVENT_ADDRESS_SUPPRESSED);
+    ev.rcpt = g_strdup(s->addr);
+    ev.reply = g_strdup(reason);
+    ok = spool_event_add(t, &ev, err);
+    spool_event_clear(&ev);
+    return ok;
+}
+
+gboolean spool_suppress_bounce(struct spool_txn *t, const char *addr, gboolean hard,
+                               const char *status, int64_t now, int64_t window,
+                               double threshold, gboolean *suppressed, GError **err)
+{
+    struct spool_suppress s;
+    gboolean found, ok = TRUE;
+
+    *suppressed = FALSE;
+    if (!spool_suppress_get(t, addr, &s, &found, err))
+        return FALSE;
+    if (!found)
+        s.addr = g_strdup(addr);
+    /* Already on the list: nothing more to count. */
+    if (s.since) {
+        spool_suppress_clear(&s);
+        return TRUE;
+    }
+    /* Bounces older than the window no longer count: start again. */
+    if (s.last && now - s.last > window) {
+        s.score = 0;
+        s.hard = s.soft = 0;
+    }
+    /* One bounce a day counts: a message to a dead address bounces once
+     * per copy, and a burst of them is one fact about the address. */
+    if (s.last && s.score > 0 && now / DAY == s.last / DAY) {
+        spool_suppress_clear(&s);
+        return TRUE;
+    }
+    s.score += hard ? 1.0 : 0.5;
+    if (hard)
+        s.hard++;
+    else
+        s.soft++;
+    s.last = now;
+    g_free(s.reason);
+    s.reason = g_strdup_printf("%s bounce %s", hard ? "hard" : "soft", status ? status : "");
+    spool_txn_log(t, "suppress: <%s> %s bounce counted, score %.1f of %.1f", s.addr,
+                  hard ? "hard" : "soft", s.score, threshold);
+    if (s.score >= threshold) {
+        g_autofree char *why = g_strdup_printf("bounce score %.1f", s.score);
+
+        ok = suppress_now(t, &s, why, now, err);
+        *suppressed = ok;
+    } else {
+        ok = spool_suppress_put(t, &s, err);
+    }
+    spool_suppress_clear(&s);
+    return ok;
+}
+
+gboolean spool_suppress_add(struct spool_txn *t, const char *addr, const char *reason,
+                            int64_t now, double threshold, gboolean *added, GError **err)
+{
+    struct spool_suppress s;
+    gboolean found, ok = TRUE;
+
+    *added = FALSE;
+    if (!spool_suppress_get(t, addr, &s, &found, err))
+        return FALSE;
+    if (!found)
+        s.addr = g_strdup(addr);
+    if (!s.since) {
+        s.score = MAX(s.score, threshold);
+        s.last = now;
+        ok = suppress_now(t, &s, reason, now, err);
+        *added = ok;
+    }
+    spool_suppress_clear(&s);
+    return ok;
+}
+
+gboolean spool_suppress_foreach(struct spool_txn *t, spool_suppress_fn fn, void *ctx,
+                                GError **err)
+{
+    MDB_cursor *c;
+    MDB_val key, val;
+    int rc;
+    gboolean go = TRUE;
+
+    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_SUPPRESS), &c)))
+        return spool_mdb_fail(rc, "suppression cursor", err);
+    for (rc = mdb_cursor_get(c, &key, &val, MDB_FIRST); rc == 0 && go;
+         rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
+        struct spool_suppress s = { 0 };
+
+        suppress_decode(&val, &s);
+        go = fn(&s, ctx);
+        spool_suppress_clear(&s);
+    }
+    mdb_cursor_close(c);
+    if (rc && rc != MDB_NOTFOUND)
+        return spool_mdb_fail(rc, "suppression list", err);
+    return TRUE;
+}
