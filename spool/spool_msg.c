@@ -186,22 +186,31 @@ static void state_key(unsigned char key[9], enum msg_state s, queue_id id)
     spool_be64(key + 1, id);
 }
 
-gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GError **err)
+/* The stored record of message id; SPOOL_ERR_NOT_FOUND names it when there is none. */
+static gboolean msg_fetch(struct spool_txn *t, queue_id id, char idtext[QUEUE_ID_LEN + 1],
+                          MDB_val *val, GError **err)
 {
     unsigned char k[8];
-    MDB_val key = { 8, k }, val;
-    char idtext[QUEUE_ID_LEN + 1];
+    MDB_val key = { 8, k };
     int rc;
 
     id_key(k, id);
     spool_id_format(id, idtext);
-    rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val);
+    rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, val);
     if (rc == MDB_NOTFOUND) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "%s: no such message", idtext);
         return FALSE;
     }
-    if (rc)
-        return spool_mdb_fail(rc, idtext, err);
+    return rc ? spool_mdb_fail(rc, idtext, err) : TRUE;
+}
+
+gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GError **err)
+{
+    MDB_val val;
+    char idtext[QUEUE_ID_LEN + 1];
+
+    if (!msg_fetch(t, id, idtext, &val, err))
+        return FALSE;
     spool_msg_init(m);
     m->id = id;
     if (!spool_msg_decode(&val, m, err)) {
@@ -220,22 +229,13 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
  */
 gboolean spool_msg_get_kind(struct spool_txn *t, queue_id id, char **kind, GError **err)
 {
-    unsigned char k[8];
-    MDB_val key = { 8, k }, val;
+    MDB_val val;
     char idtext[QUEUE_ID_LEN + 1];
     GVariant *v;
-    int rc;
 
     *kind = NULL;
-    id_key(k, id);
-    spool_id_format(id, idtext);
-    rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val);
-    if (rc == MDB_NOTFOUND) {
-        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND, "%s: no such message", idtext);
+    if (!msg_fetch(t, id, idtext, &val, err))
         return FALSE;
-    }
-    if (rc)
-        return spool_mdb_fail(rc, idtext, err);
     v = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE_VARDICT, val.mv_data,
                                                    val.mv_size, FALSE, NULL, NULL));
     g_variant_lookup(v, "kind", "s", kind);
