@@ -7,12 +7,14 @@ its --json output).  Runs under Debian's /usr/bin/python3, stdlib only.
 Binaries are found in $POSTERN_BUILD (set by meson test); without it,
 in <source>/build-ingest, then <source>/build.
 """
+import http.server
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -448,3 +450,39 @@ def message(subject="test", body="Hello.\r\n", extra_headers=(), message_id=True
         h.append(f"Message-ID: <{subject.replace(' ', '.')}.{time.monotonic_ns()}@example.org>")
     h.extend(extra_headers)
     return ("\r\n".join(h) + "\r\n\r\n").encode() + (body.encode() if isinstance(body, str) else body)
+
+
+class HttpPeer:
+    """A real HTTP server in the test standing for the web platform (the
+    claim endpoint, the events webhook): each POST goes to
+    `on_post(handler, body)` in the server's thread; `lock` guards what a
+    subclass records."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.lock = threading.Lock()
+        self.server = None
+
+    def on_post(self, handler, body):
+        raise NotImplementedError
+
+    def start(self):
+        peer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                peer.on_post(self, self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+

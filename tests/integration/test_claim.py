@@ -9,9 +9,7 @@ server and no claim carries the token in clear.
 """
 import hashlib
 import hmac
-import http.server
 import json
-import threading
 import time
 
 import pytest
@@ -24,53 +22,33 @@ from smtp_client_test import pki  # noqa: F401  (fixture)
 SECRET = b"claim-secret-of-the-platform-0123456789"
 
 
-class Platform:
+class Platform(postern.HttpPeer):
     """The claim endpoint: checks each POST's signature, records it, and
     answers with `answer(claim) -> (status, body dict or None)`."""
 
     def __init__(self, port=None):
-        self.port = port or postern.free_port()
+        super().__init__(port)
         self.claims = []                # (headers, raw body, decoded body)
         self.bad_signatures = 0
         self.answer = lambda claim: (404, None)
-        self.lock = threading.Lock()
-        self.server = None
 
-    def start(self):
-        plat = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                want = "sha256=" + hmac.new(SECRET, raw, hashlib.sha256).hexdigest()
-                if not hmac.compare_digest(self.headers.get("X-Postern-Signature", ""), want):
-                    with plat.lock:
-                        plat.bad_signatures += 1
-                    status, body = 401, {"error": "bad signature"}
-                else:
-                    claim = json.loads(raw)
-                    with plat.lock:
-                        plat.claims.append((dict(self.headers), raw, claim))
-                    status, body = plat.answer(claim)
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+    def on_post(self, handler, raw):
+        want = "sha256=" + hmac.new(SECRET, raw, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(handler.headers.get("X-Postern-Signature", ""), want):
+            with self.lock:
+                self.bad_signatures += 1
+            status, body = 401, {"error": "bad signature"}
+        else:
+            claim = json.loads(raw)
+            with self.lock:
+                self.claims.append((dict(handler.headers), raw, claim))
+            status, body = self.answer(claim)
+        data = json.dumps(body).encode() if body is not None else b""
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
 
     @property
     def url(self):

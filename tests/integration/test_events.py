@@ -11,11 +11,9 @@ kill -9 of postern-api (repeats allowed, with the same event id); and
 """
 import hashlib
 import hmac
-import http.server
 import json
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,55 +28,35 @@ from test_api import make_api  # noqa: F401  (fixture)
 SECRET = b"shared-secret-of-the-platform-0123456789"
 
 
-class Receiver:
+class Receiver(postern.HttpPeer):
     """The platform's webhook: records every POST; `script` answers the next
     ones ("500", "garbage", "slow"), then 200."""
 
     def __init__(self, port=None):
-        self.port = port or postern.free_port()
+        super().__init__(port)
         self.posts = []                 # (headers dict, body bytes, status answered)
         self.arrived = []               # event ids, as each POST arrives
         self.script = []
-        self.lock = threading.Lock()
-        self.server = None
 
-    def start(self):
-        recv = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with recv.lock:
-                    recv.arrived.append(self.headers["X-Postern-Event-Id"])
-                    what = recv.script.pop(0) if recv.script else "200"
-                if what == "garbage":
-                    with recv.lock:
-                        recv.posts.append((dict(self.headers), body, "garbage"))
-                    self.wfile.write(b"\x00\x01 this is no HTTP at all\r\n\r\n")
-                    self.close_connection = True
-                    return
-                if what == "slow":
-                    time.sleep(1.5)
-                    what = "200"
-                with recv.lock:
-                    recv.posts.append((dict(self.headers), body, int(what)))
-                self.send_response(int(what))
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+    def on_post(self, handler, body):
+        with self.lock:
+            self.arrived.append(handler.headers["X-Postern-Event-Id"])
+            what = self.script.pop(0) if self.script else "200"
+        if what == "garbage":
+            with self.lock:
+                self.posts.append((dict(handler.headers), body, "garbage"))
+            handler.wfile.write(b"\x00\x01 this is no HTTP at all\r\n\r\n")
+            handler.close_connection = True
+            return
+        if what == "slow":
+            time.sleep(1.5)
+            what = "200"
+        with self.lock:
+            self.posts.append((dict(handler.headers), body, int(what)))
+        handler.send_response(int(what))
+        handler.send_header("Content-Length", "2")
+        handler.end_headers()
+        handler.wfile.write(b"ok")
 
     @property
     def url(self):
