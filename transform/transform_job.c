@@ -452,6 +452,7 @@ static gboolean transform_job_plan_claim(struct transform_job *j, GError **err)
     struct transform *tf = j->tf;
     struct claim_answer a = { 0 };
     struct spool_token tk;
+    gboolean have_tk = FALSE;       /* a granted answer, whatever its checks say */
     GError *local = NULL;
     const char *mid = j->mime ? g_mime_message_get_message_id(j->mime) : NULL;
     struct claim_request r = {
@@ -468,6 +469,7 @@ static gboolean transform_job_plan_claim(struct transform_job *j, GError **err)
     j->now = unix_ms() / 1000;
     if (a.kind == CLAIM_GRANTED) {
         spool_token_init(&tk);
+        have_tk = TRUE;
         memcpy(tk.hash, j->hash, TOKEN_HASH_LEN);
         tk.sender = g_strdup(j->m.sender);
         for (guint i = 0; i < a.recipients->len; i++)
@@ -509,7 +511,7 @@ static gboolean transform_job_plan_claim(struct transform_job *j, GError **err)
         }
         transform_job_plan_reject(j, owns);
     }
-    if (a.kind == CLAIM_GRANTED)
+    if (have_tk)
         spool_token_clear(&tk);
     transform_claim_answer_clear(&a);
     return TRUE;
