@@ -333,13 +333,22 @@ gboolean spool_dlv_replace(struct spool_txn *t, const struct spool_dlv *old,
     return dlv_written(t, d, old->state, old->attempts, err);
 }
 
-gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, void *ctx,
-                           GError **err)
+/*
+ * The records of one message's deliveries, in recipient order, as stored:
+ * fn returns DLV_WALK_ON, DLV_WALK_STOP, or DLV_WALK_ERROR with *err set.
+ * The walk behind spool_dlv_foreach() (decoded) and spool_dlv_counts()
+ * (the state byte alone).
+ */
+enum { DLV_WALK_ERROR, DLV_WALK_STOP, DLV_WALK_ON };
+typedef int (*dlv_record_fn)(queue_id msg, uint32_t idx, MDB_val *val, void *ctx, GError **err);
+
+static gboolean dlv_walk(struct spool_txn *t, queue_id msg, dlv_record_fn fn, void *ctx,
+                         GError **err)
 {
     MDB_cursor *cur;
     unsigned char k[12];
     MDB_val key = { 8, k }, val;
-    int rc;
+    int rc, go = DLV_WALK_ON;
 
     spool_be64(k, msg);
     if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_DELIVERIES), &cur)))
@@ -347,25 +356,54 @@ gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, v
     for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
          rc == 0 && key.mv_size == 12 && memcmp(key.mv_data, k, 8) == 0;
          rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
-        struct spool_dlv d;
-        gboolean go_on;
-
-        spool_dlv_init(&d);
-        d.msg = msg;
-        d.idx = spool_get_be32((const unsigned char *)key.mv_data + 8);
-        if (!dlv_decode(&val, &d, err)) {
-            mdb_cursor_close(cur);
-            return FALSE;
-        }
-        go_on = fn(&d, ctx);
-        spool_dlv_clear(&d);
-        if (!go_on)
+        go = fn(msg, spool_get_be32((const unsigned char *)key.mv_data + 8), &val, ctx, err);
+        if (go != DLV_WALK_ON)
             break;
     }
     mdb_cursor_close(cur);
-    if (rc && rc != MDB_NOTFOUND)
+    if (go == DLV_WALK_ERROR)
+        return FALSE;
+    if (go == DLV_WALK_ON && rc && rc != MDB_NOTFOUND)
         return spool_mdb_fail(rc, "scan deliveries", err);
     return TRUE;
+}
+
+/* One record decoded into d (initialised here; the caller clears it). */
+static gboolean dlv_decode_at(queue_id msg, uint32_t idx, MDB_val *val, struct spool_dlv *d,
+                              GError **err)
+{
+    spool_dlv_init(d);
+    d->msg = msg;
+    d->idx = idx;
+    return dlv_decode(val, d, err);
+}
+
+struct dlv_visit {
+    spool_dlv_fn fn;
+    void *ctx;
+};
+
+static int dlv_visit_one(queue_id msg, uint32_t idx, MDB_val *val, void *ctx, GError **err)
+{
+    struct dlv_visit *v = ctx;
+    struct spool_dlv d;
+    gboolean go_on;
+
+    if (!dlv_decode_at(msg, idx, val, &d, err)) {
+        spool_dlv_clear(&d);
+        return DLV_WALK_ERROR;
+    }
+    go_on = v->fn(&d, v->ctx);
+    spool_dlv_clear(&d);
+    return go_on ? DLV_WALK_ON : DLV_WALK_STOP;
+}
+
+gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, void *ctx,
+                           GError **err)
+{
+    struct dlv_visit v = { fn, ctx };
+
+    return dlv_walk(t, msg, dlv_visit_one, &v, err);
 }
 
 /*
@@ -430,42 +468,28 @@ static gboolean dlv_count_one(const struct spool_dlv *d, void *ctx)
  * deliveries: a binary record gives its state in its second byte, so
  * only records in the old format are decoded.
  */
+static int dlv_count_record(queue_id msg, uint32_t idx, MDB_val *val, void *ctx, GError **err)
+{
+    uint32_t *counts = ctx;
+    const unsigned char *rec = val->mv_data;
+    struct spool_dlv d;
+    gboolean ok;
+
+    if (val->mv_size >= DLV_FIXED && rec[0] == DLV_RECORD_V1) {
+        counts[rec[1] < DLV_STATE_COUNT ? rec[1] : DLV_DEFERRED]++;
+        return DLV_WALK_ON;
+    }
+    if ((ok = dlv_decode_at(msg, idx, val, &d, err)))
+        dlv_count_one(&d, counts);
+    spool_dlv_clear(&d);
+    return ok ? DLV_WALK_ON : DLV_WALK_ERROR;
+}
+
 gboolean spool_dlv_counts(struct spool_txn *t, queue_id msg, uint32_t counts[DLV_STATE_COUNT],
                           GError **err)
 {
-    MDB_cursor *cur;
-    unsigned char k[12];
-    MDB_val key = { 8, k }, val;
-    int rc;
-
     memset(counts, 0, sizeof(uint32_t) * DLV_STATE_COUNT);
-    spool_be64(k, msg);
-    if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, DB_DELIVERIES), &cur)))
-        return spool_mdb_fail(rc, "open cursor", err);
-    for (rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
-         rc == 0 && key.mv_size == 12 && memcmp(key.mv_data, k, 8) == 0;
-         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
-        const unsigned char *rec = val.mv_data;
-        struct spool_dlv d;
-
-        if (val.mv_size >= DLV_FIXED && rec[0] == DLV_RECORD_V1) {
-            counts[rec[1] < DLV_STATE_COUNT ? rec[1] : DLV_DEFERRED]++;
-            continue;
-        }
-        spool_dlv_init(&d);
-        d.msg = msg;
-        d.idx = spool_get_be32((const unsigned char *)key.mv_data + 8);
-        if (!dlv_decode(&val, &d, err)) {
-            mdb_cursor_close(cur);
-            return FALSE;
-        }
-        dlv_count_one(&d, counts);
-        spool_dlv_clear(&d);
-    }
-    mdb_cursor_close(cur);
-    if (rc && rc != MDB_NOTFOUND)
-        return spool_mdb_fail(rc, "scan deliveries", err);
-    return TRUE;
+    return dlv_walk(t, msg, dlv_count_record, counts, err);
 }
 
 /*
