@@ -14,6 +14,7 @@
 #include "common/bounce_code.h"
 #include "transform/bounce_parse.h"
 #include "transform/mime.h"
+#include "tests/unit/test_data.h"
 
 static const char key[] = "0123456789abcdef-test-secret";
 #define KEYLEN (sizeof key - 1)
@@ -90,20 +91,11 @@ static void test_address(void **state)
 
 static void parse_file(const char *name, struct bounce_info *b)
 {
-    g_autofree char *dir = g_path_get_dirname(__FILE__);
-    g_autofree char *path = g_build_filename(dir, "..", "data", "bounces", name, NULL);
-    g_autoptr(GString) out = g_string_new(NULL);
-    g_autofree char *raw = NULL;
+    g_autoptr(GBytes) raw = test_data_crlf("bounces", name);
     gsize len;
+    const char *data = g_bytes_get_data(raw, &len);
 
-    if (!g_file_get_contents(path, &raw, &len, NULL))
-        fail_msg("cannot read %s", path);
-    for (gsize i = 0; i < len; i++) {
-        if (raw[i] == '\n' && (i == 0 || raw[i - 1] != '\r'))
-            g_string_append_c(out, '\r');
-        g_string_append_c(out, raw[i]);
-    }
-    bounce_parse_raw(out->str, out->len, b);
+    bounce_parse_raw(data, len, b);
 }
 
 static void expect(const char *file, enum bounce_kind kind, const char *format, const char *rcpt,

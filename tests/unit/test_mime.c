@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "transform/mime.h"
+#include "tests/unit/test_data.h"
 
 #define PREFIX "LEGOTOKEN"
 #define URL "https://abakus.no/users/me/settings/notifications"
@@ -40,23 +41,7 @@ static GMimeMessage *parse_string(const char *raw)
 /* tests/data/mime/name, bare LF made CRLF. */
 static GBytes *read_data(const char *name)
 {
-    char   *dir = g_path_get_dirname(__FILE__);
-    char   *path = g_build_filename(dir, "..", "data", "mime", name, NULL);
-    GString *out = g_string_new(NULL);
-    char   *raw;
-    gsize   len;
-
-    if (!g_file_get_contents(path, &raw, &len, NULL))
-        fail_msg("cannot read %s", path);
-    for (gsize i = 0; i < len; i++) {
-        if (raw[i] == '\n' && (i == 0 || raw[i - 1] != '\r'))
-            g_string_append_c(out, '\r');
-        g_string_append_c(out, raw[i]);
-    }
-    g_free(raw);
-    g_free(path);
-    g_free(dir);
-    return g_string_free_to_bytes(out);
+    return test_data_crlf("mime", name);
 }
 
 static GMimeMessage *load(const char *name)

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "transform/mime.h"
+#include "tests/unit/test_data.h"
 
 #define MARK "FOOTER-MARK"
 
@@ -44,24 +45,6 @@ static const struct rewrite_params without_footer = {
 };
 
 /* ---- helpers ----------------------------------------------------------- */
-
-/* tests/data/<dir>/name, bare LF made CRLF. */
-static GBytes *read_crlf(const char *path)
-{
-    GString *out = g_string_new(NULL);
-    char   *raw;
-    gsize   len;
-
-    if (!g_file_get_contents(path, &raw, &len, NULL))
-        fail_msg("cannot read %s", path);
-    for (gsize i = 0; i < len; i++) {
-        if (raw[i] == '\n' && (i == 0 || raw[i - 1] != '\r'))
-            g_string_append_c(out, '\r');
-        g_string_append_c(out, raw[i]);
-    }
-    g_free(raw);
-    return g_string_free_to_bytes(out);
-}
 
 static GByteArray *part_bytes(GMimePart *part)
 {
@@ -369,7 +352,7 @@ static int corpus_dir(const char *sub, void (*check)(const char *, GBytes *))
     assert_non_null(d);
     while ((name = g_dir_read_name(d)) != NULL) {
         char   *path = g_build_filename(dir, name, NULL);
-        GBytes *raw = read_crlf(path);
+        GBytes *raw = test_data_crlf_path(path);
 
         check(name, raw);
         g_bytes_unref(raw);
