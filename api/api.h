@@ -26,6 +26,8 @@ struct api {
     const struct postern_config *cfg;
     struct spool *spool;
     struct api_keys *keys;
+    char *unsub_key;                /* [bounce] secret_file with [unsubscribe] one_click */
+    size_t unsub_keylen;
 };
 
 /* One request, as the handlers see it (no libmicrohttpd type in it). */
@@ -96,5 +98,9 @@ void api_message_release(struct api *a, struct api_request *rq, struct api_respo
 void api_message_retry(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_metrics(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_healthz(struct api *a, struct api_request *rq, struct api_response *rs);
+
+/* api_unsubscribe.c: the one-click links, POST /u/CODE and its page GET /u/CODE */
+void api_unsubscribe(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_unsubscribe_page(struct api *a, struct api_request *rq, struct api_response *rs);
 
 #endif

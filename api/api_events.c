@@ -106,6 +106,10 @@ char *api_event_json(const struct spool_event *ev)
         json_builder_set_member_name(b, "reply");
         json_builder_add_string_value(b, ev->reply ? ev->reply : "");
     }
+    if (ev->list) {
+        json_builder_set_member_name(b, "list");
+        json_builder_add_string_value(b, ev->list);
+    }
     if (g_str_equal(ev->type, EVENT_MESSAGE_DONE)) {
         json_builder_set_member_name(b, "sent");
         json_builder_add_int_value(b, ev->sent);

@@ -12,7 +12,8 @@
 /*
  * The routes.  A '*' part matches any one path part (an id).  What scope
  * each needs: GETs read, token changes need tokens, steering messages
- * needs admin; /healthz needs none (a load balancer has no key).
+ * needs admin; /healthz needs none (a load balancer has no key), nor do
+ * the unsubscribe links, whose code is signed.
  */
 static const struct api_route {
     const char *method;
@@ -31,6 +32,9 @@ static const struct api_route {
     { "POST", "v1/messages/*/retry", API_SCOPE_ADMIN, api_message_retry },
     { "GET", "metrics", API_SCOPE_READ, api_metrics },
     { "GET", "healthz", API_SCOPE_NONE, api_healthz },
+    /* One-click unsubscribe: the code in the path is the authority (api_unsubscribe.c). */
+    { "POST", "u/*", API_SCOPE_NONE, api_unsubscribe },
+    { "GET", "u/*", API_SCOPE_NONE, api_unsubscribe_page },
 };
 
 void api_reply_json(struct api_response *rs, unsigned status, JsonBuilder *b)

@@ -10,9 +10,11 @@
  */
 #include "api/api_events.h"
 #include "api/api_server.h"
+#include "common/bounce_code.h"
 #include "common/clock.h"
 #include "common/daemon.h"
 #include "common/log.h"
+#include "common/secret_file.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -80,6 +82,10 @@ int main(int argc, char **argv)
         daemon_start_fail("[api] keys_file: %s", err->message);
     if (!*cfg.api.keys_file)
         msg_warn("[api] keys_file is not set: every request but /healthz is refused");
+    /* [unsubscribe] one_click: the key of the links' codes (common/unsub_code.h). */
+    if (cfg.unsubscribe.one_click &&
+        !(a.unsub_key = bounce_key_read(cfg.bounce.secret_file, &a.unsub_keylen, &err)))
+        daemon_start_fail("%s", err->message);
     if (!spool_open(&a.spool, &cfg, &err))
         daemon_start_fail("%s", err->message);
     /* [events] url: its secret before anything listens, as the keys. */
@@ -121,6 +127,7 @@ int main(int argc, char **argv)
     api_events_stop(events);
     close(listen_fd);
     api_keys_free(a.keys);
+    secret_free(a.unsub_key);
     spool_close(a.spool);
     config_free(&cfg);
     msg_info("daemon stopped");

@@ -90,6 +90,9 @@ static const struct config_key config_keys[] = {
     K("bounce", "score_threshold", CT_COUNT, "5", bounce.score_threshold),
     K("bounce", "score_window", CT_DURATION, "7d", bounce.score_window),
 
+    K("unsubscribe", "one_click", CT_BOOL, "false", unsubscribe.one_click),
+    K("unsubscribe", "address", CT_STRING, "", unsubscribe.address),
+
     K("notice", "max_per_hour", CT_COUNT, "5", notice.max_per_hour),
     K("notice", "language", CT_STRING, "en", notice.language),
 
@@ -329,7 +332,7 @@ static const struct config_key *config_find(const char *group, const char *key)
 
 static const char *const config_list_keys[] = {
     "address", "from", "footer", "footer_hidden", "language", "max_recipients", "hide_sender",
-    NULL
+    "unsubscribe_url", NULL
 };
 
 static void config_list_free(gpointer p)
@@ -342,6 +345,7 @@ static void config_list_free(gpointer p)
     g_free(l->footer);
     g_free(l->footer_hidden);
     g_free(l->language);
+    g_free(l->unsubscribe_url);
     g_free(l);
 }
 
@@ -355,6 +359,7 @@ static struct postern_list *config_list_new(const struct postern_config *cfg, co
     l->footer = g_strdup(cfg->rewrite.footer);
     l->footer_hidden = g_strdup(cfg->rewrite.footer_hidden);
     l->language = g_strdup(cfg->notice.language);
+    l->unsubscribe_url = g_strdup(cfg->rewrite.unsubscribe_url);
     l->max_recipients = cfg->token.max_recipients;
     return l;
 }
@@ -394,6 +399,7 @@ static gboolean config_load_lists(struct postern_config *cfg, GKeyFile *kf, GErr
         config_list_string(kf, groups[g], "footer", &l->footer);
         config_list_string(kf, groups[g], "footer_hidden", &l->footer_hidden);
         config_list_string(kf, groups[g], "language", &l->language);
+        config_list_string(kf, groups[g], "unsubscribe_url", &l->unsubscribe_url);
         if ((cap = g_key_file_get_value(kf, groups[g], "max_recipients", NULL))) {
             char *end;
 
@@ -523,6 +529,9 @@ static gboolean config_derive(struct postern_config *cfg, GError **err)
          * compares without the extension, so the bare address admits them. */
         if (cfg->bounce.verp)
             g_ptr_array_add(accept, g_strdup(cfg->bounce.envelope_from));
+        /* The mailto form of unsubscribe comes to address+CODE, the same way. */
+        if (cfg->unsubscribe.one_click && *cfg->unsubscribe.address)
+            g_ptr_array_add(accept, g_strdup(cfg->unsubscribe.address));
         for (guint i = 1; i < cfg->lists->len; i++) {
             const struct postern_list *l = cfg->lists->pdata[i];
 
@@ -854,6 +863,41 @@ static void config_check_bounce(const struct postern_config *cfg, GPtrArray *pro
                           "no bounce would count");
 }
 
+/*
+ * [unsubscribe] one_click: the code of each copy's links is an HMAC under
+ * [bounce] secret_file (with a label of its own, common/unsub_code.h), and
+ * the links name one recipient, which a copy shared by all
+ * (personalize = false) cannot; every list needs a form to offer.
+ */
+static void config_check_unsubscribe(const struct postern_config *cfg, GPtrArray *problems)
+{
+    const char *addr = cfg->unsubscribe.address;
+    const char *at = strrchr(addr, '@');
+
+    if (!cfg->unsubscribe.one_click)
+        return;
+    config_check_secret(cfg, problems, "bounce", "secret_file", cfg->bounce.secret_file,
+                        "[unsubscribe] one_click (the key of the unsubscribe codes)");
+    if (!cfg->rewrite.personalize)
+        config_problem(problems, cfg, "rewrite", "personalize", "false: [unsubscribe] "
+                       "one_click needs one copy per recipient, each with its own link");
+    if (*addr && (!at || at == addr || !at[1] || strpbrk(addr, "+ \t<>,")))
+        config_problem(problems, cfg, "unsubscribe", "address", "\"%s\": expected "
+                       "LOCAL@DOMAIN without a +extension", addr);
+    for (guint i = 0; i < cfg->lists->len; i++) {
+        const struct postern_list *l = cfg->lists->pdata[i];
+        g_autofree char *group = g_strconcat(CONFIG_LIST_GROUP, l->name, NULL);
+
+        if (!*l->unsubscribe_url && !*addr)
+            config_problem(problems, cfg, i ? group : "rewrite", "unsubscribe_url",
+                           "empty, and no [unsubscribe] address: one_click has no link to offer");
+        else if (*l->unsubscribe_url && !g_str_has_prefix(l->unsubscribe_url, "https://") &&
+                 !g_str_has_prefix(l->unsubscribe_url, "http://"))
+            config_problem(problems, cfg, i ? group : "rewrite", "unsubscribe_url",
+                           "\"%s\": one_click needs an https:// (or http://) base URL", l->unsubscribe_url);
+    }
+}
+
 static gboolean config_language_known(const char *lang)
 {
     return g_str_equal(lang, "en") || g_str_equal(lang, "nb");
@@ -930,6 +974,7 @@ gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
     config_check_positive(cfg, problems, "ingest", "timeout", cfg->ingest.timeout,
                           "every session would time out");
     config_check_dkim(cfg, problems);
+    config_check_unsubscribe(cfg, problems);
     config_check_relay(cfg, problems);
     config_check_positive(cfg, problems, "relay", "max_connections", cfg->relay.max_connections,
                           "nothing could be delivered");

@@ -29,6 +29,8 @@ struct postern_list {
     char *language;                 /* of its notices: "en" or "nb" */
     uint64_t max_recipients;        /* per token; 0: no limit */
     gboolean hide_sender;           /* every token hides its sender; notices name no member */
+    char *unsubscribe_url;          /* [rewrite] unsubscribe_url unless set; with one_click
+                                     * the base of its signed links (docs/design.md §9) */
 };
 
 #define CONFIG_LIST_DEFAULT "default"
@@ -97,6 +99,10 @@ struct postern_config {
         uint64_t score_threshold;   /* bounce score that suppresses an address */
         uint64_t score_window;      /* seconds: bounces older than this no longer count */
     } bounce;
+    struct {
+        gboolean one_click;         /* per-recipient signed List-Unsubscribe (RFC 8058) */
+        char *address;              /* the mailto form's LOCAL@DOMAIN; "": none */
+    } unsubscribe;
     struct {
         uint64_t max_per_hour;      /* "Not sent" notices per address and hour; 0: no limit */
         char *language;             /* the default list's notices: en or nb */

@@ -124,6 +124,9 @@ struct spool_msg {
 /* A bounce that came back to a VERP address ([bounce] verp), once the
  * transform recorded it against the delivery `ref`. */
 #define MSG_KIND_BOUNCE "bounce"
+/* Mail to the unsubscribe address's +CODE ([unsubscribe] one_click), once
+ * the transform suppressed the address it names (docs/design.md §9). */
+#define MSG_KIND_UNSUBSCRIBE "unsubscribe"
 
 /* Environment */
 gboolean spool_open(struct spool **out, const struct postern_config *cfg, GError **err);

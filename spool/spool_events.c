@@ -23,6 +23,7 @@ void spool_event_clear(struct spool_event *ev)
     g_free(ev->reason);
     g_free(ev->rcpt);
     g_free(ev->reply);
+    g_free(ev->list);
     memset(ev, 0, sizeof(*ev));
 }
 
@@ -45,6 +46,8 @@ static GBytes *event_encode(const struct spool_event *ev)
         g_variant_dict_insert(&d, "rcpt", "s", ev->rcpt);
     if (ev->reply)
         g_variant_dict_insert(&d, "reply", "s", ev->reply);
+    if (ev->list)
+        g_variant_dict_insert(&d, "list", "s", ev->list);
     if (ev->nrcpt)
         g_variant_dict_insert(&d, "nrcpt", "u", ev->nrcpt);
     if (g_str_equal(ev->type, EVENT_MESSAGE_DONE)) {
@@ -74,6 +77,7 @@ static void event_decode(const MDB_val *val, struct spool_event *ev)
     g_variant_dict_lookup(&d, "reason", "s", &ev->reason);
     g_variant_dict_lookup(&d, "rcpt", "s", &ev->rcpt);
     g_variant_dict_lookup(&d, "reply", "s", &ev->reply);
+    g_variant_dict_lookup(&d, "list", "s", &ev->list);
     g_variant_dict_lookup(&d, "nrcpt", "u", &ev->nrcpt);
     g_variant_dict_lookup(&d, "sent", "u", &ev->sent);
     g_variant_dict_lookup(&d, "bounced", "u", &ev->bounced);

@@ -4,7 +4,7 @@
  *
  * Each fact the platform cares about (a message accepted or rejected, a
  * delivery bounced, a message done, the relay paused or resumed, an
- * address suppressed: spool_suppress.h) is
+ * address suppressed or unsubscribed: spool_suppress.h) is
  * written into the `events` database in the same write transaction as the
  * fact itself, so an event exists exactly when its fact was committed: a
  * kill -9 of any daemon loses neither.  postern-api posts them, oldest
@@ -33,6 +33,7 @@
 #define EVENT_RELAY_PAUSED "relay.paused"
 #define EVENT_RELAY_RESUMED "relay.resumed"
 #define EVENT_ADDRESS_SUPPRESSED "address.suppressed"  /* rcpt: the address; reply: why */
+#define EVENT_UNSUBSCRIBED "unsubscribed"              /* rcpt, list; reply: one-click or mailto */
 
 #define EVENT_ERROR_MAX 256
 
@@ -47,6 +48,7 @@ struct spool_event {
     char *reason;                   /* rejected: TOKEN_USED ...; relay.paused: the reply */
     char *rcpt;                     /* delivery.bounced: the address */
     char *reply;                    /* delivery.bounced: the last reply */
+    char *list;                     /* address.suppressed, unsubscribed: the list */
     uint32_t nrcpt;                 /* accepted: recipients */
     uint32_t sent, bounced;         /* done */
     int64_t until;                  /* relay.paused: unix ms */

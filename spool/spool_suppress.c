@@ -8,24 +8,35 @@
 #include "spool/spool_events.h"
 #include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
+#include "common/config.h"
 
 #define SUPPRESS_KEY_MAX 511        /* LMDB's default key limit */
 #define DAY 86400
 
 void spool_suppress_clear(struct spool_suppress *s)
 {
+    g_clear_pointer(&s->list, g_free);
     g_clear_pointer(&s->addr, g_free);
     g_clear_pointer(&s->reason, g_free);
     memset(s, 0, sizeof *s);
 }
 
-static gboolean suppress_key(const char *addr, char **key, GError **err)
+/*
+ * The default list's key is the address alone, as before lists (NULL or ""
+ * is that list too): see spool_suppress.h.
+ */
+static gboolean suppress_key(const char *list, const char *addr, GByteArray **key, GError **err)
 {
-    *key = spool_token_addr_key(addr);
-    if (!**key || strlen(*key) > SUPPRESS_KEY_MAX) {
+    g_autofree char *a = spool_token_addr_key(addr);
+
+    *key = g_byte_array_new();
+    if (list && *list && !g_str_equal(list, CONFIG_LIST_DEFAULT))
+        g_byte_array_append(*key, (const guint8 *)list, (guint)strlen(list) + 1);
+    g_byte_array_append(*key, (const guint8 *)a, (guint)strlen(a));
+    if (!*a || (*key)->len > SUPPRESS_KEY_MAX) {
         g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "address <%s>: empty or too long",
                     addr);
-        g_clear_pointer(key, g_free);
+        g_clear_pointer(key, g_byte_array_unref);
         return FALSE;
     }
     return TRUE;
@@ -40,6 +51,8 @@ static void suppress_decode(const MDB_val *val, struct spool_suppress *s)
 
     g_variant_dict_init(&d, v);
     g_variant_dict_lookup(&d, "addr", "s", &s->addr);
+    if (!g_variant_dict_lookup(&d, "list", "s", &s->list))
+        s->list = g_strdup(CONFIG_LIST_DEFAULT);
     g_variant_dict_lookup(&d, "score", "d", &s->score);
     g_variant_dict_lookup(&d, "last", "x", &s->last);
     g_variant_dict_lookup(&d, "since", "x", &s->since);
@@ -51,19 +64,19 @@ static void suppress_decode(const MDB_val *val, struct spool_suppress *s)
         s->addr = g_strdup("");
 }
 
-gboolean spool_suppress_get(struct spool_txn *t, const char *addr, struct spool_suppress *s,
-                            gboolean *found, GError **err)
+gboolean spool_suppress_get(struct spool_txn *t, const char *list, const char *addr,
+                            struct spool_suppress *s, gboolean *found, GError **err)
 {
-    g_autofree char *k = NULL;
+    g_autoptr(GByteArray) k = NULL;
     MDB_val key, val;
     int rc;
 
     memset(s, 0, sizeof *s);
     *found = FALSE;
-    if (!suppress_key(addr, &k, err))
+    if (!suppress_key(list, addr, &k, err))
         return FALSE;
-    key.mv_size = strlen(k);
-    key.mv_data = k;
+    key.mv_size = k->len;
+    key.mv_data = k->data;
     rc = mdb_get(spool_mdb_txn(t), spool_dbi(t->sp, DB_SUPPRESS), &key, &val);
     if (rc == MDB_NOTFOUND)
         return TRUE;
@@ -76,16 +89,17 @@ gboolean spool_suppress_get(struct spool_txn *t, const char *addr, struct spool_
 
 gboolean spool_suppress_put(struct spool_txn *t, const struct spool_suppress *s, GError **err)
 {
-    g_autofree char *k = NULL;
+    g_autoptr(GByteArray) k = NULL;
     GVariantDict d;
     g_autoptr(GVariant) v = NULL;
     MDB_val key, val;
     int rc;
 
-    if (!suppress_key(s->addr, &k, err))
+    if (!suppress_key(s->list, s->addr, &k, err))
         return FALSE;
     g_variant_dict_init(&d, NULL);
     g_variant_dict_insert(&d, "addr", "s", s->addr);
+    g_variant_dict_insert(&d, "list", "s", s->list);
     g_variant_dict_insert(&d, "score", "d", s->score);
     g_variant_dict_insert(&d, "last", "x", s->last);
     g_variant_dict_insert(&d, "since", "x", s->since);
@@ -94,8 +108,8 @@ gboolean spool_suppress_put(struct spool_txn *t, const struct spool_suppress *s,
     if (s->reason)
         g_variant_dict_insert(&d, "reason", "s", s->reason);
     v = g_variant_ref_sink(g_variant_dict_end(&d));
-    key.mv_size = strlen(k);
-    key.mv_data = k;
+    key.mv_size = k->len;
+    key.mv_data = k->data;
     val.mv_size = g_variant_get_size(v);
     val.mv_data = (void *)g_variant_get_data(v);
     if ((rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_SUPPRESS), &key, &val, 0)))
@@ -103,34 +117,34 @@ gboolean spool_suppress_put(struct spool_txn *t, const struct spool_suppress *s,
     return TRUE;
 }
 
-gboolean spool_suppress_remove(struct spool_txn *t, const char *addr, gboolean *found,
-                               GError **err)
+gboolean spool_suppress_remove(struct spool_txn *t, const char *list, const char *addr,
+                               gboolean *found, GError **err)
 {
-    g_autofree char *k = NULL;
+    g_autoptr(GByteArray) k = NULL;
     MDB_val key;
     int rc;
 
     *found = FALSE;
-    if (!suppress_key(addr, &k, err))
+    if (!suppress_key(list, addr, &k, err))
         return FALSE;
-    key.mv_size = strlen(k);
-    key.mv_data = k;
+    key.mv_size = k->len;
+    key.mv_data = k->data;
     rc = mdb_del(spool_mdb_txn(t), spool_dbi(t->sp, DB_SUPPRESS), &key, NULL);
     if (rc == MDB_NOTFOUND)
         return TRUE;
     if (rc)
         return spool_mdb_fail(rc, "remove suppression", err);
     *found = TRUE;
-    spool_txn_log(t, "suppress: <%s> removed", addr);
+    spool_txn_log(t, "suppress: <%s> list=%s removed", addr, list);
     return TRUE;
 }
 
-gboolean spool_suppress_is(struct spool_txn *t, const char *addr)
+gboolean spool_suppress_is(struct spool_txn *t, const char *list, const char *addr)
 {
     struct spool_suppress s;
     gboolean found = FALSE, yes;
 
-    if (!spool_suppress_get(t, addr, &s, &found, NULL) || !found)
+    if (!spool_suppress_get(t, list, addr, &s, &found, NULL) || !found)
         return FALSE;
     yes = s.since != 0;
     spool_suppress_clear(&s);
@@ -139,7 +153,7 @@ gboolean spool_suppress_is(struct spool_txn *t, const char *addr)
 
 /* The address goes on the list: the record, a log line, the platform's event. */
 static gboolean suppress_now(struct spool_txn *t, struct spool_suppress *s, const char *reason,
-                             int64_t now, GError **err)
+                             const char *event, int64_t now, GError **err)
 {
     struct spool_event ev;
     gboolean ok;
@@ -149,28 +163,32 @@ static gboolean suppress_now(struct spool_txn *t, struct spool_suppress *s, cons
     s->reason = g_strdup(reason);
     if (!spool_suppress_put(t, s, err))
         return FALSE;
-    spool_txn_log(t, "suppress: <%s> suppressed: %s (score %.1f)", s->addr, reason, s->score);
+    spool_txn_log(t, "suppress: <%s> list=%s suppressed: %s (score %.1f)", s->addr, s->list,
+                  reason, s->score);
     spool_event_init(&ev);
-    ev.type = g_strdup(EVENT_ADDRESS_SUPPRESSED);
+    ev.type = g_strdup(event);
     ev.rcpt = g_strdup(s->addr);
+    ev.list = g_strdup(s->list);
     ev.reply = g_strdup(reason);
     ok = spool_event_add(t, &ev, err);
     spool_event_clear(&ev);
     return ok;
 }
 
-gboolean spool_suppress_bounce(struct spool_txn *t, const char *addr, gboolean hard,
-                               const char *status, int64_t now, int64_t window,
+gboolean spool_suppress_bounce(struct spool_txn *t, const char *list, const char *addr,
+                               gboolean hard, const char *status, int64_t now, int64_t window,
                                double threshold, gboolean *suppressed, GError **err)
 {
     struct spool_suppress s;
     gboolean found, ok = TRUE;
 
     *suppressed = FALSE;
-    if (!spool_suppress_get(t, addr, &s, &found, err))
+    if (!spool_suppress_get(t, list, addr, &s, &found, err))
         return FALSE;
-    if (!found)
+    if (!found) {
         s.addr = g_strdup(addr);
+        s.list = g_strdup(list && *list ? list : CONFIG_LIST_DEFAULT);
+    }
     /* Already on the list: nothing more to count. */
     if (s.since) {
         spool_suppress_clear(&s);
@@ -195,12 +213,12 @@ gboolean spool_suppress_bounce(struct spool_txn *t, const char *addr, gboolean h
     s.last = now;
     g_free(s.reason);
     s.reason = g_strdup_printf("%s bounce %s", hard ? "hard" : "soft", status ? status : "");
-    spool_txn_log(t, "suppress: <%s> %s bounce counted, score %.1f of %.1f", s.addr,
-                  hard ? "hard" : "soft", s.score, threshold);
+    spool_txn_log(t, "suppress: <%s> list=%s %s bounce counted, score %.1f of %.1f", s.addr,
+                  s.list, hard ? "hard" : "soft", s.score, threshold);
     if (s.score >= threshold) {
         g_autofree char *why = g_strdup_printf("bounce score %.1f", s.score);
 
-        ok = suppress_now(t, &s, why, now, err);
+        ok = suppress_now(t, &s, why, EVENT_ADDRESS_SUPPRESSED, now, err);
         *suppressed = ok;
     } else {
         ok = spool_suppress_put(t, &s, err);
@@ -209,21 +227,24 @@ gboolean spool_suppress_bounce(struct spool_txn *t, const char *addr, gboolean h
     return ok;
 }
 
-gboolean spool_suppress_add(struct spool_txn *t, const char *addr, const char *reason,
-                            int64_t now, double threshold, gboolean *added, GError **err)
+gboolean spool_suppress_add(struct spool_txn *t, const char *list, const char *addr,
+                            const char *reason, const char *event, int64_t now,
+                            double threshold, gboolean *added, GError **err)
 {
     struct spool_suppress s;
     gboolean found, ok = TRUE;
 
     *added = FALSE;
-    if (!spool_suppress_get(t, addr, &s, &found, err))
+    if (!spool_suppress_get(t, list, addr, &s, &found, err))
         return FALSE;
-    if (!found)
+    if (!found) {
         s.addr = g_strdup(addr);
+        s.list = g_strdup(list && *list ? list : CONFIG_LIST_DEFAULT);
+    }
     if (!s.since) {
         s.score = MAX(s.score, threshold);
         s.last = now;
-        ok = suppress_now(t, &s, reason, now, err);
+        ok = suppress_now(t, &s, reason, event, now, err);
         *added = ok;
     }
     spool_suppress_clear(&s);

@@ -1,14 +1,18 @@
 /*
- * spoolctl_suppress.c - `spoolctl suppress list | add ADDR | remove ADDR`:
- * the suppression list and bounce scores (spool/spool_suppress.h).
+ * spoolctl_suppress.c - `spoolctl suppress list | add ADDR | remove ADDR
+ * [--list NAME]`: the suppression lists and bounce scores, one per list
+ * (spool/spool_suppress.h).
  *
- * list shows every address with a record, suppressed or only scored; add
+ * list shows every address with a record, suppressed or only scored, of
+ * the list named (every list's without --list); add and remove change
+ * the list named, the default list without --list; add
  * suppresses at once (the score set to [bounce] score_threshold, with an
  * address.suppressed event as for one that bounced); remove takes the
  * record away, score and all, so copies go to the address again.
  */
 #include "tools/spoolctl.h"
 #include "common/clock.h"
+#include "spool/spool_events.h"
 #include "spool/spool_suppress.h"
 
 #include <stdio.h>
@@ -21,15 +25,26 @@ static char *ctl_suppress_time(int64_t s)
     return dt ? g_date_time_format(dt, "%Y-%m-%d %H:%M:%S") : g_strdup("-");
 }
 
+/* The rows, and the one list they are of (NULL: every list). */
+struct ctl_suppress_rows {
+    struct ctl_rows rows;
+    const char *list;
+};
+
 /* One row, formatted inside the read transaction (ctl_json_append). */
 static gboolean ctl_suppress_row(const struct spool_suppress *s, void *ctx)
 {
-    struct ctl_rows *rows = ctx;
+    struct ctl_suppress_rows *sr = ctx;
+    struct ctl_rows *rows = &sr->rows;
 
+    if (sr->list && !g_str_equal(sr->list, s->list))
+        return TRUE;
     if (rows->json) {
         g_autoptr(JsonBuilder) b = json_builder_new();
 
         json_builder_begin_object(b);
+        json_builder_set_member_name(b, "list");
+        json_builder_add_string_value(b, s->list);
         json_builder_set_member_name(b, "address");
         json_builder_add_string_value(b, s->addr);
         json_builder_set_member_name(b, "suppressed");
@@ -54,17 +69,17 @@ static gboolean ctl_suppress_row(const struct spool_suppress *s, void *ctx)
     } else {
         g_autofree char *since = ctl_suppress_time(s->since);
 
-        g_string_append_printf(rows->out, "%-40s %-10s %5.1f %-19s %s\n", ctl_safe(s->addr),
-                               s->since ? "suppressed" : "scored", s->score, since,
+        g_string_append_printf(rows->out, "%-12s %-40s %-10s %5.1f %-19s %s\n",
+                               ctl_safe(s->list), ctl_safe(s->addr), s->since ? "suppressed" : "scored", s->score, since,
                                ctl_safe(s->reason ? s->reason : ""));
     }
     return TRUE;
 }
 
-static int ctl_suppress_list(struct ctl *c)
+static int ctl_suppress_list(struct ctl *c, const char *list)
 {
     g_autoptr(GString) out = g_string_new(NULL);
-    struct ctl_rows rows = { c->json, out };
+    struct ctl_suppress_rows rows = { { c->json, out }, list };
     struct spool_txn t;
     GError *err = NULL;
     gboolean ok;
@@ -77,12 +92,13 @@ static int ctl_suppress_list(struct ctl *c)
     if (!ok)
         return ctl_fail(err);
     if (!c->json)
-        printf("%-40s %-10s %5s %-19s %s\n", "ADDRESS", "STATE", "SCORE", "SINCE", "REASON");
+        printf("%-12s %-40s %-10s %5s %-19s %s\n", "LIST", "ADDRESS", "STATE", "SCORE", "SINCE", "REASON");
     fputs(out->str, stdout);
     return CTL_OK;
 }
 
 struct ctl_suppress_change {
+    const char *list;
     const char *addr;
     gboolean add;
     double threshold;
@@ -94,15 +110,16 @@ static gboolean ctl_suppress_write(struct spool_txn *t, void *ctx, GError **err)
     struct ctl_suppress_change *ch = ctx;
 
     if (ch->add)
-        return spool_suppress_add(t, ch->addr, "added by operator", unix_ms() / 1000,
-                                  ch->threshold, &ch->changed, err);
-    return spool_suppress_remove(t, ch->addr, &ch->changed, err);
+        return spool_suppress_add(t, ch->list, ch->addr, "added by operator",
+                                  EVENT_ADDRESS_SUPPRESSED, unix_ms() / 1000, ch->threshold,
+                                  &ch->changed, err);
+    return spool_suppress_remove(t, ch->list, ch->addr, &ch->changed, err);
 }
 
-static int ctl_suppress_change(struct ctl *c, const char *addr, gboolean add)
+static int ctl_suppress_change(struct ctl *c, const char *list, const char *addr, gboolean add)
 {
     struct ctl_suppress_change ch = {
-        .addr = addr, .add = add, .threshold = (double)c->cfg.bounce.score_threshold,
+        .list = list ? list : CONFIG_LIST_DEFAULT, .addr = addr, .add = add, .threshold = (double)c->cfg.bounce.score_threshold,
     };
     GError *err = NULL;
 
@@ -118,6 +135,8 @@ static int ctl_suppress_change(struct ctl *c, const char *addr, gboolean add)
         g_autoptr(JsonBuilder) b = json_builder_new();
 
         json_builder_begin_object(b);
+        json_builder_set_member_name(b, "list");
+        json_builder_add_string_value(b, ch.list);
         json_builder_set_member_name(b, "address");
         json_builder_add_string_value(b, addr);
         json_builder_set_member_name(b, add ? "added" : "removed");
@@ -125,26 +144,37 @@ static int ctl_suppress_change(struct ctl *c, const char *addr, gboolean add)
         json_builder_end_object(b);
         ctl_json_print(b);
     } else if (add)
-        printf("<%s>: %s\n", ctl_safe(addr), ch.changed ? "suppressed" : "already suppressed");
+        printf("<%s> list %s: %s\n", ctl_safe(addr), ctl_safe(ch.list),
+               ch.changed ? "suppressed" : "already suppressed");
     else
-        printf("<%s>: %s\n", ctl_safe(addr), ch.changed ? "removed" : "not on the list");
+        printf("<%s> list %s: %s\n", ctl_safe(addr), ctl_safe(ch.list),
+               ch.changed ? "removed" : "not on the list");
     /* Removing what is not there is "not found", as for a queue id. */
     return add || ch.changed ? CTL_OK : CTL_NOT_FOUND;
 }
 
 int ctl_suppress(struct ctl *c, int argc, char **argv)
 {
-    GOptionEntry entries[] = { { NULL } };
+    g_autofree char *list = NULL;
+    GOptionEntry entries[] = {
+        { "list", 0, 0, G_OPTION_ARG_STRING, &list, "the list (add, remove: default)", "NAME" },
+        { NULL }
+    };
 
-    if (!ctl_parse(c, &argc, &argv, "list | add ADDR | remove ADDR - the suppression list",
+    if (!ctl_parse(c, &argc, &argv, "list | add ADDR | remove ADDR - the suppression lists",
                    entries))
         return CTL_USAGE;
+    /* A list the config does not know would hold records nothing reads. */
+    if (list && !config_list_find(&c->cfg, list)) {
+        fprintf(stderr, "spoolctl: suppress: no list \"%s\" in the config\n", ctl_safe(list));
+        return CTL_USAGE;
+    }
     if (argc == 2 && g_str_equal(argv[1], "list"))
-        return ctl_suppress_list(c);
+        return ctl_suppress_list(c, list);
     if (argc == 3 && g_str_equal(argv[1], "add"))
-        return ctl_suppress_change(c, argv[2], TRUE);
+        return ctl_suppress_change(c, list, argv[2], TRUE);
     if (argc == 3 && g_str_equal(argv[1], "remove"))
-        return ctl_suppress_change(c, argv[2], FALSE);
+        return ctl_suppress_change(c, list, argv[2], FALSE);
     fprintf(stderr, "spoolctl: suppress takes one of: list, add ADDR, remove ADDR\n");
     return CTL_USAGE;
 }

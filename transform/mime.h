@@ -90,6 +90,7 @@ struct rewrite_params {
     const char *original_sender;    /* envelope sender address; NULL or "" for <> */
     const char *footer;             /* template with {sender}, {unsubscribe_url}; NULL or "": none */
     const char *unsubscribe_url;    /* NULL or "": no List-Unsubscribe headers */
+    gboolean unsubscribe_per_copy;  /* the caller adds each copy's List-Unsubscribe: none here */
     const char *message_id_domain;  /* right-hand side of the new Message-ID */
     gint64  date;                   /* unix time for the Date header */
 };
@@ -108,7 +109,7 @@ struct rewrite_params {
  * Sender (the address of p->from), Reply-To (the original sender, unless
  * hidden or null), Date (UTC), Message-ID (random, on p->message_id_domain),
  * and List-Unsubscribe with List-Unsubscribe-Post when p->unsubscribe_url
- * is set. When From is not the original sender and p->footer is set, adds
+ * is set and not p->unsubscribe_per_copy. When From is not the original sender and p->footer is set, adds
  * the footer (mime_footer_add).
  *
  * Returns the message serialised once, CRLF line ends throughout and a final

@@ -493,7 +493,7 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
     g_mime_message_set_date(msg, date);
     g_date_time_unref(date);
     id = rewrite_message_id(msg, p->message_id_domain);
-    if (p->unsubscribe_url && *p->unsubscribe_url)
+    if (p->unsubscribe_url && *p->unsubscribe_url && !p->unsubscribe_per_copy)
         rewrite_unsubscribe(msg, p->unsubscribe_url);
 
     if (!as_original && p->footer && *p->footer) {

@@ -44,6 +44,8 @@ struct transform {
     void *idle_ctx;
     char *verp_key;                 /* [bounce] secret_file with verp, else NULL */
     size_t verp_keylen;
+    char *unsub_key;                /* [bounce] secret_file with [unsubscribe] one_click */
+    size_t unsub_keylen;
 };
 
 /* Errors of the transform itself (the spool, MIME and DKIM have their own). */
@@ -114,12 +116,14 @@ GBytes *sign_whole(const struct transform *tf, const struct transform_copy *c, c
 
 /*
  * The copies of a transformed message.  personalize: *outgoing is the
- * common copy and headers[i] the block of rcpts[i] (its signatures and its
- * own To:).  Otherwise *outgoing is the whole signed message with
- * "To: undisclosed-recipients:;" and every headers[i] is NULL.
+ * common copy and headers[i] the block of rcpts[i] (its signatures, its
+ * own To: and, when own is not NULL, the header lines own[i]: its
+ * List-Unsubscribe).  Otherwise *outgoing is the whole signed message
+ * with "To: undisclosed-recipients:;" and every headers[i] is NULL.
  */
 gboolean transform_sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArray *rcpts,
-                         gint64 now, GBytes **outgoing, GPtrArray *headers, GError **err);
+                                   GPtrArray *own, gint64 now, GBytes **outgoing,
+                                   GPtrArray *headers, GError **err);
 
 /* ---- transform_claim.c --------------------------------------------------- */
 

@@ -6,7 +6,8 @@
  *   parse   no transaction: GMime takes the token out
  *   plan    a short read transaction for the token, then with none open
  *           the rewrite and signatures, or the notice, or the hold
- *           (a bounce to a VERP address: the code checked, the DSN read)
+ *           (a bounce to a VERP address: the code checked, the DSN read;
+ *           mail to the unsubscribe address: the code checked)
  *   commit  one write transaction for a batch of planned jobs (group
  *           commit: one fsync for all); in it, each job checks its lease
  *           again (fencing) and its token again, then writes its whole
@@ -27,6 +28,7 @@
 #include "transform/mime.h"
 #include "transform/bounce_parse.h"
 #include "common/bounce_code.h"
+#include "common/unsub_code.h"
 #include "spool/delivery.h"
 #include "spool/spool_events.h"
 #include "spool/spool_suppress.h"
@@ -47,6 +49,7 @@ enum transform_job_plan {
                                      * ignore (auto-reply, forged code) */
     PLAN_DEFER,                     /* pull mode, no answer: incoming again, not before */
     PLAN_BOUNCE,                    /* a bounce: record it against its delivery */
+    PLAN_UNSUBSCRIBE,               /* the mailto form: suppress the address it names */
 };
 
 struct transform_job {
@@ -80,6 +83,11 @@ struct transform_job {
     queue_id bounce_msg;            /* the delivery it names */
     uint32_t bounce_idx;
     struct bounce_info bounce;
+
+    /* mail to the unsubscribe address's +CODE ([unsubscribe] one_click) */
+    gboolean is_unsub;
+    char *unsub_list;               /* what a good code names, else NULL */
+    char *unsub_addr;
 
     /* plan */
     gboolean claimed;               /* the platform decided (pull mode), not the spool */
@@ -144,6 +152,8 @@ void transform_job_free(struct transform_job *j)
     spool_msg_clear(&j->m);
     spool_msg_clear(&j->ref);
     bounce_info_clear(&j->bounce);
+    g_free(j->unsub_list);
+    g_free(j->unsub_addr);
     g_free(j);
 }
 
@@ -357,11 +367,13 @@ static void transform_job_plan_copies(struct transform_job *j, const struct spoo
         .hide_sender = hide,
         .original_sender = j->m.sender,
         .footer = hide ? j->list->footer_hidden : j->list->footer,
-        .unsubscribe_url = cfg->rewrite.unsubscribe_url,
+        .unsubscribe_url = j->list->unsubscribe_url,
+        .unsubscribe_per_copy = j->tf->unsub_key != NULL,
         .message_id_domain = cfg->dkim.domain,
         .date = j->now,
     };
     g_autoptr(GBytes) rewritten = NULL;
+    g_autoptr(GPtrArray) own = NULL;
     GError *err = NULL;
 
     /* mime_rewrite() changes the message: a second plan starts from the bytes again. */
@@ -372,9 +384,18 @@ static void transform_job_plan_copies(struct transform_job *j, const struct spoo
     }
     j->rewritten = TRUE;
     transform_job_unique_rcpts(j, tk);
+    /* One-click unsubscribe: each copy's own links, signed with its To:. */
+    if (j->tf->unsub_key) {
+        own = g_ptr_array_new_with_free_func(g_free);
+        for (guint i = 0; i < j->rcpts->len; i++)
+            g_ptr_array_add(own, unsub_header_make(j->tf->unsub_key, j->tf->unsub_keylen,
+                                                   j->list->name, j->rcpts->pdata[i],
+                                                   j->list->unsubscribe_url,
+                                                   cfg->unsubscribe.address));
+    }
     if (!(rewritten = mime_rewrite(j->mime, &p, &j->message_id, &err)) ||
-        !transform_sign_deliveries(j->tf, rewritten, j->rcpts, j->now, &j->outgoing, j->headers,
-                                   &err)) {
+        !transform_sign_deliveries(j->tf, rewritten, j->rcpts, own, j->now, &j->outgoing,
+                                   j->headers, &err)) {
         j->plan = PLAN_HOLD;
         j->hold = g_strdup_printf("%s: %s", err->domain == DKIM_ERROR ? "DKIM" : "MIME",
                                   err->message);
@@ -603,6 +624,47 @@ static void transform_job_bounce_detect(struct transform_job *j)
                                    &j->bounce_msg, &j->bounce_idx);
 }
 
+/*
+ * With [unsubscribe] one_click and an address, mail to address+CODE is the
+ * mailto form of a copy's List-Unsubscribe: it never makes copies either.
+ */
+static void transform_job_unsub_detect(struct transform_job *j)
+{
+    const char *addr = j->tf->cfg->unsubscribe.address;
+    const char *at = strrchr(addr, '@');
+    g_autofree char *local = NULL;
+    const char *code;
+    size_t len;
+
+    if (!j->tf->unsub_key || !at || transform_job_is_report(j) || j->m.recipients->len == 0)
+        return;
+    local = g_strndup(addr, (gsize)(at - addr));
+    if (!bounce_address_split(j->m.recipients->pdata[0], local, at + 1, &code, &len))
+        return;
+    j->is_unsub = TRUE;
+    if (unsub_code_check(j->tf->unsub_key, j->tf->unsub_keylen, code, len, &j->unsub_list,
+                         &j->unsub_addr) &&
+        !config_list_find(j->tf->cfg, j->unsub_list)) {
+        /* A list since removed from the config: nothing of it to leave. */
+        g_clear_pointer(&j->unsub_list, g_free);
+        g_clear_pointer(&j->unsub_addr, g_free);
+    }
+}
+
+/* A code that does not verify ends the message unrecorded: anyone can write here. */
+static void transform_job_plan_unsub(struct transform_job *j)
+{
+    if (j->unsub_addr) {
+        j->plan = PLAN_UNSUBSCRIBE;
+        j->reason = "UNSUBSCRIBED";
+        return;
+    }
+    msg_warn("%s: unsubscribe mail to <%s> from <%s>: bad code: dropped", j->idtext,
+             (const char *)j->m.recipients->pdata[0], j->m.sender);
+    j->plan = PLAN_DONE;
+    j->reason = "UNSUBSCRIBE_BAD_CODE";
+}
+
 /* What the bounce says; a forged code or an auto-reply ends it unrecorded. */
 static void transform_job_plan_bounce(struct transform_job *j)
 {
@@ -664,9 +726,10 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
         d.header = j->headers->pdata[i];
         /* A suppressed address gets no copy: its delivery ends bounced at
          * once, so spoolctl show, the counts and the owner's report say so. */
-        if (spool_suppress_is(t, d.rcpt)) {
+        if (spool_suppress_is(t, j->list->name, d.rcpt)) {
             d.state = DLV_BOUNCED;
-            d.last_reply = (char *)"550 5.7.1 suppressed: the address bounced (spoolctl suppress)";
+            d.last_reply = (char *)"550 5.7.1 suppressed: the address bounced or unsubscribed "
+                                   "(spoolctl suppress list)";
             spool_txn_log(t, "%s: to=<%s>, suppressed", j->idtext, d.rcpt);
             suppressed++;
         }
@@ -716,6 +779,8 @@ static gboolean transform_job_commit_bounce(struct spool_txn *t, struct transfor
                                              j->bounce.rcpt ? j->bounce.rcpt : "");
     char about[QUEUE_ID_LEN + 1];
     struct spool_dlv d;
+    struct spool_msg bounced = { 0 };
+    const struct postern_list *list;
     GError *local = NULL;
     gboolean changed = FALSE, suppressed = FALSE, ok = TRUE;
 
@@ -736,15 +801,42 @@ static gboolean transform_job_commit_bounce(struct spool_txn *t, struct transfor
                   reply);
     if (hard)
         ok = spool_dlv_late_bounce(t, j->bounce_msg, j->bounce_idx, reply, &changed, err);
-    ok = ok && spool_suppress_bounce(t, d.rcpt, hard, status, j->now,
+    /* The score is the list's that the bounced copy went out on. */
+    ok = ok && spool_msg_get(t, j->bounce_msg, &bounced, err);
+    list = ok ? config_list_of(cfg, (char **)bounced.recipients->pdata, bounced.recipients->len)
+              : NULL;
+    ok = ok && spool_suppress_bounce(t, list->name, d.rcpt, hard, status, j->now,
                                      (int64_t)cfg->bounce.score_window,
                                      (double)cfg->bounce.score_threshold, &suppressed, err);
+    spool_msg_clear(&bounced);
     spool_dlv_clear(&d);
     if (!ok)
         return FALSE;
     g_free(m->kind);
     m->kind = g_strdup(MSG_KIND_BOUNCE);
     m->ref = j->bounce_msg;
+    return spool_msg_set_state(t, m, MSG_DONE, j->reason, err);
+}
+
+/*
+ * The mailto form: the address leaves the list its code names, with the
+ * `unsubscribed` event, in the transaction that ends this mail; a second
+ * one changes nothing.
+ */
+static gboolean transform_job_commit_unsub(struct spool_txn *t, struct transform_job *j,
+                                           struct spool_msg *m, GError **err)
+{
+    gboolean added = FALSE;
+
+    if (!spool_suppress_add(t, j->unsub_list, j->unsub_addr, "unsubscribed (mailto)",
+                            EVENT_UNSUBSCRIBED, j->now,
+                            (double)j->tf->cfg->bounce.score_threshold, &added, err))
+        return FALSE;
+    if (!added)
+        spool_txn_log(t, "%s: <%s> list=%s: unsubscribed already", j->idtext, j->unsub_addr,
+                      j->unsub_list);
+    g_free(m->kind);
+    m->kind = g_strdup(MSG_KIND_UNSUBSCRIBE);
     return spool_msg_set_state(t, m, MSG_DONE, j->reason, err);
 }
 
@@ -869,6 +961,9 @@ static gboolean transform_job_commit(struct spool_txn *t, struct transform_job *
         case PLAN_BOUNCE:
             ok = transform_job_commit_bounce(t, j, &m, err);
             break;
+        case PLAN_UNSUBSCRIBE:
+            ok = transform_job_commit_unsub(t, j, &m, err);
+            break;
         }
     }
     ok = ok && transform_job_store_notices(t, j, err);
@@ -905,7 +1000,7 @@ static gboolean transform_job_commit_write(struct spool_txn *t, void *ctx, GErro
 static const char *const plan_outcome[] = {
     [PLAN_READY] = "ready", [PLAN_REJECT] = "rejected", [PLAN_HOLD] = "hold",
     [PLAN_REPORT] = "notice", [PLAN_DONE] = "done", [PLAN_DEFER] = "deferred",
-    [PLAN_BOUNCE] = "done",
+    [PLAN_BOUNCE] = "done", [PLAN_UNSUBSCRIBE] = "done",
 };
 
 /* The job ends without a commit: its lease is gone, or the spool failed. */
@@ -929,6 +1024,8 @@ static void transform_job_plan(struct transform_job *j)
     transform_job_plan_reset(j);
     if (j->is_bounce)
         transform_job_plan_bounce(j);
+    else if (j->is_unsub)
+        transform_job_plan_unsub(j);
     else if (transform_job_is_report(j))
         transform_job_plan_report(j);
     else if (!transform_job_plan_mail(j, &err))
@@ -957,6 +1054,7 @@ struct transform_job *transform_job_prepare(struct transform *tf, uint64_t lease
     /* The message's list: by the address it came to. */
     j->list = config_list_of(tf->cfg, (char **)j->m.recipients->pdata, j->m.recipients->len);
     transform_job_bounce_detect(j);
+    transform_job_unsub_detect(j);
     if (!transform_job_is_report(j))
         transform_job_parse(j);
     transform_job_plan(j);

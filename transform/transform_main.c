@@ -94,6 +94,10 @@ static void transform_keys(struct transform *tf)
     if (tf->cfg->bounce.verp &&
         !(tf->verp_key = bounce_key_read(tf->cfg->bounce.secret_file, &tf->verp_keylen, &err)))
         msg_fatal("%s", err->message);
+    /* [unsubscribe] one_click: the same secret, a key of its own by label (unsub_code.h). */
+    if (tf->cfg->unsubscribe.one_click &&
+        !(tf->unsub_key = bounce_key_read(tf->cfg->bounce.secret_file, &tf->unsub_keylen, &err)))
+        msg_fatal("%s", err->message);
     for (guint i = 0; i < tf->keys->len; i++) {
         const struct dkim_key *k = tf->keys->pdata[i];
         msg_info("DKIM key %s (%s) for d=%s", k->selector, dkim_key_algorithm(k),
@@ -278,6 +282,7 @@ int main(int argc, char **argv)
     spool_close(w.tf.spool);
     g_ptr_array_unref(w.tf.keys);
     secret_free(w.tf.verp_key);
+    secret_free(w.tf.unsub_key);
     config_free(&cfg);
     msg_info("daemon stopped");
     return 0;

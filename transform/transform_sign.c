@@ -4,7 +4,8 @@
  * The rewritten message is serialised once; it is never parsed or written
  * again.  Each copy sent is a raw block (signatures, To:) followed by those
  * bytes, and each signature covers the header block as it will be sent:
- * the copy's own To: plus the common header.  The body is the same for
+ * the copy's own To: (and List-Unsubscribe, with one-click unsubscribe)
+ * plus the common header.  The body is the same for
  * every copy, so it is hashed once per message, not once per recipient.
  */
 #include "transform/transform.h"
@@ -81,7 +82,8 @@ GBytes *sign_whole(const struct transform *tf, const struct transform_copy *c, c
 #define SIGN_TO_SHARED "To: undisclosed-recipients:;\r\n"
 
 gboolean transform_sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArray *rcpts,
-                         gint64 now, GBytes **outgoing, GPtrArray *headers, GError **err)
+                                   GPtrArray *own, gint64 now, GBytes **outgoing,
+                                   GPtrArray *headers, GError **err)
 {
     struct transform_copy c = { 0 };
     gboolean ok = TRUE;
@@ -96,7 +98,8 @@ gboolean transform_sign_deliveries(const struct transform *tf, GBytes *rewritten
         return *outgoing != NULL;
     }
     for (guint i = 0; ok && i < rcpts->len; i++) {
-        g_autofree char *to = g_strdup_printf("To: %s\r\n", (const char *)rcpts->pdata[i]);
+        g_autofree char *to = g_strdup_printf("To: %s\r\n%s", (const char *)rcpts->pdata[i],
+                                              own ? (const char *)own->pdata[i] : "");
         GBytes *block = sign_block(tf, &c, to, now, err);
 
         ok = block != NULL;

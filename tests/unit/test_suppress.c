@@ -1,7 +1,8 @@
 /*
  * Unit tests of the bounce score and the suppression list
  * (spool/spool_suppress.h) on a temporary spool: Mailman's model, with
- * the days simulated by the time each bounce is counted at.
+ * the days simulated by the time each bounce is counted at; one list
+ * per list name.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "spool/spool_events.h"
 #include "spool/spool_suppress.h"
 #include "temp_spool.h"
 
@@ -28,7 +30,7 @@ static gboolean write_bounce(struct spool_txn *t, void *ctx, GError **err)
 {
     struct bounce_at *b = ctx;
 
-    return spool_suppress_bounce(t, b->addr, b->hard, "5.1.1", b->now, WEEK, 5.0, &b->suppressed,
+    return spool_suppress_bounce(t, "default", b->addr, b->hard, "5.1.1", b->now, WEEK, 5.0, &b->suppressed,
                                  err);
 }
 
@@ -42,27 +44,37 @@ static gboolean bounce(struct temp_spool *ts, const char *addr, gboolean hard, i
     return b.suppressed;
 }
 
-static struct spool_suppress record(struct temp_spool *ts, const char *addr)
+static struct spool_suppress record_on(struct temp_spool *ts, const char *list, const char *addr)
 {
     struct spool_txn t;
     struct spool_suppress s;
     gboolean found = FALSE;
 
     assert_true(spool_read_begin(ts->sp, &t, NULL));
-    assert_true(spool_suppress_get(&t, addr, &s, &found, NULL));
+    assert_true(spool_suppress_get(&t, list, addr, &s, &found, NULL));
     spool_read_end(&t);
     return s;
 }
 
-static gboolean is_suppressed(struct temp_spool *ts, const char *addr)
+static struct spool_suppress record(struct temp_spool *ts, const char *addr)
+{
+    return record_on(ts, "default", addr);
+}
+
+static gboolean is_suppressed_on(struct temp_spool *ts, const char *list, const char *addr)
 {
     struct spool_txn t;
     gboolean yes;
 
     assert_true(spool_read_begin(ts->sp, &t, NULL));
-    yes = spool_suppress_is(&t, addr);
+    yes = spool_suppress_is(&t, list, addr);
     spool_read_end(&t);
     return yes;
+}
+
+static gboolean is_suppressed(struct temp_spool *ts, const char *addr)
+{
+    return is_suppressed_on(ts, "default", addr);
 }
 
 /* Five hard bounces on five days suppress; the fifth says so, once. */
@@ -118,6 +130,7 @@ static void test_window(void **state)
 }
 
 struct change {
+    const char *list;
     const char *addr;
     gboolean add;
     gboolean changed;
@@ -128,14 +141,15 @@ static gboolean write_change(struct spool_txn *t, void *ctx, GError **err)
     struct change *c = ctx;
 
     if (c->add)
-        return spool_suppress_add(t, c->addr, "added by operator", T0, 5.0, &c->changed, err);
-    return spool_suppress_remove(t, c->addr, &c->changed, err);
+        return spool_suppress_add(t, c->list, c->addr, "added by operator",
+                                  EVENT_ADDRESS_SUPPRESSED, T0, 5.0, &c->changed, err);
+    return spool_suppress_remove(t, c->list, c->addr, &c->changed, err);
 }
 
 static void test_add_remove(void **state)
 {
     struct temp_spool *ts = *state;
-    struct change c = { "op@example.org", TRUE, FALSE };
+    struct change c = { "default", "op@example.org", TRUE, FALSE };
 
     assert_true(spool_write(ts->sp, write_change, &c, NULL));
     assert_true(c.changed && is_suppressed(ts, "op@example.org"));
@@ -149,6 +163,50 @@ static void test_add_remove(void **state)
     assert_false(c.changed);
 }
 
+static gboolean collect(const struct spool_suppress *s, void *ctx)
+{
+    g_ptr_array_add(ctx, g_strdup_printf("%s %s", s->list, s->addr));
+    return TRUE;
+}
+
+/* A list's suppression is that list's alone; the default list's key is the bare address. */
+static void test_per_list(void **state)
+{
+    struct temp_spool *ts = *state;
+    struct change c = { "board", "Ada@example.org", TRUE, FALSE };
+    g_autoptr(GPtrArray) all = g_ptr_array_new_with_free_func(g_free);
+    struct spool_suppress s;
+    struct spool_txn t;
+
+    assert_true(spool_write(ts->sp, write_change, &c, NULL));
+    assert_true(c.changed);
+    assert_true(is_suppressed_on(ts, "board", "ada@example.org"));
+    assert_false(is_suppressed(ts, "ada@example.org"));
+    assert_false(is_suppressed_on(ts, "boar", "ada@example.org"));
+    s = record_on(ts, "board", "ada@example.org");
+    assert_string_equal(s.list, "board");
+    assert_string_equal(s.addr, "Ada@example.org");
+    spool_suppress_clear(&s);
+
+    /* Bounces on the default list do not count on board, nor the other way round. */
+    for (int d = 0; d < 5; d++)
+        bounce(ts, "ada@example.org", TRUE, T0 + d * DAY);
+    assert_true(is_suppressed(ts, "ada@example.org"));
+    c.add = FALSE;
+    assert_true(spool_write(ts->sp, write_change, &c, NULL));
+    assert_false(is_suppressed_on(ts, "board", "ada@example.org"));
+    assert_true(is_suppressed(ts, "ada@example.org"));
+
+    c.add = TRUE;
+    assert_true(spool_write(ts->sp, write_change, &c, NULL));
+    assert_true(spool_read_begin(ts->sp, &t, NULL));
+    assert_true(spool_suppress_foreach(&t, collect, all, NULL));
+    spool_read_end(&t);
+    assert_int_equal(all->len, 2);
+    assert_string_equal(all->pdata[0], "default ada@example.org");
+    assert_string_equal(all->pdata[1], "board Ada@example.org");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -158,6 +216,7 @@ int main(void)
                                         temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_window, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_add_remove, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_per_list, temp_spool_setup, temp_spool_teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -88,7 +88,7 @@ static void test_personal_blocks(void **state)
     g_ptr_array_add(rcpts, "a@example.org");
     g_ptr_array_add(rcpts, "b@example.org");
     assert_true(
-        transform_sign_deliveries(&f->tf, common, rcpts, 1795000000, &outgoing, headers, NULL));
+        transform_sign_deliveries(&f->tf, common, rcpts, NULL, 1795000000, &outgoing, headers, NULL));
     /* The common copy is stored once, as it was: no signature, no To:. */
     assert_true(g_bytes_equal(outgoing, common));
     assert_int_equal(headers->len, 2);
@@ -111,7 +111,7 @@ static void test_shared_copy(void **state)
     g_ptr_array_add(rcpts, "a@example.org");
     g_ptr_array_add(rcpts, "b@example.org");
     assert_true(
-        transform_sign_deliveries(&f->tf, common, rcpts, 1795000000, &outgoing, headers, NULL));
+        transform_sign_deliveries(&f->tf, common, rcpts, NULL, 1795000000, &outgoing, headers, NULL));
     assert_int_equal(headers->len, 2);
     assert_null(headers->pdata[0]);
     assert_null(headers->pdata[1]);
