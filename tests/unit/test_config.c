@@ -207,6 +207,26 @@ static void test_cannot_work(void **state)
     expect_error(plus, ":4: [bounce] envelope_from: \"b+x@abakus.no\": verp needs");
     g_autofree char *open_secret = g_strdup_printf("[bounce]\nverp = true\nsecret_file = %s\n",
                                                    key);
+    /* [unsubscribe] one_click: the bounce secret, one copy per recipient, a link to offer. */
+    expect_error("[unsubscribe]\none_click = true\n[rewrite]\nunsubscribe_url = https://l.no\n",
+                 "[bounce] secret_file: must be set with [unsubscribe] one_click");
+    g_autofree char *shared = g_strdup_printf("[bounce]\nsecret_file = %s\n[unsubscribe]\n"
+                                              "one_click = true\n[rewrite]\npersonalize = false\n"
+                                              "unsubscribe_url = https://l.no\n", key);
+    expect_error(shared, ":6: [rewrite] personalize: false: [unsubscribe] one_click needs");
+    g_autofree char *nolink = g_strdup_printf("[bounce]\nsecret_file = %s\n[unsubscribe]\n"
+                                              "one_click = true\n[list styret]\n"
+                                              "address = styret@abakus.no\n", key);
+    expect_error(nolink, "[list styret] unsubscribe_url: empty, and no [unsubscribe] address");
+    g_autofree char *notweb = g_strdup_printf("[bounce]\nsecret_file = %s\n[unsubscribe]\n"
+                                              "one_click = true\naddress = u@abakus.no\n"
+                                              "[list styret]\naddress = styret@abakus.no\n"
+                                              "unsubscribe_url = mailto:x@y\n", key);
+    expect_error(notweb, "[list styret] unsubscribe_url: \"mailto:x@y\": one_click needs");
+    g_autofree char *plus_addr = g_strdup_printf("[bounce]\nsecret_file = %s\n[unsubscribe]\n"
+                                                 "one_click = true\naddress = u+x@abakus.no\n",
+                                                 key);
+    expect_error(plus_addr, ":5: [unsubscribe] address: \"u+x@abakus.no\": expected");
     g_assert_cmpint(chmod(key, 0640), ==, 0);
     expect_error(open_secret, ":3: [bounce] secret_file: ");
     g_unlink(key);
