@@ -18,7 +18,9 @@
 # those signatures' time.
 #
 # Environment: RUNS (3), MESSAGES (2000 RSA, 6000 Ed25519), RCPTS (10),
-# SIZE (4096), TRANSFORMS (1), BENCH_TMP (default /var/tmp, a real disk).
+# SIZE (4096), TRANSFORMS (1), BENCH_TMP (default /var/tmp, a real disk),
+# ONE_CLICK (0; 1: [unsubscribe] one_click, each copy its own signed
+# List-Unsubscribe, docs/design.md §9).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,6 +37,7 @@ RUNS=${RUNS:-3}
 RCPTS=${RCPTS:-10}
 SIZE=${SIZE:-4096}
 TRANSFORMS=${TRANSFORMS:-1}
+ONE_CLICK=${ONE_CLICK:-0}
 spoolctl=$build/tools/spoolctl
 
 tmp=$(mktemp -d "${BENCH_TMP:-/var/tmp}/postern-bench-transform.XXXXXX")
@@ -141,6 +144,13 @@ url = maildir:$dir/outbox
 dispatch = ipc://$dir/run/dispatch
 hints = ipc://$dir/run/hints
 EOF
+    if [[ $ONE_CLICK == 1 ]]; then
+        echo "bench-unsubscribe-secret-0123456789" >"$dir/secret"
+        chmod 600 "$dir/secret"
+        printf '[bounce]\nsecret_file = %s\n[unsubscribe]\none_click = true\naddress = %s\n' \
+            "$dir/secret" unsubscribe@abakus.no >>"$dir/postern.ini"
+        sed -i 's|^unsubscribe_url = .*|unsubscribe_url = https://lists.abakus.no|' "$dir/postern.ini"
+    fi
     "$spoolctl" -c "$dir/postern.ini" dkim keygen --type "$type" --out "$dir/key.pem" --selector bench >/dev/null
     prepare "$dir" "$n" "$RCPTS" "$SIZE"
     "$spoolctl" -c "$dir/postern.ini" token import "$dir/tokens.json" >/dev/null

@@ -730,7 +730,8 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
             d.state = DLV_BOUNCED;
             d.last_reply = (char *)"550 5.7.1 suppressed: the address bounced or unsubscribed "
                                    "(spoolctl suppress list)";
-            spool_txn_log(t, "%s: to=<%s>, suppressed", j->idtext, d.rcpt);
+            spool_txn_log(t, "%s: to=<%s>, list=%s, suppressed", j->idtext, d.rcpt,
+                          j->list->name);
             suppressed++;
         }
         if (!spool_dlv_put(t, &d, err))
