@@ -863,6 +863,30 @@ static void config_check_bounce(const struct postern_config *cfg, GPtrArray *pro
                           "no bounce would count");
 }
 
+/* Is addr (as ingest compares) a list's address, [ingest] recipients or envelope_from? */
+static gboolean config_unsubscribe_taken(const struct postern_config *cfg, const char *addr)
+{
+    g_autofree char *canon = config_addr_canonical(addr);
+    g_autofree char *bounces = config_addr_canonical(cfg->bounce.envelope_from);
+
+    if (g_str_equal(canon, bounces))
+        return TRUE;
+    for (char **a = cfg->ingest.recipients; *a; a++) {
+        g_autofree char *other = config_addr_canonical(*a);
+
+        if (g_str_equal(canon, other))
+            return TRUE;
+    }
+    for (guint i = 1; i < cfg->lists->len; i++) {
+        const struct postern_list *l = cfg->lists->pdata[i];
+        g_autofree char *other = l->address ? config_addr_canonical(l->address) : NULL;
+
+        if (other && g_str_equal(canon, other))
+            return TRUE;
+    }
+    return FALSE;
+}
+
 /*
  * [unsubscribe] one_click: the code of each copy's links is an HMAC under
  * [bounce] secret_file (with a label of its own, common/unsub_code.h), and
@@ -884,6 +908,10 @@ static void config_check_unsubscribe(const struct postern_config *cfg, GPtrArray
     if (*addr && (!at || at == addr || !at[1] || strpbrk(addr, "+ \t<>,")))
         config_problem(problems, cfg, "unsubscribe", "address", "\"%s\": expected "
                        "LOCAL@DOMAIN without a +extension", addr);
+    /* Mail to it is read as an unsubscribe: never relayed, nor read as a bounce. */
+    else if (*addr && config_unsubscribe_taken(cfg, addr))
+        config_problem(problems, cfg, "unsubscribe", "address", "%s is also a restricted "
+                       "address or [bounce] envelope_from", addr);
     for (guint i = 0; i < cfg->lists->len; i++) {
         const struct postern_list *l = cfg->lists->pdata[i];
         g_autofree char *group = g_strconcat(CONFIG_LIST_GROUP, l->name, NULL);
@@ -894,7 +922,8 @@ static void config_check_unsubscribe(const struct postern_config *cfg, GPtrArray
         else if (*l->unsubscribe_url && !g_str_has_prefix(l->unsubscribe_url, "https://") &&
                  !g_str_has_prefix(l->unsubscribe_url, "http://"))
             config_problem(problems, cfg, i ? group : "rewrite", "unsubscribe_url",
-                           "\"%s\": one_click needs an https:// (or http://) base URL", l->unsubscribe_url);
+                           "\"%s\": one_click needs an https:// (or http://) base URL",
+                           l->unsubscribe_url);
     }
 }
 

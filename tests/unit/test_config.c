@@ -227,6 +227,10 @@ static void test_cannot_work(void **state)
                                                  "one_click = true\naddress = u+x@abakus.no\n",
                                                  key);
     expect_error(plus_addr, ":5: [unsubscribe] address: \"u+x@abakus.no\": expected");
+    g_autofree char *taken = g_strdup_printf("[bounce]\nsecret_file = %s\n[unsubscribe]\n"
+                                             "one_click = true\naddress = Restricted@localhost\n",
+                                             key);
+    expect_error(taken, "[unsubscribe] address: Restricted@localhost is also a restricted");
     g_assert_cmpint(chmod(key, 0640), ==, 0);
     expect_error(open_secret, ":3: [bounce] secret_file: ");
     g_unlink(key);
