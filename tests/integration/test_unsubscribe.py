@@ -144,6 +144,14 @@ def test_one_click_link_signed_posted_and_idempotent(unsub, receiver):
     assert d["state"] == "sent" and len(relay.copies(ADA)) == 2
     assert suppressed(c, "--list", "styret") == []
 
+    # spoolctl edits one list at a time; an unknown list is a usage error.
+    c.spoolctl("suppress", "add", "--list", "styret", BOB)
+    assert suppressed(c, "--list", "styret") == [("styret", BOB)]
+    assert suppressed(c) == [("default", ADA), ("styret", BOB)]
+    c.spoolctl("suppress", "remove", ADA)
+    assert suppressed(c) == [("styret", BOB)]
+    assert c.spoolctl("suppress", "list", "--list", "nosuch", check=False).returncode == 2
+
 
 def test_forged_or_damaged_code_is_404_and_writes_nothing(unsub, receiver):
     c, relay, a = unsub
