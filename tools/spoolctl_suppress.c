@@ -70,7 +70,8 @@ static gboolean ctl_suppress_row(const struct spool_suppress *s, void *ctx)
         g_autofree char *since = ctl_suppress_time(s->since);
 
         g_string_append_printf(rows->out, "%-12s %-40s %-10s %5.1f %-19s %s\n",
-                               ctl_safe(s->list), ctl_safe(s->addr), s->since ? "suppressed" : "scored", s->score, since,
+                               ctl_safe(s->list), ctl_safe(s->addr),
+                               s->since ? "suppressed" : "scored", s->score, since,
                                ctl_safe(s->reason ? s->reason : ""));
     }
     return TRUE;
@@ -92,7 +93,8 @@ static int ctl_suppress_list(struct ctl *c, const char *list)
     if (!ok)
         return ctl_fail(err);
     if (!c->json)
-        printf("%-12s %-40s %-10s %5s %-19s %s\n", "LIST", "ADDRESS", "STATE", "SCORE", "SINCE", "REASON");
+        printf("%-12s %-40s %-10s %5s %-19s %s\n", "LIST", "ADDRESS", "STATE", "SCORE", "SINCE",
+               "REASON");
     fputs(out->str, stdout);
     return CTL_OK;
 }
@@ -119,7 +121,8 @@ static gboolean ctl_suppress_write(struct spool_txn *t, void *ctx, GError **err)
 static int ctl_suppress_change(struct ctl *c, const char *list, const char *addr, gboolean add)
 {
     struct ctl_suppress_change ch = {
-        .list = list ? list : CONFIG_LIST_DEFAULT, .addr = addr, .add = add, .threshold = (double)c->cfg.bounce.score_threshold,
+        .list = list ? list : CONFIG_LIST_DEFAULT, .addr = addr, .add = add,
+        .threshold = (double)c->cfg.bounce.score_threshold,
     };
     GError *err = NULL;
 

@@ -176,7 +176,7 @@ def test_mailto_form_over_lmtp(unsub, receiver):
     c.wait_state(qid, "done")
     [code] = MAILTO_RE.findall(header_of(copy_to(relay, BOB), "List-Unsubscribe"))
     to = f"unsubscribe+{code}@abakus.no"
-    msg = b"From: <bob@example.net>\r\nTo: <" + to.encode() + b">\r\nSubject: unsubscribe\r\n\r\nx\r\n"
+    msg = (f"From: <{BOB}>\r\nTo: <{to}>\r\nSubject: unsubscribe\r\n\r\nx\r\n").encode()
 
     lmtp = smtplib.LMTP(*c.ingest.addr)
     try:

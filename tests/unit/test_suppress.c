@@ -30,8 +30,8 @@ static gboolean write_bounce(struct spool_txn *t, void *ctx, GError **err)
 {
     struct bounce_at *b = ctx;
 
-    return spool_suppress_bounce(t, "default", b->addr, b->hard, "5.1.1", b->now, WEEK, 5.0, &b->suppressed,
-                                 err);
+    return spool_suppress_bounce(t, "default", b->addr, b->hard, "5.1.1", b->now, WEEK, 5.0,
+                                 &b->suppressed, err);
 }
 
 /* One bounce of addr at now; TRUE when it suppressed the address. */
