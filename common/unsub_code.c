@@ -2,6 +2,7 @@
  * unsub_code.c - one-click unsubscribe codes: make and check (unsub_code.h).
  */
 #include "common/unsub_code.h"
+#include "common/config.h"
 
 #include <string.h>
 #include <openssl/crypto.h>
@@ -87,6 +88,9 @@ char *unsub_code_make(const void *key, size_t keylen, const char *list, const ch
     guint8 version = UNSUB_VERSION, nul = 0;
     unsigned char mac[MAC_BYTES];
 
+    /* The default list is named by nothing: 11 characters less in every local part. */
+    if (g_str_equal(list, CONFIG_LIST_DEFAULT))
+        list = "";
     g_byte_array_append(b, &version, 1);
     g_byte_array_append(b, (const guint8 *)list, (guint)strlen(list));
     g_byte_array_append(b, &nul, 1);
@@ -119,7 +123,8 @@ gboolean unsub_code_check(const void *key, size_t keylen, const char *code, size
     if (!nul || nul == b->data + payload - 1 ||
         memchr(nul + 1, 0, payload - (size_t)(nul + 1 - b->data)))
         return FALSE;
-    *list = g_strndup((const char *)b->data + 1, (gsize)(nul - b->data - 1));
+    *list = nul == b->data + 1 ? g_strdup(CONFIG_LIST_DEFAULT)
+                               : g_strndup((const char *)b->data + 1, (gsize)(nul - b->data - 1));
     *addr = g_strndup((const char *)nul + 1, payload - (size_t)(nul + 1 - b->data));
     return TRUE;
 }

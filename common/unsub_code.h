@@ -6,6 +6,8 @@
  * a link keeps working long after the message record is purged.  It is
  * the bytes
  *     version (1) | list name | NUL | address (lower-cased) | MAC (10)
+ * (the list name empty for the default list: a mailto local part is
+ * LOCAL+CODE, and RFC 5321 allows 64 octets)
  * in lower-case base32 (RFC 4648 alphabet, no padding): safe in a URL path
  * and in a local part, and read back in any case, as an MTA may fold the
  * case of a local part.  The MAC is HMAC-SHA256 under [bounce]
