@@ -8,6 +8,8 @@
  */
 #include "dispatch/dispatch.h"
 #include "common/log.h"
+#include "spool/relay_quota.h"
+#include "spool/spool_events.h"
 
 #include <string.h>
 
@@ -26,6 +28,9 @@ struct dlease {
     gboolean skip;                  /* nothing to lease this round (no room, paused, rate) */
     unsigned max_jobs;
     unsigned max_txns;              /* [relay] rate budget for this round */
+    unsigned max_rcpts;             /* [relay] daily_limit: room left in the window */
+    gboolean capped;                /* due deliveries left behind for the daily limit */
+    struct relay_quota quota;       /* as this round's transaction leaves it */
     GPtrArray *jobs;                /* struct djob */
 };
 
@@ -82,7 +87,7 @@ static gboolean dlease_cost(struct spool_txn *t, const struct djob *j, uint32_t 
 struct dpick {
     struct spool_txn *t;
     struct dlease *dl;
-    unsigned seen, txns;
+    unsigned seen, txns, rcpts;
     gboolean ok;
     GError **err;
 };
@@ -97,6 +102,10 @@ static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
     unsigned cost;
 
     spool_dlv_init(&dv);
+    if (p->rcpts >= dl->max_rcpts) {
+        dl->capped = TRUE;
+        return FALSE;
+    }
     if (p->seen++ >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg)))
         return FALSE;
     if (!(p->ok = dlease_cost(p->t, j, ref->idx, &dv, &cost, p->err)) ||
@@ -112,6 +121,7 @@ static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
     g_array_append_val(j->dvs, dv);
     j->txns += cost;
     p->txns += cost;
+    p->rcpts++;
     return TRUE;
 }
 
@@ -125,7 +135,7 @@ static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
  */
 static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err)
 {
-    struct dpick p = { t, dl, 0, 0, TRUE, err };
+    struct dpick p = { t, dl, 0, 0, 0, TRUE, err };
 
     return spool_due_foreach(t, unix_ms(), dlease_pick_one, &p, err) && p.ok;
 }
@@ -164,17 +174,97 @@ static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob 
     return TRUE;
 }
 
+/*
+ * [relay] daily_limit: the room left in the window bounds the recipients
+ * this round leases.  The window is read in the round's transaction, not
+ * kept in memory, so that a restarted dispatcher counts on from where the
+ * last one stopped.
+ */
+static gboolean dlease_quota_begin(struct spool_txn *t, struct dlease *dl, int64_t now,
+                                   GError **err)
+{
+    const struct postern_config *cfg = dl->d->cfg;
+
+    dl->capped = FALSE;
+    dl->max_rcpts = G_MAXUINT;
+    if (!cfg->relay.daily_limit)
+        return TRUE;
+    if (!relay_quota_get(t, &dl->quota, err))
+        return FALSE;
+    relay_quota_setup(&dl->quota, (int64_t)cfg->relay.daily_window * 1000,
+                      (uint32_t)cfg->relay.daily_limit, now);
+    dl->max_rcpts = relay_quota_room(&dl->quota, now);
+    return TRUE;
+}
+
+/* A wait for the window begins: the platform hears when it ends. */
+static gboolean dlease_quota_event(struct spool_txn *t, const struct dlease *dl, GError **err)
+{
+    struct spool_event ev;
+    gboolean ok;
+
+    spool_event_init(&ev);
+    ev.type = g_strdup(EVENT_RELAY_QUOTA_WAIT);
+    ev.until = dl->quota.waiting_until;
+    ev.reason = g_strdup_printf("daily limit of %u recipients reached", dl->quota.limit);
+    ok = spool_event_add(t, &ev, err);
+    spool_event_clear(&ev);
+    return ok;
+}
+
+/*
+ * Count what this round leased.  Deliveries that were due and left behind
+ * begin a wait, visible in the spool (spoolctl stats, metrics), as an
+ * event and one log line; the first lease after it ends the wait.  An idle
+ * round changes nothing and writes nothing.
+ */
+static gboolean dlease_quota_end(struct spool_txn *t, struct dlease *dl, int64_t now,
+                                 GError **err)
+{
+    const char *url = dl->d->cfg->relay.url;
+    unsigned leased = 0;
+    gboolean was_waiting = dl->quota.waiting_until != 0;
+
+    if (!dl->d->cfg->relay.daily_limit)
+        return TRUE;
+    for (guint i = 0; i < dl->jobs->len; i++)
+        leased += ((struct djob *)dl->jobs->pdata[i])->dvs->len;
+    relay_quota_add(&dl->quota, now, leased);
+    if (leased && was_waiting) {
+        dl->quota.waiting_until = 0;
+        spool_txn_log(t, "relay %s: daily limit: leasing again, %" G_GUINT64_FORMAT
+                      " of %u recipients in the window", url,
+                      relay_quota_used(&dl->quota, now), dl->quota.limit);
+    }
+    if (dl->capped && !dl->quota.waiting_until) {
+        g_autoptr(GDateTime) until = NULL;
+        g_autofree char *when = NULL;
+
+        dl->quota.waiting_until = relay_quota_next_room(&dl->quota, now);
+        until = g_date_time_new_from_unix_local(dl->quota.waiting_until / 1000);
+        when = g_date_time_format(until, "%H:%M:%S");
+        spool_txn_log(t, "relay %s: daily limit of %u recipients reached: deliveries wait "
+                      "until %s", url, dl->quota.limit, when);
+        if (!dlease_quota_event(t, dl, err))
+            return FALSE;
+    }
+    if (!leased && was_waiting == (dl->quota.waiting_until != 0))
+        return TRUE;
+    return relay_quota_put(t, &dl->quota, err);
+}
+
 static gboolean dlease_write(struct spool_txn *t, void *ctx, GError **err)
 {
     struct dlease *dl = ctx;
+    int64_t now = unix_ms();
 
     g_ptr_array_set_size(dl->jobs, 0);
-    if (!dlease_pick(t, dl, err))
+    if (!dlease_quota_begin(t, dl, now, err) || !dlease_pick(t, dl, err))
         return FALSE;
     for (guint i = 0; i < dl->jobs->len; i++)
         if (!dlease_fill(t, dl, dl->jobs->pdata[i], err))
             return FALSE;
-    return TRUE;
+    return dlease_quota_end(t, dl, now, err);
 }
 
 /*
@@ -208,7 +298,7 @@ struct dlease *dispatch_leases_new(struct dispatch *d)
     dl->jobs = g_ptr_array_new_with_free_func(djob_free);
     dl->max_jobs = dispatch_conns_room(d);
     dl->skip = !dl->max_jobs || d->paused_until > unix_ms() ||
-               !(dl->max_txns = dispatch_rate_budget(d));
+               d->quota_wait_until > unix_ms() || !(dl->max_txns = dispatch_rate_budget(d));
     return dl;
 }
 
@@ -230,6 +320,9 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
 {
     if (!committed)
         g_ptr_array_set_size(dl->jobs, 0);
+    /* The wait is known once written: no round before it ends. */
+    if (committed && !dl->skip && d->cfg->relay.daily_limit)
+        d->quota_wait_until = dl->quota.waiting_until;
     for (guint i = 0; i < dl->jobs->len; i++) {
         struct djob *j = dl->jobs->pdata[i];
         struct dispatch_worker *w = dispatch_conns_pick(d);
