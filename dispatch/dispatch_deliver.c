@@ -5,6 +5,14 @@
  * Due work is found through the `due` index (time order), never a scan of
  * all deliveries: the cost of a round is the number of deliveries it
  * leases, whatever the size of the spool.
+ *
+ * A round is fair between messages: it looks at the next few messages
+ * with due work (spool_due_runs(), a seek per message, however many
+ * recipients each has), in turn from where the last round stopped, and
+ * gives each one job at a time, notices first, until the round's jobs,
+ * rate or daily limit are used up.  A 5,000-recipient send thus takes
+ * one job in each round it shares, and a notice or a small message
+ * queued behind it goes in the next round, not after it.
  */
 #include "dispatch/dispatch.h"
 #include "common/log.h"
@@ -17,6 +25,7 @@
 
 struct djob {
     queue_id msg;
+    gboolean notice;                /* kind notice: null sender (read with the run) */
     GArray *dvs;                    /* struct spool_dlv, as the walk read them */
     unsigned txns;                  /* SMTP transactions: what [relay] rate counts */
     gboolean shared;                /* has recipients of the identical copy */
@@ -31,7 +40,16 @@ struct dlease {
     unsigned max_rcpts;             /* [relay] daily_limit: room left in the window */
     gboolean capped;                /* due deliveries left behind for the daily limit */
     struct relay_quota quota;       /* as this round's transaction leaves it */
+    struct spool_dlv_ref after;     /* the last message served: the next round starts past it */
     GPtrArray *jobs;                /* struct djob */
+};
+
+/* A message with due work this round: one run of its entries in `due`. */
+struct drun {
+    struct spool_dlv_ref next;      /* its first entry not yet taken */
+    gboolean notice;
+    gboolean done;                  /* nothing more of it this round */
+    gboolean served;                /* it got a job */
 };
 
 static void djob_free(gpointer p)
@@ -51,7 +69,7 @@ static void djob_free(gpointer p)
  * are next to each other in `due` (time . id . rcpt#), so the last job is
  * looked at first.
  */
-static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
+static struct djob *dlease_job_for(struct dlease *dl, queue_id msg, gboolean notice)
 {
     for (guint i = dl->jobs->len; i-- > 0;) {
         struct djob *j = dl->jobs->pdata[i];
@@ -63,6 +81,7 @@ static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
     struct djob *j = g_new0(struct djob, 1);
     wire_send_job_init(&j->wire);
     j->msg = msg;
+    j->notice = notice;
     j->dvs = g_array_new(FALSE, FALSE, sizeof(struct spool_dlv));
     g_ptr_array_add(dl->jobs, j);
     return j;
@@ -83,37 +102,54 @@ static gboolean dlease_cost(struct spool_txn *t, const struct djob *j, uint32_t 
     return TRUE;
 }
 
-/* What the walk over `due` carries from one entry to the next. */
+/* What the round carries from one entry to the next. */
 struct dpick {
     struct spool_txn *t;
     struct dlease *dl;
     unsigned seen, txns, rcpts;
+    gboolean full;                  /* the round can take nothing more */
+    gboolean stopped;               /* the walk of the run was stopped, not run out */
     gboolean ok;
     GError **err;
+    /* The job being filled from one run: */
+    struct drun *run;
+    struct djob *job;
 };
 
-/* One due entry: into a job, or FALSE to end the round here. */
+/* One due entry of p->run: into its job, or FALSE when the job is full. */
 static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
 {
     struct dpick *p = ctx;
     struct dlease *dl = p->dl;
+    struct drun *run = p->run;
     struct djob *j;
     struct spool_dlv dv;
     unsigned cost;
 
-    spool_dlv_init(&dv);
-    if (p->rcpts >= dl->max_rcpts) {
-        dl->capped = TRUE;
+    if (ref->msg != run->next.msg || ref->at_ms != run->next.at_ms) {
+        run->done = TRUE;
         return FALSE;
     }
-    if (p->seen++ >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg)))
+    run->next = *ref;
+    /* One job per message at a time: the others have their turn first. */
+    if (p->job && p->job->dvs->len >= dl->d->cfg->relay.max_rcpt_per_txn)
         return FALSE;
+    if (p->rcpts >= dl->max_rcpts) {
+        dl->capped = p->full = TRUE;
+        return FALSE;
+    }
+    if (p->seen++ >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg, run->notice))) {
+        p->full = TRUE;
+        return FALSE;
+    }
+    spool_dlv_init(&dv);
     if (!(p->ok = dlease_cost(p->t, j, ref->idx, &dv, &cost, p->err)) ||
         p->txns + cost > dl->max_txns) {
         spool_dlv_clear(&dv);
         /* A job opened for this entry alone stays out of the round. */
         if (!j->dvs->len)
             g_ptr_array_remove_index(dl->jobs, dl->jobs->len - 1);
+        p->full = TRUE;
         return FALSE;
     }
     /* The record read here is the one dlease_fill() replaces: no second read. */
@@ -122,36 +158,138 @@ static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
     j->txns += cost;
     p->txns += cost;
     p->rcpts++;
+    p->job = j;
+    run->served = TRUE;
+    run->next.idx = ref->idx + 1;   /* past the last entry taken, if the walk ends here */
+    return TRUE;
+}
+
+static gboolean dlease_pick_next(const struct spool_dlv_ref *ref, void *ctx)
+{
+    struct dpick *p = ctx;
+
+    return !(p->stopped = !dlease_pick_one(ref, p));
+}
+
+/* One job's worth of run's entries. */
+static gboolean dlease_take(struct dpick *p, struct drun *run, int64_t now)
+{
+    struct spool_dlv_ref from = run->next;
+
+    p->run = run;
+    p->job = NULL;
+    p->stopped = FALSE;
+    if (!spool_due_foreach_from(p->t, &from, now, dlease_pick_next, p, p->err) || !p->ok)
+        return p->ok = FALSE;
+    /* The walk ran out of due entries: nothing more of this message now. */
+    if (!p->stopped)
+        run->done = TRUE;
+    return TRUE;
+}
+
+/* What spool_due_runs() collects: the messages of this round. */
+struct druns {
+    GArray *runs;                   /* struct drun */
+    unsigned max;
+    const struct spool_dlv_ref *stop;   /* the wrapped walk ends where the first began */
+};
+
+static int dlease_ref_cmp(const struct spool_dlv_ref *a, const struct spool_dlv_ref *b)
+{
+    if (a->at_ms != b->at_ms)
+        return a->at_ms < b->at_ms ? -1 : 1;
+    if (a->msg != b->msg)
+        return a->msg < b->msg ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+static gboolean dlease_run_one(const struct spool_dlv_ref *ref, void *ctx)
+{
+    struct druns *r = ctx;
+    struct drun run = { .next = *ref };
+
+    if (r->stop && dlease_ref_cmp(ref, r->stop) >= 0)
+        return FALSE;
+    g_array_append_val(r->runs, run);
+    return r->runs->len < r->max;
+}
+
+/*
+ * The messages this round shares out: the next ones with due work past
+ * the one the last round served last, then from the head of `due` up to
+ * there; twice as many as the round has jobs for, so that a notice
+ * among them goes first.
+ */
+static gboolean dlease_runs(struct spool_txn *t, struct dlease *dl, GArray *runs, int64_t now,
+                            GError **err)
+{
+    struct spool_dlv_ref start = { .at_ms = dl->after.at_ms, .msg = dl->after.msg + 1 };
+    struct druns r = { runs, 2 * dl->max_jobs, NULL };
+    gboolean wrap = dl->after.msg != 0;
+
+    if (!spool_due_runs(t, wrap ? &start : NULL, now, dlease_run_one, &r, err))
+        return FALSE;
+    r.stop = &start;
+    if (wrap && runs->len < r.max && !spool_due_runs(t, NULL, now, dlease_run_one, &r, err))
+        return FALSE;
+    for (guint i = 0; i < runs->len; i++) {
+        struct drun *run = &g_array_index(runs, struct drun, i);
+        g_autofree char *kind = NULL;
+
+        if (!spool_msg_get_kind(t, run->next.msg, &kind, err))
+            return FALSE;
+        run->notice = g_strcmp0(kind, MSG_KIND_NOTICE) == 0;
+    }
     return TRUE;
 }
 
 /*
- * Walk `due` from its head while entries are due: group them into jobs.
- * Stop at the first entry that fits no job once every job allowed this
- * round is open: the rest waits for the next round.  (Walking on to
- * DUE_SCAN_MAX then made a round cost 4096 index steps whenever more than
- * that was pending, for the one or two jobs a round usually has credit
- * for: the cost per delivery grew with the queue.)
+ * Share the round out: a job for each message in turn, notices first,
+ * again while any takes more, until the round is full.  The next round
+ * starts past the last message other than a notice that was served.
  */
 static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err)
 {
-    struct dpick p = { t, dl, 0, 0, 0, TRUE, err };
+    struct dpick p = { .t = t, .dl = dl, .ok = TRUE, .err = err };
+    g_autoptr(GArray) runs = g_array_new(FALSE, FALSE, sizeof(struct drun));
+    int64_t now = unix_ms();
+    gboolean more = TRUE;
 
-    return spool_due_foreach(t, unix_ms(), dlease_pick_one, &p, err) && p.ok;
+    if (!dlease_runs(t, dl, runs, now, err))
+        return FALSE;
+    while (more && !p.full) {
+        more = FALSE;
+        for (int notices = 1; notices >= 0 && !p.full; notices--)
+            for (guint i = 0; i < runs->len && !p.full; i++) {
+                struct drun *run = &g_array_index(runs, struct drun, i);
+                guint before = p.rcpts;
+
+                if (run->done || run->notice != notices)
+                    continue;
+                if (!dlease_take(&p, run, now))
+                    return FALSE;
+                more |= p.rcpts > before && !run->done;
+            }
+    }
+    for (guint i = runs->len; i-- > 0;) {
+        const struct drun *run = &g_array_index(runs, struct drun, i);
+        if (run->served && !run->notice) {
+            dl->after = run->next;
+            break;
+        }
+    }
+    return TRUE;
 }
 
 /* Mark a job's deliveries leased and fill in what the worker needs. */
 static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob *j, GError **err)
 {
-    g_autofree char *kind = NULL;
     g_autoptr(GByteArray) body = g_byte_array_new();
     int64_t expiry = unix_ms() + (int64_t)dl->d->cfg->retry.lease * 1000;
 
-    /* The kind alone decides the envelope sender: no need to decode the whole record. */
-    if (!spool_msg_get_kind(t, j->msg, &kind, err))
-        return FALSE;
+    /* The kind alone decides the envelope sender, read with the message's run. */
     j->wire.msg = j->msg;
-    j->wire.mail_from = g_strdup(g_strcmp0(kind, MSG_KIND_NOTICE) == 0 ? "" : dl->d->mail_from);
+    j->wire.mail_from = g_strdup(j->notice ? "" : dl->d->mail_from);
     if (!(j->wire.lease = spool_id_next(t, err)) ||
         !spool_body_get(t, DB_OUTGOING, j->msg, body, err))
         return FALSE;
@@ -295,6 +433,7 @@ struct dlease *dispatch_leases_new(struct dispatch *d)
     struct dlease *dl = g_new0(struct dlease, 1);
 
     dl->d = d;
+    dl->after = d->due_after;
     dl->jobs = g_ptr_array_new_with_free_func(djob_free);
     dl->max_jobs = dispatch_conns_room(d);
     dl->skip = !dl->max_jobs || d->paused_until > unix_ms() ||
@@ -323,6 +462,8 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
     /* The wait is known once written: no round before it ends. */
     if (committed && !dl->skip && d->cfg->relay.daily_limit)
         d->quota_wait_until = dl->quota.waiting_until;
+    if (committed)
+        d->due_after = dl->after;
     for (guint i = 0; i < dl->jobs->len; i++) {
         struct djob *j = dl->jobs->pdata[i];
         struct dispatch_worker *w = dispatch_conns_pick(d);
