@@ -10,10 +10,12 @@
  * recipients keeps both.  A lease that runs out and is leased again counts
  * again: the relay may have taken it.
  *
- * The window is RELAY_QUOTA_SPAN buckets of window / 24 each (an hour for
- * 24 h) in one ring, plus the bucket now filling: a recipient leaves the
- * count between `window` and `window + bucket` after it was leased, never
- * before, so the relay's own rolling count is never exceeded.
+ * The window is RELAY_QUOTA_PARTS buckets of window / 24 each (an hour
+ * for 24 h) plus the bucket now filling, in one ring of RELAY_QUOTA_SPAN:
+ * a recipient leaves the count between `window` and `window + bucket`
+ * after it was leased, never before, so the relay's own rolling count is
+ * never exceeded.  The pure functions below want relay_quota_setup()
+ * first (a record read from a spool that never had one is all zero).
  *
  * The record is meta "relay.quota" (relay_quota.c has the layout),
  * written by the dispatcher in the transaction that leases, read by
