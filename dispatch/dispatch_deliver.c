@@ -396,7 +396,9 @@ static gboolean dlease_write(struct spool_txn *t, void *ctx, GError **err)
     struct dlease *dl = ctx;
     int64_t now = unix_ms();
 
+    /* spool_write may run us again (map growth): start over from what we knew. */
     g_ptr_array_set_size(dl->jobs, 0);
+    dl->after = dl->d->due_after;
     if (!dlease_quota_begin(t, dl, now, err) || !dlease_pick(t, dl, err))
         return FALSE;
     for (guint i = 0; i < dl->jobs->len; i++)
