@@ -77,6 +77,8 @@ static const struct config_key config_keys[] = {
     K("relay", "max_connections", CT_COUNT, "10", relay.max_connections),
     K("relay", "max_rcpt_per_txn", CT_COUNT, "100", relay.max_rcpt_per_txn),
     K("relay", "rate", CT_RATE, "0", relay.rate),
+    K("relay", "daily_limit", CT_COUNT, "0", relay.daily_limit),
+    K("relay", "daily_window", CT_DURATION, "24h", relay.daily_window),
     K("relay", "timeout", CT_DURATION, "5m", relay.timeout),
 
     K("retry", "initial", CT_DURATION, "5m", retry.initial),
@@ -666,6 +668,8 @@ static void config_check_relay(const struct postern_config *cfg, GPtrArray *prob
                        g_strerror(errno));
     if (!isfinite(cfg->relay.rate))
         config_problem(problems, cfg, "relay", "rate", "not a finite number (0: no limit)");
+    if (cfg->relay.daily_limit > G_MAXUINT32)
+        config_problem(problems, cfg, "relay", "daily_limit", "more than %u", G_MAXUINT32);
     relay_url_clear(&url);
 }
 
@@ -1009,6 +1013,8 @@ gboolean config_validate(const struct postern_config *cfg, GPtrArray *problems)
                           "nothing could be delivered");
     config_check_positive(cfg, problems, "relay", "max_rcpt_per_txn",
                           cfg->relay.max_rcpt_per_txn, "nothing could be delivered");
+    config_check_positive(cfg, problems, "relay", "daily_window", cfg->relay.daily_window,
+                          "the daily limit needs a window");
     config_check_positive(cfg, problems, "relay", "timeout", cfg->relay.timeout,
                           "every SMTP phase would time out");
     config_check_positive(cfg, problems, "retry", "initial", cfg->retry.initial,

@@ -84,6 +84,8 @@ struct postern_config {
         uint64_t max_connections;
         uint64_t max_rcpt_per_txn;
         double rate;
+        uint64_t daily_limit;       /* recipients per daily_window; 0: no limit */
+        uint64_t daily_window;      /* seconds: the rolling window of daily_limit (24h) */
         uint64_t timeout;           /* every SMTP phase of the sender workers */
     } relay;
     struct {

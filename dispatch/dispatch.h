@@ -68,6 +68,8 @@ struct dispatch {
     unsigned pauses;                /* pauses in a row */
     uint64_t pause_since;           /* id sequence when it began (spool/relay_state.h) */
     gboolean relay_held;            /* paused at the last look: log the resume once */
+    struct spool_dlv_ref due_after; /* fair rounds: the message served last (dispatch_deliver.c) */
+    int64_t quota_wait_until;       /* unix ms: [relay] daily_limit reached (spool/relay_quota.h) */
     double rate_tokens;             /* [relay] rate token bucket */
     int64_t rate_refilled;          /* monotonic ms */
 

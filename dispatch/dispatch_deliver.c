@@ -5,9 +5,19 @@
  * Due work is found through the `due` index (time order), never a scan of
  * all deliveries: the cost of a round is the number of deliveries it
  * leases, whatever the size of the spool.
+ *
+ * A round is fair between messages: it looks at the next few messages
+ * with due work (spool_due_runs(), a seek per message, however many
+ * recipients each has), in turn from where the last round stopped, and
+ * gives each one job at a time, notices first, until the round's jobs,
+ * rate or daily limit are used up.  A 5,000-recipient send thus takes
+ * one job in each round it shares, and a notice or a small message
+ * queued behind it goes in the next round, not after it.
  */
 #include "dispatch/dispatch.h"
 #include "common/log.h"
+#include "spool/relay_quota.h"
+#include "spool/spool_events.h"
 
 #include <string.h>
 
@@ -15,6 +25,7 @@
 
 struct djob {
     queue_id msg;
+    gboolean notice;                /* kind notice: null sender (read with the run) */
     GArray *dvs;                    /* struct spool_dlv, as the walk read them */
     unsigned txns;                  /* SMTP transactions: what [relay] rate counts */
     gboolean shared;                /* has recipients of the identical copy */
@@ -26,7 +37,19 @@ struct dlease {
     gboolean skip;                  /* nothing to lease this round (no room, paused, rate) */
     unsigned max_jobs;
     unsigned max_txns;              /* [relay] rate budget for this round */
+    unsigned max_rcpts;             /* [relay] daily_limit: room left in the window */
+    gboolean capped;                /* due deliveries left behind for the daily limit */
+    struct relay_quota quota;       /* as this round's transaction leaves it */
+    struct spool_dlv_ref after;     /* the last message served: the next round starts past it */
     GPtrArray *jobs;                /* struct djob */
+};
+
+/* A message with due work this round: one run of its entries in `due`. */
+struct drun {
+    struct spool_dlv_ref next;      /* its first entry not yet taken */
+    gboolean notice;
+    gboolean done;                  /* nothing more of it this round */
+    gboolean served;                /* it got a job */
 };
 
 static void djob_free(gpointer p)
@@ -46,7 +69,7 @@ static void djob_free(gpointer p)
  * are next to each other in `due` (time . id . rcpt#), so the last job is
  * looked at first.
  */
-static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
+static struct djob *dlease_job_for(struct dlease *dl, queue_id msg, gboolean notice)
 {
     for (guint i = dl->jobs->len; i-- > 0;) {
         struct djob *j = dl->jobs->pdata[i];
@@ -58,6 +81,7 @@ static struct djob *dlease_job_for(struct dlease *dl, queue_id msg)
     struct djob *j = g_new0(struct djob, 1);
     wire_send_job_init(&j->wire);
     j->msg = msg;
+    j->notice = notice;
     j->dvs = g_array_new(FALSE, FALSE, sizeof(struct spool_dlv));
     g_ptr_array_add(dl->jobs, j);
     return j;
@@ -78,33 +102,54 @@ static gboolean dlease_cost(struct spool_txn *t, const struct djob *j, uint32_t 
     return TRUE;
 }
 
-/* What the walk over `due` carries from one entry to the next. */
+/* What the round carries from one entry to the next. */
 struct dpick {
     struct spool_txn *t;
     struct dlease *dl;
-    unsigned seen, txns;
+    unsigned seen, txns, rcpts;
+    gboolean full;                  /* the round can take nothing more */
+    gboolean stopped;               /* the walk of the run was stopped, not run out */
     gboolean ok;
     GError **err;
+    /* The job being filled from one run: */
+    struct drun *run;
+    struct djob *job;
 };
 
-/* One due entry: into a job, or FALSE to end the round here. */
+/* One due entry of p->run: into its job, or FALSE when the job is full. */
 static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
 {
     struct dpick *p = ctx;
     struct dlease *dl = p->dl;
+    struct drun *run = p->run;
     struct djob *j;
     struct spool_dlv dv;
     unsigned cost;
 
-    spool_dlv_init(&dv);
-    if (p->seen++ >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg)))
+    if (ref->msg != run->next.msg || ref->at_ms != run->next.at_ms) {
+        run->done = TRUE;
         return FALSE;
+    }
+    run->next = *ref;
+    /* One job per message at a time: the others have their turn first. */
+    if (p->job && p->job->dvs->len >= dl->d->cfg->relay.max_rcpt_per_txn)
+        return FALSE;
+    if (p->rcpts >= dl->max_rcpts) {
+        dl->capped = p->full = TRUE;
+        return FALSE;
+    }
+    if (p->seen++ >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg, run->notice))) {
+        p->full = TRUE;
+        return FALSE;
+    }
+    spool_dlv_init(&dv);
     if (!(p->ok = dlease_cost(p->t, j, ref->idx, &dv, &cost, p->err)) ||
         p->txns + cost > dl->max_txns) {
         spool_dlv_clear(&dv);
         /* A job opened for this entry alone stays out of the round. */
         if (!j->dvs->len)
             g_ptr_array_remove_index(dl->jobs, dl->jobs->len - 1);
+        p->full = TRUE;
         return FALSE;
     }
     /* The record read here is the one dlease_fill() replaces: no second read. */
@@ -112,36 +157,139 @@ static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
     g_array_append_val(j->dvs, dv);
     j->txns += cost;
     p->txns += cost;
+    p->rcpts++;
+    p->job = j;
+    run->served = TRUE;
+    run->next.idx = ref->idx + 1;   /* past the last entry taken, if the walk ends here */
+    return TRUE;
+}
+
+static gboolean dlease_pick_next(const struct spool_dlv_ref *ref, void *ctx)
+{
+    struct dpick *p = ctx;
+
+    return !(p->stopped = !dlease_pick_one(ref, p));
+}
+
+/* One job's worth of run's entries. */
+static gboolean dlease_take(struct dpick *p, struct drun *run, int64_t now)
+{
+    struct spool_dlv_ref from = run->next;
+
+    p->run = run;
+    p->job = NULL;
+    p->stopped = FALSE;
+    if (!spool_due_foreach_from(p->t, &from, now, dlease_pick_next, p, p->err) || !p->ok)
+        return p->ok = FALSE;
+    /* The walk ran out of due entries: nothing more of this message now. */
+    if (!p->stopped)
+        run->done = TRUE;
+    return TRUE;
+}
+
+/* What spool_due_runs() collects: the messages of this round. */
+struct druns {
+    GArray *runs;                   /* struct drun */
+    unsigned max;
+    const struct spool_dlv_ref *stop;   /* the wrapped walk ends where the first began */
+};
+
+static int dlease_ref_cmp(const struct spool_dlv_ref *a, const struct spool_dlv_ref *b)
+{
+    if (a->at_ms != b->at_ms)
+        return a->at_ms < b->at_ms ? -1 : 1;
+    if (a->msg != b->msg)
+        return a->msg < b->msg ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+static gboolean dlease_run_one(const struct spool_dlv_ref *ref, void *ctx)
+{
+    struct druns *r = ctx;
+    struct drun run = { .next = *ref };
+
+    if (r->stop && dlease_ref_cmp(ref, r->stop) >= 0)
+        return FALSE;
+    g_array_append_val(r->runs, run);
+    return r->runs->len < r->max;
+}
+
+/*
+ * The messages this round shares out: the next ones with due work past
+ * the one the last round served last, then from the head of `due` up to
+ * there; twice as many as the round has jobs for, so that a notice
+ * among them goes first.
+ */
+static gboolean dlease_runs(struct spool_txn *t, struct dlease *dl, GArray *runs, int64_t now,
+                            GError **err)
+{
+    struct spool_dlv_ref start = { .at_ms = dl->after.at_ms, .msg = dl->after.msg + 1 };
+    struct druns r = { runs, 2 * dl->max_jobs, NULL };
+    gboolean wrap = dl->after.msg != 0;
+
+    if (!spool_due_runs(t, wrap ? &start : NULL, now, dlease_run_one, &r, err))
+        return FALSE;
+    r.stop = &start;
+    if (wrap && runs->len < r.max && !spool_due_runs(t, NULL, now, dlease_run_one, &r, err))
+        return FALSE;
+    for (guint i = 0; i < runs->len; i++) {
+        struct drun *run = &g_array_index(runs, struct drun, i);
+        g_autofree char *kind = NULL;
+
+        if (!spool_msg_get_kind(t, run->next.msg, &kind, err))
+            return FALSE;
+        run->notice = g_strcmp0(kind, MSG_KIND_NOTICE) == 0;
+    }
     return TRUE;
 }
 
 /*
- * Walk `due` from its head while entries are due: group them into jobs.
- * Stop at the first entry that fits no job once every job allowed this
- * round is open: the rest waits for the next round.  (Walking on to
- * DUE_SCAN_MAX then made a round cost 4096 index steps whenever more than
- * that was pending, for the one or two jobs a round usually has credit
- * for: the cost per delivery grew with the queue.)
+ * Share the round out: a job for each message in turn, notices first,
+ * again while any takes more, until the round is full.  The next round
+ * starts past the last message other than a notice that was served.
  */
 static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err)
 {
-    struct dpick p = { t, dl, 0, 0, TRUE, err };
+    struct dpick p = { .t = t, .dl = dl, .ok = TRUE, .err = err };
+    g_autoptr(GArray) runs = g_array_new(FALSE, FALSE, sizeof(struct drun));
+    int64_t now = unix_ms();
+    gboolean more = TRUE;
 
-    return spool_due_foreach(t, unix_ms(), dlease_pick_one, &p, err) && p.ok;
+    if (!dlease_runs(t, dl, runs, now, err))
+        return FALSE;
+    while (more && !p.full) {
+        more = FALSE;
+        for (int notices = 1; notices >= 0 && !p.full; notices--)
+            for (guint i = 0; i < runs->len && !p.full; i++) {
+                struct drun *run = &g_array_index(runs, struct drun, i);
+                guint before = p.rcpts;
+
+                if (run->done || run->notice != notices)
+                    continue;
+                if (!dlease_take(&p, run, now))
+                    return FALSE;
+                more |= p.rcpts > before && !run->done;
+            }
+    }
+    for (guint i = runs->len; i-- > 0;) {
+        const struct drun *run = &g_array_index(runs, struct drun, i);
+        if (run->served && !run->notice) {
+            dl->after = run->next;
+            break;
+        }
+    }
+    return TRUE;
 }
 
 /* Mark a job's deliveries leased and fill in what the worker needs. */
 static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob *j, GError **err)
 {
-    g_autofree char *kind = NULL;
     g_autoptr(GByteArray) body = g_byte_array_new();
     int64_t expiry = unix_ms() + (int64_t)dl->d->cfg->retry.lease * 1000;
 
-    /* The kind alone decides the envelope sender: no need to decode the whole record. */
-    if (!spool_msg_get_kind(t, j->msg, &kind, err))
-        return FALSE;
+    /* The kind alone decides the envelope sender, read with the message's run. */
     j->wire.msg = j->msg;
-    j->wire.mail_from = g_strdup(g_strcmp0(kind, MSG_KIND_NOTICE) == 0 ? "" : dl->d->mail_from);
+    j->wire.mail_from = g_strdup(j->notice ? "" : dl->d->mail_from);
     if (!(j->wire.lease = spool_id_next(t, err)) ||
         !spool_body_get(t, DB_OUTGOING, j->msg, body, err))
         return FALSE;
@@ -164,17 +312,99 @@ static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob 
     return TRUE;
 }
 
+/*
+ * [relay] daily_limit: the room left in the window bounds the recipients
+ * this round leases.  The window is read in the round's transaction, not
+ * kept in memory, so that a restarted dispatcher counts on from where the
+ * last one stopped.
+ */
+static gboolean dlease_quota_begin(struct spool_txn *t, struct dlease *dl, int64_t now,
+                                   GError **err)
+{
+    const struct postern_config *cfg = dl->d->cfg;
+
+    dl->capped = FALSE;
+    dl->max_rcpts = G_MAXUINT;
+    if (!cfg->relay.daily_limit)
+        return TRUE;
+    if (!relay_quota_get(t, &dl->quota, err))
+        return FALSE;
+    relay_quota_setup(&dl->quota, (int64_t)cfg->relay.daily_window * 1000,
+                      (uint32_t)cfg->relay.daily_limit, now);
+    dl->max_rcpts = relay_quota_room(&dl->quota, now);
+    return TRUE;
+}
+
+/* A wait for the window begins: the platform hears when it ends. */
+static gboolean dlease_quota_event(struct spool_txn *t, const struct dlease *dl, GError **err)
+{
+    struct spool_event ev;
+    gboolean ok;
+
+    spool_event_init(&ev);
+    ev.type = g_strdup(EVENT_RELAY_QUOTA_WAIT);
+    ev.until = dl->quota.waiting_until;
+    ev.reason = g_strdup_printf("daily limit of %u recipients reached", dl->quota.limit);
+    ok = spool_event_add(t, &ev, err);
+    spool_event_clear(&ev);
+    return ok;
+}
+
+/*
+ * Count what this round leased.  Deliveries that were due and left behind
+ * begin a wait, visible in the spool (spoolctl stats, metrics), as an
+ * event and one log line; the first lease after it ends the wait.  An idle
+ * round changes nothing and writes nothing.
+ */
+static gboolean dlease_quota_end(struct spool_txn *t, struct dlease *dl, int64_t now,
+                                 GError **err)
+{
+    const char *url = dl->d->cfg->relay.url;
+    unsigned leased = 0;
+    gboolean was_waiting = dl->quota.waiting_until != 0;
+
+    if (!dl->d->cfg->relay.daily_limit)
+        return TRUE;
+    for (guint i = 0; i < dl->jobs->len; i++)
+        leased += ((struct djob *)dl->jobs->pdata[i])->dvs->len;
+    relay_quota_add(&dl->quota, now, leased);
+    if (leased && was_waiting) {
+        dl->quota.waiting_until = 0;
+        spool_txn_log(t, "relay %s: daily limit: leasing again, %" G_GUINT64_FORMAT
+                      " of %u recipients in the window", url,
+                      relay_quota_used(&dl->quota, now), dl->quota.limit);
+    }
+    if (dl->capped && !dl->quota.waiting_until) {
+        g_autoptr(GDateTime) until = NULL;
+        g_autofree char *when = NULL;
+
+        dl->quota.waiting_until = relay_quota_next_room(&dl->quota, now);
+        until = g_date_time_new_from_unix_local(dl->quota.waiting_until / 1000);
+        when = g_date_time_format(until, "%H:%M:%S");
+        spool_txn_log(t, "relay %s: daily limit of %u recipients reached: deliveries wait "
+                      "until %s", url, dl->quota.limit, when);
+        if (!dlease_quota_event(t, dl, err))
+            return FALSE;
+    }
+    if (!leased && was_waiting == (dl->quota.waiting_until != 0))
+        return TRUE;
+    return relay_quota_put(t, &dl->quota, err);
+}
+
 static gboolean dlease_write(struct spool_txn *t, void *ctx, GError **err)
 {
     struct dlease *dl = ctx;
+    int64_t now = unix_ms();
 
+    /* spool_write may run us again (map growth): start over from what we knew. */
     g_ptr_array_set_size(dl->jobs, 0);
-    if (!dlease_pick(t, dl, err))
+    dl->after = dl->d->due_after;
+    if (!dlease_quota_begin(t, dl, now, err) || !dlease_pick(t, dl, err))
         return FALSE;
     for (guint i = 0; i < dl->jobs->len; i++)
         if (!dlease_fill(t, dl, dl->jobs->pdata[i], err))
             return FALSE;
-    return TRUE;
+    return dlease_quota_end(t, dl, now, err);
 }
 
 /*
@@ -205,10 +435,11 @@ struct dlease *dispatch_leases_new(struct dispatch *d)
     struct dlease *dl = g_new0(struct dlease, 1);
 
     dl->d = d;
+    dl->after = d->due_after;
     dl->jobs = g_ptr_array_new_with_free_func(djob_free);
     dl->max_jobs = dispatch_conns_room(d);
     dl->skip = !dl->max_jobs || d->paused_until > unix_ms() ||
-               !(dl->max_txns = dispatch_rate_budget(d));
+               d->quota_wait_until > unix_ms() || !(dl->max_txns = dispatch_rate_budget(d));
     return dl;
 }
 
@@ -230,6 +461,11 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
 {
     if (!committed)
         g_ptr_array_set_size(dl->jobs, 0);
+    /* The wait is known once written: no round before it ends. */
+    if (committed && !dl->skip && d->cfg->relay.daily_limit)
+        d->quota_wait_until = dl->quota.waiting_until;
+    if (committed)
+        d->due_after = dl->after;
     for (guint i = 0; i < dl->jobs->len; i++) {
         struct djob *j = dl->jobs->pdata[i];
         struct dispatch_worker *w = dispatch_conns_pick(d);

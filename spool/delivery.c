@@ -407,26 +407,39 @@ gboolean spool_dlv_foreach(struct spool_txn *t, queue_id msg, spool_dlv_fn fn, v
 }
 
 /*
- * The index walk behind spool_due_foreach() and spool_lease_foreach().
- * Keys are time (8) . msg (8) . rcpt# (4), big-endian (dlv_index_key());
- * an entry of another size is not ours and is skipped.
+ * The index walk behind spool_due_foreach() and spool_lease_foreach(),
+ * and the two walks of `due` that start at an entry (from, NULL: the
+ * head).  Keys are time (8) . msg (8) . rcpt# (4), big-endian
+ * (dlv_index_key()); an entry of another size is not ours and is skipped.
+ * With runs, only the first entry of each run of one message at one time
+ * is visited: the rest of the run is skipped by a seek, never read.
  */
-static gboolean dlv_index_foreach(struct spool_txn *t, enum spool_db db, int64_t until_ms,
-                                  spool_dlv_ref_fn fn, void *ctx, GError **err)
+static gboolean dlv_index_walk(struct spool_txn *t, enum spool_db db,
+                               const struct spool_dlv_ref *from, gboolean runs,
+                               int64_t until_ms, spool_dlv_ref_fn fn, void *ctx, GError **err)
 {
     MDB_cursor *cur;
     MDB_val key, val;
+    unsigned char start[20];
     int rc;
 
     if ((rc = mdb_cursor_open(spool_mdb_txn(t), spool_dbi(t->sp, db), &cur)))
         return spool_mdb_fail(rc, db == DB_DUE ? "open due index" : "open lease index", err);
-    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+    if (from) {
+        spool_be64(start, (uint64_t)from->at_ms);
+        dlv_key(start + 8, from->msg, from->idx);
+        key.mv_size = sizeof(start);
+        key.mv_data = start;
+    }
+    rc = mdb_cursor_get(cur, &key, &val, from ? MDB_SET_RANGE : MDB_FIRST);
+    while (rc == 0) {
         const unsigned char *k = key.mv_data;
         struct spool_dlv_ref ref;
 
-        if (key.mv_size != 20)
+        if (key.mv_size != 20) {
+            rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
             continue;
+        }
         ref.at_ms = (int64_t)spool_get_be64(k);
         if (ref.at_ms > until_ms)
             break;
@@ -437,6 +450,16 @@ static gboolean dlv_index_foreach(struct spool_txn *t, enum spool_db db, int64_t
             memcpy(&ref.lease, val.mv_data, sizeof(ref.lease));
         if (!fn(&ref, ctx))
             break;
+        if (!runs || ref.msg == G_MAXUINT64) {
+            rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+            continue;
+        }
+        /* The next run: this time, the next message, its first recipient. */
+        spool_be64(start, (uint64_t)ref.at_ms);
+        dlv_key(start + 8, ref.msg + 1, 0);
+        key.mv_size = sizeof(start);
+        key.mv_data = start;
+        rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
     }
     mdb_cursor_close(cur);
     if (rc && rc != MDB_NOTFOUND)
@@ -447,13 +470,25 @@ static gboolean dlv_index_foreach(struct spool_txn *t, enum spool_db db, int64_t
 gboolean spool_due_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_fn fn, void *ctx,
                            GError **err)
 {
-    return dlv_index_foreach(t, DB_DUE, until_ms, fn, ctx, err);
+    return dlv_index_walk(t, DB_DUE, NULL, FALSE, until_ms, fn, ctx, err);
+}
+
+gboolean spool_due_foreach_from(struct spool_txn *t, const struct spool_dlv_ref *from,
+                                int64_t until_ms, spool_dlv_ref_fn fn, void *ctx, GError **err)
+{
+    return dlv_index_walk(t, DB_DUE, from, FALSE, until_ms, fn, ctx, err);
+}
+
+gboolean spool_due_runs(struct spool_txn *t, const struct spool_dlv_ref *from, int64_t until_ms,
+                        spool_dlv_ref_fn fn, void *ctx, GError **err)
+{
+    return dlv_index_walk(t, DB_DUE, from, TRUE, until_ms, fn, ctx, err);
 }
 
 gboolean spool_lease_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_fn fn,
                              void *ctx, GError **err)
 {
-    return dlv_index_foreach(t, DB_LEASES, until_ms, fn, ctx, err);
+    return dlv_index_walk(t, DB_LEASES, NULL, FALSE, until_ms, fn, ctx, err);
 }
 
 static gboolean dlv_count_one(const struct spool_dlv *d, void *ctx)

@@ -78,6 +78,18 @@ gboolean spool_due_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_
                            GError **err);
 gboolean spool_lease_foreach(struct spool_txn *t, int64_t until_ms, spool_dlv_ref_fn fn,
                              void *ctx, GError **err);
+/* The same walk of `due` from the first entry at or after from (its at_ms, msg, idx). */
+gboolean spool_due_foreach_from(struct spool_txn *t, const struct spool_dlv_ref *from,
+                                int64_t until_ms, spool_dlv_ref_fn fn, void *ctx, GError **err);
+/*
+ * The messages that have due work, for a fair round: the first entry of
+ * each run of one message's entries at one due time, in `due` order from
+ * from (NULL: the head), while at_ms <= until_ms.  The rest of a run is
+ * skipped by a seek, not read, so a message with 5,000 due recipients
+ * costs as little as one with one.
+ */
+gboolean spool_due_runs(struct spool_txn *t, const struct spool_dlv_ref *from, int64_t until_ms,
+                        spool_dlv_ref_fn fn, void *ctx, GError **err);
 
 /*
  * After msg's deliveries changed (results recorded, or the operator

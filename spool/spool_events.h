@@ -32,6 +32,7 @@
 #define EVENT_MESSAGE_DONE "message.done"
 #define EVENT_RELAY_PAUSED "relay.paused"
 #define EVENT_RELAY_RESUMED "relay.resumed"
+#define EVENT_RELAY_QUOTA_WAIT "relay.quota_wait"     /* until; reason: the limit */
 #define EVENT_ADDRESS_SUPPRESSED "address.suppressed"  /* rcpt: the address; reply: why */
 #define EVENT_UNSUBSCRIBED "unsubscribed"              /* rcpt, list; reply: one-click or mailto */
 
@@ -45,13 +46,14 @@ struct spool_event {
     queue_id msg;                   /* message events: the queue id */
     char *token;                    /* accepted, rejected: the token id, if any */
     char *sender;                   /* accepted, rejected: the envelope sender */
-    char *reason;                   /* rejected: TOKEN_USED ...; relay.paused: the reply */
+    char *reason;                   /* rejected: TOKEN_USED ...; relay.paused: the reply;
+                                     * relay.quota_wait: the limit */
     char *rcpt;                     /* delivery.bounced: the address */
     char *reply;                    /* delivery.bounced: the last reply */
     char *list;                     /* address.suppressed, unsubscribed: the list */
     uint32_t nrcpt;                 /* accepted: recipients */
     uint32_t sent, bounced;         /* done */
-    int64_t until;                  /* relay.paused: unix ms */
+    int64_t until;                  /* relay.paused, relay.quota_wait: unix ms */
 };
 
 /* Where the poster stands: what `spoolctl events` shows as "next try". */

@@ -42,7 +42,7 @@ gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err
         spool_read_end(&t);
         return FALSE;
     }
-    if (!relay_state_get(&t, &st->relay, err)) {
+    if (!relay_state_get(&t, &st->relay, err) || !relay_quota_get(&t, &st->quota, err)) {
         spool_read_end(&t);
         return FALSE;
     }
@@ -125,4 +125,21 @@ void spool_stats_prometheus(const struct spool_stats *st, GString *out)
                            paused ? st->relay.paused_until / 1000 : 0);
     stats_family(out, "postern_relay_pauses", "gauge", "Relay pauses in a row.");
     g_string_append_printf(out, "postern_relay_pauses %u\n", st->relay.pauses);
+    /* The daily limit: alert on used near limit, or on waiting. */
+    int64_t now = unix_ms();
+    gboolean waiting = st->quota.waiting_until > now;
+    stats_family(out, "postern_relay_quota_used", "gauge",
+                 "Recipients leased towards the relay in the daily window.");
+    g_string_append_printf(out, "postern_relay_quota_used %" G_GUINT64_FORMAT "\n",
+                           relay_quota_used(&st->quota, now));
+    stats_family(out, "postern_relay_quota_limit", "gauge",
+                 "[relay] daily_limit as the dispatcher last applied it, 0 for none.");
+    g_string_append_printf(out, "postern_relay_quota_limit %u\n", st->quota.limit);
+    stats_family(out, "postern_relay_quota_waiting", "gauge",
+                 "1 while due deliveries wait for the daily window to move.");
+    g_string_append_printf(out, "postern_relay_quota_waiting %d\n", waiting ? 1 : 0);
+    stats_family(out, "postern_relay_quota_waiting_until_seconds", "gauge",
+                 "Unix time the daily window next makes room, 0 when not waiting.");
+    g_string_append_printf(out, "postern_relay_quota_waiting_until_seconds %" G_GINT64_FORMAT
+                           "\n", waiting ? st->quota.waiting_until / 1000 : 0);
 }

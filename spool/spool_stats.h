@@ -8,6 +8,7 @@
 #define POSTERN_SPOOL_STATS_H
 
 #include "spool/delivery.h"
+#include "spool/relay_quota.h"
 #include "spool/relay_state.h"
 #include "spool/spool.h"
 
@@ -18,6 +19,7 @@ struct spool_stats {
     int64_t oldest_age;             /* seconds, oldest message not ended */
     uint64_t spool_bytes;
     struct relay_state relay;       /* the relay pause */
+    struct relay_quota quota;       /* [relay] daily_limit's window */
     /* Totals (Prometheus counters): spool.h SPOOL_COUNTER_* */
     uint64_t received;
     uint64_t rejected[SPOOL_REJECT_REASONS + 1];   /* spool_reject_reasons, then other */

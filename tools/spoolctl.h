@@ -15,6 +15,7 @@
 
 #include "common/config.h"
 #include "spool/delivery.h"
+#include "spool/relay_quota.h"
 #include "spool/relay_state.h"
 #include "spool/spool.h"
 #include "spool/spool_stats.h"
@@ -98,6 +99,11 @@ gboolean ctl_relay_read(struct ctl *c, struct relay_state *st, GError **err);
 char *ctl_relay_describe(const struct postern_config *cfg, const struct relay_state *st);
 /* {"paused": b, "paused_until": unix s or 0, "pauses": n, "reason": s|null} */
 void ctl_relay_json(JsonBuilder *b, const struct relay_state *st);
+/* "no daily limit" or "U of N recipients in the last 24h[, waiting until ...]" */
+char *ctl_quota_describe(const struct postern_config *cfg, const struct relay_quota *q);
+/* {"limit": n (0: none), "used": n, "waiting": b, "waiting_until": unix s or 0} */
+void ctl_quota_json(JsonBuilder *b, const struct postern_config *cfg,
+                    const struct relay_quota *q);
 int ctl_relay(struct ctl *c, int argc, char **argv);
 
 /* spoolctl_apikey.c */

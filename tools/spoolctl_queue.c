@@ -95,6 +95,8 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
         json_builder_end_object(b);
         json_builder_set_member_name(b, "relay");
         ctl_relay_json(b, &st.relay);
+        json_builder_set_member_name(b, "quota");
+        ctl_quota_json(b, &c->cfg, &st.quota);
         json_builder_end_object(b);
         ctl_json_print(b);
         return CTL_OK;
@@ -112,6 +114,8 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
     /* Last, so that scripts reading the lines above by position still work. */
     g_autofree char *relay = ctl_relay_describe(&c->cfg, &st.relay);
     printf("%-12s %s\n", "relay:", relay);
+    g_autofree char *quota = ctl_quota_describe(&c->cfg, &st.quota);
+    printf("%-12s %s\n", "quota:", quota);
     return CTL_OK;
 }
 

@@ -155,6 +155,8 @@ static void test_cannot_work(void **state)
     expect_error("[ingest]\nlisten = localhost\n", "expected host:port");
     expect_error("[relay]\nrate = nan\n", ":2: [relay] rate: not a finite number");
     expect_error("[relay]\nrate = inf\n", ":2: [relay] rate: not a finite number");
+    expect_error("[relay]\ndaily_window = 0\n", ":2: [relay] daily_window: must be more than 0");
+    expect_error("[relay]\ndaily_limit = 4294967296\n", ":2: [relay] daily_limit: more than");
     expect_error("[relay]\nurl = smtp://relay.example\ntls = none\nuser = u\n"
                  "password_file = /etc/hostname\n", ":3: [relay] tls: none with a user");
     expect_error("[relay]\nuser = u\n", ":2: [relay] user: is set but password_file is not");

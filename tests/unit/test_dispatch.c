@@ -7,6 +7,9 @@
  * workers' socket is a ROUTER bound to an inproc address with no peer:
  * what the dispatcher sends a worker (CONNMAX) is dropped, as ROUTER does
  * with a routing id it does not know.
+ *
+ * Leasing: fair rounds (one job per message in turn, notices first) and
+ * the daily limit's wait (spool/relay_quota.h).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +22,7 @@
 #include "common/log.h"
 #include "dispatch/dispatch.h"
 #include "spool/delivery.h"
+#include "spool/relay_quota.h"
 #include "spool/spool.h"
 #include "tests/unit/temp_spool.h"
 
@@ -117,6 +121,7 @@ struct leased {
     uint32_t attempts;              /* of each, before this lease */
     enum msg_state state;
     int64_t due_at;                 /* not 0: ready, not leased, due then (unix s) */
+    const char *kind;               /* MSG_KIND_*; NULL: mail */
 };
 
 static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
@@ -133,7 +138,7 @@ static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
     m.arrival = unix_ms() / 1000 - 10;
     m.sender = g_strdup("a@example.org");
     m.owner = g_strdup("owner@example.org");
-    m.kind = g_strdup(MSG_KIND_MAIL);
+    m.kind = g_strdup(l->kind ? l->kind : MSG_KIND_MAIL);
     ok = spool_msg_insert(t, &m, err) && spool_body_put(t, DB_OUTGOING, m.id, "x", 1, err);
     for (unsigned i = 0; ok && i < l->n; i++) {
         struct spool_dlv dv;
@@ -647,6 +652,94 @@ static void test_lease_due(void **state)
     assert_int_equal(index_entries(f, 1), 2);
 }
 
+/* The job leased for msg this round, or NULL. */
+static struct dispatch_job *job_of(struct fixture *f, queue_id msg)
+{
+    GHashTableIter it;
+    struct dispatch_job *job;
+
+    g_hash_table_iter_init(&it, f->d.jobs);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&job))
+        if (job->msg == msg)
+            return job;
+    return NULL;
+}
+
+/*
+ * A round with three jobs to give: a 250-recipient message due first
+ * takes one (100 recipients), not all three; a notice due after it goes
+ * first, and the one-recipient message behind it gets the third.
+ */
+static void test_lease_fair(void **state)
+{
+    struct fixture *f = *state;
+    int64_t now = unix_ms() / 1000;
+    struct leased big = { .n = 250, .state = MSG_READY, .due_at = now - 2 };
+    struct leased small = { .n = 1, .state = MSG_READY, .due_at = now - 1 };
+    struct leased notice = { .n = 1, .state = MSG_READY, .due_at = now - 1,
+                             .kind = MSG_KIND_NOTICE };
+
+    add_sender(f, "a", 10);
+    assert_true(spool_write(f->d.spool, put_leased, &big, NULL));
+    assert_true(spool_write(f->d.spool, put_leased, &small, NULL));
+    assert_true(spool_write(f->d.spool, put_leased, &notice, NULL));
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+
+    dispatch_lease_deliveries(&f->d);
+
+    assert_int_equal(g_hash_table_size(f->d.jobs), 3);
+    assert_non_null(job_of(f, notice.msg));
+    assert_non_null(job_of(f, small.msg));
+    assert_non_null(job_of(f, big.msg));
+    assert_int_equal(job_of(f, big.msg)->rcpts, f->ts->cfg.relay.max_rcpt_per_txn);
+    assert_int_equal(index_entries(f, 1), 102);
+}
+
+static struct relay_quota read_quota(struct fixture *f)
+{
+    struct spool_txn t;
+    struct relay_quota q;
+
+    assert_true(spool_read_begin(f->d.spool, &t, NULL));
+    assert_true(relay_quota_get(&t, &q, NULL));
+    spool_read_end(&t);
+    return q;
+}
+
+/*
+ * [relay] daily_limit 5 with 8 due: 5 leased, the rest waits, the wait
+ * written in the spool; no further round leases, not even a dispatcher
+ * that starts afresh and knows only the spool.
+ */
+static void test_lease_daily_limit(void **state)
+{
+    struct fixture *f = *state;
+    struct leased l = { .n = 8, .state = MSG_READY, .due_at = unix_ms() / 1000 - 1 };
+    struct relay_quota q;
+
+    f->ts->cfg.relay.daily_limit = 5;
+    add_sender(f, "a", 10);
+    assert_true(spool_write(f->d.spool, put_leased, &l, NULL));
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+
+    dispatch_lease_deliveries(&f->d);
+    assert_int_equal(index_entries(f, 1), 5);
+    q = read_quota(f);
+    assert_int_equal(relay_quota_used(&q, unix_ms()), 5);
+    assert_int_equal(q.limit, 5);
+    assert_true(q.waiting_until > unix_ms() + 23 * 3600 * 1000LL);
+    assert_int_equal(f->d.quota_wait_until, q.waiting_until);
+
+    dispatch_lease_deliveries(&f->d);
+    f->d.quota_wait_until = 0;
+    dispatch_lease_deliveries(&f->d);
+    assert_int_equal(index_entries(f, 1), 5);
+    assert_int_equal(index_entries(f, 0), 3);
+    assert_int_equal(read_quota(f).waiting_until, q.waiting_until);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -659,6 +752,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_conns_adopt_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_due, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_fair, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_daily_limit, setup, teardown),
     };
     log_init("test_dispatch", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);
