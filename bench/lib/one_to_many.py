@@ -24,7 +24,8 @@ import postern  # noqa: E402
 
 
 def one_to_many(n, workers, sink_port, name, config=None):
-    """(seconds from the 250 to the last copy sent, dispatcher CPU seconds)."""
+    """(seconds from the 250 to the last copy sent, CPU seconds of the
+    dispatcher and of the transform meanwhile)."""
     c = D.make_chain(name, sink_port, config)
     try:
         for _ in range(workers):
@@ -32,14 +33,15 @@ def one_to_many(n, workers, sink_port, name, config=None):
         rcpts = [f"b{i}@sink.test" for i in range(n)]
         (tok,) = D.tokens(c, [rcpts])
         time.sleep(2.5)   # the dispatcher's 2 s connection grace after its start
-        cpu0 = D.cpu_seconds(c.dispatch)
+        cpu0 = D.cpu_seconds(c.dispatch), D.cpu_seconds(c.transform)
         with c.ingest.client() as cl:
             cl.lhlo()
             cl.send_message(chain.lego_message(tok, subject="big"), sender=chain.OWNER)
             t0 = time.monotonic()
         postern.wait_for(lambda: D.deliveries(c)["sent"] == n + 1, timeout=600, interval=0.05,
                          what="every copy sent")
-        return time.monotonic() - t0, D.cpu_seconds(c.dispatch) - cpu0
+        return (time.monotonic() - t0, D.cpu_seconds(c.dispatch) - cpu0[0],
+                D.cpu_seconds(c.transform) - cpu0[1])
     finally:
         D.stop(c)
 
@@ -48,7 +50,7 @@ if __name__ == "__main__":
     N = int(os.environ.get("N", 5000))
     sink, port = D.spawn_sink()
     try:
-        secs, cpu = one_to_many(N, int(os.environ.get("W", 4)), port, f"big-{os.getpid()}")
+        secs, cpu, _ = one_to_many(N, int(os.environ.get("W", 4)), port, f"big-{os.getpid()}")
         print(f"{os.environ.get('POSTERN_BUILD')}: {N} rcpts: 250 -> last sent {secs:.2f} s; "
               f"dispatcher CPU {cpu:.2f} s "
               f"(load {open('/proc/loadavg').read().split()[0]})", flush=True)
