@@ -22,8 +22,9 @@ their ratio, so a busy machine weighs on both alike.  Then once:
             every copy must carry an rsa-sha256 DKIM-Signature that
             python3-dkim verifies against the key's record.  A comparison
             with a side that did not sign would be no comparison.
-  big       one message to BIG recipients (one_to_many.py), RSA-2048: from
-            the LMTP 250 to the last copy sent.
+  big       RUNS times one message to BIG recipients (one_to_many.py),
+            RSA-2048: from the LMTP 250 to every copy signed and committed,
+            and to the last copy sent.
 
 Run as root (Postfix), with Debian's /usr/bin/python3.
 """
@@ -73,6 +74,11 @@ def rsa_key():
     der = key.public_key().public_bytes(serialization.Encoding.DER,
                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+
+def rsa_config(key):
+    """The chain's settings to sign with key alone."""
+    return {"dkim": {"keys": f"{chain.SELECTOR}:{key}"}}
 
 
 def start_opendkim(key):
@@ -140,7 +146,7 @@ def tree_cpu(root):
 def postern_send(sink_port, key, name, n):
     """A chain relaying to sink_port: n messages in; (seconds until every copy
     is sent, CPU seconds of every daemon meanwhile)."""
-    c = D.make_chain(name, sink_port, {"dkim": {"keys": f"{chain.SELECTOR}:{key}"}})
+    c = D.make_chain(name, sink_port, rsa_config(key))
     try:
         for _ in range(SENDERS):
             c.add_sender()
@@ -279,7 +285,7 @@ def main():
         big = []
         for rnd in range(1, RUNS + 1):
             secs, signed, cpu, tcpu = one_to_many(BIG, SENDERS, sink_port, f"big-{rnd}",
-                                    {"dkim": {"keys": f"{chain.SELECTOR}:{key}"}})
+                                                  rsa_config(key))
             big.append(secs)
             log(f"big {rnd}: {BIG} recipients, 250 -> every copy signed {signed:.2f} s, "
                 f"-> last copy sent {secs:.2f} s, "
