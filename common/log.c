@@ -3,6 +3,7 @@
  */
 #include "common/log.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,10 @@
 #include <unistd.h>
 
 #define LOG_SYSLOG_SOCKET "/dev/log"
+/* A line formatted on the stack (longer ones go to the heap), and the part
+ * of it its prefix may take. */
+#define LOG_LINE_MAX 2048
+#define LOG_HEAD_MAX 512
 
 static char *log_name;
 static char *log_host;
@@ -131,30 +136,100 @@ static const char *log_stamp(void)
 }
 
 /*
+ * The pid in every stderr line.  getpid() is a system call on every call
+ * (glibc stopped caching it), and the dispatcher logs about three lines
+ * per delivery; so it is read once and again in the child of each fork(),
+ * where it changes.
+ */
+static pid_t log_pid;
+static pthread_once_t log_pid_once = PTHREAD_ONCE_INIT;
+
+static void log_pid_refresh(void)
+{
+    log_pid = getpid();
+}
+
+static void log_pid_setup(void)
+{
+    log_pid_refresh();
+    pthread_atfork(NULL, NULL, log_pid_refresh);
+}
+
+static pid_t log_getpid(void)
+{
+    pthread_once(&log_pid_once, log_pid_setup);
+    return log_pid;
+}
+
+/*
+ * Format the text after the head bytes of line (the stderr prefix, or
+ * nothing for syslog), or, when it is too long for line or must be
+ * escaped, into a new string in *slow.  Lines are short
+ * and clean nearly always, and formatting them on the stack saves the two
+ * allocations per line of building them on the heap.  Returns the whole
+ * line (prefix, text, "\n"), its length in *len and where the text starts
+ * in *text.
+ */
+static const char *log_format(char *line, size_t size, int head, const char *fmt, va_list ap,
+                              char **slow, size_t *len, const char **text)
+{
+    va_list again;
+    int n;
+
+    va_copy(again, ap);
+    n = vsnprintf(line + head, size - head - 1, fmt, ap);
+    if (n >= 0 && (size_t)n < size - head - 1 && !log_needs_escape(line + head)) {
+        n = strlen(line + head);    /* a NUL (%c of 0) ends the text, as in the slow path */
+        line[head + n] = '\n';
+        *len = head + n + 1;
+        *text = line + head;
+        va_end(again);
+        return line;
+    }
+
+    /*
+     * What the text holds came partly from clients (addresses, LHLO
+     * names): it is escaped here, once for every caller, so no byte of it
+     * can move a terminal's cursor or forge a line.
+     */
+    g_autofree char *raw = g_strdup_vprintf(fmt, again);
+    GString *out = g_string_new_len(line, head);
+
+    va_end(again);
+    log_escape_append(out, raw ? raw : "", raw ? strlen(raw) : 0);
+    g_string_append_c(out, '\n');
+    *len = out->len;
+    *slow = g_string_free(out, FALSE);
+    *text = *slow + head;
+    return *slow;
+}
+
+/*
  * One write(2) per line, so lines from the processes that share a stderr
- * (under `postern run`) never interleave mid-line.  What the text holds
- * came partly from clients (addresses, LHLO names): it is escaped here,
- * once for every caller, so no byte of it can move a terminal's cursor or
- * forge a line.
+ * (under `postern run`) never interleave mid-line.
  */
 static void log_vemit(int priority, const char *severity, const char *fmt, va_list ap)
 {
-    g_autofree char *raw = g_strdup_vprintf(fmt, ap);
-    g_autofree char *escaped = log_needs_escape(raw) ? log_escape(raw) : NULL;
-    const char *text = escaped ? escaped : raw;
+    char buf[LOG_LINE_MAX];
+    g_autofree char *slow = NULL;
+    const char *line, *text;
+    size_t len;
+    int head = 0;
+
+    if (log_to_stderr)
+        head = snprintf(buf, LOG_HEAD_MAX, "%s %s %s[%d]: %s%s", log_stamp(),
+                        log_host ? log_host : "-", log_progname(), (int)log_getpid(),
+                        severity ? severity : "", severity ? ": " : "");
+    head = CLAMP(head, 0, LOG_HEAD_MAX - 1);
+    line = log_format(buf, sizeof(buf), head, fmt, ap, &slow, &len, &text);
 
     if (log_to_stderr) {
-        g_autofree char *line = severity
-            ? g_strdup_printf("%s %s %s[%d]: %s: %s\n", log_stamp(), log_host ? log_host : "-",
-                              log_progname(), (int)getpid(), severity, text)
-            : g_strdup_printf("%s %s %s[%d]: %s\n", log_stamp(), log_host ? log_host : "-",
-                              log_progname(), (int)getpid(), text);
-        ssize_t ignored = write(STDERR_FILENO, line, strlen(line));
+        ssize_t ignored = write(STDERR_FILENO, line, len);
         (void)ignored;
     } else if (severity) {
-        syslog(priority, "%s: %s", severity, text);
+        syslog(priority, "%s: %.*s", severity, (int)(line + len - 1 - text), text);
     } else {
-        syslog(priority, "%s", text);
+        syslog(priority, "%.*s", (int)(line + len - 1 - text), text);
     }
 }
 

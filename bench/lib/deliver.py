@@ -77,14 +77,15 @@ def _listening(port):
         return False
 
 
-def make_chain(name, sink_port):
+def make_chain(name, sink_port, config=None):
+    """A chain relaying to the sink; config: more settings over these."""
     (TMP / name).mkdir(parents=True)
-    c = chain.Chain(TMP / name, {
+    c = chain.Chain(TMP / name, postern.merge({
         "relay": {"url": f"smtp://127.0.0.1:{sink_port}", "tls": "none",
                   "max_connections": "64"},
         "retry": {"lease": "5m"},
         "ingest": {"max_connections": "1000"},
-    })
+    }, config))
     return c.start(senders=0)
 
 

@@ -1,6 +1,7 @@
 /*
  * test_log.c - common/log.c: what log_escape() keeps and what it turns
- * into \xNN, and the stderr line format ("Mon DD HH:MM:SS host prog[pid]: ").
+ * into \xNN, and the stderr line format ("Mon DD HH:MM:SS host prog[pid]: "):
+ * long lines whole in one write, the pid right after a fork.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 #include <cmocka.h>
 
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -44,29 +46,109 @@ static void test_escape_controls_and_bad_utf8(void **state)
     expect_escape("ls \xe2\x80\xa8.", "ls \\xe2\\x80\\xa8.");   /* U+2028 breaks lines */
 }
 
+/*
+ * What one message logged with log_init(prog, TRUE) wrote to stderr (the
+ * pipe holds all of it by the time the write end is closed).
+ */
+static char *stderr_of(const char *prog, void (*log)(const char *text), const char *text)
+{
+    int fds[2], saved = dup(STDERR_FILENO);
+    char *buf = g_malloc0(65536);
+    ssize_t n;
+
+    assert_int_equal(pipe(fds), 0);
+    dup2(fds[1], STDERR_FILENO);
+    log_init(prog, TRUE);
+    log(text);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fds[1]);
+    n = read(fds[0], buf, 65535);
+    close(fds[0]);
+    assert_true(n > 0);
+    return buf;
+}
+
+static void warn_text(const char *text)
+{
+    msg_warn("x%sy", text);
+}
+
+static void info_text(const char *text)
+{
+    msg_info("%s", text);
+}
+
 /* One stderr line: the syslog-like stamp, then "prog[pid]: severity: text". */
 static void test_stderr_line_format(void **state)
 {
-    int fds[2], saved = dup(STDERR_FILENO);
-    char buf[512] = "";
-    ssize_t n;
-    g_autofree char *tail = NULL;
+    g_autofree char *buf = stderr_of("test_log", warn_text, "\x1b[1A");
     g_autoptr(GRegex) re = g_regex_new("^[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} "
                                        "\\S+ test_log\\[[0-9]+\\]: warning: x\\\\x1b\\[1Ay\n$",
                                        0, 0, NULL);
 
-    assert_int_equal(pipe(fds), 0);
-    dup2(fds[1], STDERR_FILENO);
-    log_init("test_log", TRUE);
-    msg_warn("x%sy", "\x1b[1A");
-    dup2(saved, STDERR_FILENO);
-    close(fds[1]);
-    n = read(fds[0], buf, sizeof(buf) - 1);
-    close(fds[0]);
-    assert_true(n > 0);
     if (!g_regex_match(re, buf, 0, NULL))
         print_error("line <%s>\n", buf);
     assert_true(g_regex_match(re, buf, 0, NULL));
+}
+
+/*
+ * Lines around and past the size formatted on the stack (2 KiB), clean
+ * and needing escapes: each comes whole, its text unchanged or escaped,
+ * in one write, with one newline.
+ */
+static void test_long_lines_whole(void **state)
+{
+    for (gsize i = 2 * 1400; i <= 2 * 2200; i++) {
+        gsize len = i / 2;
+        g_autofree char *text = g_strnfill(len, 'a');
+        g_autofree char *buf = NULL;
+        g_autofree char *want = NULL;
+        const char *got;
+
+        if (i % 2)
+            text[len / 2] = '\n';
+        want = log_escape(text);
+        buf = stderr_of("test_log", info_text, text);
+        got = strstr(buf, "]: ");
+        assert_non_null(got);
+        got += 3;
+        assert_int_equal(strlen(got), strlen(want) + 1);
+        assert_memory_equal(got, want, strlen(want));
+        assert_int_equal(got[strlen(want)], '\n');
+    }
+}
+
+/* The pid a line names is the process's own, in a forked child too. */
+static void test_pid_after_fork(void **state)
+{
+    int fds[2];
+    char buf[512] = "";
+    g_autofree char *parent = stderr_of("test_log", info_text, "parent");
+    g_autofree char *want_parent = g_strdup_printf("test_log[%d]: parent\n", (int)getpid());
+    g_autofree char *want_child = NULL;
+    pid_t child;
+    int status;
+    ssize_t n;
+
+    assert_non_null(strstr(parent, want_parent));
+    assert_int_equal(pipe(fds), 0);
+    child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        dup2(fds[1], STDERR_FILENO);
+        msg_info("child");
+        _exit(0);
+    }
+    close(fds[1]);
+    assert_int_equal(waitpid(child, &status, 0), child);
+    n = read(fds[0], buf, sizeof(buf) - 1);
+    close(fds[0]);
+    assert_true(n > 0);
+    want_child = g_strdup_printf("test_log[%d]: child\n", (int)child);
+    if (!strstr(buf, want_child))
+        print_error("line <%s>, expected <%s>\n", buf, want_child);
+    assert_non_null(strstr(buf, want_child));
 }
 
 int main(void)
@@ -75,6 +157,8 @@ int main(void)
         cmocka_unit_test(test_escape_keeps_text),
         cmocka_unit_test(test_escape_controls_and_bad_utf8),
         cmocka_unit_test(test_stderr_line_format),
+        cmocka_unit_test(test_long_lines_whole),
+        cmocka_unit_test(test_pid_after_fork),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
