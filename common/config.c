@@ -68,6 +68,7 @@ static const struct config_key config_keys[] = {
 
     K("dkim", "domain", CT_STRING, "localhost", dkim.domain),
     K("dkim", "keys", CT_STRING, "", dkim.keys),
+    K("dkim", "sign_threads", CT_COUNT, "0", dkim.sign_threads),
 
     K("relay", "url", CT_STRING, "maildir:./var/outbox", relay.url),
     K("relay", "tls", CT_STRING, "require", relay.tls),

@@ -74,6 +74,7 @@ struct postern_config {
     struct {
         char *domain;
         char *keys;                 /* "sel:path, sel:path" */
+        uint64_t sign_threads;      /* threads signing one message's copies; 0: one per CPU */
     } dkim;
     struct {
         char *url;

@@ -81,12 +81,101 @@ GBytes *sign_whole(const struct transform *tf, const struct transform_copy *c, c
  */
 #define SIGN_TO_SHARED "To: undisclosed-recipients:;\r\n"
 
+/*
+ * One thread's share of a personalised message: the blocks of rcpts
+ * [from, to), written to blocks[from..to).  Shares write disjoint slots
+ * and read only what no one writes while they run (the key's sign_ctx is
+ * copied per signature: dkim.h), so they need no lock.
+ */
+struct sign_share {
+    const struct transform *tf;
+    const struct transform_copy *c;
+    GPtrArray *rcpts, *own;
+    gint64 now;
+    GBytes **blocks;
+    guint from, to;
+    GError *err;
+};
+
+static gpointer sign_share_run(gpointer data)
+{
+    struct sign_share *sh = data;
+
+    for (guint i = sh->from; i < sh->to; i++) {
+        g_autofree char *to = g_strdup_printf("To: %s\r\n%s", (const char *)sh->rcpts->pdata[i],
+                                              sh->own ? (const char *)sh->own->pdata[i] : "");
+
+        if (!(sh->blocks[i] = sign_block(sh->tf, sh->c, to, sh->now, &sh->err)))
+            break;
+    }
+    return NULL;
+}
+
+/*
+ * How many threads sign n copies.  Below SIGN_THREADED_MIN copies a
+ * thread costs more to start than it saves; [dkim] sign_threads = 0 is one
+ * per CPU, as a 5,000-recipient send otherwise waits on one core while the
+ * others idle (issue 12: 5,000 copies signed in ~1.7 s on one core).
+ */
+#define SIGN_THREADED_MIN 64
+
+static guint sign_thread_count(const struct transform *tf, guint n)
+{
+    guint64 want = tf->cfg->dkim.sign_threads ? tf->cfg->dkim.sign_threads
+                                              : (guint64)g_get_num_processors();
+
+    if (n < SIGN_THREADED_MIN || want < 2)
+        return 1;
+    return (guint)MIN(want, (guint64)(n / (SIGN_THREADED_MIN / 2)));
+}
+
+/* Sign every copy in shares, the caller's thread taking the first. */
+static gboolean sign_personal(const struct transform *tf, const struct transform_copy *c,
+                              GPtrArray *rcpts, GPtrArray *own, gint64 now, GPtrArray *headers,
+                              GError **err)
+{
+    guint n = rcpts->len, nthreads = sign_thread_count(tf, n);
+    g_autofree GBytes **blocks = g_new0(GBytes *, n);
+    g_autofree struct sign_share *shares = g_new0(struct sign_share, nthreads);
+    g_autofree GThread **threads = g_new0(GThread *, nthreads);
+    gboolean ok = TRUE;
+
+    for (guint t = 0; t < nthreads; t++) {
+        shares[t] = (struct sign_share){ tf, c, rcpts, own, now, blocks,
+                                         (guint)((guint64)n * t / nthreads),
+                                         (guint)((guint64)n * (t + 1) / nthreads), NULL };
+        /* A thread that cannot start leaves its share to the caller. */
+        if (t > 0)
+            threads[t] = g_thread_try_new("sign", sign_share_run, &shares[t], NULL);
+    }
+    for (guint t = 0; t < nthreads; t++)
+        if (!threads[t])
+            sign_share_run(&shares[t]);
+    for (guint t = 0; t < nthreads; t++) {
+        if (threads[t])
+            g_thread_join(threads[t]);
+        if (shares[t].err && ok) {
+            g_propagate_error(err, shares[t].err);
+            shares[t].err = NULL;
+            ok = FALSE;
+        }
+        g_clear_error(&shares[t].err);
+    }
+    for (guint i = 0; i < n; i++) {
+        if (ok)
+            g_ptr_array_add(headers, blocks[i]);
+        else if (blocks[i])
+            g_bytes_unref(blocks[i]);
+    }
+    return ok;
+}
+
 gboolean transform_sign_deliveries(const struct transform *tf, GBytes *rewritten, GPtrArray *rcpts,
                                    GPtrArray *own, gint64 now, GBytes **outgoing,
                                    GPtrArray *headers, GError **err)
 {
     struct transform_copy c = { 0 };
-    gboolean ok = TRUE;
+    gboolean ok;
 
     if (!transform_sign_copy_init(&c, rewritten, err))
         return FALSE;
@@ -97,15 +186,7 @@ gboolean transform_sign_deliveries(const struct transform *tf, GBytes *rewritten
         transform_sign_copy_clear(&c);
         return *outgoing != NULL;
     }
-    for (guint i = 0; ok && i < rcpts->len; i++) {
-        g_autofree char *to = g_strdup_printf("To: %s\r\n%s", (const char *)rcpts->pdata[i],
-                                              own ? (const char *)own->pdata[i] : "");
-        GBytes *block = sign_block(tf, &c, to, now, err);
-
-        ok = block != NULL;
-        if (ok)
-            g_ptr_array_add(headers, block);
-    }
+    ok = sign_personal(tf, &c, rcpts, own, now, headers, err);
     *outgoing = ok ? g_bytes_ref(rewritten) : NULL;
     transform_sign_copy_clear(&c);
     return ok;

@@ -97,6 +97,36 @@ static void test_personal_blocks(void **state)
     assert_false(g_bytes_equal(headers->pdata[0], headers->pdata[1]));
 }
 
+/*
+ * Signed on four threads, 300 copies come out in recipient order and
+ * byte for byte as one thread signs them (RSA PKCS#1 v1.5 and Ed25519
+ * signatures are deterministic).
+ */
+static void test_personal_blocks_threaded(void **state)
+{
+    struct fixture *f = *state;
+    g_autoptr(GBytes) common = g_bytes_new_static(rewritten, sizeof(rewritten) - 1);
+    g_autoptr(GPtrArray) rcpts = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) one = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    g_autoptr(GPtrArray) four = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    g_autoptr(GBytes) out1 = NULL, out4 = NULL;
+
+    f->cfg.rewrite.personalize = TRUE;
+    for (guint i = 0; i < 300; i++)
+        g_ptr_array_add(rcpts, g_strdup_printf("r%u@example.org", i));
+    f->cfg.dkim.sign_threads = 1;
+    assert_true(transform_sign_deliveries(&f->tf, common, rcpts, NULL, 1795000000, &out1, one, NULL));
+    f->cfg.dkim.sign_threads = 4;
+    assert_true(transform_sign_deliveries(&f->tf, common, rcpts, NULL, 1795000000, &out4, four, NULL));
+    assert_int_equal(four->len, 300);
+    for (guint i = 0; i < 300; i++) {
+        g_autofree char *to = g_strdup_printf("To: %s\r\n", (char *)rcpts->pdata[i]);
+
+        assert_block(four->pdata[i], to, 2);
+        assert_true(g_bytes_equal(four->pdata[i], one->pdata[i]));
+    }
+}
+
 static void test_shared_copy(void **state)
 {
     struct fixture *f = *state;
@@ -243,6 +273,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_personal_blocks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_personal_blocks_threaded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_copy, setup, teardown),
         cmocka_unit_test(test_copy_without_blank_line),
         cmocka_unit_test_setup_teardown(test_rejection_notice, setup, teardown),
