@@ -14,6 +14,7 @@
 #include <glib.h>
 #include <json-glib/json-glib.h>
 
+#include "common/approval_code.h"
 #include "common/config.h"
 #include "spool/spool.h"
 
@@ -26,6 +27,8 @@ struct api {
     const struct postern_config *cfg;
     struct spool *spool;
     struct api_keys *keys;
+    gboolean approval;              /* a list has approval: approval_key is read */
+    unsigned char approval_key[APPROVAL_KEY_LEN];
 };
 
 /* One request, as the handlers see it (no libmicrohttpd type in it). */
@@ -96,5 +99,11 @@ void api_message_release(struct api *a, struct api_request *rq, struct api_respo
 void api_message_retry(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_metrics(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_healthz(struct api *a, struct api_request *rq, struct api_response *rs);
+
+/* api_approval.c: /a/<code> (the moderator's links) and the platform's approve/discard */
+void api_approval_page(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_approval_act(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_message_approve(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_message_discard(struct api *a, struct api_request *rq, struct api_response *rs);
 
 #endif

@@ -78,6 +78,9 @@ int main(int argc, char **argv)
     /* The keys before anything listens: a broken file is the operator's to fix. */
     if (!(a.keys = api_keys_load(cfg.api.keys_file, &err)))
         daemon_start_fail("[api] keys_file: %s", err->message);
+    /* A list with approval: the key that checks the moderator's links. */
+    if ((a.approval = approval_wanted(&cfg)) && !approval_key_read(&cfg, a.approval_key, &err))
+        daemon_start_fail("[approval] secret_file: %s", err->message);
     if (!*cfg.api.keys_file)
         msg_warn("[api] keys_file is not set: every request but /healthz is refused");
     if (!spool_open(&a.spool, &cfg, &err))

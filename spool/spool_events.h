@@ -33,6 +33,11 @@
 #define EVENT_RELAY_PAUSED "relay.paused"
 #define EVENT_RELAY_RESUMED "relay.resumed"
 #define EVENT_ADDRESS_SUPPRESSED "address.suppressed"  /* rcpt: the address; reply: why */
+/* Approval ([list NAME] approval): held (reason "awaiting approval", the
+ * token), approved, discarded (reason APPROVAL_DISCARDED or APPROVAL_EXPIRED). */
+#define EVENT_MESSAGE_HELD "message.held"
+#define EVENT_MESSAGE_APPROVED "message.approved"
+#define EVENT_MESSAGE_DISCARDED "message.discarded"
 
 #define EVENT_ERROR_MAX 256
 

@@ -22,4 +22,32 @@ gboolean spool_msg_release(struct spool_txn *t, struct spool_msg *m, GError **er
 /* Make its deferred deliveries due now. */
 gboolean spool_msg_retry(struct spool_txn *t, struct spool_msg *m, GError **err);
 
+/*
+ * Approval ([list NAME] approval; docs/operations.md, "Approval").  The
+ * transform makes the deliveries as for any list and then holds the
+ * message with the reason SPOOL_AWAITING_APPROVAL: the hold keeps its
+ * deliveries out of the schedule, and approving is releasing it.  Each
+ * move writes its event (message.held, .approved, .discarded) and one log
+ * line naming who decided.
+ */
+#define SPOOL_AWAITING_APPROVAL "awaiting approval"
+#define SPOOL_DISCARDED "APPROVAL_DISCARDED"   /* rejected: the moderator said no */
+#define SPOOL_APPROVAL_EXPIRED "APPROVAL_EXPIRED" /* rejected: nobody decided in time */
+
+/* Is m held for approval (and so something approve or discard acts on)? */
+gboolean spool_msg_awaits_approval(const struct spool_msg *m);
+/* A ready message of an approval list: hold it until the moderator decides. */
+gboolean spool_msg_hold_for_approval(struct spool_txn *t, struct spool_msg *m,
+                                     const char *token_id, GError **err);
+/* Approved by who (a log word: "link", "spoolctl", "api key NAME"): its copies go. */
+gboolean spool_msg_approve(struct spool_txn *t, struct spool_msg *m, const char *who,
+                           GError **err);
+/*
+ * Discarded (reason SPOOL_DISCARDED or SPOOL_APPROVAL_EXPIRED) by who:
+ * its deliveries and outgoing copy are removed and it ends rejected, so
+ * no copy goes and `spoolctl purge` removes it like any rejected message.
+ */
+gboolean spool_msg_discard(struct spool_txn *t, struct spool_msg *m, const char *reason,
+                           const char *who, GError **err);
+
 #endif

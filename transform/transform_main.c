@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <string.h>
 #include <zmq.h>
+#include <openssl/crypto.h>
 
 /*
  * Jobs the dispatcher may lease us at once.  They are planned one after
@@ -93,6 +94,10 @@ static void transform_keys(struct transform *tf)
     /* [bounce] verp: the key that tells our bounce codes from forged ones. */
     if (tf->cfg->bounce.verp &&
         !(tf->verp_key = bounce_key_read(tf->cfg->bounce.secret_file, &tf->verp_keylen, &err)))
+        msg_fatal("%s", err->message);
+    /* A list with approval: the key of the links in the moderator's notices. */
+    if ((tf->approval = approval_wanted(tf->cfg)) &&
+        !approval_key_read(tf->cfg, tf->approval_key, &err))
         msg_fatal("%s", err->message);
     for (guint i = 0; i < tf->keys->len; i++) {
         const struct dkim_key *k = tf->keys->pdata[i];
@@ -278,6 +283,7 @@ int main(int argc, char **argv)
     spool_close(w.tf.spool);
     g_ptr_array_unref(w.tf.keys);
     secret_free(w.tf.verp_key);
+    OPENSSL_cleanse(w.tf.approval_key, sizeof w.tf.approval_key);
     config_free(&cfg);
     msg_info("daemon stopped");
     return 0;
