@@ -20,6 +20,7 @@
 #include "dispatch/dispatch.h"
 #include "spool/delivery.h"
 #include "spool/spool.h"
+#include "spool/spool_steer.h"
 #include "tests/unit/temp_spool.h"
 
 struct fixture {
@@ -553,6 +554,105 @@ static void test_conns_adopt_leases(void **state)
 
 /* ---- lease expiry ----------------------------------------------------------------------- */
 
+/* ---- approval expiry (dispatch_approval.c) ------------------------------------ */
+
+struct approval_hold {
+    queue_id id;
+    const char *reason;             /* held with it; SPOOL_AWAITING_APPROVAL via the steer */
+    int64_t age;                    /* seconds since it was held */
+};
+
+static gboolean hold_aged(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct approval_hold *h = ctx;
+    struct spool_msg m;
+    gboolean ok;
+
+    if (!spool_msg_get(t, h->id, &m, err))
+        return FALSE;
+    ok = h->reason ? spool_msg_hold(t, &m, h->reason, err)
+                   : spool_msg_hold_for_approval(t, &m, "0123456789abcdef", err);
+    m.since -= h->age;
+    ok = ok && spool_msg_update(t, &m, err);
+    spool_msg_clear(&m);
+    return ok;
+}
+
+static const char *msg_reason(struct fixture *f, queue_id id, char buf[64])
+{
+    struct spool_txn t;
+    struct spool_msg m;
+
+    assert_true(spool_read_begin(f->d.spool, &t, NULL));
+    assert_true(spool_msg_get(&t, id, &m, NULL));
+    g_strlcpy(buf, m.reason ? m.reason : "", 64);
+    spool_msg_clear(&m);
+    spool_read_end(&t);
+    return buf;
+}
+
+/*
+ * Past the list's approval_expiry a message awaiting approval is
+ * discarded (rejected, its deliveries gone); one still inside it, and one
+ * the operator held, stay; nothing is scanned again before the interval.
+ */
+static void test_approval_expiry(void **state)
+{
+    struct fixture *f = *state;
+    struct postern_list *dflt = f->ts->cfg.lists->pdata[0];
+    struct leased l[4];
+    struct approval_hold h[4] = {
+        { .age = 3601 }, { .age = 3599 }, { .reason = "held by operator", .age = 7200 },
+        { .age = 7200 },
+    };
+    char buf[64];
+    int64_t now = mono_ms();
+
+    dflt->approval = TRUE;
+    dflt->approval_expiry = 3600;
+    for (int i = 0; i < 4; i++) {
+        l[i] = (struct leased){ .n = 2, .state = MSG_READY, .due_at = unix_ms() / 1000 };
+        assert_true(spool_write(f->d.spool, put_leased, &l[i], NULL));
+        h[i].id = l[i].msg;
+        if (i < 3)
+            assert_true(spool_write(f->d.spool, hold_aged, &h[i], NULL));
+    }
+    assert_int_equal(index_entries(f, 0), 2);   /* only the last one's, not held */
+
+    dispatch_approval_expire(&f->d, now);
+    assert_int_equal(msg_state(f, l[0].msg), MSG_REJECTED);
+    assert_string_equal(msg_reason(f, l[0].msg, buf), SPOOL_APPROVAL_EXPIRED);
+    assert_int_equal(msg_state(f, l[1].msg), MSG_HOLD);
+    assert_string_equal(msg_reason(f, l[1].msg, buf), SPOOL_AWAITING_APPROVAL);
+    assert_int_equal(msg_state(f, l[2].msg), MSG_HOLD);
+    assert_int_equal(msg_state(f, l[3].msg), MSG_READY);
+    {
+        struct spool_txn t;
+        struct spool_dlv dv;
+        GError *err = NULL;
+
+        assert_true(spool_read_begin(f->d.spool, &t, NULL));
+        assert_false(spool_dlv_get(&t, l[0].msg, 0, &dv, &err));
+        assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND));
+        g_clear_error(&err);
+        spool_read_end(&t);
+    }
+
+    /* Within the interval nothing is looked at, even what is due by now. */
+    h[3].id = l[3].msg;
+    assert_true(spool_write(f->d.spool, hold_aged, &h[3], NULL));
+    dispatch_approval_expire(&f->d, now + 1000);
+    assert_int_equal(msg_state(f, l[3].msg), MSG_HOLD);
+    dispatch_approval_expire(&f->d, now + 5000);
+    assert_int_equal(msg_state(f, l[3].msg), MSG_REJECTED);
+
+    /* No list with approval: no scan at all. */
+    dflt->approval = FALSE;
+    h[1].age = 0;
+    dispatch_approval_expire(&f->d, now + 60000);
+    assert_int_equal(msg_state(f, l[1].msg), MSG_HOLD);
+}
+
 /*
  * An expired lease returns its deliveries to the due queue (ready if never
  * tried, deferred if tried before), forgets the job; an unexpired one stays.
@@ -658,6 +758,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_conns_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_adopt_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_approval_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_due, setup, teardown),
     };
     log_init("test_dispatch", TRUE);
