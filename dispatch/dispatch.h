@@ -76,6 +76,7 @@ struct dispatch {
     int64_t next_scan;              /* monotonic ms of the next timed rescan */
     int64_t next_tick;              /* monotonic ms: heartbeats, expiry */
     int64_t next_approval_scan;     /* monotonic ms (dispatch_approval.c) */
+    queue_id approval_from;         /* where the next approval scan goes on; 0: the start */
     gboolean stopping;
 };
 

@@ -118,6 +118,7 @@ struct leased {
     uint32_t attempts;              /* of each, before this lease */
     enum msg_state state;
     int64_t due_at;                 /* not 0: ready, not leased, due then (unix s) */
+    int64_t arrived_ago;            /* not 0: a queue id of that many seconds ago */
 };
 
 static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
@@ -128,6 +129,8 @@ static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
 
     if (!(l->msg = spool_id_next(t, err)) || !(l->lease = spool_id_next(t, err)))
         return FALSE;
+    if (l->arrived_ago)
+        l->msg = (queue_id)(unix_ms() - l->arrived_ago * 1000) << 16 | (l->msg & 0xffff);
     spool_msg_init(&m);
     m.id = l->msg;
     m.state = l->state;
@@ -595,29 +598,33 @@ static const char *msg_reason(struct fixture *f, queue_id id, char buf[64])
  * Past the list's approval_expiry a message awaiting approval is
  * discarded (rejected, its deliveries gone); one still inside it, and one
  * the operator held, stay; nothing is scanned again before the interval.
+ * The walk stops at messages that arrived within the shortest expiry: one
+ * whose hold claims to be older than its arrival (which cannot be) is not
+ * even read.
  */
 static void test_approval_expiry(void **state)
 {
     struct fixture *f = *state;
     struct postern_list *dflt = f->ts->cfg.lists->pdata[0];
-    struct leased l[4];
-    struct approval_hold h[4] = {
-        { .age = 3601 }, { .age = 3599 }, { .reason = "held by operator", .age = 7200 },
-        { .age = 7200 },
+    struct leased l[5];
+    struct approval_hold h[5] = {
+        { .age = 3700 }, { .age = 3500 }, { .reason = "held by operator", .age = 7200 },
+        { .age = 7200 }, { .age = 7200 },
     };
     char buf[64];
     int64_t now = mono_ms();
 
     dflt->approval = TRUE;
     dflt->approval_expiry = 3600;
-    for (int i = 0; i < 4; i++) {
-        l[i] = (struct leased){ .n = 2, .state = MSG_READY, .due_at = unix_ms() / 1000 };
+    for (int i = 0; i < 5; i++) {
+        l[i] = (struct leased){ .n = 2, .state = MSG_READY, .due_at = unix_ms() / 1000,
+                                .arrived_ago = i < 4 ? 7200 : 0 };
         assert_true(spool_write(f->d.spool, put_leased, &l[i], NULL));
         h[i].id = l[i].msg;
-        if (i < 3)
+        if (i != 3)
             assert_true(spool_write(f->d.spool, hold_aged, &h[i], NULL));
     }
-    assert_int_equal(index_entries(f, 0), 2);   /* only the last one's, not held */
+    assert_int_equal(index_entries(f, 0), 2);   /* only l[3]'s, not held */
 
     dispatch_approval_expire(&f->d, now);
     assert_int_equal(msg_state(f, l[0].msg), MSG_REJECTED);
@@ -626,6 +633,7 @@ static void test_approval_expiry(void **state)
     assert_string_equal(msg_reason(f, l[1].msg, buf), SPOOL_AWAITING_APPROVAL);
     assert_int_equal(msg_state(f, l[2].msg), MSG_HOLD);
     assert_int_equal(msg_state(f, l[3].msg), MSG_READY);
+    assert_int_equal(msg_state(f, l[4].msg), MSG_HOLD);
     {
         struct spool_txn t;
         struct spool_dlv dv;
@@ -639,7 +647,6 @@ static void test_approval_expiry(void **state)
     }
 
     /* Within the interval nothing is looked at, even what is due by now. */
-    h[3].id = l[3].msg;
     assert_true(spool_write(f->d.spool, hold_aged, &h[3], NULL));
     dispatch_approval_expire(&f->d, now + 1000);
     assert_int_equal(msg_state(f, l[3].msg), MSG_HOLD);
@@ -651,6 +658,52 @@ static void test_approval_expiry(void **state)
     h[1].age = 0;
     dispatch_approval_expire(&f->d, now + 60000);
     assert_int_equal(msg_state(f, l[1].msg), MSG_HOLD);
+}
+
+/* Many old messages the operator held, in one transaction. */
+static gboolean put_held_many(struct spool_txn *t, void *ctx, GError **err)
+{
+    for (unsigned i = 0; i < *(unsigned *)ctx; i++) {
+        struct leased l = { .state = MSG_READY, .arrived_ago = 7200 };
+        struct approval_hold h = { .reason = "held by operator" };
+
+        if (!put_leased(t, &l, err))
+            return FALSE;
+        h.id = l.msg;
+        if (!hold_aged(t, &h, err))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/*
+ * One scan reads a bounded number of held records and the next goes on
+ * from there: behind 256 old messages the operator held, a due one is
+ * discarded at the second scan, not the first.
+ */
+static void test_approval_expiry_bounded(void **state)
+{
+    struct fixture *f = *state;
+    struct postern_list *dflt = f->ts->cfg.lists->pdata[0];
+    unsigned many = 256;
+    struct leased due = { .n = 1, .state = MSG_READY, .due_at = unix_ms() / 1000,
+                          .arrived_ago = 7000 };
+    struct approval_hold h = { .age = 7000 };
+    int64_t now = mono_ms();
+
+    dflt->approval = TRUE;
+    dflt->approval_expiry = 3600;
+    assert_true(spool_write(f->d.spool, put_held_many, &many, NULL));
+    assert_true(spool_write(f->d.spool, put_leased, &due, NULL));
+    h.id = due.msg;
+    assert_true(spool_write(f->d.spool, hold_aged, &h, NULL));
+
+    dispatch_approval_expire(&f->d, now);
+    assert_int_equal(msg_state(f, due.msg), MSG_HOLD);
+    dispatch_approval_expire(&f->d, now + 5000);
+    assert_int_equal(msg_state(f, due.msg), MSG_REJECTED);
+    /* And then from the start again. */
+    assert_true(f->d.approval_from == 0);
 }
 
 /*
@@ -759,6 +812,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_conns_adopt_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_approval_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_approval_expiry_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_due, setup, teardown),
     };
     log_init("test_dispatch", TRUE);
