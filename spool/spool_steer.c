@@ -26,15 +26,24 @@ gboolean spool_msg_hold(struct spool_txn *t, struct spool_msg *m, const char *re
  * while the message was held.  Without the settle a message whose last
  * delivery ended while held would stay ready forever.
  */
-gboolean spool_msg_release(struct spool_txn *t, struct spool_msg *m, GError **err)
+static gboolean msg_release(struct spool_txn *t, struct spool_msg *m, GError **err)
 {
     enum msg_state to = spool_msg_is_live(m->held_from) ? m->held_from : MSG_INCOMING;
 
-    if (m->state != MSG_HOLD)
-        return FALSE;
     return spool_dlv_set_held(t, m->id, FALSE, err) &&
            spool_msg_set_state(t, m, to, NULL, err) &&
            (to == MSG_INCOMING || spool_msg_settle(t, m->id, err));
+}
+
+/*
+ * Not a message awaiting approval: `release --all` after an incident
+ * must not send what the moderator has not seen.  That takes approve.
+ */
+gboolean spool_msg_release(struct spool_txn *t, struct spool_msg *m, GError **err)
+{
+    if (m->state != MSG_HOLD || spool_msg_awaits_approval(m))
+        return FALSE;
+    return msg_release(t, m, err);
 }
 
 gboolean spool_msg_retry(struct spool_txn *t, struct spool_msg *m, GError **err)
@@ -66,7 +75,7 @@ gboolean spool_msg_approve(struct spool_txn *t, struct spool_msg *m, const char 
         return FALSE;
     spool_id_format(m->id, id);
     spool_txn_log(t, "%s: approved by %s", id, who);
-    return spool_msg_release(t, m, err) &&
+    return msg_release(t, m, err) &&
            spool_event_message(t, m, EVENT_MESSAGE_APPROVED, NULL, NULL, 0, err);
 }
 

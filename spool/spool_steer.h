@@ -17,7 +17,7 @@ gboolean spool_msg_is_live(enum msg_state s);
 /* Take m and its deliveries out of the schedule; reason goes into its history. */
 gboolean spool_msg_hold(struct spool_txn *t, struct spool_msg *m, const char *reason,
                         GError **err);
-/* Back to the state it was held in. */
+/* Back to the state it was held in (not when awaiting approval: that is spool_msg_approve()). */
 gboolean spool_msg_release(struct spool_txn *t, struct spool_msg *m, GError **err);
 /* Make its deferred deliveries due now. */
 gboolean spool_msg_retry(struct spool_txn *t, struct spool_msg *m, GError **err);

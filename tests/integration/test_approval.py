@@ -6,6 +6,7 @@ aiosmtpd relay as the sink) plus postern-api (test_api.py) on one spool,
 and the events receiver of test_events.py.  The moderator's notice is read
 at the relay, its link followed with urllib as a browser would.
 """
+import email
 import hashlib
 import hmac
 import re
@@ -30,7 +31,7 @@ SECRET = b"approval-secret-of-the-test-0123456789"
 LINK_RE = re.compile(r"(http://\S+/a/([0-9a-f]{40}))")
 
 
-def stack(make_chain, make_api, tmp_path, receiver_url, expiry="7d"):
+def stack(make_chain, make_api, tmp_path, receiver_url, expiry="7d", language="en"):
     """The chain with list styret (approval on) and postern-api serving its links."""
     secret = tmp_path / "approval-secret"
     secret.write_bytes(SECRET + b"\n")
@@ -39,7 +40,8 @@ def stack(make_chain, make_api, tmp_path, receiver_url, expiry="7d"):
     config = postern.merge(events_config(tmp_path, receiver_url), {
         "approval": {"secret_file": secret, "url": f"http://localhost:{port}/"},
         "list styret": {"address": LIST, "from": "Styret <styret@abakus.no>",
-                        "approval": "on", "moderator": MODERATOR, "approval_expiry": expiry},
+                        "approval": "on", "moderator": MODERATOR, "approval_expiry": expiry,
+                        "language": language},
     })
     c, relay = make_chain(config)
     a = make_api(sections=c.ingest.sections, api={"listen": f"127.0.0.1:{port}"})
@@ -63,15 +65,20 @@ def held(c, qid):
     return m
 
 
-def moderator_link(relay, qid):
-    """The link in the moderator's notice about qid, read at the sink."""
+def moderator_notice(relay, qid):
+    """The text of the moderator's notice about qid, read at the sink."""
     def find():
         for _, rcpts, data in relay.copies(MODERATOR):
-            text = data.decode("utf-8", "replace").replace("=\r\n", "")
+            text = email.message_from_bytes(data).get_payload(decode=True).decode()
             if qid in text:
-                return LINK_RE.search(text)
+                return text
         return None
-    found = postern.wait_for(find, timeout=60, what=f"the moderator's notice about {qid}")
+    return postern.wait_for(find, timeout=60, what=f"the moderator's notice about {qid}")
+
+
+def moderator_link(relay, qid):
+    """(URL, code) of the link in the moderator's notice about qid."""
+    found = LINK_RE.search(moderator_notice(relay, qid))
     return found.group(1), found.group(2)
 
 
@@ -101,6 +108,9 @@ def test_held_then_approved_through_the_link(make_chain, make_api, tmp_path, rec
     held(c, qid)
     # Copies exist but wait; the moderator, not the owner, gets the notice.
     assert sorted(d["rcpt"] for d in c.deliveries(qid)) == sorted(RCPTS)
+    text = moderator_notice(relay, qid)
+    assert "A message to the list styret@abakus.no waits for your approval." in text
+    assert f"From:      {OWNER}" in text and "Copies:    2" in text
     url, code = moderator_link(relay, qid)
     assert url == f"http://localhost:{a.port}/a/{code}"
     assert not relay.copies(RCPTS[0]) and not relay.copies(OWNER)
@@ -137,10 +147,17 @@ def test_held_then_approved_through_the_link(make_chain, make_api, tmp_path, rec
 
 
 def test_discarded_with_spoolctl(make_chain, make_api, tmp_path, receiver):
-    c, relay, a = stack(make_chain, make_api, tmp_path, receiver.url)
+    c, relay, a = stack(make_chain, make_api, tmp_path, receiver.url, language="nb")
     qid = send(c)
     held(c, qid)
+    # The list's language: the Norwegian notice.
+    text = moderator_notice(relay, qid)
+    assert "En melding til listen styret@abakus.no venter på din godkjenning." in text
+    assert f"Fra:       {OWNER}" in text and "Kopier:    2" in text
     url, _ = moderator_link(relay, qid)
+    # Release is not approval: even --all leaves it waiting.
+    assert b'"released": 0' in c.spoolctl("--json", "release", "--all").stdout
+    assert c.show(qid)["state"] == "hold"
     r = c.spoolctl("--json", "discard", qid)
     assert b'"discarded": 1' in r.stdout
     assert f"{qid}: discarded by spoolctl".encode() in r.stderr
