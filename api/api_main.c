@@ -15,6 +15,7 @@
 #include "common/log.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <netdb.h>
 #include <poll.h>
 #include <string.h>
@@ -124,6 +125,7 @@ int main(int argc, char **argv)
     api_events_stop(events);
     close(listen_fd);
     api_keys_free(a.keys);
+    OPENSSL_cleanse(a.approval_key, sizeof a.approval_key);
     spool_close(a.spool);
     config_free(&cfg);
     msg_info("daemon stopped");

@@ -891,8 +891,7 @@ static void config_check_bounce(const struct postern_config *cfg, GPtrArray *pro
 /*
  * A list with approval: someone to approve (the notice needs an address),
  * a wait that ends, and the key of the links (a link anyone could make
- * would let anyone approve).  The secret is checked once per list that
- * needs it, so the problem names the list.
+ * would let anyone approve), and a link the moderator's browser can open.
  */
 static void config_check_approval(const struct postern_config *cfg, GPtrArray *problems,
                                   const struct postern_list *l, const char *group)

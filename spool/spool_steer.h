@@ -1,7 +1,8 @@
 /*
  * spool_steer.h - the operator's moves on one message: hold, release,
- * retry.  Shared by every front end (spoolctl, postern-api) so that they
- * cannot differ; each runs inside the caller's write transaction.
+ * retry; and the moderator's on a list with approval: approve, discard.
+ * Shared by every front end (spoolctl, postern-api) so that they cannot
+ * differ; each runs inside the caller's write transaction.
  *
  * Each returns TRUE when it changed m, FALSE with *err unset when the
  * move does not apply to m (hold of an ended message, release of one not

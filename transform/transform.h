@@ -45,8 +45,7 @@ struct transform {
     void *idle_ctx;
     char *verp_key;                 /* [bounce] secret_file with verp, else NULL */
     size_t verp_keylen;
-    gboolean approval;              /* a list has approval: approval_key is read */
-    unsigned char approval_key[APPROVAL_KEY_LEN];
+    unsigned char approval_key[APPROVAL_KEY_LEN];  /* a list has approval: its links' key */
 };
 
 /* Errors of the transform itself (the spool, MIME and DKIM have their own). */

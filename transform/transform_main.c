@@ -96,9 +96,8 @@ static void transform_keys(struct transform *tf)
         !(tf->verp_key = bounce_key_read(tf->cfg->bounce.secret_file, &tf->verp_keylen, &err)))
         msg_fatal("%s", err->message);
     /* A list with approval: the key of the links in the moderator's notices. */
-    if ((tf->approval = approval_wanted(tf->cfg)) &&
-        !approval_key_read(tf->cfg, tf->approval_key, &err))
-        msg_fatal("%s", err->message);
+    if (approval_wanted(tf->cfg) && !approval_key_read(tf->cfg, tf->approval_key, &err))
+        msg_fatal("[approval] secret_file: %s", err->message);
     for (guint i = 0; i < tf->keys->len; i++) {
         const struct dkim_key *k = tf->keys->pdata[i];
         msg_info("DKIM key %s (%s) for d=%s", k->selector, dkim_key_algorithm(k),
