@@ -22,7 +22,56 @@
 
 enum approval_action { APPROVAL_APPROVE, APPROVAL_DISCARD };
 
+/*
+ * What the moderator reads about a message, in its list's language (the
+ * notice's).  A link that names no message (a bad code, a message since
+ * removed) gets English: there is no list to ask.
+ */
+struct approval_texts {
+    const char *lang;
+    const char *ask_title;
+    const char *queue_id, *from, *received, *waits;     /* "Queue id X from <Y>, received Z, ..." */
+    const char *approve, *discard;  /* the buttons */
+    const char *done_title, *decided_title;
+    const char *expired, *discarded, *delivered, *on_their_way;
+};
+
+static const struct approval_texts approval_en = {
+    .lang = "en",
+    .ask_title = "Approve or discard",
+    .queue_id = "Queue id",
+    .from = "from",
+    .received = "received",
+    .waits = "waits for your decision.",
+    .approve = "Approve: send it",
+    .discard = "Discard it",
+    .done_title = "Done",
+    .decided_title = "Already decided",
+    .expired = "<p>Nobody decided in time: the message was discarded.</p>\n",
+    .discarded = "<p>The message was discarded: no copy was sent.</p>\n",
+    .delivered = "<p>The message was approved: its copies are delivered.</p>\n",
+    .on_their_way = "<p>The message was approved: its copies are on their way.</p>\n",
+};
+
+static const struct approval_texts approval_nb = {
+    .lang = "nb",
+    .ask_title = "Godkjenn eller forkast",
+    .queue_id = "Kø-id",
+    .from = "fra",
+    .received = "mottatt",
+    .waits = "venter på din avgjørelse.",
+    .approve = "Godkjenn: send den",
+    .discard = "Forkast den",
+    .done_title = "Utført",
+    .decided_title = "Allerede avgjort",
+    .expired = "<p>Ingen avgjorde i tide: meldingen ble forkastet.</p>\n",
+    .discarded = "<p>Meldingen ble forkastet: ingen kopi ble sendt.</p>\n",
+    .delivered = "<p>Meldingen ble godkjent: kopiene er levert.</p>\n",
+    .on_their_way = "<p>Meldingen ble godkjent: kopiene er på vei.</p>\n",
+};
+
 struct approval_move {
+    const struct postern_config *cfg;
     queue_id id;
     enum approval_action action;
     const char *who;
@@ -31,7 +80,7 @@ struct approval_move {
     char *reason;                   /* after the move */
     gint64 arrival;
     char *sender;
-    guint nrcpt;
+    const struct approval_texts *tx;    /* the language of the message's list */
 };
 
 static void approval_move_clear(struct approval_move *mv)
@@ -57,7 +106,9 @@ static gboolean approval_move_write(struct spool_txn *t, struct approval_move *m
     mv->reason = g_strdup(m.reason);
     mv->arrival = m.arrival;
     mv->sender = g_strdup(m.sender);
-    mv->nrcpt = m.recipients->len;
+    mv->tx = g_str_equal(config_list_of(mv->cfg, (char **)m.recipients->pdata,
+                                        m.recipients->len)->language, "nb")
+                 ? &approval_nb : &approval_en;
     spool_msg_clear(&m);
     if (local) {
         g_propagate_error(err, local);
@@ -73,14 +124,14 @@ static gboolean approval_act(struct spool_txn *t, void *ctx, GError **err)
 
 /* ---- the moderator's page ------------------------------------------------ */
 
-static void approval_html(struct api_response *rs, unsigned status, const char *title,
-                          const char *body)
+static void approval_html(struct api_response *rs, unsigned status, const char *lang,
+                          const char *title, const char *body)
 {
     rs->status = status;
     rs->content_type = "text/html; charset=utf-8";
-    g_string_printf(rs->body, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+    g_string_printf(rs->body, "<!DOCTYPE html>\n<html lang=\"%s\"><head><meta charset=\"utf-8\">"
                     "<meta name=\"robots\" content=\"noindex\"><title>%s</title></head>\n"
-                    "<body><h1>%s</h1>\n%s</body></html>\n", title, title, body);
+                    "<body><h1>%s</h1>\n%s</body></html>\n", lang, title, title, body);
 }
 
 /* The message the code in /a/<code> names, or FALSE with the 404 page. */
@@ -91,7 +142,7 @@ static gboolean approval_code_id(struct api *a, struct api_request *rq,
 
     if (a->approval && approval_code_check(a->approval_key, code, strlen(code), id))
         return TRUE;
-    approval_html(rs, 404, "Link not valid",
+    approval_html(rs, 404, "en", "Link not valid",
                   "<p>This approval link is not one Postern made, or it was damaged. "
                   "Copy the whole link from the notice.</p>\n");
     return FALSE;
@@ -101,29 +152,28 @@ static gboolean approval_code_id(struct api *a, struct api_request *rq,
 static void approval_page_error(struct api_response *rs, GError *err)
 {
     if (g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND))
-        approval_html(rs, 404, "Message gone", "<p>The message was removed from the "
+        approval_html(rs, 404, "en", "Message gone", "<p>The message was removed from the "
                       "queue.</p>\n");
     else
-        approval_html(rs, g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_FULL) ? 503 : 500,
+        approval_html(rs, g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_FULL) ? 503 : 500, "en",
                       "Try again later", "<p>The queue could not be read or written.</p>\n");
     msg_warn("approval: %s", err->message);
     g_error_free(err);
 }
 
 /* What the page says of a message that no longer waits. */
-static char *approval_outcome(const struct approval_move *mv)
+static const char *approval_outcome(const struct approval_move *mv)
 {
     if (mv->state == MSG_REJECTED && g_strcmp0(mv->reason, SPOOL_APPROVAL_EXPIRED) == 0)
-        return g_strdup("<p>Nobody decided in time: the message was discarded.</p>\n");
+        return mv->tx->expired;
     if (mv->state == MSG_REJECTED)
-        return g_strdup("<p>The message was discarded: no copy was sent.</p>\n");
-    return g_strdup_printf("<p>The message was approved: its copies are %s.</p>\n",
-                           mv->state == MSG_DONE ? "delivered" : "on their way");
+        return mv->tx->discarded;
+    return mv->state == MSG_DONE ? mv->tx->delivered : mv->tx->on_their_way;
 }
 
 void api_approval_page(struct api *a, struct api_request *rq, struct api_response *rs)
 {
-    struct approval_move mv = { 0 };
+    struct approval_move mv = { .cfg = a->cfg };
     struct spool_txn t;
     GError *err = NULL;
     gboolean ok;
@@ -139,20 +189,18 @@ void api_approval_page(struct api *a, struct api_request *rq, struct api_respons
         g_autoptr(GDateTime) when = g_date_time_new_from_unix_utc(mv.arrival);
         g_autofree char *date = g_date_time_format(when, "%Y-%m-%d %H:%M:%S UTC");
         g_autofree char *sender = g_markup_escape_text(mv.sender ? mv.sender : "", -1);
-        g_autofree char *body = NULL;
+        g_autoptr(GString) body = g_string_new(NULL);
 
         spool_id_format(mv.id, id);
-        body = g_strdup_printf(
-            "<p>Queue id %s from &lt;%s&gt;, received %s, waits for your decision.</p>\n"
-            "<form method=\"post\">\n"
-            "<button type=\"submit\" name=\"action\" value=\"approve\">Approve: send it</button>\n"
-            "<button type=\"submit\" name=\"action\" value=\"discard\">Discard it</button>\n"
-            "</form>\n", id, sender, date);
-        approval_html(rs, 200, "Approve or discard", body);
+        g_string_printf(body, "<p>%s %s %s &lt;%s&gt;, %s %s, %s</p>\n", mv.tx->queue_id, id,
+                        mv.tx->from, sender, mv.tx->received, date, mv.tx->waits);
+        g_string_append_printf(body, "<form method=\"post\">\n"
+            "<button type=\"submit\" name=\"action\" value=\"approve\">%s</button>\n"
+            "<button type=\"submit\" name=\"action\" value=\"discard\">%s</button>\n"
+            "</form>\n", mv.tx->approve, mv.tx->discard);
+        approval_html(rs, 200, mv.tx->lang, mv.tx->ask_title, body->str);
     } else {
-        g_autofree char *body = approval_outcome(&mv);
-
-        approval_html(rs, 200, "Already decided", body);
+        approval_html(rs, 200, mv.tx->lang, mv.tx->decided_title, approval_outcome(&mv));
     }
     approval_move_clear(&mv);
 }
@@ -175,23 +223,22 @@ static gboolean approval_form_action(struct api_request *rq, enum approval_actio
 
 void api_approval_act(struct api *a, struct api_request *rq, struct api_response *rs)
 {
-    struct approval_move mv = { .who = "link" };
+    struct approval_move mv = { .cfg = a->cfg, .who = "link" };
     GError *err = NULL;
 
     if (!approval_code_id(a, rq, rs, &mv.id))
         return;
     if (!approval_form_action(rq, &mv.action)) {
-        approval_html(rs, 400, "Nothing done", "<p>Choose approve or discard on the page "
+        approval_html(rs, 400, "en", "Nothing done", "<p>Choose approve or discard on the page "
                       "the link opens.</p>\n");
         return;
     }
     if (!spool_write(a->spool, approval_act, &mv, &err)) {
         approval_page_error(rs, err);
     } else {
-        g_autofree char *body = approval_outcome(&mv);
-
-        approval_html(rs, mv.changed ? 200 : 409, mv.changed ? "Done" : "Already decided",
-                      body);
+        approval_html(rs, mv.changed ? 200 : 409, mv.tx->lang,
+                      mv.changed ? mv.tx->done_title : mv.tx->decided_title,
+                      approval_outcome(&mv));
     }
     approval_move_clear(&mv);
 }
@@ -203,7 +250,7 @@ static void approval_platform(struct api *a, struct api_request *rq, struct api_
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
     g_autofree char *who = g_strdup_printf("api key %s", rq->key_name);
-    struct approval_move mv = { .action = action, .who = who };
+    struct approval_move mv = { .cfg = a->cfg, .action = action, .who = who };
     GError *err = NULL;
 
     if (!spool_id_parse(rq->parts[2], &mv.id)) {

@@ -155,6 +155,8 @@ def test_discarded_with_spoolctl(make_chain, make_api, tmp_path, receiver):
     assert "En melding til listen styret@abakus.no venter på din godkjenning." in text
     assert f"Fra:       {OWNER}" in text and "Kopier:    2" in text
     url, _ = moderator_link(relay, qid)
+    st, page = http("GET", url)
+    assert st == 200 and '<html lang="nb">' in page and ">Godkjenn: send den<" in page
     # Release is not approval: even --all leaves it waiting.
     assert b'"released": 0' in c.spoolctl("--json", "release", "--all").stdout
     assert c.show(qid)["state"] == "hold"
@@ -166,7 +168,7 @@ def test_discarded_with_spoolctl(make_chain, make_api, tmp_path, receiver):
     assert c.deliveries(qid) == []
     # Nothing more to approve: the link says so, spoolctl changes nothing.
     st, page = http("POST", url, {"action": "approve"})
-    assert st == 409 and "discarded" in page
+    assert st == 409 and "Meldingen ble forkastet: ingen kopi ble sendt." in page
     assert b'"approved": 0' in c.spoolctl("--json", "approve", qid).stdout
     receiver.wait(lambda ev: of(ev, qid, "message.discarded"), what="discarded event")
     d = of(receiver.delivered(), qid, "message.discarded")[0]
