@@ -85,8 +85,8 @@ struct approval_move {
 
 static void approval_move_clear(struct approval_move *mv)
 {
-    g_free(mv->reason);
-    g_free(mv->sender);
+    g_clear_pointer(&mv->reason, g_free);
+    g_clear_pointer(&mv->sender, g_free);
 }
 
 /* Read message mv->id; with act, approve or discard it first. */
@@ -96,6 +96,8 @@ static gboolean approval_move_write(struct spool_txn *t, struct approval_move *m
     struct spool_msg m;
     GError *local = NULL;
 
+    /* spool_write() runs this again after growing the map: nothing of a first run stays. */
+    approval_move_clear(mv);
     if (!spool_msg_get(t, mv->id, &m, err))
         return FALSE;
     if (act && mv->action == APPROVAL_APPROVE)
