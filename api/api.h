@@ -14,6 +14,7 @@
 #include <glib.h>
 #include <json-glib/json-glib.h>
 
+#include "common/approval_code.h"
 #include "common/config.h"
 #include "spool/spool.h"
 
@@ -28,6 +29,8 @@ struct api {
     struct api_keys *keys;
     char *unsub_key;                /* [bounce] secret_file with [unsubscribe] one_click */
     size_t unsub_keylen;
+    gboolean approval;              /* a list has approval: approval_key is read */
+    unsigned char approval_key[APPROVAL_KEY_LEN];
 };
 
 /* One request, as the handlers see it (no libmicrohttpd type in it). */
@@ -102,5 +105,10 @@ void api_healthz(struct api *a, struct api_request *rq, struct api_response *rs)
 /* api_unsubscribe.c: the one-click links, POST /u/CODE and its page GET /u/CODE */
 void api_unsubscribe(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_unsubscribe_page(struct api *a, struct api_request *rq, struct api_response *rs);
+/* api_approval.c: /a/<code> (the moderator's links) and the platform's approve/discard */
+void api_approval_page(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_approval_act(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_message_approve(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_message_discard(struct api *a, struct api_request *rq, struct api_response *rs);
 
 #endif

@@ -85,7 +85,8 @@ char *api_event_json(const struct spool_event *ev)
         json_builder_add_string_value(b, ev->sender);
     }
     if (g_str_equal(ev->type, EVENT_MESSAGE_ACCEPTED) ||
-        g_str_equal(ev->type, EVENT_MESSAGE_REJECTED)) {
+        g_str_equal(ev->type, EVENT_MESSAGE_REJECTED) ||
+        g_str_equal(ev->type, EVENT_MESSAGE_HELD)) {
         json_builder_set_member_name(b, "token");
         if (ev->token)
             json_builder_add_string_value(b, ev->token);

@@ -30,6 +30,11 @@ static const struct api_route {
     { "POST", "v1/messages/*/hold", API_SCOPE_ADMIN, api_message_hold },
     { "POST", "v1/messages/*/release", API_SCOPE_ADMIN, api_message_release },
     { "POST", "v1/messages/*/retry", API_SCOPE_ADMIN, api_message_retry },
+    /* Approval (api_approval.c): the moderator's links carry their own code, no key. */
+    { "GET", "a/*", API_SCOPE_NONE, api_approval_page },
+    { "POST", "a/*", API_SCOPE_NONE, api_approval_act },
+    { "POST", "v1/messages/*/approve", API_SCOPE_TOKENS, api_message_approve },
+    { "POST", "v1/messages/*/discard", API_SCOPE_TOKENS, api_message_discard },
     { "GET", "metrics", API_SCOPE_READ, api_metrics },
     { "GET", "healthz", API_SCOPE_NONE, api_healthz },
     /* One-click unsubscribe: the code in the path is the authority (api_unsubscribe.c). */

@@ -17,6 +17,7 @@
 #include "common/secret_file.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <netdb.h>
 #include <poll.h>
 #include <string.h>
@@ -80,6 +81,9 @@ int main(int argc, char **argv)
     /* The keys before anything listens: a broken file is the operator's to fix. */
     if (!(a.keys = api_keys_load(cfg.api.keys_file, &err)))
         daemon_start_fail("[api] keys_file: %s", err->message);
+    /* A list with approval: the key that checks the moderator's links. */
+    if ((a.approval = approval_wanted(&cfg)) && !approval_key_read(&cfg, a.approval_key, &err))
+        daemon_start_fail("[approval] secret_file: %s", err->message);
     if (!*cfg.api.keys_file)
         msg_warn("[api] keys_file is not set: every request but /healthz is refused");
     /* [unsubscribe] one_click: the key of the links' codes (common/unsub_code.h). */
@@ -128,6 +132,7 @@ int main(int argc, char **argv)
     close(listen_fd);
     api_keys_free(a.keys);
     secret_free(a.unsub_key);
+    OPENSSL_cleanse(a.approval_key, sizeof a.approval_key);
     spool_close(a.spool);
     config_free(&cfg);
     msg_info("daemon stopped");

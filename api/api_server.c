@@ -77,7 +77,8 @@ static const char *api_bearer(struct MHD_Connection *conn)
 static char *api_log_path(char **parts)
 {
     static const char *const words[] = { "v1", "tokens", "messages", "recipients", "hold",
-                                         "release", "retry", "metrics", "healthz", "u", "" };
+                                         "release", "retry", "metrics", "healthz", "u", "approve",
+                                         "discard", "a", "" };
     GString *out = g_string_new(NULL);
 
     for (int i = 0; parts[i]; i++) {

@@ -118,6 +118,9 @@ static const struct config_key config_keys[] = {
     K("events", "secret_file", CT_STRING, "", events.secret_file),
     K("events", "timeout", CT_DURATION, "10s", events.timeout),
     K("events", "max_backoff", CT_DURATION, "5m", events.max_backoff),
+
+    K("approval", "secret_file", CT_STRING, "", approval.secret_file),
+    K("approval", "url", CT_STRING, "", approval.url),
 };
 
 /* [dkim] keys when unset (of the spool directory). */
@@ -335,7 +338,7 @@ static const struct config_key *config_find(const char *group, const char *key)
 
 static const char *const config_list_keys[] = {
     "address", "from", "footer", "footer_hidden", "language", "max_recipients", "hide_sender",
-    "unsubscribe_url", NULL
+    "unsubscribe_url", "approval", "moderator", "approval_expiry", NULL
 };
 
 static void config_list_free(gpointer p)
@@ -349,6 +352,7 @@ static void config_list_free(gpointer p)
     g_free(l->footer_hidden);
     g_free(l->language);
     g_free(l->unsubscribe_url);
+    g_free(l->moderator);
     g_free(l);
 }
 
@@ -364,6 +368,7 @@ static struct postern_list *config_list_new(const struct postern_config *cfg, co
     l->language = g_strdup(cfg->notice.language);
     l->unsubscribe_url = g_strdup(cfg->rewrite.unsubscribe_url);
     l->max_recipients = cfg->token.max_recipients;
+    l->approval_expiry = CONFIG_APPROVAL_EXPIRY;
     return l;
 }
 
@@ -380,6 +385,28 @@ static void config_list_string(GKeyFile *kf, const char *group, const char *key,
     *field = g_strdup(g_strstrip(unescaped));
 }
 
+/* A true/false key of a [list NAME]; left as it was when absent. */
+static gboolean config_list_bool(const struct postern_config *cfg, GKeyFile *kf,
+                                 const char *group, const char *key, gboolean *field,
+                                 GError **err)
+{
+    g_autofree char *value = g_key_file_get_value(kf, group, key, NULL);
+
+    if (!value)
+        return TRUE;
+    g_strstrip(value);
+    if (!g_ascii_strcasecmp(value, "true") || !g_ascii_strcasecmp(value, "yes") ||
+        !g_ascii_strcasecmp(value, "on") || g_str_equal(value, "1"))
+        *field = TRUE;
+    else if (!g_ascii_strcasecmp(value, "false") || !g_ascii_strcasecmp(value, "no") ||
+             !g_ascii_strcasecmp(value, "off") || g_str_equal(value, "0"))
+        *field = FALSE;
+    else
+        return config_fail(err, cfg->path, group, key, "bad boolean \"%s\" (use true or false)",
+                           value);
+    return TRUE;
+}
+
 /*
  * The [list NAME] sections, in the order of the file, after the default
  * list.  Whether they make sense together is config_validate()'s.
@@ -391,7 +418,7 @@ static gboolean config_load_lists(struct postern_config *cfg, GKeyFile *kf, GErr
     g_ptr_array_add(cfg->lists, config_list_new(cfg, CONFIG_LIST_DEFAULT));
     for (int g = 0; groups && groups[g]; g++) {
         struct postern_list *l;
-        g_autofree char *cap = NULL, *hide = NULL;
+        g_autofree char *cap = NULL, *expiry = NULL;
 
         if (!g_str_has_prefix(groups[g], CONFIG_LIST_GROUP))
             continue;
@@ -413,16 +440,14 @@ static gboolean config_load_lists(struct postern_config *cfg, GKeyFile *kf, GErr
                 return config_fail(err, cfg->path, groups[g], "max_recipients",
                                    "bad number \"%s\"", cap);
         }
-        if ((hide = g_key_file_get_value(kf, groups[g], "hide_sender", NULL))) {
-            g_strstrip(hide);
-            if (!g_ascii_strcasecmp(hide, "true") || !g_ascii_strcasecmp(hide, "yes") ||
-                g_str_equal(hide, "1"))
-                l->hide_sender = TRUE;
-            else if (g_ascii_strcasecmp(hide, "false") && g_ascii_strcasecmp(hide, "no") &&
-                     !g_str_equal(hide, "0"))
-                return config_fail(err, cfg->path, groups[g], "hide_sender",
-                                   "bad boolean \"%s\" (use true or false)", hide);
-        }
+        if (!config_list_bool(cfg, kf, groups[g], "hide_sender", &l->hide_sender, err) ||
+            !config_list_bool(cfg, kf, groups[g], "approval", &l->approval, err))
+            return FALSE;
+        config_list_string(kf, groups[g], "moderator", &l->moderator);
+        if ((expiry = g_key_file_get_value(kf, groups[g], "approval_expiry", NULL)) &&
+            !config_parse_duration(g_strstrip(expiry), &l->approval_expiry))
+            return config_fail(err, cfg->path, groups[g], "approval_expiry",
+                               "bad duration \"%s\"", expiry);
     }
     return TRUE;
 }
@@ -521,6 +546,15 @@ static gboolean config_derive(struct postern_config *cfg, GError **err)
     if (!*cfg->dkim.keys) {
         g_free(cfg->dkim.keys);
         cfg->dkim.keys = g_strdup_printf(CONFIG_DKIM_DEFAULT, cfg->spool.dir);
+    }
+    /* One secret can serve VERP and approval: each derives its own key from it. */
+    if (!*cfg->approval.secret_file) {
+        g_free(cfg->approval.secret_file);
+        cfg->approval.secret_file = g_strdup(cfg->bounce.secret_file);
+    }
+    if (!*cfg->approval.url) {
+        g_free(cfg->approval.url);
+        cfg->approval.url = g_strdup_printf("http://%s", cfg->api.listen);
     }
     /* Ingest takes mail for the default list's addresses and every list's own. */
     {
@@ -932,6 +966,35 @@ static void config_check_unsubscribe(const struct postern_config *cfg, GPtrArray
     }
 }
 
+/*
+ * A list with approval: someone to approve (the notice needs an address),
+ * a wait that ends, and the key of the links (a link anyone could make
+ * would let anyone approve), and a link the moderator's browser can open.
+ */
+static void config_check_approval(const struct postern_config *cfg, GPtrArray *problems,
+                                  const struct postern_list *l, const char *group)
+{
+    if (!l->approval) {
+        if (l->moderator && *l->moderator)
+            config_problem(problems, cfg, group, "moderator", "is set but approval is not");
+        return;
+    }
+    if (!l->moderator || !*l->moderator)
+        config_problem(problems, cfg, group, "moderator", "approval needs a moderator address");
+    else if (!strchr(l->moderator, '@') || strpbrk(l->moderator, " \t<>,"))
+        config_problem(problems, cfg, group, "moderator", "\"%s\" is not local@domain",
+                       l->moderator);
+    config_check_positive(cfg, problems, group, "approval_expiry", l->approval_expiry,
+                          "every message would be discarded at once");
+    config_check_secret(cfg, problems, "approval", "secret_file", cfg->approval.secret_file,
+                        "a list with approval (the key of the approve/discard links; "
+                        "default: [bounce] secret_file)");
+    if (!g_str_has_prefix(cfg->approval.url, "http://") &&
+        !g_str_has_prefix(cfg->approval.url, "https://"))
+        config_problem(problems, cfg, "approval", "url", "\"%s\": expected http(s)://HOST[:PORT]",
+                       cfg->approval.url);
+}
+
 static gboolean config_language_known(const char *lang)
 {
     return g_str_equal(lang, "en") || g_str_equal(lang, "nb");
@@ -983,6 +1046,7 @@ static void config_check_lists(const struct postern_config *cfg, GPtrArray *prob
                            l->language);
         if (!*l->from)
             config_problem(problems, cfg, group, "from", "empty: the copies need a From");
+        config_check_approval(cfg, problems, l, group);
     }
 }
 

@@ -31,9 +31,13 @@ struct postern_list {
     gboolean hide_sender;           /* every token hides its sender; notices name no member */
     char *unsubscribe_url;          /* [rewrite] unsubscribe_url unless set; with one_click
                                      * the base of its signed links (docs/design.md §9) */
+    gboolean approval;              /* each message waits for the moderator's approval */
+    char *moderator;                /* who approves: gets the approval notice; NULL: none */
+    uint64_t approval_expiry;       /* seconds a message waits before it is discarded */
 };
 
 #define CONFIG_LIST_DEFAULT "default"
+#define CONFIG_APPROVAL_EXPIRY (7 * 86400)  /* [list NAME] approval_expiry when unset */
 
 struct postern_config {
     char *path;                     /* file read, or NULL for the defaults */
@@ -135,6 +139,10 @@ struct postern_config {
         uint64_t timeout;           /* one POST, connect to answer */
         uint64_t max_backoff;       /* the longest wait between tries */
     } events;
+    struct {
+        char *secret_file;          /* the key of the approve/discard links; "": [bounce]'s */
+        char *url;                  /* postern-api as the moderator reaches it; "": http://[api] listen */
+    } approval;
     GPtrArray *lists;               /* struct postern_list *: [0] "default", then [list NAME]s */
     char **accept;                  /* derived: [ingest] recipients and every list address */
 };

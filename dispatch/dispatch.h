@@ -77,6 +77,8 @@ struct dispatch {
     gboolean work_hinted;           /* a hint came: schedule now */
     int64_t next_scan;              /* monotonic ms of the next timed rescan */
     int64_t next_tick;              /* monotonic ms: heartbeats, expiry */
+    int64_t next_approval_scan;     /* monotonic ms (dispatch_approval.c) */
+    queue_id approval_from;         /* where the next approval scan goes on; 0: the start */
     gboolean stopping;
 };
 
@@ -117,6 +119,10 @@ struct dispatch_worker *dispatch_conns_pick(struct dispatch *d);
 void dispatch_conns_report(struct dispatch *d, struct dispatch_worker *w, GBytes *payload);
 /* A known sender said HELLO with free slots: it starts over with no budget. */
 void dispatch_conns_rejoin(struct dispatch *d, struct dispatch_worker *w);
+
+/* dispatch_approval.c: discard what waited for approval past its list's
+ * approval_expiry (checked every few seconds; now_mono: mono_ms()). */
+void dispatch_approval_expire(struct dispatch *d, int64_t now_mono);
 
 /* dispatch_transform.c */
 void dispatch_lease_transforms(struct dispatch *d);

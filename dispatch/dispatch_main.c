@@ -109,6 +109,7 @@ static void dispatch_loop(struct dispatch *d, int sig_fd)
             dispatch_heartbeat(d);
             dispatch_relay_refresh(d);
             spool_release_pages(d->spool);
+            dispatch_approval_expire(d, now);
             d->work_hinted = TRUE;
         }
         spool_reader_check_every(d->spool, &next_reader_check, now);

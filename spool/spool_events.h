@@ -35,6 +35,11 @@
 #define EVENT_RELAY_QUOTA_WAIT "relay.quota_wait"     /* until; reason: the limit */
 #define EVENT_ADDRESS_SUPPRESSED "address.suppressed"  /* rcpt: the address; reply: why */
 #define EVENT_UNSUBSCRIBED "unsubscribed"              /* rcpt, list; reply: one-click or mailto */
+/* Approval ([list NAME] approval): held (reason "awaiting approval", the
+ * token), approved, discarded (reason APPROVAL_DISCARDED or APPROVAL_EXPIRED). */
+#define EVENT_MESSAGE_HELD "message.held"
+#define EVENT_MESSAGE_APPROVED "message.approved"
+#define EVENT_MESSAGE_DISCARDED "message.discarded"
 
 #define EVENT_ERROR_MAX 256
 

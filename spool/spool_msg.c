@@ -54,6 +54,7 @@ static const struct msg_edge {
     { MSG_HOLD, MSG_INCOMING, "spoolctl release (held from incoming)" },
     { MSG_HOLD, MSG_READY, "spoolctl release (held from ready)" },
     { MSG_HOLD, MSG_DEFERRED, "spoolctl release (held from deferred)" },
+    { MSG_HOLD, MSG_REJECTED, "approval: discarded by the moderator, or at approval_expiry" },
 };
 
 gboolean msg_state_can_move(enum msg_state from, enum msg_state to)

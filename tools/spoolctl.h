@@ -75,6 +75,8 @@ int ctl_show(struct ctl *c, int argc, char **argv);
 int ctl_hold(struct ctl *c, int argc, char **argv);
 int ctl_release(struct ctl *c, int argc, char **argv);
 int ctl_retry(struct ctl *c, int argc, char **argv);
+int ctl_approve(struct ctl *c, int argc, char **argv);
+int ctl_discard(struct ctl *c, int argc, char **argv);
 int ctl_delete(struct ctl *c, int argc, char **argv);
 int ctl_purge(struct ctl *c, int argc, char **argv);
 

@@ -22,6 +22,8 @@ static const struct {
     { "hold", ctl_hold, "ID | --all" },
     { "release", ctl_release, "ID | --all" },
     { "retry", ctl_retry, "ID | --all" },
+    { "approve", ctl_approve, "ID | --all (a message awaiting approval: its copies go)" },
+    { "discard", ctl_discard, "ID | --all (a message awaiting approval: no copy goes)" },
     { "delete", ctl_delete, "ID | --state S" },
     { "purge", ctl_purge, "--older-than D" },
     { "token", ctl_token, "add|import|list|show|revoke ..." },

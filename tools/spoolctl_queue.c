@@ -1,6 +1,7 @@
 /*
  * spoolctl_queue.c - stats, list, show, and the commands that steer
- * messages: hold, release, retry, delete, purge.
+ * messages: hold, release, retry, delete, purge, and approve and discard
+ * (a list with approval).
  *
  * Reads page through the spool in short read transactions (a long one
  * would pin pages and grow the file while ingest writes); each change is
@@ -675,6 +676,17 @@ static gboolean ctl_do_retry(struct spool_txn *t, struct spool_msg *m, void *arg
     return spool_msg_retry(t, m, err);
 }
 
+/* Approval: only messages held "awaiting approval" (spool_steer.h). */
+static gboolean ctl_do_approve(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
+{
+    return spool_msg_approve(t, m, "spoolctl", err);
+}
+
+static gboolean ctl_do_discard(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
+{
+    return spool_msg_discard(t, m, SPOOL_DISCARDED, "spoolctl", err);
+}
+
 static gboolean ctl_do_delete(struct spool_txn *t, struct spool_msg *m, void *arg, GError **err)
 {
     return spool_msg_delete(t, m->id, err);
@@ -715,6 +727,16 @@ int ctl_hold(struct ctl *c, int argc, char **argv)
 int ctl_release(struct ctl *c, int argc, char **argv)
 {
     return ctl_id_or_all(c, argc, argv, ctl_do_release, "released", MSG_HOLD);
+}
+
+int ctl_approve(struct ctl *c, int argc, char **argv)
+{
+    return ctl_id_or_all(c, argc, argv, ctl_do_approve, "approved", MSG_HOLD);
+}
+
+int ctl_discard(struct ctl *c, int argc, char **argv)
+{
+    return ctl_id_or_all(c, argc, argv, ctl_do_discard, "discarded", MSG_HOLD);
 }
 
 int ctl_retry(struct ctl *c, int argc, char **argv)

@@ -24,6 +24,7 @@
 
 #include <glib.h>
 
+#include "common/approval_code.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "spool/spool.h"
@@ -46,6 +47,7 @@ struct transform {
     size_t verp_keylen;
     char *unsub_key;                /* [bounce] secret_file with [unsubscribe] one_click */
     size_t unsub_keylen;
+    unsigned char approval_key[APPROVAL_KEY_LEN];  /* a list has approval: its links' key */
 };
 
 /* Errors of the transform itself (the spool, MIME and DKIM have their own). */
@@ -189,6 +191,16 @@ struct notice *transform_notice_rejected(const struct transform *tf,
                                          const char *reason, gint64 now, GError **err);
 /* To the token owner of a transformed message: how many copies go out. */
 struct notice *transform_notice_accepted(const struct transform *tf,
+                                         const struct postern_list *list,
+                                         const struct spool_msg *m, const char *subject,
+                                         const char *owner, unsigned nrcpt, gint64 now,
+                                         GError **err);
+/*
+ * To the list's moderator, for a message held for approval: who sent what
+ * to how many, the link that approves or discards it (approval_link()),
+ * and when it is discarded if nobody decides.
+ */
+struct notice *transform_notice_approval(const struct transform *tf,
                                          const struct postern_list *list,
                                          const struct spool_msg *m, const char *subject,
                                          const char *owner, unsigned nrcpt, gint64 now,

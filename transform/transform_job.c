@@ -31,6 +31,7 @@
 #include "common/unsub_code.h"
 #include "spool/delivery.h"
 #include "spool/spool_events.h"
+#include "spool/spool_steer.h"
 #include "spool/spool_suppress.h"
 #include "common/log.h"
 
@@ -406,10 +407,17 @@ static void transform_job_plan_copies(struct transform_job *j, const struct spoo
     g_clear_object(&j->mime);
     j->plan = PLAN_READY;
     j->owner = spool_token_normalise_addr(tk->sender);
+    /*
+     * A list with approval: the moderator is asked instead of the owner
+     * told "sent", which it would not be yet (docs/operations.md, Approval).
+     */
     transform_job_add_notice(
         j,
-        transform_notice_accepted(j->tf, j->list, &j->m, j->subject, j->owner, j->rcpts->len,
-                                  j->now, &err),
+        j->list->approval
+            ? transform_notice_approval(j->tf, j->list, &j->m, j->subject, j->owner,
+                                        j->rcpts->len, j->now, &err)
+            : transform_notice_accepted(j->tf, j->list, &j->m, j->subject, j->owner,
+                                        j->rcpts->len, j->now, &err),
         err);
 }
 
@@ -758,6 +766,9 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
         spool_msg_clear(m);
         return spool_msg_get(t, j->id, m, err);
     }
+    /* The token is used and the copies made: only the moderator's word is missing. */
+    if (j->list->approval)
+        return spool_msg_hold_for_approval(t, m, j->token_id, err);
     return TRUE;
 }
 

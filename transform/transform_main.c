@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <string.h>
 #include <zmq.h>
+#include <openssl/crypto.h>
 
 /*
  * Jobs the dispatcher may lease us at once.  They are planned one after
@@ -98,6 +99,9 @@ static void transform_keys(struct transform *tf)
     if (tf->cfg->unsubscribe.one_click &&
         !(tf->unsub_key = bounce_key_read(tf->cfg->bounce.secret_file, &tf->unsub_keylen, &err)))
         msg_fatal("%s", err->message);
+    /* A list with approval: the key of the links in the moderator's notices. */
+    if (approval_wanted(tf->cfg) && !approval_key_read(tf->cfg, tf->approval_key, &err))
+        msg_fatal("[approval] secret_file: %s", err->message);
     for (guint i = 0; i < tf->keys->len; i++) {
         const struct dkim_key *k = tf->keys->pdata[i];
         msg_info("DKIM key %s (%s) for d=%s", k->selector, dkim_key_algorithm(k),
@@ -283,6 +287,7 @@ int main(int argc, char **argv)
     g_ptr_array_unref(w.tf.keys);
     secret_free(w.tf.verp_key);
     secret_free(w.tf.unsub_key);
+    OPENSSL_cleanse(w.tf.approval_key, sizeof w.tf.approval_key);
     config_free(&cfg);
     msg_info("daemon stopped");
     return 0;

@@ -40,6 +40,7 @@ struct notice_texts {
     const char *accepted_tail;
     const char *bounced_title, *bounced_head_1, *bounced_head_n, *bounced_list;
     const char *bounced_hidden;     /* a hide-sender list's member, by number */
+    const char *approval_title, *approval_head, *approval_who, *approval_tail;
     const char *no_reply;
     const char *explain[7];         /* as notice_reasons[], and one for any other */
 };
@@ -68,6 +69,11 @@ static const struct notice_texts notice_en = {
     .bounced_head_n = "Your message could not be delivered to %s of its %s recipients.\n\n",
     .bounced_list = "\nNot delivered:\n",
     .bounced_hidden = "recipient %s",
+    .approval_title = "Approval needed",
+    .approval_head = "A message to the list %s waits for your approval.\n\n",
+    .approval_who = "  From:      %s\n  Copies:    %s\n",
+    .approval_tail = "\nNothing is sent until you decide. Open this link to approve or "
+                     "discard it:\n\n  %s\n\nWithout a decision it is discarded at %s.\n",
     .no_reply = "no reply recorded",
     .explain = {
         "the message carried no token. Attach the token you were given.",
@@ -101,6 +107,12 @@ static const struct notice_texts notice_nb = {
     .bounced_head_n = "Meldingen din kunne ikke leveres til %s av sine %s mottakere.\n\n",
     .bounced_list = "\nIkke levert:\n",
     .bounced_hidden = "mottaker %s",
+    .approval_title = "Godkjenning trengs",
+    .approval_head = "En melding til listen %s venter på din godkjenning.\n\n",
+    .approval_who = "  Fra:       %s\n  Kopier:    %s\n",
+    .approval_tail = "\nIngenting sendes før du bestemmer deg. Åpne denne lenken for å "
+                     "godkjenne eller forkaste den:\n\n  %s\n\nUten en avgjørelse "
+                     "forkastes den %s.\n",
     .no_reply = "intet svar registrert",
     .explain = {
         "meldingen hadde ikke noe token. Legg ved tokenet du fikk.",
@@ -356,6 +368,28 @@ struct notice *transform_notice_accepted(const struct transform *tf,
     transform_notice_facts(text, tx, m, subject);
     g_string_append(text, tx->accepted_tail);
     return transform_notice_make(tf, list, owner, m->id, title, text->str, now, err);
+}
+
+/* The moderator sees the sender (the token's owner), never the members. */
+struct notice *transform_notice_approval(const struct transform *tf,
+                                         const struct postern_list *list,
+                                         const struct spool_msg *m, const char *subject,
+                                         const char *owner, unsigned nrcpt, gint64 now,
+                                         GError **err)
+{
+    const struct notice_texts *tx = transform_notice_texts(list);
+    g_autoptr(GString) text = g_string_new(NULL);
+    g_autofree char *n = transform_notice_num(nrcpt), *title = NULL;
+    g_autofree char *link = approval_link(tf->cfg, tf->approval_key, m->id);
+    g_autoptr(GDateTime) until = g_date_time_new_from_unix_utc(now + (gint64)list->approval_expiry);
+    g_autofree char *date = g_date_time_format(until, "%Y-%m-%d %H:%M:%S UTC");
+
+    title = transform_notice_subject(tx, tx->approval_title, subject);
+    transform_notice_put(text, tx->approval_head, list->address ? list->address : list->name);
+    transform_notice_facts(text, tx, m, subject);
+    transform_notice_put(text, tx->approval_who, owner, n);
+    transform_notice_put(text, tx->approval_tail, link, date);
+    return transform_notice_make(tf, list, list->moderator, m->id, title, text->str, now, err);
 }
 
 /*

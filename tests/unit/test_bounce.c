@@ -8,9 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
+#include "common/approval_code.h"
 #include "common/bounce_code.h"
 #include "transform/bounce_parse.h"
 #include "transform/mime.h"
@@ -60,6 +62,41 @@ static void test_code_forged(void **state)
     code[3] = 'g';
     assert_false(bounce_code_check(key, KEYLEN, code, strlen(code), &msg, &idx));
     assert_false(bounce_code_check(key, KEYLEN, "", 0, &msg, &idx));
+}
+
+/*
+ * Approval links (common/approval_code.h): the same code under a key
+ * derived from the secret, so a VERP code under the secret is never an
+ * approval code, and neither is a code of another message.
+ */
+static void test_approval_code(void **state)
+{
+    unsigned char akey[APPROVAL_KEY_LEN], other[APPROVAL_KEY_LEN];
+    char code[APPROVAL_CODE_LEN + 1], verp[BOUNCE_CODE_LEN + 1];
+    uint64_t msg = 0;
+
+    approval_key_derive(key, KEYLEN, akey);
+    approval_code_make(akey, 0x0193a1b2c3d40001ULL, code);
+    assert_true(approval_code_check(akey, code, strlen(code), &msg));
+    assert_true(msg == 0x0193a1b2c3d40001ULL);
+
+    /* The VERP code of the same message and number, under the secret itself. */
+    bounce_code_make(key, KEYLEN, 0x0193a1b2c3d40001ULL, (uint32_t)strtoul(code + 16, NULL, 16),
+                     verp);
+    assert_string_not_equal(verp, code);
+    assert_false(approval_code_check(akey, verp, strlen(verp), &msg));
+    /* The approval code is no VERP code either. */
+    uint32_t idx = 0;
+    assert_false(bounce_code_check(key, KEYLEN, code, strlen(code), &msg, &idx));
+    /* Another secret derives another key. */
+    approval_key_derive("another-secret-key!", 19, other);
+    assert_false(approval_code_check(other, code, strlen(code), &msg));
+    /* Another message named under the same MAC; a damaged MAC. */
+    code[15] = code[15] == '1' ? '2' : '1';
+    assert_false(approval_code_check(akey, code, strlen(code), &msg));
+    approval_code_make(akey, 42, code);
+    code[APPROVAL_CODE_LEN - 1] = code[APPROVAL_CODE_LEN - 1] == '0' ? '1' : '0';
+    assert_false(approval_code_check(akey, code, strlen(code), &msg));
 }
 
 static void test_address(void **state)
@@ -169,6 +206,7 @@ int main(void)
         cmocka_unit_test(test_code_round_trip),
         cmocka_unit_test(test_code_forged),
         cmocka_unit_test(test_address),
+        cmocka_unit_test(test_approval_code),
         cmocka_unit_test(test_rfc3464),
         cmocka_unit_test(test_text_forms),
         cmocka_unit_test(test_autoreply),

@@ -346,6 +346,45 @@ static void test_lists(void **state)
     expect_error("[list a]\naddress = not-an-address\n", "is not local@domain");
 }
 
+/* Approval on a list: its keys, their defaults, and what validation wants. */
+static void test_approval(void **state)
+{
+    g_autofree char *path = write_config(
+        "[bounce]\nsecret_file = /nonexistent/bounce.secret\n"
+        "[api]\nlisten = 127.0.0.1:9999\n"
+        "[list styret]\naddress = styret@localhost\napproval = on\n"
+        "moderator = leder@localhost\napproval_expiry = 2h\n"
+        "[list alle]\naddress = alle@localhost\n");
+    const struct postern_list *l;
+    struct postern_config cfg;
+
+    (void)state;
+    assert_true(config_load(&cfg, path, NULL));
+    l = config_list_find(&cfg, "styret");
+    assert_true(l->approval);
+    assert_string_equal(l->moderator, "leder@localhost");
+    assert_int_equal(l->approval_expiry, 7200);
+    l = config_list_find(&cfg, "alle");
+    assert_false(l->approval);
+    assert_null(l->moderator);
+    assert_int_equal(l->approval_expiry, 7 * 86400);
+    /* One secret file for both uses unless [approval] names its own. */
+    assert_string_equal(cfg.approval.secret_file, "/nonexistent/bounce.secret");
+    assert_string_equal(cfg.approval.url, "http://127.0.0.1:9999");
+    config_free(&cfg);
+    g_unlink(path);
+
+    expect_error("[bounce]\nsecret_file = /nonexistent/s\n[list x]\naddress = x@localhost\n"
+                 "approval = on\nmoderator = m@localhost\n",
+                 "[approval] secret_file: /nonexistent/s: No such file or directory");
+    expect_error("[list x]\naddress = x@localhost\napproval = on\nmoderator = m@localhost\n",
+                 "[approval] secret_file: must be set with a list with approval");
+    expect_error("[list x]\naddress = x@localhost\napproval_expiry = soon\n",
+                 ":3: [list x] approval_expiry: bad duration");
+    expect_error("[list x]\naddress = x@localhost\napproval = yes please\n",
+                 ":3: [list x] approval: bad boolean");
+}
+
 static void test_parsers(void **state)
 {
     uint64_t v;
@@ -374,6 +413,7 @@ int main(void)
         cmocka_unit_test(test_cannot_work),
         cmocka_unit_test(test_spool_modes),
         cmocka_unit_test(test_lists),
+        cmocka_unit_test(test_approval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,6 +24,7 @@
 #include "spool/delivery.h"
 #include "spool/relay_quota.h"
 #include "spool/spool.h"
+#include "spool/spool_steer.h"
 #include "tests/unit/temp_spool.h"
 
 struct fixture {
@@ -122,6 +123,7 @@ struct leased {
     enum msg_state state;
     int64_t due_at;                 /* not 0: ready, not leased, due then (unix s) */
     const char *kind;               /* MSG_KIND_*; NULL: mail */
+    int64_t arrived_ago;            /* not 0: a queue id of that many seconds ago */
 };
 
 static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
@@ -132,6 +134,8 @@ static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
 
     if (!(l->msg = spool_id_next(t, err)) || !(l->lease = spool_id_next(t, err)))
         return FALSE;
+    if (l->arrived_ago)
+        l->msg = (queue_id)(unix_ms() - l->arrived_ago * 1000) << 16 | (l->msg & 0xffff);
     spool_msg_init(&m);
     m.id = l->msg;
     m.state = l->state;
@@ -558,6 +562,155 @@ static void test_conns_adopt_leases(void **state)
 
 /* ---- lease expiry ----------------------------------------------------------------------- */
 
+/* ---- approval expiry (dispatch_approval.c) ------------------------------------ */
+
+struct approval_hold {
+    queue_id id;
+    const char *reason;             /* held with it; SPOOL_AWAITING_APPROVAL via the steer */
+    int64_t age;                    /* seconds since it was held */
+};
+
+static gboolean hold_aged(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct approval_hold *h = ctx;
+    struct spool_msg m;
+    gboolean ok;
+
+    if (!spool_msg_get(t, h->id, &m, err))
+        return FALSE;
+    ok = h->reason ? spool_msg_hold(t, &m, h->reason, err)
+                   : spool_msg_hold_for_approval(t, &m, "0123456789abcdef", err);
+    m.since -= h->age;
+    ok = ok && spool_msg_update(t, &m, err);
+    spool_msg_clear(&m);
+    return ok;
+}
+
+static const char *msg_reason(struct fixture *f, queue_id id, char buf[64])
+{
+    struct spool_txn t;
+    struct spool_msg m;
+
+    assert_true(spool_read_begin(f->d.spool, &t, NULL));
+    assert_true(spool_msg_get(&t, id, &m, NULL));
+    g_strlcpy(buf, m.reason ? m.reason : "", 64);
+    spool_msg_clear(&m);
+    spool_read_end(&t);
+    return buf;
+}
+
+/*
+ * Past the list's approval_expiry a message awaiting approval is
+ * discarded (rejected, its deliveries gone); one still inside it, and one
+ * the operator held, stay; nothing is scanned again before the interval.
+ * The walk stops at messages that arrived within the shortest expiry: one
+ * whose hold claims to be older than its arrival (which cannot be) is not
+ * even read.
+ */
+static void test_approval_expiry(void **state)
+{
+    struct fixture *f = *state;
+    struct postern_list *dflt = f->ts->cfg.lists->pdata[0];
+    struct leased l[5];
+    struct approval_hold h[5] = {
+        { .age = 3700 }, { .age = 3500 }, { .reason = "held by operator", .age = 7200 },
+        { .age = 7200 }, { .age = 7200 },
+    };
+    char buf[64];
+    int64_t now = mono_ms();
+
+    dflt->approval = TRUE;
+    dflt->approval_expiry = 3600;
+    for (int i = 0; i < 5; i++) {
+        l[i] = (struct leased){ .n = 2, .state = MSG_READY, .due_at = unix_ms() / 1000,
+                                .arrived_ago = i < 4 ? 7200 : 0 };
+        assert_true(spool_write(f->d.spool, put_leased, &l[i], NULL));
+        h[i].id = l[i].msg;
+        if (i != 3)
+            assert_true(spool_write(f->d.spool, hold_aged, &h[i], NULL));
+    }
+    assert_int_equal(index_entries(f, 0), 2);   /* only l[3]'s, not held */
+
+    dispatch_approval_expire(&f->d, now);
+    assert_int_equal(msg_state(f, l[0].msg), MSG_REJECTED);
+    assert_string_equal(msg_reason(f, l[0].msg, buf), SPOOL_APPROVAL_EXPIRED);
+    assert_int_equal(msg_state(f, l[1].msg), MSG_HOLD);
+    assert_string_equal(msg_reason(f, l[1].msg, buf), SPOOL_AWAITING_APPROVAL);
+    assert_int_equal(msg_state(f, l[2].msg), MSG_HOLD);
+    assert_int_equal(msg_state(f, l[3].msg), MSG_READY);
+    assert_int_equal(msg_state(f, l[4].msg), MSG_HOLD);
+    {
+        struct spool_txn t;
+        struct spool_dlv dv;
+        GError *err = NULL;
+
+        assert_true(spool_read_begin(f->d.spool, &t, NULL));
+        assert_false(spool_dlv_get(&t, l[0].msg, 0, &dv, &err));
+        assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_NOT_FOUND));
+        g_clear_error(&err);
+        spool_read_end(&t);
+    }
+
+    /* Within the interval nothing is looked at, even what is due by now. */
+    assert_true(spool_write(f->d.spool, hold_aged, &h[3], NULL));
+    dispatch_approval_expire(&f->d, now + 1000);
+    assert_int_equal(msg_state(f, l[3].msg), MSG_HOLD);
+    dispatch_approval_expire(&f->d, now + 5000);
+    assert_int_equal(msg_state(f, l[3].msg), MSG_REJECTED);
+
+    /* No list with approval: no scan at all. */
+    dflt->approval = FALSE;
+    h[1].age = 0;
+    dispatch_approval_expire(&f->d, now + 60000);
+    assert_int_equal(msg_state(f, l[1].msg), MSG_HOLD);
+}
+
+/* Many old messages the operator held, in one transaction. */
+static gboolean put_held_many(struct spool_txn *t, void *ctx, GError **err)
+{
+    for (unsigned i = 0; i < *(unsigned *)ctx; i++) {
+        struct leased l = { .state = MSG_READY, .arrived_ago = 7200 };
+        struct approval_hold h = { .reason = "held by operator" };
+
+        if (!put_leased(t, &l, err))
+            return FALSE;
+        h.id = l.msg;
+        if (!hold_aged(t, &h, err))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/*
+ * One scan reads a bounded number of held records and the next goes on
+ * from there: behind 256 old messages the operator held, a due one is
+ * discarded at the second scan, not the first.
+ */
+static void test_approval_expiry_bounded(void **state)
+{
+    struct fixture *f = *state;
+    struct postern_list *dflt = f->ts->cfg.lists->pdata[0];
+    unsigned many = 256;
+    struct leased due = { .n = 1, .state = MSG_READY, .due_at = unix_ms() / 1000,
+                          .arrived_ago = 7000 };
+    struct approval_hold h = { .age = 7000 };
+    int64_t now = mono_ms();
+
+    dflt->approval = TRUE;
+    dflt->approval_expiry = 3600;
+    assert_true(spool_write(f->d.spool, put_held_many, &many, NULL));
+    assert_true(spool_write(f->d.spool, put_leased, &due, NULL));
+    h.id = due.msg;
+    assert_true(spool_write(f->d.spool, hold_aged, &h, NULL));
+
+    dispatch_approval_expire(&f->d, now);
+    assert_int_equal(msg_state(f, due.msg), MSG_HOLD);
+    dispatch_approval_expire(&f->d, now + 5000);
+    assert_int_equal(msg_state(f, due.msg), MSG_REJECTED);
+    /* And then from the start again. */
+    assert_true(f->d.approval_from == 0);
+}
+
 /*
  * An expired lease returns its deliveries to the due queue (ready if never
  * tried, deferred if tried before), forgets the job; an unexpired one stays.
@@ -751,6 +904,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_conns_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_adopt_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_approval_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_approval_expiry_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_due, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_fair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_daily_limit, setup, teardown),
