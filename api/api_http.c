@@ -33,6 +33,27 @@ static const struct api_route {
     { "GET", "healthz", API_SCOPE_NONE, api_healthz },
 };
 
+void api_request_init(struct api_request *rq, const char *method, const char *url)
+{
+    const char *path = url;
+
+    while (*path == '/')
+        path++;
+    memset(rq, 0, sizeof(*rq));
+    rq->method = method;
+    rq->path = url;
+    rq->parts = g_strsplit(path, "/", -1);
+    rq->query = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    rq->body = g_byte_array_new();
+}
+
+void api_request_clear(struct api_request *rq)
+{
+    g_strfreev(rq->parts);
+    g_hash_table_unref(rq->query);
+    g_byte_array_unref(rq->body);
+}
+
 void api_reply_json(struct api_response *rs, unsigned status, JsonBuilder *b)
 {
     g_autoptr(JsonNode) root = json_builder_get_root(b);
