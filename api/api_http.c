@@ -72,12 +72,15 @@ void api_reply_error(struct api_response *rs, unsigned status, const char *code,
                      const char *fmt, ...)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autofree char *text = NULL;
+    g_autofree char *raw = NULL, *text = NULL;
     va_list ap;
 
     va_start(ap, fmt);
-    text = g_strdup_vprintf(fmt, ap);
+    raw = g_strdup_vprintf(fmt, ap);
     va_end(ap);
+    /* The message may quote the path, which libmicrohttpd has %-decoded to
+     * any bytes: JSON is UTF-8 (json-glib writes strings as given). */
+    text = g_utf8_make_valid(raw, -1);
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "error");
     json_builder_add_string_value(b, code);

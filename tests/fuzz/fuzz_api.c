@@ -178,7 +178,8 @@ static void check_reply(unsigned status, const char *ctype, const GString *out, 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *nl = memchr(data, '\n', size);
-    g_autofree char *head = NULL, *body = NULL;
+    g_autofree char *head = NULL;
+    char *body;
     g_auto(GStrv) line = NULL;
     g_autoptr(GString) out = g_string_new(NULL), again = g_string_new(NULL);
     size_t body_len;
@@ -190,7 +191,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     head = g_strndup((const char *)data, (gsize)(nl - (const char *)data));
     line = g_strsplit(head, " ", 3);
-    if (!line[0] || !line[1] || strlen(head) != (size_t)(nl - (const char *)data))
+    /* libmicrohttpd hands over no request without a method and a target. */
+    if (!line[0] || !line[1] || !*line[0] || !*line[1] ||
+        strlen(head) != (size_t)(nl - (const char *)data))
         return 0;
     body_len = size - (size_t)(nl + 1 - (const char *)data);
     body = fuzz_dup(nl + 1, body_len);
