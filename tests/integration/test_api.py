@@ -495,6 +495,48 @@ def test_token_from_http_used_by_a_real_message(make_chain, make_api):
     assert qid in [m["id"] for m in listed]
 
 
+def histogram(text, name):
+    """A Prometheus histogram of text: [(le, cumulative count)] as printed, _sum, _count."""
+    lines = text.splitlines()
+    assert f"# TYPE {name} histogram" in lines
+    buckets = [(m.group(1), int(m.group(2))) for m in
+               (re.match(rf'^{name}_bucket{{le="([^"]+)"}} (\d+)$', l) for l in lines) if m]
+    total = float(next(l.split()[1] for l in lines if l.startswith(f"{name}_sum ")))
+    count = int(next(l.split()[1] for l in lines if l.startswith(f"{name}_count ")))
+    return buckets, total, count
+
+
+def test_latency_histograms(make_chain, make_api):
+    """A message through the chain: the transform's histogram counts its
+    verdict, the delivery histogram each delivery's result; buckets are
+    cumulative, end at +Inf = _count; the same text from spoolctl metrics,
+    and the same numbers after postern-api restarts (they are in the spool)."""
+    c, relay, a = chain_api(make_chain, make_api)
+    names = ("postern_transform_latency_seconds", "postern_delivery_latency_seconds")
+    before = [histogram(a.call("GET", "/metrics", key="read")[1], n) for n in names]
+    st, body, _ = a.call("POST", "/v1/tokens", tok(["ada@example.org", "bob@example.net"]))
+    qid = send_with(c, body["token"])
+    c.wait_state(qid, "done")
+    # One verdict; three results: the two copies and the owner's notice (made ready, no verdict).
+    postern.wait_for(lambda: histogram(a.call("GET", "/metrics", key="read")[1], names[1])[2]
+                     >= before[1][2] + 3, what="the notice's result too")
+    text = a.call("GET", "/metrics", key="read")[1]
+    after = [histogram(text, n) for n in names]
+    for (b_buckets, b_sum, b_count), (buckets, total, count), added in zip(before, after, (1, 3)):
+        assert count == b_count + added and total > b_sum
+        les = [le for le, _ in buckets]
+        assert les[-1] == "+Inf" and buckets[-1][1] == count
+        assert [float(le) for le in les[:-1]] == sorted(float(le) for le in les[:-1])
+        assert all(x <= y for (_, x), (_, y) in zip(buckets, buckets[1:])), buckets
+        assert les[0] == "0.005" and les[-2] == "600"
+    ctl = c.spoolctl("metrics").stdout.decode()
+    for n in names:
+        assert histogram(ctl, n) == histogram(text, n)
+    a.stop()
+    a.start()
+    assert [histogram(a.call("GET", "/metrics", key="read")[1], n) for n in names] == after
+
+
 def test_hold_release_retry_a_deferred_message(make_chain, make_api):
     c, relay, a = chain_api(make_chain, make_api)
     rcpt = "slow@example.org"
