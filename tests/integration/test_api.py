@@ -206,7 +206,8 @@ def test_batch_is_all_or_nothing(api):
 
 
 def test_malformed_json_and_wrong_types_write_nothing(api):
-    for raw in (b"{", b"", b"[1, 2", b"\xff\xfe", b"null", b"42", b"[" * 100000,
+    for raw in (b"{", b"", b"[1, 2", b"\xff\xfe", b"null", b"42", b"[" * 100000, b" \r\n",
+                b'"x"{"from": "a"}', b"var x = {};",
                 b'{"from": "[[[[", "recipients": ' + b"[" * 40 + b"]" * 40 + b"}"):
         st, body, _ = api.call("POST", "/v1/tokens", raw=raw)
         assert st == 400 and body["error"] in ("malformed_json", "invalid"), (raw, body)
