@@ -496,8 +496,10 @@ class HttpPeer:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         if self.ssl_context:
-            self.server.socket = self.ssl_context.wrap_socket(self.server.socket,
-                                                              server_side=True)
+            # The handshake in the handler's thread, not in accept(): a client
+            # that fails it (an unknown CA) must not hold up the next one.
+            self.server.socket = self.ssl_context.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

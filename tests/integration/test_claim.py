@@ -141,7 +141,7 @@ def test_https_needs_the_claim_ca_file(make_chain, tmp_path):
     try:
         c, relay = claim_chain(make_chain, tmp_path, p.url)
         qid = send(c, "tls-token-0123456789abcdef")
-        postern.wait_for(lambda: "claim: " in (c.show(qid).get("reason") or ""), timeout=30,
+        postern.wait_for(lambda: "claim: " in (c.show(qid).get("reason") or ""), timeout=90,
                          what="a claim that failed")
         assert c.show(qid)["state"] == "incoming" and "certificate" in c.show(qid)["reason"]
         line = next(l for l in c.transform.log().splitlines()
@@ -155,7 +155,7 @@ def test_https_needs_the_claim_ca_file(make_chain, tmp_path):
              c.config_for("transform", {"token": {"claim_ca_file": cert}}), "-f"],
             c.workdir / "transform-ca.log", r"daemon started").start()
         dl = c.wait_deliveries(qid, lambda dl: dl and all(x["state"] == "sent" for x in dl),
-                               timeout=30, what="sent after a claim over https")
+                               timeout=90, what="sent after a claim over https")
         assert [x["rcpt"] for x in dl] == ["ada@example.org"] and len(p.claims) == 1
     finally:
         p.stop()

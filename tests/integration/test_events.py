@@ -229,14 +229,15 @@ def test_https_needs_the_ca_file(make_chain, make_api, tmp_path):
         c, relay, a = chain_with_events(make_chain, make_api, tmp_path, r.url)
         qid = send(c, c.token("ada@example.org"))
         c.wait_state(qid, "done")
-        postern.wait_for(lambda: "retrying with backoff" in a.log(), what="a failed POST")
+        postern.wait_for(lambda: "retrying with backoff" in a.log(), timeout=90,
+                         what="a failed POST")
         line = next(l for l in a.log().splitlines() if "retrying with backoff" in l)
         assert f"events: {r.url}: " in line and "certificate" in line, line
         box = outbox(c)
         assert box["count"] == 2 and "certificate" in box["error"] and r.delivered() == []
         a.stop()
         b = make_api(sections=postern.merge(c.ingest.sections, {"events": {"ca_file": cert}}))
-        r.wait(lambda ev: len(ev) == 2, what="both events over https")
+        r.wait(lambda ev: len(ev) == 2, timeout=90, what="both events over https")
         assert [e["type"] for e in of(r.delivered(), qid)] == ["message.accepted",
                                                                 "message.done"]
         postern.wait_for(lambda: outbox(c)["count"] == 0, what="an empty outbox")
