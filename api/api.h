@@ -50,6 +50,15 @@ struct api_response {
     const char *allow;              /* 405: the methods the path takes */
 };
 
+/*
+ * A request for url (its path, without the query) as the handlers see
+ * it: parts split, an empty query and body for the server to fill.
+ * api_request_clear() frees what init made (not method or path: the
+ * caller's).
+ */
+void api_request_init(struct api_request *rq, const char *method, const char *url);
+void api_request_clear(struct api_request *rq);
+
 typedef void (*api_handler)(struct api *a, struct api_request *rq, struct api_response *rs);
 
 /* api_keys.c: the bearer keys file, "NAME SCOPE SHA256-HEX" a line. */

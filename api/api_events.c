@@ -24,6 +24,7 @@
 struct api_events {
     struct spool *spool;
     char *url;
+    char *ca_file;                  /* [events] ca_file, or NULL: the system's CAs */
     char *secret;
     size_t secret_len;
     int64_t timeout_ms;
@@ -277,6 +278,8 @@ static gboolean api_events_send_next(struct api_events *ev)
     curl_easy_setopt(ev->easy, CURLOPT_HTTPHEADER, ev->headers);
     curl_easy_setopt(ev->easy, CURLOPT_COPYPOSTFIELDS, body);
     curl_easy_setopt(ev->easy, CURLOPT_USERAGENT, "postern-api");
+    if (ev->ca_file)
+        curl_easy_setopt(ev->easy, CURLOPT_CAINFO, ev->ca_file);
     curl_easy_setopt(ev->easy, CURLOPT_ERRORBUFFER, ev->errbuf);
     curl_easy_setopt(ev->easy, CURLOPT_WRITEFUNCTION, api_events_keep_reply);
     curl_easy_setopt(ev->easy, CURLOPT_WRITEDATA, ev->reply);
@@ -306,6 +309,7 @@ struct api_events *api_events_start(const struct postern_config *cfg, struct spo
     ev = g_new0(struct api_events, 1);
     ev->spool = sp;
     ev->url = g_strdup(cfg->events.url);
+    ev->ca_file = *cfg->events.ca_file ? g_strdup(cfg->events.ca_file) : NULL;
     /* A trailing newline is the editor's, not the secret's. */
     ev->secret = g_strchomp(secret);
     ev->secret_len = strlen(ev->secret);
@@ -323,7 +327,8 @@ struct api_events *api_events_start(const struct postern_config *cfg, struct spo
             ev->failures = st.failures;
         spool_read_end(&t);
     }
-    msg_info("events: posting to %s", ev->url);
+    msg_info("events: posting to %s%s%s", ev->url, ev->ca_file ? ", CA file " : "",
+             ev->ca_file ? ev->ca_file : "");
     return ev;
 }
 
@@ -337,6 +342,7 @@ void api_events_stop(struct api_events *ev)
     g_string_free(ev->reply, TRUE);
     secret_free(ev->secret);
     g_free(ev->url);
+    g_free(ev->ca_file);
     g_free(ev);
 }
 

@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define API_CONNECTIONS 64          /* at once; more wait in the listen queue */
 #define API_IDLE_TIMEOUT 30         /* seconds a connection may say nothing */
 
 /*
@@ -96,15 +95,8 @@ static struct api_call *api_call_new(struct api *a, struct MHD_Connection *conn,
                                      const char *method, const char *url)
 {
     struct api_call *call = g_new0(struct api_call, 1);
-    const char *path = url;
 
-    while (*path == '/')
-        path++;
-    call->rq.method = method;
-    call->rq.path = url;
-    call->rq.parts = g_strsplit(path, "/", -1);
-    call->rq.query = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    call->rq.body = g_byte_array_new();
+    api_request_init(&call->rq, method, url);
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, api_query_add, call->rq.query);
     call->refusal.body = g_string_new(NULL);
     api_keys_refresh(&a->keys, a->cfg->api.keys_file);
@@ -169,9 +161,7 @@ static void api_on_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 
     if (!call)
         return;
-    g_strfreev(call->rq.parts);
-    g_hash_table_unref(call->rq.query);
-    g_byte_array_unref(call->rq.body);
+    api_request_clear(&call->rq);
     g_string_free(call->refusal.body, TRUE);
     g_free(call->key_name);
     g_free(call);
@@ -193,7 +183,8 @@ struct MHD_Daemon *api_server_start(struct api *a, int listen_fd, const char *ce
         /* The logger first, or libmicrohttpd logs to stderr before it knows it. */
         { MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)api_mhd_log, NULL },
         { MHD_OPTION_LISTEN_SOCKET, listen_fd, NULL },
-        { MHD_OPTION_CONNECTION_LIMIT, API_CONNECTIONS, NULL },
+        /* [api] max_connections; more wait in the kernel's listen queue (docs/operations.md). */
+        { MHD_OPTION_CONNECTION_LIMIT, (intptr_t)a->cfg->api.max_connections, NULL },
         { MHD_OPTION_CONNECTION_TIMEOUT, API_IDLE_TIMEOUT, NULL },
         { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)api_on_done, NULL },
         { cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, (void *)cert },

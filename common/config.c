@@ -52,6 +52,7 @@ static const struct config_key config_keys[] = {
     K("token", "max_recipients", CT_COUNT, "0", token.max_recipients),
     K("token", "claim_url", CT_STRING, "", token.claim_url),
     K("token", "claim_secret_file", CT_STRING, "", token.claim_secret_file),
+    K("token", "claim_ca_file", CT_STRING, "", token.claim_ca_file),
     K("token", "claim_timeout", CT_DURATION, "10s", token.claim_timeout),
     K("token", "claim_max_backoff", CT_DURATION, "5m", token.claim_max_backoff),
 
@@ -113,9 +114,11 @@ static const struct config_key config_keys[] = {
     K("api", "tls_cert", CT_STRING, "", api.tls_cert),
     K("api", "tls_key", CT_STRING, "", api.tls_key),
     K("api", "max_body", CT_SIZE, "8M", api.max_body),
+    K("api", "max_connections", CT_COUNT, "64", api.max_connections),
 
     K("events", "url", CT_STRING, "", events.url),
     K("events", "secret_file", CT_STRING, "", events.secret_file),
+    K("events", "ca_file", CT_STRING, "", events.ca_file),
     K("events", "timeout", CT_DURATION, "10s", events.timeout),
     K("events", "max_backoff", CT_DURATION, "5m", events.max_backoff),
 
@@ -799,6 +802,8 @@ static void config_check_api(const struct postern_config *cfg, GPtrArray *proble
                        g_strerror(errno));
     config_check_positive(cfg, problems, "api", "max_body", cfg->api.max_body,
                           "every request with a body would be refused");
+    config_check_positive(cfg, problems, "api", "max_connections", cfg->api.max_connections,
+                          "no request would be served");
 }
 
 /*
@@ -825,12 +830,33 @@ static void config_check_secret(const struct postern_config *cfg, GPtrArray *pro
                        "read the secret (chmod 600)", secret, (unsigned)(st.st_mode & 07777));
 }
 
+/*
+ * A CA bundle for the platform's https URL (libcurl's CAINFO): readable
+ * now, or every POST would fail later on a TLS error nobody expects.
+ */
+static void config_check_ca_file(const struct postern_config *cfg, GPtrArray *problems,
+                                 const char *group, const char *ca_key, const char *ca,
+                                 const char *url_key, const char *url)
+{
+    if (!*ca)
+        return;
+    if (!*url)
+        config_problem(problems, cfg, group, ca_key, "is set but %s is not", url_key);
+    else if (!g_str_has_prefix(url, "https://"))
+        config_problem(problems, cfg, group, ca_key, "is set but %s is not https://", url_key);
+    if (access(ca, R_OK) < 0)
+        config_problem(problems, cfg, group, ca_key, "%s: %s (a PEM file of CA certificates)",
+                       ca, g_strerror(errno));
+}
+
 static void config_check_signed_url(const struct postern_config *cfg, GPtrArray *problems,
                                     const char *group, const char *url_key, const char *url,
-                                    const char *secret_key, const char *secret)
+                                    const char *secret_key, const char *secret,
+                                    const char *ca_key, const char *ca)
 {
     g_autofree char *needed_by = g_strdup_printf("%s (the key of X-Postern-Signature)", url_key);
 
+    config_check_ca_file(cfg, problems, group, ca_key, ca, url_key, url);
     if (!*url) {
         if (*secret)
             config_problem(problems, cfg, group, secret_key, "is set but %s is not", url_key);
@@ -847,7 +873,7 @@ static void config_check_signed_url(const struct postern_config *cfg, GPtrArray 
 static void config_check_events(const struct postern_config *cfg, GPtrArray *problems)
 {
     config_check_signed_url(cfg, problems, "events", "url", cfg->events.url, "secret_file",
-                            cfg->events.secret_file);
+                            cfg->events.secret_file, "ca_file", cfg->events.ca_file);
     if (!*cfg->events.url)
         return;
     config_check_positive(cfg, problems, "events", "timeout", cfg->events.timeout,
@@ -864,7 +890,8 @@ static void config_check_events(const struct postern_config *cfg, GPtrArray *pro
 static void config_check_claim(const struct postern_config *cfg, GPtrArray *problems)
 {
     config_check_signed_url(cfg, problems, "token", "claim_url", cfg->token.claim_url,
-                            "claim_secret_file", cfg->token.claim_secret_file);
+                            "claim_secret_file", cfg->token.claim_secret_file,
+                            "claim_ca_file", cfg->token.claim_ca_file);
     if (!*cfg->token.claim_url)
         return;
     config_check_positive(cfg, problems, "token", "claim_timeout", cfg->token.claim_timeout,

@@ -64,6 +64,7 @@ struct postern_config {
         uint64_t max_recipients;    /* the default list's cap per token; 0: no limit */
         char *claim_url;            /* pull mode: the platform decides each token; "": none */
         char *claim_secret_file;    /* the HMAC-SHA256 key of the claim's X-Postern-Signature */
+        char *claim_ca_file;        /* CA bundle for an https claim_url; "": the system's */
         uint64_t claim_timeout;     /* one claim, connect to answer */
         uint64_t claim_max_backoff; /* the longest wait of a message while the platform is down */
     } token;
@@ -132,10 +133,12 @@ struct postern_config {
         char *tls_cert;             /* both or neither: HTTPS */
         char *tls_key;
         uint64_t max_body;          /* 413 beyond */
+        uint64_t max_connections;   /* open at once; more wait in the listen queue */
     } api;
     struct {
         char *url;                  /* where postern-api posts outcome events; "": none */
         char *secret_file;          /* the HMAC-SHA256 key of X-Postern-Signature */
+        char *ca_file;              /* CA bundle for an https url; "": the system's */
         uint64_t timeout;           /* one POST, connect to answer */
         uint64_t max_backoff;       /* the longest wait between tries */
     } events;

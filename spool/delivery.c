@@ -4,6 +4,7 @@
 #include "spool/delivery.h"
 #include "spool/spool_lmdb.h"
 #include "spool/spool_events.h"
+#include "spool/spool_hist.h"
 #include "common/clock.h"
 #include "common/log.h"
 
@@ -215,12 +216,17 @@ static gboolean dlv_count(struct spool_txn *t, const struct spool_dlv *d, int de
 /*
  * The totals of /metrics: a result recorded (sent, bounced) or an attempt
  * deferred.  A lease that runs out changes the state but is no attempt.
+ * A result also counts in the delivery latency, except a late bounce
+ * (sent -> bounced): that delivery had its result, when it was sent.
  */
 static gboolean dlv_count_result(struct spool_txn *t, const struct spool_dlv *d,
                                  enum dlv_state was, uint32_t attempts_before, GError **err)
 {
     if (was == DLV_STATE_COUNT || was == d->state)
         return TRUE;
+    if ((d->state == DLV_SENT || d->state == DLV_BOUNCED) && was != DLV_SENT &&
+        !spool_hist_observe(t, SPOOL_HIST_DELIVERY, unix_ms() - spool_id_ms(d->msg), err))
+        return FALSE;
     if (d->state == DLV_SENT)
         return spool_counter_add(t, SPOOL_COUNTER_SENT, 1, err);
     if (d->state == DLV_BOUNCED)

@@ -10,7 +10,8 @@
  * Named databases (keys are big-endian so that byte order is time order):
  *
  *   meta        name                    -> value (schema version, last id,
- *                                          counters n.*, relay.pause)
+ *                                          counters n.*, relay.pause, latency
+ *                                          histograms h.*: spool_hist.h)
  *   messages    id                      -> message record (GVariant a{sv}; its
  *                                          transform lease is in it)
  *   bodies      id . chunk#             -> raw message bytes, 2000-byte chunks
@@ -83,6 +84,7 @@ struct spool_txn {
     void *txn;                      /* the LMDB transaction: spool/ only (spool_lmdb.h) */
     GPtrArray *committed_log;
     GHashTable *counter_deltas;     /* name -> int64 delta */
+    void *hist_deltas;              /* the latencies it observed (spool_hist.c), or NULL */
 };
 
 /* The envelope and queue state of one message. */

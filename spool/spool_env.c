@@ -3,6 +3,7 @@
  */
 #include "spool/spool_lmdb.h"
 #include "spool/spool_events.h"
+#include "spool/spool_hist.h"
 #include "common/log.h"
 
 #include <errno.h>
@@ -428,12 +429,14 @@ gboolean spool_write(struct spool *sp, spool_write_fn fn, void *ctx, GError **er
         if ((rc = spool_txn_begin(sp, 0, &txn)))
             return spool_mdb_fail(rc, "begin spool write", err);
         t.txn = txn;
-        if (fn(&t, ctx, &local) && spool_counters_flush(&t, &local))
+        if (fn(&t, ctx, &local) && spool_counters_flush(&t, &local) &&
+            spool_hist_flush(&t, &local))
             rc = mdb_txn_commit(t.txn);
         else
             mdb_txn_abort(t.txn);
         t.txn = NULL;
         g_clear_pointer(&t.counter_deltas, g_hash_table_unref);
+        g_clear_pointer(&t.hist_deltas, g_free);
 
         if (!local && rc == 0) {
             for (guint i = 0; t.committed_log && i < t.committed_log->len; i++)

@@ -7,6 +7,7 @@
 #include "spool/spool_lmdb.h"
 #include "common/clock.h"
 #include "spool/delivery.h"
+#include "spool/spool_hist.h"
 #include "common/log.h"
 
 #include <string.h>
@@ -371,6 +372,12 @@ gboolean spool_msg_set_state(struct spool_txn *t, struct spool_msg *m, enum msg_
     if (!spool_msg_update(t, m, err))
         return FALSE;
     if (to == MSG_REJECTED && !spool_counter_add(t, spool_counter_rejected(reason), 1, err))
+        return FALSE;
+    /* The transform's latency, for /metrics: mail (as counted received)
+     * from its arrival to the verdict; notices and reports are not mail. */
+    if (from == MSG_INCOMING && (to == MSG_READY || to == MSG_REJECTED) &&
+        (!m->kind || g_str_equal(m->kind, MSG_KIND_MAIL)) &&
+        !spool_hist_observe(t, SPOOL_HIST_TRANSFORM, unix_ms() - spool_id_ms(m->id), err))
         return FALSE;
     spool_txn_log(t, "%s: state=%s from=%s%s%s", idtext, msg_state_name(to),
                   msg_state_name(from), reason ? ", reason=" : "", reason ? reason : "");

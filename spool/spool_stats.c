@@ -42,6 +42,11 @@ gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err
         spool_read_end(&t);
         return FALSE;
     }
+    for (int h = 0; h < SPOOL_HIST_COUNT; h++)
+        if (!spool_hist_get(&t, h, &st->latency[h], err)) {
+            spool_read_end(&t);
+            return FALSE;
+        }
     if (!relay_state_get(&t, &st->relay, err) || !relay_quota_get(&t, &st->quota, err)) {
         spool_read_end(&t);
         return FALSE;
@@ -104,6 +109,12 @@ void spool_stats_prometheus(const struct spool_stats *st, GString *out)
                            G_GUINT64_FORMAT "\n", st->deferred);
     g_string_append_printf(out, "postern_delivery_results_total{result=\"bounced\"} %"
                            G_GUINT64_FORMAT "\n", st->bounced);
+    spool_hist_prometheus(&st->latency[SPOOL_HIST_TRANSFORM], "postern_transform_latency_seconds",
+                          "Mail from its arrival in the spool to the transform's verdict "
+                          "(ready or rejected).", out);
+    spool_hist_prometheus(&st->latency[SPOOL_HIST_DELIVERY], "postern_delivery_latency_seconds",
+                          "From a message's arrival in the spool to each delivery's result "
+                          "(sent or bounced).", out);
     stats_family(out, "postern_events_waiting", "gauge",
                  "Outcome events in the outbox, not yet taken by the platform.");
     g_string_append_printf(out, "postern_events_waiting %" G_GUINT64_FORMAT "\n",

@@ -10,6 +10,7 @@
 #include "spool/delivery.h"
 #include "spool/relay_quota.h"
 #include "spool/relay_state.h"
+#include "spool/spool_hist.h"
 #include "spool/spool.h"
 
 struct spool_stats {
@@ -25,6 +26,7 @@ struct spool_stats {
     uint64_t rejected[SPOOL_REJECT_REASONS + 1];   /* spool_reject_reasons, then other */
     uint64_t sent, deferred, bounced;
     uint64_t events_waiting;        /* the outbox of outcome events */
+    struct spool_hist_data latency[SPOOL_HIST_COUNT];  /* spool_hist.h */
 };
 
 /* One short read transaction. */

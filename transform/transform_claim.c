@@ -250,6 +250,8 @@ void transform_claim_post(struct transform *tf, const struct claim_request *r,
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, body);
     curl_easy_setopt(easy, CURLOPT_USERAGENT, "postern-transform");
+    if (*tf->cfg->token.claim_ca_file)
+        curl_easy_setopt(easy, CURLOPT_CAINFO, tf->cfg->token.claim_ca_file);
     curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, transform_claim_keep);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, &reply);

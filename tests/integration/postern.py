@@ -452,16 +452,34 @@ def message(subject="test", body="Hello.\r\n", extra_headers=(), message_id=True
     return ("\r\n".join(h) + "\r\n\r\n").encode() + (body.encode() if isinstance(body, str) else body)
 
 
+def self_signed(directory, name="platform"):
+    """A self-signed certificate for 127.0.0.1 and localhost, made with the
+    openssl CLI as an operator would: (cert path, server-side SSLContext).
+    The certificate is its own CA: it is the CA file a client needs."""
+    import ssl
+    cert, key = Path(directory) / f"{name}.crt", Path(directory) / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return cert, ctx
+
+
 class HttpPeer:
     """A real HTTP server in the test standing for the web platform (the
     claim endpoint, the events webhook): each POST goes to
     `on_post(handler, body)` in the server's thread; `lock` guards what a
-    subclass records."""
+    subclass records.  With ssl_context (server side) it speaks HTTPS."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, ssl_context=None):
         self.port = port or free_port()
         self.lock = threading.Lock()
         self.server = None
+        self.ssl_context = ssl_context
+        self.scheme = "https" if ssl_context else "http"
 
     def on_post(self, handler, body):
         raise NotImplementedError
@@ -477,6 +495,11 @@ class HttpPeer:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.ssl_context:
+            # The handshake in the handler's thread, not in accept(): a client
+            # that fails it (an unknown CA) must not hold up the next one.
+            self.server.socket = self.ssl_context.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

@@ -8,7 +8,9 @@ registered over HTTP.  docs/api.yaml is checked against what is served.
 import http.client
 import json
 import re
+import resource
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -204,7 +206,8 @@ def test_batch_is_all_or_nothing(api):
 
 
 def test_malformed_json_and_wrong_types_write_nothing(api):
-    for raw in (b"{", b"", b"[1, 2", b"\xff\xfe", b"null", b"42", b"[" * 100000,
+    for raw in (b"{", b"", b"[1, 2", b"\xff\xfe", b"null", b"42", b"[" * 100000, b" \r\n",
+                b'"x"{"from": "a"}', b"var x = {};",
                 b'{"from": "[[[[", "recipients": ' + b"[" * 40 + b"]" * 40 + b"}"):
         st, body, _ = api.call("POST", "/v1/tokens", raw=raw)
         assert st == 400 and body["error"] in ("malformed_json", "invalid"), (raw, body)
@@ -244,6 +247,116 @@ def test_body_over_the_limit_is_413(make_api):
     assert st == 413 and body["error"] == "too_large"
     assert token_ids(a) == []
     assert a.call("GET", "/healthz")[0] == 200
+
+
+def rss_kib(pid):
+    return int(next(l.split()[1] for l in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if l.startswith("VmRSS:")))
+
+
+def raw_request(a, data, timeout=30):
+    """Send bytes as they are; the status line of the answer ("" if none)."""
+    with socket.create_connection(("127.0.0.1", a.port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            return s.recv(65536).decode(errors="replace").split("\r\n")[0]
+        except (BrokenPipeError, ConnectionResetError):
+            return ""
+
+
+def test_hostile_bodies_paths_and_headers(api):
+    """Bodies of 10 MB (declared or chunked), paths that %-decode to bytes
+    that are not UTF-8, headers too large for libmicrohttpd's 32 KiB per
+    connection, garbage instead of HTTP: each gets its refusal, never a
+    crash, and a valid request is still answered."""
+    ten = b'{"from": "x", "recipients": ["' + b"a" * (10 << 20) + b'"]}'
+    # Declared: refused on the headers; the client may see the close while still sending.
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=60)
+    try:
+        conn.request("POST", "/v1/tokens", body=ten, headers={
+            "Authorization": f"Bearer {api.keys['admin']}", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 413 and json.loads(r.read())["error"] == "too_large"
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    conn.close()
+    # Chunked: read to its end (10 MB), not kept past [api] max_body (8M).
+    st, body, _ = api.call("POST", "/v1/tokens",
+                           raw=iter([ten[i:i + (1 << 20)] for i in range(0, len(ten), 1 << 20)]))
+    assert st == 413 and body["error"] == "too_large"
+    assert token_ids(api) == []
+    # A path that is not UTF-8 once decoded: the error is still valid JSON (fuzz_api found it).
+    for path in ("/v1/%FF%FE", "/v1/tokens/%C3%28", "/%00healthz"):
+        st, body, _ = api.call("GET", path)
+        assert st == 404 and body["error"] == "not_found", path
+    # Keys that are no keys: huge, binary, empty, another scheme.
+    for auth in ("Bearer " + "k" * 20000, "Bearer \u00ff\u00fe", "Bearer ", "Bearer",
+                 "Digest x", "bearer " + api.keys["read"][:-1]):
+        st, body, _ = api.call("GET", "/v1/messages", key=None, headers={"Authorization": auth})
+        assert st == 401, auth
+    # Headers past what a connection may hold, and garbage: an HTTP error, no crash.
+    assert raw_request(api, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " +
+                       b"b" * (64 << 10) + b"\r\n\r\n").split(" ")[1:2] in (["431"], ["413"])
+    assert raw_request(api, b"\x00\xff\x16\x03\x01 not http at all\r\n\r\n").startswith(
+        ("HTTP/1.1 400", ""))
+    assert raw_request(api, b"GET /healthz HTTP/9.9\r\n\r\n").startswith("HTTP/1.1 505")
+    st, body, _ = api.call("GET", "/healthz")
+    assert st == 200 and api.running()
+
+
+def test_10000_connections(make_api, monkeypatch):
+    """10,000 connections to postern-api, half of them saying a few bytes
+    of a request and stopping.  libmicrohttpd serves [api] max_connections
+    (64) at once and leaves the rest in the listen queue; a connection
+    that says nothing holds its place for at most 30 s.  Checked: no
+    crash, memory bounded (RSS), a valid request answered while fewer
+    than max_connections are held and as soon as a wave is let go.
+    Opened in waves of up to 5,000: RLIMIT_NOFILE is raised to fit a wave
+    (the hard limit here is usually 20,000 or more)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wave = min(5000, hard - 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wave + 256), hard))
+    # ASan keeps freed memory in a quarantine (256 MB): keep it small so RSS says what is held.
+    monkeypatch.setenv("ASAN_OPTIONS", postern.os.environ.get("ASAN_OPTIONS", "") +
+                       ":quarantine_size_mb=8")
+    a = make_api()
+    assert a.call("GET", "/healthz")[0] == 200
+    base = rss_kib(a.pid)
+    # During: 50 held idle, fewer than max_connections, and a request still goes through.
+    held = [socket.create_connection(("127.0.0.1", a.port)) for _ in range(50)]
+    t0 = time.monotonic()
+    assert a.call("GET", "/healthz")[0] == 200 and time.monotonic() - t0 < 5
+    for s in held:
+        s.close()
+    opened = 0
+    while opened < 10000:
+        socks = []
+        for i in range(min(wave, 10000 - opened)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", a.port))
+            socks.append(s)
+        opened += len(socks)
+        time.sleep(0.5)
+        for i, s in enumerate(socks[::2]):
+            try:
+                s.send(b"GET /v1/tok" if i % 2 else b"\x00\xffgarbage\r\n\r\n")
+            except OSError:
+                pass                    # not yet connected: still in the listen queue
+        time.sleep(0.5)
+        assert a.running(), "postern-api died under the connections"
+        for s in socks:
+            s.close()
+        # After: answered once the wave is gone (within libmicrohttpd's 30 s idle timeout).
+        t0 = time.monotonic()
+        st, body, _ = a.call("GET", "/healthz")
+        assert st == 200 and body["status"] == "ok" and time.monotonic() - t0 < 35
+    grown = rss_kib(a.pid) - base
+    print(f"10000 connections in waves of {wave}: RSS {base} KiB -> +{grown} KiB")
+    assert grown < 64 * 1024, f"RSS grew by {grown} KiB"
+    st, body, _ = a.call("POST", "/v1/tokens", tok())
+    assert st == 201
 
 
 def test_5000_recipients_in_one_call(api):
@@ -384,6 +497,48 @@ def test_token_from_http_used_by_a_real_message(make_chain, make_api):
     assert a.call("GET", f"/v1/messages?since={int(time.time()) + 3600}")[1]["messages"] == []
     listed = a.call("GET", "/v1/messages?state=done&since=0")[1]["messages"]
     assert qid in [m["id"] for m in listed]
+
+
+def histogram(text, name):
+    """A Prometheus histogram of text: [(le, cumulative count)] as printed, _sum, _count."""
+    lines = text.splitlines()
+    assert f"# TYPE {name} histogram" in lines
+    buckets = [(m.group(1), int(m.group(2))) for m in
+               (re.match(rf'^{name}_bucket{{le="([^"]+)"}} (\d+)$', l) for l in lines) if m]
+    total = float(next(l.split()[1] for l in lines if l.startswith(f"{name}_sum ")))
+    count = int(next(l.split()[1] for l in lines if l.startswith(f"{name}_count ")))
+    return buckets, total, count
+
+
+def test_latency_histograms(make_chain, make_api):
+    """A message through the chain: the transform's histogram counts its
+    verdict, the delivery histogram each delivery's result; buckets are
+    cumulative, end at +Inf = _count; the same text from spoolctl metrics,
+    and the same numbers after postern-api restarts (they are in the spool)."""
+    c, relay, a = chain_api(make_chain, make_api)
+    names = ("postern_transform_latency_seconds", "postern_delivery_latency_seconds")
+    before = [histogram(a.call("GET", "/metrics", key="read")[1], n) for n in names]
+    st, body, _ = a.call("POST", "/v1/tokens", tok(["ada@example.org", "bob@example.net"]))
+    qid = send_with(c, body["token"])
+    c.wait_state(qid, "done")
+    # One verdict; three results: the two copies and the owner's notice (made ready, no verdict).
+    postern.wait_for(lambda: histogram(a.call("GET", "/metrics", key="read")[1], names[1])[2]
+                     >= before[1][2] + 3, what="the notice's result too")
+    text = a.call("GET", "/metrics", key="read")[1]
+    after = [histogram(text, n) for n in names]
+    for (b_buckets, b_sum, b_count), (buckets, total, count), added in zip(before, after, (1, 3)):
+        assert count == b_count + added and total > b_sum
+        les = [le for le, _ in buckets]
+        assert les[-1] == "+Inf" and buckets[-1][1] == count
+        assert [float(le) for le in les[:-1]] == sorted(float(le) for le in les[:-1])
+        assert all(x <= y for (_, x), (_, y) in zip(buckets, buckets[1:])), buckets
+        assert les[0] == "0.005" and les[-2] == "600"
+    ctl = c.spoolctl("metrics").stdout.decode()
+    for n in names:
+        assert histogram(ctl, n) == histogram(text, n)
+    a.stop()
+    a.start()
+    assert [histogram(a.call("GET", "/metrics", key="read")[1], n) for n in names] == after
 
 
 def test_hold_release_retry_a_deferred_message(make_chain, make_api):

@@ -26,8 +26,8 @@ class Platform(postern.HttpPeer):
     """The claim endpoint: checks each POST's signature, records it, and
     answers with `answer(claim) -> (status, body dict or None)`."""
 
-    def __init__(self, port=None):
-        super().__init__(port)
+    def __init__(self, port=None, ssl_context=None):
+        super().__init__(port, ssl_context)
         self.claims = []                # (headers, raw body, decoded body)
         self.bad_signatures = 0
         self.answer = lambda claim: (404, None)
@@ -52,7 +52,7 @@ class Platform(postern.HttpPeer):
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}/postern/claim"
+        return f"{self.scheme}://127.0.0.1:{self.port}/postern/claim"
 
 
 @pytest.fixture
@@ -129,6 +129,40 @@ def test_refusals(make_chain, tmp_path, platform, status, reason):
                                   if n["sender"] == ""], what="rejection notice")
     else:
         assert notices == []
+
+
+def test_https_needs_the_claim_ca_file(make_chain, tmp_path):
+    """[token] claim_ca_file: without it the platform's self-signed
+    certificate fails the claim (the message waits, the log names the URL
+    and the TLS error); with it the claim is granted and the copy sent."""
+    cert, ctx = postern.self_signed(tmp_path)
+    p = Platform(ssl_context=ctx).start()
+    p.answer = lambda claim: (200, {"recipients": ["ada@example.org"]})
+    try:
+        # A claim may take its whole timeout on a loaded machine: give it 15 s.
+        c, relay = claim_chain(make_chain, tmp_path, p.url, {"token": {"claim_timeout": "15s"}})
+        qid = send(c, "tls-token-0123456789abcdef")
+        postern.wait_for(lambda: "certificate" in (c.show(qid).get("reason") or ""),
+                         timeout=90, interval=0.5, what="a claim refused on the certificate")
+        assert c.show(qid)["state"] == "incoming"
+        line = next(l for l in c.transform.log().splitlines()
+                    if "logged again only when it answers" in l)
+        # The outage is logged once, with the URL; each try with the queue id and the TLS error.
+        assert f"claim: {p.url}: " in line, line
+        assert any(f"{qid}: token=" in l and "claim: " in l and "certificate" in l
+                   for l in c.transform.log().splitlines())
+        assert p.claims == []
+        # The transform again, with the CA file: the waiting message is claimed and sent.
+        c.transform.stop()
+        c.transform = postern.Daemon(
+            [pc.transform_binary(), "-c",
+             c.config_for("transform", {"token": {"claim_ca_file": cert}}), "-f"],
+            c.workdir / "transform-ca.log", r"daemon started").start()
+        dl = c.wait_deliveries(qid, lambda dl: dl and all(x["state"] == "sent" for x in dl),
+                               timeout=90, what="sent after a claim over https")
+        assert [x["rcpt"] for x in dl] == ["ada@example.org"] and len(p.claims) == 1
+    finally:
+        p.stop()
 
 
 def test_platform_down_then_up(make_chain, tmp_path):

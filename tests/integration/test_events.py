@@ -32,8 +32,8 @@ class Receiver(postern.HttpPeer):
     """The platform's webhook: records every POST; `script` answers the next
     ones ("500", "garbage", "slow"), then 200."""
 
-    def __init__(self, port=None):
-        super().__init__(port)
+    def __init__(self, port=None, ssl_context=None):
+        super().__init__(port, ssl_context)
         self.posts = []                 # (headers dict, body bytes, status answered)
         self.arrived = []               # event ids, as each POST arrives
         self.script = []
@@ -60,7 +60,7 @@ class Receiver(postern.HttpPeer):
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}/hooks/postern"
+        return f"{self.scheme}://127.0.0.1:{self.port}/hooks/postern"
 
     def delivered(self):
         """The events answered 200, decoded, in the order they came."""
@@ -215,6 +215,36 @@ def test_backlog_kept_while_down_then_in_order(make_chain, make_api, tmp_path):
         assert "answers again after" in a.log()
         postern.wait_for(lambda: outbox(c)["count"] == 0, what="an empty outbox")
         assert outbox(c)["failures"] == 0 and outbox(c)["error"] is None
+    finally:
+        r.stop()
+
+
+def test_https_needs_the_ca_file(make_chain, make_api, tmp_path):
+    """[events] ca_file: the platform's self-signed certificate is refused
+    without it (logged with the URL and the TLS error, the event kept in
+    the outbox) and trusted with it."""
+    cert, ctx = postern.self_signed(tmp_path)
+    r = Receiver(ssl_context=ctx).start()
+    try:
+        # One POST may take its whole timeout on a loaded machine: give it 30 s.
+        c, relay = make_chain(postern.merge(events_config(tmp_path, r.url),
+                                            {"events": {"timeout": "30s"}}))
+        a = make_api(sections=c.ingest.sections)
+        qid = send(c, c.token("ada@example.org"))
+        c.wait_state(qid, "done")
+        postern.wait_for(lambda: outbox(c)["count"] == 2 and
+                         "certificate" in (outbox(c)["error"] or ""), timeout=90, interval=0.5,
+                         what="both events kept, refused on the certificate")
+        line = next(l for l in a.log().splitlines() if "retrying with backoff" in l)
+        assert f"events: {r.url}: " in line and "certificate" in line, line
+        assert r.delivered() == []
+        a.stop()
+        b = make_api(sections=postern.merge(c.ingest.sections, {"events": {"ca_file": cert}}))
+        r.wait(lambda ev: len(ev) == 2, timeout=90, what="both events over https")
+        assert [e["type"] for e in of(r.delivered(), qid)] == ["message.accepted",
+                                                                "message.done"]
+        postern.wait_for(lambda: outbox(c)["count"] == 0, what="an empty outbox")
+        assert f"events: posting to {r.url}, CA file {cert}" in b.log()
     finally:
         r.stop()
 

@@ -87,17 +87,13 @@ static void test_keys_refused(void **state)
 static unsigned handle(struct api *a, const char *method, const char *path, const char *bearer,
                        struct api_response *rs)
 {
-    struct api_request rq = { .method = method, .path = path };
+    struct api_request rq;
 
-    rq.parts = g_strsplit(path + 1, "/", -1);
-    rq.query = g_hash_table_new(g_str_hash, g_str_equal);
-    rq.body = g_byte_array_new();
+    api_request_init(&rq, method, path);
     g_string_truncate(rs->body, 0);
     rs->allow = NULL;
     api_handle(a, &rq, bearer, rs);
-    g_strfreev(rq.parts);
-    g_hash_table_unref(rq.query);
-    g_byte_array_unref(rq.body);
+    api_request_clear(&rq);
     return rs->status;
 }
 

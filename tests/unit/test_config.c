@@ -114,7 +114,7 @@ static void test_valid(void **state)
         "[ingest]\nlisten = 127.0.0.1:2525, [::1]:2526, unix:/tmp/postern.sock\n"
         "[dkim]\nkeys = sel1:%s\n[relay]\nurl = smtp://relay.example:587\nuser = u\n"
         "password_file = %s\nrate = 2.5\n[events]\nurl = https://lego.example:8443/hook\n"
-        "secret_file = %s\n", key, key, key);
+        "secret_file = %s\nca_file = %s\n", key, key, key, key);
     g_autofree char *path = write_config(text);
     g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func(g_free);
     struct postern_config cfg;
@@ -170,6 +170,7 @@ static void test_cannot_work(void **state)
     expect_error("[api]\nkeys_file = /nonexistent/keys\n", ":2: [api] keys_file: /nonexistent");
     expect_error("[api]\ntls_cert = /etc/hostname\n", "[api] tls_key: tls_cert and tls_key go");
     expect_error("[api]\nmax_body = 0\n", ":2: [api] max_body: must be more than 0");
+    expect_error("[api]\nmax_connections = 0\n", ":2: [api] max_connections: must be more");
     /* [events]: an http(s) URL, and its secret, which others may not read. */
     expect_error("[events]\nurl = ftp://x/y\nsecret_file = /etc/hostname\n",
                  ":2: [events] url: \"ftp://x/y\": expected http://");
@@ -187,6 +188,15 @@ static void test_cannot_work(void **state)
     g_autofree char *backoff = g_strdup_printf("[events]\nurl = https://h/x\nsecret_file = %s\n"
                                                "max_backoff = 0\n", key);
     expect_error(backoff, ":4: [events] max_backoff: must be more than 0");
+    /* [events] ca_file: readable, and only for an https url. */
+    g_autofree char *no_ca = g_strdup_printf("[events]\nurl = https://h/x\nsecret_file = %s\n"
+                                             "ca_file = /nonexistent/ca.pem\n", key);
+    expect_error(no_ca, ":4: [events] ca_file: /nonexistent/ca.pem: No such file or directory "
+                 "(a PEM file of CA certificates)");
+    g_autofree char *plain_ca = g_strdup_printf("[events]\nurl = http://h/x\nsecret_file = %s\n"
+                                                "ca_file = %s\n", key, key);
+    expect_error(plain_ca, ":4: [events] ca_file: is set but url is not https://");
+    expect_error("[events]\nca_file = /etc/hostname\n", "[events] ca_file: is set but url is not");
     /* [token] claim_url (pull mode): the same rules, and a timeout well inside the lease. */
     expect_error("[token]\nclaim_url = ftp://x/y\nclaim_secret_file = /etc/hostname\n",
                  ":2: [token] claim_url: \"ftp://x/y\": expected http://");
@@ -202,6 +212,10 @@ static void test_cannot_work(void **state)
                                               "claim_secret_file = %s\nclaim_max_backoff = 0\n",
                                               key);
     expect_error(nowait, ":4: [token] claim_max_backoff: must be more than 0");
+    g_autofree char *claim_ca = g_strdup_printf("[token]\nclaim_url = https://h/c\n"
+                                                "claim_secret_file = %s\n"
+                                                "claim_ca_file = /nonexistent/ca.pem\n", key);
+    expect_error(claim_ca, ":4: [token] claim_ca_file: /nonexistent/ca.pem: No such file");
     /* [bounce] verp: a key others cannot read, an envelope_from to extend. */
     expect_error("[bounce]\nverp = true\n", "[bounce] secret_file: must be set with verp");
     g_autofree char *plus = g_strdup_printf("[bounce]\nverp = true\nsecret_file = %s\n"

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "spool/spool.h"
 #include "spool/spool_events.h"
+#include "spool/spool_hist.h"
 #include "spool/spool_stats.h"
 #include "tests/unit/temp_spool.h"
 #include "spool/spool_lmdb.h"
@@ -759,6 +760,60 @@ static void test_result_counters(void **state)
                            "postern_messages_rejected_total{reason=\"TOKEN_USED\"} 1\n"));
     assert_non_null(strstr(text->str, "postern_delivery_results_total{result=\"deferred\"} 1\n"));
     assert_non_null(strstr(text->str, "postern_events_waiting 0\n"));
+    /* The latencies: the verdict, and the one result (not the bounce made at once). */
+    assert_int_equal(st.latency[SPOOL_HIST_TRANSFORM].count, 1);
+    assert_int_equal(st.latency[SPOOL_HIST_DELIVERY].count, 1);
+    assert_non_null(strstr(text->str, "postern_delivery_latency_seconds_count 1\n"));
+    /* A second transaction adds to what the first stored. */
+    assert_true(spool_write(f->sp, put_results, NULL, NULL));
+    assert_true(spool_stats_read(f->sp, &st, NULL));
+    assert_int_equal(st.latency[SPOOL_HIST_TRANSFORM].count, 2);
+    assert_int_equal(st.latency[SPOOL_HIST_DELIVERY].count, 2);
+    /* Arrival is the queue id's time: two results within 20 s of it, however loaded; a
+     * wrong arrival (0) would put them at +Inf. */
+    assert_true(st.latency[SPOOL_HIST_DELIVERY].sum_ms < 20000);
+    assert_int_equal(st.latency[SPOOL_HIST_DELIVERY].buckets[SPOOL_HIST_BOUNDS], 0);
+}
+
+/* Bucket arithmetic, the record and the Prometheus text of spool_hist.h. */
+static void test_hist_buckets(void **state)
+{
+    struct spool_hist_data h = { 0 }, back;
+    unsigned char rec[SPOOL_HIST_RECORD];
+    g_autoptr(GString) text = g_string_new(NULL);
+
+    /* "le": a latency equal to a bound is in that bucket. */
+    assert_int_equal(spool_hist_bucket(-3), 0);
+    assert_int_equal(spool_hist_bucket(0), 0);
+    assert_int_equal(spool_hist_bucket(5), 0);
+    assert_int_equal(spool_hist_bucket(6), 1);
+    assert_int_equal(spool_hist_bucket(1000), 7);
+    assert_int_equal(spool_hist_bucket(1001), 8);
+    assert_int_equal(spool_hist_bucket(600000), SPOOL_HIST_BOUNDS - 1);
+    assert_int_equal(spool_hist_bucket(600001), SPOOL_HIST_BOUNDS);
+    for (int i = 1; i < SPOOL_HIST_BOUNDS; i++)
+        assert_true(spool_hist_bounds_ms[i] > spool_hist_bounds_ms[i - 1]);
+
+    spool_hist_add(&h, 3);
+    spool_hist_add(&h, 7);
+    spool_hist_add(&h, 2000);
+    spool_hist_add(&h, 3600000);
+    spool_hist_add(&h, -20);        /* a clock that stepped back counts as 0 */
+    spool_hist_encode(&h, rec);
+    assert_true(spool_hist_decode(rec, sizeof(rec), &back));
+    assert_memory_equal(&h, &back, sizeof(h));
+    assert_false(spool_hist_decode(rec, sizeof(rec) - 8, &back));
+
+    spool_hist_prometheus(&h, "x_seconds", "X.", text);
+    assert_non_null(strstr(text->str, "# HELP x_seconds X.\n# TYPE x_seconds histogram\n"));
+    assert_non_null(strstr(text->str, "x_seconds_bucket{le=\"0.005\"} 2\n"));
+    assert_non_null(strstr(text->str, "x_seconds_bucket{le=\"0.01\"} 3\n"));
+    assert_non_null(strstr(text->str, "x_seconds_bucket{le=\"1\"} 3\n"));
+    assert_non_null(strstr(text->str, "x_seconds_bucket{le=\"2.5\"} 4\n"));
+    assert_non_null(strstr(text->str, "x_seconds_bucket{le=\"600\"} 4\n"));
+    assert_non_null(strstr(text->str, "x_seconds_bucket{le=\"+Inf\"} 5\n"));
+    assert_non_null(strstr(text->str, "x_seconds_sum 3602.010\n"));
+    assert_non_null(strstr(text->str, "x_seconds_count 5\n"));
 }
 
 static void test_token_input(void **state)
@@ -961,6 +1016,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_result_counters, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_events_outbox, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test(test_token_json),
+        cmocka_unit_test(test_hist_buckets),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_tokens, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_token_list_field, temp_spool_setup,
