@@ -456,10 +456,12 @@ class HttpPeer:
     """A real HTTP server in the test standing for the web platform (the
     claim endpoint, the events webhook): each POST goes to
     `on_post(handler, body)` in the server's thread; `lock` guards what a
-    subclass records."""
+    subclass records.  keep_alive: HTTP/1.1, a connection serves request
+    after request (on_post must then send Content-Length)."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, keep_alive=False):
         self.port = port or free_port()
+        self.keep_alive = keep_alive
         self.lock = threading.Lock()
         self.server = None
 
@@ -470,6 +472,8 @@ class HttpPeer:
         peer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if peer.keep_alive else "HTTP/1.0"
+
             def do_POST(self):
                 peer.on_post(self, self.rfile.read(int(self.headers.get("Content-Length", 0))))
 
