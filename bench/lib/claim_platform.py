@@ -5,8 +5,9 @@
 Answers every POST (a claim of pull mode, docs/integration.md) at once
 with 200 {"recipients": [RECIPIENT]}: no signature check, no lookup, so
 what bench/api.sh measures is Postern's side of the round trip (libcurl,
-the connection, the HTTP exchange) and not a platform's work.  HTTP/1.1,
-one thread per connection, as Python's http.server gives.  Runs until
+the connection, the HTTP exchange) and not a platform's work.  HTTP/1.1
+(the transform keeps its connection), one thread per connection, as
+Python's http.server gives.  Runs until
 SIGTERM.
 """
 import json
@@ -20,6 +21,9 @@ ANSWER = json.dumps({"recipients": [recipient]}).encode()
 
 class Claim(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The head and the body go out in two writes: without TCP_NODELAY the
+    # body waits for the ACK of the head, which the client delays (40 ms).
+    disable_nagle_algorithm = True
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", "0")))

@@ -473,6 +473,8 @@ class HttpPeer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1" if peer.keep_alive else "HTTP/1.0"
+            # Head and body are two writes: without this the body waits for a delayed ACK.
+            disable_nagle_algorithm = True
 
             def do_POST(self):
                 peer.on_post(self, self.rfile.read(int(self.headers.get("Content-Length", 0))))
