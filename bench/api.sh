@@ -216,7 +216,7 @@ for ((round = 1; round <= RUNS; round++)); do
     ir=$(bench_rate "$TOKENS" "$I_SECS")
     imps+=("$ir") abigs+=("$A_MS") ibigs+=("$I_MS") hwms+=("$A_HWM")
     p50s+=("$C_P50") p99s+=("$C_P99") loads+=("$load")
-    bench_log "round $round (load $load): API $ar import $ir tokens/s;" \
+    bench_log "round $round (load $load): API ${ar%, }; import $ir tokens/s;" \
               "$BIG_RCPTS recipients: API $A_MS ms, import $I_MS ms; postern-api VmHWM" \
               "$((A_HWM / 1024)) MiB; claim p50 $C_P50 ms, p99 $C_P99 ms, max $C_MAX ms"
 done
