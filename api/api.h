@@ -6,7 +6,9 @@
  *
  * One thread: libmicrohttpd in its external epoll mode, driven by the
  * loop in api_main.c, so every handler runs to its end before the next
- * starts and each spool transaction is the handler's own.
+ * starts and each spool transaction is the handler's own, except token
+ * registrations: those of one turn of the loop share a commit
+ * (api_server_commit()), each still all or nothing.
  */
 #ifndef POSTERN_API_H
 #define POSTERN_API_H
@@ -31,6 +33,7 @@ struct api {
     size_t unsub_keylen;
     gboolean approval;              /* a list has approval: approval_key is read */
     unsigned char approval_key[APPROVAL_KEY_LEN];
+    GPtrArray *held;                /* api_server.c: registrations waiting for their commit */
 };
 
 /* One request, as the handlers see it (no libmicrohttpd type in it). */
@@ -92,11 +95,25 @@ const struct api_route *api_authorise(struct api *a, struct api_request *rq,
                                       const char *bearer, struct api_response *rs);
 void api_route_run(const struct api_route *route, struct api *a, struct api_request *rq,
                    struct api_response *rs);
+/* POST /v1/tokens: the server holds it for a shared commit instead of running it. */
+gboolean api_route_shares_commit(const struct api_route *route);
 /* Both at once (the unit tests). */
 void api_handle(struct api *a, struct api_request *rq, const char *bearer,
                 struct api_response *rs);
 
-/* api_tokens.c */
+/*
+ * api_tokens.c.  A registration is prepared when its body is complete
+ * (parsed and checked: NULL with rs holding the 400), then the
+ * registrations the loop gathered are written in one transaction
+ * (group commit: one wait for the disk), each still all or nothing, and
+ * each batch's rs gets its 201, 409 or spool error.  api_token_create()
+ * is both for one request.
+ */
+struct api_token_batch;
+struct api_token_batch *api_token_prepare(struct api *a, struct api_request *rq,
+                                          struct api_response *rs);
+void api_token_commit(struct api *a, GPtrArray *batches);
+void api_token_batch_free(struct api_token_batch *tb);
 void api_token_create(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_token_get(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_token_revoke(struct api *a, struct api_request *rq, struct api_response *rs);

@@ -20,8 +20,9 @@ static const struct api_route {
     const char *pattern;
     enum api_scope scope;
     api_handler run;
+    gboolean shares_commit;         /* api_token_prepare(), api_token_commit() */
 } api_routes[] = {
-    { "POST", "v1/tokens", API_SCOPE_TOKENS, api_token_create },
+    { "POST", "v1/tokens", API_SCOPE_TOKENS, api_token_create, TRUE },
     { "GET", "v1/tokens/*", API_SCOPE_READ, api_token_get },
     { "DELETE", "v1/tokens/*", API_SCOPE_TOKENS, api_token_revoke },
     { "PUT", "v1/tokens/*/recipients", API_SCOPE_TOKENS, api_token_recipients },
@@ -236,6 +237,11 @@ void api_route_run(const struct api_route *route, struct api *a, struct api_requ
                    struct api_response *rs)
 {
     route->run(a, rq, rs);
+}
+
+gboolean api_route_shares_commit(const struct api_route *route)
+{
+    return route->shares_commit;
 }
 
 void api_handle(struct api *a, struct api_request *rq, const char *bearer,

@@ -67,7 +67,7 @@ static char *api_read_pem(const char *path)
 int main(int argc, char **argv)
 {
     struct postern_config cfg;
-    struct api a = { &cfg };
+    struct api a = { &cfg, .held = g_ptr_array_new() };
     g_autofree char *cert = NULL, *key = NULL;
     struct MHD_Daemon *d;
     struct api_events *events;
@@ -122,6 +122,12 @@ int main(int argc, char **argv)
         if (p[1].revents)
             stopping = daemon_signal_read(sig_fd);
         MHD_run(d);
+        /*
+         * Registrations held by that run share one commit; the next run
+         * answers them (and may hold more, for the commit after).
+         */
+        while (api_server_commit(&a))
+            MHD_run(d);
         if (events)
             api_events_run(events, unix_ms());
         spool_reader_check_every(a.spool, &next_check, mono_ms());
@@ -133,6 +139,7 @@ int main(int argc, char **argv)
     api_keys_free(a.keys);
     secret_free(a.unsub_key);
     OPENSSL_cleanse(a.approval_key, sizeof a.approval_key);
+    g_ptr_array_unref(a.held);
     spool_close(a.spool);
     config_free(&cfg);
     msg_info("daemon stopped");

@@ -1,7 +1,9 @@
 /*
  * api_server.c - libmicrohttpd under postern-api: collect a request's
  * headers, query and body (within [api] max_body), hand it to
- * api_handle(), send what it answers.
+ * api_handle(), send what it answers.  A token registration is held
+ * (its connection suspended) until api_server_commit() has written it
+ * with the others of the same turn of the loop.
  *
  * Why libmicrohttpd: HTTP parsing is not ours to write; it is small,
  * maintained (GNU), packaged by Debian (built with GnuTLS, so HTTPS needs
@@ -29,6 +31,9 @@ struct api_call {
     char *key_name;                 /* a copy: the keys may be read again meanwhile */
     struct api_response refusal;
     gboolean too_big;
+    struct MHD_Connection *conn;
+    struct api_token_batch *batch;  /* held for the shared commit */
+    struct api_response reply;      /* a shared commit's answer; body NULL: not prepared */
 };
 
 static enum MHD_Result api_send(struct MHD_Connection *conn, const struct api_response *rs)
@@ -103,6 +108,7 @@ static struct api_call *api_call_new(struct api *a, struct MHD_Connection *conn,
     call->route = api_authorise(a, &call->rq, api_bearer(conn), &call->refusal);
     call->key_name = g_strdup(call->rq.key_name);
     call->rq.key_name = call->key_name;
+    call->conn = conn;
     return call;
 }
 
@@ -141,8 +147,26 @@ static enum MHD_Result api_on_request(void *cls, struct MHD_Connection *conn, co
                         " bytes ([api] max_body)", a->cfg->api.max_body);
     else if (!call->route)
         answer = &call->refusal;
-    else
+    else if (!api_route_shares_commit(call->route))
         api_route_run(call->route, a, &call->rq, &rs);
+    else {
+        /*
+         * A registration waits, its connection suspended, for the commit
+         * after this turn of the loop; resumed, it comes back here with its
+         * answer.  Every request that arrived while the disk was busy with
+         * the last commit shares the next one.
+         */
+        answer = &call->reply;
+        if (!call->reply.body) {
+            call->reply.body = g_string_new(NULL);
+            if ((call->batch = api_token_prepare(a, &call->rq, &call->reply))) {
+                g_string_free(rs.body, TRUE);
+                g_ptr_array_add(a->held, call);
+                MHD_suspend_connection(conn);
+                return MHD_YES;
+            }
+        }
+    }
     /* One line per change and per refusal; reads that succeed are not logged. */
     if (!g_str_equal(method, "GET") || answer->status >= 400) {
         g_autofree char *logged = api_log_path(call->rq.parts);
@@ -157,15 +181,38 @@ static enum MHD_Result api_on_request(void *cls, struct MHD_Connection *conn, co
 static void api_on_done(void *cls, struct MHD_Connection *conn, void **con_cls,
                         enum MHD_RequestTerminationCode toe)
 {
+    struct api *a = cls;
     struct api_call *call = *con_cls;
 
     if (!call)
         return;
     api_request_clear(&call->rq);
     g_string_free(call->refusal.body, TRUE);
+    if (call->reply.body)
+        g_string_free(call->reply.body, TRUE);
+    if (call->batch) {
+        api_token_batch_free(call->batch);
+        g_ptr_array_remove(a->held, call);
+    }
     g_free(call->key_name);
     g_free(call);
     *con_cls = NULL;
+}
+
+gboolean api_server_commit(struct api *a)
+{
+    g_autoptr(GPtrArray) batches = NULL;
+
+    if (!a->held->len)
+        return FALSE;
+    batches = g_ptr_array_new_with_free_func((GDestroyNotify)api_token_batch_free);
+    for (guint i = 0; i < a->held->len; i++)
+        g_ptr_array_add(batches, g_steal_pointer(&((struct api_call *)a->held->pdata[i])->batch));
+    api_token_commit(a, batches);
+    for (guint i = 0; i < a->held->len; i++)
+        MHD_resume_connection(((struct api_call *)a->held->pdata[i])->conn);
+    g_ptr_array_set_size(a->held, 0);
+    return TRUE;
 }
 
 static void api_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -186,12 +233,13 @@ struct MHD_Daemon *api_server_start(struct api *a, int listen_fd, const char *ce
         /* [api] max_connections; more wait in the kernel's listen queue (docs/operations.md). */
         { MHD_OPTION_CONNECTION_LIMIT, (intptr_t)a->cfg->api.max_connections, NULL },
         { MHD_OPTION_CONNECTION_TIMEOUT, API_IDLE_TIMEOUT, NULL },
-        { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)api_on_done, NULL },
+        { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)api_on_done, a },
         { cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, (void *)cert },
         { cert ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, (void *)key },
         { MHD_OPTION_END, 0, NULL },
     };
-    unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (cert ? MHD_USE_TLS : 0);
+    unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME |
+                     (cert ? MHD_USE_TLS : 0);
     struct MHD_Daemon *d;
 
     /* This build of libmicrohttpd may lack TLS: say so rather than serve plain HTTP. */

@@ -17,4 +17,13 @@
 struct MHD_Daemon *api_server_start(struct api *a, int listen_fd, const char *cert,
                                     const char *key, GError **err);
 
+/*
+ * Write the token registrations held during the last MHD_run() in one
+ * transaction and resume their connections; TRUE if there were any.
+ * Their answers go out on the next MHD_run(), which the caller makes at
+ * once: a resumed connection does not wake the epoll set of an external
+ * loop.
+ */
+gboolean api_server_commit(struct api *a);
+
 #endif

@@ -36,65 +36,121 @@ static gboolean tok_path_id(struct api_request *rq, struct api_response *rs)
 
 /* POST /v1/tokens */
 
-struct tok_create {
+/* One request's tokens, checked, waiting for the commit it shares. */
+struct api_token_batch {
     GPtrArray *tokens;              /* struct spool_token * */
+    GPtrArray *texts;               /* the token of each, as given or made */
+    GArray *generated;              /* gboolean: made here, so told once in the answer */
+    gboolean array;                 /* the body was an array: so is the answer */
     const char *key_name;
-    int duplicate;                  /* the entry whose token is registered already, or -1 */
+    struct api_response *rs;        /* where its answer goes */
+    char *conflict;                 /* a token of it is registered already: 409, why */
 };
+
+void api_token_batch_free(struct api_token_batch *tb)
+{
+    g_ptr_array_unref(tb->tokens);
+    g_ptr_array_unref(tb->texts);
+    g_array_unref(tb->generated);
+    g_free(tb->conflict);
+    g_free(tb);
+}
+
+static guint tok_hash_hash(gconstpointer p)
+{
+    guint h;
+
+    memcpy(&h, p, sizeof(h));
+    return h;
+}
+
+static gboolean tok_hash_equal(gconstpointer a, gconstpointer b)
+{
+    return memcmp(a, b, TOKEN_HASH_LEN) == 0;
+}
+
+/*
+ * Is one of the request's tokens registered already (by an earlier
+ * request, maybe one in this same transaction), or given twice in it?
+ * Asked before any of its tokens is written, so that a refused request
+ * leaves nothing behind in a transaction that others share.
+ */
+static gboolean tok_create_conflict(struct spool_txn *t, struct api_token_batch *tb)
+{
+    g_autoptr(GHashTable) seen = g_hash_table_new(tok_hash_hash, tok_hash_equal);
+
+    for (guint i = 0; i < tb->tokens->len; i++) {
+        struct spool_token *tk = tb->tokens->pdata[i], old;
+        gboolean found = !g_hash_table_add(seen, tk->hash);
+        char id[TOKEN_ID_LEN + 1];
+
+        if (!found && spool_token_get(t, tk->hash, &old, NULL)) {
+            spool_token_clear(&old);
+            found = TRUE;
+        }
+        if (found) {
+            spool_token_id(tk->hash, id);
+            tb->conflict = g_strdup_printf("entry %u: token %s is registered already", i, id);
+            return TRUE;
+        }
+    }
+    return FALSE;
+}
 
 static gboolean tok_create_write(struct spool_txn *t, void *ctx, GError **err)
 {
-    struct tok_create *tc = ctx;
+    GPtrArray *batches = ctx;
 
-    tc->duplicate = -1;
-    for (guint i = 0; i < tc->tokens->len; i++) {
-        struct spool_token *tk = tc->tokens->pdata[i], old;
-        char id[TOKEN_ID_LEN + 1];
+    for (guint b = 0; b < batches->len; b++) {
+        struct api_token_batch *tb = batches->pdata[b];
 
-        spool_token_id(tk->hash, id);
-        /* A token chosen twice: refuse the whole request (all or nothing). */
-        if (spool_token_get(t, tk->hash, &old, NULL)) {
-            spool_token_clear(&old);
-            tc->duplicate = (int)i;
-            g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID, "entry %u: token %s is registered "
-                        "already", i, id);
-            return FALSE;
+        g_clear_pointer(&tb->conflict, g_free);     /* from a run before a map growth */
+        if (tok_create_conflict(t, tb))
+            continue;
+        for (guint i = 0; i < tb->tokens->len; i++) {
+            struct spool_token *tk = tb->tokens->pdata[i];
+            char id[TOKEN_ID_LEN + 1];
+
+            if (!spool_token_insert(t, tk, err))
+                return FALSE;
+            spool_token_id(tk->hash, id);
+            spool_txn_log(t, "token %s: registered, owner=<%s>, nrcpt=%u, api key %s", id,
+                          tk->sender, tk->recipients->len, tb->key_name);
         }
-        if (!spool_token_insert(t, tk, err))
-            return FALSE;
-        spool_txn_log(t, "token %s: registered, owner=<%s>, nrcpt=%u, api key %s", id,
-                      tk->sender, tk->recipients->len, tc->key_name);
     }
     return TRUE;
 }
 
-void api_token_create(struct api *a, struct api_request *rq, struct api_response *rs)
+struct api_token_batch *api_token_prepare(struct api *a, struct api_request *rq,
+                                          struct api_response *rs)
 {
     g_autoptr(JsonNode) root = api_body_json(rq, rs);
-    g_autoptr(GPtrArray) tokens = g_ptr_array_new_with_free_func(tok_free);
-    g_autoptr(GPtrArray) texts = g_ptr_array_new_with_free_func(g_free);
-    g_autoptr(GArray) generated = g_array_new(FALSE, TRUE, sizeof(gboolean));
-    g_autoptr(JsonBuilder) b = json_builder_new();
-    struct tok_create tc = { tokens, rq->key_name, -1 };
-    gboolean batch;
-    guint n;
+    struct api_token_batch *tb;
     GError *err = NULL;
+    guint n;
 
     if (!root)
-        return;
-    batch = JSON_NODE_HOLDS_ARRAY(root);
-    if (!batch && !JSON_NODE_HOLDS_OBJECT(root)) {
+        return NULL;
+    if (!JSON_NODE_HOLDS_ARRAY(root) && !JSON_NODE_HOLDS_OBJECT(root)) {
         api_reply_error(rs, 400, "invalid", "expected a token object or an array of them");
-        return;
+        return NULL;
     }
-    n = batch ? json_array_get_length(json_node_get_array(root)) : 1;
+    tb = g_new0(struct api_token_batch, 1);
+    tb->tokens = g_ptr_array_new_with_free_func(tok_free);
+    tb->texts = g_ptr_array_new_with_free_func(g_free);
+    tb->generated = g_array_new(FALSE, TRUE, sizeof(gboolean));
+    tb->array = JSON_NODE_HOLDS_ARRAY(root);
+    tb->key_name = rq->key_name;
+    tb->rs = rs;
+    n = tb->array ? json_array_get_length(json_node_get_array(root)) : 1;
     if (!n) {
         api_reply_error(rs, 400, "invalid", "an empty array registers nothing");
-        return;
+        api_token_batch_free(tb);
+        return NULL;
     }
     /* Every entry is checked before anything is written. */
     for (guint i = 0; i < n; i++) {
-        JsonNode *node = batch ? json_array_get_element(json_node_get_array(root), i) : root;
+        JsonNode *node = tb->array ? json_array_get_element(json_node_get_array(root), i) : root;
         JsonObject *o = JSON_NODE_HOLDS_OBJECT(node) ? json_node_get_object(node) : NULL;
         JsonNode *given = o ? json_object_get_member(o, "token") : NULL;
         gboolean gen = !given || JSON_NODE_HOLDS_NULL(given);
@@ -102,35 +158,35 @@ void api_token_create(struct api *a, struct api_request *rq, struct api_response
         char *text = NULL;
 
         spool_token_init(tk);
-        g_ptr_array_add(tokens, tk);
+        g_ptr_array_add(tb->tokens, tk);
         if (!spool_token_from_json(node, unix_ms() / 1000, a->cfg, tk, &text, &err)) {
             g_free(text);
-            if (batch)
+            if (tb->array)
                 api_reply_error(rs, 400, "invalid", "entry %u: %s", i, err->message);
             else
                 api_reply_error(rs, 400, "invalid", "%s", err->message);
             g_error_free(err);
-            return;
+            api_token_batch_free(tb);
+            return NULL;
         }
-        g_ptr_array_add(texts, text);
-        g_array_append_val(generated, gen);
+        g_ptr_array_add(tb->texts, text);
+        g_array_append_val(tb->generated, gen);
     }
-    /* One write transaction: all the tokens or none. */
-    if (!spool_write(a->spool, tok_create_write, &tc, &err)) {
-        if (tc.duplicate >= 0)
-            api_reply_error(rs, 409, "conflict", "%s", err->message);
-        else
-            api_reply_spool_error(rs, err);
-        g_error_free(err);
-        return;
-    }
-    if (batch) {
+    return tb;
+}
+
+/* 201 with the ids (and the tokens we made), once the commit is on disk. */
+static void tok_create_answer(struct api_token_batch *tb)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+
+    if (tb->array) {
         json_builder_begin_object(b);
         json_builder_set_member_name(b, "tokens");
         json_builder_begin_array(b);
     }
-    for (guint i = 0; i < n; i++) {
-        struct spool_token *tk = tokens->pdata[i];
+    for (guint i = 0; i < tb->tokens->len; i++) {
+        struct spool_token *tk = tb->tokens->pdata[i];
         char id[TOKEN_ID_LEN + 1];
 
         spool_token_id(tk->hash, id);
@@ -138,19 +194,51 @@ void api_token_create(struct api *a, struct api_request *rq, struct api_response
         json_builder_set_member_name(b, "id");
         json_builder_add_string_value(b, id);
         /* The token itself only when we made it: the caller who chose one knows it. */
-        if (g_array_index(generated, gboolean, i)) {
+        if (g_array_index(tb->generated, gboolean, i)) {
             json_builder_set_member_name(b, "token");
-            json_builder_add_string_value(b, texts->pdata[i]);
+            json_builder_add_string_value(b, tb->texts->pdata[i]);
         }
         json_builder_set_member_name(b, "nrcpt");
         json_builder_add_int_value(b, tk->recipients->len);
         json_builder_end_object(b);
     }
-    if (batch) {
+    if (tb->array) {
         json_builder_end_array(b);
         json_builder_end_object(b);
     }
-    api_reply_json(rs, 201, b);
+    api_reply_json(tb->rs, 201, b);
+}
+
+void api_token_commit(struct api *a, GPtrArray *batches)
+{
+    GError *err = NULL;
+
+    /* One write transaction for them all: one wait for the disk instead of one each. */
+    if (!spool_write(a->spool, tok_create_write, batches, &err)) {
+        for (guint b = 0; b < batches->len; b++)
+            api_reply_spool_error(((struct api_token_batch *)batches->pdata[b])->rs, err);
+        g_error_free(err);
+        return;
+    }
+    for (guint b = 0; b < batches->len; b++) {
+        struct api_token_batch *tb = batches->pdata[b];
+
+        if (tb->conflict)
+            api_reply_error(tb->rs, 409, "conflict", "%s", tb->conflict);
+        else
+            tok_create_answer(tb);
+    }
+}
+
+void api_token_create(struct api *a, struct api_request *rq, struct api_response *rs)
+{
+    struct api_token_batch *tb = api_token_prepare(a, rq, rs);
+    g_autoptr(GPtrArray) one = g_ptr_array_new_with_free_func((GDestroyNotify)api_token_batch_free);
+
+    if (!tb)
+        return;
+    g_ptr_array_add(one, tb);
+    api_token_commit(a, one);
 }
 
 /* GET /v1/tokens/{id} */

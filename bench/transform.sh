@@ -53,54 +53,9 @@ openssl_sign_rate() {
 }
 
 # Tokens (JSON for `token import`) and the messages carrying them, and an
-# LMTP client that sends them: one session per 500 messages.
-prepare() {
-    /usr/bin/python3 - "$@" <<'PY'
-import base64, json, sys
-out, n, rcpts, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-tokens = [{"from": "bench@abakus.no", "token": f"bench-token-{i:08d}-0123456789",
-           "recipients": [f"r{j}@example.org" for j in range(rcpts)]} for i in range(n)]
-json.dump(tokens, open(f"{out}/tokens.json", "w"))
-filler = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod "
-          "tempor incididunt ut labore.\r\n") * 64
-with open(f"{out}/messages", "wb") as f:
-    for t in tokens:
-        tok = base64.b64encode(f"LEGOTOKEN{t['token']}\n".encode()).decode()
-        head = ("From: bench@abakus.no\r\nTo: restricted@abakus.no\r\nSubject: bench\r\n"
-                "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
-                "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
-        tail = (f"\r\n--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-                f"{tok}\r\n--b--\r\n")
-        body = filler[:max(0, size - len(head) - len(tail))]
-        m = (head + body + tail).encode()
-        f.write(len(m).to_bytes(4, "big") + m)
-PY
-}
-
-send_all() {
-    /usr/bin/python3 - "$@" <<'PY'
-import socket, sys
-path, port = sys.argv[1], int(sys.argv[2])
-data, msgs = open(path, "rb").read(), []
-while data:
-    n = int.from_bytes(data[:4], "big"); msgs.append(data[4:4 + n]); data = data[4 + n:]
-def reply(f):
-    while True:
-        line = f.readline()
-        if line[3:4] != b"-":
-            return line
-for at in range(0, len(msgs), 500):
-    s = socket.create_connection(("127.0.0.1", port)); f = s.makefile("rb")
-    reply(f); s.sendall(b"LHLO bench\r\n"); reply(f)
-    for m in msgs[at:at + 500]:
-        s.sendall(b"MAIL FROM:<bench@abakus.no>\r\nRCPT TO:<restricted@abakus.no>\r\nDATA\r\n")
-        reply(f); reply(f); reply(f)
-        s.sendall(m.replace(b"\r\n.", b"\r\n..") + b".\r\n")
-        r = reply(f)
-        assert r.startswith(b"250"), r
-    s.sendall(b"QUIT\r\n"); s.close()
-PY
-}
+# LMTP client that sends them: bench/lib/token_mail.py.
+prepare() { /usr/bin/python3 "$here/lib/token_mail.py" prepare "$@"; }
+send_all() { /usr/bin/python3 "$here/lib/token_mail.py" send "$@"; }
 
 # Messages still incoming.  Polled while the clock runs: no Python here, it
 # would take a core from the workers on a small machine.

@@ -41,6 +41,7 @@ struct transform {
     gboolean claim_outage;          /* warned once; said again when it answers */
     int64_t claim_hold_until;       /* unix ms: no claim before, after a failed one */
     char *claim_error;              /* why it failed */
+    void *claim_easy;               /* CURL *: its connection is kept from claim to claim */
     void (*idle)(void *ctx);        /* called during a claim: the worker's heartbeat */
     void *idle_ctx;
     char *verp_key;                 /* [bounce] secret_file with verp, else NULL */

@@ -472,10 +472,13 @@ class HttpPeer:
     """A real HTTP server in the test standing for the web platform (the
     claim endpoint, the events webhook): each POST goes to
     `on_post(handler, body)` in the server's thread; `lock` guards what a
-    subclass records.  With ssl_context (server side) it speaks HTTPS."""
+    subclass records.  With ssl_context (server side) it speaks HTTPS.
+    keep_alive: HTTP/1.1, a connection serves request after request
+    (on_post must then send Content-Length)."""
 
-    def __init__(self, port=None, ssl_context=None):
+    def __init__(self, port=None, ssl_context=None, keep_alive=False):
         self.port = port or free_port()
+        self.keep_alive = keep_alive
         self.lock = threading.Lock()
         self.server = None
         self.ssl_context = ssl_context
@@ -488,6 +491,10 @@ class HttpPeer:
         peer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if peer.keep_alive else "HTTP/1.0"
+            # Head and body are two writes: without this the body waits for a delayed ACK.
+            disable_nagle_algorithm = True
+
             def do_POST(self):
                 peer.on_post(self, self.rfile.read(int(self.headers.get("Content-Length", 0))))
 

@@ -205,6 +205,40 @@ def test_batch_is_all_or_nothing(api):
     assert api.call("POST", "/v1/tokens", [])[0] == 400
 
 
+def test_concurrent_registrations_are_each_all_or_nothing(api):
+    """Registrations from many platform workers at once share commits;
+    each is still answered only once written, and all or nothing: of two
+    batches that choose the same token, one is 201 and the other 409 with
+    neither of its tokens written.  The connections stay open for more."""
+    chosen = "raced-token-0123456789abcdef"
+    bodies = [tok([f"w{i}@example.org"]) for i in range(40)]
+    bodies += [[tok([f"{w}@example.org"]), tok(token=chosen)] for w in ("x", "y")]
+    headers = {"Authorization": f"Bearer {api.keys['tokens']}",
+               "Content-Type": "application/json"}
+    conns = [http.client.HTTPConnection("127.0.0.1", api.port, timeout=60) for _ in bodies]
+    # Every request is sent before any answer is read: they arrive together.
+    for c, body in zip(conns, bodies):
+        c.request("POST", "/v1/tokens", body=json.dumps(body), headers=headers)
+    answers = []
+    for c in conns:
+        r = c.getresponse()
+        answers.append((r.status, json.loads(r.read())))
+    assert [st for st, _ in answers[:40]] == [201] * 40, answers
+    assert sorted(st for st, _ in answers[40:]) == [201, 409], answers[40:]
+    lost = next(body for st, body in answers[40:] if st == 409)
+    assert lost["error"] == "conflict" and lost["message"].startswith("entry 1: token ")
+    won = next(body for st, body in answers[40:] if st == 201)["tokens"]
+    ids = [body["id"] for _, body in answers[:40]] + [t["id"] for t in won]
+    assert sorted(token_ids(api)) == sorted(ids)
+    assert api.log().count(": registered, owner=") == 42
+    for c in conns[:3]:
+        c.request("GET", "/healthz")
+        assert c.getresponse().status == 200
+        c.close()
+    for c in conns[3:]:
+        c.close()
+
+
 def test_malformed_json_and_wrong_types_write_nothing(api):
     for raw in (b"{", b"", b"[1, 2", b"\xff\xfe", b"null", b"42", b"[" * 100000, b" \r\n",
                 b'"x"{"from": "a"}', b"var x = {};",

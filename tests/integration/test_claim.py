@@ -10,6 +10,7 @@ server and no claim carries the token in clear.
 import hashlib
 import hmac
 import json
+import re
 import time
 
 import pytest
@@ -26,9 +27,11 @@ class Platform(postern.HttpPeer):
     """The claim endpoint: checks each POST's signature, records it, and
     answers with `answer(claim) -> (status, body dict or None)`."""
 
-    def __init__(self, port=None, ssl_context=None):
-        super().__init__(port, ssl_context)
+    def __init__(self, port=None, ssl_context=None, keep_alive=False):
+        super().__init__(port, ssl_context, keep_alive)
         self.claims = []                # (headers, raw body, decoded body)
+        self.ports = []                 # the client's port of each claim: its connection
+        self.close_next = False         # answer the next claim with Connection: close
         self.bad_signatures = 0
         self.answer = lambda claim: (404, None)
 
@@ -42,11 +45,15 @@ class Platform(postern.HttpPeer):
             claim = json.loads(raw)
             with self.lock:
                 self.claims.append((dict(handler.headers), raw, claim))
+                self.ports.append(handler.client_address[1])
             status, body = self.answer(claim)
         data = json.dumps(body).encode() if body is not None else b""
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
+        if self.close_next:
+            self.close_next = False
+            handler.send_header("Connection", "close")
         handler.end_headers()
         handler.wfile.write(data)
 
@@ -107,6 +114,28 @@ def test_granted_sends_to_exactly_those(make_chain, tmp_path, platform):
     # No token in the spool, and none was made: the platform keeps it.
     assert c.spoolctl("--json", "token", "list").stdout.strip() == b""
     assert token not in c.transform.log() and token not in c.ingest.log()
+
+
+def test_claims_keep_one_connection(make_chain, tmp_path):
+    """The transform keeps its connection to the platform from one claim to
+    the next (no handshake per mail), opens another once the platform
+    closed it, and logs each claim with its duration."""
+    p = Platform(keep_alive=True).start()
+    try:
+        c, relay = claim_chain(make_chain, tmp_path, p.url)
+        p.answer = lambda claim: (200, {"recipients": ["ada@example.org"]})
+        qids = []
+        for i in range(4):
+            p.close_next = i == 2
+            qids.append(send(c, f"kept-connection-token-{i}-0123456789"))
+            postern.wait_for(lambda: len(p.claims) == i + 1, what=f"claim {i + 1}")
+        for qid in qids:
+            c.wait_deliveries(qid, lambda dl: dl and dl[0]["state"] == "sent", what="copy sent")
+        assert p.ports[0] == p.ports[1] == p.ports[2] != p.ports[3], p.ports
+        for qid in qids:
+            assert re.search(rf"claim: {qid}: granted in [0-9]+\.[0-9]{{2}} ms", c.transform.log())
+    finally:
+        p.stop()
 
 
 @pytest.mark.parametrize("status,reason", [(404, "TOKEN_INVALID"), (409, "TOKEN_USED"),

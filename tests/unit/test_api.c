@@ -1,10 +1,13 @@
 /*
  * test_api.c - postern-api without HTTP: the keys file (hashes, scopes,
- * broken lines) and api_handle()'s decisions before any handler runs
- * (404, 405 with Allow, 401, 403), which touch no spool.
+ * broken lines), api_handle()'s decisions before any handler runs
+ * (404, 405 with Allow, 401, 403), which touch no spool, and token
+ * registrations sharing one commit (on a spool of their own).
  */
 #include "api/api.h"
 #include "api/api_events.h"
+#include "spool/spool_token.h"
+#include "tests/unit/temp_spool.h"
 
 #include <glib/gstdio.h>
 #include <setjmp.h>
@@ -128,6 +131,137 @@ static void test_handle_refusals(void **state)
     g_unlink(path);
 }
 
+/* POST /v1/tokens with body, prepared for a shared commit (NULL: refused, rs says why). */
+static struct api_token_batch *prepare(struct api *a, const char *body, struct api_response *rs)
+{
+    struct api_request rq = { .method = "POST", .path = "/v1/tokens", .key_name = "lego" };
+    struct api_token_batch *tb;
+
+    rq.body = g_byte_array_new();
+    g_byte_array_append(rq.body, (const guint8 *)body, (guint)strlen(body));
+    tb = api_token_prepare(a, &rq, rs);
+    g_byte_array_unref(rq.body);
+    return tb;
+}
+
+static gboolean count_token(const struct spool_token *tk, void *ctx)
+{
+    (*(guint *)ctx)++;
+    return TRUE;
+}
+
+static guint token_count(struct spool *sp)
+{
+    struct spool_txn t;
+    guint n = 0;
+
+    assert_true(spool_read_begin(sp, &t, NULL));
+    assert_true(spool_token_foreach(&t, count_token, &n, NULL));
+    spool_read_end(&t);
+    return n;
+}
+
+#define SHARED "{\"from\": \"leader@abakus.no\", \"recipients\": [\"a@example.org\"], " \
+               "\"token\": \"shared-token-0123456789\"}"
+#define FRESH(rcpt) "{\"from\": \"leader@abakus.no\", \"recipients\": [\"" rcpt "\"]}"
+
+/*
+ * Requests that share a commit are each all or nothing: one whose token
+ * an earlier request of the same commit registered, or that gives a token
+ * twice, is 409 and writes none of its tokens; the others are written.
+ */
+static void test_shared_commit(void **state)
+{
+    struct temp_spool *ts = temp_spool_new();
+    struct api a = { &ts->cfg, ts->sp };
+    static const char *const bodies[] = {
+        SHARED,
+        "[" FRESH("b@example.org") ", " SHARED "]",
+        "[" FRESH("c@example.org") ", {\"from\": \"leader@abakus.no\", \"recipients\": "
+            "[\"c@example.org\"], \"token\": \"twice-token-0123456789\"}, {\"from\": "
+            "\"leader@abakus.no\", \"recipients\": [\"d@example.org\"], \"token\": "
+            "\"twice-token-0123456789\"}]",
+        FRESH("e@example.org"),
+    };
+    static const unsigned want[] = { 201, 409, 409, 201 };
+    struct api_response rs[G_N_ELEMENTS(bodies)];
+    g_autoptr(GPtrArray) batches =
+        g_ptr_array_new_with_free_func((GDestroyNotify)api_token_batch_free);
+
+    for (size_t i = 0; i < G_N_ELEMENTS(bodies); i++) {
+        struct api_token_batch *tb;
+
+        rs[i] = (struct api_response){ .body = g_string_new(NULL) };
+        assert_non_null(tb = prepare(&a, bodies[i], &rs[i]));
+        g_ptr_array_add(batches, tb);
+    }
+    api_token_commit(&a, batches);
+    for (size_t i = 0; i < G_N_ELEMENTS(bodies); i++)
+        assert_int_equal(rs[i].status, want[i]);
+    assert_non_null(strstr(rs[1].body->str, "entry 1: token "));
+    assert_non_null(strstr(rs[2].body->str, "entry 2: token "));
+    assert_non_null(strstr(rs[3].body->str, "\"token\""));
+    assert_int_equal(token_count(ts->sp), 2);
+    for (size_t i = 0; i < G_N_ELEMENTS(bodies); i++)
+        g_string_free(rs[i].body, TRUE);
+    temp_spool_free(ts);
+}
+
+/*
+ * A shared commit that fails (here the spool's map at max_size)
+ * answers every request that shared it with the spool's error, and none
+ * of their tokens is written; a lone request afterwards still is.
+ */
+static void test_shared_commit_fails_for_all(void **state)
+{
+    struct temp_spool *ts = temp_spool_new();
+    struct api a = { &ts->cfg, ts->sp };
+    g_autoptr(GPtrArray) batches =
+        g_ptr_array_new_with_free_func((GDestroyNotify)api_token_batch_free);
+    g_autoptr(GString) big = g_string_new("{\"from\": \"leader@abakus.no\", \"recipients\": [");
+    struct api_response rs[16], one = { .body = g_string_new(NULL) };
+
+    /* A spool that may not grow past its first 1 MiB map... */
+    spool_close(ts->sp);
+    ts->cfg.spool.max_size = 1 << 20;
+    assert_true(spool_open(&ts->sp, &ts->cfg, NULL));
+    a.spool = ts->sp;
+    /* ...and 16 tokens of 1,000 addresses of 107 bytes: 1.7 MB of records. */
+    for (int r = 0; r < 1000; r++)
+        g_string_append_printf(big, "%s\"member%04d.of.a.rather.long.mailing.list@a-long-sub"
+                               "domain-name.for-the-shared-commit-test.lists.example.org\"",
+                               r ? ", " : "", r);
+    g_string_append(big, "]}");
+    for (size_t i = 0; i < G_N_ELEMENTS(rs); i++) {
+        struct api_token_batch *tb;
+
+        rs[i] = (struct api_response){ .body = g_string_new(NULL) };
+        assert_non_null(tb = prepare(&a, big->str, &rs[i]));
+        g_ptr_array_add(batches, tb);
+    }
+    api_token_commit(&a, batches);
+    for (size_t i = 0; i < G_N_ELEMENTS(rs); i++) {
+        assert_int_equal(rs[i].status, 503);
+        assert_non_null(strstr(rs[i].body->str, "\"spool_full\""));
+        g_string_free(rs[i].body, TRUE);
+    }
+    assert_int_equal(token_count(ts->sp), 0);
+    assert_null(prepare(&a, "[]", &one));
+    assert_int_equal(one.status, 400);
+    g_string_truncate(one.body, 0);
+    {
+        g_autoptr(GPtrArray) lone =
+            g_ptr_array_new_with_free_func((GDestroyNotify)api_token_batch_free);
+
+        g_ptr_array_add(lone, prepare(&a, FRESH("a@example.org"), &one));
+        api_token_commit(&a, lone);
+    }
+    assert_int_equal(one.status, 201);
+    assert_int_equal(token_count(ts->sp), 1);
+    g_string_free(one.body, TRUE);
+    temp_spool_free(ts);
+}
+
 /* The event body, its signature (RFC 4231 case 2) and the backoff. */
 static void test_events(void **state)
 {
@@ -181,6 +315,8 @@ int main(void)
         cmocka_unit_test(test_events),
         cmocka_unit_test(test_keys_refused),
         cmocka_unit_test(test_handle_refusals),
+        cmocka_unit_test(test_shared_commit),
+        cmocka_unit_test(test_shared_commit_fails_for_all),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
