@@ -219,6 +219,26 @@ static gboolean dlv_count(struct spool_txn *t, const struct spool_dlv *d, int de
  * A result also counts in the delivery latency, except a late bounce
  * (sent -> bounced): that delivery had its result, when it was sent.
  */
+const char *const spool_reply_classes[SPOOL_REPLY_CLASSES] = { "2xx", "4xx", "5xx", "none" };
+
+/* The class of a relay reply ("250 2.0.0 ok"): its first digit, or none. */
+int spool_reply_class(const char *reply)
+{
+    if (reply && reply[0] >= '2' && reply[0] <= '5' && reply[0] != '3' &&
+        g_ascii_isdigit(reply[1]) && g_ascii_isdigit(reply[2]))
+        return reply[0] == '2' ? 0 : reply[0] == '4' ? 1 : 2;
+    return 3;
+}
+
+const char *spool_counter_reply(int class_index)
+{
+    static const char *const names[SPOOL_REPLY_CLASSES] = {
+        "total.reply.2xx", "total.reply.4xx", "total.reply.5xx", "total.reply.none",
+    };
+
+    return names[class_index];
+}
+
 static gboolean dlv_count_result(struct spool_txn *t, const struct spool_dlv *d,
                                  enum dlv_state was, uint32_t attempts_before, GError **err)
 {
@@ -226,6 +246,10 @@ static gboolean dlv_count_result(struct spool_txn *t, const struct spool_dlv *d,
         return TRUE;
     if ((d->state == DLV_SENT || d->state == DLV_BOUNCED) && was != DLV_SENT &&
         !spool_hist_observe(t, SPOOL_HIST_DELIVERY, unix_ms() - spool_id_ms(d->msg), err))
+        return FALSE;
+    /* An attempt at the relay (not a suppressed copy bounced unsent): its reply's class. */
+    if (d->attempts > attempts_before &&
+        !spool_counter_add(t, spool_counter_reply(spool_reply_class(d->last_reply)), 1, err))
         return FALSE;
     if (d->state == DLV_SENT)
         return spool_counter_add(t, SPOOL_COUNTER_SENT, 1, err);

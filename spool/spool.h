@@ -241,6 +241,15 @@ uint64_t spool_counter_get(struct spool_txn *t, const char *name);
 #define SPOOL_COUNTER_SENT "total.dlv.sent"
 #define SPOOL_COUNTER_DEFERRED "total.dlv.deferred"
 #define SPOOL_COUNTER_BOUNCED "total.dlv.bounced"
+/*
+ * Relay replies by class, one per attempt: "total.reply.<c>" for the
+ * first digit c of the last reply (2, 4, 5), "total.reply.none" when the
+ * attempt got no reply (connect failed, timed out, cut).
+ */
+#define SPOOL_REPLY_CLASSES 4
+extern const char *const spool_reply_classes[SPOOL_REPLY_CLASSES];  /* "2xx" ... "none" */
+const char *spool_counter_reply(int class_index);
+int spool_reply_class(const char *reply);
 /* The rejection reasons the transform gives, NULL-terminated; others count as "other". */
 #define SPOOL_REJECT_REASONS 5
 extern const char *const spool_reject_reasons[];

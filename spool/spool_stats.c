@@ -37,6 +37,8 @@ gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err
     st->sent = spool_counter_get(&t, SPOOL_COUNTER_SENT);
     st->deferred = spool_counter_get(&t, SPOOL_COUNTER_DEFERRED);
     st->bounced = spool_counter_get(&t, SPOOL_COUNTER_BOUNCED);
+    for (int c = 0; c < SPOOL_REPLY_CLASSES; c++)
+        st->replies[c] = spool_counter_get(&t, spool_counter_reply(c));
     int64_t oldest_event;
     if (!spool_events_backlog(&t, &st->events_waiting, &oldest_event, err)) {
         spool_read_end(&t);
@@ -109,6 +111,11 @@ void spool_stats_prometheus(const struct spool_stats *st, GString *out)
                            G_GUINT64_FORMAT "\n", st->deferred);
     g_string_append_printf(out, "postern_delivery_results_total{result=\"bounced\"} %"
                            G_GUINT64_FORMAT "\n", st->bounced);
+    stats_family(out, "postern_relay_replies_total", "counter",
+                 "Delivery attempts by the class of the relay's reply; none: no reply.");
+    for (int c = 0; c < SPOOL_REPLY_CLASSES; c++)
+        g_string_append_printf(out, "postern_relay_replies_total{class=\"%s\"} %"
+                               G_GUINT64_FORMAT "\n", spool_reply_classes[c], st->replies[c]);
     spool_hist_prometheus(&st->latency[SPOOL_HIST_TRANSFORM], "postern_transform_latency_seconds",
                           "Mail from its arrival in the spool to the transform's verdict "
                           "(ready or rejected).", out);

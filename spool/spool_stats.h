@@ -25,6 +25,7 @@ struct spool_stats {
     uint64_t received;
     uint64_t rejected[SPOOL_REJECT_REASONS + 1];   /* spool_reject_reasons, then other */
     uint64_t sent, deferred, bounced;
+    uint64_t replies[SPOOL_REPLY_CLASSES];          /* spool_reply_classes */
     uint64_t events_waiting;        /* the outbox of outcome events */
     struct spool_hist_data latency[SPOOL_HIST_COUNT];  /* spool_hist.h */
 };

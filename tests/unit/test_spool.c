@@ -716,6 +716,8 @@ static gboolean put_results(struct spool_txn *t, void *ctx, GError **err)
     static const enum dlv_state steps[] = { DLV_READY, DLV_LEASED, DLV_DEFERRED, DLV_LEASED,
                                             DLV_DEFERRED, DLV_LEASED, DLV_SENT };
     static const uint32_t attempts[] = { 0, 0, 1, 1, 1, 1, 2 };
+    static const char *const replies[] = { NULL, NULL, "451 4.3.0 later", "451 4.3.0 later",
+                                           "451 4.3.0 later", "451 4.3.0 later", "250 2.0.0 ok" };
 
     spool_msg_init(&m);
     if (!(m.id = spool_id_next(t, err)))
@@ -730,10 +732,13 @@ static gboolean put_results(struct spool_txn *t, void *ctx, GError **err)
     for (guint i = 0; ok && i < G_N_ELEMENTS(steps); i++) {
         d.state = steps[i];
         d.attempts = attempts[i];
+        d.last_reply = (char *)replies[i];
         ok = spool_dlv_put(t, &d, err);
     }
     d.idx = 1;
     d.state = DLV_BOUNCED;
+    d.attempts = 0;
+    d.last_reply = (char *)"550 5.7.1 suppressed";
     ok = ok && spool_dlv_put(t, &d, err);   /* new and bounced at once: no result recorded */
     spool_msg_clear(&m);
     return ok;
@@ -760,6 +765,20 @@ static void test_result_counters(void **state)
                            "postern_messages_rejected_total{reason=\"TOKEN_USED\"} 1\n"));
     assert_non_null(strstr(text->str, "postern_delivery_results_total{result=\"deferred\"} 1\n"));
     assert_non_null(strstr(text->str, "postern_events_waiting 0\n"));
+    /* Relay replies: one 4xx and one 2xx attempt; the lease expiry and the
+     * copy bounced unsent were no attempt. */
+    assert_int_equal(st.replies[0], 1);
+    assert_int_equal(st.replies[1], 1);
+    assert_int_equal(st.replies[2], 0);
+    assert_int_equal(st.replies[3], 0);
+    assert_non_null(strstr(text->str, "postern_relay_replies_total{class=\"4xx\"} 1\n"));
+    assert_non_null(strstr(text->str, "postern_relay_replies_total{class=\"none\"} 0\n"));
+    assert_int_equal(spool_reply_class("421 4.7.0 closing"), 1);
+    assert_int_equal(spool_reply_class("554 no"), 2);
+    assert_int_equal(spool_reply_class("354 go on"), 3);
+    assert_int_equal(spool_reply_class("connect to relay: Connection refused"), 3);
+    assert_int_equal(spool_reply_class("25"), 3);
+    assert_int_equal(spool_reply_class(NULL), 3);
     /* The latencies: the verdict, and the one result (not the bounce made at once). */
     assert_int_equal(st.latency[SPOOL_HIST_TRANSFORM].count, 1);
     assert_int_equal(st.latency[SPOOL_HIST_DELIVERY].count, 1);
