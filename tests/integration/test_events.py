@@ -14,6 +14,7 @@ import hmac
 import json
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,13 +31,15 @@ SECRET = b"shared-secret-of-the-platform-0123456789"
 
 class Receiver(postern.HttpPeer):
     """The platform's webhook: records every POST; `script` answers the next
-    ones ("500", "garbage", "slow"), then 200."""
+    ones ("500", "garbage", "slow"; "hang": no answer until `released` is
+    set, then the connection is closed unanswered), then 200."""
 
     def __init__(self, port=None, ssl_context=None):
         super().__init__(port, ssl_context)
         self.posts = []                 # (headers dict, body bytes, status answered)
         self.arrived = []               # event ids, as each POST arrives
         self.script = []
+        self.released = threading.Event()
 
     def on_post(self, handler, body):
         with self.lock:
@@ -46,6 +49,10 @@ class Receiver(postern.HttpPeer):
             with self.lock:
                 self.posts.append((dict(handler.headers), body, "garbage"))
             handler.wfile.write(b"\x00\x01 this is no HTTP at all\r\n\r\n")
+            handler.close_connection = True
+            return
+        if what == "hang":
+            self.released.wait(60)
             handler.close_connection = True
             return
         if what == "slow":
@@ -264,14 +271,16 @@ def test_500_and_garbage_are_retried(make_chain, make_api, tmp_path, receiver):
 
 def test_kill9_of_the_api_loses_nothing(make_chain, make_api, tmp_path, receiver):
     c, relay, a = chain_with_events(make_chain, make_api, tmp_path, receiver.url)
-    receiver.script = ["slow"] * 3
+    # The first POST gets no answer until after the kill, however slow the
+    # machine: it is in flight when postern-api dies.
+    receiver.script = ["hang"]
     qids = [send(c, c.token("ada@example.org")) for _ in range(3)]
     for q in qids:
         c.wait_state(q, "done")
-    # Mid-way: a POST is in flight (the receiver is slow), kill -9.
     postern.wait_for(lambda: receiver.arrived or None, timeout=30, what="a first POST")
     a.kill9()
     in_flight = receiver.arrived[0]
+    receiver.released.set()
     time.sleep(2)
     a.start()
     receiver.wait(lambda ev: len({e["id"] for e in ev}) == 6, timeout=60, what="every event")
