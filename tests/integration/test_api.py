@@ -332,8 +332,16 @@ def test_hostile_bodies_paths_and_headers(api):
     # Headers past what a connection may hold, and garbage: an HTTP error, no crash.
     assert raw_request(api, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " +
                        b"b" * (64 << 10) + b"\r\n\r\n").split(" ")[1:2] in (["431"], ["413"])
-    assert raw_request(api, b"\x00\xff\x16\x03\x01 not http at all\r\n\r\n").startswith(
-        ("HTTP/1.1 400", ""))
+    assert raw_request(api, b"\xff\x16\x03\x01 not http at all\r\n\r\n").startswith("HTTP/1.1 400")
+    # A line that starts with a NUL: libmicrohttpd 0.9.75 (with suspend and
+    # resume allowed, for the shared commit) keeps such a connection until
+    # [api]'s 30 s idle timeout rather than answering; it holds one slot,
+    # and everyone else is served meanwhile.
+    with socket.create_connection(("127.0.0.1", api.port), timeout=30) as nul:
+        nul.sendall(b"\x00\xff\x16\x03\x01 not http at all\r\n\r\n")
+        nul.shutdown(socket.SHUT_WR)
+        st, body, _ = api.call("GET", "/healthz")
+        assert st == 200
     assert raw_request(api, b"GET /healthz HTTP/9.9\r\n\r\n").startswith("HTTP/1.1 505")
     st, body, _ = api.call("GET", "/healthz")
     assert st == 200 and api.running()
