@@ -169,6 +169,9 @@ static void check_reply(unsigned status, const char *ctype, const GString *out, 
                        json_object_get_string_member_with_default(json_node_get_object(root),
                                                                   "error", NULL),
                        "%s %s: %u without an error code", line[0], line[1], status);
+    } else if (g_str_has_prefix(ctype, "text/html")) {
+        /* The pages for people (/a/CODE approval, /u/CODE unsubscribe) answer in HTML. */
+        FUZZ_CHECK(out->len > 0, "%s %s: %u, an empty page", line[0], line[1], status);
     } else {
         FUZZ_CHECK(status == 200 && g_str_has_prefix(ctype, "text/plain"),
                    "%s %s: %u as %s", line[0], line[1], status, ctype);
