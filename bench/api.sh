@@ -38,12 +38,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib/common.sh"
 
-build=${1:-${POSTERN_BUILD:-build}}
-build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
-for bin in api/postern-api ingest/postern-ingest dispatch/postern-dispatch \
-           transform/postern-transform tools/spoolctl; do
-    [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
-done
+bench_use_build "${1:-}" api/postern-api ingest/postern-ingest dispatch/postern-dispatch transform/postern-transform tools/spoolctl
 
 RUNS=${RUNS:-3}
 TOKENS=${TOKENS:-6000}

@@ -14,15 +14,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib/common.sh"
 
-build=${1:-${POSTERN_BUILD:-build}}
-build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
-for bin in ingest/postern-ingest dispatch/postern-dispatch sender/postern-sender \
-           transform/postern-transform tools/spoolctl; do
-    [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
-done
-for tool in smtp-sink smtp-source postfix postsuper; do
-    command -v "$tool" >/dev/null || bench_die "$tool (postfix) is missing"
-done
+bench_use_build "${1:-}" ingest/postern-ingest dispatch/postern-dispatch sender/postern-sender transform/postern-transform tools/spoolctl
+bench_need_postfix smtp-sink smtp-source postfix postsuper
 [[ $(id -u) -eq 0 ]] || bench_die "run as root: the private Postfix instance needs it"
 
 POSTERN_BUILD=$build exec /usr/bin/python3 "$here/lib/deliver.py"

@@ -30,12 +30,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib/common.sh"
 
-build=${1:-${POSTERN_BUILD:-build}}
-build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
-for bin in bench/spool_fill dispatch/postern-dispatch sender/postern-sender; do
-    [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
-done
-command -v smtp-sink >/dev/null || bench_die "smtp-sink (postfix) is missing"
+bench_use_build "${1:-}" bench/spool_fill dispatch/postern-dispatch sender/postern-sender
+bench_need_postfix smtp-sink
 
 SIZES=${SIZES:-1000 100000 1000000}
 K=${K:-20000}

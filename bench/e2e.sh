@@ -21,15 +21,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib/common.sh"
 
-build=${1:-${POSTERN_BUILD:-build}}
-build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
-for bin in ingest/postern-ingest dispatch/postern-dispatch sender/postern-sender \
-           transform/postern-transform tools/spoolctl; do
-    [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
-done
-for tool in smtp-sink postfix postqueue; do
-    command -v "$tool" >/dev/null || bench_die "$tool (postfix) is missing"
-done
+bench_use_build "${1:-}" ingest/postern-ingest dispatch/postern-dispatch sender/postern-sender transform/postern-transform tools/spoolctl
+bench_need_postfix smtp-sink postfix postqueue
 command -v opendkim >/dev/null ||
     bench_die "opendkim is missing: apt-get install opendkim (the signer of the Postfix side)"
 [[ $(id -u) -eq 0 ]] || bench_die "run as root: the private Postfix instance needs it"

@@ -21,13 +21,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib/common.sh"
 
-build=${1:-${POSTERN_BUILD:-build}}
-build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
+bench_use_build "${1:-}" ingest/postern-ingest
 ingest_bin=$build/ingest/postern-ingest
 spoolctl_bin=$build/tools/spoolctl
-[[ -x $ingest_bin ]] || bench_die "$ingest_bin is not built"
-command -v smtp-source >/dev/null || bench_die "smtp-source (postfix) is missing"
-command -v smtp-sink >/dev/null || bench_die "smtp-sink (postfix) is missing"
+bench_need_postfix smtp-source smtp-sink
 
 RUNS=${RUNS:-3}
 MESSAGES=${MESSAGES:-5000}

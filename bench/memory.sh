@@ -33,15 +33,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib/common.sh"
 
-build=${1:-${POSTERN_BUILD:-build}}
-build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
-for bin in ingest/postern-ingest dispatch/postern-dispatch sender/postern-sender \
-           transform/postern-transform tools/spoolctl tools/postern bench/spool_fill; do
-    [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
-done
-for tool in smtp-source smtp-sink; do
-    command -v "$tool" >/dev/null || bench_die "$tool (postfix) is missing"
-done
+bench_use_build "${1:-}" ingest/postern-ingest dispatch/postern-dispatch sender/postern-sender transform/postern-transform tools/spoolctl tools/postern bench/spool_fill
+bench_need_postfix smtp-source smtp-sink
 
 MESSAGES=${MESSAGES:-5000}
 SESSIONS=${SESSIONS:-20}

@@ -26,11 +26,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib/common.sh"
 
-build=${1:-${POSTERN_BUILD:-build}}
-build=$(cd "$build" 2>/dev/null && pwd) || bench_die "no build directory ${1:-${POSTERN_BUILD:-build}}"
-for bin in ingest/postern-ingest dispatch/postern-dispatch transform/postern-transform tools/spoolctl; do
-    [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
-done
+bench_use_build "${1:-}" ingest/postern-ingest dispatch/postern-dispatch transform/postern-transform tools/spoolctl
 command -v openssl >/dev/null || bench_die "openssl is missing"
 
 RUNS=${RUNS:-3}

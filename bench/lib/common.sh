@@ -9,6 +9,26 @@ bench_log() { printf '%s\n' "$*" >&2; }
 bench_die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 # A TCP port on 127.0.0.1 that nothing listens on right now.
+# The release build to measure: $1, else $POSTERN_BUILD, else ./build, as
+# an absolute path in $build; the programs named after it must be built.
+bench_use_build() {
+    local given=${1:-${POSTERN_BUILD:-build}}
+    shift
+    build=$(cd "$given" 2>/dev/null && pwd) || bench_die "no build directory $given"
+    local bin
+    for bin in "$@"; do
+        [[ -x $build/$bin ]] || bench_die "$build/$bin is not built"
+    done
+}
+
+# Postfix's tools (smtp-sink, smtp-source, postfix ...) the script runs.
+bench_need_postfix() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || bench_die "$tool (postfix) is missing"
+    done
+}
+
 bench_free_port() {
     /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
