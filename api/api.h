@@ -120,6 +120,8 @@ void api_token_revoke(struct api *a, struct api_request *rq, struct api_response
 void api_token_recipients(struct api *a, struct api_request *rq, struct api_response *rs);
 
 /* api_messages.c */
+/* The queue id of /v1/messages/{id}/...: FALSE, with a 404 in rs, if it is none. */
+gboolean api_message_path_id(struct api_request *rq, struct api_response *rs, queue_id *id);
 void api_message_get(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_message_list(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_message_hold(struct api *a, struct api_request *rq, struct api_response *rs);

@@ -255,11 +255,8 @@ static void approval_platform(struct api *a, struct api_request *rq, struct api_
     struct approval_move mv = { .cfg = a->cfg, .action = action, .who = who };
     GError *err = NULL;
 
-    if (!spool_id_parse(rq->parts[2], &mv.id)) {
-        api_reply_error(rs, 404, "not_found", "no message %s (a queue id is %d hex digits)",
-                        rq->parts[2], QUEUE_ID_LEN);
+    if (!api_message_path_id(rq, rs, &mv.id))
         return;
-    }
     if (!spool_write(a->spool, approval_act, &mv, &err)) {
         api_reply_spool_error(rs, err);
         g_error_free(err);

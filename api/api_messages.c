@@ -19,7 +19,7 @@
 #define API_PAGE_DEFAULT 100
 #define API_PAGE_MAX 1000
 
-static gboolean msg_path_id(struct api_request *rq, struct api_response *rs, queue_id *id)
+gboolean api_message_path_id(struct api_request *rq, struct api_response *rs, queue_id *id)
 {
     if (spool_id_parse(rq->parts[2], id))
         return TRUE;
@@ -95,7 +95,7 @@ void api_message_get(struct api *a, struct api_request *rq, struct api_response 
     queue_id id;
     gboolean ok;
 
-    if (!msg_path_id(rq, rs, &id))
+    if (!api_message_path_id(rq, rs, &id))
         return;
     if (!spool_read_begin(a->spool, &t, &err) || !spool_msg_get(&t, id, &m, &err)) {
         spool_read_end(&t);
@@ -295,7 +295,7 @@ static void msg_change(struct api *a, struct api_request *rq, struct api_respons
     struct msg_change mc = { .move = move, .key_name = rq->key_name };
     GError *err = NULL;
 
-    if (!msg_path_id(rq, rs, &mc.id))
+    if (!api_message_path_id(rq, rs, &mc.id))
         return;
     if (!spool_write(a->spool, msg_change_write, &mc, &err)) {
         api_reply_spool_error(rs, err);

@@ -614,18 +614,29 @@ static void transform_job_plan_report(struct transform_job *j)
  * mail to relay: it never makes copies.  Decided by the recipient ingest
  * stored (with its extension).
  */
+/*
+ * Is the message (not a report of ours) to base's local part +CODE at its
+ * domain, base being an address we answer with codes (key set)?  *code
+ * and *len then point at CODE in the stored recipient.
+ */
+static gboolean transform_job_to_coded(struct transform_job *j, const char *key, const char *base,
+                                       const char **code, size_t *len)
+{
+    const char *at = strrchr(base, '@');
+    g_autofree char *local = NULL;
+
+    if (!key || !at || transform_job_is_report(j) || j->m.recipients->len == 0)
+        return FALSE;
+    local = g_strndup(base, (gsize)(at - base));
+    return bounce_address_split(j->m.recipients->pdata[0], local, at + 1, code, len);
+}
+
 static void transform_job_bounce_detect(struct transform_job *j)
 {
-    const char *from = j->tf->cfg->bounce.envelope_from;
-    const char *at = strrchr(from, '@');
-    g_autofree char *local = NULL;
     const char *code;
     size_t len;
 
-    if (!j->tf->verp_key || !at || transform_job_is_report(j) || j->m.recipients->len == 0)
-        return;
-    local = g_strndup(from, (gsize)(at - from));
-    if (!bounce_address_split(j->m.recipients->pdata[0], local, at + 1, &code, &len))
+    if (!transform_job_to_coded(j, j->tf->verp_key, j->tf->cfg->bounce.envelope_from, &code, &len))
         return;
     j->is_bounce = TRUE;
     j->code_ok = bounce_code_check(j->tf->verp_key, j->tf->verp_keylen, code, len,
@@ -638,16 +649,10 @@ static void transform_job_bounce_detect(struct transform_job *j)
  */
 static void transform_job_unsub_detect(struct transform_job *j)
 {
-    const char *addr = j->tf->cfg->unsubscribe.address;
-    const char *at = strrchr(addr, '@');
-    g_autofree char *local = NULL;
     const char *code;
     size_t len;
 
-    if (!j->tf->unsub_key || !at || transform_job_is_report(j) || j->m.recipients->len == 0)
-        return;
-    local = g_strndup(addr, (gsize)(at - addr));
-    if (!bounce_address_split(j->m.recipients->pdata[0], local, at + 1, &code, &len))
+    if (!transform_job_to_coded(j, j->tf->unsub_key, j->tf->cfg->unsubscribe.address, &code, &len))
         return;
     j->is_unsub = TRUE;
     if (unsub_code_check(j->tf->unsub_key, j->tf->unsub_keylen, code, len, &j->unsub_list,
