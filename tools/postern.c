@@ -11,6 +11,7 @@
  * their way out.  Each step passes SIGTERM on, waits for the children to
  * finish what they hold, and kills what is left after STOP_GRACE.
  */
+#include "common/approval_code.h"
 #include "common/config.h"
 #include "common/clock.h"
 #include "common/daemon.h"
@@ -322,9 +323,11 @@ static int postern_run(const char *config, gboolean use_syslog)
     /*
      * The API only with keys to check ([api] keys_file): without, it could
      * only refuse.  Or with outcome events to post ([events] url): else the
-     * outbox would only grow.
+     * outbox would only grow.  Or with links in the mail that lead to it:
+     * one-click unsubscribe, a moderator's approval.
      */
-    if (*cfg.api.keys_file || *cfg.events.url)
+    if (*cfg.api.keys_file || *cfg.events.url || cfg.unsubscribe.one_click ||
+        approval_wanted(&cfg))
         postern_add(&sup, self_dir, "api", "postern-api", "postern-api", config, !use_syslog,
                     NULL, STOP_WORKERS);
 

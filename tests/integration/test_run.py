@@ -20,6 +20,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import dkim
@@ -74,14 +76,14 @@ def signatures_ok(data, dnsfunc):
 class Run:
     """`postern run` with a relay, DKIM keys and tokens: what each test needs."""
 
-    def __init__(self, workdir, pki, relay_delay=0, workers=None, lease="10s"):
+    def __init__(self, workdir, pki, relay_delay=0, workers=None, lease="10s", extra=None):
         self.relay, self.relay_ctl = chain.start_relay(pki)
         self.relay.delay = relay_delay
         keys, self.dnsfunc = dkim_keys(workdir)
         self.port = postern.free_port()
         relay = chain.relay_config(workdir, pki, self.relay_ctl.port)["relay"]
         relay["url"] = f"smtp://127.0.0.1:{self.relay_ctl.port}"
-        self.sup = chaoslib.PosternRun(workdir, {
+        self.sup = chaoslib.PosternRun(workdir, postern.merge({
             "spool": {"dir": workdir / "spool"},
             "ingest": {"listen": f"127.0.0.1:{self.port}", "recipients": postern.RECIPIENT},
             "dkim": {"domain": chain.DOMAIN, "keys": keys},
@@ -90,7 +92,7 @@ class Run:
             "relay": relay,
             "retry": {"initial": "1s", "max": "4s", "lease": lease},
             "workers": workers or {"transforms": 1, "count": 1, "slots": 2},
-        })
+        }, extra or {}))
         self.config = self.sup.config_path
 
     def start(self):
@@ -257,3 +259,29 @@ def test_demo_with_no_config_file(workdir):
         rc = sup.stop()
         print(sup.log_tail())
     assert rc == 0 and not sup.sanitizer_findings()
+
+
+def test_one_click_links_are_served_without_api_keys(make_run, workdir):
+    """[unsubscribe] one_click alone (no [api] keys_file, no [events] url):
+    postern run starts postern-api all the same, or the links in every copy
+    would lead nowhere."""
+    secret = workdir / "bounce.secret"
+    secret.write_bytes(b"0123456789abcdef0123456789abcdef")
+    secret.chmod(0o600)
+    api = f"127.0.0.1:{postern.free_port()}"
+    run = make_run(extra={"api": {"listen": api},
+                          "bounce": {"secret_file": secret},
+                          "unsubscribe": {"one_click": "true"},
+                          "rewrite": {"unsubscribe_url": f"http://{api}"}})
+    postern.wait_for(lambda: "postern-api" in run.sup.names().values(), timeout=30,
+                     what="postern-api started")
+
+    def page():
+        try:
+            urllib.request.urlopen(f"http://{api}/u/notacode", timeout=5)
+        except urllib.error.HTTPError as e:
+            return e.code == 404 and e.headers["Content-Type"].startswith("text/html")
+        except OSError:
+            return False
+        return False
+    postern.wait_for(page, timeout=30, what="the unsubscribe page's 404")
