@@ -119,6 +119,11 @@ void api_token_get(struct api *a, struct api_request *rq, struct api_response *r
 void api_token_revoke(struct api *a, struct api_request *rq, struct api_response *rs);
 void api_token_recipients(struct api *a, struct api_request *rq, struct api_response *rs);
 
+/* api_suppress.c: /v1/suppressions, the lists spoolctl suppress shows and edits */
+void api_suppress_list(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_suppress_put(struct api *a, struct api_request *rq, struct api_response *rs);
+void api_suppress_delete(struct api *a, struct api_request *rq, struct api_response *rs);
+
 /* api_messages.c */
 /* The queue id of /v1/messages/{id}/...: FALSE, with a 404 in rs, if it is none. */
 gboolean api_message_path_id(struct api_request *rq, struct api_response *rs, queue_id *id);

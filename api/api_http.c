@@ -36,6 +36,10 @@ static const struct api_route {
     { "POST", "a/*", API_SCOPE_NONE, api_approval_act },
     { "POST", "v1/messages/*/approve", API_SCOPE_TOKENS, api_message_approve },
     { "POST", "v1/messages/*/discard", API_SCOPE_TOKENS, api_message_discard },
+    /* The suppression lists (api_suppress.c): edits are the platform's, as tokens are. */
+    { "GET", "v1/suppressions", API_SCOPE_READ, api_suppress_list },
+    { "PUT", "v1/suppressions/*/*", API_SCOPE_TOKENS, api_suppress_put },
+    { "DELETE", "v1/suppressions/*/*", API_SCOPE_TOKENS, api_suppress_delete },
     { "GET", "metrics", API_SCOPE_READ, api_metrics },
     { "GET", "healthz", API_SCOPE_NONE, api_healthz },
     /* One-click unsubscribe: the code in the path is the authority (api_unsubscribe.c). */

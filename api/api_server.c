@@ -82,7 +82,7 @@ static char *api_log_path(char **parts)
 {
     static const char *const words[] = { "v1", "tokens", "messages", "recipients", "hold",
                                          "release", "retry", "metrics", "healthz", "u", "approve",
-                                         "discard", "a", "" };
+                                         "discard", "a", "suppressions", "" };
     GString *out = g_string_new(NULL);
 
     for (int i = 0; parts[i]; i++) {

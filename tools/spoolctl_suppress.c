@@ -14,6 +14,7 @@
 #include "common/clock.h"
 #include "spool/spool_events.h"
 #include "spool/spool_suppress.h"
+#include "spool/spool_suppress_json.h"
 
 #include <stdio.h>
 
@@ -42,29 +43,7 @@ static gboolean ctl_suppress_row(const struct spool_suppress *s, void *ctx)
     if (rows->json) {
         g_autoptr(JsonBuilder) b = json_builder_new();
 
-        json_builder_begin_object(b);
-        json_builder_set_member_name(b, "list");
-        json_builder_add_string_value(b, s->list);
-        json_builder_set_member_name(b, "address");
-        json_builder_add_string_value(b, s->addr);
-        json_builder_set_member_name(b, "suppressed");
-        json_builder_add_boolean_value(b, s->since != 0);
-        json_builder_set_member_name(b, "since");
-        json_builder_add_int_value(b, s->since);
-        json_builder_set_member_name(b, "score");
-        json_builder_add_double_value(b, s->score);
-        json_builder_set_member_name(b, "hard");
-        json_builder_add_int_value(b, s->hard);
-        json_builder_set_member_name(b, "soft");
-        json_builder_add_int_value(b, s->soft);
-        json_builder_set_member_name(b, "last_bounce");
-        json_builder_add_int_value(b, s->last);
-        json_builder_set_member_name(b, "reason");
-        if (s->reason)
-            json_builder_add_string_value(b, s->reason);
-        else
-            json_builder_add_null_value(b);
-        json_builder_end_object(b);
+        spool_suppress_to_json(b, s);
         ctl_json_append(b, rows->out);
     } else {
         g_autofree char *since = ctl_suppress_time(s->since);
