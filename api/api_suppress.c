@@ -15,8 +15,7 @@
 #include "spool/spool_events.h"
 #include "spool/spool_suppress.h"
 #include "spool/spool_suppress_json.h"
-
-#include <string.h>
+#include "spool/spool_token.h"
 
 static gboolean sup_list_known(struct api *a, const char *list, struct api_response *rs)
 {
@@ -100,8 +99,8 @@ static void sup_change(struct api *a, struct api_request *rq, struct api_respons
 
     if (!sup_list_known(a, ch.list, rs))
         goto out;
-    /* The same test as spoolctl's: an address has an @ and no blanks. */
-    if (!strchr(ch.addr, '@') || strpbrk(ch.addr, " \t\r\n<>")) {
+    /* The test of every address the spool stores (spool_token.h). */
+    if (!spool_token_addr_valid(ch.addr)) {
         api_reply_error(rs, 400, "invalid", "<%s> is not an address", ch.addr);
         goto out;
     }

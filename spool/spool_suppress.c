@@ -235,6 +235,11 @@ gboolean spool_suppress_add(struct spool_txn *t, const char *list, const char *a
     gboolean found, ok = TRUE;
 
     *added = FALSE;
+    if (!spool_token_addr_valid(addr)) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_INVALID,
+                    "<%s> is not an address (local@domain, UTF-8, no blanks or controls)", addr);
+        return FALSE;
+    }
     if (!spool_suppress_get(t, list, addr, &s, &found, err))
         return FALSE;
     if (!found) {

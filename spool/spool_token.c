@@ -79,7 +79,13 @@ gboolean spool_token_addr_valid(const char *addr)
 {
     const char *at = strrchr(addr, '@');
 
-    return at && at != addr && at[1] && !strpbrk(addr, " \t\r\n<>,");
+    /* UTF-8 (SMTPUTF8 addresses; GVariant strings must be) without controls. */
+    if (!g_utf8_validate(addr, -1, NULL))
+        return FALSE;
+    for (const char *p = addr; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return FALSE;
+    return at && at != addr && at[1] && !strpbrk(addr, " <>,");
 }
 
 gboolean spool_token_text_valid(const char *text, GError **err)

@@ -50,7 +50,7 @@ gboolean spool_token_addr_same(const char *a, const char *b);
  * broken rule is SPOOL_ERR_INVALID, with a message naming the field or
  * the address: the request must be fixed, not retried.
  */
-/* local@domain, no white space, angle brackets or commas. */
+/* local@domain in UTF-8, no white space, control characters, angle brackets or commas. */
 gboolean spool_token_addr_valid(const char *addr);
 /* A token text chosen by the caller: at least 16 characters, no white space. */
 gboolean spool_token_text_valid(const char *text, GError **err);

@@ -15,6 +15,7 @@
 #include "spool/spool_events.h"
 #include "spool/spool_suppress.h"
 #include "spool/spool_suppress_json.h"
+#include "spool/spool_token.h"
 
 #include <stdio.h>
 
@@ -105,7 +106,7 @@ static int ctl_suppress_change(struct ctl *c, const char *list, const char *addr
     };
     GError *err = NULL;
 
-    if (!strchr(addr, '@')) {
+    if (!spool_token_addr_valid(addr)) {
         fprintf(stderr, "spoolctl: suppress %s: <%s> is not an address\n",
                 add ? "add" : "remove", addr);
         return CTL_USAGE;
