@@ -601,6 +601,7 @@ def test_suppressions_read_and_edited_by_the_platform(make_chain, make_api):
     assert a.call("PUT", url, key="tokens")[1]["added"] is False
     assert a.call("PUT", "/v1/suppressions/nosuch/bob@example.net", key="tokens")[0] == 404
     assert a.call("PUT", "/v1/suppressions/default/not-an-address", key="tokens")[0] == 400
+    assert a.call("PUT", "/v1/suppressions/default/b%FFob@example.net", key="tokens")[0] == 400
     st, listed, _ = a.call("GET", "/v1/suppressions?list=default", key="read")
     assert st == 200
     (rec,) = listed["suppressions"]
