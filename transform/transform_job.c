@@ -763,8 +763,16 @@ static gboolean transform_job_store_copies(struct spool_txn *t, struct transform
         !spool_event_message(t, m, EVENT_MESSAGE_ACCEPTED, NULL, j->token_id, j->rcpts->len,
                              err))
         return FALSE;
-    /* Every recipient suppressed: nothing is due, so it ends here, not in the dispatcher. */
+    /*
+     * Every recipient suppressed: nothing is due, so it ends here, not in
+     * the dispatcher; on a list with approval there is nothing to approve,
+     * so the moderator's notice goes unwritten.
+     */
     if (suppressed == j->rcpts->len) {
+        if (j->list->approval && j->notices->len) {
+            g_ptr_array_set_size(j->notices, 0);
+            spool_txn_log(t, "%s: every recipient suppressed: no approval asked", j->idtext);
+        }
         if (!spool_msg_settle(t, j->id, err))
             return FALSE;
         /* settle wrote the record: m must be that record again. */

@@ -197,6 +197,24 @@ def test_platform_approves_and_discards_over_the_api(make_chain, make_api, tmp_p
     assert f"{q1}: approved by api key k-tokens" in a.log()
 
 
+def test_every_recipient_suppressed_asks_nobody(make_chain, make_api, tmp_path, receiver):
+    """Nothing to send, nothing to approve: the message ends done, no
+    moderator's notice (another message's notice shows the relay works)."""
+    c, relay, a = stack(make_chain, make_api, tmp_path, receiver.url)
+    for r in RCPTS:
+        c.spoolctl("suppress", "add", "--list", "styret", r)
+    qid = send(c, "to nobody")
+    c.wait_state(qid, "done")
+    assert f"{qid}: every recipient suppressed: no approval asked" in c.transform.log()
+    for r in RCPTS:
+        c.spoolctl("suppress", "remove", "--list", "styret", r)
+    other = send(c, "to someone")
+    held(c, other)
+    moderator_notice(relay, other)
+    assert not any(qid in email.message_from_bytes(data).get_payload(decode=True).decode()
+                   for _, _, data in relay.copies(MODERATOR))
+
+
 def test_forged_or_damaged_code_changes_nothing(make_chain, make_api, tmp_path, receiver):
     c, relay, a = stack(make_chain, make_api, tmp_path, receiver.url)
     qid = send(c)
