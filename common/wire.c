@@ -7,7 +7,7 @@
 #include <string.h>
 #include <zmq.h>
 
-#define SJOB_TYPE "(ttsmaya(usmay))"
+#define SJOB_TYPE "(ttssmaya(usmay))"
 #define SDONE_TYPE "(tta(uqssusd))"
 
 static GVariant *bytes_or_nothing(GBytes *b)
@@ -25,8 +25,10 @@ GBytes *wire_send_job_encode(const struct wire_send_job *job)
         const struct wire_rcpt *r = &g_array_index(job->rcpts, struct wire_rcpt, i);
         g_variant_builder_add(&rcpts, "(usm@ay)", r->idx, r->rcpt, bytes_or_nothing(r->header));
     }
-    v = g_variant_ref_sink(g_variant_new("(ttsm@aya(usmay))", job->lease, job->msg,
-                                         job->mail_from, bytes_or_nothing(job->body), &rcpts));
+    v = g_variant_ref_sink(g_variant_new("(ttssm@aya(usmay))", job->lease, job->msg,
+                                         job->mail_from,
+                                         job->account ? job->account : WIRE_ACCOUNT_DEFAULT,
+                                         bytes_or_nothing(job->body), &rcpts));
     return g_variant_get_data_as_bytes(v);
 }
 
@@ -60,7 +62,8 @@ gboolean wire_send_job_decode(GBytes *payload, struct wire_send_job *job)
     wire_send_job_init(job);
     if (!g_variant_is_normal_form(v))
         return FALSE;
-    g_variant_get(v, "(tts@may@a(usmay))", &job->lease, &job->msg, &job->mail_from, &body, &rcpts);
+    g_variant_get(v, "(ttss@may@a(usmay))", &job->lease, &job->msg, &job->mail_from,
+                  &job->account, &body, &rcpts);
     job->body = maybe_bytes(body);
     for (gsize i = 0; i < g_variant_n_children(rcpts); i++) {
         g_autoptr(GVariant) child = g_variant_get_child_value(rcpts, i);
@@ -77,6 +80,7 @@ gboolean wire_send_job_decode(GBytes *payload, struct wire_send_job *job)
 void wire_send_job_clear(struct wire_send_job *job)
 {
     g_free(job->mail_from);
+    g_free(job->account);
     if (job->body)
         g_bytes_unref(job->body);
     if (job->rcpts)

@@ -47,6 +47,7 @@ struct dispatch_job {
     queue_id msg;
     struct dispatch_worker *worker;
     unsigned rcpts;
+    const struct postern_relay *account;    /* the relay account it went to */
 };
 
 struct dispatch {
@@ -70,6 +71,7 @@ struct dispatch {
     gboolean relay_held;            /* paused at the last look: log the resume once */
     struct spool_dlv_ref due_after; /* fair rounds: the message served last (dispatch_deliver.c) */
     int64_t quota_wait_until;       /* unix ms: [relay] daily_limit reached (spool/relay_quota.h) */
+    guint account_next;             /* cfg->relays: the account of the next job */
     double rate_tokens;             /* [relay] rate token bucket */
     int64_t rate_refilled;          /* monotonic ms */
 
@@ -127,7 +129,9 @@ void dispatch_approval_expire(struct dispatch *d, int64_t now_mono);
 /* dispatch_transform.c */
 void dispatch_lease_transforms(struct dispatch *d);
 
-/* dispatch_deliver.c: each alone in its own transaction ... */
+/* dispatch_deliver.c: the relay account of the next job: each in turn. */
+const struct postern_relay *dispatch_account_next(struct dispatch *d);
+/* ... each alone in its own transaction ... */
 void dispatch_lease_deliveries(struct dispatch *d);
 void dispatch_expire_leases(struct dispatch *d);
 /* ... or in parts, for dispatch_round(): new, write in the transaction, then

@@ -456,6 +456,18 @@ gboolean dispatch_leases_write(struct spool_txn *t, struct dlease *dl, gboolean 
     return dl->skip || hold || dlease_write(t, dl, err);
 }
 
+/*
+ * The accounts take jobs in turn, [relay] first, so that each carries an
+ * even share: the relay's quota is per account (Google Workspace: 10,000
+ * messages a user and day), and spreading the jobs spreads it.
+ */
+const struct postern_relay *dispatch_account_next(struct dispatch *d)
+{
+    GPtrArray *relays = d->cfg->relays;
+
+    return relays->pdata[d->account_next++ % relays->len];
+}
+
 /* After the commit (committed FALSE: nothing was leased): send the jobs, free dl. */
 void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean committed)
 {
@@ -469,8 +481,12 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
     for (guint i = 0; i < dl->jobs->len; i++) {
         struct djob *j = dl->jobs->pdata[i];
         struct dispatch_worker *w = dispatch_conns_pick(d);
-        g_autoptr(GBytes) payload = wire_send_job_encode(&j->wire);
+        const struct postern_relay *account = dispatch_account_next(d);
+        g_autoptr(GBytes) payload = NULL;
         char id[QUEUE_ID_LEN + 1];
+
+        j->wire.account = g_strdup(account->name);
+        payload = wire_send_job_encode(&j->wire);
 
         /* The payload holds its own copy and zmq_send makes another: let
          * the body go first, or a 30 MiB message costs 3 x 30 MiB here. */
@@ -490,8 +506,13 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
         job->msg = j->msg;
         job->worker = w;
         job->rcpts = j->dvs->len;
+        job->account = account;
         dispatch_job_add(d, job);
-        msg_info("%s: %u recipient(s) leased to worker %s", id, j->dvs->len, w->name);
+        if (d->cfg->relays->len > 1)
+            msg_info("%s: %u recipient(s) leased to worker %s for relay account %s", id,
+                     j->dvs->len, w->name, account->name);
+        else
+            msg_info("%s: %u recipient(s) leased to worker %s", id, j->dvs->len, w->name);
     }
     g_ptr_array_unref(dl->jobs);
     g_free(dl);

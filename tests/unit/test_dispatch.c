@@ -893,6 +893,56 @@ static void test_lease_daily_limit(void **state)
     assert_int_equal(read_quota(f).waiting_until, q.waiting_until);
 }
 
+/* A second relay account in the fixture's config, as [relay NAME] loads it. */
+static const struct postern_relay *add_account(struct fixture *f, const char *name)
+{
+    struct postern_relay *r = g_new0(struct postern_relay, 1);
+
+    r->name = g_strdup(name);
+    r->url = g_strdup("smtp://relay.test");
+    r->tls = g_strdup("require");
+    r->ca_file = g_strdup("");
+    r->user = g_strdup(name);
+    r->password_file = g_strdup("");
+    g_ptr_array_add(f->ts->cfg.relays, r);
+    return r;
+}
+
+/*
+ * Two accounts: the jobs of a round go to them in turn, [relay] first,
+ * and the next round goes on from where this one stopped.
+ */
+static void test_lease_accounts_in_turn(void **state)
+{
+    struct fixture *f = *state;
+    const struct postern_relay *dflt = f->ts->cfg.relays->pdata[0];
+    const struct postern_relay *b = add_account(f, "b");
+    struct leased m[5];
+    unsigned to_b = 0;
+
+    f->ts->cfg.relay.max_connections = 10;
+    add_sender(f, "a", 10);
+    for (int i = 0; i < 5; i++) {
+        m[i] = (struct leased){ .n = 1, .state = MSG_READY, .due_at = unix_ms() / 1000 - 1 };
+        assert_true(spool_write(f->d.spool, put_leased, &m[i], NULL));
+    }
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+
+    dispatch_lease_deliveries(&f->d);
+    assert_int_equal(g_hash_table_size(f->d.jobs), 5);
+    for (int i = 0; i < 5; i++) {
+        const struct dispatch_job *job = job_of(f, m[i].msg);
+
+        assert_true(job->account == dflt || job->account == b);
+        to_b += job->account == b;
+    }
+    assert_int_equal(to_b, 2);
+    /* The sixth job is b's: the turn goes on across rounds. */
+    assert_ptr_equal(dispatch_account_next(&f->d), b);
+    assert_ptr_equal(dispatch_account_next(&f->d), dflt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -909,6 +959,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lease_due, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_fair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_daily_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_accounts_in_turn, setup, teardown),
     };
     log_init("test_dispatch", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);
