@@ -91,10 +91,11 @@ struct wire_rcpt_result {
     double seconds;                 /* time spent on the attempt */
 };
 
-/* SDONE */
+/* SDONE: account is the job's (a relay pause is that account's). */
 struct wire_send_result {
     uint64_t lease;
     uint64_t msg;
+    char *account;                  /* NULL when encoded: "default" */
     GArray *results;                /* struct wire_rcpt_result */
 };
 

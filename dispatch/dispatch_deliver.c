@@ -438,7 +438,7 @@ struct dlease *dispatch_leases_new(struct dispatch *d)
     dl->after = d->due_after;
     dl->jobs = g_ptr_array_new_with_free_func(djob_free);
     dl->max_jobs = dispatch_conns_room(d);
-    dl->skip = !dl->max_jobs || d->paused_until > unix_ms() ||
+    dl->skip = !dl->max_jobs || dispatch_accounts_paused(d, unix_ms()) ||
                d->quota_wait_until > unix_ms() || !(dl->max_txns = dispatch_rate_budget(d));
     return dl;
 }
@@ -456,18 +456,6 @@ gboolean dispatch_leases_write(struct spool_txn *t, struct dlease *dl, gboolean 
     return dl->skip || hold || dlease_write(t, dl, err);
 }
 
-/*
- * The accounts take jobs in turn, [relay] first, so that each carries an
- * even share: the relay's quota is per account (Google Workspace: 10,000
- * messages a user and day), and spreading the jobs spreads it.
- */
-const struct postern_relay *dispatch_account_next(struct dispatch *d)
-{
-    GPtrArray *relays = d->cfg->relays;
-
-    return relays->pdata[d->account_next++ % relays->len];
-}
-
 /* After the commit (committed FALSE: nothing was leased): send the jobs, free dl. */
 void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean committed)
 {
@@ -480,12 +468,15 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
         d->due_after = dl->after;
     for (guint i = 0; i < dl->jobs->len; i++) {
         struct djob *j = dl->jobs->pdata[i];
-        struct dispatch_worker *w = dispatch_conns_pick(d);
-        const struct postern_relay *account = dispatch_account_next(d);
+        struct dispatch_account *a = dispatch_account_next(d);
+        struct dispatch_worker *w = a ? dispatch_conns_pick(d) : NULL;
+        const struct postern_relay *account = a ? a->relay : NULL;
         g_autoptr(GBytes) payload = NULL;
         char id[QUEUE_ID_LEN + 1];
 
-        j->wire.account = g_strdup(account->name);
+        /* Every account paused since the round began (a tick saw it): the
+         * job waits for its lease to expire, as one no worker took. */
+        j->wire.account = g_strdup(account ? account->name : NULL);
         payload = wire_send_job_encode(&j->wire);
 
         /* The payload holds its own copy and zmq_send makes another: let

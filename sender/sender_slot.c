@@ -90,6 +90,7 @@ static void deliver_flush(struct sender *s, struct wire_send_result *res,
     wire_send_result_init(&part);
     part.lease = res->lease;
     part.msg = res->msg;
+    part.account = g_strdup(res->account);
     moved = g_array_steal(res->results, &n);
     g_array_append_vals(part.results, moved, (guint)n);
     g_free(moved);
@@ -484,6 +485,7 @@ static gpointer slot_main(gpointer data)
         wire_send_result_init(&res);
         res.lease = job->lease;
         res.msg = job->msg;
+        res.account = g_strdup(job->account);
         slot_run(s, job, &res);
         wire_send_job_clear(job);
         g_free(job);

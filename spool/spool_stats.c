@@ -49,7 +49,7 @@ gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err
             spool_read_end(&t);
             return FALSE;
         }
-    if (!relay_state_get(&t, &st->relay, err) || !relay_quota_get(&t, &st->quota, err)) {
+    if (!relay_state_get(&t, NULL, &st->relay, err) || !relay_quota_get(&t, &st->quota, err)) {
         spool_read_end(&t);
         return FALSE;
     }

@@ -26,6 +26,7 @@ class AccountsRelay(pc.Relay):
         super().__init__()
         self.users = []             # the AUTH user of each message accepted
         self.rcpt_users = {}        # rcpt -> AUTH users of its copies
+        self.mail_refused = {}      # AUTH user -> the reply to its MAIL FROM
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):
         self.mechanisms.append(mechanism)
@@ -33,6 +34,12 @@ class AccountsRelay(pc.Relay):
         ok = logins.get(auth_data.login.decode()) == auth_data.password.decode()
         session.postern_user = auth_data.login.decode() if ok else None
         return AuthResult(success=ok, handled=False)
+
+    async def handle_MAIL(self, server, session, envelope, address, options):
+        if session.postern_user in self.mail_refused:
+            self.attempts.append((0, [], session.postern_user))
+            return self.mail_refused[session.postern_user]
+        return await super().handle_MAIL(server, session, envelope, address, options)
 
     async def handle_DATA(self, server, session, envelope):
         reply = await super().handle_DATA(server, session, envelope)
@@ -107,3 +114,40 @@ def test_a_worker_without_the_account_defers(make_chain, accounts_relay, pki, tm
     c.add_sender()
     dl = c.wait_state(qid, "done")
     assert {d["state"] for d in dl} == {"sent"}
+
+
+def test_a_421_pauses_only_its_account(make_chain, accounts_relay, pki, tmp_path):  # noqa: F811
+    """SECOND's MAIL gets 421: SECOND pauses (its own record, its own log
+    line, its own line in relay status), the default account carries
+    every copy meanwhile (the one refused goes again at once, through the
+    default account, not after the pause); resume --account clears SECOND
+    alone."""
+    relay, port = accounts_relay
+    relay.mail_refused[SECOND] = "421 4.7.0 Try again later, closing connection."
+    c, _ = make_chain(postern.merge(two_accounts(tmp_path, pki, port),
+                                    {"retry": {"initial": "30s", "max": "60s"}}), relay=False)
+    rcpts = [f"p{i:02}@example.org" for i in range(8)]
+    qid = c.send(rcpts)
+    dl = c.wait_state(qid, "done", timeout=25)
+    assert {d["state"] for d in dl} == {"sent"}
+    assert set(relay.users) == {USER}, relay.users
+    assert relay.attempts and any(a[2] == SECOND for a in relay.attempts)
+    log = c.dispatch.log()
+    assert "account second paused until" in log and "421 4.7.0" in log, log
+    assert "account default paused" not in log
+    status = c.spoolctl("relay", "status").stdout.decode()
+    [dflt, second] = status.splitlines()
+    assert "account default: not paused" in dflt, status
+    assert "account second: paused until" in second and "421 4.7.0" in second, status
+    js = postern.parse_json_lines(c.spoolctl("--json", "relay", "status",
+                                             "--account", "second").stdout)[0]
+    assert js["relay"]["paused"] and [a["account"] for a in js["accounts"]] == ["second"], js
+    assert c.spoolctl("relay", "status", "--account", "nosuch", check=False).returncode == 2
+    out = c.spoolctl("relay", "resume", "--account", "default").stdout.decode()
+    assert "account default: not paused" in out, out
+    out = c.spoolctl("relay", "resume", "--account", "second").stdout.decode()
+    assert "account second: pause cleared" in out, out
+    status = c.spoolctl("relay", "status").stdout.decode()
+    assert "paused until" not in status, status
+    postern.wait_for(lambda: "account second resumed" in c.dispatch.log(), timeout=10,
+                     what="the dispatcher's resume line")
