@@ -335,7 +335,7 @@ void api_metrics(struct api *a, struct api_request *rq, struct api_response *rs)
     struct spool_stats st;
     GError *err = NULL;
 
-    if (!spool_stats_read(a->spool, &st, &err)) {
+    if (!spool_stats_read(a->spool, a->cfg->relays, &st, &err)) {
         api_reply_spool_error(rs, err);
         g_error_free(err);
         return;

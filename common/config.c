@@ -794,10 +794,15 @@ static void config_check_relay(const struct postern_config *cfg, GPtrArray *prob
         const char *other;
 
         if (i && (!*r->name || g_str_equal(r->name, CONFIG_RELAY_DEFAULT) ||
-                  strpbrk(r->name, " \t,\"=") || !g_utf8_validate(r->name, -1, NULL)))
+                  strlen(r->name) > CONFIG_RELAY_NAME_MAX || strpbrk(r->name, " \t,\"=\\") ||
+                  !g_utf8_validate(r->name, -1, NULL)))
             config_problem(problems, cfg, group, NULL, "\"%s\" cannot name a relay account "
-                           "(\"%s\" is [relay]'s; no blanks, commas, quotes or =)", r->name,
-                           CONFIG_RELAY_DEFAULT);
+                           "(\"%s\" is [relay]'s; at most %d bytes, no blanks, commas, quotes, "
+                           "backslashes or =)", r->name, CONFIG_RELAY_DEFAULT,
+                           CONFIG_RELAY_NAME_MAX);
+        else if (i == CONFIG_RELAY_ACCOUNTS + 1)
+            config_problem(problems, cfg, group, NULL, "more than %d [relay NAME] accounts",
+                           CONFIG_RELAY_ACCOUNTS);
         else if (!g_hash_table_add(names, r->name))
             config_problem(problems, cfg, group, NULL, "a second relay account called \"%s\"",
                            r->name);

@@ -56,6 +56,8 @@ struct postern_relay {
 };
 
 #define CONFIG_RELAY_DEFAULT "default"
+#define CONFIG_RELAY_ACCOUNTS 16        /* [relay NAME] sections at most (the metrics show each) */
+#define CONFIG_RELAY_NAME_MAX 63        /* bytes of an account's name */
 #define CONFIG_APPROVAL_EXPIRY (7 * 86400)  /* [list NAME] approval_expiry when unset */
 
 struct postern_config {

@@ -33,8 +33,7 @@ static char *ctl_relay_until(int64_t until_ms, int64_t now_ms)
                            left / 60, left % 60);
 }
 
-/* "relay URL[ account NAME]: ...": the account is named when there are several. */
-static char *ctl_relay_describe_account(const struct postern_config *cfg,
+char *ctl_relay_describe_account(const struct postern_config *cfg,
                                         const struct postern_relay *r,
                                         const struct relay_state *st)
 {

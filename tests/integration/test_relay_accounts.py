@@ -143,11 +143,22 @@ def test_a_421_pauses_only_its_account(make_chain, accounts_relay, pki, tmp_path
                                              "--account", "second").stdout)[0]
     assert js["relay"]["paused"] and [a["account"] for a in js["accounts"]] == ["second"], js
     assert c.spoolctl("relay", "status", "--account", "nosuch", check=False).returncode == 2
+    # stats and metrics: the default unlabelled, as before; SECOND labelled.
+    st = c.stats()
+    assert not st["relay"]["paused"] and st["relay_accounts"]["second"]["paused"], st
+    text = c.spoolctl("stats").stdout.decode()
+    assert "account second: paused until" in text and "account default: not paused" in text
+    metrics = c.spoolctl("metrics").stdout.decode().splitlines()
+    assert "postern_relay_paused 0" in metrics, metrics
+    assert 'postern_relay_paused{account="second"} 1' in metrics, metrics
+    assert 'postern_relay_pauses{account="second"} 1' in metrics, metrics
     out = c.spoolctl("relay", "resume", "--account", "default").stdout.decode()
     assert "account default: not paused" in out, out
     out = c.spoolctl("relay", "resume", "--account", "second").stdout.decode()
     assert "account second: pause cleared" in out, out
     status = c.spoolctl("relay", "status").stdout.decode()
     assert "paused until" not in status, status
+    metrics = c.spoolctl("metrics").stdout.decode().splitlines()
+    assert 'postern_relay_paused{account="second"} 0' in metrics, metrics
     postern.wait_for(lambda: "account second resumed" in c.dispatch.log(), timeout=10,
                      what="the dispatcher's resume line")
