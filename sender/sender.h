@@ -79,10 +79,6 @@ void sender_conns_count(struct sender *s, guint *budget, guint *open);
  */
 GPtrArray *sender_plan(const struct wire_send_job *job, guint max_rcpt);
 
-/* The account a job names, or NULL when this worker's config has none of that name. */
-const struct sender_account *sender_account_of(const struct sender *s,
-                                               const struct wire_send_job *job);
-
 /*
  * Deliver a job, filling res->results with one result per recipient.
  * *client is an SMTP client of account a from the pool, created here when
@@ -94,7 +90,7 @@ const struct sender_account *sender_account_of(const struct sender *s,
  */
 typedef void (*sender_hand_back_fn)(struct sender *s, struct wire_send_result *part);
 void sender_deliver(struct sender *s, const struct sender_account *a,
-                    struct smtp_client **client, const struct wire_send_job *job, struct wire_send_result *res,
-                    sender_hand_back_fn hand_back);
+                    struct smtp_client **client, const struct wire_send_job *job,
+                    struct wire_send_result *res, sender_hand_back_fn hand_back);
 
 #endif

@@ -212,8 +212,9 @@ static void deliver_smtp(struct sender *s, struct smtp_client *client,
     g_free(stop.relay);
 }
 
-const struct sender_account *sender_account_of(const struct sender *s,
-                                               const struct wire_send_job *job)
+/* The account a job names, or NULL when this worker's config has none of that name. */
+static const struct sender_account *sender_account_of(const struct sender *s,
+                                                      const struct wire_send_job *job)
 {
     const char *name = job->account ? job->account : WIRE_ACCOUNT_DEFAULT;
 
