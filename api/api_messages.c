@@ -335,7 +335,7 @@ void api_metrics(struct api *a, struct api_request *rq, struct api_response *rs)
     struct spool_stats st;
     GError *err = NULL;
 
-    if (!spool_stats_read(a->spool, &st, &err)) {
+    if (!spool_stats_read(a->spool, a->cfg->relays, &st, &err)) {
         api_reply_spool_error(rs, err);
         g_error_free(err);
         return;
@@ -355,7 +355,7 @@ void api_healthz(struct api *a, struct api_request *rq, struct api_response *rs)
     GError *err = NULL;
     int64_t now_ms = unix_ms();
 
-    if (!spool_read_begin(a->spool, &t, &err) || !relay_state_get(&t, &rel, &err)) {
+    if (!spool_read_begin(a->spool, &t, &err) || !relay_state_get(&t, NULL, &rel, &err)) {
         spool_read_end(&t);
         api_reply_error(rs, 503, "spool", "spool not readable: %s", err->message);
         g_error_free(err);

@@ -455,6 +455,73 @@ static gboolean config_load_lists(struct postern_config *cfg, GKeyFile *kf, GErr
     return TRUE;
 }
 
+/* "[relay NAME]": a relay account of its own (config.h), with these keys. */
+#define CONFIG_RELAY_GROUP "relay "
+
+static const char *const config_relay_keys[] = {
+    "url", "tls", "ca_file", "user", "password_file", NULL
+};
+
+static void config_relay_free(gpointer p)
+{
+    struct postern_relay *r = p;
+
+    g_free(r->name);
+    g_free(r->url);
+    g_free(r->tls);
+    g_free(r->ca_file);
+    g_free(r->user);
+    g_free(r->password_file);
+    g_free(r);
+}
+
+/*
+ * The default account ([relay]) and the [relay NAME] sections after it, in
+ * the order of the file; an account takes from [relay] what it does not
+ * set (tls, ca_file), but never a user or password_file: those are what
+ * makes it another account.
+ */
+static void config_load_relays(struct postern_config *cfg, GKeyFile *kf)
+{
+    g_auto(GStrv) groups = kf ? g_key_file_get_groups(kf, NULL) : NULL;
+
+    for (int g = -1; g < 0 || (groups && groups[g]); g++) {
+        struct postern_relay *r = g_new0(struct postern_relay, 1);
+        gboolean dflt = g < 0;
+
+        if (!dflt && !g_str_has_prefix(groups[g], CONFIG_RELAY_GROUP)) {
+            g_free(r);
+            continue;
+        }
+        r->name = g_strdup(dflt ? CONFIG_RELAY_DEFAULT
+                                : g_strstrip(groups[g] + strlen(CONFIG_RELAY_GROUP)));
+        r->url = g_strdup(dflt ? cfg->relay.url : "");
+        r->tls = g_strdup(cfg->relay.tls);
+        r->ca_file = g_strdup(cfg->relay.ca_file);
+        r->user = g_strdup(dflt ? cfg->relay.user : "");
+        r->password_file = g_strdup(dflt ? cfg->relay.password_file : "");
+        g_ptr_array_add(cfg->relays, r);
+        if (dflt)
+            continue;
+        config_list_string(kf, groups[g], "url", &r->url);
+        config_list_string(kf, groups[g], "tls", &r->tls);
+        config_list_string(kf, groups[g], "ca_file", &r->ca_file);
+        config_list_string(kf, groups[g], "user", &r->user);
+        config_list_string(kf, groups[g], "password_file", &r->password_file);
+    }
+}
+
+const struct postern_relay *config_relay_find(const struct postern_config *cfg, const char *name)
+{
+    for (guint i = 0; i < cfg->relays->len; i++) {
+        const struct postern_relay *r = cfg->relays->pdata[i];
+
+        if (g_str_equal(r->name, name))
+            return r;
+    }
+    return NULL;
+}
+
 /* Addresses as ingest compares them (lmtp_addr_canonical()): no case, no +detail. */
 static char *config_addr_canonical(const char *addr)
 {
@@ -509,13 +576,15 @@ static gboolean config_check_known(struct postern_config *cfg, GKeyFile *kf, GEr
         g_auto(GStrv) keys = NULL;
 
         gboolean list = g_str_has_prefix(groups[g], CONFIG_LIST_GROUP);
+        gboolean relay = g_str_has_prefix(groups[g], CONFIG_RELAY_GROUP);
 
-        if (!list && !config_find(groups[g], NULL))
+        if (!list && !relay && !config_find(groups[g], NULL))
             return config_fail(err, cfg->path, groups[g], NULL, "unknown section");
         keys = g_key_file_get_keys(kf, groups[g], NULL, NULL);
         for (int k = 0; keys && keys[k]; k++)
-            if (list ? !g_strv_contains(config_list_keys, keys[k])
-                     : !config_find(groups[g], keys[k]))
+            if (list    ? !g_strv_contains(config_list_keys, keys[k])
+                : relay ? !g_strv_contains(config_relay_keys, keys[k])
+                        : !config_find(groups[g], keys[k]))
                 return config_fail(err, cfg->path, groups[g], keys[k], "unknown key");
     }
     return TRUE;
@@ -675,40 +744,83 @@ static void config_check_listen(const struct postern_config *cfg, GPtrArray *pro
 }
 
 /*
- * The relay: a URL the sender can use, a TLS level, and credentials that
- * can be sent (AUTH without TLS would put the password on the wire; the
- * client refuses it, so every delivery would fail).
+ * A relay account: a URL the sender can use, a TLS level, and credentials
+ * that can be sent (AUTH without TLS would put the password on the wire;
+ * the client refuses it, so every delivery would fail).
  */
-static void config_check_relay(const struct postern_config *cfg, GPtrArray *problems)
+static void config_check_relay_account(const struct postern_config *cfg, GPtrArray *problems,
+                                       const struct postern_relay *r, const char *group)
 {
     struct relay_url url;
     GError *err = NULL;
 
-    if (!relay_url_parse(cfg->relay.url, &url, &err)) {
-        config_problem(problems, cfg, "relay", "url", "%s", err->message);
+    if (!relay_url_parse(r->url, &url, &err)) {
+        config_problem(problems, cfg, group, "url", "%s", err->message);
         g_clear_error(&err);
         return;
     }
-    if (!g_str_equal(cfg->relay.tls, "require") && !g_str_equal(cfg->relay.tls, "opportunistic") &&
-        !g_str_equal(cfg->relay.tls, "none"))
-        config_problem(problems, cfg, "relay", "tls",
-                       "\"%s\" is not require, opportunistic or none", cfg->relay.tls);
-    if (url.kind != RELAY_MAILDIR && *cfg->relay.user && g_str_equal(cfg->relay.tls, "none"))
-        config_problem(problems, cfg, "relay", "tls",
+    if (!g_str_equal(r->tls, "require") && !g_str_equal(r->tls, "opportunistic") &&
+        !g_str_equal(r->tls, "none"))
+        config_problem(problems, cfg, group, "tls",
+                       "\"%s\" is not require, opportunistic or none", r->tls);
+    if (url.kind != RELAY_MAILDIR && *r->user && g_str_equal(r->tls, "none"))
+        config_problem(problems, cfg, group, "tls",
                        "none with a user: the password would go unencrypted (use require)");
-    if (*cfg->relay.user && !*cfg->relay.password_file)
-        config_problem(problems, cfg, "relay", "user", "is set but password_file is not");
-    if (*cfg->relay.password_file && access(cfg->relay.password_file, R_OK) < 0)
-        config_problem(problems, cfg, "relay", "password_file", "%s: %s",
-                       cfg->relay.password_file, g_strerror(errno));
-    if (*cfg->relay.ca_file && access(cfg->relay.ca_file, R_OK) < 0)
-        config_problem(problems, cfg, "relay", "ca_file", "%s: %s", cfg->relay.ca_file,
+    if (*r->user && !*r->password_file)
+        config_problem(problems, cfg, group, "user", "is set but password_file is not");
+    if (*r->password_file && access(r->password_file, R_OK) < 0)
+        config_problem(problems, cfg, group, "password_file", "%s: %s", r->password_file,
                        g_strerror(errno));
+    if (*r->ca_file && access(r->ca_file, R_OK) < 0)
+        config_problem(problems, cfg, group, "ca_file", "%s: %s", r->ca_file, g_strerror(errno));
+    relay_url_clear(&url);
+}
+
+/*
+ * The relay accounts, each checked alone, and together: a name of its own,
+ * and not the same url and user as another (two accounts that are one at
+ * the relay would share its quota while the dispatcher counted two).
+ */
+static void config_check_relay(const struct postern_config *cfg, GPtrArray *problems)
+{
+    g_autoptr(GHashTable) names = g_hash_table_new(g_str_hash, g_str_equal);
+    g_autoptr(GHashTable) logins = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+
+    for (guint i = 0; i < cfg->relays->len; i++) {
+        const struct postern_relay *r = cfg->relays->pdata[i];
+        g_autofree char *group = i ? g_strconcat(CONFIG_RELAY_GROUP, r->name, NULL)
+                                   : g_strdup("relay");
+        char *login = g_strconcat(r->url, " ", r->user, NULL);
+        const char *other;
+
+        if (i && (!*r->name || g_str_equal(r->name, CONFIG_RELAY_DEFAULT) ||
+                  strlen(r->name) > CONFIG_RELAY_NAME_MAX || strpbrk(r->name, " \t,\"=\\") ||
+                  !g_utf8_validate(r->name, -1, NULL)))
+            config_problem(problems, cfg, group, NULL, "\"%s\" cannot name a relay account "
+                           "(\"%s\" is [relay]'s; at most %d bytes, no blanks, commas, quotes, "
+                           "backslashes or =)", r->name, CONFIG_RELAY_DEFAULT,
+                           CONFIG_RELAY_NAME_MAX);
+        else if (i == CONFIG_RELAY_ACCOUNTS + 1)
+            config_problem(problems, cfg, group, NULL, "more than %d [relay NAME] accounts",
+                           CONFIG_RELAY_ACCOUNTS);
+        else if (!g_hash_table_add(names, r->name))
+            config_problem(problems, cfg, group, NULL, "a second relay account called \"%s\"",
+                           r->name);
+        if (i && !*r->url)
+            config_problem(problems, cfg, group, "url", "a relay account needs a url");
+        else if ((other = g_hash_table_lookup(logins, login)))
+            config_problem(problems, cfg, group, "user", "url %s and user \"%s\" are also "
+                           "relay account \"%s\"'s", r->url, r->user, other);
+        else
+            g_hash_table_insert(logins, g_steal_pointer(&login), r->name);
+        g_free(login);
+        if (!i || *r->url)
+            config_check_relay_account(cfg, problems, r, group);
+    }
     if (!isfinite(cfg->relay.rate))
         config_problem(problems, cfg, "relay", "rate", "not a finite number (0: no limit)");
     if (cfg->relay.daily_limit > G_MAXUINT32)
         config_problem(problems, cfg, "relay", "daily_limit", "more than %u", G_MAXUINT32);
-    relay_url_clear(&url);
 }
 
 /*
@@ -1135,12 +1247,15 @@ gboolean config_load(struct postern_config *cfg, const char *path, GError **err)
     memset(cfg, 0, sizeof(*cfg));
     cfg->path = g_strdup(path);
     cfg->lists = g_ptr_array_new_with_free_func(config_list_free);
+    cfg->relays = g_ptr_array_new_with_free_func(config_relay_free);
     for (size_t i = 0; i < G_N_ELEMENTS(config_keys); i++)
         if (!config_store(cfg, &config_keys[i], config_keys[i].dflt, err))
             msg_panic("config_load: bad default for [%s] %s", config_keys[i].group,
                       config_keys[i].key);
-    if (!path)
+    if (!path) {
+        config_load_relays(cfg, NULL);
         return config_load_lists(cfg, NULL, err) && config_derive(cfg, err);
+    }
 
     if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &local)) {
         int line = config_parse_error_line(path, local->message);
@@ -1161,6 +1276,7 @@ gboolean config_load(struct postern_config *cfg, const char *path, GError **err)
         if (value && !config_store(cfg, k, value, err))
             return FALSE;
     }
+    config_load_relays(cfg, kf);
     return config_load_lists(cfg, kf, err) && config_derive(cfg, err);
 }
 
@@ -1200,6 +1316,8 @@ void config_free(struct postern_config *cfg)
     g_free(cfg->workers.local_dispatch);
     if (cfg->lists)
         g_ptr_array_unref(cfg->lists);
+    if (cfg->relays)
+        g_ptr_array_unref(cfg->relays);
     g_strfreev(cfg->accept);
     g_free(cfg->path);
     memset(cfg, 0, sizeof(*cfg));

@@ -37,6 +37,27 @@ struct postern_list {
 };
 
 #define CONFIG_LIST_DEFAULT "default"
+
+/*
+ * One relay account (issue 11): where and as whom the sender workers
+ * deliver.  [relay] is the account "default"; a [relay NAME] section adds
+ * one with its own url, tls, ca_file, user and password_file, taking from
+ * [relay] what it does not set.  The dispatcher gives each job to the
+ * accounts in turn; everything else of [relay] (rate, daily_limit,
+ * max_connections, the pause) is shared by all of them.
+ */
+struct postern_relay {
+    char *name;
+    char *url;
+    char *tls;
+    char *ca_file;
+    char *user;
+    char *password_file;
+};
+
+#define CONFIG_RELAY_DEFAULT "default"
+#define CONFIG_RELAY_ACCOUNTS 16        /* [relay NAME] sections at most (the metrics show each) */
+#define CONFIG_RELAY_NAME_MAX 63        /* bytes of an account's name */
 #define CONFIG_APPROVAL_EXPIRY (7 * 86400)  /* [list NAME] approval_expiry when unset */
 
 struct postern_config {
@@ -147,6 +168,7 @@ struct postern_config {
         char *url;                  /* postern-api as the moderator reaches it; "": http://[api] listen */
     } approval;
     GPtrArray *lists;               /* struct postern_list *: [0] "default", then [list NAME]s */
+    GPtrArray *relays;              /* struct postern_relay *: [0] "default", then [relay NAME]s */
     char **accept;                  /* derived: [ingest] recipients and every list address */
 };
 
@@ -194,6 +216,9 @@ const struct postern_list *config_list_find(const struct postern_config *cfg, co
  */
 const struct postern_list *config_list_of(const struct postern_config *cfg, char **rcpts,
                                           guint nrcpts);
+
+/* The relay account called name, or NULL. */
+const struct postern_relay *config_relay_find(const struct postern_config *cfg, const char *name);
 
 /* Path of a file under the spool directory (run/, dkim/, ...). */
 char *config_spool_path(const struct postern_config *cfg, const char *name);

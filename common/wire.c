@@ -7,8 +7,8 @@
 #include <string.h>
 #include <zmq.h>
 
-#define SJOB_TYPE "(ttsmaya(usmay))"
-#define SDONE_TYPE "(tta(uqssusd))"
+#define SJOB_TYPE "(ttssmaya(usmay))"
+#define SDONE_TYPE "(ttsa(uqssusd))"
 
 static GVariant *bytes_or_nothing(GBytes *b)
 {
@@ -25,8 +25,10 @@ GBytes *wire_send_job_encode(const struct wire_send_job *job)
         const struct wire_rcpt *r = &g_array_index(job->rcpts, struct wire_rcpt, i);
         g_variant_builder_add(&rcpts, "(usm@ay)", r->idx, r->rcpt, bytes_or_nothing(r->header));
     }
-    v = g_variant_ref_sink(g_variant_new("(ttsm@aya(usmay))", job->lease, job->msg,
-                                         job->mail_from, bytes_or_nothing(job->body), &rcpts));
+    v = g_variant_ref_sink(g_variant_new("(ttssm@aya(usmay))", job->lease, job->msg,
+                                         job->mail_from,
+                                         job->account ? job->account : WIRE_ACCOUNT_DEFAULT,
+                                         bytes_or_nothing(job->body), &rcpts));
     return g_variant_get_data_as_bytes(v);
 }
 
@@ -60,7 +62,8 @@ gboolean wire_send_job_decode(GBytes *payload, struct wire_send_job *job)
     wire_send_job_init(job);
     if (!g_variant_is_normal_form(v))
         return FALSE;
-    g_variant_get(v, "(tts@may@a(usmay))", &job->lease, &job->msg, &job->mail_from, &body, &rcpts);
+    g_variant_get(v, "(ttss@may@a(usmay))", &job->lease, &job->msg, &job->mail_from,
+                  &job->account, &body, &rcpts);
     job->body = maybe_bytes(body);
     for (gsize i = 0; i < g_variant_n_children(rcpts); i++) {
         g_autoptr(GVariant) child = g_variant_get_child_value(rcpts, i);
@@ -77,6 +80,7 @@ gboolean wire_send_job_decode(GBytes *payload, struct wire_send_job *job)
 void wire_send_job_clear(struct wire_send_job *job)
 {
     g_free(job->mail_from);
+    g_free(job->account);
     if (job->body)
         g_bytes_unref(job->body);
     if (job->rcpts)
@@ -111,7 +115,8 @@ GBytes *wire_send_result_encode(const struct wire_send_result *res)
                               r->text ? r->text : "", r->error, r->relay ? r->relay : "",
                               r->seconds);
     }
-    v = g_variant_ref_sink(g_variant_new("(tta(uqssusd))", res->lease, res->msg, &b));
+    v = g_variant_ref_sink(g_variant_new("(ttsa(uqssusd))", res->lease, res->msg,
+                                         res->account ? res->account : WIRE_ACCOUNT_DEFAULT, &b));
     return g_variant_get_data_as_bytes(v);
 }
 
@@ -125,7 +130,7 @@ gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res)
     wire_send_result_init(res);
     if (!g_variant_is_normal_form(v))
         return FALSE;
-    g_variant_get(v, "(tta(uqssusd))", &res->lease, &res->msg, &it);
+    g_variant_get(v, "(ttsa(uqssusd))", &res->lease, &res->msg, &res->account, &it);
     memset(&r, 0, sizeof(r));
     while (g_variant_iter_next(it, "(uqssusd)", &r.idx, &r.code, &r.status, &r.text, &r.error,
                                &r.relay, &r.seconds)) {
@@ -137,6 +142,7 @@ gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res)
 
 void wire_send_result_clear(struct wire_send_result *res)
 {
+    g_free(res->account);
     if (res->results)
         g_array_unref(res->results);
     memset(res, 0, sizeof(*res));

@@ -63,12 +63,15 @@ struct wire_rcpt {
  * The bytes sent to a recipient are its own header block (personalised
  * copies: DKIM-Signature and To:) followed by `body`; recipients with no
  * header block get `body` alone, identical copies that may share one SMTP
- * transaction.  mail_from "" is the null sender (notices).
+ * transaction.  mail_from "" is the null sender (notices).  account names
+ * the relay account (common/config.h) the worker delivers it through.
  */
+#define WIRE_ACCOUNT_DEFAULT "default"  /* = CONFIG_RELAY_DEFAULT */
 struct wire_send_job {
     uint64_t lease;
     uint64_t msg;
     char *mail_from;
+    char *account;                  /* NULL when encoded: "default" */
     GBytes *body;                   /* the outgoing copy's common bytes */
     GArray *rcpts;                  /* struct wire_rcpt */
 };
@@ -88,10 +91,11 @@ struct wire_rcpt_result {
     double seconds;                 /* time spent on the attempt */
 };
 
-/* SDONE */
+/* SDONE: account is the job's (a relay pause is that account's). */
 struct wire_send_result {
     uint64_t lease;
     uint64_t msg;
+    char *account;                  /* NULL when encoded: "default" */
     GArray *results;                /* struct wire_rcpt_result */
 };
 

@@ -18,6 +18,7 @@
 #include "dispatch/retry_policy.h"
 #include "sender/smtp.h"
 #include "spool/delivery.h"
+#include "spool/relay_state.h"
 #include "spool/spool.h"
 
 enum worker_kind { WORKER_TRANSFORM, WORKER_SENDER };
@@ -47,6 +48,16 @@ struct dispatch_job {
     queue_id msg;
     struct dispatch_worker *worker;
     unsigned rcpts;
+    const struct postern_relay *account;    /* the relay account it went to */
+};
+
+/* A relay account as the dispatcher schedules it (dispatch_accounts.c). */
+struct dispatch_account {
+    const struct postern_relay *relay;
+    int64_t paused_until;           /* unix ms: its quota, throttle or AUTH refused */
+    unsigned pauses;                /* pauses in a row */
+    uint64_t pause_since;           /* id sequence when it began (spool/relay_state.h) */
+    gboolean held;                  /* paused at the last look: log the resume once */
 };
 
 struct dispatch {
@@ -64,12 +75,11 @@ struct dispatch {
     struct retry_policy policy;
     char *mail_from;                /* [bounce] envelope_from */
 
-    int64_t paused_until;           /* unix ms: relay quota, throttle or AUTH refused */
-    unsigned pauses;                /* pauses in a row */
-    uint64_t pause_since;           /* id sequence when it began (spool/relay_state.h) */
-    gboolean relay_held;            /* paused at the last look: log the resume once */
+    struct dispatch_account *accounts;  /* one per cfg->relays, in its order */
+    guint naccounts;
     struct spool_dlv_ref due_after; /* fair rounds: the message served last (dispatch_deliver.c) */
     int64_t quota_wait_until;       /* unix ms: [relay] daily_limit reached (spool/relay_quota.h) */
+    guint account_next;             /* accounts: where the next job's turn begins */
     double rate_tokens;             /* [relay] rate token bucket */
     int64_t rate_refilled;          /* monotonic ms */
 
@@ -127,6 +137,27 @@ void dispatch_approval_expire(struct dispatch *d, int64_t now_mono);
 /* dispatch_transform.c */
 void dispatch_lease_transforms(struct dispatch *d);
 
+/* dispatch_accounts.c: the relay accounts, made from cfg->relays (again after a change). */
+void dispatch_accounts_setup(struct dispatch *d);
+/* The account called name; the default one for a name we do not know. */
+struct dispatch_account *dispatch_account_find(struct dispatch *d, const char *name);
+gboolean dispatch_account_paused(const struct dispatch_account *a, int64_t now_ms);
+/* Is every account paused?  Then nothing is leased. */
+gboolean dispatch_accounts_paused(const struct dispatch *d, int64_t now_ms);
+/* The account of the next job: each in turn, passing over the paused; NULL if all are. */
+struct dispatch_account *dispatch_account_next(struct dispatch *d);
+/* "relay ... [account NAME] paused until HH:MM:SS <why>": one line per pause. */
+void dispatch_account_log_pause(struct dispatch *d, const struct dispatch_account *a,
+                                const char *why);
+/* Take an account's pause as read from the spool; logs once when it ended. */
+void dispatch_account_adopt(struct dispatch *d, struct dispatch_account *a,
+                            const struct relay_state *st);
+/*
+ * Adopt the relay state in the spool (every tick): `spoolctl relay resume`
+ * may have cleared a pause; logs once when an account is free again.
+ */
+void dispatch_relay_refresh(struct dispatch *d);
+
 /* dispatch_deliver.c: each alone in its own transaction ... */
 void dispatch_lease_deliveries(struct dispatch *d);
 void dispatch_expire_leases(struct dispatch *d);
@@ -151,20 +182,13 @@ struct rresult;
 void dispatch_results_init(struct rresult **out, struct dispatch *d, GPtrArray *payloads);
 void dispatch_results_jobs(struct dispatch *d, struct rresult *rr);
 gboolean dispatch_results_write(struct spool_txn *t, struct rresult *rr, GError **err);
-/* Is the relay paused as the results' transaction leaves it? */
+/* Is every relay account paused as the results' transaction leaves them? */
 gboolean dispatch_results_paused(const struct rresult *rr, int64_t now_ms);
 unsigned dispatch_results_count(const struct rresult *rr);
 void dispatch_results_done(struct dispatch *d, struct rresult *rr, gboolean ok);
 
 /* dispatch_round.c: results, expiry (expire) and leases (lease) in one transaction. */
 void dispatch_round(struct dispatch *d, GPtrArray *payloads, gboolean expire, gboolean lease);
-/* "relay ... paused until HH:MM:SS <why>": one line per pause. */
-void dispatch_log_pause(struct dispatch *d, const char *why);
-/*
- * Adopt the relay state in the spool (every tick): `spoolctl relay resume`
- * may have cleared the pause; logs once when the relay is free again.
- */
-void dispatch_relay_refresh(struct dispatch *d);
 void dispatch_forget_worker(struct dispatch *d, struct dispatch_worker *w);
 
 #endif

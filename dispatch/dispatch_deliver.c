@@ -438,7 +438,7 @@ struct dlease *dispatch_leases_new(struct dispatch *d)
     dl->after = d->due_after;
     dl->jobs = g_ptr_array_new_with_free_func(djob_free);
     dl->max_jobs = dispatch_conns_room(d);
-    dl->skip = !dl->max_jobs || d->paused_until > unix_ms() ||
+    dl->skip = !dl->max_jobs || dispatch_accounts_paused(d, unix_ms()) ||
                d->quota_wait_until > unix_ms() || !(dl->max_txns = dispatch_rate_budget(d));
     return dl;
 }
@@ -468,9 +468,16 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
         d->due_after = dl->after;
     for (guint i = 0; i < dl->jobs->len; i++) {
         struct djob *j = dl->jobs->pdata[i];
-        struct dispatch_worker *w = dispatch_conns_pick(d);
-        g_autoptr(GBytes) payload = wire_send_job_encode(&j->wire);
+        struct dispatch_account *a = dispatch_account_next(d);
+        struct dispatch_worker *w = a ? dispatch_conns_pick(d) : NULL;
+        const struct postern_relay *account = a ? a->relay : NULL;
+        g_autoptr(GBytes) payload = NULL;
         char id[QUEUE_ID_LEN + 1];
+
+        /* Every account paused since the round began (a tick saw it): the
+         * job waits for its lease to expire, as one no worker took. */
+        j->wire.account = g_strdup(account ? account->name : NULL);
+        payload = wire_send_job_encode(&j->wire);
 
         /* The payload holds its own copy and zmq_send makes another: let
          * the body go first, or a 30 MiB message costs 3 x 30 MiB here. */
@@ -490,8 +497,13 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
         job->msg = j->msg;
         job->worker = w;
         job->rcpts = j->dvs->len;
+        job->account = account;
         dispatch_job_add(d, job);
-        msg_info("%s: %u recipient(s) leased to worker %s", id, j->dvs->len, w->name);
+        if (d->cfg->relays->len > 1)
+            msg_info("%s: %u recipient(s) leased to worker %s for relay account %s", id,
+                     j->dvs->len, w->name, account->name);
+        else
+            msg_info("%s: %u recipient(s) leased to worker %s", id, j->dvs->len, w->name);
     }
     g_ptr_array_unref(dl->jobs);
     g_free(dl);

@@ -18,25 +18,28 @@
 
 /*
  * A pause outlives the dispatcher that saw the reply (spool/relay_state.h):
- * every delivery, old or queued since, waits until it ends.
+ * every delivery, old or queued since, waits until it ends, or goes
+ * through another account that is not paused.
  */
 static void dispatch_load_relay_state(struct dispatch *d)
 {
     struct spool_txn t;
-    struct relay_state st;
     GError *err = NULL;
 
+    dispatch_accounts_setup(d);
     if (!spool_read_begin(d->spool, &t, &err))
         msg_fatal("relay state: %s", err->message);
-    if (!relay_state_get(&t, &st, &err))
-        msg_fatal("relay state: %s", err->message);
+    for (guint i = 0; i < d->naccounts; i++) {
+        struct dispatch_account *a = &d->accounts[i];
+        struct relay_state st;
+
+        if (!relay_state_get(&t, a->relay->name, &st, &err))
+            msg_fatal("relay state: %s", err->message);
+        dispatch_account_adopt(d, a, &st);
+        if (a->held)
+            dispatch_account_log_pause(d, a, "(recorded before our start)");
+    }
     spool_read_end(&t);
-    d->paused_until = st.paused_until;
-    d->pauses = st.pauses;
-    d->pause_since = st.since;
-    d->relay_held = relay_state_paused(&st, unix_ms());
-    if (d->relay_held)
-        dispatch_log_pause(d, "(recorded before our start)");
 }
 
 static void dispatch_setup(struct dispatch *d)
@@ -46,6 +49,14 @@ static void dispatch_setup(struct dispatch *d)
 
     if (!relay_url_parse(d->cfg->relay.url, &url, &err))
         msg_fatal("%s: [relay] url: %s", d->cfg->path ? d->cfg->path : "(defaults)", err->message);
+    /* Connections are counted when any account has them (a Maildir has none). */
+    for (guint i = 1; url.kind == RELAY_MAILDIR && i < d->cfg->relays->len; i++) {
+        const struct postern_relay *r = d->cfg->relays->pdata[i];
+
+        relay_url_clear(&url);
+        if (!relay_url_parse(r->url, &url, &err))
+            msg_fatal("%s: [relay %s] url: %s", d->cfg->path, r->name, err->message);
+    }
     if (!spool_open(&d->spool, d->cfg, &err))
         msg_fatal("%s", err->message);
     /* Results of mail already sent must be recorded even on a full spool. */
@@ -160,6 +171,7 @@ int main(int argc, char **argv)
     if (d.allowed_keys)
         g_hash_table_unref(d.allowed_keys);
     g_free(d.mail_from);
+    g_free(d.accounts);
     spool_close(d.spool);
     config_free(&cfg);
     return 0;

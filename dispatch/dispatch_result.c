@@ -13,9 +13,8 @@
 
 #include <string.h>
 
-struct rresult {
-    struct dispatch *d;
-    GPtrArray *results;             /* struct wire_send_result* */
+/* What the results of one transaction say about one relay account. */
+struct raccount {
     gboolean any_sent;
     gboolean paused;                /* a new pause begins in this transaction */
     gboolean auth;                  /* ... because the relay refused our AUTH */
@@ -23,6 +22,12 @@ struct rresult {
     char reason[RELAY_REASON_MAX];  /* the reply that began it */
     struct relay_state before;      /* as the transaction found it */
     struct relay_state relay;       /* as committed; applied to the dispatcher after */
+};
+
+struct rresult {
+    struct dispatch *d;
+    GPtrArray *results;             /* struct wire_send_result* */
+    struct raccount *accounts;      /* as d->accounts */
     GHashTable *msgs;               /* queue_id -> struct rmsg: read once per transaction */
     GPtrArray *order;               /* struct rmsg, in the order first seen: settled so */
 };
@@ -34,50 +39,30 @@ static char *result_reply(const struct wire_rcpt_result *r)
     return g_strdup(r->text);
 }
 
-void dispatch_log_pause(struct dispatch *d, const char *why)
-{
-    g_autoptr(GDateTime) until = g_date_time_new_from_unix_local(d->paused_until / 1000);
-    g_autofree char *when = g_date_time_format(until, "%H:%M:%S");
-
-    msg_warn("relay %s paused until %s %s", d->cfg->relay.url, when, why);
-}
-
-void dispatch_relay_refresh(struct dispatch *d)
-{
-    struct relay_state st;
-    struct spool_txn t;
-    GError *err = NULL;
-    int64_t now = unix_ms();
-    gboolean held;
-
-    /* A spool we cannot read now keeps what we knew: the next tick tries again. */
-    if (!spool_read_begin(d->spool, &t, &err) || !relay_state_get(&t, &st, &err)) {
-        spool_read_end(&t);
-        msg_warn("relay state: %s", err->message);
-        g_clear_error(&err);
-        return;
-    }
-    spool_read_end(&t);
-    held = relay_state_paused(&st, now);
-    if (d->relay_held && !held)
-        msg_info("relay %s resumed: %s", d->cfg->relay.url,
-                 st.paused_until ? "the pause is over" : "pause cleared by spoolctl relay resume");
-    d->relay_held = held;
-    d->paused_until = st.paused_until;
-    d->pauses = st.pauses;
-    d->pause_since = st.since;
-}
-
 /* next_try is kept in whole seconds: round up, never retry early. */
 static int64_t usec_to_sec_up(int64_t usec)
 {
     return (usec + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC;
 }
 
+/* Is another account, not paused, there to take a delivery at once? */
+static gboolean result_elsewhere(const struct rresult *rr, const struct raccount *ra,
+                                 int64_t now_ms)
+{
+    for (guint i = 0; i < rr->d->naccounts; i++) {
+        const struct raccount *other = &rr->accounts[i];
+
+        if (other != ra && !other->paused && !relay_state_paused(&other->before, now_ms))
+            return TRUE;
+    }
+    return FALSE;
+}
+
 /*
  * Decide a delivery's next state from one attempt.  A quota or throttle
- * reply, or a refused AUTH, pauses the whole relay and defers the delivery
- * until the pause ends, never bouncing it for the reply itself; but a
+ * reply, or a refused AUTH, pauses the job's relay account and defers the
+ * delivery until the pause ends (or, with another account not paused,
+ * to the next round), never bouncing it for the reply itself; but a
  * pause that lasts must not keep it forever: past [retry] lifetime it
  * bounces.  One event, one pause: a pausing reply to a job leased before
  * the pause in the spool began (relay_state_news) was already answered by
@@ -85,8 +70,9 @@ static int64_t usec_to_sec_up(int64_t usec)
  * transaction begin one pause.  Likewise only a copy leased after the
  * pause began, when sent, ends the run of pauses.
  */
-static const char *result_apply(struct rresult *rr, struct spool_dlv *dv, uint64_t lease,
-                                 const struct wire_rcpt_result *r, int64_t now_us)
+static const char *result_apply(struct rresult *rr, struct raccount *ra, struct spool_dlv *dv,
+                                 uint64_t lease, const struct wire_rcpt_result *r,
+                                 int64_t now_us)
 {
     struct dispatch *d = rr->d;
     struct smtp_rcpt_result sr = { .code = r->code, .text = r->text, .error = r->error };
@@ -99,14 +85,17 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv, uint64
     g_free(dv->last_reply);
     dv->last_reply = result_reply(r);
     v = retry_classify(&sr);
-    if (v == RETRY_PAUSE && !rr->paused && relay_state_news(&rr->before, lease)) {
-        rr->pause_until_us = now_us + retry_pause(&d->policy, rr->before.pauses + 1);
-        rr->paused = TRUE;
-        rr->auth = smtp_result_auth_refused(&sr);
-        g_strlcpy(rr->reason, dv->last_reply, sizeof(rr->reason));
+    if (v == RETRY_PAUSE && !ra->paused && relay_state_news(&ra->before, lease)) {
+        ra->pause_until_us = now_us + retry_pause(&d->policy, ra->before.pauses + 1);
+        ra->paused = TRUE;
+        ra->auth = smtp_result_auth_refused(&sr);
+        g_strlcpy(ra->reason, dv->last_reply, sizeof(ra->reason));
     }
-    if (v == RETRY_PAUSE && (rr->paused || relay_state_paused(&rr->before, now_us / 1000))) {
-        next = rr->paused ? rr->pause_until_us : rr->before.paused_until * 1000;
+    if (v == RETRY_PAUSE && (ra->paused || relay_state_paused(&ra->before, now_us / 1000))) {
+        next = ra->paused ? ra->pause_until_us : ra->before.paused_until * 1000;
+        /* Another account takes it in the next round: only this one is paused. */
+        if (result_elsewhere(rr, ra, now_us / 1000))
+            next = now_us;
         v = retry_expired(&d->policy, dv->created * G_USEC_PER_SEC, now_us) ? RETRY_BOUNCE
                                                                             : RETRY_DEFER;
     } else if (v == RETRY_DEFER || v == RETRY_PAUSE) {
@@ -117,7 +106,7 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv, uint64
     switch (v) {
     case RETRY_SENT:
         dv->state = DLV_SENT;
-        rr->any_sent |= relay_state_news(&rr->before, lease);
+        ra->any_sent |= relay_state_news(&ra->before, lease);
         return "sent";
     case RETRY_DEFER:
         dv->state = DLV_DEFERRED;
@@ -130,28 +119,35 @@ static const char *result_apply(struct rresult *rr, struct spool_dlv *dv, uint64
 }
 
 /*
- * The relay pause goes into the spool with the reply that caused it, so
- * that a restarted dispatcher keeps it; a delivery sent ends a run of
- * pauses.  Nothing is written when neither happened.  The state is the
- * one this transaction read, not the dispatcher's copy: spoolctl relay
+ * Each account's pause goes into the spool with the reply that caused it,
+ * so that a restarted dispatcher keeps it; a delivery sent through the
+ * account ends its run of pauses.  Nothing is written when neither
+ * happened.  The state is the one this transaction read, not the
+ * dispatcher's copy: spoolctl relay
  * resume may have cleared it since the last tick.
  */
 static gboolean result_relay_state(struct spool_txn *t, struct rresult *rr, GError **err)
 {
-    rr->relay = rr->before;
-    if (rr->paused) {
-        rr->relay.paused_until = rr->pause_until_us / 1000;
-        rr->relay.pauses++;
-        g_strlcpy(rr->relay.reason, rr->reason, sizeof(rr->relay.reason));
-        /* Every lease taken so far has a smaller id: their replies are this event. */
-        if (!(rr->relay.since = spool_id_next(t, err)))
+    for (guint i = 0; i < rr->d->naccounts; i++) {
+        struct raccount *ra = &rr->accounts[i];
+
+        ra->relay = ra->before;
+        if (ra->paused) {
+            ra->relay.paused_until = ra->pause_until_us / 1000;
+            ra->relay.pauses++;
+            g_strlcpy(ra->relay.reason, ra->reason, sizeof(ra->relay.reason));
+            /* Every lease taken so far has a smaller id: their replies are this event. */
+            if (!(ra->relay.since = spool_id_next(t, err)))
+                return FALSE;
+        } else if (ra->any_sent && ra->before.pauses) {
+            ra->relay.pauses = 0;
+        } else {
+            continue;
+        }
+        if (!relay_state_put(t, rr->d->accounts[i].relay->name, &ra->relay, err))
             return FALSE;
-    } else if (rr->any_sent && rr->before.pauses) {
-        rr->relay.pauses = 0;
-    } else {
-        return TRUE;
     }
-    return relay_state_put(t, &rr->relay, err);
+    return TRUE;
 }
 
 /* A message as this transaction read it, for every result about it. */
@@ -192,9 +188,10 @@ static struct rmsg *result_msg(struct spool_txn *t, struct rresult *rr, queue_id
 }
 
 /* One recipient's result: fenced by the lease, classified, logged, stored. */
-static gboolean result_one(struct spool_txn *t, struct rresult *rr, struct rmsg *rm,
-                           const struct wire_send_result *res, const struct wire_rcpt_result *r,
-                           int64_t now_us, const char *id, GError **err)
+static gboolean result_one(struct spool_txn *t, struct rresult *rr, struct raccount *ra,
+                           struct rmsg *rm, const struct wire_send_result *res,
+                           const struct wire_rcpt_result *r, int64_t now_us, const char *id,
+                           GError **err)
 {
     struct spool_dlv old, dv;
     gboolean ok;
@@ -209,7 +206,7 @@ static gboolean result_one(struct spool_txn *t, struct rresult *rr, struct rmsg 
     /* The record read is the one replaced: a shallow copy is changed and stored. */
     dv = old;
     dv.last_reply = NULL;
-    const char *status = result_apply(rr, &dv, res->lease, r, now_us);
+    const char *status = result_apply(rr, ra, &dv, res->lease, r, now_us);
     spool_txn_log(t, "%s: to=<%s>, relay=%s, delay=%.1f, attempts=%u, dsn=%s, status=%s (%s)",
                   id, dv.rcpt, *r->relay ? r->relay : "none",
                   (double)(now_us / 1000 - rm->m.arrival * 1000) / 1000.0, dv.attempts,
@@ -226,15 +223,18 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
     struct rresult *rr = ctx;
     int64_t now_us = g_get_real_time();
 
-    rr->any_sent = rr->paused = rr->auth = FALSE;
     /* spool_write may run us again (map growth): start from what the spool holds. */
+    memset(rr->accounts, 0, rr->d->naccounts * sizeof(*rr->accounts));
     g_hash_table_remove_all(rr->msgs);
     g_ptr_array_set_size(rr->order, 0);
-    if (!relay_state_get(t, &rr->before, err))
-        return FALSE;
+    for (guint i = 0; i < rr->d->naccounts; i++)
+        if (!relay_state_get(t, rr->d->accounts[i].relay->name, &rr->accounts[i].before, err))
+            return FALSE;
     for (guint j = 0; j < rr->results->len; j++) {
         struct wire_send_result *res = rr->results->pdata[j];
         struct rmsg *rm = result_msg(t, rr, res->msg);
+        struct raccount *ra = &rr->accounts[dispatch_account_find(rr->d, res->account) -
+                                            rr->d->accounts];
         char id[QUEUE_ID_LEN + 1];
 
         spool_id_format(res->msg, id);
@@ -243,7 +243,7 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
             continue;
         }
         for (guint i = 0; i < res->results->len; i++)
-            if (!result_one(t, rr, rm, res,
+            if (!result_one(t, rr, ra, rm, res,
                             &g_array_index(res->results, struct wire_rcpt_result, i), now_us, id,
                             err))
                 return FALSE;
@@ -268,6 +268,7 @@ void dispatch_results_init(struct rresult **out, struct dispatch *d, GPtrArray *
     struct rresult *rr = g_new0(struct rresult, 1);
 
     rr->d = d;
+    rr->accounts = g_new0(struct raccount, d->naccounts);
     rr->results = g_ptr_array_new_with_free_func(result_free);
     rr->msgs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, rmsg_free);
     rr->order = g_ptr_array_new();
@@ -305,29 +306,40 @@ gboolean dispatch_results_write(struct spool_txn *t, struct rresult *rr, GError 
     return result_write(t, rr, err);
 }
 
-/* The relay as the results' transaction left it (what dispatch_results_done() adopts). */
+/* The accounts as the results' transaction left them (what dispatch_results_done() adopts). */
 gboolean dispatch_results_paused(const struct rresult *rr, int64_t now_ms)
 {
-    return relay_state_paused(&rr->relay, now_ms);
+    for (guint i = 0; i < rr->d->naccounts; i++) {
+        const struct raccount *ra = &rr->accounts[i];
+
+        if (!relay_state_paused(&ra->relay, now_ms))
+            return FALSE;
+    }
+    return TRUE;
 }
 
 /* After the commit (ok) or its failure: adopt the relay state, free rr. */
 void dispatch_results_done(struct dispatch *d, struct rresult *rr, gboolean ok)
 {
-    if (ok) {
-        d->pauses = rr->relay.pauses;
-        d->paused_until = rr->relay.paused_until;
-        d->pause_since = rr->relay.since;
-        if (rr->paused) {
-            g_autofree char *why = rr->auth
-                ? g_strdup_printf("after the relay refused AUTH (%s): check [relay] user and "
-                                  "password_file, then spoolctl relay resume", rr->reason)
-                : g_strdup_printf("after a quota or throttle reply (%s)", rr->reason);
+    for (guint i = 0; ok && i < d->naccounts; i++) {
+        struct raccount *ra = &rr->accounts[i];
+        struct dispatch_account *a = &d->accounts[i];
 
-            d->relay_held = TRUE;
-            dispatch_log_pause(d, why);
+        a->pauses = ra->relay.pauses;
+        a->paused_until = ra->relay.paused_until;
+        a->pause_since = ra->relay.since;
+        if (ra->paused) {
+            g_autofree char *why = ra->auth
+                ? g_strdup_printf("after the relay refused AUTH (%s): check [relay%s%s] user and "
+                                  "password_file, then spoolctl relay resume", ra->reason,
+                                  i ? " " : "", i ? a->relay->name : "")
+                : g_strdup_printf("after a quota or throttle reply (%s)", ra->reason);
+
+            a->held = TRUE;
+            dispatch_account_log_pause(d, a, why);
         }
     }
+    g_free(rr->accounts);
     g_ptr_array_unref(rr->results);
     g_hash_table_unref(rr->msgs);
     g_ptr_array_unref(rr->order);

@@ -14,9 +14,10 @@
  *
  * Connections: the slots share a pool of relay connections, at most the
  * budget the dispatcher granted (dispatch/dispatch.h (dispatch_conns.c)), busy and idle
- * together.  An idle connection is reused by the next job (RSET, no new
- * TLS handshake or AUTH) and closed after WIRE_CONN_IDLE_MS without one, or
- * at once when the budget shrinks below what is open.
+ * together.  An idle connection is reused by the next job of the same relay
+ * account (RSET, no new TLS handshake or AUTH), never by another account's,
+ * and closed after WIRE_CONN_IDLE_MS without one, or at once when the
+ * budget shrinks below what is open or another account needs its place.
  */
 #ifndef POSTERN_SENDER_H
 #define POSTERN_SENDER_H
@@ -36,11 +37,17 @@ struct sender_done {
     gboolean job_done;
 };
 
-struct sender {
-    const struct postern_config *cfg;
+/* A relay account (common/config.h): where and as whom its jobs go. */
+struct sender_account {
+    const struct postern_relay *relay;
     struct relay_url url;
     struct smtp_client_config smtp;     /* read-only once the slots run */
-    char *password;                     /* [relay] password_file, never logged */
+    char *password;                     /* its password_file, never logged */
+};
+
+struct sender {
+    const struct postern_config *cfg;
+    GPtrArray *accounts;                /* struct sender_account *, as cfg->relays */
     char *verp_key;                     /* [bounce] secret_file with verp, else NULL */
     size_t verp_keylen;
     GAsyncQueue *jobs;                  /* struct wire_send_job *: main -> slots */
@@ -74,16 +81,16 @@ GPtrArray *sender_plan(const struct wire_send_job *job, guint max_rcpt);
 
 /*
  * Deliver a job, filling res->results with one result per recipient.
- * *client is an SMTP client from the pool, created here when NULL (SMTP
- * relays), and stays NULL when that fails.
+ * *client is an SMTP client of account a from the pool, created here when
+ * NULL (SMTP relays), and stays NULL when that fails.
  * With hand_back set (the slot threads), the results of each transaction
  * are handed back as soon as it ends, so that a worker killed later in the
  * job makes the dispatcher send again only the transaction then in flight;
  * res then holds what the last transaction left.
  */
 typedef void (*sender_hand_back_fn)(struct sender *s, struct wire_send_result *part);
-void sender_deliver(struct sender *s, struct smtp_client **client,
-                    const struct wire_send_job *job, struct wire_send_result *res,
-                    sender_hand_back_fn hand_back);
+void sender_deliver(struct sender *s, const struct sender_account *a,
+                    struct smtp_client **client, const struct wire_send_job *job,
+                    struct wire_send_result *res, sender_hand_back_fn hand_back);
 
 #endif

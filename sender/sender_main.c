@@ -70,40 +70,66 @@ static char *sender_read_secret(const struct postern_config *cfg, const char *ke
 }
 
 /*
- * The relay: URL, TLS level, password, client timeouts; a bad ca_file
- * fails here.  Each SMTP phase keeps its own timeout, Postfix's (connect
- * 30 s, RSET 20 s, DATA 120 s, end of data 600 s ...), and [relay]
+ * A relay account: URL, TLS level, password, client timeouts; a bad
+ * ca_file fails here.  Each SMTP phase keeps its own timeout, Postfix's
+ * (connect 30 s, RSET 20 s, DATA 120 s, end of data 600 s ...), and [relay]
  * timeout caps them all: a dead relay must not hold a job for 5 minutes
  * at a phase that answers in seconds.
  */
-static void sender_setup_relay(struct sender *s, const struct postern_config *cfg)
+static struct sender_account *sender_setup_account(const struct postern_config *cfg,
+                                                   const struct postern_relay *relay)
 {
+    struct sender_account *a = g_new0(struct sender_account, 1);
+    g_autofree char *group = g_str_equal(relay->name, CONFIG_RELAY_DEFAULT)
+                                 ? g_strdup("[relay]") : g_strdup_printf("[relay %s]", relay->name);
+    g_autofree char *key = g_strdup_printf("%s password_file", group);
     g_autoptr(GError) err = NULL;
     struct smtp_client *probe;
 
-    if (!relay_url_parse(cfg->relay.url, &s->url, &err))
-        sender_config_fail(cfg, "[relay] url: %s", err->message);
+    a->relay = relay;
+    if (!relay_url_parse(relay->url, &a->url, &err))
+        sender_config_fail(cfg, "%s url: %s", group, err->message);
+    if (a->url.kind == RELAY_MAILDIR)
+        return a;
+    if (!smtp_tls_parse(relay->tls, &a->smtp.tls, &err))
+        sender_config_fail(cfg, "%s tls: %s", group, err->message);
+    if (*relay->password_file) {
+        a->password = sender_read_secret(cfg, key, relay->password_file);
+        a->password[strcspn(a->password, "\r\n")] = '\0';
+    }
+    a->smtp.url = &a->url;
+    a->smtp.ca_file = relay->ca_file;
+    a->smtp.user = relay->user;
+    a->smtp.password = a->password;
+    a->smtp.helo_name = cfg->ingest.hostname;
+    a->smtp.timeout_max = (int)MIN(cfg->relay.timeout * 1000, G_MAXINT);
+    if (!(probe = smtp_client_new(&a->smtp, &err)))
+        sender_config_fail(cfg, "%s: %s", group, err->message);
+    smtp_client_free(probe);
+    return a;
+}
+
+static void sender_account_free(gpointer p)
+{
+    struct sender_account *a = p;
+
+    secret_free(a->password);
+    relay_url_clear(&a->url);
+    g_free(a);
+}
+
+/* Every relay account, each password read now: a job never waits on a file. */
+static void sender_setup_relay(struct sender *s, const struct postern_config *cfg)
+{
+    g_autoptr(GError) err = NULL;
+
     /* [bounce] verp: each copy gets its own return path, made here. */
     if (cfg->bounce.verp && !(s->verp_key = bounce_key_read(cfg->bounce.secret_file,
                                                             &s->verp_keylen, &err)))
         sender_config_fail(cfg, "%s", err->message);
-    if (s->url.kind == RELAY_MAILDIR)
-        return;
-    if (!smtp_tls_parse(cfg->relay.tls, &s->smtp.tls, &err))
-        sender_config_fail(cfg, "[relay] tls: %s", err->message);
-    if (*cfg->relay.password_file) {
-        s->password = sender_read_secret(cfg, "[relay] password_file", cfg->relay.password_file);
-        s->password[strcspn(s->password, "\r\n")] = '\0';
-    }
-    s->smtp.url = &s->url;
-    s->smtp.ca_file = cfg->relay.ca_file;
-    s->smtp.user = cfg->relay.user;
-    s->smtp.password = s->password;
-    s->smtp.helo_name = cfg->ingest.hostname;
-    s->smtp.timeout_max = (int)MIN(cfg->relay.timeout * 1000, G_MAXINT);
-    if (!(probe = smtp_client_new(&s->smtp, &err)))
-        sender_config_fail(cfg, "[relay]: %s", err->message);
-    smtp_client_free(probe);
+    s->accounts = g_ptr_array_new_with_free_func(sender_account_free);
+    for (guint i = 0; i < cfg->relays->len; i++)
+        g_ptr_array_add(s->accounts, sender_setup_account(cfg, cfg->relays->pdata[i]));
 }
 
 /*
@@ -400,10 +426,9 @@ int main(int argc, char **argv)
     g_async_queue_unref(s.done);
     close(s.wake_fd);
     close(c.sig_fd);
-    secret_free(s.password);
+    g_ptr_array_unref(s.accounts);
     secret_free(s.verp_key);
     g_free(c.public_key);
-    relay_url_clear(&s.url);
     config_free(&cfg);
     msg_info("daemon stopped");
     return 0;

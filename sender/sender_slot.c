@@ -90,6 +90,7 @@ static void deliver_flush(struct sender *s, struct wire_send_result *res,
     wire_send_result_init(&part);
     part.lease = res->lease;
     part.msg = res->msg;
+    part.account = g_strdup(res->account);
     moved = g_array_steal(res->results, &n);
     g_array_append_vals(part.results, moved, (guint)n);
     g_free(moved);
@@ -101,8 +102,9 @@ static void deliver_flush(struct sender *s, struct wire_send_result *res,
  * A failure (disk full, permissions) is local and temporary: 451 4.3.0,
  * which the dispatcher defers like a relay's 451.
  */
-static void deliver_maildir(struct sender *s, const struct wire_send_job *job,
-                            struct wire_send_result *res, sender_hand_back_fn hand_back)
+static void deliver_maildir(struct sender *s, const struct sender_account *a,
+                            const struct wire_send_job *job, struct wire_send_result *res,
+                            sender_hand_back_fn hand_back)
 {
     for (guint i = 0; i < job->rcpts->len; i++) {
         const struct wire_rcpt *r = job_rcpt(job, i);
@@ -110,7 +112,7 @@ static void deliver_maildir(struct sender *s, const struct wire_send_job *job,
         size_t lens[2], n = copy_parts(job, r, parts, lens);
         gint64 start = g_get_monotonic_time();
         g_autoptr(GError) err = NULL;
-        gboolean ok = maildir_deliver(s->url.path, parts, lens, n, &err);
+        gboolean ok = maildir_deliver(a->url.path, parts, lens, n, &err);
         double seconds = (g_get_monotonic_time() - start) / 1e6;
 
         if (ok)
@@ -210,18 +212,33 @@ static void deliver_smtp(struct sender *s, struct smtp_client *client,
     g_free(stop.relay);
 }
 
-void sender_deliver(struct sender *s, struct smtp_client **client,
-                    const struct wire_send_job *job, struct wire_send_result *res,
-                    sender_hand_back_fn hand_back)
+/* The account a job names, or NULL when this worker's config has none of that name. */
+static const struct sender_account *sender_account_of(const struct sender *s,
+                                                      const struct wire_send_job *job)
+{
+    const char *name = job->account ? job->account : WIRE_ACCOUNT_DEFAULT;
+
+    for (guint i = 0; i < s->accounts->len; i++) {
+        const struct sender_account *a = s->accounts->pdata[i];
+
+        if (g_str_equal(a->relay->name, name))
+            return a;
+    }
+    return NULL;
+}
+
+void sender_deliver(struct sender *s, const struct sender_account *a,
+                    struct smtp_client **client, const struct wire_send_job *job,
+                    struct wire_send_result *res, sender_hand_back_fn hand_back)
 {
     g_autoptr(GError) err = NULL;
 
-    if (s->url.kind == RELAY_MAILDIR) {
-        deliver_maildir(s, job, res, hand_back);
+    if (a->url.kind == RELAY_MAILDIR) {
+        deliver_maildir(s, a, job, res, hand_back);
         return;
     }
     /* Checked at start; only a file changed since (ca_file) fails here. */
-    if (!*client && !(*client = smtp_client_new(&s->smtp, &err))) {
+    if (!*client && !(*client = smtp_client_new(&a->smtp, &err))) {
         msg_warn("SMTP client: %s", err->message);
         for (guint i = 0; i < job->rcpts->len; i++)
             result_add(res, job_rcpt(job, i)->idx, 0, "4.3.5", err->message, SMTP_ERROR_CONFIG,
@@ -260,37 +277,62 @@ static void slot_hand_back(struct sender *s, struct wire_send_result *part)
 
 struct sender_idle {
     struct smtp_client *client;
+    const struct sender_account *account;   /* whose login the session holds */
     gint64 since;                   /* monotonic us */
 };
 
-/*
- * Take a connection for a job: the idle one used last (its session is the
- * freshest), else room for a new one within the budget (*client NULL: the
- * caller connects).  With the budget all busy, wait for one to come back:
- * a job may arrive just before the slot that held its connection has put
- * it back.  FALSE with a budget of 0: the dispatcher that granted one is
- * gone, and the job must not wait for a grant that may never come.
- */
-static gboolean conn_take(struct sender *s, struct smtp_client **client)
+/* The idle connection of account a used last, or NULL. */
+static struct sender_idle *conn_idle_of(struct sender *s, const struct sender_account *a)
 {
-    struct sender_idle *idle = NULL;
+    for (GList *l = s->conn_idle.head; l; l = l->next) {
+        struct sender_idle *idle = l->data;
+
+        if (idle->account == a) {
+            g_queue_delete_link(&s->conn_idle, l);
+            return idle;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Take a connection of account a for a job: its idle one used last (the
+ * session is the freshest, and logged in as a), else room for a new one
+ * within the budget (*client NULL: the caller connects), else the place of
+ * the oldest idle connection of another account, closed here (a session
+ * is never used for another account's mail).  With the budget all busy,
+ * wait for one to come back: a job may arrive just before the slot that
+ * held its connection has put it back.  FALSE with a budget of 0: the
+ * dispatcher that granted one is gone, and the job must not wait for a
+ * grant that may never come.
+ */
+static gboolean conn_take(struct sender *s, const struct sender_account *a,
+                          struct smtp_client **client)
+{
+    struct sender_idle *idle = NULL, *other = NULL;
     gboolean ok;
 
     *client = NULL;
     g_mutex_lock(&s->conn_lock);
-    while (s->conn_budget && !(idle = g_queue_pop_head(&s->conn_idle)) &&
-           s->conn_open >= s->conn_budget)
+    while (s->conn_budget && !(idle = conn_idle_of(s, a)) && s->conn_open >= s->conn_budget &&
+           !(other = g_queue_pop_tail(&s->conn_idle)))
         g_cond_wait(&s->conn_freed, &s->conn_lock);
     if (idle) {
         *client = idle->client;
         g_free(idle);
-    } else if (s->conn_budget) {
+    } else if (s->conn_budget && !other) {
         s->conn_open++;
     }
     /* Decided under the lock: a budget dropped after conn_open++ must not
      * refuse a job whose connection was counted (conn_put would never come). */
     ok = *client || s->conn_budget;
     g_mutex_unlock(&s->conn_lock);
+    if (other) {
+        msg_info("closed an idle relay connection of account %s for one of account %s",
+                 other->account->relay->name, a->relay->name);
+        smtp_client_free(other->client);
+        g_free(other);
+    }
     return ok;
 }
 
@@ -299,7 +341,8 @@ static gboolean conn_take(struct sender *s, struct smtp_client **client)
  * gone (no client, or the relay dropped it) or beyond the budget.  The
  * QUIT of a closed one happens outside the lock.
  */
-static void conn_put(struct sender *s, struct smtp_client *client)
+static void conn_put(struct sender *s, const struct sender_account *a,
+                     struct smtp_client *client)
 {
     gboolean keep;
 
@@ -309,6 +352,7 @@ static void conn_put(struct sender *s, struct smtp_client *client)
         struct sender_idle *idle = g_new(struct sender_idle, 1);
 
         idle->client = client;
+        idle->account = a;
         idle->since = g_get_monotonic_time();
         g_queue_push_head(&s->conn_idle, idle);
     } else {
@@ -386,22 +430,38 @@ static void slot_refuse(const struct wire_send_job *job, struct wire_send_result
                    "no relay connection granted by the dispatcher", SMTP_ERROR_CONFIG, "none", 0);
 }
 
-/* One job, on a connection from the pool for a relay. */
+/* Every recipient of a job that names an account we do not have: deferred. */
+static void slot_unknown(const struct wire_send_job *job, struct wire_send_result *res)
+{
+    g_autofree char *why = g_strdup_printf("no relay account \"%s\" in this worker's config",
+                                           job->account);
+
+    msg_warn("job %" G_GUINT64_FORMAT ": %s", job->lease, why);
+    for (guint i = 0; i < job->rcpts->len; i++)
+        result_add(res, job_rcpt(job, i)->idx, 0, "4.3.5", why, SMTP_ERROR_CONFIG, "none", 0);
+}
+
+/* One job, on a connection from the pool for its account's relay. */
 static void slot_run(struct sender *s, const struct wire_send_job *job,
                      struct wire_send_result *res)
 {
+    const struct sender_account *a = sender_account_of(s, job);
     struct smtp_client *client = NULL;
 
-    if (s->url.kind == RELAY_MAILDIR) {
-        sender_deliver(s, &client, job, res, slot_hand_back);
+    if (!a) {
+        slot_unknown(job, res);
         return;
     }
-    if (!conn_take(s, &client)) {
+    if (a->url.kind == RELAY_MAILDIR) {
+        sender_deliver(s, a, &client, job, res, slot_hand_back);
+        return;
+    }
+    if (!conn_take(s, a, &client)) {
         slot_refuse(job, res);
         return;
     }
-    sender_deliver(s, &client, job, res, slot_hand_back);
-    conn_put(s, client);
+    sender_deliver(s, a, &client, job, res, slot_hand_back);
+    conn_put(s, a, client);
 }
 
 /*
@@ -426,6 +486,7 @@ static gpointer slot_main(gpointer data)
         wire_send_result_init(&res);
         res.lease = job->lease;
         res.msg = job->msg;
+        res.account = g_strdup(job->account);
         slot_run(s, job, &res);
         wire_send_job_clear(job);
         g_free(job);

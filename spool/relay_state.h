@@ -29,9 +29,18 @@ struct relay_state {
     char reason[RELAY_REASON_MAX];  /* what caused it: "550 5.4.5 ...", "" when unknown */
 };
 
+/*
+ * Each relay account (common/config.h) has its own pause: a quota reply to
+ * one account's login says nothing of another's.  account is its name;
+ * NULL or "default" is [relay], whose record keeps the name it always had.
+ */
+#define RELAY_ACCOUNT_DEFAULT "default"
+
 /* A spool that never recorded one: not paused. */
-gboolean relay_state_get(struct spool_txn *t, struct relay_state *out, GError **err);
-gboolean relay_state_put(struct spool_txn *t, const struct relay_state *st, GError **err);
+gboolean relay_state_get(struct spool_txn *t, const char *account, struct relay_state *out,
+                         GError **err);
+gboolean relay_state_put(struct spool_txn *t, const char *account, const struct relay_state *st,
+                         GError **err);
 
 /* Pure: whether st holds deliveries back at now_ms. */
 gboolean relay_state_paused(const struct relay_state *st, int64_t now_ms);

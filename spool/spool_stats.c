@@ -13,7 +13,8 @@ static gboolean stats_take_first(queue_id id, void *ctx)
     return FALSE;
 }
 
-gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err)
+gboolean spool_stats_read(struct spool *sp, const GPtrArray *relays, struct spool_stats *st,
+                          GError **err)
 {
     struct spool_txn t;
     int64_t oldest = 0;
@@ -49,9 +50,19 @@ gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err
             spool_read_end(&t);
             return FALSE;
         }
-    if (!relay_state_get(&t, &st->relay, err) || !relay_quota_get(&t, &st->quota, err)) {
+    if (!relay_state_get(&t, NULL, &st->relay, err) || !relay_quota_get(&t, &st->quota, err)) {
         spool_read_end(&t);
         return FALSE;
+    }
+    for (guint i = 1; relays && i < relays->len && st->naccounts < SPOOL_STATS_ACCOUNTS; i++) {
+        const struct postern_relay *r = relays->pdata[i];
+        struct spool_stats_account *a = &st->accounts[st->naccounts++];
+
+        g_strlcpy(a->name, r->name, sizeof(a->name));
+        if (!relay_state_get(&t, r->name, &a->relay, err)) {
+            spool_read_end(&t);
+            return FALSE;
+        }
     }
 
     /* The oldest message still in the queue: first id of each live state. */
@@ -132,17 +143,37 @@ void spool_stats_prometheus(const struct spool_stats *st, GString *out)
                            st->oldest_age);
     stats_family(out, "postern_spool_bytes", "gauge", "Size of the LMDB data file.");
     g_string_append_printf(out, "postern_spool_bytes %" G_GUINT64_FORMAT "\n", st->spool_bytes);
-    /* The relay pause: alert on paused for long, or on pauses in a row. */
-    gboolean paused = relay_state_paused(&st->relay, unix_ms());
+    /*
+     * The relay pause: alert on paused for long, or on pauses in a row.
+     * Unlabelled: [relay] (the account "default"), as before accounts;
+     * each [relay NAME] with account="NAME".
+     */
+    int64_t now_ms = unix_ms();
     stats_family(out, "postern_relay_paused", "gauge",
-                 "1 while deliveries wait for a relay pause (quota, throttle, AUTH refused).");
-    g_string_append_printf(out, "postern_relay_paused %d\n", paused ? 1 : 0);
+                 "1 while a relay account is paused (quota, throttle, AUTH refused).");
+    g_string_append_printf(out, "postern_relay_paused %d\n",
+                           relay_state_paused(&st->relay, now_ms));
+    for (guint i = 0; i < st->naccounts; i++)
+        g_string_append_printf(out, "postern_relay_paused{account=\"%s\"} %d\n",
+                               st->accounts[i].name,
+                               relay_state_paused(&st->accounts[i].relay, now_ms));
     stats_family(out, "postern_relay_paused_until_seconds", "gauge",
-                 "Unix time the relay pause ends, 0 when not paused.");
+                 "Unix time a relay account's pause ends, 0 when not paused.");
     g_string_append_printf(out, "postern_relay_paused_until_seconds %" G_GINT64_FORMAT "\n",
-                           paused ? st->relay.paused_until / 1000 : 0);
-    stats_family(out, "postern_relay_pauses", "gauge", "Relay pauses in a row.");
+                           relay_state_paused(&st->relay, now_ms)
+                               ? st->relay.paused_until / 1000 : 0);
+    for (guint i = 0; i < st->naccounts; i++) {
+        const struct relay_state *rs = &st->accounts[i].relay;
+
+        g_string_append_printf(out, "postern_relay_paused_until_seconds{account=\"%s\"} %"
+                               G_GINT64_FORMAT "\n", st->accounts[i].name,
+                               relay_state_paused(rs, now_ms) ? rs->paused_until / 1000 : 0);
+    }
+    stats_family(out, "postern_relay_pauses", "gauge", "A relay account's pauses in a row.");
     g_string_append_printf(out, "postern_relay_pauses %u\n", st->relay.pauses);
+    for (guint i = 0; i < st->naccounts; i++)
+        g_string_append_printf(out, "postern_relay_pauses{account=\"%s\"} %u\n",
+                               st->accounts[i].name, st->accounts[i].relay.pauses);
     /* The daily limit: alert on used near limit, or on waiting. */
     int64_t now = unix_ms();
     gboolean waiting = st->quota.waiting_until > now;

@@ -12,6 +12,10 @@
 #include "spool/relay_state.h"
 #include "spool/spool_hist.h"
 #include "spool/spool.h"
+#include "common/config.h"
+
+#define SPOOL_STATS_ACCOUNTS 16      /* [relay NAME] accounts: config.h CONFIG_RELAY_ACCOUNTS */
+#define SPOOL_STATS_NAME 64          /* ... and their names' length, with the NUL */
 
 struct spool_stats {
     uint64_t msgs[MSG_STATE_COUNT];
@@ -19,7 +23,12 @@ struct spool_stats {
     uint64_t tokens_active, tokens_used;
     int64_t oldest_age;             /* seconds, oldest message not ended */
     uint64_t spool_bytes;
-    struct relay_state relay;       /* the relay pause */
+    struct relay_state relay;       /* the relay pause ([relay], the account "default") */
+    guint naccounts;                /* the [relay NAME] accounts' pauses, in config order */
+    struct spool_stats_account {
+        char name[SPOOL_STATS_NAME];
+        struct relay_state relay;
+    } accounts[SPOOL_STATS_ACCOUNTS];
     struct relay_quota quota;       /* [relay] daily_limit's window */
     /* Totals (Prometheus counters): spool.h SPOOL_COUNTER_* */
     uint64_t received;
@@ -30,8 +39,12 @@ struct spool_stats {
     struct spool_hist_data latency[SPOOL_HIST_COUNT];  /* spool_hist.h */
 };
 
-/* One short read transaction. */
-gboolean spool_stats_read(struct spool *sp, struct spool_stats *st, GError **err);
+/*
+ * One short read transaction.  relays (struct postern_relay *, config.h;
+ * may be NULL): the accounts whose pauses to read besides the default's.
+ */
+gboolean spool_stats_read(struct spool *sp, const GPtrArray *relays, struct spool_stats *st,
+                          GError **err);
 /* Append the Prometheus text format (version 0.0.4) of st to out. */
 void spool_stats_prometheus(const struct spool_stats *st, GString *out);
 

@@ -98,6 +98,9 @@ int ctl_dkim(struct ctl *c, int argc, char **argv);
 /* spoolctl_relay.c: the relay pause */
 gboolean ctl_relay_read(struct ctl *c, struct relay_state *st, GError **err);
 /* "relay URL: not paused" or "relay URL: paused until ..., after: REPLY" */
+/* "relay URL[ account NAME]: ...": the account is named when there are several. */
+char *ctl_relay_describe_account(const struct postern_config *cfg, const struct postern_relay *r,
+                                 const struct relay_state *st);
 char *ctl_relay_describe(const struct postern_config *cfg, const struct relay_state *st);
 /* {"paused": b, "paused_until": unix s or 0, "pauses": n, "reason": s|null} */
 void ctl_relay_json(JsonBuilder *b, const struct relay_state *st);

@@ -29,7 +29,7 @@ int ctl_metrics(struct ctl *c, int argc, char **argv)
     if (!ctl_parse(c, &argc, &argv, "- Prometheus metrics", none))
         return CTL_USAGE;
     ctl_open_spool(c);
-    if (!spool_stats_read(c->spool, &st, &err))
+    if (!spool_stats_read(c->spool, c->cfg.relays, &st, &err))
         return ctl_fail(err);
     /* The same text as postern-api's GET /metrics (spool/spool_stats.h). */
     spool_stats_prometheus(&st, out);
@@ -152,7 +152,7 @@ int ctl_check(struct ctl *c, int argc, char **argv)
         check_say(&ck, FALSE, "%s", (char *)problems->pdata[i]);
     g_ptr_array_unref(problems);
 
-    if (!spool_open(&c->spool, &c->cfg, &err) || !spool_stats_read(c->spool, &st, &err)) {
+    if (!spool_open(&c->spool, &c->cfg, &err) || !spool_stats_read(c->spool, c->cfg.relays, &st, &err)) {
         check_say(&ck, FALSE, "spool: %s", err->message);
         g_clear_error(&err);
     } else {

@@ -60,7 +60,7 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
         return CTL_USAGE;
     }
     ctl_open_spool(c);
-    if (!spool_stats_read(c->spool, &st, &err))
+    if (!spool_stats_read(c->spool, c->cfg.relays, &st, &err))
         return ctl_fail(err);
     uint64_t *msgs = st.msgs, *dlvs = st.dlvs, active = st.tokens_active, used = st.tokens_used,
              bytes = st.spool_bytes;
@@ -96,6 +96,14 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
         json_builder_end_object(b);
         json_builder_set_member_name(b, "relay");
         ctl_relay_json(b, &st.relay);
+        /* "relay" is [relay]'s (the account "default"); the [relay NAME]s follow. */
+        json_builder_set_member_name(b, "relay_accounts");
+        json_builder_begin_object(b);
+        for (guint i = 0; i < st.naccounts; i++) {
+            json_builder_set_member_name(b, st.accounts[i].name);
+            ctl_relay_json(b, &st.accounts[i].relay);
+        }
+        json_builder_end_object(b);
         json_builder_set_member_name(b, "quota");
         ctl_quota_json(b, &c->cfg, &st.quota);
         json_builder_end_object(b);
@@ -115,6 +123,11 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
     /* Last, so that scripts reading the lines above by position still work. */
     g_autofree char *relay = ctl_relay_describe(&c->cfg, &st.relay);
     printf("%-12s %s\n", "relay:", relay);
+    for (guint i = 0; i < st.naccounts; i++) {
+        g_autofree char *account = ctl_relay_describe_account(
+            &c->cfg, config_relay_find(&c->cfg, st.accounts[i].name), &st.accounts[i].relay);
+        printf("%-12s %s\n", "relay:", account);
+    }
     g_autofree char *quota = ctl_quota_describe(&c->cfg, &st.quota);
     printf("%-12s %s\n", "quota:", quota);
     return CTL_OK;

@@ -361,6 +361,65 @@ static void test_lists(void **state)
 }
 
 /* Approval on a list: its keys, their defaults, and what validation wants. */
+/*
+ * [relay] is the account "default"; a [relay NAME] takes tls and ca_file
+ * from it, never its user.  Each account is checked as [relay] is, and
+ * the accounts together: names, and one url + user per account.
+ */
+static void test_relay_accounts(void **state)
+{
+    g_autofree char *pw = existing_file();
+    g_autofree char *text = g_strdup_printf(
+        "[relay]\nurl = smtp://relay.test:587\ntls = opportunistic\nuser = a\n"
+        "password_file = %s\n[relay b]\nurl = smtp://relay.test:587\nuser = b\n"
+        "password_file = %s\n", pw, pw);
+    g_autofree char *path = write_config(text);
+    g_autofree char *same = g_strdup_printf(
+        "[relay]\nurl = smtp://r.test\nuser = a\npassword_file = %s\n"
+        "[relay b]\nurl = smtp://r.test\nuser = a\npassword_file = %s\n", pw, pw);
+    g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func(g_free);
+    const struct postern_relay *r;
+    struct postern_config cfg;
+
+    (void)state;
+    assert_true(config_load(&cfg, NULL, NULL));
+    assert_int_equal(cfg.relays->len, 1);
+    r = cfg.relays->pdata[0];
+    assert_string_equal(r->name, "default");
+    assert_string_equal(r->url, cfg.relay.url);
+    config_free(&cfg);
+
+    assert_true(config_load(&cfg, path, NULL));
+    assert_true(config_validate(&cfg, problems));
+    assert_int_equal(cfg.relays->len, 2);
+    r = config_relay_find(&cfg, "b");
+    assert_non_null(r);
+    assert_string_equal(r->user, "b");
+    assert_string_equal(r->tls, "opportunistic");           /* from [relay] */
+    assert_string_equal(config_relay_find(&cfg, "default")->user, "a");
+    assert_null(config_relay_find(&cfg, "c"));
+    config_free(&cfg);
+
+    expect_error(same, "[relay b] user: url smtp://r.test and user \"a\" are also relay "
+                       "account \"default\"'s");
+    expect_error("[relay b]\nurl = smtp://r.test\nuser = b\n",
+                 "[relay b] user: is set but password_file is not");
+    expect_error("[relay b]\nurl = smtp://r.test\nuser = b\npassword_file = /nonexistent\n",
+                 "[relay b] password_file: /nonexistent: No such file");
+    expect_error("[relay b]\nuser = b\n", "[relay b] url: a relay account needs a url");
+    expect_error("[relay b]\nurl = ftp://r.test\n", "[relay b] url:");
+    expect_error("[relay b]\nurl = smtp://r.test\ntls = sometimes\n",
+                 "[relay b] tls: \"sometimes\" is not require");
+    expect_error("[relay default]\nurl = smtp://r.test\n",
+                 "\"default\" cannot name a relay account");
+    expect_error("[relay b]\nurl = smtp://r.test\n[relay  b]\nurl = smtp://s.test\n",
+                 "a second relay account called \"b\"");
+    /* The limits stay [relay]'s: not an account's key. */
+    expect_error("[relay b]\nurl = smtp://r.test\ndaily_limit = 10\n",
+                 "[relay b] daily_limit: unknown key");
+    g_unlink(pw);
+}
+
 static void test_approval(void **state)
 {
     g_autofree char *path = write_config(
@@ -427,6 +486,7 @@ int main(void)
         cmocka_unit_test(test_cannot_work),
         cmocka_unit_test(test_spool_modes),
         cmocka_unit_test(test_lists),
+        cmocka_unit_test(test_relay_accounts),
         cmocka_unit_test(test_approval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

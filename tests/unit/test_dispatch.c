@@ -23,6 +23,7 @@
 #include "dispatch/dispatch.h"
 #include "spool/delivery.h"
 #include "spool/relay_quota.h"
+#include "spool/relay_state.h"
 #include "spool/spool.h"
 #include "spool/spool_steer.h"
 #include "tests/unit/temp_spool.h"
@@ -75,6 +76,7 @@ static int setup(void **state)
     f->d.policy.max = (gint64)f->ts->cfg.retry.max * G_USEC_PER_SEC;
     f->d.policy.lifetime = (gint64)f->ts->cfg.retry.lifetime * G_USEC_PER_SEC;
     f->d.mail_from = g_strdup("postern@example.org");
+    dispatch_accounts_setup(&f->d);
     f->zctx = zmq_ctx_new();
     f->sock = zmq_socket(f->zctx, ZMQ_ROUTER);
     assert_int_equal(zmq_bind(f->sock, "inproc://test-dispatch"), 0);
@@ -91,6 +93,7 @@ static int teardown(void **state)
     g_hash_table_unref(f->d.jobs);
     g_hash_table_unref(f->d.workers);
     g_free(f->d.mail_from);
+    g_free(f->d.accounts);
     zmq_setsockopt(f->sock, ZMQ_LINGER, &linger, sizeof(linger));
     zmq_close(f->sock);
     zmq_ctx_term(f->zctx);
@@ -223,7 +226,8 @@ struct reply {
     uint32_t error;
 };
 
-static GBytes *sdone(const struct leased *l, uint64_t lease, const struct reply *r, unsigned n)
+static GBytes *sdone_as(const struct leased *l, uint64_t lease, const struct reply *r,
+                        unsigned n, const char *account)
 {
     struct wire_send_result res;
     GBytes *b;
@@ -231,6 +235,7 @@ static GBytes *sdone(const struct leased *l, uint64_t lease, const struct reply 
     wire_send_result_init(&res);
     res.lease = lease;
     res.msg = l->msg;
+    res.account = g_strdup(account);
     for (unsigned i = 0; i < n; i++) {
         struct wire_rcpt_result rr = { 0 };
 
@@ -245,6 +250,11 @@ static GBytes *sdone(const struct leased *l, uint64_t lease, const struct reply 
     b = wire_send_result_encode(&res);
     wire_send_result_clear(&res);
     return b;
+}
+
+static GBytes *sdone(const struct leased *l, uint64_t lease, const struct reply *r, unsigned n)
+{
+    return sdone_as(l, lease, r, n, NULL);
 }
 
 static void record(struct fixture *f, GBytes *payload)
@@ -295,7 +305,7 @@ static void test_results_classified(void **state)
     assert_int_equal(index_entries(f, 1), 0);
     assert_int_equal(index_entries(f, 0), 1);
     assert_int_equal(msg_state(f, l.msg), MSG_DEFERRED);
-    assert_int_equal(f->d.paused_until, 0);
+    assert_int_equal(f->d.accounts[0].paused_until, 0);
 }
 
 /* Every delivery ended with a bounce: done, and a bounce report queued for the owner. */
@@ -376,9 +386,9 @@ static void test_results_pause_and_fencing(void **state)
     record(f, sdone(&l, l.lease, quota, 1));
     dv = get_dlv(f, l.msg, 0);
     assert_int_equal(dv.state, DLV_DEFERRED);
-    assert_true(f->d.paused_until > unix_ms());
-    assert_int_equal(f->d.pauses, 1);
-    assert_true(dv.next_try * 1000 >= f->d.paused_until);
+    assert_true(f->d.accounts[0].paused_until > unix_ms());
+    assert_int_equal(f->d.accounts[0].pauses, 1);
+    assert_true(dv.next_try * 1000 >= f->d.accounts[0].paused_until);
     spool_dlv_clear(&dv);
 
     /* Another lease id: ignored, the second delivery stays leased. */
@@ -893,6 +903,114 @@ static void test_lease_daily_limit(void **state)
     assert_int_equal(read_quota(f).waiting_until, q.waiting_until);
 }
 
+/* A second relay account in the fixture's config, as [relay NAME] loads it. */
+static const struct postern_relay *add_account(struct fixture *f, const char *name)
+{
+    struct postern_relay *r = g_new0(struct postern_relay, 1);
+
+    r->name = g_strdup(name);
+    r->url = g_strdup("smtp://relay.test");
+    r->tls = g_strdup("require");
+    r->ca_file = g_strdup("");
+    r->user = g_strdup(name);
+    r->password_file = g_strdup("");
+    g_ptr_array_add(f->ts->cfg.relays, r);
+    return r;
+}
+
+/*
+ * Two accounts: the jobs of a round go to them in turn, [relay] first,
+ * and the next round goes on from where this one stopped.
+ */
+static void test_lease_accounts_in_turn(void **state)
+{
+    struct fixture *f = *state;
+    const struct postern_relay *dflt = f->ts->cfg.relays->pdata[0];
+    const struct postern_relay *b = add_account(f, "b");
+    struct leased m[5];
+    unsigned to_b = 0;
+
+    dispatch_accounts_setup(&f->d);
+    f->ts->cfg.relay.max_connections = 10;
+    add_sender(f, "a", 10);
+    for (int i = 0; i < 5; i++) {
+        m[i] = (struct leased){ .n = 1, .state = MSG_READY, .due_at = unix_ms() / 1000 - 1 };
+        assert_true(spool_write(f->d.spool, put_leased, &m[i], NULL));
+    }
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+
+    dispatch_lease_deliveries(&f->d);
+    assert_int_equal(g_hash_table_size(f->d.jobs), 5);
+    for (int i = 0; i < 5; i++) {
+        const struct dispatch_job *job = job_of(f, m[i].msg);
+
+        assert_true(job->account == dflt || job->account == b);
+        to_b += job->account == b;
+    }
+    assert_int_equal(to_b, 2);
+    /* The sixth job is b's: the turn goes on across rounds. */
+    assert_ptr_equal(dispatch_account_next(&f->d)->relay, b);
+    assert_ptr_equal(dispatch_account_next(&f->d)->relay, dflt);
+}
+
+/* An account's pause as the spool holds it. */
+static struct relay_state read_pause(struct fixture *f, const char *account)
+{
+    struct spool_txn t;
+    struct relay_state st;
+
+    assert_true(spool_read_begin(f->d.spool, &t, NULL));
+    assert_true(relay_state_get(&t, account, &st, NULL));
+    spool_read_end(&t);
+    return st;
+}
+
+/*
+ * A quota reply to account b's job pauses b alone, in the dispatcher and
+ * in the spool (relay.pause.b); the default account goes on taking every
+ * job until b's pause ends.  With both paused nothing is leased.
+ */
+static void test_results_pause_one_account(void **state)
+{
+    struct fixture *f = *state;
+    const struct postern_relay *b = add_account(f, "b");
+    struct leased l = store_leased(f, 1, unix_ms() + 60000);
+    const struct reply quota[] = { { 421, "4.7.0", "Try again later, closing connection.", 0 } };
+    struct leased m[2];
+    struct relay_state st;
+
+    dispatch_accounts_setup(&f->d);
+    record(f, sdone_as(&l, l.lease, quota, 1, "b"));
+    assert_true(f->d.accounts[1].paused_until > unix_ms());
+    assert_int_equal(f->d.accounts[0].paused_until, 0);
+    st = read_pause(f, "b");
+    assert_true(relay_state_paused(&st, unix_ms()));
+    assert_string_equal(st.reason, "421 4.7.0 Try again later, closing connection.");
+    st = read_pause(f, NULL);
+    assert_false(relay_state_paused(&st, unix_ms()));
+    assert_false(dispatch_accounts_paused(&f->d, unix_ms()));
+
+    f->ts->cfg.relay.max_connections = 10;
+    add_sender(f, "a", 10);
+    for (int i = 0; i < 2; i++) {
+        m[i] = (struct leased){ .n = 1, .state = MSG_READY, .due_at = unix_ms() / 1000 - 1 };
+        assert_true(spool_write(f->d.spool, put_leased, &m[i], NULL));
+    }
+    g_hash_table_remove_all(f->d.jobs);
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+    dispatch_lease_deliveries(&f->d);
+    for (int i = 0; i < 2; i++)
+        assert_ptr_equal(job_of(f, m[i].msg)->account, f->ts->cfg.relays->pdata[0]);
+    assert_ptr_not_equal(dispatch_account_next(&f->d)->relay, b);
+
+    /* Both paused: no round, and no account for a job. */
+    f->d.accounts[0].paused_until = unix_ms() + 60000;
+    assert_true(dispatch_accounts_paused(&f->d, unix_ms()));
+    assert_null(dispatch_account_next(&f->d));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -909,6 +1027,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lease_due, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_fair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_daily_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_accounts_in_turn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_results_pause_one_account, setup, teardown),
     };
     log_init("test_dispatch", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);

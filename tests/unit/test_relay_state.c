@@ -17,7 +17,7 @@
 
 static gboolean put_state(struct spool_txn *t, void *ctx, GError **err)
 {
-    return relay_state_put(t, ctx, err);
+    return relay_state_put(t, NULL, ctx, err);
 }
 
 static gboolean put_raw(struct spool_txn *t, void *ctx, GError **err)
@@ -33,7 +33,7 @@ static void get_state(struct temp_spool *f, struct relay_state *st)
     GError *err = NULL;
 
     assert_true(spool_read_begin(f->sp, &t, &err));
-    if (!relay_state_get(&t, st, &err))
+    if (!relay_state_get(&t, NULL, st, &err))
         fail_msg("relay_state_get: %s", err->message);
     spool_read_end(&t);
 }

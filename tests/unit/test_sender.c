@@ -100,15 +100,16 @@ static struct wire_send_result *deliver(const char *url, const struct wire_send_
 {
     struct postern_config cfg = { 0 };
     struct sender s = { .cfg = &cfg };
+    struct sender_account a = { 0 };
     struct wire_send_result *res = g_new0(struct wire_send_result, 1);
     struct smtp_client *client = NULL;
 
     cfg.relay.max_rcpt_per_txn = 100;
-    assert_true(relay_url_parse(url, &s.url, NULL));
+    assert_true(relay_url_parse(url, &a.url, NULL));
     wire_send_result_init(res);
-    sender_deliver(&s, &client, job, res, NULL);
+    sender_deliver(&s, &a, &client, job, res, NULL);
     assert_null(client);
-    relay_url_clear(&s.url);
+    relay_url_clear(&a.url);
     return res;
 }
 

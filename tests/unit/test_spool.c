@@ -752,7 +752,7 @@ static void test_result_counters(void **state)
     g_autoptr(GString) text = g_string_new(NULL);
 
     assert_true(spool_write(f->sp, put_results, NULL, NULL));
-    assert_true(spool_stats_read(f->sp, &st, NULL));
+    assert_true(spool_stats_read(f->sp, NULL, &st, NULL));
     assert_int_equal(st.received, 1);
     assert_int_equal(st.rejected[2], 1);                    /* TOKEN_USED */
     assert_int_equal(st.rejected[SPOOL_REJECT_REASONS], 0); /* other */
@@ -785,7 +785,7 @@ static void test_result_counters(void **state)
     assert_non_null(strstr(text->str, "postern_delivery_latency_seconds_count 1\n"));
     /* A second transaction adds to what the first stored. */
     assert_true(spool_write(f->sp, put_results, NULL, NULL));
-    assert_true(spool_stats_read(f->sp, &st, NULL));
+    assert_true(spool_stats_read(f->sp, NULL, &st, NULL));
     assert_int_equal(st.latency[SPOOL_HIST_TRANSFORM].count, 2);
     assert_int_equal(st.latency[SPOOL_HIST_DELIVERY].count, 2);
     /* Arrival is the queue id's time: two results within 20 s of it, however loaded; a
