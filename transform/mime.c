@@ -259,6 +259,32 @@ static GMimeMessage *mime_parse_once(GMimeStream *stream, struct mime_scan *scan
 #define MIME_REPAIR_BYTES (64u << 20)
 
 /*
+ * Is there a NUL in a line of raw that starts with "--"?  With blank (raw
+ * itself, writable), each such NUL becomes a space (mime_parse_stream()
+ * says why).
+ */
+static gboolean mime_nul_in_dash_line(const guint8 *raw, size_t len, guint8 *blank)
+{
+    gboolean found = FALSE;
+
+    for (size_t at = 0; at < len;) {
+        const guint8 *eol = memchr(raw + at, '\n', len - at);
+        size_t end = eol ? (size_t) (eol - raw) : len;
+
+        if (end - at >= 2 && raw[at] == '-' && raw[at + 1] == '-')
+            for (size_t i = at; i < end; i++)
+                if (raw[i] == 0) {
+                    found = TRUE;
+                    if (!blank)
+                        return TRUE;
+                    blank[i] = ' ';
+                }
+        at = end + 1;
+    }
+    return found;
+}
+
+/*
  * Parses stream, which holds the len bytes at raw, and takes it. Where
  * GMime dropped a line of a part's header block that is no header field,
  * an empty line is put before it and the bytes parsed again, so that the
@@ -279,11 +305,21 @@ static GMimeMessage *mime_parse_stream(GMimeStream *stream, const guint8 *raw, s
      * a bare CR has the part re-encoded. Mail that came by SMTP ends with
      * CRLF; other input gets one.
      */
-    if (len > 0 && raw[len - 1] != '\n') {
+    /*
+     * A line that starts "--" and holds a NUL: GMime 3.2 compares a
+     * candidate delimiter as a C string, so such a line (no delimiter of
+     * ours, a NUL is in no boundary) can make it misplace a part's end
+     * (fuzz_mime: an outer multipart left unclosed in the copy). Those NULs
+     * become spaces; a NUL anywhere else is content and is kept (the
+     * rewrite sends such a part quoted-printable).
+     */
+    if (len > 0 && (raw[len - 1] != '\n' || mime_nul_in_dash_line(raw, len, NULL))) {
         GByteArray *ended = g_byte_array_sized_new(len + 2);
 
         g_byte_array_append(ended, raw, len);
-        g_byte_array_append(ended, (const guint8 *) "\r\n", 2);
+        if (raw[len - 1] != '\n')
+            g_byte_array_append(ended, (const guint8 *) "\r\n", 2);
+        mime_nul_in_dash_line(ended->data, ended->len, ended->data);
         g_object_unref(stream);
         raw = ended->data;
         len = ended->len;
