@@ -11,8 +11,6 @@
  * nothing.  PUT writes an address.suppressed event, as spoolctl does.
  */
 #include "api/api.h"
-#include "common/clock.h"
-#include "spool/spool_events.h"
 #include "spool/spool_suppress.h"
 #include "spool/spool_suppress_json.h"
 #include "spool/spool_token.h"
@@ -68,62 +66,34 @@ void api_suppress_list(struct api *a, struct api_request *rq, struct api_respons
 
 /* PUT and DELETE /v1/suppressions/{list}/{address} */
 
-struct sup_change {
-    const char *list, *addr;
-    char *reason;
-    gboolean add;
-    double threshold;
-    gboolean changed;
-};
-
-static gboolean sup_change_write(struct spool_txn *t, void *ctx, GError **err)
-{
-    struct sup_change *ch = ctx;
-
-    if (ch->add)
-        return spool_suppress_add(t, ch->list, ch->addr, ch->reason, EVENT_ADDRESS_SUPPRESSED,
-                                  unix_ms() / 1000, ch->threshold, &ch->changed, err);
-    return spool_suppress_remove(t, ch->list, ch->addr, &ch->changed, err);
-}
-
 static void sup_change(struct api *a, struct api_request *rq, struct api_response *rs,
                        gboolean add)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    struct sup_change ch = {
-        .list = rq->parts[2], .addr = rq->parts[3], .add = add,
-        .threshold = (double)a->cfg->bounce.score_threshold,
-        .reason = g_strdup_printf("added by api key %s", rq->key_name),
-    };
+    g_autofree char *reason = g_strdup_printf("added by api key %s", rq->key_name);
+    const char *list = rq->parts[2], *addr = rq->parts[3];
+    gboolean changed = FALSE;
     GError *err = NULL;
 
-    if (!sup_list_known(a, ch.list, rs))
-        goto out;
+    if (!sup_list_known(a, list, rs))
+        return;
     /* The test of every address the spool stores (spool_token.h). */
-    if (!spool_token_addr_valid(ch.addr)) {
-        api_reply_error(rs, 400, "invalid", "<%s> is not an address", ch.addr);
-        goto out;
+    if (!spool_token_addr_valid(addr)) {
+        api_reply_error(rs, 400, "invalid", "<%s> is not an address", addr);
+        return;
     }
-    if (!spool_write(a->spool, sup_change_write, &ch, &err)) {
+    if (!spool_suppress_change(a->spool, list, addr, add, reason,
+                               (double)a->cfg->bounce.score_threshold, &changed, &err)) {
         api_reply_spool_error(rs, err);
         g_error_free(err);
-        goto out;
+        return;
     }
-    if (!add && !ch.changed) {
-        api_reply_error(rs, 404, "not_found", "<%s> is not on list %s", ch.addr, ch.list);
-        goto out;
+    if (!add && !changed) {
+        api_reply_error(rs, 404, "not_found", "<%s> is not on list %s", addr, list);
+        return;
     }
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "list");
-    json_builder_add_string_value(b, ch.list);
-    json_builder_set_member_name(b, "address");
-    json_builder_add_string_value(b, ch.addr);
-    json_builder_set_member_name(b, add ? "added" : "removed");
-    json_builder_add_boolean_value(b, ch.changed);
-    json_builder_end_object(b);
+    spool_suppress_change_to_json(b, list, addr, add, changed);
     api_reply_json(rs, 200, b);
-out:
-    g_free(ch.reason);
 }
 
 void api_suppress_put(struct api *a, struct api_request *rq, struct api_response *rs)

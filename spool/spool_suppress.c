@@ -8,6 +8,7 @@
 #include "spool/spool_events.h"
 #include "spool/spool_lmdb.h"
 #include "spool/spool_token.h"
+#include "common/clock.h"
 #include "common/config.h"
 
 #define SUPPRESS_KEY_MAX 511        /* LMDB's default key limit */
@@ -278,4 +279,30 @@ gboolean spool_suppress_foreach(struct spool_txn *t, spool_suppress_fn fn, void 
     if (rc && rc != MDB_NOTFOUND)
         return spool_mdb_fail(rc, "suppression list", err);
     return TRUE;
+}
+
+struct suppress_change {
+    const char *list, *addr, *reason;
+    gboolean add;
+    double threshold;
+    gboolean *changed;
+};
+
+static gboolean suppress_change_write(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct suppress_change *ch = ctx;
+
+    if (ch->add)
+        return spool_suppress_add(t, ch->list, ch->addr, ch->reason, EVENT_ADDRESS_SUPPRESSED,
+                                  unix_ms() / 1000, ch->threshold, ch->changed, err);
+    return spool_suppress_remove(t, ch->list, ch->addr, ch->changed, err);
+}
+
+gboolean spool_suppress_change(struct spool *sp, const char *list, const char *addr, gboolean add,
+                               const char *reason, double threshold, gboolean *changed,
+                               GError **err)
+{
+    struct suppress_change ch = { list, addr, reason, add, threshold, changed };
+
+    return spool_write(sp, suppress_change_write, &ch, err);
 }

@@ -72,6 +72,16 @@ gboolean spool_suppress_add(struct spool_txn *t, const char *list, const char *a
                             const char *reason, const char *event, int64_t now,
                             double threshold, gboolean *added, GError **err);
 
+/*
+ * An operator's move (spoolctl, the platform's API), as one write
+ * transaction: add suppresses addr on list now (spool_suppress_add(),
+ * event address.suppressed, reason as given), else its record is
+ * removed.  *changed FALSE: it already was suppressed, or had no record.
+ */
+gboolean spool_suppress_change(struct spool *sp, const char *list, const char *addr, gboolean add,
+                               const char *reason, double threshold, gboolean *changed,
+                               GError **err);
+
 /* Every record, in key order (scores as well as suppressions; the default list first). */
 typedef gboolean (*spool_suppress_fn)(const struct spool_suppress *s, void *ctx);
 gboolean spool_suppress_foreach(struct spool_txn *t, spool_suppress_fn fn, void *ctx,

@@ -30,3 +30,16 @@ void spool_suppress_to_json(JsonBuilder *b, const struct spool_suppress *s)
         json_builder_add_null_value(b);
     json_builder_end_object(b);
 }
+
+void spool_suppress_change_to_json(JsonBuilder *b, const char *list, const char *addr, gboolean add,
+                                   gboolean changed)
+{
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "list");
+    json_builder_add_string_value(b, list);
+    json_builder_set_member_name(b, "address");
+    json_builder_add_string_value(b, addr);
+    json_builder_set_member_name(b, add ? "added" : "removed");
+    json_builder_add_boolean_value(b, changed);
+    json_builder_end_object(b);
+}

@@ -16,5 +16,8 @@
 #include "spool/spool_suppress.h"
 
 void spool_suppress_to_json(JsonBuilder *b, const struct spool_suppress *s);
+/* The answer to spool_suppress_change(): {"list", "address", "added" | "removed": bool}. */
+void spool_suppress_change_to_json(JsonBuilder *b, const char *list, const char *addr, gboolean add,
+                                   gboolean changed);
 
 #endif

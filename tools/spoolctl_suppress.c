@@ -11,8 +11,6 @@
  * record away, score and all, so copies go to the address again.
  */
 #include "tools/spoolctl.h"
-#include "common/clock.h"
-#include "spool/spool_events.h"
 #include "spool/spool_suppress.h"
 #include "spool/spool_suppress_json.h"
 #include "spool/spool_token.h"
@@ -79,31 +77,10 @@ static int ctl_suppress_list(struct ctl *c, const char *list)
     return CTL_OK;
 }
 
-struct ctl_suppress_change {
-    const char *list;
-    const char *addr;
-    gboolean add;
-    double threshold;
-    gboolean changed;
-};
-
-static gboolean ctl_suppress_write(struct spool_txn *t, void *ctx, GError **err)
-{
-    struct ctl_suppress_change *ch = ctx;
-
-    if (ch->add)
-        return spool_suppress_add(t, ch->list, ch->addr, "added by operator",
-                                  EVENT_ADDRESS_SUPPRESSED, unix_ms() / 1000, ch->threshold,
-                                  &ch->changed, err);
-    return spool_suppress_remove(t, ch->list, ch->addr, &ch->changed, err);
-}
-
 static int ctl_suppress_change(struct ctl *c, const char *list, const char *addr, gboolean add)
 {
-    struct ctl_suppress_change ch = {
-        .list = list ? list : CONFIG_LIST_DEFAULT, .addr = addr, .add = add,
-        .threshold = (double)c->cfg.bounce.score_threshold,
-    };
+    const char *name = list ? list : CONFIG_LIST_DEFAULT;
+    gboolean changed = FALSE;
     GError *err = NULL;
 
     if (!spool_token_addr_valid(addr)) {
@@ -112,28 +89,22 @@ static int ctl_suppress_change(struct ctl *c, const char *list, const char *addr
         return CTL_USAGE;
     }
     ctl_open_spool(c);
-    if (!spool_write(c->spool, ctl_suppress_write, &ch, &err))
+    if (!spool_suppress_change(c->spool, name, addr, add, "added by operator",
+                               (double)c->cfg.bounce.score_threshold, &changed, &err))
         return ctl_fail(err);
     if (c->json) {
         g_autoptr(JsonBuilder) b = json_builder_new();
 
-        json_builder_begin_object(b);
-        json_builder_set_member_name(b, "list");
-        json_builder_add_string_value(b, ch.list);
-        json_builder_set_member_name(b, "address");
-        json_builder_add_string_value(b, addr);
-        json_builder_set_member_name(b, add ? "added" : "removed");
-        json_builder_add_boolean_value(b, ch.changed);
-        json_builder_end_object(b);
+        spool_suppress_change_to_json(b, name, addr, add, changed);
         ctl_json_print(b);
     } else if (add)
-        printf("<%s> list %s: %s\n", ctl_safe(addr), ctl_safe(ch.list),
-               ch.changed ? "suppressed" : "already suppressed");
+        printf("<%s> list %s: %s\n", ctl_safe(addr), ctl_safe(name),
+               changed ? "suppressed" : "already suppressed");
     else
-        printf("<%s> list %s: %s\n", ctl_safe(addr), ctl_safe(ch.list),
-               ch.changed ? "removed" : "not on the list");
+        printf("<%s> list %s: %s\n", ctl_safe(addr), ctl_safe(name),
+               changed ? "removed" : "not on the list");
     /* Removing what is not there is "not found", as for a queue id. */
-    return add || ch.changed ? CTL_OK : CTL_NOT_FOUND;
+    return add || changed ? CTL_OK : CTL_NOT_FOUND;
 }
 
 int ctl_suppress(struct ctl *c, int argc, char **argv)
