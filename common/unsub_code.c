@@ -86,15 +86,17 @@ static void code_mac(const void *key, size_t keylen, const guint8 *payload, size
 }
 
 /*
- * version | list name (empty for the default list) | NUL | lower-cased
- * address: what the MAC of either form covers.  The default list is named
- * by nothing: 11 characters less in every full code.
+ * The full code's bytes: version 1 | list name (empty for the default
+ * list: 11 characters less in every code) | NUL | lower-cased address |
+ * the MAC of all that.
  */
-static GByteArray *code_payload(guint8 version, const char *list, const char *addr)
+static GByteArray *full_code_bytes(const void *key, size_t keylen, const char *list,
+                                   const char *addr)
 {
     g_autofree char *lower = g_ascii_strdown(addr, -1);
     GByteArray *b = g_byte_array_new();
-    guint8 nul = 0;
+    guint8 version = UNSUB_VERSION, nul = 0;
+    unsigned char mac[MAC_BYTES];
 
     if (g_str_equal(list, CONFIG_LIST_DEFAULT))
         list = "";
@@ -102,16 +104,15 @@ static GByteArray *code_payload(guint8 version, const char *list, const char *ad
     g_byte_array_append(b, (const guint8 *)list, (guint)strlen(list));
     g_byte_array_append(b, &nul, 1);
     g_byte_array_append(b, (const guint8 *)lower, (guint)strlen(lower));
+    code_mac(key, keylen, b->data, b->len, mac);
+    g_byte_array_append(b, mac, MAC_BYTES);
     return b;
 }
 
 char *unsub_code_make(const void *key, size_t keylen, const char *list, const char *addr)
 {
-    g_autoptr(GByteArray) b = code_payload(UNSUB_VERSION, list, addr);
-    unsigned char mac[MAC_BYTES];
+    g_autoptr(GByteArray) b = full_code_bytes(key, keylen, list, addr);
 
-    code_mac(key, keylen, b->data, b->len, mac);
-    g_byte_array_append(b, mac, MAC_BYTES);
     return b32_encode(b->data, b->len);
 }
 
@@ -169,25 +170,25 @@ void unsub_list_id(const char *list, guint8 id[UNSUB_LIST_ID_BYTES])
 }
 
 /*
- * The MAC is that of the full code of (list, addr) with the short
- * version byte: one helper for both forms, and no full code's MAC is ever
- * a short code's, as the version differs.
+ * The short code's MAC is the full code's of the same list and address:
+ * one HMAC a copy for both forms.  Both are in the same header, so one
+ * gives no power the other lacks; the version byte keeps either from
+ * being read as the other.
  */
-static void short_code_mac(const void *key, size_t keylen, const char *list, const char *addr,
-                           unsigned char mac[MAC_BYTES])
-{
-    g_autoptr(GByteArray) b = code_payload(UNSUB_VERSION_SHORT, list, addr);
-
-    code_mac(key, keylen, b->data, b->len, mac);
-}
-
-char *unsub_mailto_code_make(const void *key, size_t keylen, const char *list, const char *addr)
+static char *short_code_encode(const char *list, const guint8 mac[MAC_BYTES])
 {
     guint8 b[SHORT_BYTES] = { UNSUB_VERSION_SHORT };
 
     unsub_list_id(list, b + 1);
-    short_code_mac(key, keylen, list, addr, b + 1 + UNSUB_LIST_ID_BYTES);
+    memcpy(b + 1 + UNSUB_LIST_ID_BYTES, mac, MAC_BYTES);
     return b32_encode(b, sizeof b);
+}
+
+char *unsub_mailto_code_make(const void *key, size_t keylen, const char *list, const char *addr)
+{
+    g_autoptr(GByteArray) full = full_code_bytes(key, keylen, list, addr);
+
+    return short_code_encode(list, full->data + full->len - MAC_BYTES);
 }
 
 /* The list of lists whose id is id, or NULL. */
@@ -251,7 +252,6 @@ char *unsub_mailto_address(const void *key, size_t keylen, const char *code, siz
 {
     g_autoptr(GByteArray) b = b32_decode(code, len);
     char *full_list = NULL, *addr = NULL;
-    unsigned char want[MAC_BYTES];
     guint8 id[UNSUB_LIST_ID_BYTES];
 
     if (!b || b->len == 0)
@@ -270,10 +270,14 @@ char *unsub_mailto_address(const void *key, size_t keylen, const char *code, siz
     if (memcmp(id, b->data + 1, UNSUB_LIST_ID_BYTES) != 0)
         return NULL;
     for (; *candidates; candidates++) {
+        g_autoptr(GByteArray) full = NULL;
+
         if (!**candidates)
             continue;
-        short_code_mac(key, keylen, list, *candidates, want);
-        if (CRYPTO_memcmp(want, b->data + 1 + UNSUB_LIST_ID_BYTES, MAC_BYTES) == 0)
+        /* Constant time: how much of a forged MAC matched must not show. */
+        full = full_code_bytes(key, keylen, list, *candidates);
+        if (CRYPTO_memcmp(full->data + full->len - MAC_BYTES, b->data + 1 + UNSUB_LIST_ID_BYTES,
+                          MAC_BYTES) == 0)
             return g_ascii_strdown(*candidates, -1);
     }
     return NULL;
@@ -283,24 +287,26 @@ char *unsub_header_make(const void *key, size_t keylen, const char *list, const 
                         const char *base, const char *mailto)
 {
     g_autofree char *code = NULL, *short_code = NULL;
+    g_autoptr(GByteArray) full = NULL;
     const char *at = mailto ? strrchr(mailto, '@') : NULL;
     GString *h = g_string_new(NULL);
     gboolean url = base && *base;
 
     if (!url && !at)
         return g_string_free(h, FALSE);
+    full = full_code_bytes(key, keylen, list, addr);
     g_string_append(h, "List-Unsubscribe: ");
     if (url) {
         size_t n = strlen(base);
 
         while (n > 0 && base[n - 1] == '/')
             n--;
-        code = unsub_code_make(key, keylen, list, addr);
+        code = b32_encode(full->data, full->len);
         g_string_append_printf(h, "<%.*s/u/%s>", (int)n, base, code);
     }
     /* Folded between the two: each is a long line of its own already. */
     if (at) {
-        short_code = unsub_mailto_code_make(key, keylen, list, addr);
+        short_code = short_code_encode(list, full->data + full->len - MAC_BYTES);
         g_string_append_printf(h, "%s<mailto:%.*s+%s@%s>", url ? ",\r\n " : "",
                                (int)(at - mailto), mailto, short_code, at + 1);
     }

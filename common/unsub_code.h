@@ -17,8 +17,10 @@
  * and in a local part, and read back in any case, as an MTA may fold the
  * case of a local part.  The MAC is HMAC-SHA256 under [bounce]
  * secret_file over a purpose label and the bytes before it, truncated to
- * 80 bits (a short code's MAC is that of the full code of the same list
- * and address with version 2, so neither is ever valid as the other).  The label ("postern-unsubscribe-1", not bounce_code.c's
+ * 80 bits.  A short code's MAC is the full code's of the same list and
+ * address (one HMAC a copy; the two sit in the same header, so one gives
+ * no power the other lacks), and the version byte keeps either from being
+ * read as the other.  The label ("postern-unsubscribe-1", not bounce_code.c's
  * "postern-verp-1") makes the MAC a key of its own: no VERP code, nor any
  * other code made with the same secret, is ever a valid unsubscribe code.
  *
