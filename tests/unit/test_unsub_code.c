@@ -45,15 +45,14 @@ static void test_round_trip(void **state)
     g_free(addr);
 }
 
-/* The default list is named by nothing in the code, and read back by its name. */
+/* The default list is named by nothing in the full code, and read back by its name. */
 static void test_default_list_is_short(void **state)
 {
     g_autofree char *dflt = unsub_code_make(key, KEYLEN, "default", "ada@example.org");
     g_autofree char *other = unsub_code_make(key, KEYLEN, "defaulx", "ada@example.org");
     g_autofree char *list = NULL, *addr = NULL;
 
-    /* Version, NUL, 15 bytes of address, 10 of MAC: 27 bytes, 44 base32 digits;
-     * with "unsubscribe+" 56, inside RFC 5321's 64. */
+    /* Version, NUL, 15 bytes of address, 10 of MAC: 27 bytes, 44 base32 digits. */
     assert_int_equal(strlen(dflt), 44);
     assert_true(strlen(other) > strlen(dflt));
     assert_true(check(dflt, &list, &addr));
