@@ -314,3 +314,22 @@ def test_mailto_malformed_code_refused_at_rcpt(unsub, proto):
         cl.quit()
     assert (f"<unsubscribe+{short_code(2, 'nosuch')}@abakus.no>: bad unsubscribe code: "
             f"unknown list; from=<{BOB}>") in c.ingest.log()
+
+
+def test_mailto_code_of_a_list_since_removed(unsub):
+    """Ingest still knew the list; the transform no longer does: dropped, logged, not written."""
+    c, relay, a = unsub
+    c.wait_state(send_to(c, [ADA], STYRET, "--list", "styret"), "done")
+    [code] = MAILTO_RE.findall(header_of(copy_to(relay, ADA), "List-Unsubscribe"))
+    c.transform.stop()
+    path = c.workdir / "transform-without-styret.ini"
+    postern.write_config(path, {g: k for g, k in c.ingest.sections.items() if g != "list styret"})
+    c.transform.argv[c.transform.argv.index("-c") + 1] = str(path)
+    c.transform.start()
+
+    assert lmtp_unsubscribe(c, ADA, f"unsubscribe+{code}@abakus.no") == {}
+    [m] = unsubscribe_mails(c)
+    assert m["reason"] == "UNSUBSCRIBE_BAD_CODE"
+    assert suppressed(c, "--list", "styret") == []
+    assert (f"unsubscribe mail to <unsubscribe+{code}@abakus.no> from <{ADA}>: bad code: "
+            f"unknown list: dropped") in c.transform.log()
