@@ -116,6 +116,8 @@ def test_one_click_link_signed_posted_and_idempotent(unsub, receiver):
     # The mailto form has the short code: 24 digits, no address inside.
     [short] = MAILTO_RE.findall(lu)
     assert len(short) == 24 and short != code
+    # It is no link code: a POST brings no address to check it against.
+    assert post(a, f"/u/{short}")[0] == 404
     assert header_of(ada, "List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
     assert LINK_RE.findall(header_of(bob, "List-Unsubscribe")) != [code]
     sig = header_of(ada, "DKIM-Signature")
