@@ -9,6 +9,7 @@
 #include "common/log.h"
 
 #include "common/relay_url.h"
+#include "common/unsub_code.h"
 
 #include <errno.h>
 #include <math.h>
@@ -1071,6 +1072,8 @@ static gboolean config_unsubscribe_taken(const struct postern_config *cfg, const
  * the links name one recipient, which a copy shared by all
  * (personalize = false) cannot; every list needs a form to offer.
  */
+#define CONFIG_LOCAL_PART_MAX 64
+
 static void config_check_unsubscribe(const struct postern_config *cfg, GPtrArray *problems)
 {
     const char *addr = cfg->unsubscribe.address;
@@ -1090,9 +1093,27 @@ static void config_check_unsubscribe(const struct postern_config *cfg, GPtrArray
     else if (*addr && config_unsubscribe_taken(cfg, addr))
         config_problem(problems, cfg, "unsubscribe", "address", "%s is also a restricted "
                        "address or [bounce] envelope_from", addr);
+    /* RFC 5321 §4.5.3.1.1: the mailto form's LOCAL+CODE must fit 64 octets. */
+    else if (*addr && (size_t)(at - addr) + 1 + UNSUB_MAILTO_CODE_LEN > CONFIG_LOCAL_PART_MAX)
+        config_problem(problems, cfg, "unsubscribe", "address", "\"%s\": the local part "
+                       "with +CODE is %zu octets, over RFC 5321's %d", addr,
+                       (size_t)(at - addr) + 1 + UNSUB_MAILTO_CODE_LEN, CONFIG_LOCAL_PART_MAX);
     for (guint i = 0; i < cfg->lists->len; i++) {
         const struct postern_list *l = cfg->lists->pdata[i];
         g_autofree char *group = g_strconcat(CONFIG_LIST_GROUP, l->name, NULL);
+        guint8 id[UNSUB_LIST_ID_BYTES], other[UNSUB_LIST_ID_BYTES];
+
+        /* A short code names its list by a 32-bit hash: two lists must not share one. */
+        unsub_list_id(l->name, id);
+        for (guint k = 0; *addr && k < i; k++) {
+            const char *name = ((const struct postern_list *)cfg->lists->pdata[k])->name;
+
+            unsub_list_id(name, other);
+            if (memcmp(id, other, sizeof id) == 0)
+                config_problem(problems, cfg, group, NULL, "the mailto unsubscribe code names "
+                               "lists by a hash of the name, and \"%s\" has the hash of "
+                               "\"%s\": rename one", l->name, name);
+        }
 
         if (!*l->unsubscribe_url && !*addr)
             config_problem(problems, cfg, i ? group : "rewrite", "unsubscribe_url",

@@ -6,7 +6,9 @@
  * hand has been consumed (or when the session must wait for a commit).
  */
 #include "ingest/ingest.h"
+#include "common/bounce_code.h"
 #include "common/log.h"
+#include "common/unsub_code.h"
 
 #include <errno.h>
 #include <glib-unix.h>
@@ -260,9 +262,32 @@ static void ingest_session_mail(struct session *s, const struct lmtp_cmd *cmd)
     ingest_session_reply(s, "250 2.1.0 Ok");
 }
 
+/*
+ * With [unsubscribe] one_click, why addr (the unsubscribe address's
+ * +CODE) cannot carry one of our codes, or NULL.  Its shape and list need
+ * no key; whether its MAC verifies depends on the sender and on the
+ * From: header, so the transform decides that (docs/design.md §9).
+ */
+static const char *ingest_session_unsub_refusal(const struct postern_config *cfg,
+                                                const char *addr)
+{
+    const char *at = strrchr(cfg->unsubscribe.address, '@');
+    g_autofree char *local = NULL;
+    const char *code, *list;
+    size_t len;
+
+    if (!cfg->unsubscribe.one_click || !at)
+        return NULL;
+    local = g_strndup(cfg->unsubscribe.address, (gsize)(at - cfg->unsubscribe.address));
+    if (!bounce_address_split(addr, local, at + 1, &code, &len))
+        return NULL;
+    return unsub_mailto_parse(code, len, cfg->lists, &list);
+}
+
 static void ingest_session_rcpt(struct session *s, const struct lmtp_cmd *cmd)
 {
     g_autofree char *canon = NULL;
+    const char *why;
 
     if (!s->have_mail) {
         ingest_session_reply(s, "503 5.5.1 Error: need MAIL command");
@@ -280,6 +305,15 @@ static void ingest_session_rcpt(struct session *s, const struct lmtp_cmd *cmd)
                  cmd->addr, s->sender);
         ingest_session_reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown",
                              cmd->addr);
+        s->errors++;
+        return;
+    }
+    /* Refused now, not dropped later: the sender of a mistyped code hears why. */
+    if ((why = ingest_session_unsub_refusal(s->ig->cfg, cmd->addr))) {
+        msg_info("reject: RCPT from %s: <%s>: bad unsubscribe code: %s; from=<%s>", s->client,
+                 cmd->addr, why, s->sender);
+        ingest_session_reply(s, "550 5.1.1 <%s>: Recipient address rejected: bad unsubscribe "
+                             "code: %s", cmd->addr, why);
         s->errors++;
         return;
     }

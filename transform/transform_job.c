@@ -87,8 +87,11 @@ struct transform_job {
 
     /* mail to the unsubscribe address's +CODE ([unsubscribe] one_click) */
     gboolean is_unsub;
-    char *unsub_list;               /* what a good code names, else NULL */
-    char *unsub_addr;
+    const char *unsub_code;         /* in the stored recipient */
+    size_t unsub_code_len;
+    const char *unsub_bad;          /* why the code is malformed, or NULL */
+    const char *unsub_list;         /* the configured list a well-formed code names */
+    char *unsub_addr;               /* who it unsubscribes, once verified */
 
     /* plan */
     gboolean claimed;               /* the platform decided (pull mode), not the spool */
@@ -153,7 +156,6 @@ void transform_job_free(struct transform_job *j)
     spool_msg_clear(&j->m);
     spool_msg_clear(&j->ref);
     bounce_info_clear(&j->bounce);
-    g_free(j->unsub_list);
     g_free(j->unsub_addr);
     g_free(j);
 }
@@ -646,36 +648,70 @@ static void transform_job_bounce_detect(struct transform_job *j)
 /*
  * With [unsubscribe] one_click and an address, mail to address+CODE is the
  * mailto form of a copy's List-Unsubscribe: it never makes copies either.
+ * Ingest refused a malformed code at RCPT; one may still come from before
+ * a list left the config.
  */
 static void transform_job_unsub_detect(struct transform_job *j)
 {
-    const char *code;
-    size_t len;
-
-    if (!transform_job_to_coded(j, j->tf->unsub_key, j->tf->cfg->unsubscribe.address, &code, &len))
+    if (!transform_job_to_coded(j, j->tf->unsub_key, j->tf->cfg->unsubscribe.address,
+                                &j->unsub_code, &j->unsub_code_len))
         return;
     j->is_unsub = TRUE;
-    if (unsub_code_check(j->tf->unsub_key, j->tf->unsub_keylen, code, len, &j->unsub_list,
-                         &j->unsub_addr) &&
-        !config_list_find(j->tf->cfg, j->unsub_list)) {
-        /* A list since removed from the config: nothing of it to leave. */
-        g_clear_pointer(&j->unsub_list, g_free);
-        g_clear_pointer(&j->unsub_addr, g_free);
+    j->unsub_bad = unsub_mailto_parse(j->unsub_code, j->unsub_code_len, j->tf->cfg->lists,
+                                      &j->unsub_list);
+}
+
+/*
+ * Whom a short code may unsubscribe: the envelope sender (RFC 8058 and
+ * RFC 2369 clients send from the subscriber's address), then each mailbox
+ * of From:, for mail that a forwarder or a provider re-sent from another
+ * envelope.  NULL-terminated; the strings are j's.
+ */
+static GPtrArray *transform_job_unsub_candidates(struct transform_job *j)
+{
+    InternetAddressList *from = j->mime ? g_mime_message_get_from(j->mime) : NULL;
+    GPtrArray *c = g_ptr_array_new();
+
+    g_ptr_array_add(c, j->m.sender);
+    for (int i = 0; from && i < internet_address_list_length(from); i++) {
+        InternetAddress *ia = internet_address_list_get_address(from, i);
+
+        if (INTERNET_ADDRESS_IS_MAILBOX(ia))
+            g_ptr_array_add(c, (char *)internet_address_mailbox_get_addr(
+                                   INTERNET_ADDRESS_MAILBOX(ia)));
     }
+    g_ptr_array_add(c, NULL);
+    return c;
 }
 
 /* A code that does not verify ends the message unrecorded: anyone can write here. */
 static void transform_job_plan_unsub(struct transform_job *j)
 {
+    g_autoptr(GPtrArray) tried = transform_job_unsub_candidates(j);
+    g_autofree char *tried_text = NULL;
+
+    g_clear_pointer(&j->unsub_addr, g_free);
+    if (!j->unsub_bad)
+        j->unsub_addr = unsub_mailto_address(j->tf->unsub_key, j->tf->unsub_keylen,
+                                             j->unsub_code, j->unsub_code_len, j->unsub_list,
+                                             (const char *const *)tried->pdata);
     if (j->unsub_addr) {
         j->plan = PLAN_UNSUBSCRIBE;
         j->reason = "UNSUBSCRIBED";
         return;
     }
-    msg_warn("%s: unsubscribe mail to <%s> from <%s>: bad code: dropped", j->idtext,
-             (const char *)j->m.recipients->pdata[0], j->m.sender);
     j->plan = PLAN_DONE;
     j->reason = "UNSUBSCRIBE_BAD_CODE";
+    if (j->unsub_bad) {
+        msg_warn("%s: unsubscribe mail to <%s> from <%s>: bad code: %s: dropped", j->idtext,
+                 (const char *)j->m.recipients->pdata[0], j->m.sender, j->unsub_bad);
+        return;
+    }
+    /* The addresses tried, so that an operator can tell a forgery from a forwarder. */
+    tried_text = g_strjoinv(">, <", (char **)tried->pdata);
+    msg_warn("%s: unsubscribe mail to <%s>: code %.*s list=%s verifies for none of <%s>: dropped",
+             j->idtext, (const char *)j->m.recipients->pdata[0], (int)j->unsub_code_len,
+             j->unsub_code, j->unsub_list, tried_text);
 }
 
 /* What the bounce says; a forged code or an auto-reply ends it unrecorded. */

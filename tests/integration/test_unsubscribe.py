@@ -7,12 +7,17 @@ copy (python3-dkim verifies it at the aiosmtpd relay).  postern-api serves
 the link: POST unsubscribes (no key, no cookie, idempotent) and posts the
 `unsubscribed` event to the platform (a real HTTP receiver); GET is a page
 that writes nothing; a forged code is 404 and writes nothing.  The mailto
-form arrives over LMTP (smtplib.LMTP) and is handled by the transform.
+form arrives over LMTP (smtplib.LMTP) and is handled by the transform:
+its short code (24 digits, so LOCAL+CODE fits RFC 5321's 64 octets for
+any address) verifies for the envelope sender or the From: address;
+ingest refuses a malformed code at RCPT, in LMTP and SMTP.
 Later messages to the same list skip the address (its delivery says
 `suppressed`); another list still sends to it.
 """
+import base64
 import email
 import email.policy
+import hashlib
 import re
 import smtplib
 import urllib.error
@@ -33,6 +38,8 @@ UNSUB = "unsubscribe@abakus.no"
 STYRET = "styret@abakus.no"
 LINK_RE = re.compile(r"<https://lists\.abakus\.no/u/([a-z2-7]+)>")
 MAILTO_RE = re.compile(r"<mailto:unsubscribe\+([a-z2-7]+)@abakus\.no>")
+# 60 bytes: a full code with it would make a 100-octet local part.
+LONG = "firstname.middlename.lastname.department@mail.example.org.uk"
 
 
 @pytest.fixture
@@ -106,7 +113,11 @@ def test_one_click_link_signed_posted_and_idempotent(unsub, receiver):
     assert c.dkim_ok(ada) and c.dkim_ok(bob)
     lu = header_of(ada, "List-Unsubscribe")
     [code] = LINK_RE.findall(lu)
-    assert MAILTO_RE.findall(lu) == [code]
+    # The mailto form has the short code: 24 digits, no address inside.
+    [short] = MAILTO_RE.findall(lu)
+    assert len(short) == 24 and short != code
+    # It is no link code: a POST brings no address to check it against.
+    assert post(a, f"/u/{short}")[0] == 404
     assert header_of(ada, "List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
     assert LINK_RE.findall(header_of(bob, "List-Unsubscribe")) != [code]
     sig = header_of(ada, "DKIM-Signature")
@@ -170,35 +181,157 @@ def test_forged_or_damaged_code_is_404_and_writes_nothing(unsub, receiver):
     assert unsubscribed_events(receiver) == []
 
 
+def mailto_local_parts(data):
+    return [m.split("@")[0] for m in re.findall(r"<mailto:([^>]+)>",
+                                                 header_of(data, "List-Unsubscribe"))]
+
+
+def lmtp_unsubscribe(c, sender, to, from_header=None):
+    """Send an unsubscribe mail over LMTP; the refused recipients (smtplib's dict)."""
+    msg = (f"From: <{from_header or sender}>\r\nTo: <{to}>\r\nSubject: unsubscribe\r\n"
+           f"\r\nx\r\n").encode()
+    lmtp = smtplib.LMTP(*c.ingest.addr)
+    try:
+        return lmtp.sendmail(sender, [to], msg)
+    finally:
+        lmtp.quit()
+
+
+def unsubscribe_mails(c):
+    """The unsubscribe mails' records, once every one is done."""
+    done = [m for m in postern.parse_json_lines(c.spoolctl("--json", "list").stdout)
+            if m["recipients"][0].startswith("unsubscribe+")]
+    postern.wait_for(lambda: all(c.show(m["id"])["state"] == "done" for m in done),
+                     what="unsubscribe mail done")
+    return [c.show(m["id"]) for m in done]
+
+
 def test_mailto_form_over_lmtp(unsub, receiver):
     c, relay, a = unsub
     qid = send_to(c, [ADA, BOB])
     c.wait_state(qid, "done")
     [code] = MAILTO_RE.findall(header_of(copy_to(relay, BOB), "List-Unsubscribe"))
     to = f"unsubscribe+{code}@abakus.no"
-    msg = (f"From: <{BOB}>\r\nTo: <{to}>\r\nSubject: unsubscribe\r\n\r\nx\r\n").encode()
 
-    lmtp = smtplib.LMTP(*c.ingest.addr)
-    try:
-        assert lmtp.sendmail(BOB, [to], msg) == {}
-        # A forged code is accepted (ingest cannot tell), then dropped by the transform.
-        forged = to.replace(code, code[:-2] + ("22" if code[-2:] != "22" else "33"))
-        assert lmtp.sendmail(BOB, [forged], msg) == {}
-    finally:
-        lmtp.quit()
+    assert lmtp_unsubscribe(c, BOB, to) == {}
+    # A forged code of the right shape is accepted (ingest has no key), then dropped.
+    forged = to.replace(code, code[:-2] + ("22" if code[-2:] != "22" else "33"))
+    assert lmtp_unsubscribe(c, BOB, forged) == {}
     postern.wait_for(lambda: suppressed(c) == [("default", BOB)], what="bob unsubscribed")
     [ev] = receiver.wait(lambda evs: unsubscribed_events(receiver), what="unsubscribed event")
     assert ev["recipient"] == BOB and "mailto" in ev["reply"]
-    done = [m for m in postern.parse_json_lines(c.spoolctl("--json", "list").stdout)
-            if m["recipients"][0].startswith("unsubscribe+")]
-    postern.wait_for(lambda: all(c.show(m["id"])["state"] == "done" for m in done),
-                     what="unsubscribe mail done")
-    reasons = sorted(c.show(m["id"])["reason"] for m in done)
+    reasons = sorted(m["reason"] for m in unsubscribe_mails(c))
     assert reasons == ["UNSUBSCRIBED", "UNSUBSCRIBE_BAD_CODE"]
-    assert "unsubscribe mail to" in c.transform.log() and "bad code: dropped" in c.transform.log()
+    fcode = forged.split("+")[1].split("@")[0]
+    assert (f"unsubscribe mail to <{forged}>: code {fcode} list=default verifies for none of "
+            f"<{BOB}>, <{BOB}>: dropped") in c.transform.log()
     # Nothing was relayed for either.
     assert not [m for m in relay.messages if any(r.startswith("unsubscribe+") for r in m[3])]
+
+    # The full code of a mailto form sent before short codes still works, from any sender.
+    [full] = LINK_RE.findall(header_of(copy_to(relay, ADA), "List-Unsubscribe"))
+    assert lmtp_unsubscribe(c, "someone@elsewhere.example", f"unsubscribe+{full}@abakus.no") == {}
+    postern.wait_for(lambda: suppressed(c) == [("default", ADA), ("default", BOB)],
+                     what="ada unsubscribed by her old code")
 
     qid2 = send_to(c, [BOB])
     [d] = c.wait_state(qid2, "done")
     assert d["state"] == "bounced" and "suppressed" in d["last_reply"]
+
+
+def test_mailto_long_address_fits_64_octets(unsub, receiver):
+    """A 60-byte address, on the default list and on styret: LOCAL+CODE within 64 octets."""
+    c, relay, a = unsub
+    c.wait_state(send_to(c, [LONG]), "done")
+    c.wait_state(send_to(c, [LONG], STYRET, "--list", "styret"), "done")
+    copies = postern.wait_for(lambda: len(relay.copies(LONG)) == 2 and relay.copies(LONG),
+                              what="two copies")
+    locals_ = [lp for (_, _, data) in copies for lp in mailto_local_parts(data)]
+    assert len(locals_) == 2 and all(len(lp) <= 64 for lp in locals_), locals_
+    # The https link keeps the full code, address and all.
+    assert all(len(LINK_RE.findall(header_of(data, "List-Unsubscribe"))[0]) > 100
+               for (_, _, data) in copies)
+
+    # Each copy's mailto form unsubscribes the address from its own list.
+    codes = [MAILTO_RE.findall(header_of(data, "List-Unsubscribe"))[0] for (_, _, data) in copies]
+    for code in codes:
+        assert lmtp_unsubscribe(c, LONG, f"unsubscribe+{code}@abakus.no") == {}
+    postern.wait_for(lambda: sorted(suppressed(c)) == [("default", LONG), ("styret", LONG)],
+                     what="unsubscribed from both lists")
+    evs = receiver.wait(lambda evs: len(unsubscribed_events(receiver)) == 2
+                        and unsubscribed_events(receiver), what="two unsubscribed events")
+    assert sorted(e["list"] for e in evs) == ["default", "styret"]
+    assert all(e["recipient"] == LONG for e in evs)
+
+
+def test_mailto_sender_or_from_must_verify(unsub, receiver):
+    """A forwarder's envelope with ada's From: works; neither ada: nothing written, logged."""
+    c, relay, a = unsub
+    c.wait_state(send_to(c, [ADA, BOB]), "done")
+    [ada] = MAILTO_RE.findall(header_of(copy_to(relay, ADA), "List-Unsubscribe"))
+    [bob] = MAILTO_RE.findall(header_of(copy_to(relay, BOB), "List-Unsubscribe"))
+
+    assert lmtp_unsubscribe(c, "srs0=ab12=example.org=ada@forwarder.example",
+                            f"unsubscribe+{ada}@abakus.no", from_header=ADA) == {}
+    postern.wait_for(lambda: suppressed(c) == [("default", ADA)], what="ada unsubscribed")
+    # Bob's code, sent by mallory as mallory: bob stays.
+    assert lmtp_unsubscribe(c, "mallory@example.net", f"unsubscribe+{bob}@abakus.no") == {}
+    mails = postern.wait_for(lambda: len(unsubscribe_mails(c)) == 2 and unsubscribe_mails(c),
+                             what="both mails done")
+    assert sorted(m["reason"] for m in mails) == ["UNSUBSCRIBED", "UNSUBSCRIBE_BAD_CODE"]
+    assert suppressed(c) == [("default", ADA)]
+    assert (f"code {bob} list=default verifies for none of <mallory@example.net>, "
+            f"<mallory@example.net>: dropped") in c.transform.log()
+    [ev] = unsubscribed_events(receiver)
+    assert ev["recipient"] == ADA
+
+
+def short_code(version, list_name, mac=bytes(10)):
+    """A code of the short form's shape, made here (no key: its MAC is not ours)."""
+    raw = bytes([version]) + hashlib.sha256(list_name.encode()).digest()[:4] + mac
+    return base64.b32encode(raw).decode().lower().rstrip("=")
+
+
+@pytest.mark.parametrize("proto", ["LMTP", "SMTP"])
+def test_mailto_malformed_code_refused_at_rcpt(unsub, proto):
+    c, relay, a = unsub
+    good = short_code(2, "styret")
+    cases = {
+        "abc1": "bad base32",                       # 1 is not a base32 digit
+        good[:16]: "bad length",                    # 10 whole bytes: neither form
+        short_code(3, "styret"): "unknown version",
+        short_code(2, "nosuch"): "unknown list",
+    }
+    cl = smtplib.LMTP(*c.ingest.addr) if proto == "LMTP" else smtplib.SMTP(*c.ingest.addr)
+    try:
+        cl.ehlo_or_helo_if_needed()
+        assert cl.mail(BOB)[0] == 250
+        for code, why in cases.items():
+            st, text = cl.rcpt(f"unsubscribe+{code}@abakus.no")
+            assert st == 550 and text.decode().startswith("5.1.1"), (code, st, text)
+            assert f"bad unsubscribe code: {why}" in text.decode(), (code, text)
+        # A well-formed code is accepted: only the transform can check its MAC.
+        assert cl.rcpt(f"unsubscribe+{good}@abakus.no")[0] == 250
+    finally:
+        cl.quit()
+    assert (f"<unsubscribe+{short_code(2, 'nosuch')}@abakus.no>: bad unsubscribe code: "
+            f"unknown list; from=<{BOB}>") in c.ingest.log()
+
+
+def test_mailto_code_of_a_list_since_removed(unsub):
+    """Ingest still knew the list; the transform no longer does: dropped, logged, not written."""
+    c, relay, a = unsub
+    c.wait_state(send_to(c, [ADA], STYRET, "--list", "styret"), "done")
+    [code] = MAILTO_RE.findall(header_of(copy_to(relay, ADA), "List-Unsubscribe"))
+    c.transform.stop()
+    path = c.workdir / "transform-without-styret.ini"
+    postern.write_config(path, {g: k for g, k in c.ingest.sections.items() if g != "list styret"})
+    c.transform.argv[c.transform.argv.index("-c") + 1] = str(path)
+    c.transform.start()
+
+    assert lmtp_unsubscribe(c, ADA, f"unsubscribe+{code}@abakus.no") == {}
+    [m] = unsubscribe_mails(c)
+    assert m["reason"] == "UNSUBSCRIBE_BAD_CODE"
+    assert suppressed(c, "--list", "styret") == []
+    assert (f"unsubscribe mail to <unsubscribe+{code}@abakus.no> from <{ADA}>: bad code: "
+            f"unknown list: dropped") in c.transform.log()

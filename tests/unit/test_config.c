@@ -247,6 +247,31 @@ static void test_cannot_work(void **state)
                                              "one_click = true\naddress = Restricted@localhost\n",
                                              key);
     expect_error(taken, "[unsubscribe] address: Restricted@localhost is also a restricted");
+    /* LOCAL+CODE within 64 octets: a local part of 39 fits the 24-digit code, 40 does not. */
+    g_autofree char *local39 = g_strnfill(39, 'u');
+    g_autofree char *fits = g_strdup_printf("[bounce]\nsecret_file = %s\n[unsubscribe]\n"
+                                            "one_click = true\naddress = %s@abakus.no\n",
+                                            key, local39);
+    g_autofree char *fits_path = write_config(fits);
+    g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func(g_free);
+    struct postern_config cfg;
+
+    assert_true(config_load(&cfg, fits_path, NULL));
+    assert_true(config_validate(&cfg, problems));
+    config_free(&cfg);
+    g_unlink(fits_path);
+    g_autofree char *too_long = g_strdup_printf("[bounce]\nsecret_file = %s\n[unsubscribe]\n"
+                                                "one_click = true\naddress = u%s@abakus.no\n",
+                                                key, local39);
+    expect_error(too_long, "@abakus.no\": the local part with +CODE is 65 octets, over RFC "
+                 "5321's 64");
+    /* l1098 and l63979 share the first 32 bits of SHA-256: their short codes would too. */
+    g_autofree char *clash = g_strdup_printf("[bounce]\nsecret_file = %s\n[unsubscribe]\n"
+                                             "one_click = true\naddress = u@abakus.no\n"
+                                             "[list l1098]\naddress = a@abakus.no\n"
+                                             "[list l63979]\naddress = b@abakus.no\n", key);
+    expect_error(clash, "[list l63979]: the mailto unsubscribe code names lists by a hash of "
+                 "the name, and \"l63979\" has the hash of \"l1098\": rename one");
     g_assert_cmpint(chmod(key, 0640), ==, 0);
     expect_error(open_secret, ":3: [bounce] secret_file: ");
     g_unlink(key);
