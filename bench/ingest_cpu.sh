@@ -41,9 +41,9 @@ tmp=$(mktemp -d "${BENCH_TMP:-/var/tmp}/postern-bench-ingest-cpu.XXXXXX")
 trap 'bench_cleanup; rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 
-# utime + stime of pid $1, in clock ticks (fields 14 and 15 after the comm).
+# "utime stime" of pid $1, in clock ticks (fields 14 and 15; the comm may hold spaces).
 cpu_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+    awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$1/stat"
 }
 
 # One round: binary $1, tag $2; prints µs of CPU (or instructions) per message.
@@ -73,42 +73,49 @@ EOF
     bench_wait_log "$dir/ingest.log" "daemon started" 120 "$pid" ||
         bench_die "$bin did not start: $(tail -5 "$dir/ingest.log")"
     if [[ $CALLGRIND == 1 ]]; then
-        callgrind_control -z "$pid" >/dev/null
+        callgrind_control -z "$pid" >/dev/null 2>&1
     else
         t0=$(cpu_ticks "$pid")
     fi
     smtp-source -L -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f bench@example.org -t "$RCPT" \
         "127.0.0.1:$port" >"$dir/source.log" 2>&1 || bench_die "smtp-source failed: $(tail -3 "$dir/source.log")"
     if [[ $CALLGRIND == 1 ]]; then
-        callgrind_control -d "$pid" >/dev/null
+        callgrind_control -d "$pid" >/dev/null 2>&1
         bench_stop "$pid"
         local dump
         dump=$(ls "$dir"/callgrind.out.* | head -1)
         [[ -n ${OUT:-} ]] && mkdir -p "$OUT" && cp "$dump" "$OUT/callgrind.out.$tag"
-        awk -v n="$MESSAGES" '/^(summary|totals):/ { ir = $2 } END { printf "%.0f", ir / n }' "$dump"
+        awk -v n="$MESSAGES" '/^(summary|totals):/ { ir = $2 } END { printf "%.0f\n", ir / n }' "$dump"
     else
         t1=$(cpu_ticks "$pid")
         bench_stop "$pid"
-        awk -v a="$t0" -v b="$t1" -v hz="$clk_tck" -v n="$MESSAGES" \
-            'BEGIN { printf "%.1f", (b - a) * 1e6 / hz / n }'
+        # total, then user (the user share is the daemon's own code; the rest is the kernel's)
+        awk -v a="$t0" -v b="$t1" -v hz="$clk_tck" -v n="$MESSAGES" 'BEGIN {
+            split(a, x, " "); split(b, y, " "); k = 1e6 / hz / n
+            printf "%.1f %.1f\n", (y[1] + y[2] - x[1] - x[2]) * k, (y[1] - x[1]) * k }'
     fi
 }
 
 unit=$([[ $CALLGRIND == 1 ]] && echo "instructions/msg" || echo "CPU us/msg")
 [[ $CALLGRIND == 1 ]] && RUNS=1
 bench_log "postern-ingest $unit: smtp-source -L -s $SESSIONS -m $MESSAGES -l $SIZE, $RUNS round(s), load: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A results
+declare -A total user
 for ((round = 1; round <= RUNS; round++)); do
     line="round $round:"
     for ((b = 1; b <= $#; b++)); do
-        v=$(run_one "${!b}" "$b-$round")
-        results[$b]="${results[$b]:-} $v"
-        line="$line  [$b] $v"
+        read -r t u < <(run_one "${!b}" "$b-$round")
+        total[$b]="${total[$b]:-} $t"
+        user[$b]="${user[$b]:-} ${u:-}"
+        line="$line  [$b] $t${u:+ (user $u)}"
     done
     bench_log "$line"
 done
 for ((b = 1; b <= $#; b++)); do
     # shellcheck disable=SC2086
-    echo "[$b] ${!b}: median $(bench_median ${results[$b]}) $unit  (${results[$b]# })"
+    echo "[$b] ${!b}: median $(bench_median ${total[$b]}) $unit  (${total[$b]# })"
+    if [[ $CALLGRIND != 1 ]]; then
+        # shellcheck disable=SC2086
+        echo "[$b]   of which user: median $(bench_median ${user[$b]}) us/msg  (${user[$b]# })"
+    fi
 done
 bench_log "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
