@@ -82,9 +82,12 @@ EOF
     if [[ $CALLGRIND == 1 ]]; then
         callgrind_control -d "$pid" >/dev/null 2>&1
         bench_stop "$pid"
-        local dump
-        dump=$(ls "$dir"/callgrind.out.* | head -1)
-        [[ -n ${OUT:-} ]] && mkdir -p "$OUT" && cp "$dump" "$OUT/callgrind.out.$tag"
+        local dumps=("$dir"/callgrind.out.*) dump
+        dump=${dumps[0]}
+        if [[ -n ${OUT:-} ]]; then
+            mkdir -p "$OUT"
+            cp "$dump" "$OUT/callgrind.out.$tag"
+        fi
         awk -v n="$MESSAGES" '/^(summary|totals):/ { ir = $2 } END { printf "%.0f\n", ir / n }' "$dump"
     else
         t1=$(cpu_ticks "$pid")
