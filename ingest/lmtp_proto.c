@@ -377,26 +377,47 @@ enum lmtp_data_status lmtp_data_feed(struct lmtp_data_reader *r, const char *buf
             r->where = DR_MID;
             continue;
         case DR_MID: {
-            /* The fast path: copy up to the next CR or LF in one go. */
             size_t start = i;
-            while (i < len && buf[i] != '\r' && buf[i] != '\n') {
-                if (r->name_pending) {
-                    /*
-                     * Bytes before the one that ends the header section
-                     * count as header, as they do when they come in an
-                     * earlier read: the result must not depend on how
-                     * the input is split.
-                     */
-                    gboolean was_header = r->in_header;
-                    dr_header_char(r, buf[i]);
-                    if (was_header && !r->in_header && i > start) {
-                        r->in_header = TRUE;
-                        dr_emit(r, buf + start, i - start);
-                        r->in_header = FALSE;
-                        start = i;
-                    }
+            /*
+             * A header field name is looked at byte by byte (it may end
+             * the header section); nothing else in a line is, so the rest
+             * is found a word at a time with memchr.
+             */
+            while (i < len && r->name_pending && buf[i] != '\r' && buf[i] != '\n') {
+                /*
+                 * Bytes before the one that ends the header section
+                 * count as header, as they do when they come in an
+                 * earlier read: the result must not depend on how the
+                 * input is split.
+                 */
+                gboolean was_header = r->in_header;
+                dr_header_char(r, buf[i]);
+                if (was_header && !r->in_header && i > start) {
+                    r->in_header = TRUE;
+                    dr_emit(r, buf + start, i - start);
+                    r->in_header = FALSE;
+                    start = i;
                 }
                 i++;
+            }
+            if (!r->name_pending) {
+                /*
+                 * Up to the line's LF, a CR is content (a bare CR is kept
+                 * as it came) unless it is the one before the LF.  LF
+                 * first: a CR search could rescan the buffer per line.
+                 */
+                const char *lf = memchr(buf + i, '\n', len - i);
+                size_t end = lf ? (size_t)(lf - buf) : len;
+
+                if (lf && end > i && buf[end - 1] == '\r') {
+                    /* The usual line: content and CRLF stored as one. */
+                    dr_emit(r, buf + start, end + 1 - start);
+                    r->bare_lf_line = FALSE;
+                    r->where = DR_BOL;
+                    i = end + 1;
+                    continue;
+                }
+                i = !lf && end > i && buf[end - 1] == '\r' ? end - 1 : end;
             }
             if (i > start)
                 dr_emit(r, buf + start, i - start);

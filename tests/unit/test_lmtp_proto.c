@@ -789,6 +789,39 @@ static void test_data_every_split(void **state)
     }
 }
 
+/*
+ * The line scan finds a line's LF with memchr and takes every CR before
+ * it as content but the last: bare CRs in header values, in field names
+ * (which are still read byte by byte), runs of them before the CRLF, and
+ * lines longer than a word, whichever way the input is cut.
+ */
+static void test_data_line_scan(void **state)
+{
+    static const char *const in[] = {
+        "A: x\ry\r\nB\r: z\r\n\r\nbody\r\r\r\n\r\n.\r\n",
+        "Subject: 0123456789abcdef0123456789abcdef\r\n\r\n"
+        "0123456789abcdef0123456789abcdef\r0123456789\n.\r\n",
+        "A: b\r\n\r\nline\r\r\r\r.\r\n",
+    };
+
+    CHECK("A: x\ry\r\nB\r: z\r\n\r\nbody\r\r\r\n\r\n.\r\n",
+          "A: x\ry\r\nB\r: z\r\n\r\nbody\r\r\r\n\r\n");
+    CHECK("A: b\r\n\r\nline\r\r\r\r.\r\n.\r\n", "A: b\r\n\r\nline\r\r\r\r.\r\n");
+    for (size_t m = 0; m < G_N_ELEMENTS(in); m++) {
+        check_splits(in[m], strlen(in[m]), BIG, BIG);
+        check_splits(in[m], strlen(in[m]), BIG, 9);
+        check_splits(in[m], strlen(in[m]), 30, BIG);
+    }
+
+    /* A bare CR in a field name does not end it; so the header section is its two fields, 13 bytes. */
+    struct fed f;
+    static const char name_cr[] = "B\r: z\r\nC: d\r\n\r\nx\r\n.\r\n";
+    feed_all(name_cr, sizeof(name_cr) - 1, BIG, BIG, &f);
+    assert_false(f.in_header);
+    assert_int_equal(f.header_bytes, 13);
+    fed_clear(&f);
+}
+
 static void test_data_split_header_limit_edge(void **state)
 {
     /*
@@ -870,6 +903,7 @@ int main(void)
         cmocka_unit_test(test_data_unstuffing),
         cmocka_unit_test(test_data_terminators),
         cmocka_unit_test(test_data_line_ends),
+        cmocka_unit_test(test_data_line_scan),
         cmocka_unit_test(test_data_8bit_nul_long),
         cmocka_unit_test(test_data_bytes_after_terminator),
         cmocka_unit_test(test_data_incomplete),
