@@ -73,7 +73,6 @@ static void dispatch_setup(struct dispatch *d)
     d->policy.max = (gint64)d->cfg->retry.max * G_USEC_PER_SEC;
     d->policy.lifetime = (gint64)d->cfg->retry.lifetime * G_USEC_PER_SEC;
     d->mail_from = g_strdup(d->cfg->bounce.envelope_from);
-    d->rate_refilled = mono_ms();
     d->work_hinted = TRUE;          /* the rescan at start */
 }
 
@@ -171,7 +170,7 @@ int main(int argc, char **argv)
     if (d.allowed_keys)
         g_hash_table_unref(d.allowed_keys);
     g_free(d.mail_from);
-    g_free(d.accounts);
+    dispatch_accounts_free(&d);
     spool_close(d.spool);
     config_free(&cfg);
     return 0;
