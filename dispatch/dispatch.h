@@ -162,8 +162,6 @@ void dispatch_accounts_free(struct dispatch *d);
 /* The account called name; the default one for a name we do not know. */
 struct dispatch_account *dispatch_account_find(struct dispatch *d, const char *name);
 gboolean dispatch_account_paused(const struct dispatch_account *a, int64_t now_ms);
-/* Is every account paused?  Then nothing is leased. */
-gboolean dispatch_accounts_paused(const struct dispatch *d, int64_t now_ms);
 /*
  * Before a lease round: each account's rate and connection budgets
  * (round_txns, round_conns).  TRUE when any account could take a job:

@@ -86,14 +86,6 @@ gboolean dispatch_account_paused(const struct dispatch_account *a, int64_t now_m
     return a->paused_until > now_ms;
 }
 
-gboolean dispatch_accounts_paused(const struct dispatch *d, int64_t now_ms)
-{
-    for (guint i = 0; i < d->naccounts; i++)
-        if (!dispatch_account_paused(&d->accounts[i], now_ms))
-            return FALSE;
-    return TRUE;
-}
-
 /*
  * [relay NAME] rate is a token bucket of messages per second towards the
  * relay (SPEC §2), one per account: one per SMTP transaction, however many

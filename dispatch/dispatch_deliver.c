@@ -11,10 +11,11 @@
  * recipients each has), in turn from where the last round stopped, and
  * gives each one job at a time, notices first, until the round's jobs,
  * or every account's rate, connections or daily limit, are used up.  A
- * job's account is chosen as it is opened, in this transaction, so that
- * the job fits what that account has left (dispatch_account_choose()).  A 5,000-recipient send thus takes
- * one job in each round it shares, and a notice or a small message
- * queued behind it goes in the next round, not after it.
+ * 5,000-recipient send thus takes one job in each round it shares, and a
+ * notice or a small message queued behind it goes in the next round, not
+ * after it.  A job's account is chosen as the job is opened, in this
+ * transaction, so that the job fits what that account has left
+ * (dispatch_account_choose()).
  */
 #include "dispatch/dispatch.h"
 #include "common/log.h"
@@ -144,27 +145,31 @@ static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
     if (p->job && (p->job->closed || p->job->dvs->len >= dl->d->cfg->relay.max_rcpt_per_txn))
         return FALSE;
     /*
-     * A job whose account has no daily limit or rate left takes no more:
-     * the message's next recipients open a job of another account (a new
-     * job's account has room for at least one, dispatch_account_choose()).
+     * A job whose account has no daily limit, or no rate for what this
+     * recipient costs, takes no more: the message's next recipients open a
+     * job of another account (a new job's account has room for at least
+     * one, dispatch_account_choose()).
      */
     for (;;) {
         if (p->seen >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg, run->notice, p->now))) {
             p->full = TRUE;
             return FALSE;
         }
-        if (j->acct->left_rcpts && j->acct->left_txns)
-            break;
+        if (j->acct->left_rcpts) {
+            spool_dlv_init(&dv);
+            if (!(p->ok = dlease_cost(p->t, j, ref->idx, &dv, &cost, p->err))) {
+                spool_dlv_clear(&dv);
+                return FALSE;
+            }
+            if (cost <= j->acct->left_txns)
+                break;
+            spool_dlv_clear(&dv);
+        }
         j->closed = TRUE;
         if (j == p->job)
             return FALSE;
     }
     p->seen++;
-    spool_dlv_init(&dv);
-    if (!(p->ok = dlease_cost(p->t, j, ref->idx, &dv, &cost, p->err))) {
-        spool_dlv_clear(&dv);
-        return FALSE;
-    }
     /* The record read here is the one dlease_fill() replaces: no second read. */
     j->shared |= dv.header == NULL;
     g_array_append_val(j->dvs, dv);
@@ -424,8 +429,8 @@ static gboolean dlease_quota_end(struct spool_txn *t, struct dlease *dl, guint i
             leased += j->dvs->len;
     }
     relay_quota_add(q, now, leased);
-    name = dlease_account_name(dl->d, a);
     if (leased && was_waiting) {
+        name = dlease_account_name(dl->d, a);
         q->waiting_until = 0;
         spool_txn_log(t, "%s: daily limit: leasing again, %" G_GUINT64_FORMAT
                       " of %u recipients in the window", name, relay_quota_used(q, now),
@@ -435,6 +440,8 @@ static gboolean dlease_quota_end(struct spool_txn *t, struct dlease *dl, guint i
         g_autoptr(GDateTime) until = NULL;
         g_autofree char *when = NULL;
 
+        g_free(name);
+        name = dlease_account_name(dl->d, a);
         q->waiting_until = relay_quota_next_room(q, now);
         until = g_date_time_new_from_unix_local(q->waiting_until / 1000);
         when = g_date_time_format(until, "%H:%M:%S");
@@ -512,8 +519,8 @@ static struct dispatch_worker *dlease_worker(struct dispatch *d, struct dispatch
     return w ? w : dispatch_conns_pick(d);
 }
 
-/* Send one job after the commit; FALSE if no worker took it. */
-static gboolean dlease_send_one(struct dispatch *d, struct djob *j)
+/* Send one job after the commit (a job no worker takes waits for its lease to expire). */
+static void dlease_send_one(struct dispatch *d, struct djob *j)
 {
     struct dispatch_account *a = j->acct;
     struct dispatch_worker *w = dlease_worker(d, a);
@@ -531,7 +538,7 @@ static gboolean dlease_send_one(struct dispatch *d, struct djob *j)
     if (!w || !wire_send(w->sock, w->identity, WIRE_SJOB, payload)) {
         msg_warn("%s: no sender worker took %u recipient(s): they wait for the lease to expire",
                  id, j->dvs->len);
-        return FALSE;
+        return;
     }
     a->rate_tokens -= j->txns;
     w->credit--;
@@ -549,7 +556,6 @@ static gboolean dlease_send_one(struct dispatch *d, struct djob *j)
                  j->dvs->len, w->name, a->relay->name);
     else
         msg_info("%s: %u recipient(s) leased to worker %s", id, j->dvs->len, w->name);
-    return TRUE;
 }
 
 /* After the commit (committed FALSE: nothing was leased): send the jobs, free dl. */

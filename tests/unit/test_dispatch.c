@@ -999,7 +999,7 @@ static void test_results_pause_one_account(void **state)
     assert_string_equal(st.reason, "421 4.7.0 Try again later, closing connection.");
     st = read_pause(f, NULL);
     assert_false(relay_state_paused(&st, unix_ms()));
-    assert_false(dispatch_accounts_paused(&f->d, unix_ms()));
+    assert_ptr_equal(next_account(f), &f->d.accounts[0]);
 
     f->ts->cfg.relay.max_connections = 10;
     add_sender(f, "a", 10);
@@ -1017,7 +1017,7 @@ static void test_results_pause_one_account(void **state)
 
     /* Both paused: no round, and no account for a job. */
     f->d.accounts[0].paused_until = unix_ms() + 60000;
-    assert_true(dispatch_accounts_paused(&f->d, unix_ms()));
+    assert_false(dispatch_accounts_budget(&f->d, unix_ms()));
     assert_null(next_account(f));
 }
 
