@@ -18,9 +18,12 @@
 
 #include <string.h>
 
-/* A worker closes an idle connection WIRE_CONN_IDLE_MS after its job; we
- * hear of the job's end after it began to wait, and allow its reaper this. */
-#define ACCOUNT_IDLE_SLACK_MS 500
+/*
+ * A worker closes an idle connection WIRE_CONN_IDLE_MS after its job; we
+ * hear of the job's end after it began to wait, and allow its reaper (a
+ * thread that may wait for a CPU on a busy host) this much more.
+ */
+#define ACCOUNT_IDLE_SLACK_MS 1000
 
 static void account_idle_clear(gpointer p)
 {
