@@ -254,8 +254,10 @@ gboolean config_parse_size(const char *text, uint64_t *out)
            config_parse_scaled(text, "BbKkMmGgTt", units, "b", out);
 }
 
-/* Store one textual value into its field, or say what is wrong with it. */
-/* Parse value as k's type into field (cfg: the file, for errors). */
+/*
+ * Store one textual value, parsed as k's type, into field (of cfg, or of a
+ * [relay NAME] account), or say what is wrong with it.
+ */
 static gboolean config_store_at(const struct postern_config *cfg, const struct config_key *k,
                                 void *field, const char *value, GError **err)
 {
@@ -499,7 +501,8 @@ static void config_relay_free(gpointer p)
  * The default account ([relay]) and the [relay NAME] sections after it, in
  * the order of the file; an account takes from [relay] what it does not
  * set (tls, ca_file), but never a user or password_file: those are what
- * makes it another account.
+ * makes it another account.  The limits an account sets are kept apart
+ * (limits_set), so that those it does not set follow [relay]'s.
  */
 static gboolean config_load_relays(struct postern_config *cfg, GKeyFile *kf, GError **err)
 {
