@@ -65,9 +65,10 @@ static void dispatch_setup(struct dispatch *d)
     /* An endpoint taken (another dispatcher) stays taken: no restart loop. */
     if (!dispatch_bind(d, &err))
         daemon_start_fail("%s", err->message);
+    /* The accounts first: the connection budget is the sum of theirs. */
+    dispatch_load_relay_state(d);
     dispatch_conns_setup(d, &url);
     relay_url_clear(&url);
-    dispatch_load_relay_state(d);
     d->done = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
     d->policy.initial = (gint64)d->cfg->retry.initial * G_USEC_PER_SEC;
     d->policy.max = (gint64)d->cfg->retry.max * G_USEC_PER_SEC;
