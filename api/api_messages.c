@@ -8,6 +8,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "spool/delivery.h"
+#include "spool/relay_json.h"
 #include "spool/relay_state.h"
 #include "spool/spool_stats.h"
 #include "spool/spool_steer.h"
@@ -346,34 +347,74 @@ void api_metrics(struct api *a, struct api_request *rq, struct api_response *rs)
     spool_stats_prometheus(&st, rs->body);
 }
 
-/* GET /healthz: the spool can be read; is the relay paused? */
+/* One relay account in /healthz: its pause and its daily limit's window. */
+static void healthz_account(JsonBuilder *b, const struct postern_config *cfg,
+                            const struct postern_relay *r, const struct relay_state *st,
+                            const struct relay_quota *q, int64_t now_ms)
+{
+    gboolean paused = relay_state_paused(st, now_ms);
+
+    json_builder_begin_object(b);
+    msg_string(b, "account", r->name);
+    json_builder_set_member_name(b, "paused");
+    json_builder_add_boolean_value(b, paused);
+    json_builder_set_member_name(b, "paused_until");
+    if (paused)
+        json_builder_add_int_value(b, st->paused_until / 1000);
+    else
+        json_builder_add_null_value(b);
+    msg_string(b, "pause_reason", paused && *st->reason ? st->reason : NULL);
+    json_builder_set_member_name(b, "quota");
+    relay_quota_json(b, cfg, r, q, now_ms);
+    json_builder_end_object(b);
+}
+
+/*
+ * GET /healthz: the spool can be read; is the relay paused?  The
+ * top-level fields are the default account's, as before accounts (a
+ * load balancer's check reads them); "accounts" has every account, the
+ * default first, each with its pause and its own daily limit.
+ */
 void api_healthz(struct api *a, struct api_request *rq, struct api_response *rs)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    struct relay_state rel;
+    GPtrArray *relays = a->cfg->relays;
+    g_autofree struct relay_state *st = g_new0(struct relay_state, relays->len);
+    g_autofree struct relay_quota *q = g_new0(struct relay_quota, relays->len);
     struct spool_txn t;
     GError *err = NULL;
     int64_t now_ms = unix_ms();
+    gboolean ok = spool_read_begin(a->spool, &t, &err);
 
-    if (!spool_read_begin(a->spool, &t, &err) || !relay_state_get(&t, NULL, &rel, &err)) {
-        spool_read_end(&t);
+    for (guint i = 0; ok && i < relays->len; i++) {
+        const struct postern_relay *r = relays->pdata[i];
+
+        ok = relay_state_get(&t, r->name, &st[i], &err) &&
+             relay_quota_get(&t, r->name, &q[i], &err);
+    }
+    spool_read_end(&t);
+    if (!ok) {
         api_reply_error(rs, 503, "spool", "spool not readable: %s", err->message);
         g_error_free(err);
         return;
     }
-    spool_read_end(&t);
     json_builder_begin_object(b);
     msg_string(b, "status", "ok");
     json_builder_set_member_name(b, "relay_paused");
-    json_builder_add_boolean_value(b, relay_state_paused(&rel, now_ms));
+    json_builder_add_boolean_value(b, relay_state_paused(&st[0], now_ms));
     json_builder_set_member_name(b, "paused_until");
-    if (relay_state_paused(&rel, now_ms))
-        json_builder_add_int_value(b, rel.paused_until / 1000);
+    if (relay_state_paused(&st[0], now_ms))
+        json_builder_add_int_value(b, st[0].paused_until / 1000);
     else
         json_builder_add_null_value(b);
     /* What caused it: the relay's reply, as `spoolctl relay status` shows it. */
-    msg_string(b, "pause_reason", relay_state_paused(&rel, now_ms) && *rel.reason ? rel.reason
-                                                                                   : NULL);
+    msg_string(b, "pause_reason", relay_state_paused(&st[0], now_ms) && *st[0].reason
+                                      ? st[0].reason : NULL);
+    json_builder_set_member_name(b, "accounts");
+    json_builder_begin_array(b);
+    for (guint i = 0; i < relays->len; i++)
+        healthz_account(b, a->cfg, relays->pdata[i], &st[i], &q[i], now_ms);
+    json_builder_end_array(b);
     json_builder_end_object(b);
     api_reply_json(rs, 200, b);
 }

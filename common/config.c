@@ -255,11 +255,13 @@ gboolean config_parse_size(const char *text, uint64_t *out)
            config_parse_scaled(text, "BbKkMmGgTt", units, "b", out);
 }
 
-/* Store one textual value into its field, or say what is wrong with it. */
-static gboolean config_store(struct postern_config *cfg, const struct config_key *k,
-                             const char *value, GError **err)
+/*
+ * Store one textual value, parsed as k's type, into field (of cfg, or of a
+ * [relay NAME] account), or say what is wrong with it.
+ */
+static gboolean config_store_at(const struct postern_config *cfg, const struct config_key *k,
+                                void *field, const char *value, GError **err)
 {
-    void *field = (char *)cfg + k->offset;
     uint64_t n;
 
     switch (k->type) {
@@ -326,6 +328,12 @@ static gboolean config_store(struct postern_config *cfg, const struct config_key
     }
     }
     msg_panic("config_store: unknown type %d", k->type);
+}
+
+static gboolean config_store(struct postern_config *cfg, const struct config_key *k,
+                             const char *value, GError **err)
+{
+    return config_store_at(cfg, k, (char *)cfg + k->offset, value, err);
 }
 
 static const struct config_key *config_find(const char *group, const char *key)
@@ -460,7 +468,21 @@ static gboolean config_load_lists(struct postern_config *cfg, GKeyFile *kf, GErr
 #define CONFIG_RELAY_GROUP "relay "
 
 static const char *const config_relay_keys[] = {
-    "url", "tls", "ca_file", "user", "password_file", NULL
+    "url", "tls", "ca_file", "user", "password_file",
+    "max_connections", "rate", "daily_limit", "daily_window", NULL
+};
+
+/* The limits a [relay NAME] may set, each with its CONFIG_RELAY_SET_* bit. */
+#define RL(k, t, field) { "relay", k, t, NULL, offsetof(struct postern_relay_limits, field) }
+static const struct config_key config_relay_limit_keys[] = {
+    RL("max_connections", CT_COUNT, max_connections),
+    RL("rate", CT_RATE, rate),
+    RL("daily_limit", CT_COUNT, daily_limit),
+    RL("daily_window", CT_DURATION, daily_window),
+};
+static const unsigned config_relay_limit_bits[] = {
+    CONFIG_RELAY_SET_MAX_CONNECTIONS, CONFIG_RELAY_SET_RATE, CONFIG_RELAY_SET_DAILY_LIMIT,
+    CONFIG_RELAY_SET_DAILY_WINDOW,
 };
 
 static void config_relay_free(gpointer p)
@@ -480,9 +502,10 @@ static void config_relay_free(gpointer p)
  * The default account ([relay]) and the [relay NAME] sections after it, in
  * the order of the file; an account takes from [relay] what it does not
  * set (tls, ca_file), but never a user or password_file: those are what
- * makes it another account.
+ * makes it another account.  The limits an account sets are kept apart
+ * (limits_set), so that those it does not set follow [relay]'s.
  */
-static void config_load_relays(struct postern_config *cfg, GKeyFile *kf)
+static gboolean config_load_relays(struct postern_config *cfg, GKeyFile *kf, GError **err)
 {
     g_auto(GStrv) groups = kf ? g_key_file_get_groups(kf, NULL) : NULL;
 
@@ -509,7 +532,33 @@ static void config_load_relays(struct postern_config *cfg, GKeyFile *kf)
         config_list_string(kf, groups[g], "ca_file", &r->ca_file);
         config_list_string(kf, groups[g], "user", &r->user);
         config_list_string(kf, groups[g], "password_file", &r->password_file);
+        for (guint i = 0; i < G_N_ELEMENTS(config_relay_limit_keys); i++) {
+            struct config_key k = config_relay_limit_keys[i];
+            g_autofree char *value = g_key_file_get_value(kf, groups[g], k.key, NULL);
+
+            k.group = groups[g];
+            if (!value)
+                continue;
+            if (!config_store_at(cfg, &k, (char *)&r->limits + k.offset, g_strstrip(value), err))
+                return FALSE;
+            r->limits_set |= config_relay_limit_bits[i];
+        }
     }
+    return TRUE;
+}
+
+void config_relay_limits(const struct postern_config *cfg, const struct postern_relay *r,
+                         struct postern_relay_limits *out)
+{
+    unsigned set = r->limits_set;
+
+    out->max_connections = set & CONFIG_RELAY_SET_MAX_CONNECTIONS ? r->limits.max_connections
+                                                                  : cfg->relay.max_connections;
+    out->rate = set & CONFIG_RELAY_SET_RATE ? r->limits.rate : cfg->relay.rate;
+    out->daily_limit = set & CONFIG_RELAY_SET_DAILY_LIMIT ? r->limits.daily_limit
+                                                          : cfg->relay.daily_limit;
+    out->daily_window = set & CONFIG_RELAY_SET_DAILY_WINDOW ? r->limits.daily_window
+                                                            : cfg->relay.daily_window;
 }
 
 const struct postern_relay *config_relay_find(const struct postern_config *cfg, const char *name)
@@ -777,6 +826,37 @@ static void config_check_relay_account(const struct postern_config *cfg, GPtrArr
     relay_url_clear(&url);
 }
 
+static void config_check_positive(const struct postern_config *cfg, GPtrArray *problems,
+                                  const char *group, const char *key, uint64_t value,
+                                  const char *why);
+
+/*
+ * An account's limits, as [relay]'s: [relay]'s own are checked with the
+ * default account, each [relay NAME]'s only where it set them.
+ */
+static void config_check_relay_limits(const struct postern_config *cfg, GPtrArray *problems,
+                                      const struct postern_relay *r, const char *group)
+{
+    struct postern_relay_limits lim;
+    unsigned set = r->limits_set;
+
+    /* [relay]'s counts and durations are checked with the others (config_validate()). */
+    if (g_str_equal(r->name, CONFIG_RELAY_DEFAULT))
+        set = CONFIG_RELAY_SET_RATE | CONFIG_RELAY_SET_DAILY_LIMIT;
+
+    config_relay_limits(cfg, r, &lim);
+    if (set & CONFIG_RELAY_SET_RATE && !isfinite(lim.rate))
+        config_problem(problems, cfg, group, "rate", "not a finite number (0: no limit)");
+    if (set & CONFIG_RELAY_SET_DAILY_LIMIT && lim.daily_limit > G_MAXUINT32)
+        config_problem(problems, cfg, group, "daily_limit", "more than %u", G_MAXUINT32);
+    if (set & CONFIG_RELAY_SET_MAX_CONNECTIONS)
+        config_check_positive(cfg, problems, group, "max_connections", lim.max_connections,
+                              "the account could deliver nothing");
+    if (set & CONFIG_RELAY_SET_DAILY_WINDOW)
+        config_check_positive(cfg, problems, group, "daily_window", lim.daily_window,
+                              "the daily limit needs a window");
+}
+
 /*
  * The relay accounts, each checked alone, and together: a name of its own,
  * and not the same url and user as another (two accounts that are one at
@@ -817,11 +897,8 @@ static void config_check_relay(const struct postern_config *cfg, GPtrArray *prob
         g_free(login);
         if (!i || *r->url)
             config_check_relay_account(cfg, problems, r, group);
+        config_check_relay_limits(cfg, problems, r, group);
     }
-    if (!isfinite(cfg->relay.rate))
-        config_problem(problems, cfg, "relay", "rate", "not a finite number (0: no limit)");
-    if (cfg->relay.daily_limit > G_MAXUINT32)
-        config_problem(problems, cfg, "relay", "daily_limit", "more than %u", G_MAXUINT32);
 }
 
 /*
@@ -1274,8 +1351,8 @@ gboolean config_load(struct postern_config *cfg, const char *path, GError **err)
             msg_panic("config_load: bad default for [%s] %s", config_keys[i].group,
                       config_keys[i].key);
     if (!path) {
-        config_load_relays(cfg, NULL);
-        return config_load_lists(cfg, NULL, err) && config_derive(cfg, err);
+        return config_load_relays(cfg, NULL, err) && config_load_lists(cfg, NULL, err) &&
+               config_derive(cfg, err);
     }
 
     if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &local)) {
@@ -1297,8 +1374,8 @@ gboolean config_load(struct postern_config *cfg, const char *path, GError **err)
         if (value && !config_store(cfg, k, value, err))
             return FALSE;
     }
-    config_load_relays(cfg, kf);
-    return config_load_lists(cfg, kf, err) && config_derive(cfg, err);
+    return config_load_relays(cfg, kf, err) && config_load_lists(cfg, kf, err) &&
+           config_derive(cfg, err);
 }
 
 void config_load_or_exit(struct postern_config *cfg, const char *path)

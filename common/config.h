@@ -43,9 +43,18 @@ struct postern_list {
  * deliver.  [relay] is the account "default"; a [relay NAME] section adds
  * one with its own url, tls, ca_file, user and password_file, taking from
  * [relay] what it does not set.  The dispatcher gives each job to the
- * accounts in turn; everything else of [relay] (rate, daily_limit,
- * max_connections, the pause) is shared by all of them.
+ * accounts in turn.  Each account has limits of its own (daily_limit,
+ * daily_window, rate, max_connections): a [relay NAME] that does not set
+ * one has a budget of [relay]'s size, its own, not a share of [relay]'s
+ * (config_relay_limits()).  max_rcpt_per_txn and timeout stay [relay]'s.
  */
+struct postern_relay_limits {
+    uint64_t max_connections;       /* relay connections of this account, all workers */
+    double rate;                    /* SMTP transactions a second; 0: no limit */
+    uint64_t daily_limit;           /* recipients per daily_window; 0: no limit */
+    uint64_t daily_window;          /* seconds */
+};
+
 struct postern_relay {
     char *name;
     char *url;
@@ -53,7 +62,14 @@ struct postern_relay {
     char *ca_file;
     char *user;
     char *password_file;
+    struct postern_relay_limits limits;  /* what [relay NAME] set ... */
+    unsigned limits_set;            /* ... CONFIG_RELAY_SET_* bits; the rest is [relay]'s */
 };
+
+#define CONFIG_RELAY_SET_MAX_CONNECTIONS 1u
+#define CONFIG_RELAY_SET_RATE 2u
+#define CONFIG_RELAY_SET_DAILY_LIMIT 4u
+#define CONFIG_RELAY_SET_DAILY_WINDOW 8u
 
 #define CONFIG_RELAY_DEFAULT "default"
 #define CONFIG_RELAY_ACCOUNTS 16        /* [relay NAME] sections at most (the metrics show each) */
@@ -219,6 +235,10 @@ const struct postern_list *config_list_of(const struct postern_config *cfg, char
 
 /* The relay account called name, or NULL. */
 const struct postern_relay *config_relay_find(const struct postern_config *cfg, const char *name);
+
+/* Account r's limits: what its section set, [relay]'s for the rest (all of them for default). */
+void config_relay_limits(const struct postern_config *cfg, const struct postern_relay *r,
+                         struct postern_relay_limits *out);
 
 /* Path of a file under the spool directory (run/, dkim/, ...). */
 char *config_spool_path(const struct postern_config *cfg, const char *name);

@@ -49,15 +49,36 @@ struct dispatch_job {
     struct dispatch_worker *worker;
     unsigned rcpts;
     const struct postern_relay *account;    /* the relay account it went to */
+    struct dispatch_account *acct;  /* ... as scheduled; NULL: leased before our start */
+};
+
+/*
+ * A relay connection of an account that a worker may keep open, idle,
+ * after a job: until a job of that account on that worker takes it again
+ * or the worker closes it (WIRE_CONN_IDLE_MS after the job).
+ */
+struct dispatch_idle {
+    char *worker;                   /* its name (the worker may be gone) */
+    int64_t until;                  /* monotonic ms */
 };
 
 /* A relay account as the dispatcher schedules it (dispatch_accounts.c). */
 struct dispatch_account {
     const struct postern_relay *relay;
+    gboolean conns_counted;         /* several accounts, not a Maildir: its connections count */
     int64_t paused_until;           /* unix ms: its quota, throttle or AUTH refused */
     unsigned pauses;                /* pauses in a row */
     uint64_t pause_since;           /* id sequence when it began (spool/relay_state.h) */
     gboolean held;                  /* paused at the last look: log the resume once */
+    int64_t quota_wait_until;       /* unix ms: its daily_limit reached (spool/relay_quota.h) */
+    double rate_tokens;             /* its rate's token bucket */
+    int64_t rate_refilled;          /* monotonic ms */
+    unsigned jobs;                  /* its jobs in flight */
+    GArray *idle;                   /* struct dispatch_idle */
+    /* What it may take in this lease round (dispatch_deliver.c): */
+    unsigned round_txns, round_conns;   /* its rate and connection budgets at the start */
+    unsigned left_txns, left_conns;     /* ... what the jobs picked so far leave */
+    uint32_t left_rcpts;                /* its daily_limit's room left (G_MAXUINT32: none) */
 };
 
 struct dispatch {
@@ -78,10 +99,7 @@ struct dispatch {
     struct dispatch_account *accounts;  /* one per cfg->relays, in its order */
     guint naccounts;
     struct spool_dlv_ref due_after; /* fair rounds: the message served last (dispatch_deliver.c) */
-    int64_t quota_wait_until;       /* unix ms: [relay] daily_limit reached (spool/relay_quota.h) */
     guint account_next;             /* accounts: where the next job's turn begins */
-    double rate_tokens;             /* [relay] rate token bucket */
-    int64_t rate_refilled;          /* monotonic ms */
 
     GPtrArray *done;                /* SDONE payloads of this round */
     gboolean work_hinted;           /* a hint came: schedule now */
@@ -139,13 +157,31 @@ void dispatch_lease_transforms(struct dispatch *d);
 
 /* dispatch_accounts.c: the relay accounts, made from cfg->relays (again after a change). */
 void dispatch_accounts_setup(struct dispatch *d);
+/* ... and let them go (after the jobs: a job's end is counted on its account). */
+void dispatch_accounts_free(struct dispatch *d);
 /* The account called name; the default one for a name we do not know. */
 struct dispatch_account *dispatch_account_find(struct dispatch *d, const char *name);
 gboolean dispatch_account_paused(const struct dispatch_account *a, int64_t now_ms);
-/* Is every account paused?  Then nothing is leased. */
-gboolean dispatch_accounts_paused(const struct dispatch *d, int64_t now_ms);
-/* The account of the next job: each in turn, passing over the paused; NULL if all are. */
-struct dispatch_account *dispatch_account_next(struct dispatch *d);
+/*
+ * Before a lease round: each account's rate and connection budgets
+ * (round_txns, round_conns).  TRUE when any account could take a job:
+ * not paused, not waiting for its daily limit's window, with budget.
+ */
+gboolean dispatch_accounts_budget(struct dispatch *d, int64_t now_ms);
+/*
+ * Inside the round: the account of the next job, each in turn, passing
+ * over one that is paused or has no daily limit, rate or connection left
+ * (left_*); it is charged the job's connection.  NULL when none is left.
+ */
+struct dispatch_account *dispatch_account_choose(struct dispatch *d, int64_t now_ms);
+/* Connections all accounts may hold together: [relay] max_connections for one. */
+unsigned dispatch_accounts_conn_max(const struct dispatch *d);
+/* A sender worker with credit holding an idle connection of a, or NULL. */
+struct dispatch_worker *dispatch_account_worker(struct dispatch *d, struct dispatch_account *a);
+/* A job of a went to a worker: its connection (an idle one taken again, or new). */
+void dispatch_account_job_start(struct dispatch_account *a, const struct dispatch_job *job);
+/* A job is over (result, expiry): its connection may stay idle a while. */
+void dispatch_account_job_end(struct dispatch_job *job);
 /* "relay ... [account NAME] paused until HH:MM:SS <why>": one line per pause. */
 void dispatch_account_log_pause(struct dispatch *d, const struct dispatch_account *a,
                                 const char *why);

@@ -1,7 +1,8 @@
 /*
  * dispatch_conns.c - [relay] max_connections across all sender workers
  * (SPEC §5): open relay connections, idle ones included, not jobs in
- * flight.  Each worker gets a budget of connections (CONNMAX) and reports
+ * flight; with several accounts, the sum of theirs (each account's own is
+ * dispatch_accounts.c's).  Each worker gets a budget of connections (CONNMAX) and reports
  * what it applies and holds (CONNS); the protocol and why it holds across
  * restarts are in dispatch/dispatch.h (dispatch_conns.c).
  *
@@ -18,6 +19,7 @@ static void transform_job_free(gpointer p)
 {
     struct dispatch_job *job = p;
 
+    dispatch_account_job_end(job);
     if (job->worker)
         job->worker->jobs--;
     g_free(job);
@@ -77,7 +79,7 @@ void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url)
     d->conn_grace_until = mono_ms() + WIRE_CONN_IDLE_MS;
     msg_info("relay connections: %u job(s) leased before our start count against "
              "max_connections %u; no grant for %d ms", g_hash_table_size(d->jobs),
-             (unsigned)d->cfg->relay.max_connections, WIRE_CONN_IDLE_MS);
+             dispatch_accounts_conn_max(d), WIRE_CONN_IDLE_MS);
 }
 
 static unsigned conns_reserved(const struct dispatch_worker *w)
@@ -88,7 +90,7 @@ static unsigned conns_reserved(const struct dispatch_worker *w)
 /* Connections that may be open now; none granted during the grace after our start. */
 static unsigned conns_free(struct dispatch *d)
 {
-    unsigned max = (unsigned)d->cfg->relay.max_connections, used = 0;
+    unsigned max = dispatch_accounts_conn_max(d), used = 0;
     GHashTableIter it;
     struct dispatch_worker *w;
     struct dispatch_job *job;

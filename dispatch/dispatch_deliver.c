@@ -10,13 +10,17 @@
  * with due work (spool_due_runs(), a seek per message, however many
  * recipients each has), in turn from where the last round stopped, and
  * gives each one job at a time, notices first, until the round's jobs,
- * rate or daily limit are used up.  A 5,000-recipient send thus takes
- * one job in each round it shares, and a notice or a small message
- * queued behind it goes in the next round, not after it.
+ * or every account's rate, connections or daily limit, are used up.  A
+ * 5,000-recipient send thus takes one job in each round it shares, and a
+ * notice or a small message queued behind it goes in the next round, not
+ * after it.  A job's account is chosen as the job is opened, in this
+ * transaction, so that the job fits what that account has left
+ * (dispatch_account_choose()).
  */
 #include "dispatch/dispatch.h"
 #include "common/log.h"
 #include "spool/relay_quota.h"
+#include "spool/relay_state.h"
 #include "spool/spool_events.h"
 
 #include <string.h>
@@ -29,6 +33,8 @@ struct djob {
     GArray *dvs;                    /* struct spool_dlv, as the walk read them */
     unsigned txns;                  /* SMTP transactions: what [relay] rate counts */
     gboolean shared;                /* has recipients of the identical copy */
+    struct dispatch_account *acct;  /* the relay account it goes through */
+    gboolean closed;                /* its account had no more room: it takes no more */
     struct wire_send_job wire;
 };
 
@@ -36,10 +42,9 @@ struct dlease {
     struct dispatch *d;
     gboolean skip;                  /* nothing to lease this round (no room, paused, rate) */
     unsigned max_jobs;
-    unsigned max_txns;              /* [relay] rate budget for this round */
-    unsigned max_rcpts;             /* [relay] daily_limit: room left in the window */
-    gboolean capped;                /* due deliveries left behind for the daily limit */
-    struct relay_quota quota;       /* as this round's transaction leaves it */
+    gboolean capped;                /* due deliveries left behind this round */
+    guint account_next;             /* d->account_next at the start of the round */
+    struct relay_quota *quota;      /* per account, as this round's transaction leaves it */
     struct spool_dlv_ref after;     /* the last message served: the next round starts past it */
     GPtrArray *jobs;                /* struct djob */
 };
@@ -69,17 +74,21 @@ static void djob_free(gpointer p)
  * are next to each other in `due` (time . id . rcpt#), so the last job is
  * looked at first.
  */
-static struct djob *dlease_job_for(struct dlease *dl, queue_id msg, gboolean notice)
+static struct djob *dlease_job_for(struct dlease *dl, queue_id msg, gboolean notice,
+                                   int64_t now)
 {
+    struct dispatch_account *a;
+
     for (guint i = dl->jobs->len; i-- > 0;) {
         struct djob *j = dl->jobs->pdata[i];
-        if (j->msg == msg && j->dvs->len < dl->d->cfg->relay.max_rcpt_per_txn)
+        if (j->msg == msg && !j->closed && j->dvs->len < dl->d->cfg->relay.max_rcpt_per_txn)
             return j;
     }
-    if (dl->jobs->len >= dl->max_jobs)
+    if (dl->jobs->len >= dl->max_jobs || !(a = dispatch_account_choose(dl->d, now)))
         return NULL;
     struct djob *j = g_new0(struct djob, 1);
     wire_send_job_init(&j->wire);
+    j->acct = a;
     j->msg = msg;
     j->notice = notice;
     j->dvs = g_array_new(FALSE, FALSE, sizeof(struct spool_dlv));
@@ -106,7 +115,8 @@ static gboolean dlease_cost(struct spool_txn *t, const struct djob *j, uint32_t 
 struct dpick {
     struct spool_txn *t;
     struct dlease *dl;
-    unsigned seen, txns, rcpts;
+    int64_t now;
+    unsigned seen, rcpts;
     gboolean full;                  /* the round can take nothing more */
     gboolean stopped;               /* the walk of the run was stopped, not run out */
     gboolean ok;
@@ -132,31 +142,40 @@ static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
     }
     run->next = *ref;
     /* One job per message at a time: the others have their turn first. */
-    if (p->job && p->job->dvs->len >= dl->d->cfg->relay.max_rcpt_per_txn)
+    if (p->job && (p->job->closed || p->job->dvs->len >= dl->d->cfg->relay.max_rcpt_per_txn))
         return FALSE;
-    if (p->rcpts >= dl->max_rcpts) {
-        dl->capped = p->full = TRUE;
-        return FALSE;
+    /*
+     * A job whose account has no daily limit, or no rate for what this
+     * recipient costs, takes no more: the message's next recipients open a
+     * job of another account (a new job's account has room for at least
+     * one, dispatch_account_choose()).
+     */
+    for (;;) {
+        if (p->seen >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg, run->notice, p->now))) {
+            p->full = TRUE;
+            return FALSE;
+        }
+        if (j->acct->left_rcpts) {
+            spool_dlv_init(&dv);
+            if (!(p->ok = dlease_cost(p->t, j, ref->idx, &dv, &cost, p->err))) {
+                spool_dlv_clear(&dv);
+                return FALSE;
+            }
+            if (cost <= j->acct->left_txns)
+                break;
+            spool_dlv_clear(&dv);
+        }
+        j->closed = TRUE;
+        if (j == p->job)
+            return FALSE;
     }
-    if (p->seen++ >= DUE_SCAN_MAX || !(j = dlease_job_for(dl, ref->msg, run->notice))) {
-        p->full = TRUE;
-        return FALSE;
-    }
-    spool_dlv_init(&dv);
-    if (!(p->ok = dlease_cost(p->t, j, ref->idx, &dv, &cost, p->err)) ||
-        p->txns + cost > dl->max_txns) {
-        spool_dlv_clear(&dv);
-        /* A job opened for this entry alone stays out of the round. */
-        if (!j->dvs->len)
-            g_ptr_array_remove_index(dl->jobs, dl->jobs->len - 1);
-        p->full = TRUE;
-        return FALSE;
-    }
+    p->seen++;
     /* The record read here is the one dlease_fill() replaces: no second read. */
     j->shared |= dv.header == NULL;
     g_array_append_val(j->dvs, dv);
     j->txns += cost;
-    p->txns += cost;
+    j->acct->left_txns -= cost;
+    j->acct->left_rcpts--;
     p->rcpts++;
     p->job = j;
     run->served = TRUE;
@@ -250,9 +269,9 @@ static gboolean dlease_runs(struct spool_txn *t, struct dlease *dl, GArray *runs
  */
 static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err)
 {
-    struct dpick p = { .t = t, .dl = dl, .ok = TRUE, .err = err };
-    g_autoptr(GArray) runs = g_array_new(FALSE, FALSE, sizeof(struct drun));
     int64_t now = unix_ms();
+    struct dpick p = { .t = t, .dl = dl, .now = now, .ok = TRUE, .err = err };
+    g_autoptr(GArray) runs = g_array_new(FALSE, FALSE, sizeof(struct drun));
     gboolean more = TRUE;
 
     if (!dlease_runs(t, dl, runs, now, err))
@@ -278,6 +297,9 @@ static gboolean dlease_pick(struct spool_txn *t, struct dlease *dl, GError **err
             break;
         }
     }
+    /* Due work left behind: an account out of its daily limit now waits. */
+    for (guint i = 0; i < runs->len && !dl->capped; i++)
+        dl->capped = !g_array_index(runs, struct drun, i).done;
     return TRUE;
 }
 
@@ -313,82 +335,124 @@ static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob 
 }
 
 /*
- * [relay] daily_limit: the room left in the window bounds the recipients
- * this round leases.  The window is read in the round's transaction, not
- * kept in memory, so that a restarted dispatcher counts on from where the
- * last one stopped.
+ * Each account's daily_limit: the room left in its window bounds the
+ * recipients its jobs take this round; its rate and connection budgets
+ * (dispatch_accounts_budget()) bound its jobs.  The window is read in the
+ * round's transaction, not kept in memory, so that a restarted dispatcher
+ * counts on from where the last one stopped.  With several accounts, their
+ * pauses are read here too: results of this same transaction may have
+ * begun one.
  */
 static gboolean dlease_quota_begin(struct spool_txn *t, struct dlease *dl, int64_t now,
                                    GError **err)
 {
-    const struct postern_config *cfg = dl->d->cfg;
+    struct dispatch *d = dl->d;
 
     dl->capped = FALSE;
-    dl->max_rcpts = G_MAXUINT;
-    if (!cfg->relay.daily_limit)
-        return TRUE;
-    if (!relay_quota_get(t, &dl->quota, err))
-        return FALSE;
-    relay_quota_setup(&dl->quota, (int64_t)cfg->relay.daily_window * 1000,
-                      (uint32_t)cfg->relay.daily_limit, now);
-    dl->max_rcpts = relay_quota_room(&dl->quota, now);
+    d->account_next = dl->account_next;
+    for (guint i = 0; i < d->naccounts; i++) {
+        struct dispatch_account *a = &d->accounts[i];
+        struct postern_relay_limits lim;
+        struct relay_state st;
+
+        config_relay_limits(d->cfg, a->relay, &lim);
+        a->left_txns = a->round_txns;
+        a->left_conns = a->round_conns;
+        a->left_rcpts = G_MAXUINT32;
+        if (d->naccounts > 1) {
+            if (!relay_state_get(t, a->relay->name, &st, err))
+                return FALSE;
+            if (relay_state_paused(&st, now))
+                a->left_conns = 0;
+        }
+        if (!lim.daily_limit)
+            continue;
+        if (!relay_quota_get(t, a->relay->name, &dl->quota[i], err))
+            return FALSE;
+        relay_quota_setup(&dl->quota[i], (int64_t)lim.daily_window * 1000,
+                          (uint32_t)lim.daily_limit, now);
+        a->left_rcpts = relay_quota_room(&dl->quota[i], now);
+    }
     return TRUE;
 }
 
-/* A wait for the window begins: the platform hears when it ends. */
-static gboolean dlease_quota_event(struct spool_txn *t, const struct dlease *dl, GError **err)
+/* "relay URL" or, with several accounts, "relay URL account NAME": how the log names one. */
+static char *dlease_account_name(const struct dispatch *d, const struct dispatch_account *a)
+{
+    if (d->naccounts > 1)
+        return g_strdup_printf("relay %s account %s", a->relay->url, a->relay->name);
+    return g_strdup_printf("relay %s", a->relay->url);
+}
+
+/* A wait for the window begins: the platform hears when it ends, and for which account. */
+static gboolean dlease_quota_event(struct spool_txn *t, const struct dlease *dl,
+                                   const struct dispatch_account *a, const struct relay_quota *q,
+                                   GError **err)
 {
     struct spool_event ev;
     gboolean ok;
 
     spool_event_init(&ev);
     ev.type = g_strdup(EVENT_RELAY_QUOTA_WAIT);
-    ev.until = dl->quota.waiting_until;
-    ev.reason = g_strdup_printf("daily limit of %u recipients reached", dl->quota.limit);
+    ev.until = q->waiting_until;
+    ev.reason = dl->d->naccounts > 1
+                    ? g_strdup_printf("relay account %s: daily limit of %u recipients reached",
+                                      a->relay->name, q->limit)
+                    : g_strdup_printf("daily limit of %u recipients reached", q->limit);
     ok = spool_event_add(t, &ev, err);
     spool_event_clear(&ev);
     return ok;
 }
 
 /*
- * Count what this round leased.  Deliveries that were due and left behind
- * begin a wait, visible in the spool (spoolctl stats, metrics), as an
- * event and one log line; the first lease after it ends the wait.  An idle
- * round changes nothing and writes nothing.
+ * Count what this round leased through account i.  Due deliveries left
+ * behind with the account at its limit begin its wait, visible in the
+ * spool (spoolctl stats, metrics), as an event and one log line; its
+ * first lease after it ends the wait.  An idle round changes nothing and
+ * writes nothing.
  */
-static gboolean dlease_quota_end(struct spool_txn *t, struct dlease *dl, int64_t now,
+static gboolean dlease_quota_end(struct spool_txn *t, struct dlease *dl, guint i, int64_t now,
                                  GError **err)
 {
-    const char *url = dl->d->cfg->relay.url;
+    struct dispatch_account *a = &dl->d->accounts[i];
+    struct relay_quota *q = &dl->quota[i];
+    g_autofree char *name = NULL;
     unsigned leased = 0;
-    gboolean was_waiting = dl->quota.waiting_until != 0;
+    gboolean was_waiting = q->waiting_until != 0;
 
-    if (!dl->d->cfg->relay.daily_limit)
+    if (!q->limit)
         return TRUE;
-    for (guint i = 0; i < dl->jobs->len; i++)
-        leased += ((struct djob *)dl->jobs->pdata[i])->dvs->len;
-    relay_quota_add(&dl->quota, now, leased);
-    if (leased && was_waiting) {
-        dl->quota.waiting_until = 0;
-        spool_txn_log(t, "relay %s: daily limit: leasing again, %" G_GUINT64_FORMAT
-                      " of %u recipients in the window", url,
-                      relay_quota_used(&dl->quota, now), dl->quota.limit);
+    for (guint k = 0; k < dl->jobs->len; k++) {
+        const struct djob *j = dl->jobs->pdata[k];
+
+        if (j->acct == a)
+            leased += j->dvs->len;
     }
-    if (dl->capped && !dl->quota.waiting_until) {
+    relay_quota_add(q, now, leased);
+    if (leased && was_waiting) {
+        name = dlease_account_name(dl->d, a);
+        q->waiting_until = 0;
+        spool_txn_log(t, "%s: daily limit: leasing again, %" G_GUINT64_FORMAT
+                      " of %u recipients in the window", name, relay_quota_used(q, now),
+                      q->limit);
+    }
+    if (dl->capped && !relay_quota_room(q, now) && !q->waiting_until) {
         g_autoptr(GDateTime) until = NULL;
         g_autofree char *when = NULL;
 
-        dl->quota.waiting_until = relay_quota_next_room(&dl->quota, now);
-        until = g_date_time_new_from_unix_local(dl->quota.waiting_until / 1000);
+        g_free(name);
+        name = dlease_account_name(dl->d, a);
+        q->waiting_until = relay_quota_next_room(q, now);
+        until = g_date_time_new_from_unix_local(q->waiting_until / 1000);
         when = g_date_time_format(until, "%H:%M:%S");
-        spool_txn_log(t, "relay %s: daily limit of %u recipients reached: deliveries wait "
-                      "until %s", url, dl->quota.limit, when);
-        if (!dlease_quota_event(t, dl, err))
+        spool_txn_log(t, "%s: daily limit of %u recipients reached: deliveries wait until %s",
+                      name, q->limit, when);
+        if (!dlease_quota_event(t, dl, a, q, err))
             return FALSE;
     }
-    if (!leased && was_waiting == (dl->quota.waiting_until != 0))
+    if (!leased && was_waiting == (q->waiting_until != 0))
         return TRUE;
-    return relay_quota_put(t, &dl->quota, err);
+    return relay_quota_put(t, a->relay->name, q, err);
 }
 
 static gboolean dlease_write(struct spool_txn *t, void *ctx, GError **err)
@@ -399,36 +463,22 @@ static gboolean dlease_write(struct spool_txn *t, void *ctx, GError **err)
     /* spool_write may run us again (map growth): start over from what we knew. */
     g_ptr_array_set_size(dl->jobs, 0);
     dl->after = dl->d->due_after;
+    memset(dl->quota, 0, dl->d->naccounts * sizeof(*dl->quota));
     if (!dlease_quota_begin(t, dl, now, err) || !dlease_pick(t, dl, err))
         return FALSE;
     for (guint i = 0; i < dl->jobs->len; i++)
         if (!dlease_fill(t, dl, dl->jobs->pdata[i], err))
             return FALSE;
-    return dlease_quota_end(t, dl, now, err);
-}
-
-/*
- * [relay] rate is a token bucket of messages per second towards the relay
- * (SPEC §2): one per SMTP transaction, however many recipients it has,
- * holding at most one second's worth.  Tokens are spent only on the jobs
- * a worker took.
- */
-static unsigned dispatch_rate_budget(struct dispatch *d)
-{
-    double rate = d->cfg->relay.rate;
-    int64_t now = mono_ms();
-
-    if (rate <= 0)
-        return G_MAXUINT;
-    d->rate_tokens = MIN(d->rate_tokens + rate * (double)(now - d->rate_refilled) / 1000.0,
-                         MAX(rate, 1.0));
-    d->rate_refilled = now;
-    return (unsigned)d->rate_tokens;
+    for (guint i = 0; i < dl->d->naccounts; i++)
+        if (!dlease_quota_end(t, dl, i, now, err))
+            return FALSE;
+    return TRUE;
 }
 
 /*
  * What this round may lease: jobs the workers have connections and credit
- * for, within [relay] rate; dl->skip when nothing (paused, no room).
+ * for, and any account has budget for; dl->skip when nothing (every
+ * account paused, waiting for its window or out of rate; no room).
  */
 struct dlease *dispatch_leases_new(struct dispatch *d)
 {
@@ -436,10 +486,11 @@ struct dlease *dispatch_leases_new(struct dispatch *d)
 
     dl->d = d;
     dl->after = d->due_after;
+    dl->account_next = d->account_next;
     dl->jobs = g_ptr_array_new_with_free_func(djob_free);
+    dl->quota = g_new0(struct relay_quota, d->naccounts);
     dl->max_jobs = dispatch_conns_room(d);
-    dl->skip = !dl->max_jobs || dispatch_accounts_paused(d, unix_ms()) ||
-               d->quota_wait_until > unix_ms() || !(dl->max_txns = dispatch_rate_budget(d));
+    dl->skip = !dl->max_jobs || !dispatch_accounts_budget(d, unix_ms());
     return dl;
 }
 
@@ -456,56 +507,84 @@ gboolean dispatch_leases_write(struct spool_txn *t, struct dlease *dl, gboolean 
     return dl->skip || hold || dlease_write(t, dl, err);
 }
 
+/*
+ * The worker for a job: one holding an idle connection of its account
+ * first (several accounts: taking it again costs the account nothing),
+ * else the one dispatch_conns_pick() finds.  NULL when none can.
+ */
+static struct dispatch_worker *dlease_worker(struct dispatch *d, struct dispatch_account *a)
+{
+    struct dispatch_worker *w = a->conns_counted ? dispatch_account_worker(d, a) : NULL;
+
+    return w ? w : dispatch_conns_pick(d);
+}
+
+/* Send one job after the commit (a job no worker takes waits for its lease to expire). */
+static void dlease_send_one(struct dispatch *d, struct djob *j)
+{
+    struct dispatch_account *a = j->acct;
+    struct dispatch_worker *w = dlease_worker(d, a);
+    g_autoptr(GBytes) payload = NULL;
+    char id[QUEUE_ID_LEN + 1];
+
+    j->wire.account = g_strdup(a->relay->name);
+    payload = wire_send_job_encode(&j->wire);
+
+    /* The payload holds its own copy and zmq_send makes another: let
+     * the body go first, or a 30 MiB message costs 3 x 30 MiB here. */
+    g_clear_pointer(&j->wire.body, g_bytes_unref);
+
+    spool_id_format(j->msg, id);
+    if (!w || !wire_send(w->sock, w->identity, WIRE_SJOB, payload)) {
+        msg_warn("%s: no sender worker took %u recipient(s): they wait for the lease to expire",
+                 id, j->dvs->len);
+        return;
+    }
+    a->rate_tokens -= j->txns;
+    w->credit--;
+    struct dispatch_job *job = g_new0(struct dispatch_job, 1);
+    job->lease = j->wire.lease;
+    job->msg = j->msg;
+    job->worker = w;
+    job->rcpts = j->dvs->len;
+    job->account = a->relay;
+    job->acct = a;
+    dispatch_account_job_start(a, job);
+    dispatch_job_add(d, job);
+    if (d->cfg->relays->len > 1)
+        msg_info("%s: %u recipient(s) leased to worker %s for relay account %s", id,
+                 j->dvs->len, w->name, a->relay->name);
+    else
+        msg_info("%s: %u recipient(s) leased to worker %s", id, j->dvs->len, w->name);
+}
+
 /* After the commit (committed FALSE: nothing was leased): send the jobs, free dl. */
 void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean committed)
 {
     if (!committed)
         g_ptr_array_set_size(dl->jobs, 0);
-    /* The wait is known once written: no round before it ends. */
-    if (committed && !dl->skip && d->cfg->relay.daily_limit)
-        d->quota_wait_until = dl->quota.waiting_until;
+    /* Each account's wait is known once written: no round for it before it ends. */
+    for (guint i = 0; committed && !dl->skip && i < d->naccounts; i++)
+        d->accounts[i].quota_wait_until = dl->quota[i].waiting_until;
     if (committed)
         d->due_after = dl->after;
-    for (guint i = 0; i < dl->jobs->len; i++) {
-        struct djob *j = dl->jobs->pdata[i];
-        struct dispatch_account *a = dispatch_account_next(d);
-        struct dispatch_worker *w = a ? dispatch_conns_pick(d) : NULL;
-        const struct postern_relay *account = a ? a->relay : NULL;
-        g_autoptr(GBytes) payload = NULL;
-        char id[QUEUE_ID_LEN + 1];
+    /*
+     * Jobs that take an idle connection of their account again go first:
+     * another account's job could otherwise take the worker's last credit,
+     * and the connection budget counted on that connection.
+     */
+    for (int reuse = 1; reuse >= 0; reuse--)
+        for (guint i = 0; i < dl->jobs->len; i++) {
+            struct djob *j = dl->jobs->pdata[i];
 
-        /* Every account paused since the round began (a tick saw it): the
-         * job waits for its lease to expire, as one no worker took. */
-        j->wire.account = g_strdup(account ? account->name : NULL);
-        payload = wire_send_job_encode(&j->wire);
-
-        /* The payload holds its own copy and zmq_send makes another: let
-         * the body go first, or a 30 MiB message costs 3 x 30 MiB here. */
-        g_clear_pointer(&j->wire.body, g_bytes_unref);
-
-        spool_id_format(j->msg, id);
-        if (!w || !wire_send(w->sock, w->identity, WIRE_SJOB, payload)) {
-            msg_warn("%s: no sender worker took %u recipient(s): they wait for the lease to expire",
-                     id, j->dvs->len);
-            continue;
+            if (!j->acct || (reuse && !(j->acct->conns_counted &&
+                                        dispatch_account_worker(d, j->acct))))
+                continue;
+            dlease_send_one(d, j);
+            j->acct = NULL;
         }
-        if (d->cfg->relay.rate > 0)
-            d->rate_tokens -= j->txns;
-        w->credit--;
-        struct dispatch_job *job = g_new0(struct dispatch_job, 1);
-        job->lease = j->wire.lease;
-        job->msg = j->msg;
-        job->worker = w;
-        job->rcpts = j->dvs->len;
-        job->account = account;
-        dispatch_job_add(d, job);
-        if (d->cfg->relays->len > 1)
-            msg_info("%s: %u recipient(s) leased to worker %s for relay account %s", id,
-                     j->dvs->len, w->name, account->name);
-        else
-            msg_info("%s: %u recipient(s) leased to worker %s", id, j->dvs->len, w->name);
-    }
     g_ptr_array_unref(dl->jobs);
+    g_free(dl->quota);
     g_free(dl);
 }
 

@@ -65,15 +65,15 @@ static void dispatch_setup(struct dispatch *d)
     /* An endpoint taken (another dispatcher) stays taken: no restart loop. */
     if (!dispatch_bind(d, &err))
         daemon_start_fail("%s", err->message);
+    /* The accounts first: the connection budget is the sum of theirs. */
+    dispatch_load_relay_state(d);
     dispatch_conns_setup(d, &url);
     relay_url_clear(&url);
-    dispatch_load_relay_state(d);
     d->done = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
     d->policy.initial = (gint64)d->cfg->retry.initial * G_USEC_PER_SEC;
     d->policy.max = (gint64)d->cfg->retry.max * G_USEC_PER_SEC;
     d->policy.lifetime = (gint64)d->cfg->retry.lifetime * G_USEC_PER_SEC;
     d->mail_from = g_strdup(d->cfg->bounce.envelope_from);
-    d->rate_refilled = mono_ms();
     d->work_hinted = TRUE;          /* the rescan at start */
 }
 
@@ -171,7 +171,7 @@ int main(int argc, char **argv)
     if (d.allowed_keys)
         g_hash_table_unref(d.allowed_keys);
     g_free(d.mail_from);
-    g_free(d.accounts);
+    dispatch_accounts_free(&d);
     spool_close(d.spool);
     config_free(&cfg);
     return 0;

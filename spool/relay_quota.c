@@ -1,10 +1,12 @@
 /*
- * relay_quota.c - the daily limit's window in `meta`, under "relay.quota":
+ * relay_quota.c - the daily limit's window in `meta`, under "relay.quota"
+ * (the default account; "relay.quota.NAME" for the account NAME):
  * big-endian bucket length in ms (8), newest bucket number (8), waiting
  * until (8), the limit (4), then RELAY_QUOTA_SPAN bucket counts (4 each):
  * 128 bytes, one value that fits a page, rewritten by each lease round.
  */
 #include "spool/relay_quota.h"
+#include "spool/relay_state.h"
 #include "spool/spool_lmdb.h"
 
 #include <string.h>
@@ -13,13 +15,23 @@
 #define RELAY_QUOTA_HEAD 28
 #define RELAY_QUOTA_LEN (RELAY_QUOTA_HEAD + 4 * RELAY_QUOTA_SPAN)
 
-gboolean relay_quota_get(struct spool_txn *t, struct relay_quota *out, GError **err)
+/* The meta key of account's window: [relay]'s keeps the name it always had. */
+static char *relay_quota_key(const char *account)
 {
+    if (!account || g_str_equal(account, RELAY_ACCOUNT_DEFAULT))
+        return g_strdup(RELAY_QUOTA_KEY);
+    return g_strconcat(RELAY_QUOTA_KEY ".", account, NULL);
+}
+
+gboolean relay_quota_get(struct spool_txn *t, const char *account, struct relay_quota *out,
+                         GError **err)
+{
+    g_autofree char *key = relay_quota_key(account);
     const unsigned char *p;
     size_t len;
 
     memset(out, 0, sizeof(*out));
-    if (!spool_meta_get(t, RELAY_QUOTA_KEY, &p, &len, "the relay quota", err))
+    if (!spool_meta_get(t, key, &p, &len, "the relay quota", err))
         return FALSE;
     if (!p)
         return TRUE;
@@ -37,8 +49,10 @@ gboolean relay_quota_get(struct spool_txn *t, struct relay_quota *out, GError **
     return TRUE;
 }
 
-gboolean relay_quota_put(struct spool_txn *t, const struct relay_quota *q, GError **err)
+gboolean relay_quota_put(struct spool_txn *t, const char *account, const struct relay_quota *q,
+                         GError **err)
 {
+    g_autofree char *key = relay_quota_key(account);
     unsigned char v[RELAY_QUOTA_LEN];
 
     spool_be64(v, (uint64_t)q->bucket_ms);
@@ -47,7 +61,7 @@ gboolean relay_quota_put(struct spool_txn *t, const struct relay_quota *q, GErro
     spool_be32(v + 24, q->limit);
     for (int i = 0; i < RELAY_QUOTA_SPAN; i++)
         spool_be32(v + RELAY_QUOTA_HEAD + 4 * i, q->counts[i]);
-    return spool_meta_put(t, RELAY_QUOTA_KEY, v, sizeof(v), "the relay quota", err);
+    return spool_meta_put(t, key, v, sizeof(v), "the relay quota", err);
 }
 
 /*

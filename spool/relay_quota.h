@@ -17,9 +17,11 @@
  * never exceeded.  The pure functions below want relay_quota_setup()
  * first (a record read from a spool that never had one is all zero).
  *
- * The record is meta "relay.quota" (relay_quota.c has the layout),
- * written by the dispatcher in the transaction that leases, read by
- * spoolctl stats and the metrics.
+ * The record is meta "relay.quota" for the account "default" ([relay])
+ * and "relay.quota.NAME" for [relay NAME] (relay_quota.c has the layout):
+ * each account counts against its own daily_limit.  It is written by the
+ * dispatcher in the transaction that leases, read by spoolctl stats and
+ * the metrics.
  */
 #ifndef POSTERN_RELAY_QUOTA_H
 #define POSTERN_RELAY_QUOTA_H
@@ -40,9 +42,11 @@ struct relay_quota {
     int64_t waiting_until;          /* unix ms: the limit is reached, deliveries wait; 0: not */
 };
 
-/* A spool that never recorded one: all zero. */
-gboolean relay_quota_get(struct spool_txn *t, struct relay_quota *out, GError **err);
-gboolean relay_quota_put(struct spool_txn *t, const struct relay_quota *q, GError **err);
+/* account: its name, NULL or "default" for [relay].  A spool that never recorded one: all zero. */
+gboolean relay_quota_get(struct spool_txn *t, const char *account, struct relay_quota *out,
+                         GError **err);
+gboolean relay_quota_put(struct spool_txn *t, const char *account, const struct relay_quota *q,
+                         GError **err);
 
 /*
  * Pure: make q count in buckets of window_ms / RELAY_QUOTA_PARTS against

@@ -50,7 +50,7 @@ gboolean spool_stats_read(struct spool *sp, const GPtrArray *relays, struct spoo
             spool_read_end(&t);
             return FALSE;
         }
-    if (!relay_state_get(&t, NULL, &st->relay, err) || !relay_quota_get(&t, &st->quota, err)) {
+    if (!relay_state_get(&t, NULL, &st->relay, err) || !relay_quota_get(&t, NULL, &st->quota, err)) {
         spool_read_end(&t);
         return FALSE;
     }
@@ -59,7 +59,8 @@ gboolean spool_stats_read(struct spool *sp, const GPtrArray *relays, struct spoo
         struct spool_stats_account *a = &st->accounts[st->naccounts++];
 
         g_strlcpy(a->name, r->name, sizeof(a->name));
-        if (!relay_state_get(&t, r->name, &a->relay, err)) {
+        if (!relay_state_get(&t, r->name, &a->relay, err) ||
+            !relay_quota_get(&t, r->name, &a->quota, err)) {
             spool_read_end(&t);
             return FALSE;
         }
@@ -86,6 +87,40 @@ gboolean spool_stats_read(struct spool *sp, const GPtrArray *relays, struct spoo
 static void stats_family(GString *out, const char *name, const char *type, const char *help)
 {
     g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* One value of an account's daily-limit window, for the metrics. */
+typedef int64_t (*stats_quota_value)(const struct relay_quota *q, int64_t now_ms);
+
+static int64_t stats_quota_used(const struct relay_quota *q, int64_t now_ms)
+{
+    return (int64_t)relay_quota_used(q, now_ms);
+}
+
+static int64_t stats_quota_limit(const struct relay_quota *q, int64_t now_ms)
+{
+    (void)now_ms;
+    return q->limit;
+}
+
+static int64_t stats_quota_waiting(const struct relay_quota *q, int64_t now_ms)
+{
+    return q->waiting_until > now_ms;
+}
+
+static int64_t stats_quota_until(const struct relay_quota *q, int64_t now_ms)
+{
+    return q->waiting_until > now_ms ? q->waiting_until / 1000 : 0;
+}
+
+/* A quota series: unlabelled for [relay] (as before accounts), account="NAME" for the others. */
+static void stats_quota(GString *out, const char *name, const struct spool_stats *st,
+                        int64_t now_ms, stats_quota_value value)
+{
+    g_string_append_printf(out, "%s %" G_GINT64_FORMAT "\n", name, value(&st->quota, now_ms));
+    for (guint i = 0; i < st->naccounts; i++)
+        g_string_append_printf(out, "%s{account=\"%s\"} %" G_GINT64_FORMAT "\n", name,
+                               st->accounts[i].name, value(&st->accounts[i].quota, now_ms));
 }
 
 void spool_stats_prometheus(const struct spool_stats *st, GString *out)
@@ -174,21 +209,18 @@ void spool_stats_prometheus(const struct spool_stats *st, GString *out)
     for (guint i = 0; i < st->naccounts; i++)
         g_string_append_printf(out, "postern_relay_pauses{account=\"%s\"} %u\n",
                                st->accounts[i].name, st->accounts[i].relay.pauses);
-    /* The daily limit: alert on used near limit, or on waiting. */
+    /* The daily limit, each account's own: alert on used near limit, or on waiting. */
     int64_t now = unix_ms();
-    gboolean waiting = st->quota.waiting_until > now;
     stats_family(out, "postern_relay_quota_used", "gauge",
-                 "Recipients leased towards the relay in the daily window.");
-    g_string_append_printf(out, "postern_relay_quota_used %" G_GUINT64_FORMAT "\n",
-                           relay_quota_used(&st->quota, now));
+                 "Recipients leased towards the relay account in its daily window.");
+    stats_quota(out, "postern_relay_quota_used", st, now, stats_quota_used);
     stats_family(out, "postern_relay_quota_limit", "gauge",
-                 "[relay] daily_limit as the dispatcher last applied it, 0 for none.");
-    g_string_append_printf(out, "postern_relay_quota_limit %u\n", st->quota.limit);
+                 "The account's daily_limit as the dispatcher last applied it, 0 for none.");
+    stats_quota(out, "postern_relay_quota_limit", st, now, stats_quota_limit);
     stats_family(out, "postern_relay_quota_waiting", "gauge",
-                 "1 while due deliveries wait for the daily window to move.");
-    g_string_append_printf(out, "postern_relay_quota_waiting %d\n", waiting ? 1 : 0);
+                 "1 while due deliveries wait for the account's daily window to move.");
+    stats_quota(out, "postern_relay_quota_waiting", st, now, stats_quota_waiting);
     stats_family(out, "postern_relay_quota_waiting_until_seconds", "gauge",
-                 "Unix time the daily window next makes room, 0 when not waiting.");
-    g_string_append_printf(out, "postern_relay_quota_waiting_until_seconds %" G_GINT64_FORMAT
-                           "\n", waiting ? st->quota.waiting_until / 1000 : 0);
+                 "Unix time the account's daily window next makes room, 0 when not waiting.");
+    stats_quota(out, "postern_relay_quota_waiting_until_seconds", st, now, stats_quota_until);
 }

@@ -24,12 +24,13 @@ struct spool_stats {
     int64_t oldest_age;             /* seconds, oldest message not ended */
     uint64_t spool_bytes;
     struct relay_state relay;       /* the relay pause ([relay], the account "default") */
-    guint naccounts;                /* the [relay NAME] accounts' pauses, in config order */
+    guint naccounts;                /* the [relay NAME] accounts' pauses and windows, in config order */
     struct spool_stats_account {
         char name[SPOOL_STATS_NAME];
         struct relay_state relay;
+        struct relay_quota quota;   /* its daily_limit's window */
     } accounts[SPOOL_STATS_ACCOUNTS];
-    struct relay_quota quota;       /* [relay] daily_limit's window */
+    struct relay_quota quota;       /* [relay] daily_limit's window (the account "default") */
     /* Totals (Prometheus counters): spool.h SPOOL_COUNTER_* */
     uint64_t received;
     uint64_t rejected[SPOOL_REJECT_REASONS + 1];   /* spool_reject_reasons, then other */

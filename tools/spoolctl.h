@@ -105,10 +105,8 @@ char *ctl_relay_describe(const struct postern_config *cfg, const struct relay_st
 /* {"paused": b, "paused_until": unix s or 0, "pauses": n, "reason": s|null} */
 void ctl_relay_json(JsonBuilder *b, const struct relay_state *st);
 /* "no daily limit" or "U of N recipients in the last 24h[, waiting until ...]" */
-char *ctl_quota_describe(const struct postern_config *cfg, const struct relay_quota *q);
-/* {"limit": n (0: none), "used": n, "waiting": b, "waiting_until": unix s or 0} */
-void ctl_quota_json(JsonBuilder *b, const struct postern_config *cfg,
-                    const struct relay_quota *q);
+char *ctl_quota_describe(const struct postern_config *cfg, const struct postern_relay *r,
+                         const struct relay_quota *q);
 int ctl_relay(struct ctl *c, int argc, char **argv);
 
 /* spoolctl_apikey.c */

@@ -10,6 +10,7 @@
 #include "tools/spoolctl.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "spool/relay_json.h"
 #include "spool/spool_steer.h"
 
 #include <stdio.h>
@@ -105,7 +106,16 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
         }
         json_builder_end_object(b);
         json_builder_set_member_name(b, "quota");
-        ctl_quota_json(b, &c->cfg, &st.quota);
+        relay_quota_json(b, &c->cfg, c->cfg.relays->pdata[0], &st.quota, unix_ms());
+        /* "quota" is [relay]'s; each [relay NAME] counts against its own limit. */
+        json_builder_set_member_name(b, "quota_accounts");
+        json_builder_begin_object(b);
+        for (guint i = 0; i < st.naccounts; i++) {
+            json_builder_set_member_name(b, st.accounts[i].name);
+            relay_quota_json(b, &c->cfg, config_relay_find(&c->cfg, st.accounts[i].name),
+                             &st.accounts[i].quota, unix_ms());
+        }
+        json_builder_end_object(b);
         json_builder_end_object(b);
         ctl_json_print(b);
         return CTL_OK;
@@ -128,8 +138,13 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
             &c->cfg, config_relay_find(&c->cfg, st.accounts[i].name), &st.accounts[i].relay);
         printf("%-12s %s\n", "relay:", account);
     }
-    g_autofree char *quota = ctl_quota_describe(&c->cfg, &st.quota);
-    printf("%-12s %s\n", "quota:", quota);
+    g_autofree char *quota = ctl_quota_describe(&c->cfg, c->cfg.relays->pdata[0], &st.quota);
+    printf("%-12s %s%s\n", "quota:", st.naccounts ? "account default: " : "", quota);
+    for (guint i = 0; i < st.naccounts; i++) {
+        g_autofree char *account = ctl_quota_describe(
+            &c->cfg, config_relay_find(&c->cfg, st.accounts[i].name), &st.accounts[i].quota);
+        printf("%-12s account %s: %s\n", "quota:", st.accounts[i].name, account);
+    }
     return CTL_OK;
 }
 

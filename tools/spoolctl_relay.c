@@ -75,42 +75,29 @@ void ctl_relay_json(JsonBuilder *b, const struct relay_state *st)
 }
 
 /*
- * The daily limit as the spool counted it; the limit is the configured
- * one, since the dispatcher writes the record only when it leases.
+ * Account r's daily limit as the spool counted it; the limit is the
+ * configured one, since the dispatcher writes the record only when it
+ * leases.
  */
-char *ctl_quota_describe(const struct postern_config *cfg, const struct relay_quota *q)
+char *ctl_quota_describe(const struct postern_config *cfg, const struct postern_relay *r,
+                         const struct relay_quota *q)
 {
     int64_t now = unix_ms();
-    g_autofree char *window = g_strdup_printf("%" G_GUINT64_FORMAT "s", cfg->relay.daily_window);
+    struct postern_relay_limits lim;
+    g_autofree char *window = NULL;
 
-    if (!cfg->relay.daily_limit)
+    config_relay_limits(cfg, r, &lim);
+    window = g_strdup_printf("%" G_GUINT64_FORMAT "s", lim.daily_window);
+    if (!lim.daily_limit)
         return g_strdup("no daily limit");
     if (q->waiting_until <= now)
         return g_strdup_printf("%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
                                " recipients in the last %s", relay_quota_used(q, now),
-                               cfg->relay.daily_limit, window);
+                               lim.daily_limit, window);
     g_autofree char *until = ctl_relay_until(q->waiting_until, now);
     return g_strdup_printf("%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
                            " recipients in the last %s, deliveries waiting until %s",
-                           relay_quota_used(q, now), cfg->relay.daily_limit, window, until);
-}
-
-void ctl_quota_json(JsonBuilder *b, const struct postern_config *cfg,
-                    const struct relay_quota *q)
-{
-    int64_t now = unix_ms();
-    gboolean waiting = cfg->relay.daily_limit && q->waiting_until > now;
-
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "limit");
-    json_builder_add_int_value(b, (gint64)cfg->relay.daily_limit);
-    json_builder_set_member_name(b, "used");
-    json_builder_add_int_value(b, (gint64)relay_quota_used(q, now));
-    json_builder_set_member_name(b, "waiting");
-    json_builder_add_boolean_value(b, waiting);
-    json_builder_set_member_name(b, "waiting_until");
-    json_builder_add_int_value(b, waiting ? q->waiting_until / 1000 : 0);
-    json_builder_end_object(b);
+                           relay_quota_used(q, now), lim.daily_limit, window, until);
 }
 
 /* The accounts a relay command is about: the one --account names, or all. */

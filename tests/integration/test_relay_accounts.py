@@ -1,20 +1,25 @@
 """Several relay accounts ([relay NAME]) through the real chain: jobs go to
 the accounts in turn, each with its own AUTH user, on connections never
-shared between accounts.
+shared between accounts, each account within its own daily limit, rate
+and connection budget.
 
 The relay is one aiosmtpd with STARTTLS and AUTH that takes two users and
-records, for every message it accepts, the user its session logged in as.
+records, for every message it accepts, the user its session logged in as
+and when, and for each user the sessions open at once.
 """
+import time
 from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
+from aiosmtpd.smtp import SMTP, AuthResult
 
 import chain as pc
 import postern
 from chain import OWNER, make_chain  # noqa: F401  (fixture)
 from smtp_client_test import PASSWORD, USER, pki  # noqa: F401  (fixture)
+from test_api import make_api  # noqa: F401  (fixture)
+from test_events import events_config, metric, receiver  # noqa: F401  (fixture)
 
 SECOND, SECOND_PASSWORD = "second-user", "an0ther pw"
 
@@ -25,15 +30,27 @@ class AccountsRelay(pc.Relay):
     def __init__(self):
         super().__init__()
         self.users = []             # the AUTH user of each message accepted
+        self.user_times = []        # (monotonic time, AUTH user) of each message accepted
         self.rcpt_users = {}        # rcpt -> AUTH users of its copies
         self.mail_refused = {}      # AUTH user -> the reply to its MAIL FROM
+        self.sessions = {}          # AUTH user -> sessions logged in and open now
+        self.most_sessions = {}     # AUTH user -> the most open at once
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):
         self.mechanisms.append(mechanism)
         logins = {USER: PASSWORD, SECOND: SECOND_PASSWORD}
         ok = logins.get(auth_data.login.decode()) == auth_data.password.decode()
         session.postern_user = auth_data.login.decode() if ok else None
+        if ok:
+            user = session.postern_user
+            self.sessions[user] = self.sessions.get(user, 0) + 1
+            self.most_sessions[user] = max(self.most_sessions.get(user, 0), self.sessions[user])
         return AuthResult(success=ok, handled=False)
+
+    def session_closed(self, session):
+        user = getattr(session, "postern_user", None)
+        if user:
+            self.sessions[user] -= 1
 
     async def handle_MAIL(self, server, session, envelope, address, options):
         if session.postern_user in self.mail_refused:
@@ -46,15 +63,30 @@ class AccountsRelay(pc.Relay):
         if reply.startswith("250"):
             user = session.postern_user
             self.users.append(user)
+            self.user_times.append((time.monotonic(), user))
             for r in envelope.rcpt_tos:
                 self.rcpt_users.setdefault(r, []).append(user)
         return reply
 
 
+class SessionSMTP(SMTP):
+    """aiosmtpd's server, telling the relay when a session's connection ends."""
+
+    def connection_lost(self, exc):
+        if self.session is not None:
+            self.event_handler.session_closed(self.session)
+        super().connection_lost(exc)
+
+
+class AccountsController(Controller):
+    def factory(self):
+        return SessionSMTP(self.handler, **self.SMTP_kwargs)
+
+
 @pytest.fixture
 def accounts_relay(pki):  # noqa: F811
     relay = AccountsRelay()
-    ctl = Controller(relay, hostname="127.0.0.1", port=postern.free_port(), tls_context=pki["good"],
+    ctl = AccountsController(relay, hostname="127.0.0.1", port=postern.free_port(), tls_context=pki["good"],
                      require_starttls=True, auth_required=True,
                      authenticator=relay.authenticate, server_hostname="mx.test")
     ctl.start()
@@ -162,3 +194,95 @@ def test_a_421_pauses_only_its_account(make_chain, accounts_relay, pki, tmp_path
     assert 'postern_relay_paused{account="second"} 0' in metrics, metrics
     postern.wait_for(lambda: "account second resumed" in c.dispatch.log(), timeout=10,
                      what="the dispatcher's resume line")
+
+
+WINDOW = 12     # daily_window: buckets of 0.5 s, so the test sees the window move
+
+
+def test_each_account_has_its_own_daily_limit(make_chain, make_api, accounts_relay, pki,  # noqa: F811
+                                              tmp_path, receiver):  # noqa: F811
+    """daily_limit 10, [relay second] taking [relay]'s as its own: 30 copies
+    and the owner's notice go 10 through each user, the other 11 wait,
+    visibly per account (log, stats, metrics, /healthz, the event naming
+    the account); they go when the window moves, never more than 10 a
+    window for either user."""
+    relay, port = accounts_relay
+    cfg = postern.merge(two_accounts(tmp_path, pki, port), events_config(tmp_path, receiver.url))
+    cfg["relay"].update(daily_limit="10", daily_window=f"{WINDOW}s")
+    c, _ = make_chain(cfg, relay=False)
+    api = make_api(sections=c.ingest.sections)
+    qid = c.send([f"q{i:02}@example.org" for i in range(30)])
+
+    postern.wait_for(lambda: len(relay.users) >= 20, timeout=60, what="20 copies")
+    postern.wait_for(lambda: c.stats()["quota"]["waiting"] and
+                     c.stats()["quota_accounts"]["second"]["waiting"], timeout=10,
+                     what="both accounts waiting")
+    assert sorted(relay.users.count(u) for u in (USER, SECOND)) == [10, 10], relay.users
+    st = c.stats()
+    assert st["quota"]["used"] == 10 and st["quota"]["limit"] == 10, st
+    assert st["quota_accounts"]["second"]["used"] == 10, st
+    assert st["deliveries"]["ready"] == 11, st
+    text = c.spoolctl("stats").stdout.decode()
+    assert "account second: 10 of 10 recipients" in text and "waiting until" in text, text
+    metrics = c.spoolctl("metrics").stdout.decode()
+    assert metric(metrics, "postern_relay_quota_waiting") == 1, metrics
+    assert metric(metrics, 'postern_relay_quota_used{account="second"}') == 10, metrics
+    assert metric(metrics, 'postern_relay_quota_waiting{account="second"}') == 1, metrics
+    log = c.dispatch.log()
+    assert "account second: daily limit of 10 recipients reached" in log, log
+    assert "account default: daily limit of 10 recipients reached" in log, log
+    status, body, _ = api.call("GET", "/healthz", key=None)
+    assert status == 200 and [a["account"] for a in body["accounts"]] == ["default", "second"]
+    assert all(a["quota"]["waiting"] and a["quota"]["used"] == 10 for a in body["accounts"]), body
+    receiver.wait(lambda evs: any("relay account second" in (e.get("reason") or "")
+                                  for e in evs if e["type"] == "relay.quota_wait"),
+                  what="relay.quota_wait event of account second")
+    assert len(relay.users) == 20
+
+    # The window moves: the rest goes, within each user's own limit.
+    dl = c.wait_state(qid, "done", timeout=3 * WINDOW + 30)
+    assert {d["state"] for d in dl} == {"sent"}
+    postern.wait_for(lambda: len(relay.users) == 31, timeout=3 * WINDOW, what="owner's notice")
+    for user in (USER, SECOND):
+        times = [t for t, u in relay.user_times if u == user]
+        assert all(times[k + 10] - times[k] >= WINDOW - 1 for k in range(len(times) - 10)), times
+    assert "account second: daily limit: leasing again" in c.dispatch.log()
+
+
+def test_max_connections_of_one_account(make_chain, accounts_relay, pki, tmp_path):  # noqa: F811
+    """[relay second] max_connections 1 beside [relay]'s 4, with a slow
+    relay: SECOND never has two sessions open at once, while the default
+    account has several; every copy goes."""
+    relay, port = accounts_relay
+    relay.delay = 0.3
+    cfg = two_accounts(tmp_path, pki, port)
+    cfg["relay"]["max_connections"] = "4"
+    cfg["relay second"]["max_connections"] = "1"
+    c, _ = make_chain(cfg, relay=False)
+    qid = c.send([f"c{i:02}@example.org" for i in range(24)])
+    dl = c.wait_state(qid, "done", timeout=90)
+    assert {d["state"] for d in dl} == {"sent"}
+    assert relay.users.count(SECOND) >= 2, relay.users
+    assert relay.most_sessions[SECOND] == 1, relay.most_sessions
+    assert relay.most_sessions[USER] > 1, relay.most_sessions
+
+
+def test_rate_of_one_account(make_chain, accounts_relay, pki, tmp_path):  # noqa: F811
+    """[relay second] rate 2 (messages a second), [relay] none, on a slow
+    relay: SECOND's copies are spread at 2 a second at most (one second's
+    burst aside) while the default account carries more."""
+    relay, port = accounts_relay
+    relay.delay = 0.2
+    cfg = two_accounts(tmp_path, pki, port)
+    cfg["relay"]["max_connections"] = "2"
+    cfg["relay second"]["rate"] = "2"
+    c, _ = make_chain(cfg, relay=False)
+    qid = c.send([f"t{i:02}@example.org" for i in range(40)])
+    dl = c.wait_state(qid, "done", timeout=60)
+    assert {d["state"] for d in dl} == {"sent"}
+    # 7 copies take 2.5 s at 2 a second after a burst of 2; the relay sees
+    # them up to a connection's setup (TLS, AUTH) sooner or later.
+    times = sorted(t for t, u in relay.user_times if u == SECOND)
+    assert len(times) >= 7, relay.users
+    assert all(times[k + 6] - times[k] >= 1.5 for k in range(len(times) - 6)), times
+    assert relay.users.count(USER) > len(times), relay.users

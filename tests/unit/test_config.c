@@ -396,14 +396,16 @@ static void test_relay_accounts(void **state)
     g_autofree char *pw = existing_file();
     g_autofree char *text = g_strdup_printf(
         "[relay]\nurl = smtp://relay.test:587\ntls = opportunistic\nuser = a\n"
-        "password_file = %s\n[relay b]\nurl = smtp://relay.test:587\nuser = b\n"
-        "password_file = %s\n", pw, pw);
+        "password_file = %s\ndaily_limit = 100\nrate = 3\n[relay b]\n"
+        "url = smtp://relay.test:587\nuser = b\npassword_file = %s\ndaily_limit = 10\n"
+        "max_connections = 1\ndaily_window = 1h\n", pw, pw);
     g_autofree char *path = write_config(text);
     g_autofree char *same = g_strdup_printf(
         "[relay]\nurl = smtp://r.test\nuser = a\npassword_file = %s\n"
         "[relay b]\nurl = smtp://r.test\nuser = a\npassword_file = %s\n", pw, pw);
     g_autoptr(GPtrArray) problems = g_ptr_array_new_with_free_func(g_free);
     const struct postern_relay *r;
+    struct postern_relay_limits lim;
     struct postern_config cfg;
 
     (void)state;
@@ -423,6 +425,16 @@ static void test_relay_accounts(void **state)
     assert_string_equal(r->tls, "opportunistic");           /* from [relay] */
     assert_string_equal(config_relay_find(&cfg, "default")->user, "a");
     assert_null(config_relay_find(&cfg, "c"));
+    /* b's own limits where it set them, a budget of [relay]'s size where not. */
+    config_relay_limits(&cfg, r, &lim);
+    assert_int_equal(lim.daily_limit, 10);
+    assert_int_equal(lim.max_connections, 1);
+    assert_int_equal(lim.daily_window, 3600);
+    assert_true(lim.rate > 2.9 && lim.rate < 3.1);
+    config_relay_limits(&cfg, config_relay_find(&cfg, "default"), &lim);
+    assert_int_equal(lim.daily_limit, 100);
+    assert_int_equal(lim.max_connections, 10);
+    assert_int_equal(lim.daily_window, 86400);
     config_free(&cfg);
 
     expect_error(same, "[relay b] user: url smtp://r.test and user \"a\" are also relay "
@@ -439,9 +451,19 @@ static void test_relay_accounts(void **state)
                  "\"default\" cannot name a relay account");
     expect_error("[relay b]\nurl = smtp://r.test\n[relay  b]\nurl = smtp://s.test\n",
                  "a second relay account called \"b\"");
-    /* The limits stay [relay]'s: not an account's key. */
-    expect_error("[relay b]\nurl = smtp://r.test\ndaily_limit = 10\n",
-                 "[relay b] daily_limit: unknown key");
+    /* An account's limits are checked as [relay]'s. */
+    expect_error("[relay b]\nurl = smtp://r.test\ndaily_limit = ten\n",
+                 "[relay b] daily_limit: bad number \"ten\"");
+    expect_error("[relay b]\nurl = smtp://r.test\nmax_connections = 0\n",
+                 "[relay b] max_connections: must be more than 0");
+    expect_error("[relay b]\nurl = smtp://r.test\ndaily_window = 0s\n",
+                 "[relay b] daily_window: must be more than 0");
+    expect_error("[relay b]\nurl = smtp://r.test\nrate = inf\n",
+                 "[relay b] rate: not a finite number");
+    expect_error("[relay b]\nurl = smtp://r.test\ndaily_limit = 5000000000\n",
+                 "[relay b] daily_limit: more than");
+    expect_error("[relay b]\nurl = smtp://r.test\ntimeout = 1m\n",
+                 "[relay b] timeout: unknown key");
     g_unlink(pw);
 }
 

@@ -93,7 +93,7 @@ static int teardown(void **state)
     g_hash_table_unref(f->d.jobs);
     g_hash_table_unref(f->d.workers);
     g_free(f->d.mail_from);
-    g_free(f->d.accounts);
+    dispatch_accounts_free(&f->d);
     zmq_setsockopt(f->sock, ZMQ_LINGER, &linger, sizeof(linger));
     zmq_close(f->sock);
     zmq_ctx_term(f->zctx);
@@ -859,13 +859,13 @@ static void test_lease_fair(void **state)
     assert_int_equal(index_entries(f, 1), 102);
 }
 
-static struct relay_quota read_quota(struct fixture *f)
+static struct relay_quota read_quota(struct fixture *f, const char *account)
 {
     struct spool_txn t;
     struct relay_quota q;
 
     assert_true(spool_read_begin(f->d.spool, &t, NULL));
-    assert_true(relay_quota_get(&t, &q, NULL));
+    assert_true(relay_quota_get(&t, account, &q, NULL));
     spool_read_end(&t);
     return q;
 }
@@ -889,18 +889,28 @@ static void test_lease_daily_limit(void **state)
 
     dispatch_lease_deliveries(&f->d);
     assert_int_equal(index_entries(f, 1), 5);
-    q = read_quota(f);
+    q = read_quota(f, NULL);
     assert_int_equal(relay_quota_used(&q, unix_ms()), 5);
     assert_int_equal(q.limit, 5);
     assert_true(q.waiting_until > unix_ms() + 23 * 3600 * 1000LL);
-    assert_int_equal(f->d.quota_wait_until, q.waiting_until);
+    assert_int_equal(f->d.accounts[0].quota_wait_until, q.waiting_until);
 
     dispatch_lease_deliveries(&f->d);
-    f->d.quota_wait_until = 0;
+    f->d.accounts[0].quota_wait_until = 0;
     dispatch_lease_deliveries(&f->d);
     assert_int_equal(index_entries(f, 1), 5);
     assert_int_equal(index_entries(f, 0), 3);
-    assert_int_equal(read_quota(f).waiting_until, q.waiting_until);
+    assert_int_equal(read_quota(f, NULL).waiting_until, q.waiting_until);
+}
+
+/* The account the next job would get, with every account's budget full. */
+static struct dispatch_account *next_account(struct fixture *f)
+{
+    for (guint i = 0; i < f->d.naccounts; i++) {
+        f->d.accounts[i].left_rcpts = G_MAXUINT32;
+        f->d.accounts[i].left_txns = f->d.accounts[i].left_conns = G_MAXUINT;
+    }
+    return dispatch_account_choose(&f->d, unix_ms());
 }
 
 /* A second relay account in the fixture's config, as [relay NAME] loads it. */
@@ -950,8 +960,8 @@ static void test_lease_accounts_in_turn(void **state)
     }
     assert_int_equal(to_b, 2);
     /* The sixth job is b's: the turn goes on across rounds. */
-    assert_ptr_equal(dispatch_account_next(&f->d)->relay, b);
-    assert_ptr_equal(dispatch_account_next(&f->d)->relay, dflt);
+    assert_ptr_equal(next_account(f)->relay, b);
+    assert_ptr_equal(next_account(f)->relay, dflt);
 }
 
 /* An account's pause as the spool holds it. */
@@ -989,7 +999,7 @@ static void test_results_pause_one_account(void **state)
     assert_string_equal(st.reason, "421 4.7.0 Try again later, closing connection.");
     st = read_pause(f, NULL);
     assert_false(relay_state_paused(&st, unix_ms()));
-    assert_false(dispatch_accounts_paused(&f->d, unix_ms()));
+    assert_ptr_equal(next_account(f), &f->d.accounts[0]);
 
     f->ts->cfg.relay.max_connections = 10;
     add_sender(f, "a", 10);
@@ -1003,18 +1013,159 @@ static void test_results_pause_one_account(void **state)
     dispatch_lease_deliveries(&f->d);
     for (int i = 0; i < 2; i++)
         assert_ptr_equal(job_of(f, m[i].msg)->account, f->ts->cfg.relays->pdata[0]);
-    assert_ptr_not_equal(dispatch_account_next(&f->d)->relay, b);
+    assert_ptr_not_equal(next_account(f)->relay, b);
 
     /* Both paused: no round, and no account for a job. */
     f->d.accounts[0].paused_until = unix_ms() + 60000;
-    assert_true(dispatch_accounts_paused(&f->d, unix_ms()));
-    assert_null(dispatch_account_next(&f->d));
+    assert_false(dispatch_accounts_budget(&f->d, unix_ms()));
+    assert_null(next_account(f));
+}
+
+/*
+ * The choice of a job's account: the next in turn that is not paused and
+ * has daily limit, rate and connections left; passing over the others;
+ * none when every account is out.
+ */
+static void test_account_choice(void **state)
+{
+    struct fixture *f = *state;
+    struct dispatch_account *dflt, *b, *c;
+
+    add_account(f, "b");
+    add_account(f, "c");
+    dispatch_accounts_setup(&f->d);
+    dflt = &f->d.accounts[0];
+    b = &f->d.accounts[1];
+    c = &f->d.accounts[2];
+    assert_ptr_equal(next_account(f), dflt);
+    assert_ptr_equal(next_account(f), b);
+    assert_ptr_equal(next_account(f), c);
+
+    /* b paused, c out of its daily limit: default takes every turn. */
+    next_account(f);
+    b->paused_until = unix_ms() + 60000;
+    c->left_rcpts = 0;
+    for (int i = 0; i < 3; i++)
+        assert_ptr_equal(dispatch_account_choose(&f->d, unix_ms()), dflt);
+    /* A job costs its account a connection: default's run out, then nothing. */
+    dflt->left_conns = 2;
+    assert_ptr_equal(dispatch_account_choose(&f->d, unix_ms()), dflt);
+    assert_ptr_equal(dispatch_account_choose(&f->d, unix_ms()), dflt);
+    assert_int_equal(dflt->left_conns, 0);
+    assert_null(dispatch_account_choose(&f->d, unix_ms()));
+    /* No rate left is out too; b's pause over, it is chosen again. */
+    dflt->left_conns = 1;
+    dflt->left_txns = 0;
+    assert_null(dispatch_account_choose(&f->d, unix_ms()));
+    b->paused_until = 0;
+    assert_ptr_equal(dispatch_account_choose(&f->d, unix_ms()), b);
+}
+
+/*
+ * Each account has a daily limit of its own (b inherits [relay]'s 3 as a
+ * budget of its own): 8 due, 3 through each, each window in its own
+ * record, both waiting; the next round leases nothing.
+ */
+static void test_lease_daily_limit_per_account(void **state)
+{
+    struct fixture *f = *state;
+    const struct postern_relay *b = add_account(f, "b");
+    struct leased m[8];
+    unsigned to_b = 0, leased = 0;
+    struct relay_quota q;
+
+    dispatch_accounts_setup(&f->d);
+    f->ts->cfg.relay.daily_limit = 3;
+    f->ts->cfg.relay.max_connections = 10;
+    add_sender(f, "a", 10);
+    for (int i = 0; i < 8; i++) {
+        m[i] = (struct leased){ .n = 1, .state = MSG_READY, .due_at = unix_ms() / 1000 - 1 };
+        assert_true(spool_write(f->d.spool, put_leased, &m[i], NULL));
+    }
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+
+    dispatch_lease_deliveries(&f->d);
+    for (int i = 0; i < 8; i++) {
+        const struct dispatch_job *job = job_of(f, m[i].msg);
+
+        leased += job != NULL;
+        to_b += job && job->account == b;
+    }
+    assert_int_equal(leased, 6);
+    assert_int_equal(to_b, 3);
+    q = read_quota(f, NULL);
+    assert_int_equal(relay_quota_used(&q, unix_ms()), 3);
+    assert_true(q.waiting_until > unix_ms());
+    assert_int_equal(f->d.accounts[0].quota_wait_until, q.waiting_until);
+    q = read_quota(f, "b");
+    assert_int_equal(relay_quota_used(&q, unix_ms()), 3);
+    assert_int_equal(q.limit, 3);
+    assert_true(q.waiting_until > unix_ms());
+    assert_int_equal(f->d.accounts[1].quota_wait_until, q.waiting_until);
+
+    /* Both wait: no round; nor one that ignores the waits, from the spool alone. */
+    f->d.accounts[0].quota_wait_until = f->d.accounts[1].quota_wait_until = 0;
+    dispatch_lease_deliveries(&f->d);
+    assert_int_equal(g_hash_table_size(f->d.jobs), 6);
+    assert_int_equal(index_entries(f, 0), 2);
+}
+
+/*
+ * b's max_connections 1 is its own: one job of b in flight, the rest to
+ * the default account; b's connection, idle after its job, still counts
+ * until b's next job takes it again on the same worker.
+ */
+static void test_lease_connections_per_account(void **state)
+{
+    struct fixture *f = *state;
+    struct postern_relay *b = (struct postern_relay *)add_account(f, "b");
+    struct leased m[6];
+    unsigned to_b = 0;
+
+    b->limits.max_connections = 1;
+    b->limits_set = CONFIG_RELAY_SET_MAX_CONNECTIONS;
+    dispatch_accounts_setup(&f->d);
+    f->ts->cfg.relay.max_connections = 10;
+    add_sender(f, "a", 10);
+    for (int i = 0; i < 6; i++) {
+        m[i] = (struct leased){ .n = 1, .state = MSG_READY, .due_at = unix_ms() / 1000 - 1 };
+        assert_true(spool_write(f->d.spool, put_leased, &m[i], NULL));
+    }
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+    assert_int_equal(dispatch_accounts_conn_max(&f->d), 11);
+
+    dispatch_lease_deliveries(&f->d);
+    assert_int_equal(g_hash_table_size(f->d.jobs), 6);
+    for (int i = 0; i < 6; i++)
+        to_b += job_of(f, m[i].msg)->account == b;
+    assert_int_equal(to_b, 1);
+    assert_int_equal(f->d.accounts[1].jobs, 1);
+
+    /* Its job over, its connection idle on worker a: counted, and a takes it again. */
+    for (int i = 0; i < 6; i++)
+        if (job_of(f, m[i].msg)->account == b)
+            g_hash_table_remove(f->d.jobs, &job_of(f, m[i].msg)->lease);
+    assert_int_equal(f->d.accounts[1].jobs, 0);
+    assert_int_equal(f->d.accounts[1].idle->len, 1);
+    assert_true(dispatch_accounts_budget(&f->d, unix_ms()));
+    assert_int_equal(f->d.accounts[1].round_conns, 1);      /* the idle one, again */
+    assert_ptr_equal(dispatch_account_worker(&f->d, &f->d.accounts[1]),
+                     g_hash_table_lookup(f->d.workers, "a"));
+    /* With no credit on a, the idle connection still counts: no room for b. */
+    ((struct dispatch_worker *)g_hash_table_lookup(f->d.workers, "a"))->credit = 0;
+    dispatch_accounts_budget(&f->d, unix_ms());
+    assert_int_equal(f->d.accounts[1].round_conns, 0);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_results_classified, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_account_choice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_daily_limit_per_account, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_connections_per_account, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_done_with_report, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_while_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_pause_and_fencing, setup, teardown),

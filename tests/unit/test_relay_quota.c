@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "spool/relay_quota.h"
+#include "spool/relay_state.h"
 #include "tests/unit/temp_spool.h"
 
 #define WINDOW (24 * 3600 * 1000LL)     /* 24 h: buckets of an hour */
@@ -104,7 +105,12 @@ static void test_window_change_keeps_count(void **state)
 
 static gboolean put_quota(struct spool_txn *t, void *ctx, GError **err)
 {
-    return relay_quota_put(t, ctx, err);
+    return relay_quota_put(t, NULL, ctx, err);
+}
+
+static gboolean put_quota_two(struct spool_txn *t, void *ctx, GError **err)
+{
+    return relay_quota_put(t, "two", ctx, err);
 }
 
 static void test_round_trip(void **state)
@@ -115,7 +121,7 @@ static void test_round_trip(void **state)
     GError *err = NULL;
 
     assert_true(spool_read_begin(f->sp, &t, &err));
-    assert_true(relay_quota_get(&t, &got, &err));
+    assert_true(relay_quota_get(&t, NULL, &got, &err));
     spool_read_end(&t);
     assert_int_equal(got.bucket_ms, 0);
     assert_int_equal(relay_quota_used(&got, T0), 0);
@@ -126,10 +132,20 @@ static void test_round_trip(void **state)
     q.waiting_until = T0 + WINDOW;
     assert_true(spool_write(f->sp, put_quota, &q, NULL));
     assert_true(spool_read_begin(f->sp, &t, &err));
-    assert_true(relay_quota_get(&t, &got, &err));
+    assert_true(relay_quota_get(&t, RELAY_ACCOUNT_DEFAULT, &got, &err));
     spool_read_end(&t);
     assert_memory_equal(&got, &q, sizeof(q));
     assert_int_equal(relay_quota_used(&got, T0 + HOUR), 10);
+
+    /* Another account's window is a record of its own: default's is untouched. */
+    relay_quota_add(&q, T0 + HOUR, 5);
+    assert_true(spool_write(f->sp, put_quota_two, &q, NULL));
+    assert_true(spool_read_begin(f->sp, &t, &err));
+    assert_true(relay_quota_get(&t, "two", &got, &err));
+    assert_int_equal(relay_quota_used(&got, T0 + HOUR), 15);
+    assert_true(relay_quota_get(&t, NULL, &got, &err));
+    assert_int_equal(relay_quota_used(&got, T0 + HOUR), 10);
+    spool_read_end(&t);
 }
 
 int main(void)
