@@ -761,18 +761,12 @@ int     smtp_client_send(struct smtp_client *c, const char *mail_from,
 
 /* ---- life cycle ---------------------------------------------------------- */
 
-struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError **err)
+SSL_CTX *smtp_tls_context_new(const struct smtp_client_config *cfg, GError **err)
 {
-    struct smtp_client *c;
     SSL_CTX *ctx;
     int     ok;
-    size_t  i;
     char    why[256];
 
-    if (cfg->url->kind == RELAY_MAILDIR) {
-        g_set_error(err, SMTP_ERROR, SMTP_ERROR_CONFIG, "a Maildir is not an SMTP relay");
-        return NULL;
-    }
     /*
      * A relay that closes without a TLS close_notify has lost the
      * connection, as in plain text; SMTP's own framing already protects
@@ -792,6 +786,23 @@ struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError
         SSL_CTX_free(ctx);
         return NULL;
     }
+    return ctx;
+}
+
+struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError **err)
+{
+    struct smtp_client *c;
+    SSL_CTX *ctx = cfg->ssl_ctx;
+    size_t  i;
+
+    if (cfg->url->kind == RELAY_MAILDIR) {
+        g_set_error(err, SMTP_ERROR, SMTP_ERROR_CONFIG, "a Maildir is not an SMTP relay");
+        return NULL;
+    }
+    if (ctx != NULL)
+        SSL_CTX_up_ref(ctx);
+    else if ((ctx = smtp_tls_context_new(cfg, err)) == NULL)
+        return NULL;
     c = g_new0(struct smtp_client, 1);
     c->kind = cfg->url->kind;
     c->host = g_strdup(cfg->url->host);
