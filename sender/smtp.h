@@ -158,13 +158,28 @@ int     smtp_client_send(struct smtp_client *c, const char *mail_from,
              size_t n_parts, struct smtp_rcpt_result *results, GError **err);
 
 /*
+ * The transaction the caller will send next on this client, if this one
+ * goes well: with PIPELINING its RSET, MAIL, RCPTs and DATA then go in the
+ * same write as the end of data of the next smtp_client_send() (RFC 2920),
+ * which saves a round trip. Copies what it needs. The announcement is
+ * used or forgotten by that call. A transaction sent ahead and then not
+ * run (the caller stopped, or sent another one) costs the connection: the
+ * next smtp_client_send() opens a new one, smtp_client_connected() says
+ * FALSE, and smtp_client_free() closes without QUIT.
+ */
+void    smtp_client_announce(struct smtp_client *c, const char *mail_from,
+                 const char *const *rcpts, size_t n, const size_t *data_lens,
+                 size_t n_parts);
+
+/*
  * Open a session as a transaction would (connect, greeting, EHLO,
  * STARTTLS with the configured verification, AUTH) and stop there:
  * `spoolctl check`.  FALSE with *err naming the relay and its reply.
  */
 gboolean smtp_client_probe(struct smtp_client *c, GError **err);
 
-/* Whether the client holds a connection now (a failure drops it). */
+/* Whether the client holds a connection it can use again now (a failure
+ * drops it; see smtp_client_announce() too). */
 gboolean smtp_client_connected(const struct smtp_client *c);
 
 /* QUIT if connected, then free. */
