@@ -125,9 +125,10 @@ def deliveries(c):
     return c.stats()["deliveries"]
 
 
-def postern_round(rnd, workers, sink_port):
-    """Deliveries per second of `workers` senders on a spool full of ready copies."""
-    c = make_chain(f"postern-{rnd}-{workers}", sink_port)
+def postern_round(rnd, workers, sink_port, name="postern"):
+    """Deliveries per second of `workers` senders on a spool full of ready
+    copies, and the senders' CPU seconds per delivery."""
+    c = make_chain(f"{name}-{rnd}-{workers}", sink_port)
     try:
         pad = os.urandom(max(SIZE - 1500, 0) * 3 // 4)
         fill(c, [[f"r{i}-{j}@sink.test" for j in range(RCPTS)] for i in range(MESSAGES)], pad)
@@ -140,10 +141,10 @@ def postern_round(rnd, workers, sink_port):
         postern.wait_for(lambda: deliveries(c)["sent"] == total, timeout=600, interval=0.05,
                          what="every delivery sent")
         secs = time.monotonic() - t0
-        log(f"  postern, {workers} worker(s): {total} deliveries in {secs:.2f} s; CPU s: "
-            f"dispatch {cpu_seconds(c.dispatch) - cpu0:.2f}, senders "
-            f"{sum(cpu_seconds(s) for s in c.senders):.2f}")
-        return total / secs
+        senders = sum(cpu_seconds(s) for s in c.senders)
+        log(f"  {name}, {workers} worker(s): {total} deliveries in {secs:.2f} s; CPU s: "
+            f"dispatch {cpu_seconds(c.dispatch) - cpu0:.2f}, senders {senders:.2f}")
+        return total / secs, senders / total
     finally:
         stop(c)
 
@@ -228,7 +229,7 @@ def main():
     try:
         for rnd in range(1, RUNS + 1):
             for w in WORKERS:
-                rates[w].append(postern_round(rnd, w, sink_port))
+                rates[w].append(postern_round(rnd, w, sink_port)[0])
             rates["postfix"].append(postfix_round(rnd, sink_port))
             log(f"round {rnd}: " + ", ".join(f"{k}: {v[-1]:.0f}/s" for k, v in rates.items()))
         p50, p99, worst = latency()
