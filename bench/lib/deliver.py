@@ -47,6 +47,7 @@ RCPTS = int(os.environ.get("RCPTS", 10))
 SIZE = int(os.environ.get("SIZE", 4096))
 LATENCY = int(os.environ.get("LATENCY", 200))
 WORKERS = [int(w) for w in os.environ.get("WORKERS", "1 2 4").split()]
+SLOTS = int(os.environ.get("SLOTS", 4))
 TMP = Path(tempfile.mkdtemp(prefix="postern-bench-deliver.", dir=os.environ.get("BENCH_TMP",
                                                                                "/var/tmp")))
 
@@ -85,6 +86,7 @@ def make_chain(name, sink_port, config=None):
                   "max_connections": "64"},
         "retry": {"lease": "5m"},
         "ingest": {"max_connections": "1000"},
+        "workers": {"slots": str(SLOTS)},
     }, config))
     return c.start(senders=0)
 
@@ -222,7 +224,7 @@ def latency():
 
 def main():
     log(f"delivery: {MESSAGES} messages x {RCPTS} recipients, ~{SIZE} bytes, {RUNS} rounds; "
-        f"postern workers {WORKERS} (4 slots each) vs a private Postfix; under {TMP}")
+        f"postern workers {WORKERS} ({SLOTS} slots each) vs a private Postfix; under {TMP}")
     sink, sink_port = spawn_sink()
     rates = {w: [] for w in WORKERS}
     rates["postfix"] = []
