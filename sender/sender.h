@@ -82,7 +82,7 @@ GPtrArray *sender_plan(const struct wire_send_job *job, guint max_rcpt);
 /*
  * Deliver a job, filling res->results with one result per recipient.
  * *client is an SMTP client of account a from the pool, created here when
- * NULL (SMTP relays), and stays NULL when that fails.
+ * NULL (SMTP relays) on the account's TLS context (smtp.ssl_ctx).
  * With hand_back set (the slot threads), the results of each transaction
  * are handed back as soon as it ends, so that a worker killed later in the
  * job makes the dispatcher send again only the transaction then in flight;

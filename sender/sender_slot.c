@@ -136,33 +136,58 @@ static gboolean relay_stopped(const struct smtp_rcpt_result *r)
 }
 
 /*
+ * A transaction's envelope and data: the return path (with VERP each
+ * transaction has one recipient, sender_plan with 1, and its return path
+ * names that delivery; the null sender stays), the recipients, the parts
+ * of the copy.
+ */
+struct txn_envelope {
+    char *verp;
+    const char *from;
+    const char **rcpts;
+    guint n;
+    const char *parts[2];
+    size_t lens[2];
+    size_t n_parts;
+};
+
+static void txn_envelope_init(struct sender *s, const struct wire_send_job *job, GArray *txn,
+                              struct txn_envelope *e)
+{
+    const struct wire_rcpt *first = job_rcpt(job, g_array_index(txn, guint, 0));
+
+    e->verp = s->verp_key && *job->mail_from
+                  ? bounce_return_path(s->verp_key, s->verp_keylen, job->mail_from, job->msg,
+                                       first->idx) : NULL;
+    e->from = e->verp ? e->verp : job->mail_from;
+    e->n = txn->len;
+    e->rcpts = g_new(const char *, txn->len);
+    for (guint k = 0; k < txn->len; k++)
+        e->rcpts[k] = job_rcpt(job, g_array_index(txn, guint, k))->rcpt;
+    e->n_parts = copy_parts(job, first, e->parts, e->lens);
+}
+
+static void txn_envelope_clear(struct txn_envelope *e)
+{
+    g_free(e->verp);
+    g_free(e->rcpts);
+    memset(e, 0, sizeof(*e));
+}
+
+/*
  * One transaction.  When the relay stopped (relay_stopped()), *stop gets a
  * copy of that result for the rest of the job, and TRUE is returned.
  */
-static gboolean deliver_txn(struct sender *s, struct smtp_client *client,
-                            const struct wire_send_job *job, GArray *txn,
+static gboolean deliver_txn(struct smtp_client *client, const struct wire_send_job *job,
+                            GArray *txn, const struct txn_envelope *e,
                             struct wire_send_result *res, struct wire_rcpt_result *stop)
 {
-    const struct wire_rcpt *first = job_rcpt(job, g_array_index(txn, guint, 0));
-    g_autofree const char **rcpts = g_new(const char *, txn->len);
     g_autofree struct smtp_rcpt_result *out = g_new0(struct smtp_rcpt_result, txn->len);
-    const char *parts[2];
-    size_t lens[2], n_parts = copy_parts(job, first, parts, lens);
     gint64 start = g_get_monotonic_time();
     gboolean stopped = FALSE;
     double seconds;
 
-    g_autofree char *verp = NULL;
-
-    /* With VERP each transaction has one recipient (sender_plan with 1),
-     * and its return path names that delivery; the null sender stays. */
-    if (s->verp_key && *job->mail_from)
-        verp = bounce_return_path(s->verp_key, s->verp_keylen, job->mail_from, job->msg,
-                                  first->idx);
-    for (guint k = 0; k < txn->len; k++)
-        rcpts[k] = job_rcpt(job, g_array_index(txn, guint, k))->rcpt;
-    smtp_client_send(client, verp ? verp : job->mail_from, rcpts, txn->len, parts, lens, n_parts,
-                     out, NULL);
+    smtp_client_send(client, e->from, e->rcpts, e->n, e->parts, e->lens, e->n_parts, out, NULL);
     seconds = (g_get_monotonic_time() - start) / 1e6;
     for (guint k = 0; k < txn->len; k++) {
         if (!stopped && relay_stopped(&out[k])) {
@@ -181,7 +206,9 @@ static gboolean deliver_txn(struct sender *s, struct smtp_client *client,
 }
 
 /*
- * Transactions one after the other on the slot's connection.  Once the
+ * Transactions one after the other on the slot's connection, each
+ * announced to the client while the one before runs, so that its commands
+ * go with that one's end of data (smtp_client_announce()).  Once the
  * relay has stopped, the rest of the job gets the same result without
  * another try, as Postfix does: a dead or hanging relay then costs one
  * timeout per job, not one per recipient, and a paused relay gets nothing.
@@ -193,13 +220,23 @@ static void deliver_smtp(struct sender *s, struct smtp_client *client,
     guint per_txn = s->verp_key ? 1 : (guint)s->cfg->relay.max_rcpt_per_txn;
     g_autoptr(GPtrArray) plan = sender_plan(job, per_txn);
     struct wire_rcpt_result stop = { 0 };
+    struct txn_envelope env[2] = { 0 };
     gboolean stopped = FALSE;
 
     for (guint t = 0; t < plan->len; t++) {
         GArray *txn = plan->pdata[t];
+        struct txn_envelope *cur = &env[t % 2], *next = &env[(t + 1) % 2];
 
         if (!stopped) {
-            stopped = deliver_txn(s, client, job, txn, res, &stop);
+            if (t == 0)
+                txn_envelope_init(s, job, txn, cur);
+            if (t + 1 < plan->len) {
+                txn_envelope_init(s, job, plan->pdata[t + 1], next);
+                smtp_client_announce(client, next->from, next->rcpts, next->n, next->lens,
+                                     next->n_parts);
+            }
+            stopped = deliver_txn(client, job, txn, cur, res, &stop);
+            txn_envelope_clear(cur);
             deliver_flush(s, res, hand_back);
             continue;
         }
@@ -207,6 +244,8 @@ static void deliver_smtp(struct sender *s, struct smtp_client *client,
             result_add(res, job_rcpt(job, g_array_index(txn, guint, k))->idx, stop.code,
                        stop.status, stop.text, stop.error, stop.relay, 0);
     }
+    txn_envelope_clear(&env[0]);
+    txn_envelope_clear(&env[1]);
     g_free(stop.status);
     g_free(stop.text);
     g_free(stop.relay);
@@ -231,20 +270,13 @@ void sender_deliver(struct sender *s, const struct sender_account *a,
                     struct smtp_client **client, const struct wire_send_job *job,
                     struct wire_send_result *res, sender_hand_back_fn hand_back)
 {
-    g_autoptr(GError) err = NULL;
-
     if (a->url.kind == RELAY_MAILDIR) {
         deliver_maildir(s, a, job, res, hand_back);
         return;
     }
-    /* Checked at start; only a file changed since (ca_file) fails here. */
-    if (!*client && !(*client = smtp_client_new(&a->smtp, &err))) {
-        msg_warn("SMTP client: %s", err->message);
-        for (guint i = 0; i < job->rcpts->len; i++)
-            result_add(res, job_rcpt(job, i)->idx, 0, "4.3.5", err->message, SMTP_ERROR_CONFIG,
-                       "none", 0);
-        return;
-    }
+    /* Cannot fail: the account's TLS context was loaded at start (sender_main.c). */
+    if (!*client)
+        *client = smtp_client_new(&a->smtp, NULL);
     deliver_smtp(s, *client, job, res, hand_back);
 }
 

@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <glib.h>
+#include <openssl/types.h>
 
 #include "common/relay_url.h"
 
@@ -103,7 +104,18 @@ struct smtp_client_config {
     const char *helo_name;          /* NULL: g_get_host_name() */
     int     timeouts[SMTP_PHASE_COUNT];     /* milliseconds, 0: Postfix default */
     int     timeout_max;            /* milliseconds, 0: none; caps every phase */
+    SSL_CTX *ssl_ctx;               /* from smtp_tls_context_new(), shared; NULL: the
+                                     * client loads its own */
 };
+
+/*
+ * The TLS context of a relay account: TLS 1.2 at least, and the trust
+ * store (ca_file, else the system's). Loading the store parses every
+ * certificate in it, ≈ 250 million instructions for Debian's bundle, so a
+ * sender worker loads it once per account at start and hands it to each
+ * client it makes (ssl_ctx). NULL with *err when ca_file cannot be read.
+ */
+SSL_CTX *smtp_tls_context_new(const struct smtp_client_config *cfg, GError **err);
 
 /* One recipient's outcome. A reply fills code/status/text; a failure
  * without a reply has code 0, error set, the status Postfix would log
@@ -128,7 +140,8 @@ gboolean smtp_result_auth_refused(const struct smtp_rcpt_result *r);
 
 struct smtp_client;
 
-/* Copies what it needs from cfg; does not connect yet. */
+/* Copies what it needs from cfg, takes a reference on cfg->ssl_ctx (then
+ * it cannot fail); does not connect yet. */
 struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError **err);
 
 /*
@@ -145,13 +158,28 @@ int     smtp_client_send(struct smtp_client *c, const char *mail_from,
              size_t n_parts, struct smtp_rcpt_result *results, GError **err);
 
 /*
+ * The transaction the caller will send next on this client, if this one
+ * goes well: with PIPELINING its RSET, MAIL, RCPTs and DATA then go in the
+ * same write as the end of data of the next smtp_client_send() (RFC 2920),
+ * which saves a round trip. Copies what it needs. The announcement is
+ * used or forgotten by that call. A transaction sent ahead and then not
+ * run (the caller stopped, or sent another one) costs the connection: the
+ * next smtp_client_send() opens a new one, smtp_client_connected() says
+ * FALSE, and smtp_client_free() closes without QUIT.
+ */
+void    smtp_client_announce(struct smtp_client *c, const char *mail_from,
+                 const char *const *rcpts, size_t n, const size_t *data_lens,
+                 size_t n_parts);
+
+/*
  * Open a session as a transaction would (connect, greeting, EHLO,
  * STARTTLS with the configured verification, AUTH) and stop there:
  * `spoolctl check`.  FALSE with *err naming the relay and its reply.
  */
 gboolean smtp_client_probe(struct smtp_client *c, GError **err);
 
-/* Whether the client holds a connection now (a failure drops it). */
+/* Whether the client holds a connection it can use again now (a failure
+ * drops it; see smtp_client_announce() too). */
 gboolean smtp_client_connected(const struct smtp_client *c);
 
 /* QUIT if connected, then free. */

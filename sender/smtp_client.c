@@ -45,6 +45,14 @@ static const struct {
     [SMTP_PHASE_QUIT] = {"quit", "sending QUIT", 300},
 };
 
+/* A transaction's envelope, kept to be sent ahead (txn_ahead). */
+struct smtp_envelope {
+    char   *from;                   /* NULL: none */
+    char  **rcpts;
+    size_t  n;
+    gsize   size;                   /* of the data, for SIZE= */
+};
+
 struct smtp_client {
     enum relay_kind kind;
     char   *host;
@@ -67,6 +75,8 @@ struct smtp_client {
     GString *out;                   /* bytes waiting for out_flush() */
     enum smtp_phase phase;
     gboolean rset_queued;           /* RSET probe in c->out, its reply not read */
+    struct smtp_envelope ahead;     /* smtp_client_announce(): after this end of data */
+    struct smtp_envelope sent_ahead;        /* its commands went, replies not read */
 };
 
 const char *smtp_phase_name(enum smtp_phase phase)
@@ -104,6 +114,36 @@ void    smtp_results_clear(struct smtp_rcpt_result *results, size_t n)
     }
 }
 
+static void envelope_clear(struct smtp_envelope *e)
+{
+    g_free(e->from);
+    g_strfreev(e->rcpts);
+    memset(e, 0, sizeof(*e));
+}
+
+static gsize data_size(const size_t *lens, size_t n_parts)
+{
+    gsize   size = 0;
+    size_t  j;
+
+    for (j = 0; j < n_parts; j++)
+        size += lens[j];
+    return size;
+}
+
+static gboolean envelope_is(const struct smtp_envelope *e, const char *from,
+                const char *const *rcpts, size_t n, gsize size)
+{
+    size_t  i;
+
+    if (e->n != n || e->size != size || strcmp(e->from, from) != 0)
+        return FALSE;
+    for (i = 0; i < n; i++)
+        if (strcmp(e->rcpts[i], rcpts[i]) != 0)
+            return FALSE;
+    return TRUE;
+}
+
 /* ---- connection ---------------------------------------------------------- */
 
 static gint64 deadline_of(const struct smtp_client *c)
@@ -123,6 +163,7 @@ static void conn_drop(struct smtp_client *c)
     c->parser = NULL;
     g_string_truncate(c->out, 0);
     c->rset_queued = FALSE;
+    envelope_clear(&c->sent_ahead);
 }
 
 static gboolean G_GNUC_PRINTF(4, 5) conn_fail(struct smtp_client *c, GError **err,
@@ -491,12 +532,14 @@ static gboolean session_open(struct smtp_client *c, GError **err)
  * (idle timeout), open a new one. With PIPELINING the probe goes in the
  * same write as the transaction's MAIL, RCPTs and DATA (RFC 2920 allows
  * RSET anywhere in a group), saving a round trip per transaction: its
- * reply, read first, decides as before (txn_rset_ok).
+ * reply, read first, decides as before (txn_rset_ok). It may have gone
+ * already, with the last transaction's end of data (txn_ahead).
  */
 static gboolean session_ready(struct smtp_client *c, GError **err)
 {
     if (c->fd >= 0 && c->ehlo.pipelining) {
-        g_string_append(c->out, "RSET\r\n");
+        if (!c->rset_queued)
+            g_string_append(c->out, "RSET\r\n");
         c->rset_queued = TRUE;
         return TRUE;
     }
@@ -615,6 +658,31 @@ static void txn_command(struct smtp_client *c, const char *from, const char *con
 }
 
 /*
+ * RFC 2920 lets a group start with message content: with PIPELINING the
+ * announced next transaction's RSET probe, MAIL, RCPTs and DATA go in the
+ * write that ends this one, and are answered after this end of data. A
+ * transaction then costs one round trip, not two: one wake-up of each
+ * side fewer. If this end of data ends the session (421, lost), they die
+ * with the connection, as behind a failed RSET probe; a client whose
+ * commands went ahead for a transaction that is not run is not used again
+ * (smtp_client_connected()).
+ */
+static void txn_ahead(struct smtp_client *c)
+{
+    struct smtp_envelope *e = &c->ahead;
+    size_t  j;
+
+    if (e->from == NULL || !c->ehlo.pipelining)
+        return;
+    g_string_append(c->out, "RSET\r\n");
+    for (j = 0; j < e->n + 2; j++)
+        txn_command(c, e->from, (const char *const *) e->rcpts, e->n, j, e->size);
+    c->rset_queued = TRUE;
+    c->sent_ahead = *e;
+    memset(e, 0, sizeof(*e));
+}
+
+/*
  * Copy the parts into out, doubling a "." that starts a line (RFC 5321
  * 4.5.2), in chunks of at most BODY_CHUNK so that even a message that is
  * one long line is never copied whole. The body ends in CR LF "." CR LF.
@@ -645,6 +713,7 @@ static gboolean body_send(struct smtp_client *c, const char *const *parts, const
         }
     }
     g_string_append(c->out, bol ? ".\r\n" : "\r\n.\r\n");
+    txn_ahead(c);
     return out_flush(c, err);
 }
 
@@ -664,10 +733,8 @@ static int txn_run(struct smtp_client *c, const char *from, const char *const *r
 {
     gboolean pipe = c->ehlo.pipelining, mail_ok = FALSE;
     size_t  accepted = 0, i, j;
-    gsize   size = 0;
+    gsize   size = data_size(lens, n_parts);
 
-    for (j = 0; j < n_parts; j++)
-        size += lens[j];
     for (i = 0; i < n + 2; i++) {
         c->phase = i == 0 ? SMTP_PHASE_MAIL : i <= n ? SMTP_PHASE_RCPT : SMTP_PHASE_DATA;
         if (i >= 1 && i <= n && !address_ok(rcpts[i - 1])) {
@@ -678,10 +745,11 @@ static int txn_run(struct smtp_client *c, const char *from, const char *const *r
         if (!pipe && i > 0 && (!mail_ok || (i == n + 1 && accepted == 0)))
             break;
         if (!pipe || i == 0) {
-            gboolean probe = c->rset_queued;
+            gboolean probe = c->rset_queued, sent = c->sent_ahead.from != NULL;
 
-            for (j = i; j < (pipe ? n + 2 : i + 1); j++)
+            for (j = i; !sent && j < (pipe ? n + 2 : i + 1); j++)
                 txn_command(c, from, rcpts, n, j, size);
+            envelope_clear(&c->sent_ahead);
             if (probe && !(out_flush(c, NULL) && txn_rset_ok(c))) {
                 conn_drop(c);
                 return TXN_STALE;
@@ -739,8 +807,13 @@ int     smtp_client_send(struct smtp_client *c, const char *mail_from,
 
     memset(results, 0, n * sizeof(*results));
     c->phase = SMTP_PHASE_MAIL;
+    /* Commands sent ahead for another transaction: the session is of no use. */
+    if (c->sent_ahead.from != NULL && !envelope_is(&c->sent_ahead, mail_from, rcpts, n,
+                               data_size(data_lens, n_parts)))
+        conn_drop(c);
     if (!address_ok(mail_from)) {
         results_set(c, results, n, 501, "5.1.7", "bad sender address syntax", SMTP_ERROR_NONE);
+        envelope_clear(&c->ahead);
         return 0;
     }
     if (session_ready(c, &e)) {
@@ -751,6 +824,7 @@ int     smtp_client_send(struct smtp_client *c, const char *mail_from,
     } else {
         ret = -1;
     }
+    envelope_clear(&c->ahead);
     if (ret < 0) {
         results_fail(c, results, n, e);
         g_propagate_error(err, e);
@@ -759,20 +833,32 @@ int     smtp_client_send(struct smtp_client *c, const char *mail_from,
     return ret;
 }
 
+void    smtp_client_announce(struct smtp_client *c, const char *mail_from,
+                 const char *const *rcpts, size_t n, const size_t *data_lens,
+                 size_t n_parts)
+{
+    size_t  i;
+
+    envelope_clear(&c->ahead);
+    if (!address_ok(mail_from))
+        return;
+    c->ahead.from = g_strdup(mail_from);
+    c->ahead.rcpts = g_new(char *, n + 1);
+    for (i = 0; i < n; i++)
+        c->ahead.rcpts[i] = g_strdup(rcpts[i]);
+    c->ahead.rcpts[n] = NULL;
+    c->ahead.n = n;
+    c->ahead.size = data_size(data_lens, n_parts);
+}
+
 /* ---- life cycle ---------------------------------------------------------- */
 
-struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError **err)
+SSL_CTX *smtp_tls_context_new(const struct smtp_client_config *cfg, GError **err)
 {
-    struct smtp_client *c;
     SSL_CTX *ctx;
     int     ok;
-    size_t  i;
     char    why[256];
 
-    if (cfg->url->kind == RELAY_MAILDIR) {
-        g_set_error(err, SMTP_ERROR, SMTP_ERROR_CONFIG, "a Maildir is not an SMTP relay");
-        return NULL;
-    }
     /*
      * A relay that closes without a TLS close_notify has lost the
      * connection, as in plain text; SMTP's own framing already protects
@@ -792,6 +878,23 @@ struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError
         SSL_CTX_free(ctx);
         return NULL;
     }
+    return ctx;
+}
+
+struct smtp_client *smtp_client_new(const struct smtp_client_config *cfg, GError **err)
+{
+    struct smtp_client *c;
+    SSL_CTX *ctx = cfg->ssl_ctx;
+    size_t  i;
+
+    if (cfg->url->kind == RELAY_MAILDIR) {
+        g_set_error(err, SMTP_ERROR, SMTP_ERROR_CONFIG, "a Maildir is not an SMTP relay");
+        return NULL;
+    }
+    if (ctx != NULL)
+        SSL_CTX_up_ref(ctx);
+    else if ((ctx = smtp_tls_context_new(cfg, err)) == NULL)
+        return NULL;
     c = g_new0(struct smtp_client, 1);
     c->kind = cfg->url->kind;
     c->host = g_strdup(cfg->url->host);
@@ -823,19 +926,21 @@ gboolean smtp_client_probe(struct smtp_client *c, GError **err)
 
 gboolean smtp_client_connected(const struct smtp_client *c)
 {
-    return c->fd >= 0;
+    return c->fd >= 0 && c->sent_ahead.from == NULL;
 }
 
 void    smtp_client_free(struct smtp_client *c)
 {
     if (c == NULL)
         return;
-    if (c->fd >= 0) {
+    /* Behind commands sent ahead the relay may be reading a message: no QUIT. */
+    if (smtp_client_connected(c)) {
         c->phase = SMTP_PHASE_QUIT;
         if (cmd(c, NULL, "QUIT") && c->ssl)
             SSL_shutdown(c->ssl);
-        conn_drop(c);
     }
+    conn_drop(c);
+    envelope_clear(&c->ahead);
     smtp_reply_clear(&c->reply);
     SSL_CTX_free(c->ctx);
     g_free(c->host);

@@ -47,6 +47,7 @@ RCPTS = int(os.environ.get("RCPTS", 10))
 SIZE = int(os.environ.get("SIZE", 4096))
 LATENCY = int(os.environ.get("LATENCY", 200))
 WORKERS = [int(w) for w in os.environ.get("WORKERS", "1 2 4").split()]
+SLOTS = int(os.environ.get("SLOTS", 4))
 TMP = Path(tempfile.mkdtemp(prefix="postern-bench-deliver.", dir=os.environ.get("BENCH_TMP",
                                                                                "/var/tmp")))
 
@@ -85,6 +86,7 @@ def make_chain(name, sink_port, config=None):
                   "max_connections": "64"},
         "retry": {"lease": "5m"},
         "ingest": {"max_connections": "1000"},
+        "workers": {"slots": str(SLOTS)},
     }, config))
     return c.start(senders=0)
 
@@ -125,9 +127,10 @@ def deliveries(c):
     return c.stats()["deliveries"]
 
 
-def postern_round(rnd, workers, sink_port):
-    """Deliveries per second of `workers` senders on a spool full of ready copies."""
-    c = make_chain(f"postern-{rnd}-{workers}", sink_port)
+def postern_round(rnd, workers, sink_port, name="postern"):
+    """Deliveries per second of `workers` senders on a spool full of ready
+    copies, and the senders' CPU seconds per delivery."""
+    c = make_chain(f"{name}-{rnd}-{workers}", sink_port)
     try:
         pad = os.urandom(max(SIZE - 1500, 0) * 3 // 4)
         fill(c, [[f"r{i}-{j}@sink.test" for j in range(RCPTS)] for i in range(MESSAGES)], pad)
@@ -140,10 +143,10 @@ def postern_round(rnd, workers, sink_port):
         postern.wait_for(lambda: deliveries(c)["sent"] == total, timeout=600, interval=0.05,
                          what="every delivery sent")
         secs = time.monotonic() - t0
-        log(f"  postern, {workers} worker(s): {total} deliveries in {secs:.2f} s; CPU s: "
-            f"dispatch {cpu_seconds(c.dispatch) - cpu0:.2f}, senders "
-            f"{sum(cpu_seconds(s) for s in c.senders):.2f}")
-        return total / secs
+        senders = sum(cpu_seconds(s) for s in c.senders)
+        log(f"  {name}, {workers} worker(s): {total} deliveries in {secs:.2f} s; CPU s: "
+            f"dispatch {cpu_seconds(c.dispatch) - cpu0:.2f}, senders {senders:.2f}")
+        return total / secs, senders / total
     finally:
         stop(c)
 
@@ -221,14 +224,14 @@ def latency():
 
 def main():
     log(f"delivery: {MESSAGES} messages x {RCPTS} recipients, ~{SIZE} bytes, {RUNS} rounds; "
-        f"postern workers {WORKERS} (4 slots each) vs a private Postfix; under {TMP}")
+        f"postern workers {WORKERS} ({SLOTS} slots each) vs a private Postfix; under {TMP}")
     sink, sink_port = spawn_sink()
     rates = {w: [] for w in WORKERS}
     rates["postfix"] = []
     try:
         for rnd in range(1, RUNS + 1):
             for w in WORKERS:
-                rates[w].append(postern_round(rnd, w, sink_port))
+                rates[w].append(postern_round(rnd, w, sink_port)[0])
             rates["postfix"].append(postfix_round(rnd, sink_port))
             log(f"round {rnd}: " + ", ".join(f"{k}: {v[-1]:.0f}/s" for k, v in rates.items()))
         p50, p99, worst = latency()

@@ -95,6 +95,9 @@ class Relay:
         self.rcpt_replies = {}      # address -> reply
         self.mail_reply = None
         self.data_reply = None
+        self.rcpt_replies_from = 1  # rcpt_replies apply from this MAIL on
+        self.data_replies = {}      # MAIL count -> reply at the end of data
+        self.peers = []             # the connection of each MAIL
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):
         self.mechanisms.append(mechanism)
@@ -109,6 +112,7 @@ class Relay:
 
     async def handle_MAIL(self, server, session, envelope, address, options):
         self.mails += 1
+        self.peers.append(session.peer)
         if self.mail_reply:
             return self.mail_reply
         envelope.mail_from = address
@@ -116,7 +120,7 @@ class Relay:
         return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, options):
-        if address in self.rcpt_replies:
+        if address in self.rcpt_replies and self.mails >= self.rcpt_replies_from:
             return self.rcpt_replies[address]
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
@@ -126,8 +130,8 @@ class Relay:
         return "250 2.0.0 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        if self.data_reply:
-            return self.data_reply
+        if self.data_reply or self.mails in self.data_replies:
+            return self.data_reply or self.data_replies[self.mails]
         self.messages.append((session.peer, envelope.mail_from, list(envelope.mail_options),
                               list(envelope.rcpt_tos), envelope.original_content))
         return "250 2.0.0 OK queued as 1234"
@@ -255,6 +259,8 @@ def run_tool(url, data, *args, tls="require", rcpts=RCPTS, timeout=5000, check_o
         if line.startswith("txn "):
             _, _, _, ret, _, error = line.split(" ", 5)
             txns.append({"ret": int(ret), "error": error, "rcpts": {}})
+        elif line.startswith("client connected="):
+            txns[-1]["connected"] = line.endswith("=1")
         else:
             m = RCPT_LINE.fullmatch(line)
             assert m, line
@@ -439,6 +445,54 @@ def test_two_transactions_share_a_connection(pki, relay_factory, message):
     assert [t["ret"] for t in txns] == [3, 3]
     assert len(relay.messages) == 2 and relay.messages[0][0] == relay.messages[1][0]
     assert relay.rsets == 1 and relay.mechanisms == ["PLAIN"]
+
+
+# ---- transactions sent ahead (RFC 2920: commands after the message content)
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_transactions_sent_ahead(pki, relay_factory, message, pipelining):
+    """--ahead announces each next transaction, and one more after the last.
+    With PIPELINING its RSET, MAIL, RCPTs and DATA go with the end of data
+    before it; the one never run costs the connection (no reuse, no QUIT
+    into the DATA the relay accepted, no message). Without, as before."""
+    relay, port = relay_factory()
+    relay.pipelining = pipelining
+    txns = run_tool(f"smtp://localhost:{port}", message(), "--repeat", "3", "--ahead",
+                    *auth_args(pki))
+    assert [t["ret"] for t in txns] == [3, 3, 3]
+    assert [m[4] for m in relay.messages] == [BODY] * 3
+    assert len(set(relay.peers)) == 1
+    assert (relay.mails, relay.rsets, txns[-1]["connected"]) == \
+        ((4, 3, False) if pipelining else (3, 2, True))
+
+
+def test_rcpt_rejected_in_a_group_sent_ahead(pki, relay_factory, message):
+    relay, port = relay_factory()
+    relay.rcpt_replies = {RCPTS[1]: "550 5.1.1 no such user"}
+    relay.rcpt_replies_from = 2
+    txns = run_tool(f"smtp://localhost:{port}", message(), "--repeat", "2", "--ahead",
+                    *auth_args(pki))
+    assert [t["ret"] for t in txns] == [3, 2]
+    res = txns[1]["rcpts"][RCPTS[1]]
+    assert (res["code"], res["status"], res["phase"], res["verdict"]) == \
+        (550, "5.1.1", "rcpt", "bounced")
+    assert {txns[1]["rcpts"][r]["code"] for r in (RCPTS[0], RCPTS[2])} == {250}
+    assert [m[3] for m in relay.messages] == [RCPTS, [RCPTS[0], RCPTS[2]]]
+    assert len(set(relay.peers)) == 1
+
+
+def test_421_at_end_of_data_with_a_transaction_sent_ahead(pki, relay_factory, message):
+    """The commands that went ahead die with the connection; the next
+    transaction runs whole on a new one."""
+    relay, port = relay_factory()
+    relay.data_replies = {1: "421 4.3.2 closing"}
+    txns = run_tool(f"smtp://localhost:{port}", message(), "--repeat", "2", "--ahead",
+                    *auth_args(pki))
+    assert txns[0]["ret"] == 0
+    assert {(r["code"], r["status"]) for r in txns[0]["rcpts"].values()} == {(421, "4.3.2")}
+    assert txns[1]["ret"] == 3
+    [(peer, _, _, rcpts, data)] = relay.messages
+    assert peer == relay.peers[-1] != relay.peers[0] and rcpts == RCPTS and data == BODY
 
 
 def test_reconnects_when_server_closed(pki, relay_factory, message):

@@ -5,6 +5,7 @@
  *
  *   txn N ret R error NAME[: message]
  *   rcpt ADDR code=C status=S error=NAME phase=P verdict=V relay=R text=TEXT
+ *   client connected=0|1            (after the last transaction)
  *   maildir ok | maildir error: message
  *
  * The message file is passed as two data parts split at --split (default:
@@ -28,6 +29,7 @@ static char *opt_url, *opt_tls = "require", *opt_ca, *opt_user, *opt_password;
 static char *opt_auth = "any", *opt_helo = "client.test", *opt_from = "", *opt_data;
 static char **opt_to;
 static int opt_timeout, opt_repeat = 1, opt_split = -1, opt_pause;
+static gboolean opt_ahead;
 
 static const GOptionEntry entries[] = {
     {"url", 0, 0, G_OPTION_ARG_STRING, &opt_url, "relay url", "URL"},
@@ -44,6 +46,8 @@ static const GOptionEntry entries[] = {
     {"split", 0, 0, G_OPTION_ARG_INT, &opt_split, "where the two data parts meet", "N"},
     {"repeat", 0, 0, G_OPTION_ARG_INT, &opt_repeat, "transactions on one client", "N"},
     {"pause", 0, 0, G_OPTION_ARG_INT, &opt_pause, "idle time between transactions", "MS"},
+    {"ahead", 0, 0, G_OPTION_ARG_NONE, &opt_ahead,
+     "announce the next transaction before each (after the last too: one never sent)", NULL},
     {NULL},
 };
 
@@ -84,6 +88,8 @@ static int run_smtp(const struct relay_url *url, const char *const *parts, const
 
         if (txn > 1)
             g_usleep((gulong) opt_pause * 1000);
+        if (opt_ahead)
+            smtp_client_announce(c, opt_from, (const char *const *) opt_to, n, lens, 2);
         ret = smtp_client_send(c, opt_from, (const char *const *) opt_to, n, parts, lens, 2,
                        res, &err);
 
@@ -91,6 +97,7 @@ static int run_smtp(const struct relay_url *url, const char *const *parts, const
         g_clear_error(&err);
         smtp_results_clear(res, n);
     }
+    printf("client connected=%d\n", smtp_client_connected(c));
     smtp_client_free(c);
     g_free(res);
     return 0;
