@@ -224,49 +224,87 @@ void spool_token_clear(struct spool_token *tk)
     memset(tk, 0, sizeof(*tk));
 }
 
-static GVariant *spool_token_encode(const struct spool_token *tk)
+static void spool_token_field_put(GVariantBuilder *b, const char *name, GVariant *value)
 {
-    GVariantDict d;
-
-    g_variant_dict_init(&d, NULL);
-    g_variant_dict_insert(&d, "sender", "s", tk->sender);
-    g_variant_dict_insert_value(&d, "recipients",
-                                g_variant_new_strv((const char *const *)tk->recipients->pdata,
-                                                   tk->recipients->len));
-    g_variant_dict_insert(&d, "hide_sender", "b", tk->hide_sender);
-    g_variant_dict_insert(&d, "created", "x", tk->created);
-    g_variant_dict_insert(&d, "expires", "x", tk->expires);
-    g_variant_dict_insert(&d, "used", "x", tk->used);
-    g_variant_dict_insert(&d, "used_by", "t", tk->used_by);
-    g_variant_dict_insert(&d, "revoked", "b", tk->revoked);
-    g_variant_dict_insert(&d, "list", "s", tk->list ? tk->list : CONFIG_LIST_DEFAULT);
-    return g_variant_ref_sink(g_variant_dict_end(&d));
+    g_variant_builder_add_value(b, g_variant_new_dict_entry(g_variant_new_string(name),
+                                                            g_variant_new_variant(value)));
 }
 
+/*
+ * Built entry by entry rather than through a GVariantDict, whose hash table
+ * cost more than the record (the transform writes one per message). The
+ * entries come in this order; a reader takes them in any order.
+ */
+static GVariant *spool_token_encode(const struct spool_token *tk)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    spool_token_field_put(&b, "sender", g_variant_new_string(tk->sender));
+    spool_token_field_put(&b, "recipients",
+                          g_variant_new_strv((const char *const *)tk->recipients->pdata,
+                                             tk->recipients->len));
+    spool_token_field_put(&b, "hide_sender", g_variant_new_boolean(tk->hide_sender));
+    spool_token_field_put(&b, "created", g_variant_new_int64(tk->created));
+    spool_token_field_put(&b, "expires", g_variant_new_int64(tk->expires));
+    spool_token_field_put(&b, "used", g_variant_new_int64(tk->used));
+    spool_token_field_put(&b, "used_by", g_variant_new_uint64(tk->used_by));
+    spool_token_field_put(&b, "revoked", g_variant_new_boolean(tk->revoked));
+    spool_token_field_put(&b, "list",
+                          g_variant_new_string(tk->list ? tk->list : CONFIG_LIST_DEFAULT));
+    return g_variant_ref_sink(g_variant_builder_end(&b));
+}
+
+/* A field of the record is used when both its name and its type match. */
+static gboolean spool_token_field_is(const char *name, GVariant *value, const char *want,
+                                     const char *type)
+{
+    return strcmp(name, want) == 0 && g_variant_is_of_type(value, G_VARIANT_TYPE(type));
+}
+
+/*
+ * One pass over the entries: a GVariantDict would copy them all into a
+ * hash table first, which cost the transform more than the rest of the
+ * token's handling (it reads a token three times a message). Unknown
+ * fields are skipped; a repeated one counts as its last instance.
+ */
 static void spool_token_decode(const MDB_val *val, struct spool_token *tk)
 {
     g_autoptr(GBytes) bytes = g_bytes_new(val->mv_data, val->mv_size);
     g_autoptr(GVariant) v = g_variant_ref_sink(
         g_variant_new_from_bytes(G_VARIANT_TYPE_VARDICT, bytes, FALSE));
-    g_autoptr(GVariant) rcpts = NULL;
-    GVariantDict d;
+    GVariantIter it;
+    const char *name;
+    GVariant *value;
 
-    g_variant_dict_init(&d, v);
-    g_variant_dict_lookup(&d, "sender", "s", &tk->sender);
-    rcpts = g_variant_dict_lookup_value(&d, "recipients", G_VARIANT_TYPE_STRING_ARRAY);
-    if (rcpts) {
-        g_autofree const char **strv = g_variant_get_strv(rcpts, NULL);
-        for (int i = 0; strv[i]; i++)
-            g_ptr_array_add(tk->recipients, g_strdup(strv[i]));
+    g_variant_iter_init(&it, v);
+    while (g_variant_iter_loop(&it, "{&sv}", &name, &value)) {
+        if (spool_token_field_is(name, value, "sender", "s")) {
+            g_free(tk->sender);
+            tk->sender = g_variant_dup_string(value, NULL);
+        } else if (spool_token_field_is(name, value, "recipients", "as")) {
+            g_autofree const char **strv = g_variant_get_strv(value, NULL);
+
+            g_ptr_array_set_size(tk->recipients, 0);
+            for (int i = 0; strv[i]; i++)
+                g_ptr_array_add(tk->recipients, g_strdup(strv[i]));
+        } else if (spool_token_field_is(name, value, "hide_sender", "b")) {
+            tk->hide_sender = g_variant_get_boolean(value);
+        } else if (spool_token_field_is(name, value, "created", "x")) {
+            tk->created = g_variant_get_int64(value);
+        } else if (spool_token_field_is(name, value, "expires", "x")) {
+            tk->expires = g_variant_get_int64(value);
+        } else if (spool_token_field_is(name, value, "used", "x")) {
+            tk->used = g_variant_get_int64(value);
+        } else if (spool_token_field_is(name, value, "used_by", "t")) {
+            tk->used_by = g_variant_get_uint64(value);
+        } else if (spool_token_field_is(name, value, "revoked", "b")) {
+            tk->revoked = g_variant_get_boolean(value);
+        } else if (spool_token_field_is(name, value, "list", "s")) {
+            g_free(tk->list);
+            tk->list = g_variant_dup_string(value, NULL);
+        }
     }
-    g_variant_dict_lookup(&d, "hide_sender", "b", &tk->hide_sender);
-    g_variant_dict_lookup(&d, "created", "x", &tk->created);
-    g_variant_dict_lookup(&d, "expires", "x", &tk->expires);
-    g_variant_dict_lookup(&d, "used", "x", &tk->used);
-    g_variant_dict_lookup(&d, "used_by", "t", &tk->used_by);
-    g_variant_dict_lookup(&d, "revoked", "b", &tk->revoked);
-    g_variant_dict_lookup(&d, "list", "s", &tk->list);
-    g_variant_dict_clear(&d);
     if (!tk->sender)
         tk->sender = g_strdup("");
     /* A record from before lists belongs to the default list. */

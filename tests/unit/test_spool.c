@@ -973,7 +973,12 @@ static void test_token_json(void **state)
                                       "\"list\": 3}", "\"list\""), SPOOL_ERR_INVALID);
 }
 
-/* A record written before lists (no "list" in it) belongs to the default list. */
+/*
+ * A record written before lists (no "list" in it) belongs to the default
+ * list. It is written through a GVariantDict as records were (its entries
+ * in hash table order), with a field from the future and one of the wrong
+ * type, which the reader skips.
+ */
 static gboolean put_old_token(struct spool_txn *t, void *ctx, GError **err)
 {
     const unsigned char *hash = ctx;
@@ -986,6 +991,8 @@ static gboolean put_old_token(struct spool_txn *t, void *ctx, GError **err)
     g_variant_dict_insert(&d, "sender", "s", "old@x.no");
     g_variant_dict_insert_value(&d, "recipients", g_variant_new_strv(rcpts, 1));
     g_variant_dict_insert(&d, "created", "x", (gint64)1000);
+    g_variant_dict_insert(&d, "future", "s", "x");
+    g_variant_dict_insert(&d, "hide_sender", "s", "yes");
     v = g_variant_ref_sink(g_variant_dict_end(&d));
     val = (MDB_val){ g_variant_get_size(v), (void *)g_variant_get_data(v) };
     (void)err;
@@ -999,11 +1006,18 @@ static void test_token_list_field(void **state)
     struct spool_txn t;
     unsigned char old[TOKEN_HASH_LEN];
 
-    /* The list round-trips through the record. */
+    /* The list, and every other field, round-trips through the record. */
     spool_token_init(&tk);
     tk.sender = g_strdup("o@x.no");
     tk.list = g_strdup("small");
     g_ptr_array_add(tk.recipients, g_strdup("r@x.no"));
+    g_ptr_array_add(tk.recipients, g_strdup("s@x.no"));
+    tk.hide_sender = TRUE;
+    tk.created = 1001;
+    tk.expires = 1002;
+    tk.used = 1003;
+    tk.used_by = 1004;
+    tk.revoked = TRUE;
     spool_token_hash("0123456789abcdefLIST", tk.hash);
     assert_true(spool_write(f->sp, put_token, &tk, NULL));
     spool_token_hash("0123456789abcdefOLD", old);
@@ -1012,10 +1026,22 @@ static void test_token_list_field(void **state)
     assert_true(spool_read_begin(f->sp, &t, NULL));
     assert_true(spool_token_get(&t, tk.hash, &got, NULL));
     assert_string_equal(got.list, "small");
+    assert_string_equal(got.sender, "o@x.no");
+    assert_int_equal(got.recipients->len, 2);
+    assert_string_equal(g_ptr_array_index(got.recipients, 1), "s@x.no");
+    assert_true(got.hide_sender && got.revoked);
+    assert_int_equal(got.created, 1001);
+    assert_int_equal(got.expires, 1002);
+    assert_int_equal(got.used, 1003);
+    assert_int_equal(got.used_by, 1004);
     spool_token_clear(&got);
     assert_true(spool_token_get(&t, old, &got, NULL));
     assert_string_equal(got.sender, "old@x.no");
     assert_string_equal(got.list, "default");
+    assert_int_equal(got.recipients->len, 1);
+    assert_string_equal(g_ptr_array_index(got.recipients, 0), "r@x.no");
+    assert_int_equal(got.created, 1000);
+    assert_false(got.hide_sender);
     spool_token_clear(&got);
     spool_read_end(&t);
     spool_token_clear(&tk);
