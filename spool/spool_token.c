@@ -224,38 +224,53 @@ void spool_token_clear(struct spool_token *tk)
     memset(tk, 0, sizeof(*tk));
 }
 
-static void spool_token_field_put(GVariantBuilder *b, const char *name, GVariant *value)
-{
-    g_variant_builder_add_value(b, g_variant_new_dict_entry(g_variant_new_string(name),
-                                                            g_variant_new_variant(value)));
-}
-
 /*
- * Built entry by entry rather than through a GVariantDict, whose hash table
- * cost more than the record (the transform writes one per message). The
- * entries come in this order; a reader takes them in any order.
+ * The record: a version byte, a flags byte, created, expires, used and
+ * used_by as big-endian 64-bit numbers, the recipient count (32-bit), then
+ * sender, list and each recipient as a 32-bit length and its bytes. It
+ * was a GVariant a{sv}, whose encoding and decoding cost the transform
+ * more than the rest of a token's handling (it reads a token three times a
+ * message and writes it once); such records start with the first letter
+ * of a key (or are empty), never with TOKEN_RECORD_V1, and are still read.
  */
-static GVariant *spool_token_encode(const struct spool_token *tk)
-{
-    GVariantBuilder b;
+#define TOKEN_RECORD_V1 0x01
+#define TOKEN_F_HIDE_SENDER 0x01
+#define TOKEN_F_REVOKED 0x02
+#define TOKEN_FIXED 38
 
-    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
-    spool_token_field_put(&b, "sender", g_variant_new_string(tk->sender));
-    spool_token_field_put(&b, "recipients",
-                          g_variant_new_strv((const char *const *)tk->recipients->pdata,
-                                             tk->recipients->len));
-    spool_token_field_put(&b, "hide_sender", g_variant_new_boolean(tk->hide_sender));
-    spool_token_field_put(&b, "created", g_variant_new_int64(tk->created));
-    spool_token_field_put(&b, "expires", g_variant_new_int64(tk->expires));
-    spool_token_field_put(&b, "used", g_variant_new_int64(tk->used));
-    spool_token_field_put(&b, "used_by", g_variant_new_uint64(tk->used_by));
-    spool_token_field_put(&b, "revoked", g_variant_new_boolean(tk->revoked));
-    spool_token_field_put(&b, "list",
-                          g_variant_new_string(tk->list ? tk->list : CONFIG_LIST_DEFAULT));
-    return g_variant_ref_sink(g_variant_builder_end(&b));
+static unsigned char *spool_token_put_str(unsigned char *p, const char *s)
+{
+    size_t len = strlen(s);
+
+    spool_be32(p, (uint32_t)len);
+    memcpy(p + 4, s, len);
+    return p + 4 + len;
 }
 
-/* A field of the record is used when both its name and its type match. */
+static GBytes *spool_token_encode(const struct spool_token *tk)
+{
+    const char *list = tk->list ? tk->list : CONFIG_LIST_DEFAULT;
+    size_t size = TOKEN_FIXED + 4 + strlen(tk->sender) + 4 + strlen(list);
+    unsigned char *rec, *p;
+
+    for (guint i = 0; i < tk->recipients->len; i++)
+        size += 4 + strlen(g_ptr_array_index(tk->recipients, i));
+    rec = g_malloc(size);
+    rec[0] = TOKEN_RECORD_V1;
+    rec[1] = (tk->hide_sender ? TOKEN_F_HIDE_SENDER : 0) | (tk->revoked ? TOKEN_F_REVOKED : 0);
+    spool_be64(rec + 2, (uint64_t)tk->created);
+    spool_be64(rec + 10, (uint64_t)tk->expires);
+    spool_be64(rec + 18, (uint64_t)tk->used);
+    spool_be64(rec + 26, tk->used_by);
+    spool_be32(rec + 34, tk->recipients->len);
+    p = spool_token_put_str(rec + TOKEN_FIXED, tk->sender);
+    p = spool_token_put_str(p, list);
+    for (guint i = 0; i < tk->recipients->len; i++)
+        p = spool_token_put_str(p, g_ptr_array_index(tk->recipients, i));
+    return g_bytes_new_take(rec, size);
+}
+
+/* A field of an old record is used when both its name and its type match. */
 static gboolean spool_token_field_is(const char *name, GVariant *value, const char *want,
                                      const char *type)
 {
@@ -263,12 +278,10 @@ static gboolean spool_token_field_is(const char *name, GVariant *value, const ch
 }
 
 /*
- * One pass over the entries: a GVariantDict would copy them all into a
- * hash table first, which cost the transform more than the rest of the
- * token's handling (it reads a token three times a message). Unknown
- * fields are skipped; a repeated one counts as its last instance.
+ * A record from before TOKEN_RECORD_V1, in one pass over its entries.
+ * Unknown fields are skipped; a repeated one counts as its last instance.
  */
-static void spool_token_decode(const MDB_val *val, struct spool_token *tk)
+static void spool_token_decode_variant(const MDB_val *val, struct spool_token *tk)
 {
     g_autoptr(GBytes) bytes = g_bytes_new(val->mv_data, val->mv_size);
     g_autoptr(GVariant) v = g_variant_ref_sink(
@@ -312,6 +325,54 @@ static void spool_token_decode(const MDB_val *val, struct spool_token *tk)
         tk->list = g_strdup(CONFIG_LIST_DEFAULT);
 }
 
+/* The next length-prefixed string of a record, or NULL past its end. */
+static char *spool_token_take_str(const unsigned char **p, const unsigned char *end)
+{
+    size_t len;
+    char *s;
+
+    if (end - *p < 4 || (len = spool_get_be32(*p)) > (size_t)(end - *p) - 4)
+        return NULL;
+    s = g_strndup((const char *)*p + 4, len);
+    *p += 4 + len;
+    return s;
+}
+
+static gboolean spool_token_decode(const MDB_val *val, struct spool_token *tk, GError **err)
+{
+    const unsigned char *rec = val->mv_data, *end = rec + val->mv_size, *p = rec + TOKEN_FIXED;
+    char id[TOKEN_ID_LEN + 1];
+    uint32_t count;
+
+    if (val->mv_size == 0 || rec[0] != TOKEN_RECORD_V1) {
+        spool_token_decode_variant(val, tk);
+        return TRUE;
+    }
+    if (val->mv_size < TOKEN_FIXED || !(tk->sender = spool_token_take_str(&p, end)) ||
+        !(tk->list = spool_token_take_str(&p, end)))
+        goto corrupt;
+    tk->hide_sender = (rec[1] & TOKEN_F_HIDE_SENDER) != 0;
+    tk->revoked = (rec[1] & TOKEN_F_REVOKED) != 0;
+    tk->created = (int64_t)spool_get_be64(rec + 2);
+    tk->expires = (int64_t)spool_get_be64(rec + 10);
+    tk->used = (int64_t)spool_get_be64(rec + 18);
+    tk->used_by = spool_get_be64(rec + 26);
+    count = spool_get_be32(rec + 34);
+    for (uint32_t i = 0; i < count; i++) {
+        char *rcpt = spool_token_take_str(&p, end);
+
+        if (!rcpt)
+            goto corrupt;
+        g_ptr_array_add(tk->recipients, rcpt);
+    }
+    if (p == end)
+        return TRUE;
+corrupt:
+    spool_token_id(tk->hash, id);
+    g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT, "token %s: malformed record", id);
+    return FALSE;
+}
+
 gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HASH_LEN],
                          struct spool_token *tk, GError **err)
 {
@@ -326,7 +387,10 @@ gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HAS
         return spool_mdb_fail(rc, "read token", err);
     spool_token_init(tk);
     memcpy(tk->hash, hash, TOKEN_HASH_LEN);
-    spool_token_decode(&val, tk);
+    if (!spool_token_decode(&val, tk, err)) {
+        spool_token_clear(tk);
+        return FALSE;
+    }
     return TRUE;
 }
 
@@ -339,9 +403,9 @@ static const char *spool_token_counter(const struct spool_token *tk)
 static gboolean spool_token_put(struct spool_txn *t, const struct spool_token *tk, unsigned flags,
                           GError **err)
 {
-    g_autoptr(GVariant) v = spool_token_encode(tk);
-    MDB_val key = { TOKEN_HASH_LEN, (void *)tk->hash },
-            val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
+    g_autoptr(GBytes) rec = spool_token_encode(tk);
+    MDB_val key = { TOKEN_HASH_LEN, (void *)tk->hash }, val;
+    val.mv_data = (void *)g_bytes_get_data(rec, &val.mv_size);
     int rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, flags);
 
     if (rc == MDB_KEYEXIST) {
@@ -430,7 +494,11 @@ gboolean spool_token_foreach(struct spool_txn *t, spool_token_fn fn, void *ctx, 
             continue;
         spool_token_init(&tk);
         memcpy(tk.hash, key.mv_data, TOKEN_HASH_LEN);
-        spool_token_decode(&val, &tk);
+        if (!spool_token_decode(&val, &tk, err)) {
+            spool_token_clear(&tk);
+            mdb_cursor_close(cur);
+            return FALSE;
+        }
         go_on = fn(&tk, ctx);
         spool_token_clear(&tk);
         if (!go_on)

@@ -999,6 +999,60 @@ static gboolean put_old_token(struct spool_txn *t, void *ctx, GError **err)
     return mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, 0) == 0;
 }
 
+/* A raw token record, to write what the encoder never would. */
+struct raw_token {
+    unsigned char hash[TOKEN_HASH_LEN];
+    unsigned char rec[42];
+    size_t len;
+};
+
+static gboolean put_raw_token(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct raw_token *r = ctx;
+    MDB_val key = { TOKEN_HASH_LEN, r->hash }, val = { r->len, r->rec };
+
+    (void)err;
+    return mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, 0) == 0;
+}
+
+static gboolean count_token(const struct spool_token *tk, void *ctx)
+{
+    (void)tk;
+    ++*(int *)ctx;
+    return TRUE;
+}
+
+/*
+ * A binary token record cut short (within its fixed part, or a length
+ * running past its end) reads as SPOOL_ERR_CORRUPT, and a scan stops there.
+ */
+static void test_token_record_short(void **state)
+{
+    struct temp_spool *f = *state;
+    struct raw_token r = { .rec = { 0x01 } };
+    struct spool_token got;
+    struct spool_txn t;
+    GError *err = NULL;
+    int n = 0;
+
+    for (size_t len = 4; len <= sizeof(r.rec); len += sizeof(r.rec) - 4) {
+        /* The sender's length, past the fixed part: 100 bytes, of 0. */
+        r.rec[41] = 100;
+        r.len = len;
+        spool_token_hash("0123456789abcdefSHORT", r.hash);
+        assert_true(spool_write(f->sp, put_raw_token, &r, NULL));
+        assert_true(spool_read_begin(f->sp, &t, NULL));
+        assert_false(spool_token_get(&t, r.hash, &got, &err));
+        assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT));
+        assert_non_null(strstr(err->message, "malformed"));
+        g_clear_error(&err);
+        assert_false(spool_token_foreach(&t, count_token, &n, &err));
+        assert_int_equal(n, 0);
+        g_clear_error(&err);
+        spool_read_end(&t);
+    }
+}
+
 static void test_token_list_field(void **state)
 {
     struct temp_spool *f = *state;
@@ -1064,6 +1118,8 @@ int main(void)
         cmocka_unit_test(test_hist_buckets),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_tokens, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_token_record_short, temp_spool_setup,
+                                        temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_token_list_field, temp_spool_setup,
                                         temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, temp_spool_setup, temp_spool_teardown),
