@@ -235,11 +235,11 @@ void dkim_header_free(struct dkim_header *h)
 
 /*
  * Write the h= tag and, to `canon`, the canonical data of the fields it
- * names from name `from` on (hash_start() chose it): for each name the common header's instances,
- * then the top's, since the top lies above the common header and the
- * instances are taken bottom-up. Each name is listed once per instance,
- * then once more, oversigned (see sign_names). Returns FALSE when neither
- * part has a From.
+ * names from name `from` on (hash_start() chose it): for each name the
+ * common header's instances, then the top's, since the top lies above the
+ * common header and the instances are taken bottom-up. Each name is listed
+ * once per instance, then once more, oversigned (see sign_names). Returns
+ * FALSE when neither part has a From.
  */
 static gboolean fields_sign(const struct dkim_header *h, const GArray *top,
                             guint from, struct fold *f, GString *canon)
