@@ -20,7 +20,10 @@
 # Environment: RUNS (3), MESSAGES (2000 RSA, 6000 Ed25519), RCPTS (10),
 # SIZE (4096), TRANSFORMS (1), BENCH_TMP (default /var/tmp, a real disk),
 # ONE_CLICK (0; 1: [unsubscribe] one_click, each copy its own signed
-# List-Unsubscribe, docs/design.md §9).
+# List-Unsubscribe, docs/design.md §9), KEYS ("rsa ed25519": the key types
+# measured), TRANSFORM_WRAP (a command the workers run under, for profiles:
+# "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p"; its CPU
+# figures then measure the profiler, not Postern).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,6 +37,8 @@ RCPTS=${RCPTS:-10}
 SIZE=${SIZE:-4096}
 TRANSFORMS=${TRANSFORMS:-1}
 ONE_CLICK=${ONE_CLICK:-0}
+KEYS=${KEYS:-rsa ed25519}
+read -r -a wrap <<<"${TRANSFORM_WRAP:-}"
 spoolctl=$build/tools/spoolctl
 
 tmp=$(mktemp -d "${BENCH_TMP:-/var/tmp}/postern-bench-transform.XXXXXX")
@@ -113,7 +118,8 @@ EOF
     [[ $(incoming "$dir/postern.ini") -eq $n ]] || bench_die "not every message was stored"
 
     for ((w = 0; w < TRANSFORMS; w++)); do
-        bench_spawn "$dir/transform$w.log" "$build/transform/postern-transform" -c "$dir/postern.ini" -f
+        bench_spawn "$dir/transform$w.log" "${wrap[@]}" "$build/transform/postern-transform" \
+            -c "$dir/postern.ini" -f
         pids+=("$BENCH_PID") workers+=("$BENCH_PID")
         bench_wait_log "$dir/transform$w.log" "daemon started" 30 "$BENCH_PID" ||
             bench_die "postern-transform did not start: $(tail -3 "$dir/transform$w.log")"
@@ -148,7 +154,7 @@ beyond_us() {
     awk -v n="$1" -v c="$2" -v k="$RCPTS" -v s="$3" 'BEGIN { printf "%.0f", 1e6 * (c / n - (k + 1) / s) }'
 }
 
-for type in rsa ed25519; do
+for type in $KEYS; do
     [[ $type == rsa ]] && alg=rsa2048 n=${MESSAGES:-2000} || alg=ed25519 n=${MESSAGES:-6000}
     rates=() walls=() cpus=() speeds=() beyonds=()
     for ((round = 1; round <= RUNS; round++)); do

@@ -224,54 +224,153 @@ void spool_token_clear(struct spool_token *tk)
     memset(tk, 0, sizeof(*tk));
 }
 
-static GVariant *spool_token_encode(const struct spool_token *tk)
-{
-    GVariantDict d;
+/*
+ * The record: a version byte, a flags byte, created, expires, used and
+ * used_by as big-endian 64-bit numbers, the recipient count (32-bit), then
+ * sender, list and each recipient as a 32-bit length and its bytes. It
+ * was a GVariant a{sv}, whose encoding and decoding cost the transform
+ * more than the rest of a token's handling (it reads a token three times a
+ * message and writes it once); such records start with the first letter
+ * of a key (or are empty), never with TOKEN_RECORD_V1, and are still read.
+ */
+#define TOKEN_RECORD_V1 0x01
+#define TOKEN_F_HIDE_SENDER 0x01
+#define TOKEN_F_REVOKED 0x02
+#define TOKEN_FIXED 38
 
-    g_variant_dict_init(&d, NULL);
-    g_variant_dict_insert(&d, "sender", "s", tk->sender);
-    g_variant_dict_insert_value(&d, "recipients",
-                                g_variant_new_strv((const char *const *)tk->recipients->pdata,
-                                                   tk->recipients->len));
-    g_variant_dict_insert(&d, "hide_sender", "b", tk->hide_sender);
-    g_variant_dict_insert(&d, "created", "x", tk->created);
-    g_variant_dict_insert(&d, "expires", "x", tk->expires);
-    g_variant_dict_insert(&d, "used", "x", tk->used);
-    g_variant_dict_insert(&d, "used_by", "t", tk->used_by);
-    g_variant_dict_insert(&d, "revoked", "b", tk->revoked);
-    g_variant_dict_insert(&d, "list", "s", tk->list ? tk->list : CONFIG_LIST_DEFAULT);
-    return g_variant_ref_sink(g_variant_dict_end(&d));
+static unsigned char *spool_token_put_str(unsigned char *p, const char *s)
+{
+    size_t len = strlen(s);
+
+    spool_be32(p, (uint32_t)len);
+    memcpy(p + 4, s, len);
+    return p + 4 + len;
 }
 
-static void spool_token_decode(const MDB_val *val, struct spool_token *tk)
+static GBytes *spool_token_encode(const struct spool_token *tk)
+{
+    const char *list = tk->list ? tk->list : CONFIG_LIST_DEFAULT;
+    size_t size = TOKEN_FIXED + 4 + strlen(tk->sender) + 4 + strlen(list);
+    unsigned char *rec, *p;
+
+    for (guint i = 0; i < tk->recipients->len; i++)
+        size += 4 + strlen(g_ptr_array_index(tk->recipients, i));
+    rec = g_malloc(size);
+    rec[0] = TOKEN_RECORD_V1;
+    rec[1] = (tk->hide_sender ? TOKEN_F_HIDE_SENDER : 0) | (tk->revoked ? TOKEN_F_REVOKED : 0);
+    spool_be64(rec + 2, (uint64_t)tk->created);
+    spool_be64(rec + 10, (uint64_t)tk->expires);
+    spool_be64(rec + 18, (uint64_t)tk->used);
+    spool_be64(rec + 26, tk->used_by);
+    spool_be32(rec + 34, tk->recipients->len);
+    p = spool_token_put_str(rec + TOKEN_FIXED, tk->sender);
+    p = spool_token_put_str(p, list);
+    for (guint i = 0; i < tk->recipients->len; i++)
+        p = spool_token_put_str(p, g_ptr_array_index(tk->recipients, i));
+    return g_bytes_new_take(rec, size);
+}
+
+/* A field of an old record is used when both its name and its type match. */
+static gboolean spool_token_field_is(const char *name, GVariant *value, const char *want,
+                                     const char *type)
+{
+    return strcmp(name, want) == 0 && g_variant_is_of_type(value, G_VARIANT_TYPE(type));
+}
+
+/*
+ * A record from before TOKEN_RECORD_V1, in one pass over its entries.
+ * Unknown fields are skipped; a repeated one counts as its last instance.
+ */
+static void spool_token_decode_variant(const MDB_val *val, struct spool_token *tk)
 {
     g_autoptr(GBytes) bytes = g_bytes_new(val->mv_data, val->mv_size);
     g_autoptr(GVariant) v = g_variant_ref_sink(
         g_variant_new_from_bytes(G_VARIANT_TYPE_VARDICT, bytes, FALSE));
-    g_autoptr(GVariant) rcpts = NULL;
-    GVariantDict d;
+    GVariantIter it;
+    const char *name;
+    GVariant *value;
 
-    g_variant_dict_init(&d, v);
-    g_variant_dict_lookup(&d, "sender", "s", &tk->sender);
-    rcpts = g_variant_dict_lookup_value(&d, "recipients", G_VARIANT_TYPE_STRING_ARRAY);
-    if (rcpts) {
-        g_autofree const char **strv = g_variant_get_strv(rcpts, NULL);
-        for (int i = 0; strv[i]; i++)
-            g_ptr_array_add(tk->recipients, g_strdup(strv[i]));
+    g_variant_iter_init(&it, v);
+    while (g_variant_iter_loop(&it, "{&sv}", &name, &value)) {
+        if (spool_token_field_is(name, value, "sender", "s")) {
+            g_free(tk->sender);
+            tk->sender = g_variant_dup_string(value, NULL);
+        } else if (spool_token_field_is(name, value, "recipients", "as")) {
+            g_autofree const char **strv = g_variant_get_strv(value, NULL);
+
+            g_ptr_array_set_size(tk->recipients, 0);
+            for (int i = 0; strv[i]; i++)
+                g_ptr_array_add(tk->recipients, g_strdup(strv[i]));
+        } else if (spool_token_field_is(name, value, "hide_sender", "b")) {
+            tk->hide_sender = g_variant_get_boolean(value);
+        } else if (spool_token_field_is(name, value, "created", "x")) {
+            tk->created = g_variant_get_int64(value);
+        } else if (spool_token_field_is(name, value, "expires", "x")) {
+            tk->expires = g_variant_get_int64(value);
+        } else if (spool_token_field_is(name, value, "used", "x")) {
+            tk->used = g_variant_get_int64(value);
+        } else if (spool_token_field_is(name, value, "used_by", "t")) {
+            tk->used_by = g_variant_get_uint64(value);
+        } else if (spool_token_field_is(name, value, "revoked", "b")) {
+            tk->revoked = g_variant_get_boolean(value);
+        } else if (spool_token_field_is(name, value, "list", "s")) {
+            g_free(tk->list);
+            tk->list = g_variant_dup_string(value, NULL);
+        }
     }
-    g_variant_dict_lookup(&d, "hide_sender", "b", &tk->hide_sender);
-    g_variant_dict_lookup(&d, "created", "x", &tk->created);
-    g_variant_dict_lookup(&d, "expires", "x", &tk->expires);
-    g_variant_dict_lookup(&d, "used", "x", &tk->used);
-    g_variant_dict_lookup(&d, "used_by", "t", &tk->used_by);
-    g_variant_dict_lookup(&d, "revoked", "b", &tk->revoked);
-    g_variant_dict_lookup(&d, "list", "s", &tk->list);
-    g_variant_dict_clear(&d);
     if (!tk->sender)
         tk->sender = g_strdup("");
     /* A record from before lists belongs to the default list. */
     if (!tk->list)
         tk->list = g_strdup(CONFIG_LIST_DEFAULT);
+}
+
+/* The next length-prefixed string of a record, or NULL past its end. */
+static char *spool_token_take_str(const unsigned char **p, const unsigned char *end)
+{
+    size_t len;
+    char *s;
+
+    if (end - *p < 4 || (len = spool_get_be32(*p)) > (size_t)(end - *p) - 4)
+        return NULL;
+    s = g_strndup((const char *)*p + 4, len);
+    *p += 4 + len;
+    return s;
+}
+
+static gboolean spool_token_decode(const MDB_val *val, struct spool_token *tk, GError **err)
+{
+    const unsigned char *rec = val->mv_data, *end = rec + val->mv_size, *p = rec + TOKEN_FIXED;
+    char id[TOKEN_ID_LEN + 1];
+    uint32_t count;
+
+    if (val->mv_size == 0 || rec[0] != TOKEN_RECORD_V1) {
+        spool_token_decode_variant(val, tk);
+        return TRUE;
+    }
+    if (val->mv_size < TOKEN_FIXED || !(tk->sender = spool_token_take_str(&p, end)) ||
+        !(tk->list = spool_token_take_str(&p, end)))
+        goto corrupt;
+    tk->hide_sender = (rec[1] & TOKEN_F_HIDE_SENDER) != 0;
+    tk->revoked = (rec[1] & TOKEN_F_REVOKED) != 0;
+    tk->created = (int64_t)spool_get_be64(rec + 2);
+    tk->expires = (int64_t)spool_get_be64(rec + 10);
+    tk->used = (int64_t)spool_get_be64(rec + 18);
+    tk->used_by = spool_get_be64(rec + 26);
+    count = spool_get_be32(rec + 34);
+    for (uint32_t i = 0; i < count; i++) {
+        char *rcpt = spool_token_take_str(&p, end);
+
+        if (!rcpt)
+            goto corrupt;
+        g_ptr_array_add(tk->recipients, rcpt);
+    }
+    if (p == end)
+        return TRUE;
+corrupt:
+    spool_token_id(tk->hash, id);
+    g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT, "token %s: malformed record", id);
+    return FALSE;
 }
 
 gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HASH_LEN],
@@ -288,7 +387,10 @@ gboolean spool_token_get(struct spool_txn *t, const unsigned char hash[TOKEN_HAS
         return spool_mdb_fail(rc, "read token", err);
     spool_token_init(tk);
     memcpy(tk->hash, hash, TOKEN_HASH_LEN);
-    spool_token_decode(&val, tk);
+    if (!spool_token_decode(&val, tk, err)) {
+        spool_token_clear(tk);
+        return FALSE;
+    }
     return TRUE;
 }
 
@@ -301,9 +403,9 @@ static const char *spool_token_counter(const struct spool_token *tk)
 static gboolean spool_token_put(struct spool_txn *t, const struct spool_token *tk, unsigned flags,
                           GError **err)
 {
-    g_autoptr(GVariant) v = spool_token_encode(tk);
-    MDB_val key = { TOKEN_HASH_LEN, (void *)tk->hash },
-            val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
+    g_autoptr(GBytes) rec = spool_token_encode(tk);
+    MDB_val key = { TOKEN_HASH_LEN, (void *)tk->hash }, val;
+    val.mv_data = (void *)g_bytes_get_data(rec, &val.mv_size);
     int rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, flags);
 
     if (rc == MDB_KEYEXIST) {
@@ -392,7 +494,11 @@ gboolean spool_token_foreach(struct spool_txn *t, spool_token_fn fn, void *ctx, 
             continue;
         spool_token_init(&tk);
         memcpy(tk.hash, key.mv_data, TOKEN_HASH_LEN);
-        spool_token_decode(&val, &tk);
+        if (!spool_token_decode(&val, &tk, err)) {
+            spool_token_clear(&tk);
+            mdb_cursor_close(cur);
+            return FALSE;
+        }
         go_on = fn(&tk, ctx);
         spool_token_clear(&tk);
         if (!go_on)

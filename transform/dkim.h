@@ -12,7 +12,8 @@
  *
  * Files: dkim_canon.c (pure canonicalisation and the header field
  * iterator), dkim_key.c (everything that touches an EVP_PKEY),
- * dkim_sign.c (header selection, tag list, folding).
+ * dkim_sign.c (header selection, tag list, folding; a common header
+ * prepared once for many copies).
  */
 
 #include <stddef.h>
@@ -43,9 +44,10 @@ struct dkim_key {
     char *path;
     enum dkim_key_type type;
     EVP_PKEY *pkey;
-    EVP_MD_CTX *sign_ctx;       /* set up for signing once, copied per
-                                 * signature: setting one up costs ~3% of
-                                 * an Ed25519 signature */
+    EVP_MD_CTX *sign_ctx;       /* Ed25519: set up for signing once,
+                                 * copied per signature: setting one up
+                                 * costs ~3% of an Ed25519 signature */
+    EVP_PKEY_CTX *rsa_ctx;      /* RSA: likewise, signs a SHA-256 digest */
 };
 
 /* One header field inside a header block; the pointers point into it. */
@@ -93,13 +95,14 @@ char *dkim_dns_record(const struct dkim_key *key);
 /* The a= tag value for the key: "rsa-sha256" or "ed25519-sha256". */
 const char *dkim_key_algorithm(const struct dkim_key *key);
 
-/* Sign the canonical header data as the key type's DKIM algorithm requires:
- * RSASSA-PKCS1-v1_5 with SHA-256 for RSA; for Ed25519, PureEdDSA over the
- * 32-byte SHA-256 digest of the data (RFC 8463: signing the data itself
- * fails every verifier). `sig` holds DKIM_SIG_MAX bytes. */
-gboolean dkim_key_sign(const struct dkim_key *key, const char *data,
-                       size_t len, unsigned char sig[DKIM_SIG_MAX],
-                       size_t *sig_len, GError **err);
+/* Sign the SHA-256 digest of the canonical header data as the key type's
+ * DKIM algorithm requires: RSASSA-PKCS1-v1_5 with SHA-256 for RSA; for
+ * Ed25519, PureEdDSA over the 32 digest bytes (RFC 8463: signing the data
+ * itself fails every verifier). `sig` holds DKIM_SIG_MAX bytes. */
+gboolean dkim_key_sign(const struct dkim_key *key,
+                       const unsigned char digest[DKIM_HASH_LEN],
+                       unsigned char sig[DKIM_SIG_MAX], size_t *sig_len,
+                       GError **err);
 
 /* ---- Canonicalisation (dkim_canon.c), pure ------------------------------ */
 
@@ -149,5 +152,24 @@ char *dkim_sign(const struct dkim_key *key, const char *domain,
                 const char *header_block, size_t header_len,
                 const unsigned char body_hash[DKIM_HASH_LEN],
                 gint64 timestamp, GError **err);
+
+/* The common header of many copies (CRLF lines, no separator line), its
+ * signed fields selected, canonicalised and their hash begun once, so that
+ * each copy pays only for the fields it adds on top. Refuses a line without
+ * a colon; a block without From is allowed (a copy may add one). */
+struct dkim_header;
+struct dkim_header *dkim_header_new(const char *block, size_t len,
+                                    GError **err);
+void dkim_header_free(struct dkim_header *h);
+
+/* dkim_sign() of the header block `top` (CRLF lines: a copy's To:,
+ * List-Unsubscribe) followed by h's block, byte for byte the same
+ * signature: dkim_sign() is this with an empty top. Read-only on h, so
+ * several threads may sign copies of one header at once. */
+char *dkim_sign_copy(const struct dkim_key *key, const char *domain,
+                     const struct dkim_header *h, const char *top,
+                     size_t top_len,
+                     const unsigned char body_hash[DKIM_HASH_LEN],
+                     gint64 timestamp, GError **err);
 
 #endif

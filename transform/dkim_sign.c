@@ -28,7 +28,11 @@ static const struct {
     NAME("List-Unsubscribe-Post"),
 };
 #undef NAME
+#define SIGN_N G_N_ELEMENTS(sign_names)
 #define SIGN_FROM 0
+/* The first name a personalised copy puts on top of the common header
+ * (its To:): the names before it are hashed once per message. */
+#define SIGN_TOP 1
 
 /* A field of the block that is to be signed, with its sign_names index. */
 struct signed_field {
@@ -142,7 +146,7 @@ static GArray *fields_select(const char *block, size_t len, GError **err)
             g_array_free(sel, TRUE);
             return NULL;
         }
-        for (sf.name = 0; sf.name < G_N_ELEMENTS(sign_names); sf.name++) {
+        for (sf.name = 0; sf.name < SIGN_N; sf.name++) {
             if (sign_names[sf.name].len == sf.field.name_len &&
                 g_ascii_strncasecmp(sign_names[sf.name].name, sf.field.name,
                                     sf.field.name_len) == 0) {
@@ -155,28 +159,101 @@ static GArray *fields_select(const char *block, size_t len, GError **err)
 }
 
 /*
- * Write the h= tag and the canonical data of the fields it names. Each name
- * is listed once per instance, and the instances are taken bottom-up
- * (RFC 6376 §5.4.2), as the verifier will; then once more, oversigned
- * (see sign_names). Returns FALSE when the block has no From.
+ * Append the canonical form of the selected instances of sign_names[n],
+ * bottom-up (RFC 6376 §5.4.2), as the verifier will take them. Returns how
+ * many there were.
  */
-static gboolean fields_sign(const GArray *sel, struct fold *f, GString *canon)
+static guint fields_canon(const GArray *sel, guint n, GString *canon)
+{
+    guint count = 0;
+
+    for (guint i = sel->len; i-- > 0;) {
+        const struct signed_field *sf =
+            &g_array_index(sel, struct signed_field, i);
+
+        if (sf->name != n)
+            continue;
+        dkim_canon_header_relaxed(sf->field.name, sf->field.name_len,
+                                  sf->field.value, sf->field.value_len,
+                                  canon);
+        count++;
+    }
+    return count;
+}
+
+/*
+ * The common header, selected and canonicalised once. canon holds, name by
+ * name in h= order, the canonical instances of that name (bottom-up);
+ * off[n]..off[n + 1] is name n's share. head is SHA-256 already fed with
+ * the names that precede every field a copy puts on top (From), so a copy
+ * starts from a copy of it.
+ */
+struct dkim_header {
+    GString *canon;
+    size_t off[SIGN_N + 1];
+    guint count[SIGN_N];
+    EVP_MD_CTX *head;
+};
+
+struct dkim_header *dkim_header_new(const char *block, size_t len,
+                                    GError **err)
+{
+    struct dkim_header *h;
+    GArray *sel = fields_select(block, len, err);
+
+    if (sel == NULL)
+        return NULL;
+    h = g_new0(struct dkim_header, 1);
+    h->canon = g_string_sized_new(len + 64);
+    for (guint n = 0; n < SIGN_N; n++) {
+        h->off[n] = h->canon->len;
+        h->count[n] = fields_canon(sel, n, h->canon);
+    }
+    h->off[SIGN_N] = h->canon->len;
+    g_array_free(sel, TRUE);
+
+    h->head = EVP_MD_CTX_new();
+    if (h->head == NULL ||
+        EVP_DigestInit_ex(h->head, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(h->head, h->canon->str, h->off[SIGN_TOP]) != 1) {
+        g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED,
+                    "dkim: cannot set up SHA-256");
+        dkim_header_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void dkim_header_free(struct dkim_header *h)
+{
+    if (h == NULL)
+        return;
+    EVP_MD_CTX_free(h->head);
+    g_string_free(h->canon, TRUE);
+    g_free(h);
+}
+
+/*
+ * Write the h= tag and, to `canon`, the canonical data of the fields it
+ * names from name `from` on (hash_start() chose it): for each name the
+ * common header's instances, then the top's, since the top lies above the
+ * common header and the instances are taken bottom-up. Each name is listed
+ * once per instance, then once more, oversigned (see sign_names). Returns
+ * FALSE when neither part has a From.
+ */
+static gboolean fields_sign(const struct dkim_header *h, const GArray *top,
+                            guint from, struct fold *f, GString *canon)
 {
     gboolean first = TRUE;
 
-    for (guint n = 0; n < G_N_ELEMENTS(sign_names); n++) {
-        guint count = 0;
+    for (guint n = 0; n < SIGN_N; n++) {
+        guint count = h->count[n];
 
-        for (guint i = sel->len; i-- > 0;) {
-            const struct signed_field *sf =
-                &g_array_index(sel, struct signed_field, i);
-
-            if (sf->name != n)
-                continue;
-            dkim_canon_header_relaxed(sf->field.name, sf->field.name_len,
-                                      sf->field.value, sf->field.value_len,
-                                      canon);
-            count++;
+        /* Below `from` the data is in h->head and the top has none. */
+        if (n >= from) {
+            g_string_append_len(canon, h->canon->str + h->off[n],
+                                (gssize)(h->off[n + 1] - h->off[n]));
+            count += fields_canon(top, n, canon);
         }
         if (n == SIGN_FROM && count == 0)
             return FALSE;
@@ -192,16 +269,57 @@ static gboolean fields_sign(const GArray *sel, struct fold *f, GString *canon)
     return TRUE;
 }
 
-char *dkim_sign(const struct dkim_key *key, const char *domain,
-                const char *header_block, size_t header_len,
-                const unsigned char body_hash[DKIM_HASH_LEN],
-                gint64 timestamp, GError **err)
+/* The first name the top has an instance of (SIGN_N: none). */
+static guint top_first(const GArray *top)
+{
+    guint first = SIGN_N;
+
+    for (guint i = 0; i < top->len; i++)
+        first = MIN(first, g_array_index(top, struct signed_field, i).name);
+    return first;
+}
+
+/*
+ * The hash starts from h->head when the top adds nothing to the names it
+ * covers (a copy's To: and List-Unsubscribe come after From in h=), from
+ * scratch otherwise.
+ */
+static EVP_MD_CTX *hash_start(const struct dkim_header *h, const GArray *top,
+                              guint *from)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    gboolean ok;
+
+    if (ctx == NULL)
+        return NULL;
+    if (top_first(top) >= SIGN_TOP) {
+        *from = SIGN_TOP;
+        ok = EVP_MD_CTX_copy_ex(ctx, h->head) == 1;
+    } else {
+        *from = 0;
+        ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+    }
+    if (!ok) {
+        EVP_MD_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+char *dkim_sign_copy(const struct dkim_key *key, const char *domain,
+                     const struct dkim_header *h, const char *top,
+                     size_t top_len,
+                     const unsigned char body_hash[DKIM_HASH_LEN],
+                     gint64 timestamp, GError **err)
 {
     static const char prefix[] = "DKIM-Signature:";
     struct fold f = { g_string_sized_new(768), 0 };
-    GString *canon = g_string_sized_new(header_len + 512);
+    GString *canon = g_string_sized_new(h->canon->len + top_len + 512);
+    unsigned char digest[DKIM_HASH_LEN];
     unsigned char sig[DKIM_SIG_MAX];
     size_t sig_len;
+    EVP_MD_CTX *ctx = NULL;
+    guint from;
     char t[24];
     char *b64;
     GArray *sel = NULL;
@@ -212,8 +330,13 @@ char *dkim_sign(const struct dkim_key *key, const char *domain,
                     "dkim domain \"%s\" is not a valid DNS name", domain);
         goto fail;
     }
-    if ((sel = fields_select(header_block, header_len, err)) == NULL)
+    if ((sel = fields_select(top, top_len, err)) == NULL)
         goto fail;
+    if ((ctx = hash_start(h, sel, &from)) == NULL) {
+        g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED,
+                    "dkim: cannot set up SHA-256");
+        goto fail;
+    }
 
     g_string_append(f.s, prefix);
     f.col = f.s->len;
@@ -224,7 +347,7 @@ char *dkim_sign(const struct dkim_key *key, const char *domain,
     fold_tag(&f, "s=", key->selector);
     g_snprintf(t, sizeof(t), "%" G_GINT64_FORMAT, timestamp);
     fold_tag(&f, "t=", t);
-    if (!fields_sign(sel, &f, canon)) {
+    if (!fields_sign(h, sel, from, &f, canon)) {
         g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED,
                     "dkim: header block has no From field");
         goto fail;
@@ -242,21 +365,44 @@ char *dkim_sign(const struct dkim_key *key, const char *domain,
                               f.s->str + sizeof(prefix) - 1,
                               f.s->len - (sizeof(prefix) - 1), canon);
     g_string_truncate(canon, canon->len - 2);
-    if (!dkim_key_sign(key, canon->str, canon->len, sig, &sig_len, err))
+    if (EVP_DigestUpdate(ctx, canon->str, canon->len) != 1 ||
+        EVP_DigestFinal_ex(ctx, digest, NULL) != 1) {
+        g_set_error(err, DKIM_ERROR, DKIM_ERROR_FAILED,
+                    "dkim: SHA-256 of the header failed");
+        goto fail;
+    }
+    if (!dkim_key_sign(key, digest, sig, &sig_len, err))
         goto fail;
 
     b64 = g_base64_encode(sig, sig_len);
     fold_base64(&f, b64);
     g_free(b64);
     g_string_append_len(f.s, "\r\n", 2);
+    EVP_MD_CTX_free(ctx);
     g_array_free(sel, TRUE);
     g_string_free(canon, TRUE);
     return g_string_free(f.s, FALSE);
 
 fail:
+    EVP_MD_CTX_free(ctx);
     if (sel != NULL)
         g_array_free(sel, TRUE);
     g_string_free(canon, TRUE);
     g_string_free(f.s, TRUE);
     return NULL;
+}
+
+char *dkim_sign(const struct dkim_key *key, const char *domain,
+                const char *header_block, size_t header_len,
+                const unsigned char body_hash[DKIM_HASH_LEN],
+                gint64 timestamp, GError **err)
+{
+    struct dkim_header *h = dkim_header_new(header_block, header_len, err);
+    char *sig;
+
+    if (h == NULL)
+        return NULL;
+    sig = dkim_sign_copy(key, domain, h, "", 0, body_hash, timestamp, err);
+    dkim_header_free(h);
+    return sig;
 }

@@ -93,13 +93,15 @@ void transform_job_free(struct transform_job *j);
 /* ---- transform_sign.c ---------------------------------------------------- */
 
 /*
- * One serialised copy (CRLF, no To:, no signature) split once and its body
- * hashed once: every recipient's signature reuses the hash.
+ * One serialised copy (CRLF, no To:, no signature) split once, its body
+ * hashed once and its header prepared for signing once: every recipient's
+ * signature reuses both.
  */
 struct transform_copy {
     GBytes *bytes;
     size_t header_len;              /* header lines, each with its CRLF */
     unsigned char body_hash[DKIM_HASH_LEN];
+    struct dkim_header *header;     /* c's header lines, for dkim_sign_copy() */
 };
 
 gboolean transform_sign_copy_init(struct transform_copy *c, GBytes *bytes, GError **err);

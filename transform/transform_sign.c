@@ -6,7 +6,9 @@
  * bytes, and each signature covers the header block as it will be sent:
  * the copy's own To: (and List-Unsubscribe, with one-click unsubscribe)
  * plus the common header.  The body is the same for
- * every copy, so it is hashed once per message, not once per recipient.
+ * every copy, so it is hashed once per message, not once per recipient;
+ * the common header's signed fields are selected and canonicalised once
+ * too (dkim_header_new()), so a copy adds only its own lines.
  */
 #include "transform/transform.h"
 #include "transform/mime.h"
@@ -23,6 +25,8 @@ gboolean transform_sign_copy_init(struct transform_copy *c, GBytes *bytes, GErro
         g_set_error(err, MIME_ERROR, MIME_ERROR_WRITE, "serialised copy has no blank line");
         return FALSE;
     }
+    if (!(c->header = dkim_header_new(data, c->header_len, err)))
+        return FALSE;
     c->bytes = g_bytes_ref(bytes);
     dkim_body_hash(data + body_offset, len - body_offset, c->body_hash);
     return TRUE;
@@ -31,21 +35,18 @@ gboolean transform_sign_copy_init(struct transform_copy *c, GBytes *bytes, GErro
 void transform_sign_copy_clear(struct transform_copy *c)
 {
     g_clear_pointer(&c->bytes, g_bytes_unref);
+    g_clear_pointer(&c->header, dkim_header_free);
 }
 
 GBytes *sign_block(const struct transform *tf, const struct transform_copy *c, const char *prefix,
                    gint64 now, GError **err)
 {
-    const char *common = g_bytes_get_data(c->bytes, NULL);
-    g_autoptr(GString) header = g_string_sized_new(strlen(prefix) + c->header_len);
+    size_t prefix_len = strlen(prefix);
     GString *block = g_string_new(NULL);
 
-    /* dkim_sign() wants the header block in one piece, as it goes out. */
-    g_string_append(header, prefix);
-    g_string_append_len(header, common, (gssize)c->header_len);
     for (guint i = 0; i < tf->keys->len; i++) {
-        g_autofree char *sig = dkim_sign(tf->keys->pdata[i], tf->cfg->dkim.domain, header->str,
-                                         header->len, c->body_hash, now, err);
+        g_autofree char *sig = dkim_sign_copy(tf->keys->pdata[i], tf->cfg->dkim.domain, c->header,
+                                              prefix, prefix_len, c->body_hash, now, err);
         if (!sig) {
             g_string_free(block, TRUE);
             return NULL;
@@ -84,7 +85,7 @@ GBytes *sign_whole(const struct transform *tf, const struct transform_copy *c, c
 /*
  * One thread's share of a personalised message: the blocks of rcpts
  * [from, to), written to blocks[from..to).  Shares write disjoint slots
- * and read only what no one writes while they run (the key's sign_ctx is
+ * and read only what no one writes while they run (the key's contexts are
  * copied per signature: dkim.h), so they need no lock.
  */
 struct sign_share {

@@ -549,6 +549,129 @@ static void sign_refusals(void **state)
     g_clear_error(&err);
 }
 
+/*
+ * The straightforward signature of a copy, as the transform made it before
+ * the common header was prepared once a message: the whole canonical data
+ * (fields, then the signature field up to b=) hashed and signed in one
+ * EVP_DigestSign() call. Returns its base64.
+ */
+static char *reference_b64(const struct dkim_key *key, const char *sig,
+                           const char *canon_fields)
+{
+    GString *data = g_string_new(canon_fields);
+    const char *b = b_tag(sig) + 2;
+    unsigned char digest[DKIM_HASH_LEN];
+    unsigned char raw[DKIM_SIG_MAX];
+    size_t raw_len = sizeof(raw);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    char *b64;
+
+    dkim_canon_header_relaxed("DKIM-Signature", 14, sig + 15,
+                              (size_t)(b - sig) - 15, data);
+    g_string_truncate(data, data->len - 2);
+    if (key->type == DKIM_KEY_RSA) {
+        assert_int_equal(EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL,
+                                            key->pkey), 1);
+        assert_int_equal(EVP_DigestSign(md, raw, &raw_len,
+                                        (const unsigned char *)data->str,
+                                        data->len), 1);
+    } else {
+        EVP_Digest(data->str, data->len, digest, NULL, EVP_sha256(), NULL);
+        assert_int_equal(EVP_DigestSignInit(md, NULL, NULL, NULL, key->pkey),
+                         1);
+        assert_int_equal(EVP_DigestSign(md, raw, &raw_len, digest,
+                                        sizeof(digest)), 1);
+    }
+    b64 = g_base64_encode(raw, raw_len);
+    EVP_MD_CTX_free(md);
+    g_string_free(data, TRUE);
+    return b64;
+}
+
+/* dkim_sign_copy(h of `common`, top) must be dkim_sign(top + common). */
+static char *assert_copy_same(const struct dkim_key *key, const char *top,
+                              const char *common)
+{
+    unsigned char bh[DKIM_HASH_LEN];
+    char *whole = g_strconcat(top, common, NULL);
+    char *direct, *copy;
+    struct dkim_header *h = dkim_header_new(common, strlen(common), NULL);
+
+    assert_non_null(h);
+    dkim_body_hash("body\r\n", 6, bh);
+    direct = dkim_sign(key, "abakus.no", whole, strlen(whole), bh,
+                       1763938035, NULL);
+    copy = dkim_sign_copy(key, "abakus.no", h, top, strlen(top), bh,
+                          1763938035, NULL);
+    assert_non_null(direct);
+    assert_string_equal(copy, direct);
+    dkim_header_free(h);
+    g_free(direct);
+    g_free(whole);
+    return copy;
+}
+
+/*
+ * A copy signed from the prepared common header (the SHA-256 state of its
+ * From kept, the rest canonicalised once, RSA signing the digest) is byte
+ * for byte the signature of the straightforward path: the whole block
+ * canonicalised and signed in one EVP_DigestSign(). The copy's To: lies
+ * above the common header's, so bottom-up it is hashed after it. A top
+ * with a From, which the kept state cannot cover, and an empty top take
+ * the other paths.
+ */
+static void sign_copy_same_bytes(void **state)
+{
+    static const char top[] =
+        "To: c@example.org\r\nList-Unsubscribe: <https://abakus.no/u>\r\n";
+    static const char canon[] =
+        "from:Postern <restricted@abakus.no>\r\n"
+        "to:a@example.org, b@example.org\r\nto:c@example.org\r\n"
+        "subject:two\r\nsubject:one\r\nmessage-id:<1@abakus.no>\r\n"
+        "list-unsubscribe:<https://abakus.no/u>\r\n";
+    const struct dkim_key *keys[] = { rsa_key, ed_key };
+
+    for (guint i = 0; i < G_N_ELEMENTS(keys); i++) {
+        char *sig = assert_copy_same(keys[i], top, headers);
+        char *want = reference_b64(keys[i], sig, canon);
+        char *got = flatten(b_tag(sig) + 2);
+
+        assert_string_equal(got, want);
+        g_free(got);
+        g_free(want);
+        g_free(sig);
+        g_free(assert_copy_same(keys[i], "From: <x@abakus.no>\r\n"
+                                "Subject: three\r\n", headers));
+        g_free(assert_copy_same(keys[i], "", headers));
+        /* The From may come from the top alone. */
+        g_free(assert_copy_same(keys[i], "From: <x@abakus.no>\r\n",
+                                "Subject: s\r\n"));
+    }
+}
+
+static void sign_copy_refusals(void **state)
+{
+    static const char broken[] = "From: a@b\r\nbroken\r\n";
+    unsigned char bh[DKIM_HASH_LEN] = { 0 };
+    GError *err = NULL;
+    struct dkim_header *h;
+
+    assert_null(dkim_header_new(broken, strlen(broken), &err));
+    assert_non_null(strstr(err->message, "broken"));
+    g_clear_error(&err);
+    h = dkim_header_new("Subject: x\r\n", 12, &err);
+    assert_non_null(h);
+    assert_null(dkim_sign_copy(ed_key, "abakus.no", h, "To: a@b\r\n", 9, bh,
+                               0, &err));
+    assert_non_null(strstr(err->message, "From"));
+    g_clear_error(&err);
+    assert_null(dkim_sign_copy(ed_key, "abakus.no", h, "bad\r\n", 5, bh, 0,
+                               &err));
+    assert_non_null(strstr(err->message, "bad"));
+    g_clear_error(&err);
+    dkim_header_free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -571,6 +694,8 @@ int main(void)
         cmocka_unit_test(sign_rsa),
         cmocka_unit_test(sign_ed25519_bottom_up),
         cmocka_unit_test(sign_refusals),
+        cmocka_unit_test(sign_copy_same_bytes),
+        cmocka_unit_test(sign_copy_refusals),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

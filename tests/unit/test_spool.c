@@ -973,7 +973,12 @@ static void test_token_json(void **state)
                                       "\"list\": 3}", "\"list\""), SPOOL_ERR_INVALID);
 }
 
-/* A record written before lists (no "list" in it) belongs to the default list. */
+/*
+ * A record written before lists (no "list" in it) belongs to the default
+ * list. It is written through a GVariantDict as records were (its entries
+ * in hash table order), with a field from the future and one of the wrong
+ * type, which the reader skips.
+ */
 static gboolean put_old_token(struct spool_txn *t, void *ctx, GError **err)
 {
     const unsigned char *hash = ctx;
@@ -986,10 +991,66 @@ static gboolean put_old_token(struct spool_txn *t, void *ctx, GError **err)
     g_variant_dict_insert(&d, "sender", "s", "old@x.no");
     g_variant_dict_insert_value(&d, "recipients", g_variant_new_strv(rcpts, 1));
     g_variant_dict_insert(&d, "created", "x", (gint64)1000);
+    g_variant_dict_insert(&d, "future", "s", "x");
+    g_variant_dict_insert(&d, "hide_sender", "s", "yes");
     v = g_variant_ref_sink(g_variant_dict_end(&d));
     val = (MDB_val){ g_variant_get_size(v), (void *)g_variant_get_data(v) };
     (void)err;
     return mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, 0) == 0;
+}
+
+/* A raw token record, to write what the encoder never would. */
+struct raw_token {
+    unsigned char hash[TOKEN_HASH_LEN];
+    unsigned char rec[42];
+    size_t len;
+};
+
+static gboolean put_raw_token(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct raw_token *r = ctx;
+    MDB_val key = { TOKEN_HASH_LEN, r->hash }, val = { r->len, r->rec };
+
+    (void)err;
+    return mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_TOKENS), &key, &val, 0) == 0;
+}
+
+static gboolean count_token(const struct spool_token *tk, void *ctx)
+{
+    (void)tk;
+    ++*(int *)ctx;
+    return TRUE;
+}
+
+/*
+ * A binary token record cut short (within its fixed part, or a length
+ * running past its end) reads as SPOOL_ERR_CORRUPT, and a scan stops there.
+ */
+static void test_token_record_short(void **state)
+{
+    struct temp_spool *f = *state;
+    struct raw_token r = { .rec = { 0x01 } };
+    struct spool_token got;
+    struct spool_txn t;
+    GError *err = NULL;
+    int n = 0;
+
+    for (size_t len = 4; len <= sizeof(r.rec); len += sizeof(r.rec) - 4) {
+        /* The sender's length, past the fixed part: 100 bytes, of 0. */
+        r.rec[41] = 100;
+        r.len = len;
+        spool_token_hash("0123456789abcdefSHORT", r.hash);
+        assert_true(spool_write(f->sp, put_raw_token, &r, NULL));
+        assert_true(spool_read_begin(f->sp, &t, NULL));
+        assert_false(spool_token_get(&t, r.hash, &got, &err));
+        assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT));
+        assert_non_null(strstr(err->message, "malformed"));
+        g_clear_error(&err);
+        assert_false(spool_token_foreach(&t, count_token, &n, &err));
+        assert_int_equal(n, 0);
+        g_clear_error(&err);
+        spool_read_end(&t);
+    }
 }
 
 static void test_token_list_field(void **state)
@@ -999,11 +1060,18 @@ static void test_token_list_field(void **state)
     struct spool_txn t;
     unsigned char old[TOKEN_HASH_LEN];
 
-    /* The list round-trips through the record. */
+    /* The list, and every other field, round-trips through the record. */
     spool_token_init(&tk);
     tk.sender = g_strdup("o@x.no");
     tk.list = g_strdup("small");
     g_ptr_array_add(tk.recipients, g_strdup("r@x.no"));
+    g_ptr_array_add(tk.recipients, g_strdup("s@x.no"));
+    tk.hide_sender = TRUE;
+    tk.created = 1001;
+    tk.expires = 1002;
+    tk.used = 1003;
+    tk.used_by = 1004;
+    tk.revoked = TRUE;
     spool_token_hash("0123456789abcdefLIST", tk.hash);
     assert_true(spool_write(f->sp, put_token, &tk, NULL));
     spool_token_hash("0123456789abcdefOLD", old);
@@ -1012,10 +1080,22 @@ static void test_token_list_field(void **state)
     assert_true(spool_read_begin(f->sp, &t, NULL));
     assert_true(spool_token_get(&t, tk.hash, &got, NULL));
     assert_string_equal(got.list, "small");
+    assert_string_equal(got.sender, "o@x.no");
+    assert_int_equal(got.recipients->len, 2);
+    assert_string_equal(g_ptr_array_index(got.recipients, 1), "s@x.no");
+    assert_true(got.hide_sender && got.revoked);
+    assert_int_equal(got.created, 1001);
+    assert_int_equal(got.expires, 1002);
+    assert_int_equal(got.used, 1003);
+    assert_int_equal(got.used_by, 1004);
     spool_token_clear(&got);
     assert_true(spool_token_get(&t, old, &got, NULL));
     assert_string_equal(got.sender, "old@x.no");
     assert_string_equal(got.list, "default");
+    assert_int_equal(got.recipients->len, 1);
+    assert_string_equal(g_ptr_array_index(got.recipients, 0), "r@x.no");
+    assert_int_equal(got.created, 1000);
+    assert_false(got.hide_sender);
     spool_token_clear(&got);
     spool_read_end(&t);
     spool_token_clear(&tk);
@@ -1038,6 +1118,8 @@ int main(void)
         cmocka_unit_test(test_hist_buckets),
         cmocka_unit_test_setup_teardown(test_delivery_indexes, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_tokens, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_token_record_short, temp_spool_setup,
+                                        temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_token_list_field, temp_spool_setup,
                                         temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, temp_spool_setup, temp_spool_teardown),
