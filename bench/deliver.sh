@@ -8,7 +8,7 @@
 #
 # Builds nothing: give it a release build.  Needs root (Postfix).
 # Environment: RUNS (3), MESSAGES (500), RCPTS (10 per message), SIZE (4096),
-# LATENCY (200 messages), WORKERS ("1 2 4"), SLOTS ([workers] slots, 4),
+# LATENCY (200 messages), WORKERS ("1 2 4"), SLOTS ([workers] slots, 8),
 # BENCH_TMP (/var/tmp).
 set -euo pipefail
 

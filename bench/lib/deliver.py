@@ -47,7 +47,7 @@ RCPTS = int(os.environ.get("RCPTS", 10))
 SIZE = int(os.environ.get("SIZE", 4096))
 LATENCY = int(os.environ.get("LATENCY", 200))
 WORKERS = [int(w) for w in os.environ.get("WORKERS", "1 2 4").split()]
-SLOTS = int(os.environ.get("SLOTS", 4))
+SLOTS = int(os.environ.get("SLOTS", 8))
 TMP = Path(tempfile.mkdtemp(prefix="postern-bench-deliver.", dir=os.environ.get("BENCH_TMP",
                                                                                "/var/tmp")))
 
