@@ -84,6 +84,7 @@ struct dispatch {
     int64_t rate_refilled;          /* monotonic ms */
 
     GPtrArray *done;                /* SDONE payloads of this round */
+    int64_t version_warned;         /* monotonic ms: a worker of another wire version logged */
     gboolean work_hinted;           /* a hint came: schedule now */
     int64_t next_scan;              /* monotonic ms of the next timed rescan */
     int64_t next_tick;              /* monotonic ms: heartbeats, expiry */

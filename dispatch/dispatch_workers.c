@@ -1,6 +1,7 @@
 /*
- * dispatch_workers.c - the worker table: binding, HELLO/CREDIT/PING,
- * heartbeats, dead workers, and the CURVE allow-list for tcp:// workers.
+ * dispatch_workers.c - the worker table: binding, HELLO (and its wire
+ * version), CREDIT (also in SDONE), PING, heartbeats, dead workers, and
+ * the CURVE allow-list for tcp:// workers.
  */
 #include "dispatch/dispatch.h"
 #include "common/secret_file.h"
@@ -211,14 +212,46 @@ gboolean dispatch_bind(struct dispatch *d, GError **err)
     return TRUE;
 }
 
+/*
+ * A worker of another wire version (common/wire.h) gets no job: its
+ * results would be misread.  It says HELLO again at every WHO, a second
+ * apart, so the line is logged once a minute, not each time.
+ */
+static void dispatch_refuse_version(struct dispatch *d, void *sock, GBytes *identity,
+                                    guint32 version)
+{
+    int64_t now = mono_ms();
+    g_autofree char *name = NULL;
+
+    if (d->version_warned && now - d->version_warned < 60000)
+        return;
+    d->version_warned = now;
+    name = worker_name(d, sock, identity);
+    msg_warn("worker %s speaks wire version %u, this dispatcher %u: not taken "
+             "(run the same release of postern-dispatch and its workers)",
+             name, version, WIRE_VERSION);
+}
+
 static void dispatch_hello(struct dispatch *d, void *sock, GBytes *identity, GBytes *payload)
 {
     g_autofree char *kind = NULL;
-    guint32 slots;
+    guint32 slots, version;
     struct dispatch_worker *w;
 
-    if (!wire_unpack(payload, "(su)", &kind, &slots) ||
-        (!g_str_equal(kind, "transform") && !g_str_equal(kind, "sender"))) {
+    if (!wire_unpack(payload, "(suu)", &kind, &slots, &version)) {
+        g_clear_pointer(&kind, g_free);
+        /* Version 1 said no version. */
+        if (wire_unpack(payload, "(su)", &kind, &slots))
+            dispatch_refuse_version(d, sock, identity, 1);
+        else
+            msg_warn("malformed HELLO from a worker: ignored");
+        return;
+    }
+    if (version != WIRE_VERSION) {
+        dispatch_refuse_version(d, sock, identity, version);
+        return;
+    }
+    if (!g_str_equal(kind, "transform") && !g_str_equal(kind, "sender")) {
         msg_warn("malformed HELLO from a worker: ignored");
         return;
     }
@@ -259,6 +292,8 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
             g_ptr_array_add(d->done, g_bytes_ref(payload));
             if (!w)
                 wire_send(sock, identity, WIRE_WHO, NULL);
+            else
+                w->credit += wire_send_result_credit(payload);
         } else if (!w) {
             /* We restarted, or forgot it: it must introduce itself again. */
             wire_send(sock, identity, WIRE_WHO, NULL);

@@ -6,7 +6,8 @@
  * A struct dispatch is built by hand with what these functions use.  The
  * workers' socket is a ROUTER bound to an inproc address with no peer:
  * what the dispatcher sends a worker (CONNMAX) is dropped, as ROUTER does
- * with a routing id it does not know.
+ * with a routing id it does not know.  The wire version and SDONE's
+ * credit are checked with DEALER sockets of the test's own on it.
  *
  * Leasing: fair rounds (one job per message in turn, notices first) and
  * the daily limit's wait (spool/relay_quota.h).
@@ -1011,6 +1012,88 @@ static void test_results_pause_one_account(void **state)
     assert_null(dispatch_account_next(&f->d));
 }
 
+/* A worker's DEALER says cmd with payload; the dispatcher reads what came. */
+static void worker_says(struct fixture *f, void *dealer, const char *cmd, GBytes *payload)
+{
+    zmq_pollitem_t in = { f->sock, 0, ZMQ_POLLIN, 0 };
+
+    assert_true(wire_send(dealer, NULL, cmd, payload));
+    g_bytes_unref(payload);
+    assert_int_equal(zmq_poll(&in, 1, 5000), 1);
+    dispatch_receive(&f->d);
+}
+
+static struct dispatch_worker *only_worker(struct fixture *f)
+{
+    GHashTableIter it;
+    gpointer w = NULL;
+
+    assert_int_equal(g_hash_table_size(f->d.workers), 1);
+    g_hash_table_iter_init(&it, f->d.workers);
+    g_hash_table_iter_next(&it, NULL, &w);
+    return w;
+}
+
+/*
+ * The wire version: a HELLO of version 1 (no version) or of another
+ * version is not taken; a sender's last SDONE of a job carries its
+ * credit, counted where it arrives, and its result is kept for the round.
+ */
+static void test_wire_version_and_sdone_credit(void **state)
+{
+    struct fixture *f = *state;
+    void *old = zmq_socket(f->zctx, ZMQ_DEALER), *other = zmq_socket(f->zctx, ZMQ_DEALER);
+    void *cur = zmq_socket(f->zctx, ZMQ_DEALER);
+    struct leased l = { .msg = 0x42 };
+    const struct reply ok = { 250, "2.0.0", "ok", 0 };
+    struct wire_send_result res;
+    int linger = 0;
+
+    f->d.router = f->sock;
+    f->d.hints = zmq_socket(f->zctx, ZMQ_PULL);
+    assert_int_equal(zmq_bind(f->d.hints, "inproc://test-hints"), 0);
+    f->d.done = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    for (void **s = (void *[]){ old, other, cur, NULL }; *s; s++) {
+        zmq_setsockopt(*s, ZMQ_LINGER, &linger, sizeof(linger));
+        assert_int_equal(zmq_connect(*s, "inproc://test-dispatch"), 0);
+    }
+
+    worker_says(f, old, WIRE_HELLO, wire_pack("(su)", "sender", 4));
+    assert_int_equal(g_hash_table_size(f->d.workers), 0);
+    assert_true(f->d.version_warned != 0);
+    f->d.version_warned = 0;
+    worker_says(f, other, WIRE_HELLO, wire_pack("(suu)", "sender", 4, WIRE_VERSION + 1));
+    assert_int_equal(g_hash_table_size(f->d.workers), 0);
+    assert_true(f->d.version_warned != 0);
+
+    worker_says(f, cur, WIRE_HELLO, wire_pack("(suu)", "sender", 2, WIRE_VERSION));
+    assert_int_equal(only_worker(f)->credit, 2);
+    /* A transaction's SDONE before the job's end gives nothing back ... */
+    worker_says(f, cur, WIRE_SDONE, sdone(&l, 7, &ok, 1));
+    assert_int_equal(only_worker(f)->credit, 2);
+    /* ... its last one gives its slot back, as a CREDIT did. */
+    assert_true(wire_send_result_decode(f->d.done->pdata[0], &res));
+    res.credit = 1;
+    worker_says(f, cur, WIRE_SDONE, wire_send_result_encode(&res));
+    assert_int_equal(only_worker(f)->credit, 3);
+    assert_int_equal(f->d.done->len, 2);
+    wire_send_result_clear(&res);
+    assert_true(wire_send_result_decode(f->d.done->pdata[1], &res));
+    assert_int_equal(res.credit, 1);
+    assert_int_equal(res.lease, 7);
+    assert_int_equal(res.results->len, 1);
+    wire_send_result_clear(&res);
+    /* Garbage where an SDONE should be: no credit (and refused when recorded). */
+    g_autoptr(GBytes) garbage = g_bytes_new_static("\x01\x02", 2);
+    assert_int_equal(wire_send_result_credit(garbage), 0);
+
+    zmq_close(old);
+    zmq_close(other);
+    zmq_close(cur);
+    zmq_close(f->d.hints);
+    g_ptr_array_unref(f->d.done);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1029,6 +1112,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lease_daily_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_accounts_in_turn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_pause_one_account, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wire_version_and_sdone_credit, setup, teardown),
     };
     log_init("test_dispatch", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);
