@@ -8,7 +8,7 @@
 #include <zmq.h>
 
 #define SJOB_TYPE "(ttssmaya(usmay))"
-#define SDONE_TYPE "(ttsua(uqssusd))"
+#define SDONE_TYPE "(uttsa(uqssusd))"
 
 static GVariant *bytes_or_nothing(GBytes *b)
 {
@@ -115,9 +115,8 @@ GBytes *wire_send_result_encode(const struct wire_send_result *res)
                               r->text ? r->text : "", r->error, r->relay ? r->relay : "",
                               r->seconds);
     }
-    v = g_variant_ref_sink(g_variant_new(SDONE_TYPE, res->lease, res->msg,
-                                         res->account ? res->account : WIRE_ACCOUNT_DEFAULT,
-                                         res->credit, &b));
+    v = g_variant_ref_sink(g_variant_new(SDONE_TYPE, res->credit, res->lease, res->msg,
+                                         res->account ? res->account : WIRE_ACCOUNT_DEFAULT, &b));
     return g_variant_get_data_as_bytes(v);
 }
 
@@ -131,7 +130,7 @@ gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res)
     wire_send_result_init(res);
     if (!g_variant_is_normal_form(v))
         return FALSE;
-    g_variant_get(v, SDONE_TYPE, &res->lease, &res->msg, &res->account, &res->credit, &it);
+    g_variant_get(v, SDONE_TYPE, &res->credit, &res->lease, &res->msg, &res->account, &it);
     memset(&r, 0, sizeof(r));
     while (g_variant_iter_next(it, "(uqssusd)", &r.idx, &r.code, &r.status, &r.text, &r.error,
                                &r.relay, &r.seconds)) {
@@ -142,14 +141,15 @@ gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res)
 }
 
 /* GVariant reads untrusted data safely: a malformed payload gives 0 here,
- * and wire_send_result_decode() refuses it later. */
+ * and wire_send_result_decode() refuses it later.  The credit comes first,
+ * at a fixed place, so this reads no framing offset. */
 guint32 wire_send_result_credit(GBytes *payload)
 {
     g_autoptr(GVariant) v = g_variant_ref_sink(
         g_variant_new_from_bytes(G_VARIANT_TYPE(SDONE_TYPE), payload, FALSE));
     guint32 credit;
 
-    g_variant_get_child(v, 3, "u", &credit);
+    g_variant_get_child(v, 0, "u", &credit);
     return credit;
 }
 

@@ -40,7 +40,7 @@
  * (HELLO "(su)", a CREDIT after every job) is refused by its HELLO alone,
  * before it could send an SDONE this dispatcher would misread.
  *   1  HELLO (su); SDONE (ttsa(uqssusd)), a CREDIT after each job
- *   2  HELLO (suu); SDONE (ttsua(uqssusd)) with the job's credit
+ *   2  HELLO (suu); SDONE (uttsa(uqssusd)): the job's credit first
  */
 #define WIRE_VERSION 2
 
@@ -110,10 +110,10 @@ struct wire_rcpt_result {
  * worker takes another job, else 0.
  */
 struct wire_send_result {
+    uint32_t credit;
     uint64_t lease;
     uint64_t msg;
     char *account;                  /* NULL when encoded: "default" */
-    uint32_t credit;
     GArray *results;                /* struct wire_rcpt_result */
 };
 
