@@ -12,7 +12,8 @@
  *                    WIRE_VERSION; sent on start and whenever the
  *                    dispatcher seems to have forgotten us
  *     CREDIT  (u)    this many more jobs may be sent (free slots); a sender
- *                    says it only for a job that ends without an SDONE
+ *                    says it only for a job that ends without an SDONE to
+ *                    carry its credit, or whose SDONE could not be sent
  *     PING    ()     heartbeat, every WIRE_HEARTBEAT_MS
  *     TDONE   (tts)  transform lease, message id, outcome word
  *     SDONE   see struct wire_send_result (its credit: one ZeroMQ message
@@ -36,9 +37,11 @@
 
 /*
  * What HELLO says: both ends must speak the same.  A dispatcher takes no
- * worker of another version (it logs which), and a worker of version 1
- * (HELLO "(su)", a CREDIT after every job) is refused by its HELLO alone,
- * before it could send an SDONE this dispatcher would misread.
+ * worker of another version (it logs which), so none gets a job whose
+ * SDONE it would misread; a worker of version 1 (HELLO "(su)") is told
+ * apart from a malformed HELLO.  An SDONE of version 1 still in flight at
+ * an upgrade is refused as malformed (its deliveries go again when their
+ * lease expires) or, misread, checked against the spool's lease like any.
  *   1  HELLO (su); SDONE (ttsa(uqssusd)), a CREDIT after each job
  *   2  HELLO (suu); SDONE (uttsa(uqssusd)): the job's credit first
  */
