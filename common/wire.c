@@ -140,25 +140,18 @@ gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res)
     return TRUE;
 }
 
-/* GVariant reads untrusted data safely: a malformed payload gives 0 here,
- * and wire_send_result_decode() refuses it later.  The credit comes first,
- * at a fixed place, so this reads no framing offset. */
-guint32 wire_send_result_credit(GBytes *payload)
-{
-    g_autoptr(GVariant) v = g_variant_ref_sink(
-        g_variant_new_from_bytes(G_VARIANT_TYPE(SDONE_TYPE), payload, FALSE));
-    guint32 credit;
-
-    g_variant_get_child(v, 0, "u", &credit);
-    return credit;
-}
-
 void wire_send_result_clear(struct wire_send_result *res)
 {
     g_free(res->account);
     if (res->results)
         g_array_unref(res->results);
     memset(res, 0, sizeof(*res));
+}
+
+void wire_send_result_free(gpointer res)
+{
+    wire_send_result_clear(res);
+    g_free(res);
 }
 
 GBytes *wire_pack(const char *type, ...)

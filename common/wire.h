@@ -127,10 +127,10 @@ void wire_send_job_clear(struct wire_send_job *job);
 
 GBytes *wire_send_result_encode(const struct wire_send_result *res);
 gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res);
-/* Only the credit, where the SDONE arrives (0 in a malformed one). */
-guint32 wire_send_result_credit(GBytes *payload);
 void wire_send_result_clear(struct wire_send_result *res);
 void wire_send_result_init(struct wire_send_result *res);
+/* Clear and free one made with g_new0() (a GDestroyNotify). */
+void wire_send_result_free(gpointer res);
 
 /* Small payloads: encode a GVariant of the given type, decode and check it. */
 GBytes *wire_pack(const char *type, ...);

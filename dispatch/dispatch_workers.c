@@ -298,11 +298,19 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
              * applies, not our memory.  Dropping it would send again what
              * the relay already has.
              */
-            g_ptr_array_add(d->done, g_bytes_ref(payload));
+            struct wire_send_result *res = g_new0(struct wire_send_result, 1);
+
+            /* Decoded once, here: its credit counts now, its results in the round. */
+            if (wire_send_result_decode(payload, res)) {
+                if (w)
+                    w->credit += res->credit;
+                g_ptr_array_add(d->done, res);
+            } else {
+                msg_warn("malformed SDONE from a worker: ignored");
+                wire_send_result_free(res);
+            }
             if (!w)
                 wire_send(sock, identity, WIRE_WHO, NULL);
-            else
-                w->credit += wire_send_result_credit(payload);
         } else if (!w) {
             /* We restarted, or forgot it: it must introduce itself again. */
             wire_send(sock, identity, WIRE_WHO, NULL);
