@@ -8,7 +8,7 @@
 #include <zmq.h>
 
 #define SJOB_TYPE "(ttssmaya(usmay))"
-#define SDONE_TYPE "(ttsa(uqssusd))"
+#define SDONE_TYPE "(uttsa(uqssusd))"
 
 static GVariant *bytes_or_nothing(GBytes *b)
 {
@@ -115,7 +115,7 @@ GBytes *wire_send_result_encode(const struct wire_send_result *res)
                               r->text ? r->text : "", r->error, r->relay ? r->relay : "",
                               r->seconds);
     }
-    v = g_variant_ref_sink(g_variant_new("(ttsa(uqssusd))", res->lease, res->msg,
+    v = g_variant_ref_sink(g_variant_new(SDONE_TYPE, res->credit, res->lease, res->msg,
                                          res->account ? res->account : WIRE_ACCOUNT_DEFAULT, &b));
     return g_variant_get_data_as_bytes(v);
 }
@@ -130,7 +130,7 @@ gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res)
     wire_send_result_init(res);
     if (!g_variant_is_normal_form(v))
         return FALSE;
-    g_variant_get(v, "(ttsa(uqssusd))", &res->lease, &res->msg, &res->account, &it);
+    g_variant_get(v, SDONE_TYPE, &res->credit, &res->lease, &res->msg, &res->account, &it);
     memset(&r, 0, sizeof(r));
     while (g_variant_iter_next(it, "(uqssusd)", &r.idx, &r.code, &r.status, &r.text, &r.error,
                                &r.relay, &r.seconds)) {
@@ -146,6 +146,12 @@ void wire_send_result_clear(struct wire_send_result *res)
     if (res->results)
         g_array_unref(res->results);
     memset(res, 0, sizeof(*res));
+}
+
+void wire_send_result_free(gpointer res)
+{
+    wire_send_result_clear(res);
+    g_free(res);
 }
 
 GBytes *wire_pack(const char *type, ...)

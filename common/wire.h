@@ -8,12 +8,16 @@
  * costs at most a lease expiry, never a delivery.
  *
  *   worker -> dispatcher
- *     HELLO   (su)   kind ("transform" | "sender"), free slots now; sent on
- *                    start and whenever the dispatcher seems to have forgotten us
- *     CREDIT  (u)    this many more jobs may be sent (free slots)
+ *     HELLO   (suu)  kind ("transform" | "sender"), free slots now,
+ *                    WIRE_VERSION; sent on start and whenever the
+ *                    dispatcher seems to have forgotten us
+ *     CREDIT  (u)    this many more jobs may be sent (free slots); a sender
+ *                    says it only for a job that ends without an SDONE to
+ *                    carry its credit, or whose SDONE could not be sent
  *     PING    ()     heartbeat, every WIRE_HEARTBEAT_MS
  *     TDONE   (tts)  transform lease, message id, outcome word
- *     SDONE   see struct wire_send_result
+ *     SDONE   see struct wire_send_result (its credit: one ZeroMQ message
+ *                    a delivery fewer than an SDONE and a CREDIT)
  *     CONNS   (uu)   senders: the connection budget I apply, relay connections I hold
  *   dispatcher -> worker
  *     TJOB    (tt)   transform lease, message id
@@ -30,6 +34,18 @@
 
 #include <glib.h>
 #include <stdint.h>
+
+/*
+ * What HELLO says: both ends must speak the same.  A dispatcher takes no
+ * worker of another version (it logs which), so none gets a job whose
+ * SDONE it would misread; a worker of version 1 (HELLO "(su)") is told
+ * apart from a malformed HELLO.  An SDONE of version 1 still in flight at
+ * an upgrade is refused as malformed (its deliveries go again when their
+ * lease expires) or, misread, checked against the spool's lease like any.
+ *   1  HELLO (su); SDONE (ttsa(uqssusd)), a CREDIT after each job
+ *   2  HELLO (suu); SDONE (uttsa(uqssusd)): the job's credit first
+ */
+#define WIRE_VERSION 2
 
 #define WIRE_HEARTBEAT_MS 1000
 #define WIRE_DEAD_AFTER_MS 5000     /* a peer silent this long is gone */
@@ -91,8 +107,13 @@ struct wire_rcpt_result {
     double seconds;                 /* time spent on the attempt */
 };
 
-/* SDONE: account is the job's (a relay pause is that account's). */
+/*
+ * SDONE: account is the job's (a relay pause is that account's).  credit
+ * is what CREDIT would say after it: 1 on the job's last SDONE when the
+ * worker takes another job, else 0.
+ */
 struct wire_send_result {
+    uint32_t credit;
     uint64_t lease;
     uint64_t msg;
     char *account;                  /* NULL when encoded: "default" */
@@ -108,6 +129,8 @@ GBytes *wire_send_result_encode(const struct wire_send_result *res);
 gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res);
 void wire_send_result_clear(struct wire_send_result *res);
 void wire_send_result_init(struct wire_send_result *res);
+/* Clear and free one made with g_new0() (a GDestroyNotify). */
+void wire_send_result_free(gpointer res);
 
 /* Small payloads: encode a GVariant of the given type, decode and check it. */
 GBytes *wire_pack(const char *type, ...);

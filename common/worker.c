@@ -88,7 +88,8 @@ gboolean worker_say(struct worker *w, const char *cmd, GBytes *payload)
 /* HELLO resets the dispatcher's credit for us to what is free now. */
 void worker_hello(struct worker *w)
 {
-    worker_say(w, WIRE_HELLO, wire_pack("(su)", w->kind, (guint32)w->ops->free_slots(w->arg)));
+    worker_say(w, WIRE_HELLO, wire_pack("(suu)", w->kind, (guint32)w->ops->free_slots(w->arg),
+                                        (guint32)WIRE_VERSION));
 }
 
 /* The dispatcher has lost us: introduce ourselves again, then the worker's own part. */

@@ -101,7 +101,8 @@ struct dispatch {
     struct spool_dlv_ref due_after; /* fair rounds: the message served last (dispatch_deliver.c) */
     guint account_next;             /* accounts: where the next job's turn begins */
 
-    GPtrArray *done;                /* SDONE payloads of this round */
+    GPtrArray *done;                /* struct wire_send_result: SDONEs of this round */
+    int64_t version_warned;         /* monotonic ms: a worker of another wire version logged */
     gboolean work_hinted;           /* a hint came: schedule now */
     int64_t next_scan;              /* monotonic ms of the next timed rescan */
     int64_t next_tick;              /* monotonic ms: heartbeats, expiry */
@@ -211,11 +212,12 @@ gboolean dispatch_expiry_write(struct spool_txn *t, struct expiry *ex, GError **
 void dispatch_expiry_done(struct dispatch *d, struct expiry *ex, gboolean committed);
 
 /* dispatch_result.c: results alone in one transaction ... */
-void dispatch_record_results(struct dispatch *d, GPtrArray *payloads);
-/* ... or in parts: init (decodes the SDONE payloads), jobs (frees the
- * connections of finished jobs), write, done (adopts the relay state). */
+void dispatch_record_results(struct dispatch *d, GPtrArray *done);
+/* ... or in parts: init (takes the decoded SDONEs out of done, leaving it
+ * empty), jobs (frees the connections of finished jobs), write, done
+ * (adopts the relay state). */
 struct rresult;
-void dispatch_results_init(struct rresult **out, struct dispatch *d, GPtrArray *payloads);
+void dispatch_results_init(struct rresult **out, struct dispatch *d, GPtrArray *done);
 void dispatch_results_jobs(struct dispatch *d, struct rresult *rr);
 gboolean dispatch_results_write(struct spool_txn *t, struct rresult *rr, GError **err);
 /* Is every relay account paused as the results' transaction leaves them? */
@@ -224,7 +226,7 @@ unsigned dispatch_results_count(const struct rresult *rr);
 void dispatch_results_done(struct dispatch *d, struct rresult *rr, gboolean ok);
 
 /* dispatch_round.c: results, expiry (expire) and leases (lease) in one transaction. */
-void dispatch_round(struct dispatch *d, GPtrArray *payloads, gboolean expire, gboolean lease);
+void dispatch_round(struct dispatch *d, GPtrArray *done, gboolean expire, gboolean lease);
 void dispatch_forget_worker(struct dispatch *d, struct dispatch_worker *w);
 
 #endif

@@ -69,7 +69,7 @@ static void dispatch_setup(struct dispatch *d)
     dispatch_load_relay_state(d);
     dispatch_conns_setup(d, &url);
     relay_url_clear(&url);
-    d->done = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    d->done = g_ptr_array_new_with_free_func(wire_send_result_free);
     d->policy.initial = (gint64)d->cfg->retry.initial * G_USEC_PER_SEC;
     d->policy.max = (gint64)d->cfg->retry.max * G_USEC_PER_SEC;
     d->policy.lifetime = (gint64)d->cfg->retry.lifetime * G_USEC_PER_SEC;

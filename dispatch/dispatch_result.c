@@ -257,30 +257,20 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
     return result_relay_state(t, rr, err);
 }
 
-static void result_free(gpointer p)
-{
-    wire_send_result_clear(p);
-    g_free(p);
-}
-
-void dispatch_results_init(struct rresult **out, struct dispatch *d, GPtrArray *payloads)
+void dispatch_results_init(struct rresult **out, struct dispatch *d, GPtrArray *done)
 {
     struct rresult *rr = g_new0(struct rresult, 1);
+    gsize n;
+    gpointer *taken = g_ptr_array_steal(done, &n);
 
     rr->d = d;
     rr->accounts = g_new0(struct raccount, d->naccounts);
-    rr->results = g_ptr_array_new_with_free_func(result_free);
+    rr->results = g_ptr_array_new_with_free_func(wire_send_result_free);
     rr->msgs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, rmsg_free);
     rr->order = g_ptr_array_new();
-    for (guint i = 0; i < payloads->len; i++) {
-        struct wire_send_result *res = g_new0(struct wire_send_result, 1);
-        if (!wire_send_result_decode(payloads->pdata[i], res)) {
-            msg_warn("malformed SDONE from a worker: ignored");
-            result_free(res);
-            continue;
-        }
-        g_ptr_array_add(rr->results, res);
-    }
+    for (gsize i = 0; i < n; i++)
+        g_ptr_array_add(rr->results, taken[i]);
+    g_free(taken);
     *out = rr;
 }
 
@@ -362,13 +352,13 @@ static gboolean results_write_alone(struct spool_txn *t, void *ctx, GError **err
  * fsync for a whole round of workers' reports.  (The main loop records
  * them with the round's leases, dispatch_round(); this is the path alone.)
  */
-void dispatch_record_results(struct dispatch *d, GPtrArray *payloads)
+void dispatch_record_results(struct dispatch *d, GPtrArray *done)
 {
     struct rresult *rr;
     GError *err = NULL;
     gboolean ok;
 
-    dispatch_results_init(&rr, d, payloads);
+    dispatch_results_init(&rr, d, done);
     dispatch_results_jobs(d, rr);
     if (!(ok = spool_write(d->spool, results_write_alone, rr, &err))) {
         /* The leases stay: they expire and the deliveries are tried again. */

@@ -56,7 +56,7 @@ static gboolean round_commit(struct dispatch *d, struct rresult *rr, struct expi
     return FALSE;
 }
 
-void dispatch_round(struct dispatch *d, GPtrArray *payloads, gboolean expire, gboolean lease)
+void dispatch_round(struct dispatch *d, GPtrArray *done, gboolean expire, gboolean lease)
 {
     struct rresult *rr = NULL;
     struct expiry *ex = expire ? dispatch_expiry_new(d) : NULL;
@@ -64,8 +64,8 @@ void dispatch_round(struct dispatch *d, GPtrArray *payloads, gboolean expire, gb
     gboolean ok_r, ok_x, ok_l;
 
     /* Finished jobs give their connections back first: this round may use them. */
-    if (payloads->len) {
-        dispatch_results_init(&rr, d, payloads);
+    if (done->len) {
+        dispatch_results_init(&rr, d, done);
         dispatch_results_jobs(d, rr);
     }
     if (lease) {

@@ -1,6 +1,7 @@
 /*
- * dispatch_workers.c - the worker table: binding, HELLO/CREDIT/PING,
- * heartbeats, dead workers, and the CURVE allow-list for tcp:// workers.
+ * dispatch_workers.c - the worker table: binding, HELLO (and its wire
+ * version), CREDIT (also in SDONE), PING, heartbeats, dead workers, and
+ * the CURVE allow-list for tcp:// workers.
  */
 #include "dispatch/dispatch.h"
 #include "common/secret_file.h"
@@ -11,16 +12,25 @@
 #include <openssl/crypto.h>
 #include <zmq.h>
 
-/* "r" or "l" (which socket) and the routing id in hex: unique across both. */
+/*
+ * "r" or "l" (which socket) and the routing id in hex: unique across both.
+ * Made for every message a worker sends, so without printf (which cost
+ * more than the rest of receiving an SDONE).
+ */
 static char *worker_name(struct dispatch *d, void *sock, GBytes *identity)
 {
+    static const char hex[] = "0123456789abcdef";
     gsize n;
     const unsigned char *id = g_bytes_get_data(identity, &n);
-    GString *name = g_string_new(sock == d->local ? "l" : "r");
+    char *name = g_malloc(2 + 2 * n), *p = name;
 
-    for (gsize i = 0; i < n; i++)
-        g_string_append_printf(name, "%02x", id[i]);
-    return g_string_free(name, FALSE);
+    *p++ = sock == d->local ? 'l' : 'r';
+    for (gsize i = 0; i < n; i++) {
+        *p++ = hex[id[i] >> 4];
+        *p++ = hex[id[i] & 0x0f];
+    }
+    *p = '\0';
+    return name;
 }
 
 static struct dispatch_worker *worker_lookup(struct dispatch *d, void *sock, GBytes *identity)
@@ -211,14 +221,46 @@ gboolean dispatch_bind(struct dispatch *d, GError **err)
     return TRUE;
 }
 
+/*
+ * A worker of another wire version (common/wire.h) gets no job: its
+ * results would be misread.  It says HELLO again at every WHO, a second
+ * apart, so the line is logged once a minute, not each time.
+ */
+static void dispatch_refuse_version(struct dispatch *d, void *sock, GBytes *identity,
+                                    guint32 version)
+{
+    int64_t now = mono_ms();
+    g_autofree char *name = NULL;
+
+    if (d->version_warned && now - d->version_warned < 60000)
+        return;
+    d->version_warned = now;
+    name = worker_name(d, sock, identity);
+    msg_warn("worker %s speaks wire version %u, this dispatcher %u: not taken "
+             "(run the same release of postern-dispatch and its workers)",
+             name, version, WIRE_VERSION);
+}
+
 static void dispatch_hello(struct dispatch *d, void *sock, GBytes *identity, GBytes *payload)
 {
     g_autofree char *kind = NULL;
-    guint32 slots;
+    guint32 slots, version;
     struct dispatch_worker *w;
 
-    if (!wire_unpack(payload, "(su)", &kind, &slots) ||
-        (!g_str_equal(kind, "transform") && !g_str_equal(kind, "sender"))) {
+    if (!wire_unpack(payload, "(suu)", &kind, &slots, &version)) {
+        g_clear_pointer(&kind, g_free);
+        /* Version 1 said no version. */
+        if (wire_unpack(payload, "(su)", &kind, &slots))
+            dispatch_refuse_version(d, sock, identity, 1);
+        else
+            msg_warn("malformed HELLO from a worker: ignored");
+        return;
+    }
+    if (version != WIRE_VERSION) {
+        dispatch_refuse_version(d, sock, identity, version);
+        return;
+    }
+    if (!g_str_equal(kind, "transform") && !g_str_equal(kind, "sender")) {
         msg_warn("malformed HELLO from a worker: ignored");
         return;
     }
@@ -256,7 +298,17 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
              * applies, not our memory.  Dropping it would send again what
              * the relay already has.
              */
-            g_ptr_array_add(d->done, g_bytes_ref(payload));
+            struct wire_send_result *res = g_new0(struct wire_send_result, 1);
+
+            /* Decoded once, here: its credit counts now, its results in the round. */
+            if (wire_send_result_decode(payload, res)) {
+                if (w)
+                    w->credit += res->credit;
+                g_ptr_array_add(d->done, res);
+            } else {
+                msg_warn("malformed SDONE from a worker: ignored");
+                wire_send_result_free(res);
+            }
             if (!w)
                 wire_send(sock, identity, WIRE_WHO, NULL);
         } else if (!w) {

@@ -84,9 +84,10 @@ GPtrArray *sender_plan(const struct wire_send_job *job, guint max_rcpt);
  * *client is an SMTP client of account a from the pool, created here when
  * NULL (SMTP relays) on the account's TLS context (smtp.ssl_ctx).
  * With hand_back set (the slot threads), the results of each transaction
- * are handed back as soon as it ends, so that a worker killed later in the
- * job makes the dispatcher send again only the transaction then in flight;
- * res then holds what the last transaction left.
+ * but the last are handed back as soon as it ends, so that a worker killed
+ * later in the job makes the dispatcher send again only the transaction
+ * then in flight; res then holds the last transaction's results, which go
+ * in the job's last SDONE with its credit (common/wire.h).
  */
 typedef void (*sender_hand_back_fn)(struct sender *s, struct wire_send_result *part);
 void sender_deliver(struct sender *s, const struct sender_account *a,

@@ -281,10 +281,11 @@ static void sender_connect(struct sender *s, struct conn *c, const struct poster
 }
 
 /*
- * Results from the slots: an SDONE for each transaction's results, and
- * CREDIT(1) for each slot whose job is over; then CONNS if the pool
- * changed.  A result that cannot be sent costs a lease expiry and a second
- * delivery elsewhere, never a lost one.
+ * Results from the slots: an SDONE for each transaction's results, the
+ * job's last one with credit 1 when its slot takes another job (a CREDIT
+ * of its own only when there is no SDONE to carry it, or it could not be
+ * sent); then CONNS if the pool changed.  A result that cannot be sent
+ * costs a lease expiry and a second delivery elsewhere, never a lost one.
  */
 static void sender_answer(struct sender *s, struct conn *c)
 {
@@ -294,15 +295,18 @@ static void sender_answer(struct sender *s, struct conn *c)
     if (read(s->wake_fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
         msg_panic("eventfd read: %m");
     while ((done = g_async_queue_try_pop(s->done))) {
-        if (done->res.results->len &&
-            !sender_say(c, WIRE_SDONE, wire_send_result_encode(&done->res)))
-            msg_warn("lease %" G_GUINT64_FORMAT ": result not sent to the dispatcher: %s",
-                     done->res.lease, zmq_strerror(errno));
+        gboolean said = FALSE;
+
         if (done->job_done) {
             c->busy--;
-            if (!c->stopping && c->busy < c->slots)
-                sender_say(c, WIRE_CREDIT, wire_pack("(u)", 1));
+            done->res.credit = !c->stopping && c->busy < c->slots;
         }
+        if (done->res.results->len &&
+            !(said = sender_say(c, WIRE_SDONE, wire_send_result_encode(&done->res))))
+            msg_warn("lease %" G_GUINT64_FORMAT ": result not sent to the dispatcher: %s",
+                     done->res.lease, zmq_strerror(errno));
+        if (done->res.credit && !said)
+            sender_say(c, WIRE_CREDIT, wire_pack("(u)", 1));
         wire_send_result_clear(&done->res);
         g_free(done);
     }

@@ -121,7 +121,7 @@ static void deliver_maildir(struct sender *s, const struct sender_account *a,
         else
             result_add(res, r->idx, 451, "4.3.0", err->message, SMTP_ERROR_NONE, "maildir",
                        seconds);
-        deliver_flush(s, res, hand_back);
+        deliver_flush(s, res, i + 1 < job->rcpts->len ? hand_back : NULL);
     }
 }
 
@@ -237,7 +237,8 @@ static void deliver_smtp(struct sender *s, struct smtp_client *client,
             }
             stopped = deliver_txn(client, job, txn, cur, res, &stop);
             txn_envelope_clear(cur);
-            deliver_flush(s, res, hand_back);
+            /* The last transaction's results go with the job's end (and its credit). */
+            deliver_flush(s, res, t + 1 < plan->len ? hand_back : NULL);
             continue;
         }
         for (guint k = 0; k < txn->len; k++)

@@ -18,8 +18,10 @@
 /*
  * 2: delivery records in a fixed binary layout (spool/delivery.c), which
  * a version-1 binary would misread; version-1 records are still read.
+ * 3: message records in a binary layout too (spool/spool_msg.c); the
+ * GVariant records of versions 1 and 2 are still read.
  */
-#define SPOOL_SCHEMA_VERSION 2
+#define SPOOL_SCHEMA_VERSION 3
 
 struct spool {
     MDB_env *env;

@@ -1,8 +1,8 @@
 /*
  * spool_msg.c - message records, the by_state index, and chunked bodies.
  *
- * Records are GVariant a{sv} dictionaries: self-describing, so a later
- * version can add fields and still read what an older one wrote.
+ * Records are a versioned binary layout (below); the GVariant a{sv}
+ * dictionaries of older spools are still read.
  */
 #include "spool/spool_lmdb.h"
 #include "common/clock.h"
@@ -91,54 +91,187 @@ void spool_msg_clear(struct spool_msg *m)
     memset(m, 0, sizeof(*m));
 }
 
-static GVariant *strv_variant(GPtrArray *a)
-{
-    return g_variant_new_strv((const char *const *)a->pdata, a->len);
-}
-
-/* One "{sv}" entry; the value is floating, as the constructors return it. */
-static void record_put(GVariantBuilder *b, const char *key, GVariant *value)
-{
-    g_variant_builder_add_value(b, g_variant_new_dict_entry(g_variant_new_string(key),
-                                                            g_variant_new_variant(value)));
-}
-
 /*
- * The record is an a{sv}, read back by key (spool_msg_decode), so the
- * order of its entries is free.  Built with the typed constructors and
- * a builder, not GVariantDict and format strings: those parse a format
- * per field and go through a hash table, and were over half of the
- * ingest committer's instructions per message (docs/benchmarks.md).
+ * The record, rewritten at every state change: a version byte, the two
+ * states, big-endian times and numbers, then the strings, each a
+ * big-endian 32-bit length (MSG_NONE for an unset one) and its bytes.
+ * The kind comes first, so spool_msg_get_kind() reads it without walking
+ * the rest.  Decoding and re-encoding the GVariant dictionary this
+ * replaces cost a notice's delivery more CPU than the rest of its results
+ * (docs/benchmarks.md, "Dispatcher CPU per delivery").
+ *
+ *    0  MSG_RECORD_V1     1  state            2  held_from
+ *    3  arrival          11  since           19  size
+ *   27  lease            35  lease_expiry    43  ref
+ *   51  kind, owner, message_id, reason, sender, client, helo, proto,
+ *       received; then a count (32) and that many recipients; then a
+ *       count and that many history lines.
+ *
+ * Records written before (schema 2 and older) are GVariant a{sv}
+ * dictionaries: they start with the first byte of a key name (or are
+ * empty), never with MSG_RECORD_V1, and are still read; each is written
+ * in this layout at its next change.
  */
-static GVariant *spool_msg_encode(const struct spool_msg *m)
-{
-    GVariantBuilder b;
+#define MSG_RECORD_V1 0x01
+#define MSG_FIXED 51
+#define MSG_NONE 0xffffffffu
+#define MSG_NSTR 9
+#define MSG_STR_ALWAYS 4            /* from sender on: "" when unset, as ever */
 
-    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
-    record_put(&b, "state", g_variant_new_byte((guint8)m->state));
-    record_put(&b, "held_from", g_variant_new_byte((guint8)m->held_from));
-    record_put(&b, "arrival", g_variant_new_int64(m->arrival));
-    record_put(&b, "since", g_variant_new_int64(m->since));
-    record_put(&b, "size", g_variant_new_uint64(m->size));
-    record_put(&b, "sender", g_variant_new_string(m->sender ? m->sender : ""));
-    record_put(&b, "recipients", strv_variant(m->recipients));
-    record_put(&b, "client", g_variant_new_string(m->client ? m->client : ""));
-    record_put(&b, "helo", g_variant_new_string(m->helo ? m->helo : ""));
-    record_put(&b, "proto", g_variant_new_string(m->proto ? m->proto : ""));
-    record_put(&b, "received", g_variant_new_string(m->received ? m->received : ""));
-    if (m->reason)
-        record_put(&b, "reason", g_variant_new_string(m->reason));
-    record_put(&b, "history", strv_variant(m->history));
-    record_put(&b, "lease", g_variant_new_uint64(m->lease));
-    record_put(&b, "lease_expiry", g_variant_new_int64(m->lease_expiry));
-    record_put(&b, "ref", g_variant_new_uint64(m->ref));
-    if (m->kind)
-        record_put(&b, "kind", g_variant_new_string(m->kind));
-    if (m->owner)
-        record_put(&b, "owner", g_variant_new_string(m->owner));
-    if (m->message_id)
-        record_put(&b, "message_id", g_variant_new_string(m->message_id));
-    return g_variant_ref_sink(g_variant_builder_end(&b));
+/* The string fields of m in the record's order. */
+static void msg_string_fields(struct spool_msg *m, char **f[MSG_NSTR])
+{
+    f[0] = &m->kind;
+    f[1] = &m->owner;
+    f[2] = &m->message_id;
+    f[3] = &m->reason;
+    f[4] = &m->sender;
+    f[5] = &m->client;
+    f[6] = &m->helo;
+    f[7] = &m->proto;
+    f[8] = &m->received;
+}
+
+static const char *msg_string_at(char **const f[MSG_NSTR], int i)
+{
+    return *f[i] || i < MSG_STR_ALWAYS ? *f[i] : "";
+}
+
+static size_t msg_strv_size(const GPtrArray *a)
+{
+    size_t n = 4;
+
+    for (guint i = 0; i < a->len; i++)
+        n += 4 + strlen(a->pdata[i]);
+    return n;
+}
+
+static size_t msg_record_size(const struct spool_msg *m)
+{
+    char **f[MSG_NSTR];
+    size_t n = MSG_FIXED;
+
+    msg_string_fields((struct spool_msg *)m, f);
+    for (int i = 0; i < MSG_NSTR; i++) {
+        const char *s = msg_string_at(f, i);
+        n += 4 + (s ? strlen(s) : 0);
+    }
+    return n + msg_strv_size(m->recipients) + msg_strv_size(m->history);
+}
+
+static unsigned char *msg_put_str(unsigned char *p, const char *s)
+{
+    size_t len = s ? strlen(s) : 0;
+
+    spool_be32(p, s ? (uint32_t)len : MSG_NONE);
+    if (len)
+        memcpy(p + 4, s, len);
+    return p + 4 + len;
+}
+
+/* Into out, which holds msg_record_size(m) bytes. */
+static void spool_msg_encode(const struct spool_msg *m, unsigned char *out)
+{
+    char **f[MSG_NSTR];
+    unsigned char *p = out + MSG_FIXED;
+
+    out[0] = MSG_RECORD_V1;
+    out[1] = (unsigned char)m->state;
+    out[2] = (unsigned char)m->held_from;
+    spool_be64(out + 3, (uint64_t)m->arrival);
+    spool_be64(out + 11, (uint64_t)m->since);
+    spool_be64(out + 19, m->size);
+    spool_be64(out + 27, m->lease);
+    spool_be64(out + 35, (uint64_t)m->lease_expiry);
+    spool_be64(out + 43, m->ref);
+    msg_string_fields((struct spool_msg *)m, f);
+    for (int i = 0; i < MSG_NSTR; i++)
+        p = msg_put_str(p, msg_string_at(f, i));
+    spool_be32(p, m->recipients->len);
+    p += 4;
+    for (guint i = 0; i < m->recipients->len; i++)
+        p = msg_put_str(p, m->recipients->pdata[i]);
+    spool_be32(p, m->history->len);
+    p += 4;
+    for (guint i = 0; i < m->history->len; i++)
+        p = msg_put_str(p, m->history->pdata[i]);
+}
+
+/* A bounds-checked walk of a binary record's strings: bad once it overran. */
+struct msg_reader {
+    const unsigned char *p, *end;
+    gboolean bad;
+};
+
+static uint32_t msg_read_be32(struct msg_reader *r)
+{
+    uint32_t v;
+
+    if (r->bad || r->end - r->p < 4) {
+        r->bad = TRUE;
+        return 0;
+    }
+    v = spool_get_be32(r->p);
+    r->p += 4;
+    return v;
+}
+
+static char *msg_read_str(struct msg_reader *r)
+{
+    uint32_t len = msg_read_be32(r);
+    char *s;
+
+    if (r->bad || len == MSG_NONE)
+        return NULL;
+    if ((size_t)(r->end - r->p) < len) {
+        r->bad = TRUE;
+        return NULL;
+    }
+    s = g_strndup((const char *)r->p, len);
+    r->p += len;
+    return s;
+}
+
+/* A list's strings; MSG_NONE, which no list holds, is read as a bad record. */
+static void msg_read_strv(struct msg_reader *r, GPtrArray *out)
+{
+    uint32_t n = msg_read_be32(r);
+
+    for (uint32_t i = 0; i < n && !r->bad; i++) {
+        char *s = msg_read_str(r);
+        if (s)
+            g_ptr_array_add(out, s);
+        else
+            r->bad = TRUE;
+    }
+}
+
+static gboolean msg_decode_binary(const MDB_val *val, struct spool_msg *m, GError **err)
+{
+    const unsigned char *rec = val->mv_data;
+    struct msg_reader r = { rec + MSG_FIXED, rec + val->mv_size, val->mv_size < MSG_FIXED };
+    char **f[MSG_NSTR];
+
+    if (!r.bad) {
+        m->state = rec[1] < MSG_STATE_COUNT ? rec[1] : MSG_HOLD;
+        m->held_from = rec[2] < MSG_STATE_COUNT ? rec[2] : MSG_INCOMING;
+        m->arrival = (int64_t)spool_get_be64(rec + 3);
+        m->since = (int64_t)spool_get_be64(rec + 11);
+        m->size = spool_get_be64(rec + 19);
+        m->lease = spool_get_be64(rec + 27);
+        m->lease_expiry = (int64_t)spool_get_be64(rec + 35);
+        m->ref = spool_get_be64(rec + 43);
+        msg_string_fields(m, f);
+        for (int i = 0; i < MSG_NSTR; i++)
+            *f[i] = msg_read_str(&r);
+        msg_read_strv(&r, m->recipients);
+        msg_read_strv(&r, m->history);
+    }
+    if (r.bad || r.p != r.end) {
+        g_set_error(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT, "message record is malformed");
+        return FALSE;
+    }
+    return TRUE;
 }
 
 static void strv_into(GVariantDict *d, const char *key, GPtrArray *out)
@@ -153,7 +286,8 @@ static void strv_into(GVariantDict *d, const char *key, GPtrArray *out)
         g_ptr_array_add(out, g_strdup(v[i]));
 }
 
-static gboolean spool_msg_decode(const MDB_val *val, struct spool_msg *m, GError **err)
+/* A record of schema 2 or before. */
+static gboolean msg_decode_variant(const MDB_val *val, struct spool_msg *m, GError **err)
 {
     g_autoptr(GBytes) bytes = g_bytes_new(val->mv_data, val->mv_size);
     g_autoptr(GVariant) v = g_variant_ref_sink(
@@ -189,6 +323,13 @@ static gboolean spool_msg_decode(const MDB_val *val, struct spool_msg *m, GError
     strv_into(&d, "history", m->history);
     g_variant_dict_clear(&d);
     return TRUE;
+}
+
+static gboolean spool_msg_decode(const MDB_val *val, struct spool_msg *m, GError **err)
+{
+    if (val->mv_size && ((const unsigned char *)val->mv_data)[0] == MSG_RECORD_V1)
+        return msg_decode_binary(val, m, err);
+    return msg_decode_variant(val, m, err);
 }
 
 static void id_key(unsigned char key[8], queue_id id)
@@ -252,6 +393,13 @@ gboolean spool_msg_get_kind(struct spool_txn *t, queue_id id, char **kind, GErro
     *kind = NULL;
     if (!msg_fetch(t, id, idtext, &val, err))
         return FALSE;
+    if (val.mv_size && ((const unsigned char *)val.mv_data)[0] == MSG_RECORD_V1) {
+        struct msg_reader r = { (const unsigned char *)val.mv_data + MSG_FIXED,
+                                (const unsigned char *)val.mv_data + val.mv_size,
+                                val.mv_size < MSG_FIXED };
+        *kind = msg_read_str(&r);
+        return TRUE;
+    }
     v = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE_VARDICT, val.mv_data,
                                                    val.mv_size, FALSE, NULL, NULL));
     g_variant_lookup(v, "kind", "s", kind);
@@ -274,12 +422,15 @@ const void *spool_msg_record(struct spool_txn *t, queue_id id, size_t *len)
 /* Stores m's record; the LMDB return code, so callers can tell its cases apart. */
 static int spool_msg_put(struct spool_txn *t, const struct spool_msg *m, unsigned flags)
 {
-    g_autoptr(GVariant) v = spool_msg_encode(m);
     unsigned char k[8];
-    MDB_val key = { 8, k }, val = { g_variant_get_size(v), (void *)g_variant_get_data(v) };
+    MDB_val key = { 8, k }, val = { msg_record_size(m), NULL };
+    int rc;
 
     id_key(k, m->id);
-    return mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val, flags);
+    rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val, flags | MDB_RESERVE);
+    if (rc == 0)
+        spool_msg_encode(m, val.mv_data);
+    return rc;
 }
 
 static gboolean spool_state_index(struct spool_txn *t, enum msg_state s, queue_id id,

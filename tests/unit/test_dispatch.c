@@ -6,7 +6,8 @@
  * A struct dispatch is built by hand with what these functions use.  The
  * workers' socket is a ROUTER bound to an inproc address with no peer:
  * what the dispatcher sends a worker (CONNMAX) is dropped, as ROUTER does
- * with a routing id it does not know.
+ * with a routing id it does not know.  The wire version and SDONE's
+ * credit are checked with DEALER sockets of the test's own on it.
  *
  * Leasing: fair rounds (one job per message in turn, notices first) and
  * the daily limit's wait (spool/relay_quota.h).
@@ -257,12 +258,17 @@ static GBytes *sdone(const struct leased *l, uint64_t lease, const struct reply 
     return sdone_as(l, lease, r, n, NULL);
 }
 
+/* As the dispatcher takes an SDONE in: decoded, then recorded. */
 static void record(struct fixture *f, GBytes *payload)
 {
-    g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    g_autoptr(GPtrArray) done = g_ptr_array_new_with_free_func(wire_send_result_free);
+    struct wire_send_result *res = g_new0(struct wire_send_result, 1);
 
-    g_ptr_array_add(payloads, payload);
-    dispatch_record_results(&f->d, payloads);
+    assert_true(wire_send_result_decode(payload, res));
+    g_bytes_unref(payload);
+    g_ptr_array_add(done, res);
+    dispatch_record_results(&f->d, done);
+    assert_int_equal(done->len, 0);
 }
 
 /* ---- results ---------------------------------------------------------------------------- */
@@ -1159,6 +1165,87 @@ static void test_lease_connections_per_account(void **state)
     assert_int_equal(f->d.accounts[1].round_conns, 0);
 }
 
+/* A worker's DEALER says cmd with payload; the dispatcher reads what came. */
+static void worker_says(struct fixture *f, void *dealer, const char *cmd, GBytes *payload)
+{
+    zmq_pollitem_t in = { f->sock, 0, ZMQ_POLLIN, 0 };
+
+    assert_true(wire_send(dealer, NULL, cmd, payload));
+    g_bytes_unref(payload);
+    assert_int_equal(zmq_poll(&in, 1, 5000), 1);
+    dispatch_receive(&f->d);
+}
+
+static struct dispatch_worker *only_worker(struct fixture *f)
+{
+    GHashTableIter it;
+    gpointer w = NULL;
+
+    assert_int_equal(g_hash_table_size(f->d.workers), 1);
+    g_hash_table_iter_init(&it, f->d.workers);
+    g_hash_table_iter_next(&it, NULL, &w);
+    return w;
+}
+
+/*
+ * The wire version: a HELLO of version 1 (no version) or of another
+ * version is not taken; a sender's last SDONE of a job carries its
+ * credit, counted where it arrives, and its result is kept for the round.
+ */
+static void test_wire_version_and_sdone_credit(void **state)
+{
+    struct fixture *f = *state;
+    void *old = zmq_socket(f->zctx, ZMQ_DEALER), *other = zmq_socket(f->zctx, ZMQ_DEALER);
+    void *cur = zmq_socket(f->zctx, ZMQ_DEALER);
+    struct leased l = { .msg = 0x42 };
+    const struct reply ok = { 250, "2.0.0", "ok", 0 };
+    struct wire_send_result res, *got;
+    int linger = 0;
+
+    f->d.router = f->sock;
+    f->d.hints = zmq_socket(f->zctx, ZMQ_PULL);
+    assert_int_equal(zmq_bind(f->d.hints, "inproc://test-hints"), 0);
+    f->d.done = g_ptr_array_new_with_free_func(wire_send_result_free);
+    for (void **s = (void *[]){ old, other, cur, NULL }; *s; s++) {
+        zmq_setsockopt(*s, ZMQ_LINGER, &linger, sizeof(linger));
+        assert_int_equal(zmq_connect(*s, "inproc://test-dispatch"), 0);
+    }
+
+    worker_says(f, old, WIRE_HELLO, wire_pack("(su)", "sender", 4));
+    assert_int_equal(g_hash_table_size(f->d.workers), 0);
+    assert_true(f->d.version_warned != 0);
+    f->d.version_warned = 0;
+    worker_says(f, other, WIRE_HELLO, wire_pack("(suu)", "sender", 4, WIRE_VERSION + 1));
+    assert_int_equal(g_hash_table_size(f->d.workers), 0);
+    assert_true(f->d.version_warned != 0);
+
+    worker_says(f, cur, WIRE_HELLO, wire_pack("(suu)", "sender", 2, WIRE_VERSION));
+    assert_int_equal(only_worker(f)->credit, 2);
+    /* A transaction's SDONE before the job's end gives nothing back ... */
+    worker_says(f, cur, WIRE_SDONE, sdone(&l, 7, &ok, 1));
+    assert_int_equal(only_worker(f)->credit, 2);
+    /* ... its last one gives its slot back, as a CREDIT did. */
+    res = *(struct wire_send_result *)f->d.done->pdata[0];
+    res.credit = 1;
+    worker_says(f, cur, WIRE_SDONE, wire_send_result_encode(&res));
+    assert_int_equal(only_worker(f)->credit, 3);
+    assert_int_equal(f->d.done->len, 2);
+    got = f->d.done->pdata[1];
+    assert_int_equal(got->credit, 1);
+    assert_int_equal(got->lease, 7);
+    assert_int_equal(got->results->len, 1);
+    /* Garbage where an SDONE should be: no credit, no result. */
+    worker_says(f, cur, WIRE_SDONE, g_bytes_new_static("\x01\x02", 2));
+    assert_int_equal(only_worker(f)->credit, 3);
+    assert_int_equal(f->d.done->len, 2);
+
+    zmq_close(old);
+    zmq_close(other);
+    zmq_close(cur);
+    zmq_close(f->d.hints);
+    g_ptr_array_unref(f->d.done);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1180,6 +1267,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lease_daily_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_accounts_in_turn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_pause_one_account, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wire_version_and_sdone_credit, setup, teardown),
     };
     log_init("test_dispatch", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,7 @@
 /*
  * test_spool.c - the LMDB spool: ids, records, state index and counters,
- * chunked bodies, delivery indexes, tokens, map growth and its cap.
+ * chunked bodies, delivery indexes, tokens, map growth and its cap, the
+ * message record's layouts.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1101,6 +1102,229 @@ static void test_token_list_field(void **state)
     spool_token_clear(&tk);
 }
 
+/* A message record as a test stores it raw: key, bytes. */
+struct raw_msg {
+    queue_id id;
+    const void *data;
+    size_t len;
+};
+
+static gboolean put_raw_msg(struct spool_txn *t, void *ctx, GError **err)
+{
+    struct raw_msg *r = ctx;
+    unsigned char k[8];
+    MDB_val key = { 8, k }, val = { r->len, (void *)r->data };
+    int rc;
+
+    spool_be64(k, r->id);
+    rc = mdb_put(spool_mdb_txn(t), spool_dbi(t->sp, DB_MESSAGES), &key, &val, 0);
+    return rc ? spool_mdb_fail(rc, "raw message record", err) : TRUE;
+}
+
+static gboolean insert_msg(struct spool_txn *t, void *ctx, GError **err)
+{
+    return spool_msg_insert(t, ctx, err);
+}
+
+static gboolean update_msg(struct spool_txn *t, void *ctx, GError **err)
+{
+    return spool_msg_update(t, ctx, err);
+}
+
+/* A record as schema 2 wrote it: a GVariant a{sv} dictionary. */
+static GVariant *old_msg_record(void)
+{
+    const char *rcpts[] = { "r1@x.no", "r2@x.no" }, *hist[] = { "1000 incoming" };
+    GVariantDict d;
+
+    g_variant_dict_init(&d, NULL);
+    g_variant_dict_insert(&d, "state", "y", (guint8)MSG_READY);
+    g_variant_dict_insert(&d, "held_from", "y", (guint8)MSG_INCOMING);
+    g_variant_dict_insert(&d, "arrival", "x", (gint64)1000);
+    g_variant_dict_insert(&d, "since", "x", (gint64)1001);
+    g_variant_dict_insert(&d, "size", "t", (guint64)4096);
+    g_variant_dict_insert(&d, "sender", "s", "old@x.no");
+    g_variant_dict_insert_value(&d, "recipients", g_variant_new_strv(rcpts, 2));
+    g_variant_dict_insert(&d, "client", "s", "127.0.0.1");
+    g_variant_dict_insert(&d, "helo", "s", "h");
+    g_variant_dict_insert(&d, "proto", "s", "LMTP");
+    g_variant_dict_insert(&d, "received", "s", "Received: x");
+    g_variant_dict_insert_value(&d, "history", g_variant_new_strv(hist, 1));
+    g_variant_dict_insert(&d, "lease", "t", (guint64)7);
+    g_variant_dict_insert(&d, "lease_expiry", "x", (gint64)8);
+    g_variant_dict_insert(&d, "ref", "t", (guint64)9);
+    g_variant_dict_insert(&d, "kind", "s", MSG_KIND_NOTICE);
+    g_variant_dict_insert(&d, "owner", "s", "owner@x.no");
+    return g_variant_ref_sink(g_variant_dict_end(&d));
+}
+
+static void assert_old_fields(const struct spool_msg *m)
+{
+    assert_int_equal(m->state, MSG_READY);
+    assert_int_equal(m->arrival, 1000);
+    assert_int_equal(m->since, 1001);
+    assert_int_equal(m->size, 4096);
+    assert_string_equal(m->sender, "old@x.no");
+    assert_string_equal(m->received, "Received: x");
+    assert_int_equal(m->recipients->len, 2);
+    assert_string_equal(m->recipients->pdata[1], "r2@x.no");
+    assert_int_equal(m->history->len, 1);
+    assert_int_equal(m->lease, 7);
+    assert_int_equal(m->lease_expiry, 8);
+    assert_int_equal(m->ref, 9);
+    assert_string_equal(m->kind, MSG_KIND_NOTICE);
+    assert_string_equal(m->owner, "owner@x.no");
+    assert_null(m->reason);
+    assert_null(m->message_id);
+}
+
+/* Refused whole; its kind, first after the fixed part, only if that is cut too. */
+static void assert_corrupt(struct temp_spool *f, queue_id id, const char *kind_left)
+{
+    struct spool_txn t;
+    struct spool_msg m;
+    GError *err = NULL;
+    char *kind = (char *)"unset";
+
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_false(spool_msg_get(&t, id, &m, &err));
+    assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT));
+    g_clear_error(&err);
+    assert_true(spool_msg_get_kind(&t, id, &kind, NULL));
+    if (kind_left)
+        assert_string_equal(kind, kind_left);
+    else
+        assert_null(kind);
+    g_free(kind);
+    spool_read_end(&t);
+}
+
+/*
+ * Message records: every field round-trips through the binary layout, an
+ * unset optional one stays unset; a schema-2 GVariant record is still read
+ * (its kind too) and is written in the binary layout at its next change;
+ * a binary record cut short or with bytes beyond its end is refused.
+ */
+static void test_msg_record(void **state)
+{
+    struct temp_spool *f = *state;
+    struct spool_msg full, bare, got;
+    struct spool_txn t;
+    g_autoptr(GVariant) old = old_msg_record();
+    struct raw_msg raw = { 0x100, g_variant_get_data(old), g_variant_get_size(old) };
+    const void *rec;
+    size_t len;
+    char *kind;
+
+    spool_msg_init(&full);
+    full.id = 0x10;
+    full.state = MSG_HOLD;
+    full.held_from = MSG_DEFERRED;
+    full.arrival = -5;
+    full.since = 1234567890123;
+    full.size = G_MAXUINT64;
+    full.sender = g_strdup("");
+    full.client = g_strdup("c");
+    full.helo = g_strdup("h");
+    full.proto = g_strdup("ESMTP");
+    full.received = g_strdup("Received: from c\r\n\tby h");
+    full.reason = g_strdup("held by operator");
+    full.lease = 42;
+    full.lease_expiry = 43;
+    full.kind = g_strdup(MSG_KIND_BOUNCE_REPORT);
+    full.owner = g_strdup("o@x.no");
+    full.ref = 0x0f;
+    full.message_id = g_strdup("<id@x.no>");
+    g_ptr_array_add(full.recipients, g_strdup("a@x.no"));
+    g_ptr_array_add(full.recipients, g_strdup("b@x.no"));
+    g_ptr_array_add(full.history, g_strdup("1 incoming"));
+    spool_msg_init(&bare);
+    bare.id = 0x11;
+    bare.state = MSG_INCOMING;
+    assert_true(spool_write(f->sp, insert_msg, &full, NULL));
+    assert_true(spool_write(f->sp, insert_msg, &bare, NULL));
+    assert_true(spool_write(f->sp, put_raw_msg, &raw, NULL));
+
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_true(spool_msg_get(&t, full.id, &got, NULL));
+    assert_int_equal(got.state, MSG_HOLD);
+    assert_int_equal(got.held_from, MSG_DEFERRED);
+    assert_int_equal(got.arrival, -5);
+    assert_int_equal(got.since, 1234567890123);
+    assert_true(got.size == G_MAXUINT64);
+    assert_string_equal(got.sender, "");
+    assert_string_equal(got.client, "c");
+    assert_string_equal(got.helo, "h");
+    assert_string_equal(got.proto, "ESMTP");
+    assert_string_equal(got.received, full.received);
+    assert_string_equal(got.reason, "held by operator");
+    assert_int_equal(got.lease, 42);
+    assert_int_equal(got.lease_expiry, 43);
+    assert_string_equal(got.kind, MSG_KIND_BOUNCE_REPORT);
+    assert_string_equal(got.owner, "o@x.no");
+    assert_int_equal(got.ref, 0x0f);
+    assert_string_equal(got.message_id, "<id@x.no>");
+    assert_int_equal(got.recipients->len, 2);
+    assert_string_equal(got.recipients->pdata[1], "b@x.no");
+    assert_int_equal(got.history->len, 1);
+    assert_string_equal(got.history->pdata[0], "1 incoming");
+    spool_msg_clear(&got);
+    assert_true(spool_msg_get_kind(&t, full.id, &kind, NULL));
+    assert_string_equal(kind, MSG_KIND_BOUNCE_REPORT);
+    g_free(kind);
+
+    /* Unset: the optional fields stay NULL, the others read "" as ever. */
+    assert_true(spool_msg_get(&t, bare.id, &got, NULL));
+    assert_null(got.kind);
+    assert_null(got.owner);
+    assert_null(got.reason);
+    assert_null(got.message_id);
+    assert_string_equal(got.sender, "");
+    assert_string_equal(got.received, "");
+    assert_int_equal(got.recipients->len, 0);
+    assert_int_equal(got.history->len, 1);      /* insert notes the first state */
+    spool_msg_clear(&got);
+    assert_true(spool_msg_get_kind(&t, bare.id, &kind, NULL));
+    assert_null(kind);
+
+    /* The old layout, read as it is. */
+    assert_true(spool_msg_get(&t, raw.id, &got, NULL));
+    assert_old_fields(&got);
+    assert_true(spool_msg_get_kind(&t, raw.id, &kind, NULL));
+    assert_string_equal(kind, MSG_KIND_NOTICE);
+    g_free(kind);
+    spool_read_end(&t);
+
+    /* ... and in the new one after a change, with nothing lost. */
+    assert_true(spool_write(f->sp, update_msg, &got, NULL));
+    spool_msg_clear(&got);
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_non_null(rec = spool_msg_record(&t, raw.id, &len));
+    assert_int_equal(((const unsigned char *)rec)[0], 0x01);
+    assert_true(spool_msg_get(&t, raw.id, &got, NULL));
+    assert_old_fields(&got);
+    spool_msg_clear(&got);
+
+    /* Cut short (in the strings, then in the fixed part) or overlong: refused. */
+    g_autofree unsigned char *copy = g_memdup2(rec, len + 1);
+    spool_read_end(&t);
+    raw = (struct raw_msg){ 0x101, copy, len - 3 };
+    assert_true(spool_write(f->sp, put_raw_msg, &raw, NULL));
+    assert_corrupt(f, raw.id, MSG_KIND_NOTICE);
+    raw = (struct raw_msg){ 0x102, copy, 20 };
+    assert_true(spool_write(f->sp, put_raw_msg, &raw, NULL));
+    assert_corrupt(f, raw.id, NULL);
+    copy[len] = 'x';
+    raw = (struct raw_msg){ 0x103, copy, len + 1 };
+    assert_true(spool_write(f->sp, put_raw_msg, &raw, NULL));
+    assert_true(spool_read_begin(f->sp, &t, NULL));
+    assert_false(spool_msg_get(&t, raw.id, &got, NULL));
+    spool_read_end(&t);
+
+    spool_msg_clear(&full);
+    spool_msg_clear(&bare);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1126,6 +1350,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_growth_on_record, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_open_after_growth_elsewhere, temp_spool_setup, temp_spool_teardown),
         cmocka_unit_test_setup_teardown(test_schema_version, temp_spool_setup, temp_spool_teardown),
+        cmocka_unit_test_setup_teardown(test_msg_record, temp_spool_setup, temp_spool_teardown),
     };
     log_init("test_spool", TRUE);
     return cmocka_run_group_tests(tests, NULL, NULL);
