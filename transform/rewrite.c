@@ -235,6 +235,58 @@ static void rewrite_encode_part(GMimeObject *parent, GMimeObject *obj, gpointer 
             ? GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE : GMIME_CONTENT_ENCODING_BASE64);
 }
 
+/* Collects "--" and each multipart boundary of the message into data. */
+static void rewrite_collect_delimiter(GMimeObject *parent, GMimeObject *obj, gpointer data)
+{
+    const char *boundary;
+
+    if (GMIME_IS_MULTIPART(obj)
+        && (boundary = g_mime_object_get_content_type_parameter(obj, "boundary")) != NULL)
+        g_ptr_array_add(data, g_strconcat("--", boundary, NULL));
+}
+
+/* Does a line of obj's content, encoded as it will be written, start with a delimiter? */
+static gboolean rewrite_content_has_delimiter(GMimeObject *obj, const GPtrArray *delimiters)
+{
+    GByteArray *bytes = g_byte_array_new();
+    GMimeStream *stream = g_mime_stream_mem_new_with_byte_array(bytes);
+    gboolean found = FALSE;
+
+    g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
+    g_mime_object_write_content_to_stream(obj, NULL, stream);
+    for (guint at = 0; at < bytes->len && !found;) {
+        const guint8 *eol = memchr(bytes->data + at, '\n', bytes->len - at);
+        guint   end = eol ? (guint) (eol - bytes->data) : bytes->len;
+
+        for (guint k = 0; k < delimiters->len && !found; k++) {
+            size_t  n = strlen(delimiters->pdata[k]);
+
+            found = end - at >= n && memcmp(bytes->data + at, delimiters->pdata[k], n) == 0;
+        }
+        at = end + 1;
+    }
+    g_object_unref(stream);
+    g_byte_array_unref(bytes);
+    return found;
+}
+
+/*
+ * Quoted-printable breaks a long line with a soft line break wherever the
+ * 76th column falls, so what a sender had in the middle of a line, "--"
+ * and a boundary of the message, can start a line of the copy: readers
+ * take it for a delimiter and cut the parts there (fuzz_mime found it
+ * after a re-encoding). Such a part goes out in base64 instead, whose
+ * alphabet has no "-". A part that came in quoted-printable is written as
+ * it came and cannot hold such a line: the parse would have split it.
+ */
+static void rewrite_keep_delimiters_out(GMimeObject *parent, GMimeObject *obj, gpointer data)
+{
+    if (GMIME_IS_PART(obj)
+        && g_mime_part_get_content_encoding(GMIME_PART(obj)) == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE
+        && rewrite_content_has_delimiter(obj, data))
+        g_mime_part_set_content_encoding(GMIME_PART(obj), GMIME_CONTENT_ENCODING_BASE64);
+}
+
 /*
  * Appends the line s (len octets, no line end; col octets before it on
  * its line) to out, folded before blanks into lines of about LINE_WIDTH:
@@ -463,6 +515,7 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
     gboolean as_original = p->use_original_sender && known;
     InternetAddressMailbox *from;
     GDateTime *date;
+    GPtrArray *delimiters;
     GBytes *out;
     char   *id;
     char   *footer;
@@ -502,6 +555,11 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
         g_free(footer);
     }
     g_mime_message_foreach(msg, rewrite_encode_part, NULL);
+    delimiters = g_ptr_array_new_with_free_func(g_free);
+    g_mime_message_foreach(msg, rewrite_collect_delimiter, delimiters);
+    if (delimiters->len > 0)
+        g_mime_message_foreach(msg, rewrite_keep_delimiters_out, delimiters);
+    g_ptr_array_unref(delimiters);
     if ((out = rewrite_write(msg, err)) == NULL) {
         g_free(id);
         return NULL;

@@ -223,6 +223,57 @@ static void test_rewrite_no_header_injection(void **state)
     }
 }
 
+/*
+ * Regression (fuzz_mime/regress_qp_soft_break_delimiter): a part re-encoded
+ * in quoted-printable (it holds a NUL) with "--outer" in the middle of a
+ * long line: the soft line break at column 76 made it a line of its own,
+ * a delimiter of its multipart, and GMime read the copy's parts as cut
+ * there (RFC 2046 readers compare a line's start only, so "--outer tail"
+ * would be one too).  The part must go out so that GMime alone reads both parts and
+ * the text as it came.
+ */
+static void test_rewrite_qp_break_before_delimiter(void **state)
+{
+    static const char raw[] = "Subject: hi\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"
+        "--outer\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx--outer\r\n"
+        "a\0b\r\n"
+        "--outer\r\nContent-Type: application/octet-stream\r\n\r\nrest\r\n--outer--\r\n";
+    GMimeMessage *msg = mime_parse(raw, sizeof(raw) - 1, NULL);
+    char   *id = NULL, *content;
+    GBytes *out;
+    gsize   len;
+    const char *bytes;
+    GMimeStream *stream;
+    GMimeParser *parser;
+    GMimeMessage *again;
+    GMimeObject *outer;
+
+    assert_non_null(msg);
+    out = rewrite(msg, &params, &id);
+    bytes = g_bytes_get_data(out, &len);
+    stream = g_mime_stream_mem_new_with_buffer(bytes, len);
+    parser = g_mime_parser_new_with_stream(stream);
+    again = g_mime_parser_construct_message(parser, NULL);
+    assert_non_null(again);
+    outer = g_mime_message_get_mime_part(again);
+    /* The text, the attachment and the footer's inline part (§4.4). */
+    assert_string_equal(g_mime_object_get_content_type_parameter(outer, "boundary"), "outer");
+    assert_int_equal(g_mime_multipart_get_count(GMIME_MULTIPART(outer)), 3);
+    assert_true(GMIME_MULTIPART(outer)->write_end_boundary);
+    content = decoded(g_mime_multipart_get_part(GMIME_MULTIPART(outer), 0));
+    assert_non_null(strstr(content, "xxxxxxxx--outer\r\n"));
+    g_free(content);
+    g_object_unref(again);
+    g_object_unref(parser);
+    g_object_unref(stream);
+    g_free(id);
+    g_bytes_unref(out);
+    g_object_unref(msg);
+}
+
 static void test_rewrite_header_at_eof(void **state)
 {
     static const char raw[] = "Subject: hi\r\nMIME-Version: 1.0";
@@ -1418,6 +1469,7 @@ int     main(void)
         cmocka_unit_test(test_automatic),
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_parse_not_a_message),
+        cmocka_unit_test(test_rewrite_qp_break_before_delimiter),
         cmocka_unit_test(test_parse_garbage),
         cmocka_unit_test(test_parse_nul_long_lines_8bit),
         cmocka_unit_test(test_parse_deep_nesting),
