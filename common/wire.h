@@ -44,9 +44,11 @@
  * apart from a malformed HELLO.  An SDONE of version 1 still in flight at
  * an upgrade is refused as malformed (its deliveries go again when their
  * lease expires) or, misread, checked against the spool's lease like any.
- * From version 3 SJOB and SDONE start with the version byte, so one of
- * another version is refused as such, never misread; one of version 2
- * starts with a little-endian credit (0 or 1) or lease, never with 3.
+ * From version 3 SJOB and SDONE start with the version byte, so one of a
+ * later version is refused as such, never misread.  An SDONE of version 2
+ * starts with its little-endian credit (0 or 1), never 3; an SJOB goes
+ * only to a worker whose HELLO said the dispatcher's own version (one of
+ * version 2 takes no worker of 3, and the reverse).
  *   1  HELLO (su); SDONE (ttsa(uqssusd)), a CREDIT after each job
  *   2  HELLO (suu); SDONE (uttsa(uqssusd)): the job's credit first
  *   3  SJOB and SDONE in the binary layout of common/wire_job.c
@@ -128,9 +130,9 @@ struct wire_send_result {
 
 /*
  * common/wire_job.c.  A decoder refuses a payload cut short, with bytes
- * past its end, of another version or with a string that is not UTF-8,
- * saying why in err (WIRE_ERROR); the struct is then to be cleared all
- * the same.
+ * past its end, of another version, with flags it does not know or with
+ * a string that is not UTF-8, saying why in err (WIRE_ERROR); the struct
+ * is then to be cleared all the same.
  */
 #define WIRE_ERROR wire_error_quark()
 GQuark wire_error_quark(void);
