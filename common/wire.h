@@ -3,7 +3,9 @@
  *
  * Workers are DEALER sockets connected to the dispatcher's ROUTER at
  * [workers] dispatch.  Every message is two frames: a command word and a
- * GVariant payload (its type string is given with each command below).
+ * payload: SJOB's and SDONE's in a binary layout of their own
+ * (common/wire_job.c), the others a GVariant (its type string is given
+ * with each command below).
  * Nothing here is the truth: the spool is.  A lost or repeated message
  * costs at most a lease expiry, never a delivery.
  *
@@ -42,10 +44,16 @@
  * apart from a malformed HELLO.  An SDONE of version 1 still in flight at
  * an upgrade is refused as malformed (its deliveries go again when their
  * lease expires) or, misread, checked against the spool's lease like any.
+ * From version 3 SJOB and SDONE start with the version byte, so one of a
+ * later version is refused as such, never misread.  An SDONE of version 2
+ * starts with its little-endian credit (0 or 1), never 3; an SJOB goes
+ * only to a worker whose HELLO said the dispatcher's own version (one of
+ * version 2 takes no worker of 3, and the reverse).
  *   1  HELLO (su); SDONE (ttsa(uqssusd)), a CREDIT after each job
  *   2  HELLO (suu); SDONE (uttsa(uqssusd)): the job's credit first
+ *   3  SJOB and SDONE in the binary layout of common/wire_job.c
  */
-#define WIRE_VERSION 2
+#define WIRE_VERSION 3
 
 #define WIRE_HEARTBEAT_MS 1000
 #define WIRE_DEAD_AFTER_MS 5000     /* a peer silent this long is gone */
@@ -120,13 +128,22 @@ struct wire_send_result {
     GArray *results;                /* struct wire_rcpt_result */
 };
 
+/*
+ * common/wire_job.c.  A decoder refuses a payload cut short, with bytes
+ * past its end, of another version, with flags it does not know or with
+ * a string that is not UTF-8, saying why in err (WIRE_ERROR); the struct
+ * is then to be cleared all the same.
+ */
+#define WIRE_ERROR wire_error_quark()
+GQuark wire_error_quark(void);
+
 void wire_send_job_init(struct wire_send_job *job);
 GBytes *wire_send_job_encode(const struct wire_send_job *job);
-gboolean wire_send_job_decode(GBytes *payload, struct wire_send_job *job);
+gboolean wire_send_job_decode(GBytes *payload, struct wire_send_job *job, GError **err);
 void wire_send_job_clear(struct wire_send_job *job);
 
 GBytes *wire_send_result_encode(const struct wire_send_result *res);
-gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res);
+gboolean wire_send_result_decode(GBytes *payload, struct wire_send_result *res, GError **err);
 void wire_send_result_clear(struct wire_send_result *res);
 void wire_send_result_init(struct wire_send_result *res);
 /* Clear and free one made with g_new0() (a GDestroyNotify). */

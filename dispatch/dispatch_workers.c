@@ -299,14 +299,16 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
              * the relay already has.
              */
             struct wire_send_result *res = g_new0(struct wire_send_result, 1);
+            g_autoptr(GError) err = NULL;
 
             /* Decoded once, here: its credit counts now, its results in the round. */
-            if (wire_send_result_decode(payload, res)) {
+            if (wire_send_result_decode(payload, res, &err)) {
                 if (w)
                     w->credit += res->credit;
                 g_ptr_array_add(d->done, res);
             } else {
-                msg_warn("malformed SDONE from a worker: ignored");
+                msg_warn("malformed SDONE from worker %s: ignored (%s)",
+                         w ? w->name : "(unknown)", err->message);
                 wire_send_result_free(res);
             }
             if (!w)

@@ -238,9 +238,10 @@ static void sender_budget(struct sender *s, struct conn *c, GBytes *payload)
 static void sender_take(struct sender *s, struct conn *c, GBytes *payload)
 {
     struct wire_send_job *job = g_new0(struct wire_send_job, 1);
+    g_autoptr(GError) err = NULL;
 
-    if (!wire_send_job_decode(payload, job)) {
-        msg_warn("malformed SJOB from the dispatcher: ignored");
+    if (!wire_send_job_decode(payload, job, &err)) {
+        msg_warn("malformed SJOB from the dispatcher: ignored (%s)", err->message);
         wire_send_job_clear(job);
         g_free(job);
         return;

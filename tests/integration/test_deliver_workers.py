@@ -1,4 +1,5 @@
-"""Sender workers: sharing the load, dying, stopping, remote over CURVE.
+"""Sender workers: sharing the load, dying, stopping, remote over CURVE; a
+sender told a garbled SJOB by a dispatcher of the test's own (wire version 3).
 
 The real chain (ingest, dispatch, transform, senders) and the aiosmtpd
 relay of test_deliver.py.  A relay that holds one recipient's end of data
@@ -9,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -282,3 +284,73 @@ def test_dispatcher_refuses_a_readable_curve_key(tmp_path):
     assert p.returncode != 0
     assert f"curve_secret_key_file {key}: readable by group or others" in p.stderr, p.stderr
     assert key.read_text().split()[1] not in p.stderr
+
+
+# ---- the wire: a dispatcher of our own, over the real socket ----------------
+
+def sjob_payload(lease, msg, rcpt, body=b"Subject: x\r\n\r\nx\r\n"):
+    """SJOB of wire version 3 (common/wire_job.c): one recipient, no header block."""
+    def s(b):
+        return struct.pack(">I", len(b)) + b
+    return (bytes([3, 1]) + struct.pack(">QQI", lease, msg, 1) + s(b"") + s(b"default")
+            + s(body) + struct.pack(">IB", 0, 0) + s(rcpt))
+
+
+def sdone_parse(p):
+    """(version, credit, lease, msg, [(idx, code, error)]) of an SDONE."""
+    version, credit, lease, msg, n = struct.unpack_from(">BIQQI", p)
+    off = 25
+    off += 4 + struct.unpack_from(">I", p, off)[0]          # account
+    results = []
+    for _ in range(n):
+        idx, code, error, _seconds = struct.unpack_from(">IHId", p, off)
+        off += 18
+        for _field in range(3):                             # status, text, relay
+            off += 4 + struct.unpack_from(">I", p, off)[0]
+        results.append((idx, code, error))
+    assert off == len(p)
+    return version, credit, lease, msg, results
+
+
+def test_sender_refuses_a_garbled_sjob_and_takes_the_next(tmp_path):
+    """A sender told a cut-short SJOB says why in its log and stays; the next
+    good one gets its SDONE (the relay is closed: a failure without a reply)."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    endpoint = f"ipc://{tmp_path}/dispatch"
+    router.bind(endpoint)
+    path = tmp_path / "sender.ini"
+    pc.postern.write_config(path, {"spool": {"dir": tmp_path / "spool"},
+                                   "relay": {"url": f"smtp://127.0.0.1:{pc.postern.free_port()}",
+                                             "tls": "none"},
+                                   "workers": {"dispatch": endpoint, "slots": 1}})
+    sender = pc.postern.Daemon([pc.sender_binary(), "-c", path, "-f"], tmp_path / "sender.log",
+                               r"daemon started").start()
+    try:
+        assert router.poll(10000)
+        ident, cmd, hello = router.recv_multipart()
+        assert cmd == b"HELLO" and hello.startswith(b"sender\0")
+        assert struct.unpack("<I", hello[-5:-1])[0] == 3          # (suu): the wire version
+        router.send_multipart([ident, b"CONNMAX", struct.pack("<I", 1)])
+        good = sjob_payload(7, 9, b"ada@example.org")
+        router.send_multipart([ident, b"SJOB", good[:-3]])
+        wait_for(lambda: "malformed SJOB from the dispatcher: ignored (SJOB of" in sender.log(),
+                 what="the refusal in the log")
+        assert "cut short" in sender.log()
+        router.send_multipart([ident, b"SJOB", good])
+        deadline = time.monotonic() + 30
+        while True:
+            assert router.poll(max(1, int((deadline - time.monotonic()) * 1000)))
+            _, cmd, payload = router.recv_multipart()
+            if cmd == b"SDONE":
+                break
+        version, credit, lease, msg, results = sdone_parse(payload)
+        assert (version, credit, lease, msg) == (3, 1, 7, 9)
+        assert len(results) == 1 and results[0][0] == 0 and results[0][1] == 0
+        assert results[0][2] != 0
+        assert sender.running()
+    finally:
+        problems = pc.postern.stop_and_check([sender])
+        router.close()
+    assert not problems, problems

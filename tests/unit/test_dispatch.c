@@ -264,7 +264,7 @@ static void record(struct fixture *f, GBytes *payload)
     g_autoptr(GPtrArray) done = g_ptr_array_new_with_free_func(wire_send_result_free);
     struct wire_send_result *res = g_new0(struct wire_send_result, 1);
 
-    assert_true(wire_send_result_decode(payload, res));
+    assert_true(wire_send_result_decode(payload, res, NULL));
     g_bytes_unref(payload);
     g_ptr_array_add(done, res);
     dispatch_record_results(&f->d, done);

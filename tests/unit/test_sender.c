@@ -37,7 +37,7 @@ static struct wire_send_job *job_new(const char *const *rcpts)
         g_array_append_val(sent.rcpts, r);
     }
     wire = wire_send_job_encode(&sent);
-    assert_true(wire_send_job_decode(wire, job));
+    assert_true(wire_send_job_decode(wire, job, NULL));
     for (guint i = 0; i < sent.rcpts->len; i++)
         if (g_array_index(sent.rcpts, struct wire_rcpt, i).header)
             g_bytes_unref(g_array_index(sent.rcpts, struct wire_rcpt, i).header);
