@@ -66,17 +66,7 @@ run_ingest() {
     local round=$1 port secs dir=$tmp/ingest-$round
     mkdir -p "$dir"
     port=$(bench_free_port)
-    cat >"$dir/postern.ini" <<EOF
-[spool]
-dir = $dir/spool
-[ingest]
-listen = 127.0.0.1:$port
-recipients = $RCPT
-max_connections = 1000
-hostname = bench.test
-[workers]
-hints = ipc://$dir/spool/run/hints
-EOF
+    bench_ingest_config "$dir" "$port" "$RCPT"
     bench_spawn "$dir/ingest.log" "$ingest_bin" -c "$dir/postern.ini" -f
     local pid=$BENCH_PID
     bench_wait_log "$dir/ingest.log" "daemon started" 30 "$pid" ||

@@ -52,17 +52,7 @@ run_one() {
     rm -rf "$dir"
     mkdir -p "$dir"
     port=$(bench_free_port)
-    cat >"$dir/postern.ini" <<EOF
-[spool]
-dir = $dir/spool
-[ingest]
-listen = 127.0.0.1:$port
-recipients = $RCPT
-max_connections = 1000
-hostname = bench.test
-[workers]
-hints = ipc://$dir/spool/run/hints
-EOF
+    bench_ingest_config "$dir" "$port" "$RCPT"
     if [[ $CALLGRIND == 1 ]]; then
         bench_spawn "$dir/ingest.log" valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
             "$bin" -c "$dir/postern.ini" -f

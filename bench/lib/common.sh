@@ -86,6 +86,22 @@ bench_cleanup() {
     BENCH_PIDS=()
 }
 
+# DIR/postern.ini for postern-ingest alone: its spool in DIR, listening on
+# 127.0.0.1:PORT for RCPT (bench/ingest.sh and bench/ingest_cpu.sh).
+bench_ingest_config() {
+    cat >"$1/postern.ini" <<EOF
+[spool]
+dir = $1/spool
+[ingest]
+listen = 127.0.0.1:$2
+recipients = $3
+max_connections = 1000
+hostname = bench.test
+[workers]
+hints = ipc://$1/spool/run/hints
+EOF
+}
+
 bench_now() { date +%s.%N; }
 
 # Median of the numbers given as arguments.
