@@ -276,13 +276,18 @@ static gboolean rewrite_content_has_delimiter(GMimeObject *obj, const GPtrArray 
  * and a boundary of the message, can start a line of the copy: readers
  * take it for a delimiter and cut the parts there (fuzz_mime found it
  * after a re-encoding). Such a part goes out in base64 instead, whose
- * alphabet has no "-". A part that came in quoted-printable is written as
- * it came and cannot hold such a line: the parse would have split it.
+ * alphabet has no "-". Only a part GMime encodes anew is looked at (its
+ * content is not already quoted-printable): one that came so is written
+ * as it came and cannot hold such a line, the parse would have split it.
  */
 static void rewrite_keep_delimiters_out(GMimeObject *parent, GMimeObject *obj, gpointer data)
 {
+    GMimeDataWrapper *content;
+
     if (GMIME_IS_PART(obj)
         && g_mime_part_get_content_encoding(GMIME_PART(obj)) == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE
+        && (content = g_mime_part_get_content(GMIME_PART(obj))) != NULL
+        && g_mime_data_wrapper_get_encoding(content) != GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE
         && rewrite_content_has_delimiter(obj, data))
         g_mime_part_set_content_encoding(GMIME_PART(obj), GMIME_CONTENT_ENCODING_BASE64);
 }
