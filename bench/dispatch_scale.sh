@@ -6,8 +6,11 @@
 #   bench/dispatch_scale.sh [BUILD_DIR]     (default: $POSTERN_BUILD, else ./build)
 #
 # Builds nothing: give it a release build.  For each size N in SIZES, fills
-# a fresh spool with bench/spool_fill (N notice messages of one ready
-# delivery each, 4 KiB signed-looking copies: no transform needed), then
+# a fresh spool with bench/spool_fill (N/RCPTS notice messages of RCPTS
+# ready deliveries each, 4 KiB signed-looking copies: no transform
+# needed; RCPTS 1 is the worst case, a job and a transaction for every
+# delivery; PERSONAL=1 gives each delivery a header block of its own and
+# a transaction of its own, as personalised copies have), then
 # per round: starts postern-dispatch, reads its CPU time (utime+stime of
 # /proc/PID/stat, every thread), starts WORKERS postern-sender workers
 # (SLOTS slots each, [relay] max_connections = WORKERS*SLOTS) delivering to
@@ -18,8 +21,9 @@
 # N would be left pending.
 # Goal: median CPU per delivery at the largest size <= FLAT x the smallest.
 #
-# Environment: SIZES ("1000 100000 1000000"), K (20000), RUNS (3),
-# WORKERS (2), SLOTS (4), FLAT (1.3), ROUND_LIMIT (seconds per round, 300),
+# Environment: SIZES ("1000 100000 1000000", pending deliveries), K (20000),
+# RUNS (3), RCPTS (1), PERSONAL (0), WORKERS (2), SLOTS (8, as [workers]
+# slots), FLAT (1.3), ROUND_LIMIT (seconds per round, 300),
 # BENCH_TMP (/var/tmp: spools on the real disk, where fsync costs what it costs).
 # AB=PATH: another postern-dispatch binary (a build from before a change);
 # each round then runs it too, on the same spool right after, and both are
@@ -37,7 +41,9 @@ SIZES=${SIZES:-1000 100000 1000000}
 K=${K:-20000}
 RUNS=${RUNS:-3}
 WORKERS=${WORKERS:-2}
-SLOTS=${SLOTS:-4}
+SLOTS=${SLOTS:-8}
+RCPTS=${RCPTS:-1}
+PERSONAL=${PERSONAL:-0}
 FLAT=${FLAT:-1.3}
 ROUND_LIMIT=${ROUND_LIMIT:-300}
 AB=${AB:-}
@@ -80,7 +86,7 @@ fill() {
     rm -rf "$dir"
     mkdir -p "$dir"
     write_config "$dir"
-    out=$("$build/bench/spool_fill" "$dir/spool" "$n" 1 4096 2>"$dir/fill.log") ||
+    out=$("$build/bench/spool_fill" "$dir/spool" "$((n / RCPTS))" "$RCPTS" 4096 5000 "$PERSONAL" 2>"$dir/fill.log") ||
         bench_die "spool_fill failed: $(tail -3 "$dir/fill.log")"
     bench_log "  fill: $out"
 }
@@ -117,7 +123,7 @@ round() {
         'BEGIN { printf "%.1f %.1f %d", n / (b - a), c * 1e6 / hz / n, n }')
 }
 
-bench_log "dispatch scale: sizes $SIZES, K=$K, $RUNS rounds, $WORKERS workers x $SLOTS slots -> smtp-sink"
+bench_log "dispatch scale: sizes $SIZES, K=$K, $RUNS rounds, $RCPTS recipient(s) a message (personalised: $PERSONAL), $WORKERS workers x $SLOTS slots -> smtp-sink"
 bench_log "build: $build; spools under $tmp"
 declare -A rate_med cpu_med
 first="" last=""

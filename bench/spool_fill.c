@@ -7,9 +7,14 @@
  * of SIZE bytes that looks like a signed message (DKIM-Signature, From,
  * To, Subject, ... and a text body, CRLF) and M ready deliveries
  * (created = next_try = now), BATCH messages per write transaction.
- * Delivery i of message n goes to rcpt<n>-<i>@sink.test.
+ * Delivery i of message n goes to rcpt<n>-<i>@sink.test.  PERSONAL 1
+ * gives every delivery a header block of its own, as the transform's
+ * personalised copies have (To, List-Unsubscribe with a link of its own, a
+ * DKIM-Signature: about 700 bytes), so each goes in a transaction of its
+ * own; 0 (the default) shares the copy, one transaction for them all.
  *
- * usage: spool_fill DIR N [M] [SIZE] [BATCH]     (defaults: M 1, SIZE 4096, BATCH 5000)
+ * usage: spool_fill DIR N [M] [SIZE] [BATCH] [PERSONAL]
+ *        (defaults: M 1, SIZE 4096, BATCH 5000, PERSONAL 0)
  *
  * Prints one line: messages, deliveries, seconds, deliveries/s, file bytes.
  */
@@ -26,6 +31,7 @@ struct fill {
     unsigned long done;
     unsigned rcpts;                 /* deliveries per message */
     unsigned batch;
+    gboolean personal;
     char *body;
     size_t body_len;
     int64_t now;
@@ -69,6 +75,23 @@ static char *fill_body(size_t size, size_t *len)
     return g_string_free(s, FALSE);
 }
 
+/* A personalised copy's own header lines, about the transform's size. */
+static GBytes *fill_header(unsigned long num, unsigned r)
+{
+    GString *h = g_string_new(NULL);
+
+    g_string_append_printf(h, "To: rcpt%lu-%u@sink.test\r\n"
+                           "List-Unsubscribe: <https://abakus.no/u/%016lx%08x%040d>\r\n"
+                           "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=abakus.no;"
+                           " s=rsa2026;\r\n\th=from:to:subject:date:message-id:list-unsubscribe;"
+                           "\r\n\tbh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;\r\n\tb=",
+                           num, r, num, r, 0);
+    for (int line = 0; line < 5; line++)
+        g_string_append(h, "Jf0mC3z7t1pQ0yA9Qe8dE4oWm3b1Yx8tQ6kVn2H0rS5uL7aZ9cF1gD3jK5mN7pR9sT1vX3\r\n\t ");
+    g_string_append(h, "yZ=\r\n");
+    return g_string_free_to_bytes(h);
+}
+
 static gboolean fill_step(struct spool_txn *t, void *ctx, GError **err)
 {
     struct fill *f = ctx;
@@ -105,7 +128,9 @@ static gboolean fill_step(struct spool_txn *t, void *ctx, GError **err)
             d.state = DLV_READY;
             d.rcpt = m.recipients->pdata[r];
             d.created = d.next_try = f->now;
+            d.header = f->personal ? fill_header(num, r) : NULL;
             ok = spool_dlv_put(t, &d, err);
+            g_clear_pointer(&d.header, g_bytes_unref);
         }
         spool_msg_clear(&m);
         if (!ok)
@@ -125,7 +150,7 @@ int main(int argc, char **argv)
     double secs;
 
     if (argc < 3) {
-        fprintf(stderr, "usage: spool_fill DIR N [M] [SIZE] [BATCH]\n");
+        fprintf(stderr, "usage: spool_fill DIR N [M] [SIZE] [BATCH] [PERSONAL]\n");
         return 2;
     }
     f.total = strtoul(argv[2], NULL, 10);
@@ -135,6 +160,8 @@ int main(int argc, char **argv)
         size = strtoul(argv[4], NULL, 10);
     if (argc > 5)
         f.batch = (unsigned)strtoul(argv[5], NULL, 10);
+    if (argc > 6)
+        f.personal = strtoul(argv[6], NULL, 10) != 0;
     if (!f.total || !f.rcpts || !f.batch || size < 1024) {
         fprintf(stderr, "spool_fill: N, M, BATCH must be > 0 and SIZE >= 1024\n");
         return 2;
@@ -145,7 +172,7 @@ int main(int argc, char **argv)
     cfg.spool.dir = g_strdup(argv[1]);
     /* Start with room for it all: a map growth redoes the whole batch. */
     cfg.spool.map_size = MAX(cfg.spool.map_size,
-                             (uint64_t)(f.total * (size + 600 + 400 * (uint64_t)f.rcpts) * 1.5));
+                             (uint64_t)(f.total * (size + 600 + 1100 * (uint64_t)f.rcpts) * 1.5));
     cfg.spool.max_size = MAX(cfg.spool.max_size, cfg.spool.map_size * 2);
     if (!spool_open(&sp, &cfg, &err))
         msg_fatal("%s", err->message);

@@ -102,6 +102,7 @@ struct dispatch {
     guint account_next;             /* accounts: where the next job's turn begins */
 
     GPtrArray *done;                /* struct wire_send_result: SDONEs of this round */
+    int64_t results_due;            /* monotonic ms: done held until then; 0: none held */
     int64_t version_warned;         /* monotonic ms: a worker of another wire version logged */
     gboolean work_hinted;           /* a hint came: schedule now */
     int64_t next_scan;              /* monotonic ms of the next timed rescan */

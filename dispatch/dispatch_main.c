@@ -17,6 +17,22 @@
 #define TICK_MS 1000
 
 /*
+ * Results that free no slot (a job's transactions before its last) may
+ * wait this long for company before a round records them.  Each round is
+ * a durable commit, two fdatasync and the page writes, and a personalised
+ * job sends an SDONE per transaction: recording each alone cost one commit
+ * per delivery (75 us of dispatcher CPU a delivery, docs/benchmarks.md).
+ * Held, they go in with the round of the job's end, or of any other
+ * reason, or at the latest after this.  Nothing waits on their commit:
+ * no slot is free until the job ends, and that result goes at once.  What
+ * this widens is the window in which a dispatcher crash loses results
+ * already received, from one commit to this; such deliveries go again
+ * when their lease runs out, as they would if the crash came a commit
+ * later.
+ */
+#define RESULT_HOLD_MS 10
+
+/*
  * A pause outlives the dispatcher that saw the reply (spool/relay_state.h):
  * every delivery, old or queued since, waits until it ends, or goes
  * through another account that is not paused.
@@ -87,11 +103,26 @@ static void dispatch_drain(struct dispatch *d)
     }
 }
 
+/* Must the results received so far be recorded in this round?  Yes when
+ * one ends a job (its credit frees a slot) or they have waited enough. */
+static gboolean dispatch_results_now(struct dispatch *d, int64_t now)
+{
+    if (!d->done->len)
+        return FALSE;
+    if (!d->results_due)
+        d->results_due = now + RESULT_HOLD_MS;
+    for (guint i = 0; i < d->done->len; i++)
+        if (((const struct wire_send_result *)d->done->pdata[i])->credit)
+            return TRUE;
+    return now >= d->results_due;
+}
+
 /* Until SIGTERM or SIGINT arrives on sig_fd (common/daemon.h). */
 static void dispatch_loop(struct dispatch *d, int sig_fd)
 {
+    g_autoptr(GPtrArray) none = g_ptr_array_new();
     int64_t next_tick = 0, next_reader_check = 0;
-    gboolean tick, lease;
+    gboolean tick, lease, record;
     int stop = 0;
 
     while (!stop) {
@@ -103,6 +134,9 @@ static void dispatch_loop(struct dispatch *d, int sig_fd)
         int n_items = 3;
         int64_t now = mono_ms();
         long timeout = d->work_hinted ? 0 : (long)MAX(next_tick - now, 0);
+
+        if (d->results_due)
+            timeout = MIN(timeout, (long)MAX(d->results_due - now, 0));
 
         if (d->local)
             items[n_items++] = (zmq_pollitem_t){ d->local, 0, ZMQ_POLLIN, 0 };
@@ -124,13 +158,19 @@ static void dispatch_loop(struct dispatch *d, int sig_fd)
             d->work_hinted = TRUE;
         }
         spool_reader_check_every(d->spool, &next_reader_check, now);
-        /* Results ask for a lease round too: their jobs freed connections. */
-        lease = d->work_hinted || d->done->len;
+        /* Results ask for a lease round too: their jobs freed connections.
+         * Held ones go with any round that happens. */
+        record = dispatch_results_now(d, now);
+        lease = d->work_hinted || record;
+        record |= lease && d->done->len;
         if (lease)
             dispatch_lease_transforms(d);
         /* Results, expired leases and new leases: one transaction, one fsync. */
-        dispatch_round(d, d->done, tick, lease);
-        g_ptr_array_set_size(d->done, 0);
+        dispatch_round(d, record ? d->done : none, tick, lease);
+        if (record) {
+            g_ptr_array_set_size(d->done, 0);
+            d->results_due = 0;
+        }
     }
 
     /*

@@ -109,3 +109,24 @@ def test_maildir_relay_one_file_per_recipient(tmp_path, make_chain):
     files = [p.read_bytes() for p in (box / "new").iterdir()]
     assert all(c.outgoing(qid, r) in files for r in RCPTS)
     assert all(c.dkim_ok(f) for f in files)
+
+
+def test_results_before_the_job_ends_are_recorded(make_chain):
+    """A personalised job's transactions report one by one, and the
+    dispatcher may hold those results a little to record them together
+    (RESULT_HOLD_MS, dispatch_main.c), or until the next round for any
+    reason (a tick each second); not until the job ends: with the job's
+    last copy stuck at the relay, the ones before it are sent in the
+    spool, and nothing goes twice once the relay answers."""
+    c, relay = make_chain()
+    relay.hold = {RCPTS[-1]}
+    qid = c.send(RCPTS)
+    pc.postern.wait_for(lambda: relay.held, timeout=60, what="the last copy held at the relay")
+    dl = c.wait_deliveries(qid, lambda dl: sum(d["state"] == "sent" for d in dl) == 2,
+                           timeout=10, what="the copies before it recorded sent")
+    assert {d["rcpt"]: d["state"] for d in dl} == {RCPTS[0]: "sent", RCPTS[1]: "sent",
+                                                     RCPTS[2]: "leased"}
+    relay.holding = False
+    dl = c.wait_state(qid, "done")
+    assert {d["state"] for d in dl} == {"sent"}
+    assert all(len(relay.copies(r)) == 1 for r in RCPTS)
