@@ -42,6 +42,7 @@ struct conn {
     gboolean handshake_failing;         /* said once until a handshake succeeds */
     gboolean conns_said;                /* the dispatcher has our CONNS below */
     guint said_budget, said_open;
+    struct sender_batch *batch;         /* results of running jobs, held (sender_batch.c) */
 };
 
 /* A config problem: one line on stderr naming the file, exit 2 (SPEC §2). */
@@ -282,12 +283,30 @@ static void sender_connect(struct sender *s, struct conn *c, const struct poster
 }
 
 /*
- * Results from the slots: an SDONE for each transaction's results, the
- * job's last one with credit 1 when its slot takes another job (a CREDIT
- * of its own only when there is no SDONE to carry it, or it could not be
- * sent); then CONNS if the pool changed.  A result that cannot be sent
- * costs a lease expiry and a second delivery elsewhere, never a lost one.
+ * One job's results: an SDONE, the job's last with credit 1 when its slot
+ * takes another job (a CREDIT of its own only when there is no SDONE to
+ * carry it, or it could not be sent).  A result that cannot be sent costs
+ * a lease expiry and a second delivery elsewhere, never a lost one.
  */
+static void sender_answer_one(struct conn *c, struct sender_done *done)
+{
+    gboolean said = FALSE;
+
+    if (done->job_done) {
+        c->busy--;
+        done->res.credit = !c->stopping && c->busy < c->slots;
+    }
+    if (done->res.results->len &&
+        !(said = sender_say(c, WIRE_SDONE, wire_send_result_encode(&done->res))))
+        msg_warn("lease %" G_GUINT64_FORMAT ": result not sent to the dispatcher: %s",
+                 done->res.lease, zmq_strerror(errno));
+    if (done->res.credit && !said)
+        sender_say(c, WIRE_CREDIT, wire_pack("(u)", 1));
+    sender_done_free(done);
+}
+
+/* Results from the slots, through the batch (sender_batch.c); then CONNS
+ * if the pool changed. */
 static void sender_answer(struct sender *s, struct conn *c)
 {
     struct sender_done *done;
@@ -295,23 +314,19 @@ static void sender_answer(struct sender *s, struct conn *c)
 
     if (read(s->wake_fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
         msg_panic("eventfd read: %m");
-    while ((done = g_async_queue_try_pop(s->done))) {
-        gboolean said = FALSE;
-
-        if (done->job_done) {
-            c->busy--;
-            done->res.credit = !c->stopping && c->busy < c->slots;
-        }
-        if (done->res.results->len &&
-            !(said = sender_say(c, WIRE_SDONE, wire_send_result_encode(&done->res))))
-            msg_warn("lease %" G_GUINT64_FORMAT ": result not sent to the dispatcher: %s",
-                     done->res.lease, zmq_strerror(errno));
-        if (done->res.credit && !said)
-            sender_say(c, WIRE_CREDIT, wire_pack("(u)", 1));
-        wire_send_result_clear(&done->res);
-        g_free(done);
-    }
+    while ((done = g_async_queue_try_pop(s->done)))
+        if ((done = sender_batch_add(c->batch, done, g_get_monotonic_time())))
+            sender_answer_one(c, done);
     sender_report_conns(s, c);
+}
+
+/* Held results whose time has come. */
+static void sender_answer_due(struct conn *c)
+{
+    struct sender_done *done;
+
+    while ((done = sender_batch_due(c->batch, g_get_monotonic_time())))
+        sender_answer_one(c, done);
 }
 
 /*
@@ -378,13 +393,16 @@ static void sender_loop(struct sender *s, struct conn *c)
             { c->monitor, 0, ZMQ_POLLIN, 0 },
         };
 
-        if (zmq_poll(items, c->monitor ? 4 : 3, worker_wait_ms(&c->w)) < 0 && errno != EINTR)
+        long wait = sender_batch_wait_ms(c->batch, g_get_monotonic_time(), worker_wait_ms(&c->w));
+
+        if (zmq_poll(items, c->monitor ? 4 : 3, wait) < 0 && errno != EINTR)
             msg_fatal("zmq_poll: %s", zmq_strerror(errno));
         if (items[2].revents)
             sender_stop(c);
         worker_receive(&c->w);
         if (items[1].revents)
             sender_answer(s, c);
+        sender_answer_due(c);
         if (c->monitor && items[3].revents)
             sender_watch_handshake(s, c);
         worker_heartbeat(&c->w);
@@ -413,6 +431,7 @@ int main(int argc, char **argv)
     /* Before any thread exists (ZeroMQ's too): see common/daemon.h. */
     c.sig_fd = daemon_signal_fd();
     c.slots = cfg.workers.slots;
+    c.batch = sender_batch_new();
     sender_connect(&s, &c, &cfg);
     s.jobs = g_async_queue_new();
     s.done = g_async_queue_new();
@@ -431,6 +450,7 @@ int main(int argc, char **argv)
     worker_close(&c.w);
     g_async_queue_unref(s.jobs);
     g_async_queue_unref(s.done);
+    sender_batch_free(c.batch);
     close(s.wake_fd);
     close(c.sig_fd);
     g_ptr_array_unref(s.accounts);

@@ -183,12 +183,92 @@ static void test_maildir_failure_defers(void **state)
     transform_job_free(job);
 }
 
+/* A part of lease's results, one result per idx given, job_done as said. */
+static struct sender_done *batch_part(uint64_t lease, gboolean job_done, guint from, guint n)
+{
+    struct sender_done *d = g_new0(struct sender_done, 1);
+
+    wire_send_result_init(&d->res);
+    d->res.lease = lease;
+    d->job_done = job_done;
+    for (guint i = 0; i < n; i++) {
+        struct wire_rcpt_result r = { .idx = from + i, .code = 250 };
+        g_array_append_val(d->res.results, r);
+    }
+    return d;
+}
+
+static void assert_idx(const struct sender_done *d, guint from, guint n)
+{
+    assert_int_equal(d->res.results->len, n);
+    for (guint i = 0; i < n; i++)
+        assert_int_equal(g_array_index(d->res.results, struct wire_rcpt_result, i).idx, from + i);
+}
+
+/* A running job's parts wait, then go with its end, in order. */
+static void test_batch_end_takes_the_held_parts(void **state)
+{
+    struct sender_batch *b = sender_batch_new();
+    struct sender_done *d;
+    gint64 t = 1000000;
+
+    (void)state;
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 0, 1), t));
+    assert_null(sender_batch_add(b, batch_part(9, FALSE, 0, 1), t));
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 1, 2), t + 1000));
+    assert_int_equal(sender_batch_wait_ms(b, t + 1000, -1), SENDER_BATCH_MS - 1);
+    assert_int_equal(sender_batch_wait_ms(b, t + 1000, 1), 1);
+    assert_null(sender_batch_due(b, t + 1000));
+    d = sender_batch_add(b, batch_part(7, TRUE, 3, 1), t + 2000);
+    assert_non_null(d);
+    assert_true(d->job_done);
+    assert_int_equal(d->res.lease, 7);
+    assert_idx(d, 0, 4);
+    sender_done_free(d);
+    /* A job with nothing held goes at once. */
+    d = sender_batch_add(b, batch_part(8, TRUE, 0, 2), t + 2000);
+    assert_non_null(d);
+    assert_idx(d, 0, 2);
+    sender_done_free(d);
+    sender_batch_free(b);       /* lease 9 still held: freed with it */
+}
+
+/* Held parts go when due, with no job end (a slot stuck at its relay). */
+static void test_batch_parts_go_when_due(void **state)
+{
+    struct sender_batch *b = sender_batch_new();
+    struct sender_done *d;
+    gint64 t = 1000000, due = t + SENDER_BATCH_MS * G_TIME_SPAN_MILLISECOND;
+
+    (void)state;
+    assert_int_equal(sender_batch_wait_ms(b, t, -1), -1);
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 0, 1), t));
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 1, 1), due - 1));
+    assert_null(sender_batch_due(b, due - 1));
+    assert_int_equal(sender_batch_wait_ms(b, due, 1000), 0);
+    d = sender_batch_due(b, due);
+    assert_non_null(d);
+    assert_false(d->job_done);
+    assert_idx(d, 0, 2);
+    sender_done_free(d);
+    assert_null(sender_batch_due(b, due + 1000000));
+    /* Its next part starts a new wait; the end then takes it along. */
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 2, 1), due + 1));
+    d = sender_batch_add(b, batch_part(7, TRUE, 3, 1), due + 2);
+    assert_idx(d, 2, 2);
+    sender_done_free(d);
+    assert_int_equal(sender_batch_wait_ms(b, due, -1), -1);
+    sender_batch_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan),
         cmocka_unit_test(test_maildir_one_file_per_recipient),
         cmocka_unit_test(test_maildir_failure_defers),
+        cmocka_unit_test(test_batch_end_takes_the_held_parts),
+        cmocka_unit_test(test_batch_parts_go_when_due),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
