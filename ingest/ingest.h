@@ -1,7 +1,8 @@
 /*
  * ingest.h - postern-ingest internals: listeners, sessions, group commit.
  *
- * One GLib main loop for the protocol, one committer thread for LMDB.
+ * One event loop for the protocol (ingest_loop.c), one committer thread
+ * for LMDB.
  * Sessions read and parse as their bytes arrive; a session whose DATA is
  * complete joins the pending batch.  Whenever the committer is idle it
  * takes every pending message and writes them in ONE durable LMDB
@@ -69,12 +70,27 @@ struct ingest {
     gboolean stopping;
 };
 
+/*
+ * ingest_loop.c: watches on descriptors, GLib's contract (level-triggered,
+ * a callback per G_IO_IN or G_IO_OUT, removed when it returns
+ * G_SOURCE_REMOVE) on one epoll set.  ingest_fd_add() returns the watch's
+ * id for ingest_fd_remove(), never 0; remove before close, or close in
+ * the callback that returns G_SOURCE_REMOVE.
+ * ingest_loop_wakeup() may be called from any thread.
+ */
+void ingest_loop_init(void);
+void ingest_loop_free(void);
+guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer data);
+void ingest_fd_remove(guint id);
+void ingest_loop_iterate(int timeout_ms);
+void ingest_loop_wakeup(void);
+
 /* ingest_listen.c */
 gboolean ingest_listen(struct ingest *ig, GError **err);
+void ingest_listen_tick(struct ingest *ig, int64_t now_ms);
 void ingest_listen_stop(struct ingest *ig);
 
 /* ingest_session.c */
-guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer data);
 gboolean ingest_session_admit(struct ingest *ig, int fd, const char *client);
 void ingest_session_start(struct ingest *ig, int fd, const char *client);
 void ingest_session_deadline_reset(struct session *s);

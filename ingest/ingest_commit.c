@@ -161,7 +161,7 @@ static gpointer committer_main(gpointer data)
             return NULL;
         commit_run(ig, item);
         g_async_queue_push(c->done, item);
-        g_main_context_wakeup(NULL);
+        ingest_loop_wakeup();
     }
 }
 

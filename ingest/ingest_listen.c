@@ -2,6 +2,7 @@
  * ingest_listen.c - the listening sockets: host:port, [v6]:port, unix:/path.
  */
 #include "ingest/ingest.h"
+#include "common/clock.h"
 #include "common/log.h"
 
 #include <errno.h>
@@ -23,20 +24,24 @@ struct listener {
     struct ingest *ig;
     int fd;
     guint source;                   /* watching fd, or 0 while backing off */
-    guint retry;                    /* the back-off timer, or 0 */
+    int64_t resume;                 /* monotonic ms: back off until then; 0: not */
 };
 
 #define LISTEN_BACKOFF_MS 1000
 
 static gboolean listen_accept(int lfd, GIOCondition cond, gpointer data);
 
-static gboolean listen_resume(gpointer data)
+/* Once a second (ingest_main.c): listeners whose back-off is over accept again. */
+void ingest_listen_tick(struct ingest *ig, int64_t now_ms)
 {
-    struct listener *l = data;
+    for (guint i = 0; ig->listeners && i < ig->listeners->len; i++) {
+        struct listener *l = ig->listeners->pdata[i];
 
-    l->retry = 0;
-    l->source = ingest_fd_add(l->fd, G_IO_IN, listen_accept, l);
-    return G_SOURCE_REMOVE;
+        if (!l->resume || now_ms < l->resume)
+            continue;
+        l->resume = 0;
+        l->source = ingest_fd_add(l->fd, G_IO_IN, listen_accept, l);
+    }
 }
 
 static gboolean listen_fail(GError **err, const char *addr, const char *what)
@@ -76,7 +81,7 @@ static gboolean listen_accept(int lfd, GIOCondition cond, gpointer data)
             msg_warn("accept: %s: not accepting for %d ms (%u sessions open)",
                      g_strerror(errno), LISTEN_BACKOFF_MS, ig->n_sessions);
             l->source = 0;
-            l->retry = g_timeout_add(LISTEN_BACKOFF_MS, listen_resume, l);
+            l->resume = mono_ms() + LISTEN_BACKOFF_MS;
             return G_SOURCE_REMOVE;
         }
         if (fd < 0) {
@@ -186,9 +191,7 @@ void ingest_listen_stop(struct ingest *ig)
         struct listener *l = ig->listeners->pdata[i];
 
         if (l->source)
-            g_source_remove(l->source);
-        if (l->retry)
-            g_source_remove(l->retry);
+            ingest_fd_remove(l->source);
     }
     g_clear_pointer(&ig->listeners, g_ptr_array_unref);
 }

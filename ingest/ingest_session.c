@@ -27,26 +27,6 @@
 #define SESSION_ERROR_LIMIT 20      /* then 421, as Postfix's hard error limit */
 
 /*
- * g_unix_fd_add(), but a source that GLib does not "block" while it is
- * dispatched: blocking removes the fd from the poll set and adds it back
- * after the callback, and each of those signals the context's wakeup
- * eventfd (two writes, one read and one extra poll round per callback).
- * Nothing here iterates the main loop from a callback, so recursion is
- * not a concern.
- */
-guint ingest_fd_add(int fd, GIOCondition cond, GUnixFDSourceFunc fn, gpointer data)
-{
-    GSource *src = g_unix_fd_source_new(fd, cond);
-    guint id;
-
-    g_source_set_can_recurse(src, TRUE);
-    g_source_set_callback(src, G_SOURCE_FUNC(fn), data, NULL);
-    id = g_source_attach(src, NULL);
-    g_source_unref(src);
-    return id;
-}
-
-/*
  * Sessions open per client address, for [ingest] max_connections_per_client.
  * Unix-socket clients are not counted: they all look alike ("unix"), and
  * the socket's permissions say who may connect.
@@ -115,9 +95,9 @@ static void ingest_session_free(struct session *s)
     struct ingest *ig = s->ig;
 
     if (s->read_source)
-        g_source_remove(s->read_source);
+        ingest_fd_remove(s->read_source);
     if (s->write_source)
-        g_source_remove(s->write_source);
+        ingest_fd_remove(s->write_source);
     close(s->fd);
     ig->sessions = g_list_remove(ig->sessions, s);
     ig->n_sessions--;
