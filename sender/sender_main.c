@@ -10,6 +10,7 @@
 #include "common/bounce_code.h"
 #include "common/secret_file.h"
 #include "sender/sender.h"
+#include "common/clock.h"
 #include "common/daemon.h"
 #include "common/log.h"
 #include "common/worker.h"
@@ -43,7 +44,19 @@ struct conn {
     gboolean conns_said;                /* the dispatcher has our CONNS below */
     guint said_budget, said_open;
     struct sender_batch *batch;         /* results of running jobs, held (sender_batch.c) */
+    int64_t stop_after;                 /* monotonic ms: stopping, leave no sooner */
 };
+
+/*
+ * After its HELLO 0 a stopping worker may still get jobs the dispatcher
+ * leased before it read that HELLO.  A worker that left as soon as it was
+ * idle dropped them, and they waited out their leases ([retry] lease, 2
+ * minutes), holding relay connections all that time: bench/dispatch_scale.sh
+ * saw up to 15 such leases at the start of a round after its senders were
+ * stopped under load.  So a stopping worker listens this long after its
+ * HELLO 0 and runs what comes.
+ */
+#define SENDER_STOP_GRACE_MS 500
 
 /* A config problem: one line on stderr naming the file, exit 2 (SPEC §2). */
 static G_NORETURN G_GNUC_PRINTF(2, 3) void sender_config_fail(const struct postern_config *cfg,
@@ -380,12 +393,13 @@ static void sender_stop(struct conn *c)
         return;
     msg_info("stopping on signal: finishing %u job(s)", c->busy);
     c->stopping = TRUE;
+    c->stop_after = mono_ms() + SENDER_STOP_GRACE_MS;
     worker_hello(&c->w);
 }
 
 static void sender_loop(struct sender *s, struct conn *c)
 {
-    while (!c->stopping || c->busy > 0) {
+    while (!c->stopping || c->busy > 0 || mono_ms() < c->stop_after) {
         zmq_pollitem_t items[] = {
             { c->w.sock, 0, ZMQ_POLLIN, 0 },
             { NULL, s->wake_fd, ZMQ_POLLIN, 0 },
@@ -394,6 +408,11 @@ static void sender_loop(struct sender *s, struct conn *c)
         };
 
         long wait = sender_batch_wait_ms(c->batch, g_get_monotonic_time(), worker_wait_ms(&c->w));
+
+        int64_t grace = c->stopping ? c->stop_after - mono_ms() : 0;
+
+        if (grace > 0 && (wait < 0 || grace < wait))
+            wait = (long)grace;
 
         if (zmq_poll(items, c->monitor ? 4 : 3, wait) < 0 && errno != EINTR)
             msg_fatal("zmq_poll: %s", zmq_strerror(errno));

@@ -312,9 +312,10 @@ def sdone_parse(p):
     return version, credit, lease, msg, results
 
 
-def test_sender_refuses_a_garbled_sjob_and_takes_the_next(tmp_path):
-    """A sender told a cut-short SJOB says why in its log and stays; the next
-    good one gets its SDONE (the relay is closed: a failure without a reply)."""
+def own_dispatcher(tmp_path):
+    """A ROUTER of ours and a sender (1 slot) connected to it, its HELLO read
+    and one relay connection granted: (router, sender, identity).  The relay
+    is a closed port: a delivery fails without a reply."""
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
@@ -327,29 +328,66 @@ def test_sender_refuses_a_garbled_sjob_and_takes_the_next(tmp_path):
                                    "workers": {"dispatch": endpoint, "slots": 1}})
     sender = pc.postern.Daemon([pc.sender_binary(), "-c", path, "-f"], tmp_path / "sender.log",
                                r"daemon started").start()
+    assert router.poll(10000)
+    ident, cmd, hello = router.recv_multipart()
+    assert cmd == b"HELLO" and hello.startswith(b"sender\0")
+    assert struct.unpack("<I", hello[-5:-1])[0] == 3          # (suu): the wire version
+    router.send_multipart([ident, b"CONNMAX", struct.pack("<I", 1)])
+    return router, sender, ident
+
+
+def next_sdone(router, timeout=30):
+    """The payload of the next SDONE (other commands are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert router.poll(max(1, int((deadline - time.monotonic()) * 1000))), "no SDONE"
+        _, cmd, payload = router.recv_multipart()
+        if cmd == b"SDONE":
+            return payload
+
+
+def test_sender_refuses_a_garbled_sjob_and_takes_the_next(tmp_path):
+    """A sender told a cut-short SJOB says why in its log and stays; the next
+    good one gets its SDONE (the relay is closed: a failure without a reply)."""
+    router, sender, ident = own_dispatcher(tmp_path)
     try:
-        assert router.poll(10000)
-        ident, cmd, hello = router.recv_multipart()
-        assert cmd == b"HELLO" and hello.startswith(b"sender\0")
-        assert struct.unpack("<I", hello[-5:-1])[0] == 3          # (suu): the wire version
-        router.send_multipart([ident, b"CONNMAX", struct.pack("<I", 1)])
         good = sjob_payload(7, 9, b"ada@example.org")
         router.send_multipart([ident, b"SJOB", good[:-3]])
         wait_for(lambda: "malformed SJOB from the dispatcher: ignored (SJOB of" in sender.log(),
                  what="the refusal in the log")
         assert "cut short" in sender.log()
         router.send_multipart([ident, b"SJOB", good])
-        deadline = time.monotonic() + 30
-        while True:
-            assert router.poll(max(1, int((deadline - time.monotonic()) * 1000)))
-            _, cmd, payload = router.recv_multipart()
-            if cmd == b"SDONE":
-                break
-        version, credit, lease, msg, results = sdone_parse(payload)
+        version, credit, lease, msg, results = sdone_parse(next_sdone(router))
         assert (version, credit, lease, msg) == (3, 1, 7, 9)
         assert len(results) == 1 and results[0][0] == 0 and results[0][1] == 0
         assert results[0][2] != 0
         assert sender.running()
+    finally:
+        problems = pc.postern.stop_and_check([sender])
+        router.close()
+    assert not problems, problems
+
+
+def test_stopping_sender_runs_a_job_sent_before_its_hello_was_read(tmp_path):
+    """SIGTERM to an idle sender: it says HELLO with no free slot, and a job
+    the dispatcher leased before reading that HELLO may still be on its way.
+    The sender takes it, answers it, and only then leaves; one that left at
+    once left the job to wait out its lease (SENDER_STOP_GRACE_MS)."""
+    router, sender, ident = own_dispatcher(tmp_path)
+    try:
+        sender.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:
+            assert router.poll(max(1, int((deadline - time.monotonic()) * 1000)))
+            _, cmd, hello = router.recv_multipart()
+            if cmd == b"HELLO":
+                break
+        assert struct.unpack("<I", hello[-9:-5])[0] == 0          # (suu): no free slot
+        router.send_multipart([ident, b"SJOB", sjob_payload(8, 10, b"bob@example.net")])
+        version, credit, lease, msg, results = sdone_parse(next_sdone(router))
+        assert (lease, msg, credit) == (8, 10, 0)
+        assert len(results) == 1 and results[0][2] != 0
+        assert sender.proc.wait(20) == 0
     finally:
         problems = pc.postern.stop_and_check([sender])
         router.close()
