@@ -408,12 +408,10 @@ static void sender_loop(struct sender *s, struct conn *c)
         };
 
         long wait = sender_batch_wait_ms(c->batch, g_get_monotonic_time(), worker_wait_ms(&c->w));
-
         int64_t grace = c->stopping ? c->stop_after - mono_ms() : 0;
 
         if (grace > 0 && (wait < 0 || grace < wait))
             wait = (long)grace;
-
         if (zmq_poll(items, c->monitor ? 4 : 3, wait) < 0 && errno != EINTR)
             msg_fatal("zmq_poll: %s", zmq_strerror(errno));
         if (items[2].revents)
