@@ -3,6 +3,7 @@
  */
 #include "common/log.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,8 +206,56 @@ static const char *log_format(char *line, size_t size, int head, const char *fmt
 }
 
 /*
- * One write(2) per line, so lines from the processes that share a stderr
- * (under `postern run`) never interleave mid-line.
+ * A batch: the lines a thread logs between log_batch_begin() and
+ * log_batch_end(), held to go out in as few write(2)s as they fit.  A
+ * write of at most PIPE_BUF bytes to a pipe is atomic, so the lines of
+ * processes that share a stderr (under `postern run`) still never
+ * interleave mid-line.  Per thread: a slot thread's lines do not wait
+ * for the main thread's batch.
+ */
+static __thread char log_batch[PIPE_BUF];
+static __thread size_t log_batch_len;
+static __thread unsigned log_batch_depth;
+
+static void log_batch_flush(void)
+{
+    if (log_batch_len) {
+        ssize_t ignored = write(STDERR_FILENO, log_batch, log_batch_len);
+        (void)ignored;
+    }
+    log_batch_len = 0;
+}
+
+void log_batch_begin(void)
+{
+    log_batch_depth++;
+}
+
+void log_batch_end(void)
+{
+    if (log_batch_depth && !--log_batch_depth)
+        log_batch_flush();
+}
+
+/* One line to stderr: into the batch if one is open and it fits. */
+static void log_write(const char *line, size_t len)
+{
+    if (log_batch_depth && len <= sizeof(log_batch)) {
+        if (log_batch_len + len > sizeof(log_batch))
+            log_batch_flush();
+        memcpy(log_batch + log_batch_len, line, len);
+        log_batch_len += len;
+        return;
+    }
+    log_batch_flush();
+    ssize_t ignored = write(STDERR_FILENO, line, len);
+    (void)ignored;
+}
+
+/*
+ * One write(2) per line, or per batch of whole lines, so lines from the
+ * processes that share a stderr (under `postern run`) never interleave
+ * mid-line.
  */
 static void log_vemit(int priority, const char *severity, const char *fmt, va_list ap)
 {
@@ -224,8 +273,7 @@ static void log_vemit(int priority, const char *severity, const char *fmt, va_li
     line = log_format(buf, sizeof(buf), head, fmt, ap, &slow, &len, &text);
 
     if (log_to_stderr) {
-        ssize_t ignored = write(STDERR_FILENO, line, len);
-        (void)ignored;
+        log_write(line, len);
     } else if (severity) {
         syslog(priority, "%s: %.*s", severity, (int)(line + len - 1 - text), text);
     } else {
@@ -246,9 +294,17 @@ LOG_DEFINE(msg_info, LOG_INFO, NULL)
 LOG_DEFINE(msg_warn, LOG_WARNING, "warning")
 LOG_DEFINE(msg_error, LOG_ERR, "error")
 
+/* The last lines before an exit or abort go out, the batch first. */
+static void log_batch_close(void)
+{
+    log_batch_flush();
+    log_batch_depth = 0;
+}
+
 void msg_fatal(const char *fmt, ...)
 {
     va_list ap;
+    log_batch_close();
     va_start(ap, fmt);
     log_vemit(LOG_CRIT, "fatal", fmt, ap);
     va_end(ap);
@@ -258,6 +314,7 @@ void msg_fatal(const char *fmt, ...)
 void msg_panic(const char *fmt, ...)
 {
     va_list ap;
+    log_batch_close();
     va_start(ap, fmt);
     log_vemit(LOG_CRIT, "panic", fmt, ap);
     va_end(ap);

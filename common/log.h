@@ -28,6 +28,15 @@ const char *log_progname(void);
 char *log_escape(const char *s);
 void log_escape_append(GString *out, const char *s, gsize len);
 
+/*
+ * Lines this thread logs to stderr until the matching end go out together,
+ * in as few writes as fit PIPE_BUF each (a round's state changes: one
+ * write for many lines instead of one each).  Batches nest; fatal and
+ * panic write what is held first.  Syslog lines go one by one as before.
+ */
+void log_batch_begin(void);
+void log_batch_end(void);
+
 void msg_info(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 void msg_warn(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 void msg_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);

@@ -10,10 +10,11 @@
  * costs at most a lease expiry, never a delivery.
  *
  *   worker -> dispatcher
- *     HELLO   (suu)  kind ("transform" | "sender"), free slots now,
+ *     HELLO   (suu)  kind ("transform" | "sender"), jobs it takes now (free
+ *                    slots; a sender: WIRE_JOBS_PER_SLOT a slot, less its jobs),
  *                    WIRE_VERSION; sent on start and whenever the
  *                    dispatcher seems to have forgotten us
- *     CREDIT  (u)    this many more jobs may be sent (free slots); a sender
+ *     CREDIT  (u)    this many more jobs may be sent (as HELLO's); a sender
  *                    says it only for a job that ends without an SDONE to
  *                    carry its credit, or whose SDONE could not be sent
  *     PING    ()     heartbeat, every WIRE_HEARTBEAT_MS
@@ -70,6 +71,17 @@
 #define WIRE_CONNMAX "CONNMAX"
 #define WIRE_CONNS "CONNS"
 
+/*
+ * A sender takes up to this many jobs per slot: one running, the others
+ * queued behind it, so that a slot whose job ends starts the next at once
+ * instead of idling until the dispatcher's next round, a durable commit
+ * away; the dispatcher then records the results of many jobs per round
+ * (docs/benchmarks.md, "Jobs queued at the sender").  The dispatcher leases
+ * a worker at most this many jobs per relay connection it has granted it
+ * (dispatch_conns.c), so a queue is never longer than a slot's share.
+ */
+#define WIRE_JOBS_PER_SLOT 4
+
 /* A sender closes a relay connection after this long without a job; the
  * dispatcher grants nothing for this long after its start, so that the
  * idle connections of workers it has not heard from yet are closed. */
@@ -98,6 +110,7 @@ struct wire_send_job {
     char *account;                  /* NULL when encoded: "default" */
     GBytes *body;                   /* the outgoing copy's common bytes */
     GArray *rcpts;                  /* struct wire_rcpt */
+    int64_t received;               /* not on the wire: monotonic us the worker took it */
 };
 
 /*

@@ -31,7 +31,8 @@ struct dispatch_worker {
     unsigned credit;                /* jobs it asked for and has not got */
     int64_t last_seen;              /* monotonic ms */
     /* Senders: relay connections (dispatch_conns.c, below). */
-    unsigned jobs;                  /* jobs in flight on it */
+    unsigned jobs;                  /* jobs in flight on it, queued ones too */
+    unsigned ended;                 /* ... of which ended, their results not recorded */
     unsigned conn_granted;          /* the budget we last sent (CONNMAX) */
     unsigned conn_applied;          /* the budget it last said it applies (CONNS) */
     unsigned conn_held;             /* connections it last said it holds (CONNS) */
@@ -142,7 +143,8 @@ unsigned dispatch_credit(struct dispatch *d, enum worker_kind kind);
  */
 void dispatch_conns_setup(struct dispatch *d, const struct relay_url *url);
 void dispatch_job_add(struct dispatch *d, struct dispatch_job *job);
-/* How many jobs the sender workers can take now, each on a connection. */
+/* How many jobs the sender workers can take now, on their connections or
+ * queued behind them. */
 unsigned dispatch_conns_room(struct dispatch *d);
 /* The worker for the next job, granting it a connection if need be. */
 struct dispatch_worker *dispatch_conns_pick(struct dispatch *d);
@@ -211,6 +213,13 @@ struct expiry;
 struct expiry *dispatch_expiry_new(struct dispatch *d);
 gboolean dispatch_expiry_write(struct spool_txn *t, struct expiry *ex, GError **err);
 void dispatch_expiry_done(struct dispatch *d, struct expiry *ex, gboolean committed);
+/*
+ * A leased delivery back in the queue, due now_ms, with no attempt counted
+ * (its lease ran out, or its worker gave it back unstarted): logged as
+ * "<id>: to=<rcpt>, <why>: back in the queue".
+ */
+gboolean dispatch_dlv_requeue(struct spool_txn *t, const struct spool_dlv *old, int64_t now_ms,
+                              const char *why, GError **err);
 
 /* dispatch_result.c: results alone in one transaction ... */
 void dispatch_record_results(struct dispatch *d, GPtrArray *done);

@@ -8,7 +8,9 @@
  *
  * What may be open is, per known worker, the most of what we granted and
  * what it last said it applies or holds, plus one per job of a worker we
- * do not know.  A grant is made only out of what that leaves free.
+ * do not know.  A grant is made only out of what that leaves free.  A
+ * worker may hold up to WIRE_JOBS_PER_SLOT jobs a connection granted: the
+ * ones beyond its connections wait in its queue and open none.
  */
 #include "dispatch/dispatch.h"
 #include "common/log.h"
@@ -107,17 +109,26 @@ static unsigned conns_free(struct dispatch *d)
     return used < max ? max - used : 0;
 }
 
-/* Jobs w can take on the budget it has. */
+/* Jobs w can start now, on connections granted and not in use. */
 static unsigned conns_spare(const struct dispatch_worker *w)
 {
     return MIN(w->credit, w->conn_granted > w->jobs ? w->conn_granted - w->jobs : 0);
 }
 
+/* Jobs w can take on the budget it has, queued behind its connections
+ * (WIRE_JOBS_PER_SLOT a connection, common/wire.h) or not. */
+static unsigned conns_places(const struct dispatch_worker *w)
+{
+    unsigned most = w->conn_granted * WIRE_JOBS_PER_SLOT;
+
+    return MIN(w->credit, most > w->jobs ? most - w->jobs : 0);
+}
+
 /*
- * Jobs on budgets already granted, plus one per free connection for
- * workers with credit beyond their budget.  A grant costs at most one
- * free connection (jobs never exceed a worker's grant), so this never
- * promises more than dispatch_conns_pick() finds.
+ * Places on budgets already granted, plus one per free connection for
+ * workers with credit beyond their places.  Each job dispatch_conns_pick()
+ * places leaves what is left of this promise at least one less, never
+ * two (see there), so the round never leases a job no worker takes.
  */
 unsigned dispatch_conns_room(struct dispatch *d)
 {
@@ -129,8 +140,8 @@ unsigned dispatch_conns_room(struct dispatch *d)
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w)) {
         if (w->kind != WORKER_SENDER)
             continue;
-        room += conns_spare(w);
-        wanting += w->credit - conns_spare(w);
+        room += conns_places(w);
+        wanting += w->credit - conns_places(w);
     }
     return room + (wanting ? MIN(wanting, conns_free(d)) : 0);
 }
@@ -144,32 +155,45 @@ static void conns_grant(struct dispatch_worker *w, unsigned budget)
     msg_info("worker %s: relay connection budget %u", w->name, budget);
 }
 
-/*
- * A worker with a spare connection first (the most spare: the load
- * spreads); else one more connection for the worker with credit that has
- * the fewest, if one is free.
- */
-struct dispatch_worker *dispatch_conns_pick(struct dispatch *d)
+/* The sender worker with credit that scores highest (0: none wanted). */
+static struct dispatch_worker *conns_best(struct dispatch *d,
+                                          unsigned (*score)(const struct dispatch_worker *))
 {
     GHashTableIter it;
     struct dispatch_worker *w, *best = NULL;
 
     g_hash_table_iter_init(&it, d->workers);
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
-        if (w->kind == WORKER_SENDER && conns_spare(w) &&
-            (!best || conns_spare(w) > conns_spare(best)))
+        if (w->kind == WORKER_SENDER && w->credit && score(w) && (!best || score(w) > score(best)))
             best = w;
+    return best;
+}
+
+static unsigned conns_wants_more(const struct dispatch_worker *w)
+{
+    /* Credit beyond its places first; then the fewest connections. */
+    return (w->credit > conns_places(w) ? G_MAXUINT / 2 : 0) + G_MAXUINT / 2 - w->conn_granted;
+}
+
+/*
+ * Where the next job goes, so that it starts at once if it can: a worker
+ * with a connection granted and not in use (the most such: the load
+ * spreads); else one more connection, if one is free, for a worker with
+ * credit beyond its places (dispatch_conns_room() counted on giving it
+ * one), else for any with credit, the one with the fewest; else a place
+ * in the queue of the worker with the most.
+ */
+struct dispatch_worker *dispatch_conns_pick(struct dispatch *d)
+{
+    struct dispatch_worker *best = conns_best(d, conns_spare);
+
     if (best)
         return best;
-    g_hash_table_iter_init(&it, d->workers);
-    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
-        if (w->kind == WORKER_SENDER && w->credit &&
-            (!best || w->conn_granted < best->conn_granted))
-            best = w;
-    if (!best || !conns_free(d))
-        return NULL;
-    conns_grant(best, best->conn_granted + 1);
-    return best;
+    if (conns_free(d) && (best = conns_best(d, conns_wants_more))) {
+        conns_grant(best, best->conn_granted + 1);
+        return best;
+    }
+    return conns_best(d, conns_places);
 }
 
 /*

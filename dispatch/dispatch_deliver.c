@@ -573,6 +573,7 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
      * another account's job could otherwise take the worker's last credit,
      * and the connection budget counted on that connection.
      */
+    log_batch_begin();
     for (int reuse = 1; reuse >= 0; reuse--)
         for (guint i = 0; i < dl->jobs->len; i++) {
             struct djob *j = dl->jobs->pdata[i];
@@ -583,6 +584,7 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
             dlease_send_one(d, j);
             j->acct = NULL;
         }
+    log_batch_end();
     g_ptr_array_unref(dl->jobs);
     g_free(dl->quota);
     g_free(dl);
@@ -635,24 +637,31 @@ static gboolean expire_write(struct spool_txn *t, void *ctx, GError **err)
         return FALSE;
     for (guint i = 0; i < refs->len; i++) {
         const struct spool_dlv_ref *ref = &g_array_index(refs, struct spool_dlv_ref, i);
-        struct spool_dlv old, dv;
-        char id[QUEUE_ID_LEN + 1];
+        struct spool_dlv old;
 
         if (!spool_dlv_get(t, ref->msg, ref->idx, &old, err))
             return FALSE;
-        spool_id_format(old.msg, id);
         g_array_append_val(ex->expired, old.lease);
-        spool_txn_log(t, "%s: to=<%s>, lease expired: back in the queue", id, old.rcpt);
-        dv = old;                       /* shallow: old keeps the strings */
-        dv.state = old.attempts ? DLV_DEFERRED : DLV_READY;
-        dv.next_try = now / 1000;
-        dv.lease = 0;
-        gboolean ok = spool_dlv_replace(t, &old, &dv, err);
+        gboolean ok = dispatch_dlv_requeue(t, &old, now, "lease expired", err);
         spool_dlv_clear(&old);
         if (!ok)
             return FALSE;
     }
     return TRUE;
+}
+
+gboolean dispatch_dlv_requeue(struct spool_txn *t, const struct spool_dlv *old, int64_t now_ms,
+                              const char *why, GError **err)
+{
+    struct spool_dlv dv = *old;     /* shallow: old keeps the strings */
+    char id[QUEUE_ID_LEN + 1];
+
+    spool_id_format(old->msg, id);
+    spool_txn_log(t, "%s: to=<%s>, %s: back in the queue", id, old->rcpt, why);
+    dv.state = old->attempts ? DLV_DEFERRED : DLV_READY;
+    dv.next_try = now_ms / 1000;
+    dv.lease = 0;
+    return spool_dlv_replace(t, old, &dv, err);
 }
 
 struct expiry *dispatch_expiry_new(struct dispatch *d)

@@ -203,6 +203,14 @@ static gboolean result_one(struct spool_txn *t, struct rresult *rr, struct racco
         spool_dlv_clear(&old);
         return TRUE;
     }
+    /* Given back unstarted (sender_slot.c): no attempt, back in the queue now. */
+    if (r->error == SMTP_ERROR_NOT_STARTED) {
+        g_autofree char *why = g_strdup_printf("lease given back (%s)", r->text);
+
+        ok = dispatch_dlv_requeue(t, &old, now_us / 1000, why, err);
+        spool_dlv_clear(&old);
+        return ok;
+    }
     /* The record read is the one replaced: a shallow copy is changed and stored. */
     dv = old;
     dv.last_reply = NULL;
@@ -282,6 +290,9 @@ void dispatch_results_init(struct rresult **out, struct dispatch *d, GPtrArray *
  */
 void dispatch_results_jobs(struct dispatch *d, struct rresult *rr)
 {
+    GHashTableIter it;
+    struct dispatch_worker *w;
+
     for (guint i = 0; i < rr->results->len; i++) {
         struct wire_send_result *res = rr->results->pdata[i];
         struct dispatch_job *job = g_hash_table_lookup(d->jobs, &res->lease);
@@ -289,6 +300,10 @@ void dispatch_results_jobs(struct dispatch *d, struct rresult *rr)
         if (job && (job->rcpts -= MIN(job->rcpts, res->results->len)) == 0)
             g_hash_table_remove(d->jobs, &res->lease);
     }
+    /* rr took every result received (done is left empty): none is pending. */
+    g_hash_table_iter_init(&it, d->workers);
+    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
+        w->ended = 0;
 }
 
 gboolean dispatch_results_write(struct spool_txn *t, struct rresult *rr, GError **err)

@@ -303,8 +303,10 @@ static void dispatch_receive_from(struct dispatch *d, void *sock)
 
             /* Decoded once, here: its credit counts now, its results in the round. */
             if (wire_send_result_decode(payload, res, &err)) {
-                if (w)
+                if (w) {
                     w->credit += res->credit;
+                    w->ended += res->credit;
+                }
                 g_ptr_array_add(d->done, res);
             } else {
                 msg_warn("malformed SDONE from worker %s: ignored (%s)",

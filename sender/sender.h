@@ -55,6 +55,7 @@ struct sender {
     GAsyncQueue *jobs;                  /* struct wire_send_job *: main -> slots */
     GAsyncQueue *done;                  /* struct sender_done *: slots -> main */
     int wake_fd;                        /* eventfd: results, or the pool changed */
+    gint stopping;                      /* atomic: SIGTERM came, start no queued job */
     GPtrArray *threads;
 
     /* The relay connection pool (sender_slot.c), under conn_lock. */

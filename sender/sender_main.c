@@ -187,12 +187,18 @@ static void sender_setup_curve(struct conn *c, const struct postern_config *cfg)
     zmq_connect(c->monitor, MONITOR_ENDPOINT);
 }
 
+/* Jobs we take: WIRE_JOBS_PER_SLOT a slot, one running and the rest queued. */
+static guint sender_capacity(const struct conn *c)
+{
+    return c->slots * WIRE_JOBS_PER_SLOT;
+}
+
 /* HELLO's credit: the dispatcher's credit for us becomes what is free now. */
 static guint sender_free_slots(void *arg)
 {
     const struct conn *c = arg;
 
-    return c->stopping || c->busy >= c->slots ? 0 : c->slots - c->busy;
+    return c->stopping || c->busy >= sender_capacity(c) ? 0 : sender_capacity(c) - c->busy;
 }
 
 /* Send without blocking; takes the payload. */
@@ -261,6 +267,7 @@ static void sender_take(struct sender *s, struct conn *c, GBytes *payload)
         return;
     }
     c->busy++;
+    job->received = g_get_monotonic_time();
     g_async_queue_push(s->jobs, job);
 }
 
@@ -307,7 +314,7 @@ static void sender_answer_one(struct conn *c, struct sender_done *done)
 
     if (done->job_done) {
         c->busy--;
-        done->res.credit = !c->stopping && c->busy < c->slots;
+        done->res.credit = !c->stopping && c->busy < sender_capacity(c);
     }
     if (done->res.results->len &&
         !(said = sender_say(c, WIRE_SDONE, wire_send_result_encode(&done->res))))
@@ -383,16 +390,21 @@ static void sender_watch_handshake(struct sender *s, struct conn *c)
 
 /*
  * SIGTERM: tell the dispatcher we have no free slot (HELLO 0), finish the
- * jobs we hold (each bounded by the client timeouts), answer them, exit.
+ * jobs running (each bounded by the client timeouts), give back those
+ * queued unstarted (sender_slot.c), answer them all, exit.
  */
 static void sender_stop(struct conn *c)
 {
     int sig = daemon_signal_read(c->sig_fd);
+    guint queued;
 
     if (!sig || c->stopping)
         return;
-    msg_info("stopping on signal: finishing %u job(s)", c->busy);
+    queued = MIN((guint)MAX(g_async_queue_length(c->s->jobs), 0), c->busy);
+    msg_info("stopping on signal: finishing %u job(s) running, giving back %u queued",
+             c->busy - queued, queued);
     c->stopping = TRUE;
+    g_atomic_int_set(&c->s->stopping, TRUE);
     c->stop_after = mono_ms() + SENDER_STOP_GRACE_MS;
     worker_hello(&c->w);
 }

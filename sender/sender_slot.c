@@ -474,6 +474,41 @@ static void slot_unknown(const struct wire_send_job *job, struct wire_send_resul
         result_add(res, job_rcpt(job, i)->idx, 0, "4.3.5", why, SMTP_ERROR_CONFIG, "none", 0);
 }
 
+/*
+ * A queued job is given back unstarted, its recipients with
+ * SMTP_ERROR_NOT_STARTED: the dispatcher puts them back in the queue at
+ * once, with no attempt counted (dispatch_result.c), as if their lease had
+ * run out.  Two reasons:
+ *  - we are stopping: a queue of jobs run at a slow relay would make the
+ *    stop last minutes (a service manager kills what outlasts its
+ *    timeout, in the middle of a transaction), and another worker can
+ *    take them now;
+ *  - it waited in our queue for half its lease: the dispatcher takes a
+ *    lease back when it runs out and leases its deliveries again, and a
+ *    copy sent after that could be the second one a recipient gets.  The
+ *    lease is our config's [retry] lease: the dispatcher's, when both
+ *    read the same file.
+ */
+static gboolean slot_give_back(struct sender *s, const struct wire_send_job *job,
+                               struct wire_send_result *res)
+{
+    gint64 waited = g_get_monotonic_time() - job->received;
+    g_autofree char *why = NULL;
+
+    if (g_atomic_int_get(&s->stopping))
+        why = g_strdup("not started: the worker is stopping");
+    else if (job->received && waited >= (gint64)s->cfg->retry.lease * G_USEC_PER_SEC / 2)
+        why = g_strdup_printf("not started: waited %.1f s in the worker's queue, half of "
+                              "[retry] lease", (double)waited / G_USEC_PER_SEC);
+    else
+        return FALSE;
+    msg_warn("job %" G_GUINT64_FORMAT ": %u recipient(s) given back, %s", job->lease,
+             job->rcpts->len, why);
+    for (guint i = 0; i < job->rcpts->len; i++)
+        result_add(res, job_rcpt(job, i)->idx, 0, "", why, SMTP_ERROR_NOT_STARTED, "none", 0);
+    return TRUE;
+}
+
 /* One job, on a connection from the pool for its account's relay. */
 static void slot_run(struct sender *s, const struct wire_send_job *job,
                      struct wire_send_result *res)
@@ -481,6 +516,8 @@ static void slot_run(struct sender *s, const struct wire_send_job *job,
     const struct sender_account *a = sender_account_of(s, job);
     struct smtp_client *client = NULL;
 
+    if (slot_give_back(s, job, res))
+        return;
     if (!a) {
         slot_unknown(job, res);
         return;

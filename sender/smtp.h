@@ -32,6 +32,7 @@ enum smtp_error {
     SMTP_ERROR_TLS,         /* handshake or verification failed, or required TLS not offered */
     SMTP_ERROR_PROTOCOL,    /* malformed or unexpected reply */
     SMTP_ERROR_SESSION,     /* the relay refused the session: greeting, EHLO, AUTH */
+    SMTP_ERROR_NOT_STARTED, /* given back unstarted: no attempt (sender_slot.c) */
 };
 
 /* ---- smtp_reply.c ------------------------------------------------------ */

@@ -441,8 +441,10 @@ gboolean spool_write(struct spool *sp, spool_write_fn fn, void *ctx, GError **er
         g_clear_pointer(&t.hist_deltas, g_free);
 
         if (!local && rc == 0) {
+            log_batch_begin();
             for (guint i = 0; t.committed_log && i < t.committed_log->len; i++)
                 msg_info("%s", (char *)t.committed_log->pdata[i]);
+            log_batch_end();
             g_clear_pointer(&t.committed_log, g_ptr_array_unref);
             return TRUE;
         }

@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import threading
@@ -153,8 +154,8 @@ def test_sigterm_finishes_the_transaction_in_flight(make_chain):
     wait_for(lambda: relay.held, timeout=60, what="the held transaction")
     s = c.senders[0]
     s.proc.send_signal(signal.SIGTERM)
-    # The owner's notice may be in hand too: "finishing 1 job(s)" or 2.
-    wait_for(lambda: re.search(r"stopping on signal: finishing [12] job\(s\)", s.log()),
+    # The owner's notice may be in hand too: "finishing 1 job(s) running" or 2.
+    wait_for(lambda: re.search(r"stopping on signal: finishing [12] job\(s\) running", s.log()),
              what="stopping")
     assert s.proc.poll() is None
     relay.holding = False
@@ -296,6 +297,9 @@ def sjob_payload(lease, msg, rcpt, body=b"Subject: x\r\n\r\nx\r\n"):
             + s(body) + struct.pack(">IB", 0, 0) + s(rcpt))
 
 
+NOT_STARTED = 8                                     # SMTP_ERROR_NOT_STARTED (sender/smtp.h)
+
+
 def sdone_parse(p):
     """(version, credit, lease, msg, [(idx, code, error)]) of an SDONE."""
     version, credit, lease, msg, n = struct.unpack_from(">BIQQI", p)
@@ -312,20 +316,22 @@ def sdone_parse(p):
     return version, credit, lease, msg, results
 
 
-def own_dispatcher(tmp_path):
+def own_dispatcher(tmp_path, relay_port=None, sections=None):
     """A ROUTER of ours and a sender (1 slot) connected to it, its HELLO read
-    and one relay connection granted: (router, sender, identity).  The relay
-    is a closed port: a delivery fails without a reply."""
+    and one relay connection granted: (router, sender, identity, the jobs
+    its HELLO says it takes).  The relay is relay_port, else a closed port:
+    a delivery fails without a reply."""
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
     endpoint = f"ipc://{tmp_path}/dispatch"
     router.bind(endpoint)
     path = tmp_path / "sender.ini"
-    pc.postern.write_config(path, {"spool": {"dir": tmp_path / "spool"},
-                                   "relay": {"url": f"smtp://127.0.0.1:{pc.postern.free_port()}",
-                                             "tls": "none"},
-                                   "workers": {"dispatch": endpoint, "slots": 1}})
+    port = relay_port or pc.postern.free_port()
+    pc.postern.write_config(path, pc.postern.merge(
+        {"spool": {"dir": tmp_path / "spool"},
+         "relay": {"url": f"smtp://127.0.0.1:{port}", "tls": "none"},
+         "workers": {"dispatch": endpoint, "slots": 1}}, sections or {}))
     sender = pc.postern.Daemon([pc.sender_binary(), "-c", path, "-f"], tmp_path / "sender.log",
                                r"daemon started").start()
     assert router.poll(10000)
@@ -333,7 +339,7 @@ def own_dispatcher(tmp_path):
     assert cmd == b"HELLO" and hello.startswith(b"sender\0")
     assert struct.unpack("<I", hello[-5:-1])[0] == 3          # (suu): the wire version
     router.send_multipart([ident, b"CONNMAX", struct.pack("<I", 1)])
-    return router, sender, ident
+    return router, sender, ident, struct.unpack("<I", hello[-9:-5])[0]
 
 
 def next_command(router, want, timeout=30):
@@ -349,7 +355,7 @@ def next_command(router, want, timeout=30):
 def test_sender_refuses_a_garbled_sjob_and_takes_the_next(tmp_path):
     """A sender told a cut-short SJOB says why in its log and stays; the next
     good one gets its SDONE (the relay is closed: a failure without a reply)."""
-    router, sender, ident = own_dispatcher(tmp_path)
+    router, sender, ident, _ = own_dispatcher(tmp_path)
     try:
         good = sjob_payload(7, 9, b"ada@example.org")
         router.send_multipart([ident, b"SJOB", good[:-3]])
@@ -371,9 +377,10 @@ def test_sender_refuses_a_garbled_sjob_and_takes_the_next(tmp_path):
 def test_stopping_sender_runs_a_job_sent_before_its_hello_was_read(tmp_path):
     """SIGTERM to an idle sender: it says HELLO with no free slot, and a job
     the dispatcher leased before reading that HELLO may still be on its way.
-    The sender takes it, answers it, and only then leaves; one that left at
-    once left the job to wait out its lease (SENDER_STOP_GRACE_MS)."""
-    router, sender, ident = own_dispatcher(tmp_path)
+    The sender takes it, gives it back unstarted, and only then leaves; one
+    that left at once left the job to wait out its lease
+    (SENDER_STOP_GRACE_MS)."""
+    router, sender, ident, _ = own_dispatcher(tmp_path)
     try:
         sender.proc.send_signal(signal.SIGTERM)
         hello = next_command(router, b"HELLO", timeout=10)
@@ -383,10 +390,42 @@ def test_stopping_sender_runs_a_job_sent_before_its_hello_was_read(tmp_path):
         time.sleep(0.2)
         router.send_multipart([ident, b"SJOB", sjob_payload(8, 10, b"bob@example.net")])
         version, credit, lease, msg, results = sdone_parse(next_command(router, b"SDONE"))
+        # Given back unstarted, so that a worker not stopping takes it now.
         assert (lease, msg, credit) == (8, 10, 0)
-        assert len(results) == 1 and results[0][2] != 0
+        assert results == [(0, 0, NOT_STARTED)]
         assert sender.proc.wait(20) == 0
     finally:
         problems = pc.postern.stop_and_check([sender])
         router.close()
+    assert not problems, problems
+
+
+def test_sender_queues_jobs_and_gives_back_one_that_waited_half_its_lease(tmp_path):
+    """A sender of one slot takes four jobs (WIRE_JOBS_PER_SLOT): one runs,
+    the rest wait behind it.  One that waited half of [retry] lease is
+    given back unstarted: the dispatcher may lease its deliveries again
+    when the lease runs out, and a copy sent then could be the second."""
+    relay = socket.socket()
+    relay.bind(("127.0.0.1", 0))
+    relay.listen(8)                                 # accepts, never greets
+    router, sender, ident, free = own_dispatcher(
+        tmp_path, relay.getsockname()[1],
+        {"relay": {"timeout": "3s"}, "retry": {"lease": "4s"}})
+    try:
+        assert free == 4
+        router.send_multipart([ident, b"SJOB", sjob_payload(1, 10, b"a@example.net")])
+        router.send_multipart([ident, b"SJOB", sjob_payload(2, 11, b"b@example.net")])
+        done = {}
+        while len(done) < 2:
+            version, credit, lease, msg, results = sdone_parse(next_command(router, b"SDONE"))
+            done[lease] = (credit, results)
+        # The first ran and timed out at the relay; the second waited 3 s > 2 s.
+        assert done[1][0] == 1 and done[1][1][0][2] not in (0, NOT_STARTED), done
+        assert done[2] == (1, [(0, 0, NOT_STARTED)]), done
+        assert "job 2: 1 recipient(s) given back, not started: waited" in sender.log()
+        assert sender.running()
+    finally:
+        problems = pc.postern.stop_and_check([sender])
+        router.close()
+        relay.close()
     assert not problems, problems

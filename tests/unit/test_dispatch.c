@@ -413,6 +413,43 @@ static void test_results_pause_and_fencing(void **state)
     assert_int_equal(msg_state(f, l.msg), MSG_READY);
 }
 
+/*
+ * A job given back unstarted (its worker stops, or it waited half its
+ * lease in the worker's queue): back in the queue at once, no attempt
+ * counted, the relay not paused; one tried before stays deferred, due now.
+ */
+static void test_results_given_back_unstarted(void **state)
+{
+    struct fixture *f = *state;
+    struct leased l = { .n = 2, .expiry = unix_ms() + 60000, .state = MSG_READY, .attempts = 1 };
+    const struct reply back[] = {
+        { 0, "", "not started: the worker is stopping", SMTP_ERROR_NOT_STARTED },
+        { 0, "", "not started: the worker is stopping", SMTP_ERROR_NOT_STARTED },
+    };
+    struct spool_dlv dv;
+
+    assert_true(spool_write(f->d.spool, put_leased, &l, NULL));
+    record(f, sdone(&l, l.lease, back, 2));
+    for (uint32_t i = 0; i < 2; i++) {
+        dv = get_dlv(f, l.msg, i);
+        assert_int_equal(dv.state, DLV_DEFERRED);
+        assert_int_equal(dv.attempts, 1);
+        assert_int_equal(dv.lease, 0);
+        assert_true(dv.next_try <= unix_ms() / 1000);
+        spool_dlv_clear(&dv);
+    }
+    assert_int_equal(f->d.accounts[0].paused_until, 0);
+    assert_int_equal(msg_state(f, l.msg), MSG_DEFERRED);
+
+    l = store_leased(f, 1, unix_ms() + 60000);
+    record(f, sdone(&l, l.lease, back, 1));
+    dv = get_dlv(f, l.msg, 0);
+    assert_int_equal(dv.state, DLV_READY);
+    assert_int_equal(dv.attempts, 0);
+    spool_dlv_clear(&dv);
+    assert_int_equal(msg_state(f, l.msg), MSG_READY);
+}
+
 /* A job keeps its place (and connection) until every recipient has a result. */
 static void test_results_release_job(void **state)
 {
@@ -496,7 +533,8 @@ static unsigned take_jobs(struct fixture *f, uint64_t *next_lease)
         dispatch_job_add(&f->d, job);
         taken++;
         assert_true(reserved(f) <= f->ts->cfg.relay.max_connections);
-        assert_true(w->jobs <= w->conn_granted);
+        /* The jobs beyond its connections wait in its queue, a slot's share each. */
+        assert_true(w->jobs <= w->conn_granted * WIRE_JOBS_PER_SLOT);
     }
     return taken;
 }
@@ -525,12 +563,14 @@ static void test_conns_budget(void **state)
     assert_null(dispatch_conns_pick(&f->d));
     f->d.conn_grace_until = 0;
 
-    assert_int_equal(take_jobs(f, &lease), 3);
+    /* Three connections, and up to WIRE_JOBS_PER_SLOT jobs on each: 9 of 10 credit. */
+    assert_int_equal(take_jobs(f, &lease), 9);
     assert_int_equal(granted(f), 3);
-    assert_int_equal(a->jobs + b->jobs, 3);
+    assert_int_equal(a->jobs + b->jobs, 9);
     assert_int_equal(dispatch_conns_room(&f->d), 0);
 
-    /* a's jobs end, and it reports its connections, all idle but held. */
+    /* a's jobs end, giving their credit back, and it reports its
+     * connections, all idle but held. */
     struct dispatch_worker *busy = a->jobs ? a : b, *other = busy == a ? b : a;
     unsigned kept = busy->conn_granted;
     GHashTableIter it;
@@ -538,12 +578,14 @@ static void test_conns_budget(void **state)
 
     g_hash_table_iter_init(&it, f->d.jobs);
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&job))
-        if (job->worker == busy)
+        if (job->worker == busy) {
             g_hash_table_iter_remove(&it);
+            busy->credit++;
+        }
     conns(f, busy, kept, kept);
     /* Its grant stays its own: room on it, none for the other worker beyond its grant. */
     assert_int_equal(granted(f), 3);
-    assert_int_equal(dispatch_conns_room(&f->d), kept);
+    assert_int_equal(dispatch_conns_room(&f->d), MIN(busy->credit, kept * WIRE_JOBS_PER_SLOT));
 
     /* It starts over (HELLO): its budget is 0, but what it holds still counts. */
     dispatch_conns_rejoin(&f->d, busy);
@@ -575,9 +617,38 @@ static void test_conns_adopt_leases(void **state)
     assert_null(job->worker);
     assert_non_null(job = g_hash_table_lookup(f->d.jobs, &l2.lease));
     assert_int_equal(job->rcpts, 1);
-    /* max_connections 3, two held by unknown jobs: one grant. */
-    assert_int_equal(take_jobs(f, &lease), 1);
+    /* max_connections 3, two held by unknown jobs: one grant, and its queue. */
+    assert_int_equal(take_jobs(f, &lease), WIRE_JOBS_PER_SLOT);
     assert_int_equal(granted(f), 1);
+}
+
+/*
+ * A job starts on a connection when one is granted and not in use, or can
+ * be granted; only then does it queue behind one, and never more than
+ * WIRE_JOBS_PER_SLOT a connection.
+ */
+static void test_conns_queue_after_connections(void **state)
+{
+    struct fixture *f = *state;
+    struct dispatch_worker *w = add_sender(f, "a", 20);
+    uint64_t lease = 1000;
+    unsigned max = (unsigned)f->ts->cfg.relay.max_connections;
+
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+    for (unsigned i = 1; i <= max; i++) {
+        struct dispatch_job *job = g_new0(struct dispatch_job, 1);
+
+        assert_ptr_equal(dispatch_conns_pick(&f->d), w);
+        assert_int_equal(w->conn_granted, i);
+        job->lease = lease++;
+        job->worker = w;
+        job->rcpts = 1;
+        w->credit--;
+        dispatch_job_add(&f->d, job);
+    }
+    assert_int_equal(take_jobs(f, &lease), MIN(20 - max, max * (WIRE_JOBS_PER_SLOT - 1)));
+    assert_int_equal(w->conn_granted, max);
 }
 
 /* ---- lease expiry ----------------------------------------------------------------------- */
@@ -1262,7 +1333,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_results_pause_and_fencing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_release_job, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_results_given_back_unstarted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_adopt_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conns_queue_after_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_approval_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_approval_expiry_bounded, setup, teardown),

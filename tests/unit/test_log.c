@@ -1,7 +1,8 @@
 /*
  * test_log.c - common/log.c: what log_escape() keeps and what it turns
  * into \xNN, and the stderr line format ("Mon DD HH:MM:SS host prog[pid]: "):
- * long lines whole in one write, the pid right after a fork.
+ * long lines whole in one write, the pid right after a fork, batches in
+ * few writes of whole lines.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,7 +10,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <limits.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -151,6 +154,53 @@ static void test_pid_after_fork(void **state)
     assert_non_null(strstr(buf, want_child));
 }
 
+/*
+ * Lines logged in a batch wait for its end, then go in writes of whole
+ * lines of at most PIPE_BUF bytes each (atomic on a shared pipe), in
+ * order; a line longer than that goes alone.  A seqpacket socket as
+ * stderr keeps each write a record of its own, so their bounds show.
+ */
+static void test_batch_whole_lines_in_few_writes(void **state)
+{
+    int fds[2], saved = dup(STDERR_FILENO);
+    g_autofree char *record = g_malloc(65536);
+    g_autofree char *longline = g_strnfill(PIPE_BUF + 100, 'L');
+    g_autoptr(GString) all = g_string_new(NULL);
+    unsigned records = 0;
+    ssize_t n;
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, fds), 0);
+    dup2(fds[1], STDERR_FILENO);
+    log_init("test_log", TRUE);
+    log_batch_begin();
+    msg_info("line 0");
+    assert_int_equal(recv(fds[0], record, 65536, MSG_DONTWAIT), -1);
+    for (int i = 1; i < 100; i++)
+        msg_info("line %d %s", i, i == 50 ? longline : "of some ordinary length, like a delivery's");
+    log_batch_end();
+    msg_info("after");
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fds[1]);
+    while ((n = recv(fds[0], record, 65536, 0)) > 0) {
+        assert_int_equal(record[n - 1], '\n');
+        assert_true((size_t)n <= PIPE_BUF || memmem(record, n, longline, PIPE_BUF + 100));
+        g_string_append_len(all, record, n);
+        records++;
+    }
+    close(fds[0]);
+    for (int i = 0; i < 100; i++) {
+        g_autofree char *want = g_strdup_printf("]: line %d%s", i, i ? " " : "\n");
+        const char *at = strstr(all->str, want);
+
+        assert_non_null(at);
+        assert_true(i == 0 || at > strstr(all->str, "]: line 0\n"));
+    }
+    assert_non_null(strstr(all->str, "]: after\n"));
+    /* 100 lines of ~100 bytes, one of 4 KiB: a handful of writes, not 101. */
+    assert_true(records >= 4 && records <= 8);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -159,6 +209,7 @@ int main(void)
         cmocka_unit_test(test_stderr_line_format),
         cmocka_unit_test(test_long_lines_whole),
         cmocka_unit_test(test_pid_after_fork),
+        cmocka_unit_test(test_batch_whole_lines_in_few_writes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
