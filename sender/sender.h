@@ -8,7 +8,7 @@
  * sender_slot.c  [workers] slots slot threads; each runs one job at a time
  *                on its own SMTP client and hands the result back.
  * sender_batch.c the results of a running job, held a few ms in the main
- *                thread to go as one SDONE.
+ *                thread to go as one SDONE; job ends held to go together.
  *
  * The worker never opens the spool: a job carries every byte it needs, so
  * a worker may run on another host.  It keeps no state worth saving either:
@@ -98,19 +98,23 @@ void sender_deliver(struct sender *s, const struct sender_account *a,
                     struct wire_send_result *res, sender_hand_back_fn hand_back);
 
 /*
- * sender_batch.c: the parts of a running job held up to SENDER_BATCH_MS.
- * add takes done: NULL when it is held (a part of a job that goes on),
- * else what to send now (a job's end, after the parts held for it).  due
- * takes out a held job's parts once their time has come, NULL when none
- * has; wait_ms is how long a poll may sleep, at most wait_ms (-1: no
- * limit).  Times are monotonic microseconds.
+ * sender_batch.c: the parts of a running job held up to SENDER_BATCH_MS,
+ * and its end too when hold_end says so.  add takes done: NULL when it is
+ * held (a part of a job that goes on, or an end held), else what to send
+ * now (a job's end, after the parts held for it).  due takes out a held
+ * job's parts, or its whole result, once their time has come (now
+ * G_MAXINT64: all of them), NULL when none has; ends is how many jobs
+ * that ended are held; wait_ms is how long a poll may sleep, at most
+ * wait_ms (-1: no limit).  Times are monotonic microseconds.
  */
 #define SENDER_BATCH_MS 5
 struct sender_batch;
 struct sender_batch *sender_batch_new(void);
 void sender_batch_free(struct sender_batch *b);
-struct sender_done *sender_batch_add(struct sender_batch *b, struct sender_done *done, gint64 now);
+struct sender_done *sender_batch_add(struct sender_batch *b, struct sender_done *done, gint64 now,
+                                     gboolean hold_end);
 struct sender_done *sender_batch_due(struct sender_batch *b, gint64 now);
+guint sender_batch_ends(const struct sender_batch *b);
 long sender_batch_wait_ms(const struct sender_batch *b, gint64 now, long wait_ms);
 void sender_done_free(struct sender_done *done);
 

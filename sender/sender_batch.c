@@ -14,6 +14,12 @@
  * worker that dies loses at most that much more of its results than
  * before; those deliveries go again when their leases run out, as the
  * transaction in flight always did.
+ *
+ * A job's end may be held too, when the caller says so: while the worker
+ * has jobs enough queued, the dispatcher would hold its result for company
+ * anyway (dispatch_main.c), and ends sent together reach it in one read
+ * and one wakeup instead of one each.  The caller sends every held end
+ * at once when one leaves the worker short of jobs (sender_main.c).
  */
 #include "sender/sender.h"
 
@@ -24,6 +30,7 @@ struct sender_held {
 
 struct sender_batch {
     GHashTable *held;                   /* lease -> struct sender_held */
+    guint ends;                         /* of them, jobs that have ended */
 };
 
 static void held_free(gpointer p)
@@ -64,12 +71,15 @@ static void batch_merge(struct sender_done *into, struct sender_done *from)
     g_free(moved);
 }
 
-struct sender_done *sender_batch_add(struct sender_batch *b, struct sender_done *done, gint64 now)
+struct sender_done *sender_batch_add(struct sender_batch *b, struct sender_done *done, gint64 now,
+                                     gboolean hold_end)
 {
     struct sender_held *h = g_hash_table_lookup(b->held, &done->res.lease);
 
-    if (!done->job_done) {
+    if (!done->job_done || hold_end) {
+        b->ends += done->job_done;
         if (h) {
+            h->done->job_done |= done->job_done;
             batch_merge(h->done, done);
             sender_done_free(done);
             return NULL;
@@ -105,9 +115,15 @@ struct sender_done *sender_batch_due(struct sender_batch *b, gint64 now)
             continue;
         g_hash_table_iter_steal(&it);
         g_free(h);
+        b->ends -= done->job_done;
         return done;
     }
     return NULL;
+}
+
+guint sender_batch_ends(const struct sender_batch *b)
+{
+    return b->ends;
 }
 
 long sender_batch_wait_ms(const struct sender_batch *b, gint64 now, long wait_ms)

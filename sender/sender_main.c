@@ -325,8 +325,32 @@ static void sender_answer_one(struct conn *c, struct sender_done *done)
     sender_done_free(done);
 }
 
+/*
+ * May this job's end wait for company in the batch?  While we still hold
+ * two jobs a connection after it, the dispatcher would hold its result for
+ * company too (its own rule, dispatch_main.c), so nothing is lost by
+ * sending it with the next.  Once fewer are left, the dispatcher must hear
+ * at once to fill our queue before a slot idles.
+ */
+static gboolean sender_end_may_wait(struct sender *s, struct conn *c)
+{
+    guint budget, open, left = c->busy - MIN(c->busy, sender_batch_ends(c->batch) + 1);
+
+    sender_conns_count(s, &budget, &open);
+    return !c->stopping && left >= 2 * MAX(MIN(budget, c->slots), 1);
+}
+
+/* Everything held, parts and ends. */
+static void sender_answer_held(struct conn *c)
+{
+    struct sender_done *done;
+
+    while ((done = sender_batch_due(c->batch, G_MAXINT64)))
+        sender_answer_one(c, done);
+}
+
 /* Results from the slots, through the batch (sender_batch.c); then CONNS
- * if the pool changed. */
+ * if the pool changed.  A job's end not held goes with everything held. */
 static void sender_answer(struct sender *s, struct conn *c)
 {
     struct sender_done *done;
@@ -334,9 +358,14 @@ static void sender_answer(struct sender *s, struct conn *c)
 
     if (read(s->wake_fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
         msg_panic("eventfd read: %m");
-    while ((done = g_async_queue_try_pop(s->done)))
-        if ((done = sender_batch_add(c->batch, done, g_get_monotonic_time())))
+    while ((done = g_async_queue_try_pop(s->done))) {
+        gboolean hold_end = done->job_done && sender_end_may_wait(s, c);
+
+        if ((done = sender_batch_add(c->batch, done, g_get_monotonic_time(), hold_end))) {
+            sender_answer_held(c);
             sender_answer_one(c, done);
+        }
+    }
     sender_report_conns(s, c);
 }
 

@@ -213,24 +213,57 @@ static void test_batch_end_takes_the_held_parts(void **state)
     gint64 t = 1000000;
 
     (void)state;
-    assert_null(sender_batch_add(b, batch_part(7, FALSE, 0, 1), t));
-    assert_null(sender_batch_add(b, batch_part(9, FALSE, 0, 1), t));
-    assert_null(sender_batch_add(b, batch_part(7, FALSE, 1, 2), t + 1000));
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 0, 1), t, FALSE));
+    assert_null(sender_batch_add(b, batch_part(9, FALSE, 0, 1), t, FALSE));
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 1, 2), t + 1000, FALSE));
     assert_int_equal(sender_batch_wait_ms(b, t + 1000, -1), SENDER_BATCH_MS - 1);
     assert_int_equal(sender_batch_wait_ms(b, t + 1000, 1), 1);
     assert_null(sender_batch_due(b, t + 1000));
-    d = sender_batch_add(b, batch_part(7, TRUE, 3, 1), t + 2000);
+    d = sender_batch_add(b, batch_part(7, TRUE, 3, 1), t + 2000, FALSE);
     assert_non_null(d);
     assert_true(d->job_done);
     assert_int_equal(d->res.lease, 7);
     assert_idx(d, 0, 4);
     sender_done_free(d);
     /* A job with nothing held goes at once. */
-    d = sender_batch_add(b, batch_part(8, TRUE, 0, 2), t + 2000);
+    d = sender_batch_add(b, batch_part(8, TRUE, 0, 2), t + 2000, FALSE);
     assert_non_null(d);
     assert_idx(d, 0, 2);
     sender_done_free(d);
     sender_batch_free(b);       /* lease 9 still held: freed with it */
+}
+
+/*
+ * A job's end held when the caller says so: counted, merged after its
+ * parts, out when due or when the caller takes everything (G_MAXINT64).
+ */
+static void test_batch_holds_ends_when_told(void **state)
+{
+    struct sender_batch *b = sender_batch_new();
+    struct sender_done *d;
+    gint64 t = 1000000, due = t + SENDER_BATCH_MS * G_TIME_SPAN_MILLISECOND;
+
+    (void)state;
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 0, 1), t, TRUE));
+    assert_int_equal(sender_batch_ends(b), 0);
+    assert_null(sender_batch_add(b, batch_part(7, TRUE, 1, 1), t + 1, TRUE));
+    assert_null(sender_batch_add(b, batch_part(8, TRUE, 0, 1), t + 2, TRUE));
+    assert_int_equal(sender_batch_ends(b), 2);
+    d = sender_batch_due(b, due);
+    assert_non_null(d);
+    assert_true(d->job_done);
+    assert_int_equal(d->res.lease, 7);
+    assert_idx(d, 0, 2);
+    sender_done_free(d);
+    assert_int_equal(sender_batch_ends(b), 1);
+    assert_null(sender_batch_due(b, due));
+    d = sender_batch_due(b, G_MAXINT64);
+    assert_non_null(d);
+    assert_int_equal(d->res.lease, 8);
+    sender_done_free(d);
+    assert_int_equal(sender_batch_ends(b), 0);
+    assert_null(sender_batch_due(b, G_MAXINT64));
+    sender_batch_free(b);
 }
 
 /* Held parts go when due, with no job end (a slot stuck at its relay). */
@@ -242,8 +275,8 @@ static void test_batch_parts_go_when_due(void **state)
 
     (void)state;
     assert_int_equal(sender_batch_wait_ms(b, t, -1), -1);
-    assert_null(sender_batch_add(b, batch_part(7, FALSE, 0, 1), t));
-    assert_null(sender_batch_add(b, batch_part(7, FALSE, 1, 1), due - 1));
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 0, 1), t, FALSE));
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 1, 1), due - 1, FALSE));
     assert_null(sender_batch_due(b, due - 1));
     assert_int_equal(sender_batch_wait_ms(b, due, 1000), 0);
     d = sender_batch_due(b, due);
@@ -253,8 +286,8 @@ static void test_batch_parts_go_when_due(void **state)
     sender_done_free(d);
     assert_null(sender_batch_due(b, due + 1000000));
     /* Its next part starts a new wait; the end then takes it along. */
-    assert_null(sender_batch_add(b, batch_part(7, FALSE, 2, 1), due + 1));
-    d = sender_batch_add(b, batch_part(7, TRUE, 3, 1), due + 2);
+    assert_null(sender_batch_add(b, batch_part(7, FALSE, 2, 1), due + 1, FALSE));
+    d = sender_batch_add(b, batch_part(7, TRUE, 3, 1), due + 2, FALSE);
     assert_idx(d, 2, 2);
     sender_done_free(d);
     assert_int_equal(sender_batch_wait_ms(b, due, -1), -1);
@@ -269,6 +302,7 @@ int main(void)
         cmocka_unit_test(test_maildir_failure_defers),
         cmocka_unit_test(test_batch_end_takes_the_held_parts),
         cmocka_unit_test(test_batch_parts_go_when_due),
+        cmocka_unit_test(test_batch_holds_ends_when_told),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
