@@ -221,7 +221,14 @@ void dispatch_expiry_done(struct dispatch *d, struct expiry *ex, gboolean commit
 gboolean dispatch_dlv_requeue(struct spool_txn *t, const struct spool_dlv *old, int64_t now_ms,
                               const char *why, GError **err);
 
-/* dispatch_result.c: results alone in one transaction ... */
+/*
+ * dispatch_result.c: must the results received (d->done) be recorded in
+ * this round?  When one leaves a sender short of jobs, or when they have
+ * waited RESULT_HOLD_MS (now: mono_ms(); the wait starts at the first
+ * call with results, d->results_due).
+ */
+gboolean dispatch_results_now(struct dispatch *d, int64_t now);
+/* ... results alone in one transaction ... */
 void dispatch_record_results(struct dispatch *d, GPtrArray *done);
 /* ... or in parts: init (takes the decoded SDONEs out of done, leaving it
  * empty), jobs (frees the connections of finished jobs), write, done

@@ -17,23 +17,6 @@
 #define TICK_MS 1000
 
 /*
- * Results that leave every slot busy (a job's transactions before its
- * last, or a job's end while the worker still has jobs queued) may wait
- * this long for company before a round records them.  Each round is a
- * durable commit, two fdatasync and the page writes, and a personalised
- * job sends an SDONE per transaction: recording each alone cost one commit
- * per delivery (75 us of dispatcher CPU a delivery, docs/benchmarks.md).
- * Held, they go in with the round a worker running short of jobs asks for
- * (dispatch_results_now()), or of any other reason, or at the latest
- * after this.  Nothing waits on their commit: the slots have work.  What
- * this widens is the window in which a dispatcher crash loses results
- * already received, from one commit to this; such deliveries go again
- * when their lease runs out, as they would if the crash came a commit
- * later.
- */
-#define RESULT_HOLD_MS 10
-
-/*
  * A pause outlives the dispatcher that saw the reply (spool/relay_state.h):
  * every delivery, old or queued since, waits until it ends, or goes
  * through another account that is not paused.
@@ -102,30 +85,6 @@ static void dispatch_drain(struct dispatch *d)
         dispatch_record_results(d, d->done);
         g_ptr_array_set_size(d->done, 0);
     }
-}
-
-/*
- * Must the results received so far be recorded in this round?  Yes when
- * they have waited enough, or when a sender runs short of jobs: fewer
- * than two a connection granted, once the jobs that ended are taken away,
- * so that its queue (common/wire.h, WIRE_JOBS_PER_SLOT) is refilled before
- * a slot of it idles.  Until then a job's end frees a place in a queue,
- * and the slot goes on with the next job without us.
- */
-static gboolean dispatch_results_now(struct dispatch *d, int64_t now)
-{
-    GHashTableIter it;
-    struct dispatch_worker *w;
-
-    if (!d->done->len)
-        return FALSE;
-    if (!d->results_due)
-        d->results_due = now + RESULT_HOLD_MS;
-    g_hash_table_iter_init(&it, d->workers);
-    while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w))
-        if (w->ended && w->jobs - MIN(w->ended, w->jobs) < 2 * MAX(w->conn_granted, 1))
-            return TRUE;
-    return now >= d->results_due;
 }
 
 /* Until SIGTERM or SIGINT arrives on sig_fd (common/daemon.h). */

@@ -1251,6 +1251,32 @@ static void worker_says(struct fixture *f, void *dealer, const char *cmd, GBytes
     dispatch_receive(&f->d);
 }
 
+/* The dispatcher's sockets for worker_says(): the fixture's ROUTER, hints, done. */
+static void wire_setup(struct fixture *f)
+{
+    f->d.router = f->sock;
+    f->d.hints = zmq_socket(f->zctx, ZMQ_PULL);
+    assert_int_equal(zmq_bind(f->d.hints, "inproc://test-hints"), 0);
+    f->d.done = g_ptr_array_new_with_free_func(wire_send_result_free);
+}
+
+static void wire_teardown(struct fixture *f)
+{
+    zmq_close(f->d.hints);
+    g_ptr_array_unref(f->d.done);
+}
+
+/* A worker's DEALER, connected to the fixture's ROUTER. */
+static void *dealer_new(struct fixture *f)
+{
+    void *s = zmq_socket(f->zctx, ZMQ_DEALER);
+    int linger = 0;
+
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));
+    assert_int_equal(zmq_connect(s, "inproc://test-dispatch"), 0);
+    return s;
+}
+
 static struct dispatch_worker *only_worker(struct fixture *f)
 {
     GHashTableIter it;
@@ -1270,21 +1296,15 @@ static struct dispatch_worker *only_worker(struct fixture *f)
 static void test_wire_version_and_sdone_credit(void **state)
 {
     struct fixture *f = *state;
-    void *old = zmq_socket(f->zctx, ZMQ_DEALER), *other = zmq_socket(f->zctx, ZMQ_DEALER);
-    void *cur = zmq_socket(f->zctx, ZMQ_DEALER);
+    void *old, *other, *cur;
     struct leased l = { .msg = 0x42 };
     const struct reply ok = { 250, "2.0.0", "ok", 0 };
     struct wire_send_result res, *got;
-    int linger = 0;
 
-    f->d.router = f->sock;
-    f->d.hints = zmq_socket(f->zctx, ZMQ_PULL);
-    assert_int_equal(zmq_bind(f->d.hints, "inproc://test-hints"), 0);
-    f->d.done = g_ptr_array_new_with_free_func(wire_send_result_free);
-    for (void **s = (void *[]){ old, other, cur, NULL }; *s; s++) {
-        zmq_setsockopt(*s, ZMQ_LINGER, &linger, sizeof(linger));
-        assert_int_equal(zmq_connect(*s, "inproc://test-dispatch"), 0);
-    }
+    wire_setup(f);
+    old = dealer_new(f);
+    other = dealer_new(f);
+    cur = dealer_new(f);
 
     worker_says(f, old, WIRE_HELLO, wire_pack("(su)", "sender", 4));
     assert_int_equal(g_hash_table_size(f->d.workers), 0);
@@ -1317,8 +1337,55 @@ static void test_wire_version_and_sdone_credit(void **state)
     zmq_close(old);
     zmq_close(other);
     zmq_close(cur);
-    zmq_close(f->d.hints);
-    g_ptr_array_unref(f->d.done);
+    wire_teardown(f);
+}
+
+/*
+ * A job's end while its worker still has two jobs a connection waits for
+ * company, up to RESULT_HOLD_MS (10 ms); ends that leave it shorter ask
+ * for the round at once, so that its queue is filled before a slot idles.
+ */
+static void test_results_held_while_the_worker_has_jobs(void **state)
+{
+    struct fixture *f = *state;
+    void *dealer;
+    struct dispatch_worker *w;
+    struct wire_send_result res;
+    int64_t t0 = mono_ms();
+
+    wire_setup(f);
+    dealer = dealer_new(f);
+    worker_says(f, dealer, WIRE_HELLO, wire_pack("(suu)", "sender", 0, WIRE_VERSION));
+    w = only_worker(f);
+    w->conn_granted = 2;
+    for (uint64_t lease = 1; lease <= 8; lease++) {
+        struct dispatch_job *job = g_new0(struct dispatch_job, 1);
+
+        job->lease = lease;
+        job->worker = w;
+        job->rcpts = 1;
+        dispatch_job_add(&f->d, job);
+    }
+    assert_false(dispatch_results_now(&f->d, t0));
+    wire_send_result_init(&res);
+    res.credit = 1;
+    for (uint64_t lease = 1; lease <= 5; lease++) {
+        res.lease = lease;
+        worker_says(f, dealer, WIRE_SDONE, wire_send_result_encode(&res));
+        /* Up to four ends, four jobs or more are left: two a connection. */
+        if (lease == 1) {
+            assert_false(dispatch_results_now(&f->d, t0));
+            assert_false(dispatch_results_now(&f->d, t0 + 9));
+            assert_true(dispatch_results_now(&f->d, t0 + 10));
+            assert_false(dispatch_results_now(&f->d, t0));
+        }
+        assert_true(dispatch_results_now(&f->d, t0) == (lease == 5));
+    }
+    assert_int_equal(w->ended, 5);
+    assert_int_equal(w->credit, 5);
+    wire_send_result_clear(&res);
+    zmq_close(dealer);
+    wire_teardown(f);
 }
 
 int main(void)
@@ -1336,6 +1403,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_results_given_back_unstarted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_adopt_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_queue_after_connections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_results_held_while_the_worker_has_jobs, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_approval_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_approval_expiry_bounded, setup, teardown),
