@@ -185,6 +185,26 @@ static GMimeObject *mime_inside(GMimeObject *obj)
     return obj;
 }
 
+/*
+ * GMime parses a boundary the way it came, but where it writes the
+ * Content-Type anew (a repaired header) it puts a control or 8-bit byte
+ * into an RFC 2047 encoded word, which its lenient parser reads back as
+ * something else next to "=?" text the sender had there: the copy's
+ * delimiters then match no boundary and the multipart reads as unclosed
+ * (a fuzz_mime finding). RFC 2046 §5.1.1 allows neither, nor more than
+ * 70 octets; past 994 the close delimiter line does not cross SMTP.
+ * Printable ASCII outside the RFC's set (a quote) round-trips and stays.
+ */
+static gboolean mime_boundary_fits(const char *boundary)
+{
+    size_t  n = 0;
+
+    for (; boundary[n]; n++)
+        if ((unsigned char) boundary[n] < 0x20 || (unsigned char) boundary[n] > 0x7e)
+            return FALSE;
+    return n >= 1 && n <= 994;
+}
+
 static void mime_fix_multiparts(GMimeObject *obj, gboolean at_end)
 {
     GMimeMultipart *mp;
@@ -224,6 +244,10 @@ static void mime_fix_multiparts(GMimeObject *obj, gboolean at_end)
      * ends with the one line end GMime writes after it, as it came.
      */
     mp->write_end_boundary = bounded;
+
+    /* The parts are objects now: GMime writes them between new delimiters. */
+    if (bounded && !mime_boundary_fits(g_mime_object_get_content_type_parameter(obj, "boundary")))
+        g_mime_multipart_set_boundary(mp, NULL);
 }
 
 /* Offset of the first byte after the top-level header block (len if none). */

@@ -517,6 +517,45 @@ static void test_reencoded_content_type_keeps_structure(void **state)
 }
 
 /*
+ * Regression (fuzz_mime/regress_boundary_control_encoded_word): a boundary
+ * with "=?" text and a control, in a Content-Type that GMime writes anew
+ * (for the NUL that cuts it), came back from GMime's parser as another
+ * boundary: the copy's delimiters matched none and the multipart read as
+ * unclosed. A boundary with a control never goes out: the copy gets one
+ * of its own, closed, and the parts stay.
+ */
+static void test_unfit_boundary_replaced(void **state)
+{
+    static const char *const boundaries[] = {"=?iso-8859-1?Q? b\x16", "b\x01 =?iso-8859-1?Q?"};
+
+    for (size_t k = 0; k < G_N_ELEMENTS(boundaries); k++) {
+        const char *b = boundaries[k];
+        GString *raw = g_string_new(NULL);
+        GBytes *in, *out;
+        GMimeMessage *copy;
+        GMimeObject *body;
+
+        g_string_printf(raw, "From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+                        "Content-Type: multipart/mixed; boundary=\"%s\"; x=\"", b);
+        g_string_append_len(raw, "\0\"\r\n\r\n", 6);
+        g_string_append_printf(raw, "--%s\r\nContent-Type: text/plain\r\n\r\none\r\n"
+                               "--%s\r\nContent-Type: text/plain\r\n\r\ntwo\r\n--%s--\r\n",
+                               b, b, b);
+        in = g_string_free_to_bytes(raw);
+        out = transform(in, &with_footer, NULL, TRUE);
+        copy = plain_parse(out);
+        body = g_mime_message_get_mime_part(copy);
+        assert_closed(body, b);
+        assert_true(GMIME_IS_MULTIPART(body));
+        assert_int_equal(g_mime_multipart_get_count(GMIME_MULTIPART(body)), 3); /* and the footer */
+        assert_null(g_strstr_len(g_bytes_get_data(out, NULL), g_bytes_get_size(out), b));
+        g_object_unref(copy);
+        g_bytes_unref(out);
+        g_bytes_unref(in);
+    }
+}
+
+/*
  * Regression (fuzz_mime/regress_cte_encoded_word_split): a
  * Content-Transfer-Encoding with 8-bit bytes that are not UTF-8, written
  * anew by GMime, was folded inside an encoded word: the next line started
@@ -622,6 +661,7 @@ int     main(void)
         cmocka_unit_test(test_first_of_two_content_types),
         cmocka_unit_test(test_reencoded_content_type_keeps_structure),
         cmocka_unit_test(test_reencoded_cte_folds_between_words),
+        cmocka_unit_test(test_unfit_boundary_replaced),
         cmocka_unit_test(test_corpus_leaves),
         cmocka_unit_test(test_corpus_lines),
     };
