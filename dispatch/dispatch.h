@@ -146,8 +146,24 @@ void dispatch_job_add(struct dispatch *d, struct dispatch_job *job);
 /* How many jobs the sender workers can take now, on their connections or
  * queued behind them. */
 unsigned dispatch_conns_room(struct dispatch *d);
+/* ... of them, how many start at once: on a connection granted and idle, or
+ * on one more. */
+unsigned dispatch_conns_room_now(struct dispatch *d);
 /* The worker for the next job, granting it a connection if need be. */
 struct dispatch_worker *dispatch_conns_pick(struct dispatch *d);
+
+/*
+ * A job whose copy is larger than this (the size received) is leased only
+ * while a connection can start it at once (dispatch_conns_room_now()), and
+ * is sent before the round's other jobs so that it takes that connection:
+ * it never waits in a sender's queue (common/wire.h, WIRE_JOBS_PER_SLOT).
+ * Each queued job holds its copy in the sender's memory; a 30 MiB message
+ * to a list, queued four a slot, would hold 32 of them in a sender of 8
+ * slots.  A queue saves a slot the round trip to the dispatcher between
+ * jobs, which matters for small copies, not for ones that take longer to
+ * send than that round trip.
+ */
+#define DISPATCH_QUEUE_COPY_MAX (256u * 1024)
 void dispatch_conns_report(struct dispatch *d, struct dispatch_worker *w, GBytes *payload);
 /* A known sender said HELLO with free slots: it starts over with no budget. */
 void dispatch_conns_rejoin(struct dispatch *d, struct dispatch_worker *w);

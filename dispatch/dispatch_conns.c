@@ -125,12 +125,10 @@ static unsigned conns_places(const struct dispatch_worker *w)
 }
 
 /*
- * Places on budgets already granted, plus one per free connection for
- * workers with credit beyond their places.  Each job dispatch_conns_pick()
- * places leaves what is left of this promise at least one less, never
- * two (see there), so the round never leases a job no worker takes.
+ * What each worker can take on the connections it has (taken(w)), plus
+ * one per free connection for workers with credit beyond that.
  */
-unsigned dispatch_conns_room(struct dispatch *d)
+static unsigned conns_room(struct dispatch *d, unsigned (*taken)(const struct dispatch_worker *))
 {
     unsigned room = 0, wanting = 0;
     GHashTableIter it;
@@ -140,10 +138,27 @@ unsigned dispatch_conns_room(struct dispatch *d)
     while (g_hash_table_iter_next(&it, NULL, (gpointer *)&w)) {
         if (w->kind != WORKER_SENDER)
             continue;
-        room += conns_places(w);
-        wanting += w->credit - conns_places(w);
+        room += taken(w);
+        wanting += w->credit - taken(w);
     }
     return room + (wanting ? MIN(wanting, conns_free(d)) : 0);
+}
+
+/*
+ * Places on budgets already granted, plus one per free connection for
+ * workers with credit beyond their places.  Each job dispatch_conns_pick()
+ * places leaves what is left of this promise at least one less, never
+ * two (see there), so the round never leases a job no worker takes.
+ */
+unsigned dispatch_conns_room(struct dispatch *d)
+{
+    return conns_room(d, conns_places);
+}
+
+/* The same with idle connections only: dispatch_conns_pick() takes those first. */
+unsigned dispatch_conns_room_now(struct dispatch *d)
+{
+    return conns_room(d, conns_spare);
 }
 
 static void conns_grant(struct dispatch_worker *w, unsigned budget)

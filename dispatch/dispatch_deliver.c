@@ -35,6 +35,7 @@ struct djob {
     gboolean shared;                /* has recipients of the identical copy */
     struct dispatch_account *acct;  /* the relay account it goes through */
     gboolean closed;                /* its account had no more room: it takes no more */
+    gboolean big;                   /* its copy is never queued (DISPATCH_QUEUE_COPY_MAX) */
     struct wire_send_job wire;
 };
 
@@ -42,6 +43,7 @@ struct dlease {
     struct dispatch *d;
     gboolean skip;                  /* nothing to lease this round (no room, paused, rate) */
     unsigned max_jobs;
+    unsigned big_left;              /* jobs of large copies still allowed: they start at once */
     gboolean capped;                /* due deliveries left behind this round */
     guint account_next;             /* d->account_next at the start of the round */
     struct relay_quota *quota;      /* per account, as this round's transaction leaves it */
@@ -53,6 +55,7 @@ struct dlease {
 struct drun {
     struct spool_dlv_ref next;      /* its first entry not yet taken */
     gboolean notice;
+    gboolean big;                   /* its copy is over DISPATCH_QUEUE_COPY_MAX */
     gboolean done;                  /* nothing more of it this round */
     gboolean served;                /* it got a job */
 };
@@ -178,6 +181,7 @@ static gboolean dlease_pick_one(const struct spool_dlv_ref *ref, void *ctx)
     j->acct->left_rcpts--;
     p->rcpts++;
     p->job = j;
+    j->big = run->big;
     run->served = TRUE;
     run->next.idx = ref->idx + 1;   /* past the last entry taken, if the walk ends here */
     return TRUE;
@@ -195,11 +199,18 @@ static gboolean dlease_take(struct dpick *p, struct drun *run, int64_t now)
 {
     struct spool_dlv_ref from = run->next;
 
+    /* A large copy goes only where a connection starts it at once. */
+    if (run->big && !p->dl->big_left) {
+        run->done = TRUE;
+        return TRUE;
+    }
     p->run = run;
     p->job = NULL;
     p->stopped = FALSE;
     if (!spool_due_foreach_from(p->t, &from, now, dlease_pick_next, p, p->err) || !p->ok)
         return p->ok = FALSE;
+    if (run->big && p->job)
+        p->dl->big_left--;
     /* The walk ran out of due entries: nothing more of this message now. */
     if (!p->stopped)
         run->done = TRUE;
@@ -254,10 +265,12 @@ static gboolean dlease_runs(struct spool_txn *t, struct dlease *dl, GArray *runs
     for (guint i = 0; i < runs->len; i++) {
         struct drun *run = &g_array_index(runs, struct drun, i);
         g_autofree char *kind = NULL;
+        uint64_t size;
 
-        if (!spool_msg_get_kind(t, run->next.msg, &kind, err))
+        if (!spool_msg_get_kind(t, run->next.msg, &kind, &size, err))
             return FALSE;
         run->notice = g_strcmp0(kind, MSG_KIND_NOTICE) == 0;
+        run->big = size > DISPATCH_QUEUE_COPY_MAX;
     }
     return TRUE;
 }
@@ -463,6 +476,7 @@ static gboolean dlease_write(struct spool_txn *t, void *ctx, GError **err)
     /* spool_write may run us again (map growth): start over from what we knew. */
     g_ptr_array_set_size(dl->jobs, 0);
     dl->after = dl->d->due_after;
+    dl->big_left = dispatch_conns_room_now(dl->d);
     memset(dl->quota, 0, dl->d->naccounts * sizeof(*dl->quota));
     if (!dlease_quota_begin(t, dl, now, err) || !dlease_pick(t, dl, err))
         return FALSE;
@@ -571,19 +585,22 @@ void dispatch_leases_send(struct dispatch *d, struct dlease *dl, gboolean commit
     /*
      * Jobs that take an idle connection of their account again go first:
      * another account's job could otherwise take the worker's last credit,
-     * and the connection budget counted on that connection.
+     * and the connection budget counted on that connection.  Then, of
+     * each, the large copies: dispatch_conns_pick() gives idle and new
+     * connections before queue places.
      */
     log_batch_begin();
     for (int reuse = 1; reuse >= 0; reuse--)
-        for (guint i = 0; i < dl->jobs->len; i++) {
-            struct djob *j = dl->jobs->pdata[i];
+        for (int big = 1; big >= 0; big--)
+            for (guint i = 0; i < dl->jobs->len; i++) {
+                struct djob *j = dl->jobs->pdata[i];
 
-            if (!j->acct || (reuse && !(j->acct->conns_counted &&
-                                        dispatch_account_worker(d, j->acct))))
-                continue;
-            dlease_send_one(d, j);
-            j->acct = NULL;
-        }
+                if (!j->acct || j->big != big
+                    || (reuse && !(j->acct->conns_counted && dispatch_account_worker(d, j->acct))))
+                    continue;
+                dlease_send_one(d, j);
+                j->acct = NULL;
+            }
     log_batch_end();
     g_ptr_array_unref(dl->jobs);
     g_free(dl->quota);

@@ -198,8 +198,10 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
  * without decoding it.  They point into the map: valid until t ends or
  * next writes, so copy or compare them at once.
  */
-/* Only the record's kind (*kind NULL if it has none), without decoding the rest. */
-gboolean spool_msg_get_kind(struct spool_txn *t, queue_id id, char **kind, GError **err);
+/* Only the record's kind (*kind NULL if it has none) and size (size may be
+ * NULL), without decoding the rest. */
+gboolean spool_msg_get_kind(struct spool_txn *t, queue_id id, char **kind, uint64_t *size,
+                            GError **err);
 const void *spool_msg_record(struct spool_txn *t, queue_id id, size_t *len);
 /* Insert a new message record with its state index entry. */
 gboolean spool_msg_insert(struct spool_txn *t, struct spool_msg *m, GError **err);

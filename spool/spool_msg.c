@@ -379,18 +379,23 @@ gboolean spool_msg_get(struct spool_txn *t, queue_id id, struct spool_msg *m, GE
 }
 
 /*
- * Only the kind: the dispatcher needs it for every job it leases, and a
- * whole decode (every field, the recipient list, the history, a check of
- * the record's normal form) cost more than the rest of the lease.  Looked
- * up in the record as stored, untrusted, so a malformed one gives no kind.
+ * Only the kind and size: the dispatcher needs them for every job it
+ * leases, and a whole decode (every field, the recipient list, the
+ * history, a check of the record's normal form) cost more than the rest
+ * of the lease.  Looked up in the record as stored, untrusted, so a
+ * malformed one gives no kind and size 0.
  */
-gboolean spool_msg_get_kind(struct spool_txn *t, queue_id id, char **kind, GError **err)
+gboolean spool_msg_get_kind(struct spool_txn *t, queue_id id, char **kind, uint64_t *size,
+                            GError **err)
 {
     MDB_val val;
     char idtext[QUEUE_ID_LEN + 1];
     GVariant *v;
+    uint64_t ignored;
 
+    size = size ? size : &ignored;
     *kind = NULL;
+    *size = 0;
     if (!msg_fetch(t, id, idtext, &val, err))
         return FALSE;
     if (val.mv_size && ((const unsigned char *)val.mv_data)[0] == MSG_RECORD_V1) {
@@ -398,11 +403,14 @@ gboolean spool_msg_get_kind(struct spool_txn *t, queue_id id, char **kind, GErro
                                 (const unsigned char *)val.mv_data + val.mv_size,
                                 val.mv_size < MSG_FIXED };
         *kind = msg_read_str(&r);
+        if (!r.bad)
+            *size = spool_get_be64((const unsigned char *)val.mv_data + 19);
         return TRUE;
     }
     v = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE_VARDICT, val.mv_data,
                                                    val.mv_size, FALSE, NULL, NULL));
     g_variant_lookup(v, "kind", "s", kind);
+    g_variant_lookup(v, "size", "t", size);
     g_variant_unref(v);
     return TRUE;
 }

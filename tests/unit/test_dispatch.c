@@ -128,6 +128,7 @@ struct leased {
     int64_t due_at;                 /* not 0: ready, not leased, due then (unix s) */
     const char *kind;               /* MSG_KIND_*; NULL: mail */
     int64_t arrived_ago;            /* not 0: a queue id of that many seconds ago */
+    uint64_t size;                  /* of the message as received */
 };
 
 static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
@@ -151,6 +152,7 @@ static gboolean put_leased(struct spool_txn *t, void *ctx, GError **err)
     m.sender = g_strdup("a@example.org");
     m.owner = g_strdup("owner@example.org");
     m.kind = g_strdup(l->kind ? l->kind : MSG_KIND_MAIL);
+    m.size = l->size;
     ok = spool_msg_insert(t, &m, err) && spool_body_put(t, DB_OUTGOING, m.id, "x", 1, err);
     for (unsigned i = 0; ok && i < l->n; i++) {
         struct spool_dlv dv;
@@ -940,6 +942,65 @@ static void test_lease_fair(void **state)
     assert_int_equal(index_entries(f, 1), 102);
 }
 
+/*
+ * A large copy is leased only while a connection can start it at once,
+ * never into a sender's queue: with every connection busy the small
+ * message behind it goes and it waits; once a job ends it takes the idle
+ * connection.
+ */
+static void test_lease_large_copy_not_queued(void **state)
+{
+    struct fixture *f = *state;
+    int64_t now = unix_ms() / 1000;
+    struct leased big = { .n = 1, .state = MSG_READY, .due_at = now - 2,
+                          .size = DISPATCH_QUEUE_COPY_MAX + 1 };
+    struct leased small = { .n = 1, .state = MSG_READY, .due_at = now - 1, .size = 4096 };
+    struct leased small2 = { .n = 1, .state = MSG_READY, .due_at = now - 1, .size = 4096 };
+    struct dispatch_worker *w = add_sender(f, "a", 20);
+    unsigned max = (unsigned)f->ts->cfg.relay.max_connections;
+    uint64_t lease = 1000, first = 1000;
+    struct spool_dlv dv;
+
+    conns_setup(f);
+    f->d.conn_grace_until = 0;
+    for (unsigned i = 0; i < max; i++) {
+        struct dispatch_job *job = g_new0(struct dispatch_job, 1);
+
+        assert_ptr_equal(dispatch_conns_pick(&f->d), w);
+        job->lease = lease++;
+        job->worker = w;
+        job->rcpts = 1;
+        w->credit--;
+        dispatch_job_add(&f->d, job);
+    }
+    assert_int_equal(dispatch_conns_room_now(&f->d), 0);
+    assert_true(dispatch_conns_room(&f->d) > 0);
+    assert_true(spool_write(f->d.spool, put_leased, &big, NULL));
+    assert_true(spool_write(f->d.spool, put_leased, &small, NULL));
+
+    dispatch_lease_deliveries(&f->d);
+    assert_non_null(job_of(f, small.msg));
+    assert_null(job_of(f, big.msg));
+    dv = get_dlv(f, big.msg, 0);
+    assert_int_equal(dv.state, DLV_READY);
+    spool_dlv_clear(&dv);
+
+    /* Two jobs end: the small one queued starts on the first connection,
+     * the other is idle, and the large copy takes it. */
+    for (int i = 0; i < 2; i++, first++) {
+        assert_true(g_hash_table_remove(f->d.jobs, &first));
+        w->credit++;
+    }
+    assert_int_equal(dispatch_conns_room_now(&f->d), 1);
+    assert_true(spool_write(f->d.spool, put_leased, &small2, NULL));
+    dispatch_lease_deliveries(&f->d);
+    assert_non_null(job_of(f, big.msg));
+    assert_non_null(job_of(f, small2.msg));
+    dv = get_dlv(f, big.msg, 0);
+    assert_int_equal(dv.state, DLV_LEASED);
+    spool_dlv_clear(&dv);
+}
+
 static struct relay_quota read_quota(struct fixture *f, const char *account)
 {
     struct spool_txn t;
@@ -1402,6 +1463,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_conns_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_given_back_unstarted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_adopt_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_large_copy_not_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conns_queue_after_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results_held_while_the_worker_has_jobs, setup,
                                         teardown),

@@ -1190,7 +1190,7 @@ static void assert_corrupt(struct temp_spool *f, queue_id id, const char *kind_l
     assert_false(spool_msg_get(&t, id, &m, &err));
     assert_true(g_error_matches(err, SPOOL_ERROR, SPOOL_ERR_CORRUPT));
     g_clear_error(&err);
-    assert_true(spool_msg_get_kind(&t, id, &kind, NULL));
+    assert_true(spool_msg_get_kind(&t, id, &kind, NULL, NULL));
     if (kind_left)
         assert_string_equal(kind, kind_left);
     else
@@ -1215,6 +1215,7 @@ static void test_msg_record(void **state)
     const void *rec;
     size_t len;
     char *kind;
+    uint64_t size;
 
     spool_msg_init(&full);
     full.id = 0x10;
@@ -1269,8 +1270,9 @@ static void test_msg_record(void **state)
     assert_int_equal(got.history->len, 1);
     assert_string_equal(got.history->pdata[0], "1 incoming");
     spool_msg_clear(&got);
-    assert_true(spool_msg_get_kind(&t, full.id, &kind, NULL));
+    assert_true(spool_msg_get_kind(&t, full.id, &kind, &size, NULL));
     assert_string_equal(kind, MSG_KIND_BOUNCE_REPORT);
+    assert_true(size == G_MAXUINT64);
     g_free(kind);
 
     /* Unset: the optional fields stay NULL, the others read "" as ever. */
@@ -1284,14 +1286,15 @@ static void test_msg_record(void **state)
     assert_int_equal(got.recipients->len, 0);
     assert_int_equal(got.history->len, 1);      /* insert notes the first state */
     spool_msg_clear(&got);
-    assert_true(spool_msg_get_kind(&t, bare.id, &kind, NULL));
+    assert_true(spool_msg_get_kind(&t, bare.id, &kind, NULL, NULL));
     assert_null(kind);
 
     /* The old layout, read as it is. */
     assert_true(spool_msg_get(&t, raw.id, &got, NULL));
     assert_old_fields(&got);
-    assert_true(spool_msg_get_kind(&t, raw.id, &kind, NULL));
+    assert_true(spool_msg_get_kind(&t, raw.id, &kind, &size, NULL));
     assert_string_equal(kind, MSG_KIND_NOTICE);
+    assert_int_equal(size, 4096);
     g_free(kind);
     spool_read_end(&t);
 
