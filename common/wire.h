@@ -80,7 +80,7 @@
  * a worker at most this many jobs per relay connection it has granted it
  * (dispatch_conns.c), so a queue is never longer than a slot's share.
  */
-#define WIRE_JOBS_PER_SLOT 4
+#define WIRE_JOBS_PER_SLOT 8
 
 /* A sender closes a relay connection after this long without a job; the
  * dispatcher grants nothing for this long after its start, so that the

@@ -158,7 +158,7 @@ struct dispatch_worker *dispatch_conns_pick(struct dispatch *d);
  * is sent before the round's other jobs so that it takes that connection:
  * it never waits in a sender's queue (common/wire.h, WIRE_JOBS_PER_SLOT).
  * Each queued job holds its copy in the sender's memory; a 30 MiB message
- * to a list, queued four a slot, would hold 32 of them in a sender of 8
+ * to a list, queued eight a slot, would hold 64 of them in a sender of 8
  * slots.  A queue saves a slot the round trip to the dispatcher between
  * jobs, which matters for small copies, not for ones that take longer to
  * send than that round trip.

@@ -280,7 +280,7 @@ static gboolean result_write(struct spool_txn *t, void *ctx, GError **err)
  * when their lease runs out, as they would if the crash came a commit
  * later.
  */
-#define RESULT_HOLD_MS 10
+#define RESULT_HOLD_MS 20
 
 /*
  * Must the results received so far be recorded in this round?  Yes when

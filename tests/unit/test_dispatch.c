@@ -556,7 +556,7 @@ static void conns(struct fixture *f, struct dispatch_worker *w, unsigned applied
 static void test_conns_budget(void **state)
 {
     struct fixture *f = *state;
-    struct dispatch_worker *a = add_sender(f, "a", 5), *b = add_sender(f, "b", 5);
+    struct dispatch_worker *a = add_sender(f, "a", 30), *b = add_sender(f, "b", 30);
     uint64_t lease = 1000;
 
     conns_setup(f);
@@ -565,10 +565,10 @@ static void test_conns_budget(void **state)
     assert_null(dispatch_conns_pick(&f->d));
     f->d.conn_grace_until = 0;
 
-    /* Three connections, and up to WIRE_JOBS_PER_SLOT jobs on each: 9 of 10 credit. */
-    assert_int_equal(take_jobs(f, &lease), 9);
+    /* Three connections, and up to WIRE_JOBS_PER_SLOT jobs on each, credit left. */
+    assert_int_equal(take_jobs(f, &lease), 3 * WIRE_JOBS_PER_SLOT);
     assert_int_equal(granted(f), 3);
-    assert_int_equal(a->jobs + b->jobs, 9);
+    assert_int_equal(a->jobs + b->jobs, 3 * WIRE_JOBS_PER_SLOT);
     assert_int_equal(dispatch_conns_room(&f->d), 0);
 
     /* a's jobs end, giving their credit back, and it reports its
@@ -609,7 +609,7 @@ static void test_conns_adopt_leases(void **state)
     struct dispatch_job *job;
     uint64_t lease = 1000;
 
-    add_sender(f, "a", 5);
+    add_sender(f, "a", 2 * WIRE_JOBS_PER_SLOT);
     conns_setup(f);
     f->d.conn_grace_until = 0;
     assert_int_equal(g_hash_table_size(f->d.jobs), 2);
@@ -1403,7 +1403,7 @@ static void test_wire_version_and_sdone_credit(void **state)
 
 /*
  * A job's end while its worker still has two jobs a connection waits for
- * company, up to RESULT_HOLD_MS (10 ms); ends that leave it shorter ask
+ * company, up to RESULT_HOLD_MS (20 ms); ends that leave it shorter ask
  * for the round at once, so that its queue is filled before a slot idles.
  */
 static void test_results_held_while_the_worker_has_jobs(void **state)
@@ -1436,8 +1436,8 @@ static void test_results_held_while_the_worker_has_jobs(void **state)
         /* Up to four ends, four jobs or more are left: two a connection. */
         if (lease == 1) {
             assert_false(dispatch_results_now(&f->d, t0));
-            assert_false(dispatch_results_now(&f->d, t0 + 9));
-            assert_true(dispatch_results_now(&f->d, t0 + 10));
+            assert_false(dispatch_results_now(&f->d, t0 + 19));
+            assert_true(dispatch_results_now(&f->d, t0 + 20));
             assert_false(dispatch_results_now(&f->d, t0));
         }
         assert_true(dispatch_results_now(&f->d, t0) == (lease == 5));
