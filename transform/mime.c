@@ -66,6 +66,93 @@ void    mime_init(void)
 }
 
 /*
+ * GMime 3.2 writes a parameter whose value needs RFC 2231 encoding and
+ * does not fit its line in continuations of 76 - (name + 6) octets
+ * (g_mime_param_list_encode()): for a name of 68 to 70 octets a piece
+ * makes no progress, and it appends "name*N*=" until memory runs out
+ * (fuzz_mime: 24 GB and minutes from a 691-byte message). It writes a
+ * part's Content-Type or Content-Disposition anew whenever one changes: a
+ * repair here, a new boundary, the footer's charset, a header the rewrite
+ * encodes. The names mail uses are a few octets long; one longer than
+ * MIME_PARAM_NAME_MAX is no parameter any reader knows, and goes, before
+ * GMime writes any.
+ */
+#define MIME_PARAM_NAME_MAX 64
+
+static gboolean mime_params_fit(GMimeParamList *list)
+{
+    for (int i = 0; i < g_mime_param_list_length(list); i++)
+        if (strlen(g_mime_param_get_name(g_mime_param_list_get_parameter_at(list, i)))
+            > MIME_PARAM_NAME_MAX)
+            return FALSE;
+    return TRUE;
+}
+
+/* The parameters of from that fit, set on to: a new object, so nothing is written yet. */
+static void mime_params_copy_fit(GMimeParamList *from, GMimeParamList *to)
+{
+    for (int i = 0; i < g_mime_param_list_length(from); i++) {
+        GMimeParam *param = g_mime_param_list_get_parameter_at(from, i);
+        const char *name = g_mime_param_get_name(param);
+
+        if (strlen(name) <= MIME_PARAM_NAME_MAX && g_mime_param_get_value(param) != NULL)
+            g_mime_param_list_set_parameter(to, name, g_mime_param_get_value(param));
+    }
+}
+
+/* type, or a copy without the parameters that do not fit; a new reference either way. */
+static GMimeContentType *mime_type_fit(GMimeContentType *type)
+{
+    GMimeContentType *fit;
+
+    if (mime_params_fit(g_mime_content_type_get_parameters(type)))
+        return g_object_ref(type);
+    fit = g_mime_content_type_new(g_mime_content_type_get_media_type(type),
+                                  g_mime_content_type_get_media_subtype(type));
+    mime_params_copy_fit(g_mime_content_type_get_parameters(type),
+                         g_mime_content_type_get_parameters(fit));
+    return fit;
+}
+
+static GMimeContentDisposition *mime_disposition_fit(GMimeContentDisposition *disposition)
+{
+    GMimeContentDisposition *fit;
+
+    if (mime_params_fit(g_mime_content_disposition_get_parameters(disposition)))
+        return g_object_ref(disposition);
+    fit = g_mime_content_disposition_new();
+    g_mime_content_disposition_set_disposition(fit,
+        g_mime_content_disposition_get_disposition(disposition));
+    mime_params_copy_fit(g_mime_content_disposition_get_parameters(disposition),
+                         g_mime_content_disposition_get_parameters(fit));
+    return fit;
+}
+
+char   *mime_params_value_fit(const char *name, const char *value)
+{
+    char   *out = NULL;
+
+    if (g_ascii_strcasecmp(name, "Content-Type") == 0) {
+        GMimeContentType *parsed = g_mime_content_type_parse(NULL, value);
+        GMimeContentType *fit = parsed ? mime_type_fit(parsed) : NULL;
+
+        if (fit != NULL && fit != parsed)
+            out = g_mime_content_type_encode(fit, NULL);
+        g_clear_object(&fit);
+        g_clear_object(&parsed);
+    } else if (g_ascii_strcasecmp(name, "Content-Disposition") == 0) {
+        GMimeContentDisposition *parsed = g_mime_content_disposition_parse(NULL, value);
+        GMimeContentDisposition *fit = parsed ? mime_disposition_fit(parsed) : NULL;
+
+        if (fit != NULL && fit != parsed)
+            out = g_mime_content_disposition_encode(fit, NULL);
+        g_clear_object(&fit);
+        g_clear_object(&parsed);
+    }
+    return out ? g_strstrip(out) : g_strdup(value);
+}
+
+/*
  * GMime writes each parsed header's raw bytes as they came, and keeps them
  * as a C string: a NUL in a header cuts it there, losing the newline after
  * it, and a header at the very end of the input has none. On write, the
@@ -80,10 +167,9 @@ static void mime_fix_headers(GMimeObject *obj)
     GMimeContentType *type = g_mime_object_get_content_type(obj);
     GMimeContentDisposition *disposition = g_mime_object_get_content_disposition(obj);
 
-    if (type != NULL)
-        g_object_ref(type);
-    if (disposition != NULL)
-        g_object_ref(disposition);
+    /* What goes back (below) is without the parameters GMime cannot write. */
+    type = type ? mime_type_fit(type) : NULL;
+    disposition = disposition ? mime_disposition_fit(disposition) : NULL;
     for (int i = 0; i < g_mime_header_list_get_count(list); i++) {
         GMimeHeader *header = g_mime_header_list_get_header_at(list, i);
         const char *value = g_mime_header_get_raw_value(header);

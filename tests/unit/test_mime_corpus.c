@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "transform/mime.h"
@@ -556,6 +557,40 @@ static void test_unfit_boundary_replaced(void **state)
 }
 
 /*
+ * Regression (fuzz_mime/regress_param_name_rfc2231_loop): GMime 3.2 writes
+ * a parameter whose value needs RFC 2231 encoding in continuations of
+ * 76 - (name + 6) octets, none for a name of 68 to 70 octets: it looped
+ * until memory ran out (24 GB from 691 bytes). Such a parameter goes, from
+ * a part's own fields (written anew for the footer) and from a second
+ * field the rewrite encodes for its bytes that are not UTF-8. SIGALRM
+ * fails the test if the loop comes back.
+ */
+static void test_long_parameter_name_dropped(void **state)
+{
+    for (size_t n = 66; n <= 72; n++) {
+        g_autofree char *name = g_strnfill(n, 'f');
+        g_autofree char *raw = g_strdup_printf(
+            "From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; %s=\"bl\xc3\xa5" "b\xc3\xa6" "r\"\r\n"
+            "Content-Disposition: inline; %s=\"bl\xc3\xa5" "b\xc3\xa6" "r\"\r\n"
+            "Content-Disposition: attachment; %s=\"bl\xe5" "b\xe6" "r\"\r\n\r\n"
+            "The text.\r\n", name, name, name);
+        GBytes *in = g_bytes_new(raw, strlen(raw));
+        GBytes *out;
+
+        alarm(10);
+        out = transform(in, &with_footer, NULL, TRUE);
+        alarm(0);
+        assert_non_null(g_strstr_len(g_bytes_get_data(out, NULL), g_bytes_get_size(out),
+                                     "The text."));
+        if (n > 64)
+            assert_null(g_strstr_len(g_bytes_get_data(out, NULL), g_bytes_get_size(out), name));
+        g_bytes_unref(out);
+        g_bytes_unref(in);
+    }
+}
+
+/*
  * Regression (fuzz_mime/regress_cte_encoded_word_split): a
  * Content-Transfer-Encoding with 8-bit bytes that are not UTF-8, written
  * anew by GMime, was folded inside an encoded word: the next line started
@@ -662,6 +697,7 @@ int     main(void)
         cmocka_unit_test(test_reencoded_content_type_keeps_structure),
         cmocka_unit_test(test_reencoded_cte_folds_between_words),
         cmocka_unit_test(test_unfit_boundary_replaced),
+        cmocka_unit_test(test_long_parameter_name_dropped),
         cmocka_unit_test(test_corpus_leaves),
         cmocka_unit_test(test_corpus_lines),
     };
