@@ -193,6 +193,15 @@ static struct spool_dlv get_dlv(struct fixture *f, queue_id msg, uint32_t idx)
     return dv;
 }
 
+static enum dlv_state dlv_state(struct fixture *f, queue_id msg, uint32_t idx)
+{
+    struct spool_dlv dv = get_dlv(f, msg, idx);
+    enum dlv_state state = dv.state;
+
+    spool_dlv_clear(&dv);
+    return state;
+}
+
 static enum msg_state msg_state(struct fixture *f, queue_id id)
 {
     struct spool_txn t;
@@ -959,7 +968,6 @@ static void test_lease_large_copy_not_queued(void **state)
     struct dispatch_worker *w = add_sender(f, "a", 20);
     unsigned max = (unsigned)f->ts->cfg.relay.max_connections;
     uint64_t lease = 1000, first = 1000;
-    struct spool_dlv dv;
 
     conns_setup(f);
     f->d.conn_grace_until = 0;
@@ -981,9 +989,7 @@ static void test_lease_large_copy_not_queued(void **state)
     dispatch_lease_deliveries(&f->d);
     assert_non_null(job_of(f, small.msg));
     assert_null(job_of(f, big.msg));
-    dv = get_dlv(f, big.msg, 0);
-    assert_int_equal(dv.state, DLV_READY);
-    spool_dlv_clear(&dv);
+    assert_int_equal(dlv_state(f, big.msg, 0), DLV_READY);
 
     /* Two jobs end: the small one queued starts on the first connection,
      * the other is idle, and the large copy takes it. */
@@ -996,9 +1002,7 @@ static void test_lease_large_copy_not_queued(void **state)
     dispatch_lease_deliveries(&f->d);
     assert_non_null(job_of(f, big.msg));
     assert_non_null(job_of(f, small2.msg));
-    dv = get_dlv(f, big.msg, 0);
-    assert_int_equal(dv.state, DLV_LEASED);
-    spool_dlv_clear(&dv);
+    assert_int_equal(dlv_state(f, big.msg, 0), DLV_LEASED);
 }
 
 static struct relay_quota read_quota(struct fixture *f, const char *account)
