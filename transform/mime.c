@@ -74,8 +74,9 @@ void    mime_init(void)
  * part's Content-Type or Content-Disposition anew whenever one changes: a
  * repair here, a new boundary, the footer's charset, a header the rewrite
  * encodes. The names mail uses are a few octets long; one longer than
- * MIME_PARAM_NAME_MAX is no parameter any reader knows, and goes, before
- * GMime writes any.
+ * MIME_PARAM_NAME_MAX is no parameter any reader knows, and goes from
+ * every part's fields (mime_fix_headers()) before GMime writes any: the
+ * field set anew replaces the others of its name, so none is left.
  */
 #define MIME_PARAM_NAME_MAX 64
 
@@ -126,30 +127,6 @@ static GMimeContentDisposition *mime_disposition_fit(GMimeContentDisposition *di
     mime_params_copy_fit(g_mime_content_disposition_get_parameters(disposition),
                          g_mime_content_disposition_get_parameters(fit));
     return fit;
-}
-
-char   *mime_params_value_fit(const char *name, const char *value)
-{
-    char   *out = NULL;
-
-    if (g_ascii_strcasecmp(name, "Content-Type") == 0) {
-        GMimeContentType *parsed = g_mime_content_type_parse(NULL, value);
-        GMimeContentType *fit = parsed ? mime_type_fit(parsed) : NULL;
-
-        if (fit != NULL && fit != parsed)
-            out = g_mime_content_type_encode(fit, NULL);
-        g_clear_object(&fit);
-        g_clear_object(&parsed);
-    } else if (g_ascii_strcasecmp(name, "Content-Disposition") == 0) {
-        GMimeContentDisposition *parsed = g_mime_content_disposition_parse(NULL, value);
-        GMimeContentDisposition *fit = parsed ? mime_disposition_fit(parsed) : NULL;
-
-        if (fit != NULL && fit != parsed)
-            out = g_mime_content_disposition_encode(fit, NULL);
-        g_clear_object(&fit);
-        g_clear_object(&parsed);
-    }
-    return out ? g_strstrip(out) : g_strdup(value);
 }
 
 /*

@@ -52,14 +52,6 @@ GMimeMessage *mime_parse(const char *raw, size_t len, GError **err);
 GMimeMessage *mime_parse_array(GByteArray *raw, GError **err);
 
 /*
- * value of the header name (Content-Type or Content-Disposition; others
- * are copied) without the parameters GMime 3.2 cannot write (a name over
- * 64 octets sends its writer into an endless loop); newly allocated.
- * mime_parse() does the same to every part's own.
- */
-char   *mime_params_value_fit(const char *name, const char *value);
-
-/*
  * TRUE for mail that must not be answered (no backscatter): delivery and
  * disposition reports (multipart/report, message/delivery-status),
  * Auto-Submitted other than "no", Precedence bulk/junk/list, mailing-list

@@ -393,10 +393,7 @@ static void rewrite_encode_header(GMimeHeader *header)
      * (Content-Transfer-Encoding: the same split encoded word, fuzz_mime). */
     if (g_ascii_strcasecmp(name, "Content-Type") == 0
         || g_ascii_strcasecmp(name, "Content-Disposition") == 0) {
-        char   *fit = mime_params_value_fit(name, value);
-
-        g_mime_header_set_value(header, NULL, fit, NULL);
-        g_free(fit);
+        g_mime_header_set_value(header, NULL, value, NULL);
     } else {
         char   *encoded = g_mime_utils_header_encode_text(NULL, value, NULL);
         GString *raw = g_string_new(" ");

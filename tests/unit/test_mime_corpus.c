@@ -560,10 +560,10 @@ static void test_unfit_boundary_replaced(void **state)
  * Regression (fuzz_mime/regress_param_name_rfc2231_loop): GMime 3.2 writes
  * a parameter whose value needs RFC 2231 encoding in continuations of
  * 76 - (name + 6) octets, none for a name of 68 to 70 octets: it looped
- * until memory ran out (24 GB from 691 bytes). Such a parameter goes, from
- * a part's own fields (written anew for the footer) and from a second
- * field the rewrite encodes for its bytes that are not UTF-8. SIGALRM
- * fails the test if the loop comes back.
+ * until memory ran out (24 GB from 691 bytes). Such a parameter goes from
+ * a part's fields, a second field of the name (with bytes that are not
+ * UTF-8, which the rewrite encodes) included. SIGALRM fails the test if
+ * the loop comes back.
  */
 static void test_long_parameter_name_dropped(void **state)
 {
