@@ -125,6 +125,18 @@ struct rewrite_params {
 GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
              char **message_id, GError **err);
 
+/*
+ * A new message of Postern's own (a notice): the fields mime_rewrite()
+ * gives a copy from p (no footer; List-Unsubscribe as for a copy), the
+ * subject (UTF-8; controls and runs of blanks become one space) as RFC 2047
+ * encoded words, and text (UTF-8, LF line ends) as a text/plain UTF-8
+ * body: 7bit when it is printable ASCII in lines of at most 998 octets,
+ * else quoted-printable.  CRLF line ends throughout.  NULL, with err set,
+ * for the parameters mime_rewrite() refuses.
+ */
+GBytes *mime_compose_text(const struct rewrite_params *p, const char *subject, const char *text,
+                          char **message_id, GError **err);
+
 /* ---- footer.c ---------------------------------------------------------- */
 
 /*

@@ -47,14 +47,90 @@ static gboolean rewrite_is_word(const char *s, const char *bad)
 }
 
 /*
+ * The From and Sender fields of one [rewrite] from, as raw lines: the same
+ * for every copy of every message of a list, so formatted once per value.
+ * GMime's g_mime_message_add_mailbox() costs ~29 k instructions a field
+ * (it re-syncs the message's header list on every change), four fields a
+ * message with its success notice: a tenth of what a message costs the
+ * transform beyond its signatures (docs/benchmarks.md, "Transform: the
+ * fields written as raw lines").  Only values that parse as one mailbox
+ * are kept; the cache lives as long as the process, and a process sees
+ * the few values of its configuration.
+ */
+struct rewrite_from {
+    char   *from_field;             /* "From: Name <addr>\r\n" */
+    char   *sender_field;           /* "Sender: addr\r\n" */
+};
+
+static GHashTable *rewrite_from_cache;  /* [rewrite] from -> struct rewrite_from */
+G_LOCK_DEFINE_STATIC(rewrite_from_cache);
+
+/*
+ * One address field "Name: <mailbox>" CRLF, encoded (RFC 2047) and folded
+ * as GMime writes it when a message's address list changes.
+ */
+static char *rewrite_address_field(const char *name, const char *display, const char *addr)
+{
+    InternetAddressList *list = internet_address_list_new();
+    InternetAddress *mailbox = internet_address_mailbox_new(display, addr);
+    GMimeFormatOptions *opts = g_mime_format_options_new();
+    GString *field = g_string_new(name);
+
+    g_string_append(field, ": ");
+    g_mime_format_options_set_newline_format(opts, GMIME_NEWLINE_FORMAT_DOS);
+    internet_address_list_add(list, mailbox);
+    internet_address_list_encode(list, opts, field);
+    g_mime_format_options_free(opts);
+    g_object_unref(mailbox);
+    g_object_unref(list);
+    return g_string_free(field, FALSE);
+}
+
+static void rewrite_from_free(gpointer data)
+{
+    struct rewrite_from *f = data;
+
+    g_free(f->from_field);
+    g_free(f->sender_field);
+    g_free(f);
+}
+
+/* The fields of from, from the cache or made now; NULL when it is not one mailbox. */
+static const struct rewrite_from *rewrite_from_fields(const char *from)
+{
+    struct rewrite_from *f;
+    InternetAddressList *list;
+    InternetAddress *mailbox;
+
+    G_LOCK(rewrite_from_cache);
+    if (!rewrite_from_cache)
+        rewrite_from_cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                                   rewrite_from_free);
+    f = g_hash_table_lookup(rewrite_from_cache, from);
+    if (!f && (list = internet_address_list_parse(NULL, from)) != NULL) {
+        if (internet_address_list_length(list) == 1
+            && INTERNET_ADDRESS_IS_MAILBOX(mailbox = internet_address_list_get_address(list, 0))) {
+            const char *addr = internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(mailbox));
+
+            f = g_new0(struct rewrite_from, 1);
+            f->from_field = rewrite_address_field("From", internet_address_get_name(mailbox), addr);
+            f->sender_field = rewrite_address_field("Sender", NULL, addr);
+            g_hash_table_insert(rewrite_from_cache, g_strdup(from), f);
+        }
+        g_object_unref(list);
+    }
+    G_UNLOCK(rewrite_from_cache);
+    return f;
+}
+
+/*
  * Checks the parameters before anything of the message changes. Returns
- * the mailbox of p->from. The URL and domain go into headers verbatim, so
+ * the fields of p->from. The URL and domain go into headers verbatim, so
  * nothing in them may end or fold a header line.
  */
-static InternetAddressMailbox *rewrite_check(const struct rewrite_params *p, GError **err)
+static const struct rewrite_from *rewrite_check(const struct rewrite_params *p, GError **err)
 {
-    InternetAddressList *list;
-    InternetAddress *from = NULL;
+    const struct rewrite_from *from;
 
     if (!rewrite_is_word(p->message_id_domain, "<>@")) {
         g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "[dkim] domain \"%s\" is not a domain",
@@ -67,51 +143,54 @@ static InternetAddressMailbox *rewrite_check(const struct rewrite_params *p, GEr
                 p->unsubscribe_url);
         return NULL;
     }
-    if (p->from != NULL && (list = internet_address_list_parse(NULL, p->from)) != NULL) {
-        if (internet_address_list_length(list) == 1)
-            from = internet_address_list_get_address(list, 0);
-        if (from != NULL && INTERNET_ADDRESS_IS_MAILBOX(from))
-            g_object_ref(from);
-        else
-            from = NULL;
-        g_object_unref(list);
-    }
-    if (from == NULL)
+    if (p->from == NULL || (from = rewrite_from_fields(p->from)) == NULL) {
         g_set_error(err, MIME_ERROR, MIME_ERROR_PARAM, "[rewrite] from \"%s\" is not one mailbox",
                 p->from ? p->from : "");
-    return (InternetAddressMailbox *) from;
+        return NULL;
+    }
+    return from;
 }
 
-/* Sets a new random Message-ID on domain; returns it without brackets. */
-static char *rewrite_message_id(GMimeMessage *msg, const char *domain)
+/*
+ * The fields Postern writes itself (SPEC §4.3), as raw lines ahead of the
+ * ones GMime writes: From, Sender, Reply-To, Date, a new random
+ * Message-ID on p->message_id_domain (returned without brackets in
+ * *message_id) and, unless each copy gets its own, List-Unsubscribe with
+ * RFC 8058 one-click.  rewrite_check() made sure the domain and URL are
+ * one printable word each: GMime would turn a URL longer than a line into
+ * RFC 2047 encoded words, which no client reads as a URL.
+ */
+static void rewrite_own_fields(GString *out, const struct rewrite_params *p,
+                               const struct rewrite_from *from, char **message_id)
 {
+    gboolean known = p->original_sender != NULL && *p->original_sender;
+    GDateTime *date = g_date_time_new_from_unix_utc(p->date);
+    char   *when = g_mime_utils_header_format_date(date);
     char   *uuid = g_uuid_string_random();
-    char   *id = g_strdup_printf("%s@%s", uuid, domain);
-    char   *value = g_strdup_printf("<%s>", id);
+    char   *field;
 
-    g_mime_object_set_header(GMIME_OBJECT(msg), "Message-ID", value, NULL);
-    g_free(value);
+    if (p->use_original_sender && known) {
+        field = rewrite_address_field("From", NULL, p->original_sender);
+        g_string_append(out, field);
+        g_free(field);
+    } else {
+        g_string_append(out, from->from_field);
+    }
+    g_string_append(out, from->sender_field);
+    if (known && !p->hide_sender) {
+        field = rewrite_address_field("Reply-To", NULL, p->original_sender);
+        g_string_append(out, field);
+        g_free(field);
+    }
+    *message_id = g_strdup_printf("%s@%s", uuid, p->message_id_domain);
+    g_string_append_printf(out, "Date: %s\r\nMessage-ID: <%s>\r\n", when, *message_id);
+    if (p->unsubscribe_url && *p->unsubscribe_url && !p->unsubscribe_per_copy)
+        g_string_append_printf(out, "List-Unsubscribe: <%s>\r\n"
+                               "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+                               p->unsubscribe_url);
     g_free(uuid);
-    return id;
-}
-
-/* RFC 2369 List-Unsubscribe with RFC 8058 one-click. */
-static void rewrite_unsubscribe(GMimeMessage *msg, const char *url)
-{
-    GMimeObject *obj = GMIME_OBJECT(msg);
-    char   *raw = g_strdup_printf(" <%s>\n", url);
-
-    /*
-     * GMime would turn a URL longer than a line into RFC 2047 encoded
-     * words, which no client reads as a URL: the header gets its raw
-     * value, in GMime's form for raw values (from after the colon to the
-     * newline). rewrite_check() made sure the URL is one printable word.
-     */
-    g_mime_object_append_header(obj, "List-Unsubscribe", url, NULL);
-    g_mime_header_set_raw_value(g_mime_header_list_get_header(g_mime_object_get_header_list(obj),
-                                   "List-Unsubscribe"), raw);
-    g_mime_object_append_header(obj, "List-Unsubscribe-Post", "List-Unsubscribe=One-Click", NULL);
-    g_free(raw);
+    g_free(when);
+    g_date_time_unref(date);
 }
 
 /* The footer template filled in. A hidden sender is not named. */
@@ -136,12 +215,13 @@ static char *rewrite_footer(const struct rewrite_params *p)
 }
 
 /*
- * The one serialisation. GMime's DOS newline format gives headers and part
- * content CRLF, but preamble and epilogue are written as they were parsed:
- * a newline filter over the whole output makes every line end CRLF, the
+ * The one serialisation: own (Postern's fields, CRLF already), then the
+ * message. GMime's DOS newline format gives headers and part content
+ * CRLF, but preamble and epilogue are written as they were parsed: a
+ * newline filter over the whole output makes every line end CRLF, the
  * last one included.
  */
-static GBytes *rewrite_write(GMimeMessage *msg, GError **err)
+static GBytes *rewrite_write(GMimeMessage *msg, const GString *own, GError **err)
 {
     GMimeFormatOptions *opts = g_mime_format_options_new();
     GByteArray *bytes = g_byte_array_new();
@@ -154,7 +234,8 @@ static GBytes *rewrite_write(GMimeMessage *msg, GError **err)
     g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(mem), FALSE);
     filter = g_mime_format_options_create_newline_filter(opts, TRUE);
     g_mime_stream_filter_add(GMIME_STREAM_FILTER(crlf), filter);
-    ok = g_mime_object_write_to_stream(GMIME_OBJECT(msg), opts, crlf) >= 0
+    ok = g_mime_stream_write(crlf, own->str, own->len) == (ssize_t)own->len
+        && g_mime_object_write_to_stream(GMIME_OBJECT(msg), opts, crlf) >= 0
         && g_mime_stream_flush(crlf) == 0;
     g_object_unref(filter);
     g_object_unref(crlf);
@@ -294,12 +375,14 @@ static void rewrite_keep_delimiters_out(GMimeObject *parent, GMimeObject *obj, g
 
 /*
  * Appends the line s (len octets, no line end; col octets before it on
- * its line) to out, folded before blanks into lines of about LINE_WIDTH:
+ * its line) to out, folded (newline, then the blank) before blanks into
+ * lines of about LINE_WIDTH:
  * a fold goes before a run of blanks that has text after it, and never
  * right at the start of a line, which would leave a line of blanks only.
  * FALSE when a line stays over LINE_MAX_OCTETS: a run with no blank.
  */
-static gboolean rewrite_fold_line(GString *out, const char *s, size_t len, size_t col)
+static gboolean rewrite_fold_line(GString *out, const char *s, size_t len, size_t col,
+                                  const char *newline)
 {
     size_t  longest = 0;
     size_t  i = 0;
@@ -312,7 +395,7 @@ static gboolean rewrite_fold_line(GString *out, const char *s, size_t len, size_
         end = MIN(end, len);
         if (i > 0 && text && col + (end - i) > LINE_WIDTH) {
             longest = MAX(longest, col);
-            g_string_append_c(out, '\n');
+            g_string_append(out, newline);
             col = 0;
         }
         g_string_append_len(out, s + i, end - i);
@@ -341,7 +424,7 @@ static char *rewrite_fold(const char *name, const char *raw, gboolean *changed)
 
         if (col + text > LINE_MAX_OCTETS) {
             *changed = TRUE;
-            ok = rewrite_fold_line(out, s, text, col);
+            ok = rewrite_fold_line(out, s, text, col, "\n");
         } else {
             g_string_append_len(out, s, text);
         }
@@ -377,6 +460,23 @@ static char *rewrite_plain_value(const char *value)
 }
 
 /*
+ * Appends the raw value of field name (from after its colon): the plain
+ * value as RFC 2047 encoded words in charset (NULL: the smallest that
+ * holds it; GMime's encoder), folded here between the words, ending in
+ * newline.
+ */
+static void rewrite_encoded_value(GString *raw, const char *name, const char *plain,
+                                  const char *charset, const char *newline)
+{
+    char   *encoded = g_mime_utils_header_encode_text(NULL, plain, charset);
+
+    g_string_append_c(raw, ' ');
+    (void)rewrite_fold_line(raw, encoded, strlen(encoded), strlen(name) + 2, newline);
+    g_string_append(raw, newline);
+    g_free(encoded);
+}
+
+/*
  * Writes header anew from its decoded value. Content-Type and
  * Content-Disposition go through GMime, which writes their parameters per
  * RFC 2231. The others become
@@ -395,14 +495,11 @@ static void rewrite_encode_header(GMimeHeader *header)
         || g_ascii_strcasecmp(name, "Content-Disposition") == 0) {
         g_mime_header_set_value(header, NULL, value, NULL);
     } else {
-        char   *encoded = g_mime_utils_header_encode_text(NULL, value, NULL);
-        GString *raw = g_string_new(" ");
+        GString *raw = g_string_new(NULL);
 
-        (void)rewrite_fold_line(raw, encoded, strlen(encoded), strlen(name) + 2);
-        g_string_append_c(raw, '\n');
+        rewrite_encoded_value(raw, name, value, NULL, "\n");
         g_mime_header_set_raw_value(header, raw->str);
         g_string_free(raw, TRUE);
-        g_free(encoded);
     }
     g_free(value);
 }
@@ -516,11 +613,10 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
              char **message_id, GError **err)
 {
     GMimeObject *obj = GMIME_OBJECT(msg);
-    gboolean known = p->original_sender != NULL && *p->original_sender;
-    gboolean as_original = p->use_original_sender && known;
-    InternetAddressMailbox *from;
-    GDateTime *date;
+    gboolean as_original = p->use_original_sender && p->original_sender && *p->original_sender;
+    const struct rewrite_from *from;
     GPtrArray *delimiters;
+    GString *own;
     GBytes *out;
     char   *id;
     char   *footer;
@@ -535,25 +631,6 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
     if (g_mime_object_get_header(obj, "MIME-Version") == NULL)
         g_mime_object_append_header(obj, "MIME-Version", "1.0", NULL);
 
-    if (as_original)
-        g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_FROM, NULL, p->original_sender);
-    else
-        g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_FROM,
-                       internet_address_get_name(INTERNET_ADDRESS(from)),
-                       internet_address_mailbox_get_addr(from));
-    g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_SENDER, NULL,
-                   internet_address_mailbox_get_addr(from));
-    if (known && !p->hide_sender)
-        g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_REPLY_TO, NULL, p->original_sender);
-    g_object_unref(from);
-
-    date = g_date_time_new_from_unix_utc(p->date);
-    g_mime_message_set_date(msg, date);
-    g_date_time_unref(date);
-    id = rewrite_message_id(msg, p->message_id_domain);
-    if (p->unsubscribe_url && *p->unsubscribe_url && !p->unsubscribe_per_copy)
-        rewrite_unsubscribe(msg, p->unsubscribe_url);
-
     if (!as_original && p->footer && *p->footer) {
         footer = rewrite_footer(p);
         mime_footer_add(msg, footer);
@@ -565,10 +642,73 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
     if (delimiters->len > 0)
         g_mime_message_foreach(msg, rewrite_keep_delimiters_out, delimiters);
     g_ptr_array_unref(delimiters);
-    if ((out = rewrite_write(msg, err)) == NULL) {
+    own = g_string_sized_new(512);
+    rewrite_own_fields(own, p, from, &id);
+    out = rewrite_write(msg, own, err);
+    g_string_free(own, TRUE);
+    if (out == NULL) {
         g_free(id);
         return NULL;
     }
     *message_id = id;
     return out;
+}
+
+/*
+ * A text/plain body as it goes out: 7bit when it is printable ASCII in
+ * lines a relay takes as they are, else quoted-printable (GMime's
+ * encoder), which keeps it readable; either way with CRLF line ends and
+ * one at the end.  Returns the Content-Transfer-Encoding.
+ */
+static const char *rewrite_text_body(GString *out, const char *text)
+{
+    size_t  len = strlen(text), col = 0;
+    gboolean plain = TRUE;
+    GMimeEncoding enc;
+    char   *qp = NULL;
+    const char *s = text;
+
+    for (size_t i = 0; i < len && plain; i++) {
+        unsigned char c = (unsigned char)text[i];
+
+        col = c == '\n' ? 0 : col + 1;
+        plain = (c == '\n' || c == '\t' || (c >= ' ' && c < 0x7f)) && col <= LINE_MAX_OCTETS;
+    }
+    if (!plain) {
+        g_mime_encoding_init_encode(&enc, GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE);
+        qp = g_malloc(g_mime_encoding_outlen(&enc, len) + 1);
+        qp[g_mime_encoding_flush(&enc, text, len, qp)] = 0;
+        s = qp;
+    }
+    for (const char *nl; (nl = strchr(s, '\n')); s = nl + 1) {
+        g_string_append_len(out, s, nl - s);
+        g_string_append(out, "\r\n");
+    }
+    if (*s)
+        g_string_append_printf(out, "%s\r\n", s);
+    g_free(qp);
+    return plain ? "7bit" : "quoted-printable";
+}
+
+GBytes *mime_compose_text(const struct rewrite_params *p, const char *subject, const char *text,
+                          char **message_id, GError **err)
+{
+    const struct rewrite_from *from = rewrite_check(p, err);
+    GString *out, *body;
+    char   *plain;
+
+    if (from == NULL)
+        return NULL;
+    out = g_string_sized_new(1024 + strlen(text));
+    body = g_string_sized_new(strlen(text) + 64);
+    rewrite_own_fields(out, p, from, message_id);
+    g_string_append(out, "MIME-Version: 1.0\r\nSubject:");
+    plain = rewrite_plain_value(subject);
+    rewrite_encoded_value(out, "Subject", plain, "utf-8", "\r\n");
+    g_string_append_printf(out, "Content-Type: text/plain; charset=utf-8\r\n"
+                           "Content-Transfer-Encoding: %s\r\n\r\n", rewrite_text_body(body, text));
+    g_string_append_len(out, body->str, body->len);
+    g_string_free(body, TRUE);
+    g_free(plain);
+    return g_string_free_to_bytes(out);
 }

@@ -148,6 +148,16 @@ static char *header_block(GBytes *out)
     return g_strndup(s, header_len);
 }
 
+/* Does the header block hold field (whole lines, CRLF included), wherever it stands? */
+static gboolean has_field(const char *block, const char *field)
+{
+    const char *at = strstr(block, field);
+
+    while (at && at != block && !(at - block >= 2 && at[-2] == '\r' && at[-1] == '\n'))
+        at = strstr(at + 1, field);
+    return at != NULL;
+}
+
 /* The names of the header fields of a header block, in order. */
 static char **header_names(const char *block)
 {
@@ -714,17 +724,17 @@ static void test_rewrite_headers(void **state)
             assert_int_equal(name_count(names, *a), 1);
 
     /* The Subject's encoded words go out byte for byte. */
-    assert_non_null(strstr(block, "\r\nSubject: =?UTF-8?Q?Bl=C3=A5b=C3=A6rsyltet=C3=B8y?= og\r\n"
+    assert_true(has_field(block, "Subject: =?UTF-8?Q?Bl=C3=A5b=C3=A6rsyltet=C3=B8y?= og\r\n"
                    " =?ISO-8859-1?Q?r=F8dgr=F8t?=\r\n"));
     assert_string_equal(g_mime_message_get_subject(again),
                 "Bl\u00e5b\u00e6rsyltet\u00f8y og r\u00f8dgr\u00f8t");
-    assert_non_null(strstr(block, "\r\nFrom: Abakus <no-reply@abakus.no>\r\n"));
-    assert_non_null(strstr(block, "\r\nSender: no-reply@abakus.no\r\n"));
-    assert_non_null(strstr(block, "\r\nReply-To: eirik@sylliaas.no\r\n"));
-    assert_non_null(strstr(block, "\r\nDate: Sun, 23 Nov 2025 22:47:15 +0000\r\n"));
-    assert_non_null(strstr(block, "\r\nList-Unsubscribe: <" URL ">\r\n"));
-    assert_non_null(strstr(block, "\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
-    assert_non_null(strstr(block, "\r\nContent-Transfer-Encoding: 8bit\r\n"));
+    assert_true(has_field(block, "From: Abakus <no-reply@abakus.no>\r\n"));
+    assert_true(has_field(block, "Sender: no-reply@abakus.no\r\n"));
+    assert_true(has_field(block, "Reply-To: eirik@sylliaas.no\r\n"));
+    assert_true(has_field(block, "Date: Sun, 23 Nov 2025 22:47:15 +0000\r\n"));
+    assert_true(has_field(block, "List-Unsubscribe: <" URL ">\r\n"));
+    assert_true(has_field(block, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
+    assert_true(has_field(block, "Content-Transfer-Encoding: 8bit\r\n"));
     assert_true(g_str_has_suffix(id, "@abakus.no"));
     assert_string_equal(g_mime_object_get_header(obj, "Message-ID"), expect_id);
     assert_null(strstr(block, "orig@sylliaas.no"));
@@ -769,7 +779,7 @@ static void test_rewrite_hidden_sender(void **state)
     names = header_names(block);
     again = reparse(out);
     assert_int_equal(name_count(names, "Reply-To"), 0);
-    assert_non_null(strstr(block, "\r\nFrom: Abakus <no-reply@abakus.no>\r\n"));
+    assert_true(has_field(block, "From: Abakus <no-reply@abakus.no>\r\n"));
     /* The footer does not name a hidden sender either. */
     assert_text(body(again), "Hei p\u00e5 deg\nLinje to\n\n"
             "Sendt av  \u2013 \u00f8\nAvmeld: " URL "\n");
@@ -794,9 +804,9 @@ static void test_rewrite_original_sender(void **state)
     out = rewrite(msg, &p, &id);
     block = header_block(out);
     again = reparse(out);
-    assert_non_null(strstr(block, "\r\nFrom: eirik@sylliaas.no\r\n"));
-    assert_non_null(strstr(block, "\r\nSender: no-reply@abakus.no\r\n"));
-    assert_non_null(strstr(block, "\r\nReply-To: eirik@sylliaas.no\r\n"));
+    assert_true(has_field(block, "From: eirik@sylliaas.no\r\n"));
+    assert_true(has_field(block, "Sender: no-reply@abakus.no\r\n"));
+    assert_true(has_field(block, "Reply-To: eirik@sylliaas.no\r\n"));
     /* No footer under the sender's own name. */
     assert_text(body(again), "Hei p\u00e5 deg\nLinje to\n");
     g_object_unref(again);
@@ -804,6 +814,74 @@ static void test_rewrite_original_sender(void **state)
     g_bytes_unref(out);
     g_free(id);
     g_object_unref(msg);
+}
+
+/* Composes a notice-like message with params less its unsubscribe URL and sender. */
+static GBytes *compose(const char *subject, const char *text, char **block, GMimeMessage **again)
+{
+    struct rewrite_params p = params;
+    GError *err = NULL;
+    char   *id = NULL;
+    GBytes *out;
+
+    p.unsubscribe_url = NULL;
+    p.original_sender = NULL;
+    out = mime_compose_text(&p, subject, text, &id, &err);
+    assert_null(err);
+    assert_non_null(out);
+    assert_crlf(out);
+    assert_no_bare_cr(out);
+    assert_true(g_str_has_suffix(id, "@abakus.no"));
+    *block = header_block(out);
+    *again = reparse(out);
+    assert_true(has_field(*block, "From: Abakus <no-reply@abakus.no>\r\n"));
+    assert_true(has_field(*block, "Sender: no-reply@abakus.no\r\n"));
+    assert_true(has_field(*block, "Date: Sun, 23 Nov 2025 22:47:15 +0000\r\n"));
+    assert_true(has_field(*block, "MIME-Version: 1.0\r\n"));
+    assert_true(has_field(*block, "Content-Type: text/plain; charset=utf-8\r\n"));
+    assert_null(strstr(*block, "Reply-To"));
+    assert_null(strstr(*block, "List-Unsubscribe"));
+    g_free(id);
+    return out;
+}
+
+/*
+ * A notice's bytes: ASCII in short lines goes as 7bit; 8-bit text, a
+ * control or a line over 998 octets as quoted-printable that decodes to
+ * the text; a subject's line ends and controls never start a field.
+ */
+static void test_compose_text(void **state)
+{
+    g_autofree char *long_line = g_strnfill(1200, 'x');
+    g_autofree char *text8 = g_strdup_printf("P\u00e5 vei\n\x01 bell\n%s\nend", long_line);
+    GMimeMessage *again;
+    char   *block, **names;
+    GBytes *out;
+
+    out = compose("Hi", "Hello\n\n  world\n", &block, &again);
+    assert_true(has_field(block, "Subject: Hi\r\n"));
+    assert_true(has_field(block, "Content-Transfer-Encoding: 7bit\r\n"));
+    assert_non_null(strstr(g_bytes_get_data(out, NULL), "\r\n\r\nHello\r\n\r\n  world\r\n"));
+    assert_text(body(again), "Hello\n\n  world\n");
+    g_object_unref(again);
+    g_free(block);
+    g_bytes_unref(out);
+
+    out = compose("M\u00f8te\r\nBcc: evil@example.org\tnow", text8, &block, &again);
+    names = header_names(block);
+    assert_int_equal(name_count(names, "Bcc"), 0);
+    assert_int_equal(name_count(names, "Subject"), 1);
+    assert_true(has_field(block, "Content-Transfer-Encoding: quoted-printable\r\n"));
+    assert_string_equal(g_mime_message_get_subject(again), "M\u00f8te Bcc: evil@example.org now");
+    /* The decoded text is the text, the missing last line end added. */
+    {
+        g_autofree char *want = g_strconcat(text8, "\n", NULL);
+        assert_text(body(again), want);
+    }
+    g_strfreev(names);
+    g_object_unref(again);
+    g_free(block);
+    g_bytes_unref(out);
 }
 
 static void test_rewrite_no_unsubscribe(void **state)
@@ -1439,6 +1517,7 @@ int     main(void)
         cmocka_unit_test(test_rewrite_fresh_message_ids),
         cmocka_unit_test(test_rewrite_hidden_sender),
         cmocka_unit_test(test_rewrite_original_sender),
+        cmocka_unit_test(test_compose_text),
         cmocka_unit_test(test_rewrite_no_unsubscribe),
         cmocka_unit_test(test_rewrite_adds_mime_version),
         cmocka_unit_test(test_rewrite_duplicate_content_type),
