@@ -129,7 +129,7 @@ GBytes *mime_rewrite(GMimeMessage *msg, const struct rewrite_params *p,
  * A new message of Postern's own (a notice): the fields mime_rewrite()
  * gives a copy from p (no footer; List-Unsubscribe as for a copy), the
  * subject (UTF-8; controls and runs of blanks become one space) as RFC 2047
- * encoded words, and text (UTF-8, LF line ends) as a text/plain UTF-8
+ * encoded words, and text (UTF-8, LF or CRLF line ends) as a text/plain UTF-8
  * body: 7bit when it is printable ASCII in lines of at most 998 octets,
  * else quoted-printable.  CRLF line ends throughout.  NULL, with err set,
  * for the parameters mime_rewrite() refuses.

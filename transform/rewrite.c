@@ -665,8 +665,15 @@ static const char *rewrite_text_body(GString *out, const char *text)
     size_t  len = strlen(text), col = 0;
     gboolean plain = TRUE;
     GMimeEncoding enc;
-    char   *qp = NULL;
-    const char *s = text;
+    char   *qp = NULL, *ended = NULL;
+    const char *s;
+
+    /* GMime's encoder ends a last line without a line end in a soft break. */
+    if (len && text[len - 1] != '\n') {
+        text = ended = g_strconcat(text, "\n", NULL);
+        len++;
+    }
+    s = text;
 
     for (size_t i = 0; i < len && plain; i++) {
         unsigned char c = (unsigned char)text[i];
@@ -687,6 +694,7 @@ static const char *rewrite_text_body(GString *out, const char *text)
     if (*s)
         g_string_append_printf(out, "%s\r\n", s);
     g_free(qp);
+    g_free(ended);
     return plain ? "7bit" : "quoted-printable";
 }
 

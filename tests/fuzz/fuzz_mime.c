@@ -2,13 +2,16 @@
  * fuzz_mime - the MIME transform of transform/mime.h, as the transform
  * worker runs it: mime_parse, mime_token_extract("LEGOTOKEN"),
  * mime_is_automatic, mime_rewrite (footer and unsubscribe URL set), then
- * mime_split on the serialised copy.
+ * mime_split on the serialised copy; and mime_compose_text, as a notice
+ * is made, with the message's Subject and the input as its text.
  *
  * Checked on the output: CRLF line ends only and a final CRLF; a header
  * section that mime_split finds, holding only the fields the rewrite keeps
  * or adds, each once (no To, nothing injected from the body); the
  * Message-ID on our domain; GMime can parse the copy again; and every
- * multipart in it is closed.
+ * multipart in it is closed.  For the composed notice the same, and its
+ * body decodes to the text exactly (LF and CRLF alike as CRLF, one at the
+ * end).
  */
 #include <stdint.h>
 #include <string.h>
@@ -136,6 +139,47 @@ static void check_output(GBytes *bytes, const char *id)
     }
 }
 
+/* A notice with subject and text: sent as check_output() wants, and its text intact. */
+static void check_notice(const struct rewrite_params *p, const char *subject, const char *text)
+{
+    GError *err = NULL;
+    char *id = NULL;
+    GBytes *out = mime_compose_text(p, subject, text, &id, &err);
+    GString *want = g_string_new(NULL);
+    GByteArray *got = g_byte_array_new();
+    GMimeStream *sink = g_mime_stream_mem_new_with_byte_array(got);
+    GMimeMessage *again;
+    GMimeObject *part;
+    gsize len;
+    const char *raw;
+
+    FUZZ_CHECK(out != NULL, "mime_compose_text failed: %s", err ? err->message : "?");
+    check_output(out, id);
+    /* A missing last line end is added; LF and CRLF end a line alike; a CR alone is text. */
+    for (const char *t = text; *t; t++) {
+        if (*t == '\n' && !g_str_has_suffix(want->str, "\r"))
+            g_string_append_c(want, '\r');
+        g_string_append_c(want, *t);
+        if (t[1] == 0 && *t != '\n')
+            g_string_append(want, want->str[want->len - 1] == '\r' ? "\n" : "\r\n");
+    }
+    raw = g_bytes_get_data(out, &len);
+    again = mime_parse(raw, len, &err);
+    part = again ? g_mime_message_get_mime_part(again) : NULL;
+    FUZZ_CHECK(part && GMIME_IS_PART(part) && g_mime_part_get_content(GMIME_PART(part)),
+               "the notice has no text part");
+    g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(sink), FALSE);
+    g_mime_data_wrapper_write_to_stream(g_mime_part_get_content(GMIME_PART(part)), sink);
+    FUZZ_CHECK(got->len == want->len && memcmp(got->data, want->str, want->len) == 0,
+               "the notice's text decodes to %u octets, not the %zu sent", got->len, want->len);
+    g_object_unref(sink);
+    g_byte_array_unref(got);
+    g_string_free(want, TRUE);
+    g_object_unref(again);
+    g_bytes_unref(out);
+    g_free(id);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint64_t h = fuzz_hash(data, size);
@@ -151,7 +195,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     GMimeMessage *msg;
     GError *err = NULL;
     GBytes *out;
-    char *token, *id = NULL;
+    char *token, *text, *id = NULL;
 
     /* One input in eight is sent as its original sender (no footer), one
      * in eight with the sender hidden. */
@@ -159,12 +203,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     p.hide_sender = (h & 7) == 1;
 
     msg = mime_parse(raw, size, &err);
-    free(raw);                      /* mime_parse copies: this must not matter */
     if (msg == NULL) {
         FUZZ_CHECK(err != NULL && err->domain == MIME_ERROR, "NULL without an error");
         g_error_free(err);
+        free(raw);
         return 0;
     }
+    free(raw);                      /* mime_parse copies: this must not matter */
+    /* The input up to its first NUL is the notice's text, as a relay's reply may be. */
+    text = g_strndup((const char *)data, size);
+    check_notice(&p, g_mime_message_get_subject(msg) ? g_mime_message_get_subject(msg) : "", text);
+    g_free(text);
 
     token = mime_token_extract(msg, PREFIX);
     if (token) {

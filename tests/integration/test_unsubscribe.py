@@ -282,7 +282,8 @@ def test_mailto_sender_or_from_must_verify(unsub, receiver):
     assert suppressed(c) == [("default", ADA)]
     assert (f"code {bob} list=default verifies for none of <mallory@example.net>, "
             f"<mallory@example.net>: dropped") in c.transform.log()
-    [ev] = unsubscribed_events(receiver)
+    # The event reaches the platform's receiver on its own time (the webhook).
+    [ev] = receiver.wait(lambda evs: unsubscribed_events(receiver), what="unsubscribed event")
     assert ev["recipient"] == ADA
 
 
