@@ -109,6 +109,7 @@ struct dispatch {
     int64_t next_scan;              /* monotonic ms of the next timed rescan */
     int64_t next_tick;              /* monotonic ms: heartbeats, expiry */
     int64_t next_approval_scan;     /* monotonic ms (dispatch_approval.c) */
+    uint64_t read_since_release;    /* copies' bytes read from the map since spool_release_pages() */
     queue_id approval_from;         /* where the next approval scan goes on; 0: the start */
     gboolean stopping;
 };
@@ -213,6 +214,15 @@ void dispatch_account_adopt(struct dispatch *d, struct dispatch_account *a,
  * may have cleared a pause; logs once when an account is free again.
  */
 void dispatch_relay_refresh(struct dispatch *d);
+
+/*
+ * The map pages a lease round reads (each job's copy) count in the
+ * dispatcher's RSS until spool_release_pages(): once a second is not
+ * enough at 8,000 one-recipient deliveries a second, whose copies alone
+ * are 32 MiB (bench/memory.sh figure b: 111 MiB).  The main loop releases
+ * them too whenever the copies read since the last release pass this.
+ */
+#define DISPATCH_RELEASE_BYTES (8u << 20)
 
 /* dispatch_deliver.c: each alone in its own transaction ... */
 void dispatch_lease_deliveries(struct dispatch *d);

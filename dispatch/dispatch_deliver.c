@@ -328,6 +328,7 @@ static gboolean dlease_fill(struct spool_txn *t, struct dlease *dl, struct djob 
     if (!(j->wire.lease = spool_id_next(t, err)) ||
         !spool_body_get(t, DB_OUTGOING, j->msg, body, err))
         return FALSE;
+    dl->d->read_since_release += body->len;
     j->wire.body = g_byte_array_free_to_bytes(g_steal_pointer(&body));
     for (guint i = 0; i < j->dvs->len; i++) {
         const struct spool_dlv *old = &g_array_index(j->dvs, struct spool_dlv, i);

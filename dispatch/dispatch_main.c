@@ -123,9 +123,12 @@ static void dispatch_loop(struct dispatch *d, int sig_fd)
             next_tick = now + TICK_MS;
             dispatch_heartbeat(d);
             dispatch_relay_refresh(d);
-            spool_release_pages(d->spool);
             dispatch_approval_expire(d, now);
             d->work_hinted = TRUE;
+        }
+        if (tick || d->read_since_release > DISPATCH_RELEASE_BYTES) {
+            spool_release_pages(d->spool);
+            d->read_since_release = 0;
         }
         spool_reader_check_every(d->spool, &next_reader_check, now);
         /* Results ask for a lease round too: their jobs freed connections.

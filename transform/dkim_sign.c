@@ -9,7 +9,13 @@
 
 /*
  * Fields signed, in h= order (SPEC §4): those a recipient sees or acts on.
- * From comes first: it is the one DMARC needs. Every one is oversigned
+ * From comes first: it is the one DMARC needs. The fields a copy puts on
+ * top of the common header (its To:, and with one-click unsubscribe its
+ * List-Unsubscribe and List-Unsubscribe-Post) come last, so that what
+ * precedes them is hashed once per message and each copy hashes only its
+ * own lines and its DKIM-Signature (with To: second, every copy hashed
+ * the whole common header again: a fifth of a message's transform CPU
+ * beyond its signatures, docs/benchmarks.md). Every one is oversigned
  * (RFC 6376 §8.15): h= names it once more than the copy has it, and that
  * entry selects "no field", so a copy with a second Subject, Reply-To or
  * Content-Type added on top, or a Reply-To added where we sent none (a
@@ -21,18 +27,18 @@ static const struct {
     const char *name;
     size_t len;
 } sign_names[] = {
-    NAME("From"), NAME("To"), NAME("Subject"), NAME("Date"),
+    NAME("From"), NAME("Subject"), NAME("Date"),
     NAME("Message-ID"), NAME("Reply-To"), NAME("Sender"),
     NAME("MIME-Version"), NAME("Content-Type"),
-    NAME("Content-Transfer-Encoding"), NAME("List-Unsubscribe"),
+    NAME("Content-Transfer-Encoding"), NAME("To"), NAME("List-Unsubscribe"),
     NAME("List-Unsubscribe-Post"),
 };
 #undef NAME
 #define SIGN_N G_N_ELEMENTS(sign_names)
 #define SIGN_FROM 0
-/* The first name a personalised copy puts on top of the common header
- * (its To:): the names before it are hashed once per message. */
-#define SIGN_TOP 1
+/* The first name a copy puts on top of the common header (To, the index
+ * of "To" above): the names before it are hashed once per message. */
+#define SIGN_TOP 9
 
 /* A field of the block that is to be signed, with its sign_names index. */
 struct signed_field {
@@ -185,8 +191,8 @@ static guint fields_canon(const GArray *sel, guint n, GString *canon)
  * The common header, selected and canonicalised once. canon holds, name by
  * name in h= order, the canonical instances of that name (bottom-up);
  * off[n]..off[n + 1] is name n's share. head is SHA-256 already fed with
- * the names that precede every field a copy puts on top (From), so a copy
- * starts from a copy of it.
+ * the names that precede every field a copy puts on top (From to
+ * Content-Transfer-Encoding), so a copy starts from a copy of it.
  */
 struct dkim_header {
     GString *canon;
@@ -281,7 +287,7 @@ static guint top_first(const GArray *top)
 
 /*
  * The hash starts from h->head when the top adds nothing to the names it
- * covers (a copy's To: and List-Unsubscribe come after From in h=), from
+ * covers (a copy's To: and List-Unsubscribe come last in h=), from
  * scratch otherwise.
  */
 static EVP_MD_CTX *hash_start(const struct dkim_header *h, const GArray *top,

@@ -108,8 +108,8 @@ def test_tags_and_folding(key):
     assert f"d={DOMAIN};" in flat
     # Present fields signed twice and absent ones once: every one
     # oversigned (RFC 6376 §8.15), so none can be added on top.
-    assert "h=From:From:To:To:Subject:Subject:Date:Message-ID:Reply-To:Sender:" \
-           "MIME-Version:Content-Type:Content-Transfer-Encoding:" \
+    assert "h=From:From:Subject:Subject:Date:Message-ID:Reply-To:Sender:" \
+           "MIME-Version:Content-Type:Content-Transfer-Encoding:To:To:" \
            "List-Unsubscribe:List-Unsubscribe:List-Unsubscribe-Post:List-Unsubscribe-Post;" in flat
 
 

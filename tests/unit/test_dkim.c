@@ -452,10 +452,10 @@ static void assert_signature(const char *sig, const char *algorithm,
                            "d=abakus.no;s=%s;t=1763938035;"
                            /* Each name once more than present, absent
                             * ones too: none can be added on top. */
-                           "h=From:From:To:To:Subject:Subject:Subject:"
+                           "h=From:From:Subject:Subject:Subject:"
                            "Date:Message-ID:Message-ID:Reply-To:Sender:"
                            "MIME-Version:Content-Type:"
-                           "Content-Transfer-Encoding:List-Unsubscribe:"
+                           "Content-Transfer-Encoding:To:To:List-Unsubscribe:"
                            "List-Unsubscribe-Post;bh=",
                            algorithm, selector);
     assert_true(g_str_has_prefix(flat, want));
@@ -514,19 +514,17 @@ static gboolean ed_verifies(const char *sig, const char *canon_fields)
 
 static void sign_ed25519_bottom_up(void **state)
 {
-    static const char *const canon_from_to =
-        "from:Postern <restricted@abakus.no>\r\n"
-        "to:a@example.org, b@example.org\r\n";
+    static const char *const canon_from = "from:Postern <restricted@abakus.no>\r\n";
+    static const char *const canon_id_to =
+        "message-id:<1@abakus.no>\r\nto:a@example.org, b@example.org\r\n";
     GError *err = NULL;
     char *sig = sign_headers(ed_key, headers, &err);
     char *right, *wrong;
 
     assert_non_null(sig);
     assert_signature(sig, "ed25519-sha256", "ed2026");
-    right = g_strconcat(canon_from_to, "subject:two\r\nsubject:one\r\n",
-                        "message-id:<1@abakus.no>\r\n", NULL);
-    wrong = g_strconcat(canon_from_to, "subject:one\r\nsubject:two\r\n",
-                        "message-id:<1@abakus.no>\r\n", NULL);
+    right = g_strconcat(canon_from, "subject:two\r\nsubject:one\r\n", canon_id_to, NULL);
+    wrong = g_strconcat(canon_from, "subject:one\r\nsubject:two\r\n", canon_id_to, NULL);
     assert_true(ed_verifies(sig, right));
     assert_false(ed_verifies(sig, wrong));
     g_free(right);
@@ -613,7 +611,7 @@ static char *assert_copy_same(const struct dkim_key *key, const char *top,
 
 /*
  * A copy signed from the prepared common header (the SHA-256 state of its
- * From kept, the rest canonicalised once, RSA signing the digest) is byte
+ * fields before To: kept, the rest canonicalised once, RSA signing the digest) is byte
  * for byte the signature of the straightforward path: the whole block
  * canonicalised and signed in one EVP_DigestSign(). The copy's To: lies
  * above the common header's, so bottom-up it is hashed after it. A top
@@ -626,8 +624,8 @@ static void sign_copy_same_bytes(void **state)
         "To: c@example.org\r\nList-Unsubscribe: <https://abakus.no/u>\r\n";
     static const char canon[] =
         "from:Postern <restricted@abakus.no>\r\n"
-        "to:a@example.org, b@example.org\r\nto:c@example.org\r\n"
         "subject:two\r\nsubject:one\r\nmessage-id:<1@abakus.no>\r\n"
+        "to:a@example.org, b@example.org\r\nto:c@example.org\r\n"
         "list-unsubscribe:<https://abakus.no/u>\r\n";
     const struct dkim_key *keys[] = { rsa_key, ed_key };
 
