@@ -127,6 +127,37 @@ static void test_personal_blocks_threaded(void **state)
     }
 }
 
+/*
+ * Ten copies under an RSA key are worth threads (sign_thread_count(): the
+ * signatures take ~2 ms): with two allowed they come out as one thread
+ * signs them, in order, and again on the pool's kept thread.
+ */
+static void test_personal_blocks_ten_rsa(void **state)
+{
+    struct fixture *f = *state;
+    g_autoptr(GBytes) common = g_bytes_new_static(rewritten, sizeof(rewritten) - 1);
+    g_autoptr(GPtrArray) rcpts = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) one = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    g_autoptr(GBytes) out1 = NULL;
+
+    f->cfg.rewrite.personalize = TRUE;
+    for (guint i = 0; i < 10; i++)
+        g_ptr_array_add(rcpts, g_strdup_printf("r%u@example.org", i));
+    f->cfg.dkim.sign_threads = 1;
+    assert_true(transform_sign_deliveries(&f->tf, common, rcpts, NULL, 1795000000, &out1, one, NULL));
+    f->cfg.dkim.sign_threads = 2;
+    for (int round = 0; round < 2; round++) {
+        g_autoptr(GPtrArray) two = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+        g_autoptr(GBytes) out2 = NULL;
+
+        assert_true(
+            transform_sign_deliveries(&f->tf, common, rcpts, NULL, 1795000000, &out2, two, NULL));
+        assert_int_equal(two->len, 10);
+        for (guint i = 0; i < 10; i++)
+            assert_true(g_bytes_equal(two->pdata[i], one->pdata[i]));
+    }
+}
+
 static void test_shared_copy(void **state)
 {
     struct fixture *f = *state;
@@ -274,6 +305,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_personal_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_personal_blocks_threaded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_personal_blocks_ten_rsa, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_copy, setup, teardown),
         cmocka_unit_test(test_copy_without_blank_line),
         cmocka_unit_test_setup_teardown(test_rejection_notice, setup, teardown),
