@@ -130,6 +130,13 @@ gboolean transform_sign_deliveries(const struct transform *tf, GBytes *rewritten
                                    GPtrArray *own, gint64 now, GBytes **outgoing,
                                    GPtrArray *headers, GError **err);
 
+/*
+ * How many threads sign n personalised copies under tf's keys: one until
+ * the work is worth a thread's hand-over (transform_sign.c), then up to
+ * [dkim] sign_threads (0: one per CPU), never more than n.
+ */
+guint transform_sign_threads(const struct transform *tf, guint n);
+
 /* ---- transform_claim.c --------------------------------------------------- */
 
 struct claim_request {

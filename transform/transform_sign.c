@@ -149,7 +149,7 @@ static guint sign_threads_max(const struct transform *tf)
                                       : (guint)cpus;
 }
 
-static guint sign_thread_count(const struct transform *tf, guint n)
+guint transform_sign_threads(const struct transform *tf, guint n)
 {
     guint64 work = 0;
 
@@ -198,7 +198,7 @@ static gboolean sign_personal(const struct transform *tf, const struct transform
                               GPtrArray *rcpts, GPtrArray *own, gint64 now, GPtrArray *headers,
                               GError **err)
 {
-    guint n = rcpts->len, nthreads = sign_thread_count(tf, n);
+    guint n = rcpts->len, nthreads = transform_sign_threads(tf, n);
     GThreadPool *pool = nthreads > 1 ? sign_pool(tf) : NULL;
     g_autofree GBytes **blocks = g_new0(GBytes *, n);
     g_autofree struct sign_share *shares = g_new0(struct sign_share, nthreads);
