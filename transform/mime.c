@@ -254,9 +254,11 @@ static GMimeObject *mime_inside(GMimeObject *obj)
  * into an RFC 2047 encoded word, which its lenient parser reads back as
  * something else next to "=?" text the sender had there: the copy's
  * delimiters then match no boundary and the multipart reads as unclosed
- * (a fuzz_mime finding). RFC 2046 §5.1.1 allows neither, nor more than
- * 70 octets; past 994 the close delimiter line does not cross SMTP.
- * Printable ASCII outside the RFC's set (a quote) round-trips and stays.
+ * (a fuzz_mime finding). RFC 2046 §5.1.1 allows neither, nor a blank at
+ * the end, which GMime leaves out of the parameter it writes but keeps in
+ * the delimiters (another), nor more than 70 octets; past 994 the close
+ * delimiter line does not cross SMTP. Printable ASCII outside the RFC's
+ * set (a quote) round-trips and stays.
  */
 static gboolean mime_boundary_fits(const char *boundary)
 {
@@ -265,7 +267,7 @@ static gboolean mime_boundary_fits(const char *boundary)
     for (; boundary[n]; n++)
         if ((unsigned char) boundary[n] < 0x20 || (unsigned char) boundary[n] > 0x7e)
             return FALSE;
-    return n >= 1 && n <= 994;
+    return n >= 1 && n <= 994 && boundary[n - 1] != ' ';
 }
 
 static void mime_fix_multiparts(GMimeObject *obj, gboolean at_end)
