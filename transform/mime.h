@@ -109,8 +109,9 @@ struct rewrite_params {
  * Sender (the address of p->from), Reply-To (the original sender, unless
  * hidden or null), Date (UTC), Message-ID (random, on p->message_id_domain),
  * and List-Unsubscribe with List-Unsubscribe-Post when p->unsubscribe_url
- * is set and not p->unsubscribe_per_copy. When From is not the original sender and p->footer is set, adds
- * the footer (mime_footer_add).
+ * is set and not p->unsubscribe_per_copy: these first, as raw lines, the
+ * kept ones after them. When From is not the original sender and p->footer
+ * is set, adds the footer (mime_footer_add).
  *
  * Returns the message serialised once, CRLF line ends throughout and a final
  * CRLF, with no To: header: the caller prepends To: and DKIM-Signature as raw
