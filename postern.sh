@@ -40,15 +40,16 @@ summary() {
     /usr/bin/python3 - "$1" <<'PY'
 import json, re, sys
 
-def tally(out):
+def tally(out, err):
     """(passed, failed) from a test's own summary, or None."""
     m = re.findall(r"^=*\s*(.*?) in [0-9.]+s\b", out, re.M)       # pytest
     if m:
         line = m[-1]
         num = lambda w: sum(int(n) for n in re.findall(r"(\d+) " + w, line))
         return num("passed"), num("failed") + num("errors?")
-    p = re.findall(r"^\[  PASSED  \] (\d+) test", out, re.M)       # cmocka
-    f = re.findall(r"^\[  FAILED  \] (\d+) test", out, re.M)
+    # cmocka: its closing lines go to stderr whatever CMOCKA_MESSAGE_OUTPUT says
+    p = re.findall(r"^\[  PASSED  \] (\d+) test", out + err, re.M)
+    f = re.findall(r"^\[  FAILED  \] (\d+) test", out + err, re.M)
     if p or f:
         return sum(map(int, p)), sum(map(int, f))
     m = re.findall(r"^fuzz: (\d+) passed, (\d+) failed", out, re.M)  # tests/fuzz/run.sh
@@ -63,7 +64,7 @@ for line in open(sys.argv[1]):
     if r["result"] == "SKIP":
         skipped += 1
         continue
-    t = tally(r.get("stdout") or "") or ((1, 0) if ok else (0, 1))
+    t = tally(r.get("stdout") or "", r.get("stderr") or "") or ((1, 0) if ok else (0, 1))
     passed += t[0]
     failed += t[1] + (0 if ok or t[1] else 1)
 if skipped:
