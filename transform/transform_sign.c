@@ -88,12 +88,6 @@ GBytes *sign_whole(const struct transform *tf, const struct transform_copy *c, c
  * and read only what no one writes while they run (the key's contexts are
  * copied per signature: dkim.h), so they need no lock.
  */
-struct sign_done {
-    GMutex lock;
-    GCond cond;
-    guint left;                     /* shares given to the pool and not yet signed */
-};
-
 struct sign_share {
     const struct transform *tf;
     const struct transform_copy *c;
@@ -102,7 +96,6 @@ struct sign_share {
     GBytes **blocks;
     guint from, to;
     GError *err;
-    struct sign_done *done;
 };
 
 static gpointer sign_share_run(gpointer data)
@@ -120,10 +113,11 @@ static gpointer sign_share_run(gpointer data)
 }
 
 /*
- * How many threads sign n copies.  Handing a share to a thread of the
- * pool and waiting for it costs some microseconds, so it pays for a few
- * milliseconds of signing, not less: the work is counted in Ed25519
- * signatures (≈ 30 us here), an RSA-2048 one worth SIGN_RSA_WEIGHT of them
+ * How many threads sign n copies.  Signing on a second thread costs CPU
+ * (≈ 90 us a ten-copy message in bench/transform.sh, the threads started
+ * per message or kept in a pool alike), so it pays for a few milliseconds
+ * of signing, not less: the work is counted in Ed25519 signatures
+ * (≈ 30 us here), an RSA-2048 one worth SIGN_RSA_WEIGHT of them
  * (openssl speed: 4,750 against 42,000 a second), one thread for each
  * SIGN_THREADED_MIN / 2 of them, from SIGN_THREADED_MIN on.  So the ten
  * RSA-signed copies of a message to a list of ten (~2 ms) sign on two
@@ -162,67 +156,31 @@ guint transform_sign_threads(const struct transform *tf, guint n)
                       work / (SIGN_THREADED_MIN / 2));
 }
 
-static void sign_share_pooled(gpointer data, gpointer unused)
-{
-    struct sign_share *sh = data;
-
-    sign_share_run(sh);
-    g_mutex_lock(&sh->done->lock);
-    if (--sh->done->left == 0)
-        g_cond_signal(&sh->done->cond);
-    g_mutex_unlock(&sh->done->lock);
-}
-
-/*
- * The threads that sign beside the caller: started on the first message
- * that wants them and kept for the life of the process.  A thread started
- * and joined for each message cost ~70 us of CPU, 3% of an RSA-signed
- * message of ten copies.  NULL when they cannot start: the caller signs
- * alone.
- */
-static GThreadPool *sign_pool(const struct transform *tf)
-{
-    static gsize pool;              /* the pool's address | 1: g_once wants a value other
-                                     * than 0, and the pool may be NULL */
-
-    if (g_once_init_enter(&pool))
-        g_once_init_leave(&pool, (gsize)g_thread_pool_new(sign_share_pooled, NULL,
-                                                          (gint)MIN(sign_threads_max(tf) - 1,
-                                                                    (guint)G_MAXINT),
-                                                          TRUE, NULL) | 1);
-    return (GThreadPool *)(pool & ~(gsize)1);
-}
-
-/* Sign every copy in shares, the caller's thread taking the first, the pool the others. */
+/* Sign every copy in shares, the caller's thread taking the first. */
 static gboolean sign_personal(const struct transform *tf, const struct transform_copy *c,
                               GPtrArray *rcpts, GPtrArray *own, gint64 now, GPtrArray *headers,
                               GError **err)
 {
     guint n = rcpts->len, nthreads = transform_sign_threads(tf, n);
-    GThreadPool *pool = nthreads > 1 ? sign_pool(tf) : NULL;
     g_autofree GBytes **blocks = g_new0(GBytes *, n);
     g_autofree struct sign_share *shares = g_new0(struct sign_share, nthreads);
-    struct sign_done done = { .left = nthreads - 1 };
+    g_autofree GThread **threads = g_new0(GThread *, nthreads);
     gboolean ok = TRUE;
 
-    g_mutex_init(&done.lock);
-    g_cond_init(&done.cond);
-    for (guint t = 0; t < nthreads; t++)
+    for (guint t = 0; t < nthreads; t++) {
         shares[t] = (struct sign_share){ tf, c, rcpts, own, now, blocks,
                                          (guint)((guint64)n * t / nthreads),
-                                         (guint)((guint64)n * (t + 1) / nthreads), NULL, &done };
-    /* A share the pool cannot take is the caller's. */
-    for (guint t = 1; t < nthreads; t++)
-        if (!pool || !g_thread_pool_push(pool, &shares[t], NULL))
-            sign_share_pooled(&shares[t], NULL);
-    sign_share_run(&shares[0]);
-    g_mutex_lock(&done.lock);
-    while (done.left)
-        g_cond_wait(&done.cond, &done.lock);
-    g_mutex_unlock(&done.lock);
-    g_cond_clear(&done.cond);
-    g_mutex_clear(&done.lock);
+                                         (guint)((guint64)n * (t + 1) / nthreads), NULL };
+        /* A thread that cannot start leaves its share to the caller. */
+        if (t > 0)
+            threads[t] = g_thread_try_new("sign", sign_share_run, &shares[t], NULL);
+    }
+    for (guint t = 0; t < nthreads; t++)
+        if (!threads[t])
+            sign_share_run(&shares[t]);
     for (guint t = 0; t < nthreads; t++) {
+        if (threads[t])
+            g_thread_join(threads[t]);
         if (shares[t].err && ok) {
             g_propagate_error(err, shares[t].err);
             shares[t].err = NULL;

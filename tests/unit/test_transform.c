@@ -139,8 +139,7 @@ static void test_personal_blocks_threaded(void **state)
 
 /*
  * Ten copies under an RSA key are worth threads (the signatures take
- * ~2 ms), ten under Ed25519 alone are not; with two allowed, twice, the
- * second time on the pool's kept thread.
+ * ~2 ms), ten under Ed25519 alone are not; with two allowed, twice.
  */
 static void test_personal_blocks_ten_rsa(void **state)
 {
