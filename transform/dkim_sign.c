@@ -36,9 +36,10 @@ static const struct {
 #undef NAME
 #define SIGN_N G_N_ELEMENTS(sign_names)
 #define SIGN_FROM 0
-/* The first name a copy puts on top of the common header (To, the index
- * of "To" above): the names before it are hashed once per message. */
-#define SIGN_TOP 9
+/* The first name a copy puts on top of the common header: the last three
+ * above (To, List-Unsubscribe, List-Unsubscribe-Post) are a copy's own, the
+ * names before them are hashed once per message. */
+#define SIGN_TOP (SIGN_N - 3)
 
 /* A field of the block that is to be signed, with its sign_names index. */
 struct signed_field {
