@@ -14,6 +14,7 @@
 # Builds nothing: give it a release build.  Needs root (Postfix) and
 # OpenDKIM, which the project's package list leaves out: no test needs it.
 # Environment: RUNS (3), MESSAGES (500), RCPTS (10 per message), SIZE (4096),
+# TRANSFORMS (0: one postern-transform per CPU, as postern run starts them),
 # SENDERS (4 postern-sender workers), SAMPLE (5 messages verified each way),
 # BIG (5000), BENCH_TMP (/var/tmp).
 set -euo pipefail

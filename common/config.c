@@ -107,7 +107,7 @@ static const struct config_key config_keys[] = {
     K("workers", "curve_server_public_key", CT_STRING, "", workers.curve_server_public_key),
     K("workers", "curve_allowed_keys_file", CT_STRING, "", workers.curve_allowed_keys_file),
     K("workers", "count", CT_COUNT, "4", workers.count),
-    K("workers", "transforms", CT_COUNT, "1", workers.transforms),
+    K("workers", "transforms", CT_COUNT, "0", workers.transforms),
     K("workers", "slots", CT_COUNT, "8", workers.slots),
 
     K("api", "listen", CT_STRING, "127.0.0.1:8025", api.listen),

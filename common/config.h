@@ -161,7 +161,7 @@ struct postern_config {
         char *curve_server_public_key;
         char *curve_allowed_keys_file;
         uint64_t count;                 /* sender workers started by postern run */
-        uint64_t transforms;            /* transform workers started by postern run */
+        uint64_t transforms;            /* transform workers started by postern run; 0: one per CPU */
         uint64_t slots;
     } workers;
     struct {

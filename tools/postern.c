@@ -293,6 +293,7 @@ static int postern_run(const char *config, gboolean use_syslog)
     struct spool *sp;
     GError *err = NULL;
     int lock_fd;
+    uint64_t transforms;
 
     /* The whole config, before any child starts (config.h). */
     config_load_valid_or_exit(&cfg, config);
@@ -309,7 +310,13 @@ static int postern_run(const char *config, gboolean use_syslog)
                 NULL, STOP_WORKERS);
     postern_add(&sup, self_dir, "dispatch", "postern-dispatch", "postern-dispatch", config,
                 !use_syslog, NULL, STOP_DISPATCHER);
-    for (uint64_t i = 0; i < cfg.workers.transforms; i++) {
+    /*
+     * A transform worker signs one message at a time on one core (its
+     * threads are for sends of hundreds of copies), so the cores fill
+     * with workers: [workers] transforms = 0 is one per CPU.
+     */
+    transforms = cfg.workers.transforms ? cfg.workers.transforms : g_get_num_processors();
+    for (uint64_t i = 0; i < transforms; i++) {
         g_autofree char *name = g_strdup_printf("postern-transform#%" G_GUINT64_FORMAT, i + 1);
         postern_add(&sup, self_dir, "transform", "postern-transform", name, config, !use_syslog,
                     NULL, STOP_WORKERS);

@@ -113,21 +113,21 @@ static gpointer sign_share_run(gpointer data)
 }
 
 /*
- * How many threads sign n copies.  Signing on a second thread costs CPU
- * (≈ 90 us a ten-copy message in bench/transform.sh, the threads started
- * per message or kept in a pool alike), so it pays for a few milliseconds
- * of signing, not less: the work is counted in Ed25519 signatures
- * (≈ 30 us here), an RSA-2048 one worth SIGN_RSA_WEIGHT of them
- * (openssl speed: 4,750 against 42,000 a second), one thread for each
- * SIGN_THREADED_MIN / 2 of them, from SIGN_THREADED_MIN on.  So the ten
- * RSA-signed copies of a message to a list of ten (~2 ms) sign on two
- * cores, ten Ed25519 ones (~0.3 ms) on one.  [dkim] sign_threads = 0 is
- * one per CPU: a 5,000-recipient send otherwise waits on one core while
- * the others idle (issue 12: 5,000 copies signed in ~1.7 s on one core),
- * and messages to lists were held to one core's signing rate while
- * Postfix with OpenDKIM used both (bench/e2e.sh: 1.6x, goal 2x).
+ * How many threads sign n copies.  A worker process is the unit of
+ * parallelism ([workers] transforms: one per CPU), so while messages
+ * queue the cores are busy without threads, and a thread more per message
+ * only contends for them: two workers signing ten RSA copies a message on
+ * two threads each relayed 30% less than on one (bench/e2e.sh, 3,082
+ * against 4,404 recipients/s) and spent 30% more CPU a recipient.
+ * Threads are for a send whose signing alone holds one core for tens of
+ * milliseconds: a 5,000-recipient send would wait ~1.2 s on one core while
+ * the others idle (issue 12).  The work is counted in Ed25519 signatures
+ * (≈ 30 us here), an RSA-2048 one worth SIGN_RSA_WEIGHT of them (openssl
+ * speed: 4,750 against 42,000 a second): one thread for each
+ * SIGN_THREADED_MIN / 2 of them, from SIGN_THREADED_MIN (~30 ms) on, up to
+ * [dkim] sign_threads (0: one per CPU).
  */
-#define SIGN_THREADED_MIN 64
+#define SIGN_THREADED_MIN 1024
 #define SIGN_RSA_WEIGHT 8
 
 /* [dkim] sign_threads, or the CPUs (read once: g_get_num_processors()

@@ -78,10 +78,10 @@ def _listening(port):
         return False
 
 
-def make_chain(name, sink_port, config=None):
+def make_chain(name, sink_port, config=None, transforms=1):
     """A chain relaying to the sink; config: more settings over these."""
     (TMP / name).mkdir(parents=True)
-    c = chain.Chain(TMP / name, postern.merge({
+    c = chain.Chain(TMP / name, transforms=transforms, config=postern.merge({
         "relay": {"url": f"smtp://127.0.0.1:{sink_port}", "tls": "none",
                   "max_connections": "64"},
         "retry": {"lease": "5m"},
@@ -117,10 +117,13 @@ def fill(c, rcpt_lists, pad):
     return sent
 
 
-def cpu_seconds(daemon):
-    """User + system CPU time the daemon has used so far."""
-    fields = Path(f"/proc/{daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(*daemons):
+    """User + system CPU time the daemons have used so far, together."""
+    ticks = 0
+    for d in daemons:
+        fields = Path(f"/proc/{d.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def deliveries(c):

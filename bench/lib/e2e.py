@@ -5,8 +5,9 @@ The whole job, both ways, in one run, to one local smtp-sink:
   postern   MESSAGES messages over one LMTP session, each with its own
             token (registered beforehand with `spoolctl token import`, the
             platform's part) for RCPTS recipients; the clock runs from the
-            first MAIL until every copy is sent: ingest, transform
-            (personalised: one copy and one RSA-2048 signature per
+            first MAIL until every copy is sent: ingest, TRANSFORMS
+            transform workers (one per CPU, as `postern run` starts them;
+            personalised: one copy and one RSA-2048 signature per
             recipient), dispatch, SENDERS sender workers.  The owner's
             notice per message is a delivery too: waited for, not counted.
   postfix   a private Postfix 3.7 with OpenDKIM as its milter (RSA-2048,
@@ -57,6 +58,8 @@ MESSAGES = int(os.environ.get("MESSAGES", 500))
 RCPTS = int(os.environ.get("RCPTS", 10))
 SIZE = int(os.environ.get("SIZE", 4096))
 SENDERS = int(os.environ.get("SENDERS", 4))
+# As `postern run` starts them ([workers] transforms = 0): one per CPU.
+TRANSFORMS = int(os.environ.get("TRANSFORMS", 0)) or len(os.sched_getaffinity(0))
 SAMPLE = int(os.environ.get("SAMPLE", 5))
 BIG = int(os.environ.get("BIG", 5000))
 TMP = D.TMP
@@ -146,15 +149,15 @@ def tree_cpu(root):
 def postern_send(sink_port, key, name, n):
     """A chain relaying to sink_port: n messages in; (seconds until every copy
     is sent, CPU seconds of every daemon meanwhile)."""
-    c = D.make_chain(name, sink_port, rsa_config(key))
+    c = D.make_chain(name, sink_port, rsa_config(key), TRANSFORMS)
     try:
         for _ in range(SENDERS):
             c.add_sender()
         lists = rcpt_lists("p", n)
         msgs = messages(lists, D.tokens(c, lists))
         time.sleep(2.5)   # the dispatcher's 2 s connection grace after its start
-        daemons = [c.ingest, c.transform, c.dispatch, *c.senders]
-        cpu0 = [D.cpu_seconds(d) for d in daemons]
+        daemons = [[c.ingest], c.transforms, [c.dispatch], c.senders]
+        cpu0 = [D.cpu_seconds(*d) for d in daemons]
         t0 = time.monotonic()
         with c.ingest.client() as cl:
             cl.lhlo()
@@ -164,10 +167,10 @@ def postern_send(sink_port, key, name, n):
         postern.wait_for(lambda: D.deliveries(c)["sent"] == total, timeout=900, interval=0.05,
                          what="every copy sent")
         secs = time.monotonic() - t0
-        cpu = [D.cpu_seconds(d) - c0 for d, c0 in zip(daemons, cpu0)]
+        cpu = [D.cpu_seconds(*d) - c0 for d, c0 in zip(daemons, cpu0)]
         log(f"  postern: {n * RCPTS} copies (+{n} notices) in {secs:.2f} s; CPU s: ingest "
             f"{cpu[0]:.2f}, transform {cpu[1]:.2f}, dispatch {cpu[2]:.2f}, "
-            f"senders {sum(cpu[3:]):.2f}")
+            f"senders {cpu[3]:.2f}")
         return secs, sum(cpu)
     finally:
         D.stop(c)
@@ -262,8 +265,8 @@ def load():
 
 def main():
     log(f"e2e: {MESSAGES} messages x {RCPTS} recipients, ~{SIZE} bytes, RSA-2048, {RUNS} "
-        f"rounds; postern with {SENDERS} senders vs Postfix + OpenDKIM; under {TMP}; "
-        f"load {load()}")
+        f"rounds; postern with {TRANSFORMS} transforms and {SENDERS} senders vs "
+        f"Postfix + OpenDKIM; under {TMP}; load {load()}")
     key, record = rsa_key()
     milter = start_opendkim(key)
     sink, sink_port = D.spawn_sink()
@@ -285,7 +288,7 @@ def main():
         big = []
         for rnd in range(1, RUNS + 1):
             secs, signed, cpu, tcpu = one_to_many(BIG, SENDERS, sink_port, f"big-{rnd}",
-                                                  rsa_config(key))
+                                                  rsa_config(key), TRANSFORMS)
             big.append(secs)
             log(f"big {rnd}: {BIG} recipients, 250 -> every copy signed {signed:.2f} s, "
                 f"-> last copy sent {secs:.2f} s, "

@@ -23,18 +23,18 @@ import chain  # noqa: E402
 import postern  # noqa: E402
 
 
-def one_to_many(n, workers, sink_port, name, config=None):
+def one_to_many(n, workers, sink_port, name, config=None, transforms=1):
     """(seconds from the 250 to the last copy sent, seconds from the 250 to
     every copy signed and committed, CPU seconds of the dispatcher and of
-    the transform meanwhile)."""
-    c = D.make_chain(name, sink_port, config)
+    the transform workers meanwhile)."""
+    c = D.make_chain(name, sink_port, config, transforms)
     try:
         for _ in range(workers):
             c.add_sender()
         rcpts = [f"b{i}@sink.test" for i in range(n)]
         (tok,) = D.tokens(c, [rcpts])
         time.sleep(2.5)   # the dispatcher's 2 s connection grace after its start
-        cpu0 = D.cpu_seconds(c.dispatch), D.cpu_seconds(c.transform)
+        cpu0 = D.cpu_seconds(c.dispatch), D.cpu_seconds(*c.transforms)
         with c.ingest.client() as cl:
             cl.lhlo()
             cl.send_message(chain.lego_message(tok, subject="big"), sender=chain.OWNER)
@@ -48,7 +48,7 @@ def one_to_many(n, workers, sink_port, name, config=None):
             return d["sent"] == n + 1
         postern.wait_for(all_sent, timeout=600, interval=0.05, what="every copy sent")
         return (time.monotonic() - t0, signed[0], D.cpu_seconds(c.dispatch) - cpu0[0],
-                D.cpu_seconds(c.transform) - cpu0[1])
+                D.cpu_seconds(*c.transforms) - cpu0[1])
     finally:
         D.stop(c)
 

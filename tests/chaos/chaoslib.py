@@ -100,7 +100,9 @@ class PosternRun:
         self.proc = None
         self.kills = []             # (monotonic time, name, pid)
         workers = sections.get("workers", {})
-        self.expected = 2 + int(workers.get("transforms", 1)) + int(workers.get("count", 4))
+        # [workers] transforms = 0 (the default) is one per CPU.
+        transforms = int(workers.get("transforms", 0)) or len(os.sched_getaffinity(0))
+        self.expected = 2 + transforms + int(workers.get("count", 4))
 
     # ---- life -----------------------------------------------------------
 

@@ -129,8 +129,9 @@ def relay_config(workdir, pki, port, scheme="smtp", user=True):
 class Chain:
     """The four kinds of daemon on one spool, configured as the test wants."""
 
-    def __init__(self, workdir, config=None, own=None):
-        """config: for every daemon; own: {"dispatch"|"transform": overrides} in own files."""
+    def __init__(self, workdir, config=None, own=None, transforms=1):
+        """config: for every daemon; own: {"dispatch"|"transform": overrides} in own files;
+        transforms: how many transform workers (self.transform is the first)."""
         self.workdir = Path(workdir)
         # ipc:// paths must fit in sun_path (108 bytes): pytest's are too long.
         self.rundir = Path(tempfile.mkdtemp(prefix="pst", dir="/tmp"))
@@ -151,9 +152,10 @@ class Chain:
         self.dispatch = postern.Daemon(
             [dispatch_binary(), "-c", self.config_for("dispatch", own.get("dispatch")), "-f"],
             self.workdir / "dispatch.log", r"daemon started")
-        self.transform = postern.Daemon(
+        self.transforms = [postern.Daemon(
             [transform_binary(), "-c", self.config_for("transform", own.get("transform")), "-f"],
-            self.workdir / "transform.log", r"daemon started")
+            self.workdir / f"transform{i or ''}.log", r"daemon started") for i in range(transforms)]
+        self.transform = self.transforms[0]
         self.senders = []
 
     def config_for(self, name, overrides):
@@ -176,12 +178,13 @@ class Chain:
         return b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
 
     def daemons(self):
-        return [self.ingest, self.dispatch, self.transform, *self.senders]
+        return [self.ingest, self.dispatch, *self.transforms, *self.senders]
 
     def start(self, senders=1):
         self.ingest.start()
         self.dispatch.start()
-        self.transform.start()
+        for t in self.transforms:
+            t.start()
         for _ in range(senders):
             self.add_sender()
         return self

@@ -230,6 +230,9 @@ def test_demo_with_no_config_file(workdir):
             env=chaoslib.sanitizer_env())
     try:
         sup.wait_all_up(90)
+        # [workers] transforms = 0: a transform worker per CPU (as GLib counts them).
+        kinds = [kind for kind, _ in sup.children().values()]
+        assert kinds.count("transform") == len(os.sched_getaffinity(0)), kinds
         for pid in sup.children():           # no -c handed down either
             assert "-c" not in Path(f"/proc/{pid}/cmdline").read_text().split("\0")
         rcpts = ["ada@example.org", "bob@example.net"]

@@ -138,27 +138,30 @@ static void test_personal_blocks_threaded(void **state)
 }
 
 /*
- * Ten copies under an RSA key are worth threads (the signatures take
- * ~2 ms), ten under Ed25519 alone are not; with two allowed, twice.
+ * Threads by the signing work, not the count of copies: under an RSA and
+ * an Ed25519 key (9 units a copy) a list of ten signs on one thread and
+ * 114 copies (1,026 units) on two; under Ed25519 alone 1,023 copies on
+ * one.  The RSA threshold's copies sign alike on two threads, twice.
  */
-static void test_personal_blocks_ten_rsa(void **state)
+static void test_personal_blocks_by_work(void **state)
 {
     struct fixture *f = *state;
     gpointer rsa;
 
     f->cfg.dkim.sign_threads = 2;
-    assert_int_equal(transform_sign_threads(&f->tf, 10), 2);
-    assert_int_equal(transform_sign_threads(&f->tf, 6), 1);
+    assert_int_equal(transform_sign_threads(&f->tf, 10), 1);
+    assert_int_equal(transform_sign_threads(&f->tf, 113), 1);
+    assert_int_equal(transform_sign_threads(&f->tf, 114), 2);
     assert_int_equal(transform_sign_threads(&f->tf, 1000), 2);
     f->cfg.dkim.sign_threads = 1;
     assert_int_equal(transform_sign_threads(&f->tf, 1000), 1);
     f->cfg.dkim.sign_threads = 8;
     rsa = g_ptr_array_steal_index(f->tf.keys, 0);
-    assert_int_equal(transform_sign_threads(&f->tf, 10), 1);
-    assert_int_equal(transform_sign_threads(&f->tf, 64), 2);
-    assert_int_equal(transform_sign_threads(&f->tf, 1000), 8);
+    assert_int_equal(transform_sign_threads(&f->tf, 1023), 1);
+    assert_int_equal(transform_sign_threads(&f->tf, 1024), 2);
+    assert_int_equal(transform_sign_threads(&f->tf, 100000), 8);
     g_ptr_array_insert(f->tf.keys, 0, rsa);
-    assert_threads_sign_alike(f, 10, 2, 2);
+    assert_threads_sign_alike(f, 114, 2, 2);
 }
 
 static void test_shared_copy(void **state)
@@ -308,7 +311,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_personal_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_personal_blocks_threaded, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_personal_blocks_ten_rsa, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_personal_blocks_by_work, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_copy, setup, teardown),
         cmocka_unit_test(test_copy_without_blank_line),
         cmocka_unit_test_setup_teardown(test_rejection_notice, setup, teardown),
