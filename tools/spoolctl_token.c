@@ -6,6 +6,7 @@
  */
 #include "tools/spoolctl.h"
 #include "common/clock.h"
+#include "common/json_text.h"
 #include "spool/spool_token.h"
 #include "spool/spool_token_json.h"
 
@@ -127,12 +128,17 @@ static int tok_add(struct ctl *c, int argc, char **argv)
     return tok_store(c, tokens, texts);
 }
 
+/* [{"from": ..., "recipients": [...]}, ...] nests 3 deep; json_text.h says why a limit. */
+#define IMPORT_JSON_DEPTH 8
+
 static int tok_import(struct ctl *c, int argc, char **argv)
 {
     GOptionEntry none[] = { { NULL } };
     g_autoptr(JsonParser) parser = json_parser_new();
     g_autoptr(GPtrArray) tokens = g_ptr_array_new_with_free_func(tok_free);
     g_autoptr(GPtrArray) texts = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *json = NULL;
+    gsize len = 0;
     GError *err = NULL;
     JsonNode *root;
 
@@ -142,8 +148,10 @@ static int tok_import(struct ctl *c, int argc, char **argv)
         fprintf(stderr, "spoolctl: token import FILE|-\n");
         return CTL_USAGE;
     }
-    if (!json_parser_load_from_file(parser, g_str_equal(argv[1], "-") ? "/dev/stdin" : argv[1],
-                                    &err)) {
+    if (!g_file_get_contents(g_str_equal(argv[1], "-") ? "/dev/stdin" : argv[1], &json, &len,
+                             &err) ||
+        !json_text_check(json, len, IMPORT_JSON_DEPTH, &err) ||
+        !json_parser_load_from_data(parser, json, (gssize)len, &err)) {
         fprintf(stderr, "spoolctl: %s: %s\n", argv[1], err->message);
         g_error_free(err);
         return CTL_USAGE;

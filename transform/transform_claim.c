@@ -20,6 +20,7 @@
  * platform closed it).
  */
 #include "transform/transform.h"
+#include "common/json_text.h"
 #include "common/log.h"
 #include "common/secret_file.h"
 #include "common/signature.h"
@@ -29,6 +30,7 @@
 #include <string.h>
 
 #define CLAIM_REPLY_MAX (64 * 1024)     /* a longer answer is malformed */
+#define CLAIM_REPLY_DEPTH 8             /* so is a deeper one (json_text.h) */
 #define CLAIM_BACKOFF_FIRST_MS 1000
 
 /* ---- pure --------------------------------------------------------------- */
@@ -97,7 +99,8 @@ static void transform_claim_parse_granted(const char *body, size_t len, struct c
     JsonNode *n;
     JsonArray *rcpts;
 
-    if (!json_parser_load_from_data(p, body, (gssize)len, &err)) {
+    if (!json_text_check(body, len, CLAIM_REPLY_DEPTH, &err) ||
+        !json_parser_load_from_data(p, body, (gssize)len, &err)) {
         transform_claim_retry(a, g_strdup_printf("malformed answer: %s", err->message));
         g_error_free(err);
         return;

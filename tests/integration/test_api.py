@@ -246,6 +246,11 @@ def test_malformed_json_and_wrong_types_write_nothing(api):
                 b'{"from": "[[[[", "recipients": ' + b"[" * 40 + b"]" * 40 + b"}"):
         st, body, _ = api.call("POST", "/v1/tokens", raw=raw)
         assert st == 400 and body["error"] in ("malformed_json", "invalid"), (raw, body)
+    # A value after the first is refused before json-glib, which leaked it.
+    for raw in (b'[]{"from": "a", "recipients": ["b@example.org"]}', b'{"a": 1} {"b": 2}'):
+        st, body, _ = api.call("POST", "/v1/tokens", raw=raw)
+        assert st == 400 and body["error"] == "malformed_json", (raw, body)
+        assert "content after the JSON value" in body["message"], body
     for bad in ({"from": OWNER, "recipients": "ada@example.org"},
                 {"from": 7, "recipients": ["ada@example.org"]},
                 {"from": OWNER, "recipients": [1]},

@@ -563,6 +563,16 @@ def test_token_import_bad_address_exit_2(tmp_path, ingest, need_spoolctl):
     assert ctl_json(ingest.config_path, "stats")[0]["tokens"] == {"active": 0, "used": 0}
 
 
+def test_token_import_one_json_value(tmp_path, ingest, need_spoolctl):
+    """A second value after the array (json-glib leaked it) is refused, naming the byte."""
+    one = json.dumps([{"from": OWNER, "recipients": ["x@example.org"]}])
+    (tmp_path / "tokens.json").write_text(one + "\n" + one)
+    rc, out, err = ctl(ingest.config_path, "token", "import", tmp_path / "tokens.json")
+    assert (rc, out) == (2, b""), err
+    assert f"content after the JSON value (byte {len(one) + 1})" in err, err
+    assert ctl_json(ingest.config_path, "stats")[0]["tokens"] == {"active": 0, "used": 0}
+
+
 def test_exit_0_and_3(tmp_path, ingest, need_spoolctl):
     qid = lmtp_send(ingest, postern.message("ok"))
     for args in (["stats"], ["list"], ["show", qid], ["release", qid], ["retry", "--all"],
