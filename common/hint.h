@@ -3,7 +3,8 @@
  *
  * A hint only says "look at the spool now"; the spool is the truth, and
  * the dispatcher rescans on a timer, so a hint may be lost.  Sending never
- * blocks: with no dispatcher listening the hint is dropped at once.
+ * blocks: up to 16 hints wait for a dispatcher that is not connected yet,
+ * and any more are dropped at once.
  */
 #ifndef POSTERN_HINT_H
 #define POSTERN_HINT_H

@@ -916,6 +916,29 @@ def test_hint_reaches_a_listening_dispatcher(make_ingest, tmp_path):
         ctx.term()
 
 
+def test_hint_waits_for_a_dispatcher_that_starts_later(make_ingest, tmp_path):
+    """A message accepted while no dispatcher listens is hinted as soon as one binds.
+
+    Without the queue the hint would be dropped, and the message would wait
+    for the dispatcher's first rescan instead of being taken at once.
+    """
+    zmq = pytest.importorskip("zmq")
+    endpoint = f"ipc://{tmp_path}/hints"
+    d = make_ingest({"workers": {"hints": endpoint}})
+    with d.client() as c:
+        c.lhlo()
+        assert c.send_message(message("before the dispatcher"))
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(endpoint)
+    try:
+        assert pull.poll(10000), "the hint sent before the bind never arrived"
+        assert pull.recv_multipart() == [b"incoming", b""]
+    finally:
+        pull.close(linger=0)
+        ctx.term()
+
+
 def lmdb_last_txn(spool_dir):
     """LMDB's last committed transaction id, read by mdb_stat (lmdb-utils)."""
     out = subprocess.run(["mdb_stat", "-e", str(spool_dir)], capture_output=True, text=True,
