@@ -141,8 +141,8 @@ def test_accepted_and_done_signed(make_chain, make_api, tmp_path, receiver):
         assert headers["Content-Type"] == "application/json"
     # Removed only after the 2xx: the outbox empties.
     postern.wait_for(lambda: outbox(c)["count"] == 0, what="an empty outbox")
-    assert f"event {acc['id']} message.accepted: delivered, status=200" in a.log()
-    assert f"{qid}: event {acc['id']} message.accepted queued" in c.transform.log()
+    a.wait_log(f"event {acc['id']} message.accepted: delivered, status=200")
+    c.transform.wait_log(f"{qid}: event {acc['id']} message.accepted queued")
 
 
 def test_rejected_token_and_bounce(make_chain, make_api, tmp_path, receiver):

@@ -36,7 +36,7 @@ def test_daily_limit_waits_for_the_window(make_chain, make_api, tmp_path, receiv
     metrics = c.spoolctl("metrics").stdout.decode()
     assert metric(metrics, "postern_relay_quota_waiting") == 1, metrics
     assert metric(metrics, "postern_relay_quota_used") == 20, metrics
-    assert "daily limit of 20 recipients reached" in c.dispatch.log()
+    c.dispatch.wait_log("daily limit of 20 recipients reached")     # logged after that commit
     receiver.wait(lambda evs: any(e["type"] == "relay.quota_wait" for e in evs),
                   what="relay.quota_wait event")
     [ev] = [e for e in receiver.delivered() if e["type"] == "relay.quota_wait"][:1]
