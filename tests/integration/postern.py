@@ -176,11 +176,11 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_log(self, needle, timeout=30):
-        """The log, once it holds needle.  A line that a daemon writes after
+        """Wait until the log holds needle.  A line that a daemon writes after
         a commit (spool_txn_log) lands a moment after the state that
         spoolctl already shows: a test that saw the state waits for the line."""
-        return wait_for(lambda: needle in (text := self.log()) and text, timeout=timeout,
-                        what=f"{needle!r} in {self.log_path.name}")
+        wait_for(lambda: needle in self.log(), timeout=timeout,
+                 what=f"{needle!r} in {self.log_path.name}")
 
     def log_tail(self, lines=200):
         return "\n".join(self.log().splitlines()[-lines:])
